@@ -1,1 +1,5 @@
+//! auditgate: a reverse-proxy sidecar that gives any unmodified HTTP application a
+//! compliance-grade, tamper-evident audit log.
 #![forbid(unsafe_code)]
+
+pub mod entry;
