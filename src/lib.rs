@@ -1,5 +1,27 @@
 //! auditgate: a reverse-proxy sidecar that gives any unmodified HTTP application a
 //! compliance-grade, tamper-evident audit log.
+//!
+//! The data flow, and the module for each step: a request arrives at [`proxy`], which asks
+//! [`rules`] for candidate rules and [`actor`] / [`client_ip`] who sent it; when the response
+//! ends the [`entry`] is finished from the rule's [`template`]s and handed to the [`writer`],
+//! which appends batches to the [`store`]; the [`admin`] listener serves health, queries and the
+//! viewer. [`config`] turns the TOML file into all of the above; [`server`] wires them together.
 #![forbid(unsafe_code)]
 
+pub mod actor;
+pub mod admin;
+pub mod cli;
+pub mod client_ip;
+pub mod config;
+pub mod demo;
 pub mod entry;
+pub mod explain;
+pub mod metrics;
+pub mod proxy;
+pub mod rules;
+pub mod run;
+pub mod server;
+pub mod store;
+pub mod template;
+pub mod units;
+pub mod writer;

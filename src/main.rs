@@ -1,1 +1,128 @@
-fn main(){}
+//! The `auditgate` binary: parse the command line, load config, run.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use auditgate::cli::{Cli, Command};
+use auditgate::config::Config;
+
+/// EX_USAGE: the configuration or the command line is invalid.
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("auditgate: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("AUDITGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("AUDITGATE_LOG_FORMAT").is_ok_and(|format| format == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprint!("{errors}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config: path } => {
+            let config = match load_config(&path) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            runtime()?.block_on(auditgate::run::run_until_signal(config, path))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            auditgate::demo::prepare_environment();
+            runtime()?.block_on(auditgate::demo::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config, files } => {
+            let paths: Vec<_> = config.into_iter().chain(files).collect();
+            if paths.is_empty() {
+                eprintln!("auditgate check: name at least one configuration file (--config FILE)");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+            let mut valid = true;
+            for path in &paths {
+                match Config::load(path) {
+                    Ok(config) => print!("{}", auditgate::run::describe(path, &config)),
+                    Err(errors) => {
+                        valid = false;
+                        eprint!("{errors}");
+                    }
+                }
+            }
+            Ok(if valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_USAGE)
+            })
+        }
+        Command::Explain(args) => {
+            let config = match load_config(&args.config) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            match auditgate::explain::explain(&config, &args) {
+                Ok(explanation) => {
+                    println!("{}", serde_json::to_string_pretty(&explanation)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(message) => {
+                    eprintln!("auditgate explain: {message}");
+                    Ok(ExitCode::from(EXIT_USAGE))
+                }
+            }
+        }
+        Command::Query(_args) => anyhow::bail!("query arrives with the store query layer"),
+        Command::Token { name, scopes } => {
+            let token = auditgate::run::new_token();
+            let scopes: Vec<String> = scopes
+                .split(',')
+                .map(|scope| scope.trim().to_string())
+                .filter(|scope| !scope.is_empty())
+                .collect();
+            println!("token:  {}", token.token);
+            println!("sha256: {}", token.sha256);
+            println!();
+            println!("Give the token to its holder; put only the hash in the config:");
+            println!();
+            println!("[[admin.tokens]]");
+            println!("name = {name:?}");
+            println!("sha256 = \"{}\"", token.sha256);
+            println!("scopes = {scopes:?}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

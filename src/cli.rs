@@ -1,0 +1,146 @@
+//! clap definitions of every subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "auditgate",
+    version,
+    about = "A reverse-proxy sidecar that gives any unmodified HTTP app a tamper-evident audit log"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar: proxy in front of the app, admin API beside it.
+    Run {
+        /// The configuration file.
+        #[arg(
+            long,
+            short,
+            default_value = "auditgate.toml",
+            env = "AUDITGATE_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Start a built-in sample app behind the sidecar, send it sample traffic, and print where to look.
+    Demo(DemoArgs),
+    /// Validate configuration files and list their rules (exit 0 valid, 64 invalid).
+    Check {
+        /// Configuration files to check.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Vec<PathBuf>,
+        /// More configuration files to check.
+        #[arg(value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Show which rule a request would match and the entry it would produce, without a proxy.
+    Explain(ExplainArgs),
+    /// Query the entries of a store.
+    Query(QueryArgs),
+    /// Make a new admin token and print it with the SHA-256 the config stores.
+    Token {
+        /// Name for the token's holder (recorded as the actor of their queries).
+        #[arg(long, default_value = "ops")]
+        name: String,
+        /// Scopes, comma-separated: read, export, write.
+        #[arg(long, default_value = "read,export")]
+        scopes: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo's database goes (default: a new temporary directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Proxy listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub proxy_listen: String,
+    /// Admin and viewer listen address.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_listen: String,
+    /// Exit once the sample traffic is done instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The configuration file.
+    #[arg(long, short, default_value = "auditgate.toml")]
+    pub config: PathBuf,
+    /// HTTP method, e.g. DELETE.
+    pub method: String,
+    /// Path and query, e.g. /api/users/42?force=1.
+    pub target: String,
+    /// The status the app answers with.
+    #[arg(long, default_value_t = 200)]
+    pub status: u16,
+    /// A request header, 'Name: value' (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    pub headers: Vec<String>,
+    /// The request body (e.g. JSON).
+    #[arg(long)]
+    pub body: Option<String>,
+    /// A response header, 'Name: value' (repeatable).
+    #[arg(long = "response-header", value_name = "HEADER")]
+    pub response_headers: Vec<String>,
+    /// The response body (e.g. JSON).
+    #[arg(long)]
+    pub response_body: Option<String>,
+    /// The client's socket address, to test trusted-proxy handling.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub peer: String,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The SQLite database.
+    #[arg(long, default_value = "data/audit.db")]
+    pub db: PathBuf,
+    /// Actor id or email.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Exact action.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Action prefix, e.g. "user.".
+    #[arg(long)]
+    pub action_prefix: Option<String>,
+    #[arg(long)]
+    pub resource_type: Option<String>,
+    #[arg(long)]
+    pub resource_id: Option<String>,
+    /// success, failure, error or unknown.
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Status code or class (404, 4xx).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Address or CIDR.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// RFC 3339 time, a date, or a duration ago (24h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Free text over actor, action, resource and path.
+    #[arg(long)]
+    pub q: Option<String>,
+    /// Most entries to print.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Oldest first instead of newest first.
+    #[arg(long)]
+    pub asc: bool,
+    /// json (one entry per line) or table.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+}

@@ -1,0 +1,899 @@
+//! The configuration file: serde structs that mirror the TOML, and `validate()`, which turns them
+//! into [`Config`], the types the program runs on.
+//!
+//! Every error is collected and reported at once, each with where it is (`proxy.upstream`,
+//! `rule #3 ("delete user").path`). TOML syntax errors stop parsing, so they come alone; structural
+//! errors are found section by section and rule by rule, so one typo does not hide the others.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::actor::{ActorChain, ActorFile};
+use crate::rules::RuleSet;
+use crate::units::{parse_duration, parse_size};
+
+/// One problem in the configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub location: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(location: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            location: location.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}: {}", self.location, self.message)
+    }
+}
+
+/// All the problems of one configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.errors.len();
+        writeln!(
+            formatter,
+            "{}: {count} error{}",
+            self.file,
+            if count == 1 { "" } else { "s" }
+        )?;
+        for error in &self.errors {
+            writeln!(formatter, "  - {error}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// File structs: exactly the TOML.
+// ---------------------------------------------------------------------------------------------
+
+/// `[proxy]`: the listener the app's clients connect to and the app behind it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    /// Address to listen on, e.g. "0.0.0.0:8080".
+    pub listen: Option<String>,
+    /// The app: "host:port" or "http://host:port".
+    pub upstream: Option<String>,
+    /// Peers whose X-Forwarded-For / Forwarded / identity headers are believed (CIDRs or addresses).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Largest request or response body parsed for `*.body:` values; larger ones stream through
+    /// unparsed and the fields are recorded as missing.
+    pub max_body_capture: Option<String>,
+    /// Longest wait for a client's request head (also the keep-alive idle limit).
+    pub header_read_timeout: Option<String>,
+    /// Longest wait to connect to the app.
+    pub connect_timeout: Option<String>,
+    /// Longest wait for the app's response head.
+    pub upstream_timeout: Option<String>,
+    /// How long an idle pooled connection to the app is kept.
+    pub idle_timeout: Option<String>,
+    /// Accept HTTP/2 (prior knowledge) from clients as well as HTTP/1.1.
+    pub http2: Option<bool>,
+    /// Most client connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: Option<usize>,
+}
+
+/// `[admin]`: the admin API and viewer listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// Address to listen on; defaults to 127.0.0.1:9090, never the proxy's.
+    pub listen: Option<String>,
+    /// Admin bearer tokens, stored as SHA-256 hashes.
+    #[serde(default)]
+    pub tokens: Vec<TokenFile>,
+}
+
+/// One `[[admin.tokens]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFile {
+    /// Who holds the token; recorded as the actor of their queries.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the token (`auditgate token` prints both).
+    pub sha256: String,
+    /// What the token may do: read, export, write.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// `[store]`: where entries go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// SQLite database file (the default store).
+    pub path: Option<String>,
+    /// "after-response" (default) or "write-ahead".
+    pub durability: Option<String>,
+    /// "normal" (survives process crashes) or "full" (fsync each group commit).
+    pub sync: Option<String>,
+    /// Entries that may wait for the writer before new audited requests wait for room.
+    pub queue_capacity: Option<usize>,
+    /// Most entries committed in one transaction.
+    pub batch_size: Option<usize>,
+    /// How long the writer lingers to gather a batch after the first entry arrives.
+    pub flush_interval: Option<String>,
+}
+
+/// `[log]`: the log's identity.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// Name of this sidecar's log; defaults to the host name.
+    pub log_id: Option<String>,
+}
+
+/// `[unmatched]`: traffic no rule matched.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnmatchedFile {
+    /// "none", "mutations" (default: everything but GET/HEAD/OPTIONS/TRACE) or "all".
+    pub record: Option<String>,
+}
+
+/// One `[[rule]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    /// Unique name, recorded in each entry the rule produces.
+    pub name: Option<String>,
+    /// Method or list of methods; absent or "*" matches any.
+    pub method: Option<OneOrMany>,
+    /// Route template: `/api/users/{id}`, `/files/{*rest}`.
+    pub path: Option<String>,
+    /// Regex over the raw path, with named captures as parameters.
+    pub path_regex: Option<String>,
+    /// Host name, or `*.example.com`.
+    pub host: Option<String>,
+    /// Request header conditions: exact value, "*" for present, "~regex".
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Query parameter conditions, as for headers.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// "2xx", 204, [401, 403], "any" (the default).
+    pub status: Option<toml::Value>,
+    /// Action name template: "user.deleted", "{kind}.updated".
+    pub action: Option<String>,
+    /// Resource type and id templates.
+    pub resource: Option<ResourceFile>,
+    /// Metadata key -> value source or template.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Actor fields taken from the exchange (e.g. the attempted login of a failed login).
+    pub actor: Option<RuleActorFile>,
+    /// Tenant template.
+    pub tenant: Option<String>,
+    /// Record nothing for matching traffic (health checks).
+    #[serde(default)]
+    pub skip: bool,
+    /// Hold the request until its entry is durable (overrides `[store] durability`).
+    pub write_ahead: Option<bool>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn items(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(item) => vec![item.clone()],
+            OneOrMany::Many(items) => items.clone(),
+        }
+    }
+}
+
+/// `resource = { type = "...", id = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceFile {
+    pub r#type: Option<String>,
+    pub id: Option<String>,
+}
+
+/// `actor = { id = "...", email = "...", name = "..." }` on a rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleActorFile {
+    pub id: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runtime config: what the program runs on.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmatchedRecord {
+    None,
+    Mutations,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    AfterResponse,
+    WriteAhead,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    Normal,
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    /// `host:port` of the app.
+    pub upstream: String,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_body_capture: usize,
+    pub header_read_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub http2: bool,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Read,
+    Export,
+    Write,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub tokens: Vec<AdminToken>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub durability: Durability,
+    pub sync: SyncMode,
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+}
+
+/// The part of the configuration that a reload (SIGHUP) may replace while running.
+#[derive(Debug)]
+pub struct Policy {
+    pub rules: RuleSet,
+    pub actors: ActorChain,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub store: StoreConfig,
+    pub log_id: String,
+    pub policy: Arc<Policy>,
+}
+
+/// The whole file, section by section, as TOML values (so each is checked on its own).
+const SECTIONS: &[&str] = &[
+    "proxy",
+    "admin",
+    "store",
+    "log",
+    "unmatched",
+    "actor",
+    "rule",
+];
+
+impl Config {
+    /// Reads and validates a configuration file. Relative store paths are resolved against the
+    /// file's directory, so a config means the same thing from any working directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigErrors {
+            file: file.clone(),
+            errors: vec![ConfigError::new("file", format!("cannot read: {error}"))],
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&text, &base).map_err(|errors| ConfigErrors { file, errors })
+    }
+
+    /// Parses and validates configuration text; `base` is the directory relative paths start from.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+        let table: toml::Table = toml::from_str(text).map_err(|error| {
+            let location = match error.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}")
+                }
+                None => "file".to_string(),
+            };
+            vec![ConfigError::new(
+                &location,
+                error.message().trim().to_string(),
+            )]
+        })?;
+        let mut errors = Vec::new();
+        for key in table.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                errors.push(ConfigError::new(
+                    key,
+                    format!("unknown section (known: {})", SECTIONS.join(", ")),
+                ));
+            }
+        }
+        let proxy: Option<ProxyFile> = section(&table, "proxy", &mut errors);
+        let admin: AdminFile = section(&table, "admin", &mut errors).unwrap_or_default();
+        let store: StoreFile = section(&table, "store", &mut errors).unwrap_or_default();
+        let log: LogFile = section(&table, "log", &mut errors).unwrap_or_default();
+        let unmatched: UnmatchedFile =
+            section(&table, "unmatched", &mut errors).unwrap_or_default();
+        let actors: Vec<ActorFile> = array_section(
+            &table,
+            "actor",
+            |index, _| format!("actor #{}", index + 1),
+            &mut errors,
+        )
+        .into_iter()
+        .map(|(_, actor)| actor)
+        .collect();
+        let rules: Vec<(usize, RuleFile)> = array_section(
+            &table,
+            "rule",
+            |index, value| {
+                let name = value.get("name").and_then(toml::Value::as_str);
+                crate::rules::rule_location(index, name)
+            },
+            &mut errors,
+        );
+
+        let proxy = match proxy {
+            Some(proxy) => validate_proxy(&proxy, &mut errors),
+            None => {
+                errors.push(ConfigError::new(
+                    "proxy",
+                    "missing: [proxy] needs at least `upstream`",
+                ));
+                None
+            }
+        };
+        let admin = validate_admin(&admin, &mut errors);
+        let store = validate_store(&store, base, &mut errors);
+        let log_id = match log.log_id {
+            Some(id) if valid_log_id(&id) => id,
+            Some(id) => {
+                errors.push(ConfigError::new(
+                    "log.log_id",
+                    format!("`{id}` must be 1-64 characters of letters, digits, '.', '_' or '-'"),
+                ));
+                String::new()
+            }
+            None => default_log_id(),
+        };
+        let unmatched = match unmatched.record.as_deref() {
+            None | Some("mutations") => UnmatchedRecord::Mutations,
+            Some("none") => UnmatchedRecord::None,
+            Some("all") => UnmatchedRecord::All,
+            Some(other) => {
+                errors.push(ConfigError::new(
+                    "unmatched.record",
+                    format!("`{other}` is not one of none, mutations, all"),
+                ));
+                UnmatchedRecord::Mutations
+            }
+        };
+        let trusted = proxy
+            .as_ref()
+            .map(|proxy| proxy.trusted_proxies.clone())
+            .unwrap_or_default();
+        let actors = ActorChain::compile(&actors, &trusted)
+            .map_err(|actor_errors| errors.extend(actor_errors));
+        let rules: Vec<(usize, &RuleFile)> =
+            rules.iter().map(|(index, rule)| (*index, rule)).collect();
+        let rules = RuleSet::compile_indexed(&rules, unmatched)
+            .map_err(|rule_errors| errors.extend(rule_errors));
+        if let (Some(proxy), Some(admin)) = (&proxy, &admin) {
+            if proxy.listen == admin.listen && proxy.listen.port() != 0 {
+                errors.push(ConfigError::new(
+                    "admin.listen",
+                    "must differ from proxy.listen: the admin API is never served on the proxy port",
+                ));
+            }
+        }
+        match (proxy, admin, store, actors, rules) {
+            (Some(proxy), Some(admin), Some(store), Ok(actors), Ok(rules)) if errors.is_empty() => {
+                Ok(Config {
+                    proxy,
+                    admin,
+                    store,
+                    log_id,
+                    policy: Arc::new(Policy { rules, actors }),
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+}
+
+fn section<T: serde::de::DeserializeOwned>(
+    table: &toml::Table,
+    key: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    let value = table.get(key)?;
+    if !value.is_table() {
+        errors.push(ConfigError::new(key, format!("must be a table: [{key}]")));
+        return None;
+    }
+    match T::deserialize(value.clone()) {
+        Ok(parsed) => Some(parsed),
+        Err(error) => {
+            errors.push(ConfigError::new(key, error.message().trim().to_string()));
+            None
+        }
+    }
+}
+
+fn array_section<T: serde::de::DeserializeOwned>(
+    table: &toml::Table,
+    key: &str,
+    locate: impl Fn(usize, &toml::Value) -> String,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(usize, T)> {
+    let Some(value) = table.get(key) else {
+        return Vec::new();
+    };
+    let Some(items) = value.as_array() else {
+        errors.push(ConfigError::new(
+            key,
+            format!("must be an array of tables: [[{key}]]"),
+        ));
+        return Vec::new();
+    };
+    let mut parsed = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        match T::deserialize(item.clone()) {
+            Ok(value) => parsed.push((index, value)),
+            Err(error) => errors.push(ConfigError::new(
+                &locate(index, item),
+                error.message().trim().to_string(),
+            )),
+        }
+    }
+    parsed
+}
+
+fn parse_addr(location: &str, text: &str, errors: &mut Vec<ConfigError>) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.push(ConfigError::new(
+                location,
+                format!("`{text}` is not an address like 127.0.0.1:8080 or [::]:8080"),
+            ));
+            None
+        }
+    }
+}
+
+fn duration_or(
+    location: &str,
+    text: Option<&str>,
+    default: Duration,
+    errors: &mut Vec<ConfigError>,
+) -> Duration {
+    match text {
+        None => default,
+        Some(text) => parse_duration(text).unwrap_or_else(|message| {
+            errors.push(ConfigError::new(location, message));
+            default
+        }),
+    }
+}
+
+/// Parses trusted proxy entries: CIDRs or single addresses.
+pub fn parse_networks(
+    location: &str,
+    items: &[String],
+    errors: &mut Vec<ConfigError>,
+) -> Vec<IpNet> {
+    let mut networks = Vec::new();
+    for item in items {
+        if let Ok(network) = item.parse::<IpNet>() {
+            networks.push(network);
+        } else if let Ok(addr) = item.parse::<std::net::IpAddr>() {
+            networks.push(IpNet::from(addr));
+        } else {
+            errors.push(ConfigError::new(
+                location,
+                format!("`{item}` is not a CIDR like 10.0.0.0/8 or an address"),
+            ));
+        }
+    }
+    networks
+}
+
+fn validate_proxy(file: &ProxyFile, errors: &mut Vec<ConfigError>) -> Option<ProxyConfig> {
+    let listen = parse_addr(
+        "proxy.listen",
+        file.listen.as_deref().unwrap_or("0.0.0.0:8080"),
+        errors,
+    );
+    let upstream = match file.upstream.as_deref() {
+        None => {
+            errors.push(ConfigError::new(
+                "proxy.upstream",
+                "missing: the app's host:port, e.g. 127.0.0.1:3000",
+            ));
+            None
+        }
+        Some(text) => match normalize_upstream(text) {
+            Ok(upstream) => Some(upstream),
+            Err(message) => {
+                errors.push(ConfigError::new("proxy.upstream", message));
+                None
+            }
+        },
+    };
+    let trusted_proxies = parse_networks("proxy.trusted_proxies", &file.trusted_proxies, errors);
+    let max_body_capture = match file.max_body_capture.as_deref() {
+        None => 64 * 1024,
+        Some(text) => match parse_size(text) {
+            Ok(size) if size <= 64 * 1024 * 1024 => size as usize,
+            Ok(_) => {
+                errors.push(ConfigError::new(
+                    "proxy.max_body_capture",
+                    "must be at most 64MiB",
+                ));
+                0
+            }
+            Err(message) => {
+                errors.push(ConfigError::new("proxy.max_body_capture", message));
+                0
+            }
+        },
+    };
+    let header_read_timeout = duration_or(
+        "proxy.header_read_timeout",
+        file.header_read_timeout.as_deref(),
+        Duration::from_secs(30),
+        errors,
+    );
+    let connect_timeout = duration_or(
+        "proxy.connect_timeout",
+        file.connect_timeout.as_deref(),
+        Duration::from_secs(5),
+        errors,
+    );
+    let upstream_timeout = duration_or(
+        "proxy.upstream_timeout",
+        file.upstream_timeout.as_deref(),
+        Duration::from_secs(60),
+        errors,
+    );
+    let idle_timeout = duration_or(
+        "proxy.idle_timeout",
+        file.idle_timeout.as_deref(),
+        Duration::from_secs(90),
+        errors,
+    );
+    let max_connections = file.max_connections.unwrap_or(10_000);
+    if max_connections == 0 {
+        errors.push(ConfigError::new(
+            "proxy.max_connections",
+            "must be at least 1",
+        ));
+    }
+    Some(ProxyConfig {
+        listen: listen?,
+        upstream: upstream?,
+        trusted_proxies,
+        max_body_capture,
+        header_read_timeout,
+        connect_timeout,
+        upstream_timeout,
+        idle_timeout,
+        http2: file.http2.unwrap_or(true),
+        max_connections,
+    })
+}
+
+/// Accepts `host:port` or `http://host:port[/]` and returns `host:port`.
+fn normalize_upstream(text: &str) -> Result<String, String> {
+    let rest = if let Some(rest) = text.strip_prefix("http://") {
+        rest.trim_end_matches('/')
+    } else if text.starts_with("https://") {
+        return Err(
+            "https upstreams are not supported; the app beside the sidecar speaks plain HTTP"
+                .to_string(),
+        );
+    } else {
+        text
+    };
+    let authority: http::uri::Authority = rest
+        .parse()
+        .map_err(|_| format!("`{text}` is not host:port"))?;
+    if authority.port_u16().is_none() {
+        return Err(format!("`{text}` needs a port, e.g. 127.0.0.1:3000"));
+    }
+    if rest.contains('/') || rest.contains('@') {
+        return Err(format!(
+            "`{text}` must be only host:port (no path or credentials)"
+        ));
+    }
+    Ok(authority.to_string())
+}
+
+fn validate_admin(file: &AdminFile, errors: &mut Vec<ConfigError>) -> Option<AdminConfig> {
+    let listen = parse_addr(
+        "admin.listen",
+        file.listen.as_deref().unwrap_or("127.0.0.1:9090"),
+        errors,
+    );
+    let mut tokens = Vec::new();
+    for (index, token) in file.tokens.iter().enumerate() {
+        let location = format!("admin.tokens #{} ({:?})", index + 1, token.name);
+        let mut sha256 = [0u8; 32];
+        if hex::decode_to_slice(token.sha256.trim(), &mut sha256).is_err() {
+            errors.push(ConfigError::new(
+                &format!("{location}.sha256"),
+                "must be 64 hex digits (the hash `auditgate token` prints, never the token itself)",
+            ));
+        }
+        let mut scopes = Vec::new();
+        for scope in &token.scopes {
+            match scope.as_str() {
+                "read" => scopes.push(Scope::Read),
+                "export" => scopes.push(Scope::Export),
+                "write" => scopes.push(Scope::Write),
+                other => errors.push(ConfigError::new(
+                    &format!("{location}.scopes"),
+                    format!("`{other}` is not one of read, export, write"),
+                )),
+            }
+        }
+        if token.scopes.is_empty() {
+            errors.push(ConfigError::new(
+                &format!("{location}.scopes"),
+                "a token needs at least one scope",
+            ));
+        }
+        tokens.push(AdminToken {
+            name: token.name.clone(),
+            sha256,
+            scopes,
+        });
+    }
+    Some(AdminConfig {
+        listen: listen?,
+        tokens,
+    })
+}
+
+fn validate_store(
+    file: &StoreFile,
+    base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Option<StoreConfig> {
+    let path = PathBuf::from(file.path.as_deref().unwrap_or("data/audit.db"));
+    let path = if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    };
+    let durability = match file.durability.as_deref() {
+        None | Some("after-response") => Durability::AfterResponse,
+        Some("write-ahead") => Durability::WriteAhead,
+        Some(other) => {
+            errors.push(ConfigError::new(
+                "store.durability",
+                format!("`{other}` is not one of after-response, write-ahead"),
+            ));
+            Durability::AfterResponse
+        }
+    };
+    let sync = match file.sync.as_deref() {
+        None | Some("normal") => SyncMode::Normal,
+        Some("full") => SyncMode::Full,
+        Some(other) => {
+            errors.push(ConfigError::new(
+                "store.sync",
+                format!("`{other}` is not one of normal, full"),
+            ));
+            SyncMode::Normal
+        }
+    };
+    let queue_capacity = file.queue_capacity.unwrap_or(65_536);
+    if queue_capacity == 0 {
+        errors.push(ConfigError::new(
+            "store.queue_capacity",
+            "must be at least 1",
+        ));
+    }
+    let batch_size = file.batch_size.unwrap_or(1024);
+    if batch_size == 0 {
+        errors.push(ConfigError::new("store.batch_size", "must be at least 1"));
+    }
+    let flush_interval = duration_or(
+        "store.flush_interval",
+        file.flush_interval.as_deref(),
+        Duration::from_millis(2),
+        errors,
+    );
+    Some(StoreConfig {
+        path,
+        durability,
+        sync,
+        queue_capacity,
+        batch_size,
+        flush_interval,
+    })
+}
+
+fn valid_log_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The host name, cleaned to a valid log id; "auditgate" if there is none.
+fn default_log_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default();
+    let cleaned: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if cleaned.is_empty() {
+        "auditgate".to_string()
+    } else {
+        cleaned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_has_defaults() {
+        let config = Config::parse(
+            "[proxy]\nupstream = \"127.0.0.1:3000\"\n",
+            Path::new("/etc/auditgate"),
+        )
+        .expect("valid");
+        assert_eq!(config.proxy.upstream, "127.0.0.1:3000");
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(
+            config.store.path,
+            PathBuf::from("/etc/auditgate/data/audit.db")
+        );
+        assert_eq!(config.proxy.max_body_capture, 65_536);
+        assert_eq!(config.policy.rules.unmatched, UnmatchedRecord::Mutations);
+    }
+
+    #[test]
+    fn every_error_is_listed_with_its_place() {
+        let text = r#"
+            [proxy]
+            listen = "nowhere"
+            upstream = "https://app"
+            max_body_capture = "lots"
+            trusted_proxies = ["10.0.0.0/33"]
+            [admin]
+            listen = "127.0.0.1:9090"
+            [[admin.tokens]]
+            name = "ops"
+            sha256 = "abc"
+            scopes = ["read", "delete"]
+            [store]
+            durability = "sometimes"
+            [unmatched]
+            record = "some"
+            [bogus]
+            x = 1
+            [[rule]]
+            name = "r"
+            path = "/x"
+            actoin = "typo"
+            [[rule]]
+            name = "ok"
+            path = "/y"
+            action = "y"
+            status = "7xx"
+        "#;
+        let errors = Config::parse(text, Path::new(".")).expect_err("invalid");
+        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let all = all.join("\n");
+        for expected in [
+            "proxy.listen",
+            "proxy.upstream",
+            "proxy.max_body_capture",
+            "proxy.trusted_proxies",
+            "admin.tokens #1 (\"ops\").sha256",
+            "admin.tokens #1 (\"ops\").scopes",
+            "store.durability",
+            "unmatched.record",
+            "bogus: unknown section",
+            "rule #1 (\"r\"): unknown field `actoin`",
+            "rule #2 (\"ok\").status",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_say_the_line() {
+        let errors = Config::parse("[proxy]\nupstream = \n", Path::new(".")).expect_err("invalid");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].location.starts_with("line "), "{:?}", errors[0]);
+    }
+
+    #[test]
+    fn admin_never_shares_the_proxy_port() {
+        let text = "[proxy]\nupstream = \"127.0.0.1:3000\"\nlisten = \"127.0.0.1:9090\"\n";
+        let errors = Config::parse(text, Path::new(".")).expect_err("invalid");
+        assert!(errors.iter().any(|error| error.location == "admin.listen"));
+    }
+
+    #[test]
+    fn upstream_forms() {
+        assert_eq!(
+            normalize_upstream("http://app:3000/"),
+            Ok("app:3000".to_string())
+        );
+        assert!(normalize_upstream("app").is_err());
+        assert!(normalize_upstream("app:3000/x").is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! `auditgate explain`: which rule a request would match and the entry it would produce, using
+//! the same code the proxy runs, without a proxy or an app.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use serde_json::{json, Value};
+
+use crate::cli::ExplainArgs;
+use crate::client_ip;
+use crate::config::Config;
+use crate::proxy::{Exchange, ExchangeStart};
+use crate::rules::{Decision, RequestView, RuleKind};
+
+fn parse_headers(items: &[String], what: &str) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    for item in items {
+        let (name, value) = item
+            .split_once(':')
+            .ok_or_else(|| format!("{what} `{item}` is not 'Name: value'"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("{what} name `{}` is not valid", name.trim()))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| format!("{what} value for {name} is not valid"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// Runs the request through the rules and returns the explanation as JSON.
+pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
+    let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("`{}` is not an HTTP method", args.method))?;
+    let uri: Uri = args.target.parse().map_err(|_| {
+        format!(
+            "`{}` is not a request target like /api/users/42",
+            args.target
+        )
+    })?;
+    let peer: IpAddr = args
+        .peer
+        .parse()
+        .map_err(|_| format!("--peer `{}` is not an IP address", args.peer))?;
+    let headers = parse_headers(&args.headers, "header")?;
+    let response_headers = parse_headers(&args.response_headers, "response header")?;
+    if !(100..=599).contains(&args.status) {
+        return Err(format!("--status {} is outside 100-599", args.status));
+    }
+
+    let policy = config.policy.clone();
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|value| value.to_str().ok());
+    let candidates = policy.rules.candidates(&RequestView {
+        method: &method,
+        path: uri.path(),
+        query: uri.query(),
+        host,
+        headers: &headers,
+    });
+    let candidate_names: Vec<&str> = candidates
+        .iter()
+        .map(|&index| policy.rules.rule(index).name.as_str())
+        .collect();
+    let trusted = &config.proxy.trusted_proxies;
+    let client = client_ip::resolve(peer, &headers, trusted);
+    let needs = policy.rules.needs(&candidates);
+    let mut exchange = Exchange::begin(ExchangeStart {
+        policy: policy.clone(),
+        log_id: &config.log_id,
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        client: client.client,
+        peer_trusted: client_ip::is_trusted(peer, trusted),
+        request_id: Some("explain"),
+        candidates: candidates.clone(),
+        needs,
+        capture_limit: config.proxy.max_body_capture,
+        started: Instant::now(),
+    });
+    if let Some(body) = &args.body {
+        exchange.set_request_body(Bytes::from(body.clone()));
+    }
+    let declared = args.response_body.as_ref().map(|body| body.len() as u64);
+    exchange.set_response(args.status, &response_headers, declared);
+    if let Some(body) = &args.response_body {
+        exchange.set_response_body(Bytes::from(body.clone()));
+    }
+    let decision = exchange.decision();
+    let (decision_text, rule) = match decision {
+        Decision::Rule(index) => {
+            let rule = policy.rules.rule(index);
+            let kind = match rule.kind {
+                RuleKind::Record(_) => "record",
+                RuleKind::Skip => "skip",
+            };
+            (kind, Some(rule.name.clone()))
+        }
+        Decision::Unmatched => ("unmatched", None),
+        Decision::Nothing => {
+            // A skip rule and "no rule, unmatched traffic not recorded" both record nothing; say which.
+            let skipped_by = candidates
+                .iter()
+                .map(|&index| policy.rules.rule(index))
+                .find(|rule| rule.status.holds(args.status));
+            match skipped_by {
+                Some(rule) => ("skip", Some(rule.name.clone())),
+                None => ("not recorded", None),
+            }
+        }
+    };
+    let entry = exchange.into_entry_complete();
+    Ok(json!({
+        "decision": decision_text,
+        "rule": rule,
+        "candidates": candidate_names,
+        "entry": entry.map(|entry| entry.to_api_json()),
+    }))
+}

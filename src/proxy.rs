@@ -1,0 +1,1174 @@
+//! The hyper service: forward each request to the app, capture what the rules need, and finish
+//! the entry when the response body ends or the client goes away.
+//!
+//! Per-request state travels with the request in [`Exchange`], built when the head arrives and
+//! finished by [`ResponseBody`] when its last frame is sent (or when it is dropped early). The
+//! phases are: request filter (rule candidates, actor, client address, back-pressure), upstream
+//! request (hop-by-hop headers removed, forwarding headers added, body buffered only when a rule
+//! reads it), response filter (the status decides the rule), body filter (tee of the response body
+//! when a rule reads it), logging (the entry is pushed to the writer).
+
+use std::convert::Infallible;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use chrono::Utc;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::Value;
+
+use crate::actor::ActorRequest;
+use crate::client_ip;
+use crate::config::{Policy, ProxyConfig};
+use crate::entry::{AuditEntry, Outcome};
+use crate::metrics::Metrics;
+use crate::rules::{Decision, RequestView, RuleKind};
+use crate::template::{self, Needs};
+use crate::writer::WriterHandle;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Longest accepted incoming X-Request-Id; longer ones are replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Everything the proxy shares across requests.
+pub struct ProxyState {
+    policy: RwLock<Arc<Policy>>,
+    pub config: ProxyConfig,
+    pub log_id: String,
+    pub writer: WriterHandle,
+    pub metrics: Arc<Metrics>,
+    client: Client<HttpConnector, RequestBody>,
+    upstream_authority: http::uri::Authority,
+}
+
+impl ProxyState {
+    pub fn new(
+        config: ProxyConfig,
+        policy: Arc<Policy>,
+        log_id: String,
+        writer: WriterHandle,
+        metrics: Arc<Metrics>,
+    ) -> Result<ProxyState, String> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.idle_timeout)
+            .pool_max_idle_per_host(1024)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        let upstream_authority = config
+            .upstream
+            .parse()
+            .map_err(|_| format!("upstream `{}` is not host:port", config.upstream))?;
+        Ok(ProxyState {
+            policy: RwLock::new(policy),
+            config,
+            log_id,
+            writer,
+            metrics,
+            client,
+            upstream_authority,
+        })
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(policy) => policy.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Swaps the rules and actor sources whole (SIGHUP reload); requests in flight keep the
+    /// policy they started with.
+    pub fn replace_policy(&self, policy: Arc<Policy>) {
+        match self.policy.write() {
+            Ok(mut current) => *current = policy,
+            Err(poisoned) => *poisoned.into_inner() = policy,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies
+// ---------------------------------------------------------------------------------------------
+
+/// The body sent to the app: the client's stream as is, or — when a rule reads it — buffered
+/// up to the capture limit (and then the rest streamed after the buffered part).
+pub enum RequestBody {
+    Streamed(Incoming),
+    Buffered(Full<Bytes>),
+    Prefixed {
+        prefix: Option<Bytes>,
+        rest: Incoming,
+    },
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Streamed(incoming) => {
+                Pin::new(incoming).poll_frame(cx).map_err(Into::into)
+            }
+            RequestBody::Buffered(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            RequestBody::Prefixed { prefix, rest } => match prefix.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => Pin::new(rest).poll_frame(cx).map_err(Into::into),
+            },
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streamed(incoming) => incoming.is_end_stream(),
+            RequestBody::Buffered(full) => full.is_end_stream(),
+            RequestBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streamed(incoming) => incoming.size_hint(),
+            RequestBody::Buffered(full) => full.size_hint(),
+            RequestBody::Prefixed { prefix, rest } => {
+                let extra = prefix.as_ref().map(|bytes| bytes.len() as u64).unwrap_or(0);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+enum ResponseInner {
+    Upstream(Incoming),
+    Full(Full<Bytes>),
+}
+
+/// The body sent to the client. When the exchange is audited it carries the exchange and
+/// finishes its entry on the last frame, on an error, or when dropped early (client gone).
+pub struct ResponseBody {
+    inner: ResponseInner,
+    exchange: Option<Box<Exchange>>,
+}
+
+impl ResponseBody {
+    fn full(bytes: impl Into<Bytes>, exchange: Option<Box<Exchange>>) -> ResponseBody {
+        ResponseBody {
+            inner: ResponseInner::Full(Full::new(bytes.into())),
+            exchange,
+        }
+    }
+
+    fn finish(&mut self, completion: Completion) {
+        if let Some(exchange) = self.exchange.take() {
+            exchange.finish(completion);
+        }
+    }
+}
+
+enum Completion {
+    Complete,
+    UpstreamBodyError(String),
+    ClientGone,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            ResponseInner::Upstream(incoming) => {
+                Pin::new(incoming).poll_frame(cx).map_err(BoxError::from)
+            }
+            ResponseInner::Full(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(exchange), Some(data)) = (this.exchange.as_mut(), frame.data_ref()) {
+                    exchange.response_capture.push(data);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.finish(Completion::UpstreamBodyError(error.to_string()));
+                Poll::Ready(Some(Err(error)))
+            }
+            Poll::Ready(None) => {
+                this.finish(Completion::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            ResponseInner::Upstream(incoming) => incoming.is_end_stream(),
+            ResponseInner::Full(full) => full.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            ResponseInner::Upstream(incoming) => incoming.size_hint(),
+            ResponseInner::Full(full) => full.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper does not poll a body it already knows is empty (HEAD, 204, 304, Content-Length: 0),
+        // so "ended" is judged here too.
+        let completion = if self.is_end_stream() {
+            Completion::Complete
+        } else {
+            Completion::ClientGone
+        };
+        self.finish(completion);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capture
+// ---------------------------------------------------------------------------------------------
+
+/// A body captured for `*.body:` values, bounded by `max_body_capture`.
+#[derive(Default)]
+struct Capture {
+    active: bool,
+    limit: usize,
+    bytes: BytesMut,
+    overflow: bool,
+    /// Why the body is not available, when it is not.
+    unavailable: Option<&'static str>,
+}
+
+impl Capture {
+    fn off(reason: &'static str) -> Capture {
+        Capture {
+            unavailable: Some(reason),
+            ..Capture::default()
+        }
+    }
+
+    fn on(limit: usize) -> Capture {
+        Capture {
+            active: true,
+            limit,
+            ..Capture::default()
+        }
+    }
+
+    fn push(&mut self, data: &Bytes) {
+        if !self.active || self.overflow {
+            return;
+        }
+        if self.bytes.len() + data.len() > self.limit {
+            self.overflow = true;
+            self.bytes = BytesMut::new();
+        } else {
+            self.bytes.extend_from_slice(data);
+        }
+    }
+
+    /// Parses the captured bytes as JSON, decoding gzip/deflate first; anything else is reported
+    /// as not captured rather than mis-parsed.
+    fn parse(&self, encoding: Option<&str>, limit: usize) -> Result<Value, String> {
+        if let Some(reason) = self.unavailable {
+            return Err(reason.to_string());
+        }
+        if self.overflow {
+            return Err("was larger than max_body_capture".to_string());
+        }
+        let decoded;
+        let bytes: &[u8] = match encoding.map(|e| e.trim().to_ascii_lowercase()) {
+            None => &self.bytes,
+            Some(encoding) if encoding.is_empty() || encoding == "identity" => &self.bytes,
+            Some(encoding)
+                if encoding == "gzip" || encoding == "x-gzip" || encoding == "deflate" =>
+            {
+                let mut out = Vec::new();
+                let reader: Box<dyn Read> = if encoding == "deflate" {
+                    Box::new(flate2::read::ZlibDecoder::new(&self.bytes[..]))
+                } else {
+                    Box::new(flate2::read::MultiGzDecoder::new(&self.bytes[..]))
+                };
+                // Bounded: a small compressed body must not inflate past the capture limit.
+                let read = reader.take(limit as u64 + 1).read_to_end(&mut out);
+                match read {
+                    Ok(_) if out.len() <= limit => {}
+                    Ok(_) => {
+                        return Err("was larger than max_body_capture once decompressed".to_string())
+                    }
+                    Err(_) => return Err(format!("is not valid {encoding}")),
+                }
+                decoded = out;
+                &decoded
+            }
+            Some(encoding) => return Err(format!("is {encoding}-encoded, which is not decoded")),
+        };
+        if bytes.is_empty() {
+            return Err("is empty".to_string());
+        }
+        serde_json::from_slice(bytes).map_err(|_| "is not JSON".to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The exchange: per-request audit state
+// ---------------------------------------------------------------------------------------------
+
+/// Everything needed to finish one entry, gathered along the way.
+pub struct Exchange {
+    policy: Arc<Policy>,
+    /// Where the finished entry goes; `None` for `auditgate explain`, which only prints it.
+    sink: Option<(WriterHandle, Arc<Metrics>)>,
+    entry: AuditEntry,
+    method: Method,
+    raw_path: String,
+    raw_query: Option<String>,
+    candidates: Vec<usize>,
+    decision: Decision,
+    request_headers: Option<HeaderMap>,
+    response_headers: Option<HeaderMap>,
+    request_capture: Capture,
+    request_encoding: Option<String>,
+    response_capture: Capture,
+    response_encoding: Option<String>,
+    capture_limit: usize,
+    started: Instant,
+    /// Set when the entry is final before the body (upgrades, proxy errors).
+    error: Option<String>,
+}
+
+/// The read side of an exchange for templates, with parsed bodies.
+struct TemplateContext<'a> {
+    exchange: &'a Exchange,
+    params: Vec<(String, String)>,
+    query: Option<Vec<(String, String)>>,
+    request_body: Result<Value, String>,
+    response_body: Result<Value, String>,
+}
+
+impl template::Context for TemplateContext<'_> {
+    fn path_param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn query(&self, name: &str) -> Option<String> {
+        self.query
+            .as_ref()?
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    }
+
+    fn request_header(&self, name: &HeaderName) -> Option<&str> {
+        self.exchange
+            .request_headers
+            .as_ref()?
+            .get(name)?
+            .to_str()
+            .ok()
+    }
+
+    fn response_header(&self, name: &HeaderName) -> Option<&str> {
+        self.exchange
+            .response_headers
+            .as_ref()?
+            .get(name)?
+            .to_str()
+            .ok()
+    }
+
+    fn request_body(&self) -> Result<&Value, &str> {
+        self.request_body.as_ref().map_err(String::as_str)
+    }
+
+    fn response_body(&self) -> Result<&Value, &str> {
+        self.response_body.as_ref().map_err(String::as_str)
+    }
+}
+
+/// What [`Exchange::begin`] needs from the request head.
+pub struct ExchangeStart<'a> {
+    pub policy: Arc<Policy>,
+    pub log_id: &'a str,
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub client: std::net::IpAddr,
+    pub peer_trusted: bool,
+    pub request_id: Option<&'a str>,
+    pub candidates: Vec<usize>,
+    pub needs: Needs,
+    pub capture_limit: usize,
+    pub started: Instant,
+}
+
+impl Exchange {
+    /// Starts an exchange from the request head: the request-side fields and the actor.
+    pub fn begin(start: ExchangeStart) -> Box<Exchange> {
+        let headers = start.headers;
+        let mut entry = AuditEntry::new(start.log_id, "");
+        entry.created_at = Utc::now();
+        entry.method = Some(start.method.as_str().to_string());
+        entry.path = Some(String::from_utf8_lossy(start.uri.path().as_bytes()).into_owned());
+        entry.ip = Some(start.client.to_string());
+        entry.user_agent = header_text(headers, &header::USER_AGENT);
+        entry.request_id = start.request_id.map(str::to_string);
+        if !start.policy.actors.is_empty() {
+            let actor = start.policy.actors.resolve(&ActorRequest {
+                headers,
+                peer_trusted: start.peer_trusted,
+            });
+            if let Some(extra) = actor.metadata() {
+                entry.metadata.insert("_actor".to_string(), extra);
+            }
+            entry.actor_id = actor.id;
+            entry.actor_email = actor.email;
+            entry.actor_name = actor.name;
+            entry.tenant = actor.tenant;
+            entry.actor_source = actor.source.map(str::to_string);
+            entry.actor_verified = actor.verified;
+        }
+        Box::new(Exchange {
+            policy: start.policy,
+            sink: None,
+            entry,
+            method: start.method.clone(),
+            raw_path: start.uri.path().to_string(),
+            raw_query: start.uri.query().map(str::to_string),
+            candidates: start.candidates,
+            decision: Decision::Nothing,
+            request_headers: start.needs.request_headers.then(|| headers.clone()),
+            response_headers: None,
+            request_capture: Capture::off("was not captured"),
+            request_encoding: header_text(headers, &header::CONTENT_ENCODING),
+            response_capture: Capture::off("was not captured"),
+            response_encoding: None,
+            capture_limit: start.capture_limit,
+            started: start.started,
+            error: None,
+        })
+    }
+
+    /// Records what the app answered and decides which rule the exchange falls under.
+    pub fn set_response(
+        &mut self,
+        status: u16,
+        headers: &HeaderMap,
+        declared_length: Option<u64>,
+    ) -> Needs {
+        self.entry.status = Some(status);
+        self.decision = self
+            .policy
+            .rules
+            .decide(&self.candidates, &self.method, status);
+        let Decision::Rule(index) = self.decision else {
+            return Needs::default();
+        };
+        let needs = self.policy.rules.rule(index).needs;
+        if needs.response_headers {
+            self.response_headers = Some(headers.clone());
+        }
+        if needs.response_body {
+            let too_large =
+                declared_length.is_some_and(|length| length > self.capture_limit as u64);
+            self.response_capture = if too_large {
+                Capture::off("was larger than max_body_capture")
+            } else {
+                Capture::on(self.capture_limit)
+            };
+            self.response_encoding = header_text(headers, &header::CONTENT_ENCODING);
+        }
+        needs
+    }
+
+    /// Records a request the proxy answered itself (the app unreachable, a broken request).
+    fn set_proxy_answer(&mut self, status: u16, error: String) {
+        self.entry.status = Some(status);
+        self.error = Some(error);
+        self.decision =
+            self.policy
+                .rules
+                .decide_unreachable(&self.candidates, &self.method, status);
+    }
+
+    /// Gives the exchange a request body that was read whole (for `auditgate explain`).
+    pub fn set_request_body(&mut self, body: Bytes) {
+        let mut capture = Capture::on(self.capture_limit);
+        capture.push(&body);
+        self.request_capture = capture;
+    }
+
+    /// Gives the exchange a response body that was read whole (for `auditgate explain`).
+    pub fn set_response_body(&mut self, body: Bytes) {
+        if self.response_capture.active {
+            self.response_capture.push(&body);
+        }
+    }
+
+    /// The decision taken at the response.
+    pub fn decision(&self) -> Decision {
+        self.decision
+    }
+
+    fn finish(self: Box<Self>, completion: Completion) {
+        let sink = self.sink.clone();
+        if let (Some(entry), Some((writer, metrics))) = (self.into_entry(completion), sink) {
+            metrics.entries_produced.inc();
+            writer.push(entry);
+        }
+    }
+
+    /// The finished entry, or `None` when the decision is to record nothing.
+    pub fn into_entry_complete(self: Box<Self>) -> Option<AuditEntry> {
+        self.into_entry(Completion::Complete)
+    }
+
+    fn into_entry(mut self: Box<Self>, completion: Completion) -> Option<AuditEntry> {
+        let status = self.entry.status;
+        match completion {
+            Completion::Complete => {}
+            Completion::UpstreamBodyError(error) => {
+                self.error
+                    .get_or_insert(format!("the app's response body failed: {error}"));
+            }
+            Completion::ClientGone => {
+                self.error.get_or_insert_with(|| {
+                    "the client went away before the response was complete".to_string()
+                });
+            }
+        }
+        let rules = &self.policy.rules;
+        let mut entry = std::mem::replace(&mut self.entry, AuditEntry::new("", ""));
+        entry.duration_us = Some(self.started.elapsed().as_micros() as u64);
+        entry.error = self.error.take();
+        entry.outcome = match (status, &entry.error) {
+            (Some(status), _) => Outcome::from_status(status),
+            (None, _) => Outcome::Error,
+        };
+        match self.decision {
+            Decision::Nothing => return None,
+            Decision::Unmatched => {
+                entry.action = format!("http.{}", self.method.as_str().to_ascii_lowercase());
+            }
+            Decision::Rule(index) => {
+                let rule = rules.rule(index);
+                entry.rule = Some(rule.name.clone());
+                entry.route = rule.route().map(str::to_string);
+                if let RuleKind::Record(spec) = &rule.kind {
+                    let context = TemplateContext {
+                        exchange: &self,
+                        params: rule.path_params(&self.raw_path),
+                        query: self.raw_query.as_ref().map(|query| {
+                            form_urlencoded::parse(query.as_bytes())
+                                .into_owned()
+                                .collect()
+                        }),
+                        request_body: if rule.needs.request_body {
+                            self.request_capture
+                                .parse(self.request_encoding.as_deref(), self.capture_limit)
+                        } else {
+                            Err("was not captured".to_string())
+                        },
+                        response_body: if rule.needs.response_body {
+                            self.response_capture
+                                .parse(self.response_encoding.as_deref(), self.capture_limit)
+                        } else {
+                            Err("was not captured".to_string())
+                        },
+                    };
+                    fill_from_rule(&mut entry, spec, &context);
+                }
+            }
+        }
+        Some(entry)
+    }
+}
+
+/// Evaluates a rule's templates into the entry; a value that cannot be had is left empty and
+/// the reason recorded under `_missing`, so an auditor sees why a field is blank.
+fn fill_from_rule(
+    entry: &mut AuditEntry,
+    spec: &crate::rules::RecordSpec,
+    context: &dyn template::Context,
+) {
+    let mut missing = serde_json::Map::new();
+    let mut text = |key: &str, template: &template::Template| match template.evaluate_text(context)
+    {
+        Ok(value) => Some(value),
+        Err(why) => {
+            missing.insert(key.to_string(), Value::from(why));
+            None
+        }
+    };
+    match text("action", &spec.action) {
+        Some(action) if !action.is_empty() => entry.action = action,
+        _ => entry.action = "unknown".to_string(),
+    }
+    if let Some(template) = &spec.resource_type {
+        entry.resource_type = text("resourceType", template);
+    }
+    if let Some(template) = &spec.resource_id {
+        entry.resource_id = text("resourceId", template);
+    }
+    if let Some(template) = &spec.tenant {
+        if let Some(tenant) = text("tenant", template) {
+            entry.tenant = Some(tenant);
+        }
+    }
+    let mut actor_from_rule = false;
+    if let Some(template) = &spec.actor_id {
+        if let Some(id) = text("actorId", template) {
+            entry.actor_id = Some(id);
+            actor_from_rule = true;
+        }
+    }
+    if let Some(template) = &spec.actor_email {
+        if let Some(email) = text("actorEmail", template) {
+            entry.actor_email = Some(email);
+            actor_from_rule = true;
+        }
+    }
+    if let Some(template) = &spec.actor_name {
+        if let Some(name) = text("actorName", template) {
+            entry.actor_name = Some(name);
+            actor_from_rule = true;
+        }
+    }
+    if actor_from_rule {
+        // The identity now comes from what the request claimed, which proves nothing.
+        entry.actor_source = Some("rule".to_string());
+        entry.actor_verified = false;
+    }
+    for (key, template) in &spec.metadata {
+        match template.evaluate(context) {
+            Ok(value) => {
+                entry.metadata.insert(key.clone(), value);
+            }
+            Err(why) => {
+                entry.metadata.insert(key.clone(), Value::Null);
+                missing.insert(key.clone(), Value::from(why));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        entry
+            .metadata
+            .insert("_missing".to_string(), Value::Object(missing));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service
+// ---------------------------------------------------------------------------------------------
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1), removed in both directions.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .any(|value| {
+                value
+                    .split(',')
+                    .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn valid_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// Text of a header for recording: lossy UTF-8 so hostile bytes are kept faithfully but safely.
+fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+}
+
+fn plain_response(
+    status: StatusCode,
+    message: &str,
+    request_id: &HeaderValue,
+    exchange: Option<Box<Exchange>>,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(format!("{message}\n"), exchange));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    response
+}
+
+/// Serves one request.
+pub async fn handle(
+    state: Arc<ProxyState>,
+    peer: SocketAddr,
+    mut request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    state.metrics.requests.inc();
+    let policy = state.policy();
+    let method = request.method().clone();
+
+    let candidates = {
+        let uri = request.uri();
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .or_else(|| uri.authority().map(|authority| authority.as_str()));
+        let view = RequestView {
+            method: &method,
+            path: uri.path(),
+            query: uri.query(),
+            host,
+            headers: request.headers(),
+        };
+        policy.rules.candidates(&view)
+    };
+    let audited = policy.rules.may_record(&candidates, &method);
+
+    let request_id = match request.headers().get(&X_REQUEST_ID) {
+        Some(value) if valid_request_id(value) => value.clone(),
+        _ => HeaderValue::from_str(&ulid::Ulid::new().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("-")),
+    };
+    let trusted = &state.config.trusted_proxies;
+    let client_addr = client_ip::resolve(peer.ip(), request.headers(), trusted);
+    let peer_trusted = client_ip::is_trusted(peer.ip(), trusted);
+
+    let needs = if audited {
+        policy.rules.needs(&candidates)
+    } else {
+        Needs::default()
+    };
+    let mut exchange = if audited {
+        state.writer.reserve().await;
+        let mut exchange = Exchange::begin(ExchangeStart {
+            policy: policy.clone(),
+            log_id: &state.log_id,
+            method: &method,
+            uri: request.uri(),
+            headers: request.headers(),
+            client: client_addr.client,
+            peer_trusted,
+            request_id: request_id.to_str().ok(),
+            candidates,
+            needs,
+            capture_limit: state.config.max_body_capture,
+            started,
+        });
+        exchange.sink = Some((state.writer.clone(), state.metrics.clone()));
+        Some(exchange)
+    } else {
+        None
+    };
+
+    // Upgrades (WebSocket) keep their Upgrade header and are tunnelled after a 101.
+    let upgrade = wants_upgrade(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+
+    let (mut parts, incoming) = request.into_parts();
+    let body = if needs.request_body {
+        match buffer_request_body(incoming, state.config.max_body_capture, &parts.headers).await {
+            Ok((body, capture)) => {
+                if let Some(exchange) = exchange.as_mut() {
+                    exchange.request_capture = capture;
+                }
+                body
+            }
+            Err(error) => {
+                let message =
+                    "the client went away or sent a broken body while sending the request body";
+                if let Some(exchange) = exchange.as_mut() {
+                    exchange.set_proxy_answer(400, format!("{message}: {error}"));
+                }
+                state.metrics.client_errors.inc();
+                return Ok(plain_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad request body",
+                    &request_id,
+                    exchange,
+                ));
+            }
+        }
+    } else if incoming.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Streamed(incoming)
+    };
+
+    // The upstream request: same method, path, query and headers, minus hop-by-hop ones, plus
+    // the forwarding headers.
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let upstream_uri = Uri::builder()
+        .scheme("http")
+        .authority(state.upstream_authority.clone())
+        .path_and_query(path_and_query)
+        .build();
+    let upstream_uri = match upstream_uri {
+        Ok(uri) => uri,
+        Err(_) => {
+            if let Some(exchange) = exchange.as_mut() {
+                exchange
+                    .set_proxy_answer(400, "the request target could not be forwarded".to_string());
+            }
+            return Ok(plain_response(
+                StatusCode::BAD_REQUEST,
+                "bad request target",
+                &request_id,
+                exchange,
+            ));
+        }
+    };
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, value);
+            }
+        }
+    }
+    remove_hop_by_hop(&mut parts.headers, upgrade);
+    if upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let forwarded_for = client_addr
+        .believed_chain
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        parts.headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    let keep_proto = peer_trusted && parts.headers.contains_key(&X_FORWARDED_PROTO);
+    if !keep_proto {
+        parts
+            .headers
+            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts.uri = upstream_uri;
+    parts.version = Version::HTTP_11;
+    let upstream_request = Request::from_parts(parts, body);
+
+    let sent = tokio::time::timeout(
+        state.config.upstream_timeout,
+        state.client.request(upstream_request),
+    )
+    .await;
+    let mut response = match sent {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            state.metrics.upstream_errors.inc();
+            let detail = describe_client_error(&error);
+            return Ok(proxy_error(
+                StatusCode::BAD_GATEWAY,
+                &detail,
+                &request_id,
+                exchange,
+            ));
+        }
+        Err(_) => {
+            state.metrics.upstream_errors.inc();
+            let detail = format!(
+                "the app did not answer within {}",
+                humanize(state.config.upstream_timeout)
+            );
+            return Ok(proxy_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                &detail,
+                &request_id,
+                exchange,
+            ));
+        }
+    };
+
+    let status = response.status();
+    if let Some(exchange) = exchange.as_mut() {
+        let declared = response.body().size_hint().exact();
+        exchange.set_response(status.as_u16(), response.headers(), declared);
+    }
+
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                    Err(error) => tracing::debug!(%error, "upgrade failed"),
+                }
+            });
+            let (parts, _) = response.into_parts();
+            // The exchange is final at the 101: what follows is no longer HTTP.
+            let mut response = Response::from_parts(parts, ResponseBody::full(Bytes::new(), None));
+            if let Some(exchange) = exchange {
+                exchange.finish(Completion::Complete);
+            }
+            response
+                .headers_mut()
+                .insert(X_REQUEST_ID.clone(), request_id);
+            return Ok(response);
+        }
+    }
+
+    let (mut parts, incoming) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers, false);
+    if !parts.headers.contains_key(&X_REQUEST_ID) {
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id);
+    }
+    parts.version = Version::default();
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody {
+            inner: ResponseInner::Upstream(incoming),
+            exchange,
+        },
+    ))
+}
+
+fn proxy_error(
+    status: StatusCode,
+    detail: &str,
+    request_id: &HeaderValue,
+    mut exchange: Option<Box<Exchange>>,
+) -> Response<ResponseBody> {
+    tracing::warn!(status = status.as_u16(), %detail, "upstream failed");
+    if let Some(exchange) = exchange.as_mut() {
+        exchange.set_proxy_answer(status.as_u16(), detail.to_string());
+    }
+    let text = if status == StatusCode::GATEWAY_TIMEOUT {
+        "upstream timed out"
+    } else {
+        "upstream unavailable"
+    };
+    plain_response(status, text, request_id, exchange)
+}
+
+fn describe_client_error(error: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error as _;
+    let mut text = if error.is_connect() {
+        "cannot connect to the app".to_string()
+    } else {
+        "the app's connection failed".to_string()
+    };
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn humanize(duration: Duration) -> String {
+    if duration.as_millis() % 1000 == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}
+
+/// Reads the request body up to the capture limit. A body that fits is forwarded whole (with its
+/// length); a larger one is forwarded as what was read followed by the rest of the stream, and is
+/// not parsed.
+async fn buffer_request_body(
+    mut incoming: Incoming,
+    limit: usize,
+    headers: &HeaderMap,
+) -> Result<(RequestBody, Capture), hyper::Error> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Ok((
+            RequestBody::Streamed(incoming),
+            Capture::off("was larger than max_body_capture"),
+        ));
+    }
+    let mut buffer = BytesMut::new();
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame?;
+        if let Ok(data) = frame.into_data() {
+            buffer.extend_from_slice(&data);
+            if buffer.len() > limit {
+                return Ok((
+                    RequestBody::Prefixed {
+                        prefix: Some(buffer.freeze()),
+                        rest: incoming,
+                    },
+                    Capture::off("was larger than max_body_capture"),
+                ));
+            }
+        }
+    }
+    let bytes = buffer.freeze();
+    let mut capture = Capture::on(limit);
+    capture.push(&bytes);
+    if bytes.is_empty() {
+        return Ok((RequestBody::Empty, capture));
+    }
+    Ok((RequestBody::Buffered(Full::new(bytes)), capture))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert("x-app", HeaderValue::from_static("kept"));
+        remove_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-app"));
+    }
+
+    #[test]
+    fn capture_parses_gzip_and_refuses_unknown_encodings() {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(br#"{"id": 7}"#).expect("compresses");
+        let gz = Bytes::from(encoder.finish().expect("finishes"));
+        let mut capture = Capture::on(1024);
+        capture.push(&gz);
+        assert_eq!(
+            capture.parse(Some("gzip"), 1024),
+            Ok(serde_json::json!({"id": 7}))
+        );
+        assert!(capture
+            .parse(Some("br"), 1024)
+            .expect_err("not decoded")
+            .contains("br"));
+        assert!(capture
+            .parse(None, 1024)
+            .expect_err("binary")
+            .contains("not JSON"));
+
+        let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        bomb.write_all(&vec![b' '; 1 << 20]).expect("compresses");
+        let mut capture = Capture::on(64 * 1024);
+        capture.push(&Bytes::from(bomb.finish().expect("finishes")));
+        assert!(capture.parse(Some("gzip"), 64 * 1024).is_err());
+    }
+
+    #[test]
+    fn capture_overflow_is_reported() {
+        let mut capture = Capture::on(4);
+        capture.push(&Bytes::from_static(b"{\"a\""));
+        capture.push(&Bytes::from_static(b":1}"));
+        assert_eq!(
+            capture.parse(None, 4),
+            Err("was larger than max_body_capture".to_string())
+        );
+    }
+}

@@ -1,0 +1,980 @@
+//! The compiled rule set. Pure: a request view (and later a status) in, a decision out.
+//!
+//! Rules are ordered and the first match wins, as in a Kubernetes audit policy. Matching happens
+//! in two steps because the status is only known once the app answers: when the request head
+//! arrives, [`RuleSet::candidates`] keeps the rules whose request conditions hold (one `RegexSet`
+//! pass over the path for all rules at once); when the response head arrives,
+//! [`RuleSet::decide`] picks the first candidate whose status condition holds.
+
+use std::collections::BTreeMap;
+
+use http::{HeaderMap, HeaderName, Method};
+use regex::{Regex, RegexSet};
+
+use crate::config::{ConfigError, RuleFile, UnmatchedRecord};
+use crate::template::{Needs, Template};
+
+/// What the rules see of a request.
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    /// The raw (percent-encoded) path, without the query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub host: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+#[derive(Debug)]
+struct PathMatcher {
+    regex: Regex,
+    /// The template or regex as written, recorded as the entry's `route`.
+    route: String,
+}
+
+#[derive(Debug)]
+enum ValueCondition {
+    Present,
+    Exact(String),
+    Regex(Regex),
+}
+
+impl ValueCondition {
+    fn parse(text: &str) -> Result<ValueCondition, String> {
+        if text == "*" {
+            Ok(ValueCondition::Present)
+        } else if let Some(pattern) = text.strip_prefix('~') {
+            Regex::new(pattern)
+                .map(ValueCondition::Regex)
+                .map_err(|error| format!("`{pattern}` is not a valid regex: {error}"))
+        } else {
+            Ok(ValueCondition::Exact(text.to_string()))
+        }
+    }
+
+    fn holds(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (_, None) => false,
+            (ValueCondition::Present, Some(_)) => true,
+            (ValueCondition::Exact(expected), Some(value)) => expected == value,
+            (ValueCondition::Regex(regex), Some(value)) => regex.is_match(value),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum HostCondition {
+    Exact(String),
+    /// `*.example.com`: any subdomain, stored as `.example.com`.
+    Suffix(String),
+}
+
+/// A status condition: `any`, or a set of exact codes and classes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusCondition {
+    Any,
+    OneOf { codes: Vec<u16>, classes: Vec<u16> },
+}
+
+impl StatusCondition {
+    pub fn holds(&self, status: u16) -> bool {
+        match self {
+            StatusCondition::Any => true,
+            StatusCondition::OneOf { codes, classes } => {
+                codes.contains(&status) || classes.contains(&(status / 100))
+            }
+        }
+    }
+
+    fn parse(value: &toml::Value) -> Result<StatusCondition, String> {
+        let mut codes = Vec::new();
+        let mut classes = Vec::new();
+        let mut add = |item: &toml::Value| -> Result<bool, String> {
+            match item {
+                toml::Value::Integer(code) if (100..=599).contains(code) => {
+                    codes.push(*code as u16);
+                    Ok(false)
+                }
+                toml::Value::String(text) if text == "any" => Ok(true),
+                toml::Value::String(text) => {
+                    let bytes = text.as_bytes();
+                    if bytes.len() == 3
+                        && (b'1'..=b'5').contains(&bytes[0])
+                        && text[1..].eq_ignore_ascii_case("xx")
+                    {
+                        classes.push(u16::from(bytes[0] - b'0'));
+                        Ok(false)
+                    } else if let Ok(code) = text.parse::<u16>() {
+                        if (100..=599).contains(&code) {
+                            codes.push(code);
+                            Ok(false)
+                        } else {
+                            Err(format!("status {code} is outside 100-599"))
+                        }
+                    } else {
+                        Err(format!(
+                            "status `{text}` is not a code, a class like 2xx, or `any`"
+                        ))
+                    }
+                }
+                other => Err(format!(
+                    "status {other} is not a code 100-599, a class like 2xx, or `any`"
+                )),
+            }
+        };
+        let any = match value {
+            toml::Value::Array(items) if items.is_empty() => {
+                return Err("status is an empty list; leave it out to match any status".into())
+            }
+            toml::Value::Array(items) => {
+                let mut any = false;
+                for item in items {
+                    any |= add(item)?;
+                }
+                any
+            }
+            single => add(single)?,
+        };
+        if any {
+            Ok(StatusCondition::Any)
+        } else {
+            Ok(StatusCondition::OneOf { codes, classes })
+        }
+    }
+}
+
+/// What a recording rule writes.
+#[derive(Debug)]
+pub struct RecordSpec {
+    pub action: Template,
+    pub resource_type: Option<Template>,
+    pub resource_id: Option<Template>,
+    pub tenant: Option<Template>,
+    pub metadata: Vec<(String, Template)>,
+    pub actor_id: Option<Template>,
+    pub actor_email: Option<Template>,
+    pub actor_name: Option<Template>,
+}
+
+#[derive(Debug)]
+pub enum RuleKind {
+    Skip,
+    Record(Box<RecordSpec>),
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    methods: Option<Vec<Method>>,
+    path: Option<PathMatcher>,
+    host: Option<HostCondition>,
+    headers: Vec<(HeaderName, ValueCondition)>,
+    query: Vec<(String, ValueCondition)>,
+    pub status: StatusCondition,
+    pub kind: RuleKind,
+    /// What the rule's values read, so the proxy captures only that.
+    pub needs: Needs,
+    /// Whether the rule asks for write-ahead durability (`None`: the store's default).
+    pub write_ahead: Option<bool>,
+}
+
+impl Rule {
+    pub fn route(&self) -> Option<&str> {
+        self.path.as_ref().map(|path| path.route.as_str())
+    }
+
+    /// Path parameters of a path this rule matched, percent-decoded.
+    pub fn path_params(&self, path: &str) -> Vec<(String, String)> {
+        let Some(matcher) = &self.path else {
+            return Vec::new();
+        };
+        let Some(captures) = matcher.regex.captures(path) else {
+            return Vec::new();
+        };
+        matcher
+            .regex
+            .capture_names()
+            .flatten()
+            .filter_map(|name| {
+                captures.name(name).map(|value| {
+                    let decoded = percent_encoding::percent_decode_str(value.as_str())
+                        .decode_utf8_lossy()
+                        .into_owned();
+                    (name.to_string(), decoded)
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the request conditions other than the path hold.
+    fn request_conditions_hold(&self, request: &RequestView) -> bool {
+        if let Some(methods) = &self.methods {
+            if !methods.contains(request.method) {
+                return false;
+            }
+        }
+        if let Some(host) = &self.host {
+            let Some(actual) = request.host else {
+                return false;
+            };
+            let actual = strip_port(actual);
+            let holds = match host {
+                HostCondition::Exact(expected) => actual.eq_ignore_ascii_case(expected),
+                HostCondition::Suffix(suffix) => {
+                    actual.len() > suffix.len()
+                        && actual[actual.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                }
+            };
+            if !holds {
+                return false;
+            }
+        }
+        for (name, condition) in &self.headers {
+            let value = request
+                .headers
+                .get(name)
+                .and_then(|value| value.to_str().ok());
+            if !condition.holds(value) {
+                return false;
+            }
+        }
+        if !self.query.is_empty() {
+            let pairs: Vec<(String, String)> = request
+                .query
+                .map(|query| {
+                    form_urlencoded::parse(query.as_bytes())
+                        .into_owned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (name, condition) in &self.query {
+                let value = pairs
+                    .iter()
+                    .find(|(key, _)| key == name)
+                    .map(|(_, value)| value.as_str());
+                if !condition.holds(value) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split(']').next().map(|h| &h[1..]).unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// The decision for one exchange once its status is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Record an entry with the rule at this index.
+    Rule(usize),
+    /// Record an entry as `http.<method>` (unmatched traffic under `[unmatched]`).
+    Unmatched,
+    /// Record nothing.
+    Nothing,
+}
+
+/// The ordered, compiled rules and the policy for unmatched traffic.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    /// One pattern per rule that has a path, in rule order.
+    path_set: RegexSet,
+    /// For each pattern of `path_set`, the index of its rule.
+    path_rule: Vec<usize>,
+    /// Rules without a path condition (they match every path).
+    pathless: Vec<usize>,
+    pub unmatched: UnmatchedRecord,
+}
+
+impl RuleSet {
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn rule(&self, index: usize) -> &Rule {
+        &self.rules[index]
+    }
+
+    /// The rules whose request conditions hold, in rule order.
+    pub fn candidates(&self, request: &RequestView) -> Vec<usize> {
+        let mut out = Vec::new();
+        let path_matches = if self.path_rule.is_empty() {
+            Vec::new()
+        } else {
+            self.path_set
+                .matches(request.path)
+                .into_iter()
+                .map(|pattern| self.path_rule[pattern])
+                .collect()
+        };
+        // Both lists are sorted by rule index; merge them to keep the configured order.
+        let (mut a, mut b) = (
+            path_matches.iter().peekable(),
+            self.pathless.iter().peekable(),
+        );
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(&&x), Some(&&y)) => {
+                    if x < y {
+                        a.next();
+                        x
+                    } else {
+                        b.next();
+                        y
+                    }
+                }
+                (Some(&&x), None) => {
+                    a.next();
+                    x
+                }
+                (None, Some(&&y)) => {
+                    b.next();
+                    y
+                }
+                (None, None) => break,
+            };
+            if self.rules[next].request_conditions_hold(request) {
+                out.push(next);
+            }
+        }
+        out
+    }
+
+    /// Whether an exchange with these candidates could produce an entry at all; when not, the
+    /// proxy skips every audit step for it.
+    pub fn may_record(&self, candidates: &[usize], method: &Method) -> bool {
+        candidates
+            .iter()
+            .any(|&index| matches!(self.rules[index].kind, RuleKind::Record(_)))
+            || self.unmatched_records(method)
+    }
+
+    fn unmatched_records(&self, method: &Method) -> bool {
+        match self.unmatched {
+            UnmatchedRecord::None => false,
+            UnmatchedRecord::All => true,
+            UnmatchedRecord::Mutations => !matches!(
+                *method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+            ),
+        }
+    }
+
+    /// The first candidate whose status condition holds wins.
+    pub fn decide(&self, candidates: &[usize], method: &Method, status: u16) -> Decision {
+        for &index in candidates {
+            let rule = &self.rules[index];
+            if rule.status.holds(status) {
+                return match rule.kind {
+                    RuleKind::Skip => Decision::Nothing,
+                    RuleKind::Record(_) => Decision::Rule(index),
+                };
+            }
+        }
+        if self.unmatched_records(method) {
+            Decision::Unmatched
+        } else {
+            Decision::Nothing
+        }
+    }
+
+    /// When the app could not be reached the attempt is still audited: a candidate whose status
+    /// condition accepts the proxy's own error status wins as usual, and otherwise the first
+    /// candidate rule, whatever its status condition.
+    pub fn decide_unreachable(
+        &self,
+        candidates: &[usize],
+        method: &Method,
+        status: u16,
+    ) -> Decision {
+        match self.decide(candidates, method, status) {
+            Decision::Rule(index) => Decision::Rule(index),
+            other => match candidates.first() {
+                Some(&index) => match self.rules[index].kind {
+                    RuleKind::Skip => Decision::Nothing,
+                    RuleKind::Record(_) => Decision::Rule(index),
+                },
+                None => other,
+            },
+        }
+    }
+
+    /// The union of what the candidates' request sides need.
+    pub fn needs(&self, candidates: &[usize]) -> Needs {
+        candidates.iter().fold(Needs::default(), |needs, &index| {
+            needs.union(self.rules[index].needs)
+        })
+    }
+
+    /// Compiles every rule, collecting every error with the rule it is in.
+    pub fn compile(
+        files: &[RuleFile],
+        unmatched: UnmatchedRecord,
+    ) -> Result<RuleSet, Vec<ConfigError>> {
+        let indexed: Vec<(usize, &RuleFile)> = files.iter().enumerate().collect();
+        RuleSet::compile_indexed(&indexed, unmatched)
+    }
+
+    /// As [`RuleSet::compile`], for rules that keep their position in the file (some of the
+    /// file's rules may have failed to parse and be missing here).
+    pub fn compile_indexed(
+        files: &[(usize, &RuleFile)],
+        unmatched: UnmatchedRecord,
+    ) -> Result<RuleSet, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut rules = Vec::new();
+        let mut seen_names: BTreeMap<String, usize> = BTreeMap::new();
+        for &(index, file) in files {
+            let location = rule_location(index, file.name.as_deref());
+            if let Some(name) = &file.name {
+                if let Some(previous) = seen_names.insert(name.clone(), index) {
+                    errors.push(ConfigError::new(
+                        &location,
+                        format!("the name is also used by rule #{}; names must be unique so entries say which rule matched", previous + 1),
+                    ));
+                }
+            }
+            match compile_rule(index, file) {
+                Ok(rule) => rules.push(rule),
+                Err(messages) => {
+                    errors.extend(messages.into_iter().map(|(key, message)| {
+                        ConfigError::new(&format!("{location}.{key}"), message)
+                    }))
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut patterns = Vec::new();
+        let mut path_rule = Vec::new();
+        let mut pathless = Vec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            match &rule.path {
+                Some(path) => {
+                    patterns.push(path.regex.as_str().to_string());
+                    path_rule.push(index);
+                }
+                None => pathless.push(index),
+            }
+        }
+        let path_set = RegexSet::new(&patterns).map_err(|error| {
+            vec![ConfigError::new(
+                "rule",
+                format!("the rules' paths together are too large to compile: {error}"),
+            )]
+        })?;
+        Ok(RuleSet {
+            rules,
+            path_set,
+            path_rule,
+            pathless,
+            unmatched,
+        })
+    }
+}
+
+/// Where a rule is, for error messages: `rule #3 ("delete user")`.
+pub fn rule_location(index: usize, name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("rule #{} ({name:?})", index + 1),
+        None => format!("rule #{}", index + 1),
+    }
+}
+
+/// Turns a route template like `/api/users/{id}` or `/files/{*rest}` into an anchored regex and
+/// the names of its parameters.
+pub fn compile_route(template: &str) -> Result<(String, Vec<String>), String> {
+    if !template.starts_with('/') {
+        return Err(format!("`{template}` must start with `/`"));
+    }
+    let mut pattern = String::from("^");
+    let mut params = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        pattern.push_str(&regex::escape(&rest[..open]));
+        let close = rest[open..]
+            .find('}')
+            .map(|offset| open + offset)
+            .ok_or_else(|| format!("`{template}` has a `{{` that is never closed"))?;
+        let inner = &rest[open + 1..close];
+        let (name, catch_all) = match inner.strip_prefix('*') {
+            Some(name) => (name, true),
+            None => (inner, false),
+        };
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            return Err(format!(
+                "`{{{inner}}}` in `{template}` is not a parameter name (letters, digits and _)"
+            ));
+        }
+        if params.iter().any(|param| param == name) {
+            return Err(format!("`{template}` uses the parameter {name} twice"));
+        }
+        if catch_all {
+            if close + 1 != rest.len() {
+                return Err(format!(
+                    "`{{*{name}}}` must be the last part of `{template}`"
+                ));
+            }
+            pattern.push_str(&format!("(?P<{name}>.*)"));
+        } else {
+            pattern.push_str(&format!("(?P<{name}>[^/]+)"));
+        }
+        params.push(name.to_string());
+        rest = &rest[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("`{template}` has a `}}` with no `{{`"));
+    }
+    pattern.push_str(&regex::escape(rest));
+    pattern.push('$');
+    Ok((pattern, params))
+}
+
+type KeyedErrors = Vec<(&'static str, String)>;
+
+fn compile_rule(index: usize, file: &RuleFile) -> Result<Rule, KeyedErrors> {
+    let mut errors: KeyedErrors = Vec::new();
+    let name = file
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("rule #{}", index + 1));
+
+    let methods = match &file.method {
+        None => None,
+        Some(list) => {
+            let mut methods = Vec::new();
+            for text in list.items() {
+                if text == "*" || text.eq_ignore_ascii_case("any") {
+                    methods.clear();
+                    break;
+                }
+                match Method::from_bytes(text.to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => methods.push(method),
+                    Err(_) => errors.push(("method", format!("`{text}` is not an HTTP method"))),
+                }
+            }
+            if methods.is_empty() {
+                None
+            } else {
+                Some(methods)
+            }
+        }
+    };
+
+    let mut params = Vec::new();
+    let path = match (&file.path, &file.path_regex) {
+        (Some(_), Some(_)) => {
+            errors.push((
+                "path",
+                "give either path or path_regex, not both".to_string(),
+            ));
+            None
+        }
+        (Some(template), None) => match compile_route(template) {
+            Ok((pattern, names)) => match Regex::new(&pattern) {
+                Ok(regex) => {
+                    params = names;
+                    Some(PathMatcher {
+                        regex,
+                        route: template.clone(),
+                    })
+                }
+                Err(error) => {
+                    errors.push(("path", format!("`{template}` did not compile: {error}")));
+                    None
+                }
+            },
+            Err(message) => {
+                errors.push(("path", message));
+                None
+            }
+        },
+        (None, Some(pattern)) => {
+            let anchored = if pattern.starts_with('^') {
+                pattern.clone()
+            } else {
+                format!("^(?:{pattern})")
+            };
+            match Regex::new(&anchored) {
+                Ok(regex) => {
+                    params = regex
+                        .capture_names()
+                        .flatten()
+                        .map(str::to_string)
+                        .collect();
+                    Some(PathMatcher {
+                        regex,
+                        route: pattern.clone(),
+                    })
+                }
+                Err(error) => {
+                    errors.push((
+                        "path_regex",
+                        format!("`{pattern}` is not a valid regex: {error}"),
+                    ));
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+    };
+
+    let host = file
+        .host
+        .as_ref()
+        .map(|host| match host.strip_prefix("*.") {
+            Some(suffix) => HostCondition::Suffix(format!(".{suffix}")),
+            None => HostCondition::Exact(host.clone()),
+        });
+
+    let mut headers = Vec::new();
+    for (header, condition) in &file.headers {
+        match (
+            HeaderName::from_bytes(header.as_bytes()),
+            ValueCondition::parse(condition),
+        ) {
+            (Ok(header), Ok(condition)) => headers.push((header, condition)),
+            (Err(_), _) => errors.push(("headers", format!("`{header}` is not a header name"))),
+            (_, Err(message)) => errors.push(("headers", message)),
+        }
+    }
+    let mut query = Vec::new();
+    for (param, condition) in &file.query {
+        match ValueCondition::parse(condition) {
+            Ok(condition) => query.push((param.clone(), condition)),
+            Err(message) => errors.push(("query", message)),
+        }
+    }
+
+    let status = match &file.status {
+        None => StatusCondition::Any,
+        Some(value) => StatusCondition::parse(value).unwrap_or_else(|message| {
+            errors.push(("status", message));
+            StatusCondition::Any
+        }),
+    };
+
+    let mut template = |key: &'static str, text: &str| -> Option<Template> {
+        match Template::parse(text, &params) {
+            Ok(template) => Some(template),
+            Err(message) => {
+                errors.push((key, message));
+                None
+            }
+        }
+    };
+
+    let kind = if file.skip {
+        RuleKind::Skip
+    } else {
+        let action = match &file.action {
+            Some(text) => template("action", text),
+            None => None,
+        };
+        let resource_type = file
+            .resource
+            .as_ref()
+            .and_then(|resource| resource.r#type.as_deref())
+            .and_then(|text| template("resource.type", text));
+        let resource_id = file
+            .resource
+            .as_ref()
+            .and_then(|resource| resource.id.as_deref())
+            .and_then(|text| template("resource.id", text));
+        let tenant = file
+            .tenant
+            .as_deref()
+            .and_then(|text| template("tenant", text));
+        let mut metadata = Vec::new();
+        for (key, text) in &file.metadata {
+            if let Some(value) = template("metadata", text) {
+                metadata.push((key.clone(), value));
+            }
+        }
+        let actor = file.actor.as_ref();
+        let actor_id = actor
+            .and_then(|actor| actor.id.as_deref())
+            .and_then(|text| template("actor.id", text));
+        let actor_email = actor
+            .and_then(|actor| actor.email.as_deref())
+            .and_then(|text| template("actor.email", text));
+        let actor_name = actor
+            .and_then(|actor| actor.name.as_deref())
+            .and_then(|text| template("actor.name", text));
+        if file.action.is_none() {
+            errors.push((
+                "action",
+                "a rule needs an action (or skip = true)".to_string(),
+            ));
+        }
+        match action {
+            Some(action) => RuleKind::Record(Box::new(RecordSpec {
+                action,
+                resource_type,
+                resource_id,
+                tenant,
+                metadata,
+                actor_id,
+                actor_email,
+                actor_name,
+            })),
+            None => RuleKind::Skip,
+        }
+    };
+    if file.skip && (file.action.is_some() || file.resource.is_some() || !file.metadata.is_empty())
+    {
+        errors.push((
+            "skip",
+            "a skip rule records nothing, so action, resource and metadata make no sense on it"
+                .to_string(),
+        ));
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let needs = match &kind {
+        RuleKind::Skip => Needs::default(),
+        RuleKind::Record(spec) => {
+            let mut needs = spec.action.needs();
+            let optional = [
+                &spec.resource_type,
+                &spec.resource_id,
+                &spec.tenant,
+                &spec.actor_id,
+                &spec.actor_email,
+                &spec.actor_name,
+            ];
+            for template in optional.into_iter().flatten() {
+                needs = needs.union(template.needs());
+            }
+            for (_, template) in &spec.metadata {
+                needs = needs.union(template.needs());
+            }
+            needs
+        }
+    };
+    Ok(Rule {
+        name,
+        methods,
+        path,
+        host,
+        headers,
+        query,
+        status,
+        kind,
+        needs,
+        write_ahead: file.write_ahead,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RuleFile;
+
+    fn rules(text: &str, unmatched: UnmatchedRecord) -> RuleSet {
+        #[derive(serde::Deserialize)]
+        struct File {
+            rule: Vec<RuleFile>,
+        }
+        let file: File = toml::from_str(text).expect("test rules parse");
+        RuleSet::compile(&file.rule, unmatched).expect("test rules compile")
+    }
+
+    fn view<'a>(method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path, None),
+        };
+        RequestView {
+            method,
+            path,
+            query,
+            host: Some("app.example.com:8080"),
+            headers,
+        }
+    }
+
+    const RULES: &str = r#"
+        [[rule]]
+        name = "health"
+        path = "/healthz"
+        skip = true
+
+        [[rule]]
+        name = "delete user"
+        method = "DELETE"
+        path = "/api/users/{id}"
+        status = "2xx"
+        action = "user.deleted"
+        resource = { type = "user", id = "{id}" }
+
+        [[rule]]
+        name = "files"
+        method = ["GET", "put"]
+        path = "/files/{*rest}"
+        action = "file.{rest}"
+
+        [[rule]]
+        name = "by regex"
+        path_regex = "^/v(?P<version>[0-9]+)/things$"
+        status = [200, "4xx"]
+        action = "thing.v{version}"
+
+        [[rule]]
+        name = "tenant header"
+        headers = { "x-tenant" = "*" }
+        query = { mode = "~^dry" }
+        host = "*.example.com"
+        action = "tenant.touch"
+    "#;
+
+    #[test]
+    fn first_match_wins_with_status() {
+        let set = rules(RULES, UnmatchedRecord::Mutations);
+        let headers = HeaderMap::new();
+        let delete = Method::DELETE;
+        let candidates = set.candidates(&view(&delete, "/api/users/42", &headers));
+        assert_eq!(candidates, vec![1]);
+        assert_eq!(set.decide(&candidates, &delete, 204), Decision::Rule(1));
+        // A refused delete is not "user.deleted"; it falls to the unmatched policy.
+        assert_eq!(set.decide(&candidates, &delete, 403), Decision::Unmatched);
+        assert_eq!(
+            set.rule(1).path_params("/api/users/a%20b"),
+            vec![("id".to_string(), "a b".to_string())]
+        );
+    }
+
+    #[test]
+    fn skip_and_unmatched_policies() {
+        let headers = HeaderMap::new();
+        let get = Method::GET;
+        let post = Method::POST;
+        let set = rules(RULES, UnmatchedRecord::All);
+        let candidates = set.candidates(&view(&get, "/healthz", &headers));
+        assert_eq!(set.decide(&candidates, &get, 200), Decision::Nothing);
+        assert_eq!(set.decide(&[], &get, 200), Decision::Unmatched);
+        let set = rules(RULES, UnmatchedRecord::Mutations);
+        assert_eq!(set.decide(&[], &get, 200), Decision::Nothing);
+        assert_eq!(set.decide(&[], &post, 200), Decision::Unmatched);
+        assert!(!set.may_record(&[], &get));
+        let set = rules(RULES, UnmatchedRecord::None);
+        assert_eq!(set.decide(&[], &post, 200), Decision::Nothing);
+    }
+
+    #[test]
+    fn catch_all_regex_methods_and_conditions() {
+        let set = rules(RULES, UnmatchedRecord::None);
+        let mut headers = HeaderMap::new();
+        let put = Method::PUT;
+        let candidates = set.candidates(&view(&put, "/files/a/b.txt", &headers));
+        assert_eq!(candidates, vec![2]);
+        assert_eq!(
+            set.rule(2).path_params("/files/a/b.txt"),
+            vec![("rest".to_string(), "a/b.txt".to_string())]
+        );
+        let post = Method::POST;
+        assert!(set
+            .candidates(&view(&post, "/files/a", &headers))
+            .is_empty());
+
+        let get = Method::GET;
+        let candidates = set.candidates(&view(&get, "/v2/things", &headers));
+        assert_eq!(candidates, vec![3]);
+        assert_eq!(set.decide(&candidates, &get, 200), Decision::Rule(3));
+        assert_eq!(set.decide(&candidates, &get, 404), Decision::Rule(3));
+        assert_eq!(set.decide(&candidates, &get, 201), Decision::Nothing);
+
+        assert!(set
+            .candidates(&view(&get, "/x?mode=dry-run", &headers))
+            .is_empty());
+        headers.insert("x-tenant", "acme".parse().expect("header value"));
+        assert_eq!(
+            set.candidates(&view(&get, "/x?mode=dry-run", &headers)),
+            vec![4]
+        );
+        assert!(set
+            .candidates(&view(&get, "/x?mode=live", &headers))
+            .is_empty());
+    }
+
+    #[test]
+    fn unreachable_upstream_is_still_audited() {
+        let set = rules(RULES, UnmatchedRecord::None);
+        let headers = HeaderMap::new();
+        let delete = Method::DELETE;
+        let candidates = set.candidates(&view(&delete, "/api/users/42", &headers));
+        assert_eq!(
+            set.decide_unreachable(&candidates, &delete, 502),
+            Decision::Rule(1)
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_rule() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            rule: Vec<RuleFile>,
+        }
+        let file: File = toml::from_str(
+            r#"
+            [[rule]]
+            name = "a"
+            method = "FETCH ME"
+            path = "/x/{id"
+            action = "x"
+            [[rule]]
+            name = "b"
+            path = "/users/{id}"
+            status = "6xx"
+            action = "{user}.deleted"
+            [[rule]]
+            name = "a"
+            path_regex = "("
+            "#,
+        )
+        .expect("parses");
+        let errors = RuleSet::compile(&file.rule, UnmatchedRecord::None).expect_err("invalid");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let all = text.join("\n");
+        assert!(all.contains(r#"rule #1 ("a").method"#), "{all}");
+        assert!(all.contains(r#"rule #1 ("a").path"#), "{all}");
+        assert!(all.contains(r#"rule #2 ("b").status"#), "{all}");
+        assert!(all.contains(r#"rule #2 ("b").action"#), "{all}");
+        assert!(
+            all.contains(r#"rule #3 ("a")"#) && all.contains("unique"),
+            "{all}"
+        );
+        assert!(all.contains(r#"rule #3 ("a").path_regex"#), "{all}");
+        assert!(all.contains(r#"rule #3 ("a").action"#), "{all}");
+    }
+
+    #[test]
+    fn routes_compile() {
+        assert_eq!(
+            compile_route("/a/{id}/b").expect("valid"),
+            ("^/a/(?P<id>[^/]+)/b$".to_string(), vec!["id".to_string()])
+        );
+        assert!(compile_route("a").is_err());
+        assert!(compile_route("/{*rest}/x").is_err());
+        assert!(compile_route("/{a}/{a}").is_err());
+        assert!(compile_route("/{a-b}").is_err());
+    }
+}

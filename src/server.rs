@@ -1,0 +1,197 @@
+//! Wiring: store, writer, proxy listener and admin listener, started together and stopped in
+//! order (stop accepting, drain in-flight requests, flush the writer).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::{self, ProxyState};
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+use crate::writer::{Writer, WriterHandle, WriterOptions};
+
+/// How long in-flight requests may take to finish at shutdown.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// A running sidecar.
+pub struct Sidecar {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<ProxyState>,
+    pub store: Arc<dyn Store>,
+    pub config_path: Option<PathBuf>,
+    shutdown: watch::Sender<bool>,
+    proxy_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+    writer: Writer,
+}
+
+impl Sidecar {
+    /// Opens the store and binds both listeners. Returns once the sidecar is serving.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Sidecar> {
+        let store_config = config.store.clone();
+        let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
+            SqliteStore::open(&store_config.path, store_config.sync)
+                .map(|store| Arc::new(store) as Arc<dyn Store>)
+        })
+        .await
+        .context("store open task failed")?
+        .with_context(|| format!("cannot open the store {}", config.store.path.display()))?;
+        let writer = Writer::start(
+            store.clone(),
+            WriterOptions {
+                capacity: config.store.queue_capacity,
+                batch_size: config.store.batch_size,
+                linger: config.store.flush_interval,
+            },
+        )
+        .context("cannot start the writer thread")?;
+        let metrics = Arc::new(Metrics::default());
+        let state = Arc::new(
+            ProxyState::new(
+                config.proxy.clone(),
+                config.policy.clone(),
+                config.log_id.clone(),
+                writer.handle(),
+                metrics.clone(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        );
+
+        let proxy_listener = TcpListener::bind(config.proxy.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;
+        let admin_listener = TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
+        let proxy_addr = proxy_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let proxy_task = tokio::spawn(serve_proxy(
+            proxy_listener,
+            state.clone(),
+            shutdown_rx.clone(),
+        ));
+        let router = admin::router(AdminState {
+            store: store.clone(),
+            writer: writer.handle(),
+            metrics,
+        });
+        let mut admin_shutdown = shutdown_rx;
+        let admin_task = tokio::spawn(async move {
+            let served = axum::serve(admin_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = admin_shutdown.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "admin listener failed");
+            }
+        });
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %config.proxy.upstream, store = %config.store.path.display(), "auditgate is serving");
+        Ok(Sidecar {
+            proxy_addr,
+            admin_addr,
+            state,
+            store,
+            config_path,
+            shutdown,
+            proxy_task,
+            admin_task,
+            writer,
+        })
+    }
+
+    pub fn writer(&self) -> WriterHandle {
+        self.writer.handle()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (within a grace period), and writes every
+    /// queued entry before returning.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.proxy_task.await;
+        let _ = self.admin_task.await;
+        let writer = self.writer;
+        let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
+        tracing::info!("auditgate stopped; every queued entry was written");
+    }
+}
+
+async fn serve_proxy(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(256 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(256 * 1024);
+    if !state.config.http2 {
+        builder = builder.http1_only();
+    }
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(state.config.max_connections));
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let connection_state = state.clone();
+        let service =
+            service_fn(move |request| proxy::handle(connection_state.clone(), peer, request));
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, error = %error, "client connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some requests were still running after the shutdown grace period");
+    }
+}

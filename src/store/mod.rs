@@ -1,0 +1,34 @@
+//! The store: where entries are appended and from where they are queried.
+//!
+//! [`Store`] is the one interface the writer and the admin API use; `sqlite.rs` is the embedded
+//! default. Calls are blocking: the writer runs on its own thread and the admin API calls the
+//! store through `spawn_blocking`, so the proxy's async workers never wait on a database.
+
+pub mod sqlite;
+
+use crate::entry::AuditEntry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot open the store at {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("store schema version {found} is newer than this auditgate knows ({known}); upgrade auditgate")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// An append-only log of entries.
+pub trait Store: Send + Sync + 'static {
+    /// Appends the entries in one transaction, giving each the next sequence number in order.
+    /// Either all are appended or none is.
+    fn append(&self, entries: &mut [AuditEntry]) -> Result<(), StoreError>;
+
+    /// Whether the store can take writes now (for /readyz).
+    fn check_writable(&self) -> Result<(), StoreError>;
+
+    /// Number of entries in the log.
+    fn size(&self) -> Result<u64, StoreError>;
+}

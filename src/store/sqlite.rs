@@ -1,0 +1,253 @@
+//! The embedded SQLite store: one file, WAL journal, versioned migrations.
+//!
+//! One connection writes (the writer thread's); readers take a connection from a small pool, so
+//! admin queries never block appends (WAL lets readers and the writer proceed together).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OpenFlags};
+
+use super::{Store, StoreError};
+use crate::config::SyncMode;
+use crate::entry::{format_timestamp, AuditEntry};
+
+/// Migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+
+/// How many idle reader connections are kept.
+const READER_POOL: usize = 4;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    next_seq: AtomicU64,
+}
+
+fn open_connection(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|error| StoreError::Open {
+        path: path.display().to_string(),
+        message: error.to_string(),
+    })?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    let synchronous = match sync {
+        SyncMode::Normal => "NORMAL",
+        SyncMode::Full => "FULL",
+    };
+    connection.pragma_update(None, "synchronous", synchronous)?;
+    Ok(connection)
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(sql)?;
+        transaction.pragma_update(None, "user_version", (index + 1) as i64)?;
+        transaction.commit()?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path, sync: SyncMode) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|error| StoreError::Open {
+                    path: path.display().to_string(),
+                    message: format!("cannot create directory {}: {error}", parent.display()),
+                })?;
+            }
+        }
+        let mut writer = open_connection(path, sync)?;
+        migrate(&mut writer)?;
+        let last: Option<i64> =
+            writer.query_row("SELECT max(seq) FROM entries", [], |row| row.get(0))?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            next_seq: AtomicU64::new(last.unwrap_or(0) as u64 + 1),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` with a reader connection from the pool.
+    pub fn with_reader<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self
+            .readers
+            .lock()
+            .map_err(|_| StoreError::Other("reader pool poisoned".into()))?
+            .pop();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => {
+                let connection = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                connection.busy_timeout(std::time::Duration::from_secs(5))?;
+                connection
+            }
+        };
+        let result = work(&connection);
+        if let Ok(mut readers) = self.readers.lock() {
+            if readers.len() < READER_POOL {
+                readers.push(connection);
+            }
+        }
+        result
+    }
+}
+
+impl Store for SqliteStore {
+    fn append(&self, entries: &mut [AuditEntry]) -> Result<(), StoreError> {
+        let mut connection = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Other("writer connection poisoned".into()))?;
+        let first = self.next_seq.load(Ordering::Acquire);
+        let transaction = connection.transaction()?;
+        {
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO entries (seq, id, log_id, created_at, actor_id, actor_email, actor_name, \
+                 actor_source, actor_verified, tenant, action, resource_type, resource_id, outcome, status, \
+                 method, path, route, rule, ip, user_agent, request_id, duration_us, error, metadata) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+                 ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+            )?;
+            for (offset, entry) in entries.iter_mut().enumerate() {
+                entry.seq = first + offset as u64;
+                let metadata =
+                    serde_json::to_string(&entry.metadata).unwrap_or_else(|_| "{}".to_string());
+                insert.execute(params![
+                    entry.seq as i64,
+                    entry.id,
+                    entry.log_id,
+                    format_timestamp(&entry.created_at),
+                    entry.actor_id,
+                    entry.actor_email,
+                    entry.actor_name,
+                    entry.actor_source,
+                    entry.actor_verified,
+                    entry.tenant,
+                    entry.action,
+                    entry.resource_type,
+                    entry.resource_id,
+                    entry.outcome.as_str(),
+                    entry.status,
+                    entry.method,
+                    entry.path,
+                    entry.route,
+                    entry.rule,
+                    entry.ip,
+                    entry.user_agent,
+                    entry.request_id,
+                    entry.duration_us.map(|us| us as i64),
+                    entry.error,
+                    metadata,
+                ])?;
+            }
+        }
+        match transaction.commit() {
+            Ok(()) => {
+                self.next_seq
+                    .store(first + entries.len() as u64, Ordering::Release);
+                Ok(())
+            }
+            Err(error) => {
+                for entry in entries.iter_mut() {
+                    entry.seq = 0;
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        let connection = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Other("writer connection poisoned".into()))?;
+        // BEGIN IMMEDIATE takes the write lock: it fails when the file is locked or read-only.
+        connection.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+        if !self.path.exists() {
+            return Err(StoreError::Other(format!(
+                "database file {} was removed",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn size(&self) -> Result<u64, StoreError> {
+        Ok(self.next_seq.load(Ordering::Acquire) - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_get_consecutive_sequence_numbers_across_reopen() {
+        let dir = std::env::temp_dir().join(format!("auditgate-sqlite-{}", ulid::Ulid::new()));
+        let path = dir.join("audit.db");
+        {
+            let store = SqliteStore::open(&path, SyncMode::Normal).expect("opens");
+            let mut batch = vec![AuditEntry::new("t", "a.one"), AuditEntry::new("t", "a.two")];
+            store.append(&mut batch).expect("appends");
+            assert_eq!((batch[0].seq, batch[1].seq), (1, 2));
+            store.check_writable().expect("writable");
+        }
+        let store = SqliteStore::open(&path, SyncMode::Full).expect("reopens");
+        let mut batch = vec![AuditEntry::new("t", "a.three")];
+        store.append(&mut batch).expect("appends");
+        assert_eq!(batch[0].seq, 3);
+        assert_eq!(store.size().expect("size"), 3);
+        let count: i64 = store
+            .with_reader(|connection| {
+                Ok(connection.query_row("SELECT count(*) FROM entries", [], |row| row.get(0))?)
+            })
+            .expect("reads");
+        assert_eq!(count, 3);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_failed_batch_appends_nothing() {
+        let dir = std::env::temp_dir().join(format!("auditgate-sqlite-{}", ulid::Ulid::new()));
+        let store = SqliteStore::open(&dir.join("audit.db"), SyncMode::Normal).expect("opens");
+        let duplicate = AuditEntry::new("t", "dup");
+        let mut batch = vec![duplicate.clone(), duplicate];
+        assert!(store.append(&mut batch).is_err());
+        assert_eq!(store.size().expect("size"), 0);
+        let mut batch = vec![AuditEntry::new("t", "ok")];
+        store.append(&mut batch).expect("appends");
+        assert_eq!(batch[0].seq, 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
