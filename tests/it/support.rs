@@ -1,0 +1,412 @@
+//! Test helpers: a real upstream app, a real sidecar in front of it, and a small HTTP client.
+//! Everything binds 127.0.0.1:0; readiness is the bound socket, never a sleep.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use auditgate::config::Config;
+use auditgate::entry::AuditEntry;
+use auditgate::server::Sidecar;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// A unique temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("auditgate-it-{label}-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> BoxBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// The test app behind the proxy. Routes:
+/// - `/status/{code}` answers that status with a small JSON body.
+/// - `/json` echoes the request as JSON: method, path, query, headers, body (as text).
+/// - `/created` answers 201 with `{"id": 77}` and a Location header.
+/// - `/gzip` answers a gzip-encoded JSON body `{"id": 5}`.
+/// - `/big/{bytes}` streams that many bytes in 64 KiB chunks.
+/// - `/slow/{ms}` waits, then answers 200.
+/// - `/abort` sends half a declared body and closes.
+/// - `/ws` accepts a WebSocket upgrade and echoes messages.
+/// - anything else: 200 with the echo JSON.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicU64>,
+    /// Request heads the app received, in order (method, path, headers).
+    pub seen: Arc<std::sync::Mutex<Vec<(String, String, HeaderMap)>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (task_requests, task_seen) = (requests.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let requests = task_requests.clone();
+                let seen = task_seen.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        requests.fetch_add(1, Ordering::SeqCst);
+                        let seen = seen.clone();
+                        async move { Ok::<_, std::convert::Infallible>(upstream_answer(request, seen).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, requests, seen }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+async fn upstream_answer(mut request: Request<Incoming>, seen: Arc<std::sync::Mutex<Vec<(String, String, HeaderMap)>>>) -> Response<BoxBody> {
+    let path = request.uri().path().to_string();
+    if let Ok(mut seen) = seen.lock() {
+        seen.push((request.method().to_string(), path.clone(), request.headers().clone()));
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["ws"] => {
+            let key = request
+                .headers()
+                .get("sec-websocket-key")
+                .map(|key| key.as_bytes().to_vec())
+                .unwrap_or_default();
+            let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                        None,
+                    )
+                    .await;
+                    while let Some(Ok(message)) = socket.next().await {
+                        if message.is_text() || message.is_binary() {
+                            let _ = socket.send(message).await;
+                        }
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("sec-websocket-accept", accept)
+                .body(full(Bytes::new()))
+                .expect("response")
+        }
+        ["status", code] => {
+            let status = code.parse::<u16>().ok().and_then(|code| StatusCode::from_u16(code).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+            let body = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+                Bytes::new()
+            } else {
+                Bytes::from(json!({"status": status.as_u16()}).to_string())
+            };
+            Response::builder().status(status).body(full(body)).expect("response")
+        }
+        ["created"] => {
+            let _ = request.into_body().collect().await;
+            Response::builder()
+                .status(StatusCode::CREATED)
+                .header("location", "/things/77")
+                .header("content-type", "application/json")
+                .body(full(r#"{"id": 77, "nested": {"ok": true}}"#))
+                .expect("response")
+        }
+        ["gzip"] => {
+            use std::io::Write;
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            let _ = encoder.write_all(br#"{"id": 5}"#);
+            let body = encoder.finish().unwrap_or_default();
+            Response::builder()
+                .status(StatusCode::CREATED)
+                .header("content-encoding", "gzip")
+                .header("content-type", "application/json")
+                .body(full(body))
+                .expect("response")
+        }
+        ["big", size] => {
+            let total: usize = size.parse().unwrap_or(0);
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let chunks = (0..total.div_ceil(chunk.len())).map(move |index| {
+                let len = (total - index * 64 * 1024).min(64 * 1024);
+                Ok::<_, std::io::Error>(Frame::data(chunk.slice(0..len)))
+            });
+            let body = StreamBody::new(futures_util::stream::iter(chunks));
+            Response::builder()
+                .status(StatusCode::OK)
+                .body(BodyExt::boxed(body))
+                .expect("response")
+        }
+        ["slow", ms] => {
+            let ms: u64 = ms.parse().unwrap_or(100);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::builder().status(StatusCode::OK).body(full("slow")).expect("response")
+        }
+        ["abort"] => {
+            let (mut sender, body) = {
+                let (tx, rx) = futures_util::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+                (tx, StreamBody::new(rx))
+            };
+            tokio::spawn(async move {
+                let _ = sender.send(Ok(Frame::data(Bytes::from_static(b"partial")))).await;
+                let _ = sender.send(Err(std::io::Error::other("app crashed mid-body"))).await;
+            });
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-length", "1000")
+                .body(BodyExt::boxed(body))
+                .expect("response")
+        }
+        _ => {
+            let method = request.method().to_string();
+            let query = request.uri().query().unwrap_or_default().to_string();
+            let headers: serde_json::Map<String, Value> = request
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.to_string(), Value::from(String::from_utf8_lossy(value.as_bytes()).into_owned())))
+                .collect();
+            let body = request.into_body().collect().await.map(|body| body.to_bytes()).unwrap_or_default();
+            let echo = json!({
+                "method": method,
+                "path": path,
+                "query": query,
+                "headers": headers,
+                "bodyLength": body.len(),
+                "body": String::from_utf8_lossy(&body),
+            });
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/json")
+                .body(full(echo.to_string()))
+                .expect("response")
+        }
+    }
+}
+
+/// A sidecar in front of an upstream, configured by a TOML snippet. `[proxy]` and `[store]` are
+/// filled in (upstream, loopback ports, a fresh database) unless the snippet gives them.
+pub struct TestSidecar {
+    pub sidecar: Option<Sidecar>,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub db: PathBuf,
+    pub dir: TempDir,
+}
+
+/// Builds a full config from a snippet of rules/actors and extra proxy keys.
+pub fn config_text(upstream: SocketAddr, db: &std::path::Path, proxy_extra: &str, rest: &str) -> String {
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n{proxy_extra}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = \"{}\"\nflush_interval = \"1ms\"\n\n[log]\nlog_id = \"test\"\n\n{rest}\n",
+        db.display()
+    )
+}
+
+impl TestSidecar {
+    pub async fn start(upstream: SocketAddr, rest: &str) -> TestSidecar {
+        TestSidecar::start_with(upstream, "", rest).await
+    }
+
+    pub async fn start_with(upstream: SocketAddr, proxy_extra: &str, rest: &str) -> TestSidecar {
+        let dir = TempDir::new("sidecar");
+        let db = dir.0.join("audit.db");
+        let text = config_text(upstream, &db, proxy_extra, rest);
+        let config = match Config::parse(&text, &dir.0) {
+            Ok(config) => config,
+            Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
+        };
+        let sidecar = Sidecar::start(config, None).await.expect("sidecar starts");
+        TestSidecar {
+            proxy: sidecar.proxy_addr,
+            admin: sidecar.admin_addr,
+            sidecar: Some(sidecar),
+            db,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    /// Waits until the writer has stored everything produced so far, then reads every entry.
+    pub async fn entries(&self) -> Vec<AuditEntry> {
+        if let Some(sidecar) = &self.sidecar {
+            assert!(sidecar.writer().flushed(Duration::from_secs(10)).await, "writer did not flush");
+        }
+        read_entries(&self.db)
+    }
+
+    /// Waits for `count` entries (entries are finished when response bodies end, which may be a
+    /// moment after the client saw the response).
+    pub async fn wait_entries(&self, count: usize) -> Vec<AuditEntry> {
+        for _ in 0..500 {
+            let entries = self.entries().await;
+            if entries.len() >= count {
+                return entries;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let entries = self.entries().await;
+        panic!("expected {count} entries, have {}: {entries:#?}", entries.len());
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(sidecar) = self.sidecar.take() {
+            sidecar.shutdown().await;
+        }
+    }
+}
+
+/// Every entry in a database file, in log order, read with a plain SQLite connection.
+pub fn read_entries(db: &std::path::Path) -> Vec<AuditEntry> {
+    let connection = rusqlite::Connection::open(db).expect("open db");
+    let mut statement = connection
+        .prepare(
+            "SELECT seq, id, log_id, created_at, actor_id, actor_email, actor_name, actor_source, actor_verified, tenant, \
+             action, resource_type, resource_id, outcome, status, method, path, route, rule, ip, user_agent, request_id, \
+             duration_us, error, metadata FROM entries ORDER BY seq",
+        )
+        .expect("prepare");
+    let rows = statement
+        .query_map([], |row| {
+            let metadata: String = row.get(24)?;
+            let outcome: String = row.get(13)?;
+            let created_at: String = row.get(3)?;
+            Ok(AuditEntry {
+                seq: row.get::<_, i64>(0)? as u64,
+                id: row.get(1)?,
+                log_id: row.get(2)?,
+                created_at: auditgate::entry::parse_timestamp(&created_at).expect("timestamp"),
+                actor_id: row.get(4)?,
+                actor_email: row.get(5)?,
+                actor_name: row.get(6)?,
+                actor_source: row.get(7)?,
+                actor_verified: row.get(8)?,
+                tenant: row.get(9)?,
+                action: row.get(10)?,
+                resource_type: row.get(11)?,
+                resource_id: row.get(12)?,
+                outcome: auditgate::entry::Outcome::parse(&outcome).expect("outcome"),
+                status: row.get(14)?,
+                method: row.get(15)?,
+                path: row.get(16)?,
+                route: row.get(17)?,
+                rule: row.get(18)?,
+                ip: row.get(19)?,
+                user_agent: row.get(20)?,
+                request_id: row.get(21)?,
+                duration_us: row.get::<_, Option<i64>>(22)?.map(|us| us as u64),
+                error: row.get(23)?,
+                metadata: serde_json::from_str(&metadata).expect("metadata json"),
+            })
+        })
+        .expect("query");
+    rows.map(|row| row.expect("row")).collect()
+}
+
+/// A small HTTP/1.1 client.
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        HttpClient::new()
+    }
+}
+
+impl HttpClient {
+    pub fn new() -> HttpClient {
+        HttpClient {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+        let mut request = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self
+            .client
+            .request(request.body(Full::new(body.into())).expect("request"))
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, url: &str) -> Reply {
+        self.send("GET", url, &[], Bytes::new()).await
+    }
+}
+
+/// Sends raw bytes on a new connection and returns everything the server answers until it
+/// closes (or 5 s pass).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
