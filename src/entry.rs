@@ -208,11 +208,16 @@ mod timestamp {
     use chrono::{DateTime, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        time: &DateTime<Utc>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&super::format_timestamp(time))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<Utc>, D::Error> {
         let text = String::deserialize(deserializer)?;
         super::parse_timestamp(&text)
             .ok_or_else(|| serde::de::Error::custom("timestamp is not RFC 3339"))
@@ -238,7 +243,9 @@ mod tests {
         entry.status = Some(204);
         entry.duration_us = Some(1500);
         entry.metadata.insert("z".into(), Value::from(1));
-        entry.metadata.insert("a".into(), serde_json::json!({"y": true, "b": [1, "x"]}));
+        entry
+            .metadata
+            .insert("a".into(), serde_json::json!({"y": true, "b": [1, "x"]}));
         entry
     }
 
