@@ -1,1 +1,5 @@
+//! The one integration-test binary: real servers on 127.0.0.1:0, one module per area.
 
+mod support;
+
+mod proxy;

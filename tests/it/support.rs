@@ -184,14 +184,11 @@ async fn upstream_answer(mut request: Request<Incoming>, seen: Arc<std::sync::Mu
             Response::builder().status(StatusCode::OK).body(full("slow")).expect("response")
         }
         ["abort"] => {
-            let (mut sender, body) = {
-                let (tx, rx) = futures_util::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
-                (tx, StreamBody::new(rx))
-            };
-            tokio::spawn(async move {
-                let _ = sender.send(Ok(Frame::data(Bytes::from_static(b"partial")))).await;
-                let _ = sender.send(Err(std::io::Error::other("app crashed mid-body"))).await;
-            });
+            let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+                Ok(Frame::data(Bytes::from_static(b"partial"))),
+                Err(std::io::Error::other("app crashed mid-body")),
+            ];
+            let body = StreamBody::new(futures_util::stream::iter(frames));
             Response::builder()
                 .status(StatusCode::OK)
                 .header("content-length", "1000")
