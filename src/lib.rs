@@ -3,3 +3,5 @@
 #![forbid(unsafe_code)]
 
 pub mod entry;
+pub mod export;
+pub mod store;
