@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod entry;
 pub mod explain;
+pub mod export;
 pub mod log;
 pub mod metrics;
 pub mod proxy;

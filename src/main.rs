@@ -105,7 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Query(_args) => anyhow::bail!("query arrives with the store query layer"),
+        Command::Query(args) => auditgate::run::query(&args),
         Command::Token { name, scopes } => {
             let token = auditgate::run::new_token();
             let scopes: Vec<String> = scopes

@@ -120,3 +120,135 @@ pub fn new_token() -> NewToken {
     let sha256 = hex::encode(Sha256::digest(token.as_bytes()));
     NewToken { token, sha256 }
 }
+
+/// The filter parameters of `query`/`export`, in the admin API's names, so both share one parser.
+pub fn filter_params(args: &crate::cli::QueryArgs) -> Vec<(String, String)> {
+    let mut params = Vec::new();
+    let mut add = |name: &str, value: &Option<String>| {
+        if let Some(value) = value {
+            params.push((name.to_string(), value.clone()));
+        }
+    };
+    add("actor", &args.actor);
+    add("action", &args.action);
+    add("action_prefix", &args.action_prefix);
+    add("resource_type", &args.resource_type);
+    add("resource_id", &args.resource_id);
+    add("outcome", &args.outcome);
+    add("status", &args.status);
+    add("ip", &args.ip);
+    add("since", &args.since);
+    add("until", &args.until);
+    add("q", &args.q);
+    params
+}
+
+/// Opens an existing store file for reading; a missing file is an error, not a new database.
+pub fn open_existing(db: &Path) -> anyhow::Result<crate::store::sqlite::SqliteStore> {
+    use anyhow::Context as _;
+    if !db.exists() {
+        anyhow::bail!("no database at {}", db.display());
+    }
+    crate::store::sqlite::SqliteStore::open(db, crate::config::SyncMode::Normal)
+        .with_context(|| format!("cannot open {}", db.display()))
+}
+
+/// `auditgate query`.
+pub fn query(args: &crate::cli::QueryArgs) -> anyhow::Result<std::process::ExitCode> {
+    use crate::store::query::parse_filter_and_page;
+    use crate::store::Store;
+    let mut params = filter_params(args);
+    params.push(("limit".to_string(), args.limit.to_string()));
+    if args.asc {
+        params.push(("order".to_string(), "asc".to_string()));
+    }
+    let (filter, page) = match parse_filter_and_page(&params, chrono::Utc::now(), &[]) {
+        Ok(parsed) => parsed,
+        Err(errors) => {
+            for error in errors {
+                eprintln!(
+                    "auditgate query: --{}: {}",
+                    error.param.replace('_', "-"),
+                    error.message
+                );
+            }
+            return Ok(std::process::ExitCode::from(64));
+        }
+    };
+    let format = args.format.as_str();
+    if format != "json" && format != "table" {
+        eprintln!("auditgate query: --format must be json or table");
+        return Ok(std::process::ExitCode::from(64));
+    }
+    let store = open_existing(&args.db)?;
+    let result = store.list(&filter, &page)?;
+    let mut out = String::new();
+    if format == "json" {
+        for entry in &result.entries {
+            let _ = writeln!(out, "{}", entry.to_api_json());
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<24}  {:<26}  {:<24}  {:<18}  {:<8}  {:>6}  IP",
+            "SEQ", "TIME (UTC)", "ACTOR", "ACTION", "RESOURCE", "OUTCOME", "STATUS"
+        );
+        for entry in &result.entries {
+            let actor = entry
+                .actor_email
+                .clone()
+                .or_else(|| entry.actor_id.clone())
+                .unwrap_or_else(|| "-".to_string());
+            let resource = match (&entry.resource_type, &entry.resource_id) {
+                (Some(kind), Some(id)) => format!("{kind}/{id}"),
+                (Some(kind), None) => kind.clone(),
+                (None, Some(id)) => id.clone(),
+                (None, None) => "-".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{:>6}  {:<24}  {:<26}  {:<24}  {:<18}  {:<8}  {:>6}  {}",
+                entry.seq,
+                entry.created_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                printable(&actor, 26),
+                printable(&entry.action, 24),
+                printable(&resource, 18),
+                entry.outcome.as_str(),
+                entry
+                    .status
+                    .map(|status| status.to_string())
+                    .unwrap_or_else(|| "-".to_string()),
+                entry.ip.as_deref().unwrap_or("-"),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "({} entr{})",
+            result.entries.len(),
+            if result.entries.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            }
+        );
+    }
+    print!("{out}");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Shortens and neutralizes a value for a terminal table: control characters (ANSI escapes, CR,
+/// LF) are shown escaped so a hostile value cannot rewrite the screen.
+fn printable(text: &str, width: usize) -> String {
+    let escaped: String = text.chars().flat_map(char::escape_default).collect();
+    let shown: String = if text.chars().any(char::is_control) {
+        escaped
+    } else {
+        text.to_string()
+    };
+    if shown.chars().count() > width {
+        let cut: String = shown.chars().take(width.saturating_sub(1)).collect();
+        format!("{cut}…")
+    } else {
+        shown
+    }
+}

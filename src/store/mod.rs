@@ -4,9 +4,13 @@
 //! default. Calls are blocking: the writer runs on its own thread and the admin API calls the
 //! store through `spawn_blocking`, so the proxy's async workers never wait on a database.
 
+pub mod query;
 pub mod sqlite;
+pub mod sqlite_rows;
 
 use crate::entry::AuditEntry;
+use query::{Filter, PageRequest};
+pub use sqlite_rows::{Bucket, Page, StatsBy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,4 +35,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of entries in the log.
     fn size(&self) -> Result<u64, StoreError>;
+
+    /// One page of entries matching the filter, by keyset.
+    fn list(&self, filter: &Filter, page: &PageRequest) -> Result<Page, StoreError>;
+
+    /// A page by number, newest first (the reference-compatible endpoint's paging).
+    fn list_offset(
+        &self,
+        filter: &Filter,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// How many entries match the filter.
+    fn count(&self, filter: &Filter) -> Result<u64, StoreError>;
+
+    /// One entry by id (or by decimal sequence number).
+    fn get(&self, id: &str) -> Result<Option<AuditEntry>, StoreError>;
+
+    /// Counts grouped by action, actor, outcome, day or hour.
+    fn stats(&self, filter: &Filter, by: StatsBy, limit: u32) -> Result<Vec<Bucket>, StoreError>;
 }

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OpenFlags};
 
+use super::query::{Filter, PageRequest};
+use super::sqlite_rows::{self, Bucket, Page, StatsBy};
 use super::{Store, StoreError};
 use crate::config::SyncMode;
 use crate::entry::{format_timestamp, AuditEntry};
@@ -78,6 +80,7 @@ impl SqliteStore {
         }
         let mut writer = open_connection(path, sync)?;
         migrate(&mut writer)?;
+        sqlite_rows::register_functions(&writer)?;
         let last: Option<i64> =
             writer.query_row("SELECT max(seq) FROM entries", [], |row| row.get(0))?;
         Ok(SqliteStore {
@@ -110,6 +113,7 @@ impl SqliteStore {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 connection.busy_timeout(std::time::Duration::from_secs(5))?;
+                sqlite_rows::register_functions(&connection)?;
                 connection
             }
         };
@@ -205,6 +209,33 @@ impl Store for SqliteStore {
 
     fn size(&self) -> Result<u64, StoreError> {
         Ok(self.next_seq.load(Ordering::Acquire) - 1)
+    }
+
+    fn list(&self, filter: &Filter, page: &PageRequest) -> Result<Page, StoreError> {
+        self.with_reader(|connection| Ok(sqlite_rows::list(connection, filter, page)?))
+    }
+
+    fn list_offset(
+        &self,
+        filter: &Filter,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with_reader(|connection| {
+            Ok(sqlite_rows::list_offset(connection, filter, offset, limit)?)
+        })
+    }
+
+    fn count(&self, filter: &Filter) -> Result<u64, StoreError> {
+        self.with_reader(|connection| Ok(sqlite_rows::count(connection, filter)?))
+    }
+
+    fn get(&self, id: &str) -> Result<Option<AuditEntry>, StoreError> {
+        self.with_reader(|connection| Ok(sqlite_rows::get(connection, id)?))
+    }
+
+    fn stats(&self, filter: &Filter, by: StatsBy, limit: u32) -> Result<Vec<Bucket>, StoreError> {
+        self.with_reader(|connection| Ok(sqlite_rows::stats(connection, filter, by, limit)?))
     }
 }
 

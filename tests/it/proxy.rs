@@ -26,7 +26,12 @@ async fn a_matched_request_becomes_an_entry() {
     let sidecar = TestSidecar::start(upstream.addr, RULES).await;
     let client = HttpClient::new();
     let reply = client
-        .send("DELETE", &sidecar.url("/api/users/42"), &[("user-agent", "it/1.0")], "")
+        .send(
+            "DELETE",
+            &sidecar.url("/api/users/42"),
+            &[("user-agent", "it/1.0")],
+            "",
+        )
         .await;
     assert_eq!(reply.status, 200);
     let entries = sidecar.wait_entries(1).await;

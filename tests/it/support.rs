@@ -44,7 +44,9 @@ impl Drop for TempDir {
 }
 
 fn full(bytes: impl Into<Bytes>) -> BoxBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// The test app behind the proxy. Routes:
@@ -66,21 +68,27 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let requests = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (task_requests, task_seen) = (requests.clone(), seen.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let requests = task_requests.clone();
                 let seen = task_seen.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         requests.fetch_add(1, Ordering::SeqCst);
                         let seen = seen.clone();
-                        async move { Ok::<_, std::convert::Infallible>(upstream_answer(request, seen).await) }
+                        async move {
+                            Ok::<_, std::convert::Infallible>(upstream_answer(request, seen).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -89,7 +97,11 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, requests, seen }
+        Upstream {
+            addr,
+            requests,
+            seen,
+        }
     }
 
     pub fn count(&self) -> u64 {
@@ -97,10 +109,17 @@ impl Upstream {
     }
 }
 
-async fn upstream_answer(mut request: Request<Incoming>, seen: Arc<std::sync::Mutex<Vec<(String, String, HeaderMap)>>>) -> Response<BoxBody> {
+async fn upstream_answer(
+    mut request: Request<Incoming>,
+    seen: Arc<std::sync::Mutex<Vec<(String, String, HeaderMap)>>>,
+) -> Response<BoxBody> {
     let path = request.uri().path().to_string();
     if let Ok(mut seen) = seen.lock() {
-        seen.push((request.method().to_string(), path.clone(), request.headers().clone()));
+        seen.push((
+            request.method().to_string(),
+            path.clone(),
+            request.headers().clone(),
+        ));
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
@@ -136,13 +155,20 @@ async fn upstream_answer(mut request: Request<Incoming>, seen: Arc<std::sync::Mu
                 .expect("response")
         }
         ["status", code] => {
-            let status = code.parse::<u16>().ok().and_then(|code| StatusCode::from_u16(code).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+            let status = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|code| StatusCode::from_u16(code).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
             let body = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
                 Bytes::new()
             } else {
                 Bytes::from(json!({"status": status.as_u16()}).to_string())
             };
-            Response::builder().status(status).body(full(body)).expect("response")
+            Response::builder()
+                .status(status)
+                .body(full(body))
+                .expect("response")
         }
         ["created"] => {
             let _ = request.into_body().collect().await;
@@ -155,7 +181,8 @@ async fn upstream_answer(mut request: Request<Incoming>, seen: Arc<std::sync::Mu
         }
         ["gzip"] => {
             use std::io::Write;
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             let _ = encoder.write_all(br#"{"id": 5}"#);
             let body = encoder.finish().unwrap_or_default();
             Response::builder()
@@ -181,7 +208,10 @@ async fn upstream_answer(mut request: Request<Incoming>, seen: Arc<std::sync::Mu
         ["slow", ms] => {
             let ms: u64 = ms.parse().unwrap_or(100);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            Response::builder().status(StatusCode::OK).body(full("slow")).expect("response")
+            Response::builder()
+                .status(StatusCode::OK)
+                .body(full("slow"))
+                .expect("response")
         }
         ["abort"] => {
             let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
@@ -201,9 +231,19 @@ async fn upstream_answer(mut request: Request<Incoming>, seen: Arc<std::sync::Mu
             let headers: serde_json::Map<String, Value> = request
                 .headers()
                 .iter()
-                .map(|(name, value)| (name.to_string(), Value::from(String::from_utf8_lossy(value.as_bytes()).into_owned())))
+                .map(|(name, value)| {
+                    (
+                        name.to_string(),
+                        Value::from(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+                    )
+                })
                 .collect();
-            let body = request.into_body().collect().await.map(|body| body.to_bytes()).unwrap_or_default();
+            let body = request
+                .into_body()
+                .collect()
+                .await
+                .map(|body| body.to_bytes())
+                .unwrap_or_default();
             let echo = json!({
                 "method": method,
                 "path": path,
@@ -232,7 +272,12 @@ pub struct TestSidecar {
 }
 
 /// Builds a full config from a snippet of rules/actors and extra proxy keys.
-pub fn config_text(upstream: SocketAddr, db: &std::path::Path, proxy_extra: &str, rest: &str) -> String {
+pub fn config_text(
+    upstream: SocketAddr,
+    db: &std::path::Path,
+    proxy_extra: &str,
+    rest: &str,
+) -> String {
     format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n{proxy_extra}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = \"{}\"\nflush_interval = \"1ms\"\n\n[log]\nlog_id = \"test\"\n\n{rest}\n",
         db.display()
@@ -269,7 +314,10 @@ impl TestSidecar {
     /// Waits until the writer has stored everything produced so far, then reads every entry.
     pub async fn entries(&self) -> Vec<AuditEntry> {
         if let Some(sidecar) = &self.sidecar {
-            assert!(sidecar.writer().flushed(Duration::from_secs(10)).await, "writer did not flush");
+            assert!(
+                sidecar.writer().flushed(Duration::from_secs(10)).await,
+                "writer did not flush"
+            );
         }
         read_entries(&self.db)
     }
@@ -285,7 +333,10 @@ impl TestSidecar {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let entries = self.entries().await;
-        panic!("expected {count} entries, have {}: {entries:#?}", entries.len());
+        panic!(
+            "expected {count} entries, have {}: {entries:#?}",
+            entries.len()
+        );
     }
 
     pub async fn stop(&mut self) {
@@ -376,7 +427,13 @@ impl HttpClient {
         }
     }
 
-    pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
         let mut request = Request::builder().method(method).uri(url);
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -388,8 +445,17 @@ impl HttpClient {
             .expect("request sent");
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.into_body().collect().await.expect("body").to_bytes();
-        Reply { status, headers, body }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, url: &str) -> Reply {

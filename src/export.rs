@@ -1,0 +1,497 @@
+//! Export encoders: entries to CSV, JSON or NDJSON bytes, batch by batch.
+//!
+//! The encoder holds only what it needs between batches (whether a JSON element came before), so
+//! an export of any size streams with flat memory: the admin API and the CLI read a batch from
+//! the store, encode it, write the bytes out, and repeat. No I/O happens here.
+//!
+//! CSV follows RFC 4180 (comma, CRLF, double quotes) and neutralises spreadsheet formulas; JSON
+//! and NDJSON carry each entry as [`AuditEntry::to_api_json`], the same object the admin API
+//! returns.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+
+use crate::entry::{format_timestamp, AuditEntry};
+
+/// The file formats an export can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    Csv,
+    /// One JSON array of entries.
+    Json,
+    /// One JSON entry per line, for log shippers and `jq`.
+    Ndjson,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown export format {0:?}; expected csv, json or ndjson")]
+pub struct UnknownExportFormat(pub String);
+
+impl FromStr for ExportFormat {
+    type Err = UnknownExportFormat;
+
+    fn from_str(text: &str) -> Result<ExportFormat, UnknownExportFormat> {
+        match text {
+            "csv" => Ok(ExportFormat::Csv),
+            "json" => Ok(ExportFormat::Json),
+            "ndjson" => Ok(ExportFormat::Ndjson),
+            _ => Err(UnknownExportFormat(text.chars().take(64).collect())),
+        }
+    }
+}
+
+impl fmt::Display for ExportFormat {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.file_extension())
+    }
+}
+
+impl ExportFormat {
+    /// The `Content-Type` of an export in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            // RFC 4180 registers text/csv; the charset is explicit because entries hold UTF-8.
+            ExportFormat::Csv => "text/csv; charset=utf-8",
+            ExportFormat::Json => "application/json",
+            ExportFormat::Ndjson => "application/x-ndjson",
+        }
+    }
+
+    pub fn file_extension(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Json => "json",
+            ExportFormat::Ndjson => "ndjson",
+        }
+    }
+}
+
+/// The name to save an export under: `auditgate-export-20261126T101500Z.csv`. Basic ISO 8601
+/// (no colons) so the name is valid on every file system and sorts by time.
+pub fn export_file_name(format: ExportFormat, now: DateTime<Utc>) -> String {
+    format!(
+        "auditgate-export-{}.{}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        format.file_extension()
+    )
+}
+
+/// The CSV header: the entry's API names in entry order.
+pub const CSV_COLUMNS: [&str; 25] = [
+    "id",
+    "seq",
+    "createdAt",
+    "logId",
+    "actorId",
+    "actorEmail",
+    "actorName",
+    "actorSource",
+    "actorVerified",
+    "tenant",
+    "action",
+    "resourceType",
+    "resourceId",
+    "outcome",
+    "status",
+    "method",
+    "path",
+    "route",
+    "rule",
+    "ip",
+    "userAgent",
+    "requestId",
+    "durationMs",
+    "error",
+    "metadata",
+];
+
+/// The first characters that make a spreadsheet treat a cell as a formula (OWASP's list). Such a
+/// cell gets a leading `'`, so opening an export cannot run `=HYPERLINK(...)` or `=cmd|...`
+/// planted in a path or user agent by whoever sent the request.
+const FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// Encoding an export batch failed. Writing into memory does not fail in practice; the error
+/// exists so that an impossible failure stops the export loudly instead of dropping entries.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("csv encoding failed: {0}")]
+    Csv(#[from] csv::Error),
+    #[error("json encoding failed: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Turns batches of entries into the bytes of one export.
+///
+/// Call [`begin`](ExportEncoder::begin) once, [`encode`](ExportEncoder::encode) for each batch,
+/// and [`finish`](ExportEncoder::finish) once; the concatenation of what they return is the file.
+#[derive(Debug)]
+pub struct ExportEncoder {
+    format: ExportFormat,
+    /// Whether a JSON array element has been written, so the next one needs a comma.
+    wrote_element: bool,
+}
+
+impl ExportEncoder {
+    pub fn new(format: ExportFormat) -> ExportEncoder {
+        ExportEncoder {
+            format,
+            wrote_element: false,
+        }
+    }
+
+    pub fn format(&self) -> ExportFormat {
+        self.format
+    }
+
+    /// The bytes before the first entry: the CSV header row, or `[` for JSON.
+    pub fn begin(&mut self) -> Vec<u8> {
+        match self.format {
+            ExportFormat::Csv => {
+                // The names are plain ASCII words, so no quoting is ever needed.
+                let mut header = CSV_COLUMNS.join(",");
+                header.push_str("\r\n");
+                header.into_bytes()
+            }
+            ExportFormat::Json => b"[".to_vec(),
+            ExportFormat::Ndjson => Vec::new(),
+        }
+    }
+
+    /// The bytes of one batch of entries.
+    pub fn encode(&mut self, entries: &[AuditEntry]) -> Result<Vec<u8>, ExportError> {
+        match self.format {
+            ExportFormat::Csv => encode_csv(entries),
+            ExportFormat::Json => {
+                let mut bytes = Vec::new();
+                for entry in entries {
+                    // One entry a line keeps a large export readable and diffable.
+                    bytes.extend_from_slice(if self.wrote_element { b",\n" } else { b"\n" });
+                    serde_json::to_writer(&mut bytes, &entry.to_api_json())?;
+                    self.wrote_element = true;
+                }
+                Ok(bytes)
+            }
+            ExportFormat::Ndjson => {
+                let mut bytes = Vec::new();
+                for entry in entries {
+                    // serde_json escapes control characters inside strings, so an entry is
+                    // always exactly one line.
+                    serde_json::to_writer(&mut bytes, &entry.to_api_json())?;
+                    bytes.push(b'\n');
+                }
+                Ok(bytes)
+            }
+        }
+    }
+
+    /// The bytes after the last entry: `]` and a newline for JSON.
+    pub fn finish(&mut self) -> Vec<u8> {
+        match self.format {
+            ExportFormat::Csv | ExportFormat::Ndjson => Vec::new(),
+            ExportFormat::Json if self.wrote_element => b"\n]\n".to_vec(),
+            ExportFormat::Json => b"]\n".to_vec(),
+        }
+    }
+}
+
+fn encode_csv(entries: &[AuditEntry]) -> Result<Vec<u8>, ExportError> {
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .has_headers(false)
+        .from_writer(Vec::new());
+    for entry in entries {
+        let mut record = csv_record(entry)?;
+        for cell in &mut record {
+            neutralize_formula(cell);
+        }
+        writer.write_record(&record)?;
+    }
+    writer
+        .into_inner()
+        .map_err(|error| ExportError::Csv(csv::Error::from(error.into_error())))
+}
+
+/// One entry as CSV cells, in [`CSV_COLUMNS`] order. An absent value is an empty cell, which CSV
+/// cannot tell apart from an empty string; JSON and NDJSON keep the difference.
+fn csv_record(entry: &AuditEntry) -> Result<[String; 25], serde_json::Error> {
+    let optional = |value: &Option<String>| value.clone().unwrap_or_default();
+    Ok([
+        entry.id.clone(),
+        entry.seq.to_string(),
+        format_timestamp(&entry.created_at),
+        entry.log_id.clone(),
+        optional(&entry.actor_id),
+        optional(&entry.actor_email),
+        optional(&entry.actor_name),
+        optional(&entry.actor_source),
+        entry.actor_verified.to_string(),
+        optional(&entry.tenant),
+        entry.action.clone(),
+        optional(&entry.resource_type),
+        optional(&entry.resource_id),
+        entry.outcome.as_str().to_string(),
+        entry
+            .status
+            .map(|status| status.to_string())
+            .unwrap_or_default(),
+        optional(&entry.method),
+        optional(&entry.path),
+        optional(&entry.route),
+        optional(&entry.rule),
+        optional(&entry.ip),
+        optional(&entry.user_agent),
+        optional(&entry.request_id),
+        // The same number the JSON carries, so both exports agree.
+        entry
+            .duration_us
+            .map(|us| ((us as f64) / 1000.0).to_string())
+            .unwrap_or_default(),
+        optional(&entry.error),
+        serde_json::to_string(&entry.metadata)?,
+    ])
+}
+
+fn neutralize_formula(cell: &mut String) {
+    if cell.starts_with(FORMULA_TRIGGERS) {
+        cell.insert(0, '\'');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::Outcome;
+    use chrono::TimeZone;
+    use serde_json::{json, Value};
+
+    fn time() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 26, 10, 15, 0)
+            .single()
+            .expect("valid time")
+    }
+
+    fn plain(seq: u64) -> AuditEntry {
+        let mut entry = AuditEntry::new("log-a", "user.deleted");
+        entry.id = format!("01JEXPORT{seq:017}");
+        entry.seq = seq;
+        entry.created_at = time();
+        entry.outcome = Outcome::Success;
+        entry.status = Some(204);
+        entry.actor_id = Some("u1".into());
+        entry.duration_us = Some(1500);
+        entry
+    }
+
+    /// Values that break naive CSV and JSON writers, or attack whoever opens the file.
+    fn hostile() -> AuditEntry {
+        let mut entry = plain(2);
+        entry.actor_email = Some("=HYPERLINK(\"http://evil\",\"click\")".into());
+        entry.actor_name = Some("O'Brien, \"Bob\"".into());
+        entry.tenant = Some(String::new());
+        entry.action = "+cmd|' /C calc'!A0".into();
+        entry.resource_type = Some("-2+3".into());
+        entry.resource_id = Some("@SUM(A1)".into());
+        entry.path = Some("/a,b\r\nc\nd\re".into());
+        entry.route = Some("\tindented".into());
+        entry.rule = Some("\rcarriage".into());
+        entry.user_agent = Some("\u{1b}[31mred\u{1b}[0m Zürich 東京 🙂".into());
+        entry.error = Some("\"quoted\"".into());
+        entry
+            .metadata
+            .insert("note".into(), json!("line1\nline2,\"x\""));
+        entry
+    }
+
+    fn all_bytes(format: ExportFormat, batches: &[&[AuditEntry]]) -> Vec<u8> {
+        let mut encoder = ExportEncoder::new(format);
+        let mut bytes = encoder.begin();
+        for batch in batches {
+            bytes.extend(encoder.encode(batch).expect("encode"));
+        }
+        bytes.extend(encoder.finish());
+        bytes
+    }
+
+    fn read_csv(bytes: &[u8]) -> (Vec<String>, Vec<Vec<String>>) {
+        let mut reader = csv::Reader::from_reader(bytes);
+        let header = reader
+            .headers()
+            .expect("header")
+            .iter()
+            .map(str::to_string)
+            .collect();
+        let rows = reader
+            .records()
+            .map(|record| record.expect("record").iter().map(str::to_string).collect())
+            .collect();
+        (header, rows)
+    }
+
+    fn cell<'a>(header: &[String], row: &'a [String], name: &str) -> &'a str {
+        let index = header
+            .iter()
+            .position(|column| column == name)
+            .expect("column");
+        &row[index]
+    }
+
+    #[test]
+    fn formats_parse_and_describe_themselves() {
+        assert_eq!("csv".parse(), Ok(ExportFormat::Csv));
+        assert_eq!("json".parse(), Ok(ExportFormat::Json));
+        assert_eq!("ndjson".parse(), Ok(ExportFormat::Ndjson));
+        assert_eq!(
+            "xlsx".parse::<ExportFormat>(),
+            Err(UnknownExportFormat("xlsx".into()))
+        );
+        assert!("CSV".parse::<ExportFormat>().is_err());
+        assert_eq!(ExportFormat::Csv.content_type(), "text/csv; charset=utf-8");
+        assert_eq!(ExportFormat::Json.content_type(), "application/json");
+        assert_eq!(ExportFormat::Ndjson.content_type(), "application/x-ndjson");
+        assert_eq!(ExportFormat::Ndjson.file_extension(), "ndjson");
+    }
+
+    #[test]
+    fn file_name_carries_the_time_and_extension() {
+        assert_eq!(
+            export_file_name(ExportFormat::Csv, time()),
+            "auditgate-export-20261126T101500Z.csv"
+        );
+        assert_eq!(
+            export_file_name(ExportFormat::Ndjson, time()),
+            "auditgate-export-20261126T101500Z.ndjson"
+        );
+    }
+
+    #[test]
+    fn csv_header_names_every_api_field_in_entry_order() {
+        let bytes = all_bytes(ExportFormat::Csv, &[]);
+        assert_eq!(
+            String::from_utf8(bytes).expect("utf-8"),
+            "id,seq,createdAt,logId,actorId,actorEmail,actorName,actorSource,actorVerified,\
+             tenant,action,resourceType,resourceId,outcome,status,method,path,route,rule,ip,\
+             userAgent,requestId,durationMs,error,metadata\r\n"
+        );
+        // Every CSV column is a key of the API JSON, so the two exports describe the same thing.
+        let json = plain(1).to_api_json();
+        for column in CSV_COLUMNS {
+            assert!(json.get(column).is_some(), "{column} is not an API field");
+        }
+    }
+
+    #[test]
+    fn csv_round_trips_hostile_values_with_formulas_neutralized() {
+        let bytes = all_bytes(ExportFormat::Csv, &[&[plain(1)], &[hostile(), plain(3)]]);
+        let (header, rows) = read_csv(&bytes);
+        assert_eq!(header, CSV_COLUMNS);
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|row| row.len() == CSV_COLUMNS.len()));
+
+        let row = &rows[1];
+        let get = |name| cell(&header, row, name);
+        assert_eq!(get("seq"), "2");
+        assert_eq!(get("createdAt"), "2026-11-26T10:15:00.000000Z");
+        assert_eq!(get("actorEmail"), "'=HYPERLINK(\"http://evil\",\"click\")");
+        assert_eq!(get("actorName"), "O'Brien, \"Bob\"");
+        assert_eq!(get("action"), "'+cmd|' /C calc'!A0");
+        assert_eq!(get("resourceType"), "'-2+3");
+        assert_eq!(get("resourceId"), "'@SUM(A1)");
+        assert_eq!(
+            get("path"),
+            "/a,b\r\nc\nd\re",
+            "embedded line breaks survive"
+        );
+        assert_eq!(get("route"), "'\tindented");
+        assert_eq!(get("rule"), "'\rcarriage");
+        assert_eq!(get("userAgent"), "\u{1b}[31mred\u{1b}[0m Zürich 東京 🙂");
+        assert_eq!(get("error"), "\"quoted\"");
+        assert_eq!(get("status"), "204");
+        assert_eq!(get("durationMs"), "1.5");
+        assert_eq!(get("actorVerified"), "false");
+        assert_eq!(get("outcome"), "success");
+        let metadata: Value = serde_json::from_str(get("metadata")).expect("metadata is JSON");
+        assert_eq!(metadata, json!({"note": "line1\nline2,\"x\""}));
+        // CSV has no null: an absent value and an empty string are both an empty cell.
+        assert_eq!(get("tenant"), "");
+        assert_eq!(get("method"), "");
+        assert_eq!(get("requestId"), "");
+
+        assert_eq!(cell(&header, &rows[0], "actorId"), "u1");
+        assert_eq!(cell(&header, &rows[2], "metadata"), "{}");
+    }
+
+    #[test]
+    fn csv_rows_end_in_crlf_and_bare_newlines_only_appear_inside_quotes() {
+        let bytes = all_bytes(ExportFormat::Csv, &[&[plain(1), hostile()]]);
+        let text = String::from_utf8(bytes).expect("utf-8");
+        assert!(text.ends_with("\r\n"));
+        // Outside quoted fields, every line break is CRLF.
+        let mut in_quotes = false;
+        let mut previous = '\0';
+        for character in text.chars() {
+            if character == '"' {
+                in_quotes = !in_quotes;
+            }
+            if character == '\n' && !in_quotes {
+                assert_eq!(previous, '\r', "bare LF outside quotes");
+            }
+            previous = character;
+        }
+        assert!(!in_quotes);
+    }
+
+    #[test]
+    fn csv_leaves_negative_looking_data_only_when_it_cannot_be_a_formula() {
+        let mut entry = plain(1);
+        entry.path = Some("/x=-1".into());
+        entry.resource_id = Some("'already".into());
+        let (header, rows) = read_csv(&all_bytes(ExportFormat::Csv, &[&[entry]]));
+        assert_eq!(cell(&header, &rows[0], "path"), "/x=-1");
+        assert_eq!(cell(&header, &rows[0], "resourceId"), "'already");
+    }
+
+    #[test]
+    fn json_is_one_array_across_batches() {
+        let entries = [plain(1), hostile(), plain(3)];
+        let bytes = all_bytes(
+            ExportFormat::Json,
+            &[&entries[..1], &[], &entries[1..2], &entries[2..]],
+        );
+        let parsed: Value = serde_json::from_slice(&bytes).expect("one JSON document");
+        let expected: Vec<Value> = entries.iter().map(AuditEntry::to_api_json).collect();
+        assert_eq!(parsed, Value::Array(expected));
+        assert!(bytes.ends_with(b"]\n"));
+        // Null and empty string stay distinct in JSON.
+        assert_eq!(parsed[1]["tenant"], json!(""));
+        assert_eq!(parsed[1]["method"], Value::Null);
+        assert_eq!(parsed[0]["durationMs"], json!(1.5));
+    }
+
+    #[test]
+    fn empty_json_export_is_an_empty_array() {
+        let bytes = all_bytes(ExportFormat::Json, &[&[], &[]]);
+        assert_eq!(bytes, b"[]\n");
+        let parsed: Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(parsed, json!([]));
+    }
+
+    #[test]
+    fn ndjson_is_one_object_per_line_even_with_newlines_in_values() {
+        let entries = [plain(1), hostile(), plain(3)];
+        let bytes = all_bytes(ExportFormat::Ndjson, &[&entries[..2], &entries[2..]]);
+        let text = String::from_utf8(bytes).expect("utf-8");
+        assert!(text.ends_with('\n'));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        for (line, entry) in lines.iter().zip(&entries) {
+            assert!(!line.contains('\r'));
+            let parsed: Value = serde_json::from_str(line).expect("each line is JSON");
+            assert_eq!(parsed, entry.to_api_json());
+            let back: AuditEntry = serde_json::from_value(parsed).expect("an entry");
+            assert_eq!(&back, entry);
+        }
+        assert!(all_bytes(ExportFormat::Ndjson, &[&[]]).is_empty());
+    }
+}

@@ -1,0 +1,790 @@
+//! Reading entries back out of SQLite: rows to [`AuditEntry`], filters to SQL, keyset pages,
+//! counts and stats.
+//!
+//! Every value a user supplies reaches SQLite as a bound parameter; the SQL text is assembled only
+//! from fixed fragments chosen by which filter fields are set.
+//!
+//! Listings are shaped so that SQLite answers each filter from an index of `schema_v1.sql`, and a
+//! page costs about its own size however deep into the log it is:
+//! - every secondary index implicitly ends in `seq` (the rowid), so an equality filter plus
+//!   `ORDER BY seq` and the keyset condition `seq < ?` is one index range walked in order;
+//! - the actor filter (id OR email) takes one page from each of the two indexes and merges them;
+//! - a range filter (time window, prefix, status class, network) is counted on its index first,
+//!   and read through it when narrow, because SQLite would otherwise walk the whole log looking
+//!   for a page of matches that does not exist (see [`NARROW_RANGE_MAX_ROWS`]).
+//!
+//! Every connection that runs these queries needs [`register_functions`] first.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use rusqlite::functions::FunctionFlags;
+use rusqlite::types::{Type, Value, ValueRef};
+use rusqlite::{Connection, OptionalExtension, Row};
+use serde::Serialize;
+use serde_json::Map;
+
+use crate::entry::{format_timestamp, parse_timestamp, AuditEntry, Outcome};
+use crate::store::query::{Cursor, Filter, IpFilter, Order, PageRequest, MAX_LIMIT};
+
+/// The columns of `entries` in schema order; [`entry_from_row`] reads them by position.
+pub const ENTRY_COLUMNS: &str = "seq, id, log_id, created_at, actor_id, actor_email, actor_name, \
+     actor_source, actor_verified, tenant, action, resource_type, resource_id, outcome, status, \
+     method, path, route, rule, ip, user_agent, request_id, duration_us, error, metadata";
+
+/// The SQL function behind the CIDR filter: `auditgate_ip_in(ip_text, cidr_text)` is 1 when the
+/// address is inside the network, 0 otherwise (also for NULL or unparsable addresses).
+pub const IP_IN_FUNCTION: &str = "auditgate_ip_in";
+
+/// The key under which [`entry_from_row`] keeps metadata text that is not a JSON object.
+pub const UNPARSED_METADATA_KEY: &str = "_unparsed";
+
+/// Why a stored value could not become part of an [`AuditEntry`].
+#[derive(Debug, thiserror::Error)]
+enum ColumnError {
+    #[error("timestamp is not RFC 3339: {0:?}")]
+    Timestamp(String),
+    #[error("unknown outcome {0:?}")]
+    Outcome(String),
+}
+
+/// The second argument of `auditgate_ip_in` was not a network.
+#[derive(Debug, thiserror::Error)]
+#[error("auditgate_ip_in: second argument is not a CIDR network")]
+struct NotANetwork;
+
+/// Registers the SQL functions the queries of this module rely on. Call it on every connection
+/// that will run [`list`], [`count`] or [`stats`] with an IP network filter; SQLite functions
+/// belong to one connection, so a pool must call it per connection.
+pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    conn.create_scalar_function(
+        IP_IN_FUNCTION,
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |context| {
+            // The network is the same for every row of a statement: parse it once and let
+            // SQLite keep it with the statement.
+            let network: Arc<IpNet> = context.get_or_create_aux(1, |value| match value {
+                ValueRef::Text(text) => std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|text| text.parse::<IpNet>().ok())
+                    .ok_or(NotANetwork),
+                _ => Err(NotANetwork),
+            })?;
+            let inside = match context.get_raw(0) {
+                ValueRef::Text(text) => std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|text| text.parse::<IpAddr>().ok())
+                    .is_some_and(|ip| network.contains(&ip)),
+                _ => false,
+            };
+            Ok(inside)
+        },
+    )
+}
+
+/// Builds an entry from a row selected with [`ENTRY_COLUMNS`].
+///
+/// Metadata that is not a JSON object is kept, as text under `{"_unparsed": ...}`, rather than
+/// failing the row: one damaged entry must not make a whole listing or export fail, and the
+/// Merkle verification reports the damage. A bad timestamp or outcome is an error, because
+/// guessing would show an auditor a value that was never recorded.
+pub fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    let created_at_text: String = row.get(3)?;
+    let created_at = parse_timestamp(&created_at_text).ok_or_else(|| {
+        conversion_error(
+            3,
+            Type::Text,
+            ColumnError::Timestamp(created_at_text.clone()),
+        )
+    })?;
+    let outcome_text: String = row.get(13)?;
+    let outcome = Outcome::parse(&outcome_text).ok_or_else(|| {
+        conversion_error(13, Type::Text, ColumnError::Outcome(outcome_text.clone()))
+    })?;
+    Ok(AuditEntry {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        log_id: row.get(2)?,
+        created_at,
+        actor_id: row.get(4)?,
+        actor_email: row.get(5)?,
+        actor_name: row.get(6)?,
+        actor_source: row.get(7)?,
+        actor_verified: row.get::<_, i64>(8)? != 0,
+        tenant: row.get(9)?,
+        action: row.get(10)?,
+        resource_type: row.get(11)?,
+        resource_id: row.get(12)?,
+        outcome,
+        status: row.get(14)?,
+        method: row.get(15)?,
+        path: row.get(16)?,
+        route: row.get(17)?,
+        rule: row.get(18)?,
+        ip: row.get(19)?,
+        user_agent: row.get(20)?,
+        request_id: row.get(21)?,
+        duration_us: row.get(22)?,
+        error: row.get(23)?,
+        metadata: metadata_from_value(row.get_ref(24)?),
+    })
+}
+
+fn conversion_error(index: usize, kind: Type, error: ColumnError) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(index, kind, Box::new(error))
+}
+
+fn metadata_from_value(value: ValueRef<'_>) -> Map<String, serde_json::Value> {
+    let raw = match value {
+        ValueRef::Null => return Map::new(),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => String::from_utf8_lossy(bytes),
+        ValueRef::Integer(number) => number.to_string().into(),
+        ValueRef::Real(number) => number.to_string().into(),
+    };
+    match serde_json::from_str::<serde_json::Value>(&raw) {
+        Ok(serde_json::Value::Object(object)) => object,
+        _ => {
+            let mut kept = Map::new();
+            kept.insert(
+                UNPARSED_METADATA_KEY.to_string(),
+                serde_json::Value::from(raw.into_owned()),
+            );
+            kept
+        }
+    }
+}
+
+/// SQL conditions and their bound values, in placeholder order.
+#[derive(Default)]
+struct Conditions {
+    clauses: Vec<String>,
+    values: Vec<Value>,
+    /// The range conditions among `clauses`, each with the index that serves it.
+    ranges: Vec<RangeScan>,
+}
+
+/// Which actor columns the actor filter compares, so a listing can split the OR in two.
+#[derive(Debug, Clone, Copy)]
+enum ActorColumns {
+    Either,
+    Id,
+    Email,
+}
+
+/// A condition whose index yields rows out of `seq` order (a time window, an action prefix, a
+/// status class, a network, a resource type without id), and that index. See
+/// [`narrow_range_index`] for why they are tracked apart.
+struct RangeScan {
+    index: &'static str,
+    clause: String,
+    values: Vec<Value>,
+}
+
+impl Conditions {
+    fn push(&mut self, clause: impl Into<String>, values: impl IntoIterator<Item = Value>) {
+        self.clauses.push(clause.into());
+        self.values.extend(values);
+    }
+
+    fn push_range(&mut self, index: &'static str, clause: String, values: Vec<Value>) {
+        self.push(clause.clone(), values.clone());
+        self.ranges.push(RangeScan {
+            index,
+            clause,
+            values,
+        });
+    }
+
+    fn from_filter(filter: &Filter) -> Conditions {
+        Conditions::from_filter_matching_actor(filter, ActorColumns::Either)
+    }
+
+    fn from_filter_matching_actor(filter: &Filter, actor_columns: ActorColumns) -> Conditions {
+        let mut conditions = Conditions::default();
+        if let Some(actor) = &filter.actor {
+            match actor_columns {
+                // Two indexed equalities joined by OR: SQLite answers it with both indexes
+                // (MULTI-INDEX OR), where one LIKE or coalesce() would scan.
+                ActorColumns::Either => conditions.push(
+                    "(actor_id = ? OR actor_email = ?)",
+                    [text(actor), text(actor)],
+                ),
+                ActorColumns::Id => conditions.push("actor_id = ?", [text(actor)]),
+                ActorColumns::Email => conditions.push("actor_email = ?", [text(actor)]),
+            }
+        }
+        if let Some(action) = &filter.action {
+            conditions.push("action = ?", [text(action)]);
+        }
+        if let Some(prefix) = &filter.action_prefix {
+            // A range rather than LIKE 'prefix%': LIKE is case-insensitive, so SQLite will not
+            // use the (binary) action index for it, and a prefix of a dotted action name is
+            // case-sensitive anyway.
+            match prefix_upper_bound(prefix) {
+                Some(upper) => conditions.push_range(
+                    "entries_action",
+                    "action >= ? AND action < ?".into(),
+                    vec![text(prefix), Value::Text(upper)],
+                ),
+                None => conditions.push_range(
+                    "entries_action",
+                    "action >= ?".into(),
+                    vec![text(prefix)],
+                ),
+            }
+        }
+        if let Some(fragment) = &filter.action_contains {
+            conditions.push("action LIKE ? ESCAPE '\\'", [contains_pattern(fragment)]);
+        }
+        match (&filter.resource_type, &filter.resource_id) {
+            (Some(resource_type), Some(resource_id)) => conditions.push(
+                "resource_type = ? AND resource_id = ?",
+                [text(resource_type), text(resource_id)],
+            ),
+            // The type alone is a prefix of the (type, id) index, so its rows come out of the
+            // index in id order, not seq order: it is planned like a range.
+            (Some(resource_type), None) => conditions.push_range(
+                "entries_resource",
+                "resource_type = ?".into(),
+                vec![text(resource_type)],
+            ),
+            (None, Some(resource_id)) => conditions.push("resource_id = ?", [text(resource_id)]),
+            (None, None) => {}
+        }
+        if let Some(outcome) = filter.outcome {
+            conditions.push("outcome = ?", [text(outcome.as_str())]);
+        }
+        if let Some(status) = filter.status {
+            let (low, high) = status.range();
+            if high == low + 1 {
+                conditions.push("status = ?", [Value::Integer(i64::from(low))]);
+            } else {
+                conditions.push_range(
+                    "entries_status",
+                    "status >= ? AND status < ?".into(),
+                    vec![
+                        Value::Integer(i64::from(low)),
+                        Value::Integer(i64::from(high)),
+                    ],
+                );
+            }
+        }
+        if let Some(ip) = &filter.ip {
+            conditions.push_ip(ip);
+        }
+        let time_window = match (&filter.since, &filter.until) {
+            (Some(since), Some(until)) => Some((
+                "created_at >= ? AND created_at < ?",
+                vec![
+                    Value::Text(format_timestamp(since)),
+                    Value::Text(format_timestamp(until)),
+                ],
+            )),
+            (Some(since), None) => Some((
+                "created_at >= ?",
+                vec![Value::Text(format_timestamp(since))],
+            )),
+            (None, Some(until)) => {
+                Some(("created_at < ?", vec![Value::Text(format_timestamp(until))]))
+            }
+            (None, None) => None,
+        };
+        if let Some((clause, values)) = time_window {
+            conditions.push_range("entries_created_at", clause.into(), values);
+        }
+        if let Some(q) = &filter.q {
+            let pattern = contains_pattern(q);
+            let columns = [
+                "actor_id",
+                "actor_email",
+                "action",
+                "resource_type",
+                "resource_id",
+                "path",
+            ];
+            let clause = columns
+                .iter()
+                .map(|column| format!("{column} LIKE ? ESCAPE '\\'"))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            conditions.push(
+                format!("({clause})"),
+                columns.iter().map(|_| pattern.clone()),
+            );
+        }
+        if let Some(log_id) = &filter.log_id {
+            conditions.push("log_id = ?", [text(log_id)]);
+        }
+        conditions
+    }
+
+    /// Stored addresses are the canonical text of `IpAddr` (`10.0.0.1`, `2001:db8::1`), so an
+    /// exact address is a text equality on the ip index. A network is checked by
+    /// `auditgate_ip_in`, which no index can serve; where the network fixes the leading octets
+    /// (IPv4) or leading non-zero groups (IPv6), a text range on those narrows the rows through
+    /// the index first.
+    fn push_ip(&mut self, ip: &IpFilter) {
+        let network = match *ip {
+            IpFilter::Exact(address) => {
+                self.push("ip = ?", [Value::Text(address.to_string())]);
+                return;
+            }
+            IpFilter::Network(network) => network,
+        };
+        if network.prefix_len() == network.max_prefix_len() {
+            self.push("ip = ?", [Value::Text(network.addr().to_string())]);
+            return;
+        }
+        if let Some(prefix) = canonical_text_prefix(&network) {
+            // Every canonical address in the network starts with `prefix`, whose last character
+            // is '.' or ':'; the next character up ('/' or ';') closes the range.
+            let mut upper = prefix.clone();
+            upper.pop();
+            upper.push(if prefix.ends_with('.') { '/' } else { ';' });
+            self.push_range(
+                "entries_ip",
+                "ip >= ? AND ip < ?".into(),
+                vec![Value::Text(prefix), Value::Text(upper)],
+            );
+        }
+        self.push(
+            format!("{IP_IN_FUNCTION}(ip, ?)"),
+            [Value::Text(network.to_string())],
+        );
+    }
+
+    fn where_sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+}
+
+fn text(value: &str) -> Value {
+    Value::Text(value.to_string())
+}
+
+/// The text every canonical address of `network` starts with, ending in its separator, or
+/// `None` when the network fixes no whole leading octet or non-zero group.
+fn canonical_text_prefix(network: &IpNet) -> Option<String> {
+    match network {
+        IpNet::V4(v4) => {
+            let whole_octets = usize::from(v4.prefix_len() / 8);
+            if whole_octets == 0 {
+                return None;
+            }
+            let octets = v4.network().octets();
+            let mut prefix = octets[..whole_octets]
+                .iter()
+                .map(u8::to_string)
+                .collect::<Vec<_>>()
+                .join(".");
+            prefix.push('.');
+            Some(prefix)
+        }
+        IpNet::V6(v6) => {
+            // A zero group may be folded into "::", so the text is only predictable up to the
+            // first zero group.
+            let whole_groups = usize::from(v6.prefix_len() / 16);
+            let groups: Vec<String> = v6.network().segments()[..whole_groups]
+                .iter()
+                .take_while(|group| **group != 0)
+                .map(|group| format!("{group:x}"))
+                .collect();
+            if groups.is_empty() {
+                return None;
+            }
+            Some(format!("{}:", groups.join(":")))
+        }
+    }
+}
+
+/// `%fragment%` for LIKE, with `\`, `%` and `_` in the fragment escaped so they match
+/// themselves. Use with `ESCAPE '\'`.
+fn contains_pattern(fragment: &str) -> Value {
+    let mut pattern = String::with_capacity(fragment.len() + 2);
+    pattern.push('%');
+    for character in fragment.chars() {
+        if matches!(character, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(character);
+    }
+    pattern.push('%');
+    Value::Text(pattern)
+}
+
+/// The smallest string greater than every string that starts with `prefix`, under SQLite's
+/// binary collation (UTF-8 byte order, which is code point order): the prefix with its last
+/// character replaced by the next one. `None` when no such string exists (an empty prefix, or one
+/// made only of `char::MAX`), in which case the lower bound alone is exact.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut characters: Vec<char> = prefix.chars().collect();
+    while let Some(last) = characters.pop() {
+        let mut next = u32::from(last) + 1;
+        if next == 0xD800 {
+            next = 0xE000; // skip the surrogate gap, which holds no chars
+        }
+        if let Some(next) = char::from_u32(next) {
+            characters.push(next);
+            return Some(characters.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// `WHERE ...` (or nothing, for an empty filter) and its bound values, in placeholder order.
+pub fn where_clause(filter: &Filter) -> (String, Vec<Value>) {
+    let conditions = Conditions::from_filter(filter);
+    (conditions.where_sql(), conditions.values)
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub entries: Vec<AuditEntry>,
+    /// Present when more entries follow in the requested order; pass it back to continue.
+    pub next_cursor: Option<Cursor>,
+    /// The position of the first entry of this page, for walking the other way (reverse the
+    /// order and pass this cursor). Present whenever the page is not empty: on a newest-first
+    /// first page it is how a viewer polls for entries written since.
+    pub prev_cursor: Option<Cursor>,
+    /// How many entries match the filter across all pages, when asked for.
+    pub total: Option<u64>,
+}
+
+/// The most rows a range condition may match for [`list`] to read it through its index and
+/// sort, rather than leave the plan to SQLite. Sorting this many rows takes milliseconds; a range
+/// matching more is dense enough that walking the log in `seq` order finds a page quickly.
+pub const NARROW_RANGE_MAX_ROWS: u64 = 10_000;
+
+/// The index of the narrowest range condition in `conditions` if it matches at most `max_rows`
+/// rows, counted (up to `max_rows + 1`) on the index alone.
+///
+/// SQLite plans `ORDER BY seq LIMIT n` by assuming matches are spread evenly over the log, so
+/// for a range condition (a time window, a prefix, a status class, a network) it walks the log in
+/// `seq` order and stops after `n` matches. When the range matches fewer than `n` rows (a quiet
+/// hour, the last page) that walk reads the whole table, on every request. Counting the range
+/// first costs at most `max_rows` index entries and tells the two cases apart: a narrow range is
+/// read through its index and sorted, a wide one is left to the planner.
+fn narrow_range_index(
+    conn: &Connection,
+    conditions: &Conditions,
+    max_rows: u64,
+) -> rusqlite::Result<Option<&'static str>> {
+    let mut narrowest: Option<(u64, &'static str)> = None;
+    for range in &conditions.ranges {
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM entries INDEXED BY {} WHERE {} LIMIT ?)",
+            range.index, range.clause
+        );
+        let mut values = range.values.clone();
+        values.push(Value::Integer(
+            i64::try_from(max_rows.saturating_add(1)).unwrap_or(i64::MAX),
+        ));
+        let rows: u64 = conn
+            .prepare_cached(&sql)?
+            .query_row(rusqlite::params_from_iter(values), |row| row.get(0))?;
+        let narrower = narrowest.is_none_or(|(fewest, _)| rows < fewest);
+        if rows <= max_rows && narrower {
+            narrowest = Some((rows, range.index));
+        }
+    }
+    Ok(narrowest.map(|(_, index)| index))
+}
+
+/// The SELECT behind [`list`], after choosing its index; apart so that the query plan test
+/// inspects the very same SQL.
+fn page_query(
+    conn: &Connection,
+    filter: &Filter,
+    page: &PageRequest,
+    narrow_range_max_rows: u64,
+) -> rusqlite::Result<(String, Vec<Value>)> {
+    let limit = i64::from(page.limit.clamp(1, MAX_LIMIT)) + 1;
+    let order = order_sql(page.order);
+    let index = narrow_range_index(
+        conn,
+        &Conditions::from_filter(filter),
+        narrow_range_max_rows,
+    )?;
+    if filter.actor.is_none() {
+        let (where_sql, mut values) = page_conditions(filter, page, ActorColumns::Either);
+        // One row more than asked tells whether another page follows without a second query.
+        values.push(Value::Integer(limit));
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries{} {where_sql} ORDER BY seq {order} LIMIT ?",
+            indexed_by(index),
+        );
+        return Ok((sql, values));
+    }
+    // The actor is matched on two columns, and SQLite answers an OR over two indexes by
+    // collecting and sorting every match, which for a busy account is its whole history on every
+    // page. Instead take the first page of each column from its own index, in seq order, and merge
+    // the two small lists.
+    let mut values = Vec::new();
+    let mut arms = Vec::new();
+    for columns in [ActorColumns::Id, ActorColumns::Email] {
+        let (where_sql, arm_values) = page_conditions(filter, page, columns);
+        arms.push(format!(
+            "SELECT seq FROM (SELECT seq FROM entries{} {where_sql} ORDER BY seq {order} LIMIT ?)",
+            indexed_by(index),
+        ));
+        values.extend(arm_values);
+        values.push(Value::Integer(limit));
+    }
+    values.push(Value::Integer(limit));
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM entries WHERE seq IN ({}) ORDER BY seq {order} LIMIT ?",
+        arms.join(" UNION ALL "),
+    );
+    Ok((sql, values))
+}
+
+/// The filter's conditions and the cursor's, as `WHERE ...` and values.
+fn page_conditions(
+    filter: &Filter,
+    page: &PageRequest,
+    actor_columns: ActorColumns,
+) -> (String, Vec<Value>) {
+    let mut conditions = Conditions::from_filter_matching_actor(filter, actor_columns);
+    if let Some(cursor) = page.cursor {
+        // A cursor past i64::MAX cannot name a row; clamping keeps the comparison meaning "all
+        // rows" (desc) or "none" (asc) instead of overflowing.
+        let seq = i64::try_from(cursor.seq()).unwrap_or(i64::MAX);
+        let clause = match page.order {
+            Order::Desc => "seq < ?",
+            Order::Asc => "seq > ?",
+        };
+        conditions.push(clause, [Value::Integer(seq)]);
+    }
+    (conditions.where_sql(), conditions.values)
+}
+
+fn indexed_by(index: Option<&str>) -> String {
+    index
+        .map(|index| format!(" INDEXED BY {index}"))
+        .unwrap_or_default()
+}
+
+fn order_sql(order: Order) -> &'static str {
+    match order {
+        Order::Desc => "DESC",
+        Order::Asc => "ASC",
+    }
+}
+
+/// One page of the entries matching `filter`, by keyset paging on `seq`: a page costs the same
+/// however deep into the log it is, and entries appended meanwhile never shift later pages.
+pub fn list(conn: &Connection, filter: &Filter, page: &PageRequest) -> rusqlite::Result<Page> {
+    list_planned(conn, filter, page, NARROW_RANGE_MAX_ROWS)
+}
+
+/// [`list`] with the narrow-range threshold as a parameter, so tests cover both plans.
+fn list_planned(
+    conn: &Connection,
+    filter: &Filter,
+    page: &PageRequest,
+    narrow_range_max_rows: u64,
+) -> rusqlite::Result<Page> {
+    let (sql, values) = page_query(conn, filter, page, narrow_range_max_rows)?;
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut entries = statement
+        .query_map(rusqlite::params_from_iter(values), entry_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let limit = usize::try_from(page.limit.clamp(1, MAX_LIMIT)).unwrap_or(usize::MAX);
+    let next_cursor = if entries.len() > limit {
+        entries.truncate(limit);
+        entries.last().map(|entry| Cursor::after_seq(entry.seq))
+    } else {
+        None
+    };
+    let prev_cursor = entries.first().map(|entry| Cursor::after_seq(entry.seq));
+    let total = if page.count {
+        Some(count(conn, filter)?)
+    } else {
+        None
+    };
+    Ok(Page {
+        entries,
+        next_cursor,
+        prev_cursor,
+        total,
+    })
+}
+
+/// Newest first, skipping `offset` entries: the page-number paging of the reference product's
+/// `GET /api/audit-log?page=`. Its cost grows with the offset, so the admin API proper uses
+/// [`list`].
+pub fn list_offset(
+    conn: &Connection,
+    filter: &Filter,
+    offset: u64,
+    limit: u32,
+) -> rusqlite::Result<Vec<AuditEntry>> {
+    let mut conditions = Conditions::from_filter(filter);
+    let index = narrow_range_index(conn, &conditions, NARROW_RANGE_MAX_ROWS)?;
+    conditions
+        .values
+        .push(Value::Integer(i64::from(limit.clamp(1, MAX_LIMIT))));
+    conditions
+        .values
+        .push(Value::Integer(i64::try_from(offset).unwrap_or(i64::MAX)));
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM entries{} {} ORDER BY seq DESC LIMIT ? OFFSET ?",
+        indexed_by(index),
+        conditions.where_sql(),
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let entries = statement
+        .query_map(
+            rusqlite::params_from_iter(conditions.values),
+            entry_from_row,
+        )?
+        .collect();
+    entries
+}
+
+/// How many entries match `filter`.
+pub fn count(conn: &Connection, filter: &Filter) -> rusqlite::Result<u64> {
+    let (where_sql, values) = where_clause(filter);
+    let sql = format!("SELECT count(*) FROM entries {where_sql}");
+    let mut statement = conn.prepare_cached(&sql)?;
+    statement.query_row(rusqlite::params_from_iter(values), |row| row.get(0))
+}
+
+/// One entry by its ULID or, failing that, by its sequence number written in decimal, so both
+/// forms a user might copy from the viewer work. The id is tried first because a ULID may
+/// consist of digits only.
+pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<AuditEntry>> {
+    let mut by_id =
+        conn.prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE id = ?"))?;
+    if let Some(entry) = by_id.query_row([id], entry_from_row).optional()? {
+        return Ok(Some(entry));
+    }
+    let is_decimal = !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit());
+    let Some(seq) = id.parse::<i64>().ok().filter(|_| is_decimal) else {
+        return Ok(None);
+    };
+    let mut by_seq = conn.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM entries WHERE seq = ?"
+    ))?;
+    by_seq.query_row([seq], entry_from_row).optional()
+}
+
+/// What [`stats`] groups entries by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsBy {
+    Action,
+    /// The actor's email, else their id, else `(anonymous)`: the name an admin recognises.
+    Actor,
+    /// UTC day, `2026-11-26`.
+    Day,
+    /// UTC hour, `2026-11-26T13`.
+    Hour,
+    Outcome,
+}
+
+/// The key a [`Bucket`] has for entries without an actor.
+pub const ANONYMOUS_ACTOR: &str = "(anonymous)";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown stats grouping {0:?}; expected action, actor, day, hour or outcome")]
+pub struct UnknownStatsBy(pub String);
+
+impl std::str::FromStr for StatsBy {
+    type Err = UnknownStatsBy;
+
+    fn from_str(text: &str) -> Result<StatsBy, UnknownStatsBy> {
+        match text {
+            "action" => Ok(StatsBy::Action),
+            "actor" => Ok(StatsBy::Actor),
+            "day" => Ok(StatsBy::Day),
+            "hour" => Ok(StatsBy::Hour),
+            "outcome" => Ok(StatsBy::Outcome),
+            _ => Err(UnknownStatsBy(text.chars().take(64).collect())),
+        }
+    }
+}
+
+impl StatsBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatsBy::Action => "action",
+            StatsBy::Actor => "actor",
+            StatsBy::Day => "day",
+            StatsBy::Hour => "hour",
+            StatsBy::Outcome => "outcome",
+        }
+    }
+
+    /// The bucket key as SQL over one row. Day and hour cut the fixed-width UTC text of
+    /// `created_at`, which is why the schema stores it in exactly one form.
+    fn key_sql(self) -> &'static str {
+        match self {
+            StatsBy::Action => "action",
+            StatsBy::Actor => {
+                "coalesce(nullif(actor_email, ''), nullif(actor_id, ''), '(anonymous)')"
+            }
+            StatsBy::Day => "substr(created_at, 1, 10)",
+            StatsBy::Hour => "substr(created_at, 1, 13)",
+            StatsBy::Outcome => "outcome",
+        }
+    }
+
+    fn is_time(self) -> bool {
+        matches!(self, StatsBy::Day | StatsBy::Hour)
+    }
+}
+
+/// How many matching entries share one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bucket {
+    pub key: String,
+    pub count: u64,
+}
+
+/// Counts of the entries matching `filter`, grouped by `by`, at most `limit` buckets.
+///
+/// Action, actor and outcome buckets come largest first (ties by key), answering "who or what
+/// is most frequent". Day and hour buckets come in time order for a chart; when there are more
+/// than `limit` of them the most recent ones are kept, because a chart of activity is about now.
+/// Periods without entries are absent; a chart fills them in.
+pub fn stats(
+    conn: &Connection,
+    filter: &Filter,
+    by: StatsBy,
+    limit: u32,
+) -> rusqlite::Result<Vec<Bucket>> {
+    let (where_sql, mut values) = where_clause(filter);
+    values.push(Value::Integer(i64::from(limit)));
+    let key = by.key_sql();
+    let sql = if by.is_time() {
+        format!(
+            "SELECT bucket, n FROM (SELECT {key} AS bucket, count(*) AS n FROM entries {where_sql} \
+             GROUP BY bucket ORDER BY bucket DESC LIMIT ?) ORDER BY bucket ASC"
+        )
+    } else {
+        format!(
+            "SELECT {key} AS bucket, count(*) AS n FROM entries {where_sql} \
+             GROUP BY bucket ORDER BY n DESC, bucket ASC LIMIT ?"
+        )
+    };
+    let mut statement = conn.prepare_cached(&sql)?;
+    let buckets = statement
+        .query_map(rusqlite::params_from_iter(values), |row| {
+            Ok(Bucket {
+                key: row.get(0)?,
+                count: row.get(1)?,
+            })
+        })?
+        .collect();
+    buckets
+}
+
+#[cfg(test)]
+mod tests;
