@@ -26,6 +26,10 @@ use tokio::net::TcpListener;
 
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
+/// Releases the `/hold` route's second chunk (one process-wide gate; only one test uses it).
+pub static HOLD: std::sync::LazyLock<Arc<tokio::sync::Notify>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Notify::new()));
+
 /// A unique temporary directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -205,6 +209,31 @@ async fn upstream_answer(
                 .body(BodyExt::boxed(body))
                 .expect("response")
         }
+        ["hold"] => {
+            // One chunk now, the rest only when the test releases it: a proxy that buffered the
+            // body would deliver nothing until release.
+            let release = HOLD.clone();
+            let frames = futures_util::stream::unfold(0u8, move |step| {
+                let release = release.clone();
+                async move {
+                    match step {
+                        0 => Some((
+                            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"first;"))),
+                            1,
+                        )),
+                        1 => {
+                            release.notified().await;
+                            Some((Ok(Frame::data(Bytes::from_static(b"second"))), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::OK)
+                .body(BodyExt::boxed(StreamBody::new(frames)))
+                .expect("response")
+        }
         ["slow", ms] => {
             let ms: u64 = ms.parse().unwrap_or(100);
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -214,11 +243,19 @@ async fn upstream_answer(
                 .expect("response")
         }
         ["abort"] => {
-            let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
-                Ok(Frame::data(Bytes::from_static(b"partial"))),
-                Err(std::io::Error::other("app crashed mid-body")),
-            ];
-            let body = StreamBody::new(futures_util::stream::iter(frames));
+            // Half a declared body, a pause long enough for the head and first bytes to reach the
+            // client, then a failure: the app dying mid-response.
+            let frames = futures_util::stream::unfold(0u8, |step| async move {
+                match step {
+                    0 => Some((Ok(Frame::data(Bytes::from_static(b"partial"))), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Some((Err(std::io::Error::other("app crashed mid-body")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            let body = StreamBody::new(frames);
             Response::builder()
                 .status(StatusCode::OK)
                 .header("content-length", "1000")
