@@ -28,7 +28,7 @@ use crate::cli::DemoArgs;
 use crate::config::Config;
 use crate::server::Sidecar;
 
-/// The demo config, with `@PLACEHOLDERS@` filled in at start.
+/// The demo config; addresses, database and token are replaced at start.
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 /// The environment variable the demo config reads the sample app's JWT secret from.
 pub const DEMO_SECRET_ENV: &str = "AUDITGATE_DEMO_JWT_SECRET";
@@ -507,20 +507,32 @@ fn free_or_any(addr: &str) -> String {
     }
 }
 
-/// The demo configuration, filled in.
+/// The demo configuration with this run's addresses, database and token.
 pub fn demo_config(
     upstream: SocketAddr,
     proxy_listen: &str,
     admin_listen: &str,
     db: &Path,
     token_sha256: &str,
-) -> String {
-    DEMO_CONFIG
-        .replace("@UPSTREAM@", &upstream.to_string())
-        .replace("@PROXY_LISTEN@", proxy_listen)
-        .replace("@ADMIN_LISTEN@", admin_listen)
-        .replace("@DB@", &db.display().to_string().replace('\\', "\\\\"))
-        .replace("@TOKEN_SHA256@", token_sha256)
+) -> anyhow::Result<Config> {
+    let mut config = Config::parse(DEMO_CONFIG, Path::new(".")).map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("the built-in demo config is invalid: {}", list.join("; "))
+    })?;
+    config.proxy.upstream = upstream.to_string();
+    config.proxy.listen = proxy_listen
+        .parse()
+        .context("--proxy-listen is not an address")?;
+    config.admin.listen = admin_listen
+        .parse()
+        .context("--admin-listen is not an address")?;
+    config.store.path = db.to_path_buf();
+    let mut sha256 = [0u8; 32];
+    hex::decode_to_slice(token_sha256, &mut sha256).context("token hash")?;
+    for token in &mut config.admin.tokens {
+        token.sha256 = sha256;
+    }
+    Ok(config)
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -538,11 +550,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let token = crate::run::new_token();
     let proxy_listen = free_or_any(&args.proxy_listen);
     let admin_listen = free_or_any(&args.admin_listen);
-    let text = demo_config(upstream, &proxy_listen, &admin_listen, &db, &token.sha256);
-    let config = Config::parse(&text, &data_dir).map_err(|errors| {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("the built-in demo config is invalid: {}", list.join("; "))
-    })?;
+    let config = demo_config(upstream, &proxy_listen, &admin_listen, &db, &token.sha256)?;
     let sidecar = Sidecar::start(config, None).await?;
     let sent = drive_traffic(sidecar.proxy_addr).await?;
     sidecar

@@ -62,7 +62,7 @@ fn full(bytes: impl Into<Bytes>) -> BoxBody {
 /// - `/slow/{ms}` waits, then answers 200.
 /// - `/abort` sends half a declared body and closes.
 /// - `/ws` accepts a WebSocket upgrade and echoes messages.
-/// - anything else: 200 with the echo JSON.
+/// - anything else: the echo JSON (with `"id": 4242`), status 200 or the `x-test-status` header's.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
@@ -263,6 +263,12 @@ async fn upstream_answer(
                 .expect("response")
         }
         _ => {
+            let forced_status = request
+                .headers()
+                .get("x-test-status")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<u16>().ok())
+                .and_then(|code| StatusCode::from_u16(code).ok());
             let method = request.method().to_string();
             let query = request.uri().query().unwrap_or_default().to_string();
             let headers: serde_json::Map<String, Value> = request
@@ -282,6 +288,7 @@ async fn upstream_answer(
                 .map(|body| body.to_bytes())
                 .unwrap_or_default();
             let echo = json!({
+                "id": 4242,
                 "method": method,
                 "path": path,
                 "query": query,
@@ -289,9 +296,12 @@ async fn upstream_answer(
                 "bodyLength": body.len(),
                 "body": String::from_utf8_lossy(&body),
             });
+            // A test can choose the status the app answers with.
+            let status = forced_status.unwrap_or(StatusCode::OK);
             Response::builder()
-                .status(StatusCode::OK)
+                .status(status)
                 .header("content-type", "application/json")
+                .header("location", "/echo/4242")
                 .body(full(echo.to_string()))
                 .expect("response")
         }

@@ -1,0 +1,280 @@
+//! The shipped configs, `check`, `explain`, `query` and `demo` through the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use auditgate::config::Config;
+use auditgate::server::Sidecar;
+use serde_json::Value;
+
+use crate::support::{HttpClient, TempDir, Upstream};
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_auditgate"));
+    command
+        .env("APP_JWT_SECRET", "example-secret")
+        .env("AUDITGATE_DEMO_JWT_SECRET", "demo-secret")
+        .env("AUDITGATE_LOG", "warn");
+    command
+}
+
+fn shipped_configs() -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("config"))
+            .expect("config dir")
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+            .collect();
+    paths.sort();
+    paths
+}
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let paths = shipped_configs();
+    assert!(paths.len() >= 4, "{paths:?}");
+    let output = binary().arg("check").args(&paths).output().expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for path in &paths {
+        assert!(
+            stdout.contains(&format!("{}: valid", path.display())),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn an_invalid_config_lists_every_error_and_exits_64() {
+    let dir = TempDir::new("check");
+    let path = dir.0.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[proxy]\nupstream = \"nowhere\"\nmax_body_capture = \"huge\"\n[[rule]]\nname = \"a\"\npath = \"/x/{id\"\naction = \"x\"\n[[rule]]\nname = \"b\"\nstatus = \"9xx\"\naction = \"{nope}\"\n",
+    )
+    .expect("write");
+    let output = binary()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "5 errors",
+        "proxy.upstream",
+        "proxy.max_body_capture",
+        "rule #1 (\"a\").path",
+        "rule #2 (\"b\").status",
+        "rule #2 (\"b\").action",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn explain_prints_the_rule_and_the_entry() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/auditgate.example.toml");
+    let output = binary()
+        .args(["explain", "--config"])
+        .arg(&config)
+        .args([
+            "PATCH",
+            "/api/users/42/role",
+            "--status",
+            "200",
+            "--body",
+            r#"{"role":"admin"}"#,
+        ])
+        .args([
+            "-H",
+            "Authorization: Basic YWxpY2U6aHVudGVyMg==",
+            "-H",
+            "User-Agent: cli",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let explanation: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(explanation["decision"], "record");
+    assert_eq!(explanation["rule"], "role change");
+    let entry = &explanation["entry"];
+    assert_eq!(entry["action"], "user.role_changed");
+    assert_eq!(entry["resourceId"], "42");
+    assert_eq!(entry["metadata"]["newRole"], "admin");
+    assert_eq!(entry["actorId"], "alice");
+    assert_eq!(entry["actorSource"], "basic");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("hunter2"));
+
+    let output = binary()
+        .args(["explain", "--config"])
+        .arg(&config)
+        .args(["GET", "/healthz"])
+        .output()
+        .expect("runs");
+    let explanation: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(explanation["decision"], "skip");
+    assert_eq!(explanation["entry"], Value::Null);
+}
+
+/// Every rule of the documented example config produces its entry through the real proxy, and
+/// `auditgate query` shows them.
+#[tokio::test]
+async fn every_example_rule_produces_an_entry_seen_by_query() {
+    std::env::set_var("APP_JWT_SECRET", "example-secret");
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("example");
+    let db = dir.0.join("audit.db");
+    let mut config =
+        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/auditgate.example.toml"))
+            .expect("example config is valid");
+    config.proxy.listen = "127.0.0.1:0".parse().expect("addr");
+    config.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    config.proxy.upstream = upstream.addr.to_string();
+    config.store.path = db.clone();
+    let sidecar = Sidecar::start(config, None).await.expect("starts");
+    let base = format!("http://{}", sidecar.proxy_addr);
+    let client = HttpClient::new();
+    type Request<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let requests: [Request; 6] = [
+        ("GET", "/healthz", &[], ""),
+        ("DELETE", "/api/users/42", &[], ""),
+        (
+            "POST",
+            "/login",
+            &[("x-test-status", "401")],
+            r#"{"email":"eve@example.com","password":"guess"}"#,
+        ),
+        ("PUT", "/api/users/42/role", &[], r#"{"role":"admin"}"#),
+        (
+            "POST",
+            "/api/posts",
+            &[("x-test-status", "201")],
+            r#"{"title":"hello"}"#,
+        ),
+        (
+            "GET",
+            "/api/reports/export?format=csv",
+            &[("x-tenant", "acme")],
+            "",
+        ),
+    ];
+    for (method, path, headers, body) in requests {
+        client
+            .send(method, &format!("{base}{path}"), headers, body.to_string())
+            .await;
+    }
+    assert!(
+        sidecar
+            .writer()
+            .flushed(std::time::Duration::from_secs(10))
+            .await
+    );
+    sidecar.shutdown().await;
+
+    let output = binary()
+        .args(["query", "--db"])
+        .arg(&db)
+        .args(["--format", "json", "--asc"])
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let entries: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("json line"))
+        .collect();
+    let actions: Vec<&str> = entries
+        .iter()
+        .filter_map(|entry| entry["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "user.deleted",
+            "auth.login_failed",
+            "user.role_changed",
+            "post.created",
+            "reports.exported"
+        ]
+    );
+    assert_eq!(entries[1]["actorEmail"], "eve@example.com");
+    assert_eq!(entries[1]["actorVerified"], false);
+    assert_eq!(entries[2]["metadata"]["newRole"], "admin");
+    assert_eq!(entries[3]["resourceId"], "4242");
+    assert_eq!(entries[3]["metadata"]["location"], "/echo/4242");
+    assert_eq!(entries[4]["tenant"], "acme");
+    assert_eq!(entries[4]["metadata"]["format"], "csv");
+
+    let table = binary()
+        .args(["query", "--db"])
+        .arg(&db)
+        .args(["--action", "user.deleted"])
+        .output()
+        .expect("runs");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("user.deleted") && table.contains("user/42") && table.contains("(1 entry)"),
+        "{table}"
+    );
+}
+
+#[test]
+fn demo_runs_and_prints_where_to_look() {
+    let dir = TempDir::new("demo");
+    let output = binary()
+        .args([
+            "demo",
+            "--no-wait",
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&dir.0)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("viewer and admin API     http://127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("admin token              agt_"), "{stdout}");
+    let entries = crate::support::read_entries(&dir.0.join("audit.db"));
+    assert!(entries.len() >= 20, "{}", entries.len());
+    let actions: std::collections::BTreeSet<&str> =
+        entries.iter().map(|entry| entry.action.as_str()).collect();
+    for action in [
+        "auth.login",
+        "auth.login_failed",
+        "user.created",
+        "user.role_changed",
+        "user.deleted",
+        "post.created",
+    ] {
+        assert!(actions.contains(action), "demo lacks {action}: {actions:?}");
+    }
+    assert!(entries
+        .iter()
+        .any(|entry| entry.actor_verified && entry.actor_source.as_deref() == Some("jwt")));
+}
