@@ -584,3 +584,25 @@ async fn shutdown_writes_every_queued_entry() {
     sidecar.stop().await;
     assert_eq!(crate::support::read_entries(&sidecar.db).len(), 100);
 }
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let (upstream, sidecar, _client) = setup().await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let request = http::Request::builder()
+        .method("DELETE")
+        .uri(sidecar.url("/api/users/h2"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let response = client.request(request).await.expect("h2c request through the proxy");
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let entries = sidecar.wait_entries(1).await;
+    assert_eq!(entries[0].resource_id.as_deref(), Some("h2"));
+    // The app still speaks HTTP/1.1 and sees a Host header.
+    let seen = upstream.seen.lock().expect("lock");
+    assert!(seen[0].2.contains_key("host"));
+}
