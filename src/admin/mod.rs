@@ -4,6 +4,7 @@
 //! - `GET /healthz` — the process is up.
 //! - `GET /readyz` — the store takes writes; 503 with the reason otherwise.
 //! - `GET /metrics` — Prometheus text.
+//! - `GET /`, `GET /ui/{file}` — the web viewer (static files embedded in the binary).
 //!
 //! The admin listener is its own socket (default 127.0.0.1:9090) and never the proxy's.
 
@@ -14,6 +15,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+
+mod ui;
 
 use crate::metrics::{write_metric, Metrics};
 use crate::store::Store;
@@ -32,6 +35,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(ui::routes())
         .with_state(state)
 }
 

@@ -4,3 +4,4 @@ mod support;
 
 mod configs;
 mod proxy;
+mod viewer;

@@ -597,7 +597,10 @@ async fn http2_clients_are_served() {
         .uri(sidecar.url("/api/users/h2"))
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .expect("request");
-    let response = client.request(request).await.expect("h2c request through the proxy");
+    let response = client
+        .request(request)
+        .await
+        .expect("h2c request through the proxy");
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), 200);
     let entries = sidecar.wait_entries(1).await;
