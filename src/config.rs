@@ -94,6 +94,8 @@ pub struct ProxyFile {
     pub http2: Option<bool>,
     /// Most client connections served at once; more wait in the kernel's accept queue.
     pub max_connections: Option<usize>,
+    /// At shutdown, how long in-flight requests may take to finish.
+    pub shutdown_grace: Option<String>,
 }
 
 /// `[admin]`: the admin API and viewer listener.
@@ -136,6 +138,11 @@ pub struct StoreFile {
     pub batch_size: Option<usize>,
     /// How long the writer lingers to gather a batch after the first entry arrives.
     pub flush_interval: Option<String>,
+    /// Write-ahead requests whose entry cannot be made durable: "reject" (503, the default) or
+    /// "forward" (counted and logged loudly).
+    pub on_store_failure: Option<String>,
+    /// How long a write waits for a database lock held by another process before it fails.
+    pub busy_timeout: Option<String>,
 }
 
 /// `[log]`: the log's identity.
@@ -192,6 +199,9 @@ pub struct RuleFile {
     pub skip: bool,
     /// Hold the request until its entry is durable (overrides `[store] durability`).
     pub write_ahead: Option<bool>,
+    /// For write-ahead: "reject" or "forward" when the entry cannot be stored (overrides
+    /// `[store] on_store_failure`).
+    pub on_store_failure: Option<String>,
 }
 
 /// A string or a list of strings.
@@ -245,6 +255,25 @@ pub enum Durability {
     WriteAhead,
 }
 
+/// What a write-ahead request does when its entry cannot be made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// Answer 503 without forwarding (fail closed).
+    Reject,
+    /// Forward anyway, counted in `auditgate_forwarded_unrecorded_total` and logged.
+    Forward,
+}
+
+impl StoreFailure {
+    pub fn parse(text: &str) -> Option<StoreFailure> {
+        match text {
+            "reject" => Some(StoreFailure::Reject),
+            "forward" => Some(StoreFailure::Forward),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
     Normal,
@@ -264,6 +293,7 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     pub http2: bool,
     pub max_connections: usize,
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,6 +324,21 @@ pub struct StoreConfig {
     pub queue_capacity: usize,
     pub batch_size: usize,
     pub flush_interval: Duration,
+    pub on_store_failure: StoreFailure,
+    pub busy_timeout: Duration,
+}
+
+impl StoreConfig {
+    /// Where entries the store refuses are spilled (beside the database).
+    pub fn spill_path(&self) -> PathBuf {
+        let mut name = self
+            .path
+            .file_name()
+            .map(|name| name.to_os_string())
+            .unwrap_or_default();
+        name.push(".spill.ndjson");
+        self.path.with_file_name(name)
+    }
 }
 
 /// The part of the configuration that a reload (SIGHUP) may replace while running.
@@ -616,6 +661,12 @@ fn validate_proxy(file: &ProxyFile, errors: &mut Vec<ConfigError>) -> Option<Pro
         Duration::from_secs(90),
         errors,
     );
+    let shutdown_grace = duration_or(
+        "proxy.shutdown_grace",
+        file.shutdown_grace.as_deref(),
+        Duration::from_secs(10),
+        errors,
+    );
     let max_connections = file.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
         errors.push(ConfigError::new(
@@ -634,6 +685,7 @@ fn validate_proxy(file: &ProxyFile, errors: &mut Vec<ConfigError>) -> Option<Pro
         idle_timeout,
         http2: file.http2.unwrap_or(true),
         max_connections,
+        shutdown_grace,
     })
 }
 
@@ -759,6 +811,22 @@ fn validate_store(
         Duration::from_millis(2),
         errors,
     );
+    let on_store_failure = match file.on_store_failure.as_deref() {
+        None => StoreFailure::Reject,
+        Some(text) => StoreFailure::parse(text).unwrap_or_else(|| {
+            errors.push(ConfigError::new(
+                "store.on_store_failure",
+                format!("`{text}` is not one of reject, forward"),
+            ));
+            StoreFailure::Reject
+        }),
+    };
+    let busy_timeout = duration_or(
+        "store.busy_timeout",
+        file.busy_timeout.as_deref(),
+        Duration::from_secs(5),
+        errors,
+    );
     Some(StoreConfig {
         path,
         durability,
@@ -766,6 +834,8 @@ fn validate_store(
         queue_capacity,
         batch_size,
         flush_interval,
+        on_store_failure,
+        busy_timeout,
     })
 }
 

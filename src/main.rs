@@ -28,9 +28,12 @@ fn init_logging() {
     let filter =
         EnvFilter::try_from_env("AUDITGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("AUDITGATE_LOG_FORMAT").is_ok_and(|format| format == "json");
+    // Colours only for a person at a terminal; log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if json {
         builder.json().init();
     } else {

@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::actor::ActorRequest;
 use crate::client_ip;
-use crate::config::{Policy, ProxyConfig};
+use crate::config::{Durability, Policy, ProxyConfig, StoreConfig, StoreFailure};
 use crate::entry::{AuditEntry, Outcome};
 use crate::metrics::Metrics;
 use crate::rules::{Decision, RequestView, RuleKind};
@@ -51,6 +51,9 @@ pub struct ProxyState {
     pub metrics: Arc<Metrics>,
     client: Client<HttpConnector, RequestBody>,
     upstream_authority: http::uri::Authority,
+    /// Whether exchanges are made durable before forwarding unless a rule says otherwise.
+    write_ahead_default: bool,
+    on_store_failure: StoreFailure,
 }
 
 impl ProxyState {
@@ -83,7 +86,16 @@ impl ProxyState {
             metrics,
             client,
             upstream_authority,
+            write_ahead_default: false,
+            on_store_failure: StoreFailure::Reject,
         })
+    }
+
+    /// Applies the store's durability mode and failure policy.
+    pub fn with_durability(mut self, store: &StoreConfig) -> ProxyState {
+        self.write_ahead_default = store.durability == Durability::WriteAhead;
+        self.on_store_failure = store.on_store_failure;
+        self
     }
 
     pub fn policy(&self) -> Arc<Policy> {
@@ -378,6 +390,8 @@ pub struct Exchange {
     started: Instant,
     /// Set when the entry is final before the body (upgrades, proxy errors).
     error: Option<String>,
+    /// Whether a write-ahead intent of this exchange is in the store.
+    intent_recorded: bool,
 }
 
 /// The read side of an exchange for templates, with parsed bodies.
@@ -492,7 +506,49 @@ impl Exchange {
             capture_limit: start.capture_limit,
             started: start.started,
             error: None,
+            intent_recorded: false,
         })
+    }
+
+    /// The entry as known before forwarding, for write-ahead: the first recording candidate's
+    /// values from the request alone (response-derived values are recorded as not seen yet).
+    pub fn intent_entry(&self) -> AuditEntry {
+        let rules = &self.policy.rules;
+        let mut entry = self.entry.clone();
+        entry.outcome = Outcome::Unknown;
+        let first = self
+            .candidates
+            .iter()
+            .copied()
+            .find(|&index| matches!(rules.rule(index).kind, RuleKind::Record(_)));
+        match first {
+            Some(index) => {
+                let rule = rules.rule(index);
+                entry.rule = Some(rule.name.clone());
+                entry.route = rule.route().map(str::to_string);
+                if let RuleKind::Record(spec) = &rule.kind {
+                    let context = TemplateContext {
+                        exchange: self,
+                        params: rule.path_params(&self.raw_path),
+                        query: self.raw_query.as_ref().map(|query| {
+                            form_urlencoded::parse(query.as_bytes())
+                                .into_owned()
+                                .collect()
+                        }),
+                        request_body: if rule.needs.request_body {
+                            self.request_capture
+                                .parse(self.request_encoding.as_deref(), self.capture_limit)
+                        } else {
+                            Err("was not captured".to_string())
+                        },
+                        response_body: Err("was not seen yet".to_string()),
+                    };
+                    fill_from_rule(&mut entry, spec, &context);
+                }
+            }
+            None => entry.action = format!("http.{}", self.method.as_str().to_ascii_lowercase()),
+        }
+        entry
     }
 
     /// Records what the app answered and decides which rule the exchange falls under.
@@ -558,9 +614,25 @@ impl Exchange {
 
     fn finish(self: Box<Self>, completion: Completion) {
         let sink = self.sink.clone();
-        if let (Some(entry), Some((writer, metrics))) = (self.into_entry(completion), sink) {
-            metrics.entries_produced.inc();
-            writer.push(entry);
+        let id = self.entry.id.clone();
+        let completes_intent = self.intent_recorded;
+        let entry = self.into_entry(completion);
+        let Some((writer, metrics)) = sink else {
+            return;
+        };
+        match (entry, completes_intent) {
+            (Some(entry), true) => {
+                metrics.entries_produced.inc();
+                writer.push_completing(entry);
+            }
+            (Some(entry), false) => {
+                metrics.entries_produced.inc();
+                writer.push(entry);
+            }
+            // The status sent the exchange to "record nothing" (no rule for it, unmatched traffic
+            // not recorded): its intent is withdrawn rather than left to become an `unknown` entry.
+            (None, true) => writer.withdraw_intent(id),
+            (None, false) => {}
         }
     }
 
@@ -885,6 +957,45 @@ pub async fn handle(
     } else {
         RequestBody::Streamed(incoming)
     };
+
+    // Write-ahead: the exchange's entry is durable before the app sees the request.
+    let mut refuse = false;
+    if let Some(exchange) = exchange.as_mut() {
+        let mode = policy.rules.write_ahead(
+            &exchange.candidates,
+            &method,
+            state.write_ahead_default,
+            state.on_store_failure,
+        );
+        if let Some(failure) = mode {
+            match state.writer.write_ahead(exchange.intent_entry()).await {
+                Ok(()) => exchange.intent_recorded = true,
+                Err(error) if failure == StoreFailure::Forward => {
+                    state.metrics.forwarded_unrecorded.inc();
+                    tracing::error!(%error, request_id = ?request_id, "forwarding a write-ahead request whose entry could not be made durable (on_store_failure = forward)");
+                }
+                Err(error) => {
+                    state.metrics.fail_closed.inc();
+                    tracing::error!(%error, request_id = ?request_id, "refusing a write-ahead request: its entry could not be made durable");
+                    exchange.set_proxy_answer(
+                        503,
+                        format!(
+                            "not forwarded: the audit store could not record the request ({error})"
+                        ),
+                    );
+                    refuse = true;
+                }
+            }
+        }
+    }
+    if refuse {
+        return Ok(plain_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit log unavailable; the request was not forwarded",
+            &request_id,
+            exchange,
+        ));
+    }
 
     // The upstream request: same method, path, query and headers, minus hop-by-hop ones, plus
     // the forwarding headers.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use http::{HeaderMap, HeaderName, Method};
 use regex::{Regex, RegexSet};
 
-use crate::config::{ConfigError, RuleFile, UnmatchedRecord};
+use crate::config::{ConfigError, RuleFile, StoreFailure, UnmatchedRecord};
 use crate::template::{Needs, Template};
 
 /// What the rules see of a request.
@@ -176,6 +176,8 @@ pub struct Rule {
     pub needs: Needs,
     /// Whether the rule asks for write-ahead durability (`None`: the store's default).
     pub write_ahead: Option<bool>,
+    /// What a write-ahead request does when the store cannot write (`None`: the store's default).
+    pub on_store_failure: Option<StoreFailure>,
 }
 
 impl Rule {
@@ -406,6 +408,31 @@ impl RuleSet {
                 None => other,
             },
         }
+    }
+
+    /// Whether an exchange must be made durable before it is forwarded, and what to do if it
+    /// cannot be: the first recording candidate whose `write_ahead` (or the store's default) says
+    /// so; unmatched traffic that will be recorded follows the store's default.
+    pub fn write_ahead(
+        &self,
+        candidates: &[usize],
+        method: &Method,
+        default_write_ahead: bool,
+        default_failure: StoreFailure,
+    ) -> Option<StoreFailure> {
+        for &index in candidates {
+            let rule = &self.rules[index];
+            if let RuleKind::Record(_) = rule.kind {
+                if rule.write_ahead.unwrap_or(default_write_ahead) {
+                    return Some(rule.on_store_failure.unwrap_or(default_failure));
+                }
+            }
+        }
+        let only_unmatched = !candidates
+            .iter()
+            .any(|&index| matches!(self.rules[index].kind, RuleKind::Record(_)));
+        (default_write_ahead && only_unmatched && self.unmatched_records(method))
+            .then_some(default_failure)
     }
 
     /// The union of what the candidates' request sides need.
@@ -746,6 +773,25 @@ fn compile_rule(index: usize, file: &RuleFile) -> Result<Rule, KeyedErrors> {
         ));
     }
 
+    let on_store_failure = match file.on_store_failure.as_deref() {
+        None => None,
+        Some(text) => {
+            let parsed = StoreFailure::parse(text);
+            if parsed.is_none() {
+                errors.push((
+                    "on_store_failure",
+                    format!("`{text}` is not one of reject, forward"),
+                ));
+            }
+            parsed
+        }
+    };
+    if file.skip && (file.write_ahead.is_some() || file.on_store_failure.is_some()) {
+        errors.push((
+            "write_ahead",
+            "a skip rule records nothing, so it has nothing to write ahead".to_string(),
+        ));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -781,6 +827,7 @@ fn compile_rule(index: usize, file: &RuleFile) -> Result<Rule, KeyedErrors> {
         kind,
         needs,
         write_ahead: file.write_ahead,
+        on_store_failure,
     })
 }
 

@@ -13,35 +13,57 @@ use crate::server::Sidecar;
 
 /// Serves until SIGTERM or SIGINT, reloading rules and actor sources on SIGHUP.
 pub async fn run_until_signal(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    // Signal handlers go in before the listeners open, so a signal that arrives as soon as the
+    // sidecar is serving is handled, not fatal.
+    let signals = Signals::install()?;
     let sidecar = Sidecar::start(config, Some(path.clone())).await?;
-    wait_for_stop(&sidecar, &path).await;
+    signals.wait_for_stop(&sidecar, &path).await;
     sidecar.shutdown().await;
     Ok(())
 }
 
 #[cfg(unix)]
-async fn wait_for_stop(sidecar: &Sidecar, path: &Path) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stopping");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => { tracing::info!("SIGTERM: draining"); return; }
-            _ = interrupt.recv() => { tracing::info!("SIGINT: draining"); return; }
-            _ = hangup.recv() => reload(sidecar, path),
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use anyhow::Context as _;
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        })
+    }
+
+    async fn wait_for_stop(mut self, sidecar: &Sidecar, path: &Path) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => { tracing::info!("SIGTERM: draining"); return; }
+                _ = self.interrupt.recv() => { tracing::info!("SIGINT: draining"); return; }
+                _ = self.hangup.recv() => reload(sidecar, path),
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_stop(_sidecar: &Sidecar, _path: &Path) {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn wait_for_stop(self, _sidecar: &Sidecar, _path: &Path) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Re-reads the config file and swaps in its rules and actor sources. An invalid file keeps the

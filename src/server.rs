@@ -23,9 +23,6 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::writer::{Writer, WriterHandle, WriterOptions};
 
-/// How long in-flight requests may take to finish at shutdown.
-const DRAIN_GRACE: Duration = Duration::from_secs(10);
-
 /// A running sidecar.
 pub struct Sidecar {
     pub proxy_addr: SocketAddr,
@@ -44,21 +41,44 @@ impl Sidecar {
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Sidecar> {
         let store_config = config.store.clone();
         let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
-            SqliteStore::open(&store_config.path, store_config.sync)
-                .map(|store| Arc::new(store) as Arc<dyn Store>)
+            let store = SqliteStore::open(&store_config.path, store_config.sync)?;
+            store.set_busy_timeout(store_config.busy_timeout)?;
+            Ok::<_, crate::store::StoreError>(Arc::new(store) as Arc<dyn Store>)
         })
         .await
         .context("store open task failed")?
         .with_context(|| format!("cannot open the store {}", config.store.path.display()))?;
+        // Before any traffic: spilled entries go back into the store, and write-ahead requests a
+        // crash interrupted are recorded with outcome unknown.
+        let spill_path = config.store.spill_path();
+        let recovery_store = store.clone();
+        let recovery_spill = spill_path.clone();
+        let (reimported, recovered) = tokio::task::spawn_blocking(move || {
+            crate::writer::recover(recovery_store.as_ref(), Some(&recovery_spill), None)
+        })
+        .await
+        .context("recovery task failed")?
+        .context("cannot recover spilled entries and write-ahead intents")?;
         let writer = Writer::start(
             store.clone(),
             WriterOptions {
                 capacity: config.store.queue_capacity,
                 batch_size: config.store.batch_size,
                 linger: config.store.flush_interval,
+                spill_path: Some(spill_path),
             },
         )
         .context("cannot start the writer thread")?;
+        writer
+            .handle()
+            .stats()
+            .entries_reimported
+            .add(reimported as u64);
+        writer
+            .handle()
+            .stats()
+            .intents_recovered
+            .add(recovered as u64);
         let metrics = Arc::new(Metrics::default());
         let state = Arc::new(
             ProxyState::new(
@@ -68,6 +88,7 @@ impl Sidecar {
                 writer.handle(),
                 metrics.clone(),
             )
+            .map(|state| state.with_durability(&config.store))
             .map_err(anyhow::Error::msg)?,
         );
 
@@ -188,7 +209,7 @@ async fn serve_proxy(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
+    if tokio::time::timeout(state.config.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
     {

@@ -6,29 +6,96 @@
 //! per request. Back-pressure is applied before an audited request is forwarded
 //! ([`WriterHandle::reserve`]), never by dropping: pushes themselves always succeed, and the queue
 //! can exceed its capacity by at most the number of requests already in flight.
+//!
+//! Write-ahead intents ([`WriterHandle::write_ahead`]) go through the same queue but are never
+//! lingered on: the writer commits every intent waiting at once (group commit) and answers each
+//! request as soon as its intent is durable. An intent that cannot be stored is answered with the
+//! error at once (the proxy then fails closed); it is not retried while the client waits.
+//!
+//! A batch of entries the store refuses is retried with backoff; after a few failures it is
+//! spilled to an append-only NDJSON file beside the database, fsynced, and re-imported at the next
+//! start. Nothing is dropped silently: the only loss path (store and spill file both failing at
+//! shutdown) is counted in `entries_lost` and logged entry by entry.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::entry::AuditEntry;
-use crate::store::Store;
+use tokio::sync::oneshot;
+
+use crate::entry::{AuditEntry, Outcome};
+use crate::metrics::{Counter, Histogram};
+use crate::store::{Store, StoreError};
 
 /// Counters the writer keeps, read by /metrics and tests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriterStats {
-    pub entries_written: AtomicU64,
-    pub batches: AtomicU64,
-    pub store_errors: AtomicU64,
+    pub entries_written: Counter,
+    pub batches: Counter,
+    pub store_errors: Counter,
     /// Entries that could not be stored even at shutdown. Must stay 0.
-    pub entries_lost: AtomicU64,
+    pub entries_lost: Counter,
     /// Requests that waited for room in the queue.
-    pub backpressure_waits: AtomicU64,
+    pub backpressure_waits: Counter,
+    /// Entries written to the spill file because the store refused them.
+    pub entries_spilled: Counter,
+    /// Spilled entries imported back into the store at start.
+    pub entries_reimported: Counter,
+    /// Write-ahead intents made durable.
+    pub intents_written: Counter,
+    /// Write-ahead intents the store could not take (each answered with an error).
+    pub intent_errors: Counter,
+    /// Entries finished with outcome `unknown` at start from intents a crash left behind.
+    pub intents_recovered: Counter,
+    /// Entries per group commit.
+    pub commit_size: Histogram,
+    /// Seconds per group commit.
+    pub commit_seconds: Histogram,
+    /// Set while the last attempt to write failed (for /readyz).
+    pub failing: AtomicBool,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        WriterStats {
+            entries_written: Counter::default(),
+            batches: Counter::default(),
+            store_errors: Counter::default(),
+            entries_lost: Counter::default(),
+            backpressure_waits: Counter::default(),
+            entries_spilled: Counter::default(),
+            entries_reimported: Counter::default(),
+            intents_written: Counter::default(),
+            intent_errors: Counter::default(),
+            intents_recovered: Counter::default(),
+            commit_size: Histogram::new(crate::metrics::SIZE_BOUNDS),
+            commit_seconds: Histogram::new(crate::metrics::SECONDS_BOUNDS),
+            failing: AtomicBool::new(false),
+        }
+    }
+}
+
+enum Job {
+    /// A final entry; `clears_intent` when it completes a write-ahead intent.
+    Entry {
+        entry: AuditEntry,
+        clears_intent: bool,
+    },
+    /// A write-ahead intent and the request waiting for it.
+    Intent {
+        entry: AuditEntry,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// A write-ahead intent whose exchange turned out to record nothing.
+    Withdraw { id: String },
 }
 
 struct Queue {
-    entries: Vec<AuditEntry>,
+    jobs: Vec<Job>,
+    intents_waiting: usize,
     closed: bool,
 }
 
@@ -39,12 +106,13 @@ struct Shared {
     capacity: usize,
     batch_size: usize,
     linger: Duration,
+    spill_path: Option<PathBuf>,
     stats: WriterStats,
-    /// Entries taken off the queue but not yet committed.
+    /// Jobs taken off the queue but not yet committed.
     in_flight: AtomicU64,
 }
 
-/// What the proxy holds: push entries, wait for room.
+/// What the proxy holds: push entries, wait for room, wait for write-ahead intents.
 #[derive(Clone)]
 pub struct WriterHandle {
     shared: Arc<Shared>,
@@ -60,13 +128,16 @@ pub struct WriterOptions {
     pub capacity: usize,
     pub batch_size: usize,
     pub linger: Duration,
+    /// Where refused batches go; `None` keeps retrying in memory.
+    pub spill_path: Option<PathBuf>,
 }
 
 impl Writer {
     pub fn start(store: Arc<dyn Store>, options: WriterOptions) -> std::io::Result<Writer> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
-                entries: Vec::with_capacity(options.batch_size),
+                jobs: Vec::with_capacity(options.batch_size),
+                intents_waiting: 0,
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -74,6 +145,7 @@ impl Writer {
             capacity: options.capacity,
             batch_size: options.batch_size,
             linger: options.linger,
+            spill_path: options.spill_path,
             stats: WriterStats::default(),
             in_flight: AtomicU64::new(0),
         });
@@ -122,29 +194,64 @@ impl WriterHandle {
             if self.depth() < self.shared.capacity {
                 return;
             }
-            self.shared
-                .stats
-                .backpressure_waits
-                .fetch_add(1, Ordering::Relaxed);
+            self.shared.stats.backpressure_waits.inc();
             notified.await;
         }
     }
 
-    /// Hands an entry to the writer. Never fails and never blocks on the store.
+    /// Hands a final entry to the writer. Never fails and never blocks on the store.
     pub fn push(&self, entry: AuditEntry) {
+        self.push_job(Job::Entry {
+            entry,
+            clears_intent: false,
+        });
+    }
+
+    /// Hands over the final entry of a write-ahead exchange; its intent is cleared once the entry
+    /// is in the log.
+    pub fn push_completing(&self, entry: AuditEntry) {
+        self.push_job(Job::Entry {
+            entry,
+            clears_intent: true,
+        });
+    }
+
+    /// Removes the intent of an exchange that ended up recording nothing.
+    pub fn withdraw_intent(&self, id: String) {
+        self.push_job(Job::Withdraw { id });
+    }
+
+    /// Makes an intent durable before its request is forwarded. Resolves when the intent's group
+    /// commit is done, or with the reason it could not be stored.
+    pub async fn write_ahead(&self, intent: AuditEntry) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        self.push_job(Job::Intent {
+            entry: intent,
+            done,
+        });
+        match wait.await {
+            Ok(result) => result,
+            Err(_) => Err("the writer stopped".to_string()),
+        }
+    }
+
+    fn push_job(&self, job: Job) {
         let Ok(mut queue) = self.shared.queue.lock() else {
-            self.shared
-                .stats
-                .entries_lost
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(entry = %entry.id, "writer queue poisoned; entry lost");
+            self.shared.stats.entries_lost.inc();
+            tracing::error!("writer queue poisoned; entry lost");
             return;
         };
-        let was_empty = queue.entries.is_empty();
-        queue.entries.push(entry);
-        let full_batch = queue.entries.len() == self.shared.batch_size;
+        let was_idle = queue.jobs.is_empty() || queue.intents_waiting == 0;
+        let is_intent = matches!(job, Job::Intent { .. });
+        if is_intent {
+            queue.intents_waiting += 1;
+        }
+        let was_empty = queue.jobs.is_empty();
+        queue.jobs.push(job);
+        let full_batch = queue.jobs.len() == self.shared.batch_size;
         drop(queue);
-        if was_empty || full_batch {
+        // An intent cuts the writer's linger short: a request is waiting on it.
+        if was_empty || full_batch || (is_intent && was_idle) {
             self.shared.wake.notify_one();
         }
     }
@@ -154,7 +261,7 @@ impl WriterHandle {
         self.shared
             .queue
             .lock()
-            .map(|queue| queue.entries.len())
+            .map(|queue| queue.jobs.len())
             .unwrap_or(0)
     }
 
@@ -162,95 +269,176 @@ impl WriterHandle {
         &self.shared.stats
     }
 
-    /// Waits until every entry pushed before this call has been written (for tests and shutdown
-    /// checks). Gives up after `timeout`.
+    /// Waits until every entry pushed before this call has been written (for tests and the demo).
+    /// Gives up after `timeout`.
     pub async fn flushed(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline {
-            if self.depth() == 0 && self.in_flight() == 0 {
+            if self.depth() == 0 && self.shared.in_flight.load(Ordering::Acquire) == 0 {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         false
     }
-
-    fn in_flight(&self) -> u64 {
-        self.shared.in_flight.load(Ordering::Acquire)
-    }
 }
 
 fn run(shared: Arc<Shared>, store: Arc<dyn Store>) {
     loop {
-        let (mut batch, closing) = {
+        let (jobs, closing) = {
             let Ok(mut queue) = shared.queue.lock() else {
                 return;
             };
-            while queue.entries.is_empty() && !queue.closed {
+            while queue.jobs.is_empty() && !queue.closed {
                 queue = match shared.wake.wait(queue) {
                     Ok(queue) => queue,
                     Err(_) => return,
                 };
             }
-            if queue.entries.is_empty() && queue.closed {
+            if queue.jobs.is_empty() && queue.closed {
                 return;
             }
-            // Linger to let a batch gather, unless one already has or we are closing.
-            if queue.entries.len() < shared.batch_size && !queue.closed {
+            // Linger to let a batch gather, unless one already has, a request waits on an
+            // intent, or we are closing.
+            if queue.jobs.len() < shared.batch_size && queue.intents_waiting == 0 && !queue.closed {
                 queue = match shared.wake.wait_timeout(queue, shared.linger) {
                     Ok((queue, _)) => queue,
                     Err(_) => return,
                 };
             }
-            let take = queue.entries.len().min(shared.batch_size);
-            let rest = queue.entries.split_off(take);
-            let batch = std::mem::replace(&mut queue.entries, rest);
+            let take = queue.jobs.len().min(shared.batch_size);
+            let rest = queue.jobs.split_off(take);
+            let jobs = std::mem::replace(&mut queue.jobs, rest);
+            queue.intents_waiting = queue
+                .jobs
+                .iter()
+                .filter(|job| matches!(job, Job::Intent { .. }))
+                .count();
             shared
                 .in_flight
-                .fetch_add(batch.len() as u64, Ordering::AcqRel);
-            (batch, queue.closed)
+                .fetch_add(jobs.len() as u64, Ordering::AcqRel);
+            (jobs, queue.closed)
         };
         shared.room.notify_waiters();
-        write_with_retry(&shared, store.as_ref(), &mut batch, closing);
-        shared
-            .in_flight
-            .fetch_sub(batch.len() as u64, Ordering::AcqRel);
+        let count = jobs.len() as u64;
+        write_jobs(&shared, store.as_ref(), jobs, closing);
+        shared.in_flight.fetch_sub(count, Ordering::AcqRel);
     }
 }
 
-/// Retries a failing batch with backoff. While running it retries forever (back-pressure holds
-/// new audited requests); when closing it gives up after a bounded number of tries and counts the
-/// loss loudly.
+fn write_jobs(shared: &Shared, store: &dyn Store, jobs: Vec<Job>, closing: bool) {
+    let mut intents = Vec::new();
+    let mut waiting = Vec::new();
+    let mut entries = Vec::new();
+    let mut completing = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Intent { entry, done } => {
+                intents.push(entry);
+                waiting.push(done);
+            }
+            Job::Entry {
+                entry,
+                clears_intent,
+            } => {
+                if clears_intent {
+                    completing.push(entry.id.clone());
+                }
+                entries.push(entry);
+            }
+            Job::Withdraw { id } => completing.push(id),
+        }
+    }
+    if !intents.is_empty() {
+        let started = Instant::now();
+        let result = store
+            .record_intents(&intents)
+            .map_err(|error| error.to_string());
+        shared
+            .stats
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(()) => {
+                shared.stats.intents_written.add(intents.len() as u64);
+                shared.stats.failing.store(false, Ordering::Relaxed);
+            }
+            Err(error) => {
+                shared.stats.intent_errors.add(intents.len() as u64);
+                shared.stats.failing.store(true, Ordering::Relaxed);
+                tracing::error!(%error, intents = intents.len(), "cannot record write-ahead intents; those requests are answered 503 unless configured to forward");
+            }
+        }
+        for done in waiting {
+            let _ = done.send(result.clone());
+        }
+    }
+    if !entries.is_empty() {
+        write_with_retry(shared, store, &mut entries, closing);
+    }
+    if !completing.is_empty() {
+        if let Err(error) = store.clear_intents(&completing) {
+            // Harmless for completed ones: at the next start, intents whose entry is in the log
+            // are cleared. A withdrawn one would come back as an `unknown` entry: say so.
+            tracing::warn!(%error, "cannot clear write-ahead intents; any withdrawn ones will be recorded as unknown at the next start");
+        }
+    }
+}
+
+/// How many failed attempts before a batch goes to the spill file.
+const ATTEMPTS_BEFORE_SPILL: u32 = 3;
+/// How many failed attempts at shutdown before a batch counts as lost (when it cannot be spilled).
+const ATTEMPTS_AT_SHUTDOWN: u32 = 10;
+
+/// Appends a batch, retrying with backoff. While running it retries until the store or the spill
+/// file takes the batch (back-pressure holds new audited requests meanwhile); at shutdown it
+/// gives up after a bounded number of tries and counts the loss loudly.
 fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry], closing: bool) {
     let mut delay = Duration::from_millis(50);
     let mut attempts = 0u32;
     loop {
+        let started = Instant::now();
         match store.append(batch) {
             Ok(()) => {
                 shared
                     .stats
-                    .entries_written
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                shared.stats.commit_size.observe(batch.len() as f64);
+                shared.stats.entries_written.add(batch.len() as u64);
+                shared.stats.batches.inc();
+                shared.stats.failing.store(false, Ordering::Relaxed);
                 return;
             }
             Err(error) => {
                 attempts += 1;
-                shared.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                shared.stats.store_errors.inc();
+                shared.stats.failing.store(true, Ordering::Relaxed);
                 tracing::error!(%error, entries = batch.len(), attempts, "cannot append to the store; retrying");
+                if attempts >= ATTEMPTS_BEFORE_SPILL {
+                    if let Some(path) = &shared.spill_path {
+                        match spill(path, batch) {
+                            Ok(()) => {
+                                shared.stats.entries_spilled.add(batch.len() as u64);
+                                tracing::warn!(entries = batch.len(), file = %path.display(), "entries spilled to disk; they are imported into the store at the next start");
+                                return;
+                            }
+                            Err(spill_error) => {
+                                tracing::error!(error = %spill_error, file = %path.display(), "cannot spill entries either; still retrying")
+                            }
+                        }
+                    }
+                }
                 let closing_now = closing
                     || shared
                         .queue
                         .lock()
                         .map(|queue| queue.closed)
                         .unwrap_or(true);
-                if closing_now && attempts >= 20 {
-                    shared
-                        .stats
-                        .entries_lost
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if closing_now && attempts >= ATTEMPTS_AT_SHUTDOWN {
+                    shared.stats.entries_lost.add(batch.len() as u64);
                     for entry in batch.iter() {
-                        tracing::error!(entry = %entry.id, action = %entry.action, "entry lost at shutdown: the store never accepted it");
+                        tracing::error!(entry = %entry.id, action = %entry.action, "entry lost at shutdown: neither the store nor the spill file accepted it");
                     }
                     return;
                 }
@@ -261,26 +449,123 @@ fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry]
     }
 }
 
+/// Appends entries to the spill file, one JSON object per line, and syncs it.
+fn spill(path: &Path, batch: &[AuditEntry]) -> std::io::Result<()> {
+    let mut text = Vec::new();
+    for entry in batch {
+        serde_json::to_writer(&mut text, entry)?;
+        text.push(b'\n');
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(&text)?;
+    file.sync_data()
+}
+
+/// Brings the store up to date at start, before traffic: imports spilled entries (skipping any
+/// already in the log), and finishes the write-ahead intents a crash left behind as entries with
+/// outcome `unknown`. Returns (re-imported, recovered).
+pub fn recover(
+    store: &dyn Store,
+    spill_path: Option<&Path>,
+    stats: Option<&WriterStats>,
+) -> Result<(usize, usize), StoreError> {
+    let mut reimported = 0;
+    if let Some(path) = spill_path.filter(|path| path.exists()) {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            StoreError::Other(format!(
+                "cannot read the spill file {}: {error}",
+                path.display()
+            ))
+        })?;
+        let mut entries = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<AuditEntry>(line) {
+                Ok(mut entry) => {
+                    entry.seq = 0;
+                    entries.push(entry);
+                }
+                // A torn last line (a crash mid-write) is the only way a line can be broken.
+                Err(error) => {
+                    tracing::error!(line = number + 1, %error, file = %path.display(), "unreadable line in the spill file")
+                }
+            }
+        }
+        let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
+        let present = store.existing_ids(&ids)?;
+        entries.retain(|entry| !present.contains(&entry.id));
+        for chunk in entries.chunks_mut(1000) {
+            store.append(chunk)?;
+        }
+        reimported = entries.len();
+        std::fs::remove_file(path).map_err(|error| {
+            StoreError::Other(format!(
+                "cannot remove the spill file {}: {error}",
+                path.display()
+            ))
+        })?;
+        if reimported > 0 {
+            tracing::info!(entries = reimported, "re-imported spilled entries");
+        }
+    }
+    let mut intents = store.unfinished_intents()?;
+    for intent in &mut intents {
+        intent.seq = 0;
+        intent.outcome = Outcome::Unknown;
+        intent.status = None;
+        intent.error = Some("auditgate stopped before the response was seen".to_string());
+    }
+    let recovered = intents.len();
+    if recovered > 0 {
+        let ids: Vec<String> = intents.iter().map(|intent| intent.id.clone()).collect();
+        for chunk in intents.chunks_mut(1000) {
+            store.append(chunk)?;
+        }
+        store.clear_intents(&ids)?;
+        tracing::warn!(
+            entries = recovered,
+            "write-ahead requests whose response was never seen were recorded with outcome unknown"
+        );
+    }
+    if let Some(stats) = stats {
+        stats.entries_reimported.add(reimported as u64);
+        stats.intents_recovered.add(recovered as u64);
+    }
+    Ok((reimported, recovered))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::SyncMode;
     use crate::store::sqlite::SqliteStore;
 
-    #[tokio::test]
-    async fn every_pushed_entry_is_written_in_batches() {
-        let dir = std::env::temp_dir().join(format!("auditgate-writer-{}", ulid::Ulid::new()));
+    fn temp_store(label: &str) -> (PathBuf, Arc<SqliteStore>) {
+        let dir =
+            std::env::temp_dir().join(format!("auditgate-writer-{label}-{}", ulid::Ulid::new()));
         let store =
             Arc::new(SqliteStore::open(&dir.join("audit.db"), SyncMode::Normal).expect("opens"));
-        let writer = Writer::start(
-            store.clone(),
-            WriterOptions {
-                capacity: 100,
-                batch_size: 64,
-                linger: Duration::from_millis(2),
-            },
-        )
-        .expect("starts");
+        (dir, store)
+    }
+
+    fn options(spill_path: Option<PathBuf>) -> WriterOptions {
+        WriterOptions {
+            capacity: 100,
+            batch_size: 64,
+            linger: Duration::from_millis(2),
+            spill_path,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_pushed_entry_is_written_in_batches() {
+        let (dir, store) = temp_store("batches");
+        let writer = Writer::start(store.clone(), options(None)).expect("starts");
         let handle = writer.handle();
         for index in 0..1000 {
             handle.reserve().await;
@@ -288,9 +573,64 @@ mod tests {
         }
         writer.shutdown();
         assert_eq!(store.size().expect("size"), 1000);
-        assert_eq!(handle.stats().entries_written.load(Ordering::Relaxed), 1000);
-        assert!(handle.stats().batches.load(Ordering::Relaxed) < 1000);
-        assert_eq!(handle.stats().entries_lost.load(Ordering::Relaxed), 0);
+        assert_eq!(handle.stats().entries_written.get(), 1000);
+        assert!(handle.stats().batches.get() < 1000);
+        assert_eq!(handle.stats().entries_lost.get(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn intents_are_durable_before_the_answer_and_recovered_after_a_crash() {
+        let (dir, store) = temp_store("intents");
+        let writer = Writer::start(store.clone(), options(None)).expect("starts");
+        let handle = writer.handle();
+        let finished = AuditEntry::new("t", "finished");
+        let abandoned = AuditEntry::new("t", "abandoned");
+        handle.write_ahead(finished.clone()).await.expect("durable");
+        handle
+            .write_ahead(abandoned.clone())
+            .await
+            .expect("durable");
+        // Only the first exchange completes; the process "crashes" before the second does.
+        let mut done = finished.clone();
+        done.outcome = Outcome::Success;
+        done.status = Some(200);
+        handle.push_completing(done);
+        writer.shutdown();
+        assert_eq!(store.size().expect("size"), 1);
+
+        let (reimported, recovered) = recover(store.as_ref(), None, None).expect("recovers");
+        assert_eq!((reimported, recovered), (0, 1));
+        let entry = store.get(&abandoned.id).expect("reads").expect("recorded");
+        assert_eq!(entry.outcome, Outcome::Unknown);
+        assert_eq!(entry.action, "abandoned");
+        assert!(store.unfinished_intents().expect("reads").is_empty());
+        // Recovery is idempotent.
+        assert_eq!(
+            recover(store.as_ref(), None, None).expect("recovers"),
+            (0, 0)
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn spilled_entries_are_reimported_once() {
+        let (dir, store) = temp_store("spill");
+        let spill_path = dir.join("audit.db.spill.ndjson");
+        let already = AuditEntry::new("t", "already.stored");
+        store.append(&mut [already.clone()]).expect("appends");
+        let fresh = AuditEntry::new("t", "spilled");
+        spill(&spill_path, &[already, fresh.clone()]).expect("spills");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&spill_path)
+            .and_then(|mut file| file.write_all(b"{\"torn"))
+            .expect("torn line");
+        let (reimported, _) = recover(store.as_ref(), Some(&spill_path), None).expect("recovers");
+        assert_eq!(reimported, 1);
+        assert_eq!(store.size().expect("size"), 2);
+        assert!(store.get(&fresh.id).expect("reads").is_some());
+        assert!(!spill_path.exists());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -18,7 +18,7 @@ use axum::Router;
 
 mod ui;
 
-use crate::metrics::{write_metric, Metrics};
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::writer::WriterHandle;
 
@@ -44,6 +44,17 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state
+        .writer
+        .stats()
+        .failing
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the last write to the store failed\n".to_string(),
+        );
+    }
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.check_writable()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n".to_string()),
@@ -59,79 +70,6 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let mut out = String::new();
-    let m = &state.metrics;
-    let w = state.writer.stats();
-    use std::sync::atomic::Ordering::Relaxed;
-    write_metric(
-        &mut out,
-        "auditgate_requests_total",
-        "counter",
-        "Requests received on the proxy listener.",
-        m.requests.get(),
-    );
-    write_metric(
-        &mut out,
-        "auditgate_entries_produced_total",
-        "counter",
-        "Entries finished by the proxy and handed to the writer.",
-        m.entries_produced.get(),
-    );
-    write_metric(
-        &mut out,
-        "auditgate_upstream_errors_total",
-        "counter",
-        "Requests answered 502/504 because the app could not be reached in time.",
-        m.upstream_errors.get(),
-    );
-    write_metric(
-        &mut out,
-        "auditgate_client_errors_total",
-        "counter",
-        "Requests refused because the client sent something unusable.",
-        m.client_errors.get(),
-    );
-    write_metric(
-        &mut out,
-        "auditgate_entries_written_total",
-        "counter",
-        "Entries committed to the store.",
-        w.entries_written.load(Relaxed),
-    );
-    write_metric(
-        &mut out,
-        "auditgate_batches_total",
-        "counter",
-        "Group commits.",
-        w.batches.load(Relaxed),
-    );
-    write_metric(
-        &mut out,
-        "auditgate_store_errors_total",
-        "counter",
-        "Failed store appends (each retried).",
-        w.store_errors.load(Relaxed),
-    );
-    write_metric(
-        &mut out,
-        "auditgate_entries_lost_total",
-        "counter",
-        "Entries that could never be stored. Alarm on anything but 0.",
-        w.entries_lost.load(Relaxed),
-    );
-    write_metric(
-        &mut out,
-        "auditgate_backpressure_waits_total",
-        "counter",
-        "Audited requests that waited for room in the writer queue.",
-        w.backpressure_waits.load(Relaxed),
-    );
-    write_metric(
-        &mut out,
-        "auditgate_queue_depth",
-        "gauge",
-        "Entries waiting for the writer.",
-        state.writer.depth() as u64,
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    let text = crate::metrics::render(&state.metrics, state.writer.stats(), state.writer.depth());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -55,4 +55,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts grouped by action, actor, outcome, day or hour.
     fn stats(&self, filter: &Filter, by: StatsBy, limit: u32) -> Result<Vec<Bucket>, StoreError>;
+
+    /// Durably records write-ahead intents (entries of requests not yet forwarded), in one
+    /// transaction.
+    fn record_intents(&self, intents: &[AuditEntry]) -> Result<(), StoreError>;
+
+    /// Removes the intents of entries that have been appended.
+    fn clear_intents(&self, ids: &[String]) -> Result<(), StoreError>;
+
+    /// The intents whose final entry never arrived (a crash between forwarding and completion),
+    /// oldest first. Intents whose entry is in the log are cleared, not returned.
+    fn unfinished_intents(&self) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Which of these entry ids are already in the log (for re-imports that must not duplicate).
+    fn existing_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
 }

@@ -40,3 +40,12 @@ CREATE INDEX entries_outcome       ON entries (outcome);
 CREATE INDEX entries_status        ON entries (status);
 CREATE INDEX entries_ip            ON entries (ip);
 CREATE INDEX entries_request_id    ON entries (request_id);
+
+-- Write-ahead intents: an audited request's entry as known before forwarding. The row is removed
+-- once the final entry is appended; rows left at start (a crash in between) become entries with
+-- outcome `unknown`.
+CREATE TABLE pending (
+    id         TEXT PRIMARY KEY,                   -- the final entry's id
+    created_at TEXT NOT NULL,
+    entry      TEXT NOT NULL                       -- the entry as JSON (API form)
+);

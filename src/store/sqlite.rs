@@ -95,6 +95,16 @@ impl SqliteStore {
         &self.path
     }
 
+    /// How long a write waits for a lock held by another process before failing (default 5 s).
+    pub fn set_busy_timeout(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        let connection = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Other("writer connection poisoned".into()))?;
+        connection.busy_timeout(timeout)?;
+        Ok(())
+    }
+
     /// Runs `work` with a reader connection from the pool.
     pub fn with_reader<T>(
         &self,
@@ -236,6 +246,94 @@ impl Store for SqliteStore {
 
     fn stats(&self, filter: &Filter, by: StatsBy, limit: u32) -> Result<Vec<Bucket>, StoreError> {
         self.with_reader(|connection| Ok(sqlite_rows::stats(connection, filter, by, limit)?))
+    }
+
+    fn record_intents(&self, intents: &[AuditEntry]) -> Result<(), StoreError> {
+        let mut connection = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Other("writer connection poisoned".into()))?;
+        let transaction = connection.transaction()?;
+        {
+            let mut insert = transaction.prepare_cached(
+                "INSERT OR REPLACE INTO pending (id, created_at, entry) VALUES (?1, ?2, ?3)",
+            )?;
+            for intent in intents {
+                let json = serde_json::to_string(intent)
+                    .map_err(|error| StoreError::Other(error.to_string()))?;
+                insert.execute(params![
+                    intent.id,
+                    format_timestamp(&intent.created_at),
+                    json
+                ])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    fn clear_intents(&self, ids: &[String]) -> Result<(), StoreError> {
+        let mut connection = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Other("writer connection poisoned".into()))?;
+        let transaction = connection.transaction()?;
+        {
+            let mut delete = transaction.prepare_cached("DELETE FROM pending WHERE id = ?1")?;
+            for id in ids {
+                delete.execute(params![id])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    fn unfinished_intents(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        let connection = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Other("writer connection poisoned".into()))?;
+        connection.execute(
+            "DELETE FROM pending WHERE id IN (SELECT id FROM entries)",
+            [],
+        )?;
+        let mut statement =
+            connection.prepare("SELECT id, entry FROM pending ORDER BY created_at, id")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut intents = Vec::new();
+        for row in rows {
+            let (id, json) = row?;
+            match serde_json::from_str::<AuditEntry>(&json) {
+                Ok(entry) => intents.push(entry),
+                Err(error) => {
+                    // Keep the id at least: an unreadable intent still becomes an entry.
+                    tracing::error!(%id, %error, "unreadable write-ahead intent");
+                    let mut entry = AuditEntry::new("", "unknown");
+                    entry.id = id;
+                    entry.error =
+                        Some(format!("the write-ahead intent could not be read: {error}"));
+                    intents.push(entry);
+                }
+            }
+        }
+        Ok(intents)
+    }
+
+    fn existing_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let connection = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Other("writer connection poisoned".into()))?;
+        let mut statement = connection.prepare_cached("SELECT 1 FROM entries WHERE id = ?1")?;
+        let mut found = Vec::new();
+        for id in ids {
+            if statement.exists(params![id])? {
+                found.push(id.clone());
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -3,5 +3,6 @@
 mod support;
 
 mod configs;
+mod durability;
 mod proxy;
 mod viewer;

@@ -505,6 +505,23 @@ impl HttpClient {
         }
     }
 
+    /// Sends a request and returns its status, or `None` when the connection failed (the server
+    /// died) — for crash tests, where failures are expected.
+    pub async fn try_send(&self, method: &str, url: &str, headers: &[(&str, &str)]) -> Option<u16> {
+        let mut request = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self
+            .client
+            .request(request.body(Full::new(Bytes::new())).ok()?)
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        response.into_body().collect().await.ok()?;
+        Some(status)
+    }
+
     pub async fn get(&self, url: &str) -> Reply {
         self.send("GET", url, &[], Bytes::new()).await
     }
