@@ -346,6 +346,7 @@ impl StoreConfig {
 pub struct Policy {
     pub rules: RuleSet,
     pub actors: ActorChain,
+    pub hints: crate::hints::HintsConfig,
 }
 
 /// The validated configuration.
@@ -365,6 +366,7 @@ const SECTIONS: &[&str] = &[
     "store",
     "log",
     "unmatched",
+    "hints",
     "actor",
     "rule",
 ];
@@ -412,6 +414,9 @@ impl Config {
         let log: LogFile = section(&table, "log", &mut errors).unwrap_or_default();
         let unmatched: UnmatchedFile =
             section(&table, "unmatched", &mut errors).unwrap_or_default();
+        let hints_file: crate::hints::HintsFile =
+            section(&table, "hints", &mut errors).unwrap_or_default();
+        let hints = crate::hints::HintsConfig::from_file(&hints_file, &mut errors);
         let actors: Vec<ActorFile> = array_section(
             &table,
             "actor",
@@ -491,7 +496,11 @@ impl Config {
                     admin,
                     store,
                     log_id,
-                    policy: Arc::new(Policy { rules, actors }),
+                    policy: Arc::new(Policy {
+                        rules,
+                        actors,
+                        hints,
+                    }),
                 })
             }
             _ => Err(errors),

@@ -85,6 +85,10 @@ pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
         exchange.set_request_body(Bytes::from(body.clone()));
     }
     let declared = args.response_body.as_ref().map(|body| body.len() as u64);
+    let mut response_headers = response_headers;
+    if policy.hints.enabled {
+        exchange.set_hints(crate::hints::take(&mut response_headers, &policy.hints));
+    }
     exchange.set_response(args.status, &response_headers, declared);
     if let Some(body) = &args.response_body {
         exchange.set_response_body(Bytes::from(body.clone()));

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod entry;
 pub mod explain;
 pub mod export;
+pub mod hints;
 pub mod log;
 pub mod metrics;
 pub mod proxy;

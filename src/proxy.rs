@@ -392,6 +392,8 @@ pub struct Exchange {
     error: Option<String>,
     /// Whether a write-ahead intent of this exchange is in the store.
     intent_recorded: bool,
+    /// What the app said about the exchange in `Audit-*` response headers.
+    hints: Option<crate::hints::Hints>,
 }
 
 /// The read side of an exchange for templates, with parsed bodies.
@@ -507,6 +509,7 @@ impl Exchange {
             started: start.started,
             error: None,
             intent_recorded: false,
+            hints: None,
         })
     }
 
@@ -663,7 +666,12 @@ impl Exchange {
             (Some(status), _) => Outcome::from_status(status),
             (None, _) => Outcome::Error,
         };
+        let hints = self.hints.take();
+        let hinted_action = hints.as_ref().is_some_and(|hints| hints.action.is_some());
+        let from_rule = matches!(self.decision, Decision::Rule(_));
         match self.decision {
+            // A response that names its own action is recorded even when no rule wants it.
+            Decision::Nothing if hinted_action => {}
             Decision::Nothing => return None,
             Decision::Unmatched => {
                 entry.action = format!("http.{}", self.method.as_str().to_ascii_lowercase());
@@ -698,7 +706,20 @@ impl Exchange {
                 }
             }
         }
+        if let Some(hints) = hints {
+            crate::hints::apply(
+                &mut entry,
+                hints,
+                self.policy.hints.override_rules,
+                from_rule,
+            );
+        }
         Some(entry)
+    }
+
+    /// Records the hints the app's response carried.
+    pub fn set_hints(&mut self, hints: Option<crate::hints::Hints>) {
+        self.hints = hints;
     }
 }
 
@@ -886,7 +907,8 @@ pub async fn handle(
         };
         policy.rules.candidates(&view)
     };
-    let audited = policy.rules.may_record(&candidates, &method);
+    // With hints on, any response may ask to be recorded, so every exchange is followed.
+    let audited = policy.rules.may_record(&candidates, &method) || policy.hints.enabled;
 
     let request_id = match request.headers().get(&X_REQUEST_ID) {
         Some(value) if valid_request_id(value) => value.clone(),
@@ -1093,6 +1115,9 @@ pub async fn handle(
 
     let status = response.status();
     if let Some(exchange) = exchange.as_mut() {
+        if policy.hints.enabled {
+            exchange.set_hints(crate::hints::take(response.headers_mut(), &policy.hints));
+        }
         let declared = response.body().size_hint().exact();
         exchange.set_response(status.as_u16(), response.headers(), declared);
     }

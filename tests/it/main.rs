@@ -4,5 +4,6 @@ mod support;
 
 mod configs;
 mod durability;
+mod hints;
 mod proxy;
 mod viewer;

@@ -269,6 +269,14 @@ async fn upstream_answer(
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.parse::<u16>().ok())
                 .and_then(|code| StatusCode::from_u16(code).ok());
+            let reply_headers: Vec<(String, String)> = request
+                .headers()
+                .iter()
+                .filter_map(|(name, value)| {
+                    let name = name.as_str().strip_prefix("x-reply-")?;
+                    Some((name.to_string(), value.to_str().ok()?.to_string()))
+                })
+                .collect();
             let method = request.method().to_string();
             let query = request.uri().query().unwrap_or_default().to_string();
             let headers: serde_json::Map<String, Value> = request
@@ -296,14 +304,17 @@ async fn upstream_answer(
                 "bodyLength": body.len(),
                 "body": String::from_utf8_lossy(&body),
             });
-            // A test can choose the status the app answers with.
+            // A test can choose the status the app answers with, and headers it adds: a request
+            // header `x-reply-NAME: V` makes the app answer with `NAME: V`.
             let status = forced_status.unwrap_or(StatusCode::OK);
-            Response::builder()
+            let mut response = Response::builder()
                 .status(status)
                 .header("content-type", "application/json")
-                .header("location", "/echo/4242")
-                .body(full(echo.to_string()))
-                .expect("response")
+                .header("location", "/echo/4242");
+            for (name, value) in &reply_headers {
+                response = response.header(name.as_str(), value.as_str());
+            }
+            response.body(full(echo.to_string())).expect("response")
         }
     }
 }
