@@ -96,6 +96,8 @@ pub struct ProxyFile {
     pub max_connections: Option<usize>,
     /// At shutdown, how long in-flight requests may take to finish.
     pub shutdown_grace: Option<String>,
+    /// Threads serving requests (default: one per CPU core).
+    pub worker_threads: Option<usize>,
 }
 
 /// `[admin]`: the admin API and viewer listener.
@@ -294,6 +296,8 @@ pub struct ProxyConfig {
     pub http2: bool,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// `None`: one per core.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -676,6 +680,9 @@ fn validate_proxy(file: &ProxyFile, errors: &mut Vec<ConfigError>) -> Option<Pro
         Duration::from_secs(10),
         errors,
     );
+    if file.worker_threads.is_some_and(|threads| threads == 0 || threads > 1024) {
+        errors.push(ConfigError::new("proxy.worker_threads", "must be between 1 and 1024"));
+    }
     let max_connections = file.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
         errors.push(ConfigError::new(
@@ -695,6 +702,7 @@ fn validate_proxy(file: &ProxyFile, errors: &mut Vec<ConfigError>) -> Option<Pro
         http2: file.http2.unwrap_or(true),
         max_connections,
         shutdown_grace,
+        worker_threads: file.worker_threads,
     })
 }
 

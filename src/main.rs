@@ -42,7 +42,15 @@ fn init_logging() {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(None)
+}
+
+fn runtime_with(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads);
+    }
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -62,7 +70,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(config) => config,
                 Err(code) => return Ok(code),
             };
-            runtime()?.block_on(auditgate::run::run_until_signal(config, path))?;
+            runtime_with(config.proxy.worker_threads)?
+                .block_on(auditgate::run::run_until_signal(config, path))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
