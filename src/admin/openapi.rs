@@ -560,7 +560,7 @@ mod tests {
     /// Documented routes that `log_api.rs` (tamper evidence) will serve once merged. They are
     /// allowed to be missing from the router, and only they; when they are mounted this test says
     /// so, and the allowance goes: replace the list with `&[]`.
-    pub(crate) const AWAITING_LOG_API: &[(&str, &str)] = &[
+    const AWAITING_LOG_API: &[(&str, &str)] = &[
         ("GET", "/api/v1/log/head"),
         ("GET", "/api/v1/log/key"),
         ("GET", "/api/v1/log/consistency"),

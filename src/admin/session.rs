@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::audit::{self, AdminAction, RequestInfo, AUDIT_LOGIN, AUDIT_LOGOUT};
-use super::auth::{same_origin, session_cookie, Caller, Via, SESSION_COOKIE};
+use super::auth::{same_origin, session_cookie, Caller, Identity, NewSession, Via, SESSION_COOKIE};
 use super::error::ApiError;
 use super::AdminState;
 use crate::entry::format_timestamp;
@@ -32,15 +32,26 @@ pub async fn create(
     body: Bytes,
 ) -> Response {
     match start(&state, &headers, &uri, &body) {
-        Ok(started) => {
+        Ok((identity, session)) => {
+            let caller = Caller {
+                identity,
+                via: Via::Session {
+                    expires_at: session.expires_at,
+                },
+            };
             let mut action = AdminAction::new(AUDIT_LOGIN, StatusCode::NO_CONTENT);
             action.metadata.insert(
                 "expiresAt".into(),
-                format_timestamp(&started.expires_at).into(),
+                format_timestamp(&session.expires_at).into(),
             );
-            audit::record(&state, Some(&started.caller), &info, action);
+            audit::record(&state, Some(&caller), &info, action);
+            let cookie = format!(
+                "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+                session.id,
+                state.auth.session_lifetime().as_secs()
+            );
             let mut response = StatusCode::NO_CONTENT.into_response();
-            if let Ok(cookie) = HeaderValue::from_str(&started.cookie) {
+            if let Ok(cookie) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().insert(header::SET_COOKIE, cookie);
             }
             response
@@ -54,18 +65,12 @@ pub async fn create(
     }
 }
 
-struct Started {
-    caller: Caller,
-    expires_at: chrono::DateTime<chrono::Utc>,
-    cookie: String,
-}
-
 fn start(
     state: &AdminState,
     headers: &HeaderMap,
     uri: &Uri,
     body: &[u8],
-) -> Result<Started, ApiError> {
+) -> Result<(Identity, NewSession), ApiError> {
     if !same_origin(headers, uri) {
         return Err(ApiError::CrossOrigin);
     }
@@ -79,21 +84,7 @@ fn start(
         .token(&sign_in.token)
         .ok_or(ApiError::Unauthorized("unknown token"))?;
     let session = state.auth.start_session(identity.clone());
-    let cookie = format!(
-        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        session.id,
-        state.auth.session_lifetime().as_secs()
-    );
-    Ok(Started {
-        caller: Caller {
-            identity,
-            via: Via::Session {
-                expires_at: session.expires_at,
-            },
-        },
-        expires_at: session.expires_at,
-        cookie,
-    })
+    Ok((identity, session))
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

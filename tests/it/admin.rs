@@ -904,6 +904,17 @@ async fn viewer_sessions_sign_in_authenticate_and_refuse_cross_site_changes() {
     .await;
     assert_eq!(refused.status, 401);
     assert_eq!(refused.json()["error"], "unknown token");
+    let garbled = admin_request(
+        &client,
+        &sidecar,
+        "POST",
+        "/api/v1/session",
+        None,
+        &[("content-type", "application/json")],
+        READER,
+    )
+    .await;
+    assert_eq!(garbled.status, 400, "the token belongs in a JSON body");
     let form = sign_in(READER, vec![("content-type", "text/plain".into())]).await;
     assert_eq!(form.status, 415, "a cross-site form cannot send JSON");
     let cross = sign_in(
@@ -1400,7 +1411,17 @@ async fn the_reference_endpoint_answers_like_the_reference() {
     assert_eq!(third["total"], 85);
     let everything = page("").await;
     assert!(everything["total"].as_u64().expect("total") >= 125);
-    assert_eq!(page("?page=99").await["logs"], json!([]));
+    assert_eq!(page("?page=99&junk=x").await["logs"], json!([]));
+    let recorded = wait_for_entry(&sidecar, |entry| {
+        entry.path.as_deref() == Some("/api/audit-log") && entry.metadata["filters"]["page"] == 2
+    })
+    .await;
+    assert_eq!(
+        recorded.metadata["filters"],
+        json!({"page": 2, "action": "user"})
+    );
+    assert_eq!(recorded.metadata["rows"], 35);
+    assert_eq!(recorded.actor_id.as_deref(), Some("reader"));
     sidecar.stop().await;
 }
 
