@@ -157,6 +157,7 @@ run_case() { # label, port, "pids to measure", db-or-empty, [wrk script]
   local args=(-t1 -c"$CONNECTIONS" --latency "http://127.0.0.1:$port/api/items/7")
   [ -n "$script" ] && args+=(-s "$script")
   taskset -c $WRK_CPU wrk -d"${WARMUP}s" "${args[@]}" >/dev/null
+  [ -n "$db" ] && sleep 0.5 # let the warm-up's entries land before counting
   local before_entries=0
   [ -n "$db" ] && before_entries=$(sqlite3 "$db" 'select count(*) from entries' 2>/dev/null || echo 0)
   local t0 t1
@@ -189,7 +190,8 @@ run_case() { # label, port, "pids to measure", db-or-empty, [wrk script]
 
 start_auditgate() { # name -> pid
   local name=$1
-  taskset -c $SERVER_CPU "$BIN" run --config "$WORK/$name/auditgate.toml" 2>"$WORK/$name/log" &
+  # stdout too goes to a file: a background child holding the $(...) pipe would block the caller.
+  taskset -c $SERVER_CPU "$BIN" run --config "$WORK/$name/auditgate.toml" >"$WORK/$name/out" 2>"$WORK/$name/log" &
   echo $!
 }
 

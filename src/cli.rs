@@ -43,6 +43,8 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Query the entries of a store.
     Query(QueryArgs),
+    /// Export the entries of a store as CSV, JSON or NDJSON, streamed.
+    Export(ExportArgs),
     /// Make a new admin token and print it with the SHA-256 the config stores.
     Token {
         /// Name for the token's holder (recorded as the actor of their queries).
@@ -99,11 +101,9 @@ pub struct ExplainArgs {
     pub peer: String,
 }
 
+/// The filters `query` and `export` share, named as the admin API's parameters.
 #[derive(Debug, Args)]
-pub struct QueryArgs {
-    /// The SQLite database.
-    #[arg(long, default_value = "data/audit.db")]
-    pub db: PathBuf,
+pub struct FilterArgs {
     /// Actor id or email.
     #[arg(long)]
     pub actor: Option<String>,
@@ -134,6 +134,15 @@ pub struct QueryArgs {
     /// Free text over actor, action, resource and path.
     #[arg(long)]
     pub q: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The SQLite database.
+    #[arg(long, default_value = "data/audit.db")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub filters: FilterArgs,
     /// Most entries to print.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
@@ -143,4 +152,22 @@ pub struct QueryArgs {
     /// json (one entry per line) or table.
     #[arg(long, default_value = "table")]
     pub format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The SQLite database.
+    #[arg(long, default_value = "data/audit.db")]
+    pub db: PathBuf,
+    /// csv, json or ndjson.
+    #[arg(long)]
+    pub format: String,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Oldest first instead of newest first.
+    #[arg(long)]
+    pub asc: bool,
+    /// Write to this file (complete or not at all) instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }

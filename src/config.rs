@@ -680,8 +680,14 @@ fn validate_proxy(file: &ProxyFile, errors: &mut Vec<ConfigError>) -> Option<Pro
         Duration::from_secs(10),
         errors,
     );
-    if file.worker_threads.is_some_and(|threads| threads == 0 || threads > 1024) {
-        errors.push(ConfigError::new("proxy.worker_threads", "must be between 1 and 1024"));
+    if file
+        .worker_threads
+        .is_some_and(|threads| threads == 0 || threads > 1024)
+    {
+        errors.push(ConfigError::new(
+            "proxy.worker_threads",
+            "must be between 1 and 1024",
+        ));
     }
     let max_connections = file.max_connections.unwrap_or(10_000);
     if max_connections == 0 {

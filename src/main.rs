@@ -118,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Query(args) => auditgate::run::query(&args),
+        Command::Export(args) => auditgate::run::export(&args),
         Command::Token { name, scopes } => {
             let token = auditgate::run::new_token();
             let scopes: Vec<String> = scopes

@@ -8,8 +8,10 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Durability, UnmatchedRecord};
+use crate::export::{ExportEncoder, ExportFormat, ExportReader};
 use crate::rules::RuleKind;
 use crate::server::Sidecar;
+use crate::store::query::{parse_filter_and_page, Filter, PageRequest};
 
 /// Serves until SIGTERM or SIGINT, reloading rules and actor sources on SIGHUP.
 pub async fn run_until_signal(config: Config, path: PathBuf) -> anyhow::Result<()> {
@@ -144,7 +146,7 @@ pub fn new_token() -> NewToken {
 }
 
 /// The filter parameters of `query`/`export`, in the admin API's names, so both share one parser.
-pub fn filter_params(args: &crate::cli::QueryArgs) -> Vec<(String, String)> {
+pub fn filter_params(args: &crate::cli::FilterArgs) -> Vec<(String, String)> {
     let mut params = Vec::new();
     let mut add = |name: &str, value: &Option<String>| {
         if let Some(value) = value {
@@ -177,25 +179,15 @@ pub fn open_existing(db: &Path) -> anyhow::Result<crate::store::sqlite::SqliteSt
 
 /// `auditgate query`.
 pub fn query(args: &crate::cli::QueryArgs) -> anyhow::Result<std::process::ExitCode> {
-    use crate::store::query::parse_filter_and_page;
     use crate::store::Store;
-    let mut params = filter_params(args);
+    let mut params = filter_params(&args.filters);
     params.push(("limit".to_string(), args.limit.to_string()));
     if args.asc {
         params.push(("order".to_string(), "asc".to_string()));
     }
-    let (filter, page) = match parse_filter_and_page(&params, chrono::Utc::now(), &[]) {
+    let (filter, page) = match parse_cli_filters("query", &params) {
         Ok(parsed) => parsed,
-        Err(errors) => {
-            for error in errors {
-                eprintln!(
-                    "auditgate query: --{}: {}",
-                    error.param.replace('_', "-"),
-                    error.message
-                );
-            }
-            return Ok(std::process::ExitCode::from(64));
-        }
+        Err(code) => return Ok(code),
     };
     let format = args.format.as_str();
     if format != "json" && format != "table" {
@@ -273,4 +265,115 @@ fn printable(text: &str, width: usize) -> String {
     } else {
         shown
     }
+}
+
+/// Parses CLI filters with the admin API's parser; on error prints each as `--flag: message`
+/// and gives the usage exit code.
+fn parse_cli_filters(
+    command: &str,
+    params: &[(String, String)],
+) -> Result<(Filter, PageRequest), std::process::ExitCode> {
+    parse_filter_and_page(params, chrono::Utc::now(), &[]).map_err(|errors| {
+        for error in errors {
+            eprintln!(
+                "auditgate {command}: --{}: {}",
+                error.param.replace('_', "-"),
+                error.message
+            );
+        }
+        std::process::ExitCode::from(64)
+    })
+}
+
+/// `auditgate export`: the entries matching the filters, streamed chunk by chunk to standard
+/// output or a file. A file is written under a temporary name and renamed when complete, so an
+/// auditor never picks up half an export.
+pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let mut params = filter_params(&args.filters);
+    if args.asc {
+        params.push(("order".to_string(), "asc".to_string()));
+    }
+    let (filter, page) = match parse_cli_filters("export", &params) {
+        Ok(parsed) => parsed,
+        Err(code) => return Ok(code),
+    };
+    let format: ExportFormat = match args.format.parse() {
+        Ok(format) => format,
+        Err(error) => {
+            eprintln!("auditgate export: --format: {error}");
+            return Ok(std::process::ExitCode::from(64));
+        }
+    };
+    let store = open_existing(&args.db)?;
+    match &args.output {
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let written = write_export(&store, filter, page.order, format, &mut out)
+                .and_then(|rows| out.flush().map(|()| rows));
+            match written {
+                Ok(_) => {}
+                // `auditgate export ... | head` is a normal way to look at an export.
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+                Err(error) => return Err(error).context("export failed"),
+            }
+        }
+        Some(path) => {
+            let partial = partial_path(path);
+            let file = std::fs::File::create(&partial)
+                .with_context(|| format!("cannot create {}", partial.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let written =
+                write_export(&store, filter, page.order, format, &mut out).and_then(|rows| {
+                    out.into_inner()
+                        .map_err(|error| error.into_error())?
+                        .sync_all()?;
+                    Ok(rows)
+                });
+            let rows = match written {
+                Ok(rows) => rows,
+                Err(error) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(error).with_context(|| format!("cannot write {}", path.display()));
+                }
+            };
+            std::fs::rename(&partial, path)
+                .with_context(|| format!("cannot move the export to {}", path.display()))?;
+            eprintln!(
+                "auditgate export: {rows} entr{} written to {}",
+                if rows == 1 { "y" } else { "ies" },
+                path.display()
+            );
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+/// Streams an export into `out`, one store chunk at a time; the number of entries written.
+pub fn write_export(
+    store: &dyn crate::store::Store,
+    filter: Filter,
+    order: crate::store::query::Order,
+    format: ExportFormat,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<u64> {
+    let mut reader =
+        ExportReader::start(store, filter, order, None).map_err(std::io::Error::other)?;
+    let mut encoder = ExportEncoder::new(format);
+    out.write_all(&encoder.begin())?;
+    let mut rows = 0u64;
+    while let Some(entries) = reader.next_chunk(store).map_err(std::io::Error::other)? {
+        rows += entries.len() as u64;
+        out.write_all(&encoder.encode(&entries).map_err(std::io::Error::other)?)?;
+    }
+    out.write_all(&encoder.finish())?;
+    Ok(rows)
 }

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::admin::auth::Authenticator;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -111,14 +112,20 @@ impl Sidecar {
             store: store.clone(),
             writer: writer.handle(),
             metrics,
+            auth: Arc::new(Authenticator::new(&config.admin.tokens)),
+            log_id: Arc::from(config.log_id.as_str()),
         });
         let mut admin_shutdown = shutdown_rx;
         let admin_task = tokio::spawn(async move {
-            let served = axum::serve(admin_listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = admin_shutdown.wait_for(|stop| *stop).await;
-                })
-                .await;
+            // Connect info gives the admin API's own entries the caller's address.
+            let served = axum::serve(
+                admin_listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = admin_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await;
             if let Err(error) = served {
                 tracing::error!(%error, "admin listener failed");
             }

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admin;
 mod configs;
 mod durability;
 mod hints;
