@@ -20,6 +20,7 @@ pub mod export;
 pub mod log;
 pub mod metrics;
 pub mod proxy;
+pub mod redact;
 pub mod rules;
 pub mod run;
 pub mod server;
