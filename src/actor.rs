@@ -367,6 +367,35 @@ impl ActorChain {
         }
     }
 
+    /// One line per source, for `auditgate check`: `jwt (header authorization)`.
+    pub fn describe(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .map(|source| match source {
+                Source::Jwt(jwt) => format!("jwt ({})", jwt.describe()),
+                Source::Basic => "basic (user name of Authorization: Basic)".to_string(),
+                Source::Header(header) => {
+                    let names: Vec<&str> = [&header.id, &header.email]
+                        .into_iter()
+                        .flatten()
+                        .map(HeaderName::as_str)
+                        .collect();
+                    format!("header ({}, from trusted proxies only)", names.join(", "))
+                }
+                Source::ApiKey(key) => format!("api_key ({})", key.describe()),
+                Source::Body(body) => format!(
+                    "body ({})",
+                    [&body.id, &body.email]
+                        .into_iter()
+                        .flatten()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+            .collect()
+    }
+
     /// Request headers whose values are credentials of some source (JWT token headers, API-key
     /// headers): never stored, whatever the redaction mode.
     pub fn secret_headers(&self) -> Vec<HeaderName> {

@@ -749,11 +749,9 @@ fn fill_from_rule(
         entry.actor_verified = false;
     }
     for (key, template) in &spec.metadata {
-        match template.evaluate_filtered(context, &filter) {
+        match redact.metadata_value(key, template, context) {
             Ok(value) => {
-                entry
-                    .metadata
-                    .insert(key.clone(), redact.keyed_value(key, value));
+                entry.metadata.insert(key.clone(), value);
             }
             Err(why) => {
                 entry.metadata.insert(key.clone(), Value::Null);
@@ -1005,6 +1003,17 @@ pub async fn handle(
         .join(", ");
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         parts.headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    // A Forwarded header is rebuilt the same way: only believed elements reach the app.
+    if let Some(forwarded) = &client_addr.forwarded {
+        match HeaderValue::from_str(forwarded) {
+            Ok(value) => {
+                parts.headers.insert(header::FORWARDED, value);
+            }
+            Err(_) => {
+                parts.headers.remove(header::FORWARDED);
+            }
+        }
     }
     let keep_proto = peer_trusted && parts.headers.contains_key(&X_FORWARDED_PROTO);
     if !keep_proto {

@@ -24,7 +24,7 @@ use sha2::Sha256;
 
 use crate::actor::ActorChain;
 use crate::config::ConfigError;
-use crate::template::Source;
+use crate::template::{Context, Missing, Source, Template};
 
 /// What a redacted value is replaced with in mask mode, and always for secrets.
 pub const MASK: &str = "[redacted]";
@@ -168,6 +168,17 @@ impl Redactor {
         redactor
     }
 
+    /// One line for `auditgate check`.
+    pub fn describe(&self) -> String {
+        match (&self.mode, self.fields.len()) {
+            (_, 0) => "secrets masked (no [redact] fields)".to_string(),
+            (Mode::Mask, count) => format!("secrets and {count} field name(s) masked"),
+            (Mode::Hmac(_), count) => {
+                format!("secrets masked, {count} field name(s) stored as hmac-sha256")
+            }
+        }
+    }
+
     fn name_sensitivity(&self, name: &str) -> Sensitivity {
         let normalized = normalize(name);
         if is_secret_name(&normalized) {
@@ -261,16 +272,28 @@ impl Redactor {
         }
     }
 
-    /// A value stored under a metadata key: replaced whole when the key is sensitive, and
-    /// otherwise with its sensitive members replaced.
-    pub fn keyed_value(&self, key: &str, mut value: Value) -> Value {
-        match self.name_sensitivity(key) {
-            Sensitivity::Plain => {
-                self.scrub(&mut value);
-                value
-            }
-            sensitivity => self.replace(sensitivity, &value),
+    /// The value of a metadata template stored under `key`. When the key is sensitive the raw
+    /// value is replaced once, as strongly as the key or any source it reads demands; otherwise
+    /// each source's value is redacted on its own (see [`Redactor::source_value`]).
+    pub fn metadata_value(
+        &self,
+        key: &str,
+        template: &Template,
+        context: &dyn Context,
+    ) -> Result<Value, Missing> {
+        let key_sensitivity = self.name_sensitivity(key);
+        if key_sensitivity == Sensitivity::Plain {
+            return template
+                .evaluate_filtered(context, &|source, value| self.source_value(source, value));
         }
+        let sensitivity = template
+            .sources()
+            .into_iter()
+            .map(|source| self.source_sensitivity(source))
+            .fold(key_sensitivity, Ord::max);
+        template
+            .evaluate(context)
+            .map(|value| self.replace(sensitivity, &value))
     }
 }
 
@@ -290,6 +313,36 @@ mod tests {
         }
     }
 
+    /// A request whose body is fixed and whose headers are all "header-value".
+    struct Fixed(Value);
+
+    impl Context for Fixed {
+        fn path_param(&self, _: &str) -> Option<&str> {
+            None
+        }
+        fn query(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn request_header(&self, _: &HeaderName) -> Option<&str> {
+            Some("header-value")
+        }
+        fn response_header(&self, _: &HeaderName) -> Option<&str> {
+            None
+        }
+        fn request_body(&self) -> Result<&Value, &str> {
+            Ok(&self.0)
+        }
+        fn response_body(&self) -> Result<&Value, &str> {
+            Err("was not captured")
+        }
+    }
+
+    fn hmac_hex(key: &str, value: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("key");
+        mac.update(value.as_bytes());
+        format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+    }
+
     #[test]
     fn names_match_loosely_and_secrets_are_always_masked() {
         std::env::set_var("REDACT_TEST_KEY_1", "0123456789abcdef-key");
@@ -297,26 +350,50 @@ mod tests {
             "fields = [\"token\", \"SSN\"]\nmode = \"hmac\"\nhmac_key_env = \"REDACT_TEST_KEY_1\"\n",
         )
         .expect("valid");
-        let value = redactor.keyed_value(
-            "user",
+        let user = Source::RequestBody("/user".into());
+        let value = redactor.source_value(
+            &user,
             json!({"name": "ann", "Token": "t-1", "nested": [{"ssn": "123"}], "newPassword": "pw", "api-key": "k"}),
         );
-        let token = value["Token"].as_str().expect("text");
-        assert!(
-            token.starts_with("hmac-sha256:") && token.len() == 12 + 64,
-            "{token}"
+        assert_eq!(
+            value["Token"],
+            json!(hmac_hex("0123456789abcdef-key", "t-1"))
         );
         assert_eq!(value["name"], "ann");
         assert_eq!(value["newPassword"], MASK);
         assert_eq!(value["api-key"], MASK);
-        assert!(value["nested"][0]["ssn"]
-            .as_str()
-            .expect("text")
-            .starts_with("hmac-sha256:"));
-        // Equal values give equal HMACs, so they stay searchable.
         assert_eq!(
-            redactor.keyed_value("token", json!("t-1")),
-            value["Token"].clone()
+            value["nested"][0]["ssn"],
+            json!(hmac_hex("0123456789abcdef-key", "123"))
+        );
+        // Equal values give equal HMACs, so they stay searchable.
+        let token = Source::RequestBody("/auth/token".into());
+        assert_eq!(redactor.source_value(&token, json!("t-1")), value["Token"]);
+    }
+
+    #[test]
+    fn metadata_values_are_redacted_once_and_as_strongly_as_needed() {
+        std::env::set_var("REDACT_TEST_KEY_2", "0123456789abcdef-key");
+        let redactor = redactor(
+            "fields = [\"ssn\", \"owner\"]\nmode = \"hmac\"\nhmac_key_env = \"REDACT_TEST_KEY_2\"\n",
+        )
+        .expect("valid");
+        let context = Fixed(json!({"ssn": "123", "user": {"ssn": "456", "id": 1}}));
+        let template = |text: &str| Template::parse(text, &[]).expect("template");
+        // Key and pointer both name the field: one HMAC of the raw value, not an HMAC of an HMAC.
+        assert_eq!(
+            redactor.metadata_value("ssn", &template("request.body:/ssn"), &context),
+            Ok(json!(hmac_hex("0123456789abcdef-key", "123")))
+        );
+        // A field-named key over a credential header: the stronger rule (mask) wins.
+        assert_eq!(
+            redactor.metadata_value("owner", &template("request.header:authorization"), &context),
+            Ok(json!(MASK))
+        );
+        // A plain key: members are redacted inside the value.
+        assert_eq!(
+            redactor.metadata_value("user", &template("request.body:/user"), &context),
+            Ok(json!({"ssn": hmac_hex("0123456789abcdef-key", "456"), "id": 1}))
         );
     }
 

@@ -180,6 +180,20 @@ impl Template {
         Template::Parts(vec![Part::Literal(text.to_string())])
     }
 
+    /// Every source the template reads.
+    pub fn sources(&self) -> Vec<&Source> {
+        match self {
+            Template::Whole(source) => vec![source],
+            Template::Parts(parts) => parts
+                .iter()
+                .filter_map(|part| match part {
+                    Part::Source(source) => Some(source),
+                    Part::Literal(_) => None,
+                })
+                .collect(),
+        }
+    }
+
     pub fn needs(&self) -> Needs {
         let mut needs = Needs::default();
         let mut mark = |source: &Source| match source {

@@ -143,7 +143,7 @@ impl ApiKeySource {
         }
     }
 
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         match &self.place {
             KeyPlace::Header(name) => format!("header {name}"),
             KeyPlace::Query(name) => format!("query parameter {name}"),

@@ -549,6 +549,24 @@ fn describe_jwt_error(error: &jsonwebtoken::errors::Error) -> String {
 }
 
 impl JwtSource {
+    /// Where the token comes from and how it is checked, for `auditgate check`.
+    pub(super) fn describe(&self) -> String {
+        let check = match &self.verifier {
+            Verifier::Off => "not verified".to_string(),
+            Verifier::Single(key) => {
+                let names: Vec<String> = key
+                    .validation
+                    .algorithms
+                    .iter()
+                    .map(|algorithm| algorithm_name(*algorithm))
+                    .collect();
+                names.join("/")
+            }
+            Verifier::Set(keys) => format!("key set of {}", keys.len()),
+        };
+        format!("{}, {check}", self.place.describe())
+    }
+
     /// Where the token is read from, for the redaction of its raw value.
     pub(super) fn token_header(&self) -> Option<&HeaderName> {
         match &self.place {
