@@ -614,11 +614,6 @@ impl JwtSource {
 
     /// Checks a token against the pinned keys: the verified claims and how, or why not.
     fn verify(&self, token: &str) -> Result<(Value, String), String> {
-        let keys: &[VerifyingKey] = match &self.verifier {
-            Verifier::Off => return Err("verification is off".into()),
-            Verifier::Single(key) => std::slice::from_ref(key.as_ref()),
-            Verifier::Set(keys) => keys,
-        };
         let mut parts = token.split('.');
         let (Some(header), Some(_), Some(_), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -634,20 +629,21 @@ impl JwtSource {
         }
         let kid = header.get("kid").and_then(Value::as_str);
         let key = match &self.verifier {
-            Verifier::Set(keys) => match kid {
-                Some(kid) => keys
+            Verifier::Off => return Err("verification is off".into()),
+            Verifier::Single(key) => key.as_ref(),
+            Verifier::Set(keys) => match (kid, keys.as_slice()) {
+                (Some(kid), _) => keys
                     .iter()
                     .find(|key| key.kid.as_deref() == Some(kid))
                     .ok_or_else(|| format!("no key with kid {} in the key set", shown(kid)))?,
-                None if keys.len() == 1 => &keys[0],
-                None => {
+                (None, [only]) => only,
+                (None, _) => {
                     return Err(format!(
                         "token has no kid and the key set holds {} keys",
                         keys.len()
                     ))
                 }
             },
-            _ => &keys[0],
         };
         let accepted = key
             .validation
