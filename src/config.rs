@@ -15,7 +15,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::actor::{ActorChain, ActorFile};
+use crate::actor::{actor_location, ActorChain, ActorFile};
+use crate::redact::{RedactFile, Redactor};
 use crate::rules::RuleSet;
 use crate::units::{parse_duration, parse_size};
 
@@ -351,6 +352,8 @@ pub struct Policy {
     pub rules: RuleSet,
     pub actors: ActorChain,
     pub hints: crate::hints::HintsConfig,
+    /// What is never stored as it is (secrets) or stored masked or HMAC'd (`[redact]`).
+    pub redact: Redactor,
 }
 
 /// The validated configuration.
@@ -372,6 +375,7 @@ const SECTIONS: &[&str] = &[
     "unmatched",
     "hints",
     "actor",
+    "redact",
     "rule",
 ];
 
@@ -421,15 +425,13 @@ impl Config {
         let hints_file: crate::hints::HintsFile =
             section(&table, "hints", &mut errors).unwrap_or_default();
         let hints = crate::hints::HintsConfig::from_file(&hints_file, &mut errors);
-        let actors: Vec<ActorFile> = array_section(
+        let actors: Vec<(usize, ActorFile)> = array_section(
             &table,
             "actor",
-            |index, _| format!("actor #{}", index + 1),
+            |index, value| actor_location(index, value.get("from").and_then(toml::Value::as_str)),
             &mut errors,
-        )
-        .into_iter()
-        .map(|(_, actor)| actor)
-        .collect();
+        );
+        let redact: Option<RedactFile> = section(&table, "redact", &mut errors);
         let rules: Vec<(usize, RuleFile)> = array_section(
             &table,
             "rule",
@@ -479,8 +481,12 @@ impl Config {
             .as_ref()
             .map(|proxy| proxy.trusted_proxies.clone())
             .unwrap_or_default();
-        let actors = ActorChain::compile(&actors, &trusted)
+        let actors = ActorChain::compile(&actors, &trusted, base)
             .map_err(|actor_errors| errors.extend(actor_errors));
+        let redact = match &actors {
+            Ok(actors) => Redactor::compile(redact.as_ref(), actors, &mut errors),
+            Err(()) => Redactor::compile(redact.as_ref(), &ActorChain::empty(), &mut errors),
+        };
         let rules: Vec<(usize, &RuleFile)> =
             rules.iter().map(|(index, rule)| (*index, rule)).collect();
         let rules = RuleSet::compile_indexed(&rules, unmatched)
@@ -504,6 +510,7 @@ impl Config {
                         rules,
                         actors,
                         hints,
+                        redact,
                     }),
                 })
             }

@@ -21,6 +21,7 @@ pub mod hints;
 pub mod log;
 pub mod metrics;
 pub mod proxy;
+pub mod redact;
 pub mod rules;
 pub mod run;
 pub mod server;

@@ -122,6 +122,10 @@ pub fn describe(path: &Path, config: &Config) -> String {
             rule.route().unwrap_or("(any path)")
         );
     }
+    for (index, source) in config.policy.actors.describe().iter().enumerate() {
+        let _ = writeln!(out, "  actor #{}: {source}", index + 1);
+    }
+    let _ = writeln!(out, "  redaction: {}", config.policy.redact.describe());
     let unmatched = match config.policy.rules.unmatched {
         UnmatchedRecord::None => "not recorded",
         UnmatchedRecord::Mutations => "mutations recorded as http.<method>",

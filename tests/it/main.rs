@@ -6,5 +6,6 @@ mod admin;
 mod configs;
 mod durability;
 mod hints;
+mod identity;
 mod proxy;
 mod viewer;
