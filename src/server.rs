@@ -1,5 +1,6 @@
-//! Wiring: store, writer, proxy listener and admin listener, started together and stopped in
-//! order (stop accepting, drain in-flight requests, flush the writer).
+//! Wiring: store, writer, head signer, retention, proxy listener and admin listener, started
+//! together and stopped in order (stop accepting, drain in-flight requests, stop pruning, flush
+//! the writer, sign the shutdown head).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,8 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyState};
+use crate::retention::RetentionTask;
+use crate::signer::HeadSigner;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::writer::{Writer, WriterHandle, WriterOptions};
@@ -37,6 +40,8 @@ pub struct Sidecar {
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     writer: Writer,
+    signer: Option<HeadSigner>,
+    retention: Option<RetentionTask>,
 }
 
 impl Sidecar {
@@ -50,6 +55,17 @@ impl Sidecar {
         .await
         .context("store open task failed")?
         .with_context(|| format!("cannot open the store {}", config.store.path.display()))?;
+        // A log whose tree cannot be extended must not take entries it could never prove.
+        let tree_store = store.clone();
+        let tree = tokio::task::spawn_blocking(move || tree_store.tree())
+            .await
+            .context("store check task failed")?
+            .with_context(|| {
+                format!(
+                    "the log in {} cannot be appended to",
+                    config.store.path.display()
+                )
+            })?;
         let writer = Writer::start(
             store.clone(),
             WriterOptions {
@@ -59,6 +75,33 @@ impl Sidecar {
             },
         )
         .context("cannot start the writer thread")?;
+        let signer = match &config.log.signer {
+            Some(key) => Some(HeadSigner::start(
+                store.clone(),
+                key.clone(),
+                config.log_id.clone(),
+                config.log.clone(),
+                writer.handle(),
+            )),
+            None => {
+                tracing::warn!(
+                    size = tree.size,
+                    "no [log] signing_key: the Merkle tree is kept, but no tree head is signed or \
+                     published, so tampering is only detectable by comparing with an earlier \
+                     copy; make a key with `auditgate keygen --out PATH`"
+                );
+                None
+            }
+        };
+        let retention = RetentionTask::start(
+            store.clone(),
+            config.retention.clone(),
+            config.log_id.clone(),
+        );
+        let log_api = Arc::new(admin::log_api::LogApiState::new(
+            config.log.signer.as_ref().map(|key| key.public_key()),
+            signer.as_ref().map(HeadSigner::stats),
+        ));
         let metrics = Arc::new(Metrics::default());
         let state = Arc::new(
             ProxyState::new(
@@ -90,6 +133,7 @@ impl Sidecar {
             store: store.clone(),
             writer: writer.handle(),
             metrics,
+            log: log_api,
         });
         let mut admin_shutdown = shutdown_rx;
         let admin_task = tokio::spawn(async move {
@@ -113,6 +157,8 @@ impl Sidecar {
             proxy_task,
             admin_task,
             writer,
+            signer,
+            retention,
         })
     }
 
@@ -126,8 +172,15 @@ impl Sidecar {
         let _ = self.shutdown.send(true);
         let _ = self.proxy_task.await;
         let _ = self.admin_task.await;
+        if let Some(retention) = self.retention {
+            retention.shutdown().await;
+        }
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
+        // After the writer: the shutdown head covers every entry.
+        if let Some(signer) = self.signer {
+            signer.shutdown().await;
+        }
         tracing::info!("auditgate stopped; every queued entry was written");
     }
 }

@@ -42,6 +42,8 @@ struct Shared {
     stats: WriterStats,
     /// Entries taken off the queue but not yet committed.
     in_flight: AtomicU64,
+    /// Signalled after every committed batch, for tasks that follow the log's growth.
+    committed: tokio::sync::Notify,
 }
 
 /// What the proxy holds: push entries, wait for room.
@@ -76,6 +78,7 @@ impl Writer {
             linger: options.linger,
             stats: WriterStats::default(),
             in_flight: AtomicU64::new(0),
+            committed: tokio::sync::Notify::new(),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -175,6 +178,12 @@ impl WriterHandle {
         false
     }
 
+    /// Resolves once a batch has been committed since the last call returned (one waiter: the
+    /// head signer, which counts entries towards `sign_every`).
+    pub async fn committed(&self) {
+        self.shared.committed.notified().await
+    }
+
     fn in_flight(&self) -> u64 {
         self.shared.in_flight.load(Ordering::Acquire)
     }
@@ -232,6 +241,7 @@ fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry]
                     .entries_written
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+                shared.committed.notify_one();
                 return;
             }
             Err(error) => {

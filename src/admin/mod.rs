@@ -4,8 +4,11 @@
 //! - `GET /healthz` — the process is up.
 //! - `GET /readyz` — the store takes writes; 503 with the reason otherwise.
 //! - `GET /metrics` — Prometheus text.
+//! - The log's head, key, proofs and verification: see [`log_api`].
 //!
 //! The admin listener is its own socket (default 127.0.0.1:9090) and never the proxy's.
+
+pub mod log_api;
 
 use std::sync::Arc;
 
@@ -25,6 +28,7 @@ pub struct AdminState {
     pub store: Arc<dyn Store>,
     pub writer: WriterHandle,
     pub metrics: Arc<Metrics>,
+    pub log: Arc<log_api::LogApiState>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -32,6 +36,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(log_api::routes())
         .with_state(state)
 }
 
@@ -129,5 +134,42 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         "Entries waiting for the writer.",
         state.writer.depth() as u64,
     );
+    if let Some(signer) = state.log.signer_stats() {
+        write_metric(
+            &mut out,
+            "auditgate_heads_signed_total",
+            "counter",
+            "Signed tree heads made and stored.",
+            signer.heads_signed.get(),
+        );
+        write_metric(
+            &mut out,
+            "auditgate_heads_published_total",
+            "counter",
+            "Signed tree heads delivered to a publish target (one per target).",
+            signer.heads_published.get(),
+        );
+        write_metric(
+            &mut out,
+            "auditgate_head_publish_failures_total",
+            "counter",
+            "Failed deliveries of a head to a publish target (retried with the next head).",
+            signer.publish_failures.get(),
+        );
+        write_metric(
+            &mut out,
+            "auditgate_head_publish_dropped_total",
+            "counter",
+            "Heads given up on for a target that kept failing.",
+            signer.publish_dropped.get(),
+        );
+        write_metric(
+            &mut out,
+            "auditgate_head_sign_failures_total",
+            "counter",
+            "Tree heads that could not be made or stored.",
+            signer.sign_failures.get(),
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -13,3 +13,5 @@
 
 pub mod head;
 pub mod merkle;
+pub mod pruned;
+pub mod verify;
