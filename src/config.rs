@@ -1156,6 +1156,109 @@ mod tests {
     }
 
     #[test]
+    fn log_and_retention_keys_are_validated() {
+        let dir = std::env::temp_dir().join(format!("auditgate-config-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        LogSigner::write_new(&dir.join("log.key")).expect("key");
+        let text = r#"
+            [proxy]
+            upstream = "127.0.0.1:3000"
+            [log]
+            signing_key = "log.key"
+            sign_every = 10
+            sign_interval = "250ms"
+            publish_heads = ["file:heads.ndjson", "http://audit.example:8080/heads"]
+            [retention]
+            max_age = "400d"
+            [[retention.rules]]
+            action_prefix = "auth."
+            max_age = "30d"
+        "#;
+        let config = Config::parse(text, &dir).expect("valid");
+        assert!(config.log.signer.is_some());
+        assert_eq!(config.log.sign_every, 10);
+        assert_eq!(config.log.sign_interval, Duration::from_millis(250));
+        assert_eq!(config.log.heartbeat_interval, Duration::from_secs(3600));
+        assert_eq!(
+            config.log.publish_heads[0],
+            PublishTarget::File(dir.join("heads.ndjson"))
+        );
+        assert_eq!(
+            config.log.publish_heads[1].to_string(),
+            "http://audit.example:8080/heads"
+        );
+        assert_eq!(
+            config.retention.max_age,
+            Some(Duration::from_secs(400 * 86_400))
+        );
+        assert_eq!(config.retention.rules[0].action_prefix, "auth.");
+
+        let defaults =
+            Config::parse("[proxy]\nupstream = \"127.0.0.1:3000\"\n", &dir).expect("valid");
+        assert!(defaults.log.signer.is_none());
+        assert_eq!(defaults.log.sign_every, 1000);
+        assert_eq!(defaults.log.sign_interval, Duration::from_secs(10));
+        assert_eq!(defaults.retention.max_age, None);
+
+        let text = r#"
+            [proxy]
+            upstream = "127.0.0.1:3000"
+            [log]
+            signing_key = "missing.key"
+            sign_every = 0
+            sign_interval = "0s"
+            publish_heads = ["https://x/heads", "s3://bucket", "file:"]
+            [retention]
+            max_age = "forever"
+            prune_interval = "soon"
+            [[retention.rules]]
+            action_prefix = "auth."
+            max_age = "30d"
+            [[retention.rules]]
+            action_prefix = "auth."
+            max_age = "60d"
+            [[retention.rules]]
+            action_prefix = ""
+            max_age = "1d"
+            [[retention.rules]]
+            action_prefix = "user."
+            max_age = "0d"
+        "#;
+        let errors = Config::parse(text, &dir).expect_err("invalid");
+        let all = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        for expected in [
+            "log.signing_key: ",
+            "auditgate keygen",
+            "log.sign_every: must be at least 1",
+            "log.sign_interval: must be longer than 0",
+            "log.publish_heads #1: `https://x/heads`: https is not supported",
+            "log.publish_heads #2: `s3://bucket` is not a target",
+            "log.publish_heads #3: `file:` needs a path",
+            "retention.max_age: ",
+            "retention.prune_interval: ",
+            "retention.rules #2 (\"auth.\").action_prefix: names the same prefix",
+            "retention.rules #3 (\"\").action_prefix: must not be empty",
+            "retention.rules #4 (\"user.\").max_age: must be longer than 0",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let errors = Config::parse(
+            "[proxy]\nupstream = \"127.0.0.1:3000\"\n[log]\npublish_heads = [\"file:h\"]\n",
+            &dir,
+        )
+        .expect_err("invalid");
+        assert!(
+            errors[0].message.contains("needs log.signing_key"),
+            "{errors:?}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn upstream_forms() {
         assert_eq!(
             normalize_upstream("http://app:3000/"),

@@ -20,7 +20,7 @@
 //! damaged), so a million entries verify in bounded memory; and it can stop and resume, which is
 //! how `GET /api/v1/verify` checks only what was appended since its last call.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -33,6 +33,9 @@ use crate::store::{LogReader, LogSlot, StoreError};
 const PAGE: usize = 4096;
 /// Problems kept in a report; more are counted but not listed.
 const MAX_PROBLEMS: usize = 100;
+/// Positions with a problem remembered to explain a later mismatching root; the first ones are
+/// what matter, so a log changed everywhere does not grow this without bound.
+const MAX_BAD_POSITIONS: usize = 10_000;
 
 /// Where a head came from, for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +154,8 @@ pub struct LogCheck {
     /// Prune records referenced by marks already passed: record seq -> first marked position.
     pending_records: BTreeMap<u64, u64>,
     unconfirmed: Runs,
+    /// Positions a problem was reported at: the first suspects when a root does not match.
+    bad: BTreeSet<u64>,
     entries: u64,
     pruned: u64,
     heads: u64,
@@ -172,6 +177,7 @@ impl LogCheck {
             last_good_head: 0,
             pending_records: BTreeMap::new(),
             unconfirmed: Runs::default(),
+            bad: BTreeSet::new(),
             entries: 0,
             pruned: 0,
             heads: 0,
@@ -189,6 +195,11 @@ impl LogCheck {
     fn problem(&mut self, seq: Option<u64>, message: String) {
         if !self.reported.insert(message.clone()) {
             return;
+        }
+        if let Some(seq) = seq {
+            if self.bad.len() < MAX_BAD_POSITIONS {
+                self.bad.insert(seq);
+            }
         }
         self.problem_count += 1;
         self.problems.push(Problem { seq, message });
@@ -265,10 +276,16 @@ impl LogCheck {
             self.last_good_head = self.last_good_head.max(size);
             return;
         }
-        // Somewhere after the last head that matched; the first position no entry confirmed is
-        // the best guess, else the first one after that head.
+        // Somewhere after the last head that matched: a position already found bad explains it
+        // best, then the first position no entry confirmed, else the first after that head.
         let from = self.last_good_head.min(size) + 1;
-        let suspect = self.unconfirmed.first_in(from, size).unwrap_or(from);
+        let suspect = self
+            .bad
+            .range(from..=size)
+            .next()
+            .copied()
+            .or_else(|| self.unconfirmed.first_in(from, size))
+            .unwrap_or(from);
         self.problem(
             Some(suspect),
             format!(
@@ -416,7 +433,13 @@ impl LogCheck {
                 Err(_) => Some("is missing"),
             };
             if let Some(what) = problem {
-                let suspect = self.unconfirmed.first_in(first, last).unwrap_or(first);
+                let suspect = self
+                    .bad
+                    .range(first..=last)
+                    .next()
+                    .copied()
+                    .or_else(|| self.unconfirmed.first_in(first, last))
+                    .unwrap_or(first);
                 self.problem(
                     Some(suspect),
                     format!(
@@ -448,7 +471,15 @@ impl LogCheck {
         match PruneClaim::from_entry(entry) {
             Ok(claim) if claim.matches(&marked) => {}
             Ok(claim) => {
-                let suspect = marked.first().copied().unwrap_or(claim.first_seq).min(seq);
+                // A mark outside the claimed range is the likeliest forgery; inside it, the
+                // digest cannot say which one.
+                let suspect = marked
+                    .iter()
+                    .copied()
+                    .find(|marked| *marked < claim.first_seq || *marked > claim.last_seq)
+                    .or_else(|| marked.first().copied())
+                    .unwrap_or(claim.first_seq)
+                    .min(seq);
                 self.problem(
                     Some(suspect),
                     format!(
