@@ -514,8 +514,13 @@ pub fn demo_config(
     admin_listen: &str,
     db: &Path,
     token_sha256: &str,
+    signing_key: &Path,
+    heads: &Path,
 ) -> String {
+    let path = |path: &Path| path.display().to_string().replace('\\', "\\\\");
     DEMO_CONFIG
+        .replace("@SIGNING_KEY@", &path(signing_key))
+        .replace("@HEADS@", &path(heads))
         .replace("@UPSTREAM@", &upstream.to_string())
         .replace("@PROXY_LISTEN@", proxy_listen)
         .replace("@ADMIN_LISTEN@", admin_listen)
@@ -534,11 +539,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let db = data_dir.join("audit.db");
+    let signing_key = data_dir.join("log.key");
+    if !signing_key.exists() {
+        crate::log::head::LogSigner::write_new(&signing_key)
+            .with_context(|| format!("cannot make {}", signing_key.display()))?;
+    }
+    let heads = data_dir.join("heads.ndjson");
     let upstream = start_sample_app().await?;
     let token = crate::run::new_token();
     let proxy_listen = free_or_any(&args.proxy_listen);
     let admin_listen = free_or_any(&args.admin_listen);
-    let text = demo_config(upstream, &proxy_listen, &admin_listen, &db, &token.sha256);
+    let text = demo_config(
+        upstream,
+        &proxy_listen,
+        &admin_listen,
+        &db,
+        &token.sha256,
+        &signing_key,
+        &heads,
+    );
     let config = Config::parse(&text, &data_dir).map_err(|errors| {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("the built-in demo config is invalid: {}", list.join("; "))
@@ -569,6 +588,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         db.display()
     );
     println!("  curl -s -X POST http://{}/login -d '{{\"email\":\"alice@example.com\",\"password\":\"nope\"}}'", sidecar.proxy_addr);
+    println!(
+        "  cargo run --release -- verify --db {} --heads {} --key {}",
+        db.display(),
+        heads.display(),
+        crate::log::head::public_key_path(&signing_key).display()
+    );
     println!();
     if args.no_wait {
         sidecar.shutdown().await;
