@@ -471,6 +471,16 @@ async fn signing_sidecar(
     log_extra: &str,
     rest: &str,
 ) -> (TestSidecar, PathBuf, PathBuf) {
+    signing_sidecar_with_urls(upstream, &[], log_extra, rest).await
+}
+
+/// [`signing_sidecar`] that also publishes to `urls`.
+async fn signing_sidecar_with_urls(
+    upstream: &Upstream,
+    urls: &[String],
+    log_extra: &str,
+    rest: &str,
+) -> (TestSidecar, PathBuf, PathBuf) {
     let dir = TempDir::new("signing");
     let db = dir.0.join("audit.db");
     let key = dir.0.join("log.key");
@@ -479,11 +489,12 @@ async fn signing_sidecar(
     let text = format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [store]\npath = \"{}\"\nflush_interval = \"1ms\"\n\n[log]\nlog_id = \"test\"\n\
-         signing_key = \"{}\"\npublish_heads = [\"file:{}\"]\n{log_extra}\n\n{RULES}\n{rest}\n",
+         signing_key = \"{}\"\npublish_heads = [\"file:{}\"{}]\n{log_extra}\n\n{RULES}\n{rest}\n",
         upstream.addr,
         db.display(),
         key.display(),
-        heads.display()
+        heads.display(),
+        urls.iter().map(|url| format!(", \"{url}\"")).collect::<String>(),
     );
     let config = match Config::parse(&text, &dir.0) {
         Ok(config) => config,
@@ -735,4 +746,129 @@ fn prune_from_the_command_line_records_itself() {
     let report = fixture.verify();
     assert!(report.ok(), "{}", problem_text(&report));
     assert_eq!(report.pruned, 10);
+}
+
+/// A stand-in for an operator's head collector: records POSTed bodies, refusing the first
+/// `refuse` requests with 503.
+struct Collector {
+    addr: std::net::SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Collector {
+    async fn start(refuse: u64) -> Collector {
+        use http_body_util::BodyExt;
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (task_bodies, task_refused) = (bodies.clone(), refused.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let bodies = task_bodies.clone();
+                let refused = task_refused.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            let bodies = bodies.clone();
+                            let refused = refused.clone();
+                            async move {
+                                let body = request
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|body| body.to_bytes())
+                                    .unwrap_or_default();
+                                let status = if refused.load(Ordering::SeqCst) < refuse {
+                                    refused.fetch_add(1, Ordering::SeqCst);
+                                    503
+                                } else {
+                                    if let Ok(mut bodies) = bodies.lock() {
+                                        bodies.push(String::from_utf8_lossy(&body).into_owned());
+                                    }
+                                    204
+                                };
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Collector {
+            addr,
+            bodies,
+            refused,
+        }
+    }
+
+    fn heads(&self) -> Vec<SignedTreeHead> {
+        self.bodies
+            .lock()
+            .map(|bodies| {
+                bodies
+                    .iter()
+                    .filter_map(|body| serde_json::from_str(body).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn heads_are_posted_to_a_url_and_a_refused_one_is_retried_with_the_next() {
+    let upstream = Upstream::start().await;
+    let collector = Collector::start(1).await;
+    let (mut sidecar, heads_file, _key) = signing_sidecar_with_urls(
+        &upstream,
+        &[format!("http://{}/heads", collector.addr)],
+        "sign_interval = \"50ms\"",
+        "",
+    )
+    .await;
+    let client = HttpClient::new();
+    client.send("POST", &sidecar.url("/a"), &[], "{}").await;
+    sidecar.wait_entries(1).await;
+    client.send("POST", &sidecar.url("/b"), &[], "{}").await;
+    sidecar.wait_entries(2).await;
+    sidecar.stop().await;
+    let file = read_heads(&heads_file);
+    let posted = collector.heads();
+    assert_eq!(
+        collector.refused.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the first POST was refused"
+    );
+    // Every head reached the URL, the refused one included, in order.
+    assert_eq!(posted, file, "the URL saw exactly the heads the file has");
+    assert_eq!(posted.last().map(|head| head.head.size), Some(2));
+}
+
+#[tokio::test]
+async fn a_sidecar_will_not_extend_a_log_changed_behind_its_back() {
+    let upstream = Upstream::start().await;
+    let fixture = Fixture::new(5, 5);
+    fixture.sql(
+        "INSERT INTO entries (seq, id, log_id, created_at, action, outcome) \
+         VALUES (6, 'X', 't', '2026-01-01T00:00:00.000000Z', 'forged', 'success')",
+    );
+    let text = crate::support::config_text(upstream.addr, &fixture.db, "", "");
+    let config = Config::parse(&text, &fixture.dir.0).expect("config");
+    let error = match Sidecar::start(config, None).await {
+        Ok(_) => panic!("started on a log it cannot extend"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains("entries 6..=6 are not in the Merkle tree"),
+        "{error}"
+    );
 }
