@@ -193,7 +193,7 @@ pub struct VerifyExportArgs {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    /// The configuration file (its [store], [log] and [retention] apply).
+    /// The configuration file (its `[store]`, `[log]` and `[retention]` apply).
     #[arg(
         long,
         short,

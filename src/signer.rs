@@ -47,7 +47,7 @@ pub struct SignerStats {
     pub heads_published: Counter,
     /// Failed deliveries (each retried with the next head).
     pub publish_failures: Counter,
-    /// Heads given up on for a target after [`MAX_PENDING`] piled up.
+    /// Heads given up on for a target after 10,000 piled up unsent.
     pub publish_dropped: Counter,
     /// Heads that could not be made or stored.
     pub sign_failures: Counter,

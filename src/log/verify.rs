@@ -163,6 +163,9 @@ pub struct LogCheck {
     problem_count: u64,
     /// Messages already reported, so a resumed check does not repeat itself.
     reported: HashSet<String>,
+    /// Set when the walk met a whole page of empty positions: the log's end was pushed far out
+    /// by a stray row, and walking on would take forever for nothing.
+    halted: bool,
 }
 
 impl LogCheck {
@@ -184,6 +187,7 @@ impl LogCheck {
             problems: Vec::new(),
             problem_count: 0,
             reported: HashSet::new(),
+            halted: false,
         }
     }
 
@@ -224,7 +228,7 @@ impl LogCheck {
             if let Some((largest, at)) = self.largest_head {
                 if size < largest && timestamp >= at {
                     self.problem(
-                        Some(size + 1),
+                        Some(size.saturating_add(1)),
                         format!(
                             "{} is smaller than the head of size {largest} signed before it: \
                              the log was rolled back",
@@ -304,10 +308,25 @@ impl LogCheck {
         reader: &R,
         until: u64,
     ) -> Result<(), StoreError> {
-        while self.position() < until {
+        while self.position() < until && !self.halted {
             let want = (until - self.position()).min(PAGE as u64) as usize;
             let page = reader.scan_log(self.position() + 1, want)?;
             if page.slots.is_empty() {
+                break;
+            }
+            let empty = |slot: &LogSlot| {
+                slot.leaf.is_none() && slot.entry.is_none() && slot.pruned_by.is_none()
+            };
+            if page.slots.len() == PAGE && page.slots.iter().all(empty) {
+                let first = self.position() + 1;
+                self.problem(
+                    Some(first),
+                    format!(
+                        "positions {first}..={until} are empty: a row or tree node far beyond \
+                         the log was inserted (the walk stops here)"
+                    ),
+                );
+                self.halted = true;
                 break;
             }
             for slot in page.slots {
@@ -412,10 +431,13 @@ impl LogCheck {
                 false
             }
             (None, None) => {
-                self.problem(
-                    Some(seq),
-                    format!("entry {seq} is missing: its row was deleted"),
-                );
+                // A position without a leaf was reported above already.
+                if slot.leaf.is_some() {
+                    self.problem(
+                        Some(seq),
+                        format!("entry {seq} is missing: its row was deleted"),
+                    );
+                }
                 false
             }
         };

@@ -42,7 +42,10 @@ pub fn tree_size(connection: &Connection) -> Result<u64, StoreError> {
     let last: Option<i64> = connection
         .prepare_cached("SELECT max(idx) FROM tree_nodes WHERE level = 0")?
         .query_row([], |row| row.get(0))?;
-    Ok(last.map_or(0, |last| last.max(-1) as u64 + 1))
+    // A negative index can only be tampering; it leaves no leaf to count.
+    Ok(last
+        .and_then(|last| u64::try_from(last).ok())
+        .map_or(0, |last| last.saturating_add(1)))
 }
 
 pub fn max_entry_seq(connection: &Connection) -> Result<u64, StoreError> {
@@ -258,7 +261,7 @@ pub fn scan_log(connection: &Connection, first: u64, max: usize) -> Result<LogPa
         while let Some(row) = rows.next()? {
             let index: i64 = row.get(0)?;
             let blob: Vec<u8> = row.get(1)?;
-            if let Some(slot) = slot_of(index + 1) {
+            if let Some(slot) = index.checked_add(1).and_then(slot_of) {
                 // A hash of the wrong length can never match a recomputed leaf; keeping it as
                 // all-ones rather than dropping it reports "changed" instead of "missing".
                 slots[slot].leaf = Some(<Hash>::try_from(blob.as_slice()).unwrap_or([0xff; 32]));

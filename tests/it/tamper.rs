@@ -872,3 +872,19 @@ async fn a_sidecar_will_not_extend_a_log_changed_behind_its_back() {
         "{error}"
     );
 }
+
+#[test]
+fn a_stray_row_far_beyond_the_log_does_not_stall_verify() {
+    let fixture = Fixture::new(20, 10);
+    fixture
+        .sql("INSERT INTO tree_nodes (level, idx, hash) VALUES (0, 1000000000000, zeroblob(32))");
+    let started = std::time::Instant::now();
+    let report = fixture.verify();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_tampered(
+        &report,
+        Some(21),
+        "position 21 has neither an entry nor a leaf hash",
+    );
+    assert!(report.size < 10_000, "the walk stopped: {}", report.size);
+}
