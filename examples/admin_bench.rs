@@ -241,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
             metrics: Arc::new(Metrics::default()),
             auth: Arc::new(Authenticator::new(&[token])),
             log_id: Arc::from("bench"),
+            log: Arc::new(auditgate::admin::log_api::LogApiState::new(None, None)),
         }),
     };
 

@@ -45,6 +45,21 @@ pub enum Command {
     Query(QueryArgs),
     /// Export the entries of a store as CSV, JSON or NDJSON, streamed.
     Export(ExportArgs),
+    /// Make an Ed25519 key that signs tree heads: writes PATH (private, mode 0600) and PATH.pub.
+    Keygen {
+        /// Where the private key goes; the public key goes next to it with `.pub` appended.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a log: every entry against its leaf hash, every tree node, every signed head
+    /// (exit 0 intact, 1 tampered, 2 could not read).
+    Verify(VerifyArgs),
+    /// Check an NDJSON export made with proofs, without the database (exit 0 intact, 1 tampered,
+    /// 2 could not read).
+    VerifyExport(VerifyExportArgs),
+    /// Prune entries past their retention now: delete their rows, keep their leaf hashes, and
+    /// record an `audit.pruned` entry. Safe to run beside a running sidecar.
+    Prune(PruneArgs),
     /// Make a new admin token and print it with the SHA-256 the config stores.
     Token {
         /// Name for the token's holder (recorded as the actor of their queries).
@@ -170,4 +185,51 @@ pub struct ExportArgs {
     /// Write to this file (complete or not at all) instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The SQLite database (opened read-only).
+    #[arg(long, default_value = "data/audit.db")]
+    pub db: PathBuf,
+    /// A published heads file (`publish_heads = ["file:..."]`): its heads are checked too, and
+    /// every head in the database must be in it. This is what finds a database restored from an
+    /// older copy.
+    #[arg(long)]
+    pub heads: Option<PathBuf>,
+    /// Public key file (`PATH.pub` from keygen) to check head signatures; repeat for rotated
+    /// keys. Without it, roots are checked but signatures are not.
+    #[arg(long = "key", value_name = "PUBKEY")]
+    pub keys: Vec<PathBuf>,
+    /// Print the report as JSON (the shape of GET /api/v1/verify).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyExportArgs {
+    /// The export (NDJSON with proofs).
+    pub file: PathBuf,
+    /// Public key file (`PATH.pub` from keygen); repeat for rotated keys.
+    #[arg(long = "key", value_name = "PUBKEY", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The configuration file (its `[store]`, `[log]` and `[retention]` apply).
+    #[arg(
+        long,
+        short,
+        default_value = "auditgate.toml",
+        env = "AUDITGATE_CONFIG"
+    )]
+    pub config: PathBuf,
+    /// Prune entries older than this (e.g. 90d) instead of `[retention] max_age`; the
+    /// per-prefix rules still apply.
+    #[arg(long)]
+    pub older_than: Option<String>,
 }

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::actor::{actor_location, ActorChain, ActorFile};
+use crate::log::head::LogSigner;
 use crate::redact::{RedactFile, Redactor};
 use crate::rules::RuleSet;
 use crate::units::{parse_duration, parse_size};
@@ -148,12 +149,52 @@ pub struct StoreFile {
     pub busy_timeout: Option<String>,
 }
 
-/// `[log]`: the log's identity.
+/// `[log]`: the log's identity, and its signed tree heads.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogFile {
     /// Name of this sidecar's log; defaults to the host name.
     pub log_id: Option<String>,
+    /// Ed25519 private key (PKCS#8 PEM, made by `auditgate keygen`) that signs tree heads.
+    /// Without it the Merkle tree is still kept, but no head is signed or published.
+    pub signing_key: Option<String>,
+    /// Sign a head once this many entries were added since the last one (default 1000).
+    pub sign_every: Option<u64>,
+    /// Sign a head at least this often while entries are being added (default "10s").
+    pub sign_interval: Option<String>,
+    /// Sign a head this often even when nothing was added, so that a quiet log can prove it was
+    /// quiet rather than cut off (default "1h").
+    pub heartbeat_interval: Option<String>,
+    /// Where every signed head is also written, outside the database: "file:PATH" (one JSON line
+    /// appended and fsynced per head) or "http://HOST/PATH" (the JSON POSTed).
+    #[serde(default)]
+    pub publish_heads: Vec<String>,
+    /// Longest wait for a URL target to accept a head (default "5s").
+    pub publish_timeout: Option<String>,
+}
+
+/// `[retention]`: how long entries are kept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    /// Entries older than this are pruned: the row is deleted, its leaf hash kept. Absent: kept
+    /// forever (unless a rule says otherwise).
+    pub max_age: Option<String>,
+    /// How often the background task prunes (default "1h").
+    pub prune_interval: Option<String>,
+    /// Overrides by action prefix; the longest matching prefix wins.
+    #[serde(default)]
+    pub rules: Vec<RetentionRuleFile>,
+}
+
+/// One `[[retention.rules]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRuleFile {
+    /// Actions starting with this (case-sensitive), e.g. "auth.".
+    pub action_prefix: String,
+    /// Maximum age of those entries, e.g. "30d".
+    pub max_age: String,
 }
 
 /// `[unmatched]`: traffic no rule matched.
@@ -346,6 +387,53 @@ impl StoreConfig {
     }
 }
 
+/// Where signed tree heads are published besides the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishTarget {
+    /// Append one JSON line per head and fsync.
+    File(PathBuf),
+    /// POST the head's JSON.
+    Url(http::Uri),
+}
+
+impl fmt::Display for PublishTarget {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishTarget::File(path) => write!(formatter, "file:{}", path.display()),
+            PublishTarget::Url(uri) => write!(formatter, "{uri}"),
+        }
+    }
+}
+
+/// Signed tree heads: when they are made and where they go.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub signing_key_path: Option<PathBuf>,
+    /// Loaded at config time, so a missing or unreadable key is a config error like any other.
+    pub signer: Option<Arc<LogSigner>>,
+    pub sign_every: u64,
+    pub sign_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub publish_heads: Vec<PublishTarget>,
+    pub publish_timeout: Duration,
+}
+
+/// One retention override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionRule {
+    pub action_prefix: String,
+    pub max_age: Duration,
+}
+
+/// How long entries are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// `None`: kept forever unless a rule applies.
+    pub max_age: Option<Duration>,
+    pub prune_interval: Duration,
+    pub rules: Vec<RetentionRule>,
+}
+
 /// The part of the configuration that a reload (SIGHUP) may replace while running.
 #[derive(Debug)]
 pub struct Policy {
@@ -363,6 +451,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub store: StoreConfig,
     pub log_id: String,
+    pub log: LogConfig,
+    pub retention: RetentionConfig,
     pub policy: Arc<Policy>,
 }
 
@@ -372,6 +462,7 @@ const SECTIONS: &[&str] = &[
     "admin",
     "store",
     "log",
+    "retention",
     "unmatched",
     "hints",
     "actor",
@@ -420,6 +511,8 @@ impl Config {
         let admin: AdminFile = section(&table, "admin", &mut errors).unwrap_or_default();
         let store: StoreFile = section(&table, "store", &mut errors).unwrap_or_default();
         let log: LogFile = section(&table, "log", &mut errors).unwrap_or_default();
+        let retention: RetentionFile =
+            section(&table, "retention", &mut errors).unwrap_or_default();
         let unmatched: UnmatchedFile =
             section(&table, "unmatched", &mut errors).unwrap_or_default();
         let hints_file: crate::hints::HintsFile =
@@ -454,7 +547,7 @@ impl Config {
         };
         let admin = validate_admin(&admin, &mut errors);
         let store = validate_store(&store, base, &mut errors);
-        let log_id = match log.log_id {
+        let log_id = match log.log_id.clone() {
             Some(id) if valid_log_id(&id) => id,
             Some(id) => {
                 errors.push(ConfigError::new(
@@ -465,6 +558,8 @@ impl Config {
             }
             None => default_log_id(),
         };
+        let log_config = validate_log(&log, base, &mut errors);
+        let retention = validate_retention(&retention, &mut errors);
         let unmatched = match unmatched.record.as_deref() {
             None | Some("mutations") => UnmatchedRecord::Mutations,
             Some("none") => UnmatchedRecord::None,
@@ -506,6 +601,8 @@ impl Config {
                     admin,
                     store,
                     log_id,
+                    log: log_config,
+                    retention,
                     policy: Arc::new(Policy {
                         rules,
                         actors,
@@ -869,6 +966,177 @@ fn validate_store(
     })
 }
 
+fn validate_log(file: &LogFile, base: &Path, errors: &mut Vec<ConfigError>) -> LogConfig {
+    let signing_key_path = file.signing_key.as_deref().map(|path| resolve(base, path));
+    let signer = signing_key_path
+        .as_deref()
+        .and_then(|path| match LogSigner::load(path) {
+            Ok(signer) => Some(Arc::new(signer)),
+            Err(error) => {
+                errors.push(ConfigError::new(
+                    "log.signing_key",
+                    format!("{error} (make one with `auditgate keygen --out PATH`)"),
+                ));
+                None
+            }
+        });
+    let sign_every = file.sign_every.unwrap_or(1000);
+    if sign_every == 0 {
+        errors.push(ConfigError::new("log.sign_every", "must be at least 1"));
+    }
+    let positive = |location: &str, text: Option<&str>, default: Duration, errors: &mut Vec<_>| {
+        let duration = duration_or(location, text, default, errors);
+        if duration.is_zero() {
+            errors.push(ConfigError::new(location, "must be longer than 0"));
+        }
+        duration
+    };
+    let sign_interval = positive(
+        "log.sign_interval",
+        file.sign_interval.as_deref(),
+        Duration::from_secs(10),
+        errors,
+    );
+    let heartbeat_interval = positive(
+        "log.heartbeat_interval",
+        file.heartbeat_interval.as_deref(),
+        Duration::from_secs(3600),
+        errors,
+    );
+    let publish_timeout = positive(
+        "log.publish_timeout",
+        file.publish_timeout.as_deref(),
+        Duration::from_secs(5),
+        errors,
+    );
+    let mut publish_heads = Vec::new();
+    for (index, target) in file.publish_heads.iter().enumerate() {
+        let location = format!("log.publish_heads #{}", index + 1);
+        match parse_publish_target(target, base) {
+            Ok(target) => publish_heads.push(target),
+            Err(message) => errors.push(ConfigError::new(&location, message)),
+        }
+    }
+    if !file.publish_heads.is_empty() && file.signing_key.is_none() {
+        errors.push(ConfigError::new(
+            "log.publish_heads",
+            "needs log.signing_key: only signed heads are published",
+        ));
+    }
+    LogConfig {
+        signing_key_path,
+        signer,
+        sign_every,
+        sign_interval,
+        heartbeat_interval,
+        publish_heads,
+        publish_timeout,
+    }
+}
+
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let path = PathBuf::from(path);
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+/// `file:PATH` (relative to the config's directory) or `http://...`.
+fn parse_publish_target(text: &str, base: &Path) -> Result<PublishTarget, String> {
+    if let Some(path) = text.strip_prefix("file:") {
+        if path.is_empty() {
+            return Err("`file:` needs a path, e.g. file:data/heads.ndjson".to_string());
+        }
+        return Ok(PublishTarget::File(resolve(base, path)));
+    }
+    if text.starts_with("https://") {
+        return Err(format!(
+            "`{text}`: https is not supported yet; publish to a file or to a local http:// relay"
+        ));
+    }
+    if text.starts_with("http://") {
+        let uri: http::Uri = text.parse().map_err(|_| format!("`{text}` is not a URL"))?;
+        if uri.host().is_none() {
+            return Err(format!("`{text}` has no host"));
+        }
+        return Ok(PublishTarget::Url(uri));
+    }
+    Err(format!(
+        "`{text}` is not a target: use file:PATH or http://HOST/PATH"
+    ))
+}
+
+fn validate_retention(file: &RetentionFile, errors: &mut Vec<ConfigError>) -> RetentionConfig {
+    let max_age = file
+        .max_age
+        .as_deref()
+        .and_then(|text| match parse_duration(text) {
+            Ok(age) if !age.is_zero() => Some(age),
+            Ok(_) => {
+                errors.push(ConfigError::new(
+                    "retention.max_age",
+                    "must be longer than 0",
+                ));
+                None
+            }
+            Err(message) => {
+                errors.push(ConfigError::new("retention.max_age", message));
+                None
+            }
+        });
+    let prune_interval = duration_or(
+        "retention.prune_interval",
+        file.prune_interval.as_deref(),
+        Duration::from_secs(3600),
+        errors,
+    );
+    if prune_interval.is_zero() {
+        errors.push(ConfigError::new(
+            "retention.prune_interval",
+            "must be longer than 0",
+        ));
+    }
+    let mut rules: Vec<RetentionRule> = Vec::new();
+    for (index, rule) in file.rules.iter().enumerate() {
+        let location = format!("retention.rules #{} ({:?})", index + 1, rule.action_prefix);
+        if rule.action_prefix.is_empty() {
+            errors.push(ConfigError::new(
+                &format!("{location}.action_prefix"),
+                "must not be empty (use retention.max_age for every action)",
+            ));
+            continue;
+        }
+        if rules
+            .iter()
+            .any(|other| other.action_prefix == rule.action_prefix)
+        {
+            errors.push(ConfigError::new(
+                &format!("{location}.action_prefix"),
+                "names the same prefix as an earlier rule",
+            ));
+            continue;
+        }
+        match parse_duration(&rule.max_age) {
+            Ok(age) if !age.is_zero() => rules.push(RetentionRule {
+                action_prefix: rule.action_prefix.clone(),
+                max_age: age,
+            }),
+            Ok(_) => errors.push(ConfigError::new(
+                &format!("{location}.max_age"),
+                "must be longer than 0",
+            )),
+            Err(message) => errors.push(ConfigError::new(&format!("{location}.max_age"), message)),
+        }
+    }
+    RetentionConfig {
+        max_age,
+        prune_interval,
+        rules,
+    }
+}
+
 fn valid_log_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -985,6 +1253,109 @@ mod tests {
         let text = "[proxy]\nupstream = \"127.0.0.1:3000\"\nlisten = \"127.0.0.1:9090\"\n";
         let errors = Config::parse(text, Path::new(".")).expect_err("invalid");
         assert!(errors.iter().any(|error| error.location == "admin.listen"));
+    }
+
+    #[test]
+    fn log_and_retention_keys_are_validated() {
+        let dir = std::env::temp_dir().join(format!("auditgate-config-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        LogSigner::write_new(&dir.join("log.key")).expect("key");
+        let text = r#"
+            [proxy]
+            upstream = "127.0.0.1:3000"
+            [log]
+            signing_key = "log.key"
+            sign_every = 10
+            sign_interval = "250ms"
+            publish_heads = ["file:heads.ndjson", "http://audit.example:8080/heads"]
+            [retention]
+            max_age = "400d"
+            [[retention.rules]]
+            action_prefix = "auth."
+            max_age = "30d"
+        "#;
+        let config = Config::parse(text, &dir).expect("valid");
+        assert!(config.log.signer.is_some());
+        assert_eq!(config.log.sign_every, 10);
+        assert_eq!(config.log.sign_interval, Duration::from_millis(250));
+        assert_eq!(config.log.heartbeat_interval, Duration::from_secs(3600));
+        assert_eq!(
+            config.log.publish_heads[0],
+            PublishTarget::File(dir.join("heads.ndjson"))
+        );
+        assert_eq!(
+            config.log.publish_heads[1].to_string(),
+            "http://audit.example:8080/heads"
+        );
+        assert_eq!(
+            config.retention.max_age,
+            Some(Duration::from_secs(400 * 86_400))
+        );
+        assert_eq!(config.retention.rules[0].action_prefix, "auth.");
+
+        let defaults =
+            Config::parse("[proxy]\nupstream = \"127.0.0.1:3000\"\n", &dir).expect("valid");
+        assert!(defaults.log.signer.is_none());
+        assert_eq!(defaults.log.sign_every, 1000);
+        assert_eq!(defaults.log.sign_interval, Duration::from_secs(10));
+        assert_eq!(defaults.retention.max_age, None);
+
+        let text = r#"
+            [proxy]
+            upstream = "127.0.0.1:3000"
+            [log]
+            signing_key = "missing.key"
+            sign_every = 0
+            sign_interval = "0s"
+            publish_heads = ["https://x/heads", "s3://bucket", "file:"]
+            [retention]
+            max_age = "forever"
+            prune_interval = "soon"
+            [[retention.rules]]
+            action_prefix = "auth."
+            max_age = "30d"
+            [[retention.rules]]
+            action_prefix = "auth."
+            max_age = "60d"
+            [[retention.rules]]
+            action_prefix = ""
+            max_age = "1d"
+            [[retention.rules]]
+            action_prefix = "user."
+            max_age = "0d"
+        "#;
+        let errors = Config::parse(text, &dir).expect_err("invalid");
+        let all = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        for expected in [
+            "log.signing_key: ",
+            "auditgate keygen",
+            "log.sign_every: must be at least 1",
+            "log.sign_interval: must be longer than 0",
+            "log.publish_heads #1: `https://x/heads`: https is not supported",
+            "log.publish_heads #2: `s3://bucket` is not a target",
+            "log.publish_heads #3: `file:` needs a path",
+            "retention.max_age: ",
+            "retention.prune_interval: ",
+            "retention.rules #2 (\"auth.\").action_prefix: names the same prefix",
+            "retention.rules #3 (\"\").action_prefix: must not be empty",
+            "retention.rules #4 (\"user.\").max_age: must be longer than 0",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let errors = Config::parse(
+            "[proxy]\nupstream = \"127.0.0.1:3000\"\n[log]\npublish_heads = [\"file:h\"]\n",
+            &dir,
+        )
+        .expect_err("invalid");
+        assert!(
+            errors[0].message.contains("needs log.signing_key"),
+            "{errors:?}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -514,6 +514,8 @@ pub fn demo_config(
     admin_listen: &str,
     db: &Path,
     token_sha256: &str,
+    signing_key: &Path,
+    heads: &Path,
 ) -> anyhow::Result<Config> {
     let mut config = Config::parse(DEMO_CONFIG, Path::new(".")).map_err(|errors| {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -527,6 +529,11 @@ pub fn demo_config(
         .parse()
         .context("--admin-listen is not an address")?;
     config.store.path = db.to_path_buf();
+    let signer = crate::log::head::LogSigner::load(signing_key)
+        .with_context(|| format!("cannot load {}", signing_key.display()))?;
+    config.log.signing_key_path = Some(signing_key.to_path_buf());
+    config.log.signer = Some(std::sync::Arc::new(signer));
+    config.log.publish_heads = vec![crate::config::PublishTarget::File(heads.to_path_buf())];
     let mut sha256 = [0u8; 32];
     hex::decode_to_slice(token_sha256, &mut sha256).context("token hash")?;
     for token in &mut config.admin.tokens {
@@ -546,11 +553,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let db = data_dir.join("audit.db");
+    let signing_key = data_dir.join("log.key");
+    if !signing_key.exists() {
+        crate::log::head::LogSigner::write_new(&signing_key)
+            .with_context(|| format!("cannot make {}", signing_key.display()))?;
+    }
+    let heads = data_dir.join("heads.ndjson");
     let upstream = start_sample_app().await?;
     let token = crate::run::new_token();
     let proxy_listen = free_or_any(&args.proxy_listen);
     let admin_listen = free_or_any(&args.admin_listen);
-    let config = demo_config(upstream, &proxy_listen, &admin_listen, &db, &token.sha256)?;
+    let config = demo_config(
+        upstream,
+        &proxy_listen,
+        &admin_listen,
+        &db,
+        &token.sha256,
+        &signing_key,
+        &heads,
+    )?;
     let sidecar = Sidecar::start(config, None).await?;
     let sent = drive_traffic(sidecar.proxy_addr).await?;
     sidecar
@@ -577,6 +598,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         db.display()
     );
     println!("  curl -s -X POST http://{}/login -d '{{\"email\":\"alice@example.com\",\"password\":\"nope\"}}'", sidecar.proxy_addr);
+    println!(
+        "  cargo run --release -- verify --db {} --heads {} --key {}",
+        db.display(),
+        heads.display(),
+        crate::log::head::public_key_path(&signing_key).display()
+    );
     println!();
     if args.no_wait {
         sidecar.shutdown().await;

@@ -119,6 +119,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Query(args) => auditgate::run::query(&args),
         Command::Export(args) => auditgate::run::export(&args),
+        Command::Keygen { out } => {
+            let signer = auditgate::log::head::LogSigner::write_new(&out)?;
+            let public = auditgate::log::head::public_key_path(&out);
+            println!("private key: {} (keep it secret)", out.display());
+            println!("public key:  {}", public.display());
+            println!("key id:      {}", signer.key_id());
+            println!();
+            println!("Sign tree heads with it:");
+            println!();
+            println!("[log]");
+            println!("signing_key = {:?}", out.display().to_string());
+            println!("publish_heads = [\"file:data/heads.ndjson\"]");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => Ok(ExitCode::from(auditgate::verify::run_verify(&args))),
+        Command::VerifyExport(args) => {
+            Ok(ExitCode::from(auditgate::verify::run_verify_export(&args)))
+        }
+        Command::Prune(args) => {
+            let config = match load_config(&args.config) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            auditgate::retention::run_prune(&config, args.older_than.as_deref())
+        }
         Command::Token { name, scopes } => {
             let token = auditgate::run::new_token();
             let scopes: Vec<String> = scopes

@@ -132,7 +132,57 @@ pub fn describe(path: &Path, config: &Config) -> String {
         UnmatchedRecord::All => "all recorded as http.<method>",
     };
     let _ = writeln!(out, "  unmatched traffic: {unmatched}");
+    let _ = writeln!(out, "  {}", describe_log(config));
     out
+}
+
+/// A duration the way the config writes it: 400d, 10s, 250ms.
+fn human_duration(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs();
+    if duration.subsec_nanos() != 0 || seconds == 0 {
+        return format!("{}ms", duration.as_millis());
+    }
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if seconds % size == 0 {
+            return format!("{}{unit}", seconds / size);
+        }
+    }
+    format!("{seconds}s")
+}
+
+/// One line on tree heads and retention, for `auditgate check`.
+fn describe_log(config: &Config) -> String {
+    let heads = match &config.log.signer {
+        Some(signer) => {
+            let targets: Vec<String> = config
+                .log
+                .publish_heads
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            format!(
+                "tree heads signed (key {}) every {} entries or {}, published to {}",
+                signer.key_id(),
+                config.log.sign_every,
+                human_duration(config.log.sign_interval),
+                if targets.is_empty() {
+                    "the store only".to_string()
+                } else {
+                    targets.join(", ")
+                }
+            )
+        }
+        None => "tree heads NOT signed (no [log] signing_key)".to_string(),
+    };
+    let retention = match (config.retention.max_age, config.retention.rules.len()) {
+        (None, 0) => "entries kept forever".to_string(),
+        (Some(age), rules) => format!(
+            "entries pruned after {} ({rules} prefix rules)",
+            human_duration(age)
+        ),
+        (None, rules) => format!("entries pruned by {rules} prefix rules only"),
+    };
+    format!("{heads}; {retention}")
 }
 
 /// A new admin token and the hash the config stores.

@@ -1,5 +1,6 @@
-//! Wiring: store, writer, proxy listener and admin listener, started together and stopped in
-//! order (stop accepting, drain in-flight requests, flush the writer).
+//! Wiring: store, writer, head signer, retention, proxy listener and admin listener, started
+//! together and stopped in order (stop accepting, drain in-flight requests, stop pruning, flush
+//! the writer, sign the shutdown head).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +21,8 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyState};
+use crate::retention::RetentionTask;
+use crate::signer::HeadSigner;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::writer::{Writer, WriterHandle, WriterOptions};
@@ -35,6 +38,8 @@ pub struct Sidecar {
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     writer: Writer,
+    signer: Option<HeadSigner>,
+    retention: Option<RetentionTask>,
 }
 
 impl Sidecar {
@@ -49,6 +54,17 @@ impl Sidecar {
         .await
         .context("store open task failed")?
         .with_context(|| format!("cannot open the store {}", config.store.path.display()))?;
+        // A log whose tree cannot be extended must not take entries it could never prove.
+        let tree_store = store.clone();
+        let tree = tokio::task::spawn_blocking(move || tree_store.tree())
+            .await
+            .context("store check task failed")?
+            .with_context(|| {
+                format!(
+                    "the log in {} cannot be appended to",
+                    config.store.path.display()
+                )
+            })?;
         // Before any traffic: spilled entries go back into the store, and write-ahead requests a
         // crash interrupted are recorded with outcome unknown.
         let spill_path = config.store.spill_path();
@@ -80,6 +96,33 @@ impl Sidecar {
             .stats()
             .intents_recovered
             .add(recovered as u64);
+        let signer = match &config.log.signer {
+            Some(key) => Some(HeadSigner::start(
+                store.clone(),
+                key.clone(),
+                config.log_id.clone(),
+                config.log.clone(),
+                writer.handle(),
+            )),
+            None => {
+                tracing::warn!(
+                    size = tree.size,
+                    "no [log] signing_key: the Merkle tree is kept, but no tree head is signed or \
+                     published, so tampering is only detectable by comparing with an earlier \
+                     copy; make a key with `auditgate keygen --out PATH`"
+                );
+                None
+            }
+        };
+        let retention = RetentionTask::start(
+            store.clone(),
+            config.retention.clone(),
+            config.log_id.clone(),
+        );
+        let log_api = Arc::new(admin::log_api::LogApiState::new(
+            config.log.signer.as_ref().map(|key| key.public_key()),
+            signer.as_ref().map(HeadSigner::stats),
+        ));
         let metrics = Arc::new(Metrics::default());
         let state = Arc::new(
             ProxyState::new(
@@ -114,6 +157,7 @@ impl Sidecar {
             metrics,
             auth: Arc::new(Authenticator::new(&config.admin.tokens)),
             log_id: Arc::from(config.log_id.as_str()),
+            log: log_api,
         });
         let mut admin_shutdown = shutdown_rx;
         let admin_task = tokio::spawn(async move {
@@ -141,6 +185,8 @@ impl Sidecar {
             proxy_task,
             admin_task,
             writer,
+            signer,
+            retention,
         })
     }
 
@@ -154,8 +200,15 @@ impl Sidecar {
         let _ = self.shutdown.send(true);
         let _ = self.proxy_task.await;
         let _ = self.admin_task.await;
+        if let Some(retention) = self.retention {
+            retention.shutdown().await;
+        }
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
+        // After the writer: the shutdown head covers every entry.
+        if let Some(signer) = self.signer {
+            signer.shutdown().await;
+        }
         tracing::info!("auditgate stopped; every queued entry was written");
     }
 }

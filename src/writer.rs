@@ -110,6 +110,8 @@ struct Shared {
     stats: WriterStats,
     /// Jobs taken off the queue but not yet committed.
     in_flight: AtomicU64,
+    /// Signalled after every committed batch, for tasks that follow the log's growth.
+    committed: tokio::sync::Notify,
 }
 
 /// What the proxy holds: push entries, wait for room, wait for write-ahead intents.
@@ -148,6 +150,7 @@ impl Writer {
             spill_path: options.spill_path,
             stats: WriterStats::default(),
             in_flight: AtomicU64::new(0),
+            committed: tokio::sync::Notify::new(),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -281,6 +284,12 @@ impl WriterHandle {
         }
         false
     }
+
+    /// Resolves once a batch has been committed since the last call returned (one waiter: the
+    /// head signer, which counts entries towards `sign_every`).
+    pub async fn committed(&self) {
+        self.shared.committed.notified().await
+    }
 }
 
 fn run(shared: Arc<Shared>, store: Arc<dyn Store>) {
@@ -408,6 +417,7 @@ fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry]
                 shared.stats.entries_written.add(batch.len() as u64);
                 shared.stats.batches.inc();
                 shared.stats.failing.store(false, Ordering::Relaxed);
+                shared.committed.notify_one();
                 return;
             }
             Err(error) => {

@@ -8,6 +8,8 @@
 //! - `GET /api/v1/entries`, `GET /api/v1/entries/{id}`, `GET /api/v1/stats` — queries (`read`).
 //! - `GET /api/v1/export` — streamed CSV/JSON/NDJSON download (`export`).
 //! - `GET /api/audit-log` — the reference product's `{logs, total}` endpoint (`read`).
+//! - `GET /api/v1/log/head`, `/api/v1/log/key`, `/api/v1/log/consistency`,
+//!   `/api/v1/entries/{id}/proof`, `/api/v1/verify` — tamper evidence (`read`; see [`log_api`]).
 //! - `GET /`, `GET /ui/{file}` — the web viewer (static files embedded in the binary); public,
 //!   it signs in through `/api/v1/session`.
 //!
@@ -20,6 +22,7 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod export;
+pub mod log_api;
 pub mod openapi;
 pub mod session;
 
@@ -51,6 +54,8 @@ pub struct AdminState {
     pub auth: Arc<Authenticator>,
     /// The log the admin API's own entries belong to.
     pub log_id: Arc<str>,
+    /// The log's public key, signer counters and the incremental verifier.
+    pub log: Arc<log_api::LogApiState>,
 }
 
 /// The largest request body the admin API reads (a sign-in is a few dozen bytes).
@@ -145,6 +150,11 @@ fn routes() -> Vec<AdminRoute> {
             export::export,
         ),
         route(Get, "/api/audit-log", read, api::audit_log),
+        route(Get, "/api/v1/log/head", read, log_api::head),
+        route(Get, "/api/v1/log/key", read, log_api::key),
+        route(Get, "/api/v1/log/consistency", read, log_api::consistency),
+        route(Get, "/api/v1/entries/{id}/proof", read, log_api::proof),
+        route(Get, "/api/v1/verify", read, log_api::verify),
     ]
 }
 
@@ -220,7 +230,40 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let text = crate::metrics::render(&state.metrics, state.writer.stats(), state.writer.depth());
+    let mut text =
+        crate::metrics::render(&state.metrics, state.writer.stats(), state.writer.depth());
+    if let Some(signer) = state.log.signer_stats() {
+        let counters = [
+            (
+                "auditgate_heads_signed_total",
+                "Signed tree heads made and stored.",
+                signer.heads_signed.get(),
+            ),
+            (
+                "auditgate_heads_published_total",
+                "Signed tree heads delivered to a publish target (one per target).",
+                signer.heads_published.get(),
+            ),
+            (
+                "auditgate_head_publish_failures_total",
+                "Failed deliveries of a head to a publish target (retried with the next head).",
+                signer.publish_failures.get(),
+            ),
+            (
+                "auditgate_head_publish_dropped_total",
+                "Heads given up on for a target that kept failing.",
+                signer.publish_dropped.get(),
+            ),
+            (
+                "auditgate_head_sign_failures_total",
+                "Tree heads that could not be made or stored.",
+                signer.sign_failures.get(),
+            ),
+        ];
+        for (name, help, value) in counters {
+            crate::metrics::write_metric(&mut text, name, "counter", help, value);
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -258,6 +301,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             auth: Arc::new(Authenticator::new(&[])),
             log_id: Arc::from("test"),
+            log: Arc::new(log_api::LogApiState::new(None, None)),
         });
         let probe = |method: &str, path: &str| {
             let request = Request::builder()

@@ -3,12 +3,22 @@
 //! [`Store`] is the one interface the writer and the admin API use; `sqlite.rs` is the embedded
 //! default. Calls are blocking: the writer runs on its own thread and the admin API calls the
 //! store through `spawn_blocking`, so the proxy's async workers never wait on a database.
+//!
+//! Every store keeps the log's Merkle tree beside its entries (see [`crate::log`]): `append`
+//! hashes each entry after giving it its sequence number and stores the tree nodes the append
+//! completed in the same transaction, so the tree and the entries can never disagree except by
+//! tampering. [`LogReader`] is the read side verification needs; it is a separate trait so that
+//! `auditgate verify` can read a database file without opening it for writing.
 
 pub mod query;
 pub mod sqlite;
+pub mod sqlite_log;
 pub mod sqlite_rows;
 
 use crate::entry::AuditEntry;
+use crate::log::head::SignedTreeHead;
+use crate::log::merkle::{Hash, MemoryNodes, MerkleError};
+use crate::retention::PrunePlan;
 use query::{Filter, PageRequest};
 pub use sqlite_rows::{Bucket, Page, StatsBy};
 
@@ -20,13 +30,91 @@ pub enum StoreError {
     Open { path: String, message: String },
     #[error("store schema version {found} is newer than this auditgate knows ({known}); upgrade auditgate")]
     SchemaTooNew { found: i64, known: i64 },
+    #[error("merkle tree: {0}")]
+    Tree(#[from] MerkleError),
     #[error("{0}")]
     Other(String),
 }
 
+/// The tree as the store holds it now: its size and root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeState {
+    pub size: u64,
+    pub root: Hash,
+}
+
+/// A signed head as stored, with its position in the order heads were made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredHead {
+    /// 1-based, increasing in the order the heads were stored.
+    pub id: u64,
+    pub head: SignedTreeHead,
+}
+
+/// One position of the log as stored, read back for verification. A sound position has a leaf
+/// and exactly one of an entry or a prune mark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSlot {
+    pub seq: u64,
+    /// The stored leaf hash (the level-0 tree node), if any.
+    pub leaf: Option<Hash>,
+    /// The entry row, if there is one; `Err` says why the row is not a readable entry.
+    pub entry: Option<Result<AuditEntry, String>>,
+    /// The sequence number of the `audit.pruned` entry that pruned this position, if it was.
+    pub pruned_by: Option<u64>,
+}
+
+/// Consecutive positions of the log and the stored tree nodes their leaves complete.
+#[derive(Debug, Clone, Default)]
+pub struct LogPage {
+    /// Positions `first..first + slots.len()`, in order; empty past the end of the log.
+    pub slots: Vec<LogSlot>,
+    /// Every stored node above level 0 that one of these leaves completes (node `(level, i)`
+    /// is completed by leaf `((i + 1) << level) - 1`), so a verifier can compare each node it
+    /// recomputes with the stored one without a query per node.
+    pub nodes: MemoryNodes,
+}
+
+/// What one prune removed; the `audit.pruned` entry recording it was appended in the same
+/// transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneOutcome {
+    /// The `audit.pruned` entry's sequence number.
+    pub record_seq: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub count: u64,
+}
+
+/// The read side of a log that verification needs. Everything here is a plain read: it never
+/// repairs or rebuilds, so it can be pointed at a damaged or tampered database.
+pub trait LogReader {
+    /// Number of leaves in the stored tree (the last stored leaf's index plus one).
+    fn tree_size(&self) -> Result<u64, StoreError>;
+
+    /// The highest `seq` of any entry row, whether or not the tree covers it.
+    fn max_entry_seq(&self) -> Result<u64, StoreError>;
+
+    /// Up to `max` consecutive positions starting at `first_seq`, never past
+    /// `max(tree_size, max_entry_seq)`.
+    fn scan_log(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError>;
+
+    /// The sequence numbers of the positions marked as pruned by the `audit.pruned` entry at
+    /// `record_seq`, ascending.
+    fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError>;
+
+    /// RFC 9162 root of the first `size` leaves, folded from stored nodes.
+    fn root_at(&self, size: u64) -> Result<Hash, StoreError>;
+
+    /// Stored heads with an id above `after_id`, oldest first, at most `limit`. A stored head
+    /// that no longer parses is an error naming its id.
+    fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError>;
+}
+
 /// An append-only log of entries.
-pub trait Store: Send + Sync + 'static {
-    /// Appends the entries in one transaction, giving each the next sequence number in order.
+pub trait Store: LogReader + Send + Sync + 'static {
+    /// Appends the entries in one transaction, giving each the next sequence number in order,
+    /// hashing each into the log's Merkle tree and storing the tree nodes that completes.
     /// Either all are appended or none is.
     fn append(&self, entries: &mut [AuditEntry]) -> Result<(), StoreError>;
 
@@ -69,4 +157,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Which of these entry ids are already in the log (for re-imports that must not duplicate).
     fn existing_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
+    /// The tree's size and root now, from the writer's view (entries committed by another
+    /// process on the same database are picked up first).
+    fn tree(&self) -> Result<TreeState, StoreError>;
+
+    /// The stored leaf hash of the entry at `seq`, also after it was pruned.
+    fn leaf_hash(&self, seq: u64) -> Result<Option<Hash>, StoreError>;
+
+    /// RFC 9162 audit path of the entry at `seq` in the tree of `size` leaves.
+    fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StoreError>;
+
+    /// RFC 9162 consistency proof from the tree of `from` leaves to the tree of `to` leaves.
+    fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError>;
+
+    /// Keeps a signed tree head.
+    fn save_head(&self, head: &SignedTreeHead) -> Result<(), StoreError>;
+
+    /// The most recently stored signed head.
+    fn latest_head(&self) -> Result<Option<SignedTreeHead>, StoreError>;
+
+    /// The `audit.pruned` entry that pruned the entry at `seq`, if it was pruned.
+    fn pruned_record(&self, seq: u64) -> Result<Option<u64>, StoreError>;
+
+    /// Deletes the entries `plan` selects, at most `max_entries` of them, keeping their leaf
+    /// hashes and marking their positions as pruned, and appends `record` (an `audit.pruned`
+    /// entry, whose metadata this fills in) in the same transaction. `None` when nothing was
+    /// due, in which case nothing is appended.
+    fn prune(
+        &self,
+        plan: &PrunePlan,
+        record: AuditEntry,
+        max_entries: usize,
+    ) -> Result<Option<PruneOutcome>, StoreError>;
 }

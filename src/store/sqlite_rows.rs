@@ -422,7 +422,7 @@ fn contains_pattern(fragment: &str) -> Value {
 /// binary collation (UTF-8 byte order, which is code point order): the prefix with its last
 /// character replaced by the next one. `None` when no such string exists (an empty prefix, or one
 /// made only of `char::MAX`), in which case the lower bound alone is exact.
-fn prefix_upper_bound(prefix: &str) -> Option<String> {
+pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
     let mut characters: Vec<char> = prefix.chars().collect();
     while let Some(last) = characters.pop() {
         let mut next = u32::from(last) + 1;

@@ -181,6 +181,7 @@ impl Harness {
             metrics: Arc::new(Metrics::default()),
             auth: Arc::new(Authenticator::new(&admin_tokens())),
             log_id: Arc::from("admin-log"),
+            log: Arc::new(auditgate::admin::log_api::LogApiState::new(None, None)),
         });
         Harness {
             app,

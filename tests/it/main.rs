@@ -8,4 +8,5 @@ mod durability;
 mod hints;
 mod identity;
 mod proxy;
+mod tamper;
 mod viewer;

@@ -329,6 +329,11 @@ pub struct TestSidecar {
     pub dir: TempDir,
 }
 
+/// An admin token every test sidecar accepts (scopes read and export).
+pub const TEST_TOKEN: &str = "agt_integration_tests_read_export_token";
+/// The `[[admin.tokens]]` entry for [`TEST_TOKEN`].
+pub const TEST_TOKEN_CONFIG: &str = "[[admin.tokens]]\nname = \"tests\"\nsha256 = \"beb5223238d0c0baa5195d4ca74abd43d5c5ce7e00aa041fd48566f2d0a6a5f6\"\nscopes = [\"read\", \"export\"]\n";
+
 /// Builds a full config from a snippet of rules/actors and extra proxy keys.
 pub fn config_text(
     upstream: SocketAddr,
@@ -337,7 +342,7 @@ pub fn config_text(
     rest: &str,
 ) -> String {
     format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n{proxy_extra}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = \"{}\"\nflush_interval = \"1ms\"\n\n[log]\nlog_id = \"test\"\n\n{rest}\n",
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n{proxy_extra}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{TEST_TOKEN_CONFIG}\n[store]\npath = \"{}\"\nflush_interval = \"1ms\"\n\n[log]\nlog_id = \"test\"\n\n{rest}\n",
         db.display()
     )
 }
@@ -531,6 +536,13 @@ impl HttpClient {
         let status = response.status().as_u16();
         response.into_body().collect().await.ok()?;
         Some(status)
+    }
+
+    /// A GET with the test admin token.
+    pub async fn get_admin(&self, url: &str) -> Reply {
+        let bearer = format!("Bearer {TEST_TOKEN}");
+        self.send("GET", url, &[("authorization", &bearer)], Bytes::new())
+            .await
     }
 
     pub async fn get(&self, url: &str) -> Reply {
