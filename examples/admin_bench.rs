@@ -242,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
             auth: Arc::new(Authenticator::new(&[token])),
             log_id: Arc::from("bench"),
             log: Arc::new(auditgate::admin::log_api::LogApiState::new(None, None)),
+            ingest_keys: Arc::default(),
         }),
     };
 

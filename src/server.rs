@@ -158,6 +158,7 @@ impl Sidecar {
             auth: Arc::new(Authenticator::new(&config.admin.tokens)),
             log_id: Arc::from(config.log_id.as_str()),
             log: log_api,
+            ingest_keys: Arc::default(),
         });
         let mut admin_shutdown = shutdown_rx;
         let admin_task = tokio::spawn(async move {

@@ -91,6 +91,11 @@ enum Job {
     },
     /// A write-ahead intent whose exchange turned out to record nothing.
     Withdraw { id: String },
+    /// Entries whose sender waits until they are stored (the ingest API).
+    Durable {
+        entries: Vec<AuditEntry>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 struct Queue {
@@ -219,6 +224,17 @@ impl WriterHandle {
         });
     }
 
+    /// Appends entries and resolves once they are stored (committed, or spilled to the spill
+    /// file, which is imported at the next start), or with the reason they could not be.
+    pub async fn push_durable(&self, entries: Vec<AuditEntry>) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        self.push_job(Job::Durable { entries, done });
+        match wait.await {
+            Ok(result) => result,
+            Err(_) => Err("the writer stopped".to_string()),
+        }
+    }
+
     /// Removes the intent of an exchange that ended up recording nothing.
     pub fn withdraw_intent(&self, id: String) {
         self.push_job(Job::Withdraw { id });
@@ -245,7 +261,8 @@ impl WriterHandle {
             return;
         };
         let was_idle = queue.jobs.is_empty() || queue.intents_waiting == 0;
-        let is_intent = matches!(job, Job::Intent { .. });
+        // Someone waits on intents and durable pushes: neither is lingered on.
+        let is_intent = matches!(job, Job::Intent { .. } | Job::Durable { .. });
         if is_intent {
             queue.intents_waiting += 1;
         }
@@ -321,7 +338,7 @@ fn run(shared: Arc<Shared>, store: Arc<dyn Store>) {
             queue.intents_waiting = queue
                 .jobs
                 .iter()
-                .filter(|job| matches!(job, Job::Intent { .. }))
+                .filter(|job| matches!(job, Job::Intent { .. } | Job::Durable { .. }))
                 .count();
             shared
                 .in_flight
@@ -340,6 +357,7 @@ fn write_jobs(shared: &Shared, store: &dyn Store, jobs: Vec<Job>, closing: bool)
     let mut waiting = Vec::new();
     let mut entries = Vec::new();
     let mut completing = Vec::new();
+    let mut durable_waiting = Vec::new();
     for job in jobs {
         match job {
             Job::Intent { entry, done } => {
@@ -356,6 +374,13 @@ fn write_jobs(shared: &Shared, store: &dyn Store, jobs: Vec<Job>, closing: bool)
                 entries.push(entry);
             }
             Job::Withdraw { id } => completing.push(id),
+            Job::Durable {
+                entries: batch,
+                done,
+            } => {
+                entries.extend(batch);
+                durable_waiting.push(done);
+            }
         }
     }
     if !intents.is_empty() {
@@ -383,7 +408,14 @@ fn write_jobs(shared: &Shared, store: &dyn Store, jobs: Vec<Job>, closing: bool)
         }
     }
     if !entries.is_empty() {
-        write_with_retry(shared, store, &mut entries, closing);
+        let stored = write_with_retry(shared, store, &mut entries, closing);
+        for done in durable_waiting {
+            let _ = done.send(if stored {
+                Ok(())
+            } else {
+                Err("the store could not take the entries".to_string())
+            });
+        }
     }
     if !completing.is_empty() {
         if let Err(error) = store.clear_intents(&completing) {
@@ -399,10 +431,15 @@ const ATTEMPTS_BEFORE_SPILL: u32 = 3;
 /// How many failed attempts at shutdown before a batch counts as lost (when it cannot be spilled).
 const ATTEMPTS_AT_SHUTDOWN: u32 = 10;
 
-/// Appends a batch, retrying with backoff. While running it retries until the store or the spill
+/// Appends a batch, retrying with backoff; true once it is stored or spilled. While running it retries until the store or the spill
 /// file takes the batch (back-pressure holds new audited requests meanwhile); at shutdown it
 /// gives up after a bounded number of tries and counts the loss loudly.
-fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry], closing: bool) {
+fn write_with_retry(
+    shared: &Shared,
+    store: &dyn Store,
+    batch: &mut [AuditEntry],
+    closing: bool,
+) -> bool {
     let mut delay = Duration::from_millis(50);
     let mut attempts = 0u32;
     loop {
@@ -418,7 +455,7 @@ fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry]
                 shared.stats.batches.inc();
                 shared.stats.failing.store(false, Ordering::Relaxed);
                 shared.committed.notify_one();
-                return;
+                return true;
             }
             Err(error) => {
                 attempts += 1;
@@ -431,7 +468,7 @@ fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry]
                             Ok(()) => {
                                 shared.stats.entries_spilled.add(batch.len() as u64);
                                 tracing::warn!(entries = batch.len(), file = %path.display(), "entries spilled to disk; they are imported into the store at the next start");
-                                return;
+                                return true;
                             }
                             Err(spill_error) => {
                                 tracing::error!(error = %spill_error, file = %path.display(), "cannot spill entries either; still retrying")
@@ -450,7 +487,7 @@ fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry]
                     for entry in batch.iter() {
                         tracing::error!(entry = %entry.id, action = %entry.action, "entry lost at shutdown: neither the store nor the spill file accepted it");
                     }
-                    return;
+                    return false;
                 }
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(2));

@@ -8,6 +8,7 @@
 //! - `GET /api/v1/entries`, `GET /api/v1/entries/{id}`, `GET /api/v1/stats` — queries (`read`).
 //! - `GET /api/v1/export` — streamed CSV/JSON/NDJSON download (`export`).
 //! - `GET /api/audit-log` — the reference product's `{logs, total}` endpoint (`read`).
+//! - `POST /api/v1/events` — entries from the app itself (`write`; see [`events`]).
 //! - `GET /api/v1/log/head`, `/api/v1/log/key`, `/api/v1/log/consistency`,
 //!   `/api/v1/entries/{id}/proof`, `/api/v1/verify` — tamper evidence (`read`; see [`log_api`]).
 //! - `GET /`, `GET /ui/{file}` — the web viewer (static files embedded in the binary); public,
@@ -21,6 +22,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod export;
 pub mod log_api;
 pub mod openapi;
@@ -56,6 +58,8 @@ pub struct AdminState {
     pub log_id: Arc<str>,
     /// The log's public key, signer counters and the incremental verifier.
     pub log: Arc<log_api::LogApiState>,
+    /// Idempotency keys of `POST /api/v1/events` seen recently.
+    pub ingest_keys: Arc<events::IdempotencyKeys>,
 }
 
 /// The largest request body the admin API reads (a sign-in is a few dozen bytes).
@@ -155,6 +159,19 @@ fn routes() -> Vec<AdminRoute> {
         route(Get, "/api/v1/log/consistency", read, log_api::consistency),
         route(Get, "/api/v1/entries/{id}/proof", read, log_api::proof),
         route(Get, "/api/v1/verify", read, log_api::verify),
+        {
+            let mut ingest = route(
+                Post,
+                "/api/v1/events",
+                Access::Scope(Scope::Write),
+                events::ingest,
+            );
+            // A batch of events is larger than anything else the admin API reads.
+            ingest.handler = ingest
+                .handler
+                .layer(DefaultBodyLimit::max(events::MAX_EVENTS_BODY));
+            ingest
+        },
     ]
 }
 
@@ -302,6 +319,7 @@ mod tests {
             auth: Arc::new(Authenticator::new(&[])),
             log_id: Arc::from("test"),
             log: Arc::new(log_api::LogApiState::new(None, None)),
+            ingest_keys: Arc::default(),
         });
         let probe = |method: &str, path: &str| {
             let request = Request::builder()

@@ -204,6 +204,32 @@ fn build() -> Value {
         "content": {"application/json": {"schema": schema("SignIn")}}
     });
     add("/api/v1/session", "post", sign_in);
+
+    let mut ingest = operation(
+        "ingestEvents",
+        "Record entries from the app itself (the reference's logAction() shape): one entry or an array of up to 1000. Answered once they are stored. `Idempotency-Key` makes retries safe.",
+        Access::Scope(crate::config::Scope::Write),
+        vec![json!({"name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "A key that makes retries safe: the same key and body answer with the first request's ids.",
+            "schema": {"type": "string", "maxLength": 255}})],
+        json!({
+            "201": json_response("Stored.", "IngestResult"),
+            "200": json_response("A retry of a request already stored (same Idempotency-Key and body).", "IngestResult"),
+            "400": bad_params.clone(),
+            "409": error_response("A request with this Idempotency-Key is still being stored."),
+            "415": error_response("Content-Type is not application/json."),
+            "422": error_response("The Idempotency-Key was used with a different body."),
+            "503": error_response("The store cannot take entries now.")
+        }),
+    );
+    ingest["requestBody"] = json!({
+        "required": true,
+        "content": {"application/json": {"schema": {"oneOf": [
+            schema("Event"),
+            {"type": "array", "items": schema("Event"), "minItems": 1, "maxItems": 1000}
+        ]}}}
+    });
+    add("/api/v1/events", "post", ingest);
     add(
         "/api/v1/session",
         "get",
@@ -488,6 +514,30 @@ fn schemas() -> Value {
                 "name": {"type": "string"},
                 "scopes": {"type": "array", "items": {"type": "string", "enum": ["read", "export", "write"]}},
                 "expiresAt": {"type": ["string", "null"], "format": "date-time"}
+            }
+        },
+        "Event": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["action"],
+            "properties": {
+                "actorId": {"type": "string", "maxLength": 512},
+                "actorEmail": {"type": "string", "maxLength": 512},
+                "action": {"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9._:/-]+$"},
+                "resourceType": {"type": ["string", "null"], "maxLength": 512},
+                "resourceId": {"type": ["string", "null"], "maxLength": 512},
+                "metadata": {"type": ["object", "null"]},
+                "ip": {"type": ["string", "null"]},
+                "userAgent": {"type": ["string", "null"], "maxLength": 2048}
+            }
+        },
+        "IngestResult": {
+            "type": "object",
+            "required": ["ids", "count", "replayed"],
+            "properties": {
+                "ids": {"type": "array", "items": {"type": "string"}},
+                "count": {"type": "integer"},
+                "replayed": {"type": "boolean"}
             }
         },
         "SignIn": {

@@ -182,6 +182,7 @@ impl Harness {
             auth: Arc::new(Authenticator::new(&admin_tokens())),
             log_id: Arc::from("admin-log"),
             log: Arc::new(auditgate::admin::log_api::LogApiState::new(None, None)),
+            ingest_keys: Arc::default(),
         });
         Harness {
             app,

@@ -5,6 +5,7 @@ mod support;
 mod admin;
 mod configs;
 mod durability;
+mod events;
 mod hints;
 mod identity;
 mod proxy;

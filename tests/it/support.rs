@@ -331,8 +331,10 @@ pub struct TestSidecar {
 
 /// An admin token every test sidecar accepts (scopes read and export).
 pub const TEST_TOKEN: &str = "agt_integration_tests_read_export_token";
-/// The `[[admin.tokens]]` entry for [`TEST_TOKEN`].
-pub const TEST_TOKEN_CONFIG: &str = "[[admin.tokens]]\nname = \"tests\"\nsha256 = \"beb5223238d0c0baa5195d4ca74abd43d5c5ce7e00aa041fd48566f2d0a6a5f6\"\nscopes = [\"read\", \"export\"]\n";
+/// An admin token with the `write` scope only (the app's ingest token).
+pub const TEST_WRITE_TOKEN: &str = "agt_integration_tests_write_token";
+/// The `[[admin.tokens]]` entries for [`TEST_TOKEN`] and [`TEST_WRITE_TOKEN`].
+pub const TEST_TOKEN_CONFIG: &str = "[[admin.tokens]]\nname = \"app-backend\"\nsha256 = \"e7dc6ee043a6fa3a469af98fdcdde74a7418fd0846c6249afcf383e547f20968\"\nscopes = [\"write\"]\n[[admin.tokens]]\nname = \"tests\"\nsha256 = \"beb5223238d0c0baa5195d4ca74abd43d5c5ce7e00aa041fd48566f2d0a6a5f6\"\nscopes = [\"read\", \"export\"]\n";
 
 /// Builds a full config from a snippet of rules/actors and extra proxy keys.
 pub fn config_text(
