@@ -408,7 +408,14 @@ fn write_jobs(shared: &Shared, store: &dyn Store, jobs: Vec<Job>, closing: bool)
         }
     }
     if !entries.is_empty() {
-        let stored = write_with_retry(shared, store, &mut entries, closing);
+        // Intents completed by entries of this batch go in the same transaction as the entries.
+        let in_batch: std::collections::HashSet<&str> =
+            entries.iter().map(|entry| entry.id.as_str()).collect();
+        let (with_entries, withdrawn): (Vec<String>, Vec<String>) = completing
+            .into_iter()
+            .partition(|id| in_batch.contains(id.as_str()));
+        completing = withdrawn;
+        let stored = write_with_retry(shared, store, &mut entries, &with_entries, closing);
         for done in durable_waiting {
             let _ = done.send(if stored {
                 Ok(())
@@ -438,13 +445,14 @@ fn write_with_retry(
     shared: &Shared,
     store: &dyn Store,
     batch: &mut [AuditEntry],
+    completed_intents: &[String],
     closing: bool,
 ) -> bool {
     let mut delay = Duration::from_millis(50);
     let mut attempts = 0u32;
     loop {
         let started = Instant::now();
-        match store.append(batch) {
+        match store.append_completing(batch, completed_intents) {
             Ok(()) => {
                 shared
                     .stats

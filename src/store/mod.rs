@@ -151,6 +151,20 @@ pub trait Store: LogReader + Send + Sync + 'static {
     /// Removes the intents of entries that have been appended.
     fn clear_intents(&self, ids: &[String]) -> Result<(), StoreError>;
 
+    /// Appends entries and removes the intents they complete, in one transaction where the store
+    /// can (one commit per group instead of two).
+    fn append_completing(
+        &self,
+        entries: &mut [AuditEntry],
+        completed_intents: &[String],
+    ) -> Result<(), StoreError> {
+        self.append(entries)?;
+        if !completed_intents.is_empty() {
+            self.clear_intents(completed_intents)?;
+        }
+        Ok(())
+    }
+
     /// The intents whose final entry never arrived (a crash between forwarding and completion),
     /// oldest first. Intents whose entry is in the log are cleared, not returned.
     fn unfinished_intents(&self) -> Result<Vec<AuditEntry>, StoreError>;
