@@ -413,48 +413,12 @@ impl TestSidecar {
 
 /// Every entry in a database file, in log order, read with a plain SQLite connection.
 pub fn read_entries(db: &std::path::Path) -> Vec<AuditEntry> {
+    use auditgate::store::sqlite_rows::{entry_from_row, ENTRY_COLUMNS};
     let connection = rusqlite::Connection::open(db).expect("open db");
     let mut statement = connection
-        .prepare(
-            "SELECT seq, id, log_id, created_at, actor_id, actor_email, actor_name, actor_source, actor_verified, tenant, \
-             action, resource_type, resource_id, outcome, status, method, path, route, rule, ip, user_agent, request_id, \
-             duration_us, error, metadata FROM entries ORDER BY seq",
-        )
+        .prepare(&format!("SELECT {ENTRY_COLUMNS} FROM entries ORDER BY seq"))
         .expect("prepare");
-    let rows = statement
-        .query_map([], |row| {
-            let metadata: String = row.get(24)?;
-            let outcome: String = row.get(13)?;
-            let created_at: String = row.get(3)?;
-            Ok(AuditEntry {
-                seq: row.get::<_, i64>(0)? as u64,
-                id: row.get(1)?,
-                log_id: row.get(2)?,
-                created_at: auditgate::entry::parse_timestamp(&created_at).expect("timestamp"),
-                actor_id: row.get(4)?,
-                actor_email: row.get(5)?,
-                actor_name: row.get(6)?,
-                actor_source: row.get(7)?,
-                actor_verified: row.get(8)?,
-                tenant: row.get(9)?,
-                action: row.get(10)?,
-                resource_type: row.get(11)?,
-                resource_id: row.get(12)?,
-                outcome: auditgate::entry::Outcome::parse(&outcome).expect("outcome"),
-                status: row.get(14)?,
-                method: row.get(15)?,
-                path: row.get(16)?,
-                route: row.get(17)?,
-                rule: row.get(18)?,
-                ip: row.get(19)?,
-                user_agent: row.get(20)?,
-                request_id: row.get(21)?,
-                duration_us: row.get::<_, Option<i64>>(22)?.map(|us| us as u64),
-                error: row.get(23)?,
-                metadata: serde_json::from_str(&metadata).expect("metadata json"),
-            })
-        })
-        .expect("query");
+    let rows = statement.query_map([], entry_from_row).expect("query");
     rows.map(|row| row.expect("row")).collect()
 }
 
