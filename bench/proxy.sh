@@ -220,6 +220,49 @@ PID=$(start_auditgate wal); PIDS+=($PID); wait_port "$PORT"
 run_case "auditgate, write-ahead" "$PORT" "$PID" "$WORK/wal/audit.db"
 kill "$PID"; wait "$PID" 2>/dev/null || true
 
+# How cost grows with the number of rules: N rules that do not match, then the one that does.
+rules_with() { # count
+  local count=$1 index
+  printf '[unmatched]\nrecord = "none"\n'
+  for index in $(seq 1 $((count - 1))); do
+    printf '[[rule]]\nname = "rule %s"\nmethod = ["POST", "PUT"]\npath = "/api/v%s/things/{id}"\naction = "thing%s.changed"\nresource = { type = "thing", id = "{id}" }\n' "$index" "$index" "$index"
+  done
+  printf '[[rule]]\nname = "everything"\npath = "/{*rest}"\naction = "item.read"\n'
+}
+for count in 1 10 100 1000; do
+  PORT=$(write_config "rules$count" "" "$(rules_with $count)")
+  PID=$(start_auditgate "rules$count"); PIDS+=($PID); wait_port "$PORT"
+  run_case "auditgate, $count rules" "$PORT" "$PID" "$WORK/rules$count/audit.db"
+  kill "$PID"; wait "$PID" 2>/dev/null || true
+done
+
+# Memory: resident set idle, and with many idle client connections open.
+ulimit -n 65536 2>/dev/null || true
+PORT=$(write_config idle "" $'[unmatched]\nrecord = "none"')
+PID=$(start_auditgate idle); PIDS+=($PID); wait_port "$PORT"
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+MEMORY=("idle|$(rss_mb "$PID")")
+for conns in 10 1000 10000; do
+  python3 - "$PORT" "$conns" <<'PY' &
+import socket, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+sockets = []
+for _ in range(count):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /api/items/1 HTTP/1.1\r\nHost: bench\r\n\r\n")
+    sockets.append(s)
+for s in sockets:
+    s.recv(4096)
+print("open", flush=True)
+time.sleep(4)
+PY
+  HOLDER=$!
+  sleep 3
+  MEMORY+=("$conns idle connections|$(rss_mb "$PID")")
+  wait "$HOLDER" || true
+done
+kill "$PID"; wait "$PID" 2>/dev/null || true
+
 NGINX_RPS=$(echo "${RESULTS[1]}" | cut -d'|' -f2)
 NGINX_CPU=$(echo "${RESULTS[1]}" | cut -d'|' -f5)
 echo
@@ -231,4 +274,10 @@ for row in "${RESULTS[@]}"; do
   cpu_ratio="-"
   [ "$cpu" != "-" ] && cpu_ratio=$(python3 -c "print(f'{$cpu/$NGINX_CPU:.2f}x')")
   printf '%-38s %11s %9s %9s %12s %9s %9s  %s %s\n' "$label" "$rps" "$p50" "$p99" "$cpu" "$ratio" "$cpu_ratio" "$check" "$errors"
+done
+echo
+printf '%-38s %12s\n' "auditgate memory" "RSS MB"
+for row in "${MEMORY[@]}"; do
+  IFS='|' read -r label mb <<<"$row"
+  printf '%-38s %12s\n' "$label" "$mb"
 done
