@@ -2,8 +2,12 @@
 //! sidecar on loopback, sample traffic through it, and where to look.
 //!
 //! The sample app is a real HTTP server that knows nothing of auditing, like the apps auditgate
-//! is put in front of; every entry the demo shows came through the proxy and the rules in
-//! `config/demo.toml`.
+//! is put in front of; every entry of this run came through the proxy and the rules in
+//! `config/demo.toml`. Before that traffic the demo appends a week of earlier activity of the same
+//! shapes ([`history`], marked `demoHistory` in their metadata), so the viewer's chart, top lists
+//! and paging have something to show.
+
+mod history;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -572,7 +576,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         &signing_key,
         &heads,
     )?;
+    let log_id = config.log_id.clone();
     let sidecar = Sidecar::start(config, None).await?;
+    let writer = sidecar.writer();
+    let earlier = history::entries(&log_id, chrono::Utc::now());
+    let earlier_count = earlier.len();
+    for entry in earlier {
+        writer.push(entry);
+    }
+    // The history goes in before the live traffic, so sequence numbers follow time.
+    writer.flushed(std::time::Duration::from_secs(10)).await;
     let sent = drive_traffic(sidecar.proxy_addr).await?;
     sidecar
         .writer()
@@ -581,7 +594,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let entries = sidecar.store.size().unwrap_or(0);
 
     println!();
-    println!("auditgate demo: a sample app behind the sidecar, {sent} sample requests sent, {entries} audit entries written.");
+    println!("auditgate demo: a sample app behind the sidecar, {sent} sample requests sent, {entries} audit entries in the log ({earlier_count} of them a generated week of earlier activity).");
     println!();
     println!("  app (through the proxy)  http://{}", sidecar.proxy_addr);
     println!("  viewer and admin API     http://{}/", sidecar.admin_addr);
