@@ -546,6 +546,26 @@ pub fn demo_config(
     Ok(config)
 }
 
+/// Waits (a few seconds at most) for a signed head that covers the first `size` entries, so the
+/// viewer opened right after the demo starts shows a signed log and proofs that verify instead of
+/// "no signed head covers this entry yet".
+async fn wait_for_signed_head(sidecar: &Sidecar, size: u64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let store = sidecar.store.clone();
+        let signed = tokio::task::spawn_blocking(move || store.latest_head())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .map_or(0, |signed| signed.head.size);
+        if signed >= size {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let data_dir: PathBuf = match &args.data_dir {
         Some(dir) => dir.clone(),
@@ -592,6 +612,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .flushed(std::time::Duration::from_secs(10))
         .await;
     let entries = sidecar.store.size().unwrap_or(0);
+    wait_for_signed_head(&sidecar, entries).await;
 
     println!();
     println!("auditgate demo: a sample app behind the sidecar, {sent} sample requests sent, {entries} audit entries in the log ({earlier_count} of them a generated week of earlier activity).");

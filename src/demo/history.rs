@@ -1,12 +1,13 @@
-//! A week of earlier activity for the demo, so the viewer's chart, top lists and paging have
+//! Nine days of earlier activity for the demo, so the viewer's chart, top lists and paging have
 //! something to show the first time someone opens it.
 //!
 //! The live sample traffic of `auditgate demo` all lands within a second, which would draw a
 //! chart with one bar. These entries have the shapes the demo rules produce for the sample app
-//! (same actions, actors, rules, routes, clients), spread over the last seven days with a working
-//! day rhythm, a night-time password-guessing burst, a nightly batch import and a short upstream
-//! outage. They are appended through the writer like any entry, before the live traffic, so their
-//! sequence numbers follow their times and they are hashed into the log and signed like the rest.
+//! (same actions, actors, rules, routes, clients), spread over the last nine days (a little more
+//! than the viewer's "7 days" preset) with a working-day rhythm, a night-time password-guessing
+//! burst, a nightly batch import and a short upstream outage. They are appended through the writer
+//! like any entry, before the live traffic, so their sequence numbers follow their times and they
+//! are hashed into the log and signed like the rest.
 //! Each carries `"demoHistory": true` in its metadata, so nobody mistakes them for real requests.
 
 use chrono::{DateTime, Duration, Timelike, Utc};
@@ -17,7 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::entry::{AuditEntry, Outcome};
 
 /// How far back the history reaches.
-const DAYS: i64 = 7;
+const DAYS: i64 = 9;
 /// The newest history entry is at least this old, so the live traffic stands apart from it.
 const QUIET_BEFORE_NOW: Duration = Duration::minutes(20);
 
@@ -135,7 +136,9 @@ fn at_time(log_id: &str, action: &str, at: DateTime<Utc>, rng: &mut StdRng) -> A
     entry.id = ulid::Ulid::from_parts(millis, rng.gen()).to_string();
     entry.request_id = Some(ulid::Ulid::from_parts(millis, rng.gen()).to_string());
     entry.duration_us = Some(rng.gen_range(250..4_000));
-    entry.metadata.insert("demoHistory".into(), Value::Bool(true));
+    entry
+        .metadata
+        .insert("demoHistory".into(), Value::Bool(true));
     entry
 }
 
@@ -189,7 +192,13 @@ fn person_entry(
     let admin = person.role == "admin";
     if roll < 62 {
         let mut entry = at_time(log_id, "post.created", at, rng);
-        request(&mut entry, "POST", "/api/posts".into(), "/api/posts", "create post");
+        request(
+            &mut entry,
+            "POST",
+            "/api/posts".into(),
+            "/api/posts",
+            "create post",
+        );
         signed_in(&mut entry, person);
         answered(&mut entry, 201);
         *next_id += 1;
@@ -240,7 +249,13 @@ fn person_entry(
     if roll < 95 {
         *next_id += 1;
         let mut entry = at_time(log_id, "user.created", at, rng);
-        request(&mut entry, "POST", "/api/users".into(), "/api/users", "create user");
+        request(
+            &mut entry,
+            "POST",
+            "/api/users".into(),
+            "/api/users",
+            "create user",
+        );
         signed_in(&mut entry, person);
         entry.resource_type = Some("user".into());
         let email = format!("new-{}@example.com", *next_id);
@@ -276,7 +291,13 @@ fn person_entry(
 
 fn failed_login(log_id: &str, at: DateTime<Utc>, email: &str, rng: &mut StdRng) -> AuditEntry {
     let mut entry = at_time(log_id, "auth.login_failed", at, rng);
-    request(&mut entry, "POST", "/login".into(), "/login", "failed login");
+    request(
+        &mut entry,
+        "POST",
+        "/login".into(),
+        "/login",
+        "failed login",
+    );
     answered(&mut entry, 401);
     entry.actor_email = Some(email.to_string());
     entry.actor_source = Some("rule".to_string());
@@ -304,7 +325,13 @@ fn upstream_error(
     rng: &mut StdRng,
 ) -> AuditEntry {
     let mut entry = at_time(log_id, "post.created", at, rng);
-    request(&mut entry, "POST", "/api/posts".into(), "/api/posts", "create post");
+    request(
+        &mut entry,
+        "POST",
+        "/api/posts".into(),
+        "/api/posts",
+        "create post",
+    );
     signed_in(&mut entry, person);
     entry.status = Some(502);
     entry.outcome = Outcome::Error;
@@ -312,7 +339,9 @@ fn upstream_error(
     entry.error = Some("upstream: connection refused".into());
     let mut missing = Map::new();
     missing.insert("resourceId".into(), Value::from("response body has no /id"));
-    entry.metadata.insert("_missing".into(), Value::Object(missing));
+    entry
+        .metadata
+        .insert("_missing".into(), Value::Object(missing));
     entry
 }
 
@@ -334,7 +363,8 @@ mod tests {
             .all(|pair| pair[0].created_at <= pair[1].created_at));
         let first = entries.first().expect("entries").created_at;
         let last = entries.last().expect("entries").created_at;
-        assert!(first >= now - Duration::days(8), "{first}");
+        assert!(first >= now - Duration::days(DAYS + 1), "{first}");
+        assert!(first < now - Duration::days(DAYS - 1), "{first}");
         assert!(last <= now - QUIET_BEFORE_NOW, "{last}");
         assert!(last >= now - Duration::hours(12), "{last}");
         for outcome in [Outcome::Success, Outcome::Failure, Outcome::Error] {
