@@ -7,7 +7,7 @@
 
 import { api, apiUrl, ApiError, onUnauthorized } from './api.js';
 import {
-  h, $, replace, icon, formatTime, formatNumber, shortUserAgent, TIME_ZONE, formatTimeShort, parseTime,
+  h, $, replace, icon, formatTime, formatNumber, shortUserAgent, TIME_ZONE, TIME_ZONE_SHORT, formatTimeShort, parseTime,
 } from './dom.js';
 import {
   FILTER_KEYS, FILTER_LABELS, DEFAULT_LIMIT, emptyFilters, readLocation, toLocationSearch, filterParams,
@@ -22,6 +22,8 @@ const LIVE_INTERVAL_MS = 2000;
 const LIVE_BATCH = 200;
 const LIVE_MAX_ROWS = 1000;
 const SLOW_REFRESH_MS = 30000;
+/** The key `GET /stats?by=actor` gives entries that have neither an actor id nor an email. */
+const ANONYMOUS_ACTOR_KEY = '(anonymous)';
 
 // ---- state ----------------------------------------------------------------------------------
 
@@ -800,7 +802,10 @@ async function loadCharts({ quiet = false } = {}) {
       if (hourly.value) {
         activityResult = hourly;
         unit = 'hour';
-        from = new Date(first);
+        // Start the chart at the first hour with entries, not at the midnight before it.
+        const hours = (Array.isArray(hourly.value.buckets) ? hourly.value.buckets : [])
+          .map((b) => bucketStart(String(b.key), 'hour')).filter((n) => !Number.isNaN(n));
+        from = new Date(hours.length ? Math.min(...hours) : first);
       }
     }
   }
@@ -829,7 +834,10 @@ async function loadCharts({ quiet = false } = {}) {
     });
   } else replace($('#top-actions'), chartUnavailable(actions.error, 'top-actions-unavailable'));
   if (actors.value) {
-    renderTopList($('#top-actors'), actors.value.buckets, {
+    // The API names requests without an actor "(anonymous)"; that is not something `actor=` finds.
+    const buckets = (Array.isArray(actors.value.buckets) ? actors.value.buckets : [])
+      .map((b) => (b && b.key === ANONYMOUS_ACTOR_KEY ? { ...b, key: null } : b));
+    renderTopList($('#top-actors'), buckets, {
       testid: 'top-actors', emptyText: 'No users in this range.', nullLabel: 'anonymous', onPick: (key) => setFilter('actor', key),
     });
   } else replace($('#top-actors'), chartUnavailable(actors.error, 'top-actors-unavailable'));
@@ -910,6 +918,11 @@ function onPopState() {
 
 function setup() {
   for (const el of document.querySelectorAll('[data-tz]')) el.textContent = `(${TIME_ZONE})`;
+  // The table header is narrow: the zone's short name there ("EST"), the full name on hover.
+  for (const el of document.querySelectorAll('[data-tz-short]')) {
+    el.textContent = `(${TIME_ZONE_SHORT})`;
+    el.title = `Times are shown in ${TIME_ZONE}; hover a time for UTC`;
+  }
 
   onUnauthorized(() => {
     if (session) showSignIn('Your session has ended. Sign in again to continue.');

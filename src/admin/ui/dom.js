@@ -96,6 +96,15 @@ export const TIME_ZONE = (() => {
   try { return Intl.DateTimeFormat().resolvedOptions().timeZone || 'local time'; } catch { return 'local time'; }
 })();
 
+/** The zone's short name now ("EST", "CET", "UTC", or "GMT+5:30" where there is none). */
+export const TIME_ZONE_SHORT = (() => {
+  try {
+    const part = new Intl.DateTimeFormat(undefined, { timeZoneName: 'short' }).formatToParts(new Date())
+      .find((p) => p.type === 'timeZoneName');
+    return part ? part.value : TIME_ZONE;
+  } catch { return TIME_ZONE; }
+})();
+
 const fmtSameYear = new Intl.DateTimeFormat(undefined, {
   month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23',
 });
@@ -184,6 +193,8 @@ export function shortUserAgent(ua) {
       const match = ua.match(pattern);
       if (match) return os ? `${name} ${match[1]} · ${os}` : `${name} ${match[1]}`;
     }
+    // Safari without a Version/ token (as some privacy modes and embedded views send it).
+    if (/AppleWebKit\/[\d.]+.*Safari\//.test(ua)) return os ? `Safari · ${os}` : 'Safari';
     if (/bot|crawler|spider/i.test(ua)) {
       const bot = ua.match(/([A-Za-z][\w.-]*(?:bot|crawler|spider)[\w.-]*)(?:\/([\d.]+))?/i);
       if (bot) return clip(bot[0], 32);
