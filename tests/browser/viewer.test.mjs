@@ -125,6 +125,7 @@ test('the main view: newest first, local time with UTC on hover, coloured outcom
   await page.locator('[data-testid="top-actions-item"]').first().waitFor();
   await page.locator('[data-testid="top-actors-item"]').first().waitFor();
 
+  await page.mouse.move(1, 1); // no hover highlight in the picture
   await page.screenshot({ path: path.join(OUT_DIR, 'viewer-light-1280.png') });
   if (process.env.UPDATE_SCREENSHOT) {
     fs.mkdirSync(path.join(ROOT, 'docs'), { recursive: true });
@@ -289,6 +290,32 @@ test('filters live in the URL: a bookmarked view opens the same way', async () =
   await page.getByTestId('app-view').waitFor();
 });
 
+test("the viewer's own reads are folded into one row that opens on click", async () => {
+  await page.goto(demo.viewer);
+  await settledRows(page);
+  const fold = page.getByTestId('fold-row').first();
+  await fold.waitFor();
+  const count = Number(await fold.getAttribute('data-count'));
+  assert.ok(count >= 2, `${count} reads folded`);
+  const key = await fold.getAttribute('data-fold');
+  const members = page.locator(`[data-testid="entry-row"][data-fold="${key}"]`);
+  assert.equal(await members.count(), count);
+  assert.equal(await members.first().isVisible(), false, 'folded rows start closed');
+  const toggle = fold.getByTestId('fold-toggle');
+  await toggle.click();
+  assert.equal(await toggle.getAttribute('aria-expanded'), 'true');
+  assert.equal(await members.first().isVisible(), true);
+  const actions = await members.locator('.col-action').allTextContents();
+  assert.ok(actions.every((action) => action === 'audit.query'), actions.join(' '));
+  await toggle.press('Enter');
+  assert.equal(await members.first().isVisible(), false);
+  // Asking for admin reads on purpose shows them as rows.
+  await page.goto(`${demo.viewer}?action=audit.query`);
+  await settledRows(page);
+  assert.equal(await page.getByTestId('fold-row').count(), 0);
+  assert.ok(await page.locator('[data-testid="entry-row"]').first().isVisible());
+});
+
 test('keyset paging: older, newer, latest', async () => {
   const filter = { action_prefix: 'auth.' };
   await page.goto(`${demo.viewer}?action_prefix=auth.&limit=25`);
@@ -428,10 +455,11 @@ test('dark theme and tablet width', async () => {
   const tablet = await browser.newContext({ viewport: { width: 768, height: 1024 }, colorScheme: 'dark', timezoneId: TIME_ZONE, locale: 'en-US' });
   try {
     const other = await tablet.newPage();
+    other.setDefaultTimeout(10000);
     await other.goto(demo.viewer);
     await other.getByTestId('signin-token').fill(demo.token);
     await other.getByTestId('signin-submit').click();
-    await other.locator('[data-testid="entry-row"]').first().waitFor();
+    await other.locator('[data-testid="entry-row"]:not([hidden])').first().waitFor();
     await other.locator('[data-testid="activity-chart"] g.chart-bar').first().waitFor();
     const layout = await other.evaluate(() => {
       const rgb = getComputedStyle(document.body).backgroundColor.match(/\d+/g).map(Number);
