@@ -3,9 +3,9 @@
 //!
 //! The sample app is a real HTTP server that knows nothing of auditing, like the apps auditgate
 //! is put in front of; every entry of this run came through the proxy and the rules in
-//! `config/demo.toml`. Before that traffic the demo appends a week of earlier activity of the same
-//! shapes ([`history`], marked `demoHistory` in their metadata), so the viewer's chart, top lists
-//! and paging have something to show.
+//! `config/demo.toml`. Before that traffic the demo appends nine days of earlier activity of the
+//! same shapes ([`history`], marked `demoHistory` in their metadata), so the viewer's chart, top
+//! lists and paging have something to show.
 
 mod history;
 
@@ -615,7 +615,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     wait_for_signed_head(&sidecar, entries).await;
 
     println!();
-    println!("auditgate demo: a sample app behind the sidecar, {sent} sample requests sent, {entries} audit entries in the log ({earlier_count} of them a generated week of earlier activity).");
+    println!("auditgate demo: a sample app behind the sidecar, {sent} sample requests sent, {entries} audit entries in the log ({earlier_count} of them generated history of the last nine days).");
     println!();
     println!("  app (through the proxy)  http://{}", sidecar.proxy_addr);
     println!("  viewer and admin API     http://{}/", sidecar.admin_addr);

@@ -68,7 +68,7 @@ const POST_TITLES: [&str; 6] = [
 ];
 
 /// The history entries, oldest first, for a demo started at `now`. The same seed gives the same
-/// shape of week on every run, shifted to end before `now`.
+/// shape of history on every run, shifted to end before `now`.
 pub fn entries(log_id: &str, now: DateTime<Utc>) -> Vec<AuditEntry> {
     let mut rng = StdRng::seed_from_u64(0x00a0_d17a_7e00);
     let end = now - QUIET_BEFORE_NOW;
@@ -351,7 +351,7 @@ mod tests {
     use chrono::TimeZone;
 
     #[test]
-    fn a_week_of_history_in_time_order_ending_before_now() {
+    fn nine_days_of_history_in_time_order_ending_before_now() {
         let now = Utc
             .with_ymd_and_hms(2026, 11, 26, 10, 0, 0)
             .single()

@@ -23,6 +23,8 @@ let context;
 let page;
 let api;
 const pageErrors = [];
+/** Requests to anywhere but the admin listener (there must be none: no CDN, no fonts, no beacons). */
+const foreignRequests = [];
 /** Every API answer of 400 or more the page received, to check that each was expected. */
 const failedResponses = [];
 
@@ -39,6 +41,10 @@ before(async () => {
   page.on('console', (message) => {
     // Failed requests are logged by Chromium too; they are checked one by one through `response`.
     if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) pageErrors.push(message.text());
+  });
+  page.on('request', (request) => {
+    const url = new URL(request.url());
+    if (url.origin !== new URL(demo.viewer).origin && url.protocol !== 'blob:') foreignRequests.push(request.url());
   });
   page.on('response', (response) => {
     if (response.status() >= 400) failedResponses.push(`${response.status()} ${response.request().method()} ${new URL(response.url()).pathname}${new URL(response.url()).search}`);
@@ -495,8 +501,9 @@ test('sign-out clears the session and the page', async () => {
   await page.getByTestId('signin-view').waitFor();
 });
 
-test('no script errors, and no failed API call other than the expected ones', () => {
+test('no script errors, no request off the admin listener, no failed API call but the expected ones', () => {
   assert.deepEqual(pageErrors, []);
+  assert.deepEqual(foreignRequests, []);
   const expected = [
     /^401 GET \/api\/v1\/session$/, // the probe before signing in
     /^401 POST \/api\/v1\/session$/, // the wrong token
