@@ -2,8 +2,12 @@
 //! sidecar on loopback, sample traffic through it, and where to look.
 //!
 //! The sample app is a real HTTP server that knows nothing of auditing, like the apps auditgate
-//! is put in front of; every entry the demo shows came through the proxy and the rules in
-//! `config/demo.toml`.
+//! is put in front of; every entry of this run came through the proxy and the rules in
+//! `config/demo.toml`. Before that traffic the demo appends nine days of earlier activity of the
+//! same shapes ([`history`], marked `demoHistory` in their metadata), so the viewer's chart, top
+//! lists and paging have something to show.
+
+mod history;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -542,6 +546,26 @@ pub fn demo_config(
     Ok(config)
 }
 
+/// Waits (a few seconds at most) for a signed head that covers the first `size` entries, so the
+/// viewer opened right after the demo starts shows a signed log and proofs that verify instead of
+/// "no signed head covers this entry yet".
+async fn wait_for_signed_head(sidecar: &Sidecar, size: u64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let store = sidecar.store.clone();
+        let signed = tokio::task::spawn_blocking(move || store.latest_head())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .map_or(0, |signed| signed.head.size);
+        if signed >= size {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let data_dir: PathBuf = match &args.data_dir {
         Some(dir) => dir.clone(),
@@ -572,16 +596,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         &signing_key,
         &heads,
     )?;
+    let log_id = config.log_id.clone();
     let sidecar = Sidecar::start(config, None).await?;
+    let writer = sidecar.writer();
+    let earlier = history::entries(&log_id, chrono::Utc::now());
+    let earlier_count = earlier.len();
+    for entry in earlier {
+        writer.push(entry);
+    }
+    // The history goes in before the live traffic, so sequence numbers follow time.
+    writer.flushed(std::time::Duration::from_secs(10)).await;
     let sent = drive_traffic(sidecar.proxy_addr).await?;
     sidecar
         .writer()
         .flushed(std::time::Duration::from_secs(10))
         .await;
     let entries = sidecar.store.size().unwrap_or(0);
+    wait_for_signed_head(&sidecar, entries).await;
 
     println!();
-    println!("auditgate demo: a sample app behind the sidecar, {sent} sample requests sent, {entries} audit entries written.");
+    println!("auditgate demo: a sample app behind the sidecar, {sent} sample requests sent, {entries} audit entries in the log ({earlier_count} of them generated history of the last nine days).");
     println!();
     println!("  app (through the proxy)  http://{}", sidecar.proxy_addr);
     println!("  viewer and admin API     http://{}/", sidecar.admin_addr);
