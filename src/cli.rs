@@ -149,11 +149,15 @@ pub struct FilterArgs {
     /// Free text over actor, action, resource and path.
     #[arg(long)]
     pub q: Option<String>,
+    /// One log, when several sidecars share a PostgreSQL database.
+    #[arg(long)]
+    pub log_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    /// The SQLite database.
+    /// The SQLite database, or a PostgreSQL URL (postgres://USER@HOST/DB; password from the URL
+    /// or PGPASSWORD).
     #[arg(long, default_value = "data/audit.db")]
     pub db: PathBuf,
     #[command(flatten)]
@@ -171,7 +175,8 @@ pub struct QueryArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// The SQLite database.
+    /// The SQLite database, or a PostgreSQL URL (postgres://USER@HOST/DB; password from the URL
+    /// or PGPASSWORD).
     #[arg(long, default_value = "data/audit.db")]
     pub db: PathBuf,
     /// csv, json or ndjson.
@@ -189,9 +194,12 @@ pub struct ExportArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The SQLite database (opened read-only).
+    /// The SQLite database (opened read-only), or a PostgreSQL URL (with --log-id).
     #[arg(long, default_value = "data/audit.db")]
     pub db: PathBuf,
+    /// The log to check in a PostgreSQL database several sidecars share (their [log] log_id).
+    #[arg(long)]
+    pub log_id: Option<String>,
     /// A published heads file (`publish_heads = ["file:..."]`): its heads are checked too, and
     /// every head in the database must be in it. This is what finds a database restored from an
     /// older copy.

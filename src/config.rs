@@ -147,6 +147,25 @@ pub struct StoreFile {
     pub on_store_failure: Option<String>,
     /// How long a write waits for a database lock held by another process before it fails.
     pub busy_timeout: Option<String>,
+    /// A PostgreSQL database shared by a fleet of sidecars, instead of `path`:
+    /// "postgres://USER@HOST:PORT/DBNAME" (or libpq's "host=... user=..." form). Each sidecar
+    /// writes its own log (`[log] log_id`) and answers queries over all of them. No TLS yet:
+    /// `sslmode=require` is refused.
+    pub url: Option<String>,
+    /// The environment variable that holds the PostgreSQL password, so the file names none
+    /// (e.g. one set from a Kubernetes Secret).
+    pub password_env: Option<String>,
+    /// Where entries the store refuses wait (NDJSON) until it takes them again. Default: beside
+    /// the SQLite file, or "data/spill.ndjson" with `url`.
+    pub spill_file: Option<String>,
+    /// PostgreSQL: idle reader connections kept for the admin API (default 4).
+    pub pool_size: Option<usize>,
+    /// PostgreSQL: hold an advisory lock on this sidecar's log while running, so a second
+    /// sidecar with the same log_id is refused (default true; turn off for databases without
+    /// advisory locks, such as CockroachDB).
+    pub lock_log: Option<bool>,
+    /// PostgreSQL: longest wait for a connection (default "5s").
+    pub connect_timeout: Option<String>,
 }
 
 /// `[log]`: the log's identity, and its signed tree heads.
@@ -372,11 +391,27 @@ pub struct StoreConfig {
     pub flush_interval: Duration,
     pub on_store_failure: StoreFailure,
     pub busy_timeout: Duration,
+    /// The shared PostgreSQL database; `None` for the SQLite file at `path`.
+    pub postgres: Option<PostgresConfig>,
+    /// Where refused entries wait, when not beside the SQLite file.
+    pub spill_file: Option<PathBuf>,
+}
+
+/// A PostgreSQL store, validated.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// Host, port, user, database, password (redacted by its Debug), timeouts.
+    pub connection: postgres::Config,
+    pub lock_log: bool,
+    pub pool_size: usize,
 }
 
 impl StoreConfig {
-    /// Where entries the store refuses are spilled (beside the database).
+    /// Where entries the store refuses are spilled (`spill_file`, or beside the database).
     pub fn spill_path(&self) -> PathBuf {
+        if let Some(path) = &self.spill_file {
+            return path.clone();
+        }
         let mut name = self
             .path
             .file_name()
@@ -954,6 +989,27 @@ fn validate_store(
         Duration::from_secs(5),
         errors,
     );
+    let postgres = validate_postgres(file, errors);
+    let spill_file = match (&file.spill_file, &postgres) {
+        (Some(spill), _) => Some(resolve(base, spill)),
+        (None, Some(_)) => Some(base.join("data/spill.ndjson")),
+        (None, None) => None,
+    };
+    if file.url.is_none() {
+        for (key, set) in [
+            ("store.password_env", file.password_env.is_some()),
+            ("store.pool_size", file.pool_size.is_some()),
+            ("store.lock_log", file.lock_log.is_some()),
+            ("store.connect_timeout", file.connect_timeout.is_some()),
+        ] {
+            if set {
+                errors.push(ConfigError::new(
+                    key,
+                    "applies to a PostgreSQL store only (set store.url)",
+                ));
+            }
+        }
+    }
     Some(StoreConfig {
         path,
         durability,
@@ -963,6 +1019,93 @@ fn validate_store(
         flush_interval,
         on_store_failure,
         busy_timeout,
+        postgres,
+        spill_file,
+    })
+}
+
+/// The `url` and its companions of `[store]`, when set. Every problem is reported; the URL's
+/// text never appears in a message, since it may hold a password.
+fn validate_postgres(file: &StoreFile, errors: &mut Vec<ConfigError>) -> Option<PostgresConfig> {
+    let url = file.url.as_deref()?;
+    let mut valid = true;
+    if file.path.is_some() {
+        errors.push(ConfigError::new(
+            "store.url",
+            "give either path (SQLite) or url (PostgreSQL), not both",
+        ));
+        valid = false;
+    }
+    let mut connection = match url.parse::<postgres::Config>() {
+        Ok(connection) => connection,
+        Err(error) => {
+            errors.push(ConfigError::new(
+                "store.url",
+                format!("not a PostgreSQL connection URL ({error})"),
+            ));
+            return None;
+        }
+    };
+    if connection.get_hosts().is_empty() {
+        errors.push(ConfigError::new(
+            "store.url",
+            "names no host (postgres://USER@HOST:PORT/DBNAME)",
+        ));
+        valid = false;
+    }
+    if connection.get_user().is_none() {
+        errors.push(ConfigError::new(
+            "store.url",
+            "names no user (postgres://USER@HOST:PORT/DBNAME)",
+        ));
+        valid = false;
+    }
+    if connection.get_ssl_mode() == postgres::config::SslMode::Require {
+        errors.push(ConfigError::new(
+            "store.url",
+            "sslmode=require is not supported yet: auditgate connects without TLS (use a private \
+             network, or a TLS tunnel such as a sidecar proxy)",
+        ));
+        valid = false;
+    }
+    if let Some(variable) = &file.password_env {
+        match std::env::var(variable) {
+            Ok(password) if !password.is_empty() => {
+                connection.password(password);
+            }
+            _ => {
+                errors.push(ConfigError::new(
+                    "store.password_env",
+                    format!("environment variable {variable} is not set"),
+                ));
+                valid = false;
+            }
+        }
+    }
+    let pool_size = file.pool_size.unwrap_or(4);
+    if pool_size == 0 {
+        errors.push(ConfigError::new("store.pool_size", "must be at least 1"));
+        valid = false;
+    }
+    if connection.get_connect_timeout().is_none() || file.connect_timeout.is_some() {
+        let timeout = duration_or(
+            "store.connect_timeout",
+            file.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+            errors,
+        );
+        connection.connect_timeout(timeout);
+    }
+    if connection.get_application_name().is_none() {
+        connection.application_name("auditgate");
+    }
+    // A peer that vanishes (a database host lost without a FIN) is noticed within about a
+    // minute instead of the kernel's two hours.
+    connection.keepalives_idle(Duration::from_secs(30));
+    valid.then_some(PostgresConfig {
+        connection,
+        lock_log: file.lock_log.unwrap_or(true),
+        pool_size,
     })
 }
 
@@ -1173,6 +1316,72 @@ fn default_log_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn store_errors(store: &str) -> Vec<String> {
+        let text = format!("[proxy]\nupstream = \"127.0.0.1:3000\"\n[store]\n{store}\n");
+        match Config::parse(&text, Path::new("/etc/auditgate")) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_postgres_url_replaces_the_sqlite_file() {
+        let config = Config::parse(
+            "[proxy]\nupstream = \"127.0.0.1:3000\"\n[store]\nurl = \"postgres://audit:s3cret@db.internal:6432/audit\"\npool_size = 2\n",
+            Path::new("/etc/auditgate"),
+        )
+        .expect("valid");
+        let postgres = config.store.postgres.as_ref().expect("postgres");
+        assert_eq!(postgres.pool_size, 2);
+        assert!(postgres.lock_log);
+        assert_eq!(postgres.connection.get_dbname(), Some("audit"));
+        assert_eq!(
+            config.store.spill_path(),
+            PathBuf::from("/etc/auditgate/data/spill.ndjson")
+        );
+        assert_eq!(
+            crate::store::describe(&config.store),
+            "postgres://db.internal:6432/audit"
+        );
+        // The password never shows, not even in a debug dump of the config.
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn postgres_settings_are_checked_together() {
+        let errors = store_errors(
+            "path = \"a.db\"\nurl = \"postgres://u@h/db?sslmode=require\"\npassword_env = \"AUDITGATE_TEST_UNSET_VARIABLE\"\npool_size = 0\nconnect_timeout = \"soon\"",
+        );
+        let all = errors.join("\n");
+        for expected in [
+            "store.url: give either path",
+            "store.url: sslmode=require is not supported",
+            "store.password_env: environment variable AUDITGATE_TEST_UNSET_VARIABLE is not set",
+            "store.pool_size: must be at least 1",
+            "store.connect_timeout",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let errors = store_errors("url = \"postgres:///db\"").join("\n");
+        assert!(errors.contains("names no host"), "{errors}");
+        let errors = store_errors("url = \"mysql://x\"").join("\n");
+        assert!(
+            errors.contains("store.url: not a PostgreSQL connection URL"),
+            "{errors}"
+        );
+        let errors = store_errors("lock_log = false\npool_size = 3").join("\n");
+        assert!(
+            errors.contains("store.lock_log: applies to a PostgreSQL store only"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("store.pool_size: applies to a PostgreSQL store only"),
+            "{errors}"
+        );
+        let errors = store_errors("url = \"postgres://u:p4ss@h/db?sslmode=require\"").join("\n");
+        assert!(!errors.contains("p4ss"), "{errors}");
+    }
 
     #[test]
     fn minimal_config_has_defaults() {

@@ -95,7 +95,7 @@ pub fn describe(path: &Path, config: &Config) -> String {
         config.proxy.listen,
         config.proxy.upstream,
         config.admin.listen,
-        config.store.path.display(),
+        crate::store::describe(&config.store),
         match config.store.durability {
             Durability::AfterResponse => "after-response",
             Durability::WriteAhead => "write-ahead",
@@ -218,22 +218,32 @@ pub fn filter_params(args: &crate::cli::FilterArgs) -> Vec<(String, String)> {
     add("since", &args.since);
     add("until", &args.until);
     add("q", &args.q);
+    add("log_id", &args.log_id);
     params
 }
 
-/// Opens an existing store file for reading; a missing file is an error, not a new database.
-pub fn open_existing(db: &Path) -> anyhow::Result<crate::store::sqlite::SqliteStore> {
+/// Opens an existing store for reading: a SQLite file (a missing file is an error, not a new
+/// database), or a PostgreSQL URL (read-only; `log_id` is the log whose tree is read).
+pub fn open_existing(db: &Path, log_id: &str) -> anyhow::Result<Box<dyn crate::store::Store>> {
     use anyhow::Context as _;
+    if let Some(url) = db
+        .to_str()
+        .filter(|text| crate::store::postgres::is_url(text))
+    {
+        let store = crate::store::postgres::open_for_reading(url, log_id)
+            .context("cannot open the PostgreSQL database")?;
+        return Ok(Box::new(store));
+    }
     if !db.exists() {
         anyhow::bail!("no database at {}", db.display());
     }
-    crate::store::sqlite::SqliteStore::open(db, crate::config::SyncMode::Normal)
-        .with_context(|| format!("cannot open {}", db.display()))
+    let store = crate::store::sqlite::SqliteStore::open(db, crate::config::SyncMode::Normal)
+        .with_context(|| format!("cannot open {}", db.display()))?;
+    Ok(Box::new(store))
 }
 
 /// `auditgate query`.
 pub fn query(args: &crate::cli::QueryArgs) -> anyhow::Result<std::process::ExitCode> {
-    use crate::store::Store;
     let mut params = filter_params(&args.filters);
     params.push(("limit".to_string(), args.limit.to_string()));
     if args.asc {
@@ -248,7 +258,7 @@ pub fn query(args: &crate::cli::QueryArgs) -> anyhow::Result<std::process::ExitC
         eprintln!("auditgate query: --format must be json or table");
         return Ok(std::process::ExitCode::from(64));
     }
-    let store = open_existing(&args.db)?;
+    let store = open_existing(&args.db, args.filters.log_id.as_deref().unwrap_or(""))?;
     let result = store.list(&filter, &page)?;
     let mut out = String::new();
     if format == "json" {
@@ -360,12 +370,13 @@ pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::Exi
             return Ok(std::process::ExitCode::from(64));
         }
     };
-    let store = open_existing(&args.db)?;
+    let store = open_existing(&args.db, args.filters.log_id.as_deref().unwrap_or(""))?;
+    let store = store.as_ref();
     match &args.output {
         None => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            let written = write_export(&store, filter, page.order, format, &mut out)
+            let written = write_export(store, filter, page.order, format, &mut out)
                 .and_then(|rows| out.flush().map(|()| rows));
             match written {
                 Ok(_) => {}
@@ -380,7 +391,7 @@ pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::Exi
                 .with_context(|| format!("cannot create {}", partial.display()))?;
             let mut out = std::io::BufWriter::new(file);
             let written =
-                write_export(&store, filter, page.order, format, &mut out).and_then(|rows| {
+                write_export(store, filter, page.order, format, &mut out).and_then(|rows| {
                     out.into_inner()
                         .map_err(|error| error.into_error())?
                         .sync_all()?;

@@ -293,19 +293,46 @@ impl WriterHandle {
 }
 
 fn run(shared: Arc<Shared>, store: Arc<dyn Store>) {
+    // `recover` imported any spill file before the writer started; one that exists now could
+    // not be imported, so keep trying.
+    let mut spill = SpillState {
+        pending: shared.spill_path.as_ref().is_some_and(|path| path.exists()),
+        next_probe: Instant::now(),
+    };
     loop {
         let (jobs, closing) = {
             let Ok(mut queue) = shared.queue.lock() else {
                 return;
             };
             while queue.jobs.is_empty() && !queue.closed {
-                queue = match shared.wake.wait(queue) {
-                    Ok(queue) => queue,
+                if !spill.pending {
+                    queue = match shared.wake.wait(queue) {
+                        Ok(queue) => queue,
+                        Err(_) => return,
+                    };
+                    continue;
+                }
+                // Entries wait in the spill file: wake up in time to offer them to the store
+                // again, even if no new entry comes.
+                let wait = spill.next_probe.saturating_duration_since(Instant::now());
+                if wait.is_zero() {
+                    break;
+                }
+                queue = match shared.wake.wait_timeout(queue, wait) {
+                    Ok((queue, _)) => queue,
                     Err(_) => return,
                 };
             }
-            if queue.jobs.is_empty() && queue.closed {
-                return;
+            if queue.jobs.is_empty() {
+                let closed = queue.closed;
+                drop(queue);
+                if spill.pending {
+                    drain_spill(&shared, store.as_ref(), &mut spill);
+                }
+                if closed {
+                    return;
+                }
+                continue;
             }
             // Linger to let a batch gather, unless one already has, a request waits on an
             // intent, or we are closing.
@@ -330,12 +357,63 @@ fn run(shared: Arc<Shared>, store: Arc<dyn Store>) {
         };
         shared.room.notify_waiters();
         let count = jobs.len() as u64;
-        write_jobs(&shared, store.as_ref(), jobs, closing);
+        write_jobs(&shared, store.as_ref(), jobs, closing, &mut spill);
         shared.in_flight.fetch_sub(count, Ordering::AcqRel);
     }
 }
 
-fn write_jobs(shared: &Shared, store: &dyn Store, jobs: Vec<Job>, closing: bool) {
+/// The writer thread's knowledge of its spill file.
+struct SpillState {
+    /// The file may hold entries the store has not taken back yet.
+    pending: bool,
+    /// While `pending`, batches go straight to the file until this moment; then the store is
+    /// offered the file again (and the batch).
+    next_probe: Instant,
+}
+
+/// How often the store is offered the spill file back while it keeps refusing it.
+const SPILL_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Offers the spill file back to the store; on success the file is gone and the writer leaves
+/// spill mode, otherwise it tries again after [`SPILL_PROBE_INTERVAL`].
+fn drain_spill(shared: &Shared, store: &dyn Store, spill: &mut SpillState) {
+    let Some(path) = &shared.spill_path else {
+        spill.pending = false;
+        return;
+    };
+    match reimport_spill(store, path) {
+        Ok(entries) => {
+            spill.pending = false;
+            shared.stats.entries_reimported.add(entries.len() as u64);
+            shared.stats.failing.store(false, Ordering::Relaxed);
+            if !entries.is_empty() {
+                tracing::info!(
+                    entries = entries.len(),
+                    file = %path.display(),
+                    "the store is back: spilled entries re-sent"
+                );
+                // Completed write-ahead exchanges among them no longer need their intents.
+                let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
+                if let Err(error) = store.clear_intents(&ids) {
+                    tracing::warn!(%error, "cannot clear the intents of re-sent entries; they are cleared at the next start");
+                }
+                shared.committed.notify_one();
+            }
+        }
+        Err(error) => {
+            spill.next_probe = Instant::now() + SPILL_PROBE_INTERVAL;
+            tracing::debug!(%error, "the store still refuses the spilled entries");
+        }
+    }
+}
+
+fn write_jobs(
+    shared: &Shared,
+    store: &dyn Store,
+    jobs: Vec<Job>,
+    closing: bool,
+    spill: &mut SpillState,
+) {
     let mut intents = Vec::new();
     let mut waiting = Vec::new();
     let mut entries = Vec::new();
@@ -383,7 +461,7 @@ fn write_jobs(shared: &Shared, store: &dyn Store, jobs: Vec<Job>, closing: bool)
         }
     }
     if !entries.is_empty() {
-        write_with_retry(shared, store, &mut entries, closing);
+        write_with_retry(shared, store, &mut entries, closing, spill);
     }
     if !completing.is_empty() {
         if let Err(error) = store.clear_intents(&completing) {
@@ -402,7 +480,30 @@ const ATTEMPTS_AT_SHUTDOWN: u32 = 10;
 /// Appends a batch, retrying with backoff. While running it retries until the store or the spill
 /// file takes the batch (back-pressure holds new audited requests meanwhile); at shutdown it
 /// gives up after a bounded number of tries and counts the loss loudly.
-fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry], closing: bool) {
+///
+/// Once a batch was spilled, later batches go straight to the spill file (the store is known to
+/// be failing) until the next probe; the first batch the store takes again brings the spill file
+/// back with it, so entries reach the store as soon as it returns, not at the next start.
+fn write_with_retry(
+    shared: &Shared,
+    store: &dyn Store,
+    batch: &mut [AuditEntry],
+    closing: bool,
+    spill_state: &mut SpillState,
+) {
+    if spill_state.pending && Instant::now() < spill_state.next_probe {
+        if let Some(path) = &shared.spill_path {
+            match spill(path, batch) {
+                Ok(()) => {
+                    shared.stats.entries_spilled.add(batch.len() as u64);
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(%error, file = %path.display(), "cannot spill entries; trying the store")
+                }
+            }
+        }
+    }
     let mut delay = Duration::from_millis(50);
     let mut attempts = 0u32;
     loop {
@@ -418,6 +519,9 @@ fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry]
                 shared.stats.batches.inc();
                 shared.stats.failing.store(false, Ordering::Relaxed);
                 shared.committed.notify_one();
+                if spill_state.pending {
+                    drain_spill(shared, store, spill_state);
+                }
                 return;
             }
             Err(error) => {
@@ -430,7 +534,9 @@ fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry]
                         match spill(path, batch) {
                             Ok(()) => {
                                 shared.stats.entries_spilled.add(batch.len() as u64);
-                                tracing::warn!(entries = batch.len(), file = %path.display(), "entries spilled to disk; they are imported into the store at the next start");
+                                spill_state.pending = true;
+                                spill_state.next_probe = Instant::now() + SPILL_PROBE_INTERVAL;
+                                tracing::warn!(entries = batch.len(), file = %path.display(), "entries spilled to disk; they are re-sent when the store takes writes again");
                                 return;
                             }
                             Err(spill_error) => {
@@ -474,6 +580,67 @@ fn spill(path: &Path, batch: &[AuditEntry]) -> std::io::Result<()> {
     file.sync_data()
 }
 
+/// Spilled entries read back per append.
+const REIMPORT_CHUNK: usize = 1000;
+
+/// Appends the entries of a spill file that are not in the log yet, a chunk at a time, then
+/// removes the file; returns the entries appended. Safe to repeat after a failure part way:
+/// entries already appended are recognised by id and skipped.
+fn reimport_spill(store: &dyn Store, path: &Path) -> Result<Vec<AuditEntry>, StoreError> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(path).map_err(|error| {
+        StoreError::Other(format!(
+            "cannot read the spill file {}: {error}",
+            path.display()
+        ))
+    })?;
+    let mut appended = Vec::new();
+    let mut chunk = Vec::with_capacity(REIMPORT_CHUNK);
+    let mut lines = std::io::BufReader::new(file).lines().enumerate();
+    loop {
+        let next = lines.next();
+        if let Some((number, line)) = &next {
+            let line = line.as_ref().map_err(|error| {
+                StoreError::Other(format!(
+                    "cannot read the spill file {}: {error}",
+                    path.display()
+                ))
+            })?;
+            if !line.trim().is_empty() {
+                match serde_json::from_str::<AuditEntry>(line) {
+                    Ok(mut entry) => {
+                        entry.seq = 0;
+                        chunk.push(entry);
+                    }
+                    // A torn last line (a crash mid-write) is the only way a line can be broken.
+                    Err(error) => {
+                        tracing::error!(line = number + 1, %error, file = %path.display(), "unreadable line in the spill file")
+                    }
+                }
+            }
+        }
+        if chunk.len() >= REIMPORT_CHUNK || (next.is_none() && !chunk.is_empty()) {
+            let ids: Vec<String> = chunk.iter().map(|entry| entry.id.clone()).collect();
+            let present = store.existing_ids(&ids)?;
+            chunk.retain(|entry| !present.contains(&entry.id));
+            if !chunk.is_empty() {
+                store.append(&mut chunk)?;
+            }
+            appended.append(&mut chunk);
+        }
+        if next.is_none() {
+            break;
+        }
+    }
+    std::fs::remove_file(path).map_err(|error| {
+        StoreError::Other(format!(
+            "cannot remove the spill file {}: {error}",
+            path.display()
+        ))
+    })?;
+    Ok(appended)
+}
+
 /// Brings the store up to date at start, before traffic: imports spilled entries (skipping any
 /// already in the log), and finishes the write-ahead intents a crash left behind as entries with
 /// outcome `unknown`. Returns (re-imported, recovered).
@@ -484,41 +651,7 @@ pub fn recover(
 ) -> Result<(usize, usize), StoreError> {
     let mut reimported = 0;
     if let Some(path) = spill_path.filter(|path| path.exists()) {
-        let text = std::fs::read_to_string(path).map_err(|error| {
-            StoreError::Other(format!(
-                "cannot read the spill file {}: {error}",
-                path.display()
-            ))
-        })?;
-        let mut entries = Vec::new();
-        for (number, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<AuditEntry>(line) {
-                Ok(mut entry) => {
-                    entry.seq = 0;
-                    entries.push(entry);
-                }
-                // A torn last line (a crash mid-write) is the only way a line can be broken.
-                Err(error) => {
-                    tracing::error!(line = number + 1, %error, file = %path.display(), "unreadable line in the spill file")
-                }
-            }
-        }
-        let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
-        let present = store.existing_ids(&ids)?;
-        entries.retain(|entry| !present.contains(&entry.id));
-        for chunk in entries.chunks_mut(1000) {
-            store.append(chunk)?;
-        }
-        reimported = entries.len();
-        std::fs::remove_file(path).map_err(|error| {
-            StoreError::Other(format!(
-                "cannot remove the spill file {}: {error}",
-                path.display()
-            ))
-        })?;
+        reimported = reimport_spill(store, path)?.len();
         if reimported > 0 {
             tracing::info!(entries = reimported, "re-imported spilled entries");
         }

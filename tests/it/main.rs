@@ -1,5 +1,6 @@
 //! The one integration-test binary: real servers on 127.0.0.1:0, one module per area.
 
+mod pg;
 mod support;
 
 mod admin;
@@ -8,5 +9,6 @@ mod durability;
 mod hints;
 mod identity;
 mod proxy;
+mod store;
 mod tamper;
 mod viewer;
