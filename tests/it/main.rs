@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod configs;
 mod durability;
+mod fleet;
 mod hints;
 mod identity;
 mod proxy;

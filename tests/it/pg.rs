@@ -34,15 +34,39 @@ pub fn server_url(test: &str) -> Option<String> {
     }
 }
 
+/// Tests that use the server hold this shared; the outage test, which stops the server, holds it
+/// exclusively, so it never pulls the server from under another test.
+/// (tokio's lock: its guards may move between threads, as a database made on the blocking pool
+/// does.)
+static SERVER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+enum ServerUse {
+    Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'static, ()>),
+}
+
 /// A database of its own on the test server, dropped (with its connections) on drop.
 pub struct TestDatabase {
     server: postgres::Config,
     pub name: String,
     pub config: postgres::Config,
+    _use: ServerUse,
 }
 
 impl TestDatabase {
+    /// Call from a blocking context (a plain test, or `spawn_blocking`).
     pub fn create(server_url: &str, label: &str) -> TestDatabase {
+        let guard = SERVER.blocking_read();
+        TestDatabase::create_with(server_url, label, ServerUse::Shared(guard))
+    }
+
+    /// A database on a server no other test uses meanwhile (the test may stop it).
+    pub fn create_exclusive(server_url: &str, label: &str) -> TestDatabase {
+        let guard = SERVER.blocking_write();
+        TestDatabase::create_with(server_url, label, ServerUse::Exclusive(guard))
+    }
+
+    fn create_with(server_url: &str, label: &str, server_use: ServerUse) -> TestDatabase {
         let server: postgres::Config = server_url.parse().expect("test server URL");
         let name = format!(
             "auditgate_{}_{}",
@@ -59,6 +83,7 @@ impl TestDatabase {
             server,
             name,
             config,
+            _use: server_use,
         }
     }
 

@@ -39,6 +39,9 @@ use crate::retention::PrunePlan;
 /// Migrations, applied in order; `auditgate_schema.version` records how many ran.
 const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
 
+/// How long a sidecar waits at open for its log's lock before concluding another sidecar holds it.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Prepared statements kept per connection; past this the cache starts over (filters combine
 /// into many shapes, but a deployment uses few).
 const STATEMENT_CACHE: usize = 256;
@@ -267,7 +270,20 @@ impl PostgresStore {
                     &[&options.log_id],
                 )?;
                 if exclusive {
-                    take_log_lock(&mut connection, &options.log_id)?;
+                    // A sidecar restarted at once may find its previous process's session still
+                    // ending on the server (it holds the lock until then): wait a little before
+                    // deciding that another sidecar has the log.
+                    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+                    loop {
+                        match take_log_lock(&mut connection, &options.log_id) {
+                            Err(StoreError::LogInUse { .. })
+                                if std::time::Instant::now() < deadline =>
+                            {
+                                std::thread::sleep(std::time::Duration::from_millis(100));
+                            }
+                            taken => break taken?,
+                        }
+                    }
                 }
             }
             Access::Read => check_schema(&mut connection, &target)?,
@@ -308,21 +324,28 @@ impl PostgresStore {
     }
 
     /// Runs `work` with a reader connection from the pool (a new one when the pool is empty;
-    /// a broken one is dropped instead of returned).
+    /// a broken one is dropped instead of returned). A pooled connection only learns that the
+    /// server went away when it is next used, so a call that fails on a pooled connection that
+    /// turns out closed is run once more on a fresh one: the first query after a database
+    /// restart succeeds instead of failing.
     pub fn with_reader<T>(
         &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+        work: impl Fn(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let pooled = self
             .readers
             .lock()
             .map_err(|_| StoreError::Other("reader pool poisoned".into()))?
             .pop();
-        let mut connection = match pooled {
-            Some(connection) if !connection.is_closed() => connection,
-            _ => Connection::open(&self.options.config)?,
+        let (mut connection, from_pool) = match pooled {
+            Some(connection) if !connection.is_closed() => (connection, true),
+            _ => (Connection::open(&self.options.config)?, false),
         };
-        let result = work(&mut connection);
+        let mut result = work(&mut connection);
+        if result.is_err() && from_pool && connection.is_closed() {
+            connection = Connection::open(&self.options.config)?;
+            result = work(&mut connection);
+        }
         if !connection.is_closed() {
             if let Ok(mut readers) = self.readers.lock() {
                 if readers.len() < self.options.pool_size {
@@ -336,7 +359,7 @@ impl PostgresStore {
     /// Runs `work` with this log's view of a pooled reader connection.
     fn with_log<T>(
         &self,
-        work: impl FnOnce(&mut tree::LogDb<'_, Client>) -> Result<T, StoreError>,
+        work: impl Fn(&mut tree::LogDb<'_, Client>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.with_reader(|connection| {
             let (client, statements) = connection.parts();
@@ -379,10 +402,61 @@ impl PostgresStore {
     /// the commit succeeds.
     fn write<T>(
         &self,
-        work: impl FnOnce(
+        mut work: impl FnMut(
             &mut tree::LogDb<'_, postgres::Transaction<'_>>,
             &mut Frontier,
         ) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.on_writer(|frontier, connection, options| {
+            let known = frontier.clone();
+            let (client, statements) = connection.parts();
+            let mut transaction = client.transaction()?;
+            let (result, working) = {
+                let mut db = tree::LogDb {
+                    client: &mut transaction,
+                    statements,
+                    log_id: &options.log_id,
+                };
+                db_lock_log(&mut db)?;
+                let mut working = current_frontier(&mut db, &known)?;
+                let result = work(&mut db, &mut working)?;
+                (result, working)
+            };
+            transaction.commit()?;
+            *frontier = working;
+            Ok(result)
+        })
+    }
+
+    /// Runs `work` in a transaction on the writer connection, outside the log's lock (intents,
+    /// heads).
+    fn with_writer<T>(
+        &self,
+        mut work: impl FnMut(&mut tree::LogDb<'_, postgres::Transaction<'_>>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.on_writer(|_, connection, options| {
+            let (client, statements) = connection.parts();
+            let mut transaction = client.transaction()?;
+            let result = {
+                let mut db = tree::LogDb {
+                    client: &mut transaction,
+                    statements,
+                    log_id: &options.log_id,
+                };
+                work(&mut db)?
+            };
+            transaction.commit()?;
+            Ok(result)
+        })
+    }
+
+    /// Runs `work` on the writer connection with the frontier. A connection that turns out to
+    /// have been lost (a database restart) gets one fresh attempt, so the first write after the
+    /// database returns does not fail; a retried append cannot duplicate entries, since
+    /// `(log_id, id)` is unique.
+    fn on_writer<T>(
+        &self,
+        mut work: impl FnMut(&mut Frontier, &mut Connection, &PostgresOptions) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         if self.options.access == Access::Read {
             return Err(StoreError::Other(
@@ -393,51 +467,22 @@ impl PostgresStore {
         if let Some(reason) = &side.damaged {
             return Err(StoreError::Other(reason.clone()));
         }
-        let known = side.frontier.clone();
-        let connection = self.writer_connection(&mut side)?;
-        let (client, statements) = connection.parts();
-        let mut transaction = client.transaction()?;
-        let (result, working) = {
-            let mut db = tree::LogDb {
-                client: &mut transaction,
-                statements,
-                log_id: &self.options.log_id,
-            };
-            db_lock_log(&mut db)?;
-            let mut working = current_frontier(&mut db, &known)?;
-            let result = work(&mut db, &mut working)?;
-            (result, working)
-        };
-        transaction.commit()?;
-        self.next_seq.store(working.size() + 1, Ordering::Release);
-        side.frontier = working;
-        Ok(result)
-    }
-
-    /// Runs `work` on the writer connection outside the log's lock (intents).
-    fn with_writer<T>(
-        &self,
-        work: impl FnOnce(&mut tree::LogDb<'_, postgres::Transaction<'_>>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        if self.options.access == Access::Read {
-            return Err(StoreError::Other(
-                "the store was opened for reading only".into(),
-            ));
+        let mut retried = false;
+        loop {
+            let mut frontier = side.frontier.clone();
+            let connection = self.writer_connection(&mut side)?;
+            let result = work(&mut frontier, connection, &self.options);
+            let lost = connection.is_closed();
+            match result {
+                Ok(value) => {
+                    self.next_seq.store(frontier.size() + 1, Ordering::Release);
+                    side.frontier = frontier;
+                    return Ok(value);
+                }
+                Err(_) if lost && !retried => retried = true,
+                Err(error) => return Err(error),
+            }
         }
-        let mut side = self.lock_writer()?;
-        let connection = self.writer_connection(&mut side)?;
-        let (client, statements) = connection.parts();
-        let mut transaction = client.transaction()?;
-        let result = {
-            let mut db = tree::LogDb {
-                client: &mut transaction,
-                statements,
-                log_id: &self.options.log_id,
-            };
-            work(&mut db)?
-        };
-        transaction.commit()?;
-        Ok(result)
     }
 }
 
@@ -522,7 +567,16 @@ impl Drop for PostgresStore {
         }
         let closing = std::thread::Builder::new()
             .name("auditgate-pg-close".into())
-            .spawn(move || drop(connections));
+            .spawn(move || {
+                // Release the log's lock now rather than when the server notices the closed
+                // socket, so the log can be opened again at once (a restart).
+                for connection in &mut connections {
+                    let _ = connection
+                        .client
+                        .batch_execute("SELECT pg_advisory_unlock_all()");
+                }
+                drop(connections)
+            });
         if let Ok(closing) = closing {
             let _ = closing.join();
         }
@@ -797,7 +851,7 @@ impl Store for PostgresStore {
         record: AuditEntry,
         max_entries: usize,
     ) -> Result<Option<PruneOutcome>, StoreError> {
-        self.write(|db, frontier| tree::prune(db, frontier, plan, record, max_entries))
+        self.write(|db, frontier| tree::prune(db, frontier, plan, record.clone(), max_entries))
     }
 }
 
