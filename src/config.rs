@@ -216,6 +216,18 @@ pub struct RetentionRuleFile {
     pub max_age: String,
 }
 
+/// `[stream]`: every committed entry as one JSON line, for SIEM shippers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamFile {
+    /// "stdout", or a file path that Vector, Fluent Bit or Filebeat tails.
+    pub ndjson: Option<String>,
+    /// A file is rotated before it grows past this (default "100MiB").
+    pub max_bytes: Option<String>,
+    /// Rotated files kept: PATH.1 ... PATH.N (default 5).
+    pub keep: Option<usize>,
+}
+
 /// `[unmatched]`: traffic no rule matched.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -489,6 +501,8 @@ pub struct Config {
     pub log: LogConfig,
     pub retention: RetentionConfig,
     pub policy: Arc<Policy>,
+    /// The NDJSON stream of committed entries, if configured.
+    pub stream: Option<crate::stream::StreamConfig>,
 }
 
 /// The whole file, section by section, as TOML values (so each is checked on its own).
@@ -503,6 +517,7 @@ const SECTIONS: &[&str] = &[
     "actor",
     "redact",
     "rule",
+    "stream",
 ];
 
 impl Config {
@@ -548,6 +563,7 @@ impl Config {
         let log: LogFile = section(&table, "log", &mut errors).unwrap_or_default();
         let retention: RetentionFile =
             section(&table, "retention", &mut errors).unwrap_or_default();
+        let stream: Option<StreamFile> = section(&table, "stream", &mut errors);
         let unmatched: UnmatchedFile =
             section(&table, "unmatched", &mut errors).unwrap_or_default();
         let hints_file: crate::hints::HintsFile =
@@ -595,6 +611,9 @@ impl Config {
         };
         let log_config = validate_log(&log, base, &mut errors);
         let retention = validate_retention(&retention, &mut errors);
+        let stream = stream
+            .as_ref()
+            .and_then(|stream| validate_stream(stream, base, &mut errors));
         let unmatched = match unmatched.record.as_deref() {
             None | Some("mutations") => UnmatchedRecord::Mutations,
             Some("none") => UnmatchedRecord::None,
@@ -638,6 +657,7 @@ impl Config {
                     log_id,
                     log: log_config,
                     retention,
+                    stream,
                     policy: Arc::new(Policy {
                         rules,
                         actors,
@@ -1024,6 +1044,57 @@ fn validate_store(
     })
 }
 
+fn validate_stream(
+    file: &StreamFile,
+    base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Option<crate::stream::StreamConfig> {
+    use crate::stream::{StreamConfig, StreamTarget};
+    let target = match file.ndjson.as_deref() {
+        None | Some("") => {
+            errors.push(ConfigError::new(
+                "stream.ndjson",
+                "missing: \"stdout\" or the path of a file to write",
+            ));
+            None
+        }
+        Some("stdout") => Some(StreamTarget::Stdout),
+        Some(path) => Some(StreamTarget::File(resolve(base, path))),
+    };
+    let max_bytes = match file.max_bytes.as_deref() {
+        None => 100 * 1024 * 1024,
+        Some(text) => match parse_size(text) {
+            Ok(bytes) if bytes >= 4096 => bytes,
+            Ok(_) => {
+                errors.push(ConfigError::new(
+                    "stream.max_bytes",
+                    "must be at least 4KiB",
+                ));
+                0
+            }
+            Err(message) => {
+                errors.push(ConfigError::new("stream.max_bytes", message));
+                0
+            }
+        },
+    };
+    let keep = file.keep.unwrap_or(5);
+    if keep == 0 {
+        errors.push(ConfigError::new("stream.keep", "must be at least 1"));
+    }
+    if target == Some(StreamTarget::Stdout) && (file.max_bytes.is_some() || file.keep.is_some()) {
+        errors.push(ConfigError::new(
+            "stream.max_bytes",
+            "rotation applies to a file, not to stdout",
+        ));
+    }
+    Some(StreamConfig {
+        target: target?,
+        max_bytes,
+        keep,
+    })
+}
+
 /// The `url` and its companions of `[store]`, when set. Every problem is reported; the URL's
 /// text never appears in a message, since it may hold a password.
 fn validate_postgres(file: &StoreFile, errors: &mut Vec<ConfigError>) -> Option<PostgresConfig> {
@@ -1346,6 +1417,57 @@ mod tests {
         );
         // The password never shows, not even in a debug dump of the config.
         assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_stream_goes_to_stdout_or_a_rotated_file() {
+        let parse = |stream: &str| {
+            Config::parse(
+                &format!("[proxy]\nupstream = \"127.0.0.1:3000\"\n[stream]\n{stream}\n"),
+                Path::new("/etc/auditgate"),
+            )
+        };
+        let config = parse("ndjson = \"stdout\"").expect("valid");
+        let stream = config.stream.expect("stream");
+        assert_eq!(stream.target, crate::stream::StreamTarget::Stdout);
+        let config =
+            parse("ndjson = \"log/audit.ndjson\"\nmax_bytes = \"1MiB\"\nkeep = 3").expect("valid");
+        let stream = config.stream.expect("stream");
+        assert_eq!(
+            stream.target,
+            crate::stream::StreamTarget::File(PathBuf::from("/etc/auditgate/log/audit.ndjson"))
+        );
+        assert_eq!((stream.max_bytes, stream.keep), (1024 * 1024, 3));
+        assert!(
+            Config::parse("[proxy]\nupstream = \"a:1\"\n", Path::new("."))
+                .expect("valid")
+                .stream
+                .is_none()
+        );
+        let errors: Vec<String> = parse("max_bytes = \"1KiB\"\nkeep = 0\nformat = \"x\"")
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            errors.iter().any(|error| error.starts_with("stream")),
+            "{errors:?}"
+        );
+        let errors: Vec<String> = parse("max_bytes = \"1KiB\"\nkeep = 0")
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let all = errors.join("\n");
+        for expected in [
+            "stream.ndjson: missing",
+            "stream.max_bytes: must be at least 4KiB",
+            "stream.keep: must be at least 1",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in {all}");
+        }
+        let errors = parse("ndjson = \"stdout\"\nkeep = 2").expect_err("invalid");
+        assert!(errors[0].to_string().contains("rotation applies to a file"));
     }
 
     #[test]

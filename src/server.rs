@@ -69,8 +69,28 @@ impl Sidecar {
         let spill_path = config.store.spill_path();
         let recovery_store = store.clone();
         let recovery_spill = spill_path.clone();
-        let (reimported, recovered) = tokio::task::spawn_blocking(move || {
-            crate::writer::recover(recovery_store.as_ref(), Some(&recovery_spill), None)
+        let stream = match config.stream.clone() {
+            Some(stream_config) => Some(
+                crate::stream::NdjsonStream::open(stream_config)
+                    .context("cannot open the NDJSON stream ([stream] ndjson)")?,
+            ),
+            None => None,
+        };
+        let (reimported, recovered, stream) = tokio::task::spawn_blocking(move || {
+            let mut stream = stream;
+            let counts = crate::writer::recover_into(
+                recovery_store.as_ref(),
+                Some(&recovery_spill),
+                None,
+                &mut |entries| {
+                    if let Some(stream) = stream.as_mut() {
+                        if let Err(error) = stream.write_entries(entries) {
+                            tracing::error!(%error, "cannot write recovered entries to the NDJSON stream");
+                        }
+                    }
+                },
+            )?;
+            Ok::<_, crate::store::StoreError>((counts.0, counts.1, stream))
         })
         .await
         .context("recovery task failed")?
@@ -85,6 +105,9 @@ impl Sidecar {
             },
         )
         .context("cannot start the writer thread")?;
+        if let Some(stream) = stream {
+            writer.handle().attach_stream(stream);
+        }
         writer
             .handle()
             .stats()

@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use crate::entry::{AuditEntry, Outcome};
 use crate::metrics::{Counter, Histogram};
 use crate::store::{Store, StoreError};
+use crate::stream::NdjsonStream;
 
 /// Counters the writer keeps, read by /metrics and tests.
 #[derive(Debug)]
@@ -56,6 +57,10 @@ pub struct WriterStats {
     pub commit_seconds: Histogram,
     /// Set while the last attempt to write failed (for /readyz).
     pub failing: AtomicBool,
+    /// Lines written to the NDJSON stream (`[stream]`).
+    pub stream_lines: Counter,
+    /// Stream writes that failed (the entries are in the store; the stream missed them).
+    pub stream_errors: Counter,
 }
 
 impl Default for WriterStats {
@@ -74,6 +79,8 @@ impl Default for WriterStats {
             commit_size: Histogram::new(crate::metrics::SIZE_BOUNDS),
             commit_seconds: Histogram::new(crate::metrics::SECONDS_BOUNDS),
             failing: AtomicBool::new(false),
+            stream_lines: Counter::default(),
+            stream_errors: Counter::default(),
         }
     }
 }
@@ -112,6 +119,8 @@ struct Shared {
     in_flight: AtomicU64,
     /// Signalled after every committed batch, for tasks that follow the log's growth.
     committed: tokio::sync::Notify,
+    /// Where committed entries are copied as NDJSON, if anywhere (only the writer thread writes).
+    stream: Mutex<Option<NdjsonStream>>,
 }
 
 /// What the proxy holds: push entries, wait for room, wait for write-ahead intents.
@@ -151,6 +160,7 @@ impl Writer {
             stats: WriterStats::default(),
             in_flight: AtomicU64::new(0),
             committed: tokio::sync::Notify::new(),
+            stream: Mutex::new(None),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -272,6 +282,14 @@ impl WriterHandle {
         &self.shared.stats
     }
 
+    /// Copies every entry committed from now on to `stream` (the SIEM stream), written by the
+    /// writer thread right after each commit.
+    pub fn attach_stream(&self, stream: NdjsonStream) {
+        if let Ok(mut slot) = self.shared.stream.lock() {
+            *slot = Some(stream);
+        }
+    }
+
     /// Waits until every entry pushed before this call has been written (for tests and the demo).
     /// Gives up after `timeout`.
     pub async fn flushed(&self, timeout: Duration) -> bool {
@@ -371,6 +389,24 @@ struct SpillState {
     next_probe: Instant,
 }
 
+/// Copies committed entries to the stream, if one is attached. A failure is counted and logged;
+/// the entries are in the store whatever happens here.
+fn publish(shared: &Shared, entries: &[AuditEntry]) {
+    let Ok(mut slot) = shared.stream.lock() else {
+        return;
+    };
+    let Some(stream) = slot.as_mut() else {
+        return;
+    };
+    match stream.write_entries(entries) {
+        Ok(()) => shared.stats.stream_lines.add(entries.len() as u64),
+        Err(error) => {
+            shared.stats.stream_errors.inc();
+            tracing::error!(%error, entries = entries.len(), "cannot write entries to the NDJSON stream; they are in the store");
+        }
+    }
+}
+
 /// How often the store is offered the spill file back while it keeps refusing it.
 const SPILL_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -392,6 +428,7 @@ fn drain_spill(shared: &Shared, store: &dyn Store, spill: &mut SpillState) {
                     file = %path.display(),
                     "the store is back: spilled entries re-sent"
                 );
+                publish(shared, &entries);
                 // Completed write-ahead exchanges among them no longer need their intents.
                 let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
                 if let Err(error) = store.clear_intents(&ids) {
@@ -519,6 +556,7 @@ fn write_with_retry(
                 shared.stats.batches.inc();
                 shared.stats.failing.store(false, Ordering::Relaxed);
                 shared.committed.notify_one();
+                publish(shared, batch);
                 if spill_state.pending {
                     drain_spill(shared, store, spill_state);
                 }
@@ -649,9 +687,22 @@ pub fn recover(
     spill_path: Option<&Path>,
     stats: Option<&WriterStats>,
 ) -> Result<(usize, usize), StoreError> {
+    recover_into(store, spill_path, stats, &mut |_| {})
+}
+
+/// [`recover`], handing every entry it appends to `committed` (the SIEM stream, which must see
+/// these entries too).
+pub fn recover_into(
+    store: &dyn Store,
+    spill_path: Option<&Path>,
+    stats: Option<&WriterStats>,
+    committed: &mut dyn FnMut(&[AuditEntry]),
+) -> Result<(usize, usize), StoreError> {
     let mut reimported = 0;
     if let Some(path) = spill_path.filter(|path| path.exists()) {
-        reimported = reimport_spill(store, path)?.len();
+        let entries = reimport_spill(store, path)?;
+        committed(&entries);
+        reimported = entries.len();
         if reimported > 0 {
             tracing::info!(entries = reimported, "re-imported spilled entries");
         }
@@ -668,6 +719,7 @@ pub fn recover(
         let ids: Vec<String> = intents.iter().map(|intent| intent.id.clone()).collect();
         for chunk in intents.chunks_mut(1000) {
             store.append(chunk)?;
+            committed(chunk);
         }
         store.clear_intents(&ids)?;
         tracing::warn!(

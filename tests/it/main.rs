@@ -10,6 +10,7 @@ mod fleet;
 mod hints;
 mod identity;
 mod proxy;
+mod siem;
 mod store;
 mod tamper;
 mod viewer;
