@@ -60,6 +60,16 @@ pub enum Command {
     /// Prune entries past their retention now: delete their rows, keep their leaf hashes, and
     /// record an `audit.pruned` entry. Safe to run beside a running sidecar.
     Prune(PruneArgs),
+    /// Ask a running sidecar whether it is healthy: GET an admin URL, exit 0 on a 2xx answer,
+    /// 1 otherwise (for a container HEALTHCHECK, where the image has no curl).
+    Health {
+        /// The admin endpoint to ask: /healthz (alive) or /readyz (can take writes).
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+        /// Longest wait for the answer.
+        #[arg(long, default_value = "5s")]
+        timeout: String,
+    },
     /// Make a new admin token and print it with the SHA-256 the config stores.
     Token {
         /// Name for the token's holder (recorded as the actor of their queries).

@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod configs;
+mod deploy;
 mod durability;
 mod fleet;
 mod hints;
