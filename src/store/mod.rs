@@ -28,7 +28,7 @@ pub use sqlite_rows::{Bucket, Page, StatsBy};
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", postgres::error_message(.0))]
     Postgres(#[from] ::postgres::Error),
     /// A paging cursor from another kind of store (or another version): refused, not misread.
     #[error("{}", query::CursorError)]

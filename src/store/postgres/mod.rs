@@ -80,7 +80,7 @@ impl Connection {
     fn open(config: &postgres::Config) -> Result<Connection, StoreError> {
         let client = config.connect(NoTls).map_err(|error| StoreError::Open {
             path: describe_target(config),
-            message: error.to_string(),
+            message: error_message(&error),
         })?;
         Ok(Connection {
             client,
@@ -120,6 +120,18 @@ impl StatementCache {
         let statement = client.prepare(sql)?;
         self.0.insert(sql.to_string(), statement.clone());
         Ok(statement)
+    }
+}
+
+/// What went wrong, in full: the driver's own text of a server error is just "db error", with the
+/// server's message one level down.
+pub fn error_message(error: &postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(error) {
+        Some(source) => format!("{error}: {source}"),
+        None => error.to_string(),
     }
 }
 
