@@ -60,6 +60,16 @@ pub enum Command {
     /// Prune entries past their retention now: delete their rows, keep their leaf hashes, and
     /// record an `audit.pruned` entry. Safe to run beside a running sidecar.
     Prune(PruneArgs),
+    /// Ask a running sidecar whether it is healthy: GET an admin URL, exit 0 on a 2xx answer,
+    /// 1 otherwise (for a container HEALTHCHECK, where the image has no curl).
+    Health {
+        /// The admin endpoint to ask: /healthz (alive) or /readyz (can take writes).
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+        /// Longest wait for the answer.
+        #[arg(long, default_value = "5s")]
+        timeout: String,
+    },
     /// Make a new admin token and print it with the SHA-256 the config stores.
     Token {
         /// Name for the token's holder (recorded as the actor of their queries).
@@ -149,11 +159,15 @@ pub struct FilterArgs {
     /// Free text over actor, action, resource and path.
     #[arg(long)]
     pub q: Option<String>,
+    /// One log, when several sidecars share a PostgreSQL database.
+    #[arg(long)]
+    pub log_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    /// The SQLite database.
+    /// The SQLite database, or a PostgreSQL URL (postgres://USER@HOST/DB; password from the URL
+    /// or PGPASSWORD).
     #[arg(long, default_value = "data/audit.db")]
     pub db: PathBuf,
     #[command(flatten)]
@@ -171,7 +185,8 @@ pub struct QueryArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// The SQLite database.
+    /// The SQLite database, or a PostgreSQL URL (postgres://USER@HOST/DB; password from the URL
+    /// or PGPASSWORD).
     #[arg(long, default_value = "data/audit.db")]
     pub db: PathBuf,
     /// csv, json or ndjson.
@@ -189,9 +204,12 @@ pub struct ExportArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The SQLite database (opened read-only).
+    /// The SQLite database (opened read-only), or a PostgreSQL URL (with --log-id).
     #[arg(long, default_value = "data/audit.db")]
     pub db: PathBuf,
+    /// The log to check in a PostgreSQL database several sidecars share (their [log] log_id).
+    #[arg(long)]
+    pub log_id: Option<String>,
     /// A published heads file (`publish_heads = ["file:..."]`): its heads are checked too, and
     /// every head in the database must be in it. This is what finds a database restored from an
     /// older copy.

@@ -147,6 +147,25 @@ pub struct StoreFile {
     pub on_store_failure: Option<String>,
     /// How long a write waits for a database lock held by another process before it fails.
     pub busy_timeout: Option<String>,
+    /// A PostgreSQL database shared by a fleet of sidecars, instead of `path`:
+    /// "postgres://USER@HOST:PORT/DBNAME" (or libpq's "host=... user=..." form). Each sidecar
+    /// writes its own log (`[log] log_id`) and answers queries over all of them. No TLS yet:
+    /// `sslmode=require` is refused.
+    pub url: Option<String>,
+    /// The environment variable that holds the PostgreSQL password, so the file names none
+    /// (e.g. one set from a Kubernetes Secret).
+    pub password_env: Option<String>,
+    /// Where entries the store refuses wait (NDJSON) until it takes them again. Default: beside
+    /// the SQLite file, or "data/spill.ndjson" with `url`.
+    pub spill_file: Option<String>,
+    /// PostgreSQL: idle reader connections kept for the admin API (default 4).
+    pub pool_size: Option<usize>,
+    /// PostgreSQL: hold an advisory lock on this sidecar's log while running, so a second
+    /// sidecar with the same log_id is refused (default true; turn off for databases without
+    /// advisory locks, such as CockroachDB).
+    pub lock_log: Option<bool>,
+    /// PostgreSQL: longest wait for a connection (default "5s").
+    pub connect_timeout: Option<String>,
 }
 
 /// `[log]`: the log's identity, and its signed tree heads.
@@ -195,6 +214,18 @@ pub struct RetentionRuleFile {
     pub action_prefix: String,
     /// Maximum age of those entries, e.g. "30d".
     pub max_age: String,
+}
+
+/// `[stream]`: every committed entry as one JSON line, for SIEM shippers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamFile {
+    /// "stdout", or a file path that Vector, Fluent Bit or Filebeat tails.
+    pub ndjson: Option<String>,
+    /// A file is rotated before it grows past this (default "100MiB").
+    pub max_bytes: Option<String>,
+    /// Rotated files kept: PATH.1 ... PATH.N (default 5).
+    pub keep: Option<usize>,
 }
 
 /// `[unmatched]`: traffic no rule matched.
@@ -372,11 +403,27 @@ pub struct StoreConfig {
     pub flush_interval: Duration,
     pub on_store_failure: StoreFailure,
     pub busy_timeout: Duration,
+    /// The shared PostgreSQL database; `None` for the SQLite file at `path`.
+    pub postgres: Option<PostgresConfig>,
+    /// Where refused entries wait, when not beside the SQLite file.
+    pub spill_file: Option<PathBuf>,
+}
+
+/// A PostgreSQL store, validated.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// Host, port, user, database, password (redacted by its Debug), timeouts.
+    pub connection: postgres::Config,
+    pub lock_log: bool,
+    pub pool_size: usize,
 }
 
 impl StoreConfig {
-    /// Where entries the store refuses are spilled (beside the database).
+    /// Where entries the store refuses are spilled (`spill_file`, or beside the database).
     pub fn spill_path(&self) -> PathBuf {
+        if let Some(path) = &self.spill_file {
+            return path.clone();
+        }
         let mut name = self
             .path
             .file_name()
@@ -454,6 +501,8 @@ pub struct Config {
     pub log: LogConfig,
     pub retention: RetentionConfig,
     pub policy: Arc<Policy>,
+    /// The NDJSON stream of committed entries, if configured.
+    pub stream: Option<crate::stream::StreamConfig>,
 }
 
 /// The whole file, section by section, as TOML values (so each is checked on its own).
@@ -468,6 +517,7 @@ const SECTIONS: &[&str] = &[
     "actor",
     "redact",
     "rule",
+    "stream",
 ];
 
 impl Config {
@@ -513,6 +563,7 @@ impl Config {
         let log: LogFile = section(&table, "log", &mut errors).unwrap_or_default();
         let retention: RetentionFile =
             section(&table, "retention", &mut errors).unwrap_or_default();
+        let stream: Option<StreamFile> = section(&table, "stream", &mut errors);
         let unmatched: UnmatchedFile =
             section(&table, "unmatched", &mut errors).unwrap_or_default();
         let hints_file: crate::hints::HintsFile =
@@ -560,6 +611,9 @@ impl Config {
         };
         let log_config = validate_log(&log, base, &mut errors);
         let retention = validate_retention(&retention, &mut errors);
+        let stream = stream
+            .as_ref()
+            .and_then(|stream| validate_stream(stream, base, &mut errors));
         let unmatched = match unmatched.record.as_deref() {
             None | Some("mutations") => UnmatchedRecord::Mutations,
             Some("none") => UnmatchedRecord::None,
@@ -603,6 +657,7 @@ impl Config {
                     log_id,
                     log: log_config,
                     retention,
+                    stream,
                     policy: Arc::new(Policy {
                         rules,
                         actors,
@@ -954,6 +1009,27 @@ fn validate_store(
         Duration::from_secs(5),
         errors,
     );
+    let postgres = validate_postgres(file, errors);
+    let spill_file = match (&file.spill_file, &postgres) {
+        (Some(spill), _) => Some(resolve(base, spill)),
+        (None, Some(_)) => Some(base.join("data/spill.ndjson")),
+        (None, None) => None,
+    };
+    if file.url.is_none() {
+        for (key, set) in [
+            ("store.password_env", file.password_env.is_some()),
+            ("store.pool_size", file.pool_size.is_some()),
+            ("store.lock_log", file.lock_log.is_some()),
+            ("store.connect_timeout", file.connect_timeout.is_some()),
+        ] {
+            if set {
+                errors.push(ConfigError::new(
+                    key,
+                    "applies to a PostgreSQL store only (set store.url)",
+                ));
+            }
+        }
+    }
     Some(StoreConfig {
         path,
         durability,
@@ -963,6 +1039,144 @@ fn validate_store(
         flush_interval,
         on_store_failure,
         busy_timeout,
+        postgres,
+        spill_file,
+    })
+}
+
+fn validate_stream(
+    file: &StreamFile,
+    base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Option<crate::stream::StreamConfig> {
+    use crate::stream::{StreamConfig, StreamTarget};
+    let target = match file.ndjson.as_deref() {
+        None | Some("") => {
+            errors.push(ConfigError::new(
+                "stream.ndjson",
+                "missing: \"stdout\" or the path of a file to write",
+            ));
+            None
+        }
+        Some("stdout") => Some(StreamTarget::Stdout),
+        Some(path) => Some(StreamTarget::File(resolve(base, path))),
+    };
+    let max_bytes = match file.max_bytes.as_deref() {
+        None => 100 * 1024 * 1024,
+        Some(text) => match parse_size(text) {
+            Ok(bytes) if bytes >= 4096 => bytes,
+            Ok(_) => {
+                errors.push(ConfigError::new(
+                    "stream.max_bytes",
+                    "must be at least 4KiB",
+                ));
+                0
+            }
+            Err(message) => {
+                errors.push(ConfigError::new("stream.max_bytes", message));
+                0
+            }
+        },
+    };
+    let keep = file.keep.unwrap_or(5);
+    if keep == 0 {
+        errors.push(ConfigError::new("stream.keep", "must be at least 1"));
+    }
+    if target == Some(StreamTarget::Stdout) && (file.max_bytes.is_some() || file.keep.is_some()) {
+        errors.push(ConfigError::new(
+            "stream.max_bytes",
+            "rotation applies to a file, not to stdout",
+        ));
+    }
+    Some(StreamConfig {
+        target: target?,
+        max_bytes,
+        keep,
+    })
+}
+
+/// The `url` and its companions of `[store]`, when set. Every problem is reported; the URL's
+/// text never appears in a message, since it may hold a password.
+fn validate_postgres(file: &StoreFile, errors: &mut Vec<ConfigError>) -> Option<PostgresConfig> {
+    let url = file.url.as_deref()?;
+    let mut valid = true;
+    if file.path.is_some() {
+        errors.push(ConfigError::new(
+            "store.url",
+            "give either path (SQLite) or url (PostgreSQL), not both",
+        ));
+        valid = false;
+    }
+    let mut connection = match url.parse::<postgres::Config>() {
+        Ok(connection) => connection,
+        Err(error) => {
+            errors.push(ConfigError::new(
+                "store.url",
+                format!("not a PostgreSQL connection URL ({error})"),
+            ));
+            return None;
+        }
+    };
+    if connection.get_hosts().is_empty() {
+        errors.push(ConfigError::new(
+            "store.url",
+            "names no host (postgres://USER@HOST:PORT/DBNAME)",
+        ));
+        valid = false;
+    }
+    if connection.get_user().is_none() {
+        errors.push(ConfigError::new(
+            "store.url",
+            "names no user (postgres://USER@HOST:PORT/DBNAME)",
+        ));
+        valid = false;
+    }
+    if connection.get_ssl_mode() == postgres::config::SslMode::Require {
+        errors.push(ConfigError::new(
+            "store.url",
+            "sslmode=require is not supported yet: auditgate connects without TLS (use a private \
+             network, or a TLS tunnel such as a sidecar proxy)",
+        ));
+        valid = false;
+    }
+    if let Some(variable) = &file.password_env {
+        match std::env::var(variable) {
+            Ok(password) if !password.is_empty() => {
+                connection.password(password);
+            }
+            _ => {
+                errors.push(ConfigError::new(
+                    "store.password_env",
+                    format!("environment variable {variable} is not set"),
+                ));
+                valid = false;
+            }
+        }
+    }
+    let pool_size = file.pool_size.unwrap_or(4);
+    if pool_size == 0 {
+        errors.push(ConfigError::new("store.pool_size", "must be at least 1"));
+        valid = false;
+    }
+    if connection.get_connect_timeout().is_none() || file.connect_timeout.is_some() {
+        let timeout = duration_or(
+            "store.connect_timeout",
+            file.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+            errors,
+        );
+        connection.connect_timeout(timeout);
+    }
+    if connection.get_application_name().is_none() {
+        connection.application_name("auditgate");
+    }
+    // A peer that vanishes (a database host lost without a FIN) is noticed within about a
+    // minute instead of the kernel's two hours.
+    connection.keepalives_idle(Duration::from_secs(30));
+    valid.then_some(PostgresConfig {
+        connection,
+        lock_log: file.lock_log.unwrap_or(true),
+        pool_size,
     })
 }
 
@@ -1173,6 +1387,123 @@ fn default_log_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn store_errors(store: &str) -> Vec<String> {
+        let text = format!("[proxy]\nupstream = \"127.0.0.1:3000\"\n[store]\n{store}\n");
+        match Config::parse(&text, Path::new("/etc/auditgate")) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_postgres_url_replaces_the_sqlite_file() {
+        let config = Config::parse(
+            "[proxy]\nupstream = \"127.0.0.1:3000\"\n[store]\nurl = \"postgres://audit:s3cret@db.internal:6432/audit\"\npool_size = 2\n",
+            Path::new("/etc/auditgate"),
+        )
+        .expect("valid");
+        let postgres = config.store.postgres.as_ref().expect("postgres");
+        assert_eq!(postgres.pool_size, 2);
+        assert!(postgres.lock_log);
+        assert_eq!(postgres.connection.get_dbname(), Some("audit"));
+        assert_eq!(
+            config.store.spill_path(),
+            PathBuf::from("/etc/auditgate/data/spill.ndjson")
+        );
+        assert_eq!(
+            crate::store::describe(&config.store),
+            "postgres://db.internal:6432/audit"
+        );
+        // The password never shows, not even in a debug dump of the config.
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_stream_goes_to_stdout_or_a_rotated_file() {
+        let parse = |stream: &str| {
+            Config::parse(
+                &format!("[proxy]\nupstream = \"127.0.0.1:3000\"\n[stream]\n{stream}\n"),
+                Path::new("/etc/auditgate"),
+            )
+        };
+        let config = parse("ndjson = \"stdout\"").expect("valid");
+        let stream = config.stream.expect("stream");
+        assert_eq!(stream.target, crate::stream::StreamTarget::Stdout);
+        let config =
+            parse("ndjson = \"log/audit.ndjson\"\nmax_bytes = \"1MiB\"\nkeep = 3").expect("valid");
+        let stream = config.stream.expect("stream");
+        assert_eq!(
+            stream.target,
+            crate::stream::StreamTarget::File(PathBuf::from("/etc/auditgate/log/audit.ndjson"))
+        );
+        assert_eq!((stream.max_bytes, stream.keep), (1024 * 1024, 3));
+        assert!(
+            Config::parse("[proxy]\nupstream = \"a:1\"\n", Path::new("."))
+                .expect("valid")
+                .stream
+                .is_none()
+        );
+        let errors: Vec<String> = parse("max_bytes = \"1KiB\"\nkeep = 0\nformat = \"x\"")
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            errors.iter().any(|error| error.starts_with("stream")),
+            "{errors:?}"
+        );
+        let errors: Vec<String> = parse("max_bytes = \"1KiB\"\nkeep = 0")
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let all = errors.join("\n");
+        for expected in [
+            "stream.ndjson: missing",
+            "stream.max_bytes: must be at least 4KiB",
+            "stream.keep: must be at least 1",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in {all}");
+        }
+        let errors = parse("ndjson = \"stdout\"\nkeep = 2").expect_err("invalid");
+        assert!(errors[0].to_string().contains("rotation applies to a file"));
+    }
+
+    #[test]
+    fn postgres_settings_are_checked_together() {
+        let errors = store_errors(
+            "path = \"a.db\"\nurl = \"postgres://u@h/db?sslmode=require\"\npassword_env = \"AUDITGATE_TEST_UNSET_VARIABLE\"\npool_size = 0\nconnect_timeout = \"soon\"",
+        );
+        let all = errors.join("\n");
+        for expected in [
+            "store.url: give either path",
+            "store.url: sslmode=require is not supported",
+            "store.password_env: environment variable AUDITGATE_TEST_UNSET_VARIABLE is not set",
+            "store.pool_size: must be at least 1",
+            "store.connect_timeout",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let errors = store_errors("url = \"postgres:///db\"").join("\n");
+        assert!(errors.contains("names no host"), "{errors}");
+        let errors = store_errors("url = \"mysql://x\"").join("\n");
+        assert!(
+            errors.contains("store.url: not a PostgreSQL connection URL"),
+            "{errors}"
+        );
+        let errors = store_errors("lock_log = false\npool_size = 3").join("\n");
+        assert!(
+            errors.contains("store.lock_log: applies to a PostgreSQL store only"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("store.pool_size: applies to a PostgreSQL store only"),
+            "{errors}"
+        );
+        let errors = store_errors("url = \"postgres://u:p4ss@h/db?sslmode=require\"").join("\n");
+        assert!(!errors.contains("p4ss"), "{errors}");
+    }
 
     #[test]
     fn minimal_config_has_defaults() {

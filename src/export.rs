@@ -278,8 +278,8 @@ pub struct ExportReader {
     order: Order,
     /// Where the next chunk starts (exclusive).
     cursor: Option<Cursor>,
-    /// The last sequence number of the log when the export began.
-    last_seq: u64,
+    /// The newest entry of the store when the export began: nothing after it is exported.
+    through: Option<Cursor>,
     finished: bool,
 }
 
@@ -292,24 +292,14 @@ impl ExportReader {
         order: Order,
         after: Option<Cursor>,
     ) -> Result<ExportReader, StoreError> {
-        // The log is append-only and numbered from 1, so its size is its last sequence number.
-        let last_seq = store.size()?;
-        let cursor = match order {
-            // Newest first: start just above the snapshot's last entry, or lower if asked.
-            Order::Desc => {
-                let top = last_seq.saturating_add(1);
-                Some(Cursor::after_seq(
-                    after.map_or(top, |cursor| cursor.seq().min(top)),
-                ))
-            }
-            Order::Asc => after,
-        };
+        // Positions only grow, so the newest position now bounds the snapshot in either order.
+        let through = store.newest_position()?;
         Ok(ExportReader {
             filter,
             order,
-            cursor,
-            last_seq,
-            finished: last_seq == 0,
+            cursor: after,
+            through,
+            finished: through.is_none(),
         })
     }
 
@@ -325,23 +315,18 @@ impl ExportReader {
                 cursor: self.cursor,
                 order: self.order,
                 count: false,
+                through: self.through,
             },
         )?;
-        let mut entries = page.entries;
-        if let Some(past) = entries.iter().position(|entry| entry.seq > self.last_seq) {
-            // Oldest first reaches entries appended after the export began: stop before them.
-            entries.truncate(past);
-            self.finished = true;
-        }
         self.cursor = page.next_cursor;
         if self.cursor.is_none() {
             self.finished = true;
         }
-        if entries.is_empty() {
+        if page.entries.is_empty() {
             self.finished = true;
             return Ok(None);
         }
-        Ok(Some(entries))
+        Ok(Some(page.entries))
     }
 }
 

@@ -134,14 +134,23 @@ pub fn write_export_with_proofs(
 ) -> Result<u64, ProofError> {
     let mut encoder = ProofEncoder::new(head.clone());
     let mut cursor: Option<Cursor> = None;
+    // A store shared by several logs lists them all; only this log's entries have proofs here.
+    let mut filter = filter.clone();
+    if let Some(own) = store.log_scope() {
+        if filter.log_id.as_deref().is_some_and(|wanted| wanted != own) {
+            out.write_all(&encoder.finish()?)?;
+            return Ok(0);
+        }
+        filter.log_id = Some(own.to_string());
+    }
     'pages: loop {
         let page = store.list(
-            filter,
+            &filter,
             &PageRequest {
                 limit: MAX_LIMIT,
                 cursor,
                 order: Order::Asc,
-                count: false,
+                ..PageRequest::default()
             },
         )?;
         for entry in &page.entries {

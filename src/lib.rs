@@ -29,6 +29,7 @@ pub mod run;
 pub mod server;
 pub mod signer;
 pub mod store;
+pub mod stream;
 pub mod template;
 pub mod units;
 pub mod verify;

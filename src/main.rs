@@ -144,6 +144,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             auditgate::retention::run_prune(&config, args.older_than.as_deref())
         }
+        Command::Health { url, timeout } => {
+            let timeout = match auditgate::units::parse_duration(&timeout) {
+                Ok(timeout) => timeout,
+                Err(message) => {
+                    eprintln!("auditgate health: --timeout: {message}");
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            };
+            match auditgate::run::health_check(&url, timeout) {
+                Ok(status) if (200..300).contains(&status) => Ok(ExitCode::SUCCESS),
+                Ok(status) => {
+                    eprintln!("auditgate health: {url} answered {status}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(message) => {
+                    eprintln!("auditgate health: {message}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Token { name, scopes } => {
             let token = auditgate::run::new_token();
             let scopes: Vec<String> = scopes

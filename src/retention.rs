@@ -274,9 +274,10 @@ pub fn run_prune(
         );
         return Ok(std::process::ExitCode::from(64));
     }
-    let store = crate::store::sqlite::SqliteStore::open(&config.store.path, config.store.sync)
-        .with_context(|| format!("cannot open {}", config.store.path.display()))?;
-    let summary = prune_all(&store, &plan, &config.log_id, "cli", &|| true)?;
+    // Not exclusive: the sidecar that owns the log may be running, and appends serialize.
+    let store = crate::store::open(&config.store, &config.log_id, false)
+        .with_context(|| format!("cannot open {}", crate::store::describe(&config.store)))?;
+    let summary = prune_all(store.as_ref(), &plan, &config.log_id, "cli", &|| true)?;
     if summary.prunes.is_empty() {
         println!("nothing was due for pruning");
     }

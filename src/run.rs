@@ -95,7 +95,7 @@ pub fn describe(path: &Path, config: &Config) -> String {
         config.proxy.listen,
         config.proxy.upstream,
         config.admin.listen,
-        config.store.path.display(),
+        crate::store::describe(&config.store),
         match config.store.durability {
             Durability::AfterResponse => "after-response",
             Durability::WriteAhead => "write-ahead",
@@ -218,22 +218,32 @@ pub fn filter_params(args: &crate::cli::FilterArgs) -> Vec<(String, String)> {
     add("since", &args.since);
     add("until", &args.until);
     add("q", &args.q);
+    add("log_id", &args.log_id);
     params
 }
 
-/// Opens an existing store file for reading; a missing file is an error, not a new database.
-pub fn open_existing(db: &Path) -> anyhow::Result<crate::store::sqlite::SqliteStore> {
+/// Opens an existing store for reading: a SQLite file (a missing file is an error, not a new
+/// database), or a PostgreSQL URL (read-only; `log_id` is the log whose tree is read).
+pub fn open_existing(db: &Path, log_id: &str) -> anyhow::Result<Box<dyn crate::store::Store>> {
     use anyhow::Context as _;
+    if let Some(url) = db
+        .to_str()
+        .filter(|text| crate::store::postgres::is_url(text))
+    {
+        let store = crate::store::postgres::open_for_reading(url, log_id)
+            .context("cannot open the PostgreSQL database")?;
+        return Ok(Box::new(store));
+    }
     if !db.exists() {
         anyhow::bail!("no database at {}", db.display());
     }
-    crate::store::sqlite::SqliteStore::open(db, crate::config::SyncMode::Normal)
-        .with_context(|| format!("cannot open {}", db.display()))
+    let store = crate::store::sqlite::SqliteStore::open(db, crate::config::SyncMode::Normal)
+        .with_context(|| format!("cannot open {}", db.display()))?;
+    Ok(Box::new(store))
 }
 
 /// `auditgate query`.
 pub fn query(args: &crate::cli::QueryArgs) -> anyhow::Result<std::process::ExitCode> {
-    use crate::store::Store;
     let mut params = filter_params(&args.filters);
     params.push(("limit".to_string(), args.limit.to_string()));
     if args.asc {
@@ -248,7 +258,7 @@ pub fn query(args: &crate::cli::QueryArgs) -> anyhow::Result<std::process::ExitC
         eprintln!("auditgate query: --format must be json or table");
         return Ok(std::process::ExitCode::from(64));
     }
-    let store = open_existing(&args.db)?;
+    let store = open_existing(&args.db, args.filters.log_id.as_deref().unwrap_or(""))?;
     let result = store.list(&filter, &page)?;
     let mut out = String::new();
     if format == "json" {
@@ -360,12 +370,13 @@ pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::Exi
             return Ok(std::process::ExitCode::from(64));
         }
     };
-    let store = open_existing(&args.db)?;
+    let store = open_existing(&args.db, args.filters.log_id.as_deref().unwrap_or(""))?;
+    let store = store.as_ref();
     match &args.output {
         None => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            let written = write_export(&store, filter, page.order, format, &mut out)
+            let written = write_export(store, filter, page.order, format, &mut out)
                 .and_then(|rows| out.flush().map(|()| rows));
             match written {
                 Ok(_) => {}
@@ -380,7 +391,7 @@ pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::Exi
                 .with_context(|| format!("cannot create {}", partial.display()))?;
             let mut out = std::io::BufWriter::new(file);
             let written =
-                write_export(&store, filter, page.order, format, &mut out).and_then(|rows| {
+                write_export(store, filter, page.order, format, &mut out).and_then(|rows| {
                     out.into_inner()
                         .map_err(|error| error.into_error())?
                         .sync_all()?;
@@ -430,4 +441,53 @@ pub fn write_export(
     }
     out.write_all(&encoder.finish())?;
     Ok(rows)
+}
+
+/// `auditgate health`: one plain HTTP/1.1 GET (the admin listener speaks plain HTTP on
+/// loopback), so a container image needs no curl for its HEALTHCHECK. `Ok(status)` is the
+/// answer's status code.
+pub fn health_check(url: &str, timeout: std::time::Duration) -> Result<u16, String> {
+    use std::io::{Read as _, Write as _};
+    use std::net::ToSocketAddrs as _;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|error| format!("{url:?} is not a URL ({error})"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("only http:// URLs (the admin listener has no TLS)".into());
+    }
+    let host = uri.host().ok_or("the URL names no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |path| path.as_str());
+    let address = (host, port)
+        .to_socket_addrs()
+        .map_err(|error| format!("cannot resolve {host}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)
+        .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|error| error.to_string())?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: auditgate-health\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|error| format!("cannot send the request: {error}"))?;
+    // The status line is all that is needed: "HTTP/1.1 200 OK".
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while read < 12 {
+        match stream.read(&mut head[read..]) {
+            Ok(0) => break,
+            Ok(count) => read += count,
+            Err(error) => return Err(format!("no answer: {error}")),
+        }
+    }
+    let line = std::str::from_utf8(&head[..read]).unwrap_or_default();
+    line.strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| "the answer is not HTTP".to_string())
 }

@@ -23,7 +23,6 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyState};
 use crate::retention::RetentionTask;
 use crate::signer::HeadSigner;
-use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::writer::{Writer, WriterHandle, WriterOptions};
 
@@ -46,14 +45,14 @@ impl Sidecar {
     /// Opens the store and binds both listeners. Returns once the sidecar is serving.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Sidecar> {
         let store_config = config.store.clone();
+        let store_log_id = config.log_id.clone();
+        let store_name = crate::store::describe(&config.store);
         let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
-            let store = SqliteStore::open(&store_config.path, store_config.sync)?;
-            store.set_busy_timeout(store_config.busy_timeout)?;
-            Ok::<_, crate::store::StoreError>(Arc::new(store) as Arc<dyn Store>)
+            crate::store::open(&store_config, &store_log_id, true)
         })
         .await
         .context("store open task failed")?
-        .with_context(|| format!("cannot open the store {}", config.store.path.display()))?;
+        .with_context(|| format!("cannot open the store {store_name}"))?;
         // A log whose tree cannot be extended must not take entries it could never prove.
         let tree_store = store.clone();
         let tree = tokio::task::spawn_blocking(move || tree_store.tree())
@@ -62,7 +61,7 @@ impl Sidecar {
             .with_context(|| {
                 format!(
                     "the log in {} cannot be appended to",
-                    config.store.path.display()
+                    crate::store::describe(&config.store)
                 )
             })?;
         // Before any traffic: spilled entries go back into the store, and write-ahead requests a
@@ -70,8 +69,28 @@ impl Sidecar {
         let spill_path = config.store.spill_path();
         let recovery_store = store.clone();
         let recovery_spill = spill_path.clone();
-        let (reimported, recovered) = tokio::task::spawn_blocking(move || {
-            crate::writer::recover(recovery_store.as_ref(), Some(&recovery_spill), None)
+        let stream = match config.stream.clone() {
+            Some(stream_config) => Some(
+                crate::stream::NdjsonStream::open(stream_config)
+                    .context("cannot open the NDJSON stream ([stream] ndjson)")?,
+            ),
+            None => None,
+        };
+        let (reimported, recovered, stream) = tokio::task::spawn_blocking(move || {
+            let mut stream = stream;
+            let counts = crate::writer::recover_into(
+                recovery_store.as_ref(),
+                Some(&recovery_spill),
+                None,
+                &mut |entries| {
+                    if let Some(stream) = stream.as_mut() {
+                        if let Err(error) = stream.write_entries(entries) {
+                            tracing::error!(%error, "cannot write recovered entries to the NDJSON stream");
+                        }
+                    }
+                },
+            )?;
+            Ok::<_, crate::store::StoreError>((counts.0, counts.1, stream))
         })
         .await
         .context("recovery task failed")?
@@ -86,6 +105,9 @@ impl Sidecar {
             },
         )
         .context("cannot start the writer thread")?;
+        if let Some(stream) = stream {
+            writer.handle().attach_stream(stream);
+        }
         writer
             .handle()
             .stats()
@@ -175,7 +197,7 @@ impl Sidecar {
                 tracing::error!(%error, "admin listener failed");
             }
         });
-        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %config.proxy.upstream, store = %config.store.path.display(), "auditgate is serving");
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %config.proxy.upstream, store = %crate::store::describe(&config.store), log = %config.log_id, "auditgate is serving");
         Ok(Sidecar {
             proxy_addr,
             admin_addr,

@@ -435,8 +435,29 @@ pub fn run_verify(args: &crate::cli::VerifyArgs) -> u8 {
             return EXIT_UNREADABLE;
         }
     };
-    match verify_database(&args.db, args.heads.as_deref(), &keys) {
-        Ok(report) => print_report(&report, &args.db.display().to_string(), args.json),
+    let db = args.db.display().to_string();
+    let verified = if crate::store::postgres::is_url(&db) {
+        let Some(log_id) = args.log_id.as_deref() else {
+            eprintln!(
+                "auditgate verify: --log-id is required with a PostgreSQL database: each \
+                 sidecar's log verifies on its own"
+            );
+            return EXIT_UNREADABLE;
+        };
+        crate::store::postgres::open_for_reading(&db, log_id)
+            .map_err(VerifyError::from)
+            .and_then(|store| verify_log(&store, args.heads.as_deref(), &keys))
+    } else {
+        verify_database(&args.db, args.heads.as_deref(), &keys)
+    };
+    match verified {
+        Ok(report) => {
+            let what = match &args.log_id {
+                Some(log_id) if crate::store::postgres::is_url(&db) => format!("log {log_id}"),
+                _ => db,
+            };
+            print_report(&report, &what, args.json)
+        }
         Err(error) => {
             eprintln!("auditgate verify: cannot read the log: {error}");
             EXIT_UNREADABLE

@@ -73,7 +73,14 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
-        ApiError::Internal(format!("store: {error}"))
+        match error {
+            // A cursor another kind of store handed out: the client's mistake, not ours.
+            StoreError::Cursor => ApiError::Params(vec![ParamError::new(
+                "cursor",
+                crate::store::query::CursorError.to_string(),
+            )]),
+            error => ApiError::Internal(format!("store: {error}")),
+        }
     }
 }
 

@@ -196,6 +196,18 @@ pub(crate) async fn consistency(
 /// a pruned entry. `None` when it names nothing.
 fn resolve_seq(store: &dyn Store, id: &str) -> Result<Option<(u64, Option<u64>)>, ApiError> {
     if let Some(entry) = store.get(id)? {
+        // In a database shared by several logs, this log's tree proves only its own entries.
+        if let Some(own) = store.log_scope() {
+            if entry.log_id != own {
+                return Err(ApiError::Status(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "entry {id} is in log {:?}; its proof comes from that log's sidecar",
+                        entry.log_id
+                    ),
+                ));
+            }
+        }
         return Ok(Some((entry.seq, None)));
     }
     let is_decimal = !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit());

@@ -1,7 +1,8 @@
 //! The store: where entries are appended and from where they are queried.
 //!
 //! [`Store`] is the one interface the writer and the admin API use; `sqlite.rs` is the embedded
-//! default. Calls are blocking: the writer runs on its own thread and the admin API calls the
+//! default and `postgres/` the database a fleet of sidecars shares ([`open`] picks one from the
+//! config). Calls are blocking: the writer runs on its own thread and the admin API calls the
 //! store through `spawn_blocking`, so the proxy's async workers never wait on a database.
 //!
 //! Every store keeps the log's Merkle tree beside its entries (see [`crate::log`]): `append`
@@ -10,6 +11,7 @@
 //! tampering. [`LogReader`] is the read side verification needs; it is a separate trait so that
 //! `auditgate verify` can read a database file without opening it for writing.
 
+pub mod postgres;
 pub mod query;
 pub mod sqlite;
 pub mod sqlite_log;
@@ -19,13 +21,20 @@ use crate::entry::AuditEntry;
 use crate::log::head::SignedTreeHead;
 use crate::log::merkle::{Hash, MemoryNodes, MerkleError};
 use crate::retention::PrunePlan;
-use query::{Filter, PageRequest};
+use query::{Cursor, Filter, PageRequest};
 pub use sqlite_rows::{Bucket, Page, StatsBy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {}", postgres::error_message(.0))]
+    Postgres(#[from] ::postgres::Error),
+    /// A paging cursor from another kind of store (or another version): refused, not misread.
+    #[error("{}", query::CursorError)]
+    Cursor,
+    #[error("log `{log_id}` is already being written by another auditgate on this database; give every sidecar its own [log] log_id")]
+    LogInUse { log_id: String },
     #[error("cannot open the store at {path}: {message}")]
     Open { path: String, message: String },
     #[error("store schema version {found} is newer than this auditgate knows ({known}); upgrade auditgate")]
@@ -124,7 +133,19 @@ pub trait Store: LogReader + Send + Sync + 'static {
     /// Number of entries in the log.
     fn size(&self) -> Result<u64, StoreError>;
 
-    /// One page of entries matching the filter, by keyset.
+    /// The listing position of the newest entry in the store (of any log it holds), or `None`
+    /// when it is empty: where an export's snapshot ends ([`PageRequest::through`]).
+    fn newest_position(&self) -> Result<Option<Cursor>, StoreError>;
+
+    /// The log this store appends to, proves and prunes when it holds several (PostgreSQL):
+    /// listings cover every log, but proofs, heads and verification only this one. `None` for a
+    /// store of one log (a SQLite file), whose tree covers every entry in it.
+    fn log_scope(&self) -> Option<&str> {
+        None
+    }
+
+    /// One page of entries matching the filter, by keyset. A cursor of another kind of store is
+    /// [`StoreError::Cursor`].
     fn list(&self, filter: &Filter, page: &PageRequest) -> Result<Page, StoreError>;
 
     /// A page by number, newest first (the reference-compatible endpoint's paging).
@@ -203,4 +224,42 @@ pub trait Store: LogReader + Send + Sync + 'static {
         record: AuditEntry,
         max_entries: usize,
     ) -> Result<Option<PruneOutcome>, StoreError>;
+}
+
+/// Opens the store the configuration names: the SQLite file, or the log `log_id` in the shared
+/// PostgreSQL database. `exclusive` (a sidecar) holds the PostgreSQL log's lock for the store's
+/// life, so a second sidecar with the same `log_id` is refused; tools that run beside a sidecar
+/// (`auditgate prune`) pass false.
+pub fn open(
+    config: &crate::config::StoreConfig,
+    log_id: &str,
+    exclusive: bool,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    match &config.postgres {
+        Some(database) => {
+            let store = postgres::PostgresStore::open(postgres::PostgresOptions {
+                config: database.connection.clone(),
+                log_id: log_id.to_string(),
+                access: postgres::Access::Write {
+                    exclusive: exclusive && database.lock_log,
+                },
+                pool_size: database.pool_size,
+            })?;
+            Ok(std::sync::Arc::new(store))
+        }
+        None => {
+            let store = sqlite::SqliteStore::open(&config.path, config.sync)?;
+            store.set_busy_timeout(config.busy_timeout)?;
+            Ok(std::sync::Arc::new(store))
+        }
+    }
+}
+
+/// Where a store lives, for messages: the SQLite file, or `postgres://host:port/db` (never a
+/// user or password).
+pub fn describe(config: &crate::config::StoreConfig) -> String {
+    match &config.postgres {
+        Some(database) => postgres::describe_target(&database.connection),
+        None => config.path.display().to_string(),
+    }
 }

@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
-use super::query::{Filter, PageRequest};
+use super::query::{Cursor, CursorKind, Filter, PageRequest};
 use super::sqlite_log::{self, SqliteNodes};
 use super::sqlite_rows::{self, Bucket, Page, StatsBy};
 use super::{LogPage, LogReader, PruneOutcome, Store, StoreError, StoredHead, TreeState};
@@ -341,7 +341,18 @@ impl Store for SqliteStore {
         Ok(self.next_seq.load(Ordering::Acquire) - 1)
     }
 
+    fn newest_position(&self) -> Result<Option<Cursor>, StoreError> {
+        // One log per file, numbered from 1 and append-only: its size is its last position.
+        let size = self.size()?;
+        Ok((size > 0).then(|| Cursor::after_seq(size)))
+    }
+
     fn list(&self, filter: &Filter, page: &PageRequest) -> Result<Page, StoreError> {
+        for cursor in [page.cursor, page.through].into_iter().flatten() {
+            if cursor.kind() != CursorKind::Seq {
+                return Err(StoreError::Cursor);
+            }
+        }
         self.with_reader(|connection| Ok(sqlite_rows::list(connection, filter, page)?))
     }
 

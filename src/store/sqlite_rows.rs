@@ -552,6 +552,10 @@ fn page_conditions(
     actor_columns: ActorColumns,
 ) -> (String, Vec<Value>) {
     let mut conditions = Conditions::from_filter_matching_actor(filter, actor_columns);
+    if let Some(through) = page.through {
+        let seq = i64::try_from(through.seq()).unwrap_or(i64::MAX);
+        conditions.push("seq <= ?", [Value::Integer(seq)]);
+    }
     if let Some(cursor) = page.cursor {
         // A cursor past i64::MAX cannot name a row; clamping keeps the comparison meaning "all
         // rows" (desc) or "none" (asc) instead of overflowing.

@@ -237,6 +237,9 @@ function readForm() {
   filters.outcome = input('outcome').value;
   filters.status = input('status').value.trim();
   filters.ip = input('ip').value.trim();
+  // No form field: a log is chosen from an entry's detail (sidecars sharing PostgreSQL) and
+  // kept until its chip is removed.
+  filters.log_id = view.filters.log_id || '';
   const preset = selectedPreset();
   if (preset === 'custom') {
     const since = input('since').value;
