@@ -34,6 +34,7 @@ CREATE INDEX entries_action        ON entries (action);
 CREATE INDEX entries_actor_id      ON entries (actor_id);
 CREATE INDEX entries_actor_email   ON entries (actor_email);
 CREATE INDEX entries_resource      ON entries (resource_type, resource_id);
+CREATE INDEX entries_resource_id   ON entries (resource_id);
 CREATE INDEX entries_outcome       ON entries (outcome);
 CREATE INDEX entries_status        ON entries (status);
 CREATE INDEX entries_ip            ON entries (ip);
