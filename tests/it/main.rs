@@ -4,5 +4,6 @@ mod support;
 
 mod configs;
 mod durability;
+mod hostile;
 mod proxy;
 mod viewer;
