@@ -50,6 +50,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         .failing
         .load(std::sync::atomic::Ordering::Relaxed)
     {
+        tracing::error!("not ready: the last write to the store failed");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the last write to the store failed\n".to_string(),
@@ -58,10 +59,15 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.check_writable()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n".to_string()),
-        Ok(Err(error)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {error}\n"),
-        ),
+        Ok(Err(error)) => {
+            // Logged at every probe while it lasts: the alarm for a store that stopped being
+            // writable (a deleted database or WAL file) when no traffic is failing to say so.
+            tracing::error!(%error, "not ready: the store cannot take writes");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {error}\n"),
+            )
+        }
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: check failed\n".to_string(),

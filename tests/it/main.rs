@@ -4,6 +4,7 @@ mod support;
 
 mod configs;
 mod durability;
+mod faults;
 mod hostile;
 mod proxy;
 mod viewer;
