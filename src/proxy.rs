@@ -8,6 +8,7 @@
 //! reads it), response filter (the status decides the rule), body filter (tee of the response body
 //! when a rule reads it), logging (the entry is pushed to the writer).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -141,15 +142,17 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            RequestBody::Streamed(incoming) => {
-                Pin::new(incoming).poll_frame(cx).map_err(Into::into)
-            }
+            RequestBody::Streamed(incoming) => Pin::new(incoming)
+                .poll_frame(cx)
+                .map_err(|error| ClientBodyError(error).into()),
             RequestBody::Buffered(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
             RequestBody::Prefixed { prefix, rest } => match prefix.take() {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                None => Pin::new(rest).poll_frame(cx).map_err(Into::into),
+                None => Pin::new(rest)
+                    .poll_frame(cx)
+                    .map_err(|error| ClientBodyError(error).into()),
             },
             RequestBody::Empty => Poll::Ready(None),
         }
@@ -181,6 +184,27 @@ impl Body for RequestBody {
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
+}
+
+/// The client's request body broke while it was being forwarded: bad chunked framing (a bare LF,
+/// a chunk size past 2^64), or the client went away mid-body. Kept as its own type so the proxy
+/// can tell this failure, which is the client's, from the app's (400, not 502).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body from the client is broken: {0}")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
+/// The [`ClientBodyError`] behind an upstream client error, if that is what it was.
+fn client_body_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a ClientBodyError> {
+    let mut current = Some(error);
+    while let Some(cause) = current {
+        if let Some(found) = cause.downcast_ref::<ClientBodyError>() {
+            return Some(found);
+        }
+        current = cause.source();
+    }
+    None
 }
 
 enum ResponseInner {
@@ -426,22 +450,14 @@ impl template::Context for TemplateContext<'_> {
             .map(|(_, value)| value.clone())
     }
 
-    fn request_header(&self, name: &HeaderName) -> Option<&str> {
-        self.exchange
-            .request_headers
-            .as_ref()?
-            .get(name)?
-            .to_str()
-            .ok()
+    fn request_header(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
+        let value = self.exchange.request_headers.as_ref()?.get(name)?;
+        Some(String::from_utf8_lossy(value.as_bytes()))
     }
 
-    fn response_header(&self, name: &HeaderName) -> Option<&str> {
-        self.exchange
-            .response_headers
-            .as_ref()?
-            .get(name)?
-            .to_str()
-            .ok()
+    fn response_header(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
+        let value = self.exchange.response_headers.as_ref()?.get(name)?;
+        Some(String::from_utf8_lossy(value.as_bytes()))
     }
 
     fn request_body(&self) -> Result<&Value, &str> {
@@ -926,6 +942,38 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
+/// Whether the request's Transfer-Encoding is one the proxy forwards faithfully: none, or exactly
+/// one `chunked`. hyper has already refused lists whose last coding is not `chunked` and
+/// HTTP/1.0 requests with any; this refuses `identity, chunked`, `gzip, chunked`,
+/// `chunked, chunked` and repeated headers, which hyper would take as plain `chunked`. One map
+/// lookup on the hot path.
+fn transfer_encoding_acceptable(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (values.next(), values.next()) {
+        (None, _) => true,
+        (Some(value), None) => value
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
+/// Marks a refusal so that the connection closes after it: after a framing error what follows
+/// on the connection cannot be trusted to start a request. (HTTP/1 only; HTTP/2 frames requests
+/// itself and forbids the header.)
+fn closing(
+    mut response: Response<ResponseBody>,
+    client_version: Version,
+) -> Response<ResponseBody> {
+    if client_version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 fn valid_request_id(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID && bytes.iter().all(|b| b.is_ascii_graphic())
@@ -965,6 +1013,7 @@ pub async fn handle(
     state.metrics.requests.inc();
     let policy = state.policy();
     let method = request.method().clone();
+    let client_version = request.version();
 
     let candidates = {
         let uri = request.uri();
@@ -1022,6 +1071,27 @@ pub async fn handle(
         None
     };
 
+    // hyper frames a request body by its last transfer coding; any other coding in the list would
+    // be dropped silently with the hop-by-hop header, and such lists are smuggling probes.
+    if !transfer_encoding_acceptable(request.headers()) {
+        if let Some(exchange) = exchange.as_mut() {
+            exchange.set_proxy_answer(
+                400,
+                "refused: a Transfer-Encoding other than a single `chunked`".to_string(),
+            );
+        }
+        state.metrics.client_errors.inc();
+        return Ok(closing(
+            plain_response(
+                StatusCode::BAD_REQUEST,
+                "unsupported Transfer-Encoding",
+                &request_id,
+                exchange,
+            ),
+            client_version,
+        ));
+    }
+
     // Upgrades (WebSocket) keep their Upgrade header and are tunnelled after a 101.
     let upgrade = wants_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -1046,11 +1116,14 @@ pub async fn handle(
                     exchange.set_proxy_answer(400, format!("{message}: {error}"));
                 }
                 state.metrics.client_errors.inc();
-                return Ok(plain_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad request body",
-                    &request_id,
-                    exchange,
+                return Ok(closing(
+                    plain_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad request body",
+                        &request_id,
+                        exchange,
+                    ),
+                    client_version,
                 ));
             }
         }
@@ -1180,6 +1253,23 @@ pub async fn handle(
     let mut response = match sent {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
+            if let Some(body_error) = client_body_error(&error) {
+                // The client's body broke on the way (bad chunk framing, a client gone): a
+                // client error, and the connection cannot be trusted to be in step any more.
+                state.metrics.client_errors.inc();
+                if let Some(exchange) = exchange.as_mut() {
+                    exchange.set_proxy_answer(400, body_error.to_string());
+                }
+                return Ok(closing(
+                    plain_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad request body",
+                        &request_id,
+                        exchange,
+                    ),
+                    client_version,
+                ));
+            }
             state.metrics.upstream_errors.inc();
             let detail = describe_client_error(&error);
             return Ok(proxy_error(
@@ -1386,6 +1476,24 @@ mod tests {
         let mut capture = Capture::on(64 * 1024);
         capture.push(&Bytes::from(bomb.finish().expect("finishes")));
         assert!(capture.parse(Some("gzip"), 64 * 1024).is_err());
+    }
+
+    #[test]
+    fn only_a_single_chunked_coding_is_forwarded() {
+        let with = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(header::TRANSFER_ENCODING, HeaderValue::from_static(value));
+            }
+            transfer_encoding_acceptable(&headers)
+        };
+        assert!(with(&[]));
+        assert!(with(&["chunked"]));
+        assert!(with(&["Chunked "]));
+        assert!(!with(&["identity, chunked"]));
+        assert!(!with(&["gzip, chunked"]));
+        assert!(!with(&["chunked, chunked"]));
+        assert!(!with(&["chunked", "chunked"]));
     }
 
     #[test]

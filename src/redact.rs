@@ -323,10 +323,10 @@ mod tests {
         fn query(&self, _: &str) -> Option<String> {
             None
         }
-        fn request_header(&self, _: &HeaderName) -> Option<&str> {
-            Some("header-value")
+        fn request_header(&self, _: &HeaderName) -> Option<std::borrow::Cow<'_, str>> {
+            Some("header-value".into())
         }
-        fn response_header(&self, _: &HeaderName) -> Option<&str> {
+        fn response_header(&self, _: &HeaderName) -> Option<std::borrow::Cow<'_, str>> {
             None
         }
         fn request_body(&self) -> Result<&Value, &str> {

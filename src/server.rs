@@ -26,6 +26,9 @@ use crate::signer::HeadSigner;
 use crate::store::Store;
 use crate::writer::{Writer, WriterHandle, WriterOptions};
 
+/// Most header lines a request may carry; more is answered 431.
+pub const MAX_REQUEST_HEADERS: usize = 256;
+
 /// A running sidecar.
 pub struct Sidecar {
     pub proxy_addr: SocketAddr,
@@ -247,6 +250,10 @@ async fn serve_proxy(
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
         .keep_alive(true)
+        // Hostile heads are refused early with 431 and the connection closed: at most 256 header
+        // lines, and the head (with any pipelined bytes) buffered to 256 KiB at most, so a
+        // client cannot make a connection hold more.
+        .max_headers(MAX_REQUEST_HEADERS)
         .max_buf_size(256 * 1024);
     builder
         .http2()

@@ -7,6 +7,8 @@
 //! (`{request.body:/kind}.updated`). `{{` and `}}` stand for literal braces. Anything else is a
 //! literal.
 
+use std::borrow::Cow;
+
 use http::HeaderName;
 use serde_json::Value;
 
@@ -58,8 +60,10 @@ impl Needs {
 pub trait Context {
     fn path_param(&self, name: &str) -> Option<&str>;
     fn query(&self, name: &str) -> Option<String>;
-    fn request_header(&self, name: &HeaderName) -> Option<&str>;
-    fn response_header(&self, name: &HeaderName) -> Option<&str>;
+    /// A header's value as text; bytes that are not UTF-8 (obs-text) become U+FFFD rather than
+    /// making a present header look absent.
+    fn request_header(&self, name: &HeaderName) -> Option<Cow<'_, str>>;
+    fn response_header(&self, name: &HeaderName) -> Option<Cow<'_, str>>;
     /// The request body parsed as JSON, or why it is not available.
     fn request_body(&self) -> Result<&Value, &str>;
     fn response_body(&self) -> Result<&Value, &str>;
@@ -301,12 +305,12 @@ fn evaluate_source(source: &Source, context: &dyn Context) -> Result<Value, Miss
             .ok_or_else(|| format!("query parameter {name} is absent")),
         Source::RequestHeader(name) => context
             .request_header(name)
-            .map(|value| Value::from(value.to_string()))
-            .ok_or_else(|| format!("request header {name} is absent or not text")),
+            .map(|value| Value::from(value.into_owned()))
+            .ok_or_else(|| format!("request header {name} is absent")),
         Source::ResponseHeader(name) => context
             .response_header(name)
-            .map(|value| Value::from(value.to_string()))
-            .ok_or_else(|| format!("response header {name} is absent or not text")),
+            .map(|value| Value::from(value.into_owned()))
+            .ok_or_else(|| format!("response header {name} is absent")),
         Source::RequestBody(pointer) => match context.request_body() {
             Ok(body) => body
                 .pointer(pointer)
@@ -340,11 +344,11 @@ mod tests {
         fn query(&self, name: &str) -> Option<String> {
             (name == "page").then(|| "3".to_string())
         }
-        fn request_header(&self, name: &HeaderName) -> Option<&str> {
-            (name == "x-tenant").then_some("acme")
+        fn request_header(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
+            (name == "x-tenant").then_some(Cow::Borrowed("acme"))
         }
-        fn response_header(&self, name: &HeaderName) -> Option<&str> {
-            (name == "location").then_some("/api/posts/9")
+        fn response_header(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
+            (name == "location").then_some(Cow::Borrowed("/api/posts/9"))
         }
         fn request_body(&self) -> Result<&Value, &str> {
             Ok(&self.body)

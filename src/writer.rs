@@ -499,28 +499,7 @@ fn write_jobs(
         }
     }
     if !intents.is_empty() {
-        let started = Instant::now();
-        let result = store
-            .record_intents(&intents)
-            .map_err(|error| error.to_string());
-        shared
-            .stats
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        match &result {
-            Ok(()) => {
-                shared.stats.intents_written.add(intents.len() as u64);
-                shared.stats.failing.store(false, Ordering::Relaxed);
-            }
-            Err(error) => {
-                shared.stats.intent_errors.add(intents.len() as u64);
-                shared.stats.failing.store(true, Ordering::Relaxed);
-                tracing::error!(%error, intents = intents.len(), "cannot record write-ahead intents; those requests are answered 503 unless configured to forward");
-            }
-        }
-        for done in waiting {
-            let _ = done.send(result.clone());
-        }
+        record_intents(shared, store, &intents, waiting);
     }
     if !entries.is_empty() {
         // Intents completed by entries of this batch go in the same transaction as the entries.
@@ -544,6 +523,91 @@ fn write_jobs(
             // Harmless for completed ones: at the next start, intents whose entry is in the log
             // are cleared. A withdrawn one would come back as an `unknown` entry: say so.
             tracing::warn!(%error, "cannot clear write-ahead intents; any withdrawn ones will be recorded as unknown at the next start");
+        }
+    }
+}
+
+/// Records a group of write-ahead intents in one commit and answers every request waiting on it.
+fn record_intents(
+    shared: &Shared,
+    store: &dyn Store,
+    intents: &[AuditEntry],
+    waiting: Vec<oneshot::Sender<Result<(), String>>>,
+) {
+    let started = Instant::now();
+    let result = store
+        .record_intents(intents)
+        .map_err(|error| error.to_string());
+    shared
+        .stats
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(()) => {
+            shared.stats.intents_written.add(intents.len() as u64);
+            shared.stats.failing.store(false, Ordering::Relaxed);
+        }
+        Err(error) => {
+            shared.stats.intent_errors.add(intents.len() as u64);
+            shared.stats.failing.store(true, Ordering::Relaxed);
+            tracing::error!(%error, intents = intents.len(), "cannot record write-ahead intents; those requests are answered 503 unless configured to forward");
+        }
+    }
+    for done in waiting {
+        let _ = done.send(result.clone());
+    }
+}
+
+/// Sleeps out a retry delay without leaving write-ahead requests waiting behind the batch being
+/// retried: intents that arrive meanwhile are tried at once and answered, stored or refused, so
+/// while the store cannot write (a full disk) each write-ahead request gets its 503 now rather
+/// than when space returns.
+fn wait_serving_intents(shared: &Shared, store: &dyn Store, delay: Duration) {
+    let deadline = Instant::now() + delay;
+    loop {
+        let taken = {
+            let Ok(mut queue) = shared.queue.lock() else {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                return;
+            };
+            if queue.intents_waiting == 0 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return;
+                }
+                // push_job wakes the writer when an intent arrives to an idle queue.
+                queue = match shared.wake.wait_timeout(queue, left) {
+                    Ok((queue, _)) => queue,
+                    Err(_) => return,
+                };
+            }
+            let jobs = std::mem::take(&mut queue.jobs);
+            let (intents, rest): (Vec<Job>, Vec<Job>) = jobs
+                .into_iter()
+                .partition(|job| matches!(job, Job::Intent { .. }));
+            queue.jobs = rest;
+            queue.intents_waiting = 0;
+            shared
+                .in_flight
+                .fetch_add(intents.len() as u64, Ordering::AcqRel);
+            intents
+        };
+        if !taken.is_empty() {
+            shared.room.notify_waiters();
+            let count = taken.len() as u64;
+            let mut intents = Vec::with_capacity(taken.len());
+            let mut waiting = Vec::with_capacity(taken.len());
+            for job in taken {
+                if let Job::Intent { entry, done } = job {
+                    intents.push(entry);
+                    waiting.push(done);
+                }
+            }
+            record_intents(shared, store, &intents, waiting);
+            shared.in_flight.fetch_sub(count, Ordering::AcqRel);
+        }
+        if Instant::now() >= deadline {
+            return;
         }
     }
 }
@@ -636,14 +700,16 @@ fn write_with_retry(
                     }
                     return false;
                 }
-                std::thread::sleep(delay);
+                wait_serving_intents(shared, store, delay);
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
     }
 }
 
-/// Appends entries to the spill file, one JSON object per line, and syncs it.
+/// Appends entries to the spill file, one JSON object per line, and syncs it. A write that fails
+/// part way (a full disk) is cut back off, so the file never holds a torn line or half a batch
+/// that is also still being retried.
 fn spill(path: &Path, batch: &[AuditEntry]) -> std::io::Result<()> {
     let mut text = Vec::new();
     for entry in batch {
@@ -654,8 +720,12 @@ fn spill(path: &Path, batch: &[AuditEntry]) -> std::io::Result<()> {
         .create(true)
         .append(true)
         .open(path)?;
-    file.write_all(&text)?;
-    file.sync_data()
+    let length = file.metadata()?.len();
+    let written = file.write_all(&text).and_then(|()| file.sync_data());
+    if written.is_err() {
+        let _ = file.set_len(length);
+    }
+    written
 }
 
 /// Spilled entries read back per append.
@@ -845,6 +915,47 @@ mod tests {
             recover(store.as_ref(), None, None).expect("recovers"),
             (0, 0)
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn write_ahead_is_answered_while_a_batch_is_being_retried() {
+        let (dir, store) = temp_store("retrying");
+        store
+            .set_busy_timeout(Duration::from_millis(10))
+            .expect("sets");
+        // Another connection holding the write lock: every write fails until it goes.
+        let lock = rusqlite::Connection::open(dir.join("audit.db")).expect("opens");
+        lock.execute_batch("BEGIN IMMEDIATE").expect("locks");
+        let writer = Writer::start(store.clone(), options(None)).expect("starts");
+        let handle = writer.handle();
+        handle.push(AuditEntry::new("t", "stuck"));
+        while handle.stats().store_errors.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The writer is now retrying that batch; an intent must still be answered promptly.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(1),
+            handle.write_ahead(AuditEntry::new("t", "intent")),
+        )
+        .await
+        .expect("answered while the batch is retried");
+        assert!(answer.is_err(), "the store cannot take it");
+        lock.execute_batch("ROLLBACK").expect("unlocks");
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            handle.write_ahead(AuditEntry::new("t", "intent.after")),
+        )
+        .await
+        .expect("answered");
+        assert_eq!(answer, Ok(()));
+        writer.shutdown();
+        assert_eq!(
+            store.size().expect("size"),
+            1,
+            "the retried entry is written"
+        );
+        assert_eq!(handle.stats().entries_lost.get(), 0);
         let _ = std::fs::remove_dir_all(dir);
     }
 

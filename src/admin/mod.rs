@@ -223,6 +223,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         .failing
         .load(std::sync::atomic::Ordering::Relaxed)
     {
+        tracing::error!("not ready: the last write to the store failed");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the last write to the store failed\n".to_string(),
@@ -232,8 +233,10 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     match tokio::task::spawn_blocking(move || store.check_writable()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n".to_string()),
         Ok(Err(error)) => {
-            // The cause (which may name files) goes to the log, not to whoever asks.
-            tracing::warn!(%error, "not ready: the store cannot take writes");
+            // Logged at every probe while it lasts: the alarm for a store that stopped being
+            // writable (a deleted database or WAL file) when no traffic is failing to say so. The
+            // cause (which may name files) goes to the log, not to whoever asks.
+            tracing::error!(%error, "not ready: the store cannot take writes");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: the store cannot take writes\n".to_string(),

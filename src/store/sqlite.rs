@@ -10,7 +10,7 @@
 //! the same file (`auditgate prune` beside a running sidecar) is picked up instead of colliding.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
@@ -39,6 +39,51 @@ pub struct SqliteStore {
     writer: Mutex<WriterSide>,
     readers: Mutex<Vec<Connection>>,
     next_seq: AtomicU64,
+    /// The database file as opened, to notice it removed or replaced while in use.
+    database_file: Option<FileIdentity>,
+    /// The WAL file as opened (absent when SQLite had not created one).
+    wal_file: Option<FileIdentity>,
+    /// Set once the entries of a removed WAL have been checkpointed into the database file.
+    wal_rescued: AtomicBool,
+}
+
+/// Which file a path names (device and inode). SQLite keeps writing through its open handles
+/// when the database or its WAL is deleted or replaced under it, and everything written there
+/// is gone at the next start; comparing identities is how that is noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> std::io::Result<FileIdentity> {
+        let metadata = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            Ok(FileIdentity {
+                device: metadata.dev(),
+                inode: metadata.ino(),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            // Elsewhere only removal is noticed.
+            let _ = metadata;
+            Ok(FileIdentity {
+                device: 0,
+                inode: 0,
+            })
+        }
+    }
+}
+
+/// The WAL file SQLite keeps beside a database.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push("-wal");
+    PathBuf::from(name)
 }
 
 /// What only the writer touches: its connection and the tree's right edge.
@@ -170,7 +215,73 @@ impl SqliteStore {
             }),
             readers: Mutex::new(Vec::new()),
             next_seq: AtomicU64::new(next_seq),
+            database_file: FileIdentity::of(path).ok(),
+            wal_file: FileIdentity::of(&wal_path(path)).ok(),
+            wal_rescued: AtomicBool::new(false),
         })
+    }
+
+    /// Fails when the database file or its WAL is no longer the one opened (deleted, or replaced
+    /// by another file): writes from now on would land in a file nobody will read again, so they
+    /// are refused and the writer spills them instead. When the WAL went, what was committed to
+    /// it is first checkpointed into the database file, which still holds every entry then.
+    /// Two `stat` calls: cheap beside the commit it guards.
+    fn check_files(&self, connection: &Connection) -> Result<(), StoreError> {
+        if let Some(expected) = self.database_file {
+            match FileIdentity::of(&self.path) {
+                Ok(actual) if actual == expected => {}
+                Ok(_) => {
+                    return Err(StoreError::Other(format!(
+                        "the database file {} was replaced while in use; restart auditgate",
+                        self.path.display()
+                    )))
+                }
+                Err(_) => {
+                    return Err(StoreError::Other(format!(
+                        "the database file {} was removed while in use; restart auditgate",
+                        self.path.display()
+                    )))
+                }
+            }
+        }
+        if let Some(expected) = self.wal_file {
+            let wal = wal_path(&self.path);
+            if FileIdentity::of(&wal).ok() != Some(expected) {
+                self.rescue_wal(connection);
+                return Err(StoreError::Other(format!(
+                    "the WAL file {} was removed or replaced while in use; restart auditgate",
+                    wal.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies what the removed WAL holds into the database file (once), so that a crash before
+    /// the restart loses nothing that was committed.
+    fn rescue_wal(&self, connection: &Connection) {
+        if self.wal_rescued.load(Ordering::Acquire) {
+            return;
+        }
+        let result = connection.query_row("PRAGMA wal_checkpoint(FULL)", [], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        });
+        match result {
+            Ok((0, frames, copied)) if frames == copied => {
+                self.wal_rescued.store(true, Ordering::Release);
+                tracing::error!(frames, "the WAL file was removed while in use; what it held was copied into the database file, and writes are refused until auditgate is restarted");
+            }
+            Ok((busy, frames, copied)) => {
+                tracing::error!(busy, frames, copied, "the WAL file was removed while in use and could not yet be copied whole into the database file; retrying at the next write");
+            }
+            Err(error) => {
+                tracing::error!(%error, "the WAL file was removed while in use and copying it into the database file failed; retrying at the next write");
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -239,12 +350,17 @@ impl SqliteStore {
         if let Some(reason) = damaged {
             return Err(StoreError::Other(reason.clone()));
         }
+        self.check_files(connection)?;
         let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut working = current_frontier(&transaction, frontier)?;
         let result = work(&transaction, &mut working)?;
         transaction.commit()?;
         *frontier = working;
         self.next_seq.store(frontier.size() + 1, Ordering::Release);
+        // A file removed during the commit: the batch may be in a file nobody will read. Reporting
+        // the failure sends it to the spill file; a re-import skips it if it did reach the
+        // database.
+        self.check_files(connection)?;
         Ok(result)
     }
 }
@@ -328,13 +444,7 @@ impl Store for SqliteStore {
         // BEGIN IMMEDIATE takes the write lock: it fails when the file is locked or read-only.
         side.connection
             .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
-        if !self.path.exists() {
-            return Err(StoreError::Other(format!(
-                "database file {} was removed",
-                self.path.display()
-            )));
-        }
-        Ok(())
+        self.check_files(&side.connection)
     }
 
     fn size(&self) -> Result<u64, StoreError> {
@@ -447,6 +557,7 @@ impl Store for SqliteStore {
 
     fn record_intents(&self, intents: &[AuditEntry]) -> Result<(), StoreError> {
         let mut side = self.lock_writer()?;
+        self.check_files(&side.connection)?;
         let transaction = side.connection.transaction()?;
         {
             let mut insert = transaction.prepare_cached(
@@ -463,7 +574,8 @@ impl Store for SqliteStore {
             }
         }
         transaction.commit()?;
-        Ok(())
+        // An intent in a removed file is not durable: the request must not be forwarded.
+        self.check_files(&side.connection)
     }
 
     fn clear_intents(&self, ids: &[String]) -> Result<(), StoreError> {
@@ -617,6 +729,65 @@ mod tests {
             })
             .expect("reads");
         assert_eq!(count, 3);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_removed_database_file_refuses_writes() {
+        let dir = std::env::temp_dir().join(format!("auditgate-sqlite-{}", ulid::Ulid::new()));
+        let path = dir.join("audit.db");
+        let store = SqliteStore::open(&path, SyncMode::Normal).expect("opens");
+        store
+            .append(&mut [AuditEntry::new("t", "before")])
+            .expect("appends");
+        std::fs::remove_file(&path).expect("removes");
+        let error = store.check_writable().expect_err("noticed");
+        assert!(error.to_string().contains("was removed"), "{error}");
+        assert!(store.append(&mut [AuditEntry::new("t", "after")]).is_err());
+        assert!(store
+            .record_intents(&[AuditEntry::new("t", "intent")])
+            .is_err());
+        // Another file in its place is not the log either.
+        std::fs::write(&path, b"").expect("replaces");
+        let error = store.check_writable().expect_err("noticed");
+        assert!(error.to_string().contains("was replaced"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_removed_wal_is_copied_into_the_database_file() {
+        let dir = std::env::temp_dir().join(format!("auditgate-sqlite-{}", ulid::Ulid::new()));
+        let path = dir.join("audit.db");
+        let store = SqliteStore::open(&path, SyncMode::Normal).expect("opens");
+        let mut batch: Vec<AuditEntry> = (0..3)
+            .map(|index| AuditEntry::new("t", format!("in.wal.{index}")))
+            .collect();
+        store.append(&mut batch).expect("appends");
+        // The database file alone, as a crash would leave it once the WAL is gone.
+        let count_without_wal = |label: &str| -> Option<i64> {
+            let copy = dir.join(format!("{label}.db"));
+            std::fs::copy(&path, &copy).expect("copies");
+            let connection = Connection::open(&copy).expect("opens copy");
+            connection
+                .query_row("SELECT count(*) FROM entries", [], |row| row.get(0))
+                .ok()
+        };
+        assert_ne!(
+            count_without_wal("before"),
+            Some(3),
+            "entries are in the WAL"
+        );
+        std::fs::remove_file(wal_path(&path)).expect("removes the WAL");
+        let error = store.check_writable().expect_err("noticed");
+        assert!(error.to_string().contains("WAL"), "{error}");
+        assert_eq!(
+            count_without_wal("after"),
+            Some(3),
+            "rescued into the database"
+        );
+        assert!(store
+            .append(&mut [AuditEntry::new("t", "refused")])
+            .is_err());
         let _ = std::fs::remove_dir_all(dir);
     }
 

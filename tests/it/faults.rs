@@ -1,0 +1,453 @@
+//! Faults under the store: a full disk, and the database or its WAL deleted while running.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use auditgate::config::Config;
+use auditgate::server::Sidecar;
+
+use crate::support::{config_text, read_entries, HttpClient, TempDir, Upstream};
+
+const RULES: &str = r#"
+[[rule]]
+name = "delete user"
+method = "DELETE"
+path = "/api/users/{id}"
+action = "user.deleted"
+resource = { type = "user", id = "{id}" }
+write_ahead = true
+
+[[rule]]
+name = "note"
+method = "POST"
+path = "/notes/{id}"
+action = "note.created"
+resource = { type = "note", id = "{id}" }
+"#;
+
+/// A small tmpfs mounted for one test and unmounted when dropped, even when the test fails.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as mount(8) takes it), or says why it cannot.
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let path = std::env::temp_dir().join(format!("auditgate-it-tmpfs-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&path).map_err(|error| error.to_string())?;
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&path)
+            .output();
+        match mounted {
+            Ok(output) if output.status.success() => Ok(Tmpfs { path }),
+            Ok(output) => {
+                let _ = std::fs::remove_dir(&path);
+                Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+            }
+            Err(error) => {
+                let _ = std::fs::remove_dir(&path);
+                Err(format!("cannot run mount: {error}"))
+            }
+        }
+    }
+
+    /// Writes a file until the file system is full; returns its path.
+    fn fill(&self) -> PathBuf {
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).expect("create filler");
+        let chunk = vec![0u8; 16 * 1024];
+        // Bounded: a 2 MiB file system is full long before this.
+        for _ in 0..10_000 {
+            if file.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        // The last partial page too.
+        for _ in 0..4096 {
+            if file.write_all(&[0u8]).is_err() {
+                break;
+            }
+        }
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.path)
+            .status()
+            .is_ok_and(|status| status.success());
+        if !unmounted {
+            // Something still holds a file open: detach it now, it goes when released.
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes.
+async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check().await
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_write_ahead_closed_loses_nothing_and_recovers_by_itself() {
+    let disk = match Tmpfs::mount("2m") {
+        Ok(disk) => disk,
+        Err(reason) => {
+            eprintln!("skipped: cannot mount a tmpfs here ({reason})");
+            return;
+        }
+    };
+    let upstream = Upstream::start().await;
+    let db = disk.path.join("audit.db");
+    let text = config_text(upstream.addr, &db, "", RULES);
+    let config = Config::parse(&text, &disk.path).expect("valid config");
+    let sidecar = Sidecar::start(config, None).await.expect("starts");
+    let client = HttpClient::new();
+    let proxy = |path: &str| format!("http://{}{path}", sidecar.proxy_addr);
+    let admin = |path: &str| format!("http://{}{path}", sidecar.admin_addr);
+
+    let reply = client
+        .send("DELETE", &proxy("/api/users/before"), &[], "")
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(sidecar.writer().flushed(Duration::from_secs(5)).await);
+
+    let filler = disk.fill();
+    let forwarded_before = upstream.count();
+
+    // Write-ahead requests are refused, each at once, and never reach the app.
+    for id in ["full-1", "full-2", "full-3"] {
+        let started = Instant::now();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.send("DELETE", &proxy(&format!("/api/users/{id}")), &[], ""),
+        )
+        .await
+        .expect("a write-ahead request on a full disk is answered, not held");
+        assert_eq!(reply.status, 503, "{id}: {}", reply.text());
+        assert!(started.elapsed() < Duration::from_secs(3), "{id} waited");
+    }
+    assert_eq!(
+        upstream.count(),
+        forwarded_before,
+        "nothing refused was forwarded"
+    );
+
+    // An after-response request is forwarded; its entry waits for space (or the spill file).
+    let reply = client.send("POST", &proxy("/notes/during"), &[], "").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(upstream.count(), forwarded_before + 1);
+    assert_eq!(client.get(&admin("/readyz")).await.status, 503);
+    let metrics = client.get(&admin("/metrics")).await.text();
+    assert_eq!(metric(&metrics, "auditgate_entries_lost_total"), Some(0));
+    assert!(metric(&metrics, "auditgate_fail_closed_total").unwrap_or(0) >= 3);
+
+    // Space returns: the service recovers by itself, and every entry arrives.
+    std::fs::remove_file(&filler).expect("free the disk");
+    let recovered = eventually(Duration::from_secs(15), async || {
+        client.get(&admin("/readyz")).await.status == 200
+            && sidecar.writer().depth() == 0
+            && sidecar.writer().flushed(Duration::from_millis(10)).await
+    })
+    .await;
+    assert!(
+        recovered,
+        "the sidecar did not recover after space returned"
+    );
+    let reply = client
+        .send("DELETE", &proxy("/api/users/after"), &[], "")
+        .await;
+    assert_eq!(reply.status, 200, "write-ahead works again");
+    assert!(sidecar.writer().flushed(Duration::from_secs(5)).await);
+    let metrics = client.get(&admin("/metrics")).await.text();
+    assert_eq!(metric(&metrics, "auditgate_entries_lost_total"), Some(0));
+    sidecar.shutdown().await;
+
+    // Every entry is stored once: the refused attempts as 503s, the note as forwarded.
+    let spill = disk.path.join("audit.db.spill.ndjson");
+    let spilled = std::fs::read_to_string(&spill).unwrap_or_default();
+    assert!(
+        spilled
+            .lines()
+            .all(|line| serde_json::from_str::<serde_json::Value>(line).is_ok()),
+        "a torn line in the spill file: {spilled:?}"
+    );
+    let mut stored: Vec<(String, Option<u16>)> = read_entries(&db)
+        .iter()
+        .map(|entry| (entry.resource_id.clone().unwrap_or_default(), entry.status))
+        .collect();
+    // Spilled entries (if any) are re-imported at the next start; count them as stored.
+    for line in spilled.lines() {
+        let entry: auditgate::entry::AuditEntry = serde_json::from_str(line).expect("entry");
+        stored.push((entry.resource_id.unwrap_or_default(), entry.status));
+    }
+    stored.sort();
+    stored.dedup();
+    let mut expected = vec![
+        ("after".to_string(), Some(200)),
+        ("before".to_string(), Some(200)),
+        ("during".to_string(), Some(200)),
+        ("full-1".to_string(), Some(503)),
+        ("full-2".to_string(), Some(503)),
+        ("full-3".to_string(), Some(503)),
+    ];
+    expected.sort();
+    assert_eq!(stored, expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files deleted under the running binary
+// ---------------------------------------------------------------------------------------------
+
+/// The auditgate binary with its log captured; killed on drop.
+struct Process {
+    child: Child,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    fn start(config: &Path) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("AUDITGATE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let (mut proxy, mut admin) = (None, None);
+        for line in lines.by_ref() {
+            let line = line.expect("line");
+            if line.contains("auditgate is serving") {
+                let field = |name: &str| -> Option<SocketAddr> {
+                    let start = line.find(&format!("{name}="))? + name.len() + 1;
+                    line[start..]
+                        .split_whitespace()
+                        .next()?
+                        .trim_end_matches(|c: char| !c.is_ascii_digit())
+                        .parse()
+                        .ok()
+                };
+                proxy = field("proxy");
+                admin = field("admin");
+                break;
+            }
+        }
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(mut log) = sink.lock() {
+                    log.push(line);
+                }
+            }
+        });
+        Process {
+            child,
+            proxy: proxy.expect("proxy address in the log"),
+            admin: admin.expect("admin address in the log"),
+            log,
+        }
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .map(|log| log.iter().any(|line| line.contains(needle)))
+            .unwrap_or(false)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, upstream: SocketAddr) -> (PathBuf, PathBuf) {
+    let db = dir.join("audit.db");
+    let path = dir.join("auditgate.toml");
+    std::fs::write(&path, config_text(upstream, &db, "", RULES)).expect("write config");
+    (path, db)
+}
+
+#[tokio::test]
+async fn a_deleted_database_is_detected_and_nothing_is_written_into_it() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("deleted-db");
+    let (config, db) = write_config(&dir.0, upstream.addr);
+    let process = Process::start(&config);
+    let client = HttpClient::new();
+    let proxy = |path: &str| format!("http://{}{path}", process.proxy);
+    let admin = |path: &str| format!("http://{}{path}", process.admin);
+    assert_eq!(
+        client
+            .send("POST", &proxy("/notes/1"), &[], "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(client.get(&admin("/readyz")).await.status, 200);
+
+    std::fs::remove_file(&db).expect("delete the database");
+    let reply = client.get(&admin("/readyz")).await;
+    assert_eq!(reply.status, 503);
+    // The reason (it names files) goes to the log, which is checked next; the probe says only
+    // that the store cannot take writes.
+    assert!(
+        reply.text().contains("cannot take writes"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || process.logged("ERROR")
+            && process.logged("was removed"))
+        .await,
+        "no alarm in the log"
+    );
+
+    // Write-ahead fails closed; an after-response entry goes to the spill file, not into the
+    // deleted database.
+    let before = upstream.count();
+    let reply = client.send("DELETE", &proxy("/api/users/7"), &[], "").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(upstream.count(), before);
+    assert_eq!(
+        client
+            .send("POST", &proxy("/notes/2"), &[], "")
+            .await
+            .status,
+        200
+    );
+    let spill = dir.0.join("audit.db.spill.ndjson");
+    assert!(
+        eventually(Duration::from_secs(10), async || std::fs::read_to_string(
+            &spill
+        )
+        .is_ok_and(
+            |text| text.contains("\"resource_id\":\"2\"") || text.contains("\"resourceId\":\"2\"")
+        ))
+        .await,
+        "the entry was not spilled"
+    );
+    let metrics = client.get(&admin("/metrics")).await.text();
+    assert_eq!(metric(&metrics, "auditgate_entries_lost_total"), Some(0));
+    process.stop();
+
+    // A restart starts a new database and re-imports what was spilled.
+    let process = Process::start(&config);
+    process.stop();
+    let stored: Vec<(String, Option<u16>)> = read_entries(&db)
+        .iter()
+        .map(|entry| (entry.resource_id.clone().unwrap_or_default(), entry.status))
+        .collect();
+    assert!(stored.contains(&("2".to_string(), Some(200))), "{stored:?}");
+    assert!(stored.contains(&("7".to_string(), Some(503))), "{stored:?}");
+}
+
+#[tokio::test]
+async fn a_deleted_wal_is_detected_and_what_it_held_survives_a_crash() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("deleted-wal");
+    let (config, db) = write_config(&dir.0, upstream.addr);
+    let process = Process::start(&config);
+    let client = HttpClient::new();
+    let proxy = |path: &str| format!("http://{}{path}", process.proxy);
+    let admin = |path: &str| format!("http://{}{path}", process.admin);
+    for id in 1..=5 {
+        let reply = client
+            .send("POST", &proxy(&format!("/notes/{id}")), &[], "")
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    let wal = dir.0.join("audit.db-wal");
+    assert!(
+        eventually(Duration::from_secs(5), async || read_entries(&db).len()
+            == 5)
+        .await,
+        "entries not stored"
+    );
+
+    std::fs::remove_file(&wal).expect("delete the WAL");
+    let reply = client.get(&admin("/readyz")).await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply.text().contains("cannot take writes"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || process.logged("ERROR")
+            && process.logged("WAL"))
+        .await,
+        "no alarm in the log"
+    );
+    let reply = client.send("DELETE", &proxy("/api/users/7"), &[], "").await;
+    assert_eq!(reply.status, 503, "write-ahead fails closed");
+
+    // A crash now (no clean close to checkpoint the WAL): the five entries must survive.
+    drop(process);
+    let process = Process::start(&config);
+    let metrics = client
+        .get(&format!("http://{}/metrics", process.admin))
+        .await
+        .text();
+    assert_eq!(metric(&metrics, "auditgate_entries_lost_total"), Some(0));
+    assert_eq!(
+        client
+            .get(&format!("http://{}/readyz", process.admin))
+            .await
+            .status,
+        200
+    );
+    process.stop();
+    let stored: Vec<String> = read_entries(&db)
+        .iter()
+        .filter_map(|entry| entry.resource_id.clone())
+        .collect();
+    for id in 1..=5 {
+        assert!(
+            stored.contains(&id.to_string()),
+            "note {id} lost: {stored:?}"
+        );
+    }
+}
