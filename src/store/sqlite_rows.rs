@@ -552,7 +552,14 @@ fn page_conditions(
     actor_columns: ActorColumns,
 ) -> (String, Vec<Value>) {
     let mut conditions = Conditions::from_filter_matching_actor(filter, actor_columns);
-    if let Some(through) = page.through {
+    // Newest first with both a cursor and a snapshot bound, both are upper bounds: give SQLite
+    // only the tighter one. With two, it seeks by one and filters by the other, so every chunk of
+    // an export would start again at the snapshot's top and walk down to the cursor.
+    let through = match (page.order, page.through, page.cursor) {
+        (Order::Desc, Some(through), Some(cursor)) if cursor.seq() <= through.seq() => None,
+        (_, through, _) => through,
+    };
+    if let Some(through) = through {
         let seq = i64::try_from(through.seq()).unwrap_or(i64::MAX);
         conditions.push("seq <= ?", [Value::Integer(seq)]);
     }

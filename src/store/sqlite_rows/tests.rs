@@ -1351,3 +1351,31 @@ fn a_wide_range_walks_the_log_in_order() {
         expected
     );
 }
+
+#[test]
+fn newest_first_exports_seek_by_one_upper_bound() {
+    // With both a cursor and a snapshot bound as upper bounds, SQLite seeks by one and filters by
+    // the other; an export reading chunk after chunk would then rescan from the snapshot's top
+    // every time. Only the tighter bound may be given.
+    let page = PageRequest {
+        limit: 1000,
+        cursor: Some(Cursor::after_seq(500)),
+        order: Order::Desc,
+        count: false,
+        through: Some(Cursor::after_seq(900)),
+    };
+    let (where_sql, values) =
+        super::page_conditions(&Filter::default(), &page, super::ActorColumns::Either);
+    assert_eq!(where_sql.matches("seq").count(), 1, "{where_sql}");
+    assert_eq!(values, vec![rusqlite::types::Value::Integer(500)]);
+    let oldest_first = PageRequest {
+        order: Order::Asc,
+        ..page
+    };
+    let (where_sql, _) = super::page_conditions(
+        &Filter::default(),
+        &oldest_first,
+        super::ActorColumns::Either,
+    );
+    assert_eq!(where_sql.matches("seq").count(), 2, "{where_sql}");
+}
