@@ -29,5 +29,10 @@ WORKDIR /var/lib/auditgate
 VOLUME ["/etc/auditgate", "/var/lib/auditgate"]
 EXPOSE 8080 9090
 ENV AUDITGATE_CONFIG=/etc/auditgate/auditgate.toml
+# The image has no curl: auditgate asks its own admin listener (127.0.0.1:9090 by default; pass
+# --url if [admin] listen says otherwise). /healthz, not /readyz: a store outage is ridden out
+# by the spill file and should not get the container restarted.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["/usr/local/bin/auditgate", "health", "--url", "http://127.0.0.1:9090/healthz"]
 ENTRYPOINT ["/usr/local/bin/auditgate"]
 CMD ["run"]

@@ -1,63 +1,97 @@
 //! Who made the request: ordered actor sources, first that yields wins.
 //!
 //! Sources are compiled once (keys parsed, secrets read from the environment) and evaluated per
-//! request on the request head. Every actor records which source gave it and whether it was
-//! verified; an identity that could not be verified is either recorded as unverified with the
-//! reason or dropped, as configured. Secrets — passwords, raw tokens — never leave this module.
+//! request. Every actor records which source gave it and whether it was verified; an identity
+//! that could not be verified is either recorded as unverified with the reason or dropped, as
+//! configured. Secrets — passwords, raw tokens, API keys — never leave this module: what comes
+//! out is a user name, claims, or the configured name (or keyed hash) of a key.
+//!
+//! Most sources read the request head. A `body` source reads the request body, which exists only
+//! once the request has been read, so resolution has two steps: [`ActorChain::resolve_head`]
+//! tries the sources in order until a head source yields, remembering the body sources it passed;
+//! [`PendingActor::finish`] tries those with the captured body when the entry is finished. The
+//! result is the same as trying every source in order.
 
-use std::collections::BTreeMap;
+mod api_key;
+mod jwt;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use regex::RegexSet;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::ConfigError;
 
-/// Tokens larger than this are not parsed (a JWT of this size is an attack, not an identity).
-const MAX_TOKEN_BYTES: usize = 16 * 1024;
-
-/// One `[[actor]]` section as written. Which keys apply depends on `from`.
+/// One `[[actor]]` section as written. Which keys apply depends on `from`; a key that does not
+/// apply to its source is a config error rather than silently ignored.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActorFile {
-    /// jwt | basic | header
+    /// jwt | header | basic | api_key | body
     pub from: String,
-    /// jwt: header holding the token (default "authorization", read as `Bearer <token>`).
-    /// header: not used (see id/email/name/groups).
+    /// jwt: header holding the token (default "authorization", read as `Bearer <token>`; any
+    /// other header may hold the bare token, e.g. x-pomerium-jwt-assertion).
+    /// api_key: header holding the key (in `authorization`, the part after the scheme).
     pub header: Option<String>,
     /// jwt: cookie holding the token, instead of a header.
     pub cookie: Option<String>,
+    /// api_key: query parameter holding the key, instead of a header.
+    pub query: Option<String>,
     /// jwt: claim (dotted path) for the actor id (default "sub"). header: header name.
+    /// body: JSON pointer into the request body.
     pub id: Option<String>,
-    /// jwt: claim for the email (default "email"). header: header name.
+    /// jwt: claim for the email (default "email"). header: header name. body: JSON pointer.
     pub email: Option<String>,
-    /// jwt: claim for the display name (default "name"). header: header name.
+    /// jwt: claim for the display name (default "name"). header: header name. body: JSON pointer.
     pub name: Option<String>,
-    /// jwt: claim for roles. header: not used.
+    /// jwt: claim (dotted path) holding the roles: a list, or a space/comma separated string.
     pub roles: Option<String>,
-    /// header: header listing groups, comma-separated.
+    /// header: header listing groups, comma-separated (recorded as roles).
     pub groups: Option<String>,
-    /// jwt: claim for the tenant. header: header name.
+    /// jwt: claim for the tenant. header: header name. body: JSON pointer.
     pub tenant: Option<String>,
     /// jwt: environment variable holding the HS256 secret.
     pub hs256_secret_env: Option<String>,
-    /// jwt: path to a PEM public key (RSA, EC P-256 or Ed25519), or the PEM text itself.
+    /// jwt: path to a PEM public key (RSA, EC P-256/P-384 or Ed25519), or the PEM text itself.
     pub public_key_pem: Option<String>,
-    /// jwt: accepted algorithms; default from the key (HS256, RS256, ES256, EdDSA).
+    /// jwt: path to a JWKS file (`{"keys": [...]}`); the token's `kid` picks the key.
+    pub jwks_file: Option<String>,
+    /// jwt: accepted algorithms (pinned; the token's `alg` only chooses among them). Default:
+    /// the key's own (HS256 for a secret, RS256/ES256/EdDSA for a PEM, a JWK's `alg`).
     pub algorithms: Option<Vec<String>>,
-    /// jwt: required issuer.
+    /// jwt: required issuer (`iss`).
     pub issuer: Option<String>,
-    /// jwt: required audience (one of).
+    /// jwt: accepted audiences (`aud` must hold one of them).
     pub audience: Option<Vec<String>>,
     /// jwt: clock skew allowed for exp/nbf, in seconds (default 30).
     pub leeway_seconds: Option<u64>,
-    /// jwt: false to decode without verifying (every such actor is marked unverified).
+    /// jwt: false to read claims without verifying (every such actor is marked unverified).
     pub verify: Option<bool>,
-    /// jwt: what an invalid token yields: "record_unverified" (default) or "anonymous".
+    /// jwt: what an invalid token yields: "record_unverified" (default: its claims, marked
+    /// unverified, with the reason) or "anonymous" (no actor, the reason noted).
     pub on_invalid: Option<String>,
+    /// api_key: the known keys, each as a name and the SHA-256 (hex) of the key.
+    pub keys: Option<Vec<ApiKeyFile>>,
+    /// api_key: environment variable with a secret (16+ bytes) for naming keys that are not in
+    /// `keys` as `key:<first 8 hex of HMAC-SHA256(secret, key)>`; without it they are ignored.
+    pub hmac_key_env: Option<String>,
+    /// body: route templates (`/login`, `/api/auth/{*rest}`) the source applies to; default all.
+    pub paths: Option<Vec<String>>,
+}
+
+/// One `keys = [{ name = "...", sha256 = "..." }]` item of an `api_key` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFile {
+    /// What entries record as the actor when this key is used.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the key.
+    pub sha256: String,
 }
 
 /// Who made a request, and how we know.
@@ -73,6 +107,8 @@ pub struct Actor {
     pub verified: bool,
     /// Why the identity could not be verified, or what was ignored; recorded in metadata.
     pub notes: Vec<String>,
+    /// How the actor was found, step by step; only collected for `auditgate explain`.
+    pub derivation: Vec<String>,
 }
 
 impl Actor {
@@ -92,31 +128,27 @@ impl Actor {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OnInvalid {
-    RecordUnverified,
-    Anonymous,
+/// The step-by-step account of a resolution, for `auditgate explain`; free when disabled.
+#[derive(Debug, Default, Clone)]
+struct Trace {
+    enabled: bool,
+    steps: Vec<String>,
+    place: String,
 }
 
-enum TokenPlace {
-    Header(HeaderName),
-    Cookie(String),
-}
+impl Trace {
+    fn step(&mut self, text: impl FnOnce() -> String) {
+        if self.enabled {
+            let line = format!("{}: {}", self.place, text());
+            self.steps.push(line);
+        }
+    }
 
-struct JwtSource {
-    place: TokenPlace,
-    claims: ClaimNames,
-    /// `None` when verification is deliberately off.
-    verifier: Option<(DecodingKey, Validation)>,
-    on_invalid: OnInvalid,
-}
-
-struct ClaimNames {
-    id: String,
-    email: String,
-    name: String,
-    roles: Option<String>,
-    tenant: Option<String>,
+    fn at(&mut self, index: usize, from: &str) {
+        if self.enabled {
+            self.place = format!("actor #{} ({from})", index + 1);
+        }
+    }
 }
 
 struct HeaderSource {
@@ -127,10 +159,33 @@ struct HeaderSource {
     tenant: Option<HeaderName>,
 }
 
+struct BodySource {
+    id: Option<String>,
+    email: Option<String>,
+    name: Option<String>,
+    tenant: Option<String>,
+    /// Route templates the source applies to; `None` for every request.
+    paths: Option<RegexSet>,
+}
+
 enum Source {
-    Jwt(Box<JwtSource>),
+    Jwt(Box<jwt::JwtSource>),
     Basic,
     Header(HeaderSource),
+    ApiKey(api_key::ApiKeySource),
+    Body(BodySource),
+}
+
+impl Source {
+    fn label(&self) -> &'static str {
+        match self {
+            Source::Jwt(_) => "jwt",
+            Source::Basic => "basic",
+            Source::Header(_) => "header",
+            Source::ApiKey(_) => "api_key",
+            Source::Body(_) => "body",
+        }
+    }
 }
 
 /// The compiled, ordered actor sources.
@@ -145,71 +200,72 @@ impl std::fmt::Debug for ActorChain {
     }
 }
 
-/// What the actor sources see of a request.
+/// What the actor sources see of a request head.
 pub struct ActorRequest<'a> {
     pub headers: &'a HeaderMap,
+    /// The raw query string (for API keys sent as a query parameter).
+    pub query: Option<&'a str>,
+    /// The raw path (for body sources limited to some routes).
+    pub path: &'a str,
     /// Whether the socket peer is a trusted proxy (identity headers are believed only then).
     pub peer_trusted: bool,
+    /// Collect [`Actor::derivation`] (for `auditgate explain`; off on the proxy path).
+    pub explain: bool,
 }
 
-impl ActorChain {
-    pub fn empty() -> ActorChain {
-        ActorChain {
-            sources: Vec::new(),
-            trusted_proxies: Vec::new(),
-        }
+/// The result of the head step: the actor the head sources gave, and the body sources that come
+/// before it in the chain and so are tried first once the body is known.
+#[derive(Debug, Clone)]
+pub struct PendingActor {
+    actor: Actor,
+    body_sources: Vec<usize>,
+    trace: Trace,
+}
+
+impl PendingActor {
+    /// Whether the request body must be captured to finish the resolution.
+    pub fn needs_body(&self) -> bool {
+        !self.body_sources.is_empty()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.sources.is_empty()
-    }
-
-    pub fn trusted_proxies(&self) -> &[IpNet] {
-        &self.trusted_proxies
-    }
-
-    pub fn compile(
-        files: &[ActorFile],
-        trusted_proxies: &[IpNet],
-    ) -> Result<ActorChain, Vec<ConfigError>> {
-        let mut errors = Vec::new();
-        let mut sources = Vec::new();
-        for (index, file) in files.iter().enumerate() {
-            let location = format!("actor #{} ({})", index + 1, file.from);
-            match compile_source(file, &location, &mut errors) {
-                Some(source) => sources.push(source),
-                None => continue,
-            }
-        }
-        if errors.is_empty() {
-            Ok(ActorChain {
-                sources,
-                trusted_proxies: trusted_proxies.to_vec(),
-            })
-        } else {
-            Err(errors)
-        }
-    }
-
-    /// Tries each source in order; the first that yields an actor wins. Notes from sources that
-    /// did not yield (an ignored spoof, an invalid token) are kept on the result.
-    pub fn resolve(&self, request: &ActorRequest) -> Actor {
-        let mut notes = Vec::new();
-        for source in &self.sources {
-            let found = match source {
-                Source::Jwt(jwt) => jwt.resolve(request.headers, &mut notes),
-                Source::Basic => basic(request.headers),
-                Source::Header(header) => header.resolve(request, &mut notes),
+    /// Tries the pending body sources with the request body (parsed JSON, or why it is not
+    /// available); the first that yields wins over the head result.
+    pub fn finish(mut self, chain: &ActorChain, body: Result<&Value, &str>) -> Actor {
+        for &index in &self.body_sources {
+            let Some(Source::Body(source)) = chain.sources.get(index) else {
+                continue;
             };
-            if let Some(mut actor) = found {
-                actor.notes.splice(0..0, notes);
+            self.trace.at(index, "body");
+            let body = match body {
+                Ok(body) => body,
+                Err(why) => {
+                    self.trace.step(|| format!("request body {why}"));
+                    continue;
+                }
+            };
+            if let Some(mut actor) = source.resolve(body, &mut self.trace) {
+                actor.notes = std::mem::take(&mut self.actor.notes);
+                actor.derivation = std::mem::take(&mut self.trace.steps);
                 return actor;
             }
         }
-        Actor {
-            notes,
-            ..Actor::default()
-        }
+        self.actor.derivation = std::mem::take(&mut self.trace.steps);
+        self.actor
+    }
+
+    /// The head result as it stands (for exchanges that end before a body exists).
+    pub fn without_body(self, chain: &ActorChain) -> Actor {
+        self.finish(chain, Err("was not read"))
+    }
+}
+
+/// Resolves a path from the config against the config file's directory.
+fn resolve_path(base: &Path, path: &str) -> PathBuf {
+    let path = PathBuf::from(path);
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
     }
 }
 
@@ -231,52 +287,234 @@ fn header_name(
     }
 }
 
+/// Where an `[[actor]]` entry is, for error messages: `actor #2 (jwt)`.
+pub fn actor_location(index: usize, from: Option<&str>) -> String {
+    match from {
+        Some(from) => format!("actor #{} ({from})", index + 1),
+        None => format!("actor #{}", index + 1),
+    }
+}
+
+/// Every optional key of an `[[actor]]` entry, whether it is given, and the sources it applies
+/// to.
+fn given_keys(file: &ActorFile) -> [(&'static str, bool, &'static [&'static str]); 21] {
+    const JWT: &[&str] = &["jwt"];
+    [
+        ("header", file.header.is_some(), &["jwt", "api_key"]),
+        ("cookie", file.cookie.is_some(), JWT),
+        ("query", file.query.is_some(), &["api_key"]),
+        ("id", file.id.is_some(), &["jwt", "header", "body"]),
+        ("email", file.email.is_some(), &["jwt", "header", "body"]),
+        ("name", file.name.is_some(), &["jwt", "header", "body"]),
+        ("roles", file.roles.is_some(), JWT),
+        ("groups", file.groups.is_some(), &["header"]),
+        ("tenant", file.tenant.is_some(), &["jwt", "header", "body"]),
+        ("hs256_secret_env", file.hs256_secret_env.is_some(), JWT),
+        ("public_key_pem", file.public_key_pem.is_some(), JWT),
+        ("jwks_file", file.jwks_file.is_some(), JWT),
+        ("algorithms", file.algorithms.is_some(), JWT),
+        ("issuer", file.issuer.is_some(), JWT),
+        ("audience", file.audience.is_some(), JWT),
+        ("leeway_seconds", file.leeway_seconds.is_some(), JWT),
+        ("verify", file.verify.is_some(), JWT),
+        ("on_invalid", file.on_invalid.is_some(), JWT),
+        ("keys", file.keys.is_some(), &["api_key"]),
+        ("hmac_key_env", file.hmac_key_env.is_some(), &["api_key"]),
+        ("paths", file.paths.is_some(), &["body"]),
+    ]
+}
+
+const SOURCES: [&str; 5] = ["jwt", "header", "basic", "api_key", "body"];
+
+impl ActorChain {
+    pub fn empty() -> ActorChain {
+        ActorChain {
+            sources: Vec::new(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    pub fn trusted_proxies(&self) -> &[IpNet] {
+        &self.trusted_proxies
+    }
+
+    /// Compiles the `[[actor]]` entries; `base` is the directory key files are relative to.
+    /// Every error is collected with the entry it is in.
+    pub fn compile(
+        files: &[(usize, ActorFile)],
+        trusted_proxies: &[IpNet],
+        base: &Path,
+    ) -> Result<ActorChain, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut sources = Vec::new();
+        for (index, file) in files {
+            let location = actor_location(*index, Some(&file.from));
+            if let Some(source) = compile_source(file, base, &location, &mut errors) {
+                sources.push(source);
+            }
+        }
+        if errors.is_empty() {
+            Ok(ActorChain {
+                sources,
+                trusted_proxies: trusted_proxies.to_vec(),
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// One line per source, for `auditgate check`: `jwt (header authorization)`.
+    pub fn describe(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .map(|source| match source {
+                Source::Jwt(jwt) => format!("jwt ({})", jwt.describe()),
+                Source::Basic => "basic (user name of Authorization: Basic)".to_string(),
+                Source::Header(header) => {
+                    let names: Vec<&str> = [&header.id, &header.email]
+                        .into_iter()
+                        .flatten()
+                        .map(HeaderName::as_str)
+                        .collect();
+                    format!("header ({}, from trusted proxies only)", names.join(", "))
+                }
+                Source::ApiKey(key) => format!("api_key ({})", key.describe()),
+                Source::Body(body) => format!(
+                    "body ({})",
+                    [&body.id, &body.email]
+                        .into_iter()
+                        .flatten()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+            .collect()
+    }
+
+    /// Request headers whose values are credentials of some source (JWT token headers, API-key
+    /// headers): never stored, whatever the redaction mode.
+    pub fn secret_headers(&self) -> Vec<HeaderName> {
+        let mut names = Vec::new();
+        for source in &self.sources {
+            match source {
+                Source::Jwt(jwt) => names.extend(jwt.token_header().cloned()),
+                Source::ApiKey(key) => {
+                    if let api_key::KeyPlace::Header(name) = &key.place {
+                        names.push(name.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        names
+    }
+
+    /// Query parameters that carry API keys: never stored.
+    pub fn secret_query_parameters(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .filter_map(|source| match source {
+                Source::ApiKey(key) => match &key.place {
+                    api_key::KeyPlace::Query(name) => Some(name.clone()),
+                    api_key::KeyPlace::Header(_) => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The head step: tries the sources in order until a head source yields. Notes from sources
+    /// that did not yield (an ignored spoof, an invalid token) are kept on the result.
+    pub fn resolve_head(&self, request: &ActorRequest) -> PendingActor {
+        let mut notes = Vec::new();
+        let mut body_sources = Vec::new();
+        let mut trace = Trace {
+            enabled: request.explain,
+            ..Trace::default()
+        };
+        for (index, source) in self.sources.iter().enumerate() {
+            trace.at(index, source.label());
+            let found = match source {
+                Source::Jwt(jwt) => jwt.resolve(request.headers, &mut notes, &mut trace),
+                Source::Basic => basic(request.headers, &mut trace),
+                Source::Header(header) => header.resolve(request, &mut notes, &mut trace),
+                Source::ApiKey(key) => {
+                    key.resolve(request.headers, request.query, &mut notes, &mut trace)
+                }
+                Source::Body(body) => {
+                    if body.applies_to(request.path) {
+                        trace.step(|| "read once the request body has arrived".into());
+                        body_sources.push(index);
+                    } else {
+                        trace.step(|| "does not apply to this path".into());
+                    }
+                    None
+                }
+            };
+            if let Some(mut actor) = found {
+                actor.notes.splice(0..0, notes);
+                return PendingActor {
+                    actor,
+                    body_sources,
+                    trace,
+                };
+            }
+        }
+        trace.place = "actor".into();
+        if !self.sources.is_empty() && body_sources.is_empty() {
+            trace.step(|| "no source yielded: anonymous".into());
+        }
+        PendingActor {
+            actor: Actor {
+                notes,
+                ..Actor::default()
+            },
+            body_sources,
+            trace,
+        }
+    }
+
+    /// Both steps at once, for a request whose body is not available.
+    pub fn resolve(&self, request: &ActorRequest) -> Actor {
+        self.resolve_head(request).without_body(self)
+    }
+}
+
 fn compile_source(
     file: &ActorFile,
+    base: &Path,
     location: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Source> {
-    let unused = |keys: &[(&str, bool)], errors: &mut Vec<ConfigError>| {
-        for (key, present) in keys {
-            if *present {
-                errors.push(ConfigError::new(
-                    &format!("{location}.{key}"),
-                    format!("does not apply to from = \"{}\"", file.from),
-                ));
-            }
+    if !SOURCES.contains(&file.from.as_str()) {
+        errors.push(ConfigError::new(
+            &format!("{location}.from"),
+            format!("`{}` is not one of {}", file.from, SOURCES.join(", ")),
+        ));
+        return None;
+    }
+    for (key, given, applies) in given_keys(file) {
+        if given && !applies.contains(&file.from.as_str()) {
+            let hint = match (file.from.as_str(), key) {
+                ("jwt", "groups") => " (use roles)",
+                ("header", "roles") => " (use groups)",
+                ("header", "header") => " (name the headers in id, email, name, groups, tenant)",
+                _ => "",
+            };
+            errors.push(ConfigError::new(
+                &format!("{location}.{key}"),
+                format!("does not apply to from = \"{}\"{hint}", file.from),
+            ));
         }
-    };
+    }
     match file.from.as_str() {
-        "basic" => {
-            unused(
-                &[
-                    ("header", file.header.is_some()),
-                    ("cookie", file.cookie.is_some()),
-                    ("id", file.id.is_some()),
-                    ("email", file.email.is_some()),
-                    ("hs256_secret_env", file.hs256_secret_env.is_some()),
-                    ("public_key_pem", file.public_key_pem.is_some()),
-                ],
-                errors,
-            );
-            Some(Source::Basic)
-        }
+        "basic" => Some(Source::Basic),
         "header" => {
-            unused(
-                &[
-                    ("header", file.header.is_some()),
-                    ("cookie", file.cookie.is_some()),
-                    ("roles", file.roles.is_some()),
-                    ("hs256_secret_env", file.hs256_secret_env.is_some()),
-                    ("public_key_pem", file.public_key_pem.is_some()),
-                    ("algorithms", file.algorithms.is_some()),
-                    ("issuer", file.issuer.is_some()),
-                    ("audience", file.audience.is_some()),
-                    ("verify", file.verify.is_some()),
-                    ("on_invalid", file.on_invalid.is_some()),
-                ],
-                errors,
-            );
             let mut named = |key: &str, value: &Option<String>| {
                 value
                     .as_deref()
@@ -289,7 +527,7 @@ fn compile_source(
                 groups: named("groups", &file.groups),
                 tenant: named("tenant", &file.tenant),
             };
-            if source.id.is_none() && source.email.is_none() {
+            if file.id.is_none() && file.email.is_none() {
                 errors.push(ConfigError::new(
                     location,
                     "needs at least `id` or `email`: the header names the auth proxy sets (e.g. x-forwarded-user)",
@@ -297,318 +535,74 @@ fn compile_source(
             }
             Some(Source::Header(source))
         }
-        "jwt" => compile_jwt(file, location, errors).map(|jwt| Source::Jwt(Box::new(jwt))),
-        other => {
-            errors.push(ConfigError::new(
-                &format!("{location}.from"),
-                format!("`{other}` is not one of jwt, basic, header"),
-            ));
-            None
-        }
-    }
-}
-
-fn compile_jwt(
-    file: &ActorFile,
-    location: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Option<JwtSource> {
-    if file.groups.is_some() {
-        errors.push(ConfigError::new(
-            &format!("{location}.groups"),
-            "does not apply to from = \"jwt\" (use roles)",
-        ));
-    }
-    let place = match (&file.header, &file.cookie) {
-        (Some(_), Some(_)) => {
-            errors.push(ConfigError::new(
-                location,
-                "give either header or cookie, not both",
-            ));
-            return None;
-        }
-        (_, Some(cookie)) => TokenPlace::Cookie(cookie.clone()),
-        (header, None) => TokenPlace::Header(header_name(
-            location,
-            "header",
-            header.as_deref().unwrap_or("authorization"),
-            errors,
-        )?),
-    };
-    let on_invalid = match file.on_invalid.as_deref() {
-        None | Some("record_unverified") => OnInvalid::RecordUnverified,
-        Some("anonymous") => OnInvalid::Anonymous,
-        Some(other) => {
-            errors.push(ConfigError::new(
-                &format!("{location}.on_invalid"),
-                format!("`{other}` is not one of record_unverified, anonymous"),
-            ));
-            OnInvalid::RecordUnverified
-        }
-    };
-    let claims = ClaimNames {
-        id: file.id.clone().unwrap_or_else(|| "sub".into()),
-        email: file.email.clone().unwrap_or_else(|| "email".into()),
-        name: file.name.clone().unwrap_or_else(|| "name".into()),
-        roles: file.roles.clone(),
-        tenant: file.tenant.clone(),
-    };
-    let verify = file.verify.unwrap_or(true);
-    let verifier = if !verify {
-        if file.hs256_secret_env.is_some() || file.public_key_pem.is_some() {
-            errors.push(ConfigError::new(
-                &format!("{location}.verify"),
-                "verify = false ignores keys; remove the key or verify",
-            ));
-        }
-        None
-    } else {
-        let (key, default_algorithm) = match (&file.hs256_secret_env, &file.public_key_pem) {
-            (Some(_), Some(_)) => {
-                errors.push(ConfigError::new(
-                    location,
-                    "give either hs256_secret_env or public_key_pem, not both",
-                ));
-                return None;
-            }
-            (Some(variable), None) => match std::env::var(variable) {
-                Ok(secret) if !secret.is_empty() => (
-                    DecodingKey::from_secret(secret.as_bytes()),
-                    Algorithm::HS256,
-                ),
-                _ => {
-                    errors.push(ConfigError::new(
-                        &format!("{location}.hs256_secret_env"),
-                        format!("environment variable {variable} is not set or empty"),
-                    ));
-                    return None;
-                }
-            },
-            (None, Some(pem)) => {
-                let text = if pem.trim_start().starts_with("-----BEGIN") {
-                    pem.clone()
-                } else {
-                    match std::fs::read_to_string(pem) {
-                        Ok(text) => text,
-                        Err(error) => {
-                            errors.push(ConfigError::new(
-                                &format!("{location}.public_key_pem"),
-                                format!("cannot read {pem}: {error}"),
-                            ));
-                            return None;
-                        }
-                    }
-                };
-                if let Ok(key) = DecodingKey::from_rsa_pem(text.as_bytes()) {
-                    (key, Algorithm::RS256)
-                } else if let Ok(key) = DecodingKey::from_ec_pem(text.as_bytes()) {
-                    (key, Algorithm::ES256)
-                } else if let Ok(key) = DecodingKey::from_ed_pem(text.as_bytes()) {
-                    (key, Algorithm::EdDSA)
-                } else {
-                    errors.push(ConfigError::new(
-                        &format!("{location}.public_key_pem"),
-                        "is not an RSA, EC or Ed25519 public key in PEM form",
-                    ));
-                    return None;
-                }
-            }
-            (None, None) => {
-                errors.push(ConfigError::new(
-                    location,
-                    "needs a key: hs256_secret_env or public_key_pem (or verify = false to record unverified identities)",
-                ));
-                return None;
-            }
-        };
-        let mut algorithms = Vec::new();
-        for name in file.algorithms.clone().unwrap_or_default() {
-            match name.parse::<Algorithm>() {
-                Ok(algorithm) if same_family(algorithm, default_algorithm) => {
-                    algorithms.push(algorithm)
-                }
-                Ok(_) => errors.push(ConfigError::new(
-                    &format!("{location}.algorithms"),
-                    format!("{name} does not fit the configured key"),
-                )),
-                Err(_) => errors.push(ConfigError::new(
-                    &format!("{location}.algorithms"),
-                    format!("`{name}` is not a JWT algorithm (e.g. HS256, RS256, ES256, EdDSA)"),
-                )),
-            }
-        }
-        if algorithms.is_empty() {
-            algorithms.push(default_algorithm);
-        }
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
-        validation.leeway = file.leeway_seconds.unwrap_or(30);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.validate_aud = false;
-        if let Some(issuer) = &file.issuer {
-            validation.set_issuer(&[issuer]);
-            validation.required_spec_claims.insert("iss".into());
-        }
-        if let Some(audience) = &file.audience {
-            validation.set_audience(audience);
-            validation.validate_aud = true;
-            validation.required_spec_claims.insert("aud".into());
-        }
-        Some((key, validation))
-    };
-    Some(JwtSource {
-        place,
-        claims,
-        verifier,
-        on_invalid,
-    })
-}
-
-fn same_family(a: Algorithm, b: Algorithm) -> bool {
-    use Algorithm::*;
-    let family = |algorithm| match algorithm {
-        HS256 | HS384 | HS512 => 0,
-        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => 1,
-        ES256 | ES384 => 2,
-        EdDSA => 3,
-    };
-    family(a) == family(b)
-}
-
-/// Reads a claim by dotted path (`realm_access.roles`).
-fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
-    if let Some(value) = claims.get(path) {
-        return Some(value);
-    }
-    path.split('.')
-        .try_fold(claims, |value, key| value.get(key))
-}
-
-fn claim_text(claims: &Value, path: &str) -> Option<String> {
-    match claim(claims, path)? {
-        Value::String(text) if !text.is_empty() => Some(text.clone()),
-        Value::Number(number) => Some(number.to_string()),
+        "jwt" => jwt::compile(file, base, location, errors).map(|jwt| Source::Jwt(Box::new(jwt))),
+        "api_key" => api_key::compile(file, location, errors).map(Source::ApiKey),
+        "body" => compile_body(file, location, errors).map(Source::Body),
         _ => None,
     }
 }
 
-fn claim_list(claims: &Value, path: &str) -> Vec<String> {
-    match claim(claims, path) {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|item| item.as_str().map(str::to_string))
-            .collect(),
-        Some(Value::String(text)) => text
-            .split([' ', ','])
-            .filter(|part| !part.is_empty())
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// The claims of a token without checking anything: only for recording an identity as
-/// unverified.
-fn unverified_claims(token: &str) -> Option<Value> {
-    let mut parts = token.split('.');
-    let (_header, payload) = (parts.next()?, parts.next()?);
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    claims.is_object().then_some(claims)
-}
-
-impl JwtSource {
-    fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
-        match &self.place {
-            TokenPlace::Header(name) => {
-                let value = headers.get(name)?.to_str().ok()?.trim();
-                if name == http::header::AUTHORIZATION {
-                    let (scheme, token) = value.split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-                } else {
-                    Some(value.strip_prefix("Bearer ").unwrap_or(value))
-                }
-            }
-            TokenPlace::Cookie(cookie) => cookie_value(headers, cookie),
-        }
-    }
-
-    fn resolve(&self, headers: &HeaderMap, notes: &mut Vec<String>) -> Option<Actor> {
-        let token = self.token(headers)?;
-        if token.is_empty() {
-            return None;
-        }
-        if token.len() > MAX_TOKEN_BYTES {
-            notes.push(format!(
-                "jwt: token of {} bytes ignored (limit {MAX_TOKEN_BYTES})",
-                token.len()
+fn compile_body(
+    file: &ActorFile,
+    location: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<BodySource> {
+    let mut pointer = |key: &str, value: &Option<String>| -> Option<String> {
+        let text = value.as_deref()?;
+        if text.starts_with('/') {
+            Some(text.to_string())
+        } else {
+            errors.push(ConfigError::new(
+                &format!("{location}.{key}"),
+                format!("`{text}` is not a JSON pointer into the request body (e.g. /email)"),
             ));
-            return None;
+            None
         }
-        let (claims, verified) = match &self.verifier {
-            None => match unverified_claims(token) {
-                Some(claims) => (claims, false),
-                None => {
-                    notes.push("jwt: token is not a decodable JWT".into());
-                    return None;
-                }
-            },
-            Some((key, validation)) => {
-                match jsonwebtoken::decode::<Value>(token, key, validation) {
-                    Ok(data) => (data.claims, true),
-                    Err(error) => {
-                        notes.push(format!("jwt: {}", describe_jwt_error(&error)));
-                        if self.on_invalid == OnInvalid::Anonymous {
-                            return None;
-                        }
-                        (unverified_claims(token)?, false)
+    };
+    let source = BodySource {
+        id: pointer("id", &file.id),
+        email: pointer("email", &file.email),
+        name: pointer("name", &file.name),
+        tenant: pointer("tenant", &file.tenant),
+        paths: None,
+    };
+    if file.id.is_none() && file.email.is_none() {
+        errors.push(ConfigError::new(
+            location,
+            "needs at least `id` or `email`: a JSON pointer into the request body (e.g. /email)",
+        ));
+    }
+    let paths = match &file.paths {
+        None => None,
+        Some(templates) => {
+            let mut patterns = Vec::new();
+            for template in templates {
+                match crate::rules::compile_route(template) {
+                    Ok((pattern, _)) => patterns.push(pattern),
+                    Err(message) => {
+                        errors.push(ConfigError::new(&format!("{location}.paths"), message))
                     }
                 }
             }
-        };
-        let actor = Actor {
-            id: claim_text(&claims, &self.claims.id),
-            email: claim_text(&claims, &self.claims.email),
-            name: claim_text(&claims, &self.claims.name),
-            roles: self
-                .claims
-                .roles
-                .as_deref()
-                .map(|path| claim_list(&claims, path))
-                .unwrap_or_default(),
-            tenant: self
-                .claims
-                .tenant
-                .as_deref()
-                .and_then(|path| claim_text(&claims, path)),
-            source: Some("jwt"),
-            verified,
-            notes: Vec::new(),
-        };
-        (actor.id.is_some() || actor.email.is_some()).then_some(actor)
-    }
-}
-
-fn describe_jwt_error(error: &jsonwebtoken::errors::Error) -> String {
-    use jsonwebtoken::errors::ErrorKind;
-    match error.kind() {
-        ErrorKind::InvalidSignature => "signature does not verify".into(),
-        ErrorKind::ExpiredSignature => "token expired".into(),
-        ErrorKind::ImmatureSignature => "token not yet valid (nbf)".into(),
-        ErrorKind::InvalidIssuer => "issuer not accepted".into(),
-        ErrorKind::InvalidAudience => "audience not accepted".into(),
-        ErrorKind::InvalidAlgorithm => "algorithm not accepted".into(),
-        ErrorKind::MissingRequiredClaim(claim) => format!("required claim {claim} is missing"),
-        ErrorKind::InvalidToken
-        | ErrorKind::Base64(_)
-        | ErrorKind::Json(_)
-        | ErrorKind::Utf8(_) => "token is malformed".into(),
-        _ => "token rejected".into(),
-    }
+            if templates.is_empty() {
+                errors.push(ConfigError::new(
+                    &format!("{location}.paths"),
+                    "is empty; leave it out to read every request body",
+                ));
+            }
+            match RegexSet::new(&patterns) {
+                Ok(set) => Some(set),
+                Err(error) => {
+                    errors.push(ConfigError::new(
+                        &format!("{location}.paths"),
+                        error.to_string(),
+                    ));
+                    None
+                }
+            }
+        }
+    };
+    Some(BodySource { paths, ..source })
 }
 
 /// The value of a named cookie from any `Cookie` header.
@@ -624,10 +618,17 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
-fn basic(headers: &HeaderMap) -> Option<Actor> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+fn basic(headers: &HeaderMap, trace: &mut Trace) -> Option<Actor> {
+    let Some(value) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+    else {
+        trace.step(|| "no Authorization header".into());
+        return None;
+    };
     let (scheme, encoded) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") || encoded.len() > 4096 {
+        trace.step(|| "Authorization is not Basic".into());
         return None;
     }
     let decoded = base64::engine::general_purpose::STANDARD
@@ -639,6 +640,10 @@ fn basic(headers: &HeaderMap) -> Option<Actor> {
     if user.is_empty() {
         return None;
     }
+    trace.step(|| {
+        "user name from Authorization: Basic (the password is discarded; the app checks it, so unverified)"
+            .into()
+    });
     Some(Actor {
         id: Some(user.to_string()),
         source: Some("basic"),
@@ -648,7 +653,12 @@ fn basic(headers: &HeaderMap) -> Option<Actor> {
 }
 
 impl HeaderSource {
-    fn resolve(&self, request: &ActorRequest, notes: &mut Vec<String>) -> Option<Actor> {
+    fn resolve(
+        &self,
+        request: &ActorRequest,
+        notes: &mut Vec<String>,
+        trace: &mut Trace,
+    ) -> Option<Actor> {
         let read = |name: &Option<HeaderName>| -> Option<String> {
             let value = request.headers.get(name.as_ref()?)?.to_str().ok()?.trim();
             (!value.is_empty()).then(|| value.to_string())
@@ -656,22 +666,36 @@ impl HeaderSource {
         let id = read(&self.id);
         let email = read(&self.email);
         if id.is_none() && email.is_none() {
+            trace.step(|| "no identity headers".into());
             return None;
         }
         if !request.peer_trusted {
-            let mut names = BTreeMap::new();
-            for name in [&self.id, &self.email].into_iter().flatten() {
+            let mut names = BTreeSet::new();
+            for name in [
+                &self.id,
+                &self.email,
+                &self.name,
+                &self.groups,
+                &self.tenant,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 if request.headers.contains_key(name) {
-                    names.insert(name.as_str(), ());
+                    names.insert(name.as_str());
                 }
             }
-            let names: Vec<&str> = names.into_keys().collect();
+            let names: Vec<&str> = names.into_iter().collect();
+            let names = names.join(", ");
             notes.push(format!(
-                "header: ignored {} from a peer that is not a trusted proxy (spoof attempt)",
-                names.join(", ")
+                "header: ignored {names} from a peer that is not a trusted proxy (spoof attempt)"
             ));
+            trace.step(|| {
+                format!("ignored {names}: the peer is not in proxy.trusted_proxies (spoof attempt)")
+            });
             return None;
         }
+        trace.step(|| "identity headers from a trusted proxy: verified".into());
         Some(Actor {
             id,
             email,
@@ -688,24 +712,67 @@ impl HeaderSource {
             tenant: read(&self.tenant),
             source: Some("header"),
             verified: true,
-            notes: Vec::new(),
+            ..Actor::default()
         })
     }
 }
 
+impl BodySource {
+    fn applies_to(&self, path: &str) -> bool {
+        self.paths.as_ref().is_none_or(|paths| paths.is_match(path))
+    }
+
+    fn resolve(&self, body: &Value, trace: &mut Trace) -> Option<Actor> {
+        let text = |pointer: &Option<String>| -> Option<String> {
+            match body.pointer(pointer.as_deref()?)? {
+                Value::String(text) if !text.is_empty() => Some(text.clone()),
+                Value::Number(number) => Some(number.to_string()),
+                _ => None,
+            }
+        };
+        let id = text(&self.id);
+        let email = text(&self.email);
+        if id.is_none() && email.is_none() {
+            trace.step(|| "the request body names nobody".into());
+            return None;
+        }
+        trace.step(|| {
+            "identity read from the request body: what the request claims, so unverified".into()
+        });
+        Some(Actor {
+            id,
+            email,
+            name: text(&self.name),
+            tenant: text(&self.tenant),
+            source: Some("body"),
+            verified: false,
+            ..Actor::default()
+        })
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{encode, EncodingKey, Header};
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
     use serde_json::json;
 
-    fn chain(text: &str) -> ActorChain {
+    fn parse(text: &str) -> Vec<(usize, ActorFile)> {
         #[derive(Deserialize)]
         struct File {
             actor: Vec<ActorFile>,
         }
         let file: File = toml::from_str(text).expect("parses");
-        ActorChain::compile(&file.actor, &[]).expect("compiles")
+        file.actor.into_iter().enumerate().collect()
+    }
+
+    fn chain(text: &str) -> ActorChain {
+        ActorChain::compile(&parse(text), &[], Path::new("/")).expect("compiles")
+    }
+
+    fn errors(text: &str) -> String {
+        let errors = ActorChain::compile(&parse(text), &[], Path::new("/")).expect_err("invalid");
+        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        all.join("\n")
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -719,6 +786,23 @@ mod tests {
         map
     }
 
+    fn resolve(chain: &ActorChain, headers: &HeaderMap) -> Actor {
+        chain.resolve(&ActorRequest {
+            headers,
+            query: None,
+            path: "/",
+            peer_trusted: false,
+            explain: true,
+        })
+    }
+
+    fn bearer(chain: &ActorChain, token: &str) -> Actor {
+        resolve(
+            chain,
+            &headers(&[("authorization", &format!("Bearer {token}"))]),
+        )
+    }
+
     fn hs256(claims: Value, secret: &str) -> String {
         encode(
             &Header::default(),
@@ -728,25 +812,92 @@ mod tests {
         .expect("encodes")
     }
 
+    fn in_ten_minutes() -> i64 {
+        chrono::Utc::now().timestamp() + 600
+    }
+
+    fn b64url(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// A P-256 key: the PEM private key and its public JWK.
+    fn p256_key(kid: &str) -> (EncodingKey, Value) {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        use p256::pkcs8::EncodePrivateKey;
+        let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        let point = secret.public_key().to_encoded_point(false);
+        let pem = secret
+            .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+            .expect("pem");
+        let jwk = json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig",
+            "x": b64url(point.x().expect("x")), "y": b64url(point.y().expect("y")),
+        });
+        (EncodingKey::from_ec_pem(pem.as_bytes()).expect("key"), jwk)
+    }
+
+    /// An Ed25519 key: the PEM private key and its public JWK.
+    fn ed25519_key(kid: &str) -> (EncodingKey, Value) {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let pem = signing
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .expect("pem");
+        let jwk = json!({
+            "kty": "OKP", "crv": "Ed25519", "kid": kid,
+            "x": b64url(signing.verifying_key().as_bytes()),
+        });
+        (EncodingKey::from_ed_pem(pem.as_bytes()).expect("key"), jwk)
+    }
+
+    fn signed(algorithm: Algorithm, kid: Option<&str>, claims: Value, key: &EncodingKey) -> String {
+        let mut header = Header::new(algorithm);
+        header.kid = kid.map(str::to_string);
+        encode(&header, &claims, key).expect("encodes")
+    }
+
+    fn jwks_file(keys: &[&Value]) -> tempfile_path::TempFile {
+        tempfile_path::TempFile::with(&json!({ "keys": keys }).to_string())
+    }
+
+    /// A file removed on drop (the test binary has no tempfile crate).
+    mod tempfile_path {
+        pub struct TempFile(pub std::path::PathBuf);
+        impl TempFile {
+            pub fn with(text: &str) -> TempFile {
+                let path = std::env::temp_dir()
+                    .join(format!("auditgate-actor-{}.json", ulid::Ulid::new()));
+                std::fs::write(&path, text).expect("write");
+                TempFile(path)
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
     #[test]
     fn verified_hs256_jwt() {
         std::env::set_var("ACTOR_TEST_SECRET_1", "s3cret");
-        let chain = chain("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_1\"\nroles = \"realm.roles\"\n");
-        let exp = chrono::Utc::now().timestamp() + 600;
+        let chain = chain("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_1\"\nroles = \"realm.roles\"\ntenant = \"org.id\"\n");
         let token = hs256(
-            json!({"sub": "u1", "email": "a@x.io", "exp": exp, "realm": {"roles": ["admin"]}}),
+            json!({"sub": "u1", "email": "a@x.io", "exp": in_ten_minutes(), "realm": {"roles": ["admin"]}, "org": {"id": 7}}),
             "s3cret",
         );
-        let auth = format!("Bearer {token}");
-        let actor = chain.resolve(&ActorRequest {
-            headers: &headers(&[("authorization", &auth)]),
-            peer_trusted: false,
-        });
+        let actor = bearer(&chain, &token);
         assert_eq!(actor.id.as_deref(), Some("u1"));
         assert_eq!(actor.email.as_deref(), Some("a@x.io"));
         assert_eq!(actor.roles, vec!["admin".to_string()]);
+        assert_eq!(actor.tenant.as_deref(), Some("7"));
         assert!(actor.verified);
         assert_eq!(actor.source, Some("jwt"));
+        assert!(
+            actor.derivation[0].contains("verified (HS256)"),
+            "{:?}",
+            actor.derivation
+        );
     }
 
     #[test]
@@ -754,12 +905,7 @@ mod tests {
         std::env::set_var("ACTOR_TEST_SECRET_2", "right");
         let chain =
             chain("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_2\"\n");
-        let token = hs256(json!({"sub": "mallory"}), "wrong");
-        let auth = format!("Bearer {token}");
-        let actor = chain.resolve(&ActorRequest {
-            headers: &headers(&[("authorization", &auth)]),
-            peer_trusted: false,
-        });
+        let actor = bearer(&chain, &hs256(json!({"sub": "mallory"}), "wrong"));
         assert_eq!(actor.id.as_deref(), Some("mallory"));
         assert!(!actor.verified);
         assert_eq!(
@@ -767,14 +913,35 @@ mod tests {
             vec!["jwt: signature does not verify".to_string()]
         );
 
-        let token = hs256(json!({"sub": "old", "exp": 1000}), "right");
-        let auth = format!("Bearer {token}");
-        let actor = chain.resolve(&ActorRequest {
-            headers: &headers(&[("authorization", &auth)]),
-            peer_trusted: false,
-        });
+        let actor = bearer(&chain, &hs256(json!({"sub": "old", "exp": 1000}), "right"));
         assert!(!actor.verified);
         assert_eq!(actor.notes, vec!["jwt: token expired".to_string()]);
+    }
+
+    #[test]
+    fn alg_none_and_key_confusion_are_refused_before_any_signature_check() {
+        std::env::set_var("ACTOR_TEST_SECRET_5", "k");
+        let chain =
+            chain("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_5\"\n");
+        let none = format!(
+            "{}.{}.",
+            b64url(br#"{"alg":"none","typ":"JWT"}"#),
+            b64url(br#"{"sub":"root"}"#)
+        );
+        let actor = bearer(&chain, &none);
+        assert!(!actor.verified);
+        assert_eq!(
+            actor.notes,
+            vec!["jwt: algorithm none is not accepted".to_string()]
+        );
+
+        let (es_key, _) = p256_key("a");
+        let es = signed(Algorithm::ES256, None, json!({"sub": "x"}), &es_key);
+        let actor = bearer(&chain, &es);
+        assert_eq!(
+            actor.notes,
+            vec!["jwt: algorithm \"ES256\" is not accepted (pinned: HS256)".to_string()]
+        );
     }
 
     #[test]
@@ -788,15 +955,122 @@ mod tests {
             "Bearer a.b",
             "Bearer ...",
             "Bearer e30.e30.",
+            "Bearer %%%.%%%.%%%",
+            "Bearer e30.e30.e30.e30",
             "Basic Og==",
             huge.as_str(),
         ] {
-            let actor = chain.resolve(&ActorRequest {
-                headers: &headers(&[("authorization", value)]),
-                peer_trusted: false,
-            });
+            let actor = resolve(&chain, &headers(&[("authorization", value)]));
             assert_eq!(actor.id, None, "{value}");
         }
+    }
+
+    #[test]
+    fn jwks_picks_the_key_by_kid_across_families() {
+        let (ec, ec_jwk) = p256_key("ec-1");
+        let (ed, ed_jwk) = ed25519_key("ed-1");
+        let file = jwks_file(&[&ec_jwk, &ed_jwk]);
+        let chain = chain(&format!(
+            "[[actor]]\nfrom = \"jwt\"\njwks_file = {:?}\nissuer = \"https://idp\"\naudience = [\"api\"]\n",
+            file.0.display()
+        ));
+        let claims =
+            json!({"sub": "u", "iss": "https://idp", "aud": "api", "exp": in_ten_minutes()});
+        let actor = bearer(
+            &chain,
+            &signed(Algorithm::ES256, Some("ec-1"), claims.clone(), &ec),
+        );
+        assert!(actor.verified, "{:?}", actor.notes);
+        let actor = bearer(
+            &chain,
+            &signed(Algorithm::EdDSA, Some("ed-1"), claims.clone(), &ed),
+        );
+        assert!(actor.verified, "{:?}", actor.notes);
+        // The Ed25519 key's kid on an ES256 token: the key does not accept that algorithm.
+        let actor = bearer(
+            &chain,
+            &signed(Algorithm::ES256, Some("ed-1"), claims.clone(), &ec),
+        );
+        assert!(!actor.verified);
+        assert!(
+            actor.notes[0].contains("is not accepted (pinned: EdDSA)"),
+            "{:?}",
+            actor.notes
+        );
+        // An unknown kid, and no kid with two keys in the set.
+        let actor = bearer(
+            &chain,
+            &signed(Algorithm::ES256, Some("gone"), claims.clone(), &ec),
+        );
+        assert_eq!(
+            actor.notes,
+            vec!["jwt: no key with kid \"gone\" in the key set".to_string()]
+        );
+        let actor = bearer(&chain, &signed(Algorithm::ES256, None, claims.clone(), &ec));
+        assert_eq!(
+            actor.notes,
+            vec!["jwt: token has no kid and the key set holds 2 keys".to_string()]
+        );
+        // Wrong audience and issuer.
+        let wrong =
+            json!({"sub": "u", "iss": "https://idp", "aud": "other", "exp": in_ten_minutes()});
+        let actor = bearer(&chain, &signed(Algorithm::ES256, Some("ec-1"), wrong, &ec));
+        assert_eq!(actor.notes, vec!["jwt: audience not accepted".to_string()]);
+        let wrong =
+            json!({"sub": "u", "iss": "https://evil", "aud": "api", "exp": in_ten_minutes()});
+        let actor = bearer(&chain, &signed(Algorithm::ES256, Some("ec-1"), wrong, &ec));
+        assert_eq!(actor.notes, vec!["jwt: issuer not accepted".to_string()]);
+    }
+
+    #[test]
+    fn a_single_key_set_accepts_tokens_without_kid() {
+        let (ed, ed_jwk) = ed25519_key("only");
+        let file = jwks_file(&[&ed_jwk]);
+        let chain = chain(&format!(
+            "[[actor]]\nfrom = \"jwt\"\njwks_file = {:?}\n",
+            file.0.display()
+        ));
+        let actor = bearer(
+            &chain,
+            &signed(Algorithm::EdDSA, None, json!({"sub": "u"}), &ed),
+        );
+        assert!(actor.verified, "{:?}", actor.notes);
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_until_exp() {
+        std::env::set_var("ACTOR_TEST_SECRET_6", "cache");
+        let chain =
+            chain("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_6\"\n");
+        let Source::Jwt(source) = &chain.sources[0] else {
+            panic!("jwt source");
+        };
+        let token = hs256(json!({"sub": "u", "exp": in_ten_minutes()}), "cache");
+        assert!(bearer(&chain, &token).verified);
+        assert_eq!(source.cached(), 1);
+        let again = bearer(&chain, &token);
+        assert!(again.verified);
+        assert!(
+            again.derivation[0].contains("remembered"),
+            "{:?}",
+            again.derivation
+        );
+        // Rejected and expired tokens are never remembered.
+        bearer(&chain, &hs256(json!({"sub": "u"}), "other"));
+        bearer(&chain, &hs256(json!({"sub": "u", "exp": 1000}), "cache"));
+        assert_eq!(source.cached(), 1);
+    }
+
+    #[test]
+    fn verify_false_marks_every_actor_unverified() {
+        let chain = chain(
+            "[[actor]]\nfrom = \"jwt\"\nheader = \"x-pomerium-jwt-assertion\"\nverify = false\n",
+        );
+        let token = hs256(json!({"sub": "p", "email": "p@x.io"}), "whatever");
+        let actor = resolve(&chain, &headers(&[("x-pomerium-jwt-assertion", &token)]));
+        assert_eq!(actor.email.as_deref(), Some("p@x.io"));
+        assert!(!actor.verified);
+        assert!(actor.notes[0].contains("verify = false"));
     }
 
     #[test]
@@ -804,11 +1078,9 @@ mod tests {
         let chain = chain("[[actor]]\nfrom = \"basic\"\n");
         let encoded = base64::engine::general_purpose::STANDARD.encode("alice:hunter2");
         let auth = format!("Basic {encoded}");
-        let actor = chain.resolve(&ActorRequest {
-            headers: &headers(&[("authorization", &auth)]),
-            peer_trusted: false,
-        });
+        let actor = resolve(&chain, &headers(&[("authorization", &auth)]));
         assert_eq!(actor.id.as_deref(), Some("alice"));
+        assert_eq!(actor.source, Some("basic"));
         assert!(!format!("{actor:?}").contains("hunter2"));
     }
 
@@ -820,39 +1092,130 @@ mod tests {
             ("x-forwarded-email", "bob@x.io"),
             ("x-forwarded-groups", "ops, admins"),
         ]);
-        let trusted = chain.resolve(&ActorRequest {
+        let request = |peer_trusted| ActorRequest {
             headers: &request_headers,
-            peer_trusted: true,
-        });
+            query: None,
+            path: "/",
+            peer_trusted,
+            explain: false,
+        };
+        let trusted = chain.resolve(&request(true));
         assert_eq!(trusted.id.as_deref(), Some("bob"));
         assert_eq!(trusted.roles, vec!["ops".to_string(), "admins".to_string()]);
         assert!(trusted.verified);
-        let spoofed = chain.resolve(&ActorRequest {
-            headers: &request_headers,
-            peer_trusted: false,
-        });
+        let spoofed = chain.resolve(&request(false));
         assert_eq!(spoofed.id, None);
-        assert!(spoofed.notes[0].contains("spoof"), "{:?}", spoofed.notes);
+        assert_eq!(
+            spoofed.notes,
+            vec!["header: ignored x-forwarded-email, x-forwarded-groups, x-forwarded-user from a peer that is not a trusted proxy (spoof attempt)".to_string()]
+        );
+        assert!(
+            spoofed.derivation.is_empty(),
+            "collected only when explaining"
+        );
+    }
+
+    #[test]
+    fn api_keys_are_named_or_hashed_never_kept() {
+        std::env::set_var("ACTOR_TEST_HMAC_1", "an hmac key of some length");
+        let known = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"sk_live_known"));
+        let chain = chain(&format!(
+            "[[actor]]\nfrom = \"api_key\"\nheader = \"x-api-key\"\nkeys = [{{ name = \"ci\", sha256 = \"{known}\" }}]\nhmac_key_env = \"ACTOR_TEST_HMAC_1\"\n[[actor]]\nfrom = \"api_key\"\nquery = \"api_key\"\nkeys = [{{ name = \"ci-query\", sha256 = \"{known}\" }}]\n"
+        ));
+        let actor = resolve(&chain, &headers(&[("x-api-key", "sk_live_known")]));
+        assert_eq!((actor.id.as_deref(), actor.verified), (Some("ci"), true));
+        assert_eq!(actor.source, Some("api_key"));
+        let actor = resolve(&chain, &headers(&[("x-api-key", "sk_live_other")]));
+        let id = actor.id.clone().expect("labelled");
+        assert!(id.starts_with("key:") && id.len() == 12, "{id}");
+        assert!(!actor.verified);
+        assert!(!format!("{actor:?}").contains("sk_live_other"));
+        // The same unknown key gets the same label; the query form works too.
+        let again = resolve(&chain, &headers(&[("x-api-key", "sk_live_other")]));
+        assert_eq!(again.id, Some(id));
+        let empty = HeaderMap::new();
+        let actor = chain.resolve(&ActorRequest {
+            headers: &empty,
+            query: Some("page=2&api_key=sk_live_known"),
+            path: "/",
+            peer_trusted: false,
+            explain: false,
+        });
+        assert_eq!(actor.id.as_deref(), Some("ci-query"));
+        assert_eq!(
+            chain.secret_headers(),
+            vec![HeaderName::from_static("x-api-key")]
+        );
+        assert_eq!(chain.secret_query_parameters(), vec!["api_key".to_string()]);
+    }
+
+    #[test]
+    fn body_sources_wait_for_the_body_and_keep_the_chain_order() {
+        std::env::set_var("ACTOR_TEST_SECRET_7", "k");
+        let chain = chain("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_7\"\n[[actor]]\nfrom = \"body\"\nemail = \"/email\"\npaths = [\"/login\"]\n");
+        let token = hs256(json!({"sub": "u"}), "k");
+        let auth = format!("Bearer {token}");
+        let with_token = headers(&[("authorization", &auth)]);
+        let request = |headers, path| ActorRequest {
+            headers,
+            query: None,
+            path,
+            peer_trusted: false,
+            explain: false,
+        };
+        // The JWT comes first and yields: the body is not needed.
+        let pending = chain.resolve_head(&request(&with_token, "/login"));
+        assert!(!pending.needs_body());
+        // Without a token the body decides, on /login only.
+        let none = HeaderMap::new();
+        let pending = chain.resolve_head(&request(&none, "/login"));
+        assert!(pending.needs_body());
+        let actor = pending.finish(&chain, Ok(&json!({"email": "eve@x.io", "password": "pw"})));
+        assert_eq!(actor.email.as_deref(), Some("eve@x.io"));
+        assert_eq!((actor.source, actor.verified), (Some("body"), false));
+        assert!(!chain.resolve_head(&request(&none, "/other")).needs_body());
+        let pending = chain.resolve_head(&request(&none, "/login"));
+        assert_eq!(pending.finish(&chain, Err("is not JSON")).id, None);
     }
 
     #[test]
     fn config_errors_are_specific() {
-        #[derive(Deserialize)]
-        struct File {
-            actor: Vec<ActorFile>,
+        let all = errors(
+            "[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_UNSET_VARIABLE\"\n[[actor]]\nfrom = \"magic\"\n[[actor]]\nfrom = \"header\"\n[[actor]]\nfrom = \"basic\"\nroles = \"r\"\n[[actor]]\nfrom = \"api_key\"\nheader = \"x-api-key\"\nkeys = [{ name = \"\", sha256 = \"abc\" }]\n[[actor]]\nfrom = \"body\"\nemail = \"email\"\n[[actor]]\nfrom = \"jwt\"\nalgorithms = [\"none\"]\nhs256_secret_env = \"ACTOR_TEST_UNSET_VARIABLE\"\njwks_file = \"/nonexistent/jwks.json\"\n[[actor]]\nfrom = \"jwt\"\njwks_file = \"/nonexistent/jwks.json\"\n",
+        );
+        for expected in [
+            "actor #1 (jwt).hs256_secret_env: environment variable",
+            "actor #2 (magic).from",
+            "actor #3 (header): needs at least",
+            "actor #4 (basic).roles: does not apply",
+            "actor #5 (api_key).keys #1 (\"\").name",
+            "actor #5 (api_key).keys #1 (\"\").sha256",
+            "actor #6 (body).email: `email` is not a JSON pointer",
+            "actor #7 (jwt): give only one of",
+            "actor #8 (jwt).jwks_file: cannot read /nonexistent/jwks.json",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
-        let file: File = toml::from_str(
-            "[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_UNSET_VARIABLE\"\n[[actor]]\nfrom = \"magic\"\n[[actor]]\nfrom = \"header\"\n",
-        )
-        .expect("parses");
-        let errors = ActorChain::compile(&file.actor, &[]).expect_err("invalid");
-        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        let all = all.join("\n");
+    }
+
+    #[test]
+    fn key_sets_are_checked_at_load() {
+        let secret = json!({"kty": "oct", "k": "c2VjcmV0", "kid": "s"});
+        let file = jwks_file(&[&secret]);
+        let all = errors(&format!(
+            "[[actor]]\nfrom = \"jwt\"\njwks_file = {:?}\n",
+            file.0.display()
+        ));
         assert!(
-            all.contains("actor #1 (jwt).hs256_secret_env: environment variable"),
+            all.contains("actor #1 (jwt).jwks_file key #1 (kid \"s\"): is a symmetric (oct) key"),
             "{all}"
         );
-        assert!(all.contains("actor #2 (magic).from"), "{all}");
-        assert!(all.contains("actor #3 (header): needs at least"), "{all}");
+        let (_, ec_jwk) = p256_key("e");
+        let file = jwks_file(&[&ec_jwk]);
+        let all = errors(&format!(
+            "[[actor]]\nfrom = \"jwt\"\njwks_file = {:?}\nalgorithms = [\"RS256\"]\n",
+            file.0.display()
+        ));
+        assert!(all.contains("holds no signing key usable"), "{all}");
     }
 }

@@ -43,6 +43,33 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Query the entries of a store.
     Query(QueryArgs),
+    /// Export the entries of a store as CSV, JSON or NDJSON, streamed.
+    Export(ExportArgs),
+    /// Make an Ed25519 key that signs tree heads: writes PATH (private, mode 0600) and PATH.pub.
+    Keygen {
+        /// Where the private key goes; the public key goes next to it with `.pub` appended.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a log: every entry against its leaf hash, every tree node, every signed head
+    /// (exit 0 intact, 1 tampered, 2 could not read).
+    Verify(VerifyArgs),
+    /// Check an NDJSON export made with proofs, without the database (exit 0 intact, 1 tampered,
+    /// 2 could not read).
+    VerifyExport(VerifyExportArgs),
+    /// Prune entries past their retention now: delete their rows, keep their leaf hashes, and
+    /// record an `audit.pruned` entry. Safe to run beside a running sidecar.
+    Prune(PruneArgs),
+    /// Ask a running sidecar whether it is healthy: GET an admin URL, exit 0 on a 2xx answer,
+    /// 1 otherwise (for a container HEALTHCHECK, where the image has no curl).
+    Health {
+        /// The admin endpoint to ask: /healthz (alive) or /readyz (can take writes).
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+        /// Longest wait for the answer.
+        #[arg(long, default_value = "5s")]
+        timeout: String,
+    },
     /// Make a new admin token and print it with the SHA-256 the config stores.
     Token {
         /// Name for the token's holder (recorded as the actor of their queries).
@@ -99,11 +126,9 @@ pub struct ExplainArgs {
     pub peer: String,
 }
 
+/// The filters `query` and `export` share, named as the admin API's parameters.
 #[derive(Debug, Args)]
-pub struct QueryArgs {
-    /// The SQLite database.
-    #[arg(long, default_value = "data/audit.db")]
-    pub db: PathBuf,
+pub struct FilterArgs {
     /// Actor id or email.
     #[arg(long)]
     pub actor: Option<String>,
@@ -134,6 +159,19 @@ pub struct QueryArgs {
     /// Free text over actor, action, resource and path.
     #[arg(long)]
     pub q: Option<String>,
+    /// One log, when several sidecars share a PostgreSQL database.
+    #[arg(long)]
+    pub log_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The SQLite database, or a PostgreSQL URL (postgres://USER@HOST/DB; password from the URL
+    /// or PGPASSWORD).
+    #[arg(long, default_value = "data/audit.db")]
+    pub db: PathBuf,
+    #[command(flatten)]
+    pub filters: FilterArgs,
     /// Most entries to print.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
@@ -143,4 +181,73 @@ pub struct QueryArgs {
     /// json (one entry per line) or table.
     #[arg(long, default_value = "table")]
     pub format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The SQLite database, or a PostgreSQL URL (postgres://USER@HOST/DB; password from the URL
+    /// or PGPASSWORD).
+    #[arg(long, default_value = "data/audit.db")]
+    pub db: PathBuf,
+    /// csv, json or ndjson.
+    #[arg(long)]
+    pub format: String,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Oldest first instead of newest first.
+    #[arg(long)]
+    pub asc: bool,
+    /// Write to this file (complete or not at all) instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The SQLite database (opened read-only), or a PostgreSQL URL (with --log-id).
+    #[arg(long, default_value = "data/audit.db")]
+    pub db: PathBuf,
+    /// The log to check in a PostgreSQL database several sidecars share (their [log] log_id).
+    #[arg(long)]
+    pub log_id: Option<String>,
+    /// A published heads file (`publish_heads = ["file:..."]`): its heads are checked too, and
+    /// every head in the database must be in it. This is what finds a database restored from an
+    /// older copy.
+    #[arg(long)]
+    pub heads: Option<PathBuf>,
+    /// Public key file (`PATH.pub` from keygen) to check head signatures; repeat for rotated
+    /// keys. Without it, roots are checked but signatures are not.
+    #[arg(long = "key", value_name = "PUBKEY")]
+    pub keys: Vec<PathBuf>,
+    /// Print the report as JSON (the shape of GET /api/v1/verify).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyExportArgs {
+    /// The export (NDJSON with proofs).
+    pub file: PathBuf,
+    /// Public key file (`PATH.pub` from keygen); repeat for rotated keys.
+    #[arg(long = "key", value_name = "PUBKEY", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The configuration file (its `[store]`, `[log]` and `[retention]` apply).
+    #[arg(
+        long,
+        short,
+        default_value = "auditgate.toml",
+        env = "AUDITGATE_CONFIG"
+    )]
+    pub config: PathBuf,
+    /// Prune entries older than this (e.g. 90d) instead of `[retention] max_age`; the
+    /// per-prefix rules still apply.
+    #[arg(long)]
+    pub older_than: Option<String>,
 }

@@ -5,6 +5,10 @@
 //! Walking from the right, each hop was added by the proxy to its right; the first address that is
 //! not a trusted proxy is the client. Garbage, ports, brackets, quotes and IPv4-mapped IPv6 forms
 //! are handled; an unparseable hop stops the walk at the last believable address.
+//!
+//! What the app receives is rebuilt from what was believed: X-Forwarded-For is the believed chain
+//! ending with the peer, and a Forwarded header keeps only its believed elements, followed by
+//! this hop's own `for=`. A spoofed entry never reaches the app as if it had been checked.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -63,25 +67,64 @@ fn forwarded_for_hops(headers: &HeaderMap) -> Vec<String> {
     hops
 }
 
-/// The `for=` hops of all RFC 7239 Forwarded headers, in order.
-fn forwarded_hops(headers: &HeaderMap) -> Vec<String> {
-    let mut hops = Vec::new();
-    for value in headers.get_all(http::header::FORWARDED) {
-        let Ok(text) = value.to_str() else {
-            hops.push(String::new());
-            continue;
-        };
-        for element in text.split(',') {
-            let found = element.split(';').find_map(|pair| {
-                let (key, value) = pair.trim().split_once('=')?;
-                key.trim()
-                    .eq_ignore_ascii_case("for")
-                    .then(|| value.trim().to_string())
-            });
-            hops.push(found.unwrap_or_default());
+/// Splits on `separator` outside double quotes (a quoted-string may hold `,` or `;`).
+fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut start = 0;
+    for (index, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ if c == separator && !quoted => {
+                parts.push(&text[start..index]);
+                start = index + c.len_utf8();
+            }
+            _ => {}
         }
     }
-    hops
+    parts.push(&text[start..]);
+    parts
+}
+
+/// The elements of all RFC 7239 Forwarded headers, in order, as written. A header that is not
+/// text counts as one unreadable element.
+fn forwarded_elements(headers: &HeaderMap) -> Vec<String> {
+    let mut elements = Vec::new();
+    for value in headers.get_all(http::header::FORWARDED) {
+        match value.to_str() {
+            Ok(text) => elements.extend(
+                split_unquoted(text, ',')
+                    .into_iter()
+                    .map(|element| element.trim().to_string()),
+            ),
+            Err(_) => elements.push(String::new()),
+        }
+    }
+    elements
+}
+
+/// The `for=` value of one Forwarded element (empty when it has none).
+fn forwarded_for(element: &str) -> String {
+    split_unquoted(element, ';')
+        .into_iter()
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            key.trim()
+                .eq_ignore_ascii_case("for")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// An address as a Forwarded `for=` value: IPv6 bracketed and quoted (RFC 7239 section 6).
+fn forwarded_node(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(v4) => format!("for={v4}"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    }
 }
 
 /// The client address as believed, and the chain of hops believed (left to right, ending with
@@ -90,22 +133,34 @@ fn forwarded_hops(headers: &HeaderMap) -> Vec<String> {
 pub struct ClientAddr {
     pub client: IpAddr,
     pub believed_chain: Vec<IpAddr>,
+    /// When the request had a Forwarded header: its rebuilt value — the believed elements as
+    /// they were written, then this hop's `for=<peer>` — so the app never sees an element that
+    /// was not believed. `None` when the request had none (none is added).
+    pub forwarded: Option<String>,
 }
 
 /// Resolves the client address for a request from `peer`.
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> ClientAddr {
     let peer = canonical(peer);
+    let elements = forwarded_elements(headers);
+    let own = forwarded_node(peer);
     if !is_trusted(peer, trusted) {
         return ClientAddr {
             client: peer,
             believed_chain: vec![peer],
+            forwarded: (!elements.is_empty()).then_some(own),
         };
     }
     // Prefer the standard header when present; otherwise the de-facto one.
-    let mut hops = forwarded_hops(headers);
-    if hops.is_empty() {
-        hops = forwarded_for_hops(headers);
-    }
+    let walking_forwarded = !elements.is_empty();
+    let hops: Vec<String> = if walking_forwarded {
+        elements
+            .iter()
+            .map(|element| forwarded_for(element))
+            .collect()
+    } else {
+        forwarded_for_hops(headers)
+    };
     let mut believed = vec![peer];
     let mut client = peer;
     for hop in hops.iter().rev() {
@@ -119,9 +174,19 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> ClientAd
         }
     }
     believed.reverse();
+    let forwarded = walking_forwarded.then(|| {
+        let kept = believed.len() - 1;
+        let mut rebuilt: Vec<&str> = elements[elements.len() - kept..]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        rebuilt.push(&own);
+        rebuilt.join(", ")
+    });
     ClientAddr {
         client,
         believed_chain: believed,
+        forwarded,
     }
 }
 
@@ -185,6 +250,28 @@ mod tests {
         )]);
         let resolved = resolve(ip("::ffff:10.0.0.1"), &request, &nets(&["10.0.0.0/8"]));
         assert_eq!(resolved.client, ip("2001:db8::7"));
+    }
+
+    #[test]
+    fn forwarded_is_rebuilt_from_what_was_believed() {
+        let request = headers(&[(
+            "forwarded",
+            "for=6.6.6.6, for=\"[2001:db8::7]:4711\";proto=https;by=\"_a,b\", for=10.1.2.3",
+        )]);
+        let resolved = resolve(ip("10.0.0.1"), &request, &nets(&["10.0.0.0/8"]));
+        assert_eq!(resolved.client, ip("2001:db8::7"));
+        assert_eq!(
+            resolved.forwarded.as_deref(),
+            Some("for=\"[2001:db8::7]:4711\";proto=https;by=\"_a,b\", for=10.1.2.3, for=10.0.0.1")
+        );
+        let untrusted = resolve(ip("2001:db8::9"), &request, &nets(&["10.0.0.0/8"]));
+        assert_eq!(untrusted.client, ip("2001:db8::9"));
+        assert_eq!(
+            untrusted.forwarded.as_deref(),
+            Some("for=\"[2001:db8::9]\"")
+        );
+        let none = resolve(ip("10.0.0.1"), &headers(&[]), &nets(&["10.0.0.0/8"]));
+        assert_eq!(none.forwarded, None);
     }
 
     #[test]

@@ -15,7 +15,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::actor::{ActorChain, ActorFile};
+use crate::actor::{actor_location, ActorChain, ActorFile};
+use crate::log::head::LogSigner;
+use crate::redact::{RedactFile, Redactor};
 use crate::rules::RuleSet;
 use crate::units::{parse_duration, parse_size};
 
@@ -96,6 +98,8 @@ pub struct ProxyFile {
     pub max_connections: Option<usize>,
     /// At shutdown, how long in-flight requests may take to finish.
     pub shutdown_grace: Option<String>,
+    /// Threads serving requests (default: one per CPU core).
+    pub worker_threads: Option<usize>,
 }
 
 /// `[admin]`: the admin API and viewer listener.
@@ -143,14 +147,85 @@ pub struct StoreFile {
     pub on_store_failure: Option<String>,
     /// How long a write waits for a database lock held by another process before it fails.
     pub busy_timeout: Option<String>,
+    /// A PostgreSQL database shared by a fleet of sidecars, instead of `path`:
+    /// "postgres://USER@HOST:PORT/DBNAME" (or libpq's "host=... user=..." form). Each sidecar
+    /// writes its own log (`[log] log_id`) and answers queries over all of them. No TLS yet:
+    /// `sslmode=require` is refused.
+    pub url: Option<String>,
+    /// The environment variable that holds the PostgreSQL password, so the file names none
+    /// (e.g. one set from a Kubernetes Secret).
+    pub password_env: Option<String>,
+    /// Where entries the store refuses wait (NDJSON) until it takes them again. Default: beside
+    /// the SQLite file, or "data/spill.ndjson" with `url`.
+    pub spill_file: Option<String>,
+    /// PostgreSQL: idle reader connections kept for the admin API (default 4).
+    pub pool_size: Option<usize>,
+    /// PostgreSQL: hold an advisory lock on this sidecar's log while running, so a second
+    /// sidecar with the same log_id is refused (default true; turn off for databases without
+    /// advisory locks, such as CockroachDB).
+    pub lock_log: Option<bool>,
+    /// PostgreSQL: longest wait for a connection (default "5s").
+    pub connect_timeout: Option<String>,
 }
 
-/// `[log]`: the log's identity.
+/// `[log]`: the log's identity, and its signed tree heads.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogFile {
     /// Name of this sidecar's log; defaults to the host name.
     pub log_id: Option<String>,
+    /// Ed25519 private key (PKCS#8 PEM, made by `auditgate keygen`) that signs tree heads.
+    /// Without it the Merkle tree is still kept, but no head is signed or published.
+    pub signing_key: Option<String>,
+    /// Sign a head once this many entries were added since the last one (default 1000).
+    pub sign_every: Option<u64>,
+    /// Sign a head at least this often while entries are being added (default "10s").
+    pub sign_interval: Option<String>,
+    /// Sign a head this often even when nothing was added, so that a quiet log can prove it was
+    /// quiet rather than cut off (default "1h").
+    pub heartbeat_interval: Option<String>,
+    /// Where every signed head is also written, outside the database: "file:PATH" (one JSON line
+    /// appended and fsynced per head) or "http://HOST/PATH" (the JSON POSTed).
+    #[serde(default)]
+    pub publish_heads: Vec<String>,
+    /// Longest wait for a URL target to accept a head (default "5s").
+    pub publish_timeout: Option<String>,
+}
+
+/// `[retention]`: how long entries are kept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    /// Entries older than this are pruned: the row is deleted, its leaf hash kept. Absent: kept
+    /// forever (unless a rule says otherwise).
+    pub max_age: Option<String>,
+    /// How often the background task prunes (default "1h").
+    pub prune_interval: Option<String>,
+    /// Overrides by action prefix; the longest matching prefix wins.
+    #[serde(default)]
+    pub rules: Vec<RetentionRuleFile>,
+}
+
+/// One `[[retention.rules]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRuleFile {
+    /// Actions starting with this (case-sensitive), e.g. "auth.".
+    pub action_prefix: String,
+    /// Maximum age of those entries, e.g. "30d".
+    pub max_age: String,
+}
+
+/// `[stream]`: every committed entry as one JSON line, for SIEM shippers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamFile {
+    /// "stdout", or a file path that Vector, Fluent Bit or Filebeat tails.
+    pub ndjson: Option<String>,
+    /// A file is rotated before it grows past this (default "100MiB").
+    pub max_bytes: Option<String>,
+    /// Rotated files kept: PATH.1 ... PATH.N (default 5).
+    pub keep: Option<usize>,
 }
 
 /// `[unmatched]`: traffic no rule matched.
@@ -294,6 +369,8 @@ pub struct ProxyConfig {
     pub http2: bool,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// `None`: one per core.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,11 +403,27 @@ pub struct StoreConfig {
     pub flush_interval: Duration,
     pub on_store_failure: StoreFailure,
     pub busy_timeout: Duration,
+    /// The shared PostgreSQL database; `None` for the SQLite file at `path`.
+    pub postgres: Option<PostgresConfig>,
+    /// Where refused entries wait, when not beside the SQLite file.
+    pub spill_file: Option<PathBuf>,
+}
+
+/// A PostgreSQL store, validated.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// Host, port, user, database, password (redacted by its Debug), timeouts.
+    pub connection: postgres::Config,
+    pub lock_log: bool,
+    pub pool_size: usize,
 }
 
 impl StoreConfig {
-    /// Where entries the store refuses are spilled (beside the database).
+    /// Where entries the store refuses are spilled (`spill_file`, or beside the database).
     pub fn spill_path(&self) -> PathBuf {
+        if let Some(path) = &self.spill_file {
+            return path.clone();
+        }
         let mut name = self
             .path
             .file_name()
@@ -341,11 +434,61 @@ impl StoreConfig {
     }
 }
 
+/// Where signed tree heads are published besides the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishTarget {
+    /// Append one JSON line per head and fsync.
+    File(PathBuf),
+    /// POST the head's JSON.
+    Url(http::Uri),
+}
+
+impl fmt::Display for PublishTarget {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishTarget::File(path) => write!(formatter, "file:{}", path.display()),
+            PublishTarget::Url(uri) => write!(formatter, "{uri}"),
+        }
+    }
+}
+
+/// Signed tree heads: when they are made and where they go.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub signing_key_path: Option<PathBuf>,
+    /// Loaded at config time, so a missing or unreadable key is a config error like any other.
+    pub signer: Option<Arc<LogSigner>>,
+    pub sign_every: u64,
+    pub sign_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub publish_heads: Vec<PublishTarget>,
+    pub publish_timeout: Duration,
+}
+
+/// One retention override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionRule {
+    pub action_prefix: String,
+    pub max_age: Duration,
+}
+
+/// How long entries are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// `None`: kept forever unless a rule applies.
+    pub max_age: Option<Duration>,
+    pub prune_interval: Duration,
+    pub rules: Vec<RetentionRule>,
+}
+
 /// The part of the configuration that a reload (SIGHUP) may replace while running.
 #[derive(Debug)]
 pub struct Policy {
     pub rules: RuleSet,
     pub actors: ActorChain,
+    pub hints: crate::hints::HintsConfig,
+    /// What is never stored as it is (secrets) or stored masked or HMAC'd (`[redact]`).
+    pub redact: Redactor,
 }
 
 /// The validated configuration.
@@ -355,7 +498,11 @@ pub struct Config {
     pub admin: AdminConfig,
     pub store: StoreConfig,
     pub log_id: String,
+    pub log: LogConfig,
+    pub retention: RetentionConfig,
     pub policy: Arc<Policy>,
+    /// The NDJSON stream of committed entries, if configured.
+    pub stream: Option<crate::stream::StreamConfig>,
 }
 
 /// The whole file, section by section, as TOML values (so each is checked on its own).
@@ -364,9 +511,13 @@ const SECTIONS: &[&str] = &[
     "admin",
     "store",
     "log",
+    "retention",
     "unmatched",
+    "hints",
     "actor",
+    "redact",
     "rule",
+    "stream",
 ];
 
 impl Config {
@@ -410,17 +561,21 @@ impl Config {
         let admin: AdminFile = section(&table, "admin", &mut errors).unwrap_or_default();
         let store: StoreFile = section(&table, "store", &mut errors).unwrap_or_default();
         let log: LogFile = section(&table, "log", &mut errors).unwrap_or_default();
+        let retention: RetentionFile =
+            section(&table, "retention", &mut errors).unwrap_or_default();
+        let stream: Option<StreamFile> = section(&table, "stream", &mut errors);
         let unmatched: UnmatchedFile =
             section(&table, "unmatched", &mut errors).unwrap_or_default();
-        let actors: Vec<ActorFile> = array_section(
+        let hints_file: crate::hints::HintsFile =
+            section(&table, "hints", &mut errors).unwrap_or_default();
+        let hints = crate::hints::HintsConfig::from_file(&hints_file, &mut errors);
+        let actors: Vec<(usize, ActorFile)> = array_section(
             &table,
             "actor",
-            |index, _| format!("actor #{}", index + 1),
+            |index, value| actor_location(index, value.get("from").and_then(toml::Value::as_str)),
             &mut errors,
-        )
-        .into_iter()
-        .map(|(_, actor)| actor)
-        .collect();
+        );
+        let redact: Option<RedactFile> = section(&table, "redact", &mut errors);
         let rules: Vec<(usize, RuleFile)> = array_section(
             &table,
             "rule",
@@ -443,7 +598,7 @@ impl Config {
         };
         let admin = validate_admin(&admin, &mut errors);
         let store = validate_store(&store, base, &mut errors);
-        let log_id = match log.log_id {
+        let log_id = match log.log_id.clone() {
             Some(id) if valid_log_id(&id) => id,
             Some(id) => {
                 errors.push(ConfigError::new(
@@ -454,6 +609,11 @@ impl Config {
             }
             None => default_log_id(),
         };
+        let log_config = validate_log(&log, base, &mut errors);
+        let retention = validate_retention(&retention, &mut errors);
+        let stream = stream
+            .as_ref()
+            .and_then(|stream| validate_stream(stream, base, &mut errors));
         let unmatched = match unmatched.record.as_deref() {
             None | Some("mutations") => UnmatchedRecord::Mutations,
             Some("none") => UnmatchedRecord::None,
@@ -470,8 +630,12 @@ impl Config {
             .as_ref()
             .map(|proxy| proxy.trusted_proxies.clone())
             .unwrap_or_default();
-        let actors = ActorChain::compile(&actors, &trusted)
+        let actors = ActorChain::compile(&actors, &trusted, base)
             .map_err(|actor_errors| errors.extend(actor_errors));
+        let redact = match &actors {
+            Ok(actors) => Redactor::compile(redact.as_ref(), actors, &mut errors),
+            Err(()) => Redactor::compile(redact.as_ref(), &ActorChain::empty(), &mut errors),
+        };
         let rules: Vec<(usize, &RuleFile)> =
             rules.iter().map(|(index, rule)| (*index, rule)).collect();
         let rules = RuleSet::compile_indexed(&rules, unmatched)
@@ -491,7 +655,15 @@ impl Config {
                     admin,
                     store,
                     log_id,
-                    policy: Arc::new(Policy { rules, actors }),
+                    log: log_config,
+                    retention,
+                    stream,
+                    policy: Arc::new(Policy {
+                        rules,
+                        actors,
+                        hints,
+                        redact,
+                    }),
                 })
             }
             _ => Err(errors),
@@ -667,6 +839,15 @@ fn validate_proxy(file: &ProxyFile, errors: &mut Vec<ConfigError>) -> Option<Pro
         Duration::from_secs(10),
         errors,
     );
+    if file
+        .worker_threads
+        .is_some_and(|threads| threads == 0 || threads > 1024)
+    {
+        errors.push(ConfigError::new(
+            "proxy.worker_threads",
+            "must be between 1 and 1024",
+        ));
+    }
     let max_connections = file.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
         errors.push(ConfigError::new(
@@ -686,6 +867,7 @@ fn validate_proxy(file: &ProxyFile, errors: &mut Vec<ConfigError>) -> Option<Pro
         http2: file.http2.unwrap_or(true),
         max_connections,
         shutdown_grace,
+        worker_threads: file.worker_threads,
     })
 }
 
@@ -827,6 +1009,27 @@ fn validate_store(
         Duration::from_secs(5),
         errors,
     );
+    let postgres = validate_postgres(file, errors);
+    let spill_file = match (&file.spill_file, &postgres) {
+        (Some(spill), _) => Some(resolve(base, spill)),
+        (None, Some(_)) => Some(base.join("data/spill.ndjson")),
+        (None, None) => None,
+    };
+    if file.url.is_none() {
+        for (key, set) in [
+            ("store.password_env", file.password_env.is_some()),
+            ("store.pool_size", file.pool_size.is_some()),
+            ("store.lock_log", file.lock_log.is_some()),
+            ("store.connect_timeout", file.connect_timeout.is_some()),
+        ] {
+            if set {
+                errors.push(ConfigError::new(
+                    key,
+                    "applies to a PostgreSQL store only (set store.url)",
+                ));
+            }
+        }
+    }
     Some(StoreConfig {
         path,
         durability,
@@ -836,7 +1039,316 @@ fn validate_store(
         flush_interval,
         on_store_failure,
         busy_timeout,
+        postgres,
+        spill_file,
     })
+}
+
+fn validate_stream(
+    file: &StreamFile,
+    base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Option<crate::stream::StreamConfig> {
+    use crate::stream::{StreamConfig, StreamTarget};
+    let target = match file.ndjson.as_deref() {
+        None | Some("") => {
+            errors.push(ConfigError::new(
+                "stream.ndjson",
+                "missing: \"stdout\" or the path of a file to write",
+            ));
+            None
+        }
+        Some("stdout") => Some(StreamTarget::Stdout),
+        Some(path) => Some(StreamTarget::File(resolve(base, path))),
+    };
+    let max_bytes = match file.max_bytes.as_deref() {
+        None => 100 * 1024 * 1024,
+        Some(text) => match parse_size(text) {
+            Ok(bytes) if bytes >= 4096 => bytes,
+            Ok(_) => {
+                errors.push(ConfigError::new(
+                    "stream.max_bytes",
+                    "must be at least 4KiB",
+                ));
+                0
+            }
+            Err(message) => {
+                errors.push(ConfigError::new("stream.max_bytes", message));
+                0
+            }
+        },
+    };
+    let keep = file.keep.unwrap_or(5);
+    if keep == 0 {
+        errors.push(ConfigError::new("stream.keep", "must be at least 1"));
+    }
+    if target == Some(StreamTarget::Stdout) && (file.max_bytes.is_some() || file.keep.is_some()) {
+        errors.push(ConfigError::new(
+            "stream.max_bytes",
+            "rotation applies to a file, not to stdout",
+        ));
+    }
+    Some(StreamConfig {
+        target: target?,
+        max_bytes,
+        keep,
+    })
+}
+
+/// The `url` and its companions of `[store]`, when set. Every problem is reported; the URL's
+/// text never appears in a message, since it may hold a password.
+fn validate_postgres(file: &StoreFile, errors: &mut Vec<ConfigError>) -> Option<PostgresConfig> {
+    let url = file.url.as_deref()?;
+    let mut valid = true;
+    if file.path.is_some() {
+        errors.push(ConfigError::new(
+            "store.url",
+            "give either path (SQLite) or url (PostgreSQL), not both",
+        ));
+        valid = false;
+    }
+    let mut connection = match url.parse::<postgres::Config>() {
+        Ok(connection) => connection,
+        Err(error) => {
+            errors.push(ConfigError::new(
+                "store.url",
+                format!("not a PostgreSQL connection URL ({error})"),
+            ));
+            return None;
+        }
+    };
+    if connection.get_hosts().is_empty() {
+        errors.push(ConfigError::new(
+            "store.url",
+            "names no host (postgres://USER@HOST:PORT/DBNAME)",
+        ));
+        valid = false;
+    }
+    if connection.get_user().is_none() {
+        errors.push(ConfigError::new(
+            "store.url",
+            "names no user (postgres://USER@HOST:PORT/DBNAME)",
+        ));
+        valid = false;
+    }
+    if connection.get_ssl_mode() == postgres::config::SslMode::Require {
+        errors.push(ConfigError::new(
+            "store.url",
+            "sslmode=require is not supported yet: auditgate connects without TLS (use a private \
+             network, or a TLS tunnel such as a sidecar proxy)",
+        ));
+        valid = false;
+    }
+    if let Some(variable) = &file.password_env {
+        match std::env::var(variable) {
+            Ok(password) if !password.is_empty() => {
+                connection.password(password);
+            }
+            _ => {
+                errors.push(ConfigError::new(
+                    "store.password_env",
+                    format!("environment variable {variable} is not set"),
+                ));
+                valid = false;
+            }
+        }
+    }
+    let pool_size = file.pool_size.unwrap_or(4);
+    if pool_size == 0 {
+        errors.push(ConfigError::new("store.pool_size", "must be at least 1"));
+        valid = false;
+    }
+    if connection.get_connect_timeout().is_none() || file.connect_timeout.is_some() {
+        let timeout = duration_or(
+            "store.connect_timeout",
+            file.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+            errors,
+        );
+        connection.connect_timeout(timeout);
+    }
+    if connection.get_application_name().is_none() {
+        connection.application_name("auditgate");
+    }
+    // A peer that vanishes (a database host lost without a FIN) is noticed within about a
+    // minute instead of the kernel's two hours.
+    connection.keepalives_idle(Duration::from_secs(30));
+    valid.then_some(PostgresConfig {
+        connection,
+        lock_log: file.lock_log.unwrap_or(true),
+        pool_size,
+    })
+}
+
+fn validate_log(file: &LogFile, base: &Path, errors: &mut Vec<ConfigError>) -> LogConfig {
+    let signing_key_path = file.signing_key.as_deref().map(|path| resolve(base, path));
+    let signer = signing_key_path
+        .as_deref()
+        .and_then(|path| match LogSigner::load(path) {
+            Ok(signer) => Some(Arc::new(signer)),
+            Err(error) => {
+                errors.push(ConfigError::new(
+                    "log.signing_key",
+                    format!("{error} (make one with `auditgate keygen --out PATH`)"),
+                ));
+                None
+            }
+        });
+    let sign_every = file.sign_every.unwrap_or(1000);
+    if sign_every == 0 {
+        errors.push(ConfigError::new("log.sign_every", "must be at least 1"));
+    }
+    let positive = |location: &str, text: Option<&str>, default: Duration, errors: &mut Vec<_>| {
+        let duration = duration_or(location, text, default, errors);
+        if duration.is_zero() {
+            errors.push(ConfigError::new(location, "must be longer than 0"));
+        }
+        duration
+    };
+    let sign_interval = positive(
+        "log.sign_interval",
+        file.sign_interval.as_deref(),
+        Duration::from_secs(10),
+        errors,
+    );
+    let heartbeat_interval = positive(
+        "log.heartbeat_interval",
+        file.heartbeat_interval.as_deref(),
+        Duration::from_secs(3600),
+        errors,
+    );
+    let publish_timeout = positive(
+        "log.publish_timeout",
+        file.publish_timeout.as_deref(),
+        Duration::from_secs(5),
+        errors,
+    );
+    let mut publish_heads = Vec::new();
+    for (index, target) in file.publish_heads.iter().enumerate() {
+        let location = format!("log.publish_heads #{}", index + 1);
+        match parse_publish_target(target, base) {
+            Ok(target) => publish_heads.push(target),
+            Err(message) => errors.push(ConfigError::new(&location, message)),
+        }
+    }
+    if !file.publish_heads.is_empty() && file.signing_key.is_none() {
+        errors.push(ConfigError::new(
+            "log.publish_heads",
+            "needs log.signing_key: only signed heads are published",
+        ));
+    }
+    LogConfig {
+        signing_key_path,
+        signer,
+        sign_every,
+        sign_interval,
+        heartbeat_interval,
+        publish_heads,
+        publish_timeout,
+    }
+}
+
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let path = PathBuf::from(path);
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+/// `file:PATH` (relative to the config's directory) or `http://...`.
+fn parse_publish_target(text: &str, base: &Path) -> Result<PublishTarget, String> {
+    if let Some(path) = text.strip_prefix("file:") {
+        if path.is_empty() {
+            return Err("`file:` needs a path, e.g. file:data/heads.ndjson".to_string());
+        }
+        return Ok(PublishTarget::File(resolve(base, path)));
+    }
+    if text.starts_with("https://") {
+        return Err(format!(
+            "`{text}`: https is not supported yet; publish to a file or to a local http:// relay"
+        ));
+    }
+    if text.starts_with("http://") {
+        let uri: http::Uri = text.parse().map_err(|_| format!("`{text}` is not a URL"))?;
+        if uri.host().is_none() {
+            return Err(format!("`{text}` has no host"));
+        }
+        return Ok(PublishTarget::Url(uri));
+    }
+    Err(format!(
+        "`{text}` is not a target: use file:PATH or http://HOST/PATH"
+    ))
+}
+
+fn validate_retention(file: &RetentionFile, errors: &mut Vec<ConfigError>) -> RetentionConfig {
+    let max_age = file
+        .max_age
+        .as_deref()
+        .and_then(|text| match parse_duration(text) {
+            Ok(age) if !age.is_zero() => Some(age),
+            Ok(_) => {
+                errors.push(ConfigError::new(
+                    "retention.max_age",
+                    "must be longer than 0",
+                ));
+                None
+            }
+            Err(message) => {
+                errors.push(ConfigError::new("retention.max_age", message));
+                None
+            }
+        });
+    let prune_interval = duration_or(
+        "retention.prune_interval",
+        file.prune_interval.as_deref(),
+        Duration::from_secs(3600),
+        errors,
+    );
+    if prune_interval.is_zero() {
+        errors.push(ConfigError::new(
+            "retention.prune_interval",
+            "must be longer than 0",
+        ));
+    }
+    let mut rules: Vec<RetentionRule> = Vec::new();
+    for (index, rule) in file.rules.iter().enumerate() {
+        let location = format!("retention.rules #{} ({:?})", index + 1, rule.action_prefix);
+        if rule.action_prefix.is_empty() {
+            errors.push(ConfigError::new(
+                &format!("{location}.action_prefix"),
+                "must not be empty (use retention.max_age for every action)",
+            ));
+            continue;
+        }
+        if rules
+            .iter()
+            .any(|other| other.action_prefix == rule.action_prefix)
+        {
+            errors.push(ConfigError::new(
+                &format!("{location}.action_prefix"),
+                "names the same prefix as an earlier rule",
+            ));
+            continue;
+        }
+        match parse_duration(&rule.max_age) {
+            Ok(age) if !age.is_zero() => rules.push(RetentionRule {
+                action_prefix: rule.action_prefix.clone(),
+                max_age: age,
+            }),
+            Ok(_) => errors.push(ConfigError::new(
+                &format!("{location}.max_age"),
+                "must be longer than 0",
+            )),
+            Err(message) => errors.push(ConfigError::new(&format!("{location}.max_age"), message)),
+        }
+    }
+    RetentionConfig {
+        max_age,
+        prune_interval,
+        rules,
+    }
 }
 
 fn valid_log_id(id: &str) -> bool {
@@ -875,6 +1387,123 @@ fn default_log_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn store_errors(store: &str) -> Vec<String> {
+        let text = format!("[proxy]\nupstream = \"127.0.0.1:3000\"\n[store]\n{store}\n");
+        match Config::parse(&text, Path::new("/etc/auditgate")) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_postgres_url_replaces_the_sqlite_file() {
+        let config = Config::parse(
+            "[proxy]\nupstream = \"127.0.0.1:3000\"\n[store]\nurl = \"postgres://audit:s3cret@db.internal:6432/audit\"\npool_size = 2\n",
+            Path::new("/etc/auditgate"),
+        )
+        .expect("valid");
+        let postgres = config.store.postgres.as_ref().expect("postgres");
+        assert_eq!(postgres.pool_size, 2);
+        assert!(postgres.lock_log);
+        assert_eq!(postgres.connection.get_dbname(), Some("audit"));
+        assert_eq!(
+            config.store.spill_path(),
+            PathBuf::from("/etc/auditgate/data/spill.ndjson")
+        );
+        assert_eq!(
+            crate::store::describe(&config.store),
+            "postgres://db.internal:6432/audit"
+        );
+        // The password never shows, not even in a debug dump of the config.
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_stream_goes_to_stdout_or_a_rotated_file() {
+        let parse = |stream: &str| {
+            Config::parse(
+                &format!("[proxy]\nupstream = \"127.0.0.1:3000\"\n[stream]\n{stream}\n"),
+                Path::new("/etc/auditgate"),
+            )
+        };
+        let config = parse("ndjson = \"stdout\"").expect("valid");
+        let stream = config.stream.expect("stream");
+        assert_eq!(stream.target, crate::stream::StreamTarget::Stdout);
+        let config =
+            parse("ndjson = \"log/audit.ndjson\"\nmax_bytes = \"1MiB\"\nkeep = 3").expect("valid");
+        let stream = config.stream.expect("stream");
+        assert_eq!(
+            stream.target,
+            crate::stream::StreamTarget::File(PathBuf::from("/etc/auditgate/log/audit.ndjson"))
+        );
+        assert_eq!((stream.max_bytes, stream.keep), (1024 * 1024, 3));
+        assert!(
+            Config::parse("[proxy]\nupstream = \"a:1\"\n", Path::new("."))
+                .expect("valid")
+                .stream
+                .is_none()
+        );
+        let errors: Vec<String> = parse("max_bytes = \"1KiB\"\nkeep = 0\nformat = \"x\"")
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            errors.iter().any(|error| error.starts_with("stream")),
+            "{errors:?}"
+        );
+        let errors: Vec<String> = parse("max_bytes = \"1KiB\"\nkeep = 0")
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let all = errors.join("\n");
+        for expected in [
+            "stream.ndjson: missing",
+            "stream.max_bytes: must be at least 4KiB",
+            "stream.keep: must be at least 1",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in {all}");
+        }
+        let errors = parse("ndjson = \"stdout\"\nkeep = 2").expect_err("invalid");
+        assert!(errors[0].to_string().contains("rotation applies to a file"));
+    }
+
+    #[test]
+    fn postgres_settings_are_checked_together() {
+        let errors = store_errors(
+            "path = \"a.db\"\nurl = \"postgres://u@h/db?sslmode=require\"\npassword_env = \"AUDITGATE_TEST_UNSET_VARIABLE\"\npool_size = 0\nconnect_timeout = \"soon\"",
+        );
+        let all = errors.join("\n");
+        for expected in [
+            "store.url: give either path",
+            "store.url: sslmode=require is not supported",
+            "store.password_env: environment variable AUDITGATE_TEST_UNSET_VARIABLE is not set",
+            "store.pool_size: must be at least 1",
+            "store.connect_timeout",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let errors = store_errors("url = \"postgres:///db\"").join("\n");
+        assert!(errors.contains("names no host"), "{errors}");
+        let errors = store_errors("url = \"mysql://x\"").join("\n");
+        assert!(
+            errors.contains("store.url: not a PostgreSQL connection URL"),
+            "{errors}"
+        );
+        let errors = store_errors("lock_log = false\npool_size = 3").join("\n");
+        assert!(
+            errors.contains("store.lock_log: applies to a PostgreSQL store only"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("store.pool_size: applies to a PostgreSQL store only"),
+            "{errors}"
+        );
+        let errors = store_errors("url = \"postgres://u:p4ss@h/db?sslmode=require\"").join("\n");
+        assert!(!errors.contains("p4ss"), "{errors}");
+    }
 
     #[test]
     fn minimal_config_has_defaults() {
@@ -955,6 +1584,109 @@ mod tests {
         let text = "[proxy]\nupstream = \"127.0.0.1:3000\"\nlisten = \"127.0.0.1:9090\"\n";
         let errors = Config::parse(text, Path::new(".")).expect_err("invalid");
         assert!(errors.iter().any(|error| error.location == "admin.listen"));
+    }
+
+    #[test]
+    fn log_and_retention_keys_are_validated() {
+        let dir = std::env::temp_dir().join(format!("auditgate-config-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        LogSigner::write_new(&dir.join("log.key")).expect("key");
+        let text = r#"
+            [proxy]
+            upstream = "127.0.0.1:3000"
+            [log]
+            signing_key = "log.key"
+            sign_every = 10
+            sign_interval = "250ms"
+            publish_heads = ["file:heads.ndjson", "http://audit.example:8080/heads"]
+            [retention]
+            max_age = "400d"
+            [[retention.rules]]
+            action_prefix = "auth."
+            max_age = "30d"
+        "#;
+        let config = Config::parse(text, &dir).expect("valid");
+        assert!(config.log.signer.is_some());
+        assert_eq!(config.log.sign_every, 10);
+        assert_eq!(config.log.sign_interval, Duration::from_millis(250));
+        assert_eq!(config.log.heartbeat_interval, Duration::from_secs(3600));
+        assert_eq!(
+            config.log.publish_heads[0],
+            PublishTarget::File(dir.join("heads.ndjson"))
+        );
+        assert_eq!(
+            config.log.publish_heads[1].to_string(),
+            "http://audit.example:8080/heads"
+        );
+        assert_eq!(
+            config.retention.max_age,
+            Some(Duration::from_secs(400 * 86_400))
+        );
+        assert_eq!(config.retention.rules[0].action_prefix, "auth.");
+
+        let defaults =
+            Config::parse("[proxy]\nupstream = \"127.0.0.1:3000\"\n", &dir).expect("valid");
+        assert!(defaults.log.signer.is_none());
+        assert_eq!(defaults.log.sign_every, 1000);
+        assert_eq!(defaults.log.sign_interval, Duration::from_secs(10));
+        assert_eq!(defaults.retention.max_age, None);
+
+        let text = r#"
+            [proxy]
+            upstream = "127.0.0.1:3000"
+            [log]
+            signing_key = "missing.key"
+            sign_every = 0
+            sign_interval = "0s"
+            publish_heads = ["https://x/heads", "s3://bucket", "file:"]
+            [retention]
+            max_age = "forever"
+            prune_interval = "soon"
+            [[retention.rules]]
+            action_prefix = "auth."
+            max_age = "30d"
+            [[retention.rules]]
+            action_prefix = "auth."
+            max_age = "60d"
+            [[retention.rules]]
+            action_prefix = ""
+            max_age = "1d"
+            [[retention.rules]]
+            action_prefix = "user."
+            max_age = "0d"
+        "#;
+        let errors = Config::parse(text, &dir).expect_err("invalid");
+        let all = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        for expected in [
+            "log.signing_key: ",
+            "auditgate keygen",
+            "log.sign_every: must be at least 1",
+            "log.sign_interval: must be longer than 0",
+            "log.publish_heads #1: `https://x/heads`: https is not supported",
+            "log.publish_heads #2: `s3://bucket` is not a target",
+            "log.publish_heads #3: `file:` needs a path",
+            "retention.max_age: ",
+            "retention.prune_interval: ",
+            "retention.rules #2 (\"auth.\").action_prefix: names the same prefix",
+            "retention.rules #3 (\"\").action_prefix: must not be empty",
+            "retention.rules #4 (\"user.\").max_age: must be longer than 0",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let errors = Config::parse(
+            "[proxy]\nupstream = \"127.0.0.1:3000\"\n[log]\npublish_heads = [\"file:h\"]\n",
+            &dir,
+        )
+        .expect_err("invalid");
+        assert!(
+            errors[0].message.contains("needs log.signing_key"),
+            "{errors:?}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //! sidecar on loopback, sample traffic through it, and where to look.
 //!
 //! The sample app is a real HTTP server that knows nothing of auditing, like the apps auditgate
-//! is put in front of; every entry the demo shows came through the proxy and the rules in
-//! `config/demo.toml`.
+//! is put in front of; every entry of this run came through the proxy and the rules in
+//! `config/demo.toml`. Before that traffic the demo appends nine days of earlier activity of the
+//! same shapes ([`history`], marked `demoHistory` in their metadata), so the viewer's chart, top
+//! lists and paging have something to show.
+
+mod history;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -514,6 +518,8 @@ pub fn demo_config(
     admin_listen: &str,
     db: &Path,
     token_sha256: &str,
+    signing_key: &Path,
+    heads: &Path,
 ) -> anyhow::Result<Config> {
     let mut config = Config::parse(DEMO_CONFIG, Path::new(".")).map_err(|errors| {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -527,12 +533,37 @@ pub fn demo_config(
         .parse()
         .context("--admin-listen is not an address")?;
     config.store.path = db.to_path_buf();
+    let signer = crate::log::head::LogSigner::load(signing_key)
+        .with_context(|| format!("cannot load {}", signing_key.display()))?;
+    config.log.signing_key_path = Some(signing_key.to_path_buf());
+    config.log.signer = Some(std::sync::Arc::new(signer));
+    config.log.publish_heads = vec![crate::config::PublishTarget::File(heads.to_path_buf())];
     let mut sha256 = [0u8; 32];
     hex::decode_to_slice(token_sha256, &mut sha256).context("token hash")?;
     for token in &mut config.admin.tokens {
         token.sha256 = sha256;
     }
     Ok(config)
+}
+
+/// Waits (a few seconds at most) for a signed head that covers the first `size` entries, so the
+/// viewer opened right after the demo starts shows a signed log and proofs that verify instead of
+/// "no signed head covers this entry yet".
+async fn wait_for_signed_head(sidecar: &Sidecar, size: u64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let store = sidecar.store.clone();
+        let signed = tokio::task::spawn_blocking(move || store.latest_head())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .map_or(0, |signed| signed.head.size);
+        if signed >= size {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -546,21 +577,45 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let db = data_dir.join("audit.db");
+    let signing_key = data_dir.join("log.key");
+    if !signing_key.exists() {
+        crate::log::head::LogSigner::write_new(&signing_key)
+            .with_context(|| format!("cannot make {}", signing_key.display()))?;
+    }
+    let heads = data_dir.join("heads.ndjson");
     let upstream = start_sample_app().await?;
     let token = crate::run::new_token();
     let proxy_listen = free_or_any(&args.proxy_listen);
     let admin_listen = free_or_any(&args.admin_listen);
-    let config = demo_config(upstream, &proxy_listen, &admin_listen, &db, &token.sha256)?;
+    let config = demo_config(
+        upstream,
+        &proxy_listen,
+        &admin_listen,
+        &db,
+        &token.sha256,
+        &signing_key,
+        &heads,
+    )?;
+    let log_id = config.log_id.clone();
     let sidecar = Sidecar::start(config, None).await?;
+    let writer = sidecar.writer();
+    let earlier = history::entries(&log_id, chrono::Utc::now());
+    let earlier_count = earlier.len();
+    for entry in earlier {
+        writer.push(entry);
+    }
+    // The history goes in before the live traffic, so sequence numbers follow time.
+    writer.flushed(std::time::Duration::from_secs(10)).await;
     let sent = drive_traffic(sidecar.proxy_addr).await?;
     sidecar
         .writer()
         .flushed(std::time::Duration::from_secs(10))
         .await;
     let entries = sidecar.store.size().unwrap_or(0);
+    wait_for_signed_head(&sidecar, entries).await;
 
     println!();
-    println!("auditgate demo: a sample app behind the sidecar, {sent} sample requests sent, {entries} audit entries written.");
+    println!("auditgate demo: a sample app behind the sidecar, {sent} sample requests sent, {entries} audit entries in the log ({earlier_count} of them generated history of the last nine days).");
     println!();
     println!("  app (through the proxy)  http://{}", sidecar.proxy_addr);
     println!("  viewer and admin API     http://{}/", sidecar.admin_addr);
@@ -577,6 +632,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         db.display()
     );
     println!("  curl -s -X POST http://{}/login -d '{{\"email\":\"alice@example.com\",\"password\":\"nope\"}}'", sidecar.proxy_addr);
+    println!(
+        "  cargo run --release -- verify --db {} --heads {} --key {}",
+        db.display(),
+        heads.display(),
+        crate::log::head::public_key_path(&signing_key).display()
+    );
     println!();
     if args.no_wait {
         sidecar.shutdown().await;

@@ -148,47 +148,83 @@ impl AuditEntry {
     /// timestamp as `YYYY-MM-DDTHH:MM:SS.ffffffZ`. It covers `seq` and `logId`, so an entry moved to
     /// another position or log no longer matches its leaf. The form is versioned by the
     /// `v` key; version 1 is this one.
+    ///
+    /// Written straight from a borrowed struct whose fields are declared in sorted key order (the
+    /// writer hashes every entry, so building a `serde_json::Value` per entry would cost more than
+    /// the hash); the fixed-vector test below pins the bytes.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut object = Map::new();
-        let opt = |value: &Option<String>| value.clone().map(Value::from).unwrap_or(Value::Null);
-        object.insert("v".into(), Value::from(1));
-        object.insert("id".into(), Value::from(self.id.clone()));
-        object.insert("seq".into(), Value::from(self.seq));
-        object.insert(
-            "createdAt".into(),
-            Value::from(format_timestamp(&self.created_at)),
-        );
-        object.insert("logId".into(), Value::from(self.log_id.clone()));
-        object.insert("actorId".into(), opt(&self.actor_id));
-        object.insert("actorEmail".into(), opt(&self.actor_email));
-        object.insert("actorName".into(), opt(&self.actor_name));
-        object.insert("actorSource".into(), opt(&self.actor_source));
-        object.insert("actorVerified".into(), Value::from(self.actor_verified));
-        object.insert("tenant".into(), opt(&self.tenant));
-        object.insert("action".into(), Value::from(self.action.clone()));
-        object.insert("resourceType".into(), opt(&self.resource_type));
-        object.insert("resourceId".into(), opt(&self.resource_id));
-        object.insert("outcome".into(), Value::from(self.outcome.as_str()));
-        object.insert(
-            "status".into(),
-            self.status.map(Value::from).unwrap_or(Value::Null),
-        );
-        object.insert("method".into(), opt(&self.method));
-        object.insert("path".into(), opt(&self.path));
-        object.insert("route".into(), opt(&self.route));
-        object.insert("rule".into(), opt(&self.rule));
-        object.insert("ip".into(), opt(&self.ip));
-        object.insert("userAgent".into(), opt(&self.user_agent));
-        object.insert("requestId".into(), opt(&self.request_id));
-        object.insert(
-            "durationUs".into(),
-            self.duration_us.map(Value::from).unwrap_or(Value::Null),
-        );
-        object.insert("error".into(), opt(&self.error));
-        object.insert("metadata".into(), Value::Object(self.metadata.clone()));
-        // serde_json's Map is a BTreeMap (the `preserve_order` feature is off), so keys come out
-        // sorted at every depth.
-        serde_json::to_vec(&Value::Object(object)).unwrap_or_default()
+        let canonical = CanonicalEntry {
+            action: &self.action,
+            actor_email: self.actor_email.as_deref(),
+            actor_id: self.actor_id.as_deref(),
+            actor_name: self.actor_name.as_deref(),
+            actor_source: self.actor_source.as_deref(),
+            actor_verified: self.actor_verified,
+            created_at: CanonicalTime(&self.created_at),
+            duration_us: self.duration_us,
+            error: self.error.as_deref(),
+            id: &self.id,
+            ip: self.ip.as_deref(),
+            log_id: &self.log_id,
+            metadata: &self.metadata,
+            method: self.method.as_deref(),
+            outcome: self.outcome.as_str(),
+            path: self.path.as_deref(),
+            request_id: self.request_id.as_deref(),
+            resource_id: self.resource_id.as_deref(),
+            resource_type: self.resource_type.as_deref(),
+            route: self.route.as_deref(),
+            rule: self.rule.as_deref(),
+            seq: self.seq,
+            status: self.status,
+            tenant: self.tenant.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            v: 1,
+        };
+        // serde_json's Map is a BTreeMap (the `preserve_order` feature is off), so metadata keys
+        // come out sorted at every depth; the struct's own keys are sorted by declaration.
+        serde_json::to_vec(&canonical).unwrap_or_default()
+    }
+}
+
+/// Version 1 of the canonical form. Field order is the byte-wise order of the JSON keys and must
+/// stay so: serde writes fields in declaration order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CanonicalEntry<'a> {
+    action: &'a str,
+    actor_email: Option<&'a str>,
+    actor_id: Option<&'a str>,
+    actor_name: Option<&'a str>,
+    actor_source: Option<&'a str>,
+    actor_verified: bool,
+    created_at: CanonicalTime<'a>,
+    duration_us: Option<u64>,
+    error: Option<&'a str>,
+    id: &'a str,
+    ip: Option<&'a str>,
+    log_id: &'a str,
+    metadata: &'a Map<String, Value>,
+    method: Option<&'a str>,
+    outcome: &'a str,
+    path: Option<&'a str>,
+    request_id: Option<&'a str>,
+    resource_id: Option<&'a str>,
+    resource_type: Option<&'a str>,
+    route: Option<&'a str>,
+    rule: Option<&'a str>,
+    seq: u64,
+    status: Option<u16>,
+    tenant: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    v: u8,
+}
+
+struct CanonicalTime<'a>(&'a DateTime<Utc>);
+
+impl Serialize for CanonicalTime<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format_timestamp(self.0))
     }
 }
 

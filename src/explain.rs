@@ -80,11 +80,16 @@ pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
         needs,
         capture_limit: config.proxy.max_body_capture,
         started: Instant::now(),
+        explain: true,
     });
     if let Some(body) = &args.body {
         exchange.set_request_body(Bytes::from(body.clone()));
     }
     let declared = args.response_body.as_ref().map(|body| body.len() as u64);
+    let mut response_headers = response_headers;
+    if policy.hints.enabled {
+        exchange.set_hints(crate::hints::take(&mut response_headers, &policy.hints));
+    }
     exchange.set_response(args.status, &response_headers, declared);
     if let Some(body) = &args.response_body {
         exchange.set_response_body(Bytes::from(body.clone()));
@@ -112,11 +117,37 @@ pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
             }
         }
     };
-    let entry = exchange.into_entry_complete();
+    let (entry, derivation) = exchange.into_explanation();
+    let actor = entry.as_ref().map(|entry| {
+        let extra = entry.metadata.get("_actor");
+        json!({
+            "id": entry.actor_id,
+            "email": entry.actor_email,
+            "name": entry.actor_name,
+            "tenant": entry.tenant,
+            "roles": extra.and_then(|extra| extra.get("roles")).cloned().unwrap_or_else(|| json!([])),
+            "source": entry.actor_source,
+            "verified": entry.actor_verified,
+            "notes": extra.and_then(|extra| extra.get("notes")).cloned().unwrap_or_else(|| json!([])),
+            "derivation": derivation,
+        })
+    });
+    let actor = match actor {
+        Some(actor) => actor,
+        // Nothing is recorded, but how the actor would be found is still worth showing.
+        None => json!({ "derivation": derivation }),
+    };
     Ok(json!({
         "decision": decision_text,
         "rule": rule,
         "candidates": candidate_names,
+        "client": {
+            "peer": peer.to_string(),
+            "peerTrusted": client_ip::is_trusted(peer, trusted),
+            "ip": client.client.to_string(),
+            "forwardedFor": client.believed_chain.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        },
+        "actor": actor,
         "entry": entry.map(|entry| entry.to_api_json()),
     }))
 }

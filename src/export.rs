@@ -2,7 +2,8 @@
 //!
 //! The encoder holds only what it needs between batches (whether a JSON element came before), so
 //! an export of any size streams with flat memory: the admin API and the CLI read a batch from
-//! the store, encode it, write the bytes out, and repeat. No I/O happens here.
+//! the store with [`ExportReader`], encode it, write the bytes out, and repeat. The encoders do
+//! no I/O; the reader's every chunk is its own short store read.
 //!
 //! CSV follows RFC 4180 (comma, CRLF, double quotes) and neutralises spreadsheet formulas; JSON
 //! and NDJSON carry each entry as [`AuditEntry::to_api_json`], the same object the admin API
@@ -14,6 +15,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 
 use crate::entry::{format_timestamp, AuditEntry};
+use crate::store::query::{Cursor, Filter, Order, PageRequest, MAX_LIMIT};
+use crate::store::{Store, StoreError};
 
 /// The file formats an export can take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +262,74 @@ fn neutralize_formula(cell: &mut String) {
     }
 }
 
+/// Entries read from the store per chunk of an export.
+pub const EXPORT_CHUNK: u32 = MAX_LIMIT;
+
+/// Reads the entries of one export from the store, chunk by chunk, by keyset.
+///
+/// Each chunk is its own short read, so an export of any size never holds a read transaction
+/// open (which would stop SQLite's WAL checkpoints for as long as the download takes) and never
+/// holds more than one chunk in memory. The export is a snapshot of the log as it was when it
+/// began: entries appended meanwhile are left out, so an export taken under load ends, and two
+/// exports started at the same moment agree.
+#[derive(Debug, Clone)]
+pub struct ExportReader {
+    filter: Filter,
+    order: Order,
+    /// Where the next chunk starts (exclusive).
+    cursor: Option<Cursor>,
+    /// The newest entry of the store when the export began: nothing after it is exported.
+    through: Option<Cursor>,
+    finished: bool,
+}
+
+impl ExportReader {
+    /// Starts an export of the entries matching `filter`, in `order`, after `after` if given
+    /// (a cursor from a listing or an interrupted export).
+    pub fn start(
+        store: &dyn Store,
+        filter: Filter,
+        order: Order,
+        after: Option<Cursor>,
+    ) -> Result<ExportReader, StoreError> {
+        // Positions only grow, so the newest position now bounds the snapshot in either order.
+        let through = store.newest_position()?;
+        Ok(ExportReader {
+            filter,
+            order,
+            cursor: after,
+            through,
+            finished: through.is_none(),
+        })
+    }
+
+    /// The next chunk of entries, or `None` when the export is complete.
+    pub fn next_chunk(&mut self, store: &dyn Store) -> Result<Option<Vec<AuditEntry>>, StoreError> {
+        if self.finished {
+            return Ok(None);
+        }
+        let page = store.list(
+            &self.filter,
+            &PageRequest {
+                limit: EXPORT_CHUNK,
+                cursor: self.cursor,
+                order: self.order,
+                count: false,
+                through: self.through,
+            },
+        )?;
+        self.cursor = page.next_cursor;
+        if self.cursor.is_none() {
+            self.finished = true;
+        }
+        if page.entries.is_empty() {
+            self.finished = true;
+            return Ok(None);
+        }
+        Ok(Some(page.entries))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,5 +564,113 @@ mod tests {
             assert_eq!(&back, entry);
         }
         assert!(all_bytes(ExportFormat::Ndjson, &[&[]]).is_empty());
+    }
+
+    fn seeded_store(count: usize) -> (std::path::PathBuf, crate::store::sqlite::SqliteStore) {
+        let dir = std::env::temp_dir().join(format!("auditgate-export-{}", ulid::Ulid::new()));
+        let store = crate::store::sqlite::SqliteStore::open(
+            &dir.join("audit.db"),
+            crate::config::SyncMode::Normal,
+        )
+        .expect("opens");
+        let mut batch: Vec<AuditEntry> = (0..count)
+            .map(|index| {
+                AuditEntry::new(
+                    "log-a",
+                    if index % 2 == 0 {
+                        "even.thing"
+                    } else {
+                        "odd.thing"
+                    },
+                )
+            })
+            .collect();
+        store.append(&mut batch).expect("appends");
+        (dir, store)
+    }
+
+    fn read_all(store: &dyn Store, reader: &mut ExportReader) -> (Vec<u64>, usize) {
+        let mut seqs = Vec::new();
+        let mut chunks = 0;
+        while let Some(chunk) = reader.next_chunk(store).expect("reads") {
+            assert!(!chunk.is_empty() && chunk.len() <= EXPORT_CHUNK as usize);
+            chunks += 1;
+            seqs.extend(chunk.iter().map(|entry| entry.seq));
+        }
+        assert!(
+            reader.next_chunk(store).expect("reads").is_none(),
+            "stays done"
+        );
+        (seqs, chunks)
+    }
+
+    #[test]
+    fn the_reader_walks_every_matching_entry_in_chunks_either_way() {
+        let (dir, store) = seeded_store(2500);
+        let mut reader =
+            ExportReader::start(&store, Filter::default(), Order::Desc, None).expect("starts");
+        let (seqs, chunks) = read_all(&store, &mut reader);
+        assert_eq!(seqs, (1..=2500).rev().collect::<Vec<u64>>());
+        assert_eq!(chunks, 3);
+
+        let mut reader =
+            ExportReader::start(&store, Filter::default(), Order::Asc, None).expect("starts");
+        assert_eq!(
+            read_all(&store, &mut reader).0,
+            (1..=2500).collect::<Vec<u64>>()
+        );
+
+        let odd = Filter {
+            action: Some("odd.thing".into()),
+            ..Filter::default()
+        };
+        let mut reader = ExportReader::start(&store, odd, Order::Asc, None).expect("starts");
+        let (seqs, _) = read_all(&store, &mut reader);
+        assert_eq!(seqs.len(), 1250);
+        assert!(
+            seqs.iter().all(|seq| seq % 2 == 0),
+            "odd indexes have even seqs"
+        );
+
+        let mut reader = ExportReader::start(
+            &store,
+            Filter::default(),
+            Order::Desc,
+            Some(Cursor::after_seq(11)),
+        )
+        .expect("starts");
+        assert_eq!(
+            read_all(&store, &mut reader).0,
+            (1..=10).rev().collect::<Vec<u64>>()
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_reader_is_a_snapshot_of_the_log_when_it_began() {
+        let (dir, store) = seeded_store(1500);
+        let mut ascending =
+            ExportReader::start(&store, Filter::default(), Order::Asc, None).expect("starts");
+        let mut descending =
+            ExportReader::start(&store, Filter::default(), Order::Desc, None).expect("starts");
+        let first = ascending.next_chunk(&store).expect("reads").expect("chunk");
+        assert_eq!(first.len(), 1000);
+        let mut later: Vec<AuditEntry> = (0..700)
+            .map(|_| AuditEntry::new("log-a", "later"))
+            .collect();
+        store.append(&mut later).expect("appends");
+        let rest = read_all(&store, &mut ascending).0;
+        assert_eq!(rest, (1001..=1500).collect::<Vec<u64>>());
+        assert_eq!(read_all(&store, &mut descending).0.len(), 1500);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_empty_log_exports_nothing() {
+        let (dir, store) = seeded_store(0);
+        let mut reader =
+            ExportReader::start(&store, Filter::default(), Order::Asc, None).expect("starts");
+        assert!(reader.next_chunk(&store).expect("reads").is_none());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -42,7 +42,15 @@ fn init_logging() {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(None)
+}
+
+fn runtime_with(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads);
+    }
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -62,7 +70,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(config) => config,
                 Err(code) => return Ok(code),
             };
-            runtime()?.block_on(auditgate::run::run_until_signal(config, path))?;
+            runtime_with(config.proxy.worker_threads)?
+                .block_on(auditgate::run::run_until_signal(config, path))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
@@ -109,6 +118,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Query(args) => auditgate::run::query(&args),
+        Command::Export(args) => auditgate::run::export(&args),
+        Command::Keygen { out } => {
+            let signer = auditgate::log::head::LogSigner::write_new(&out)?;
+            let public = auditgate::log::head::public_key_path(&out);
+            println!("private key: {} (keep it secret)", out.display());
+            println!("public key:  {}", public.display());
+            println!("key id:      {}", signer.key_id());
+            println!();
+            println!("Sign tree heads with it:");
+            println!();
+            println!("[log]");
+            println!("signing_key = {:?}", out.display().to_string());
+            println!("publish_heads = [\"file:data/heads.ndjson\"]");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => Ok(ExitCode::from(auditgate::verify::run_verify(&args))),
+        Command::VerifyExport(args) => {
+            Ok(ExitCode::from(auditgate::verify::run_verify_export(&args)))
+        }
+        Command::Prune(args) => {
+            let config = match load_config(&args.config) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            auditgate::retention::run_prune(&config, args.older_than.as_deref())
+        }
+        Command::Health { url, timeout } => {
+            let timeout = match auditgate::units::parse_duration(&timeout) {
+                Ok(timeout) => timeout,
+                Err(message) => {
+                    eprintln!("auditgate health: --timeout: {message}");
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            };
+            match auditgate::run::health_check(&url, timeout) {
+                Ok(status) if (200..300).contains(&status) => Ok(ExitCode::SUCCESS),
+                Ok(status) => {
+                    eprintln!("auditgate health: {url} answered {status}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(message) => {
+                    eprintln!("auditgate health: {message}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Token { name, scopes } => {
             let token = auditgate::run::new_token();
             let scopes: Vec<String> = scopes

@@ -46,7 +46,7 @@ pub fn render(
     queue_depth: usize,
 ) -> String {
     let mut out = String::new();
-    let counters: [(&str, &str, u64); 18] = [
+    let counters: [(&str, &str, u64); 20] = [
         (
             "auditgate_requests_total",
             "Requests received on the proxy listener.",
@@ -99,8 +99,18 @@ pub fn render(
         ),
         (
             "auditgate_entries_reimported_total",
-            "Spilled entries imported into the store at start.",
+            "Spilled entries re-sent to the store (when it takes writes again, or at start).",
             writer.entries_reimported.get(),
+        ),
+        (
+            "auditgate_stream_lines_total",
+            "Committed entries written to the NDJSON stream.",
+            writer.stream_lines.get(),
+        ),
+        (
+            "auditgate_stream_errors_total",
+            "NDJSON stream writes that failed (the entries are in the store).",
+            writer.stream_errors.get(),
         ),
         (
             "auditgate_intents_written_total",

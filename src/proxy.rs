@@ -29,11 +29,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::Value;
 
-use crate::actor::ActorRequest;
+use crate::actor::{Actor, ActorRequest, PendingActor};
 use crate::client_ip;
 use crate::config::{Durability, Policy, ProxyConfig, StoreConfig, StoreFailure};
 use crate::entry::{AuditEntry, Outcome};
 use crate::metrics::Metrics;
+use crate::redact::Redactor;
 use crate::rules::{Decision, RequestView, RuleKind};
 use crate::template::{self, Needs};
 use crate::writer::WriterHandle;
@@ -404,6 +405,10 @@ pub struct Exchange {
     raw_query: Option<String>,
     candidates: Vec<usize>,
     decision: Decision,
+    /// The actor as far as the request head tells; body sources finish it with the entry.
+    actor: Option<PendingActor>,
+    /// Whether this exchange is explained (`auditgate explain`) rather than proxied.
+    explain: bool,
     request_headers: Option<HeaderMap>,
     response_headers: Option<HeaderMap>,
     request_capture: Capture,
@@ -416,6 +421,8 @@ pub struct Exchange {
     error: Option<String>,
     /// Whether a write-ahead intent of this exchange is in the store.
     intent_recorded: bool,
+    /// What the app said about the exchange in `Audit-*` response headers.
+    hints: Option<crate::hints::Hints>,
 }
 
 /// The read side of an exchange for templates, with parsed bodies.
@@ -476,6 +483,8 @@ pub struct ExchangeStart<'a> {
     pub needs: Needs,
     pub capture_limit: usize,
     pub started: Instant,
+    /// Collect how the actor was derived (for `auditgate explain`).
+    pub explain: bool,
 }
 
 impl Exchange {
@@ -489,21 +498,15 @@ impl Exchange {
         entry.ip = Some(start.client.to_string());
         entry.user_agent = header_text(headers, &header::USER_AGENT);
         entry.request_id = start.request_id.map(str::to_string);
-        if !start.policy.actors.is_empty() {
-            let actor = start.policy.actors.resolve(&ActorRequest {
+        let actor = (!start.policy.actors.is_empty()).then(|| {
+            start.policy.actors.resolve_head(&ActorRequest {
                 headers,
+                query: start.uri.query(),
+                path: start.uri.path(),
                 peer_trusted: start.peer_trusted,
-            });
-            if let Some(extra) = actor.metadata() {
-                entry.metadata.insert("_actor".to_string(), extra);
-            }
-            entry.actor_id = actor.id;
-            entry.actor_email = actor.email;
-            entry.actor_name = actor.name;
-            entry.tenant = actor.tenant;
-            entry.actor_source = actor.source.map(str::to_string);
-            entry.actor_verified = actor.verified;
-        }
+                explain: start.explain,
+            })
+        });
         Box::new(Exchange {
             policy: start.policy,
             sink: None,
@@ -513,6 +516,8 @@ impl Exchange {
             raw_query: start.uri.query().map(str::to_string),
             candidates: start.candidates,
             decision: Decision::Nothing,
+            actor,
+            explain: start.explain,
             request_headers: start.needs.request_headers.then(|| headers.clone()),
             response_headers: None,
             request_capture: Capture::off("was not captured"),
@@ -523,6 +528,7 @@ impl Exchange {
             started: start.started,
             error: None,
             intent_recorded: false,
+            hints: None,
         })
     }
 
@@ -532,6 +538,13 @@ impl Exchange {
         let rules = &self.policy.rules;
         let mut entry = self.entry.clone();
         entry.outcome = Outcome::Unknown;
+        let request_body = self
+            .request_capture
+            .parse(self.request_encoding.as_deref(), self.capture_limit);
+        if let Some(pending) = self.actor.clone() {
+            let body = request_body.as_ref().map_err(String::as_str);
+            apply_actor(&mut entry, pending.finish(&self.policy.actors, body));
+        }
         let first = self
             .candidates
             .iter()
@@ -552,14 +565,13 @@ impl Exchange {
                                 .collect()
                         }),
                         request_body: if rule.needs.request_body {
-                            self.request_capture
-                                .parse(self.request_encoding.as_deref(), self.capture_limit)
+                            request_body.clone()
                         } else {
                             Err("was not captured".to_string())
                         },
                         response_body: Err("was not seen yet".to_string()),
                     };
-                    fill_from_rule(&mut entry, spec, &context);
+                    fill_from_rule(&mut entry, spec, &context, &self.policy.redact);
                 }
             }
             None => entry.action = format!("http.{}", self.method.as_str().to_ascii_lowercase()),
@@ -628,6 +640,12 @@ impl Exchange {
         self.decision
     }
 
+    /// Whether the request body must be captured for the actor (a `body` actor source that
+    /// the head sources did not pre-empt).
+    pub fn actor_needs_request_body(&self) -> bool {
+        self.actor.as_ref().is_some_and(PendingActor::needs_body)
+    }
+
     fn finish(self: Box<Self>, completion: Completion) {
         let sink = self.sink.clone();
         let id = self.entry.id.clone();
@@ -657,7 +675,28 @@ impl Exchange {
         self.into_entry(Completion::Complete)
     }
 
-    fn into_entry(mut self: Box<Self>, completion: Completion) -> Option<AuditEntry> {
+    /// The finished entry (as [`Exchange::into_entry_complete`]) and how its actor was derived,
+    /// step by step, for `auditgate explain`.
+    pub fn into_explanation(self: Box<Self>) -> (Option<AuditEntry>, Vec<String>) {
+        self.into_entry_traced(Completion::Complete)
+    }
+
+    fn into_entry(self: Box<Self>, completion: Completion) -> Option<AuditEntry> {
+        self.into_entry_traced(completion).0
+    }
+
+    fn into_entry_traced(
+        mut self: Box<Self>,
+        completion: Completion,
+    ) -> (Option<AuditEntry>, Vec<String>) {
+        // Nothing to record: skip the work, unless explaining or the app named an action.
+        let hinted = self
+            .hints
+            .as_ref()
+            .is_some_and(|hints| hints.action.is_some());
+        if self.decision == Decision::Nothing && !self.explain && !hinted {
+            return (None, Vec::new());
+        }
         let status = self.entry.status;
         match completion {
             Completion::Complete => {}
@@ -671,7 +710,8 @@ impl Exchange {
                 });
             }
         }
-        let rules = &self.policy.rules;
+        let policy = self.policy.clone();
+        let rules = &policy.rules;
         let mut entry = std::mem::replace(&mut self.entry, AuditEntry::new("", ""));
         entry.duration_us = Some(self.started.elapsed().as_micros() as u64);
         entry.error = self.error.take();
@@ -679,8 +719,30 @@ impl Exchange {
             (Some(status), _) => Outcome::from_status(status),
             (None, _) => Outcome::Error,
         };
+        // The request body is parsed once, for the rule's values and the actor's body sources.
+        let rule_reads_body = match self.decision {
+            Decision::Rule(index) => rules.rule(index).needs.request_body,
+            _ => false,
+        };
+        let mut request_body = Err("was not captured".to_string());
+        if rule_reads_body || self.actor_needs_request_body() {
+            request_body = self
+                .request_capture
+                .parse(self.request_encoding.as_deref(), self.capture_limit);
+        }
+        let mut derivation = Vec::new();
+        if let Some(pending) = self.actor.take() {
+            let body = request_body.as_ref().map_err(String::as_str);
+            let actor = pending.finish(&policy.actors, body);
+            derivation = apply_actor(&mut entry, actor);
+        }
+        let hints = self.hints.take();
+        let hinted_action = hints.as_ref().is_some_and(|hints| hints.action.is_some());
+        let from_rule = matches!(self.decision, Decision::Rule(_));
         match self.decision {
-            Decision::Nothing => return None,
+            // A response that names its own action is recorded even when no rule wants it.
+            Decision::Nothing if hinted_action => {}
+            Decision::Nothing => return (None, derivation),
             Decision::Unmatched => {
                 entry.action = format!("http.{}", self.method.as_str().to_ascii_lowercase());
             }
@@ -697,12 +759,7 @@ impl Exchange {
                                 .into_owned()
                                 .collect()
                         }),
-                        request_body: if rule.needs.request_body {
-                            self.request_capture
-                                .parse(self.request_encoding.as_deref(), self.capture_limit)
-                        } else {
-                            Err("was not captured".to_string())
-                        },
+                        request_body,
                         response_body: if rule.needs.response_body {
                             self.response_capture
                                 .parse(self.response_encoding.as_deref(), self.capture_limit)
@@ -710,23 +767,61 @@ impl Exchange {
                             Err("was not captured".to_string())
                         },
                     };
-                    fill_from_rule(&mut entry, spec, &context);
+                    if fill_from_rule(&mut entry, spec, &context, &policy.redact) {
+                        derivation.push(format!(
+                            "rule {:?}: actor fields taken from the exchange (`actor = {{ ... }}`); actorSource \"rule\", unverified",
+                            rule.name
+                        ));
+                    }
                 }
             }
         }
-        Some(entry)
+        if let Some(hints) = hints {
+            crate::hints::apply(
+                &mut entry,
+                hints,
+                self.policy.hints.override_rules,
+                from_rule,
+            );
+        }
+        (Some(entry), derivation)
+    }
+
+    /// Records the hints the app's response carried.
+    pub fn set_hints(&mut self, hints: Option<crate::hints::Hints>) {
+        self.hints = hints;
     }
 }
 
+/// Writes the resolved actor into the entry; returns how it was derived.
+fn apply_actor(entry: &mut AuditEntry, actor: Actor) -> Vec<String> {
+    if let Some(extra) = actor.metadata() {
+        entry.metadata.insert("_actor".to_string(), extra);
+    }
+    entry.actor_id = actor.id;
+    entry.actor_email = actor.email;
+    entry.actor_name = actor.name;
+    if actor.tenant.is_some() {
+        entry.tenant = actor.tenant;
+    }
+    entry.actor_source = actor.source.map(str::to_string);
+    entry.actor_verified = actor.verified;
+    actor.derivation
+}
+
 /// Evaluates a rule's templates into the entry; a value that cannot be had is left empty and
-/// the reason recorded under `_missing`, so an auditor sees why a field is blank.
+/// the reason recorded under `_missing`, so an auditor sees why a field is blank. Every value
+/// passes through the redactor on its way in. Returns whether the rule set the actor.
 fn fill_from_rule(
     entry: &mut AuditEntry,
     spec: &crate::rules::RecordSpec,
     context: &dyn template::Context,
-) {
+    redact: &Redactor,
+) -> bool {
+    let filter = |source: &template::Source, value: Value| redact.source_value(source, value);
     let mut missing = serde_json::Map::new();
-    let mut text = |key: &str, template: &template::Template| match template.evaluate_text(context)
+    let mut text = |key: &str, template: &template::Template| match template
+        .evaluate_text_filtered(context, &filter)
     {
         Ok(value) => Some(value),
         Err(why) => {
@@ -774,7 +869,7 @@ fn fill_from_rule(
         entry.actor_verified = false;
     }
     for (key, template) in &spec.metadata {
-        match template.evaluate(context) {
+        match redact.metadata_value(key, template, context) {
             Ok(value) => {
                 entry.metadata.insert(key.clone(), value);
             }
@@ -789,6 +884,7 @@ fn fill_from_rule(
             .metadata
             .insert("_missing".to_string(), Value::Object(missing));
     }
+    actor_from_rule
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -935,7 +1031,8 @@ pub async fn handle(
         };
         policy.rules.candidates(&view)
     };
-    let audited = policy.rules.may_record(&candidates, &method);
+    // With hints on, any response may ask to be recorded, so every exchange is followed.
+    let audited = policy.rules.may_record(&candidates, &method) || policy.hints.enabled;
 
     let request_id = match request.headers().get(&X_REQUEST_ID) {
         Some(value) if valid_request_id(value) => value.clone(),
@@ -966,6 +1063,7 @@ pub async fn handle(
             needs,
             capture_limit: state.config.max_body_capture,
             started,
+            explain: false,
         });
         exchange.sink = Some((state.writer.clone(), state.metrics.clone()));
         Some(exchange)
@@ -999,7 +1097,11 @@ pub async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
     let (mut parts, incoming) = request.into_parts();
-    let body = if needs.request_body {
+    let read_body = needs.request_body
+        || exchange
+            .as_ref()
+            .is_some_and(|exchange| exchange.actor_needs_request_body());
+    let body = if read_body {
         match buffer_request_body(incoming, state.config.max_body_capture, &parts.headers).await {
             Ok((body, capture)) => {
                 if let Some(exchange) = exchange.as_mut() {
@@ -1119,6 +1221,17 @@ pub async fn handle(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         parts.headers.insert(X_FORWARDED_FOR.clone(), value);
     }
+    // A Forwarded header is rebuilt the same way: only believed elements reach the app.
+    if let Some(forwarded) = &client_addr.forwarded {
+        match HeaderValue::from_str(forwarded) {
+            Ok(value) => {
+                parts.headers.insert(header::FORWARDED, value);
+            }
+            Err(_) => {
+                parts.headers.remove(header::FORWARDED);
+            }
+        }
+    }
     let keep_proto = peer_trusted && parts.headers.contains_key(&X_FORWARDED_PROTO);
     if !keep_proto {
         parts
@@ -1183,6 +1296,9 @@ pub async fn handle(
 
     let status = response.status();
     if let Some(exchange) = exchange.as_mut() {
+        if policy.hints.enabled {
+            exchange.set_hints(crate::hints::take(response.headers_mut(), &policy.hints));
+        }
         let declared = response.body().size_hint().exact();
         exchange.set_response(status.as_u16(), response.headers(), declared);
     }

@@ -8,8 +8,10 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Durability, UnmatchedRecord};
+use crate::export::{ExportEncoder, ExportFormat, ExportReader};
 use crate::rules::RuleKind;
 use crate::server::Sidecar;
+use crate::store::query::{parse_filter_and_page, Filter, PageRequest};
 
 /// Serves until SIGTERM or SIGINT, reloading rules and actor sources on SIGHUP.
 pub async fn run_until_signal(config: Config, path: PathBuf) -> anyhow::Result<()> {
@@ -93,7 +95,7 @@ pub fn describe(path: &Path, config: &Config) -> String {
         config.proxy.listen,
         config.proxy.upstream,
         config.admin.listen,
-        config.store.path.display(),
+        crate::store::describe(&config.store),
         match config.store.durability {
             Durability::AfterResponse => "after-response",
             Durability::WriteAhead => "write-ahead",
@@ -120,13 +122,67 @@ pub fn describe(path: &Path, config: &Config) -> String {
             rule.route().unwrap_or("(any path)")
         );
     }
+    for (index, source) in config.policy.actors.describe().iter().enumerate() {
+        let _ = writeln!(out, "  actor #{}: {source}", index + 1);
+    }
+    let _ = writeln!(out, "  redaction: {}", config.policy.redact.describe());
     let unmatched = match config.policy.rules.unmatched {
         UnmatchedRecord::None => "not recorded",
         UnmatchedRecord::Mutations => "mutations recorded as http.<method>",
         UnmatchedRecord::All => "all recorded as http.<method>",
     };
     let _ = writeln!(out, "  unmatched traffic: {unmatched}");
+    let _ = writeln!(out, "  {}", describe_log(config));
     out
+}
+
+/// A duration the way the config writes it: 400d, 10s, 250ms.
+fn human_duration(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs();
+    if duration.subsec_nanos() != 0 || seconds == 0 {
+        return format!("{}ms", duration.as_millis());
+    }
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if seconds % size == 0 {
+            return format!("{}{unit}", seconds / size);
+        }
+    }
+    format!("{seconds}s")
+}
+
+/// One line on tree heads and retention, for `auditgate check`.
+fn describe_log(config: &Config) -> String {
+    let heads = match &config.log.signer {
+        Some(signer) => {
+            let targets: Vec<String> = config
+                .log
+                .publish_heads
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            format!(
+                "tree heads signed (key {}) every {} entries or {}, published to {}",
+                signer.key_id(),
+                config.log.sign_every,
+                human_duration(config.log.sign_interval),
+                if targets.is_empty() {
+                    "the store only".to_string()
+                } else {
+                    targets.join(", ")
+                }
+            )
+        }
+        None => "tree heads NOT signed (no [log] signing_key)".to_string(),
+    };
+    let retention = match (config.retention.max_age, config.retention.rules.len()) {
+        (None, 0) => "entries kept forever".to_string(),
+        (Some(age), rules) => format!(
+            "entries pruned after {} ({rules} prefix rules)",
+            human_duration(age)
+        ),
+        (None, rules) => format!("entries pruned by {rules} prefix rules only"),
+    };
+    format!("{heads}; {retention}")
 }
 
 /// A new admin token and the hash the config stores.
@@ -144,7 +200,7 @@ pub fn new_token() -> NewToken {
 }
 
 /// The filter parameters of `query`/`export`, in the admin API's names, so both share one parser.
-pub fn filter_params(args: &crate::cli::QueryArgs) -> Vec<(String, String)> {
+pub fn filter_params(args: &crate::cli::FilterArgs) -> Vec<(String, String)> {
     let mut params = Vec::new();
     let mut add = |name: &str, value: &Option<String>| {
         if let Some(value) = value {
@@ -162,47 +218,47 @@ pub fn filter_params(args: &crate::cli::QueryArgs) -> Vec<(String, String)> {
     add("since", &args.since);
     add("until", &args.until);
     add("q", &args.q);
+    add("log_id", &args.log_id);
     params
 }
 
-/// Opens an existing store file for reading; a missing file is an error, not a new database.
-pub fn open_existing(db: &Path) -> anyhow::Result<crate::store::sqlite::SqliteStore> {
+/// Opens an existing store for reading: a SQLite file (a missing file is an error, not a new
+/// database), or a PostgreSQL URL (read-only; `log_id` is the log whose tree is read).
+pub fn open_existing(db: &Path, log_id: &str) -> anyhow::Result<Box<dyn crate::store::Store>> {
     use anyhow::Context as _;
+    if let Some(url) = db
+        .to_str()
+        .filter(|text| crate::store::postgres::is_url(text))
+    {
+        let store = crate::store::postgres::open_for_reading(url, log_id)
+            .context("cannot open the PostgreSQL database")?;
+        return Ok(Box::new(store));
+    }
     if !db.exists() {
         anyhow::bail!("no database at {}", db.display());
     }
-    crate::store::sqlite::SqliteStore::open(db, crate::config::SyncMode::Normal)
-        .with_context(|| format!("cannot open {}", db.display()))
+    let store = crate::store::sqlite::SqliteStore::open(db, crate::config::SyncMode::Normal)
+        .with_context(|| format!("cannot open {}", db.display()))?;
+    Ok(Box::new(store))
 }
 
 /// `auditgate query`.
 pub fn query(args: &crate::cli::QueryArgs) -> anyhow::Result<std::process::ExitCode> {
-    use crate::store::query::parse_filter_and_page;
-    use crate::store::Store;
-    let mut params = filter_params(args);
+    let mut params = filter_params(&args.filters);
     params.push(("limit".to_string(), args.limit.to_string()));
     if args.asc {
         params.push(("order".to_string(), "asc".to_string()));
     }
-    let (filter, page) = match parse_filter_and_page(&params, chrono::Utc::now(), &[]) {
+    let (filter, page) = match parse_cli_filters("query", &params) {
         Ok(parsed) => parsed,
-        Err(errors) => {
-            for error in errors {
-                eprintln!(
-                    "auditgate query: --{}: {}",
-                    error.param.replace('_', "-"),
-                    error.message
-                );
-            }
-            return Ok(std::process::ExitCode::from(64));
-        }
+        Err(code) => return Ok(code),
     };
     let format = args.format.as_str();
     if format != "json" && format != "table" {
         eprintln!("auditgate query: --format must be json or table");
         return Ok(std::process::ExitCode::from(64));
     }
-    let store = open_existing(&args.db)?;
+    let store = open_existing(&args.db, args.filters.log_id.as_deref().unwrap_or(""))?;
     let result = store.list(&filter, &page)?;
     let mut out = String::new();
     if format == "json" {
@@ -273,4 +329,165 @@ fn printable(text: &str, width: usize) -> String {
     } else {
         shown
     }
+}
+
+/// Parses CLI filters with the admin API's parser; on error prints each as `--flag: message`
+/// and gives the usage exit code.
+fn parse_cli_filters(
+    command: &str,
+    params: &[(String, String)],
+) -> Result<(Filter, PageRequest), std::process::ExitCode> {
+    parse_filter_and_page(params, chrono::Utc::now(), &[]).map_err(|errors| {
+        for error in errors {
+            eprintln!(
+                "auditgate {command}: --{}: {}",
+                error.param.replace('_', "-"),
+                error.message
+            );
+        }
+        std::process::ExitCode::from(64)
+    })
+}
+
+/// `auditgate export`: the entries matching the filters, streamed chunk by chunk to standard
+/// output or a file. A file is written under a temporary name and renamed when complete, so an
+/// auditor never picks up half an export.
+pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let mut params = filter_params(&args.filters);
+    if args.asc {
+        params.push(("order".to_string(), "asc".to_string()));
+    }
+    let (filter, page) = match parse_cli_filters("export", &params) {
+        Ok(parsed) => parsed,
+        Err(code) => return Ok(code),
+    };
+    let format: ExportFormat = match args.format.parse() {
+        Ok(format) => format,
+        Err(error) => {
+            eprintln!("auditgate export: --format: {error}");
+            return Ok(std::process::ExitCode::from(64));
+        }
+    };
+    let store = open_existing(&args.db, args.filters.log_id.as_deref().unwrap_or(""))?;
+    let store = store.as_ref();
+    match &args.output {
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let written = write_export(store, filter, page.order, format, &mut out)
+                .and_then(|rows| out.flush().map(|()| rows));
+            match written {
+                Ok(_) => {}
+                // `auditgate export ... | head` is a normal way to look at an export.
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+                Err(error) => return Err(error).context("export failed"),
+            }
+        }
+        Some(path) => {
+            let partial = partial_path(path);
+            let file = std::fs::File::create(&partial)
+                .with_context(|| format!("cannot create {}", partial.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let written =
+                write_export(store, filter, page.order, format, &mut out).and_then(|rows| {
+                    out.into_inner()
+                        .map_err(|error| error.into_error())?
+                        .sync_all()?;
+                    Ok(rows)
+                });
+            let rows = match written {
+                Ok(rows) => rows,
+                Err(error) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(error).with_context(|| format!("cannot write {}", path.display()));
+                }
+            };
+            std::fs::rename(&partial, path)
+                .with_context(|| format!("cannot move the export to {}", path.display()))?;
+            eprintln!(
+                "auditgate export: {rows} entr{} written to {}",
+                if rows == 1 { "y" } else { "ies" },
+                path.display()
+            );
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+/// Streams an export into `out`, one store chunk at a time; the number of entries written.
+pub fn write_export(
+    store: &dyn crate::store::Store,
+    filter: Filter,
+    order: crate::store::query::Order,
+    format: ExportFormat,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<u64> {
+    let mut reader =
+        ExportReader::start(store, filter, order, None).map_err(std::io::Error::other)?;
+    let mut encoder = ExportEncoder::new(format);
+    out.write_all(&encoder.begin())?;
+    let mut rows = 0u64;
+    while let Some(entries) = reader.next_chunk(store).map_err(std::io::Error::other)? {
+        rows += entries.len() as u64;
+        out.write_all(&encoder.encode(&entries).map_err(std::io::Error::other)?)?;
+    }
+    out.write_all(&encoder.finish())?;
+    Ok(rows)
+}
+
+/// `auditgate health`: one plain HTTP/1.1 GET (the admin listener speaks plain HTTP on
+/// loopback), so a container image needs no curl for its HEALTHCHECK. `Ok(status)` is the
+/// answer's status code.
+pub fn health_check(url: &str, timeout: std::time::Duration) -> Result<u16, String> {
+    use std::io::{Read as _, Write as _};
+    use std::net::ToSocketAddrs as _;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|error| format!("{url:?} is not a URL ({error})"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("only http:// URLs (the admin listener has no TLS)".into());
+    }
+    let host = uri.host().ok_or("the URL names no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |path| path.as_str());
+    let address = (host, port)
+        .to_socket_addrs()
+        .map_err(|error| format!("cannot resolve {host}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)
+        .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|error| error.to_string())?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: auditgate-health\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|error| format!("cannot send the request: {error}"))?;
+    // The status line is all that is needed: "HTTP/1.1 200 OK".
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while read < 12 {
+        match stream.read(&mut head[read..]) {
+            Ok(0) => break,
+            Ok(count) => read += count,
+            Err(error) => return Err(format!("no answer: {error}")),
+        }
+    }
+    let line = std::str::from_utf8(&head[..read]).unwrap_or_default();
+    line.strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| "the answer is not HTTP".to_string())
 }

@@ -1,5 +1,6 @@
-//! Wiring: store, writer, proxy listener and admin listener, started together and stopped in
-//! order (stop accepting, drain in-flight requests, flush the writer).
+//! Wiring: store, writer, head signer, retention, proxy listener and admin listener, started
+//! together and stopped in order (stop accepting, drain in-flight requests, stop pruning, flush
+//! the writer, sign the shutdown head).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,11 +16,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::admin::auth::Authenticator;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyState};
-use crate::store::sqlite::SqliteStore;
+use crate::retention::RetentionTask;
+use crate::signer::HeadSigner;
 use crate::store::Store;
 use crate::writer::{Writer, WriterHandle, WriterOptions};
 
@@ -37,27 +40,60 @@ pub struct Sidecar {
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     writer: Writer,
+    signer: Option<HeadSigner>,
+    retention: Option<RetentionTask>,
 }
 
 impl Sidecar {
     /// Opens the store and binds both listeners. Returns once the sidecar is serving.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Sidecar> {
         let store_config = config.store.clone();
+        let store_log_id = config.log_id.clone();
+        let store_name = crate::store::describe(&config.store);
         let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
-            let store = SqliteStore::open(&store_config.path, store_config.sync)?;
-            store.set_busy_timeout(store_config.busy_timeout)?;
-            Ok::<_, crate::store::StoreError>(Arc::new(store) as Arc<dyn Store>)
+            crate::store::open(&store_config, &store_log_id, true)
         })
         .await
         .context("store open task failed")?
-        .with_context(|| format!("cannot open the store {}", config.store.path.display()))?;
+        .with_context(|| format!("cannot open the store {store_name}"))?;
+        // A log whose tree cannot be extended must not take entries it could never prove.
+        let tree_store = store.clone();
+        let tree = tokio::task::spawn_blocking(move || tree_store.tree())
+            .await
+            .context("store check task failed")?
+            .with_context(|| {
+                format!(
+                    "the log in {} cannot be appended to",
+                    crate::store::describe(&config.store)
+                )
+            })?;
         // Before any traffic: spilled entries go back into the store, and write-ahead requests a
         // crash interrupted are recorded with outcome unknown.
         let spill_path = config.store.spill_path();
         let recovery_store = store.clone();
         let recovery_spill = spill_path.clone();
-        let (reimported, recovered) = tokio::task::spawn_blocking(move || {
-            crate::writer::recover(recovery_store.as_ref(), Some(&recovery_spill), None)
+        let stream = match config.stream.clone() {
+            Some(stream_config) => Some(
+                crate::stream::NdjsonStream::open(stream_config)
+                    .context("cannot open the NDJSON stream ([stream] ndjson)")?,
+            ),
+            None => None,
+        };
+        let (reimported, recovered, stream) = tokio::task::spawn_blocking(move || {
+            let mut stream = stream;
+            let counts = crate::writer::recover_into(
+                recovery_store.as_ref(),
+                Some(&recovery_spill),
+                None,
+                &mut |entries| {
+                    if let Some(stream) = stream.as_mut() {
+                        if let Err(error) = stream.write_entries(entries) {
+                            tracing::error!(%error, "cannot write recovered entries to the NDJSON stream");
+                        }
+                    }
+                },
+            )?;
+            Ok::<_, crate::store::StoreError>((counts.0, counts.1, stream))
         })
         .await
         .context("recovery task failed")?
@@ -72,6 +108,9 @@ impl Sidecar {
             },
         )
         .context("cannot start the writer thread")?;
+        if let Some(stream) = stream {
+            writer.handle().attach_stream(stream);
+        }
         writer
             .handle()
             .stats()
@@ -82,6 +121,33 @@ impl Sidecar {
             .stats()
             .intents_recovered
             .add(recovered as u64);
+        let signer = match &config.log.signer {
+            Some(key) => Some(HeadSigner::start(
+                store.clone(),
+                key.clone(),
+                config.log_id.clone(),
+                config.log.clone(),
+                writer.handle(),
+            )),
+            None => {
+                tracing::warn!(
+                    size = tree.size,
+                    "no [log] signing_key: the Merkle tree is kept, but no tree head is signed or \
+                     published, so tampering is only detectable by comparing with an earlier \
+                     copy; make a key with `auditgate keygen --out PATH`"
+                );
+                None
+            }
+        };
+        let retention = RetentionTask::start(
+            store.clone(),
+            config.retention.clone(),
+            config.log_id.clone(),
+        );
+        let log_api = Arc::new(admin::log_api::LogApiState::new(
+            config.log.signer.as_ref().map(|key| key.public_key()),
+            signer.as_ref().map(HeadSigner::stats),
+        ));
         let metrics = Arc::new(Metrics::default());
         let state = Arc::new(
             ProxyState::new(
@@ -114,19 +180,27 @@ impl Sidecar {
             store: store.clone(),
             writer: writer.handle(),
             metrics,
+            auth: Arc::new(Authenticator::new(&config.admin.tokens)),
+            log_id: Arc::from(config.log_id.as_str()),
+            log: log_api,
+            ingest_keys: Arc::default(),
         });
         let mut admin_shutdown = shutdown_rx;
         let admin_task = tokio::spawn(async move {
-            let served = axum::serve(admin_listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = admin_shutdown.wait_for(|stop| *stop).await;
-                })
-                .await;
+            // Connect info gives the admin API's own entries the caller's address.
+            let served = axum::serve(
+                admin_listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = admin_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await;
             if let Err(error) = served {
                 tracing::error!(%error, "admin listener failed");
             }
         });
-        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %config.proxy.upstream, store = %config.store.path.display(), "auditgate is serving");
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %config.proxy.upstream, store = %crate::store::describe(&config.store), log = %config.log_id, "auditgate is serving");
         Ok(Sidecar {
             proxy_addr,
             admin_addr,
@@ -137,6 +211,8 @@ impl Sidecar {
             proxy_task,
             admin_task,
             writer,
+            signer,
+            retention,
         })
     }
 
@@ -150,8 +226,15 @@ impl Sidecar {
         let _ = self.shutdown.send(true);
         let _ = self.proxy_task.await;
         let _ = self.admin_task.await;
+        if let Some(retention) = self.retention {
+            retention.shutdown().await;
+        }
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
+        // After the writer: the shutdown head covers every entry.
+        if let Some(signer) = self.signer {
+            signer.shutdown().await;
+        }
         tracing::info!("auditgate stopped; every queued entry was written");
     }
 }

@@ -184,6 +184,20 @@ impl Template {
         Template::Parts(vec![Part::Literal(text.to_string())])
     }
 
+    /// Every source the template reads.
+    pub fn sources(&self) -> Vec<&Source> {
+        match self {
+            Template::Whole(source) => vec![source],
+            Template::Parts(parts) => parts
+                .iter()
+                .filter_map(|part| match part {
+                    Part::Source(source) => Some(source),
+                    Part::Literal(_) => None,
+                })
+                .collect(),
+        }
+    }
+
     pub fn needs(&self) -> Needs {
         let mut needs = Needs::default();
         let mut mark = |source: &Source| match source {
@@ -209,27 +223,57 @@ impl Template {
     /// Evaluates to a JSON value: a whole body source keeps its JSON type, everything else is a
     /// string.
     pub fn evaluate(&self, context: &dyn Context) -> Result<Value, Missing> {
-        match self {
-            Template::Whole(source) => evaluate_source(source, context),
-            Template::Parts(parts) => self.render_parts(parts, context).map(Value::String),
-        }
+        self.evaluate_filtered(context, &|_, value| value)
     }
 
     /// Evaluates to text: JSON strings as they are, other JSON values in their JSON form.
     pub fn evaluate_text(&self, context: &dyn Context) -> Result<String, Missing> {
+        self.evaluate_text_filtered(context, &|_, value| value)
+    }
+
+    /// As [`Template::evaluate`], passing each source's value through `filter` before it is
+    /// used (redaction judges a value by the source it came from).
+    pub fn evaluate_filtered(
+        &self,
+        context: &dyn Context,
+        filter: Filter,
+    ) -> Result<Value, Missing> {
         match self {
-            Template::Whole(source) => evaluate_source(source, context).and_then(value_text),
-            Template::Parts(parts) => self.render_parts(parts, context),
+            Template::Whole(source) => {
+                evaluate_source(source, context).map(|value| filter(source, value))
+            }
+            Template::Parts(parts) => self.render_parts(parts, context, filter).map(Value::String),
         }
     }
 
-    fn render_parts(&self, parts: &[Part], context: &dyn Context) -> Result<String, Missing> {
+    /// As [`Template::evaluate_text`], with each source's value passed through `filter`.
+    pub fn evaluate_text_filtered(
+        &self,
+        context: &dyn Context,
+        filter: Filter,
+    ) -> Result<String, Missing> {
+        match self {
+            Template::Whole(source) => evaluate_source(source, context)
+                .map(|value| filter(source, value))
+                .and_then(value_text),
+            Template::Parts(parts) => self.render_parts(parts, context, filter),
+        }
+    }
+
+    fn render_parts(
+        &self,
+        parts: &[Part],
+        context: &dyn Context,
+        filter: Filter,
+    ) -> Result<String, Missing> {
         let mut out = String::new();
         for part in parts {
             match part {
                 Part::Literal(text) => out.push_str(text),
                 Part::Source(source) => {
-                    let value = evaluate_source(source, context).and_then(value_text)?;
+                    let value = evaluate_source(source, context)
+                        .map(|value| filter(source, value))
+                        .and_then(value_text)?;
                     out.push_str(&value);
                 }
             }
@@ -237,6 +281,9 @@ impl Template {
         Ok(out)
     }
 }
+
+/// A pass over each value a template reads, given the source it came from.
+pub type Filter<'a> = &'a dyn Fn(&Source, Value) -> Value;
 
 fn value_text(value: Value) -> Result<String, Missing> {
     match value {

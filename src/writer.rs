@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use crate::entry::{AuditEntry, Outcome};
 use crate::metrics::{Counter, Histogram};
 use crate::store::{Store, StoreError};
+use crate::stream::NdjsonStream;
 
 /// Counters the writer keeps, read by /metrics and tests.
 #[derive(Debug)]
@@ -56,6 +57,10 @@ pub struct WriterStats {
     pub commit_seconds: Histogram,
     /// Set while the last attempt to write failed (for /readyz).
     pub failing: AtomicBool,
+    /// Lines written to the NDJSON stream (`[stream]`).
+    pub stream_lines: Counter,
+    /// Stream writes that failed (the entries are in the store; the stream missed them).
+    pub stream_errors: Counter,
 }
 
 impl Default for WriterStats {
@@ -74,6 +79,8 @@ impl Default for WriterStats {
             commit_size: Histogram::new(crate::metrics::SIZE_BOUNDS),
             commit_seconds: Histogram::new(crate::metrics::SECONDS_BOUNDS),
             failing: AtomicBool::new(false),
+            stream_lines: Counter::default(),
+            stream_errors: Counter::default(),
         }
     }
 }
@@ -91,6 +98,11 @@ enum Job {
     },
     /// A write-ahead intent whose exchange turned out to record nothing.
     Withdraw { id: String },
+    /// Entries whose sender waits until they are stored (the ingest API).
+    Durable {
+        entries: Vec<AuditEntry>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 struct Queue {
@@ -110,6 +122,10 @@ struct Shared {
     stats: WriterStats,
     /// Jobs taken off the queue but not yet committed.
     in_flight: AtomicU64,
+    /// Signalled after every committed batch, for tasks that follow the log's growth.
+    committed: tokio::sync::Notify,
+    /// Where committed entries are copied as NDJSON, if anywhere (only the writer thread writes).
+    stream: Mutex<Option<NdjsonStream>>,
 }
 
 /// What the proxy holds: push entries, wait for room, wait for write-ahead intents.
@@ -148,6 +164,8 @@ impl Writer {
             spill_path: options.spill_path,
             stats: WriterStats::default(),
             in_flight: AtomicU64::new(0),
+            committed: tokio::sync::Notify::new(),
+            stream: Mutex::new(None),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -216,6 +234,17 @@ impl WriterHandle {
         });
     }
 
+    /// Appends entries and resolves once they are stored (committed, or spilled to the spill
+    /// file, which is imported at the next start), or with the reason they could not be.
+    pub async fn push_durable(&self, entries: Vec<AuditEntry>) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        self.push_job(Job::Durable { entries, done });
+        match wait.await {
+            Ok(result) => result,
+            Err(_) => Err("the writer stopped".to_string()),
+        }
+    }
+
     /// Removes the intent of an exchange that ended up recording nothing.
     pub fn withdraw_intent(&self, id: String) {
         self.push_job(Job::Withdraw { id });
@@ -242,7 +271,8 @@ impl WriterHandle {
             return;
         };
         let was_idle = queue.jobs.is_empty() || queue.intents_waiting == 0;
-        let is_intent = matches!(job, Job::Intent { .. });
+        // Someone waits on intents and durable pushes: neither is lingered on.
+        let is_intent = matches!(job, Job::Intent { .. } | Job::Durable { .. });
         if is_intent {
             queue.intents_waiting += 1;
         }
@@ -269,6 +299,14 @@ impl WriterHandle {
         &self.shared.stats
     }
 
+    /// Copies every entry committed from now on to `stream` (the SIEM stream), written by the
+    /// writer thread right after each commit.
+    pub fn attach_stream(&self, stream: NdjsonStream) {
+        if let Ok(mut slot) = self.shared.stream.lock() {
+            *slot = Some(stream);
+        }
+    }
+
     /// Waits until every entry pushed before this call has been written (for tests and the demo).
     /// Gives up after `timeout`.
     pub async fn flushed(&self, timeout: Duration) -> bool {
@@ -281,22 +319,55 @@ impl WriterHandle {
         }
         false
     }
+
+    /// Resolves once a batch has been committed since the last call returned (one waiter: the
+    /// head signer, which counts entries towards `sign_every`).
+    pub async fn committed(&self) {
+        self.shared.committed.notified().await
+    }
 }
 
 fn run(shared: Arc<Shared>, store: Arc<dyn Store>) {
+    // `recover` imported any spill file before the writer started; one that exists now could
+    // not be imported, so keep trying.
+    let mut spill = SpillState {
+        pending: shared.spill_path.as_ref().is_some_and(|path| path.exists()),
+        next_probe: Instant::now(),
+    };
     loop {
         let (jobs, closing) = {
             let Ok(mut queue) = shared.queue.lock() else {
                 return;
             };
             while queue.jobs.is_empty() && !queue.closed {
-                queue = match shared.wake.wait(queue) {
-                    Ok(queue) => queue,
+                if !spill.pending {
+                    queue = match shared.wake.wait(queue) {
+                        Ok(queue) => queue,
+                        Err(_) => return,
+                    };
+                    continue;
+                }
+                // Entries wait in the spill file: wake up in time to offer them to the store
+                // again, even if no new entry comes.
+                let wait = spill.next_probe.saturating_duration_since(Instant::now());
+                if wait.is_zero() {
+                    break;
+                }
+                queue = match shared.wake.wait_timeout(queue, wait) {
+                    Ok((queue, _)) => queue,
                     Err(_) => return,
                 };
             }
-            if queue.jobs.is_empty() && queue.closed {
-                return;
+            if queue.jobs.is_empty() {
+                let closed = queue.closed;
+                drop(queue);
+                if spill.pending {
+                    drain_spill(&shared, store.as_ref(), &mut spill);
+                }
+                if closed {
+                    return;
+                }
+                continue;
             }
             // Linger to let a batch gather, unless one already has, a request waits on an
             // intent, or we are closing.
@@ -312,7 +383,7 @@ fn run(shared: Arc<Shared>, store: Arc<dyn Store>) {
             queue.intents_waiting = queue
                 .jobs
                 .iter()
-                .filter(|job| matches!(job, Job::Intent { .. }))
+                .filter(|job| matches!(job, Job::Intent { .. } | Job::Durable { .. }))
                 .count();
             shared
                 .in_flight
@@ -321,16 +392,87 @@ fn run(shared: Arc<Shared>, store: Arc<dyn Store>) {
         };
         shared.room.notify_waiters();
         let count = jobs.len() as u64;
-        write_jobs(&shared, store.as_ref(), jobs, closing);
+        write_jobs(&shared, store.as_ref(), jobs, closing, &mut spill);
         shared.in_flight.fetch_sub(count, Ordering::AcqRel);
     }
 }
 
-fn write_jobs(shared: &Shared, store: &dyn Store, jobs: Vec<Job>, closing: bool) {
+/// The writer thread's knowledge of its spill file.
+struct SpillState {
+    /// The file may hold entries the store has not taken back yet.
+    pending: bool,
+    /// While `pending`, batches go straight to the file until this moment; then the store is
+    /// offered the file again (and the batch).
+    next_probe: Instant,
+}
+
+/// Copies committed entries to the stream, if one is attached. A failure is counted and logged;
+/// the entries are in the store whatever happens here.
+fn publish(shared: &Shared, entries: &[AuditEntry]) {
+    let Ok(mut slot) = shared.stream.lock() else {
+        return;
+    };
+    let Some(stream) = slot.as_mut() else {
+        return;
+    };
+    match stream.write_entries(entries) {
+        Ok(()) => shared.stats.stream_lines.add(entries.len() as u64),
+        Err(error) => {
+            shared.stats.stream_errors.inc();
+            tracing::error!(%error, entries = entries.len(), "cannot write entries to the NDJSON stream; they are in the store");
+        }
+    }
+}
+
+/// How often the store is offered the spill file back while it keeps refusing it.
+const SPILL_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Offers the spill file back to the store; on success the file is gone and the writer leaves
+/// spill mode, otherwise it tries again after [`SPILL_PROBE_INTERVAL`].
+fn drain_spill(shared: &Shared, store: &dyn Store, spill: &mut SpillState) {
+    let Some(path) = &shared.spill_path else {
+        spill.pending = false;
+        return;
+    };
+    match reimport_spill(store, path) {
+        Ok(entries) => {
+            spill.pending = false;
+            shared.stats.entries_reimported.add(entries.len() as u64);
+            shared.stats.failing.store(false, Ordering::Relaxed);
+            if !entries.is_empty() {
+                tracing::info!(
+                    entries = entries.len(),
+                    file = %path.display(),
+                    "the store is back: spilled entries re-sent"
+                );
+                publish(shared, &entries);
+                // Completed write-ahead exchanges among them no longer need their intents.
+                let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
+                if let Err(error) = store.clear_intents(&ids) {
+                    tracing::warn!(%error, "cannot clear the intents of re-sent entries; they are cleared at the next start");
+                }
+                shared.committed.notify_one();
+            }
+        }
+        Err(error) => {
+            spill.next_probe = Instant::now() + SPILL_PROBE_INTERVAL;
+            tracing::debug!(%error, "the store still refuses the spilled entries");
+        }
+    }
+}
+
+fn write_jobs(
+    shared: &Shared,
+    store: &dyn Store,
+    jobs: Vec<Job>,
+    closing: bool,
+    spill: &mut SpillState,
+) {
     let mut intents = Vec::new();
     let mut waiting = Vec::new();
     let mut entries = Vec::new();
     let mut completing = Vec::new();
+    let mut durable_waiting = Vec::new();
     for job in jobs {
         match job {
             Job::Intent { entry, done } => {
@@ -347,13 +489,34 @@ fn write_jobs(shared: &Shared, store: &dyn Store, jobs: Vec<Job>, closing: bool)
                 entries.push(entry);
             }
             Job::Withdraw { id } => completing.push(id),
+            Job::Durable {
+                entries: batch,
+                done,
+            } => {
+                entries.extend(batch);
+                durable_waiting.push(done);
+            }
         }
     }
     if !intents.is_empty() {
         record_intents(shared, store, &intents, waiting);
     }
     if !entries.is_empty() {
-        write_with_retry(shared, store, &mut entries, closing);
+        // Intents completed by entries of this batch go in the same transaction as the entries.
+        let in_batch: std::collections::HashSet<&str> =
+            entries.iter().map(|entry| entry.id.as_str()).collect();
+        let (with_entries, withdrawn): (Vec<String>, Vec<String>) = completing
+            .into_iter()
+            .partition(|id| in_batch.contains(id.as_str()));
+        completing = withdrawn;
+        let stored = write_with_retry(shared, store, &mut entries, &with_entries, closing, spill);
+        for done in durable_waiting {
+            let _ = done.send(if stored {
+                Ok(())
+            } else {
+                Err("the store could not take the entries".to_string())
+            });
+        }
     }
     if !completing.is_empty() {
         if let Err(error) = store.clear_intents(&completing) {
@@ -454,15 +617,39 @@ const ATTEMPTS_BEFORE_SPILL: u32 = 3;
 /// How many failed attempts at shutdown before a batch counts as lost (when it cannot be spilled).
 const ATTEMPTS_AT_SHUTDOWN: u32 = 10;
 
-/// Appends a batch, retrying with backoff. While running it retries until the store or the spill
+/// Appends a batch, retrying with backoff; true once it is stored or spilled. While running it retries until the store or the spill
 /// file takes the batch (back-pressure holds new audited requests meanwhile); at shutdown it
 /// gives up after a bounded number of tries and counts the loss loudly.
-fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry], closing: bool) {
+///
+/// Once a batch was spilled, later batches go straight to the spill file (the store is known to
+/// be failing) until the next probe; the first batch the store takes again brings the spill file
+/// back with it, so entries reach the store as soon as it returns, not at the next start.
+fn write_with_retry(
+    shared: &Shared,
+    store: &dyn Store,
+    batch: &mut [AuditEntry],
+    completed_intents: &[String],
+    closing: bool,
+    spill_state: &mut SpillState,
+) -> bool {
+    if spill_state.pending && Instant::now() < spill_state.next_probe {
+        if let Some(path) = &shared.spill_path {
+            match spill(path, batch) {
+                Ok(()) => {
+                    shared.stats.entries_spilled.add(batch.len() as u64);
+                    return true;
+                }
+                Err(error) => {
+                    tracing::error!(%error, file = %path.display(), "cannot spill entries; trying the store")
+                }
+            }
+        }
+    }
     let mut delay = Duration::from_millis(50);
     let mut attempts = 0u32;
     loop {
         let started = Instant::now();
-        match store.append(batch) {
+        match store.append_completing(batch, completed_intents) {
             Ok(()) => {
                 shared
                     .stats
@@ -472,7 +659,12 @@ fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry]
                 shared.stats.entries_written.add(batch.len() as u64);
                 shared.stats.batches.inc();
                 shared.stats.failing.store(false, Ordering::Relaxed);
-                return;
+                shared.committed.notify_one();
+                publish(shared, batch);
+                if spill_state.pending {
+                    drain_spill(shared, store, spill_state);
+                }
+                return true;
             }
             Err(error) => {
                 attempts += 1;
@@ -484,8 +676,10 @@ fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry]
                         match spill(path, batch) {
                             Ok(()) => {
                                 shared.stats.entries_spilled.add(batch.len() as u64);
-                                tracing::warn!(entries = batch.len(), file = %path.display(), "entries spilled to disk; they are imported into the store at the next start");
-                                return;
+                                spill_state.pending = true;
+                                spill_state.next_probe = Instant::now() + SPILL_PROBE_INTERVAL;
+                                tracing::warn!(entries = batch.len(), file = %path.display(), "entries spilled to disk; they are re-sent when the store takes writes again");
+                                return true;
                             }
                             Err(spill_error) => {
                                 tracing::error!(error = %spill_error, file = %path.display(), "cannot spill entries either; still retrying")
@@ -504,7 +698,7 @@ fn write_with_retry(shared: &Shared, store: &dyn Store, batch: &mut [AuditEntry]
                     for entry in batch.iter() {
                         tracing::error!(entry = %entry.id, action = %entry.action, "entry lost at shutdown: neither the store nor the spill file accepted it");
                     }
-                    return;
+                    return false;
                 }
                 wait_serving_intents(shared, store, delay);
                 delay = (delay * 2).min(Duration::from_secs(2));
@@ -534,6 +728,67 @@ fn spill(path: &Path, batch: &[AuditEntry]) -> std::io::Result<()> {
     written
 }
 
+/// Spilled entries read back per append.
+const REIMPORT_CHUNK: usize = 1000;
+
+/// Appends the entries of a spill file that are not in the log yet, a chunk at a time, then
+/// removes the file; returns the entries appended. Safe to repeat after a failure part way:
+/// entries already appended are recognised by id and skipped.
+fn reimport_spill(store: &dyn Store, path: &Path) -> Result<Vec<AuditEntry>, StoreError> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(path).map_err(|error| {
+        StoreError::Other(format!(
+            "cannot read the spill file {}: {error}",
+            path.display()
+        ))
+    })?;
+    let mut appended = Vec::new();
+    let mut chunk = Vec::with_capacity(REIMPORT_CHUNK);
+    let mut lines = std::io::BufReader::new(file).lines().enumerate();
+    loop {
+        let next = lines.next();
+        if let Some((number, line)) = &next {
+            let line = line.as_ref().map_err(|error| {
+                StoreError::Other(format!(
+                    "cannot read the spill file {}: {error}",
+                    path.display()
+                ))
+            })?;
+            if !line.trim().is_empty() {
+                match serde_json::from_str::<AuditEntry>(line) {
+                    Ok(mut entry) => {
+                        entry.seq = 0;
+                        chunk.push(entry);
+                    }
+                    // A torn last line (a crash mid-write) is the only way a line can be broken.
+                    Err(error) => {
+                        tracing::error!(line = number + 1, %error, file = %path.display(), "unreadable line in the spill file")
+                    }
+                }
+            }
+        }
+        if chunk.len() >= REIMPORT_CHUNK || (next.is_none() && !chunk.is_empty()) {
+            let ids: Vec<String> = chunk.iter().map(|entry| entry.id.clone()).collect();
+            let present = store.existing_ids(&ids)?;
+            chunk.retain(|entry| !present.contains(&entry.id));
+            if !chunk.is_empty() {
+                store.append(&mut chunk)?;
+            }
+            appended.append(&mut chunk);
+        }
+        if next.is_none() {
+            break;
+        }
+    }
+    std::fs::remove_file(path).map_err(|error| {
+        StoreError::Other(format!(
+            "cannot remove the spill file {}: {error}",
+            path.display()
+        ))
+    })?;
+    Ok(appended)
+}
+
 /// Brings the store up to date at start, before traffic: imports spilled entries (skipping any
 /// already in the log), and finishes the write-ahead intents a crash left behind as entries with
 /// outcome `unknown`. Returns (re-imported, recovered).
@@ -542,43 +797,22 @@ pub fn recover(
     spill_path: Option<&Path>,
     stats: Option<&WriterStats>,
 ) -> Result<(usize, usize), StoreError> {
+    recover_into(store, spill_path, stats, &mut |_| {})
+}
+
+/// [`recover`], handing every entry it appends to `committed` (the SIEM stream, which must see
+/// these entries too).
+pub fn recover_into(
+    store: &dyn Store,
+    spill_path: Option<&Path>,
+    stats: Option<&WriterStats>,
+    committed: &mut dyn FnMut(&[AuditEntry]),
+) -> Result<(usize, usize), StoreError> {
     let mut reimported = 0;
     if let Some(path) = spill_path.filter(|path| path.exists()) {
-        let text = std::fs::read_to_string(path).map_err(|error| {
-            StoreError::Other(format!(
-                "cannot read the spill file {}: {error}",
-                path.display()
-            ))
-        })?;
-        let mut entries = Vec::new();
-        for (number, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<AuditEntry>(line) {
-                Ok(mut entry) => {
-                    entry.seq = 0;
-                    entries.push(entry);
-                }
-                // A torn last line (a crash mid-write) is the only way a line can be broken.
-                Err(error) => {
-                    tracing::error!(line = number + 1, %error, file = %path.display(), "unreadable line in the spill file")
-                }
-            }
-        }
-        let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
-        let present = store.existing_ids(&ids)?;
-        entries.retain(|entry| !present.contains(&entry.id));
-        for chunk in entries.chunks_mut(1000) {
-            store.append(chunk)?;
-        }
+        let entries = reimport_spill(store, path)?;
+        committed(&entries);
         reimported = entries.len();
-        std::fs::remove_file(path).map_err(|error| {
-            StoreError::Other(format!(
-                "cannot remove the spill file {}: {error}",
-                path.display()
-            ))
-        })?;
         if reimported > 0 {
             tracing::info!(entries = reimported, "re-imported spilled entries");
         }
@@ -595,6 +829,7 @@ pub fn recover(
         let ids: Vec<String> = intents.iter().map(|intent| intent.id.clone()).collect();
         for chunk in intents.chunks_mut(1000) {
             store.append(chunk)?;
+            committed(chunk);
         }
         store.clear_intents(&ids)?;
         tracing::warn!(

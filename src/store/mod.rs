@@ -1,32 +1,129 @@
 //! The store: where entries are appended and from where they are queried.
 //!
 //! [`Store`] is the one interface the writer and the admin API use; `sqlite.rs` is the embedded
-//! default. Calls are blocking: the writer runs on its own thread and the admin API calls the
+//! default and `postgres/` the database a fleet of sidecars shares ([`open`] picks one from the
+//! config). Calls are blocking: the writer runs on its own thread and the admin API calls the
 //! store through `spawn_blocking`, so the proxy's async workers never wait on a database.
+//!
+//! Every store keeps the log's Merkle tree beside its entries (see [`crate::log`]): `append`
+//! hashes each entry after giving it its sequence number and stores the tree nodes the append
+//! completed in the same transaction, so the tree and the entries can never disagree except by
+//! tampering. [`LogReader`] is the read side verification needs; it is a separate trait so that
+//! `auditgate verify` can read a database file without opening it for writing.
 
+pub mod postgres;
 pub mod query;
 pub mod sqlite;
+pub mod sqlite_log;
 pub mod sqlite_rows;
 
 use crate::entry::AuditEntry;
-use query::{Filter, PageRequest};
+use crate::log::head::SignedTreeHead;
+use crate::log::merkle::{Hash, MemoryNodes, MerkleError};
+use crate::retention::PrunePlan;
+use query::{Cursor, Filter, PageRequest};
 pub use sqlite_rows::{Bucket, Page, StatsBy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {}", postgres::error_message(.0))]
+    Postgres(#[from] ::postgres::Error),
+    /// A paging cursor from another kind of store (or another version): refused, not misread.
+    #[error("{}", query::CursorError)]
+    Cursor,
+    #[error("log `{log_id}` is already being written by another auditgate on this database; give every sidecar its own [log] log_id")]
+    LogInUse { log_id: String },
     #[error("cannot open the store at {path}: {message}")]
     Open { path: String, message: String },
     #[error("store schema version {found} is newer than this auditgate knows ({known}); upgrade auditgate")]
     SchemaTooNew { found: i64, known: i64 },
+    #[error("merkle tree: {0}")]
+    Tree(#[from] MerkleError),
     #[error("{0}")]
     Other(String),
 }
 
+/// The tree as the store holds it now: its size and root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeState {
+    pub size: u64,
+    pub root: Hash,
+}
+
+/// A signed head as stored, with its position in the order heads were made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredHead {
+    /// 1-based, increasing in the order the heads were stored.
+    pub id: u64,
+    pub head: SignedTreeHead,
+}
+
+/// One position of the log as stored, read back for verification. A sound position has a leaf
+/// and exactly one of an entry or a prune mark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSlot {
+    pub seq: u64,
+    /// The stored leaf hash (the level-0 tree node), if any.
+    pub leaf: Option<Hash>,
+    /// The entry row, if there is one; `Err` says why the row is not a readable entry.
+    pub entry: Option<Result<AuditEntry, String>>,
+    /// The sequence number of the `audit.pruned` entry that pruned this position, if it was.
+    pub pruned_by: Option<u64>,
+}
+
+/// Consecutive positions of the log and the stored tree nodes their leaves complete.
+#[derive(Debug, Clone, Default)]
+pub struct LogPage {
+    /// Positions `first..first + slots.len()`, in order; empty past the end of the log.
+    pub slots: Vec<LogSlot>,
+    /// Every stored node above level 0 that one of these leaves completes (node `(level, i)`
+    /// is completed by leaf `((i + 1) << level) - 1`), so a verifier can compare each node it
+    /// recomputes with the stored one without a query per node.
+    pub nodes: MemoryNodes,
+}
+
+/// What one prune removed; the `audit.pruned` entry recording it was appended in the same
+/// transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneOutcome {
+    /// The `audit.pruned` entry's sequence number.
+    pub record_seq: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub count: u64,
+}
+
+/// The read side of a log that verification needs. Everything here is a plain read: it never
+/// repairs or rebuilds, so it can be pointed at a damaged or tampered database.
+pub trait LogReader {
+    /// Number of leaves in the stored tree (the last stored leaf's index plus one).
+    fn tree_size(&self) -> Result<u64, StoreError>;
+
+    /// The highest `seq` of any entry row, whether or not the tree covers it.
+    fn max_entry_seq(&self) -> Result<u64, StoreError>;
+
+    /// Up to `max` consecutive positions starting at `first_seq`, never past
+    /// `max(tree_size, max_entry_seq)`.
+    fn scan_log(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError>;
+
+    /// The sequence numbers of the positions marked as pruned by the `audit.pruned` entry at
+    /// `record_seq`, ascending.
+    fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError>;
+
+    /// RFC 9162 root of the first `size` leaves, folded from stored nodes.
+    fn root_at(&self, size: u64) -> Result<Hash, StoreError>;
+
+    /// Stored heads with an id above `after_id`, oldest first, at most `limit`. A stored head
+    /// that no longer parses is an error naming its id.
+    fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError>;
+}
+
 /// An append-only log of entries.
-pub trait Store: Send + Sync + 'static {
-    /// Appends the entries in one transaction, giving each the next sequence number in order.
+pub trait Store: LogReader + Send + Sync + 'static {
+    /// Appends the entries in one transaction, giving each the next sequence number in order,
+    /// hashing each into the log's Merkle tree and storing the tree nodes that completes.
     /// Either all are appended or none is.
     fn append(&self, entries: &mut [AuditEntry]) -> Result<(), StoreError>;
 
@@ -36,7 +133,19 @@ pub trait Store: Send + Sync + 'static {
     /// Number of entries in the log.
     fn size(&self) -> Result<u64, StoreError>;
 
-    /// One page of entries matching the filter, by keyset.
+    /// The listing position of the newest entry in the store (of any log it holds), or `None`
+    /// when it is empty: where an export's snapshot ends ([`PageRequest::through`]).
+    fn newest_position(&self) -> Result<Option<Cursor>, StoreError>;
+
+    /// The log this store appends to, proves and prunes when it holds several (PostgreSQL):
+    /// listings cover every log, but proofs, heads and verification only this one. `None` for a
+    /// store of one log (a SQLite file), whose tree covers every entry in it.
+    fn log_scope(&self) -> Option<&str> {
+        None
+    }
+
+    /// One page of entries matching the filter, by keyset. A cursor of another kind of store is
+    /// [`StoreError::Cursor`].
     fn list(&self, filter: &Filter, page: &PageRequest) -> Result<Page, StoreError>;
 
     /// A page by number, newest first (the reference-compatible endpoint's paging).
@@ -63,10 +172,94 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the intents of entries that have been appended.
     fn clear_intents(&self, ids: &[String]) -> Result<(), StoreError>;
 
+    /// Appends entries and removes the intents they complete, in one transaction where the store
+    /// can (one commit per group instead of two).
+    fn append_completing(
+        &self,
+        entries: &mut [AuditEntry],
+        completed_intents: &[String],
+    ) -> Result<(), StoreError> {
+        self.append(entries)?;
+        if !completed_intents.is_empty() {
+            self.clear_intents(completed_intents)?;
+        }
+        Ok(())
+    }
+
     /// The intents whose final entry never arrived (a crash between forwarding and completion),
     /// oldest first. Intents whose entry is in the log are cleared, not returned.
     fn unfinished_intents(&self) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Which of these entry ids are already in the log (for re-imports that must not duplicate).
     fn existing_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
+    /// The tree's size and root now, from the writer's view (entries committed by another
+    /// process on the same database are picked up first).
+    fn tree(&self) -> Result<TreeState, StoreError>;
+
+    /// The stored leaf hash of the entry at `seq`, also after it was pruned.
+    fn leaf_hash(&self, seq: u64) -> Result<Option<Hash>, StoreError>;
+
+    /// RFC 9162 audit path of the entry at `seq` in the tree of `size` leaves.
+    fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StoreError>;
+
+    /// RFC 9162 consistency proof from the tree of `from` leaves to the tree of `to` leaves.
+    fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError>;
+
+    /// Keeps a signed tree head.
+    fn save_head(&self, head: &SignedTreeHead) -> Result<(), StoreError>;
+
+    /// The most recently stored signed head.
+    fn latest_head(&self) -> Result<Option<SignedTreeHead>, StoreError>;
+
+    /// The `audit.pruned` entry that pruned the entry at `seq`, if it was pruned.
+    fn pruned_record(&self, seq: u64) -> Result<Option<u64>, StoreError>;
+
+    /// Deletes the entries `plan` selects, at most `max_entries` of them, keeping their leaf
+    /// hashes and marking their positions as pruned, and appends `record` (an `audit.pruned`
+    /// entry, whose metadata this fills in) in the same transaction. `None` when nothing was
+    /// due, in which case nothing is appended.
+    fn prune(
+        &self,
+        plan: &PrunePlan,
+        record: AuditEntry,
+        max_entries: usize,
+    ) -> Result<Option<PruneOutcome>, StoreError>;
+}
+
+/// Opens the store the configuration names: the SQLite file, or the log `log_id` in the shared
+/// PostgreSQL database. `exclusive` (a sidecar) holds the PostgreSQL log's lock for the store's
+/// life, so a second sidecar with the same `log_id` is refused; tools that run beside a sidecar
+/// (`auditgate prune`) pass false.
+pub fn open(
+    config: &crate::config::StoreConfig,
+    log_id: &str,
+    exclusive: bool,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    match &config.postgres {
+        Some(database) => {
+            let store = postgres::PostgresStore::open(postgres::PostgresOptions {
+                config: database.connection.clone(),
+                log_id: log_id.to_string(),
+                access: postgres::Access::Write {
+                    exclusive: exclusive && database.lock_log,
+                },
+                pool_size: database.pool_size,
+            })?;
+            Ok(std::sync::Arc::new(store))
+        }
+        None => {
+            let store = sqlite::SqliteStore::open(&config.path, config.sync)?;
+            store.set_busy_timeout(config.busy_timeout)?;
+            Ok(std::sync::Arc::new(store))
+        }
+    }
+}
+
+/// Where a store lives, for messages: the SQLite file, or `postgres://host:port/db` (never a
+/// user or password).
+pub fn describe(config: &crate::config::StoreConfig) -> String {
+    match &config.postgres {
+        Some(database) => postgres::describe_target(&database.connection),
+        None => config.path.display().to_string(),
+    }
 }

@@ -208,14 +208,39 @@ impl Order {
     }
 }
 
-/// A position in the log for keyset paging: the sequence number of the last entry a page
+/// A position in a store's listing order for keyset paging: just past the last entry a page
 /// returned.
 ///
-/// Clients see it as URL-safe base64 (no padding) of `v1:<seq>`. The version prefix lets the
-/// form change later without old cursors being misread, and keeping it opaque stops clients from
-/// building cursors that the next version would not honour.
+/// SQLite holds one log per file and lists by sequence number; PostgreSQL holds many logs and
+/// lists by `gid`, a database-wide increasing number. The two are different spaces, so each
+/// cursor says which it belongs to and a store refuses the other kind instead of misreading it.
+///
+/// Clients see it as URL-safe base64 (no padding) of `v1:<seq>` (SQLite) or `g1:<gid>`
+/// (PostgreSQL). The prefix lets the form change later without old cursors being misread, and
+/// keeping it opaque stops clients from building cursors that the next version would not honour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor(u64);
+pub struct Cursor {
+    position: u64,
+    kind: CursorKind,
+}
+
+/// Which listing order a [`Cursor`] is a position in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorKind {
+    /// A sequence number of the one log of a SQLite file.
+    Seq,
+    /// A `gid` of a PostgreSQL store shared by many logs.
+    Global,
+}
+
+impl CursorKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            CursorKind::Seq => "v1:",
+            CursorKind::Global => "g1:",
+        }
+    }
+}
 
 /// Why a cursor was refused. Deliberately vague towards clients: a cursor is only ever one the
 /// server handed out, so any other text is a client bug or a probe.
@@ -223,22 +248,37 @@ pub struct Cursor(u64);
 #[error("not a cursor returned by this server")]
 pub struct CursorError;
 
-const CURSOR_PREFIX: &str = "v1:";
 /// `v1:` and the 20 digits of `u64::MAX`, base64-encoded, with room to spare.
 const MAX_CURSOR_LEN: usize = 64;
 
 impl Cursor {
-    /// The cursor just past the entry with this sequence number.
+    /// The cursor just past the entry with this sequence number (SQLite).
     pub fn after_seq(seq: u64) -> Cursor {
-        Cursor(seq)
+        Cursor {
+            position: seq,
+            kind: CursorKind::Seq,
+        }
     }
 
+    /// The cursor just past the entry with this `gid` (PostgreSQL).
+    pub fn after_global(gid: u64) -> Cursor {
+        Cursor {
+            position: gid,
+            kind: CursorKind::Global,
+        }
+    }
+
+    /// The position: a sequence number or a `gid`, as [`Cursor::kind`] says.
     pub fn seq(self) -> u64 {
-        self.0
+        self.position
+    }
+
+    pub fn kind(self) -> CursorKind {
+        self.kind
     }
 
     pub fn encode(self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{}", self.0))
+        URL_SAFE_NO_PAD.encode(format!("{}{}", self.kind.prefix(), self.position))
     }
 
     /// Accepts exactly the text [`Cursor::encode`] produces: no padding, no other alphabet, no
@@ -249,20 +289,24 @@ impl Cursor {
         }
         let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| CursorError)?;
         let plain = std::str::from_utf8(&bytes).map_err(|_| CursorError)?;
-        let digits = plain.strip_prefix(CURSOR_PREFIX).ok_or(CursorError)?;
+        let (kind, digits) = [CursorKind::Seq, CursorKind::Global]
+            .into_iter()
+            .find_map(|kind| Some((kind, plain.strip_prefix(kind.prefix())?)))
+            .ok_or(CursorError)?;
         let canonical = !digits.is_empty()
             && digits.bytes().all(|byte| byte.is_ascii_digit())
             && (digits == "0" || !digits.starts_with('0'));
         if !canonical {
             return Err(CursorError);
         }
-        let seq = digits.parse::<u64>().map_err(|_| CursorError)?;
+        let position = digits.parse::<u64>().map_err(|_| CursorError)?;
+        let cursor = Cursor { position, kind };
         // Base64 has several encodings of some byte strings (unused trailing bits); insist on
         // the one we hand out.
-        if Cursor(seq).encode() != text {
+        if cursor.encode() != text {
             return Err(CursorError);
         }
-        Ok(Cursor(seq))
+        Ok(cursor)
     }
 }
 
@@ -297,6 +341,9 @@ pub struct PageRequest {
     /// Also count every matching entry. Off by default because counting costs a pass over all
     /// matches, where a page only reads `limit` of them.
     pub count: bool,
+    /// Only entries at or before this position, whatever the order: how an export keeps to the
+    /// log as it was when it began (see [`crate::export::ExportReader`]).
+    pub through: Option<Cursor>,
 }
 
 impl Default for PageRequest {
@@ -306,6 +353,7 @@ impl Default for PageRequest {
             cursor: None,
             order: Order::Desc,
             count: false,
+            through: None,
         }
     }
 }
@@ -744,6 +792,24 @@ mod tests {
         let mut twisted = good[..good.len() - 1].to_string();
         twisted.push(if last == 'w' { 'x' } else { 'w' });
         assert_eq!(Cursor::decode(&twisted), Err(CursorError));
+    }
+
+    #[test]
+    fn global_cursors_are_their_own_kind() {
+        let global = Cursor::after_global(42);
+        let text = global.encode();
+        assert_ne!(text, Cursor::after_seq(42).encode());
+        let decoded = Cursor::decode(&text).expect("decodes");
+        assert_eq!(decoded, global);
+        assert_eq!(decoded.kind(), CursorKind::Global);
+        assert_eq!(decoded.seq(), 42);
+        for bad in ["g1:", "g1:01", "g2:5", "G1:5", "g1:-5"] {
+            assert_eq!(
+                Cursor::decode(&URL_SAFE_NO_PAD.encode(bad)),
+                Err(CursorError),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -35,11 +35,9 @@ CREATE INDEX entries_actor_id      ON entries (actor_id);
 CREATE INDEX entries_actor_email   ON entries (actor_email);
 CREATE INDEX entries_resource      ON entries (resource_type, resource_id);
 CREATE INDEX entries_resource_id   ON entries (resource_id);
-CREATE INDEX entries_log           ON entries (log_id, seq);
 CREATE INDEX entries_outcome       ON entries (outcome);
 CREATE INDEX entries_status        ON entries (status);
 CREATE INDEX entries_ip            ON entries (ip);
-CREATE INDEX entries_request_id    ON entries (request_id);
 
 -- Write-ahead intents: an audited request's entry as known before forwarding. The row is removed
 -- once the final entry is appended; rows left at start (a crash in between) become entries with

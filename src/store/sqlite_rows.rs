@@ -422,7 +422,7 @@ fn contains_pattern(fragment: &str) -> Value {
 /// binary collation (UTF-8 byte order, which is code point order): the prefix with its last
 /// character replaced by the next one. `None` when no such string exists (an empty prefix, or one
 /// made only of `char::MAX`), in which case the lower bound alone is exact.
-fn prefix_upper_bound(prefix: &str) -> Option<String> {
+pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
     let mut characters: Vec<char> = prefix.chars().collect();
     while let Some(last) = characters.pop() {
         let mut next = u32::from(last) + 1;
@@ -552,6 +552,10 @@ fn page_conditions(
     actor_columns: ActorColumns,
 ) -> (String, Vec<Value>) {
     let mut conditions = Conditions::from_filter_matching_actor(filter, actor_columns);
+    if let Some(through) = page.through {
+        let seq = i64::try_from(through.seq()).unwrap_or(i64::MAX);
+        conditions.push("seq <= ?", [Value::Integer(seq)]);
+    }
     if let Some(cursor) = page.cursor {
         // A cursor past i64::MAX cannot name a row; clamping keeps the comparison meaning "all
         // rows" (desc) or "none" (asc) instead of overflowing.

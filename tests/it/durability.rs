@@ -261,7 +261,10 @@ impl Process {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
-        let stderr = child.stderr.take().expect("stderr");
+        let stderr = child.stderr.take();
+        // Killed on drop even if the start fails below.
+        let mut guard = KillOnDrop(Some(child));
+        let stderr = stderr.expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
         let (mut proxy, mut admin) = (None, None);
         for line in lines.by_ref() {
@@ -283,6 +286,7 @@ impl Process {
         }
         // Keep draining stderr so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
+        let child = guard.0.take().expect("child");
         Process {
             child,
             proxy: proxy.expect("proxy address in the log"),
@@ -302,6 +306,17 @@ impl Process {
         let status = self.child.wait().expect("wait");
         std::mem::forget(self);
         status
+    }
+}
+
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

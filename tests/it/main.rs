@@ -1,10 +1,20 @@
 //! The one integration-test binary: real servers on 127.0.0.1:0, one module per area.
 
+mod pg;
 mod support;
 
+mod admin;
 mod configs;
+mod deploy;
 mod durability;
+mod events;
 mod faults;
+mod fleet;
+mod hints;
 mod hostile;
+mod identity;
 mod proxy;
+mod siem;
+mod store;
+mod tamper;
 mod viewer;

@@ -269,6 +269,14 @@ async fn upstream_answer(
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.parse::<u16>().ok())
                 .and_then(|code| StatusCode::from_u16(code).ok());
+            let reply_headers: Vec<(String, String)> = request
+                .headers()
+                .iter()
+                .filter_map(|(name, value)| {
+                    let name = name.as_str().strip_prefix("x-reply-")?;
+                    Some((name.to_string(), value.to_str().ok()?.to_string()))
+                })
+                .collect();
             let method = request.method().to_string();
             let query = request.uri().query().unwrap_or_default().to_string();
             let headers: serde_json::Map<String, Value> = request
@@ -296,14 +304,17 @@ async fn upstream_answer(
                 "bodyLength": body.len(),
                 "body": String::from_utf8_lossy(&body),
             });
-            // A test can choose the status the app answers with.
+            // A test can choose the status the app answers with, and headers it adds: a request
+            // header `x-reply-NAME: V` makes the app answer with `NAME: V`.
             let status = forced_status.unwrap_or(StatusCode::OK);
-            Response::builder()
+            let mut response = Response::builder()
                 .status(status)
                 .header("content-type", "application/json")
-                .header("location", "/echo/4242")
-                .body(full(echo.to_string()))
-                .expect("response")
+                .header("location", "/echo/4242");
+            for (name, value) in &reply_headers {
+                response = response.header(name.as_str(), value.as_str());
+            }
+            response.body(full(echo.to_string())).expect("response")
         }
     }
 }
@@ -318,6 +329,13 @@ pub struct TestSidecar {
     pub dir: TempDir,
 }
 
+/// An admin token every test sidecar accepts (scopes read and export).
+pub const TEST_TOKEN: &str = "agt_integration_tests_read_export_token";
+/// An admin token with the `write` scope only (the app's ingest token).
+pub const TEST_WRITE_TOKEN: &str = "agt_integration_tests_write_token";
+/// The `[[admin.tokens]]` entries for [`TEST_TOKEN`] and [`TEST_WRITE_TOKEN`].
+pub const TEST_TOKEN_CONFIG: &str = "[[admin.tokens]]\nname = \"app-backend\"\nsha256 = \"e7dc6ee043a6fa3a469af98fdcdde74a7418fd0846c6249afcf383e547f20968\"\nscopes = [\"write\"]\n[[admin.tokens]]\nname = \"tests\"\nsha256 = \"beb5223238d0c0baa5195d4ca74abd43d5c5ce7e00aa041fd48566f2d0a6a5f6\"\nscopes = [\"read\", \"export\"]\n";
+
 /// Builds a full config from a snippet of rules/actors and extra proxy keys.
 pub fn config_text(
     upstream: SocketAddr,
@@ -326,7 +344,7 @@ pub fn config_text(
     rest: &str,
 ) -> String {
     format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n{proxy_extra}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = \"{}\"\nflush_interval = \"1ms\"\n\n[log]\nlog_id = \"test\"\n\n{rest}\n",
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n{proxy_extra}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{TEST_TOKEN_CONFIG}\n[store]\npath = \"{}\"\nflush_interval = \"1ms\"\n\n[log]\nlog_id = \"test\"\n\n{rest}\n",
         db.display()
     )
 }
@@ -395,48 +413,12 @@ impl TestSidecar {
 
 /// Every entry in a database file, in log order, read with a plain SQLite connection.
 pub fn read_entries(db: &std::path::Path) -> Vec<AuditEntry> {
+    use auditgate::store::sqlite_rows::{entry_from_row, ENTRY_COLUMNS};
     let connection = rusqlite::Connection::open(db).expect("open db");
     let mut statement = connection
-        .prepare(
-            "SELECT seq, id, log_id, created_at, actor_id, actor_email, actor_name, actor_source, actor_verified, tenant, \
-             action, resource_type, resource_id, outcome, status, method, path, route, rule, ip, user_agent, request_id, \
-             duration_us, error, metadata FROM entries ORDER BY seq",
-        )
+        .prepare(&format!("SELECT {ENTRY_COLUMNS} FROM entries ORDER BY seq"))
         .expect("prepare");
-    let rows = statement
-        .query_map([], |row| {
-            let metadata: String = row.get(24)?;
-            let outcome: String = row.get(13)?;
-            let created_at: String = row.get(3)?;
-            Ok(AuditEntry {
-                seq: row.get::<_, i64>(0)? as u64,
-                id: row.get(1)?,
-                log_id: row.get(2)?,
-                created_at: auditgate::entry::parse_timestamp(&created_at).expect("timestamp"),
-                actor_id: row.get(4)?,
-                actor_email: row.get(5)?,
-                actor_name: row.get(6)?,
-                actor_source: row.get(7)?,
-                actor_verified: row.get(8)?,
-                tenant: row.get(9)?,
-                action: row.get(10)?,
-                resource_type: row.get(11)?,
-                resource_id: row.get(12)?,
-                outcome: auditgate::entry::Outcome::parse(&outcome).expect("outcome"),
-                status: row.get(14)?,
-                method: row.get(15)?,
-                path: row.get(16)?,
-                route: row.get(17)?,
-                rule: row.get(18)?,
-                ip: row.get(19)?,
-                user_agent: row.get(20)?,
-                request_id: row.get(21)?,
-                duration_us: row.get::<_, Option<i64>>(22)?.map(|us| us as u64),
-                error: row.get(23)?,
-                metadata: serde_json::from_str(&metadata).expect("metadata json"),
-            })
-        })
-        .expect("query");
+    let rows = statement.query_map([], entry_from_row).expect("query");
     rows.map(|row| row.expect("row")).collect()
 }
 
@@ -520,6 +502,13 @@ impl HttpClient {
         let status = response.status().as_u16();
         response.into_body().collect().await.ok()?;
         Some(status)
+    }
+
+    /// A GET with the test admin token.
+    pub async fn get_admin(&self, url: &str) -> Reply {
+        let bearer = format!("Bearer {TEST_TOKEN}");
+        self.send("GET", url, &[("authorization", &bearer)], Bytes::new())
+            .await
     }
 
     pub async fn get(&self, url: &str) -> Reply {

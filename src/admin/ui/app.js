@@ -7,7 +7,7 @@
 
 import { api, apiUrl, ApiError, onUnauthorized } from './api.js';
 import {
-  h, $, replace, icon, formatTime, formatNumber, shortUserAgent, TIME_ZONE, formatTimeShort, parseTime,
+  h, $, replace, icon, formatTime, formatNumber, shortUserAgent, TIME_ZONE, TIME_ZONE_SHORT, formatTimeShort, parseTime,
 } from './dom.js';
 import {
   FILTER_KEYS, FILTER_LABELS, DEFAULT_LIMIT, emptyFilters, readLocation, toLocationSearch, filterParams,
@@ -22,6 +22,15 @@ const LIVE_INTERVAL_MS = 2000;
 const LIVE_BATCH = 200;
 const LIVE_MAX_ROWS = 1000;
 const SLOW_REFRESH_MS = 30000;
+/**
+ * Admin reads of the log are themselves entries (`audit.query`): every filter change, page and
+ * live-tail poll of this viewer adds one. Runs of them are folded into one row that opens on
+ * click, so the viewer's own reads never bury what people came to see (and nothing is hidden).
+ */
+const FOLDED_ACTION = 'audit.query';
+const FOLD_MIN_RUN = 2;
+/** The key `GET /stats?by=actor` gives entries that have neither an actor id nor an email. */
+const ANONYMOUS_ACTOR_KEY = '(anonymous)';
 
 // ---- state ----------------------------------------------------------------------------------
 
@@ -50,6 +59,8 @@ let slowTimer = null;
 let lastChart = null;
 let suggestionsLoadedAt = 0;
 let detail = null;
+/** Folds the user opened, by the id of their oldest entry (stable while live tail adds newer). */
+const openFolds = new Set();
 
 // ---- URL ------------------------------------------------------------------------------------
 
@@ -226,6 +237,9 @@ function readForm() {
   filters.outcome = input('outcome').value;
   filters.status = input('status').value.trim();
   filters.ip = input('ip').value.trim();
+  // No form field: a log is chosen from an entry's detail (sidecars sharing PostgreSQL) and
+  // kept until its chip is removed.
+  filters.log_id = view.filters.log_id || '';
   const preset = selectedPreset();
   if (preset === 'custom') {
     const since = input('since').value;
@@ -548,16 +562,119 @@ function renderRow(entry) {
   return tr;
 }
 
-function renderTable() {
+/** Whether the view asks for admin reads itself, in which case folding them would get in the way. */
+function showsAdminReadsOnPurpose() {
+  const f = view.filters;
+  return f.action === FOLDED_ACTION || (f.action_prefix && FOLDED_ACTION.startsWith(f.action_prefix) && f.action_prefix.length > 1);
+}
+
+/** The table's rows: entries, with runs of admin reads gathered under a fold row. */
+function tableRows(fresh = new Set()) {
+  const out = [];
+  const fold = !showsAdminReadsOnPurpose();
+  const rows = page.rows;
+  for (let i = 0; i < rows.length;) {
+    let end = i;
+    while (fold && end < rows.length && rows[end].action === FOLDED_ACTION) end += 1;
+    if (end - i >= FOLD_MIN_RUN) {
+      out.push(...foldRows(rows.slice(i, end), fresh));
+      i = end;
+    } else {
+      const tr = renderRow(rows[i]);
+      if (fresh.has(String(rows[i].id))) markNew(tr);
+      out.push(tr);
+      i += 1;
+    }
+  }
+  return out;
+}
+
+function foldRows(run, fresh) {
+  const key = String(run[run.length - 1].id);
+  const open = openFolds.has(key);
+  const who = [...new Set(run.map((entry) => entry.actorId || entry.actorEmail || 'anonymous'))];
+  const first = parseTime(String(run[run.length - 1].createdAt || ''));
+  const last = parseTime(String(run[0].createdAt || ''));
+  const span = first && last && formatTime(run[run.length - 1].createdAt) !== formatTime(run[0].createdAt)
+    ? `${formatTime(run[run.length - 1].createdAt)} – ${formatTime(run[0].createdAt)}` : formatTime(run[0].createdAt);
+  const members = run.map((entry) => {
+    const tr = renderRow(entry);
+    tr.classList.add('is-folded');
+    tr.dataset.fold = key;
+    tr.hidden = !open;
+    if (fresh.has(String(entry.id))) markNew(tr);
+    return tr;
+  });
+  const button = h('button', {
+    type: 'button', class: 'fold-button', 'aria-expanded': String(open), testid: 'fold-toggle',
+    onclick: () => toggleFold(key),
+  }, icon(open ? 'down' : 'right'),
+  h('span', { class: 'fold-count' }, `${formatNumber(run.length)} admin reads`),
+  h('span', { class: 'fold-detail' }, ` · ${FOLDED_ACTION} by ${who.slice(0, 3).join(', ')}${who.length > 3 ? '…' : ''} · ${span}`));
+  const fold = h('tr', { class: 'fold-row', testid: 'fold-row', 'data-fold': key, 'data-count': String(run.length) },
+    h('td', { colspan: visibleColumns() }, button));
+  if (run.some((entry) => fresh.has(String(entry.id)))) markNew(fold);
+  return [fold, ...members];
+}
+
+/**
+ * How many columns the table shows now. Narrow layouts hide some with CSS, and a cell spanning
+ * more columns than there are would add empty ones and squeeze the table.
+ */
+function visibleColumns() {
+  const cells = [...document.querySelectorAll('#entries-table thead th')];
+  return Math.max(1, cells.filter((cell) => getComputedStyle(cell).display !== 'none').length);
+}
+
+function fitFoldRows() {
+  const span = visibleColumns();
+  for (const cell of document.querySelectorAll('#entries-body tr.fold-row > td')) cell.colSpan = span;
+}
+
+function toggleFold(key) {
+  const open = !openFolds.has(key);
+  if (open) openFolds.add(key); else openFolds.delete(key);
+  for (const tr of document.querySelectorAll(`#entries-body tr[data-fold="${CSS.escape(key)}"]`)) {
+    if (tr.classList.contains('fold-row')) {
+      const button = tr.querySelector('button');
+      button.setAttribute('aria-expanded', String(open));
+      button.firstChild.replaceWith(icon(open ? 'down' : 'right'));
+    } else tr.hidden = !open;
+  }
+}
+
+function markNew(tr) {
+  tr.classList.add('is-new');
+  window.setTimeout(() => tr.classList.remove('is-new'), 2400);
+}
+
+function renderTable(fresh) {
   const body = $('#entries-body');
-  replace(body, ...page.rows.map(renderRow));
+  // Re-rendering must not take the keyboard focus away from the row (or fold) that had it.
+  const focused = document.activeElement && body.contains(document.activeElement) ? document.activeElement.closest('tr') : null;
+  const focusKey = focused ? (focused.classList.contains('fold-row') ? `fold:${focused.dataset.fold}` : focused.dataset.id) : null;
+  replace(body, ...tableRows(fresh));
+  if (focusKey) {
+    const target = focusKey.startsWith('fold:')
+      ? body.querySelector(`tr.fold-row[data-fold="${CSS.escape(focusKey.slice(5))}"] button`)
+      : body.querySelector(`tr.entry-row[data-id="${CSS.escape(focusKey)}"]`);
+    if (target && !target.closest('[hidden]')) target.focus({ preventScroll: true });
+  }
   if (page.rows.length) $('#table-state').hidden = true;
   else showTableState('empty');
   renderPager();
 }
 
+/** The entry rows a user can see (not inside a closed fold), top to bottom. */
 function rowsInTable() {
-  return [...document.querySelectorAll('#entries-body tr.entry-row')];
+  return [...document.querySelectorAll('#entries-body tr.entry-row')].filter((row) => !row.hidden);
+}
+
+/** What arrow keys move between: visible entry rows and fold buttons. */
+function focusStops() {
+  return [...document.querySelectorAll('#entries-body tr')]
+    .filter((row) => !row.hidden)
+    .map((row) => (row.classList.contains('fold-row') ? row.querySelector('button') : row));
 }
 
 function markSelected(id) {
@@ -608,18 +725,18 @@ function onTableClick(event) {
 
 function onTableKey(event) {
   const row = event.target.closest('tr.entry-row');
-  if (!row || event.target !== row) return;
-  if (event.key === 'Enter' || event.key === ' ') {
+  const onFold = event.target.classList && event.target.classList.contains('fold-button');
+  if (!onFold && (!row || event.target !== row)) return;
+  if (!onFold && (event.key === 'Enter' || event.key === ' ')) {
     event.preventDefault();
     openEntry(row.dataset.id);
-  } else if (event.key === 'ArrowDown' || event.key === 'ArrowUp') {
+  } else if (event.key === 'ArrowDown' || event.key === 'ArrowUp' || event.key === 'Home' || event.key === 'End') {
     event.preventDefault();
-    const sibling = event.key === 'ArrowDown' ? row.nextElementSibling : row.previousElementSibling;
-    if (sibling) sibling.focus();
-  } else if (event.key === 'Home' || event.key === 'End') {
-    event.preventDefault();
-    const rows = rowsInTable();
-    const target = event.key === 'Home' ? rows[0] : rows[rows.length - 1];
+    const stops = focusStops();
+    const index = stops.indexOf(event.target);
+    const target = event.key === 'Home' ? stops[0]
+      : event.key === 'End' ? stops[stops.length - 1]
+        : stops[index + (event.key === 'ArrowDown' ? 1 : -1)];
     if (target) target.focus();
   }
 }
@@ -736,20 +853,10 @@ async function pollLive() {
 }
 
 function prependRows(rows) {
-  const body = $('#entries-body');
-  const wasEmpty = page.rows.length === 0;
   page.rows = rows.concat(page.rows);
   if (page.total !== null) page.total += rows.length;
-  if (wasEmpty) $('#table-state').hidden = true;
-  const fragment = document.createDocumentFragment();
-  for (const entry of rows) {
-    const tr = renderRow(entry);
-    tr.classList.add('is-new');
-    window.setTimeout(() => tr.classList.remove('is-new'), 2400);
-    fragment.append(tr);
-  }
-  body.prepend(fragment);
-  renderPager();
+  // The whole table is drawn again: new admin reads may join the fold at the top.
+  renderTable(new Set(rows.map((row) => String(row.id))));
   if (page.rows.length >= LIVE_MAX_ROWS) {
     setLive(false);
     const notice = $('#live-notice');
@@ -800,7 +907,10 @@ async function loadCharts({ quiet = false } = {}) {
       if (hourly.value) {
         activityResult = hourly;
         unit = 'hour';
-        from = new Date(first);
+        // Start the chart at the first hour with entries, not at the midnight before it.
+        const hours = (Array.isArray(hourly.value.buckets) ? hourly.value.buckets : [])
+          .map((b) => bucketStart(String(b.key), 'hour')).filter((n) => !Number.isNaN(n));
+        from = new Date(hours.length ? Math.min(...hours) : first);
       }
     }
   }
@@ -829,7 +939,10 @@ async function loadCharts({ quiet = false } = {}) {
     });
   } else replace($('#top-actions'), chartUnavailable(actions.error, 'top-actions-unavailable'));
   if (actors.value) {
-    renderTopList($('#top-actors'), actors.value.buckets, {
+    // The API names requests without an actor "(anonymous)"; that is not something `actor=` finds.
+    const buckets = (Array.isArray(actors.value.buckets) ? actors.value.buckets : [])
+      .map((b) => (b && b.key === ANONYMOUS_ACTOR_KEY ? { ...b, key: null } : b));
+    renderTopList($('#top-actors'), buckets, {
       testid: 'top-actors', emptyText: 'No users in this range.', nullLabel: 'anonymous', onPick: (key) => setFilter('actor', key),
     });
   } else replace($('#top-actors'), chartUnavailable(actors.error, 'top-actors-unavailable'));
@@ -910,6 +1023,11 @@ function onPopState() {
 
 function setup() {
   for (const el of document.querySelectorAll('[data-tz]')) el.textContent = `(${TIME_ZONE})`;
+  // The table header is narrow: the zone's short name there ("EST"), the full name on hover.
+  for (const el of document.querySelectorAll('[data-tz-short]')) {
+    el.textContent = `(${TIME_ZONE_SHORT})`;
+    el.title = `Times are shown in ${TIME_ZONE}; hover a time for UTC`;
+  }
 
   onUnauthorized(() => {
     if (session) showSignIn('Your session has ended. Sign in again to continue.');
@@ -993,6 +1111,10 @@ function setup() {
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden && view.live && session && !liveTimer && !liveBusy) scheduleLive();
   });
+  // The breakpoints where style.css hides table columns.
+  for (const query of ['(max-width: 1100px)', '(max-width: 900px)']) {
+    window.matchMedia(query).addEventListener('change', fitFoldRows);
+  }
   if ('ResizeObserver' in window) {
     let frame = 0;
     let lastWidth = 0;

@@ -129,7 +129,7 @@ export function createDetail({ onFilter, onNavigate, onClose, entryUrl, toast })
     const log = h('dl', { class: 'kv' },
       ...kv('Sequence', `#${formatNumber(entry.seq)}`, { mono: true, testid: 'detail-seq' }),
       ...kv('Entry id', entry.id, { mono: true, wrap: true, testid: 'detail-id' }),
-      ...kv('Log id', entry.logId, { mono: true, wrap: true, testid: 'detail-log-id' }),
+      ...kv('Log id', entry.logId, { mono: true, wrap: true, testid: 'detail-log-id', extra: filterButton('log_id', str(entry.logId), `log ${entry.logId}`) }),
     );
 
     const metadata = entry.metadata && typeof entry.metadata === 'object' && Object.keys(entry.metadata).length

@@ -62,6 +62,7 @@ const ICONS = {
   close: ['M4 4l8 8', 'M12 4l-8 8'],
   up: ['M4 10l4-4 4 4'],
   down: ['M4 6l4 4 4-4'],
+  right: ['M6 4l4 4-4 4'],
   filter: ['M2.5 3.5h11l-4.2 5v4l-2.6 1.2V8.5z'],
   link: ['M6.8 9.2a2.6 2.6 0 0 0 3.7 0l2-2a2.6 2.6 0 0 0-3.7-3.7l-.9.9', 'M9.2 6.8a2.6 2.6 0 0 0-3.7 0l-2 2a2.6 2.6 0 0 0 3.7 3.7l.9-.9'],
   refresh: ['M13 3.5v3.2H9.8', 'M12.6 6.5A5 5 0 1 0 13 9'],
@@ -94,6 +95,15 @@ export function parseTime(text) {
 
 export const TIME_ZONE = (() => {
   try { return Intl.DateTimeFormat().resolvedOptions().timeZone || 'local time'; } catch { return 'local time'; }
+})();
+
+/** The zone's short name now ("EST", "CET", "UTC", or "GMT+5:30" where there is none). */
+export const TIME_ZONE_SHORT = (() => {
+  try {
+    const part = new Intl.DateTimeFormat(undefined, { timeZoneName: 'short' }).formatToParts(new Date())
+      .find((p) => p.type === 'timeZoneName');
+    return part ? part.value : TIME_ZONE;
+  } catch { return TIME_ZONE; }
 })();
 
 const fmtSameYear = new Intl.DateTimeFormat(undefined, {
@@ -184,6 +194,8 @@ export function shortUserAgent(ua) {
       const match = ua.match(pattern);
       if (match) return os ? `${name} ${match[1]} · ${os}` : `${name} ${match[1]}`;
     }
+    // Safari without a Version/ token (as some privacy modes and embedded views send it).
+    if (/AppleWebKit\/[\d.]+.*Safari\//.test(ua)) return os ? `Safari · ${os}` : 'Safari';
     if (/bot|crawler|spider/i.test(ua)) {
       const bot = ua.match(/([A-Za-z][\w.-]*(?:bot|crawler|spider)[\w.-]*)(?:\/([\d.]+))?/i);
       if (bot) return clip(bot[0], 32);

@@ -7,7 +7,7 @@
 /** Every filter the entries, stats and export endpoints share, in display order. */
 export const FILTER_KEYS = [
   'q', 'actor', 'action', 'action_prefix', 'resource_type', 'resource_id',
-  'outcome', 'status', 'ip', 'since', 'until',
+  'outcome', 'status', 'ip', 'since', 'until', 'log_id',
 ];
 
 export const RANGE_PRESETS = [
@@ -138,4 +138,5 @@ export function parseActionInput(text) {
 export const FILTER_LABELS = {
   q: 'Text', actor: 'User', action: 'Action', action_prefix: 'Action', resource_type: 'Resource type',
   resource_id: 'Resource id', outcome: 'Outcome', status: 'Status', ip: 'IP', since: 'Since', until: 'Until',
+  log_id: 'Log',
 };

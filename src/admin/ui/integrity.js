@@ -147,6 +147,8 @@ export function setupIntegrity() {
       renderPopover();
       pop.hidden = false;
       button.setAttribute('aria-expanded', 'true');
+      // Heads are signed every few seconds; show the latest, not the one from the last poll.
+      refreshIntegrity();
     } else close();
   });
   document.addEventListener('click', (event) => {

@@ -237,6 +237,7 @@ fn all_pages_planned(
                 cursor,
                 order,
                 count: false,
+                through: None,
             },
             narrow_range_max_rows,
         )
@@ -700,6 +701,7 @@ fn next_cursor_is_absent_exactly_when_nothing_follows() {
         cursor,
         order,
         count: true,
+        through: None,
     };
     let page = list(&conn, &Filter::default(), &request(10, None, Order::Desc)).expect("list");
     assert_eq!(page.entries.len(), 10);

@@ -1,0 +1,141 @@
+//! Appends/s through the real writer (entries hashed into the Merkle tree in the writer's
+//! transaction) and the time `auditgate verify` takes over the result.
+//!
+//! ```text
+//! cargo run --release --example store_bench            # 1,000,000 entries
+//! cargo run --release --example store_bench -- 100000  # fewer
+//! ```
+//!
+//! The database goes to a new temporary directory, removed at the end (pass a directory as the
+//! second argument to keep it there instead).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use auditgate::config::SyncMode;
+use auditgate::entry::{AuditEntry, Outcome};
+use auditgate::log::head::{LogSigner, TreeHead};
+use auditgate::log::merkle::leaf_hash;
+use auditgate::store::sqlite::SqliteStore;
+use auditgate::store::Store;
+use auditgate::writer::{Writer, WriterOptions};
+
+fn entry(index: u64) -> AuditEntry {
+    let mut entry = AuditEntry::new(
+        "bench",
+        if index % 5 == 0 {
+            "user.deleted"
+        } else {
+            "post.created"
+        },
+    );
+    entry.actor_id = Some(format!("user-{}", index % 1000));
+    entry.actor_email = Some(format!("user{}@example.com", index % 1000));
+    entry.actor_source = Some("jwt".into());
+    entry.actor_verified = true;
+    entry.resource_type = Some("post".into());
+    entry.resource_id = Some(index.to_string());
+    entry.outcome = Outcome::Success;
+    entry.status = Some(201);
+    entry.method = Some("POST".into());
+    entry.path = Some("/api/posts".into());
+    entry.route = Some("/api/posts".into());
+    entry.rule = Some("create post".into());
+    entry.ip = Some("10.1.2.3".into());
+    entry.user_agent = Some("Mozilla/5.0 (X11; Linux x86_64) bench/1.0".into());
+    entry.request_id = Some(format!("req-{index}"));
+    entry.duration_us = Some(1500 + index % 700);
+    entry.metadata.insert(
+        "title".into(),
+        serde_json::json!(format!("post number {index}")),
+    );
+    entry
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let count: u64 = match args.next() {
+        Some(text) => text.parse()?,
+        None => 1_000_000,
+    };
+    let keep = args.next().map(std::path::PathBuf::from);
+    let dir = keep.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("auditgate-bench-{}", ulid::Ulid::new()))
+    });
+    let db = dir.join("audit.db");
+    println!(
+        "auditgate store bench: {count} entries into {}",
+        db.display()
+    );
+
+    // Hashing alone, for scale: canonical form + SHA-256 per entry.
+    let sample: Vec<AuditEntry> = (0..10_000).map(entry).collect();
+    let started = Instant::now();
+    for entry in &sample {
+        std::hint::black_box(leaf_hash(&entry.canonical_bytes()));
+    }
+    let per_entry = started.elapsed() / sample.len() as u32;
+    println!("  hashing alone:  {per_entry:?} per entry (canonical form + SHA-256)");
+
+    let store = Arc::new(SqliteStore::open(&db, SyncMode::Normal)?);
+    let writer = Writer::start(
+        store.clone(),
+        WriterOptions {
+            capacity: 65_536,
+            batch_size: 1024,
+            linger: Duration::from_millis(2),
+            spill_path: None,
+        },
+    )?;
+    let handle = writer.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    runtime.block_on(async {
+        for index in 0..count {
+            handle.reserve().await;
+            handle.push(entry(index));
+        }
+        handle.flushed(Duration::from_secs(3600)).await
+    });
+    let elapsed = started.elapsed();
+    writer.shutdown();
+    let tree = store.tree()?;
+    anyhow::ensure!(tree.size == count, "stored {} of {count}", tree.size);
+    println!(
+        "  appends:        {:.0} entries/s ({count} in {elapsed:.2?}, {} batches; writer hashes each entry and stores its tree nodes)",
+        count as f64 / elapsed.as_secs_f64(),
+        handle.stats().batches.get()
+    );
+
+    // One signed head, as the sidecar would have made, so verify also checks a root.
+    let signer = LogSigner::generate();
+    let head = signer.sign(TreeHead::new(
+        "bench",
+        tree.size,
+        tree.root,
+        chrono::Utc::now(),
+    )?)?;
+    store.save_head(&head)?;
+    drop(store);
+
+    let started = Instant::now();
+    let report = auditgate::verify::verify_database(&db, None, &[signer.public_key()])?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(report.ok(), "verify found problems: {:?}", report.problems);
+    println!(
+        "  verify:         {elapsed:.2?} for {} entries ({:.0} entries/s)",
+        report.size,
+        report.size as f64 / elapsed.as_secs_f64()
+    );
+    let bytes = std::fs::metadata(&db).map(|meta| meta.len()).unwrap_or(0);
+    println!(
+        "  database:       {:.1} MiB",
+        bytes as f64 / (1024.0 * 1024.0)
+    );
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}

@@ -1,0 +1,779 @@
+//! The `jwt` actor source: a token from a header or a cookie, verified with a pinned key.
+//!
+//! Keys are compiled at load time: an HS256 secret read from the environment, one PEM public key
+//! (RSA, EC P-256/P-384 or Ed25519), or a JWKS file whose keys are looked up by the token's `kid`.
+//! The algorithms a key accepts are fixed by the configuration (or by the key itself), never by
+//! the token: the token's `alg` only selects among them, so `alg=none` and RS/HS confusion are
+//! refused before any signature code runs. Verified tokens are remembered by a hash of the token
+//! until their `exp`, so the hot path does not re-check a signature on every request.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use http::{HeaderMap, HeaderName};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{cookie_value, header_name, resolve_path, Actor, ActorFile, Trace};
+use crate::config::ConfigError;
+
+/// Tokens larger than this are not parsed (a JWT of this size is an attack, not an identity).
+pub(super) const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Most verified tokens remembered per source; when full, expired ones are dropped, and if none
+/// are, the cache starts over (the cost is one signature check per token, never a wrong answer).
+const CACHE_CAPACITY: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnInvalid {
+    RecordUnverified,
+    Anonymous,
+}
+
+enum TokenPlace {
+    Header(HeaderName),
+    Cookie(String),
+}
+
+impl TokenPlace {
+    fn describe(&self) -> String {
+        match self {
+            TokenPlace::Header(name) => format!("header {name}"),
+            TokenPlace::Cookie(name) => format!("cookie {name}"),
+        }
+    }
+}
+
+struct ClaimNames {
+    id: String,
+    email: String,
+    name: String,
+    roles: Option<String>,
+    tenant: Option<String>,
+}
+
+/// One key a token may be verified with, and the algorithms it accepts.
+struct VerifyingKey {
+    kid: Option<String>,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// How tokens are checked.
+enum Verifier {
+    /// `verify = false`: claims are read and recorded as unverified.
+    Off,
+    /// One configured key (secret or PEM): every token is checked against it.
+    Single(Box<VerifyingKey>),
+    /// A JWKS file: the token's `kid` picks the key (a token without `kid` is accepted only when
+    /// the set holds exactly one key).
+    Set(Vec<VerifyingKey>),
+}
+
+/// Verified tokens by SHA-256 of the token, each with the mapped actor and the second its
+/// verification stops holding (`exp`).
+#[derive(Default)]
+struct VerifiedCache {
+    entries: Mutex<HashMap<[u8; 32], (Actor, i64)>>,
+}
+
+impl VerifiedCache {
+    fn get(&self, hash: &[u8; 32], now: i64) -> Option<Actor> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(hash) {
+            Some((actor, until)) if *until > now => Some(actor.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, hash: [u8; 32], actor: &Actor, until: i64, now: i64) {
+        if until <= now {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= CACHE_CAPACITY {
+            entries.retain(|_, (_, until)| *until > now);
+            if entries.len() >= CACHE_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, (actor.clone(), until));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+pub(super) struct JwtSource {
+    place: TokenPlace,
+    claims: ClaimNames,
+    verifier: Verifier,
+    on_invalid: OnInvalid,
+    cache: VerifiedCache,
+}
+
+fn now_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The family default when the configuration names no algorithm.
+fn default_algorithm(family: AlgorithmFamily) -> Algorithm {
+    match family {
+        AlgorithmFamily::Hmac => Algorithm::HS256,
+        AlgorithmFamily::Rsa => Algorithm::RS256,
+        AlgorithmFamily::Ec => Algorithm::ES256,
+        AlgorithmFamily::Ed => Algorithm::EdDSA,
+    }
+}
+
+fn algorithm_name(algorithm: Algorithm) -> String {
+    format!("{algorithm:?}")
+}
+
+/// The configured `algorithms`, parsed; an unknown name is an error.
+fn configured_algorithms(
+    file: &ActorFile,
+    location: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Vec<Algorithm>> {
+    let names = file.algorithms.as_ref()?;
+    let mut algorithms = Vec::new();
+    for name in names {
+        match name.parse::<Algorithm>() {
+            Ok(algorithm) => algorithms.push(algorithm),
+            Err(_) => errors.push(ConfigError::new(
+                &format!("{location}.algorithms"),
+                format!("`{name}` is not a JWT algorithm (e.g. HS256, RS256, ES256, EdDSA); `none` is never accepted"),
+            )),
+        }
+    }
+    if names.is_empty() {
+        errors.push(ConfigError::new(
+            &format!("{location}.algorithms"),
+            "is empty; leave it out to accept the key's own algorithm",
+        ));
+    }
+    Some(algorithms)
+}
+
+fn base_validation(file: &ActorFile, algorithms: Vec<Algorithm>) -> Validation {
+    let first = algorithms.first().copied().unwrap_or_default();
+    let mut validation = Validation::new(first);
+    validation.algorithms = algorithms;
+    validation.leeway = file.leeway_seconds.unwrap_or(30);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.validate_aud = false;
+    if let Some(issuer) = &file.issuer {
+        validation.set_issuer(&[issuer]);
+        validation.required_spec_claims.insert("iss".into());
+    }
+    if let Some(audience) = &file.audience {
+        validation.set_audience(audience);
+        validation.validate_aud = true;
+        validation.required_spec_claims.insert("aud".into());
+    }
+    validation
+}
+
+/// Reads a file named in the config: relative paths start at the config file's directory.
+fn read_config_file(
+    base: &Path,
+    path: &str,
+    location: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
+    let full = resolve_path(base, path);
+    match std::fs::read_to_string(&full) {
+        Ok(text) => Some(text),
+        Err(error) => {
+            errors.push(ConfigError::new(
+                location,
+                format!("cannot read {}: {error}", full.display()),
+            ));
+            None
+        }
+    }
+}
+
+/// A single key: the HS256 secret or a PEM public key, with its algorithms.
+fn single_key(
+    file: &ActorFile,
+    base: &Path,
+    location: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<VerifyingKey> {
+    let key = if let Some(variable) = &file.hs256_secret_env {
+        match std::env::var(variable) {
+            Ok(secret) if !secret.is_empty() => DecodingKey::from_secret(secret.as_bytes()),
+            _ => {
+                errors.push(ConfigError::new(
+                    &format!("{location}.hs256_secret_env"),
+                    format!("environment variable {variable} is not set or empty"),
+                ));
+                return None;
+            }
+        }
+    } else {
+        let pem = file.public_key_pem.as_deref()?;
+        let key_location = format!("{location}.public_key_pem");
+        let text = if pem.trim_start().starts_with("-----BEGIN") {
+            pem.to_string()
+        } else {
+            read_config_file(base, pem, &key_location, errors)?
+        };
+        let bytes = text.as_bytes();
+        let parsed = DecodingKey::from_rsa_pem(bytes)
+            .or_else(|_| DecodingKey::from_ec_pem(bytes))
+            .or_else(|_| DecodingKey::from_ed_pem(bytes));
+        match parsed {
+            Ok(key) => key,
+            Err(_) => {
+                errors.push(ConfigError::new(
+                    &key_location,
+                    "is not a PEM public key (RSA, EC P-256/P-384 or Ed25519)",
+                ));
+                return None;
+            }
+        }
+    };
+    let family = key.family();
+    let algorithms = match configured_algorithms(file, location, errors) {
+        None => vec![default_algorithm(family)],
+        Some(configured) => {
+            let mut fitting = Vec::new();
+            for algorithm in configured {
+                if algorithm.family() == family {
+                    fitting.push(algorithm);
+                } else {
+                    errors.push(ConfigError::new(
+                        &format!("{location}.algorithms"),
+                        format!(
+                            "{} does not fit the configured key ({family:?})",
+                            algorithm_name(algorithm)
+                        ),
+                    ));
+                }
+            }
+            fitting
+        }
+    };
+    Some(VerifyingKey {
+        kid: None,
+        key,
+        validation: base_validation(file, algorithms),
+    })
+}
+
+/// The usable keys of a JWKS file. Encryption keys and keys of algorithms outside the pinned
+/// list are left out; symmetric keys are refused, since a key set is public by convention.
+fn key_set(
+    file: &ActorFile,
+    base: &Path,
+    path: &str,
+    location: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Vec<VerifyingKey>> {
+    let key_location = format!("{location}.jwks_file");
+    let text = read_config_file(base, path, &key_location, errors)?;
+    let document: Value = match serde_json::from_str(&text) {
+        Ok(document) => document,
+        Err(error) => {
+            errors.push(ConfigError::new(
+                &key_location,
+                format!("{path} is not JSON: {error}"),
+            ));
+            return None;
+        }
+    };
+    let Some(items) = document.get("keys").and_then(Value::as_array) else {
+        errors.push(ConfigError::new(
+            &key_location,
+            format!("{path} is not a JWKS document ({{\"keys\": [...]}})"),
+        ));
+        return None;
+    };
+    let pinned = configured_algorithms(file, location, errors);
+    let mut keys = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let kid = item.get("kid").and_then(Value::as_str);
+        let key_place = match kid {
+            Some(kid) => format!("{key_location} key #{} (kid {kid:?})", index + 1),
+            None => format!("{key_location} key #{}", index + 1),
+        };
+        if item.get("kty").and_then(Value::as_str) == Some("oct") {
+            errors.push(ConfigError::new(
+                &key_place,
+                "is a symmetric (oct) key; a key set holds public keys (use hs256_secret_env for a shared secret)",
+            ));
+            continue;
+        }
+        let Ok(jwk) = serde_json::from_value::<Jwk>(item.clone()) else {
+            // Key types this crate does not verify with (e.g. P-521) cannot verify any token.
+            continue;
+        };
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+            continue;
+        }
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa,
+            AlgorithmParameters::EllipticCurve(params) => match params.curve {
+                EllipticCurve::P256 | EllipticCurve::P384 => AlgorithmFamily::Ec,
+                _ => continue,
+            },
+            AlgorithmParameters::OctetKeyPair(params) => match params.curve {
+                EllipticCurve::Ed25519 => AlgorithmFamily::Ed,
+                _ => continue,
+            },
+            AlgorithmParameters::OctetKey(_) => continue,
+        };
+        // The key's own `alg`, when present, narrows what it may verify.
+        let own = match jwk.common.key_algorithm {
+            Some(declared) => match declared.to_string().parse::<Algorithm>() {
+                Ok(algorithm) => Some(algorithm),
+                Err(_) => continue,
+            },
+            None => None,
+        };
+        let curve_default = match &jwk.algorithm {
+            AlgorithmParameters::EllipticCurve(params) if params.curve == EllipticCurve::P384 => {
+                Algorithm::ES384
+            }
+            _ => default_algorithm(family),
+        };
+        let algorithms: Vec<Algorithm> = match (&pinned, own) {
+            (Some(pinned), Some(own)) => pinned.iter().copied().filter(|a| *a == own).collect(),
+            (Some(pinned), None) => pinned
+                .iter()
+                .copied()
+                .filter(|a| a.family() == family)
+                .collect(),
+            (None, Some(own)) => vec![own],
+            (None, None) => vec![curve_default],
+        };
+        if algorithms.is_empty() || algorithms.iter().any(|a| a.family() != family) {
+            continue;
+        }
+        match DecodingKey::from_jwk(&jwk) {
+            Ok(key) => keys.push(VerifyingKey {
+                kid: kid.map(str::to_string),
+                key,
+                validation: base_validation(file, algorithms),
+            }),
+            Err(error) => errors.push(ConfigError::new(
+                &key_place,
+                format!("is not a usable key: {error}"),
+            )),
+        }
+    }
+    if keys.is_empty() {
+        errors.push(ConfigError::new(
+            &key_location,
+            format!("{path} holds no signing key usable with the accepted algorithms"),
+        ));
+        return None;
+    }
+    Some(keys)
+}
+
+pub(super) fn compile(
+    file: &ActorFile,
+    base: &Path,
+    location: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<JwtSource> {
+    let place = match (&file.header, &file.cookie) {
+        (Some(_), Some(_)) => {
+            errors.push(ConfigError::new(
+                location,
+                "give either header or cookie, not both",
+            ));
+            return None;
+        }
+        (_, Some(cookie)) => TokenPlace::Cookie(cookie.clone()),
+        (header, None) => TokenPlace::Header(header_name(
+            location,
+            "header",
+            header.as_deref().unwrap_or("authorization"),
+            errors,
+        )?),
+    };
+    let on_invalid = match file.on_invalid.as_deref() {
+        None | Some("record_unverified") => OnInvalid::RecordUnverified,
+        Some("anonymous") => OnInvalid::Anonymous,
+        Some(other) => {
+            errors.push(ConfigError::new(
+                &format!("{location}.on_invalid"),
+                format!("`{other}` is not one of record_unverified, anonymous"),
+            ));
+            OnInvalid::RecordUnverified
+        }
+    };
+    let claims = ClaimNames {
+        id: file.id.clone().unwrap_or_else(|| "sub".into()),
+        email: file.email.clone().unwrap_or_else(|| "email".into()),
+        name: file.name.clone().unwrap_or_else(|| "name".into()),
+        roles: file.roles.clone(),
+        tenant: file.tenant.clone(),
+    };
+    let key_sources = [
+        file.hs256_secret_env.is_some(),
+        file.public_key_pem.is_some(),
+        file.jwks_file.is_some(),
+    ]
+    .into_iter()
+    .filter(|given| *given)
+    .count();
+    let verifier = if !file.verify.unwrap_or(true) {
+        if key_sources > 0 || file.algorithms.is_some() {
+            errors.push(ConfigError::new(
+                &format!("{location}.verify"),
+                "verify = false ignores keys and algorithms; remove them or verify",
+            ));
+        }
+        Verifier::Off
+    } else {
+        match key_sources {
+            0 => {
+                errors.push(ConfigError::new(
+                    location,
+                    "needs a key: hs256_secret_env, public_key_pem or jwks_file (or verify = false to record every token as unverified)",
+                ));
+                return None;
+            }
+            1 => {}
+            _ => {
+                errors.push(ConfigError::new(
+                    location,
+                    "give only one of hs256_secret_env, public_key_pem, jwks_file",
+                ));
+                return None;
+            }
+        }
+        match &file.jwks_file {
+            Some(path) => Verifier::Set(key_set(file, base, path, location, errors)?),
+            None => Verifier::Single(Box::new(single_key(file, base, location, errors)?)),
+        }
+    };
+    Some(JwtSource {
+        place,
+        claims,
+        verifier,
+        on_invalid,
+        cache: VerifiedCache::default(),
+    })
+}
+
+/// Reads a claim by dotted path (`realm_access.roles`); a claim whose own name holds a dot wins.
+fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
+    if let Some(value) = claims.get(path) {
+        return Some(value);
+    }
+    path.split('.')
+        .try_fold(claims, |value, key| value.get(key))
+}
+
+fn claim_text(claims: &Value, path: &str) -> Option<String> {
+    match claim(claims, path)? {
+        Value::String(text) if !text.is_empty() => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+fn claim_list(claims: &Value, path: &str) -> Vec<String> {
+    match claim(claims, path) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|item| item.as_str().map(str::to_string))
+            .collect(),
+        Some(Value::String(text)) => text
+            .split([' ', ','])
+            .filter(|part| !part.is_empty())
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn decode_segment(segment: &str) -> Option<Value> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment.trim_end_matches('='))
+        .ok()?;
+    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    value.is_object().then_some(value)
+}
+
+/// The claims of a token without checking anything: only for recording an identity as
+/// unverified.
+fn unverified_claims(token: &str) -> Option<Value> {
+    let mut parts = token.split('.');
+    let (_header, payload) = (parts.next()?, parts.next()?);
+    decode_segment(payload)
+}
+
+/// Attacker-chosen text (an `alg`, a `kid`) made safe and short for a note.
+fn shown(text: &str) -> String {
+    let cleaned: String = text.chars().filter(|c| !c.is_control()).take(40).collect();
+    format!("{cleaned:?}")
+}
+
+fn describe_jwt_error(error: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::InvalidSignature => "signature does not verify".into(),
+        ErrorKind::ExpiredSignature => "token expired".into(),
+        ErrorKind::ImmatureSignature => "token not yet valid (nbf)".into(),
+        ErrorKind::InvalidIssuer => "issuer not accepted".into(),
+        ErrorKind::InvalidAudience => "audience not accepted".into(),
+        ErrorKind::InvalidAlgorithm => "algorithm not accepted".into(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("required claim {claim} is missing"),
+        ErrorKind::InvalidClaimFormat(claim) => format!("claim {claim} has the wrong type"),
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => "token is malformed".into(),
+        _ => "token rejected".into(),
+    }
+}
+
+impl JwtSource {
+    /// Where the token comes from and how it is checked, for `auditgate check`.
+    pub(super) fn describe(&self) -> String {
+        let check = match &self.verifier {
+            Verifier::Off => "not verified".to_string(),
+            Verifier::Single(key) => {
+                let names: Vec<String> = key
+                    .validation
+                    .algorithms
+                    .iter()
+                    .map(|algorithm| algorithm_name(*algorithm))
+                    .collect();
+                names.join("/")
+            }
+            Verifier::Set(keys) => format!("key set of {}", keys.len()),
+        };
+        format!("{}, {check}", self.place.describe())
+    }
+
+    /// Where the token is read from, for the redaction of its raw value.
+    pub(super) fn token_header(&self) -> Option<&HeaderName> {
+        match &self.place {
+            TokenPlace::Header(name) => Some(name),
+            TokenPlace::Cookie(_) => None,
+        }
+    }
+
+    fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        match &self.place {
+            TokenPlace::Header(name) => {
+                let value = headers.get(name)?.to_str().ok()?.trim();
+                if name == http::header::AUTHORIZATION {
+                    let (scheme, token) = value.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                } else {
+                    Some(value.strip_prefix("Bearer ").unwrap_or(value).trim())
+                }
+            }
+            TokenPlace::Cookie(cookie) => cookie_value(headers, cookie),
+        }
+    }
+
+    fn map_claims(&self, claims: &Value, verified: bool) -> Actor {
+        Actor {
+            id: claim_text(claims, &self.claims.id),
+            email: claim_text(claims, &self.claims.email),
+            name: claim_text(claims, &self.claims.name),
+            roles: self
+                .claims
+                .roles
+                .as_deref()
+                .map(|path| claim_list(claims, path))
+                .unwrap_or_default(),
+            tenant: self
+                .claims
+                .tenant
+                .as_deref()
+                .and_then(|path| claim_text(claims, path)),
+            source: Some("jwt"),
+            verified,
+            ..Actor::default()
+        }
+    }
+
+    /// Checks a token against the pinned keys: the verified claims and how, or why not.
+    fn verify(&self, token: &str) -> Result<(Value, String), String> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(_), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("token is malformed (not three dot-separated parts)".into());
+        };
+        let Some(header) = decode_segment(header) else {
+            return Err("token is malformed (header is not base64url JSON)".into());
+        };
+        let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
+        if alg.eq_ignore_ascii_case("none") || alg.is_empty() {
+            return Err("algorithm none is not accepted".into());
+        }
+        let kid = header.get("kid").and_then(Value::as_str);
+        let key = match &self.verifier {
+            Verifier::Off => return Err("verification is off".into()),
+            Verifier::Single(key) => key.as_ref(),
+            Verifier::Set(keys) => match (kid, keys.as_slice()) {
+                (Some(kid), _) => keys
+                    .iter()
+                    .find(|key| key.kid.as_deref() == Some(kid))
+                    .ok_or_else(|| format!("no key with kid {} in the key set", shown(kid)))?,
+                (None, [only]) => only,
+                (None, _) => {
+                    return Err(format!(
+                        "token has no kid and the key set holds {} keys",
+                        keys.len()
+                    ))
+                }
+            },
+        };
+        let accepted = key
+            .validation
+            .algorithms
+            .iter()
+            .any(|algorithm| algorithm_name(*algorithm) == alg);
+        if !accepted {
+            let allowed: Vec<String> = key
+                .validation
+                .algorithms
+                .iter()
+                .map(|algorithm| algorithm_name(*algorithm))
+                .collect();
+            return Err(format!(
+                "algorithm {} is not accepted (pinned: {})",
+                shown(alg),
+                allowed.join(", ")
+            ));
+        }
+        match jsonwebtoken::decode::<Value>(token, &key.key, &key.validation) {
+            Ok(data) => {
+                let how = match &key.kid {
+                    Some(kid) => format!("{alg}, kid {kid:?}"),
+                    None => alg.to_string(),
+                };
+                Ok((data.claims, how))
+            }
+            Err(error) => Err(describe_jwt_error(&error)),
+        }
+    }
+
+    pub(super) fn resolve(
+        &self,
+        headers: &HeaderMap,
+        notes: &mut Vec<String>,
+        trace: &mut Trace,
+    ) -> Option<Actor> {
+        let Some(token) = self.token(headers).filter(|token| !token.is_empty()) else {
+            trace.step(|| format!("no token in {}", self.place.describe()));
+            return None;
+        };
+        if token.len() > MAX_TOKEN_BYTES {
+            notes.push(format!(
+                "jwt: token of {} bytes ignored (limit {MAX_TOKEN_BYTES})",
+                token.len()
+            ));
+            trace.step(|| format!("token in {} is too large", self.place.describe()));
+            return None;
+        }
+        if matches!(self.verifier, Verifier::Off) {
+            let Some(claims) = unverified_claims(token) else {
+                notes.push("jwt: token is not a decodable JWT".into());
+                trace.step(|| "token cannot be decoded".into());
+                return None;
+            };
+            notes.push("jwt: signature not checked (verify = false)".into());
+            trace.step(|| {
+                format!(
+                    "claims read from {} without checking the signature (verify = false): unverified",
+                    self.place.describe()
+                )
+            });
+            let actor = self.map_claims(&claims, false);
+            return (actor.id.is_some() || actor.email.is_some()).then_some(actor);
+        }
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = now_seconds();
+        if let Some(actor) = self.cache.get(&hash, now) {
+            trace.step(|| {
+                format!(
+                    "token from {} verified (remembered from an earlier request until its exp)",
+                    self.place.describe()
+                )
+            });
+            return Some(actor);
+        }
+        match self.verify(token) {
+            Ok((claims, how)) => {
+                let actor = self.map_claims(&claims, true);
+                if actor.id.is_none() && actor.email.is_none() {
+                    notes.push(format!(
+                        "jwt: verified token has no {} or {} claim",
+                        self.claims.id, self.claims.email
+                    ));
+                    trace.step(|| "verified token names nobody".into());
+                    return None;
+                }
+                trace.step(|| {
+                    format!(
+                        "token from {} verified ({how}); claims {} -> id, {} -> email",
+                        self.place.describe(),
+                        self.claims.id,
+                        self.claims.email
+                    )
+                });
+                let until = match claims.get("exp") {
+                    Some(Value::Number(exp)) => exp.as_i64().unwrap_or(0),
+                    // A token without exp stays valid; the bounded cache still limits memory.
+                    _ => i64::MAX,
+                };
+                self.cache.put(hash, &actor, until, now);
+                Some(actor)
+            }
+            Err(reason) => {
+                notes.push(format!("jwt: {reason}"));
+                if self.on_invalid == OnInvalid::Anonymous {
+                    trace.step(|| {
+                        format!("token rejected: {reason}; on_invalid = anonymous, so no actor")
+                    });
+                    return None;
+                }
+                let Some(claims) = unverified_claims(token) else {
+                    trace.step(|| format!("token rejected: {reason}; its claims cannot be read"));
+                    return None;
+                };
+                let actor = self.map_claims(&claims, false);
+                if actor.id.is_none() && actor.email.is_none() {
+                    trace.step(|| format!("token rejected: {reason}; it names nobody"));
+                    return None;
+                }
+                trace.step(|| {
+                    format!("token rejected: {reason}; recorded as unverified (on_invalid = record_unverified)")
+                });
+                Some(actor)
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn cached(&self) -> usize {
+        self.cache.len()
+    }
+}

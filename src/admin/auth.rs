@@ -1,0 +1,589 @@
+//! Who is calling the admin API, and may they: bearer tokens, browser sessions, scopes, and the
+//! same-origin check that keeps cookie-authenticated changes safe from other sites.
+//!
+//! Tokens are configured as SHA-256 hashes (`auditgate token` prints a token and its hash), so
+//! the config never holds a usable secret. A presented token is hashed and compared with every
+//! configured hash in constant time.
+//!
+//! The web viewer signs in once by posting a token to `POST /api/v1/session`; the server keeps a
+//! session in memory (name and scopes, never the token) and hands the browser an `HttpOnly`,
+//! `SameSite=Strict` cookie holding a random session id. Sessions are bounded in number, expire,
+//! and are forgotten on restart. Either credential authenticates every protected route; with a
+//! cookie, a request that changes state must also come from the admin listener's own origin.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::audit::{self, AdminAction, RequestInfo};
+use super::error::ApiError;
+use super::AdminState;
+use crate::config::{AdminToken, Scope};
+
+/// The cookie that carries a viewer session id.
+pub const SESSION_COOKIE: &str = "auditgate_session";
+/// How long a viewer session lasts: a working day, after which the viewer asks for the token
+/// again.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
+/// The most sessions kept at once. Creating one more first drops expired sessions, then the one
+/// that would expire soonest, so a flood of sign-ins cannot grow memory without bound.
+pub const MAX_SESSIONS: usize = 1024;
+/// Longer bearer tokens and session ids are refused before any hashing or lookup. Tokens made by
+/// `auditgate token` are 68 characters.
+const MAX_CREDENTIAL_BYTES: usize = 512;
+
+/// The scope's name as written in the config and the OpenAPI document.
+pub fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Read => "read",
+        Scope::Export => "export",
+        Scope::Write => "write",
+    }
+}
+
+/// What a route demands of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No credentials (health, metrics, the OpenAPI document, signing in).
+    Public,
+    /// Any valid token or session, whatever its scopes.
+    Authenticated,
+    /// A token or session holding this scope.
+    Scope(Scope),
+}
+
+/// The holder of a token: their name (the actor of their admin actions) and scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: Arc<str>,
+    pub scopes: Arc<[Scope]>,
+}
+
+impl Identity {
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+
+    pub fn scope_names(&self) -> Vec<&'static str> {
+        self.scopes.iter().copied().map(scope_name).collect()
+    }
+}
+
+/// How a caller proved who they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    Bearer,
+    Session { expires_at: DateTime<Utc> },
+}
+
+/// An authenticated caller, put into the request by [`require`] for handlers to extract.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: Identity,
+    pub via: Via,
+}
+
+impl Caller {
+    pub fn via_name(&self) -> &'static str {
+        match self.via {
+            Via::Bearer => "bearer",
+            Via::Session { .. } => "session",
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    /// Only routes behind [`require`] have a caller; on any other route this refuses, so a
+    /// handler mounted without authentication fails closed.
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Caller, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized("authentication required"))
+    }
+}
+
+struct Session {
+    identity: Identity,
+    expires: Instant,
+    expires_at: DateTime<Utc>,
+}
+
+/// A session just started: the id goes into the cookie and nowhere else.
+pub struct NewSession {
+    pub id: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The configured tokens and the live sessions.
+pub struct Authenticator {
+    tokens: Vec<([u8; 32], Identity)>,
+    /// Keyed by the SHA-256 of the session id, so the table holds nothing a reader of memory
+    /// could replay as a cookie, and lookup timing says nothing about live ids.
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    lifetime: Duration,
+}
+
+impl Authenticator {
+    pub fn new(tokens: &[AdminToken]) -> Authenticator {
+        Authenticator::with_session_lifetime(tokens, SESSION_LIFETIME)
+    }
+
+    /// For tests of expiry; the sidecar uses [`SESSION_LIFETIME`].
+    pub fn with_session_lifetime(tokens: &[AdminToken], lifetime: Duration) -> Authenticator {
+        let tokens = tokens
+            .iter()
+            .map(|token| {
+                let identity = Identity {
+                    name: Arc::from(token.name.as_str()),
+                    scopes: Arc::from(token.scopes.as_slice()),
+                };
+                (token.sha256, identity)
+            })
+            .collect();
+        Authenticator {
+            tokens,
+            sessions: Mutex::new(HashMap::new()),
+            lifetime,
+        }
+    }
+
+    /// The session lifetime, for the cookie's `Max-Age`.
+    pub fn session_lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// The holder of a presented token, if it is one of the configured ones.
+    pub fn token(&self, presented: &str) -> Option<Identity> {
+        if presented.is_empty() || presented.len() > MAX_CREDENTIAL_BYTES {
+            return None;
+        }
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        // Every configured hash is compared, each in constant time, so the time taken says
+        // nothing about how close a guess came or which token it resembled.
+        for (hash, identity) in &self.tokens {
+            let equal: bool = hash.ct_eq(&digest).into();
+            if equal && found.is_none() {
+                found = Some(identity);
+            }
+        }
+        found.cloned()
+    }
+
+    /// Who is calling: a bearer token when an `Authorization` header is present (and then only
+    /// it: a wrong token is not rescued by a cookie), else the session cookie.
+    pub fn identify(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
+            let token = bearer_token(value).ok_or(ApiError::Unauthorized(
+                "the Authorization header must be `Bearer <token>`",
+            ))?;
+            let identity = self
+                .token(token)
+                .ok_or(ApiError::Unauthorized("unknown bearer token"))?;
+            return Ok(Caller {
+                identity,
+                via: Via::Bearer,
+            });
+        }
+        if let Some(id) = session_cookie(headers) {
+            let (identity, expires_at) = self.session(id).ok_or(ApiError::Unauthorized(
+                "the session has ended; sign in again",
+            ))?;
+            return Ok(Caller {
+                identity,
+                via: Via::Session { expires_at },
+            });
+        }
+        Err(ApiError::Unauthorized(
+            "authentication required: send `Authorization: Bearer <token>` or sign in",
+        ))
+    }
+
+    /// Starts a session for `identity`, making room first if the table is full.
+    pub fn start_session(&self, identity: Identity) -> NewSession {
+        let mut bytes = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        let id = URL_SAFE_NO_PAD.encode(bytes);
+        let now = Instant::now();
+        let expires_at = Utc::now()
+            + chrono::Duration::from_std(self.lifetime).unwrap_or(chrono::Duration::zero());
+        let mut sessions = self.sessions();
+        if sessions.len() >= MAX_SESSIONS {
+            sessions.retain(|_, session| session.expires > now);
+        }
+        while sessions.len() >= MAX_SESSIONS {
+            let soonest = sessions
+                .iter()
+                .min_by_key(|(_, session)| session.expires)
+                .map(|(key, _)| *key);
+            match soonest {
+                Some(key) => sessions.remove(&key),
+                None => break,
+            };
+        }
+        sessions.insert(
+            session_key(&id),
+            Session {
+                identity,
+                expires: now + self.lifetime,
+                expires_at,
+            },
+        );
+        NewSession { id, expires_at }
+    }
+
+    /// The identity and expiry of a live session; an expired one is removed.
+    pub fn session(&self, id: &str) -> Option<(Identity, DateTime<Utc>)> {
+        if id.is_empty() || id.len() > MAX_CREDENTIAL_BYTES {
+            return None;
+        }
+        let key = session_key(id);
+        let mut sessions = self.sessions();
+        let session = sessions.get(&key)?;
+        if session.expires <= Instant::now() {
+            sessions.remove(&key);
+            return None;
+        }
+        Some((session.identity.clone(), session.expires_at))
+    }
+
+    /// Forgets a session; whether it existed.
+    pub fn end_session(&self, id: &str) -> bool {
+        self.sessions().remove(&session_key(id)).is_some()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// The table is consistent after any single operation, so a panic elsewhere while holding
+    /// the lock leaves nothing half-done: recover the guard rather than lock everyone out.
+    fn sessions(&self) -> MutexGuard<'_, HashMap<[u8; 32], Session>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn session_key(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive, per RFC 9110).
+fn bearer_token(value: &HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The value of the session cookie, from any `Cookie` header.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim_matches('"'))
+}
+
+/// Whether a request may change state on behalf of a cookie: it must come from a page of the
+/// admin listener itself. Browsers send `Origin` with every POST and DELETE, and modern ones
+/// `Sec-Fetch-Site`; when either is present it must say "this origin". Requests with neither
+/// come from scripts and tools, which do not carry the browser's cookies by accident.
+pub fn same_origin(headers: &HeaderMap, uri: &Uri) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+            return false;
+        }
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| uri.authority().map(|authority| authority.as_str()));
+    let (Ok(origin), Some(host)) = (origin.to_str(), host) else {
+        return false;
+    };
+    // "null" (sandboxed frames, file: pages) has no "://" and is refused here.
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    if authority.is_empty() || authority.contains(['/', '@']) {
+        return false;
+    }
+    normalized_authority(scheme, authority) == normalized_authority(scheme, host)
+}
+
+/// Lowercase, without the scheme's default port, so `http://Admin:80` matches `admin`.
+fn normalized_authority(scheme: &str, authority: &str) -> String {
+    let lower = authority.to_ascii_lowercase();
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => "",
+    };
+    match lower.strip_suffix(default_port) {
+        Some(stripped) if !default_port.is_empty() => stripped.to_string(),
+        _ => lower,
+    }
+}
+
+fn changes_state(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Middleware of every protected route: authenticates, checks the origin of cookie-borne
+/// changes and the route's scope, then hands the [`Caller`] to the handler. Refusals of an
+/// authenticated caller are themselves audited (`audit.denied`); anonymous 401s are not, so
+/// unauthenticated noise cannot fill the log.
+pub async fn require(
+    State((state, access)): State<(AdminState, Access)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = match state.auth.identify(request.headers()) {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    let refusal = if matches!(caller.via, Via::Session { .. })
+        && changes_state(request.method())
+        && !same_origin(request.headers(), request.uri())
+    {
+        Some(ApiError::CrossOrigin)
+    } else {
+        match access {
+            Access::Scope(scope) if !caller.identity.has(scope) => {
+                Some(ApiError::MissingScope(scope))
+            }
+            _ => None,
+        }
+    };
+    if let Some(error) = refusal {
+        let info = RequestInfo::of(&request);
+        let mut action = AdminAction::new(audit::AUDIT_DENIED, error.status());
+        action
+            .metadata
+            .insert("reason".into(), error.to_string().into());
+        if let ApiError::MissingScope(scope) = error {
+            action
+                .metadata
+                .insert("scope".into(), scope_name(scope).into());
+        }
+        audit::record(&state, Some(&caller), &info, action);
+        return error.into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// The client address of a request served with connect info (the admin listener), if known.
+pub fn peer_ip(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_token(name: &str, token: &str, scopes: &[Scope]) -> AdminToken {
+        AdminToken {
+            name: name.into(),
+            sha256: Sha256::digest(token.as_bytes()).into(),
+            scopes: scopes.to_vec(),
+        }
+    }
+
+    fn authenticator() -> Authenticator {
+        Authenticator::new(&[
+            config_token("ops", "agt_ops", &[Scope::Read, Scope::Export]),
+            config_token("viewer", "agt_viewer", &[Scope::Read]),
+        ])
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).expect("header value"));
+        }
+        map
+    }
+
+    #[test]
+    fn tokens_are_found_by_hash_and_nothing_else() {
+        let auth = authenticator();
+        let ops = auth.token("agt_ops").expect("known");
+        assert_eq!(&*ops.name, "ops");
+        assert!(ops.has(Scope::Export));
+        assert_eq!(
+            auth.token("agt_viewer").map(|id| id.scope_names()),
+            Some(vec!["read"])
+        );
+        for wrong in ["", "agt_op", "agt_ops ", "AGT_OPS", &"x".repeat(10_000)] {
+            assert!(auth.token(wrong).is_none(), "{wrong:?} was accepted");
+        }
+        // The configured value is a hash: presenting the hash itself is not the token.
+        let hash = hex::encode(Sha256::digest(b"agt_ops"));
+        assert!(auth.token(&hash).is_none());
+    }
+
+    #[test]
+    fn bearer_header_forms() {
+        let auth = authenticator();
+        for good in ["Bearer agt_ops", "bearer agt_ops", "BEARER  agt_ops"] {
+            let caller = auth
+                .identify(&headers(&[("authorization", good)]))
+                .expect(good);
+            assert_eq!(&*caller.identity.name, "ops");
+            assert_eq!(caller.via, Via::Bearer);
+        }
+        for bad in [
+            "agt_ops",
+            "Basic agt_ops",
+            "Bearer ",
+            "Bearer wrong",
+            "Token agt_ops",
+        ] {
+            let error = auth
+                .identify(&headers(&[("authorization", bad)]))
+                .expect_err(bad);
+            assert!(matches!(error, ApiError::Unauthorized(_)), "{bad}");
+        }
+        assert!(auth.identify(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn a_wrong_bearer_is_not_rescued_by_a_good_cookie() {
+        let auth = authenticator();
+        let session = auth.start_session(auth.token("agt_ops").expect("known"));
+        let cookie = format!("{SESSION_COOKIE}={}", session.id);
+        assert!(auth.identify(&headers(&[("cookie", &cookie)])).is_ok());
+        assert!(auth
+            .identify(&headers(&[
+                ("cookie", &cookie),
+                ("authorization", "Bearer no")
+            ]))
+            .is_err());
+    }
+
+    #[test]
+    fn sessions_remember_the_identity_not_the_token_and_end() {
+        let auth = authenticator();
+        let identity = auth.token("agt_viewer").expect("known");
+        let session = auth.start_session(identity.clone());
+        assert_eq!(session.id.len(), 43, "32 random bytes, base64url");
+        let cookie = format!("theme=dark; {SESSION_COOKIE}={}; other=1", session.id);
+        let caller = auth
+            .identify(&headers(&[("cookie", &cookie)]))
+            .expect("session cookie");
+        assert_eq!(caller.identity, identity);
+        assert_eq!(
+            caller.via,
+            Via::Session {
+                expires_at: session.expires_at
+            }
+        );
+        let lifetime = session.expires_at - Utc::now();
+        assert!(lifetime > chrono::Duration::hours(11) && lifetime <= chrono::Duration::hours(12));
+
+        assert!(auth.session("not-a-session").is_none());
+        assert!(auth.end_session(&session.id));
+        assert!(!auth.end_session(&session.id));
+        assert!(auth.identify(&headers(&[("cookie", &cookie)])).is_err());
+    }
+
+    #[test]
+    fn expired_sessions_are_refused_and_removed() {
+        let auth = Authenticator::with_session_lifetime(
+            &[config_token("ops", "agt_ops", &[Scope::Read])],
+            Duration::ZERO,
+        );
+        let session = auth.start_session(auth.token("agt_ops").expect("known"));
+        assert_eq!(auth.session_count(), 1);
+        assert!(auth.session(&session.id).is_none());
+        assert_eq!(auth.session_count(), 0);
+    }
+
+    #[test]
+    fn the_session_table_is_bounded() {
+        let auth = authenticator();
+        let identity = auth.token("agt_ops").expect("known");
+        let first = auth.start_session(identity.clone());
+        let mut last = None;
+        for _ in 0..MAX_SESSIONS + 10 {
+            last = Some(auth.start_session(identity.clone()));
+        }
+        assert_eq!(auth.session_count(), MAX_SESSIONS);
+        assert!(
+            auth.session(&first.id).is_none(),
+            "the oldest session made room"
+        );
+        let last = last.expect("made");
+        assert!(auth.session(&last.id).is_some());
+    }
+
+    #[test]
+    fn same_origin_rules() {
+        let uri: Uri = "/api/v1/session".parse().expect("uri");
+        let check = |pairs: &[(&'static str, &str)]| same_origin(&headers(pairs), &uri);
+        assert!(check(&[("host", "127.0.0.1:9090")]), "no Origin: a tool");
+        assert!(check(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://127.0.0.1:9090")
+        ]));
+        assert!(check(&[
+            ("host", "Admin.Example"),
+            ("origin", "http://admin.example:80")
+        ]));
+        assert!(check(&[
+            ("host", "admin.example"),
+            ("origin", "https://admin.example")
+        ]));
+        assert!(check(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://127.0.0.1:9090"),
+            ("sec-fetch-site", "same-origin"),
+        ]));
+        assert!(!check(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://evil.example")
+        ]));
+        assert!(!check(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://127.0.0.1:9091")
+        ]));
+        assert!(!check(&[("host", "127.0.0.1:9090"), ("origin", "null")]));
+        assert!(!check(&[("origin", "http://127.0.0.1:9090")]), "no host");
+        assert!(!check(&[
+            ("host", "127.0.0.1:9090"),
+            ("sec-fetch-site", "cross-site")
+        ]));
+        assert!(!check(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://127.0.0.1:9090"),
+            ("sec-fetch-site", "same-site"),
+        ]));
+    }
+}

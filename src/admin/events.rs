@@ -1,0 +1,470 @@
+//! `POST /api/v1/events`: entries from the app itself, in the reference product's shape.
+//!
+//! The body is one entry or an array of them — `actorId, actorEmail, action, resourceType,
+//! resourceId, metadata, ip, userAgent`, exactly what the reference's `logAction()` takes. Every
+//! field is validated and every bad one named in the 400. The entries go through the same writer
+//! and tamper-evident log as proxied ones, with `actorSource = "app"`; the answer (201) comes only
+//! once they are stored.
+//!
+//! `Idempotency-Key` makes retries safe: the entries of a keyed request get ids derived from the
+//! key, so a retry — within this process's memory (24 h) or after a restart, found in the store —
+//! answers with the first attempt's ids instead of recording twice. The same key with a different
+//! body is refused (422).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::auth::Caller;
+use super::AdminState;
+use crate::entry::{AuditEntry, Outcome};
+use crate::hints::valid_action;
+
+/// The largest request body the endpoint reads.
+pub const MAX_EVENTS_BODY: usize = 1024 * 1024;
+/// The most entries in one request.
+const MAX_BATCH: usize = 1000;
+/// Longest text field (ids, emails, types); user agents may be longer.
+const MAX_FIELD: usize = 512;
+const MAX_USER_AGENT: usize = 2048;
+/// Largest `metadata` object, serialized.
+const MAX_METADATA: usize = 16 * 1024;
+/// How long an idempotency key is remembered in memory, and how many at most.
+const KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+const MAX_KEYS: usize = 100_000;
+const MAX_KEY_LENGTH: usize = 255;
+
+const FIELDS: [&str; 8] = [
+    "actorId",
+    "actorEmail",
+    "action",
+    "resourceType",
+    "resourceId",
+    "metadata",
+    "ip",
+    "userAgent",
+];
+
+enum KeyState {
+    /// The first request with this key is being stored.
+    InProgress,
+    /// Stored: the answer a retry gets.
+    Done {
+        body_hash: [u8; 32],
+        ids: Vec<String>,
+    },
+}
+
+/// Idempotency keys seen recently.
+#[derive(Default)]
+pub struct IdempotencyKeys {
+    keys: Mutex<HashMap<String, (Instant, KeyState)>>,
+}
+
+impl IdempotencyKeys {
+    fn forget_old(keys: &mut HashMap<String, (Instant, KeyState)>) {
+        if keys.len() >= MAX_KEYS {
+            keys.retain(|_, (seen, _)| seen.elapsed() < KEY_LIFETIME);
+        }
+        if keys.len() >= MAX_KEYS {
+            // Still full of live keys: drop the oldest finished tenth rather than refuse service.
+            let mut finished: Vec<(Instant, String)> = keys
+                .iter()
+                .filter(|(_, (_, state))| matches!(state, KeyState::Done { .. }))
+                .map(|(key, (seen, _))| (*seen, key.clone()))
+                .collect();
+            finished.sort();
+            for (_, key) in finished.into_iter().take(MAX_KEYS / 10) {
+                keys.remove(&key);
+            }
+        }
+    }
+}
+
+/// One field error: which entry, which field, what is wrong.
+fn field_error(index: Option<usize>, field: &str, message: &str) -> Value {
+    let param = match index {
+        Some(index) => format!("[{index}].{field}"),
+        None => field.to_string(),
+    };
+    json!({"param": param, "message": message})
+}
+
+fn bad_request(errors: Vec<Value>) -> Response {
+    let first = errors.first().cloned().unwrap_or(Value::Null);
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({
+            "error": first["message"].clone(),
+            "param": first["param"].clone(),
+            "errors": errors,
+        })),
+    )
+        .into_response()
+}
+
+fn text_field(
+    object: &Map<String, Value>,
+    field: &str,
+    max: usize,
+    index: Option<usize>,
+    errors: &mut Vec<Value>,
+) -> Option<String> {
+    match object.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) if text.is_empty() => {
+            errors.push(field_error(index, field, "is empty"));
+            None
+        }
+        Some(Value::String(text)) if text.len() > max => {
+            errors.push(field_error(
+                index,
+                field,
+                &format!("is longer than {max} bytes"),
+            ));
+            None
+        }
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(_) => {
+            errors.push(field_error(index, field, "must be a string"));
+            None
+        }
+    }
+}
+
+/// Validates one event into an entry; every problem is added to `errors`.
+fn to_entry(
+    value: &Value,
+    index: Option<usize>,
+    log_id: &str,
+    token_name: &str,
+    errors: &mut Vec<Value>,
+) -> Option<AuditEntry> {
+    let Some(object) = value.as_object() else {
+        errors.push(field_error(index, "", "must be a JSON object"));
+        return None;
+    };
+    let before = errors.len();
+    for key in object.keys() {
+        if !FIELDS.contains(&key.as_str()) {
+            errors.push(field_error(
+                index,
+                key,
+                &format!("is not a field (fields: {})", FIELDS.join(", ")),
+            ));
+        }
+    }
+    let action = text_field(object, "action", 128, index, errors);
+    match &action {
+        None if !object.contains_key("action") || object["action"].is_null() => {
+            errors.push(field_error(index, "action", "is required"))
+        }
+        Some(action) if !valid_action(action) => errors.push(field_error(
+            index,
+            "action",
+            "must be letters, digits and . _ - : / (like user.role_changed)",
+        )),
+        _ => {}
+    }
+    let actor_id = text_field(object, "actorId", MAX_FIELD, index, errors);
+    let actor_email = text_field(object, "actorEmail", MAX_FIELD, index, errors);
+    if actor_id.is_none()
+        && actor_email.is_none()
+        && !object.contains_key("actorId")
+        && !object.contains_key("actorEmail")
+    {
+        errors.push(field_error(
+            index,
+            "actorId",
+            "is required (or actorEmail): who did it",
+        ));
+    }
+    let resource_type = text_field(object, "resourceType", MAX_FIELD, index, errors);
+    let resource_id = text_field(object, "resourceId", MAX_FIELD, index, errors);
+    let user_agent = text_field(object, "userAgent", MAX_USER_AGENT, index, errors);
+    let ip = text_field(object, "ip", 64, index, errors);
+    let ip = match ip {
+        Some(text) => match text.parse::<IpAddr>() {
+            Ok(addr) => Some(crate::client_ip::canonical(addr).to_string()),
+            Err(_) => {
+                errors.push(field_error(index, "ip", "is not an IP address"));
+                None
+            }
+        },
+        None => None,
+    };
+    let metadata = match object.get("metadata") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(metadata)) => {
+            let size = serde_json::to_vec(metadata)
+                .map(|bytes| bytes.len())
+                .unwrap_or(usize::MAX);
+            if size > MAX_METADATA {
+                errors.push(field_error(
+                    index,
+                    "metadata",
+                    &format!("is {size} bytes, over the {MAX_METADATA}-byte limit"),
+                ));
+            }
+            if metadata.keys().any(|key| key.starts_with('_')) {
+                errors.push(field_error(
+                    index,
+                    "metadata",
+                    "keys starting with _ are reserved for auditgate",
+                ));
+            }
+            metadata.clone()
+        }
+        Some(_) => {
+            errors.push(field_error(index, "metadata", "must be a JSON object"));
+            Map::new()
+        }
+    };
+    if errors.len() > before {
+        return None;
+    }
+    let mut entry = AuditEntry::new(log_id, action.unwrap_or_default());
+    entry.actor_id = actor_id;
+    entry.actor_email = actor_email;
+    entry.actor_source = Some("app".to_string());
+    entry.actor_verified = true;
+    entry.resource_type = resource_type;
+    entry.resource_id = resource_id;
+    entry.ip = ip;
+    entry.user_agent = user_agent;
+    entry.outcome = Outcome::Success;
+    entry.metadata = metadata;
+    entry
+        .metadata
+        .insert("_ingest".to_string(), json!({ "token": token_name }));
+    Some(entry)
+}
+
+/// Entry ids for a keyed request: the same key, log and position give the same id, so a retry
+/// can be recognised in the store after a restart.
+fn keyed_id(log_id: &str, key: &str, index: usize) -> String {
+    let digest = Sha256::digest(format!("{log_id}\n{key}\n{index}").as_bytes());
+    format!("evt_{}", hex::encode(&digest[..16]))
+}
+
+fn created(ids: &[String], replayed: bool) -> Response {
+    let status = if replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    (
+        status,
+        Json(json!({ "ids": ids, "count": ids.len(), "replayed": replayed })),
+    )
+        .into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// `POST /api/v1/events` (scope `write`).
+pub async fn ingest(
+    State(state): State<AdminState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"));
+    if !json_body {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content-type must be application/json",
+        );
+    }
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(text) if !text.is_empty() && text.len() <= MAX_KEY_LENGTH => Some(text.to_string()),
+            _ => {
+                return bad_request(vec![field_error(
+                    None,
+                    "Idempotency-Key",
+                    &format!("must be 1-{MAX_KEY_LENGTH} visible ASCII characters"),
+                )])
+            }
+        },
+    };
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(parse) => {
+            return bad_request(vec![field_error(
+                None,
+                "body",
+                &format!("is not JSON: {parse}"),
+            )])
+        }
+    };
+    let (items, batch) = match &value {
+        Value::Array(items) if items.is_empty() => {
+            return bad_request(vec![field_error(None, "body", "is an empty array")])
+        }
+        Value::Array(items) if items.len() > MAX_BATCH => {
+            return bad_request(vec![field_error(
+                None,
+                "body",
+                &format!(
+                    "holds {} entries; at most {MAX_BATCH} a request",
+                    items.len()
+                ),
+            )])
+        }
+        Value::Array(items) => (items.iter().collect::<Vec<_>>(), true),
+        other => (vec![other], false),
+    };
+    let token_name = caller.identity.name.to_string();
+    let mut errors = Vec::new();
+    let mut entries = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        if let Some(entry) = to_entry(
+            item,
+            batch.then_some(index),
+            &state.log_id,
+            &token_name,
+            &mut errors,
+        ) {
+            entries.push(entry);
+        }
+    }
+    if !errors.is_empty() {
+        return bad_request(errors);
+    }
+    if let Some(request_id) = headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+    {
+        for entry in &mut entries {
+            entry.request_id = Some(request_id.chars().take(128).collect());
+        }
+    }
+
+    let Some(key) = key else {
+        let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
+        return match state.writer.push_durable(entries).await {
+            Ok(()) => created(&ids, false),
+            Err(cause) => {
+                tracing::error!(%cause, "ingested entries could not be stored");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the audit store cannot take entries now",
+                )
+            }
+        };
+    };
+
+    // Keyed: one request per key at a time; a retry gets the first answer.
+    let body_hash: [u8; 32] = Sha256::digest(&body).into();
+    let scoped_key = format!("{token_name}\n{key}");
+    for (index, entry) in entries.iter_mut().enumerate() {
+        entry.id = keyed_id(&state.log_id, &scoped_key, index);
+        entry.metadata.insert(
+            "_ingest".to_string(),
+            json!({ "token": token_name, "idempotencyKey": key }),
+        );
+    }
+    let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
+    {
+        let Ok(mut keys) = state.ingest_keys.keys.lock() else {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        };
+        IdempotencyKeys::forget_old(&mut keys);
+        match keys.get(&scoped_key) {
+            Some((seen, state)) if seen.elapsed() < KEY_LIFETIME => match state {
+                KeyState::InProgress => {
+                    let mut response = error(
+                        StatusCode::CONFLICT,
+                        "a request with this Idempotency-Key is still being stored; retry shortly",
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                    return response;
+                }
+                KeyState::Done {
+                    body_hash: first,
+                    ids: first_ids,
+                } => {
+                    if *first != body_hash {
+                        return error(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "this Idempotency-Key was used with a different body",
+                        );
+                    }
+                    return created(first_ids, true);
+                }
+            },
+            _ => {}
+        }
+        keys.insert(scoped_key.clone(), (Instant::now(), KeyState::InProgress));
+    }
+    let forget = |keys: &IdempotencyKeys| {
+        if let Ok(mut keys) = keys.keys.lock() {
+            keys.remove(&scoped_key);
+        }
+    };
+    // Not in memory (a restart since the first attempt?): the ids tell whether it is stored.
+    let lookup = ids.clone();
+    let store = state.store.clone();
+    let present = match tokio::task::spawn_blocking(move || store.existing_ids(&lookup)).await {
+        Ok(Ok(present)) => present,
+        _ => {
+            forget(&state.ingest_keys);
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit store cannot be read now",
+            );
+        }
+    };
+    let result = if present.len() == ids.len() {
+        Ok(true)
+    } else if present.is_empty() {
+        state.writer.push_durable(entries).await.map(|()| false)
+    } else {
+        // Some of a batch: only a partial earlier store could do this; store the rest.
+        entries.retain(|entry| !present.contains(&entry.id));
+        state.writer.push_durable(entries).await.map(|()| false)
+    };
+    match result {
+        Ok(replayed) => {
+            if let Ok(mut keys) = state.ingest_keys.keys.lock() {
+                keys.insert(
+                    scoped_key.clone(),
+                    (
+                        Instant::now(),
+                        KeyState::Done {
+                            body_hash,
+                            ids: ids.clone(),
+                        },
+                    ),
+                );
+            }
+            created(&ids, replayed)
+        }
+        Err(cause) => {
+            forget(&state.ingest_keys);
+            tracing::error!(%cause, "ingested entries could not be stored");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit store cannot take entries now",
+            )
+        }
+    }
+}

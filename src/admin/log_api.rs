@@ -1,0 +1,309 @@
+//! The log's tamper-evidence endpoints on the admin listener.
+//!
+//! - `GET /api/v1/log/head` — the latest signed tree head:
+//!   `{"logId","size","rootHash"(hex),"timestamp","keyId","signature"(base64)}`;
+//!   404 `{"error":"no signed tree head yet"}`.
+//! - `GET /api/v1/log/key` — the public key heads are signed with:
+//!   `{"algorithm":"Ed25519","keyId","publicKeyPem"}`; 404 when no signing key is configured.
+//! - `GET /api/v1/log/consistency?from=M&to=N` — RFC 9162 consistency proof between sizes
+//!   (`to` defaults to the latest head's size): `{"from","to","fromRoot","toRoot","proof":[hex]}`.
+//! - `GET /api/v1/entries/{id}/proof` — inclusion proof of an entry (by id, or by sequence number,
+//!   which also works for pruned entries) against the latest head:
+//!   `{"seq","leafIndex","leafHash","treeSize","auditPath":[hex],"head":{...},"pruned","prunedBy"}`;
+//!   409 when no signed head covers the entry yet, 404 when there is no such entry.
+//! - `GET /api/v1/verify[?full=true]` — the check of `auditgate verify`, resumed from where the
+//!   last call stopped (cheap to call often; `full=true` starts over and re-reads everything):
+//!   `{"ok","size","checkedAt","firstBadSeq","problem","problems":[{seq,message}],"mode",...}`.
+//!
+//! Errors are `{"error": "..."}`; a store failure is logged and answered 500 without details.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::AdminState;
+use crate::log::head::LogVerifier;
+use crate::log::merkle::to_hex;
+use crate::log::verify::{HeadOrigin, HeadToCheck, LogCheck};
+use crate::signer::SignerStats;
+use crate::store::{Store, StoreError};
+
+/// What the log endpoints keep between requests.
+pub struct LogApiState {
+    public_key: Option<LogVerifier>,
+    signer_stats: Option<Arc<SignerStats>>,
+    verify: Mutex<IncrementalVerify>,
+}
+
+struct IncrementalVerify {
+    check: LogCheck,
+    /// The id of the last stored head handed to the check.
+    last_head_id: u64,
+}
+
+impl LogApiState {
+    /// `public_key` checks head signatures in `/verify` and is served at `/log/key`.
+    pub fn new(
+        public_key: Option<LogVerifier>,
+        signer_stats: Option<Arc<SignerStats>>,
+    ) -> LogApiState {
+        let keys = public_key.iter().cloned().collect();
+        LogApiState {
+            public_key,
+            signer_stats,
+            verify: Mutex::new(IncrementalVerify {
+                check: LogCheck::new(keys),
+                last_head_id: 0,
+            }),
+        }
+    }
+
+    pub fn signer_stats(&self) -> Option<&SignerStats> {
+        self.signer_stats.as_deref()
+    }
+}
+
+/// An answer that is not 200.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    Status(StatusCode, String),
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Status(status, message) => {
+                (status, Json(json!({ "error": message }))).into_response()
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "log endpoint failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({ "error": "internal error" })),
+                )
+                    .into_response()
+            }
+        }
+    }
+}
+
+/// Runs store work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| ApiError::Internal(format!("task failed: {error}")))?
+}
+
+pub(crate) async fn head(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let head = blocking(move || Ok(store.latest_head()?)).await?;
+    match head {
+        Some(head) => Ok(Json(json!(head))),
+        None => Err(ApiError::Status(
+            StatusCode::NOT_FOUND,
+            "no signed tree head yet".into(),
+        )),
+    }
+}
+
+pub(crate) async fn key(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let Some(key) = &state.log.public_key else {
+        return Err(ApiError::Status(
+            StatusCode::NOT_FOUND,
+            "no signing key is configured ([log] signing_key)".into(),
+        ));
+    };
+    let pem = key
+        .to_public_pem()
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    Ok(Json(json!({
+        "algorithm": "Ed25519",
+        "keyId": key.key_id(),
+        "publicKeyPem": pem,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ConsistencyParams {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn size_param(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> {
+    value
+        .map(|text| {
+            text.parse::<u64>().map_err(|_| {
+                ApiError::Status(
+                    StatusCode::BAD_REQUEST,
+                    format!("{name} must be a tree size (a whole number)"),
+                )
+            })
+        })
+        .transpose()
+}
+
+pub(crate) async fn consistency(
+    State(state): State<AdminState>,
+    Query(params): Query<ConsistencyParams>,
+) -> Result<Json<Value>, ApiError> {
+    let from = size_param("from", params.from.as_deref())?
+        .ok_or_else(|| ApiError::Status(StatusCode::BAD_REQUEST, "from is required".into()))?;
+    let to = size_param("to", params.to.as_deref())?;
+    let store = state.store.clone();
+    blocking(move || {
+        let to = match to {
+            Some(to) => to,
+            None => match store.latest_head()? {
+                Some(head) => head.head.size,
+                None => store.tree_size()?,
+            },
+        };
+        let size = store.tree_size()?;
+        if from > to || to > size {
+            return Err(ApiError::Status(
+                StatusCode::BAD_REQUEST,
+                format!("need from <= to <= {size} (the log's size); got from={from} to={to}"),
+            ));
+        }
+        let proof = store.consistency_proof(from, to)?;
+        Ok(Json(json!({
+            "from": from,
+            "to": to,
+            "fromRoot": to_hex(&store.root_at(from)?),
+            "toRoot": to_hex(&store.root_at(to)?),
+            "proof": proof.iter().map(to_hex).collect::<Vec<_>>(),
+        })))
+    })
+    .await
+}
+
+/// The sequence number `id` names: an entry's id or sequence number, or the sequence number of
+/// a pruned entry. `None` when it names nothing.
+fn resolve_seq(store: &dyn Store, id: &str) -> Result<Option<(u64, Option<u64>)>, ApiError> {
+    if let Some(entry) = store.get(id)? {
+        // In a database shared by several logs, this log's tree proves only its own entries.
+        if let Some(own) = store.log_scope() {
+            if entry.log_id != own {
+                return Err(ApiError::Status(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "entry {id} is in log {:?}; its proof comes from that log's sidecar",
+                        entry.log_id
+                    ),
+                ));
+            }
+        }
+        return Ok(Some((entry.seq, None)));
+    }
+    let is_decimal = !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit());
+    let Some(seq) = id.parse::<u64>().ok().filter(|_| is_decimal) else {
+        return Ok(None);
+    };
+    Ok(store.pruned_record(seq)?.map(|record| (seq, Some(record))))
+}
+
+pub(crate) async fn proof(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    blocking(move || {
+        let Some((seq, pruned_by)) = resolve_seq(store.as_ref(), &id)? else {
+            return Err(ApiError::Status(
+                StatusCode::NOT_FOUND,
+                "no such entry".into(),
+            ));
+        };
+        let Some(head) = store.latest_head()? else {
+            return Err(ApiError::Status(
+                StatusCode::CONFLICT,
+                "no signed tree head yet".into(),
+            ));
+        };
+        if head.head.size < seq {
+            return Err(ApiError::Status(
+                StatusCode::CONFLICT,
+                format!(
+                    "no signed tree head covers entry {seq} yet (the latest covers {}); the next \
+                     one will",
+                    head.head.size
+                ),
+            ));
+        }
+        let leaf = store
+            .leaf_hash(seq)?
+            .ok_or_else(|| ApiError::Internal(format!("entry {seq} has no leaf hash")))?;
+        let path = store.inclusion_proof(seq, head.head.size)?;
+        Ok(Json(json!({
+            "seq": seq,
+            "leafIndex": seq - 1,
+            "leafHash": to_hex(&leaf),
+            "treeSize": head.head.size,
+            "auditPath": path.iter().map(to_hex).collect::<Vec<_>>(),
+            "head": head,
+            "pruned": pruned_by.is_some(),
+            "prunedBy": pruned_by,
+        })))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct VerifyParams {
+    full: Option<String>,
+}
+
+pub(crate) async fn verify(
+    State(state): State<AdminState>,
+    Query(params): Query<VerifyParams>,
+) -> Result<Json<Value>, ApiError> {
+    let full = matches!(params.full.as_deref(), Some("true" | "1" | "yes"));
+    let store = state.store.clone();
+    let log = state.log.clone();
+    blocking(move || {
+        let mut incremental = log.verify.lock().unwrap_or_else(PoisonError::into_inner);
+        if full {
+            *incremental = IncrementalVerify {
+                check: LogCheck::new(log.public_key.iter().cloned().collect()),
+                last_head_id: 0,
+            };
+        }
+        let state = &mut *incremental;
+        loop {
+            let heads = store.heads_after(state.last_head_id, 1000)?;
+            let Some(last) = heads.last() else {
+                break;
+            };
+            state.last_head_id = last.id;
+            let heads = heads
+                .into_iter()
+                .map(|stored| HeadToCheck {
+                    head: stored.head,
+                    origin: HeadOrigin::Store(stored.id),
+                })
+                .collect();
+            state.check.add_heads(store.as_ref(), heads)?;
+        }
+        let end = store.tree_size()?.max(store.max_entry_seq()?);
+        state.check.advance(store.as_ref(), end)?;
+        let mut body = crate::verify::report_json(&state.check.report());
+        body["mode"] = Value::from(if full { "full" } else { "incremental" });
+        Ok(Json(body))
+    })
+    .await
+}

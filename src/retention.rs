@@ -1,0 +1,361 @@
+//! Retention: deleting entries past their maximum age while keeping the log verifiable.
+//!
+//! A prune deletes entry rows but keeps their leaf hashes in the tree, so every signed head,
+//! inclusion proof and consistency proof stays valid, and `auditgate verify` still checks the
+//! whole tree. Each prune appends an `audit.pruned` entry (see [`crate::log::pruned`]) in the same
+//! transaction as the deletion, so the log itself says what was removed, when and by which rule.
+//!
+//! Which entries go: those created before the cutoff (`now - max_age`) of the rule whose
+//! `action_prefix` is the longest one their action starts with, or `[retention] max_age` when no
+//! rule matches (no `max_age`: kept). `audit.pruned` entries are never pruned.
+//!
+//! Pruned entries are gone from listings and exports. Their positions are still in the tree: the
+//! proof endpoint answers for them by sequence number (marked `"pruned": true`), and looking one
+//! up by sequence number says it was pruned and by which record instead of "not found".
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::config::RetentionConfig;
+use crate::entry::{format_timestamp, AuditEntry, Outcome};
+use crate::log::pruned::PRUNED_ACTION;
+use crate::store::{PruneOutcome, Store, StoreError};
+
+/// Most entries deleted in one transaction, so that a first prune of a large log never holds the
+/// write lock for long: the writer's group commits slip in between chunks.
+pub const PRUNE_CHUNK: usize = 20_000;
+
+/// One class of entries a prune selects: created before `cutoff`, with an action that starts
+/// with `prefix` (any action when `None`) and with none of the `excluded` prefixes, which belong
+/// to more specific rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneClass {
+    pub prefix: Option<String>,
+    pub excluded: Vec<String>,
+    pub cutoff: DateTime<Utc>,
+}
+
+/// The cutoffs of one prune, fixed when it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PrunePlan {
+    /// Cutoff for actions no rule names; `None` keeps them.
+    pub default_cutoff: Option<DateTime<Utc>>,
+    /// `(action prefix, cutoff)`; the longest matching prefix applies.
+    pub rules: Vec<(String, DateTime<Utc>)>,
+}
+
+impl PrunePlan {
+    /// The plan for `config` at `now`. `older_than` replaces `[retention] max_age` (the CLI's
+    /// `--older-than`); the per-prefix rules still apply.
+    pub fn new(
+        config: &RetentionConfig,
+        older_than: Option<Duration>,
+        now: DateTime<Utc>,
+    ) -> PrunePlan {
+        let cutoff = |age: Duration| {
+            chrono::Duration::from_std(age)
+                .ok()
+                .and_then(|age| now.checked_sub_signed(age))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        };
+        PrunePlan {
+            default_cutoff: older_than.or(config.max_age).map(cutoff),
+            rules: config
+                .rules
+                .iter()
+                .map(|rule| (rule.action_prefix.clone(), cutoff(rule.max_age)))
+                .collect(),
+        }
+    }
+
+    /// Whether the plan can prune anything at all.
+    pub fn is_empty(&self) -> bool {
+        self.default_cutoff.is_none() && self.rules.is_empty()
+    }
+
+    /// The cutoff that applies to an action, `None` when it is kept whatever its age.
+    pub fn cutoff_for(&self, action: &str) -> Option<DateTime<Utc>> {
+        if action == PRUNED_ACTION {
+            return None;
+        }
+        self.rules
+            .iter()
+            .filter(|(prefix, _)| action.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, cutoff)| *cutoff)
+            .or(self.default_cutoff)
+    }
+
+    /// The classes a store selects candidates by: one per rule, and the default. Every entry
+    /// belongs to exactly one class, the one [`Self::cutoff_for`] would pick.
+    pub fn classes(&self) -> Vec<PruneClass> {
+        let mut classes = Vec::new();
+        for (prefix, cutoff) in &self.rules {
+            let excluded = self
+                .rules
+                .iter()
+                .filter(|(other, _)| other.len() > prefix.len() && other.starts_with(prefix))
+                .map(|(other, _)| other.clone())
+                .collect();
+            classes.push(PruneClass {
+                prefix: Some(prefix.clone()),
+                excluded,
+                cutoff: *cutoff,
+            });
+        }
+        if let Some(cutoff) = self.default_cutoff {
+            classes.push(PruneClass {
+                prefix: None,
+                excluded: self
+                    .rules
+                    .iter()
+                    .map(|(prefix, _)| prefix.clone())
+                    .collect(),
+                cutoff,
+            });
+        }
+        classes
+    }
+
+    /// The plan's part of the record's metadata: `cutoff` and `rules`.
+    pub fn write_metadata(&self, metadata: &mut Map<String, Value>) {
+        metadata.insert(
+            "cutoff".into(),
+            self.default_cutoff
+                .map(|cutoff| Value::from(format_timestamp(&cutoff)))
+                .unwrap_or(Value::Null),
+        );
+        let rules = self
+            .rules
+            .iter()
+            .map(|(prefix, cutoff)| {
+                serde_json::json!({"actionPrefix": prefix, "cutoff": format_timestamp(cutoff)})
+            })
+            .collect();
+        metadata.insert("rules".into(), Value::Array(rules));
+    }
+}
+
+/// A blank `audit.pruned` record for a prune by `by` ("retention" for the background task,
+/// "cli" for `auditgate prune`); the store fills in what was pruned.
+pub fn prune_record(log_id: &str, plan: &PrunePlan, by: &str) -> AuditEntry {
+    let mut record = AuditEntry::new(log_id, PRUNED_ACTION);
+    record.actor_id = Some(by.to_string());
+    record.actor_source = Some("auditgate".to_string());
+    record.actor_verified = true;
+    record.resource_type = Some("log".to_string());
+    record.resource_id = Some(log_id.to_string());
+    record.outcome = Outcome::Success;
+    plan.write_metadata(&mut record.metadata);
+    record
+}
+
+/// What [`prune_all`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneSummary {
+    /// One per transaction, in order.
+    pub prunes: Vec<PruneOutcome>,
+}
+
+impl PruneSummary {
+    pub fn entries(&self) -> u64 {
+        self.prunes.iter().map(|prune| prune.count).sum()
+    }
+}
+
+/// Prunes everything `plan` selects, chunk by chunk, each chunk with its own `audit.pruned`
+/// record. `keep_going` is asked between chunks, so a shutdown does not wait for a long prune.
+pub fn prune_all(
+    store: &dyn Store,
+    plan: &PrunePlan,
+    log_id: &str,
+    by: &str,
+    keep_going: &dyn Fn() -> bool,
+) -> Result<PruneSummary, StoreError> {
+    let mut summary = PruneSummary::default();
+    if plan.is_empty() {
+        return Ok(summary);
+    }
+    while keep_going() {
+        match store.prune(plan, prune_record(log_id, plan, by), PRUNE_CHUNK)? {
+            Some(outcome) => {
+                tracing::info!(
+                    record = outcome.record_seq,
+                    first = outcome.first_seq,
+                    last = outcome.last_seq,
+                    count = outcome.count,
+                    "pruned entries past their retention"
+                );
+                summary.prunes.push(outcome);
+            }
+            None => break,
+        }
+    }
+    Ok(summary)
+}
+
+/// The background retention task: prunes every `prune_interval` until told to stop.
+pub struct RetentionTask {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RetentionTask {
+    /// Starts the task if the configuration prunes anything; `None` otherwise.
+    pub fn start(
+        store: Arc<dyn Store>,
+        config: RetentionConfig,
+        log_id: String,
+    ) -> Option<RetentionTask> {
+        if config.max_age.is_none() && config.rules.is_empty() {
+            return None;
+        }
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(config.prune_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stopped.wait_for(|stop| *stop) => return,
+                }
+                let plan = PrunePlan::new(&config, None, Utc::now());
+                let store = store.clone();
+                let log_id = log_id.clone();
+                let watch = stopped.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    prune_all(store.as_ref(), &plan, &log_id, "retention", &|| {
+                        !*watch.borrow()
+                    })
+                })
+                .await;
+                match result {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "retention prune failed; retrying at the next interval")
+                    }
+                    Err(error) => tracing::error!(%error, "retention prune task failed"),
+                }
+            }
+        });
+        Some(RetentionTask { stop, task })
+    }
+
+    /// Stops between chunks and waits for the task to end.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// `auditgate prune`: prunes now with the config's retention (or `--older-than`), through the
+/// same store code as the background task. Runs beside a live sidecar: appends take SQLite's
+/// write lock and both sides re-read the tree's size before extending it.
+pub fn run_prune(
+    config: &crate::config::Config,
+    older_than: Option<&str>,
+) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context as _;
+    let older_than = match older_than.map(crate::units::parse_duration).transpose() {
+        Ok(age) => age,
+        Err(message) => {
+            eprintln!("auditgate prune: --older-than: {message}");
+            return Ok(std::process::ExitCode::from(64));
+        }
+    };
+    let plan = PrunePlan::new(&config.retention, older_than, Utc::now());
+    if plan.is_empty() {
+        eprintln!(
+            "auditgate prune: nothing to do: set [retention] max_age or rules in the config, or \
+             pass --older-than"
+        );
+        return Ok(std::process::ExitCode::from(64));
+    }
+    // Not exclusive: the sidecar that owns the log may be running, and appends serialize.
+    let store = crate::store::open(&config.store, &config.log_id, false)
+        .with_context(|| format!("cannot open {}", crate::store::describe(&config.store)))?;
+    let summary = prune_all(store.as_ref(), &plan, &config.log_id, "cli", &|| true)?;
+    if summary.prunes.is_empty() {
+        println!("nothing was due for pruning");
+    }
+    for prune in &summary.prunes {
+        println!(
+            "pruned {} entries between {} and {}; recorded as entry {}",
+            prune.count, prune.first_seq, prune.last_seq, prune.record_seq
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RetentionRule;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0)
+            .single()
+            .expect("date")
+    }
+
+    fn config() -> RetentionConfig {
+        RetentionConfig {
+            max_age: Some(Duration::from_secs(400 * 86_400)),
+            prune_interval: Duration::from_secs(3600),
+            rules: vec![
+                RetentionRule {
+                    action_prefix: "auth.".into(),
+                    max_age: Duration::from_secs(30 * 86_400),
+                },
+                RetentionRule {
+                    action_prefix: "auth.admin.".into(),
+                    max_age: Duration::from_secs(800 * 86_400),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn the_longest_prefix_decides_and_prune_records_are_kept() {
+        let plan = PrunePlan::new(&config(), None, now());
+        let days = |days: i64| now() - chrono::Duration::days(days);
+        assert_eq!(plan.cutoff_for("user.deleted"), Some(days(400)));
+        assert_eq!(plan.cutoff_for("auth.login_failed"), Some(days(30)));
+        assert_eq!(plan.cutoff_for("auth.admin.login"), Some(days(800)));
+        assert_eq!(plan.cutoff_for(PRUNED_ACTION), None);
+        let cli = PrunePlan::new(&config(), Some(Duration::from_secs(86_400)), now());
+        assert_eq!(cli.cutoff_for("user.deleted"), Some(days(1)));
+        assert_eq!(cli.cutoff_for("auth.x"), Some(days(30)));
+    }
+
+    #[test]
+    fn classes_partition_the_actions() {
+        let plan = PrunePlan::new(&config(), None, now());
+        let classes = plan.classes();
+        assert_eq!(classes.len(), 3);
+        assert_eq!(classes[0].prefix.as_deref(), Some("auth."));
+        assert_eq!(classes[0].excluded, vec!["auth.admin.".to_string()]);
+        assert!(classes[1].excluded.is_empty());
+        assert_eq!(classes[2].prefix, None);
+        assert_eq!(classes[2].excluded.len(), 2);
+        let without_default = PrunePlan {
+            default_cutoff: None,
+            ..plan
+        };
+        assert_eq!(without_default.classes().len(), 2);
+    }
+
+    #[test]
+    fn record_carries_the_plan() {
+        let plan = PrunePlan::new(&config(), None, now());
+        let record = prune_record("orders", &plan, "cli");
+        assert_eq!(record.action, PRUNED_ACTION);
+        assert_eq!(record.actor_id.as_deref(), Some("cli"));
+        assert_eq!(record.metadata["cutoff"], "2025-04-27T00:00:00.000000Z");
+        assert_eq!(record.metadata["rules"][0]["actionPrefix"], "auth.");
+    }
+}

@@ -1,0 +1,411 @@
+//! The head signer: a background task that signs tree heads and publishes them.
+//!
+//! A head is signed when `sign_every` entries were added since the last one, at least every
+//! `sign_interval` while entries are being added, every `heartbeat_interval` when nothing was
+//! added (so a quiet log can prove it was quiet rather than cut off), at start when the log grew
+//! since the last stored head, and once more at shutdown after the writer has flushed.
+//!
+//! Each head is first appended to every `file:` target (and fsynced), then stored, so a head in
+//! the store is always in the files too; `auditgate verify --heads` relies on that to find a
+//! truncated file. `http://` targets are POSTed by a separate task, so a slow or dead URL never
+//! holds up signing; a head that could not be delivered (to a file or a URL) is retried before the
+//! next one, oldest first. Nothing here runs on the writer's thread or the proxy's path: the
+//! signer reads the tree's root from the store's in-memory frontier, which costs no hashing.
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{LogConfig, PublishTarget};
+use crate::log::head::{LogSigner, TreeHead};
+use crate::metrics::Counter;
+use crate::store::Store;
+use crate::writer::WriterHandle;
+
+/// Heads kept for a target that keeps failing; older ones are dropped first (and counted). A
+/// later head supersedes an earlier one for rollback detection, so losing old ones costs little.
+const MAX_PENDING: usize = 10_000;
+
+/// Counters for /metrics.
+#[derive(Debug, Default)]
+pub struct SignerStats {
+    /// Heads signed and stored.
+    pub heads_signed: Counter,
+    /// Heads delivered to a publish target (one per target).
+    pub heads_published: Counter,
+    /// Failed deliveries (each retried with the next head).
+    pub publish_failures: Counter,
+    /// Heads given up on for a target after 10,000 piled up unsent.
+    pub publish_dropped: Counter,
+    /// Heads that could not be made or stored.
+    pub sign_failures: Counter,
+}
+
+/// The running signer.
+pub struct HeadSigner {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    stats: Arc<SignerStats>,
+}
+
+impl HeadSigner {
+    /// Starts signing heads of `store` with `signer`.
+    pub fn start(
+        store: Arc<dyn Store>,
+        signer: Arc<LogSigner>,
+        log_id: String,
+        config: LogConfig,
+        writer: WriterHandle,
+    ) -> HeadSigner {
+        let stats = Arc::new(SignerStats::default());
+        let (stop, stopped) = watch::channel(false);
+        let mut files = Vec::new();
+        let mut urls = Vec::new();
+        for target in &config.publish_heads {
+            match target {
+                PublishTarget::File(path) => files.push(FileTarget {
+                    path: path.clone(),
+                    pending: VecDeque::new(),
+                }),
+                PublishTarget::Url(uri) => urls.push(UrlTarget {
+                    uri: uri.clone(),
+                    pending: VecDeque::new(),
+                }),
+            }
+        }
+        let (to_publisher, from_signer) = mpsc::channel::<String>(1024);
+        let publisher = tokio::spawn(publish_urls(
+            urls,
+            from_signer,
+            config.publish_timeout,
+            stats.clone(),
+        ));
+        let work = SignerWork {
+            store,
+            signer,
+            log_id,
+            files,
+            to_publisher,
+            stats: stats.clone(),
+            last: None,
+        };
+        let task = tokio::spawn(run(work, config, writer, stopped, publisher));
+        HeadSigner { stop, task, stats }
+    }
+
+    pub fn stats(&self) -> Arc<SignerStats> {
+        self.stats.clone()
+    }
+
+    /// Signs a final head (call after the writer has flushed), delivers what it can, and stops.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct FileTarget {
+    path: PathBuf,
+    /// Lines not yet written, oldest first.
+    pending: VecDeque<String>,
+}
+
+struct UrlTarget {
+    uri: http::Uri,
+    pending: VecDeque<String>,
+}
+
+struct SignerWork {
+    store: Arc<dyn Store>,
+    signer: Arc<LogSigner>,
+    log_id: String,
+    files: Vec<FileTarget>,
+    to_publisher: mpsc::Sender<String>,
+    stats: Arc<SignerStats>,
+    /// Size and time of the last head signed (or found stored at start).
+    last: Option<(u64, DateTime<Utc>)>,
+}
+
+/// Why the signer woke up; decides whether a head is due.
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    /// A batch was committed: due after `sign_every` more entries.
+    Committed { sign_every: u64 },
+    /// The interval ticked: due when the log changed, or after `heartbeat` of quiet.
+    Tick { heartbeat: Duration },
+    /// Shutdown: always due.
+    Final,
+}
+
+async fn run(
+    work: SignerWork,
+    config: LogConfig,
+    writer: WriterHandle,
+    mut stopped: watch::Receiver<bool>,
+    publisher: JoinHandle<()>,
+) {
+    tracing::info!(
+        key_id = %work.signer.key_id(),
+        sign_every = config.sign_every,
+        sign_interval = ?config.sign_interval,
+        targets = config.publish_heads.len(),
+        "signing tree heads"
+    );
+    let to_publisher = work.to_publisher.clone();
+    let work = Arc::new(Mutex::new(work));
+    let loaded = work.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut work = lock(&loaded);
+        work.last = work
+            .store
+            .latest_head()
+            .ok()
+            .flatten()
+            .map(|head| (head.head.size, head.head.timestamp));
+    })
+    .await;
+    let mut ticker = tokio::time::interval(config.sign_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let wake = tokio::select! {
+            biased;
+            _ = stopped.wait_for(|stop| *stop) => break,
+            _ = writer.committed() => Wake::Committed { sign_every: config.sign_every },
+            // The first tick is immediate: a log that grew while no head was signed (a crash, a
+            // CLI prune) gets one at start.
+            _ = ticker.tick() => Wake::Tick { heartbeat: config.heartbeat_interval },
+        };
+        maybe_sign(&work, wake).await;
+    }
+    // The shutdown head: always signed, so the last line of a heads file says when the log
+    // stopped and how long it was.
+    maybe_sign(&work, Wake::Final).await;
+    drop(work);
+    drop(to_publisher);
+    // The URL publisher gets one more round for what is pending, then gives up.
+    let grace = config.publish_timeout.saturating_mul(2) + Duration::from_secs(1);
+    if tokio::time::timeout(grace, publisher).await.is_err() {
+        tracing::warn!("some signed heads were not delivered to their URL targets at shutdown");
+    }
+}
+
+/// The work survives a panic in a signing step: the next step takes it over.
+fn lock(work: &Mutex<SignerWork>) -> MutexGuard<'_, SignerWork> {
+    work.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Signs a head if `wake` makes one due, off the async workers (the store and the files are
+/// blocking), and hands it to the URL publisher.
+async fn maybe_sign(work: &Arc<Mutex<SignerWork>>, wake: Wake) {
+    let blocking = work.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut work = lock(&blocking);
+        if !is_due(&work, wake) {
+            return None;
+        }
+        let outcome = sign_now(&mut work);
+        Some((outcome, work.to_publisher.clone(), work.stats.clone()))
+    })
+    .await;
+    let (outcome, to_publisher, stats) = match joined {
+        Ok(Some(done)) => done,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::error!(%error, "head signing step failed");
+            return;
+        }
+    };
+    match outcome {
+        Ok(line) => {
+            if let Err(mpsc::error::TrySendError::Full(_)) = to_publisher.try_send(line) {
+                stats.publish_dropped.inc();
+                tracing::warn!("URL publisher is behind; a head was not queued for it");
+            }
+        }
+        Err(message) => {
+            stats.sign_failures.inc();
+            tracing::error!(error = %message, "cannot sign a tree head; trying again later");
+        }
+    }
+}
+
+fn is_due(work: &SignerWork, wake: Wake) -> bool {
+    let signed = work.last.map(|(size, _)| size);
+    match wake {
+        Wake::Final => true,
+        Wake::Committed { sign_every } => {
+            let size = work.store.size().unwrap_or(0);
+            size >= signed.unwrap_or(0).saturating_add(sign_every)
+        }
+        Wake::Tick { heartbeat } => {
+            let Some((signed, at)) = work.last else {
+                return true;
+            };
+            let size = work.store.tree().map(|tree| tree.size).unwrap_or(signed);
+            let quiet = Utc::now()
+                .signed_duration_since(at)
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+            size != signed || quiet >= heartbeat
+        }
+    }
+}
+
+fn sign_now(work: &mut SignerWork) -> Result<String, String> {
+    let tree = work.store.tree().map_err(|error| error.to_string())?;
+    let head = TreeHead::new(work.log_id.clone(), tree.size, tree.root, Utc::now())
+        .map_err(|error| error.to_string())?;
+    let signed = work.signer.sign(head).map_err(|error| error.to_string())?;
+    let line = serde_json::to_string(&signed).map_err(|error| error.to_string())?;
+    let stats = work.stats.clone();
+    for target in &mut work.files {
+        push_pending(&mut target.pending, line.clone(), &stats);
+        match append_lines(&target.path, &target.pending) {
+            Ok(()) => {
+                stats.heads_published.add(target.pending.len() as u64);
+                target.pending.clear();
+            }
+            Err(error) => {
+                stats.publish_failures.inc();
+                tracing::error!(file = %target.path.display(), %error, pending = target.pending.len(), "cannot publish a tree head to its file; retrying with the next head");
+            }
+        }
+    }
+    work.store
+        .save_head(&signed)
+        .map_err(|error| format!("cannot store the head: {error}"))?;
+    stats.heads_signed.inc();
+    work.last = Some((signed.head.size, signed.head.timestamp));
+    tracing::debug!(size = signed.head.size, "signed a tree head");
+    Ok(line)
+}
+
+fn push_pending(pending: &mut VecDeque<String>, line: String, stats: &SignerStats) {
+    if pending.len() >= MAX_PENDING {
+        pending.pop_front();
+        stats.publish_dropped.inc();
+    }
+    pending.push_back(line);
+}
+
+/// Appends lines to an NDJSON file and fsyncs it. A file whose last line was cut short (a crash
+/// mid-write) gets a newline first, so the new line stands on its own.
+pub fn append_lines(path: &Path, lines: &VecDeque<String>) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent)?;
+        }
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)?;
+    let mut text = String::new();
+    let length = file.seek(SeekFrom::End(0))?;
+    if length > 0 {
+        file.seek(SeekFrom::Start(length - 1))?;
+        let mut last = [0u8; 1];
+        file.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            text.push('\n');
+        }
+    }
+    for line in lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    file.write_all(text.as_bytes())?;
+    file.sync_data()
+}
+
+/// The URL publisher: POSTs each head to every URL target, oldest pending first.
+async fn publish_urls(
+    mut targets: Vec<UrlTarget>,
+    mut heads: mpsc::Receiver<String>,
+    timeout: Duration,
+    stats: Arc<SignerStats>,
+) {
+    let client: Client<HttpConnector, Full<Bytes>> = {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        Client::builder(TokioExecutor::new()).build(connector)
+    };
+    while let Some(line) = heads.recv().await {
+        for target in &mut targets {
+            push_pending(&mut target.pending, line.clone(), &stats);
+            deliver(&client, target, timeout, &stats).await;
+        }
+    }
+}
+
+async fn deliver(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    target: &mut UrlTarget,
+    timeout: Duration,
+    stats: &SignerStats,
+) {
+    while let Some(line) = target.pending.front() {
+        let request = http::Request::post(target.uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, "auditgate")
+            .body(Full::new(Bytes::from(line.clone())));
+        let request = match request {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::error!(url = %target.uri, %error, "cannot build a publish request");
+                stats.publish_failures.inc();
+                return;
+            }
+        };
+        let outcome = tokio::time::timeout(timeout, client.request(request)).await;
+        let failure = match outcome {
+            Ok(Ok(response)) if response.status().is_success() => None,
+            Ok(Ok(response)) => Some(format!("answered {}", response.status())),
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some(format!("no answer within {timeout:?}")),
+        };
+        match failure {
+            None => {
+                stats.heads_published.inc();
+                target.pending.pop_front();
+            }
+            Some(reason) => {
+                stats.publish_failures.inc();
+                tracing::warn!(url = %target.uri, %reason, pending = target.pending.len(), "cannot publish a tree head; retrying with the next head");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appending_repairs_a_cut_last_line() {
+        let dir = std::env::temp_dir().join(format!("auditgate-signer-{}", ulid::Ulid::new()));
+        let path = dir.join("heads.ndjson");
+        let lines: VecDeque<String> = ["{\"a\":1}".to_string()].into();
+        append_lines(&path, &lines).expect("first");
+        std::fs::write(&path, "{\"a\":1}\n{\"cut").expect("cut");
+        let next: VecDeque<String> = ["{\"b\":2}".to_string(), "{\"c\":3}".to_string()].into();
+        append_lines(&path, &next).expect("append");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "{\"a\":1}\n{\"cut\n{\"b\":2}\n{\"c\":3}\n");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

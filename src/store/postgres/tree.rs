@@ -1,0 +1,595 @@
+//! The log side of the PostgreSQL store: appends with their tree nodes, signed heads, prune
+//! marks and the reads verification needs, all scoped to one log. The PostgreSQL twin of
+//! `sqlite_log.rs`.
+//!
+//! Functions take a [`LogDb`]: a client or transaction, its statement cache and the log id, so
+//! the writer, the reader pool and `auditgate verify`'s read-only connection share them.
+
+use std::cell::RefCell;
+
+use chrono::{DateTime, Utc};
+use postgres::types::ToSql;
+use postgres::{GenericClient, Row};
+
+use super::rows::{self, param_refs, Param};
+use super::StatementCache;
+use crate::entry::AuditEntry;
+use crate::log::head::SignedTreeHead;
+use crate::log::merkle::{leaf_hash, Frontier, Hash, MemoryNodes, MerkleError, NodeReader};
+use crate::log::pruned::{PruneClaim, PRUNED_ACTION};
+use crate::retention::PrunePlan;
+use crate::store::sqlite_rows::prefix_upper_bound;
+use crate::store::{LogPage, LogSlot, PruneOutcome, StoreError, StoredHead};
+
+/// One log's view of a connection (or transaction).
+pub struct LogDb<'a, C: GenericClient> {
+    pub client: &'a mut C,
+    pub statements: &'a mut StatementCache,
+    pub log_id: &'a str,
+}
+
+impl<C: GenericClient> LogDb<'_, C> {
+    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let statement = self.statements.get(self.client, sql)?;
+        Ok(self.client.query(&statement, params)?)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let statement = self.statements.get(self.client, sql)?;
+        Ok(self.client.execute(&statement, params)?)
+    }
+}
+
+fn sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn hash_from(blob: &[u8]) -> Hash {
+    // A hash of the wrong length can never match a recomputed one; all-ones reports "changed"
+    // rather than "missing" (as in SQLite).
+    <Hash>::try_from(blob).unwrap_or([0xff; 32])
+}
+
+/// [`NodeReader`] over one log's `tree_nodes`. The merkle functions ask for one node at a time
+/// through `&self`, hence the cell.
+pub struct PgNodes<'d, 'a, C: GenericClient>(pub RefCell<&'d mut LogDb<'a, C>>);
+
+impl<'d, 'a, C: GenericClient> PgNodes<'d, 'a, C> {
+    pub fn new(db: &'d mut LogDb<'a, C>) -> Self {
+        PgNodes(RefCell::new(db))
+    }
+}
+
+impl<C: GenericClient> NodeReader for PgNodes<'_, '_, C> {
+    fn node(&self, level: u32, index: u64) -> Result<Hash, MerkleError> {
+        let storage = |error: StoreError| MerkleError::Storage(error.to_string());
+        let index_sql =
+            i64::try_from(index).map_err(|_| MerkleError::MissingNode { level, index })?;
+        let level_sql =
+            i32::try_from(level).map_err(|_| MerkleError::MissingNode { level, index })?;
+        let mut db = self
+            .0
+            .try_borrow_mut()
+            .map_err(|_| MerkleError::Storage("tree node reader re-entered".into()))?;
+        let log_id = db.log_id.to_string();
+        let rows = db
+            .query(
+                "SELECT hash FROM tree_nodes WHERE log_id = $1 AND level = $2 AND idx = $3",
+                &[&log_id, &level_sql, &index_sql],
+            )
+            .map_err(storage)?;
+        let row = rows
+            .first()
+            .ok_or(MerkleError::MissingNode { level, index })?;
+        let blob: Vec<u8> = row
+            .try_get(0)
+            .map_err(|error| MerkleError::Storage(error.to_string()))?;
+        <Hash>::try_from(blob.as_slice()).map_err(|_| {
+            MerkleError::Storage(format!(
+                "tree node at level {level} index {index} is not 32 bytes"
+            ))
+        })
+    }
+}
+
+/// Number of leaves: the last stored leaf's index plus one.
+pub fn tree_size<C: GenericClient>(db: &mut LogDb<'_, C>) -> Result<u64, StoreError> {
+    let log_id = db.log_id.to_string();
+    let rows = db.query(
+        "SELECT max(idx) FROM tree_nodes WHERE log_id = $1 AND level = 0",
+        &[&log_id],
+    )?;
+    let last: Option<i64> = match rows.first() {
+        Some(row) => row.try_get(0)?,
+        None => None,
+    };
+    Ok(last
+        .and_then(|last| u64::try_from(last).ok())
+        .map_or(0, |last| last.saturating_add(1)))
+}
+
+pub fn max_entry_seq<C: GenericClient>(db: &mut LogDb<'_, C>) -> Result<u64, StoreError> {
+    let log_id = db.log_id.to_string();
+    let rows = db.query("SELECT max(seq) FROM entries WHERE log_id = $1", &[&log_id])?;
+    let last: Option<i64> = match rows.first() {
+        Some(row) => row.try_get(0)?,
+        None => None,
+    };
+    Ok(last.map_or(0, |last| last.max(0) as u64))
+}
+
+/// Rows per multi-row INSERT of entries (27 parameters each, well under the protocol's 65535).
+const ENTRY_ROWS_PER_INSERT: usize = 64;
+/// Rows per multi-row INSERT of tree nodes (4 parameters each).
+const NODE_ROWS_PER_INSERT: usize = 256;
+
+const INSERT_COLUMNS: &str = "seq, id, log_id, created_at, actor_id, actor_email, actor_name, \
+     actor_source, actor_verified, tenant, action, resource_type, resource_id, outcome, status, \
+     method, path, route, rule, ip, user_agent, request_id, duration_us, error, metadata, ip_net, \
+     verbatim";
+const INSERT_ARITY: usize = 27;
+/// The position of `ip_net` among [`INSERT_COLUMNS`]: its parameter is text cast to INET.
+const IP_NET_COLUMN: usize = 25;
+
+/// `INSERT ... VALUES (...), (...)` for `rows` rows of `arity` parameters.
+fn multi_insert_sql(head: &str, rows: usize, arity: usize, cast: Option<(usize, &str)>) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * arity * 6);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..arity {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * arity + column + 1));
+            if let Some((cast_column, cast)) = cast {
+                if column == cast_column {
+                    sql.push_str(cast);
+                }
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Whether any text of the entry holds a NUL character, which PostgreSQL text cannot store.
+fn has_nul(entry: &AuditEntry) -> bool {
+    let optional = [
+        &entry.actor_id,
+        &entry.actor_email,
+        &entry.actor_name,
+        &entry.actor_source,
+        &entry.tenant,
+        &entry.resource_type,
+        &entry.resource_id,
+        &entry.method,
+        &entry.path,
+        &entry.route,
+        &entry.rule,
+        &entry.ip,
+        &entry.user_agent,
+        &entry.request_id,
+        &entry.error,
+    ];
+    entry.id.contains('\0')
+        || entry.log_id.contains('\0')
+        || entry.action.contains('\0')
+        || optional
+            .iter()
+            .any(|value| value.as_deref().is_some_and(|text| text.contains('\0')))
+}
+
+/// The parameters of one entry row, in [`INSERT_COLUMNS`] order.
+fn entry_params(entry: &AuditEntry) -> Result<Vec<Param>, StoreError> {
+    let verbatim = if has_nul(entry) {
+        Some(serde_json::to_string(entry).map_err(|error| StoreError::Other(error.to_string()))?)
+    } else {
+        None
+    };
+    let text = |value: &str| -> String { value.replace('\0', "\u{FFFD}") };
+    let optional = |value: &Option<String>| -> Option<String> { value.as_deref().map(text) };
+    let metadata = serde_json::to_string(&entry.metadata).unwrap_or_else(|_| "{}".to_string());
+    let params: Vec<Param> = vec![
+        Box::new(sql_int(entry.seq)),
+        Box::new(text(&entry.id)),
+        Box::new(text(&entry.log_id)),
+        Box::new(entry.created_at),
+        Box::new(optional(&entry.actor_id)),
+        Box::new(optional(&entry.actor_email)),
+        Box::new(optional(&entry.actor_name)),
+        Box::new(optional(&entry.actor_source)),
+        Box::new(entry.actor_verified),
+        Box::new(optional(&entry.tenant)),
+        Box::new(text(&entry.action)),
+        Box::new(optional(&entry.resource_type)),
+        Box::new(optional(&entry.resource_id)),
+        Box::new(entry.outcome.as_str().to_string()),
+        Box::new(entry.status.map(i32::from)),
+        Box::new(optional(&entry.method)),
+        Box::new(optional(&entry.path)),
+        Box::new(optional(&entry.route)),
+        Box::new(optional(&entry.rule)),
+        Box::new(optional(&entry.ip)),
+        Box::new(optional(&entry.user_agent)),
+        Box::new(optional(&entry.request_id)),
+        // Stored as the u64's bits so that every value round-trips exactly (the canonical form
+        // hashes the u64).
+        Box::new(entry.duration_us.map(|us| us as i64)),
+        Box::new(optional(&entry.error)),
+        Box::new(metadata),
+        Box::new(rows::ip_net(entry.ip.as_deref())),
+        Box::new(verbatim),
+    ];
+    debug_assert_eq!(params.len(), INSERT_ARITY);
+    Ok(params)
+}
+
+/// Appends entries inside the caller's transaction: gives each the next sequence number of the
+/// log, hashes its canonical form into `frontier`, and inserts the rows and the tree nodes they
+/// completed. The caller commits, and keeps `frontier` only if the commit succeeds.
+pub fn insert_entries<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    frontier: &mut Frontier,
+    entries: &mut [AuditEntry],
+) -> Result<(), StoreError> {
+    let mut entry_rows: Vec<Vec<Param>> = Vec::with_capacity(entries.len());
+    let mut nodes: Vec<(u32, u64, Hash)> = Vec::with_capacity(entries.len() * 2);
+    for entry in entries.iter_mut() {
+        entry.seq = frontier.size() + 1;
+        entry_rows.push(entry_params(entry)?);
+        nodes.extend(frontier.append(leaf_hash(&entry.canonical_bytes())));
+    }
+    let head = format!("INSERT INTO entries ({INSERT_COLUMNS})");
+    for chunk in entry_rows.chunks(ENTRY_ROWS_PER_INSERT) {
+        let sql = multi_insert_sql(
+            &head,
+            chunk.len(),
+            INSERT_ARITY,
+            Some((IP_NET_COLUMN, "::text::inet")),
+        );
+        let params: Vec<&(dyn ToSql + Sync)> =
+            chunk.iter().flat_map(|row| param_refs(row)).collect();
+        db.execute(&sql, &params)?;
+    }
+    insert_nodes(db, &nodes)
+}
+
+fn insert_nodes<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    nodes: &[(u32, u64, Hash)],
+) -> Result<(), StoreError> {
+    let log_id = db.log_id.to_string();
+    for chunk in nodes.chunks(NODE_ROWS_PER_INSERT) {
+        let values: Vec<(i32, i64, Vec<u8>)> = chunk
+            .iter()
+            .map(|(level, index, hash)| {
+                (
+                    i32::try_from(*level).unwrap_or(i32::MAX),
+                    sql_int(*index),
+                    hash.to_vec(),
+                )
+            })
+            .collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(values.len() * 4);
+        for (level, index, hash) in &values {
+            params.push(&log_id);
+            params.push(level);
+            params.push(index);
+            params.push(hash);
+        }
+        let sql = multi_insert_sql(
+            "INSERT INTO tree_nodes (log_id, level, idx, hash)",
+            values.len(),
+            4,
+            None,
+        );
+        db.execute(&sql, &params)?;
+    }
+    Ok(())
+}
+
+pub fn leaf_hash_at<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    seq: u64,
+) -> Result<Option<Hash>, StoreError> {
+    if seq == 0 {
+        return Ok(None);
+    }
+    match PgNodes::new(db).node(0, seq - 1) {
+        Ok(hash) => Ok(Some(hash)),
+        Err(MerkleError::MissingNode { .. }) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+pub fn save_head<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    head: &SignedTreeHead,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_string(head)
+        .map_err(|error| StoreError::Other(format!("cannot encode a tree head: {error}")))?;
+    let log_id = db.log_id.to_string();
+    db.execute(
+        "INSERT INTO tree_heads (log_id, size, root_hash, timestamp, head_json) \
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &log_id,
+            &sql_int(head.head.size),
+            &head.head.root_hash.to_vec(),
+            &head.head.timestamp,
+            &json,
+        ],
+    )?;
+    Ok(())
+}
+
+fn parse_head(row: &Row) -> Result<StoredHead, StoreError> {
+    let id: i64 = row.try_get(0)?;
+    let json: String = row.try_get(1)?;
+    let head = serde_json::from_str(&json).map_err(|error| {
+        StoreError::Other(format!("stored tree head #{id} is damaged: {error}"))
+    })?;
+    Ok(StoredHead {
+        id: id.max(0) as u64,
+        head,
+    })
+}
+
+pub fn latest_head<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+) -> Result<Option<SignedTreeHead>, StoreError> {
+    let log_id = db.log_id.to_string();
+    let rows = db.query(
+        "SELECT id, head_json FROM tree_heads WHERE log_id = $1 ORDER BY id DESC LIMIT 1",
+        &[&log_id],
+    )?;
+    rows.first()
+        .map(|row| parse_head(row).map(|stored| stored.head))
+        .transpose()
+}
+
+pub fn heads_after<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    after_id: u64,
+    limit: u32,
+) -> Result<Vec<StoredHead>, StoreError> {
+    let log_id = db.log_id.to_string();
+    let rows = db.query(
+        "SELECT id, head_json FROM tree_heads WHERE log_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        &[&log_id, &sql_int(after_id), &i64::from(limit)],
+    )?;
+    rows.iter().map(parse_head).collect()
+}
+
+pub fn pruned_record<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    seq: u64,
+) -> Result<Option<u64>, StoreError> {
+    let log_id = db.log_id.to_string();
+    let rows = db.query(
+        "SELECT prune_seq FROM pruned_entries WHERE log_id = $1 AND seq = $2",
+        &[&log_id, &sql_int(seq)],
+    )?;
+    match rows.first() {
+        Some(row) => Ok(Some(row.try_get::<_, i64>(0)?.max(0) as u64)),
+        None => Ok(None),
+    }
+}
+
+pub fn pruned_by<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    record_seq: u64,
+) -> Result<Vec<u64>, StoreError> {
+    let log_id = db.log_id.to_string();
+    let rows = db.query(
+        "SELECT seq FROM pruned_entries WHERE log_id = $1 AND prune_seq = $2 ORDER BY seq",
+        &[&log_id, &sql_int(record_seq)],
+    )?;
+    rows.iter()
+        .map(|row| Ok(row.try_get::<_, i64>(0)?.max(0) as u64))
+        .collect()
+}
+
+/// Reads positions `first..` (at most `max`) of the log. The caller runs it in one REPEATABLE
+/// READ transaction, so the page is a consistent snapshot even while the writer appends.
+pub fn scan_log<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    first: u64,
+    max: usize,
+) -> Result<LogPage, StoreError> {
+    let end = tree_size(db)?.max(max_entry_seq(db)?);
+    let first = first.max(1);
+    if first > end || max == 0 {
+        return Ok(LogPage::default());
+    }
+    let last = end.min(first.saturating_add(max as u64 - 1));
+    let mut slots: Vec<LogSlot> = (first..=last)
+        .map(|seq| LogSlot {
+            seq,
+            leaf: None,
+            entry: None,
+            pruned_by: None,
+        })
+        .collect();
+    let slot_of = |seq: i64| -> Option<usize> {
+        let seq = u64::try_from(seq).ok()?;
+        (seq >= first && seq <= last).then(|| (seq - first) as usize)
+    };
+    let log_id = db.log_id.to_string();
+    let (low, high) = (sql_int(first), sql_int(last));
+
+    let leaves = db.query(
+        "SELECT idx, hash FROM tree_nodes WHERE log_id = $1 AND level = 0 AND idx BETWEEN $2 AND $3",
+        &[&log_id, &(low - 1), &(high - 1)],
+    )?;
+    for row in &leaves {
+        let index: i64 = row.try_get(0)?;
+        let blob: Vec<u8> = row.try_get(1)?;
+        if let Some(slot) = index.checked_add(1).and_then(slot_of) {
+            slots[slot].leaf = Some(hash_from(&blob));
+        }
+    }
+    let entries = db.query(
+        &format!(
+            "SELECT {} FROM entries WHERE log_id = $1 AND seq BETWEEN $2 AND $3",
+            rows::ENTRY_COLUMNS
+        ),
+        &[&log_id, &low, &high],
+    )?;
+    for row in &entries {
+        let seq: i64 = row.try_get(0)?;
+        if let Some(slot) = slot_of(seq) {
+            slots[slot].entry = Some(rows::entry_from_row(row).map(|(entry, _)| entry));
+        }
+    }
+    let marks = db.query(
+        "SELECT seq, prune_seq FROM pruned_entries WHERE log_id = $1 AND seq BETWEEN $2 AND $3",
+        &[&log_id, &low, &high],
+    )?;
+    for row in &marks {
+        let seq: i64 = row.try_get(0)?;
+        let record: i64 = row.try_get(1)?;
+        if let Some(slot) = slot_of(seq) {
+            slots[slot].pruned_by = Some(record.max(0) as u64);
+        }
+    }
+
+    // Node (level, i) is completed by leaf ((i + 1) << level) - 1; see sqlite_log::scan_log.
+    let mut nodes = MemoryNodes::new();
+    for level in 1..64u32 {
+        let high = last >> level;
+        if high == 0 {
+            break;
+        }
+        let low = first.div_ceil(1 << level);
+        if low > high {
+            continue;
+        }
+        let level_sql = i32::try_from(level).unwrap_or(i32::MAX);
+        let rows = db.query(
+            "SELECT idx, hash FROM tree_nodes WHERE log_id = $1 AND level = $2 AND idx BETWEEN $3 AND $4",
+            &[&log_id, &level_sql, &sql_int(low - 1), &sql_int(high - 1)],
+        )?;
+        for row in &rows {
+            let index: i64 = row.try_get(0)?;
+            let blob: Vec<u8> = row.try_get(1)?;
+            nodes.insert(level, index.max(0) as u64, hash_from(&blob));
+        }
+    }
+    Ok(LogPage { slots, nodes })
+}
+
+/// Deletes up to `max` of the log's entries the plan selects and marks their positions, then
+/// appends `record` with its claim, all inside the caller's transaction.
+pub fn prune<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    frontier: &mut Frontier,
+    plan: &PrunePlan,
+    mut record: AuditEntry,
+    max: usize,
+) -> Result<Option<PruneOutcome>, StoreError> {
+    let mut seqs = select_prunable(db, plan, max)?;
+    seqs.sort_unstable();
+    seqs.dedup();
+    let Some(claim) = PruneClaim::for_seqs(&seqs) else {
+        return Ok(None);
+    };
+    let record_seq = frontier.size() + 1;
+    let log_id = db.log_id.to_string();
+    let seq_values: Vec<i64> = seqs.iter().map(|seq| sql_int(*seq)).collect();
+    db.execute(
+        "DELETE FROM entries WHERE log_id = $1 AND seq = ANY($2)",
+        &[&log_id, &seq_values],
+    )?;
+    db.execute(
+        "INSERT INTO pruned_entries (log_id, seq, prune_seq) \
+         SELECT $1, marked, $3 FROM unnest($2::bigint[]) AS marked",
+        &[&log_id, &seq_values, &sql_int(record_seq)],
+    )?;
+    claim.write_metadata(&mut record.metadata);
+    let mut records = [record];
+    insert_entries(db, frontier, &mut records)?;
+    Ok(Some(PruneOutcome {
+        record_seq,
+        first_seq: claim.first_seq,
+        last_seq: claim.last_seq,
+        count: claim.count,
+    }))
+}
+
+/// Up to `max` sequence numbers of the log's entries due for pruning, class by class.
+fn select_prunable<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    plan: &PrunePlan,
+    max: usize,
+) -> Result<Vec<u64>, StoreError> {
+    let mut seqs = Vec::new();
+    for class in plan.classes() {
+        if seqs.len() >= max {
+            break;
+        }
+        let mut values: Vec<Param> = vec![
+            Box::new(db.log_id.to_string()),
+            Box::new(class.cutoff),
+            Box::new(PRUNED_ACTION.to_string()),
+        ];
+        let mut sql = String::from(
+            "SELECT seq FROM entries WHERE log_id = $1 AND created_at < $2 AND action <> $3",
+        );
+        if let Some(prefix) = &class.prefix {
+            push_prefix(&mut sql, &mut values, prefix, false);
+        }
+        for excluded in &class.excluded {
+            push_prefix(&mut sql, &mut values, excluded, true);
+        }
+        values.push(Box::new(sql_int((max - seqs.len()) as u64)));
+        sql.push_str(&format!(" LIMIT ${}", values.len()));
+        let rows = db.query(&sql, &param_refs(&values))?;
+        for row in &rows {
+            seqs.push(row.try_get::<_, i64>(0)?.max(0) as u64);
+        }
+    }
+    Ok(seqs)
+}
+
+/// `AND action` in (or, negated, not in) the range of strings starting with `prefix`.
+fn push_prefix(sql: &mut String, values: &mut Vec<Param>, prefix: &str, negated: bool) {
+    let not = if negated { "NOT " } else { "" };
+    values.push(Box::new(prefix.to_string()));
+    let low = values.len();
+    match prefix_upper_bound(prefix) {
+        Some(upper) => {
+            values.push(Box::new(upper));
+            sql.push_str(&format!(
+                " AND {not}(action >= ${low} AND action < ${})",
+                values.len()
+            ));
+        }
+        None => sql.push_str(&format!(" AND {not}(action >= ${low})")),
+    }
+}
+
+/// Write-ahead intents of the log: stored (replacing any of the same id).
+pub fn record_intents<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    intents: &[AuditEntry],
+) -> Result<(), StoreError> {
+    let log_id = db.log_id.to_string();
+    for intent in intents {
+        let json =
+            serde_json::to_string(intent).map_err(|error| StoreError::Other(error.to_string()))?;
+        let created_at: DateTime<Utc> = intent.created_at;
+        db.execute(
+            "INSERT INTO pending (log_id, id, created_at, entry) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (log_id, id) DO UPDATE SET created_at = EXCLUDED.created_at, \
+             entry = EXCLUDED.entry",
+            &[&log_id, &intent.id, &created_at, &json],
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The SIEM stream: every entry, once committed to the store, as one JSON line on standard
+//! output or in a file that Vector, Fluent Bit or Filebeat tails (`[stream] ndjson`).
+//!
+//! The writer thread writes the lines right after each group commit, so a line never describes
+//! an entry the store does not have, and the proxy path never waits on the stream. Each batch is
+//! one `write` call. A file is rotated by size the way log shippers expect (`PATH` is renamed to
+//! `PATH.1`, `PATH.1` to `PATH.2`, ... and the oldest beyond `keep` removed; a fresh `PATH` is
+//! started), so a shipper following `PATH` by name reads on without gaps. Lines are not fsynced:
+//! the store is the record, the stream a copy for other systems.
+//!
+//! A failed write is counted (`auditgate_stream_errors_total`) and logged, never retried into
+//! the writer's critical path; the entries stay in the store and can be re-exported.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::entry::AuditEntry;
+
+/// Where stream lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+/// `[stream]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConfig {
+    pub target: StreamTarget,
+    /// A file is rotated before it would grow past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`PATH.1` ... `PATH.keep`).
+    pub keep: usize,
+}
+
+/// An open stream.
+pub struct NdjsonStream {
+    config: StreamConfig,
+    file: Option<File>,
+    /// Bytes in the current file.
+    written: u64,
+}
+
+impl NdjsonStream {
+    /// Opens (appending to) the file, creating its directory, or takes standard output.
+    pub fn open(config: StreamConfig) -> std::io::Result<NdjsonStream> {
+        let (file, written) = match &config.target {
+            StreamTarget::Stdout => (None, 0),
+            StreamTarget::File(path) => {
+                let file = open_append(path)?;
+                let written = file.metadata()?.len();
+                (Some(file), written)
+            }
+        };
+        Ok(NdjsonStream {
+            config,
+            file,
+            written,
+        })
+    }
+
+    /// Writes one line per entry (the admin API's JSON form), rotating first when the batch
+    /// would take the file past `max_bytes`.
+    pub fn write_entries(&mut self, entries: &[AuditEntry]) -> std::io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut lines = Vec::with_capacity(entries.len() * 512);
+        for entry in entries {
+            // serde_json escapes control characters, so an entry is always exactly one line.
+            serde_json::to_writer(&mut lines, &entry.to_api_json())?;
+            lines.push(b'\n');
+        }
+        match &self.config.target {
+            StreamTarget::Stdout => {
+                let stdout = std::io::stdout();
+                let mut out = stdout.lock();
+                out.write_all(&lines)?;
+                out.flush()
+            }
+            StreamTarget::File(path) => {
+                let path = path.clone();
+                if self.written > 0 && self.written + lines.len() as u64 > self.config.max_bytes {
+                    self.rotate(&path)?;
+                }
+                let file = match &mut self.file {
+                    Some(file) => file,
+                    None => self.file.insert(open_append(&path)?),
+                };
+                file.write_all(&lines)?;
+                self.written += lines.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    /// `PATH.(keep-1)` -> `PATH.keep`, ..., `PATH` -> `PATH.1`, and a new empty `PATH`.
+    fn rotate(&mut self, path: &Path) -> std::io::Result<()> {
+        self.file = None;
+        let numbered = |index: usize| {
+            let mut name = path.as_os_str().to_os_string();
+            name.push(format!(".{index}"));
+            PathBuf::from(name)
+        };
+        let _ = std::fs::remove_file(numbered(self.config.keep));
+        for index in (1..self.config.keep).rev() {
+            let from = numbered(index);
+            if from.exists() {
+                std::fs::rename(&from, numbered(index + 1))?;
+            }
+        }
+        std::fs::rename(path, numbered(1))?;
+        self.file = Some(open_append(path)?);
+        self.written = 0;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(count: usize, action: &str) -> Vec<AuditEntry> {
+        (0..count)
+            .map(|index| {
+                let mut entry = AuditEntry::new("log-a", action);
+                entry.seq = index as u64 + 1;
+                entry.path = Some("/line\nbreak".into());
+                entry
+            })
+            .collect()
+    }
+
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+            .collect()
+    }
+
+    #[test]
+    fn every_entry_is_one_json_line_and_files_rotate_by_size() {
+        let dir = std::env::temp_dir().join(format!("auditgate-stream-{}", ulid::Ulid::new()));
+        let path = dir.join("nested/audit.ndjson");
+        let config = StreamConfig {
+            target: StreamTarget::File(path.clone()),
+            max_bytes: 4096,
+            keep: 2,
+        };
+        let mut stream = NdjsonStream::open(config.clone()).expect("opens");
+        stream.write_entries(&entries(3, "first")).expect("writes");
+        let written = lines(&path);
+        assert_eq!(written.len(), 3);
+        assert_eq!(written[0]["action"], "first");
+        assert_eq!(written[0]["path"], "/line\nbreak");
+        assert_eq!(written[2]["seq"], 3);
+        // Enough batches to rotate several times: the live file stays under the limit, two
+        // rotated files are kept, and no line is split or lost between the files kept.
+        for round in 0..20 {
+            stream
+                .write_entries(&entries(5, &format!("round{round}")))
+                .expect("writes");
+        }
+        let size = std::fs::metadata(&path).expect("live file").len();
+        assert!(size <= 4096, "live file is {size} bytes");
+        let rotated: Vec<PathBuf> = (1..=3)
+            .map(|index| dir.join(format!("nested/audit.ndjson.{index}")))
+            .collect();
+        assert!(rotated[0].exists() && rotated[1].exists());
+        assert!(!rotated[2].exists(), "only `keep` rotated files remain");
+        let newest = lines(&path);
+        assert_eq!(newest.last().expect("a line")["action"], "round19");
+        // Reopening appends where it left off.
+        let before = lines(&path).len();
+        let mut reopened = NdjsonStream::open(config).expect("reopens");
+        reopened
+            .write_entries(&entries(1, "again"))
+            .expect("writes");
+        assert_eq!(lines(&path).len(), before + 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

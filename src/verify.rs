@@ -1,0 +1,484 @@
+//! `auditgate verify` and `auditgate verify-export`: the file-reading side of verification.
+//!
+//! The checks themselves are [`crate::log::verify::LogCheck`] (a database) and
+//! [`check_export_line`] (an export); this module opens the files, reads published heads, and
+//! turns the outcome into the report and exit code the CLI prints: 0 intact, 1 tampered, 2 could
+//! not read.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use chrono::SecondsFormat;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::entry::AuditEntry;
+use crate::log::head::{LogVerifier, SignedTreeHead};
+use crate::log::merkle::{from_hex, leaf_hash, verify_inclusion, Hash};
+use crate::log::verify::{
+    missing_from_published, HeadOrigin, HeadToCheck, LogCheck, Problem, VerifyReport,
+};
+use crate::store::sqlite::SqliteLogReader;
+use crate::store::{LogReader, StoreError};
+
+/// Exit code: everything checked out.
+pub const EXIT_INTACT: u8 = 0;
+/// Exit code: something was changed, removed or forged.
+pub const EXIT_TAMPERED: u8 = 1;
+/// Exit code: the input could not be read.
+pub const EXIT_UNREADABLE: u8 = 2;
+
+/// Verification could not run to the end.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{path}: {error}", path = .path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// The exit code for a finished verification.
+pub fn exit_code(report: &VerifyReport) -> u8 {
+    if report.ok() {
+        EXIT_INTACT
+    } else {
+        EXIT_TAMPERED
+    }
+}
+
+/// Every stored head, oldest first.
+pub fn stored_heads<R: LogReader + ?Sized>(reader: &R) -> Result<Vec<HeadToCheck>, StoreError> {
+    let mut heads = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = reader.heads_after(after, 1000)?;
+        let Some(last) = page.last() else {
+            return Ok(heads);
+        };
+        after = last.id;
+        heads.extend(page.into_iter().map(|stored| HeadToCheck {
+            head: stored.head,
+            origin: HeadOrigin::Store(stored.id),
+        }));
+    }
+}
+
+/// The heads of a published heads file (one JSON head per line; blank lines are skipped). A line
+/// that is not a signed head is a problem (the file was edited or cut mid-line), not an error.
+pub fn read_heads_file(path: &Path) -> Result<(Vec<HeadToCheck>, Vec<Problem>), VerifyError> {
+    let io_error = |error| VerifyError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = File::open(path).map_err(io_error)?;
+    let mut heads = Vec::new();
+    let mut problems = Vec::new();
+    for (index, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io_error)?;
+        let number = index as u64 + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<SignedTreeHead>(&line) {
+            Ok(head) => heads.push(HeadToCheck {
+                head,
+                origin: HeadOrigin::File(number),
+            }),
+            Err(error) => problems.push(Problem {
+                seq: None,
+                message: format!(
+                    "heads file line {number} is not a signed tree head ({error}): the file was \
+                     edited or cut"
+                ),
+            }),
+        }
+    }
+    Ok((heads, problems))
+}
+
+/// `auditgate verify`: checks a database file, read-only, against its stored heads and, when
+/// given, a published heads file; signatures are checked when `keys` are given.
+pub fn verify_database(
+    db: &Path,
+    heads_file: Option<&Path>,
+    keys: &[LogVerifier],
+) -> Result<VerifyReport, VerifyError> {
+    let reader = SqliteLogReader::open(db)?;
+    verify_log(&reader, heads_file, keys)
+}
+
+/// [`verify_database`] over any log.
+pub fn verify_log<R: LogReader + ?Sized>(
+    reader: &R,
+    heads_file: Option<&Path>,
+    keys: &[LogVerifier],
+) -> Result<VerifyReport, VerifyError> {
+    let stored = stored_heads(reader)?;
+    let mut check = LogCheck::new(keys.to_vec());
+    let mut heads = stored.clone();
+    if let Some(path) = heads_file {
+        let (published, problems) = read_heads_file(path)?;
+        check.add_problems(problems);
+        check.add_problems(missing_from_published(&stored, &published));
+        // A head both stored and published is checked once.
+        let seen: HashSet<(Vec<u8>, [u8; 64])> = stored
+            .iter()
+            .map(|head| (head.head.head.signing_bytes(), head.head.signature))
+            .collect();
+        heads.extend(
+            published.into_iter().filter(|head| {
+                !seen.contains(&(head.head.head.signing_bytes(), head.head.signature))
+            }),
+        );
+    }
+    check.add_heads(reader, heads)?;
+    Ok(check.finish(reader)?)
+}
+
+/// A human report for the terminal.
+pub fn describe(report: &VerifyReport, what: &str) -> String {
+    let mut out = String::new();
+    if report.ok() {
+        let _ = writeln!(out, "{what}: intact");
+    } else {
+        let _ = writeln!(out, "{what}: TAMPERED");
+        if let Some(seq) = report.first_bad_seq() {
+            let _ = writeln!(out, "  first bad entry: {seq}");
+        }
+        if let Some(problem) = report.first_problem() {
+            let _ = writeln!(out, "  problem: {}", problem.message);
+        }
+        if report.problem_count > 1 {
+            let _ = writeln!(out, "  {} problems in all:", report.problem_count);
+            for problem in &report.problems {
+                let _ = writeln!(out, "  - {}", problem.message);
+            }
+            if report.problem_count > report.problems.len() as u64 {
+                let _ = writeln!(
+                    out,
+                    "  - ... and {} more",
+                    report.problem_count - report.problems.len() as u64
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  checked {} positions: {} entries matched their leaf, {} pruned; {} signed heads; \
+         signatures {}",
+        report.size,
+        report.entries,
+        report.pruned,
+        report.heads,
+        if report.signatures_checked {
+            "checked"
+        } else {
+            "NOT checked (pass --key)"
+        }
+    );
+    out
+}
+
+/// The report as JSON, the shape of `GET /api/v1/verify`.
+pub fn report_json(report: &VerifyReport) -> Value {
+    serde_json::json!({
+        "ok": report.ok(),
+        "size": report.size,
+        "checkedAt": report.checked_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "firstBadSeq": report.first_bad_seq(),
+        "problem": report.first_problem().map(|problem| problem.message.clone()),
+        "problems": report.problems.iter().map(|problem| serde_json::json!({
+            "seq": problem.seq,
+            "message": problem.message,
+        })).collect::<Vec<_>>(),
+        "problemCount": report.problem_count,
+        "entries": report.entries,
+        "pruned": report.pruned,
+        "heads": report.heads,
+        "signaturesChecked": report.signatures_checked,
+    })
+}
+
+/// The last line of an export with proofs.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ExportTrailer {
+    tree_head: SignedTreeHead,
+    entries: u64,
+}
+
+/// The proof fields of an exported entry line.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LineProof {
+    leaf_hash: String,
+    leaf_index: u64,
+    audit_path: Vec<String>,
+}
+
+/// Checks one entry line of an export against the export's (already verified) head. `Err` is
+/// the problem with it.
+pub fn check_export_line(line: &str, head: &SignedTreeHead) -> Result<u64, Problem> {
+    let unreadable = |message: String| Problem { seq: None, message };
+    let value: Value =
+        serde_json::from_str(line).map_err(|error| unreadable(format!("not JSON ({error})")))?;
+    let entry: AuditEntry = serde_json::from_value(value.clone())
+        .map_err(|error| unreadable(format!("not an entry ({error})")))?;
+    let seq = entry.seq;
+    let problem = |message: String| Problem {
+        seq: Some(seq),
+        message,
+    };
+    let proof: LineProof = serde_json::from_value(value)
+        .map_err(|error| problem(format!("entry {seq} has no proof fields ({error})")))?;
+    let stated: Option<Hash> = from_hex(&proof.leaf_hash);
+    let path: Option<Vec<Hash>> = proof.audit_path.iter().map(|hash| from_hex(hash)).collect();
+    let (Some(stated), Some(path)) = (stated, path) else {
+        return Err(problem(format!(
+            "entry {seq} has a malformed leaf hash or audit path"
+        )));
+    };
+    let recomputed = leaf_hash(&entry.canonical_bytes());
+    if recomputed != stated {
+        return Err(problem(format!(
+            "entry {seq} was changed: its content no longer hashes to its leaf"
+        )));
+    }
+    if seq == 0 || proof.leaf_index != seq - 1 {
+        return Err(problem(format!(
+            "entry {seq} states leaf index {}, not {}",
+            proof.leaf_index,
+            seq.saturating_sub(1)
+        )));
+    }
+    if seq > head.head.size {
+        return Err(problem(format!(
+            "entry {seq} is not covered by the export's head (size {})",
+            head.head.size
+        )));
+    }
+    if !verify_inclusion(
+        &recomputed,
+        seq - 1,
+        head.head.size,
+        &path,
+        &head.head.root_hash,
+    ) {
+        return Err(problem(format!(
+            "entry {seq}'s inclusion proof does not lead to the head's root: the entry or its \
+             proof was changed"
+        )));
+    }
+    Ok(seq)
+}
+
+/// The last non-empty line of a file, read from the end.
+fn last_line(path: &Path) -> Result<Option<String>, VerifyError> {
+    let io_error = |error| VerifyError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut file = File::open(path).map_err(io_error)?;
+    let length = file.seek(SeekFrom::End(0)).map_err(io_error)?;
+    let mut tail = Vec::new();
+    let mut position = length;
+    // Read backwards in blocks until a newline that ends a non-empty line is found.
+    loop {
+        let block = position.min(64 * 1024);
+        position -= block;
+        file.seek(SeekFrom::Start(position)).map_err(io_error)?;
+        let mut chunk = vec![0; block as usize];
+        file.read_exact(&mut chunk).map_err(io_error)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+        let trimmed_end = tail
+            .iter()
+            .rposition(|byte| !byte.is_ascii_whitespace())
+            .map(|end| end + 1);
+        if let Some(end) = trimmed_end {
+            if let Some(start) = tail[..end].iter().rposition(|byte| *byte == b'\n') {
+                return Ok(Some(
+                    String::from_utf8_lossy(&tail[start + 1..end]).into_owned(),
+                ));
+            }
+            if position == 0 {
+                return Ok(Some(String::from_utf8_lossy(&tail[..end]).into_owned()));
+            }
+        } else if position == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// `auditgate verify-export`: checks an NDJSON export with proofs (format in [`crate::log`])
+/// without the database: the head's signature, and each entry's leaf and inclusion proof.
+pub fn verify_export(path: &Path, keys: &[LogVerifier]) -> Result<VerifyReport, VerifyError> {
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut report = VerifyReport {
+        size: 0,
+        entries: 0,
+        pruned: 0,
+        heads: 0,
+        signatures_checked: !keys.is_empty(),
+        problems: Vec::new(),
+        problem_count: 0,
+        checked_at: chrono::Utc::now(),
+    };
+    let trailer = last_line(path)?.map(|line| serde_json::from_str::<ExportTrailer>(&line));
+    let trailer = match trailer {
+        Some(Ok(trailer)) => trailer,
+        Some(Err(error)) => {
+            problems.push(Problem {
+                seq: None,
+                message: format!(
+                    "the last line is not the export's signed head ({error}): the export was cut \
+                     short or has no proofs (export with proofs=true)"
+                ),
+            });
+            return Ok(finish_report(report, problems));
+        }
+        None => {
+            problems.push(Problem {
+                seq: None,
+                message: "the export is empty".to_string(),
+            });
+            return Ok(finish_report(report, problems));
+        }
+    };
+    let head = trailer.tree_head;
+    report.size = head.head.size;
+    report.heads = 1;
+    if !keys.is_empty() && !keys.iter().any(|key| key.verify(&head).is_ok()) {
+        let reason = keys
+            .iter()
+            .find_map(|key| key.verify(&head).err())
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        problems.push(Problem {
+            seq: None,
+            message: format!("the export's head is not validly signed: {reason}"),
+        });
+    }
+    let io_error = |error| VerifyError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = File::open(path).map_err(io_error)?;
+    let mut lines = 0u64;
+    let mut previous: Option<String> = None;
+    for (index, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io_error)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        // Each line is checked once the next one is seen, so the trailer is never taken for an
+        // entry.
+        if let Some(entry_line) = previous.replace(line) {
+            lines += 1;
+            match check_export_line(&entry_line, &head) {
+                Ok(_) => report.entries += 1,
+                Err(mut problem) => {
+                    problem.message = format!("line {index}: {}", problem.message);
+                    problems.push(problem);
+                }
+            }
+        }
+    }
+    if lines != trailer.entries {
+        problems.push(Problem {
+            seq: None,
+            message: format!(
+                "the export says it holds {} entries but has {lines}: lines were removed or added",
+                trailer.entries
+            ),
+        });
+    }
+    Ok(finish_report(report, problems))
+}
+
+fn finish_report(mut report: VerifyReport, mut problems: Vec<Problem>) -> VerifyReport {
+    report.problem_count = problems.len() as u64;
+    problems.sort_by_key(|problem| (problem.seq.is_none(), problem.seq));
+    problems.truncate(100);
+    report.problems = problems;
+    report
+}
+
+fn load_keys(paths: &[PathBuf]) -> Result<Vec<LogVerifier>, String> {
+    paths
+        .iter()
+        .map(|path| LogVerifier::load(path).map_err(|error| error.to_string()))
+        .collect()
+}
+
+fn print_report(report: &VerifyReport, what: &str, json: bool) -> u8 {
+    if json {
+        println!("{}", report_json(report));
+    } else {
+        print!("{}", describe(report, what));
+    }
+    exit_code(report)
+}
+
+/// `auditgate verify`; returns the exit code.
+pub fn run_verify(args: &crate::cli::VerifyArgs) -> u8 {
+    let keys = match load_keys(&args.keys) {
+        Ok(keys) => keys,
+        Err(message) => {
+            eprintln!("auditgate verify: {message}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    let db = args.db.display().to_string();
+    let verified = if crate::store::postgres::is_url(&db) {
+        let Some(log_id) = args.log_id.as_deref() else {
+            eprintln!(
+                "auditgate verify: --log-id is required with a PostgreSQL database: each \
+                 sidecar's log verifies on its own"
+            );
+            return EXIT_UNREADABLE;
+        };
+        crate::store::postgres::open_for_reading(&db, log_id)
+            .map_err(VerifyError::from)
+            .and_then(|store| verify_log(&store, args.heads.as_deref(), &keys))
+    } else {
+        verify_database(&args.db, args.heads.as_deref(), &keys)
+    };
+    match verified {
+        Ok(report) => {
+            let what = match &args.log_id {
+                Some(log_id) if crate::store::postgres::is_url(&db) => format!("log {log_id}"),
+                _ => db,
+            };
+            print_report(&report, &what, args.json)
+        }
+        Err(error) => {
+            eprintln!("auditgate verify: cannot read the log: {error}");
+            EXIT_UNREADABLE
+        }
+    }
+}
+
+/// `auditgate verify-export`; returns the exit code.
+pub fn run_verify_export(args: &crate::cli::VerifyExportArgs) -> u8 {
+    let keys = match load_keys(&args.keys) {
+        Ok(keys) => keys,
+        Err(message) => {
+            eprintln!("auditgate verify-export: {message}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    match verify_export(&args.file, &keys) {
+        Ok(report) => print_report(&report, &args.file.display().to_string(), args.json),
+        Err(error) => {
+            eprintln!("auditgate verify-export: cannot read the export: {error}");
+            EXIT_UNREADABLE
+        }
+    }
+}

@@ -1,0 +1,897 @@
+//! Tamper evidence end to end: real SQLite files written by the real store, changed behind its
+//! back with rusqlite, and checked by the code `auditgate verify` runs (plus the binary itself
+//! for exit codes); a real sidecar signing and publishing heads; the log endpoints.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use auditgate::config::{Config, SyncMode};
+use auditgate::entry::{AuditEntry, Outcome};
+use auditgate::log::head::{public_key_path, LogSigner, LogVerifier, SignedTreeHead, TreeHead};
+use auditgate::log::merkle::{self, from_hex};
+use auditgate::log::verify::VerifyReport;
+use auditgate::retention::{prune_all, PrunePlan};
+use auditgate::server::Sidecar;
+use auditgate::store::query::Filter;
+use auditgate::store::sqlite::SqliteStore;
+use auditgate::store::Store;
+use auditgate::verify::{verify_database, verify_export};
+use rusqlite::Connection;
+use serde_json::Value;
+
+use crate::support::{HttpClient, TempDir, TestSidecar, Upstream};
+
+/// A log on disk: the database, a published heads file and the key pair that signed it.
+struct Fixture {
+    dir: TempDir,
+    db: PathBuf,
+    heads: PathBuf,
+    key: PathBuf,
+    signer: LogSigner,
+    /// Entries appended so far.
+    size: u64,
+}
+
+impl Fixture {
+    /// `count` entries, a head signed (and published, then stored, as the sidecar does) after
+    /// every `head_every` of them.
+    fn new(count: u64, head_every: u64) -> Fixture {
+        let dir = TempDir::new("tamper");
+        let key = dir.0.join("log.key");
+        let signer = LogSigner::write_new(&key).expect("key");
+        let mut fixture = Fixture {
+            db: dir.0.join("audit.db"),
+            heads: dir.0.join("heads.ndjson"),
+            key: public_key_path(&key),
+            signer,
+            dir,
+            size: 0,
+        };
+        fixture.extend(count, head_every, chrono::Duration::zero());
+        fixture
+    }
+
+    /// Appends `count` more entries created `age` ago, signing heads as it goes.
+    fn extend(&mut self, count: u64, head_every: u64, age: chrono::Duration) {
+        let store = SqliteStore::open(&self.db, SyncMode::Normal).expect("store");
+        let mut left = count;
+        while left > 0 {
+            let take = left.min(head_every);
+            let mut batch: Vec<AuditEntry> = (0..take)
+                .map(|offset| sample_entry(self.size + offset + 1, age))
+                .collect();
+            store.append(&mut batch).expect("append");
+            self.size += take;
+            left -= take;
+            self.sign(&store);
+        }
+    }
+
+    fn sign(&self, store: &SqliteStore) -> SignedTreeHead {
+        let tree = store.tree().expect("tree");
+        let head =
+            TreeHead::new("tamper-test", tree.size, tree.root, chrono::Utc::now()).expect("head");
+        let signed = self.signer.sign(head).expect("sign");
+        let line = serde_json::to_string(&signed).expect("json");
+        auditgate::signer::append_lines(&self.heads, &[line].into()).expect("publish");
+        store.save_head(&signed).expect("store head");
+        signed
+    }
+
+    fn public_key(&self) -> LogVerifier {
+        LogVerifier::load(&self.key).expect("public key")
+    }
+
+    fn verify(&self) -> VerifyReport {
+        verify_database(&self.db, Some(&self.heads), &[self.public_key()]).expect("readable")
+    }
+
+    fn verify_without_heads_file(&self) -> VerifyReport {
+        verify_database(&self.db, None, &[self.public_key()]).expect("readable")
+    }
+
+    fn sql(&self, statements: &str) {
+        let connection = Connection::open(&self.db).expect("open");
+        connection.execute_batch(statements).expect("tamper");
+    }
+
+    fn binary(&self, args: &[&str]) -> (i32, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+            .args(args)
+            .env("AUDITGATE_LOG", "error")
+            .output()
+            .expect("runs");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    }
+}
+
+fn sample_entry(seq: u64, age: chrono::Duration) -> AuditEntry {
+    let action = if seq % 3 == 0 {
+        "auth.login_failed"
+    } else {
+        "user.updated"
+    };
+    let mut entry = AuditEntry::new("tamper-test", action);
+    entry.created_at = chrono::Utc::now() - age;
+    entry.actor_id = Some(format!("user-{}", seq % 7));
+    entry.actor_email = Some(format!("user{}@example.com", seq % 7));
+    entry.outcome = Outcome::Success;
+    entry.status = Some(200);
+    entry.method = Some("PATCH".into());
+    entry.path = Some(format!("/api/users/{seq}"));
+    entry.ip = Some("10.0.0.7".into());
+    entry.duration_us = Some(1234 + seq);
+    entry
+        .metadata
+        .insert("ratio".into(), serde_json::json!(seq as f64 / 7.0));
+    entry
+}
+
+fn problem_text(report: &VerifyReport) -> String {
+    report
+        .problems
+        .iter()
+        .map(|problem| format!("[{:?}] {}", problem.seq, problem.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn assert_tampered(report: &VerifyReport, first_bad: Option<u64>, needle: &str) {
+    let text = problem_text(report);
+    assert!(!report.ok(), "expected tampering to be found");
+    assert_eq!(report.first_bad_seq(), first_bad, "{text}");
+    assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
+}
+
+#[test]
+fn an_untouched_log_verifies() {
+    let fixture = Fixture::new(100, 10);
+    let report = fixture.verify();
+    assert!(report.ok(), "{}", problem_text(&report));
+    assert_eq!((report.size, report.entries, report.heads), (100, 100, 10));
+    assert!(report.signatures_checked);
+}
+
+#[test]
+fn editing_one_field_of_one_row_is_found() {
+    let fixture = Fixture::new(100, 10);
+    fixture.sql("UPDATE entries SET actor_id = 'someone-else' WHERE seq = 37");
+    assert_tampered(&fixture.verify(), Some(37), "entry 37 was changed");
+    // The same edit is found without any head: the leaf hash alone gives it away.
+    fixture.sql("DELETE FROM tree_heads");
+    assert_tampered(
+        &verify_database(&fixture.db, None, &[]).expect("readable"),
+        Some(37),
+        "entry 37 was changed",
+    );
+}
+
+#[test]
+fn an_edit_with_every_hash_recomputed_is_found_by_the_signed_heads() {
+    let fixture = Fixture::new(100, 10);
+    fixture.sql("UPDATE entries SET resource_id = 'other' WHERE seq = 37");
+    // The forger rebuilds the whole tree from the edited rows, so every leaf and node agrees.
+    let entries = crate::support::read_entries(&fixture.db);
+    let leaves: Vec<_> = entries
+        .iter()
+        .map(|entry| merkle::leaf_hash(&entry.canonical_bytes()))
+        .collect();
+    let connection = Connection::open(&fixture.db).expect("open");
+    connection
+        .execute("DELETE FROM tree_nodes", [])
+        .expect("clear");
+    let mut frontier = merkle::Frontier::new();
+    for leaf in leaves {
+        for (level, index, hash) in frontier.append(leaf) {
+            connection
+                .execute(
+                    "INSERT INTO tree_nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![level, index as i64, &hash[..]],
+                )
+                .expect("insert");
+        }
+    }
+    drop(connection);
+    // Only the signed heads remember the old root: the edit is within the ten entries after the
+    // last head that still matches.
+    assert_tampered(&fixture.verify(), Some(31), "entries 31..=40 were changed");
+}
+
+#[test]
+fn deleting_a_middle_row_is_found() {
+    let fixture = Fixture::new(100, 10);
+    fixture.sql("DELETE FROM entries WHERE seq = 50");
+    assert_tampered(&fixture.verify(), Some(50), "entry 50 is missing");
+}
+
+#[test]
+fn swapping_two_rows_is_found() {
+    let fixture = Fixture::new(100, 10);
+    fixture.sql(
+        "UPDATE entries SET seq = -1 WHERE seq = 20;
+         UPDATE entries SET seq = 20 WHERE seq = 30;
+         UPDATE entries SET seq = 30 WHERE seq = -1;",
+    );
+    let report = fixture.verify();
+    assert_tampered(&report, Some(20), "entry 20 was changed");
+    assert!(problem_text(&report).contains("entry 30 was changed"));
+}
+
+#[test]
+fn deleting_the_tail_is_found() {
+    let fixture = Fixture::new(100, 10);
+    fixture.sql("DELETE FROM entries WHERE seq > 90");
+    assert_tampered(&fixture.verify(), Some(91), "entry 91 is missing");
+}
+
+#[test]
+fn cutting_the_tail_with_its_hashes_and_heads_is_found_by_the_heads_file() {
+    let fixture = Fixture::new(100, 10);
+    // A careful cut: the rows, every tree node over them and the stored heads that covered them.
+    fixture.sql(
+        "DELETE FROM entries WHERE seq > 90;
+         DELETE FROM tree_nodes WHERE (idx + 1) * (1 << level) > 90;
+         DELETE FROM tree_heads WHERE size > 90;",
+    );
+    let alone = fixture.verify_without_heads_file();
+    assert!(
+        alone.ok(),
+        "the database is consistent with itself: {}",
+        problem_text(&alone)
+    );
+    assert_eq!(alone.size, 90);
+    assert_tampered(
+        &fixture.verify(),
+        Some(91),
+        "covers 100 entries but the log has only 90",
+    );
+}
+
+#[test]
+fn restoring_an_older_copy_of_the_database_is_found_by_the_heads_file() {
+    let mut fixture = Fixture::new(60, 10);
+    let copy = fixture.dir.0.join("audit.db.bak");
+    std::fs::copy(&fixture.db, &copy).expect("backup");
+    fixture.extend(40, 10, chrono::Duration::zero());
+    std::fs::copy(&copy, &fixture.db).expect("restore");
+    let alone = fixture.verify_without_heads_file();
+    assert!(alone.ok(), "{}", problem_text(&alone));
+    assert_tampered(&fixture.verify(), Some(61), "restored from an older copy");
+}
+
+#[test]
+fn a_forged_head_is_found() {
+    let fixture = Fixture::new(50, 10);
+    // Another key signs a head that does match the log: only the signature gives it away.
+    let forger = LogSigner::generate();
+    let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
+    let tree = store.tree().expect("tree");
+    let forged = forger
+        .sign(TreeHead::new("tamper-test", tree.size, tree.root, chrono::Utc::now()).expect("head"))
+        .expect("sign");
+    store.save_head(&forged).expect("insert");
+    drop(store);
+    let without_key = verify_database(&fixture.db, None, &[]).expect("readable");
+    assert!(without_key.ok(), "{}", problem_text(&without_key));
+    assert_tampered(
+        &fixture.verify_without_heads_file(),
+        None,
+        "is not validly signed",
+    );
+
+    // A real head with its size changed: bad signature, and a root that is not that size's.
+    let fixture = Fixture::new(50, 10);
+    let connection = Connection::open(&fixture.db).expect("open");
+    let json: String = connection
+        .query_row("SELECT head_json FROM tree_heads WHERE id = 2", [], |row| {
+            row.get(0)
+        })
+        .expect("head");
+    let mut head: Value = serde_json::from_str(&json).expect("json");
+    head["size"] = Value::from(15);
+    connection
+        .execute(
+            "UPDATE tree_heads SET head_json = ?1 WHERE id = 2",
+            [head.to_string()],
+        )
+        .expect("forge");
+    drop(connection);
+    let report = fixture.verify_without_heads_file();
+    assert_tampered(&report, Some(11), "bad signature");
+    assert!(problem_text(&report).contains("does not match the log"));
+}
+
+#[test]
+fn a_truncated_heads_file_is_found() {
+    let fixture = Fixture::new(50, 10);
+    let text = std::fs::read_to_string(&fixture.heads).expect("heads");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5);
+    std::fs::write(&fixture.heads, lines[..3].join("\n") + "\n").expect("truncate");
+    assert_tampered(&fixture.verify(), None, "is not in the heads file");
+
+    // Cut in the middle of a line.
+    std::fs::write(&fixture.heads, &text[..text.len() - 40]).expect("cut");
+    assert_tampered(
+        &fixture.verify(),
+        None,
+        "heads file line 5 is not a signed tree head",
+    );
+}
+
+#[test]
+fn a_pruned_log_still_verifies_and_its_kept_hashes_are_still_checked() {
+    let mut fixture = Fixture::new(0, 10);
+    fixture.extend(40, 10, chrono::Duration::days(120));
+    fixture.extend(20, 10, chrono::Duration::zero());
+    let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
+    let plan = PrunePlan {
+        default_cutoff: Some(chrono::Utc::now() - chrono::Duration::days(90)),
+        rules: Vec::new(),
+    };
+    let summary = prune_all(&store, &plan, "tamper-test", "test", &|| true).expect("prunes");
+    assert_eq!(summary.entries(), 40);
+    fixture.sign(&store);
+    drop(store);
+    let report = fixture.verify();
+    assert!(report.ok(), "{}", problem_text(&report));
+    assert_eq!((report.pruned, report.entries, report.size), (40, 21, 61));
+    let remaining: i64 = Connection::open(&fixture.db)
+        .expect("open")
+        .query_row("SELECT count(*) FROM entries", [], |row| row.get(0))
+        .expect("count");
+    assert_eq!(remaining, 21, "the rows are really gone");
+
+    // A kept leaf hash of a pruned entry, changed: its payload is gone, but the nodes above it
+    // and every head still commit to the original.
+    fixture.sql("UPDATE tree_nodes SET hash = zeroblob(32) WHERE level = 0 AND idx = 12");
+    assert_tampered(
+        &fixture.verify(),
+        Some(13),
+        "tree node over entries 13..=14",
+    );
+}
+
+#[test]
+fn a_deleted_row_passed_off_as_pruned_is_found() {
+    let mut fixture = Fixture::new(0, 10);
+    fixture.extend(20, 10, chrono::Duration::days(120));
+    fixture.extend(20, 10, chrono::Duration::zero());
+    let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
+    let plan = PrunePlan {
+        default_cutoff: Some(chrono::Utc::now() - chrono::Duration::days(90)),
+        rules: Vec::new(),
+    };
+    prune_all(&store, &plan, "tamper-test", "test", &|| true).expect("prunes");
+    drop(store);
+    assert!(fixture.verify().ok());
+    fixture.sql(
+        "DELETE FROM entries WHERE seq = 30;
+         INSERT INTO pruned_entries (seq, prune_seq) VALUES (30, 41);",
+    );
+    assert_tampered(&fixture.verify(), Some(30), "but 21 positions are marked");
+}
+
+#[test]
+fn the_binary_exits_0_intact_1_tampered_2_unreadable() {
+    let fixture = Fixture::new(30, 10);
+    let db = fixture.db.display().to_string();
+    let heads = fixture.heads.display().to_string();
+    let key = fixture.key.display().to_string();
+    let (code, output) = fixture.binary(&["verify", "--db", &db, "--heads", &heads, "--key", &key]);
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("intact"), "{output}");
+
+    fixture.sql("UPDATE entries SET path = '/elsewhere' WHERE seq = 17");
+    let (code, output) = fixture.binary(&["verify", "--db", &db, "--heads", &heads, "--key", &key]);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("first bad entry: 17"), "{output}");
+    let (code, output) = fixture.binary(&["verify", "--db", &db, "--json"]);
+    assert_eq!(code, 1, "{output}");
+    let json: Value = serde_json::from_str(output.lines().next().unwrap_or("")).expect("json");
+    assert_eq!(json["firstBadSeq"], 17);
+    assert_eq!(json["ok"], false);
+
+    let missing = fixture.dir.0.join("nope.db").display().to_string();
+    let (code, output) = fixture.binary(&["verify", "--db", &missing]);
+    assert_eq!(code, 2, "{output}");
+    let garbage = fixture.dir.0.join("garbage.db");
+    std::fs::write(&garbage, "this is not a database").expect("write");
+    let (code, output) = fixture.binary(&["verify", "--db", &garbage.display().to_string()]);
+    assert_eq!(code, 2, "{output}");
+    let (code, output) = fixture.binary(&["verify", "--db", &db, "--key", &missing]);
+    assert_eq!(code, 2, "{output}");
+}
+
+#[test]
+fn an_export_with_proofs_verifies_offline_and_edits_to_it_do_not() {
+    let fixture = Fixture::new(45, 10);
+    let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
+    let head = store.latest_head().expect("read").expect("head");
+    let filter = Filter {
+        action: Some("auth.login_failed".into()),
+        ..Filter::default()
+    };
+    let export = fixture.dir.0.join("export.ndjson");
+    let mut out = Vec::new();
+    let written =
+        auditgate::export_proofs::write_export_with_proofs(&store, &filter, &head, &mut out)
+            .expect("export");
+    assert_eq!(written, 15);
+    std::fs::write(&export, &out).expect("write");
+    let key = fixture.public_key();
+    let report = verify_export(&export, std::slice::from_ref(&key)).expect("readable");
+    assert!(report.ok(), "{}", problem_text(&report));
+    assert_eq!(report.entries, 15);
+
+    let (code, output) = fixture.binary(&[
+        "verify-export",
+        &export.display().to_string(),
+        "--key",
+        &fixture.key.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{output}");
+
+    let text = String::from_utf8(out).expect("utf-8");
+    let edited = text.replacen("\"actorId\":\"user-3\"", "\"actorId\":\"user-4\"", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&export, &edited).expect("write");
+    let report = verify_export(&export, std::slice::from_ref(&key)).expect("readable");
+    assert_tampered(&report, Some(3), "entry 3 was changed");
+
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.remove(4);
+    std::fs::write(&export, lines.join("\n") + "\n").expect("write");
+    let report = verify_export(&export, std::slice::from_ref(&key)).expect("readable");
+    assert_tampered(&report, None, "says it holds 15 entries but has 14");
+
+    std::fs::write(&export, &text).expect("write");
+    let other = LogSigner::generate().public_key();
+    let report = verify_export(&export, &[other]).expect("readable");
+    assert_tampered(&report, None, "the export's head is not validly signed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real sidecar signing and publishing heads.
+// ---------------------------------------------------------------------------------------------
+
+const RULES: &str = r#"
+[unmatched]
+record = "all"
+"#;
+
+/// A sidecar with a signing key and a heads file; `log_extra` and `rest` add to `[log]` and after.
+async fn signing_sidecar(
+    upstream: &Upstream,
+    log_extra: &str,
+    rest: &str,
+) -> (TestSidecar, PathBuf, PathBuf) {
+    signing_sidecar_with_urls(upstream, &[], log_extra, rest).await
+}
+
+/// [`signing_sidecar`] that also publishes to `urls`.
+async fn signing_sidecar_with_urls(
+    upstream: &Upstream,
+    urls: &[String],
+    log_extra: &str,
+    rest: &str,
+) -> (TestSidecar, PathBuf, PathBuf) {
+    let dir = TempDir::new("signing");
+    let db = dir.0.join("audit.db");
+    let key = dir.0.join("log.key");
+    LogSigner::write_new(&key).expect("key");
+    let heads = dir.0.join("heads.ndjson");
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n\
+         [store]\npath = \"{}\"\nflush_interval = \"1ms\"\n\n[log]\nlog_id = \"test\"\n\
+         signing_key = \"{}\"\npublish_heads = [\"file:{}\"{}]\n{log_extra}\n\n{RULES}\n{rest}\n",
+        upstream.addr,
+        crate::support::TEST_TOKEN_CONFIG,
+        db.display(),
+        key.display(),
+        heads.display(),
+        urls.iter().map(|url| format!(", \"{url}\"")).collect::<String>(),
+    );
+    let config = match Config::parse(&text, &dir.0) {
+        Ok(config) => config,
+        Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
+    };
+    let sidecar = Sidecar::start(config, None).await.expect("sidecar starts");
+    let public = public_key_path(&key);
+    (
+        TestSidecar {
+            proxy: sidecar.proxy_addr,
+            admin: sidecar.admin_addr,
+            sidecar: Some(sidecar),
+            db,
+            dir,
+        },
+        heads,
+        public,
+    )
+}
+
+fn read_heads(path: &Path) -> Vec<SignedTreeHead> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// Polls the heads file until `done` holds (bounded: 10 s).
+async fn wait_heads(path: &Path, done: impl Fn(&[SignedTreeHead]) -> bool) -> Vec<SignedTreeHead> {
+    for _ in 0..1000 {
+        let heads = read_heads(path);
+        if done(&heads) {
+            return heads;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("heads file never got there: {:#?}", read_heads(path));
+}
+
+#[tokio::test]
+async fn a_sidecar_publishes_heads_heartbeats_and_a_shutdown_head() {
+    let upstream = Upstream::start().await;
+    let (mut sidecar, heads_file, key) = signing_sidecar(
+        &upstream,
+        "sign_every = 5\nsign_interval = \"100ms\"\nheartbeat_interval = \"200ms\"",
+        "",
+    )
+    .await;
+    let client = HttpClient::new();
+    for index in 0..12 {
+        let reply = client
+            .send("POST", &sidecar.url(&format!("/things/{index}")), &[], "{}")
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    sidecar.wait_entries(12).await;
+    // Heads every 5 entries or 100 ms: one soon covers all 12.
+    wait_heads(&heads_file, |heads| {
+        heads.iter().any(|head| head.head.size == 12)
+    })
+    .await;
+    // Nothing happens: heartbeats keep coming, same size, later times.
+    let heads = wait_heads(&heads_file, |heads| {
+        heads.iter().filter(|head| head.head.size == 12).count() >= 3
+    })
+    .await;
+    let quiet: Vec<_> = heads.iter().filter(|head| head.head.size == 12).collect();
+    assert!(quiet
+        .windows(2)
+        .all(|pair| pair[0].head.timestamp < pair[1].head.timestamp));
+    let verifier = LogVerifier::load(&key).expect("key");
+    for head in &heads {
+        verifier
+            .verify(head)
+            .expect("every published head is validly signed");
+    }
+
+    // The log endpoints, over the real admin socket.
+    let admin = |path: &str| format!("http://{}{path}", sidecar.admin);
+    let head: Value = client.get_admin(&admin("/api/v1/log/head")).await.json();
+    assert_eq!(head["size"], 12);
+    assert_eq!(head["logId"], "test");
+    let proof = client.get_admin(&admin("/api/v1/entries/3/proof")).await;
+    assert_eq!(proof.status, 200, "{}", proof.text());
+    let proof = proof.json();
+    let leaf = from_hex(proof["leafHash"].as_str().expect("hex")).expect("hash");
+    let path: Vec<_> = proof["auditPath"]
+        .as_array()
+        .expect("path")
+        .iter()
+        .map(|hash| from_hex(hash.as_str().expect("hex")).expect("hash"))
+        .collect();
+    let root = from_hex(proof["head"]["rootHash"].as_str().expect("hex")).expect("hash");
+    assert_eq!(proof["leafIndex"], 2);
+    assert!(merkle::verify_inclusion(&leaf, 2, 12, &path, &root));
+    let entries = sidecar.entries().await;
+    assert_eq!(
+        leaf,
+        merkle::leaf_hash(&entries[2].canonical_bytes()),
+        "the proof is of the stored entry"
+    );
+    let consistency: Value = client
+        .get_admin(&admin("/api/v1/log/consistency?from=5&to=12"))
+        .await
+        .json();
+    let proof: Vec<_> = consistency["proof"]
+        .as_array()
+        .expect("proof")
+        .iter()
+        .map(|hash| from_hex(hash.as_str().expect("hex")).expect("hash"))
+        .collect();
+    let from_root = from_hex(consistency["fromRoot"].as_str().expect("hex")).expect("hash");
+    assert!(merkle::verify_consistency(5, 12, &from_root, &root, &proof));
+    assert_eq!(
+        client
+            .get_admin(&admin("/api/v1/log/consistency?from=9&to=99"))
+            .await
+            .status,
+        400
+    );
+    let public: Value = client.get_admin(&admin("/api/v1/log/key")).await.json();
+    assert_eq!(public["keyId"], verifier.key_id());
+    assert_eq!(
+        client
+            .get_admin(&admin("/api/v1/entries/999/proof"))
+            .await
+            .status,
+        404
+    );
+    let verify: Value = client.get_admin(&admin("/api/v1/verify")).await.json();
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert_eq!(verify["size"], 12);
+    assert_eq!(verify["firstBadSeq"], Value::Null);
+
+    // Tampering behind the running sidecar's back shows in a full check.
+    Connection::open(&sidecar.db)
+        .expect("open")
+        .execute("UPDATE entries SET status = 201 WHERE seq = 4", [])
+        .expect("tamper");
+    let verify: Value = client
+        .get_admin(&admin("/api/v1/verify?full=true"))
+        .await
+        .json();
+    assert_eq!(verify["ok"], false, "{verify}");
+    assert_eq!(verify["firstBadSeq"], 4);
+    assert!(verify["problem"]
+        .as_str()
+        .unwrap_or("")
+        .contains("entry 4 was changed"));
+    Connection::open(&sidecar.db)
+        .expect("open")
+        .execute("UPDATE entries SET status = 200 WHERE seq = 4", [])
+        .expect("undo");
+
+    // Three more entries, then shutdown: the last head covers them all.
+    for index in 0..3 {
+        client
+            .send("DELETE", &sidecar.url(&format!("/things/{index}")), &[], "")
+            .await;
+    }
+    sidecar.wait_entries(15).await;
+    let before_stop = read_heads(&heads_file).len();
+    sidecar.stop().await;
+    let heads = read_heads(&heads_file);
+    assert!(heads.len() > before_stop, "a shutdown head was published");
+    assert_eq!(heads.last().map(|head| head.head.size), Some(15));
+    let report = verify_database(&sidecar.db, Some(&heads_file), &[verifier]).expect("readable");
+    assert!(report.ok(), "{}", problem_text(&report));
+    assert_eq!(report.heads as usize, heads.len());
+}
+
+#[tokio::test]
+async fn the_sidecar_prunes_in_the_background_and_the_log_still_verifies() {
+    let upstream = Upstream::start().await;
+    let (mut sidecar, heads_file, key) = signing_sidecar(
+        &upstream,
+        "sign_interval = \"100ms\"",
+        "[retention]\nmax_age = \"1s\"\nprune_interval = \"100ms\"\n",
+    )
+    .await;
+    let client = HttpClient::new();
+    for index in 0..4 {
+        client
+            .send("PUT", &sidecar.url(&format!("/docs/{index}")), &[], "{}")
+            .await;
+    }
+    sidecar.wait_entries(4).await;
+    // After a second the four entries are due; prune records replace them (one, or more if
+    // they fell due across two runs).
+    let mut entries = Vec::new();
+    for _ in 0..500 {
+        entries = sidecar.entries().await;
+        if entries.iter().all(|entry| entry.action == "audit.pruned") && !entries.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        entries.iter().all(|entry| entry.action == "audit.pruned"),
+        "{entries:#?}"
+    );
+    let pruned: u64 = entries
+        .iter()
+        .map(|record| record.metadata["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(pruned, 4, "{entries:#?}");
+    assert_eq!(entries[0].seq, 5);
+    assert_eq!(entries[0].metadata["firstSeq"], 1);
+    let size = entries.last().map(|entry| entry.seq).unwrap_or(0);
+    let admin = |path: &str| format!("http://{}{path}", sidecar.admin);
+    wait_heads(&heads_file, |heads| {
+        heads.iter().any(|head| head.head.size == size)
+    })
+    .await;
+    let proof = client.get_admin(&admin("/api/v1/entries/1/proof")).await;
+    assert_eq!(proof.status, 200, "{}", proof.text());
+    assert_eq!(proof.json()["pruned"], true);
+    assert_eq!(proof.json()["prunedBy"], 5);
+    let verify: Value = client.get_admin(&admin("/api/v1/verify")).await.json();
+    assert_eq!(verify["ok"], true, "{verify}");
+    sidecar.stop().await;
+    let verifier = LogVerifier::load(&key).expect("key");
+    let report = verify_database(&sidecar.db, Some(&heads_file), &[verifier]).expect("readable");
+    assert!(report.ok(), "{}", problem_text(&report));
+    assert_eq!(report.pruned, 4);
+}
+
+#[test]
+fn prune_from_the_command_line_records_itself() {
+    let mut fixture = Fixture::new(0, 10);
+    fixture.extend(10, 10, chrono::Duration::days(10));
+    fixture.extend(5, 10, chrono::Duration::zero());
+    let config = fixture.dir.0.join("auditgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nupstream = \"127.0.0.1:3000\"\n[store]\npath = \"{}\"\n[log]\nlog_id = \"tamper-test\"\n",
+            fixture.db.display()
+        ),
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let (code, output) = fixture.binary(&["prune", "--config", &config]);
+    assert_eq!(code, 64, "no retention configured: {output}");
+    let (code, output) = fixture.binary(&["prune", "--config", &config, "--older-than", "7d"]);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("pruned 10 entries between 1 and 10; recorded as entry 16"),
+        "{output}"
+    );
+    let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
+    fixture.sign(&store);
+    drop(store);
+    let report = fixture.verify();
+    assert!(report.ok(), "{}", problem_text(&report));
+    assert_eq!(report.pruned, 10);
+}
+
+/// A stand-in for an operator's head collector: records POSTed bodies, refusing the first
+/// `refuse` requests with 503.
+struct Collector {
+    addr: std::net::SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Collector {
+    async fn start(refuse: u64) -> Collector {
+        use http_body_util::BodyExt;
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (task_bodies, task_refused) = (bodies.clone(), refused.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let bodies = task_bodies.clone();
+                let refused = task_refused.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            let bodies = bodies.clone();
+                            let refused = refused.clone();
+                            async move {
+                                let body = request
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|body| body.to_bytes())
+                                    .unwrap_or_default();
+                                let status = if refused.load(Ordering::SeqCst) < refuse {
+                                    refused.fetch_add(1, Ordering::SeqCst);
+                                    503
+                                } else {
+                                    if let Ok(mut bodies) = bodies.lock() {
+                                        bodies.push(String::from_utf8_lossy(&body).into_owned());
+                                    }
+                                    204
+                                };
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Collector {
+            addr,
+            bodies,
+            refused,
+        }
+    }
+
+    fn heads(&self) -> Vec<SignedTreeHead> {
+        self.bodies
+            .lock()
+            .map(|bodies| {
+                bodies
+                    .iter()
+                    .filter_map(|body| serde_json::from_str(body).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn heads_are_posted_to_a_url_and_a_refused_one_is_retried_with_the_next() {
+    let upstream = Upstream::start().await;
+    let collector = Collector::start(1).await;
+    let (mut sidecar, heads_file, _key) = signing_sidecar_with_urls(
+        &upstream,
+        &[format!("http://{}/heads", collector.addr)],
+        "sign_interval = \"50ms\"",
+        "",
+    )
+    .await;
+    let client = HttpClient::new();
+    client.send("POST", &sidecar.url("/a"), &[], "{}").await;
+    sidecar.wait_entries(1).await;
+    client.send("POST", &sidecar.url("/b"), &[], "{}").await;
+    sidecar.wait_entries(2).await;
+    sidecar.stop().await;
+    let file = read_heads(&heads_file);
+    let posted = collector.heads();
+    assert_eq!(
+        collector.refused.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the first POST was refused"
+    );
+    // Every head reached the URL, the refused one included, in order.
+    assert_eq!(posted, file, "the URL saw exactly the heads the file has");
+    assert_eq!(posted.last().map(|head| head.head.size), Some(2));
+}
+
+#[tokio::test]
+async fn a_sidecar_will_not_extend_a_log_changed_behind_its_back() {
+    let upstream = Upstream::start().await;
+    let fixture = Fixture::new(5, 5);
+    fixture.sql(
+        "INSERT INTO entries (seq, id, log_id, created_at, action, outcome) \
+         VALUES (6, 'X', 't', '2026-01-01T00:00:00.000000Z', 'forged', 'success')",
+    );
+    let text = crate::support::config_text(upstream.addr, &fixture.db, "", "");
+    let config = Config::parse(&text, &fixture.dir.0).expect("config");
+    let error = match Sidecar::start(config, None).await {
+        Ok(_) => panic!("started on a log it cannot extend"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains("entries 6..=6 are not in the Merkle tree"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_stray_row_far_beyond_the_log_does_not_stall_verify() {
+    let fixture = Fixture::new(20, 10);
+    fixture
+        .sql("INSERT INTO tree_nodes (level, idx, hash) VALUES (0, 1000000000000, zeroblob(32))");
+    let started = std::time::Instant::now();
+    let report = fixture.verify();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_tampered(
+        &report,
+        Some(21),
+        "position 21 has neither an entry nor a leaf hash",
+    );
+    assert!(report.size < 10_000, "the walk stopped: {}", report.size);
+}
