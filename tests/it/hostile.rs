@@ -1089,3 +1089,73 @@ async fn sql_meta_characters_in_every_filter_match_only_themselves() {
     .await;
     assert_eq!(reply.json()["total"], seeded.len());
 }
+
+/// What schemathesis found (scripts/schemathesis), held here: the log endpoints answer as their
+/// OpenAPI document says.
+#[tokio::test]
+async fn log_endpoints_answer_as_their_openapi_document_says() {
+    let upstream = Upstream::start().await;
+    let keys = crate::support::TempDir::new("hostile-key");
+    let key = keys.0.join("log.key");
+    auditgate::log::head::LogSigner::write_new(&key).expect("signing key");
+    let config = format!("signing_key = \"{}\"\n{}", key.display(), admin_config());
+    let sidecar = TestSidecar::start(upstream.addr, &config).await;
+    let client = HttpClient::new();
+    let bearer = format!("Bearer {READ_TOKEN}");
+    let get = |path: &str| {
+        let url = format!("http://{}{path}", sidecar.admin);
+        let client = &client;
+        let bearer = bearer.clone();
+        async move {
+            client
+                .send("GET", &url, &[("authorization", &bearer)], "")
+                .await
+        }
+    };
+    let document = get("/api/v1/openapi.json").await.json();
+
+    // The key carries every property its schema requires (it was documented as `publicKey`).
+    let reply = get("/api/v1/log/key").await;
+    assert_eq!(reply.status, 200);
+    let required = document["components"]["schemas"]["LogKey"]["required"]
+        .as_array()
+        .expect("LogKey.required")
+        .clone();
+    for property in &required {
+        let name = property.as_str().expect("name");
+        assert!(
+            reply.json().get(name).is_some(),
+            "{name} missing: {}",
+            reply.text()
+        );
+    }
+
+    // A repeated parameter is the API's JSON 400, not axum's plain-text refusal.
+    for path in [
+        "/api/v1/log/consistency?from=0&from=0",
+        "/api/v1/log/consistency?from=0&to=0&to=0",
+        "/api/v1/verify?full=1&full=0",
+    ] {
+        let reply = get(path).await;
+        assert_eq!(reply.status, 400, "{path}");
+        assert!(
+            reply
+                .headers
+                .get("content-type")
+                .is_some_and(|value| value.as_bytes().starts_with(b"application/json")),
+            "{path}: {:?}",
+            reply.headers
+        );
+        assert!(reply.json()["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("more than once")));
+    }
+    // The empty tree is consistent with every tree, as documented (minimum 0, `to` optional).
+    assert_eq!(get("/api/v1/log/consistency?from=0&to=0").await.status, 200);
+    let parameters = &document["components"]["parameters"];
+    assert_eq!(parameters["from"]["schema"]["minimum"], 0);
+    assert_eq!(parameters["to"]["required"], false);
+    // A proof asked for before a signed head covers the entry is a documented 409.
+    let responses = &document["paths"]["/api/v1/entries/{id}/proof"]["get"]["responses"];
+    assert!(responses.get("409").is_some(), "{responses}");
+}
