@@ -527,6 +527,9 @@ pub fn client_ip(data: &[u8]) {
 
 const SECRET_VARIABLE: &str = "AUDITGATE_FUZZ_HS256_SECRET";
 const SECRET: &str = "fuzz-secret-that-the-fuzzer-cannot-guess";
+/// An API key the chain knows (by its SHA-256), sent as `?api_key=`.
+const PARTNER_KEY: &str = "fuzz-partner-api-key-0123456789";
+const PARTNER_KEY_SHA256: &str = "6e6a8e1dcc28ee6ae963e7ef456b6ff0d8ca785e6633601cb41e10522e59eb4d";
 
 fn actor_chain() -> &'static ActorChain {
     static CHAIN: OnceLock<ActorChain> = OnceLock::new();
@@ -559,10 +562,17 @@ from = "header"
 id = "x-forwarded-user"
 email = "x-forwarded-email"
 groups = "x-forwarded-groups"
+
+[[actor]]
+from = "api_key"
+query = "api_key"
+keys = [{{ name = "partner", sha256 = "{PARTNER_KEY_SHA256}" }}]
 "#
         );
         let file: File = toml::from_str(&text).expect("the fuzz actor config parses");
-        ActorChain::compile(&file.actor, &[]).expect("the fuzz actor config compiles")
+        let files: Vec<(usize, ActorFile)> = file.actor.into_iter().enumerate().collect();
+        ActorChain::compile(&files, &[], std::path::Path::new("."))
+            .expect("the fuzz actor config compiles")
     })
 }
 
@@ -575,6 +585,17 @@ struct ActorInput {
     forwarded_user: Vec<u8>,
     forwarded_groups: Vec<u8>,
     peer_trusted: bool,
+    /// The query string: an API key (the known one, or any text) and other parameters.
+    api_key: ApiKeyInput,
+    query_rest: String,
+    explain: bool,
+}
+
+#[derive(Debug, Arbitrary)]
+enum ApiKeyInput {
+    None,
+    Known,
+    Text(String),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -591,6 +612,26 @@ enum Authorization {
     Basic(String, String),
 }
 
+impl Authorization {
+    /// The text this header was built from, for telling a value that was legitimately taken
+    /// from it apart from a leak of another one.
+    fn texts(&self) -> Vec<String> {
+        let lossy = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        match self {
+            Authorization::None => Vec::new(),
+            Authorization::Raw(bytes) => vec![lossy(bytes)],
+            Authorization::Signed(claims) | Authorization::ForgedHs512(claims) => {
+                vec![claims.clone()]
+            }
+            Authorization::ForgedHs256(claims, key) => vec![claims.clone(), key.clone()],
+            Authorization::Parts(header, payload, signature) => {
+                vec![lossy(header), lossy(payload), lossy(signature)]
+            }
+            Authorization::Basic(user, secret) => vec![user.clone(), secret.clone()],
+        }
+    }
+}
+
 fn claims(text: &str) -> Option<Value> {
     serde_json::from_str::<Value>(text)
         .ok()
@@ -604,6 +645,21 @@ fn sign(claims: &Value, secret: &str, algorithm: jsonwebtoken::Algorithm) -> Opt
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .ok()
+}
+
+/// `name=value`, form-encoded as a query string carries it.
+fn form_urlencoded_pair(name: &str, value: &str) -> String {
+    let encode = |text: &str| -> String {
+        text.bytes()
+            .map(|byte| match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (byte as char).to_string()
+                }
+                _ => format!("%{byte:02X}"),
+            })
+            .collect()
+    };
+    format!("{}={}", encode(name), encode(value))
 }
 
 fn base64url(bytes: &[u8]) -> String {
@@ -697,9 +753,26 @@ pub fn jwt_actor(data: &[u8]) {
         headers.insert("x-forwarded-groups", value);
     }
 
+    let key = match &input.api_key {
+        ApiKeyInput::None => None,
+        ApiKeyInput::Known => Some(PARTNER_KEY.to_string()),
+        ApiKeyInput::Text(text) => Some(short(text.clone())),
+    };
+    let mut query = short(input.query_rest.clone());
+    if let Some(key) = &key {
+        let encoded: String = form_urlencoded_pair("api_key", key);
+        query = if query.is_empty() {
+            encoded
+        } else {
+            format!("{query}&{encoded}")
+        };
+    }
     let actor = chain.resolve(&ActorRequest {
         headers: &headers,
+        query: Some(&query),
+        path: "/",
         peer_trusted: input.peer_trusted,
+        explain: input.explain,
     });
 
     if actor.verified && actor.source == Some("jwt") {
@@ -729,18 +802,31 @@ pub fn jwt_actor(data: &[u8]) {
     let holds = |needle: &str| recorded.iter().any(|text| text.contains(needle));
     // (Unless the same text was also sent where a value is legitimately taken from.)
     let elsewhere = |needle: &str| {
-        [
-            &input.cookie,
-            &input.forwarded_user,
-            &input.forwarded_groups,
-        ]
-        .iter()
-        .any(|bytes| String::from_utf8_lossy(bytes).contains(needle))
+        input
+            .authorization
+            .texts()
+            .iter()
+            .any(|text| text.contains(needle))
+            || [
+                &input.cookie,
+                &input.forwarded_user,
+                &input.forwarded_groups,
+            ]
+            .iter()
+            .any(|bytes| String::from_utf8_lossy(bytes).contains(needle))
             || input
                 .cookie_claims
                 .as_deref()
                 .is_some_and(|text| text.contains(needle))
     };
+    if actor.source == Some("api_key") {
+        // Only the configured key names an actor (no HMAC secret is set for unknown ones).
+        assert!(query.contains(PARTNER_KEY), "{query:?} gave {actor:?}");
+        assert_eq!(actor.id.as_deref(), Some("partner"));
+    }
+    if let Some(key) = key.filter(|key| key.len() >= 16 && !elsewhere(key)) {
+        assert!(!holds(&key), "the raw API key was recorded: {recorded:?}");
+    }
     if let Some(token) = token.filter(|token| token.len() >= 24 && !elsewhere(token)) {
         assert!(!holds(&token), "the raw token was recorded: {recorded:?}");
     }
