@@ -233,9 +233,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     match tokio::task::spawn_blocking(move || store.check_writable()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n".to_string()),
         Ok(Err(error)) => {
-            // The cause (which may name files) goes to the log, not to whoever asks. Logged as
-            // an error at every probe while it lasts: the alarm for a store that stopped being
-            // writable (a deleted database or WAL file) when no traffic is failing to say so.
+            // Logged at every probe while it lasts: the alarm for a store that stopped being
+            // writable (a deleted database or WAL file) when no traffic is failing to say so. The
+            // cause (which may name files) goes to the log, not to whoever asks.
             tracing::error!(%error, "not ready: the store cannot take writes");
             (
                 StatusCode::SERVICE_UNAVAILABLE,

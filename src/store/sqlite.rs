@@ -208,9 +208,6 @@ impl SqliteStore {
         let next_seq = frontier.size() + 1;
         Ok(SqliteStore {
             path: path.to_path_buf(),
-            database_file: FileIdentity::of(path).ok(),
-            wal_file: FileIdentity::of(&wal_path(path)).ok(),
-            wal_rescued: AtomicBool::new(false),
             writer: Mutex::new(WriterSide {
                 connection: writer,
                 frontier,
@@ -218,6 +215,9 @@ impl SqliteStore {
             }),
             readers: Mutex::new(Vec::new()),
             next_seq: AtomicU64::new(next_seq),
+            database_file: FileIdentity::of(path).ok(),
+            wal_file: FileIdentity::of(&wal_path(path)).ok(),
+            wal_rescued: AtomicBool::new(false),
         })
     }
 
@@ -357,9 +357,9 @@ impl SqliteStore {
         transaction.commit()?;
         *frontier = working;
         self.next_seq.store(frontier.size() + 1, Ordering::Release);
-        // A file removed during the commit: the batch may be in a file nobody will read.
-        // Reporting the failure sends it to the spill file; a re-import skips it if it did reach
-        // the database.
+        // A file removed during the commit: the batch may be in a file nobody will read. Reporting
+        // the failure sends it to the spill file; a re-import skips it if it did reach the
+        // database.
         self.check_files(connection)?;
         Ok(result)
     }
