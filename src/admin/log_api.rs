@@ -19,12 +19,11 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::AdminState;
@@ -138,10 +137,21 @@ pub(crate) async fn key(State(state): State<AdminState>) -> Result<Json<Value>, 
     })))
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct ConsistencyParams {
-    from: Option<String>,
-    to: Option<String>,
+/// The value of a query parameter given at most once. Parsed by hand rather than by axum's
+/// `Query`, whose refusals (a repeated name, say) are plain text instead of the API's JSON error.
+fn single_param(pairs: &[(String, String)], name: &str) -> Result<Option<String>, ApiError> {
+    let mut values = pairs
+        .iter()
+        .filter(|(key, _)| key == name)
+        .map(|(_, value)| value);
+    let first = values.next().cloned();
+    if values.next().is_some() {
+        return Err(ApiError::Status(
+            StatusCode::BAD_REQUEST,
+            format!("{name} is given more than once"),
+        ));
+    }
+    Ok(first)
 }
 
 fn size_param(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> {
@@ -159,11 +169,12 @@ fn size_param(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> 
 
 pub(crate) async fn consistency(
     State(state): State<AdminState>,
-    Query(params): Query<ConsistencyParams>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let from = size_param("from", params.from.as_deref())?
+    let pairs = super::api::query_pairs(query.as_deref());
+    let from = size_param("from", single_param(&pairs, "from")?.as_deref())?
         .ok_or_else(|| ApiError::Status(StatusCode::BAD_REQUEST, "from is required".into()))?;
-    let to = size_param("to", params.to.as_deref())?;
+    let to = size_param("to", single_param(&pairs, "to")?.as_deref())?;
     let store = state.store.clone();
     blocking(move || {
         let to = match to {
@@ -263,16 +274,15 @@ pub(crate) async fn proof(
     .await
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct VerifyParams {
-    full: Option<String>,
-}
-
 pub(crate) async fn verify(
     State(state): State<AdminState>,
-    Query(params): Query<VerifyParams>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let full = matches!(params.full.as_deref(), Some("true" | "1" | "yes"));
+    let pairs = super::api::query_pairs(query.as_deref());
+    let full = matches!(
+        single_param(&pairs, "full")?.as_deref(),
+        Some("true" | "1" | "yes")
+    );
     let store = state.store.clone();
     let log = state.log.clone();
     blocking(move || {

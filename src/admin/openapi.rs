@@ -278,7 +278,11 @@ fn build() -> Value {
             "The entry's Merkle inclusion proof against the latest signed tree head.",
             read,
             vec![param("id")],
-            json!({"200": json_response("The proof.", "InclusionProof"), "404": error_response("No such entry.")}),
+            json!({
+                "200": json_response("The proof.", "InclusionProof"),
+                "404": error_response("No such entry."),
+                "409": error_response("No signed tree head covers the entry yet (the next one will), or the entry belongs to another sidecar's log.")
+            }),
         ),
     );
 
@@ -323,7 +327,7 @@ fn build() -> Value {
             "The latest signed tree head.",
             read,
             vec![],
-            json!({"200": json_response("The head.", "SignedTreeHead")}),
+            json!({"200": json_response("The head.", "SignedTreeHead"), "404": error_response("No signed tree head yet.")}),
         ),
     );
     add(
@@ -334,7 +338,7 @@ fn build() -> Value {
             "The public key that signs tree heads.",
             read,
             vec![],
-            json!({"200": json_response("The key.", "LogKey")}),
+            json!({"200": json_response("The key.", "LogKey"), "404": error_response("No signing key is configured.")}),
         ),
     );
     add(
@@ -413,13 +417,21 @@ fn parameters() -> Value {
             "description": "Most buckets. Action, actor and outcome buckets come largest first; day and hour buckets in time order, the most recent kept.",
             "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}},
         "page": {"name": "page", "in": "query", "required": false,
-            "schema": {"type": "integer", "minimum": 1, "default": 1}},
+            "description": "The page, from 1; empty means 1, as the reference's `?page=&action=` sends it.",
+            "schema": {"anyOf": [
+                {"type": "integer", "minimum": 1},
+                {"type": "string", "maxLength": 0}
+            ], "default": 1}},
         "referenceAction": string_param("action", "A substring of the action, case-insensitive."),
         "id": {"name": "id", "in": "path", "required": true,
             "description": "The entry's id (ULID) or its sequence number.",
             "schema": {"type": "string"}},
-        "from": {"name": "from", "in": "query", "required": true, "schema": {"type": "integer", "minimum": 1}},
-        "to": {"name": "to", "in": "query", "required": true, "schema": {"type": "integer", "minimum": 1}}
+        "from": {"name": "from", "in": "query", "required": true,
+            "description": "The older tree size (0, the empty tree, is consistent with every tree).",
+            "schema": {"type": "integer", "minimum": 0}},
+        "to": {"name": "to", "in": "query", "required": false,
+            "description": "The newer tree size; the latest signed head's size when left out.",
+            "schema": {"type": "integer", "minimum": 0}}
     })
 }
 
@@ -557,11 +569,11 @@ fn schemas() -> Value {
         "SignedTreeHead": head,
         "LogKey": {
             "type": "object",
-            "required": ["keyId", "publicKey"],
+            "required": ["algorithm", "keyId", "publicKeyPem"],
             "properties": {
                 "keyId": {"type": "string"},
                 "algorithm": {"type": "string", "enum": ["Ed25519"]},
-                "publicKey": {"type": "string"}
+                "publicKeyPem": {"type": "string", "description": "The Ed25519 public key, SPKI PEM."}
             }
         },
         "InclusionProof": {

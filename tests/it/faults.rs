@@ -340,7 +340,7 @@ async fn a_deleted_database_is_detected_and_nothing_is_written_into_it() {
     );
     assert!(
         eventually(Duration::from_secs(5), async || process.logged("ERROR")
-            && process.logged("was removed"))
+            && process.logged("audit.db was removed while in use"))
         .await,
         "no alarm in the log"
     );
@@ -417,7 +417,7 @@ async fn a_deleted_wal_is_detected_and_what_it_held_survives_a_crash() {
     );
     assert!(
         eventually(Duration::from_secs(5), async || process.logged("ERROR")
-            && process.logged("WAL"))
+            && process.logged("the WAL file was removed while in use"))
         .await,
         "no alarm in the log"
     );
