@@ -498,40 +498,18 @@ fn write_jobs(
             }
         }
     }
-    // Intents completed by entries of this batch go in the same transaction as the entries.
-    let in_batch: std::collections::HashSet<&str> =
-        entries.iter().map(|entry| entry.id.as_str()).collect();
-    let (with_entries, withdrawn): (Vec<String>, Vec<String>) = completing
-        .into_iter()
-        .partition(|id| in_batch.contains(id.as_str()));
-    completing = withdrawn;
-    // A write-ahead group usually holds both new intents and the entries of finished exchanges:
-    // one commit for both where the store can, and the usual two otherwise (or on failure).
-    let mut entries_stored = false;
-    if !intents.is_empty() && !entries.is_empty() && !spill.pending {
-        let started = Instant::now();
-        match store.record_intents_and_append(&intents, &mut entries, &with_entries) {
-            Some(Ok(())) => {
-                for done in std::mem::take(&mut waiting) {
-                    let _ = done.send(Ok(()));
-                }
-                shared.stats.intents_written.add(intents.len() as u64);
-                intents.clear();
-                note_stored(shared, &entries, started);
-                entries_stored = true;
-            }
-            Some(Err(error)) => {
-                tracing::warn!(%error, "combined commit of intents and entries failed; trying them apart");
-            }
-            None => {}
-        }
-    }
     if !intents.is_empty() {
         record_intents(shared, store, &intents, waiting);
     }
     if !entries.is_empty() {
-        let stored = entries_stored
-            || write_with_retry(shared, store, &mut entries, &with_entries, closing, spill);
+        // Intents completed by entries of this batch go in the same transaction as the entries.
+        let in_batch: std::collections::HashSet<&str> =
+            entries.iter().map(|entry| entry.id.as_str()).collect();
+        let (with_entries, withdrawn): (Vec<String>, Vec<String>) = completing
+            .into_iter()
+            .partition(|id| in_batch.contains(id.as_str()));
+        completing = withdrawn;
+        let stored = write_with_retry(shared, store, &mut entries, &with_entries, closing, spill);
         for done in durable_waiting {
             let _ = done.send(if stored {
                 Ok(())
@@ -547,20 +525,6 @@ fn write_jobs(
             tracing::warn!(%error, "cannot clear write-ahead intents; any withdrawn ones will be recorded as unknown at the next start");
         }
     }
-}
-
-/// What follows a committed batch of entries: counters, the signer's wake-up, the stream.
-fn note_stored(shared: &Shared, batch: &[AuditEntry], started: Instant) {
-    shared
-        .stats
-        .commit_seconds
-        .observe(started.elapsed().as_secs_f64());
-    shared.stats.commit_size.observe(batch.len() as f64);
-    shared.stats.entries_written.add(batch.len() as u64);
-    shared.stats.batches.inc();
-    shared.stats.failing.store(false, Ordering::Relaxed);
-    shared.committed.notify_one();
-    publish(shared, batch);
 }
 
 /// Records a group of write-ahead intents in one commit and answers every request waiting on it.
@@ -687,7 +651,16 @@ fn write_with_retry(
         let started = Instant::now();
         match store.append_completing(batch, completed_intents) {
             Ok(()) => {
-                note_stored(shared, batch, started);
+                shared
+                    .stats
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                shared.stats.commit_size.observe(batch.len() as f64);
+                shared.stats.entries_written.add(batch.len() as u64);
+                shared.stats.batches.inc();
+                shared.stats.failing.store(false, Ordering::Relaxed);
+                shared.committed.notify_one();
+                publish(shared, batch);
                 if spill_state.pending {
                     drain_spill(shared, store, spill_state);
                 }

@@ -172,19 +172,6 @@ pub trait Store: LogReader + Send + Sync + 'static {
     /// Removes the intents of entries that have been appended.
     fn clear_intents(&self, ids: &[String]) -> Result<(), StoreError>;
 
-    /// Records new write-ahead intents, appends entries and removes the intents they complete,
-    /// all in one transaction: one commit for a write-ahead group instead of two. `None` when the
-    /// store cannot do it atomically (the writer then makes the two commits).
-    fn record_intents_and_append(
-        &self,
-        intents: &[AuditEntry],
-        entries: &mut [AuditEntry],
-        completed_intents: &[String],
-    ) -> Option<Result<(), StoreError>> {
-        let _ = (intents, entries, completed_intents);
-        None
-    }
-
     /// Appends entries and removes the intents they complete, in one transaction where the store
     /// can (one commit per group instead of two).
     fn append_completing(

@@ -365,23 +365,6 @@ impl SqliteStore {
     }
 }
 
-/// Inserts write-ahead intents (the entry as JSON, keyed by its id) in the caller's transaction.
-fn insert_intents(connection: &Connection, intents: &[AuditEntry]) -> Result<(), StoreError> {
-    let mut insert = connection.prepare_cached(
-        "INSERT OR REPLACE INTO pending (id, created_at, entry) VALUES (?1, ?2, ?3)",
-    )?;
-    for intent in intents {
-        let json =
-            serde_json::to_string(intent).map_err(|error| StoreError::Other(error.to_string()))?;
-        insert.execute(params![
-            intent.id,
-            crate::entry::format_timestamp(&intent.created_at),
-            json
-        ])?;
-    }
-    Ok(())
-}
-
 /// The frontier of the tree as stored now: `known` when nobody else appended, reloaded (O(log n)
 /// reads) when another process did.
 fn current_frontier(connection: &Connection, known: &Frontier) -> Result<Frontier, StoreError> {
@@ -430,29 +413,6 @@ impl Store for SqliteStore {
             }
         }
         result
-    }
-
-    fn record_intents_and_append(
-        &self,
-        intents: &[AuditEntry],
-        entries: &mut [AuditEntry],
-        completed_intents: &[String],
-    ) -> Option<Result<(), StoreError>> {
-        let result = self.write(|transaction, frontier| {
-            insert_intents(transaction, intents)?;
-            sqlite_log::insert_entries(transaction, frontier, entries)?;
-            let mut delete = transaction.prepare_cached("DELETE FROM pending WHERE id = ?1")?;
-            for id in completed_intents {
-                delete.execute(params![id])?;
-            }
-            Ok(())
-        });
-        if result.is_err() {
-            for entry in entries.iter_mut() {
-                entry.seq = 0;
-            }
-        }
-        Some(result)
     }
 
     fn append_completing(
@@ -599,7 +559,20 @@ impl Store for SqliteStore {
         let mut side = self.lock_writer()?;
         self.check_files(&side.connection)?;
         let transaction = side.connection.transaction()?;
-        insert_intents(&transaction, intents)?;
+        {
+            let mut insert = transaction.prepare_cached(
+                "INSERT OR REPLACE INTO pending (id, created_at, entry) VALUES (?1, ?2, ?3)",
+            )?;
+            for intent in intents {
+                let json = serde_json::to_string(intent)
+                    .map_err(|error| StoreError::Other(error.to_string()))?;
+                insert.execute(params![
+                    intent.id,
+                    crate::entry::format_timestamp(&intent.created_at),
+                    json
+                ])?;
+            }
+        }
         transaction.commit()?;
         // An intent in a removed file is not durable: the request must not be forwarded.
         self.check_files(&side.connection)
