@@ -1,17 +1,17 @@
 //! Durability: write-ahead, fail-closed, spill and re-import, crashes, signals, slow clients.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditgate::entry::Outcome;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{config_text, read_entries, HttpClient, TempDir, TestSidecar, Upstream};
+use crate::support::{
+    config_text, read_entries, HttpClient, Process, TempDir, TestSidecar, Upstream,
+};
 
 const WRITE_AHEAD_RULES: &str = r#"
 [[rule]]
@@ -243,89 +243,6 @@ async fn entries_the_store_refuses_are_spilled_and_reimported_at_start() {
 // ---------------------------------------------------------------------------------------------
 // The real binary: crashes and signals
 // ---------------------------------------------------------------------------------------------
-
-/// The auditgate binary running a config file; killed on drop.
-struct Process {
-    child: Child,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Process {
-    fn start(config: &Path) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_auditgate"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("AUDITGATE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let stderr = child.stderr.take();
-        // Killed on drop even if the start fails below.
-        let mut guard = KillOnDrop(Some(child));
-        let stderr = stderr.expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let (mut proxy, mut admin) = (None, None);
-        for line in lines.by_ref() {
-            let line = line.expect("line");
-            if line.contains("auditgate is serving") {
-                let field = |name: &str| -> Option<SocketAddr> {
-                    let start = line.find(&format!("{name}="))? + name.len() + 1;
-                    line[start..]
-                        .split_whitespace()
-                        .next()?
-                        .trim_end_matches(|c: char| !c.is_ascii_digit())
-                        .parse()
-                        .ok()
-                };
-                proxy = field("proxy");
-                admin = field("admin");
-                break;
-            }
-        }
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        let child = guard.0.take().expect("child");
-        Process {
-            child,
-            proxy: proxy.expect("proxy address in the log"),
-            admin: admin.expect("admin address in the log"),
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    fn wait(mut self) -> std::process::ExitStatus {
-        let status = self.child.wait().expect("wait");
-        std::mem::forget(self);
-        status
-    }
-}
-
-struct KillOnDrop(Option<Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(dir: &Path, upstream: SocketAddr, extra_store: &str, rules: &str) -> PathBuf {
     let db = dir.join("audit.db");

@@ -1,16 +1,15 @@
 //! Faults under the store: a full disk, and the database or its WAL deleted while running.
 
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use auditgate::config::Config;
 use auditgate::server::Sidecar;
 
-use crate::support::{config_text, read_entries, HttpClient, TempDir, Upstream};
+use crate::support::{config_text, read_entries, HttpClient, Process, TempDir, Upstream};
 
 const RULES: &str = r#"
 [[rule]]
@@ -224,84 +223,6 @@ async fn a_full_disk_fails_write_ahead_closed_loses_nothing_and_recovers_by_itse
 // ---------------------------------------------------------------------------------------------
 // Files deleted under the running binary
 // ---------------------------------------------------------------------------------------------
-
-/// The auditgate binary with its log captured; killed on drop.
-struct Process {
-    child: Child,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Process {
-    fn start(config: &Path) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_auditgate"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("AUDITGATE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let (mut proxy, mut admin) = (None, None);
-        for line in lines.by_ref() {
-            let line = line.expect("line");
-            if line.contains("auditgate is serving") {
-                let field = |name: &str| -> Option<SocketAddr> {
-                    let start = line.find(&format!("{name}="))? + name.len() + 1;
-                    line[start..]
-                        .split_whitespace()
-                        .next()?
-                        .trim_end_matches(|c: char| !c.is_ascii_digit())
-                        .parse()
-                        .ok()
-                };
-                proxy = field("proxy");
-                admin = field("admin");
-                break;
-            }
-        }
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if let Ok(mut log) = sink.lock() {
-                    log.push(line);
-                }
-            }
-        });
-        Process {
-            child,
-            proxy: proxy.expect("proxy address in the log"),
-            admin: admin.expect("admin address in the log"),
-            log,
-        }
-    }
-
-    fn logged(&self, needle: &str) -> bool {
-        self.log
-            .lock()
-            .map(|log| log.iter().any(|line| line.contains(needle)))
-            .unwrap_or(false)
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(dir: &Path, upstream: SocketAddr) -> (PathBuf, PathBuf) {
     let db = dir.join("audit.db");

@@ -526,3 +526,104 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The auditgate binary running a config file, its log captured; killed on drop.
+pub struct Process {
+    child: Option<std::process::Child>,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Starts `auditgate run --config CONFIG` and waits for its "serving" line.
+    pub fn start(config: &std::path::Path) -> Process {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_auditgate"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("AUDITGATE_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take();
+        // Killed on drop even if the start fails below.
+        let mut process = Process {
+            child: Some(child),
+            proxy: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log: Arc::new(std::sync::Mutex::new(Vec::new())),
+        };
+        let mut lines = BufReader::new(stderr.expect("stderr")).lines();
+        let (mut proxy, mut admin) = (None, None);
+        for line in lines.by_ref() {
+            let line = line.expect("line");
+            if line.contains("auditgate is serving") {
+                let field = |name: &str| -> Option<SocketAddr> {
+                    let start = line.find(&format!("{name}="))? + name.len() + 1;
+                    line[start..]
+                        .split_whitespace()
+                        .next()?
+                        .trim_end_matches(|c: char| !c.is_ascii_digit())
+                        .parse()
+                        .ok()
+                };
+                proxy = field("proxy");
+                admin = field("admin");
+                break;
+            }
+        }
+        // Keep reading stderr so the child never blocks on a full pipe, and keep it for `logged`.
+        let sink = process.log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(mut log) = sink.lock() {
+                    log.push(line);
+                }
+            }
+        });
+        process.proxy = proxy.expect("proxy address in the log");
+        process.admin = admin.expect("admin address in the log");
+        process
+    }
+
+    /// Whether a line of the log so far contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .map(|log| log.iter().any(|line| line.contains(needle)))
+            .unwrap_or(false)
+    }
+
+    /// Sends a signal by name (KILL, TERM, HUP).
+    pub fn signal(&self, signal: &str) {
+        let Some(child) = &self.child else { return };
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        child.wait().expect("wait")
+    }
+
+    /// SIGTERM, then wait.
+    pub fn stop(self) {
+        self.signal("TERM");
+        let _ = self.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
