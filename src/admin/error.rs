@@ -34,6 +34,9 @@ pub enum ApiError {
     NotJson,
     #[error("{0}")]
     NotFound(&'static str),
+    /// A refusal with its own status and message (a proof no head covers yet: 409, ...).
+    #[error("{1}")]
+    Refused(StatusCode, String),
     /// Something on our side failed; the cause is logged, the client only learns that it failed.
     #[error("internal error")]
     Internal(String),
@@ -47,6 +50,7 @@ impl ApiError {
             ApiError::Params(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
             ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Refused(status, _) => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

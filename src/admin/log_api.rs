@@ -21,17 +21,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::error::ApiError;
 use super::AdminState;
 use crate::log::head::LogVerifier;
 use crate::log::merkle::to_hex;
 use crate::log::verify::{HeadOrigin, HeadToCheck, LogCheck};
 use crate::signer::SignerStats;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// What the log endpoints keep between requests.
 pub struct LogApiState {
@@ -68,37 +68,6 @@ impl LogApiState {
     }
 }
 
-/// An answer that is not 200.
-#[derive(Debug)]
-pub(crate) enum ApiError {
-    Status(StatusCode, String),
-    Internal(String),
-}
-
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        ApiError::Internal(error.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        match self {
-            ApiError::Status(status, message) => {
-                (status, Json(json!({ "error": message }))).into_response()
-            }
-            ApiError::Internal(cause) => {
-                tracing::error!(%cause, "log endpoint failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Json(json!({ "error": "internal error" })),
-                )
-                    .into_response()
-            }
-        }
-    }
-}
-
 /// Runs store work off the async workers.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -113,7 +82,7 @@ pub(crate) async fn head(State(state): State<AdminState>) -> Result<Json<Value>,
     let head = blocking(move || Ok(store.latest_head()?)).await?;
     match head {
         Some(head) => Ok(Json(json!(head))),
-        None => Err(ApiError::Status(
+        None => Err(ApiError::Refused(
             StatusCode::NOT_FOUND,
             "no signed tree head yet".into(),
         )),
@@ -122,7 +91,7 @@ pub(crate) async fn head(State(state): State<AdminState>) -> Result<Json<Value>,
 
 pub(crate) async fn key(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let Some(key) = &state.log.public_key else {
-        return Err(ApiError::Status(
+        return Err(ApiError::Refused(
             StatusCode::NOT_FOUND,
             "no signing key is configured ([log] signing_key)".into(),
         ));
@@ -146,7 +115,7 @@ fn single_param(pairs: &[(String, String)], name: &str) -> Result<Option<String>
         .map(|(_, value)| value);
     let first = values.next().cloned();
     if values.next().is_some() {
-        return Err(ApiError::Status(
+        return Err(ApiError::Refused(
             StatusCode::BAD_REQUEST,
             format!("{name} is given more than once"),
         ));
@@ -158,7 +127,7 @@ fn size_param(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> 
     value
         .map(|text| {
             text.parse::<u64>().map_err(|_| {
-                ApiError::Status(
+                ApiError::Refused(
                     StatusCode::BAD_REQUEST,
                     format!("{name} must be a tree size (a whole number)"),
                 )
@@ -173,7 +142,7 @@ pub(crate) async fn consistency(
 ) -> Result<Json<Value>, ApiError> {
     let pairs = super::api::query_pairs(query.as_deref());
     let from = size_param("from", single_param(&pairs, "from")?.as_deref())?
-        .ok_or_else(|| ApiError::Status(StatusCode::BAD_REQUEST, "from is required".into()))?;
+        .ok_or_else(|| ApiError::Refused(StatusCode::BAD_REQUEST, "from is required".into()))?;
     let to = size_param("to", single_param(&pairs, "to")?.as_deref())?;
     let store = state.store.clone();
     blocking(move || {
@@ -186,7 +155,7 @@ pub(crate) async fn consistency(
         };
         let size = store.tree_size()?;
         if from > to || to > size {
-            return Err(ApiError::Status(
+            return Err(ApiError::Refused(
                 StatusCode::BAD_REQUEST,
                 format!("need from <= to <= {size} (the log's size); got from={from} to={to}"),
             ));
@@ -210,7 +179,7 @@ fn resolve_seq(store: &dyn Store, id: &str) -> Result<Option<(u64, Option<u64>)>
         // In a database shared by several logs, this log's tree proves only its own entries.
         if let Some(own) = store.log_scope() {
             if entry.log_id != own {
-                return Err(ApiError::Status(
+                return Err(ApiError::Refused(
                     StatusCode::CONFLICT,
                     format!(
                         "entry {id} is in log {:?}; its proof comes from that log's sidecar",
@@ -235,19 +204,19 @@ pub(crate) async fn proof(
     let store = state.store.clone();
     blocking(move || {
         let Some((seq, pruned_by)) = resolve_seq(store.as_ref(), &id)? else {
-            return Err(ApiError::Status(
+            return Err(ApiError::Refused(
                 StatusCode::NOT_FOUND,
                 "no such entry".into(),
             ));
         };
         let Some(head) = store.latest_head()? else {
-            return Err(ApiError::Status(
+            return Err(ApiError::Refused(
                 StatusCode::CONFLICT,
                 "no signed tree head yet".into(),
             ));
         };
         if head.head.size < seq {
-            return Err(ApiError::Status(
+            return Err(ApiError::Refused(
                 StatusCode::CONFLICT,
                 format!(
                     "no signed tree head covers entry {seq} yet (the latest covers {}); the next \
