@@ -99,7 +99,7 @@ pub fn render(
         ),
         (
             "auditgate_entries_reimported_total",
-            "Spilled entries re-sent to the store (when it takes writes again, or at start).",
+            "Spilled entries taken back by the store (when it takes writes again, or at start), counting those it already held.",
             writer.entries_reimported.get(),
         ),
         (

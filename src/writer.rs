@@ -435,9 +435,12 @@ fn drain_spill(shared: &Shared, store: &dyn Store, spill: &mut SpillState) {
         return;
     };
     match reimport_spill(store, path) {
-        Ok(entries) => {
+        Ok(Reimported { entries, present }) => {
             spill.pending = false;
-            shared.stats.entries_reimported.add(entries.len() as u64);
+            shared
+                .stats
+                .entries_reimported
+                .add((entries.len() + present) as u64);
             shared.stats.failing.store(false, Ordering::Relaxed);
             if !entries.is_empty() {
                 tracing::info!(
@@ -731,10 +734,20 @@ fn spill(path: &Path, batch: &[AuditEntry]) -> std::io::Result<()> {
 /// Spilled entries read back per append.
 const REIMPORT_CHUNK: usize = 1000;
 
+/// What a spill file gave back to the store.
+struct Reimported {
+    /// The entries appended now.
+    entries: Vec<AuditEntry>,
+    /// Entries of the file found in the log already: appended by an earlier attempt that failed
+    /// part way, or by a commit that succeeded although the store reported an error (a
+    /// connection lost while the commit was acknowledged). Taken back too, just not twice.
+    present: usize,
+}
+
 /// Appends the entries of a spill file that are not in the log yet, a chunk at a time, then
-/// removes the file; returns the entries appended. Safe to repeat after a failure part way:
-/// entries already appended are recognised by id and skipped.
-fn reimport_spill(store: &dyn Store, path: &Path) -> Result<Vec<AuditEntry>, StoreError> {
+/// removes the file. Safe to repeat after a failure part way: entries already appended are
+/// recognised by id and skipped.
+fn reimport_spill(store: &dyn Store, path: &Path) -> Result<Reimported, StoreError> {
     use std::io::BufRead as _;
     let file = std::fs::File::open(path).map_err(|error| {
         StoreError::Other(format!(
@@ -743,6 +756,7 @@ fn reimport_spill(store: &dyn Store, path: &Path) -> Result<Vec<AuditEntry>, Sto
         ))
     })?;
     let mut appended = Vec::new();
+    let mut present_count = 0;
     let mut chunk = Vec::with_capacity(REIMPORT_CHUNK);
     let mut lines = std::io::BufReader::new(file).lines().enumerate();
     loop {
@@ -771,6 +785,7 @@ fn reimport_spill(store: &dyn Store, path: &Path) -> Result<Vec<AuditEntry>, Sto
             let ids: Vec<String> = chunk.iter().map(|entry| entry.id.clone()).collect();
             let present = store.existing_ids(&ids)?;
             chunk.retain(|entry| !present.contains(&entry.id));
+            present_count += ids.len() - chunk.len();
             if !chunk.is_empty() {
                 store.append(&mut chunk)?;
             }
@@ -786,7 +801,10 @@ fn reimport_spill(store: &dyn Store, path: &Path) -> Result<Vec<AuditEntry>, Sto
             path.display()
         ))
     })?;
-    Ok(appended)
+    Ok(Reimported {
+        entries: appended,
+        present: present_count,
+    })
 }
 
 /// Brings the store up to date at start, before traffic: imports spilled entries (skipping any
@@ -808,11 +826,12 @@ pub fn recover_into(
     stats: Option<&WriterStats>,
     committed: &mut dyn FnMut(&[AuditEntry]),
 ) -> Result<(usize, usize), StoreError> {
-    let mut reimported = 0;
+    let (mut reimported, mut taken_back) = (0, 0);
     if let Some(path) = spill_path.filter(|path| path.exists()) {
-        let entries = reimport_spill(store, path)?;
+        let Reimported { entries, present } = reimport_spill(store, path)?;
         committed(&entries);
         reimported = entries.len();
+        taken_back = entries.len() + present;
         if reimported > 0 {
             tracing::info!(entries = reimported, "re-imported spilled entries");
         }
@@ -838,7 +857,7 @@ pub fn recover_into(
         );
     }
     if let Some(stats) = stats {
-        stats.entries_reimported.add(reimported as u64);
+        stats.entries_reimported.add(taken_back as u64);
         stats.intents_recovered.add(recovered as u64);
     }
     Ok((reimported, recovered))
@@ -972,8 +991,15 @@ mod tests {
             .open(&spill_path)
             .and_then(|mut file| file.write_all(b"{\"torn"))
             .expect("torn line");
-        let (reimported, _) = recover(store.as_ref(), Some(&spill_path), None).expect("recovers");
-        assert_eq!(reimported, 1);
+        let stats = WriterStats::default();
+        let (reimported, _) =
+            recover(store.as_ref(), Some(&spill_path), Some(&stats)).expect("recovers");
+        assert_eq!(reimported, 1, "appended once");
+        assert_eq!(
+            stats.entries_reimported.get(),
+            2,
+            "both spilled entries are counted as taken back, the one already stored too"
+        );
         assert_eq!(store.size().expect("size"), 2);
         assert!(store.get(&fresh.id).expect("reads").is_some());
         assert!(!spill_path.exists());

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use auditgate::config::Config;
 use auditgate::server::Sidecar;
 
-use crate::support::{config_text, read_entries, HttpClient, Process, TempDir, Upstream};
+use crate::support::{
+    config_text, eventually, read_entries, HttpClient, Process, TempDir, Upstream,
+};
 
 const RULES: &str = r#"
 [[rule]]
@@ -99,18 +101,6 @@ impl Drop for Tmpfs {
 fn metric(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-}
-
-/// Polls `check` every 20 ms until it holds or `limit` passes.
-async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check().await
 }
 
 #[tokio::test]
