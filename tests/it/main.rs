@@ -13,6 +13,7 @@ mod fleet;
 mod hints;
 mod hostile;
 mod identity;
+mod pg_tls;
 mod proxy;
 mod siem;
 mod store;
