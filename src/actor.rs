@@ -1261,6 +1261,60 @@ mod tests {
     }
 
     #[test]
+    fn jwks_url_settings_are_checked_at_load() {
+        let all = errors(concat!(
+            "[[actor]]\nfrom = \"jwt\"\njwks_url = \"ftp://keys.example/jwks.json\"\njwks_refresh = \"0s\"\njwks_min_refresh = \"often\"\n",
+            "[[actor]]\nfrom = \"jwt\"\njwks_url = \"http://keys.example/jwks.json\"\njwks_ca_file = \"ca.pem\"\n",
+            "[[actor]]\nfrom = \"jwt\"\njwks_url = \"https://keys.example/jwks.json\"\njwks_ca_file = \"/nonexistent/ca.pem\"\n",
+            "[[actor]]\nfrom = \"jwt\"\npublic_key_pem = \"/nonexistent/key.pem\"\njwks_refresh = \"5m\"\n",
+            "[[actor]]\nfrom = \"jwt\"\njwks_url = \"not a url\"\njwks_file = \"/nonexistent/jwks.json\"\n",
+            "[[actor]]\nfrom = \"basic\"\njwks_url = \"https://keys.example/jwks.json\"\n",
+        ));
+        for expected in [
+            "actor #1 (jwt).jwks_url: `ftp://keys.example/jwks.json` must start with https:// or http://",
+            "actor #1 (jwt).jwks_refresh: must be longer than 0",
+            "actor #1 (jwt).jwks_min_refresh: ",
+            "actor #2 (jwt).jwks_ca_file: applies to an https:// jwks_url",
+            "actor #3 (jwt).jwks_ca_file: cannot read the CA file /nonexistent/ca.pem",
+            "actor #4 (jwt).jwks_refresh: applies with jwks_url only",
+            "actor #5 (jwt): give only one of hs256_secret_env, public_key_pem, jwks_file, jwks_url",
+            "actor #6 (basic).jwks_url: does not apply to from = \"basic\"",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        // A valid source compiles without fetching anything, and says where its keys come from.
+        let chain = chain(
+            "[[actor]]\nfrom = \"jwt\"\njwks_url = \"https://keys.example/jwks.json\"\njwks_refresh = \"1h\"\n",
+        );
+        assert_eq!(
+            chain.describe(),
+            ["jwt (header authorization, key set from https://keys.example/jwks.json (refreshed every 1h, on an unknown kid at most every 30s))"]
+        );
+        // Until the keys arrive, tokens are recorded unverified with the reason.
+        let segment = |value: Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+        };
+        let token = format!(
+            "{}.{}.c2ln",
+            segment(json!({"alg": "ES256", "kid": "k"})),
+            segment(json!({"sub": "u"}))
+        );
+        let headers = headers(&[("authorization", &format!("Bearer {token}"))]);
+        let actor = chain.resolve(&ActorRequest {
+            headers: &headers,
+            query: None,
+            path: "/",
+            peer_trusted: false,
+            explain: false,
+        });
+        assert_eq!((actor.id.as_deref(), actor.verified), (Some("u"), false));
+        assert_eq!(
+            actor.notes,
+            ["jwt: key set not loaded yet from https://keys.example/jwks.json"]
+        );
+    }
+
+    #[test]
     fn key_sets_are_checked_at_load() {
         let secret = json!({"kty": "oct", "k": "c2VjcmV0", "kid": "s"});
         let file = jwks_file(&[&secret]);

@@ -582,6 +582,20 @@ pub(super) fn compile(
     .into_iter()
     .filter(|given| *given)
     .count();
+    if file.jwks_url.is_none() {
+        for (key, given) in [
+            ("jwks_refresh", file.jwks_refresh.is_some()),
+            ("jwks_min_refresh", file.jwks_min_refresh.is_some()),
+            ("jwks_ca_file", file.jwks_ca_file.is_some()),
+        ] {
+            if given {
+                errors.push(ConfigError::new(
+                    &format!("{location}.{key}"),
+                    "applies with jwks_url only",
+                ));
+            }
+        }
+    }
     let verifier = if !file.verify.unwrap_or(true) {
         if key_sources > 0 || file.algorithms.is_some() {
             errors.push(ConfigError::new(
@@ -616,20 +630,6 @@ pub(super) fn compile(
             (None, None) => Verifier::Single(Box::new(single_key(file, base, location, errors)?)),
         }
     };
-    if file.jwks_url.is_none() {
-        for (key, given) in [
-            ("jwks_refresh", file.jwks_refresh.is_some()),
-            ("jwks_min_refresh", file.jwks_min_refresh.is_some()),
-            ("jwks_ca_file", file.jwks_ca_file.is_some()),
-        ] {
-            if given {
-                errors.push(ConfigError::new(
-                    &format!("{location}.{key}"),
-                    "applies with jwks_url only",
-                ));
-            }
-        }
-    }
     Some(JwtSource {
         place,
         claims,
