@@ -102,6 +102,9 @@ pub fn describe(path: &Path, config: &Config) -> String {
             Durability::WriteAhead => "write-ahead",
         }
     );
+    if let Some(database) = &config.store.postgres {
+        let _ = writeln!(out, "  store TLS: {}", database.tls.describe());
+    }
     let rules = config.policy.rules.rules();
     let _ = writeln!(
         out,

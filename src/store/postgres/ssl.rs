@@ -102,6 +102,11 @@ impl PostgresTls {
             (None, SslMode::VerifyCa | SslMode::VerifyFull) => {
                 format!("sslmode={}, system CAs", self.mode.as_str())
             }
+            (_, SslMode::Require) => "sslmode=require (certificate not checked)".to_string(),
+            (_, SslMode::Prefer) => {
+                "sslmode=prefer (TLS when the server offers it, certificate not checked)"
+                    .to_string()
+            }
             _ => format!("sslmode={}", self.mode.as_str()),
         }
     }
@@ -367,6 +372,12 @@ mod tests {
         assert_eq!(parsed.config.get_ssl_mode(), DriverSslMode::Prefer);
         let parsed = tls("postgres://u@h/db?sslmode=disable").expect("disable");
         assert!(parsed.client.is_none());
+        assert_eq!(parsed.describe(), "sslmode=disable");
+        let parsed = tls("postgres://u@h/db?sslmode=require").expect("require");
+        assert_eq!(
+            parsed.describe(),
+            "sslmode=require (certificate not checked)"
+        );
         let parsed = parse_url("postgres://u@h/db?sslmode=require", base).expect("require");
         assert_eq!(parsed.config.get_ssl_mode(), DriverSslMode::Require);
         // Over a Unix socket TLS is never used.
