@@ -148,6 +148,8 @@ fn main() -> anyhow::Result<()> {
             log_id: "bench-1".into(),
             access: Access::Write { exclusive: true },
             pool_size: 2,
+            // Plain text, as the figures in BENCHMARKS.md were measured.
+            tls: auditgate::store::postgres::ssl::PostgresTls::disabled(),
         })?);
         let sqlite: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&dir.join("audit.db"), SyncMode::Normal)?);

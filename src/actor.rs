@@ -13,6 +13,7 @@
 //! result is the same as trying every source in order.
 
 mod api_key;
+mod jwks_remote;
 mod jwt;
 
 use std::collections::BTreeSet;
@@ -26,6 +27,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::ConfigError;
+
+/// How long a starting sidecar waits for the first fetch of each `jwks_url` key set.
+pub const JWKS_START_WAIT: std::time::Duration = jwks_remote::FETCH_TIMEOUT;
 
 /// One `[[actor]]` section as written. Which keys apply depends on `from`; a key that does not
 /// apply to its source is a config error rather than silently ignored.
@@ -61,6 +65,18 @@ pub struct ActorFile {
     pub public_key_pem: Option<String>,
     /// jwt: path to a JWKS file (`{"keys": [...]}`); the token's `kid` picks the key.
     pub jwks_file: Option<String>,
+    /// jwt: URL of a JWKS document (https:// or http://), fetched when the sidecar starts and
+    /// kept fresh. Until the first fetch succeeds, tokens are recorded unverified with the
+    /// reason "key set not loaded yet"; a failed refresh keeps the last good keys.
+    pub jwks_url: Option<String>,
+    /// jwt: how often the `jwks_url` document is fetched again (default "10m").
+    pub jwks_refresh: Option<String>,
+    /// jwt: a token whose `kid` is not in the key set (a key rotation) triggers a refetch, at
+    /// most once per this interval (default "30s"); a failed fetch is retried after it too.
+    pub jwks_min_refresh: Option<String>,
+    /// jwt: PEM file of the CAs trusted for an https `jwks_url` (a private CA); default: the
+    /// system's CA store.
+    pub jwks_ca_file: Option<String>,
     /// jwt: accepted algorithms (pinned; the token's `alg` only chooses among them). Default:
     /// the key's own (HS256 for a secret, RS256/ES256/EdDSA for a PEM, a JWK's `alg`).
     pub algorithms: Option<Vec<String>>,
@@ -297,7 +313,7 @@ pub fn actor_location(index: usize, from: Option<&str>) -> String {
 
 /// Every optional key of an `[[actor]]` entry, whether it is given, and the sources it applies
 /// to.
-fn given_keys(file: &ActorFile) -> [(&'static str, bool, &'static [&'static str]); 21] {
+fn given_keys(file: &ActorFile) -> [(&'static str, bool, &'static [&'static str]); 25] {
     const JWT: &[&str] = &["jwt"];
     [
         ("header", file.header.is_some(), &["jwt", "api_key"]),
@@ -312,6 +328,10 @@ fn given_keys(file: &ActorFile) -> [(&'static str, bool, &'static [&'static str]
         ("hs256_secret_env", file.hs256_secret_env.is_some(), JWT),
         ("public_key_pem", file.public_key_pem.is_some(), JWT),
         ("jwks_file", file.jwks_file.is_some(), JWT),
+        ("jwks_url", file.jwks_url.is_some(), JWT),
+        ("jwks_refresh", file.jwks_refresh.is_some(), JWT),
+        ("jwks_min_refresh", file.jwks_min_refresh.is_some(), JWT),
+        ("jwks_ca_file", file.jwks_ca_file.is_some(), JWT),
         ("algorithms", file.algorithms.is_some(), JWT),
         ("issuer", file.issuer.is_some(), JWT),
         ("audience", file.audience.is_some(), JWT),
@@ -365,6 +385,48 @@ impl ActorChain {
         } else {
             Err(errors)
         }
+    }
+
+    /// Starts the background refresh of every key set fetched from a URL (`jwks_url`), on the
+    /// current tokio runtime; a set already started is left alone. The tasks end by themselves
+    /// once this chain is dropped.
+    pub fn start_key_refresh(&self) {
+        for remote in self.remote_key_sets() {
+            remote.start();
+        }
+    }
+
+    /// Waits until every URL key set has made its first fetch attempt, at most `timeout`, so
+    /// that a sidecar whose key server answers serves its first request with keys.
+    pub async fn wait_for_keys(&self, timeout: std::time::Duration) {
+        for remote in self.remote_key_sets() {
+            remote.wait_first_attempt(timeout).await;
+        }
+    }
+
+    /// Fetches every URL key set once, now (for `auditgate explain`, which runs no background
+    /// task).
+    pub async fn load_keys_once(&self) {
+        for remote in self.remote_key_sets() {
+            remote.fetch_and_install().await;
+        }
+    }
+
+    /// On a reload: each URL key set of this chain starts with the keys `previous` holds for the
+    /// same URL, instead of none until its first fetch.
+    pub fn take_over_keys(&self, previous: &ActorChain) {
+        for remote in self.remote_key_sets() {
+            for old in previous.remote_key_sets() {
+                remote.take_over(old);
+            }
+        }
+    }
+
+    fn remote_key_sets(&self) -> impl Iterator<Item = &std::sync::Arc<jwks_remote::RemoteKeys>> {
+        self.sources.iter().filter_map(|source| match source {
+            Source::Jwt(jwt) => jwt.remote_keys(),
+            _ => None,
+        })
     }
 
     /// One line per source, for `auditgate check`: `jwt (header authorization)`.
@@ -1196,6 +1258,60 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn jwks_url_settings_are_checked_at_load() {
+        let all = errors(concat!(
+            "[[actor]]\nfrom = \"jwt\"\njwks_url = \"ftp://keys.example/jwks.json\"\njwks_refresh = \"0s\"\njwks_min_refresh = \"often\"\n",
+            "[[actor]]\nfrom = \"jwt\"\njwks_url = \"http://keys.example/jwks.json\"\njwks_ca_file = \"ca.pem\"\n",
+            "[[actor]]\nfrom = \"jwt\"\njwks_url = \"https://keys.example/jwks.json\"\njwks_ca_file = \"/nonexistent/ca.pem\"\n",
+            "[[actor]]\nfrom = \"jwt\"\npublic_key_pem = \"/nonexistent/key.pem\"\njwks_refresh = \"5m\"\n",
+            "[[actor]]\nfrom = \"jwt\"\njwks_url = \"not a url\"\njwks_file = \"/nonexistent/jwks.json\"\n",
+            "[[actor]]\nfrom = \"basic\"\njwks_url = \"https://keys.example/jwks.json\"\n",
+        ));
+        for expected in [
+            "actor #1 (jwt).jwks_url: `ftp://keys.example/jwks.json` must start with https:// or http://",
+            "actor #1 (jwt).jwks_refresh: must be longer than 0",
+            "actor #1 (jwt).jwks_min_refresh: ",
+            "actor #2 (jwt).jwks_ca_file: applies to an https:// jwks_url",
+            "actor #3 (jwt).jwks_ca_file: cannot read the CA file /nonexistent/ca.pem",
+            "actor #4 (jwt).jwks_refresh: applies with jwks_url only",
+            "actor #5 (jwt): give only one of hs256_secret_env, public_key_pem, jwks_file, jwks_url",
+            "actor #6 (basic).jwks_url: does not apply to from = \"basic\"",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        // A valid source compiles without fetching anything, and says where its keys come from.
+        let chain = chain(
+            "[[actor]]\nfrom = \"jwt\"\njwks_url = \"https://keys.example/jwks.json\"\njwks_refresh = \"1h\"\n",
+        );
+        assert_eq!(
+            chain.describe(),
+            ["jwt (header authorization, key set from https://keys.example/jwks.json (refreshed every 1h, on an unknown kid at most every 30s))"]
+        );
+        // Until the keys arrive, tokens are recorded unverified with the reason.
+        let segment = |value: Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+        };
+        let token = format!(
+            "{}.{}.c2ln",
+            segment(json!({"alg": "ES256", "kid": "k"})),
+            segment(json!({"sub": "u"}))
+        );
+        let headers = headers(&[("authorization", &format!("Bearer {token}"))]);
+        let actor = chain.resolve(&ActorRequest {
+            headers: &headers,
+            query: None,
+            path: "/",
+            peer_trusted: false,
+            explain: false,
+        });
+        assert_eq!((actor.id.as_deref(), actor.verified), (Some("u"), false));
+        assert_eq!(
+            actor.notes,
+            ["jwt: key set not loaded yet from https://keys.example/jwks.json"]
+        );
     }
 
     #[test]

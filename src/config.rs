@@ -149,8 +149,11 @@ pub struct StoreFile {
     pub busy_timeout: Option<String>,
     /// A PostgreSQL database shared by a fleet of sidecars, instead of `path`:
     /// "postgres://USER@HOST:PORT/DBNAME" (or libpq's "host=... user=..." form). Each sidecar
-    /// writes its own log (`[log] log_id`) and answers queries over all of them. No TLS yet:
-    /// `sslmode=require` is refused.
+    /// writes its own log (`[log] log_id`) and answers queries over all of them. TLS as in
+    /// libpq: `?sslmode=disable|prefer|require|verify-ca|verify-full` (default prefer) and
+    /// `sslrootcert=PATH` (a PEM CA file, relative to this file; without it the verify modes
+    /// trust the system's CAs). `require` alone checks no certificate: it resists passive
+    /// eavesdropping only.
     pub url: Option<String>,
     /// The environment variable that holds the PostgreSQL password, so the file names none
     /// (e.g. one set from a Kubernetes Secret).
@@ -414,6 +417,8 @@ pub struct StoreConfig {
 pub struct PostgresConfig {
     /// Host, port, user, database, password (redacted by its Debug), timeouts.
     pub connection: postgres::Config,
+    /// `sslmode` and `sslrootcert`, with the TLS client configuration built from them.
+    pub tls: crate::store::postgres::ssl::PostgresTls,
     pub lock_log: bool,
     pub pool_size: usize,
 }
@@ -1009,7 +1014,7 @@ fn validate_store(
         Duration::from_secs(5),
         errors,
     );
-    let postgres = validate_postgres(file, errors);
+    let postgres = validate_postgres(file, base, errors);
     let spill_file = match (&file.spill_file, &postgres) {
         (Some(spill), _) => Some(resolve(base, spill)),
         (None, Some(_)) => Some(base.join("data/spill.ndjson")),
@@ -1097,7 +1102,11 @@ fn validate_stream(
 
 /// The `url` and its companions of `[store]`, when set. Every problem is reported; the URL's
 /// text never appears in a message, since it may hold a password.
-fn validate_postgres(file: &StoreFile, errors: &mut Vec<ConfigError>) -> Option<PostgresConfig> {
+fn validate_postgres(
+    file: &StoreFile,
+    base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Option<PostgresConfig> {
     let url = file.url.as_deref()?;
     let mut valid = true;
     if file.path.is_some() {
@@ -1107,14 +1116,24 @@ fn validate_postgres(file: &StoreFile, errors: &mut Vec<ConfigError>) -> Option<
         ));
         valid = false;
     }
-    let mut connection = match url.parse::<postgres::Config>() {
-        Ok(connection) => connection,
-        Err(error) => {
-            errors.push(ConfigError::new(
-                "store.url",
-                format!("not a PostgreSQL connection URL ({error})"),
-            ));
+    let crate::store::postgres::ssl::ParsedUrl {
+        config: mut connection,
+        tls,
+    } = match crate::store::postgres::ssl::parse_url(url, base) {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            errors.push(ConfigError::new("store.url", message));
             return None;
+        }
+    };
+    let tls = match tls {
+        Ok(tls) => Some(tls),
+        Err(problems) => {
+            for problem in problems {
+                errors.push(ConfigError::new("store.url", problem));
+            }
+            valid = false;
+            None
         }
     };
     if connection.get_hosts().is_empty() {
@@ -1128,14 +1147,6 @@ fn validate_postgres(file: &StoreFile, errors: &mut Vec<ConfigError>) -> Option<
         errors.push(ConfigError::new(
             "store.url",
             "names no user (postgres://USER@HOST:PORT/DBNAME)",
-        ));
-        valid = false;
-    }
-    if connection.get_ssl_mode() == postgres::config::SslMode::Require {
-        errors.push(ConfigError::new(
-            "store.url",
-            "sslmode=require is not supported yet: auditgate connects without TLS (use a private \
-             network, or a TLS tunnel such as a sidecar proxy)",
         ));
         valid = false;
     }
@@ -1173,8 +1184,9 @@ fn validate_postgres(file: &StoreFile, errors: &mut Vec<ConfigError>) -> Option<
     // A peer that vanishes (a database host lost without a FIN) is noticed within about a
     // minute instead of the kernel's two hours.
     connection.keepalives_idle(Duration::from_secs(30));
-    valid.then_some(PostgresConfig {
+    Some(PostgresConfig {
         connection,
+        tls: tls.filter(|_| valid)?,
         lock_log: file.lock_log.unwrap_or(true),
         pool_size,
     })
@@ -1473,12 +1485,12 @@ mod tests {
     #[test]
     fn postgres_settings_are_checked_together() {
         let errors = store_errors(
-            "path = \"a.db\"\nurl = \"postgres://u@h/db?sslmode=require\"\npassword_env = \"AUDITGATE_TEST_UNSET_VARIABLE\"\npool_size = 0\nconnect_timeout = \"soon\"",
+            "path = \"a.db\"\nurl = \"postgres://u@h/db?sslmode=verify-full&sslrootcert=missing-ca.pem\"\npassword_env = \"AUDITGATE_TEST_UNSET_VARIABLE\"\npool_size = 0\nconnect_timeout = \"soon\"",
         );
         let all = errors.join("\n");
         for expected in [
             "store.url: give either path",
-            "store.url: sslmode=require is not supported",
+            "store.url: sslrootcert: cannot read the CA file /etc/auditgate/missing-ca.pem",
             "store.password_env: environment variable AUDITGATE_TEST_UNSET_VARIABLE is not set",
             "store.pool_size: must be at least 1",
             "store.connect_timeout",
@@ -1501,8 +1513,17 @@ mod tests {
             errors.contains("store.pool_size: applies to a PostgreSQL store only"),
             "{errors}"
         );
-        let errors = store_errors("url = \"postgres://u:p4ss@h/db?sslmode=require\"").join("\n");
+        let errors = store_errors("url = \"postgres://u:p4ss@h/db?sslmode=bogus\"").join("\n");
+        assert!(
+            errors.contains("store.url: sslmode `bogus` is not one of disable, prefer, require, verify-ca, verify-full"),
+            "{errors}"
+        );
         assert!(!errors.contains("p4ss"), "{errors}");
+        // libpq's modes are all accepted; `require` needs no CA.
+        assert_eq!(
+            store_errors("url = \"postgres://u@h/db?sslmode=require\""),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod signer;
 pub mod store;
 pub mod stream;
 pub mod template;
+pub mod tls;
 pub mod units;
 pub mod verify;
 pub mod writer;

@@ -106,6 +106,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(config) => config,
                 Err(code) => return Ok(code),
             };
+            // Key sets named by URL are fetched once, so tokens are checked as the sidecar
+            // would check them.
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(config.policy.actors.load_keys_once());
             match auditgate::explain::explain(&config, &args) {
                 Ok(explanation) => {
                     println!("{}", serde_json::to_string_pretty(&explanation)?);

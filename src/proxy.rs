@@ -80,6 +80,8 @@ impl ProxyState {
             .upstream
             .parse()
             .map_err(|_| format!("upstream `{}` is not host:port", config.upstream))?;
+        // Key sets fetched from URLs are kept fresh while this state serves with them.
+        policy.actors.start_key_refresh();
         Ok(ProxyState {
             policy: RwLock::new(policy),
             config,
@@ -110,6 +112,9 @@ impl ProxyState {
     /// Swaps the rules and actor sources whole (SIGHUP reload); requests in flight keep the
     /// policy they started with.
     pub fn replace_policy(&self, policy: Arc<Policy>) {
+        // Fetched key sets carry over (no window of "not loaded yet"), then refresh on their own.
+        policy.actors.take_over_keys(&self.policy().actors);
+        policy.actors.start_key_refresh();
         match self.policy.write() {
             Ok(mut current) => *current = policy,
             Err(poisoned) => *poisoned.into_inner() = policy,

@@ -12,6 +12,7 @@ use crate::export::{ExportEncoder, ExportFormat, ExportReader};
 use crate::rules::RuleKind;
 use crate::server::Sidecar;
 use crate::store::query::{parse_filter_and_page, Filter, PageRequest};
+use crate::units::format_duration as human_duration;
 
 /// Serves until SIGTERM or SIGINT, reloading rules and actor sources on SIGHUP.
 pub async fn run_until_signal(config: Config, path: PathBuf) -> anyhow::Result<()> {
@@ -101,6 +102,9 @@ pub fn describe(path: &Path, config: &Config) -> String {
             Durability::WriteAhead => "write-ahead",
         }
     );
+    if let Some(database) = &config.store.postgres {
+        let _ = writeln!(out, "  store TLS: {}", database.tls.describe());
+    }
     let rules = config.policy.rules.rules();
     let _ = writeln!(
         out,
@@ -134,20 +138,6 @@ pub fn describe(path: &Path, config: &Config) -> String {
     let _ = writeln!(out, "  unmatched traffic: {unmatched}");
     let _ = writeln!(out, "  {}", describe_log(config));
     out
-}
-
-/// A duration the way the config writes it: 400d, 10s, 250ms.
-fn human_duration(duration: std::time::Duration) -> String {
-    let seconds = duration.as_secs();
-    if duration.subsec_nanos() != 0 || seconds == 0 {
-        return format!("{}ms", duration.as_millis());
-    }
-    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if seconds % size == 0 {
-            return format!("{}{unit}", seconds / size);
-        }
-    }
-    format!("{seconds}s")
 }
 
 /// One line on tree heads and retention, for `auditgate check`.

@@ -161,6 +161,13 @@ impl Sidecar {
             .map_err(anyhow::Error::msg)?,
         );
 
+        // A JWKS URL that answers has its keys in before the first request; one that does not
+        // delays the start by at most this, then tokens are recorded unverified until it loads.
+        config
+            .policy
+            .actors
+            .wait_for_keys(crate::actor::JWKS_START_WAIT)
+            .await;
         let proxy_listener = TcpListener::bind(config.proxy.listen)
             .await
             .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;

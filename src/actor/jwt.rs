@@ -2,6 +2,8 @@
 //!
 //! Keys are compiled at load time: an HS256 secret read from the environment, one PEM public key
 //! (RSA, EC P-256/P-384 or Ed25519), or a JWKS file whose keys are looked up by the token's `kid`.
+//! A JWKS URL is the exception: its keys arrive after start and change while running
+//! ([`super::jwks_remote`]).
 //! The algorithms a key accepts are fixed by the configuration (or by the key itself), never by
 //! the token: the token's `alg` only selects among them, so `alg=none` and RS/HS confusion are
 //! refused before any signature code runs. Verified tokens are remembered by a hash of the token
@@ -9,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use http::{HeaderMap, HeaderName};
@@ -19,8 +21,10 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::jwks_remote::RemoteKeys;
 use super::{cookie_value, header_name, resolve_path, Actor, ActorFile, Trace};
 use crate::config::ConfigError;
+use crate::units::parse_duration;
 
 /// Tokens larger than this are not parsed (a JWT of this size is an attack, not an identity).
 pub(super) const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -58,7 +62,7 @@ struct ClaimNames {
 }
 
 /// One key a token may be verified with, and the algorithms it accepts.
-struct VerifyingKey {
+pub(super) struct VerifyingKey {
     kid: Option<String>,
     key: DecodingKey,
     validation: Validation,
@@ -73,36 +77,41 @@ enum Verifier {
     /// A JWKS file: the token's `kid` picks the key (a token without `kid` is accepted only when
     /// the set holds exactly one key).
     Set(Vec<VerifyingKey>),
+    /// A JWKS URL: as a file, with the set that was fetched last.
+    Remote(Arc<RemoteKeys>),
 }
 
-/// Verified tokens by SHA-256 of the token, each with the mapped actor and the second its
-/// verification stops holding (`exp`).
+/// Verified tokens by SHA-256 of the token, each with the mapped actor, the second its
+/// verification stops holding (`exp`) and the generation of the key set that verified it (a
+/// token verified under a key set that was since replaced is checked again).
 #[derive(Default)]
 struct VerifiedCache {
-    entries: Mutex<HashMap<[u8; 32], (Actor, i64)>>,
+    entries: Mutex<HashMap<[u8; 32], (Actor, i64, u64)>>,
 }
 
 impl VerifiedCache {
-    fn get(&self, hash: &[u8; 32], now: i64) -> Option<Actor> {
+    fn get(&self, hash: &[u8; 32], now: i64, generation: u64) -> Option<Actor> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         match entries.get(hash) {
-            Some((actor, until)) if *until > now => Some(actor.clone()),
+            Some((actor, until, verified_by)) if *until > now && *verified_by == generation => {
+                Some(actor.clone())
+            }
             _ => None,
         }
     }
 
-    fn put(&self, hash: [u8; 32], actor: &Actor, until: i64, now: i64) {
+    fn put(&self, hash: [u8; 32], actor: &Actor, until: i64, now: i64, generation: u64) {
         if until <= now {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= CACHE_CAPACITY {
-            entries.retain(|_, (_, until)| *until > now);
+            entries.retain(|_, (_, until, _)| *until > now);
             if entries.len() >= CACHE_CAPACITY {
                 entries.clear();
             }
         }
-        entries.insert(hash, (actor.clone(), until));
+        entries.insert(hash, (actor.clone(), until, generation));
     }
 
     #[cfg(test)]
@@ -276,47 +285,37 @@ fn single_key(
     })
 }
 
-/// The usable keys of a JWKS file. Encryption keys and keys of algorithms outside the pinned
-/// list are left out; symmetric keys are refused, since a key set is public by convention.
-fn key_set(
-    file: &ActorFile,
-    base: &Path,
-    path: &str,
-    location: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Option<Vec<VerifyingKey>> {
-    let key_location = format!("{location}.jwks_file");
-    let text = read_config_file(base, path, &key_location, errors)?;
-    let document: Value = match serde_json::from_str(&text) {
-        Ok(document) => document,
-        Err(error) => {
-            errors.push(ConfigError::new(
-                &key_location,
-                format!("{path} is not JSON: {error}"),
-            ));
-            return None;
-        }
-    };
+/// A key of a key set that cannot be used, and where it is (`key #2 (kid "a")`).
+pub(super) struct KeySetProblem {
+    pub place: String,
+    pub message: String,
+}
+
+/// The usable keys of a JWKS document, and the keys that are unusable in a way worth reporting.
+/// Encryption keys and keys of algorithms outside the pinned list are left out; symmetric keys
+/// are refused, since a key set is public by convention. `template` is the validation every key
+/// starts from (issuer, audience, leeway); each key gets its own algorithms.
+pub(super) fn compile_key_set(
+    document: &Value,
+    pinned: Option<&[Algorithm]>,
+    template: &Validation,
+) -> Result<(Vec<VerifyingKey>, Vec<KeySetProblem>), String> {
     let Some(items) = document.get("keys").and_then(Value::as_array) else {
-        errors.push(ConfigError::new(
-            &key_location,
-            format!("{path} is not a JWKS document ({{\"keys\": [...]}})"),
-        ));
-        return None;
+        return Err("is not a JWKS document ({\"keys\": [...]})".to_string());
     };
-    let pinned = configured_algorithms(file, location, errors);
     let mut keys = Vec::new();
+    let mut problems = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let kid = item.get("kid").and_then(Value::as_str);
-        let key_place = match kid {
-            Some(kid) => format!("{key_location} key #{} (kid {kid:?})", index + 1),
-            None => format!("{key_location} key #{}", index + 1),
+        let place = match kid {
+            Some(kid) => format!("key #{} (kid {})", index + 1, shown(kid)),
+            None => format!("key #{}", index + 1),
         };
         if item.get("kty").and_then(Value::as_str) == Some("oct") {
-            errors.push(ConfigError::new(
-                &key_place,
-                "is a symmetric (oct) key; a key set holds public keys (use hs256_secret_env for a shared secret)",
-            ));
+            problems.push(KeySetProblem {
+                place,
+                message: "is a symmetric (oct) key; a key set holds public keys (use hs256_secret_env for a shared secret)".into(),
+            });
             continue;
         }
         let Ok(jwk) = serde_json::from_value::<Jwk>(item.clone()) else {
@@ -352,7 +351,7 @@ fn key_set(
             }
             _ => default_algorithm(family),
         };
-        let algorithms: Vec<Algorithm> = match (&pinned, own) {
+        let algorithms: Vec<Algorithm> = match (pinned, own) {
             (Some(pinned), Some(own)) => pinned.iter().copied().filter(|a| *a == own).collect(),
             (Some(pinned), None) => pinned
                 .iter()
@@ -366,16 +365,58 @@ fn key_set(
             continue;
         }
         match DecodingKey::from_jwk(&jwk) {
-            Ok(key) => keys.push(VerifyingKey {
-                kid: kid.map(str::to_string),
-                key,
-                validation: base_validation(file, algorithms),
+            Ok(key) => {
+                let mut validation = template.clone();
+                validation.algorithms = algorithms;
+                keys.push(VerifyingKey {
+                    kid: kid.map(str::to_string),
+                    key,
+                    validation,
+                });
+            }
+            Err(error) => problems.push(KeySetProblem {
+                place,
+                message: format!("is not a usable key: {error}"),
             }),
-            Err(error) => errors.push(ConfigError::new(
-                &key_place,
-                format!("is not a usable key: {error}"),
-            )),
         }
+    }
+    Ok((keys, problems))
+}
+
+/// The usable keys of a JWKS file; every problem is a config error.
+fn key_set(
+    file: &ActorFile,
+    base: &Path,
+    path: &str,
+    location: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Vec<VerifyingKey>> {
+    let key_location = format!("{location}.jwks_file");
+    let text = read_config_file(base, path, &key_location, errors)?;
+    let document: Value = match serde_json::from_str(&text) {
+        Ok(document) => document,
+        Err(error) => {
+            errors.push(ConfigError::new(
+                &key_location,
+                format!("{path} is not JSON: {error}"),
+            ));
+            return None;
+        }
+    };
+    let pinned = configured_algorithms(file, location, errors);
+    let template = base_validation(file, Vec::new());
+    let (keys, problems) = match compile_key_set(&document, pinned.as_deref(), &template) {
+        Ok(compiled) => compiled,
+        Err(message) => {
+            errors.push(ConfigError::new(&key_location, format!("{path} {message}")));
+            return None;
+        }
+    };
+    for problem in problems {
+        errors.push(ConfigError::new(
+            &format!("{key_location} {}", problem.place),
+            problem.message,
+        ));
     }
     if keys.is_empty() {
         errors.push(ConfigError::new(
@@ -385,6 +426,111 @@ fn key_set(
         return None;
     }
     Some(keys)
+}
+
+/// A `jwks_url` source: the URL, the refresh intervals and, for https, the TLS configuration.
+/// Nothing is fetched here; the keys arrive once the sidecar runs.
+fn remote_key_set(
+    file: &ActorFile,
+    base: &Path,
+    url: &str,
+    location: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<RemoteKeys> {
+    let url_location = format!("{location}.jwks_url");
+    let uri = match url.parse::<http::Uri>() {
+        Ok(uri) if uri.host().is_some_and(|host| !host.is_empty()) => Some(uri),
+        _ => {
+            errors.push(ConfigError::new(
+                &url_location,
+                format!("`{url}` is not a URL like https://issuer.example/.well-known/jwks.json"),
+            ));
+            None
+        }
+    };
+    let https = match uri.as_ref().and_then(http::Uri::scheme_str) {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            if uri.is_some() {
+                errors.push(ConfigError::new(
+                    &url_location,
+                    format!("`{url}` must start with https:// or http://"),
+                ));
+            }
+            false
+        }
+    };
+    let interval = |key: &str, text: Option<&str>, default: Duration, errors: &mut Vec<_>| {
+        let key_location = format!("{location}.{key}");
+        match text.map(parse_duration) {
+            None => default,
+            Some(Ok(duration)) if !duration.is_zero() => duration,
+            Some(Ok(_)) => {
+                errors.push(ConfigError::new(&key_location, "must be longer than 0"));
+                default
+            }
+            Some(Err(message)) => {
+                errors.push(ConfigError::new(&key_location, message));
+                default
+            }
+        }
+    };
+    let refresh = interval(
+        "jwks_refresh",
+        file.jwks_refresh.as_deref(),
+        Duration::from_secs(600),
+        errors,
+    );
+    let min_refresh = interval(
+        "jwks_min_refresh",
+        file.jwks_min_refresh.as_deref(),
+        Duration::from_secs(30),
+        errors,
+    );
+    if file.jwks_ca_file.is_some() && uri.is_some() && !https {
+        errors.push(ConfigError::new(
+            &format!("{location}.jwks_ca_file"),
+            "applies to an https:// jwks_url",
+        ));
+    }
+    let ca_file = file
+        .jwks_ca_file
+        .as_deref()
+        .map(|path| resolve_path(base, path));
+    let tls = if https {
+        match crate::tls::client_config(
+            ca_file.as_deref(),
+            crate::tls::Verification::Full,
+            &[b"http/1.1"],
+        ) {
+            Ok(tls) => Some(tls),
+            Err(error) => {
+                let key = if ca_file.is_some() {
+                    "jwks_ca_file"
+                } else {
+                    "jwks_url"
+                };
+                errors.push(ConfigError::new(
+                    &format!("{location}.{key}"),
+                    error.to_string(),
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let pinned = configured_algorithms(file, location, errors);
+    let template = base_validation(file, Vec::new());
+    Some(RemoteKeys::new(
+        uri?,
+        refresh,
+        min_refresh,
+        tls,
+        pinned,
+        template,
+    ))
 }
 
 pub(super) fn compile(
@@ -431,10 +577,25 @@ pub(super) fn compile(
         file.hs256_secret_env.is_some(),
         file.public_key_pem.is_some(),
         file.jwks_file.is_some(),
+        file.jwks_url.is_some(),
     ]
     .into_iter()
     .filter(|given| *given)
     .count();
+    if file.jwks_url.is_none() {
+        for (key, given) in [
+            ("jwks_refresh", file.jwks_refresh.is_some()),
+            ("jwks_min_refresh", file.jwks_min_refresh.is_some()),
+            ("jwks_ca_file", file.jwks_ca_file.is_some()),
+        ] {
+            if given {
+                errors.push(ConfigError::new(
+                    &format!("{location}.{key}"),
+                    "applies with jwks_url only",
+                ));
+            }
+        }
+    }
     let verifier = if !file.verify.unwrap_or(true) {
         if key_sources > 0 || file.algorithms.is_some() {
             errors.push(ConfigError::new(
@@ -448,7 +609,7 @@ pub(super) fn compile(
             0 => {
                 errors.push(ConfigError::new(
                     location,
-                    "needs a key: hs256_secret_env, public_key_pem or jwks_file (or verify = false to record every token as unverified)",
+                    "needs a key: hs256_secret_env, public_key_pem, jwks_file or jwks_url (or verify = false to record every token as unverified)",
                 ));
                 return None;
             }
@@ -456,14 +617,17 @@ pub(super) fn compile(
             _ => {
                 errors.push(ConfigError::new(
                     location,
-                    "give only one of hs256_secret_env, public_key_pem, jwks_file",
+                    "give only one of hs256_secret_env, public_key_pem, jwks_file, jwks_url",
                 ));
                 return None;
             }
         }
-        match &file.jwks_file {
-            Some(path) => Verifier::Set(key_set(file, base, path, location, errors)?),
-            None => Verifier::Single(Box::new(single_key(file, base, location, errors)?)),
+        match (&file.jwks_file, &file.jwks_url) {
+            (Some(path), _) => Verifier::Set(key_set(file, base, path, location, errors)?),
+            (None, Some(url)) => {
+                Verifier::Remote(Arc::new(remote_key_set(file, base, url, location, errors)?))
+            }
+            (None, None) => Verifier::Single(Box::new(single_key(file, base, location, errors)?)),
         }
     };
     Some(JwtSource {
@@ -563,8 +727,31 @@ impl JwtSource {
                 names.join("/")
             }
             Verifier::Set(keys) => format!("key set of {}", keys.len()),
+            Verifier::Remote(remote) => format!(
+                "key set from {} (refreshed every {}, on an unknown kid at most every {})",
+                remote.url,
+                crate::units::format_duration(remote.refresh),
+                crate::units::format_duration(remote.min_refresh)
+            ),
         };
         format!("{}, {check}", self.place.describe())
+    }
+
+    /// The key set fetched from a URL, if this source has one.
+    pub(super) fn remote_keys(&self) -> Option<&Arc<RemoteKeys>> {
+        match &self.verifier {
+            Verifier::Remote(remote) => Some(remote),
+            _ => None,
+        }
+    }
+
+    /// The generation of the key set in use (0 for keys fixed at load time, and before a URL's
+    /// first set arrives).
+    fn key_generation(&self) -> u64 {
+        match &self.verifier {
+            Verifier::Remote(remote) => remote.current().map_or(0, |loaded| loaded.generation),
+            _ => 0,
+        }
     }
 
     /// Where the token is read from, for the redaction of its raw value.
@@ -628,22 +815,51 @@ impl JwtSource {
             return Err("algorithm none is not accepted".into());
         }
         let kid = header.get("kid").and_then(Value::as_str);
-        let key = match &self.verifier {
+        let loaded;
+        let (keys, remote) = match &self.verifier {
             Verifier::Off => return Err("verification is off".into()),
-            Verifier::Single(key) => key.as_ref(),
-            Verifier::Set(keys) => match (kid, keys.as_slice()) {
-                (Some(kid), _) => keys
-                    .iter()
-                    .find(|key| key.kid.as_deref() == Some(kid))
-                    .ok_or_else(|| format!("no key with kid {} in the key set", shown(kid)))?,
-                (None, [only]) => only,
-                (None, _) => {
+            Verifier::Single(key) => (std::slice::from_ref(key.as_ref()), None),
+            Verifier::Set(keys) => (keys.as_slice(), None),
+            Verifier::Remote(remote) => {
+                let Some(current) = remote.current() else {
+                    remote.request_refresh();
+                    let why = remote
+                        .last_error()
+                        .map(|error| format!(" (last fetch: {error})"))
+                        .unwrap_or_default();
+                    return Err(format!("key set not loaded yet from {}{why}", remote.url));
+                };
+                loaded = current;
+                (loaded.keys.as_slice(), Some(remote))
+            }
+        };
+        let key = match (&self.verifier, kid, keys) {
+            (Verifier::Single(_), _, [only]) => only,
+            (_, Some(kid), _) => match keys.iter().find(|key| key.kid.as_deref() == Some(kid)) {
+                Some(key) => key,
+                None => {
+                    // Perhaps a rotation: the next fetch (at most one per jwks_min_refresh) may
+                    // bring the key for the tokens that follow.
+                    let refetch = match remote {
+                        Some(remote) => {
+                            remote.request_refresh();
+                            " (key set refetch requested)"
+                        }
+                        None => "",
+                    };
                     return Err(format!(
-                        "token has no kid and the key set holds {} keys",
-                        keys.len()
-                    ))
+                        "no key with kid {} in the key set{refetch}",
+                        shown(kid)
+                    ));
                 }
             },
+            (_, None, [only]) => only,
+            (_, None, _) => {
+                return Err(format!(
+                    "token has no kid and the key set holds {} keys",
+                    keys.len()
+                ))
+            }
         };
         let accepted = key
             .validation
@@ -711,7 +927,8 @@ impl JwtSource {
         }
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = now_seconds();
-        if let Some(actor) = self.cache.get(&hash, now) {
+        let generation = self.key_generation();
+        if let Some(actor) = self.cache.get(&hash, now, generation) {
             trace.step(|| {
                 format!(
                     "token from {} verified (remembered from an earlier request until its exp)",
@@ -744,7 +961,7 @@ impl JwtSource {
                     // A token without exp stays valid; the bounded cache still limits memory.
                     _ => i64::MAX,
                 };
-                self.cache.put(hash, &actor, until, now);
+                self.cache.put(hash, &actor, until, now, generation);
                 Some(actor)
             }
             Err(reason) => {

@@ -244,6 +244,7 @@ pub fn open(
                     exclusive: exclusive && database.lock_log,
                 },
                 pool_size: database.pool_size,
+                tls: database.tls.clone(),
             })?;
             Ok(std::sync::Arc::new(store))
         }

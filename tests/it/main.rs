@@ -13,6 +13,8 @@ mod fleet;
 mod hints;
 mod hostile;
 mod identity;
+mod jwks;
+mod pg_tls;
 mod proxy;
 mod siem;
 mod store;

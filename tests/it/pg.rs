@@ -122,6 +122,18 @@ impl Drop for TestDatabase {
     }
 }
 
+/// TLS as a store URL without `sslmode` gets it: libpq's default, `prefer` (the test server
+/// speaks TLS, so the store tests run over it).
+pub fn default_tls() -> auditgate::store::postgres::ssl::PostgresTls {
+    auditgate::store::postgres::ssl::parse_url(
+        "postgres://postgres@127.0.0.1/postgres",
+        std::path::Path::new("."),
+    )
+    .expect("parses")
+    .tls
+    .expect("prefer needs no CA")
+}
+
 /// Stops or starts the test server (the outage test), through the same script that made it.
 pub fn server_control(action: &str) -> bool {
     let Ok(dir) = std::env::var(DIR_VARIABLE) else {

@@ -55,6 +55,7 @@ fn open_postgres(database: &TestDatabase, log_id: &str, exclusive: bool) -> Post
         log_id: log_id.to_string(),
         access: Access::Write { exclusive },
         pool_size: 2,
+        tls: pg::default_tls(),
     })
     .expect("opens")
 }
@@ -778,6 +779,7 @@ fn a_second_writer_of_the_same_log_is_refused_but_a_tool_beside_it_is_not() {
         log_id: "web-1".into(),
         access: Access::Write { exclusive: true },
         pool_size: 1,
+        tls: pg::default_tls(),
     });
     match refused {
         Err(StoreError::LogInUse { log_id }) => assert_eq!(log_id, "web-1"),
@@ -810,6 +812,7 @@ fn reads_only_need_the_schema_and_never_create_it() {
         log_id: "web-1".into(),
         access,
         pool_size: 1,
+        tls: pg::default_tls(),
     };
     let error = PostgresStore::open(options(Access::Read))
         .err()

@@ -16,16 +16,18 @@
 //!
 //! A lost connection is not fatal: the next call reconnects (re-taking the advisory lock), and
 //! until the database is back every call fails fast, which the writer turns into retries and the
-//! spill file. Connections carry no TLS yet (`sslmode=require` is refused at config time).
+//! spill file. TLS follows the connection string's `sslmode` and `sslrootcert` as libpq reads
+//! them ([`ssl`]).
 
 pub mod rows;
+pub mod ssl;
 pub mod tree;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use postgres::{Client, GenericClient, NoTls, Statement};
+use postgres::{Client, GenericClient, Statement};
 use sha2::{Digest, Sha256};
 
 use super::query::{Cursor, CursorKind, Filter, PageRequest};
@@ -68,6 +70,8 @@ pub struct PostgresOptions {
     pub access: Access,
     /// Idle reader connections kept.
     pub pool_size: usize,
+    /// `sslmode` and the TLS client configuration it needs.
+    pub tls: ssl::PostgresTls,
 }
 
 /// A connection and its prepared statements.
@@ -77,8 +81,9 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn open(config: &postgres::Config) -> Result<Connection, StoreError> {
-        let client = config.connect(NoTls).map_err(|error| StoreError::Open {
+    fn open(options: &PostgresOptions) -> Result<Connection, StoreError> {
+        let config = &options.config;
+        let client = ssl::connect(config, &options.tls).map_err(|error| StoreError::Open {
             path: describe_target(config),
             message: error_message(&error),
         })?;
@@ -273,7 +278,7 @@ impl PostgresStore {
     /// checks the schema only (for [`Access::Read`]).
     pub fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
         let target = describe_target(&options.config);
-        let mut connection = Connection::open(&options.config)?;
+        let mut connection = Connection::open(&options)?;
         match options.access {
             Access::Write { exclusive } => {
                 migrate(&mut connection)?;
@@ -351,11 +356,11 @@ impl PostgresStore {
             .pop();
         let (mut connection, from_pool) = match pooled {
             Some(connection) if !connection.is_closed() => (connection, true),
-            _ => (Connection::open(&self.options.config)?, false),
+            _ => (Connection::open(&self.options)?, false),
         };
         let mut result = work(&mut connection);
         if result.is_err() && from_pool && connection.is_closed() {
-            connection = Connection::open(&self.options.config)?;
+            connection = Connection::open(&self.options)?;
             result = work(&mut connection);
         }
         if !connection.is_closed() {
@@ -397,7 +402,7 @@ impl PostgresStore {
     ) -> Result<&'s mut Connection, StoreError> {
         if side.connection.as_ref().is_none_or(Connection::is_closed) {
             side.connection = None;
-            let mut connection = Connection::open(&self.options.config)?;
+            let mut connection = Connection::open(&self.options)?;
             if self.options.access == (Access::Write { exclusive: true }) {
                 take_log_lock(&mut connection, &self.options.log_id)?;
             }
@@ -876,10 +881,13 @@ pub fn is_url(db: &str) -> bool {
 /// `export`, `verify`): `log_id` is the log whose tree is read. The password comes from the URL
 /// or, as with libpq, from `PGPASSWORD`.
 pub fn open_for_reading(url: &str, log_id: &str) -> Result<PostgresStore, StoreError> {
-    let mut config: postgres::Config = url.parse().map_err(|error| StoreError::Open {
+    let here = std::env::current_dir().unwrap_or_default();
+    let invalid = |message: String| StoreError::Open {
         path: "the database URL".into(),
-        message: format!("not a PostgreSQL URL ({error})"),
-    })?;
+        message,
+    };
+    let ssl::ParsedUrl { mut config, tls } = ssl::parse_url(url, &here).map_err(invalid)?;
+    let tls = tls.map_err(|problems| invalid(problems.join("; ")))?;
     if config.get_password().is_none() {
         if let Ok(password) = std::env::var("PGPASSWORD") {
             config.password(password);
@@ -894,5 +902,6 @@ pub fn open_for_reading(url: &str, log_id: &str) -> Result<PostgresStore, StoreE
         log_id: log_id.to_string(),
         access: Access::Read,
         pool_size: 1,
+        tls,
     })
 }

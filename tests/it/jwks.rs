@@ -1,0 +1,458 @@
+//! JWT keys from a URL (`jwks_url`), through the real proxy: a local JWKS server (http, and
+//! https with its own CA) that can rotate its keys, fail, and counts every fetch.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::support::{config_text, HttpClient, TempDir, TestSidecar, Upstream};
+use auditgate::entry::AuditEntry;
+
+const RECORD_ALL: &str = "[unmatched]\nrecord = \"all\"\n";
+
+/// An ES256 key pair: the private key to sign with and the public JWK.
+struct KeyPair {
+    kid: String,
+    signing: EncodingKey,
+    jwk: Value,
+}
+
+fn key(kid: &str) -> KeyPair {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let point = secret.public_key().to_encoded_point(false);
+    let pem = secret.to_pkcs8_pem(LineEnding::LF).expect("pem");
+    KeyPair {
+        kid: kid.to_string(),
+        signing: EncodingKey::from_ec_pem(pem.as_bytes()).expect("signing key"),
+        jwk: json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+            "x": b64(point.x().expect("x")), "y": b64(point.y().expect("y")),
+        }),
+    }
+}
+
+/// A token for `sub` signed by `key`, under `kid` (normally the key's own).
+fn token(key: &KeyPair, kid: &str, sub: &str) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.to_string());
+    let claims = json!({"sub": sub, "exp": chrono::Utc::now().timestamp() + 600});
+    encode(&header, &claims, &key.signing).expect("token signs")
+}
+
+/// What the JWKS server answers: a key set, or 503.
+struct Served {
+    keys: Vec<Value>,
+    failing: bool,
+}
+
+/// A JWKS server on 127.0.0.1:0, over http or (with a certificate) https.
+struct JwksServer {
+    addr: SocketAddr,
+    served: Arc<Mutex<Served>>,
+    fetches: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    async fn start(keys: Vec<Value>, tls: Option<tokio_rustls::TlsAcceptor>) -> JwksServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let served = Arc::new(Mutex::new(Served {
+            keys,
+            failing: false,
+        }));
+        let fetches = Arc::new(AtomicU64::new(0));
+        let (state, count) = (served.clone(), fetches.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (state, count, tls) = (state.clone(), count.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |_request| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let served = state.lock().expect("state");
+                        let response = if served.failing {
+                            http::Response::builder()
+                                .status(503)
+                                .body(Full::new(Bytes::from("down")))
+                        } else {
+                            http::Response::builder()
+                                .header("content-type", "application/jwk-set+json")
+                                .body(Full::new(Bytes::from(
+                                    json!({"keys": served.keys}).to_string(),
+                                )))
+                        };
+                        async move { response }
+                    });
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        JwksServer {
+            addr,
+            served,
+            fetches,
+            task,
+        }
+    }
+
+    fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::SeqCst)
+    }
+
+    fn serve(&self, keys: Vec<Value>) {
+        self.served.lock().expect("state").keys = keys;
+    }
+
+    fn fail(&self, failing: bool) {
+        self.served.lock().expect("state").failing = failing;
+    }
+
+    /// Waits (bounded) until the server has answered `count` fetches.
+    async fn wait_fetches(&self, count: u64) {
+        for _ in 0..300 {
+            if self.fetches() >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("expected {count} fetches, saw {}", self.fetches());
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn jwt_actor(url: &str, extra: &str) -> String {
+    format!("{RECORD_ALL}\n[[actor]]\nfrom = \"jwt\"\njwks_url = \"{url}\"\n{extra}\n")
+}
+
+/// Sends one request with `token` and returns its stored entry.
+async fn request(sidecar: &TestSidecar, token: &str, seen: &mut usize) -> AuditEntry {
+    let authorization = format!("Bearer {token}");
+    let reply = HttpClient::new()
+        .send(
+            "GET",
+            &sidecar.url("/api/things"),
+            &[("authorization", &authorization)],
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    *seen += 1;
+    sidecar
+        .wait_entries(*seen)
+        .await
+        .pop()
+        .expect("the request's entry")
+}
+
+fn notes(entry: &AuditEntry) -> String {
+    entry
+        .metadata
+        .get("_actor")
+        .and_then(|extra| extra.get("notes"))
+        .map(Value::to_string)
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn keys_from_an_http_url_follow_a_rotation_and_explain_uses_them() {
+    let (a, b) = (key("key-a"), key("key-b"));
+    let server = JwksServer::start(vec![a.jwk.clone()], None).await;
+    let url = format!("http://{}/.well-known/jwks.json", server.addr);
+    let upstream = Upstream::start().await;
+    let sidecar = TestSidecar::start(
+        upstream.addr,
+        &jwt_actor(&url, "jwks_refresh = \"1h\"\njwks_min_refresh = \"200ms\""),
+    )
+    .await;
+    assert_eq!(server.fetches(), 1, "fetched once at start");
+    let mut seen = 0;
+    let entry = request(&sidecar, &token(&a, &a.kid, "alice"), &mut seen).await;
+    assert_eq!(entry.actor_id.as_deref(), Some("alice"));
+    assert!(entry.actor_verified, "key A verifies: {}", notes(&entry));
+
+    // The issuer rotates to key B. The first token under B arrives before the sidecar knows the
+    // key: recorded unverified, and a refetch is asked for; tokens after it verify.
+    server.serve(vec![b.jwk.clone()]);
+    let entry = request(&sidecar, &token(&b, &b.kid, "bob"), &mut seen).await;
+    assert!(!entry.actor_verified);
+    assert!(
+        notes(&entry)
+            .contains("no key with kid \\\"key-b\\\" in the key set (key set refetch requested)"),
+        "{}",
+        notes(&entry)
+    );
+    let mut verified = false;
+    for attempt in 0..50 {
+        let entry = request(
+            &sidecar,
+            &token(&b, &b.kid, &format!("bob-{attempt}")),
+            &mut seen,
+        )
+        .await;
+        if entry.actor_verified {
+            verified = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(verified, "a token under key B verifies after the refetch");
+    assert_eq!(
+        server.fetches(),
+        2,
+        "one refetch for the rotation, not one per token"
+    );
+    // Key A left the set: its tokens no longer verify, even one verified (and remembered) before.
+    let entry = request(&sidecar, &token(&a, &a.kid, "alice"), &mut seen).await;
+    assert!(
+        !entry.actor_verified,
+        "a token under a removed key is checked again"
+    );
+
+    // `auditgate explain` fetches the set once and checks tokens as the sidecar does.
+    let dir = TempDir::new("jwks-explain");
+    let config = dir.0.join("auditgate.toml");
+    let db = dir.0.join("audit.db");
+    std::fs::write(
+        &config,
+        config_text(upstream.addr, &db, "", &jwt_actor(&url, "")),
+    )
+    .expect("write config");
+    let header = format!("Authorization: Bearer {}", token(&b, &b.kid, "carol"));
+    // The JWKS server runs on this test's runtime: the CLI runs on the blocking pool.
+    let explain_config = config.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_auditgate"))
+            .args(["explain", "--config"])
+            .arg(&explain_config)
+            .args(["GET", "/api/things", "-H", &header])
+            .output()
+            .expect("auditgate runs")
+    })
+    .await
+    .expect("explain task");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&output.stdout).expect("explain prints JSON");
+    assert_eq!(shown["actor"]["id"], json!("carol"));
+    assert_eq!(shown["actor"]["verified"], json!(true), "{shown}");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("auditgate runs");
+    let described = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        described.contains(&format!(
+            "key set from {url} (refreshed every 10m, on an unknown kid at most every 30s)"
+        )),
+        "{described}"
+    );
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, made with the openssl CLI: (CA PEM path, TLS
+/// acceptor serving the certificate).
+fn https_identity(dir: &Path) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=jwks test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    let certificates: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join("server.crt"))
+            .expect("read certificate")
+            .collect::<Result<_, _>>()
+            .expect("certificate");
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certificates, key)
+    .expect("server config");
+    (
+        dir.join("ca.pem"),
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+    )
+}
+
+#[tokio::test]
+async fn https_keys_with_a_ca_file_survive_a_failed_refresh() {
+    let dir = TempDir::new("jwks-https");
+    let (ca, acceptor) = https_identity(&dir.0);
+    let a = key("key-a");
+    let server = JwksServer::start(vec![a.jwk.clone()], Some(acceptor)).await;
+    let url = format!("https://127.0.0.1:{}/jwks.json", server.addr.port());
+    let upstream = Upstream::start().await;
+    let extra = format!(
+        "jwks_refresh = \"300ms\"\njwks_min_refresh = \"300ms\"\njwks_ca_file = \"{}\"",
+        ca.display()
+    );
+    let sidecar = TestSidecar::start(upstream.addr, &jwt_actor(&url, &extra)).await;
+    let mut seen = 0;
+    let entry = request(&sidecar, &token(&a, &a.kid, "alice"), &mut seen).await;
+    assert!(
+        entry.actor_verified,
+        "verified over https: {}",
+        notes(&entry)
+    );
+
+    // The key server goes down: refreshes fail, the last good keys stay.
+    server.fail(true);
+    let before = server.fetches();
+    server.wait_fetches(before + 2).await;
+    let entry = request(&sidecar, &token(&a, &a.kid, "alice-again"), &mut seen).await;
+    assert!(
+        entry.actor_verified,
+        "the old keys still verify while refreshes fail: {}",
+        notes(&entry)
+    );
+
+    // Without the CA file the server's certificate is not trusted: the sidecar starts anyway and
+    // records tokens unverified, saying why.
+    let untrusting = TestSidecar::start(upstream.addr, &jwt_actor(&url, "")).await;
+    let mut seen = 0;
+    let entry = request(&untrusting, &token(&a, &a.kid, "mallory"), &mut seen).await;
+    assert!(!entry.actor_verified);
+    let why = notes(&entry);
+    assert!(
+        why.contains("key set not loaded yet") && why.contains("certificate"),
+        "{why}"
+    );
+}
+
+#[tokio::test]
+async fn a_storm_of_unknown_kids_refetches_at_most_once_per_interval() {
+    let a = key("key-a");
+    let server = JwksServer::start(vec![a.jwk.clone()], None).await;
+    let url = format!("http://{}/jwks.json", server.addr);
+    let upstream = Upstream::start().await;
+    let sidecar = TestSidecar::start(
+        upstream.addr,
+        &jwt_actor(&url, "jwks_refresh = \"1h\"\njwks_min_refresh = \"1s\""),
+    )
+    .await;
+    assert_eq!(server.fetches(), 1);
+    let client = HttpClient::new();
+    for index in 0..30 {
+        let authorization = format!("Bearer {}", token(&a, &format!("made-up-{index}"), "x"));
+        let reply = client
+            .send(
+                "GET",
+                &sidecar.url("/x"),
+                &[("authorization", &authorization)],
+                "",
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    // Thirty unknown kids within one interval: one refetch, at the interval's end.
+    server.wait_fetches(2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(server.fetches(), 2, "one refetch for thirty unknown kids");
+    let entries = sidecar.wait_entries(30).await;
+    assert!(entries.iter().all(|entry| !entry.actor_verified));
+}
