@@ -1627,6 +1627,42 @@ fn the_cli_exports_with_the_same_filters() {
     assert_eq!(seqs, expected);
     assert!(seqs.len() > 200);
 
+    // Exclusions repeat on the command line as in the API.
+    let query = std::process::Command::new(binary)
+        .args(["query", "--db"])
+        .arg(&db)
+        .args(["--format", "json", "--limit", "1000"])
+        .args([
+            "--exclude-action-prefix",
+            "cli.",
+            "--exclude-action-prefix",
+            "hostile.1",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        query.status.success(),
+        "{}",
+        String::from_utf8_lossy(&query.stderr)
+    );
+    let shown: Vec<String> = String::from_utf8_lossy(&query.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).expect("json")["action"]
+                .as_str()
+                .expect("action")
+                .to_string()
+        })
+        .collect();
+    let expected: Vec<String> = entries
+        .iter()
+        .rev()
+        .filter(|entry| !entry.action.starts_with("cli.") && !entry.action.starts_with("hostile.1"))
+        .map(|entry| entry.action.clone())
+        .collect();
+    assert!(!expected.is_empty() && expected.len() < 10, "{expected:?}");
+    assert_eq!(shown, expected);
+
     for (args, message) in [
         (vec!["--format", "xlsx"], "--format"),
         (vec!["--format", "csv", "--since", "someday"], "--since"),
