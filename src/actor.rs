@@ -98,6 +98,11 @@ pub struct ActorFile {
     pub hmac_key_env: Option<String>,
     /// body: route templates (`/login`, `/api/auth/{*rest}`) the source applies to; default all.
     pub paths: Option<Vec<String>>,
+    /// header: true to remove this source's headers (id, email, name, groups, tenant) from a
+    /// request whose peer is not in `proxy.trusted_proxies` before it reaches the app, so an app
+    /// that trusts them cannot be fooled by a client setting them itself. The attempt is still
+    /// recorded. Default false: auditgate changes nothing the app sees unless asked.
+    pub strip_untrusted: Option<bool>,
 }
 
 /// One `keys = [{ name = "...", sha256 = "..." }]` item of an `api_key` source.
@@ -173,6 +178,8 @@ struct HeaderSource {
     name: Option<HeaderName>,
     groups: Option<HeaderName>,
     tenant: Option<HeaderName>,
+    /// Remove these headers from requests of untrusted peers before forwarding.
+    strip_untrusted: bool,
 }
 
 struct BodySource {
@@ -208,6 +215,9 @@ impl Source {
 pub struct ActorChain {
     sources: Vec<Source>,
     trusted_proxies: Vec<IpNet>,
+    /// The headers of every `strip_untrusted` header source, each once: removed from requests
+    /// of untrusted peers before forwarding.
+    strip_untrusted: Vec<HeaderName>,
 }
 
 impl std::fmt::Debug for ActorChain {
@@ -313,7 +323,7 @@ pub fn actor_location(index: usize, from: Option<&str>) -> String {
 
 /// Every optional key of an `[[actor]]` entry, whether it is given, and the sources it applies
 /// to.
-fn given_keys(file: &ActorFile) -> [(&'static str, bool, &'static [&'static str]); 25] {
+fn given_keys(file: &ActorFile) -> [(&'static str, bool, &'static [&'static str]); 26] {
     const JWT: &[&str] = &["jwt"];
     [
         ("header", file.header.is_some(), &["jwt", "api_key"]),
@@ -341,6 +351,11 @@ fn given_keys(file: &ActorFile) -> [(&'static str, bool, &'static [&'static str]
         ("keys", file.keys.is_some(), &["api_key"]),
         ("hmac_key_env", file.hmac_key_env.is_some(), &["api_key"]),
         ("paths", file.paths.is_some(), &["body"]),
+        (
+            "strip_untrusted",
+            file.strip_untrusted.is_some(),
+            &["header"],
+        ),
     ]
 }
 
@@ -351,6 +366,7 @@ impl ActorChain {
         ActorChain {
             sources: Vec::new(),
             trusted_proxies: Vec::new(),
+            strip_untrusted: Vec::new(),
         }
     }
 
@@ -377,10 +393,23 @@ impl ActorChain {
                 sources.push(source);
             }
         }
+        let mut strip_untrusted: Vec<HeaderName> = Vec::new();
+        for source in &sources {
+            if let Source::Header(header) = source {
+                if header.strip_untrusted {
+                    for name in header.names() {
+                        if !strip_untrusted.contains(name) {
+                            strip_untrusted.push(name.clone());
+                        }
+                    }
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(ActorChain {
                 sources,
                 trusted_proxies: trusted_proxies.to_vec(),
+                strip_untrusted,
             })
         } else {
             Err(errors)
@@ -442,7 +471,15 @@ impl ActorChain {
                         .flatten()
                         .map(HeaderName::as_str)
                         .collect();
-                    format!("header ({}, from trusted proxies only)", names.join(", "))
+                    let strip = if header.strip_untrusted {
+                        "; removed from other peers' requests"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "header ({}, from trusted proxies only{strip})",
+                        names.join(", ")
+                    )
                 }
                 Source::ApiKey(key) => format!("api_key ({})", key.describe()),
                 Source::Body(body) => format!(
@@ -474,6 +511,24 @@ impl ActorChain {
             }
         }
         names
+    }
+
+    /// Removes the identity headers of `strip_untrusted` header sources from a request whose peer
+    /// is not a trusted proxy, and returns the names removed. Called on the request to be
+    /// forwarded, after [`ActorChain::resolve_head`] has seen the original headers and noted the
+    /// attempt; free when no source asks for it or the peer is trusted.
+    pub fn strip_untrusted_headers(
+        &self,
+        headers: &mut HeaderMap,
+        peer_trusted: bool,
+    ) -> Vec<&HeaderName> {
+        if peer_trusted {
+            return Vec::new();
+        }
+        self.strip_untrusted
+            .iter()
+            .filter(|name| headers.remove(*name).is_some())
+            .collect()
     }
 
     /// Query parameters that carry API keys: never stored.
@@ -519,6 +574,14 @@ impl ActorChain {
                 }
             };
             if let Some(mut actor) = found {
+                // Sources after the winner are not asked, but headers a stripping source removes
+                // are still a spoof attempt to record.
+                for (later, source) in self.sources.iter().enumerate().skip(index + 1) {
+                    if let Source::Header(header) = source {
+                        trace.at(later, source.label());
+                        header.note_removed(request, &mut notes, &mut trace);
+                    }
+                }
                 actor.notes.splice(0..0, notes);
                 return PendingActor {
                     actor,
@@ -588,6 +651,7 @@ fn compile_source(
                 name: named("name", &file.name),
                 groups: named("groups", &file.groups),
                 tenant: named("tenant", &file.tenant),
+                strip_untrusted: file.strip_untrusted.unwrap_or(false),
             };
             if file.id.is_none() && file.email.is_none() {
                 errors.push(ConfigError::new(
@@ -715,6 +779,47 @@ fn basic(headers: &HeaderMap, trace: &mut Trace) -> Option<Actor> {
 }
 
 impl HeaderSource {
+    /// Every header the source reads.
+    fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        [
+            &self.id,
+            &self.email,
+            &self.name,
+            &self.groups,
+            &self.tenant,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// The source's headers the request carries, sorted and joined: `x-forwarded-email, ...`.
+    fn present_names(&self, headers: &HeaderMap) -> String {
+        let names: BTreeSet<&str> = self
+            .names()
+            .filter(|name| headers.contains_key(*name))
+            .map(HeaderName::as_str)
+            .collect();
+        names.into_iter().collect::<Vec<_>>().join(", ")
+    }
+
+    /// Notes headers that [`ActorChain::strip_untrusted_headers`] will remove from this request,
+    /// for when the source does not get to read them (no id or email, or an earlier source won).
+    fn note_removed(&self, request: &ActorRequest, notes: &mut Vec<String>, trace: &mut Trace) {
+        if !self.strip_untrusted || request.peer_trusted {
+            return;
+        }
+        let names = self.present_names(request.headers);
+        if names.is_empty() {
+            return;
+        }
+        notes.push(format!(
+            "header: removed {names} from a peer that is not a trusted proxy before forwarding (spoof attempt)"
+        ));
+        trace.step(|| {
+            format!("removed {names} before forwarding: the peer is not in proxy.trusted_proxies (spoof attempt)")
+        });
+    }
+
     fn resolve(
         &self,
         request: &ActorRequest,
@@ -729,31 +834,21 @@ impl HeaderSource {
         let email = read(&self.email);
         if id.is_none() && email.is_none() {
             trace.step(|| "no identity headers".into());
+            self.note_removed(request, notes, trace);
             return None;
         }
         if !request.peer_trusted {
-            let mut names = BTreeSet::new();
-            for name in [
-                &self.id,
-                &self.email,
-                &self.name,
-                &self.groups,
-                &self.tenant,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                if request.headers.contains_key(name) {
-                    names.insert(name.as_str());
-                }
-            }
-            let names: Vec<&str> = names.into_iter().collect();
-            let names = names.join(", ");
+            let names = self.present_names(request.headers);
+            let removed = if self.strip_untrusted {
+                "; removed before forwarding"
+            } else {
+                ""
+            };
             notes.push(format!(
-                "header: ignored {names} from a peer that is not a trusted proxy (spoof attempt)"
+                "header: ignored {names} from a peer that is not a trusted proxy (spoof attempt){removed}"
             ));
             trace.step(|| {
-                format!("ignored {names}: the peer is not in proxy.trusted_proxies (spoof attempt)")
+                format!("ignored {names}: the peer is not in proxy.trusted_proxies (spoof attempt){removed}")
             });
             return None;
         }
@@ -1175,6 +1270,109 @@ mod tests {
             spoofed.derivation.is_empty(),
             "collected only when explaining"
         );
+    }
+
+    #[test]
+    fn untrusted_identity_headers_are_removed_only_where_asked() {
+        let stripping = chain("[[actor]]\nfrom = \"basic\"\n[[actor]]\nfrom = \"header\"\nid = \"x-forwarded-user\"\nemail = \"x-forwarded-email\"\ngroups = \"x-forwarded-groups\"\nstrip_untrusted = true\n[[actor]]\nfrom = \"header\"\nid = \"x-auth-request-user\"\n");
+        let sent = headers(&[
+            ("x-forwarded-user", "admin"),
+            ("x-forwarded-email", "admin@corp.example"),
+            ("x-forwarded-groups", "admins"),
+            ("x-auth-request-user", "root"),
+            ("x-other", "kept"),
+        ]);
+        let request = |headers, peer_trusted| ActorRequest {
+            headers,
+            query: None,
+            path: "/",
+            peer_trusted,
+            explain: true,
+        };
+        let spoofed = stripping.resolve(&request(&sent, false));
+        assert_eq!(spoofed.id, None);
+        assert_eq!(
+            spoofed.notes,
+            [
+                "header: ignored x-forwarded-email, x-forwarded-groups, x-forwarded-user from a peer that is not a trusted proxy (spoof attempt); removed before forwarding",
+                "header: ignored x-auth-request-user from a peer that is not a trusted proxy (spoof attempt)",
+            ]
+        );
+        let mut forwarded = sent.clone();
+        let removed: Vec<&str> = stripping
+            .strip_untrusted_headers(&mut forwarded, false)
+            .into_iter()
+            .map(HeaderName::as_str)
+            .collect();
+        assert_eq!(
+            removed,
+            [
+                "x-forwarded-user",
+                "x-forwarded-email",
+                "x-forwarded-groups"
+            ]
+        );
+        let left: BTreeSet<&str> = forwarded.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            left,
+            BTreeSet::from(["x-auth-request-user", "x-other"]),
+            "only the stripping source's headers go"
+        );
+
+        // A trusted proxy's headers are believed and forwarded untouched.
+        let mut forwarded = sent.clone();
+        assert!(stripping
+            .strip_untrusted_headers(&mut forwarded, true)
+            .is_empty());
+        assert_eq!(forwarded, sent);
+        assert_eq!(
+            stripping.resolve(&request(&sent, true)).id.as_deref(),
+            Some("admin")
+        );
+
+        // An earlier source wins; the headers are still removed, and that is on record.
+        let with_basic = {
+            let mut map = sent.clone();
+            map.insert(
+                http::header::AUTHORIZATION,
+                "Basic bWFsbG9yeTpwdw==".parse().expect("value"),
+            );
+            map
+        };
+        let basic = stripping.resolve(&request(&with_basic, false));
+        assert_eq!(basic.id.as_deref(), Some("mallory"));
+        assert_eq!(
+            basic.notes,
+            ["header: removed x-forwarded-email, x-forwarded-groups, x-forwarded-user from a peer that is not a trusted proxy before forwarding (spoof attempt)"]
+        );
+        assert!(
+            basic
+                .derivation
+                .iter()
+                .any(|step| step.starts_with("actor #2 (header): removed x-forwarded-email")),
+            "{:?}",
+            basic.derivation
+        );
+
+        // Groups alone name nobody, but are removed and noted all the same.
+        let groups_only = headers(&[("x-forwarded-groups", "admins")]);
+        assert_eq!(
+            stripping.resolve(&request(&groups_only, false)).notes,
+            ["header: removed x-forwarded-groups from a peer that is not a trusted proxy before forwarding (spoof attempt)"]
+        );
+
+        // Off by default: nothing is removed and the note says nothing of removing.
+        let plain = chain("[[actor]]\nfrom = \"header\"\nid = \"x-forwarded-user\"\n");
+        let mut forwarded = sent.clone();
+        assert!(plain
+            .strip_untrusted_headers(&mut forwarded, false)
+            .is_empty());
+        assert_eq!(forwarded, sent);
+        assert!(!plain.resolve(&request(&sent, false)).notes[0].contains("removed"));
+
+        assert!(stripping.describe()[1].contains("removed from other peers' requests"));
+        assert!(errors("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_UNSET_VARIABLE\"\nstrip_untrusted = true\n")
+            .contains("actor #1 (jwt).strip_untrusted: does not apply to from = \"jwt\""));
     }
 
     #[test]

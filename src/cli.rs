@@ -138,6 +138,10 @@ pub struct FilterArgs {
     /// Action prefix, e.g. "user.".
     #[arg(long)]
     pub action_prefix: Option<String>,
+    /// Leave out actions starting with this, e.g. "audit." for auditgate's own entries; repeat
+    /// for several.
+    #[arg(long, value_name = "PREFIX")]
+    pub exclude_action_prefix: Vec<String>,
     #[arg(long)]
     pub resource_type: Option<String>,
     #[arg(long)]

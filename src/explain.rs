@@ -117,6 +117,15 @@ pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
             }
         }
     };
+    // What the proxy would take out of the request before the app sees it.
+    let peer_trusted = client_ip::is_trusted(peer, trusted);
+    let mut forwarded = headers.clone();
+    let removed: Vec<&str> = policy
+        .actors
+        .strip_untrusted_headers(&mut forwarded, peer_trusted)
+        .into_iter()
+        .map(HeaderName::as_str)
+        .collect();
     let (entry, derivation) = exchange.into_explanation();
     let actor = entry.as_ref().map(|entry| {
         let extra = entry.metadata.get("_actor");
@@ -143,11 +152,14 @@ pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
         "candidates": candidate_names,
         "client": {
             "peer": peer.to_string(),
-            "peerTrusted": client_ip::is_trusted(peer, trusted),
+            "peerTrusted": peer_trusted,
             "ip": client.client.to_string(),
             "forwardedFor": client.believed_chain.iter().map(ToString::to_string).collect::<Vec<_>>(),
         },
         "actor": actor,
+        "upstream": {
+            "removedHeaders": removed,
+        },
         "entry": entry.map(|entry| entry.to_api_json()),
     }))
 }

@@ -1212,6 +1212,11 @@ pub async fn handle(
         }
     }
     remove_hop_by_hop(&mut parts.headers, upgrade);
+    // Identity headers an untrusted client set itself, where a header actor asks for it; the
+    // exchange has already seen and noted them.
+    policy
+        .actors
+        .strip_untrusted_headers(&mut parts.headers, peer_trusted);
     if upgrade {
         parts
             .headers

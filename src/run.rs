@@ -209,6 +209,9 @@ pub fn filter_params(args: &crate::cli::FilterArgs) -> Vec<(String, String)> {
     add("until", &args.until);
     add("q", &args.q);
     add("log_id", &args.log_id);
+    for prefix in &args.exclude_action_prefix {
+        params.push(("exclude_action_prefix".to_string(), prefix.clone()));
+    }
     params
 }
 

@@ -38,14 +38,30 @@ pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
     .unwrap_or_default()
 }
 
-/// The parameters as a JSON object for an audit entry's metadata (parsed, so bounded).
+/// The parameters as a JSON object for an audit entry's metadata (parsed, so bounded). A
+/// parameter given several times (`exclude_action_prefix`) becomes an array of its values, so
+/// the record shows every one.
 pub fn params_json(params: &[(String, String)], skip: &[&str]) -> Value {
-    let object: BTreeMap<&str, &str> = params
-        .iter()
-        .filter(|(name, _)| !skip.contains(&name.as_str()))
-        .map(|(name, value)| (name.as_str(), value.as_str()))
+    let mut object: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, value) in params {
+        if !skip.contains(&name.as_str()) {
+            object
+                .entry(name.as_str())
+                .or_default()
+                .push(value.as_str());
+        }
+    }
+    let object: Map<String, Value> = object
+        .into_iter()
+        .map(|(name, values)| {
+            let value = match values.as_slice() {
+                [one] => Value::from(*one),
+                many => Value::from(many.to_vec()),
+            };
+            (name.to_string(), value)
+        })
         .collect();
-    json!(object)
+    Value::Object(object)
 }
 
 /// The names of refused parameters, for the audit entry of a 400 (names only: the values are
@@ -359,6 +375,20 @@ mod tests {
     }
 
     #[test]
+    fn params_json_keeps_every_value_of_a_repeated_parameter() {
+        let params = pairs(&[
+            ("exclude_action_prefix", "audit."),
+            ("actor", "u1"),
+            ("format", "csv"),
+            ("exclude_action_prefix", "http."),
+        ]);
+        assert_eq!(
+            params_json(&params, &["format"]),
+            json!({"actor": "u1", "exclude_action_prefix": ["audit.", "http."]})
+        );
+    }
+
+    #[test]
     fn stats_parameters() {
         let (filter, by, limit) =
             parse_stats_params(&pairs(&[("by", "action"), ("action_prefix", "user.")]))
@@ -366,6 +396,12 @@ mod tests {
         assert_eq!(by, StatsBy::Action);
         assert_eq!(limit, STATS_DEFAULT_LIMIT);
         assert_eq!(filter.action_prefix.as_deref(), Some("user."));
+        let (filter, _, _) = parse_stats_params(&pairs(&[
+            ("exclude_action_prefix", "audit."),
+            ("exclude_action_prefix", "http."),
+        ]))
+        .expect("valid");
+        assert_eq!(filter.exclude_action_prefixes, ["audit.", "http."]);
         let (_, by, limit) = parse_stats_params(&pairs(&[("limit", "8")])).expect("valid");
         assert_eq!((by, limit), (StatsBy::Day, 8));
         let errors = parse_stats_params(&pairs(&[

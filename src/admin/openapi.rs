@@ -97,10 +97,11 @@ fn operation(
 }
 
 /// The listing filters, shared by entries, stats and export.
-const FILTERS: [&str; 12] = [
+const FILTERS: [&str; 13] = [
     "actor",
     "action",
     "action_prefix",
+    "exclude_action_prefix",
     "resource_type",
     "resource_id",
     "outcome",
@@ -387,6 +388,11 @@ fn parameters() -> Value {
         "actor": string_param("actor", "Actor id or email, exactly."),
         "action": string_param("action", "Action, exactly."),
         "action_prefix": string_param("action_prefix", "Start of the action, case-sensitive (`user.`)."),
+        "exclude_action_prefix": {"name": "exclude_action_prefix", "in": "query", "required": false,
+            "description": "Leave out entries whose action starts with this, case-sensitive; repeat the parameter for several (at most 16 distinct). `audit.` hides auditgate's own entries (admin queries, exports, sign-ins, prunes).",
+            "style": "form", "explode": true,
+            "schema": {"type": "array", "maxItems": 16, "uniqueItems": true,
+                "items": {"type": "string", "minLength": 1, "maxLength": 1024}}},
         "resource_type": string_param("resource_type", "Resource type, exactly."),
         "resource_id": string_param("resource_id", "Resource id, exactly."),
         "outcome": {"name": "outcome", "in": "query", "required": false,
@@ -759,6 +765,36 @@ mod tests {
                     .collect();
                 assert_eq!(declared, in_template, "{path}");
             }
+        }
+    }
+
+    #[test]
+    fn the_listing_documents_exactly_the_parameters_the_parser_knows() {
+        let document = document();
+        let documented: BTreeSet<String> = document["paths"]["/api/v1/entries"]["get"]
+            ["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .map(|parameter| {
+                let pointer = parameter["$ref"]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim_start_matches('#');
+                let resolved = document.pointer(pointer).unwrap_or(parameter);
+                resolved["name"].as_str().unwrap_or("").to_string()
+            })
+            .collect();
+        let known: BTreeSet<String> = crate::store::query::KNOWN_PARAMS
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
+        assert_eq!(documented, known);
+        // The repeatable ones are arrays, sent as `name=a&name=b`.
+        for name in crate::store::query::REPEATABLE_PARAMS {
+            let parameter = &document["components"]["parameters"][*name];
+            assert_eq!(parameter["schema"]["type"], "array", "{name}");
+            assert_eq!(parameter["explode"], true, "{name}");
         }
     }
 

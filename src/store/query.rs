@@ -26,12 +26,16 @@ pub const MAX_LIMIT: u32 = 1000;
 /// The longest parameter value accepted. Nothing legitimate comes close, and the bound keeps
 /// hostile input out of SQL bind buffers and error messages.
 pub const MAX_PARAM_BYTES: usize = 1024;
+/// The most `exclude_action_prefix` values one request may give. A handful covers every real
+/// use (auditgate's own `audit.` entries, a noisy health check); the bound keeps the SQL small.
+pub const MAX_EXCLUDED_PREFIXES: usize = 16;
 
 /// The parameters [`parse_filter_and_page`] understands.
 pub const KNOWN_PARAMS: &[&str] = &[
     "actor",
     "action",
     "action_prefix",
+    "exclude_action_prefix",
     "resource_type",
     "resource_id",
     "outcome",
@@ -47,6 +51,10 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "count",
 ];
 
+/// The parameters that may be given more than once, each occurrence adding a value. Every other
+/// parameter given twice is refused, because which of the two was meant cannot be guessed.
+pub const REPEATABLE_PARAMS: &[&str] = &["exclude_action_prefix"];
+
 /// Which entries a reader wants. Every condition that is set must hold (they are ANDed); an
 /// empty filter matches every entry.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -60,6 +68,10 @@ pub struct Filter {
     /// A substring of the action, case-insensitive for ASCII. The reference product's
     /// `GET /api/audit-log?action=` filters this way.
     pub action_contains: Option<String>,
+    /// Leaves out every entry whose action starts with any of these, case-sensitive like
+    /// `action_prefix`. Its use is hiding auditgate's own `audit.` entries, which heavy use of
+    /// the admin API and viewer would otherwise make the bulk of every listing and chart.
+    pub exclude_action_prefixes: Vec<String>,
     pub resource_type: Option<String>,
     pub resource_id: Option<String>,
     pub outcome: Option<Outcome>,
@@ -408,7 +420,7 @@ pub fn parse_filter_and_page(
             }
             continue;
         }
-        if !seen.insert(name) {
+        if !seen.insert(name) && !REPEATABLE_PARAMS.contains(&name) {
             if reported.insert(name) {
                 errors.push(ParamError::new(name, "given more than once"));
             }
@@ -428,6 +440,13 @@ pub fn parse_filter_and_page(
         if let Err(message) = apply_param(&mut filter, &mut page, name, value, now) {
             errors.push(ParamError::new(name, message));
         }
+    }
+
+    if filter.exclude_action_prefixes.len() > MAX_EXCLUDED_PREFIXES {
+        errors.push(ParamError::new(
+            "exclude_action_prefix",
+            format!("more than {MAX_EXCLUDED_PREFIXES} distinct prefixes given"),
+        ));
     }
 
     if let (Some(since), Some(until)) = (filter.since, filter.until) {
@@ -456,6 +475,17 @@ fn apply_param(
         "actor" => filter.actor = text(),
         "action" => filter.action = text(),
         "action_prefix" => filter.action_prefix = text(),
+        // Counted against MAX_EXCLUDED_PREFIXES once every value is in, so an excess is
+        // reported once.
+        "exclude_action_prefix" => {
+            let known = filter
+                .exclude_action_prefixes
+                .iter()
+                .any(|known| known == value);
+            if !known && filter.exclude_action_prefixes.len() <= MAX_EXCLUDED_PREFIXES {
+                filter.exclude_action_prefixes.push(value.to_string());
+            }
+        }
         "resource_type" => filter.resource_type = text(),
         "resource_id" => filter.resource_id = text(),
         "q" => filter.q = text(),
@@ -622,6 +652,7 @@ mod tests {
             ("actor", "alice@example.com"),
             ("action", "user.deleted"),
             ("action_prefix", "user."),
+            ("exclude_action_prefix", "audit."),
             ("resource_type", "user"),
             ("resource_id", "42"),
             ("outcome", "failure"),
@@ -640,6 +671,7 @@ mod tests {
         assert_eq!(filter.actor.as_deref(), Some("alice@example.com"));
         assert_eq!(filter.action.as_deref(), Some("user.deleted"));
         assert_eq!(filter.action_prefix.as_deref(), Some("user."));
+        assert_eq!(filter.exclude_action_prefixes, ["audit."]);
         assert_eq!(filter.resource_type.as_deref(), Some("user"));
         assert_eq!(filter.resource_id.as_deref(), Some("42"));
         assert_eq!(filter.outcome, Some(Outcome::Failure));
@@ -880,6 +912,49 @@ mod tests {
             errors,
             vec![ParamError::new("action", "given more than once")]
         );
+    }
+
+    #[test]
+    fn excluded_prefixes_repeat_literally_and_are_bounded() {
+        let (filter, _) = parse(&[
+            ("exclude_action_prefix", "audit."),
+            ("action", "x"),
+            ("exclude_action_prefix", "http.get,http.head"),
+            ("exclude_action_prefix", "audit."),
+        ])
+        .expect("valid");
+        assert_eq!(
+            filter.exclude_action_prefixes,
+            ["audit.", "http.get,http.head"],
+            "in order, duplicates dropped, commas kept as text"
+        );
+        let errors = errors_for(&[
+            ("exclude_action_prefix", "audit."),
+            ("exclude_action_prefix", ""),
+            ("exclude_action_prefix", &"x".repeat(MAX_PARAM_BYTES + 1)),
+        ]);
+        assert_eq!(
+            errors,
+            vec![
+                ParamError::new("exclude_action_prefix", "must not be empty"),
+                ParamError::new("exclude_action_prefix", "is longer than 1024 bytes"),
+            ]
+        );
+        let many: Vec<(String, String)> = (0..=MAX_EXCLUDED_PREFIXES + 5)
+            .map(|index| ("exclude_action_prefix".to_string(), format!("p{index}.")))
+            .collect();
+        let errors = parse_filter_and_page(&many, now(), &[]).expect_err("too many");
+        assert_eq!(
+            errors,
+            vec![ParamError::new(
+                "exclude_action_prefix",
+                "more than 16 distinct prefixes given"
+            )],
+            "reported once"
+        );
+        let exactly: Vec<(String, String)> = many[..MAX_EXCLUDED_PREFIXES].to_vec();
+        let (filter, _) = parse_filter_and_page(&exactly, now(), &[]).expect("at the bound");
+        assert_eq!(filter.exclude_action_prefixes.len(), MAX_EXCLUDED_PREFIXES);
     }
 
     #[test]

@@ -238,6 +238,17 @@ impl Conditions {
         if let Some(fragment) = &filter.action_contains {
             conditions.push("action LIKE ? ESCAPE '\\'", [contains_pattern(fragment)]);
         }
+        for prefix in &filter.exclude_action_prefixes {
+            // The complement of the action_prefix range. No index serves a NOT, so this only
+            // drops rows while another condition (or the walk in seq order) finds them.
+            match prefix_upper_bound(prefix) {
+                Some(upper) => conditions.push(
+                    "NOT (action >= ? AND action < ?)",
+                    [text(prefix), Value::Text(upper)],
+                ),
+                None => conditions.push("action < ?", [text(prefix)]),
+            }
+        }
         match (&filter.resource_type, &filter.resource_id) {
             (Some(resource_type), Some(resource_id)) => conditions.push(
                 "resource_type = ? AND resource_id = ?",

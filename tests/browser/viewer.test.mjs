@@ -326,6 +326,55 @@ test("the viewer's own reads are folded into one row that opens on click", async
   assert.ok(await page.locator('[data-testid="entry-row"]').first().isVisible());
 });
 
+test("hiding auditgate's own activity changes the top lists, the total, the chart and the exports as the API says", async () => {
+  // Enough admin reads that audit.query is among the top actions, whatever the demo wrote.
+  for (let round = 0; round < 5; round += 1) {
+    const top = await api.get('stats', { by: 'action', limit: 8 });
+    if (top.buckets.some((bucket) => bucket.key === 'audit.query')) break;
+    const needed = (top.buckets.at(-1)?.count ?? 0) + 1;
+    for (let i = 0; i < Math.min(needed, 400); i += 1) await api.get('entries', { limit: 1 });
+  }
+  await page.goto(`${demo.viewer}?count=1`);
+  await settledRows(page);
+  const toggle = page.getByTestId('filter-hide-own');
+  assert.equal(await toggle.isChecked(), false, 'everything is shown unless asked');
+  const topActions = () => page.locator('[data-testid="top-actions-item"] .toplist-label').allTextContents();
+  await waitUntil('audit.query among the top actions', async () => (await topActions()).includes('audit.query'));
+
+  await setToggle('filter-hide-own', true);
+  await waitUntil('the exclusion in the URL', () => urlParams(page).exclude_action_prefix === 'audit.');
+  const hidden = { exclude_action_prefix: 'audit.' };
+  // With auditgate's own entries hidden the answers no longer change as the viewer reads.
+  const actions = await api.get('stats', { ...hidden, by: 'action', limit: 8 });
+  const actors = await api.get('stats', { ...hidden, by: 'actor', limit: 8 });
+  const counted = await api.get('entries', { ...hidden, count: true, limit: 1 });
+  assert.ok(actions.buckets.length > 0 && actions.buckets.every((bucket) => !bucket.key.startsWith('audit.')));
+  await waitUntil('the top actions of the API', async () => JSON.stringify(await topActions()) === JSON.stringify(actions.buckets.map((b) => b.key)));
+  const users = await page.locator('[data-testid="top-actors-item"] .toplist-label').allTextContents();
+  const expectedUsers = actors.buckets.map((bucket) => (bucket.key === '(anonymous)' ? 'anonymous' : bucket.key));
+  assert.deepEqual(users, expectedUsers);
+  await waitUntil('the total of the API', async () => (await page.getByTestId('total').textContent()) === `${counted.total.toLocaleString('en-US')} total`);
+  const caption = await page.getByTestId('chart-caption').textContent();
+  assert.ok(caption.startsWith(`${counted.total.toLocaleString('en-US')} entries`), caption);
+  await waitForRows(page, await api.ids({ ...hidden, limit: 50 }));
+  assert.equal(await page.getByTestId('fold-row').count(), 0, 'no admin reads left to fold');
+  const chip = page.locator('[data-testid="filter-chip"][data-param="exclude_action_prefix"]');
+  assert.equal(await chip.count(), 1);
+  const csv = new URL(await page.getByTestId('export-csv').getAttribute('href'), page.url());
+  assert.equal(csv.searchParams.get('exclude_action_prefix'), 'audit.', 'the export leaves out the same entries');
+
+  // A bookmark of the view opens with the toggle on; removing the chip shows everything again.
+  await page.goto(page.url());
+  await settledRows(page);
+  assert.equal(await page.getByTestId('filter-hide-own').isChecked(), true);
+  await page.getByTestId('filter-chip-remove-exclude_action_prefix').click();
+  await waitUntil('the exclusion to leave the URL', () => !('exclude_action_prefix' in urlParams(page)));
+  assert.equal(await page.getByTestId('filter-hide-own').isChecked(), false);
+  await waitUntil('audit.query back among the top actions', async () => (await topActions()).includes('audit.query'));
+  await page.goto(demo.viewer);
+  await settledRows(page);
+});
+
 test('keyset paging: older, newer, latest', async () => {
   const filter = { action_prefix: 'auth.' };
   await page.goto(`${demo.viewer}?action_prefix=auth.&limit=25`);

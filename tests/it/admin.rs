@@ -271,6 +271,7 @@ fn matches(entry: &AuditEntry, name: &str, value: &str, now: DateTime<Utc>) -> b
         "actor" => text(&entry.actor_id) == Some(value) || text(&entry.actor_email) == Some(value),
         "action" => entry.action == value,
         "action_prefix" => entry.action.starts_with(value),
+        "exclude_action_prefix" => !entry.action.starts_with(value),
         "resource_type" => text(&entry.resource_type) == Some(value),
         "resource_id" => text(&entry.resource_id) == Some(value),
         "outcome" => entry.outcome.as_str() == value,
@@ -337,6 +338,8 @@ fn single_filters(now: DateTime<Utc>) -> Vec<Vec<(&'static str, String)>> {
         one("action_prefix", "user."),
         one("action_prefix", "user_"),
         one("action_prefix", "u"),
+        one("exclude_action_prefix", "user."),
+        one("exclude_action_prefix", "user"),
         one("resource_type", "user"),
         vec![
             ("resource_type", "post".into()),
@@ -1067,6 +1070,142 @@ fn bulk(count: usize, action: &str) -> Vec<AuditEntry> {
         .collect()
 }
 
+/// The ids of the entries of a listing page.
+fn page_seqs(body: &Value) -> Vec<u64> {
+    body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|entry| entry["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+#[tokio::test]
+async fn auditgates_own_entries_can_be_left_out_of_listings_stats_and_exports() {
+    let (_upstream, mut sidecar) = start_admin_sidecar().await;
+    let mut app = bulk(40, "app.thing");
+    // An app action that merely starts like auditgate's own: `audit.` must not hide it.
+    app.extend(bulk(5, "auditor.note"));
+    push_entries(&sidecar, app).await;
+    let client = HttpClient::new();
+    let get = |path: String| {
+        let client = &client;
+        let sidecar = &sidecar;
+        async move { admin_request(client, sidecar, "GET", &path, Some(OPS), &[], "").await }
+    };
+    // Heavy viewer use: every read is itself an `audit.query` entry by "ops".
+    for _ in 0..60 {
+        assert_eq!(get("/api/v1/entries?limit=1".into()).await.status, 200);
+    }
+    let stored = sidecar.wait_entries(45 + 60).await;
+    let app_seqs: Vec<u64> = stored
+        .iter()
+        .rev()
+        .filter(|entry| !entry.action.starts_with("audit."))
+        .map(|entry| entry.seq)
+        .collect();
+    assert_eq!(app_seqs.len(), 45);
+
+    // Without the exclusion auditgate's reads lead both top lists.
+    let top = |body: &Value| body["buckets"][0]["key"].as_str().unwrap_or("").to_string();
+    let by_action = get("/api/v1/stats?by=action".into()).await.json();
+    assert_eq!(top(&by_action), "audit.query");
+    let by_actor = get("/api/v1/stats?by=actor".into()).await.json();
+    assert_eq!(top(&by_actor), "ops");
+
+    let hide = "exclude_action_prefix=audit.";
+    let by_action = get(format!("/api/v1/stats?by=action&{hide}")).await.json();
+    assert_eq!(
+        by_action["buckets"],
+        json!([{"key": "app.thing", "count": 40}, {"key": "auditor.note", "count": 5}])
+    );
+    assert_eq!(by_action["total"], 45);
+    let by_actor = get(format!("/api/v1/stats?by=actor&{hide}")).await.json();
+    let actors: Vec<&str> = by_actor["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .filter_map(|bucket| bucket["key"].as_str())
+        .collect();
+    assert!(!actors.contains(&"ops"), "{actors:?}");
+    assert_eq!(actors.len(), 7);
+    let by_day = get(format!("/api/v1/stats?by=day&{hide}")).await.json();
+    let charted: u64 = by_day["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .filter_map(|bucket| bucket["count"].as_u64())
+        .sum();
+    assert_eq!(charted, 45);
+
+    // Listing: counted, and walked by cursor in both directions, with the reads still coming.
+    let first = get(format!("/api/v1/entries?{hide}&limit=7&count=true")).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    assert_eq!(first["total"], 45);
+    let mut walked = page_seqs(&first);
+    let mut cursor = first["nextCursor"].as_str().map(str::to_string);
+    let mut pages = 1;
+    while let Some(next) = cursor.take() {
+        let page = get(format!("/api/v1/entries?{hide}&limit=7&cursor={next}"))
+            .await
+            .json();
+        walked.extend(page_seqs(&page));
+        cursor = page["nextCursor"].as_str().map(str::to_string);
+        pages += 1;
+        assert!(pages < 20, "paging did not end");
+    }
+    assert_eq!(walked, app_seqs);
+    let oldest = app_seqs.last().expect("oldest");
+    let back = get(format!(
+        "/api/v1/entries?{hide}&order=asc&limit=1000&cursor={}",
+        Cursor::after_seq(*oldest).encode()
+    ))
+    .await
+    .json();
+    let mut forward = app_seqs.clone();
+    forward.reverse();
+    assert_eq!(page_seqs(&back), forward[1..].to_vec());
+
+    // Several prefixes, repeated.
+    let both = get(format!(
+        "/api/v1/entries?{hide}&exclude_action_prefix=auditor.&count=true&limit=1"
+    ))
+    .await
+    .json();
+    assert_eq!(both["total"], 40);
+
+    // The export holds the same 45 entries, and its record says what was left out.
+    let csv = get(format!("/api/v1/export?format=csv&{hide}")).await;
+    assert_eq!(csv.status, 200);
+    let rows = csv.text().lines().count() - 1;
+    assert_eq!(rows, 45, "{}", csv.text());
+    assert!(!csv.text().contains("audit.query"));
+    let exported = wait_for_entry(&sidecar, |entry| entry.action == "audit.export").await;
+    assert_eq!(
+        exported.metadata["filters"]["exclude_action_prefix"],
+        "audit."
+    );
+
+    // Bad values are refused, naming the parameter.
+    for bad in ["exclude_action_prefix=", "exclude_action_prefix"] {
+        for path in [
+            "/api/v1/entries?",
+            "/api/v1/stats?",
+            "/api/v1/export?format=csv&",
+        ] {
+            let reply = get(format!("{path}{bad}")).await;
+            assert_eq!(reply.status, 400, "{path}?{bad}");
+            assert_eq!(
+                reply.json()["param"],
+                "exclude_action_prefix",
+                "{path}?{bad}"
+            );
+        }
+    }
+    sidecar.stop().await;
+}
+
 #[tokio::test]
 async fn pagination_has_no_gap_or_duplicate_while_entries_arrive() {
     let (_upstream, mut sidecar) = start_admin_sidecar().await;
@@ -1487,6 +1626,42 @@ fn the_cli_exports_with_the_same_filters() {
         .collect();
     assert_eq!(seqs, expected);
     assert!(seqs.len() > 200);
+
+    // Exclusions repeat on the command line as in the API.
+    let query = std::process::Command::new(binary)
+        .args(["query", "--db"])
+        .arg(&db)
+        .args(["--format", "json", "--limit", "1000"])
+        .args([
+            "--exclude-action-prefix",
+            "cli.",
+            "--exclude-action-prefix",
+            "hostile.1",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        query.status.success(),
+        "{}",
+        String::from_utf8_lossy(&query.stderr)
+    );
+    let shown: Vec<String> = String::from_utf8_lossy(&query.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).expect("json")["action"]
+                .as_str()
+                .expect("action")
+                .to_string()
+        })
+        .collect();
+    let expected: Vec<String> = entries
+        .iter()
+        .rev()
+        .filter(|entry| !entry.action.starts_with("cli.") && !entry.action.starts_with("hostile.1"))
+        .map(|entry| entry.action.clone())
+        .collect();
+    assert!(!expected.is_empty() && expected.len() < 10, "{expected:?}");
+    assert_eq!(shown, expected);
 
     for (args, message) in [
         (vec!["--format", "xlsx"], "--format"),

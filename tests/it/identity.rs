@@ -536,6 +536,105 @@ async fn identity_headers_from_an_untrusted_peer_are_a_spoof_attempt() {
     assert_eq!(notes(&entries[1]), [spoof_note]);
 }
 
+/// The oauth2-proxy header actor with `strip_untrusted` set as given.
+fn stripping_actor(strip: bool) -> String {
+    format!(
+        "\n[[actor]]\nfrom = \"header\"\nid = \"x-forwarded-user\"\nemail = \"x-forwarded-email\"\n\
+         groups = \"x-forwarded-groups\"\nstrip_untrusted = {strip}\n"
+    )
+}
+
+/// The request headers the app received, from the test app's echo.
+fn app_saw<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
+    echo["headers"][name].as_str()
+}
+
+const IDENTITY: [(&str, &str); 4] = [
+    ("x-forwarded-user", "admin"),
+    ("x-forwarded-email", "admin@corp.example"),
+    ("x-forwarded-groups", "admins"),
+    ("x-unrelated", "kept"),
+];
+
+#[tokio::test]
+async fn spoofed_identity_headers_are_removed_before_the_app_when_asked() {
+    let upstream = Upstream::start().await;
+    let untrusted = "trusted_proxies = [\"10.0.0.0/8\"]";
+    let sidecar = TestSidecar::start_with(
+        upstream.addr,
+        untrusted,
+        &format!("{RECORD_ALL}{}", stripping_actor(true)),
+    )
+    .await;
+    let echo = get(&sidecar, "/s", &IDENTITY).await;
+    for name in [
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-groups",
+    ] {
+        assert_eq!(app_saw(&echo, name), None, "{name} reached the app: {echo}");
+    }
+    assert_eq!(app_saw(&echo, "x-unrelated"), Some("kept"));
+    assert_eq!(app_saw(&echo, "x-forwarded-for"), Some("127.0.0.1"));
+    let entries = sidecar.wait_entries(1).await;
+    assert_eq!(actor(&entries[0]), (None, None, false));
+    assert_eq!(
+        notes(&entries[0]),
+        ["header: ignored x-forwarded-email, x-forwarded-groups, x-forwarded-user from a peer that is not a trusted proxy (spoof attempt); removed before forwarding"]
+    );
+
+    // A request no rule records is cleaned all the same: the app's safety does not depend on
+    // what is audited.
+    let quiet = TestSidecar::start_with(
+        upstream.addr,
+        untrusted,
+        &format!("[unmatched]\nrecord = \"none\"\n{}", stripping_actor(true)),
+    )
+    .await;
+    let echo = get(&quiet, "/quiet", &IDENTITY).await;
+    assert_eq!(app_saw(&echo, "x-forwarded-user"), None, "{echo}");
+    assert_eq!(app_saw(&echo, "x-unrelated"), Some("kept"));
+    assert!(quiet.entries().await.is_empty());
+}
+
+#[tokio::test]
+async fn identity_headers_reach_the_app_from_a_trusted_proxy_or_when_not_asked_to_strip() {
+    let upstream = Upstream::start().await;
+    // From a trusted proxy the headers are believed and forwarded unchanged, strip or not.
+    let trusted = TestSidecar::start_with(
+        upstream.addr,
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        &format!("{RECORD_ALL}{}", stripping_actor(true)),
+    )
+    .await;
+    let echo = get(&trusted, "/t", &IDENTITY).await;
+    for (name, value) in IDENTITY {
+        assert_eq!(app_saw(&echo, name), Some(value), "{name}");
+    }
+    let entries = trusted.wait_entries(1).await;
+    assert_eq!(actor(&entries[0]), (Some("admin"), Some("header"), true));
+    assert_eq!(notes(&entries[0]), Vec::<String>::new());
+
+    // Without strip_untrusted an untrusted peer's headers still reach the app, as before; only
+    // the audit ignores them.
+    let plain = TestSidecar::start_with(
+        upstream.addr,
+        "trusted_proxies = [\"10.0.0.0/8\"]",
+        &format!("{RECORD_ALL}{}", stripping_actor(false)),
+    )
+    .await;
+    let echo = get(&plain, "/p", &IDENTITY).await;
+    for (name, value) in IDENTITY {
+        assert_eq!(app_saw(&echo, name), Some(value), "{name}");
+    }
+    let entries = plain.wait_entries(1).await;
+    assert_eq!(actor(&entries[0]), (None, None, false));
+    assert_eq!(
+        notes(&entries[0]),
+        ["header: ignored x-forwarded-email, x-forwarded-groups, x-forwarded-user from a peer that is not a trusted proxy (spoof attempt)"]
+    );
+}
+
 #[tokio::test]
 async fn identity_headers_from_a_trusted_proxy_are_believed() {
     let upstream = Upstream::start().await;
@@ -1140,4 +1239,52 @@ async fn explain_shows_the_actor_and_how_it_was_derived() {
     assert_eq!(shown["actor"]["verified"], json!(true));
     assert_eq!(shown["client"]["ip"], json!("198.51.100.4"));
     assert_eq!(shown["client"]["peerTrusted"], json!(true));
+    assert_eq!(shown["upstream"]["removedHeaders"], json!([]));
+}
+
+#[test]
+fn explain_shows_which_identity_headers_the_app_would_not_see() {
+    let dir = TempDir::new("explain-strip");
+    let config = dir.0.join("auditgate.toml");
+    let upstream: std::net::SocketAddr = "127.0.0.1:3000".parse().expect("addr");
+    std::fs::write(
+        &config,
+        config_text(
+            upstream,
+            &dir.0.join("audit.db"),
+            "trusted_proxies = [\"10.0.0.5\"]",
+            &format!("{RECORD_ALL}{}", stripping_actor(true)),
+        ),
+    )
+    .expect("write config");
+    let spoof = [
+        "GET",
+        "/x",
+        "-H",
+        "X-Forwarded-User: admin",
+        "-H",
+        "X-Forwarded-Groups: admins",
+        "--peer",
+        "203.0.113.9",
+    ];
+    let shown = explain(&config, &[], &spoof);
+    assert_eq!(
+        shown["upstream"]["removedHeaders"],
+        json!(["x-forwarded-user", "x-forwarded-groups"])
+    );
+    assert_eq!(
+        shown["actor"]["notes"],
+        json!(["header: ignored x-forwarded-groups, x-forwarded-user from a peer that is not a trusted proxy (spoof attempt); removed before forwarding"])
+    );
+    let derivation = shown["actor"]["derivation"].to_string();
+    assert!(
+        derivation.contains("removed before forwarding"),
+        "{derivation}"
+    );
+    // From the trusted proxy nothing is removed.
+    let mut trusted = spoof;
+    trusted[7] = "10.0.0.5";
+    let shown = explain(&config, &[], &trusted);
+    assert_eq!(shown["upstream"]["removedHeaders"], json!([]));
+    assert_eq!(shown["actor"]["id"], json!("admin"));
 }

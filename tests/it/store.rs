@@ -239,6 +239,9 @@ fn seed(store: &dyn Store, log_id: &str, count: usize) -> Vec<AuditEntry> {
         "post.created",
         "auth.login_failed",
         "User.Renamed",
+        // auditgate's own kind of entry, and an app action that only looks like one.
+        "audit.query",
+        "auditor.note",
     ];
     let mut all = Vec::new();
     let mut batch = Vec::new();
@@ -296,6 +299,10 @@ fn oracle(filter: &Filter, entry: &AuditEntry) -> bool {
             .action_contains
             .as_ref()
             .is_none_or(|fragment| contains(&Some(entry.action.clone()), fragment))
+        && !filter
+            .exclude_action_prefixes
+            .iter()
+            .any(|prefix| entry.action.starts_with(prefix.as_str()))
         && filter
             .resource_type
             .as_ref()
@@ -363,6 +370,29 @@ fn filters() -> Vec<Filter> {
         },
         Filter {
             action_contains: Some("USER".into()),
+            ..Filter::default()
+        },
+        Filter {
+            exclude_action_prefixes: vec!["audit.".into()],
+            ..Filter::default()
+        },
+        Filter {
+            exclude_action_prefixes: vec!["audit.".into(), "user.".into(), "U".into()],
+            ..Filter::default()
+        },
+        Filter {
+            action_prefix: Some("u".into()),
+            exclude_action_prefixes: vec!["user.d".into()],
+            ..Filter::default()
+        },
+        Filter {
+            actor: Some("u2".into()),
+            exclude_action_prefixes: vec!["audit.".into()],
+            since: Some(start() + Duration::hours(3)),
+            ..Filter::default()
+        },
+        Filter {
+            exclude_action_prefixes: vec!["\u{10FFFF}".into(), "post.".into()],
             ..Filter::default()
         },
         Filter {
@@ -549,6 +579,47 @@ fn stats_count_and_order_buckets_alike() {
             hours[hours.len() - 5..].to_vec(),
             "the latest hours"
         );
+        // Hiding auditgate's own entries takes them out of every grouping and of the total,
+        // and nothing else: `auditor.note` is an app action.
+        let hidden = Filter {
+            exclude_action_prefixes: vec!["audit.".into()],
+            ..Filter::default()
+        };
+        let kept: Vec<&AuditEntry> = entries
+            .iter()
+            .filter(|entry| !entry.action.starts_with("audit."))
+            .collect();
+        assert!(kept.len() < entries.len());
+        let kept_by = |key: &dyn Fn(&AuditEntry) -> String| {
+            let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+            for entry in &kept {
+                *counts.entry(key(entry)).or_default() += 1;
+            }
+            counts
+        };
+        let got_hidden = |by: StatsBy, limit: u32| -> Vec<(String, u64)> {
+            store
+                .stats(&hidden, by, limit)
+                .expect("stats")
+                .into_iter()
+                .map(|bucket| (bucket.key, bucket.count))
+                .collect()
+        };
+        let actions = got_hidden(StatsBy::Action, 10);
+        assert_eq!(
+            actions,
+            ranked(kept_by(&|entry| entry.action.clone()), 10),
+            "{}",
+            backend.name()
+        );
+        assert!(actions.iter().any(|(key, _)| key == "auditor.note"));
+        assert!(!actions.iter().any(|(key, _)| key.starts_with("audit.")));
+        let kept_days: Vec<(String, u64)> =
+            kept_by(&|entry| entry.created_at.format("%Y-%m-%d").to_string())
+                .into_iter()
+                .collect();
+        assert_eq!(got_hidden(StatsBy::Day, 100), kept_days);
+        assert_eq!(store.count(&hidden).expect("count"), kept.len() as u64);
     });
 }
 

@@ -12,7 +12,8 @@ import {
 import {
   FILTER_KEYS, FILTER_LABELS, DEFAULT_LIMIT, emptyFilters, readLocation, toLocationSearch, filterParams,
   hasNonTimeFilters, sameFilters, rangePreset, resolveTime, isRelative, localInputToUtc, utcToLocalInput,
-  actionInputValue, parseActionInput, RANGE_PRESETS, OUTCOMES,
+  actionInputValue, parseActionInput, RANGE_PRESETS, OUTCOMES, EXCLUDE_KEY, OWN_ACTIVITY_PREFIX,
+  hidesOwnActivity, withOwnActivityHidden,
 } from './filters.js';
 import { renderActivityChart, renderTopList, bucketStart } from './charts.js';
 import { createDetail, outcomePill } from './detail.js';
@@ -204,6 +205,7 @@ function fillForm(filters) {
   input('outcome').value = OUTCOMES.includes(filters.outcome) ? filters.outcome : '';
   input('status').value = filters.status;
   input('ip').value = filters.ip;
+  $('#filter-hide-own').checked = hidesOwnActivity(filters);
   const preset = rangePreset(filters);
   for (const radio of document.querySelectorAll('input[name="range"]')) radio.checked = radio.value === preset;
   input('since').value = utcToLocalInput(filters.since);
@@ -240,6 +242,8 @@ function readForm() {
   // No form field: a log is chosen from an entry's detail (sidecars sharing PostgreSQL) and
   // kept until its chip is removed.
   filters.log_id = view.filters.log_id || '';
+  // The toggle adds or drops `audit.`; other exclusions (typed into the URL) are kept.
+  filters[EXCLUDE_KEY] = withOwnActivityHidden(view.filters, $('#filter-hide-own').checked)[EXCLUDE_KEY];
   const preset = selectedPreset();
   if (preset === 'custom') {
     const since = input('since').value;
@@ -275,6 +279,12 @@ function setFilter(param, value) {
 function removeFilter(param) {
   const filters = { ...view.filters };
   if (param === 'range') { filters.since = ''; filters.until = ''; } else filters[param] = '';
+  applyFilters(filters);
+}
+
+function removeExclusion(prefix) {
+  const filters = { ...view.filters };
+  filters[EXCLUDE_KEY] = (filters[EXCLUDE_KEY] || []).filter((known) => known !== prefix);
   applyFilters(filters);
 }
 
@@ -340,6 +350,14 @@ function renderChips() {
     add(key, FILTER_LABELS[key], key === 'action_prefix' ? `${f[key]}*` : f[key]);
   }
   if (f.since || f.until) add('range', 'Time', describeRange(f));
+  for (const prefix of f[EXCLUDE_KEY] || []) {
+    const own = prefix === OWN_ACTIVITY_PREFIX;
+    const label = own ? 'Hidden' : FILTER_LABELS[EXCLUDE_KEY];
+    const value = own ? "auditgate's own activity" : `${prefix}*`;
+    chips.push(h('span', { class: 'chip', testid: 'filter-chip', 'data-param': EXCLUDE_KEY, 'data-value': prefix },
+      h('span', { class: 'chip-label' }, label), h('span', { class: 'chip-value' }, value),
+      h('button', { type: 'button', class: 'chip-remove', 'aria-label': own ? "Show auditgate's own activity" : `Remove filter ${label} ${value}`, testid: `filter-chip-remove-${EXCLUDE_KEY}`, onclick: () => removeExclusion(prefix) }, icon('close'))));
+  }
   if (chips.length > 1) {
     chips.push(h('button', { type: 'button', class: 'btn btn-link btn-sm', testid: 'filter-chips-clear', onclick: () => applyFilters(emptyFilters()) }, 'Clear all'));
   }
@@ -1046,6 +1064,7 @@ function setup() {
   });
   $('#filter-reset').addEventListener('click', () => applyFilters(emptyFilters()));
   input('outcome').addEventListener('change', () => applyFilters());
+  $('#filter-hide-own').addEventListener('change', () => applyFilters());
   for (const radio of document.querySelectorAll('input[name="range"]')) {
     radio.addEventListener('change', () => {
       if (radio.value === 'custom') {

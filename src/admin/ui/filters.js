@@ -10,6 +10,15 @@ export const FILTER_KEYS = [
   'outcome', 'status', 'ip', 'since', 'until', 'log_id',
 ];
 
+/**
+ * Action prefixes to leave out: the API's repeatable `exclude_action_prefix`, kept as a list
+ * beside the single-valued filters above (it is never in FILTER_KEYS).
+ */
+export const EXCLUDE_KEY = 'exclude_action_prefix';
+
+/** The prefix of every entry auditgate writes about itself: admin reads, exports, sign-ins, prunes. */
+export const OWN_ACTIVITY_PREFIX = 'audit.';
+
 export const RANGE_PRESETS = [
   { key: '1h', label: '1h', title: 'Last hour', ms: 3600e3 },
   { key: '24h', label: '24h', title: 'Last 24 hours', ms: 24 * 3600e3 },
@@ -25,7 +34,25 @@ export const OUTCOMES = ['success', 'failure', 'error', 'unknown'];
 
 /** A fresh, empty filter set. */
 export function emptyFilters() {
-  return Object.fromEntries(FILTER_KEYS.map((key) => [key, '']));
+  const filters = Object.fromEntries(FILTER_KEYS.map((key) => [key, '']));
+  filters[EXCLUDE_KEY] = [];
+  return filters;
+}
+
+/** Trimmed, non-empty, each once, in the order given. */
+function cleanList(values) {
+  return [...new Set((values || []).map((value) => String(value).trim()).filter(Boolean))];
+}
+
+/** Whether a filter set hides auditgate's own entries. */
+export function hidesOwnActivity(filters) {
+  return (filters[EXCLUDE_KEY] || []).includes(OWN_ACTIVITY_PREFIX);
+}
+
+/** The filter set with auditgate's own entries hidden or shown; other exclusions are kept. */
+export function withOwnActivityHidden(filters, hide) {
+  const others = (filters[EXCLUDE_KEY] || []).filter((prefix) => prefix !== OWN_ACTIVITY_PREFIX);
+  return { ...filters, [EXCLUDE_KEY]: hide ? [OWN_ACTIVITY_PREFIX, ...others] : others };
 }
 
 /** Reads the whole view state from a query string. */
@@ -33,6 +60,7 @@ export function readLocation(search = window.location.search) {
   const params = new URLSearchParams(search);
   const filters = emptyFilters();
   for (const key of FILTER_KEYS) filters[key] = (params.get(key) || '').trim();
+  filters[EXCLUDE_KEY] = cleanList(params.getAll(EXCLUDE_KEY));
   const limit = Number(params.get('limit'));
   return {
     filters,
@@ -67,16 +95,21 @@ export function filterParams(filters) {
     const value = (filters[key] || '').trim();
     if (value) params.set(key, value);
   }
+  for (const prefix of cleanList(filters[EXCLUDE_KEY])) params.append(EXCLUDE_KEY, prefix);
   return params;
 }
 
 /** Whether any filter other than the time range is set. */
 export function hasNonTimeFilters(filters) {
-  return FILTER_KEYS.some((key) => key !== 'since' && key !== 'until' && (filters[key] || '').trim() !== '');
+  return FILTER_KEYS.some((key) => key !== 'since' && key !== 'until' && (filters[key] || '').trim() !== '')
+    || cleanList(filters[EXCLUDE_KEY]).length > 0;
 }
 
 export function sameFilters(a, b) {
-  return FILTER_KEYS.every((key) => (a[key] || '') === (b[key] || ''));
+  const excludedA = cleanList(a[EXCLUDE_KEY]);
+  const excludedB = cleanList(b[EXCLUDE_KEY]);
+  return FILTER_KEYS.every((key) => (a[key] || '') === (b[key] || ''))
+    && excludedA.length === excludedB.length && excludedA.every((prefix, i) => prefix === excludedB[i]);
 }
 
 /** Which preset a since/until pair is: '1h' | '24h' | '7d' | 'all' | 'custom'. */
@@ -138,5 +171,5 @@ export function parseActionInput(text) {
 export const FILTER_LABELS = {
   q: 'Text', actor: 'User', action: 'Action', action_prefix: 'Action', resource_type: 'Resource type',
   resource_id: 'Resource id', outcome: 'Outcome', status: 'Status', ip: 'IP', since: 'Since', until: 'Until',
-  log_id: 'Log',
+  log_id: 'Log', exclude_action_prefix: 'Not action',
 };

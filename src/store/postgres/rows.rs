@@ -193,6 +193,15 @@ impl Conditions {
             };
             self.push(clause);
         }
+        for prefix in &filter.exclude_action_prefixes {
+            // The complement of the action_prefix range, in the same byte order.
+            let low = self.bind(prefix.clone());
+            let clause = match prefix_upper_bound(prefix) {
+                Some(upper) => format!("NOT (action >= {low} AND action < {})", self.bind(upper)),
+                None => format!("action < {low}"),
+            };
+            self.push(clause);
+        }
         if let Some(fragment) = &filter.action_contains {
             let clause = format!(
                 "lower(action) LIKE {} ESCAPE '\\'",
