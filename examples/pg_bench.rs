@@ -74,8 +74,12 @@ fn fill(
         store.clone(),
         WriterOptions {
             capacity: 65_536,
-            batch_size: 1024,
-            linger: Duration::from_millis(2),
+            // The product's defaults, or AUDITGATE_BENCH_BATCH to see how commit size matters.
+            batch_size: std::env::var("AUDITGATE_BENCH_BATCH")
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(auditgate::config::DEFAULT_BATCH_SIZE),
+            linger: auditgate::config::DEFAULT_FLUSH_INTERVAL,
             spill_path: None,
         },
     )?;

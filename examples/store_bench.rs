@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example store_bench            # 1,000,000 entries
 //! cargo run --release --example store_bench -- 100000  # fewer
+//! AUDITGATE_BENCH_BATCH=1024 cargo run --release --example store_bench -- 200000  # other commit size
 //! ```
 //!
 //! The database goes to a new temporary directory, removed at the end (pass a directory as the
@@ -82,8 +83,12 @@ fn main() -> anyhow::Result<()> {
         store.clone(),
         WriterOptions {
             capacity: 65_536,
-            batch_size: 1024,
-            linger: Duration::from_millis(2),
+            // The product's defaults, or AUDITGATE_BENCH_BATCH to see how commit size matters.
+            batch_size: std::env::var("AUDITGATE_BENCH_BATCH")
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(auditgate::config::DEFAULT_BATCH_SIZE),
+            linger: auditgate::config::DEFAULT_FLUSH_INTERVAL,
             spill_path: None,
         },
     )?;

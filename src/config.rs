@@ -126,6 +126,16 @@ pub struct TokenFile {
     pub scopes: Vec<String>,
 }
 
+/// Most entries per group commit by default. Large commits are what make appends cheap: each
+/// commit writes every index page its entries touched, so with varied keys (actors, resources,
+/// addresses) the cost per entry falls steeply as commits grow (BENCHMARKS.md, "Writer batches").
+pub const DEFAULT_BATCH_SIZE: usize = 8192;
+
+/// How long the writer gathers a batch by default. Under load this sets how many entries share a
+/// commit; it is also the longest an after-response entry waits in memory before its commit
+/// starts.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+
 /// `[store]`: where entries go.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,9 +148,11 @@ pub struct StoreFile {
     pub sync: Option<String>,
     /// Entries that may wait for the writer before new audited requests wait for room.
     pub queue_capacity: Option<usize>,
-    /// Most entries committed in one transaction.
+    /// Most entries committed in one transaction (default [`DEFAULT_BATCH_SIZE`]).
     pub batch_size: Option<usize>,
-    /// How long the writer lingers to gather a batch after the first entry arrives.
+    /// How long the writer lingers to gather a batch after the first entry arrives (default
+    /// [`DEFAULT_FLUSH_INTERVAL`]). Requests waiting on a write-ahead intent or an event are
+    /// never lingered on.
     pub flush_interval: Option<String>,
     /// Write-ahead requests whose entry cannot be made durable: "reject" (503, the default) or
     /// "forward" (counted and logged loudly).
@@ -988,14 +1000,14 @@ fn validate_store(
             "must be at least 1",
         ));
     }
-    let batch_size = file.batch_size.unwrap_or(1024);
+    let batch_size = file.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
     if batch_size == 0 {
         errors.push(ConfigError::new("store.batch_size", "must be at least 1"));
     }
     let flush_interval = duration_or(
         "store.flush_interval",
         file.flush_interval.as_deref(),
-        Duration::from_millis(2),
+        DEFAULT_FLUSH_INTERVAL,
         errors,
     );
     let on_store_failure = match file.on_store_failure.as_deref() {
