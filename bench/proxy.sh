@@ -196,8 +196,20 @@ run_case() { # label, port, "pids to measure", db-or-empty, [wrk script]
   [ -n "$db" ] && before_entries=$(settled_count "$db")
   local t0 t1
   t0=$(cpu_ticks $pids)
-  local out
+  local out perf_pid=""
+  if [ -n "${BENCH_PERF:-}" ] && [[ $label == auditgate* ]]; then
+    # BENCH_PERF=DIR: a perf profile of the proxy over the measured window, as DIR/<case>.txt.
+    mkdir -p "$BENCH_PERF"
+    local slug=${label//[^a-zA-Z0-9]/_}
+    perf record -q -F 999 -g -p "$pids" -o "$BENCH_PERF/$slug.data" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   out=$(taskset -c $WRK_CPU wrk -d"${SECONDS_PER_CASE}s" "${args[@]}")
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+    perf report -i "$BENCH_PERF/$slug.data" --no-children --sort symbol --stdio 2>/dev/null \
+      | grep -E '^ +[0-9]' | head -60 >"$BENCH_PERF/$slug.txt" || true
+  fi
   local requests rps p50 p99 errors
   requests=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')

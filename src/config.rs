@@ -764,6 +764,21 @@ fn duration_or(
     }
 }
 
+/// [`duration_or`] for settings that must be longer than zero (intervals, periods).
+pub(crate) fn positive_duration_or(
+    location: &str,
+    text: Option<&str>,
+    default: Duration,
+    errors: &mut Vec<ConfigError>,
+) -> Duration {
+    let duration = duration_or(location, text, default, errors);
+    if duration.is_zero() {
+        errors.push(ConfigError::new(location, "must be longer than 0"));
+        return default;
+    }
+    duration
+}
+
 /// Parses trusted proxy entries: CIDRs or single addresses.
 pub fn parse_networks(
     location: &str,
@@ -1222,13 +1237,7 @@ fn validate_log(file: &LogFile, base: &Path, errors: &mut Vec<ConfigError>) -> L
     if sign_every == 0 {
         errors.push(ConfigError::new("log.sign_every", "must be at least 1"));
     }
-    let positive = |location: &str, text: Option<&str>, default: Duration, errors: &mut Vec<_>| {
-        let duration = duration_or(location, text, default, errors);
-        if duration.is_zero() {
-            errors.push(ConfigError::new(location, "must be longer than 0"));
-        }
-        duration
-    };
+    let positive = positive_duration_or;
     let sign_interval = positive(
         "log.sign_interval",
         file.sign_interval.as_deref(),
@@ -1272,7 +1281,8 @@ fn validate_log(file: &LogFile, base: &Path, errors: &mut Vec<ConfigError>) -> L
     }
 }
 
-fn resolve(base: &Path, path: &str) -> PathBuf {
+/// A path from the config file: absolute, or relative to the file's directory `base`.
+pub(crate) fn resolve(base: &Path, path: &str) -> PathBuf {
     let path = PathBuf::from(path);
     if path.is_absolute() {
         path

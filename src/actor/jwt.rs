@@ -24,7 +24,6 @@ use sha2::{Digest, Sha256};
 use super::jwks_remote::RemoteKeys;
 use super::{cookie_value, header_name, resolve_path, Actor, ActorFile, Trace};
 use crate::config::ConfigError;
-use crate::units::parse_duration;
 
 /// Tokens larger than this are not parsed (a JWT of this size is an attack, not an identity).
 pub(super) const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -462,19 +461,7 @@ fn remote_key_set(
         }
     };
     let interval = |key: &str, text: Option<&str>, default: Duration, errors: &mut Vec<_>| {
-        let key_location = format!("{location}.{key}");
-        match text.map(parse_duration) {
-            None => default,
-            Some(Ok(duration)) if !duration.is_zero() => duration,
-            Some(Ok(_)) => {
-                errors.push(ConfigError::new(&key_location, "must be longer than 0"));
-                default
-            }
-            Some(Err(message)) => {
-                errors.push(ConfigError::new(&key_location, message));
-                default
-            }
-        }
+        crate::config::positive_duration_or(&format!("{location}.{key}"), text, default, errors)
     };
     let refresh = interval(
         "jwks_refresh",

@@ -147,7 +147,7 @@ pub fn parse_url(url: &str, base: &Path) -> Result<ParsedUrl, String> {
     }
     let root_cert = match sslrootcert.as_deref() {
         None | Some("system") | Some("") => None,
-        Some(path) => Some(resolve(base, path)),
+        Some(path) => Some(crate::config::resolve(base, path)),
     };
     // As in libpq: `require` with a named CA file checks the chain (verify-ca).
     let verification = match mode {
@@ -200,15 +200,6 @@ pub fn parse_url(url: &str, base: &Path) -> Result<ParsedUrl, String> {
             client,
         }),
     })
-}
-
-fn resolve(base: &Path, path: &str) -> PathBuf {
-    let path = PathBuf::from(path);
-    if path.is_absolute() {
-        path
-    } else {
-        base.join(path)
-    }
 }
 
 /// Connects with the configured TLS. Under `prefer`, a failed TLS attempt (a handshake error, or
