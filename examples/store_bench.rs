@@ -42,7 +42,8 @@ fn entry(index: u64) -> AuditEntry {
     entry.path = Some("/api/posts".into());
     entry.route = Some("/api/posts".into());
     entry.rule = Some("create post".into());
-    entry.ip = Some("10.1.2.3".into());
+    // Keys as varied as production's: 1000 users, a new resource per entry, ~60k client addresses.
+    entry.ip = Some(format!("10.{}.{}.{}", index % 13, index % 251, index % 241));
     entry.user_agent = Some("Mozilla/5.0 (X11; Linux x86_64) bench/1.0".into());
     entry.request_id = Some(format!("req-{index}"));
     entry.duration_us = Some(1500 + index % 700);
@@ -97,10 +98,25 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let started = Instant::now();
+    // How the rate changes as the log grows: entries committed per second over each tenth.
+    let step = (count / 10).max(1);
+    let mut slice = (Instant::now(), 0u64);
     runtime.block_on(async {
         for index in 0..count {
             handle.reserve().await;
             handle.push(entry(index));
+            if (index + 1) % step == 0 {
+                let written = handle.stats().entries_written.get();
+                let seconds = slice.0.elapsed().as_secs_f64();
+                if written > slice.1 && seconds > 0.0 {
+                    println!(
+                        "  at {written:>10} entries: {:>8.0} entries/s over the last {}",
+                        (written - slice.1) as f64 / seconds,
+                        written - slice.1
+                    );
+                }
+                slice = (Instant::now(), written);
+            }
         }
         handle.flushed(Duration::from_secs(3600)).await
     });
