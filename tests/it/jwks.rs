@@ -437,6 +437,7 @@ async fn a_storm_of_unknown_kids_refetches_at_most_once_per_interval() {
     .await;
     assert_eq!(server.fetches(), 1);
     let client = HttpClient::new();
+    let started = std::time::Instant::now();
     for index in 0..30 {
         let authorization = format!("Bearer {}", token(&a, &format!("made-up-{index}"), "x"));
         let reply = client
@@ -449,10 +450,18 @@ async fn a_storm_of_unknown_kids_refetches_at_most_once_per_interval() {
             .await;
         assert_eq!(reply.status, 200);
     }
-    // Thirty unknown kids within one interval: one refetch, at the interval's end.
+    // Unknown kids within one interval make one refetch, at the interval's end: on a quiet
+    // machine the thirty requests fit in one interval (two fetches in all); a slow one may spread
+    // them over a few, never one fetch per request.
     server.wait_fetches(2).await;
+    // Room for a wrongly made extra fetch to show up.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(server.fetches(), 2, "one refetch for thirty unknown kids");
+    let intervals = started.elapsed().as_secs_f64().ceil() as u64; // jwks_min_refresh = 1s
+    let fetches = server.fetches();
+    assert!(
+        (2..=intervals + 1).contains(&fetches),
+        "{fetches} fetches for thirty unknown kids over {intervals} one-second intervals"
+    );
     let entries = sidecar.wait_entries(30).await;
     assert!(entries.iter().all(|entry| !entry.actor_verified));
 }

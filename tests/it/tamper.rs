@@ -847,7 +847,10 @@ async fn heads_are_posted_to_a_url_and_a_refused_one_is_retried_with_the_next() 
     sidecar.wait_entries(1).await;
     // The head of the first entry (the refused POST) must exist before the second entry, so that
     // a later head carries it again.
-    wait_heads(&heads_file, |heads| heads.iter().any(|head| head.head.size == 1)).await;
+    wait_heads(&heads_file, |heads| {
+        heads.iter().any(|head| head.head.size == 1)
+    })
+    .await;
     client.send("POST", &sidecar.url("/b"), &[], "{}").await;
     sidecar.wait_entries(2).await;
     sidecar.stop().await;
