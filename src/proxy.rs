@@ -81,7 +81,7 @@ impl ProxyState {
             .parse()
             .map_err(|_| format!("upstream `{}` is not host:port", config.upstream))?;
         // Key sets fetched from URLs are kept fresh while this state serves with them.
-        policy.actors.start_key_refresh();
+        policy.actors.start_key_refresh(&metrics.jwks);
         Ok(ProxyState {
             policy: RwLock::new(policy),
             config,
@@ -114,7 +114,7 @@ impl ProxyState {
     pub fn replace_policy(&self, policy: Arc<Policy>) {
         // Fetched key sets carry over (no window of "not loaded yet"), then refresh on their own.
         policy.actors.take_over_keys(&self.policy().actors);
-        policy.actors.start_key_refresh();
+        policy.actors.start_key_refresh(&self.metrics.jwks);
         match self.policy.write() {
             Ok(mut current) => *current = policy,
             Err(poisoned) => *poisoned.into_inner() = policy,
