@@ -835,6 +835,19 @@ fn fill_from_rule(
         }
     };
     match text("action", &spec.action) {
+        Some(action) if crate::entry::is_reserved_action(&action) => {
+            // A template that rendered into auditgate's own namespace (`{section}.x` with a
+            // path segment `audit`): the app's entry keeps a name that cannot pass for one of
+            // auditgate's, and the rendered text stays visible to an auditor.
+            entry.action = format!("{}{action}", crate::entry::RENAMED_ACTION_PREFIX);
+            entry.metadata.insert(
+                "_actionRenamed".to_string(),
+                serde_json::json!({
+                    "from": action,
+                    "reason": "actions starting with audit. are reserved for auditgate's own entries",
+                }),
+            );
+        }
         Some(action) if !action.is_empty() => entry.action = action,
         _ => entry.action = "unknown".to_string(),
     }
