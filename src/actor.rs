@@ -390,6 +390,11 @@ impl ActorChain {
         for (index, file) in files {
             let location = actor_location(*index, Some(&file.from));
             if let Some(source) = compile_source(file, base, &location, &mut errors) {
+                if let Source::Jwt(jwt) = &source {
+                    if let Some(remote) = jwt.remote_keys() {
+                        remote.set_actor_position(index + 1);
+                    }
+                }
                 sources.push(source);
             }
         }
@@ -418,10 +423,11 @@ impl ActorChain {
 
     /// Starts the background refresh of every key set fetched from a URL (`jwks_url`), on the
     /// current tokio runtime; a set already started is left alone. The tasks end by themselves
-    /// once this chain is dropped.
-    pub fn start_key_refresh(&self) {
+    /// once this chain is dropped. Fetches are counted in `metrics`, labelled by the source's
+    /// `[[actor]]` position and URL host.
+    pub fn start_key_refresh(&self, metrics: &crate::metrics::JwksMetrics) {
         for remote in self.remote_key_sets() {
-            remote.start();
+            remote.start(metrics.source(remote.actor_position(), remote.host()));
         }
     }
 

@@ -200,11 +200,15 @@ pub struct LogFile {
     /// quiet rather than cut off (default "1h").
     pub heartbeat_interval: Option<String>,
     /// Where every signed head is also written, outside the database: "file:PATH" (one JSON line
-    /// appended and fsynced per head) or "http://HOST/PATH" (the JSON POSTed).
+    /// appended and fsynced per head) or "http://HOST/PATH" / "https://HOST/PATH" (the JSON
+    /// POSTed; https checks the certificate chain and the host name).
     #[serde(default)]
     pub publish_heads: Vec<String>,
     /// Longest wait for a URL target to accept a head (default "5s").
     pub publish_timeout: Option<String>,
+    /// PEM file of the CAs trusted for https:// targets in publish_heads (a private CA);
+    /// default: the system's CA store. Relative to this file.
+    pub publish_ca_file: Option<String>,
 }
 
 /// `[retention]`: how long entries are kept.
@@ -456,7 +460,7 @@ impl StoreConfig {
 pub enum PublishTarget {
     /// Append one JSON line per head and fsync.
     File(PathBuf),
-    /// POST the head's JSON.
+    /// POST the head's JSON (over TLS for an https URL).
     Url(http::Uri),
 }
 
@@ -480,6 +484,9 @@ pub struct LogConfig {
     pub heartbeat_interval: Duration,
     pub publish_heads: Vec<PublishTarget>,
     pub publish_timeout: Duration,
+    /// The TLS client of the https:// targets (their CAs from `publish_ca_file` or the system),
+    /// built at load so an unreadable CA file is a config error; `None` without https targets.
+    pub publish_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// One retention override.
@@ -1270,6 +1277,40 @@ fn validate_log(file: &LogFile, base: &Path, errors: &mut Vec<ConfigError>) -> L
             "needs log.signing_key: only signed heads are published",
         ));
     }
+    let https = file
+        .publish_heads
+        .iter()
+        .any(|target| target.starts_with("https://"));
+    let ca_file = file
+        .publish_ca_file
+        .as_deref()
+        .map(|path| resolve(base, path));
+    let publish_tls = if https {
+        match crate::tls::client_config(
+            ca_file.as_deref(),
+            crate::tls::Verification::Full,
+            &[b"http/1.1"],
+        ) {
+            Ok(tls) => Some(tls),
+            Err(error) => {
+                let key = if ca_file.is_some() {
+                    "log.publish_ca_file"
+                } else {
+                    "log.publish_heads"
+                };
+                errors.push(ConfigError::new(key, error.to_string()));
+                None
+            }
+        }
+    } else {
+        if ca_file.is_some() {
+            errors.push(ConfigError::new(
+                "log.publish_ca_file",
+                "applies to https:// targets in log.publish_heads, and there is none",
+            ));
+        }
+        None
+    };
     LogConfig {
         signing_key_path,
         signer,
@@ -1278,6 +1319,7 @@ fn validate_log(file: &LogFile, base: &Path, errors: &mut Vec<ConfigError>) -> L
         heartbeat_interval,
         publish_heads,
         publish_timeout,
+        publish_tls,
     }
 }
 
@@ -1291,7 +1333,7 @@ pub(crate) fn resolve(base: &Path, path: &str) -> PathBuf {
     }
 }
 
-/// `file:PATH` (relative to the config's directory) or `http://...`.
+/// `file:PATH` (relative to the config's directory), `http://...` or `https://...`.
 fn parse_publish_target(text: &str, base: &Path) -> Result<PublishTarget, String> {
     if let Some(path) = text.strip_prefix("file:") {
         if path.is_empty() {
@@ -1299,12 +1341,7 @@ fn parse_publish_target(text: &str, base: &Path) -> Result<PublishTarget, String
         }
         return Ok(PublishTarget::File(resolve(base, path)));
     }
-    if text.starts_with("https://") {
-        return Err(format!(
-            "`{text}`: https is not supported yet; publish to a file or to a local http:// relay"
-        ));
-    }
-    if text.starts_with("http://") {
+    if text.starts_with("http://") || text.starts_with("https://") {
         let uri: http::Uri = text.parse().map_err(|_| format!("`{text}` is not a URL"))?;
         if uri.host().is_none() {
             return Err(format!("`{text}` has no host"));
@@ -1312,7 +1349,7 @@ fn parse_publish_target(text: &str, base: &Path) -> Result<PublishTarget, String
         return Ok(PublishTarget::Url(uri));
     }
     Err(format!(
-        "`{text}` is not a target: use file:PATH or http://HOST/PATH"
+        "`{text}` is not a target: use file:PATH, http://HOST/PATH or https://HOST/PATH"
     ))
 }
 
@@ -1682,6 +1719,7 @@ mod tests {
             sign_every = 0
             sign_interval = "0s"
             publish_heads = ["https://x/heads", "s3://bucket", "file:"]
+            publish_ca_file = "missing-ca.pem"
             [retention]
             max_age = "forever"
             prune_interval = "soon"
@@ -1709,7 +1747,7 @@ mod tests {
             "auditgate keygen",
             "log.sign_every: must be at least 1",
             "log.sign_interval: must be longer than 0",
-            "log.publish_heads #1: `https://x/heads`: https is not supported",
+            "log.publish_ca_file: cannot read the CA file ",
             "log.publish_heads #2: `s3://bucket` is not a target",
             "log.publish_heads #3: `file:` needs a path",
             "retention.max_age: ",
@@ -1728,6 +1766,16 @@ mod tests {
         assert!(
             errors[0].message.contains("needs log.signing_key"),
             "{errors:?}"
+        );
+        let errors = Config::parse(
+            "[proxy]\nupstream = \"127.0.0.1:3000\"\n[log]\nsigning_key = \"log.key\"\n\
+             publish_heads = [\"http://relay/heads\"]\npublish_ca_file = \"ca.pem\"\n",
+            &dir,
+        )
+        .expect_err("a CA file without an https target");
+        assert_eq!(
+            errors[0].to_string(),
+            "log.publish_ca_file: applies to https:// targets in log.publish_heads, and there is none"
         );
         let _ = std::fs::remove_dir_all(dir);
     }

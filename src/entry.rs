@@ -8,6 +8,25 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// The prefix of the actions auditgate records about itself (`audit.query`, `audit.export`,
+/// `audit.pruned`, ...). Nothing an app controls may produce such an action — not a rule, a
+/// response hint or `POST /api/v1/events` — so an auditor can trust that an `audit.*` entry is
+/// auditgate's own, and an app cannot hide its actions behind the viewer's switch that hides
+/// auditgate's activity. Matched without regard to ASCII case, so `Audit.pruned` cannot pose as
+/// one either.
+pub const RESERVED_ACTION_PREFIX: &str = "audit.";
+
+/// The prefix a rule's action that renders into [`RESERVED_ACTION_PREFIX`] at request time gets
+/// (`audit.x` is recorded as `app.audit.x`, the rendered text under `metadata._actionRenamed`).
+pub const RENAMED_ACTION_PREFIX: &str = "app.";
+
+/// Whether `action` is in auditgate's own namespace (see [`RESERVED_ACTION_PREFIX`]).
+pub fn is_reserved_action(action: &str) -> bool {
+    action
+        .get(..RESERVED_ACTION_PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(RESERVED_ACTION_PREFIX))
+}
+
 /// How a request ended, as seen by the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -264,6 +283,23 @@ mod timestamp {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn the_audit_prefix_is_reserved_in_any_case() {
+        for action in ["audit.pruned", "audit.", "Audit.query", "AUDIT.x"] {
+            assert!(is_reserved_action(action), "{action}");
+        }
+        for action in [
+            "audit",
+            "auditor.added",
+            "app.audit.pruned",
+            "audits.x",
+            "",
+            "ä",
+        ] {
+            assert!(!is_reserved_action(action), "{action}");
+        }
+    }
 
     fn sample() -> AuditEntry {
         let mut entry = AuditEntry::new("log-a", "user.deleted");

@@ -6,8 +6,9 @@
 //! response reaches the client. Hints are read only from the app's response, never from the
 //! client's request. A response carrying `Audit-Action` is recorded even when no rule matched.
 //! Every field a hint provided is listed under the entry's `metadata._app`, and a hint that was
-//! refused (oversized or invalid `Audit-Metadata`) under `metadata._hintErrors` — the request
-//! itself is never failed by a bad hint.
+//! refused (oversized or invalid `Audit-Metadata`, an `Audit-Action` that is not an action name
+//! or is in auditgate's own `audit.` namespace) under `metadata._hintErrors` — the request itself
+//! is never failed by a bad hint.
 
 use http::{HeaderMap, HeaderName};
 use serde::Deserialize;
@@ -161,6 +162,14 @@ pub fn take(headers: &mut HeaderMap, config: &HintsConfig) -> Option<Hints> {
                 Value::from("not an action name (letters, digits, . _ - : /)"),
             );
             hints.action = None;
+        } else if crate::entry::is_reserved_action(action) {
+            errors.insert(
+                "action".into(),
+                Value::from(format!(
+                    "`{action}`: actions starting with audit. are reserved for auditgate's own entries"
+                )),
+            );
+            hints.action = None;
         }
     }
     hints.errors = errors;
@@ -284,6 +293,17 @@ mod tests {
         let hints = take(&mut response, &HintsConfig::default()).expect("hints");
         assert_eq!(hints.errors["metadata"], "not a JSON object");
         assert!(hints.errors.contains_key("action"));
+        let mut response = headers(&[("audit-action", "Audit.pruned")]);
+        let hints = take(&mut response, &HintsConfig::default()).expect("hints");
+        assert_eq!(hints.action, None);
+        assert!(
+            hints.errors["action"]
+                .as_str()
+                .unwrap_or("")
+                .contains("reserved for auditgate's own entries"),
+            "{:?}",
+            hints.errors
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Process counters, rendered in the Prometheus text format at `/metrics` on the admin listener.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
@@ -37,6 +38,177 @@ pub struct Metrics {
     /// Write-ahead requests forwarded although their entry could not be made durable
     /// (`on_store_failure = "forward"`).
     pub forwarded_unrecorded: Counter,
+    /// Fetches and freshness of JWT key sets fetched from a `jwks_url`.
+    pub jwks: JwksMetrics,
+}
+
+/// The health of every JWT key set fetched from a URL (`jwks_url`), one slot per `[[actor]]`
+/// position and URL host. The labels come from the configuration, never from requests, so the
+/// number of series is bounded by the sources ever configured in this process.
+///
+/// A slot outlives reloads, so its counters only ever grow; its freshness gauges are shown only
+/// while a configured source uses it, so a source removed by a reload does not keep an alert on
+/// stale keys firing.
+#[derive(Debug, Default)]
+pub struct JwksMetrics {
+    slots: Mutex<Vec<Arc<JwksSourceStats>>>,
+}
+
+/// The counters of one `jwks_url` source.
+#[derive(Debug)]
+pub struct JwksSourceStats {
+    /// The `[[actor]]` position, from 1 (as in config errors: `actor #1`).
+    actor: usize,
+    /// The URL's host.
+    host: String,
+    /// Fetches that installed a key set.
+    pub fetches_ok: Counter,
+    /// Fetches that failed (no answer, an error status, no usable key); the last good set stays.
+    pub fetches_failed: Counter,
+    /// When the key set in use was fetched, in milliseconds since the Unix epoch; 0 for none.
+    loaded_at_ms: AtomicU64,
+    /// Key sets of the running configuration(s) using this slot.
+    users: AtomicUsize,
+}
+
+impl JwksSourceStats {
+    /// Records that the key set in use was fetched at `fetched_at`.
+    pub fn set_loaded_at(&self, fetched_at: std::time::SystemTime) {
+        let millis = fetched_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        self.loaded_at_ms.store(millis.max(1), Ordering::Relaxed);
+    }
+}
+
+/// A key set's hold on its slot; dropping it (the key set was replaced by a reload) hides the
+/// slot's freshness gauges unless another key set uses it.
+#[derive(Debug)]
+pub struct JwksSourceHandle(Arc<JwksSourceStats>);
+
+impl std::ops::Deref for JwksSourceHandle {
+    type Target = JwksSourceStats;
+
+    fn deref(&self) -> &JwksSourceStats {
+        &self.0
+    }
+}
+
+impl Drop for JwksSourceHandle {
+    fn drop(&mut self) {
+        self.0.users.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl JwksMetrics {
+    /// The slot of the source at `[[actor]]` position `actor` (from 1) fetching from `host`,
+    /// made on first use.
+    pub fn source(&self, actor: usize, host: &str) -> JwksSourceHandle {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = match slots
+            .iter()
+            .find(|slot| slot.actor == actor && slot.host == host)
+        {
+            Some(slot) => slot.clone(),
+            None => {
+                let slot = Arc::new(JwksSourceStats {
+                    actor,
+                    host: host.to_string(),
+                    fetches_ok: Counter::default(),
+                    fetches_failed: Counter::default(),
+                    loaded_at_ms: AtomicU64::new(0),
+                    users: AtomicUsize::new(0),
+                });
+                slots.push(slot.clone());
+                slot
+            }
+        };
+        slot.users.fetch_add(1, Ordering::Relaxed);
+        JwksSourceHandle(slot)
+    }
+
+    /// Appends the JWKS metrics; nothing when no `jwks_url` was ever configured.
+    pub fn write(&self, out: &mut String) {
+        let slots: Vec<Arc<JwksSourceStats>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if slots.is_empty() {
+            return;
+        }
+        let labels = |slot: &JwksSourceStats| {
+            format!(
+                "actor=\"{}\",host=\"{}\"",
+                slot.actor,
+                escape_label(&slot.host)
+            )
+        };
+        let _ = writeln!(
+            out,
+            "# HELP auditgate_jwks_fetches_total Fetches of a jwks_url key set, by result (a failed one keeps the last good set)."
+        );
+        let _ = writeln!(out, "# TYPE auditgate_jwks_fetches_total counter");
+        for slot in &slots {
+            for (result, counter) in [("ok", &slot.fetches_ok), ("failed", &slot.fetches_failed)] {
+                let _ = writeln!(
+                    out,
+                    "auditgate_jwks_fetches_total{{{},result=\"{result}\"}} {}",
+                    labels(slot),
+                    counter.get()
+                );
+            }
+        }
+        let in_use: Vec<&Arc<JwksSourceStats>> = slots
+            .iter()
+            .filter(|slot| slot.users.load(Ordering::Relaxed) > 0)
+            .collect();
+        let _ = writeln!(
+            out,
+            "# HELP auditgate_jwks_keys_loaded 1 while a jwks_url source has a key set; 0 while its tokens are recorded unverified for want of one."
+        );
+        let _ = writeln!(out, "# TYPE auditgate_jwks_keys_loaded gauge");
+        for slot in &in_use {
+            let loaded = slot.loaded_at_ms.load(Ordering::Relaxed) > 0;
+            let _ = writeln!(
+                out,
+                "auditgate_jwks_keys_loaded{{{}}} {}",
+                labels(slot),
+                u8::from(loaded)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP auditgate_jwks_keys_age_seconds Seconds since the key set in use was fetched (absent while none is loaded). Alert when it exceeds a few jwks_refresh intervals."
+        );
+        let _ = writeln!(out, "# TYPE auditgate_jwks_keys_age_seconds gauge");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        for slot in &in_use {
+            let loaded_at = slot.loaded_at_ms.load(Ordering::Relaxed);
+            if loaded_at == 0 {
+                continue;
+            }
+            let age = now_ms.saturating_sub(loaded_at) as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "auditgate_jwks_keys_age_seconds{{{}}} {age:.3}",
+                labels(slot)
+            );
+        }
+    }
+}
+
+/// A label value in the Prometheus text format: backslash, quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The whole `/metrics` page.
@@ -166,6 +338,7 @@ pub fn render(
         "auditgate_commit_seconds",
         "Time per group commit.",
     );
+    metrics.jwks.write(&mut out);
     out
 }
 
@@ -240,5 +413,57 @@ impl Histogram {
             self.sum_micro.load(Ordering::Relaxed) as f64 / 1_000_000.0
         );
         let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwks_series_are_labelled_and_gauges_follow_the_sources_in_use() {
+        let jwks = JwksMetrics::default();
+        let mut out = String::new();
+        jwks.write(&mut out);
+        assert_eq!(out, "", "no jwks_url, no series");
+
+        let first = jwks.source(2, "idp.example");
+        first.fetches_failed.inc();
+        let mut out = String::new();
+        jwks.write(&mut out);
+        assert!(out.contains(
+            "auditgate_jwks_fetches_total{actor=\"2\",host=\"idp.example\",result=\"failed\"} 1\n"
+        ));
+        assert!(out.contains("auditgate_jwks_keys_loaded{actor=\"2\",host=\"idp.example\"} 0\n"));
+        assert!(!out.contains("auditgate_jwks_keys_age_seconds{"), "{out}");
+
+        // A reload: the same source takes the same slot, so the counters carry on.
+        let second = jwks.source(2, "idp.example");
+        drop(first);
+        second.fetches_ok.inc();
+        second.set_loaded_at(std::time::SystemTime::now() - std::time::Duration::from_secs(90));
+        let mut out = String::new();
+        jwks.write(&mut out);
+        assert!(out.contains("result=\"failed\"} 1\n"), "{out}");
+        assert!(out.contains("result=\"ok\"} 1\n"), "{out}");
+        let age: f64 = out
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(
+                    "auditgate_jwks_keys_age_seconds{actor=\"2\",host=\"idp.example\"} ",
+                )
+            })
+            .and_then(|value| value.parse().ok())
+            .expect("an age");
+        assert!((90.0..100.0).contains(&age), "{age}");
+
+        // A reload that removes the source: counters stay, gauges go.
+        drop(second);
+        let mut out = String::new();
+        jwks.write(&mut out);
+        assert!(out.contains("result=\"ok\"} 1\n"), "{out}");
+        assert!(!out.contains("auditgate_jwks_keys_loaded{"), "{out}");
+        assert!(!out.contains("auditgate_jwks_keys_age_seconds{"), "{out}");
+        assert_eq!(escape_label("a\"b\\c"), "a\\\"b\\\\c");
     }
 }

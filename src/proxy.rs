@@ -81,7 +81,7 @@ impl ProxyState {
             .parse()
             .map_err(|_| format!("upstream `{}` is not host:port", config.upstream))?;
         // Key sets fetched from URLs are kept fresh while this state serves with them.
-        policy.actors.start_key_refresh();
+        policy.actors.start_key_refresh(&metrics.jwks);
         Ok(ProxyState {
             policy: RwLock::new(policy),
             config,
@@ -114,7 +114,7 @@ impl ProxyState {
     pub fn replace_policy(&self, policy: Arc<Policy>) {
         // Fetched key sets carry over (no window of "not loaded yet"), then refresh on their own.
         policy.actors.take_over_keys(&self.policy().actors);
-        policy.actors.start_key_refresh();
+        policy.actors.start_key_refresh(&self.metrics.jwks);
         match self.policy.write() {
             Ok(mut current) => *current = policy,
             Err(poisoned) => *poisoned.into_inner() = policy,
@@ -835,6 +835,19 @@ fn fill_from_rule(
         }
     };
     match text("action", &spec.action) {
+        Some(action) if crate::entry::is_reserved_action(&action) => {
+            // A template that rendered into auditgate's own namespace (`{section}.x` with a
+            // path segment `audit`): the app's entry keeps a name that cannot pass for one of
+            // auditgate's, and the rendered text stays visible to an auditor.
+            entry.action = format!("{}{action}", crate::entry::RENAMED_ACTION_PREFIX);
+            entry.metadata.insert(
+                "_actionRenamed".to_string(),
+                serde_json::json!({
+                    "from": action,
+                    "reason": "actions starting with audit. are reserved for auditgate's own entries",
+                }),
+            );
+        }
         Some(action) if !action.is_empty() => entry.action = action,
         _ => entry.action = "unknown".to_string(),
     }

@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName, Method};
 use regex::{Regex, RegexSet};
 
 use crate::config::{ConfigError, RuleFile, StoreFailure, UnmatchedRecord};
-use crate::template::{Needs, Template};
+use crate::template::{Needs, Part, Template};
 
 /// What the rules see of a request.
 pub struct RequestView<'a> {
@@ -749,6 +749,22 @@ fn compile_rule(index: usize, file: &RuleFile) -> Result<Rule, KeyedErrors> {
         let actor_name = actor
             .and_then(|actor| actor.name.as_deref())
             .and_then(|text| template("actor.name", text));
+        if let Some(Template::Parts(parts)) = &action {
+            // Text before the first hole that already claims auditgate's namespace; an action
+            // that only renders into it at request time is renamed then (see `proxy.rs`).
+            if let Some(Part::Literal(start)) = parts.first() {
+                if crate::entry::is_reserved_action(start) {
+                    errors.push((
+                        "action",
+                        format!(
+                            "`{}` starts with `{}`, which is reserved for auditgate's own entries (audit.query, audit.pruned, ...); name the app's action otherwise",
+                            file.action.as_deref().unwrap_or_default(),
+                            crate::entry::RESERVED_ACTION_PREFIX
+                        ),
+                    ));
+                }
+            }
+        }
         if file.action.is_none() {
             errors.push((
                 "action",
@@ -1057,6 +1073,47 @@ mod tests {
         );
         assert!(all.contains(r#"rule #3 ("a").path_regex"#), "{all}");
         assert!(all.contains(r#"rule #3 ("a").action"#), "{all}");
+    }
+
+    #[test]
+    fn a_rule_cannot_name_an_action_in_auditgates_namespace() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            rule: Vec<RuleFile>,
+        }
+        let file: File = toml::from_str(
+            r#"
+            [[rule]]
+            name = "own"
+            path = "/prune"
+            action = "audit.pruned"
+            [[rule]]
+            path = "/q/{id}"
+            action = "Audit.query.{id}"
+            [[rule]]
+            name = "fine"
+            path = "/x/{section}"
+            action = "{section}.x"
+            [[rule]]
+            name = "also fine"
+            path = "/y"
+            action = "auditor.added"
+            "#,
+        )
+        .expect("parses");
+        let errors = RuleSet::compile(&file.rule, UnmatchedRecord::None).expect_err("invalid");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:#?}");
+        assert!(
+            text[0].starts_with(
+                "rule #1 (\"own\").action: `audit.pruned` starts with `audit.`, which is reserved"
+            ),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with("rule #2") && text[1].contains(".action: `Audit.query.{id}`"),
+            "{text:#?}"
+        );
     }
 
     #[test]

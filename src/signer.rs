@@ -7,9 +7,11 @@
 //!
 //! Each head is first appended to every `file:` target (and fsynced), then stored, so a head in
 //! the store is always in the files too; `auditgate verify --heads` relies on that to find a
-//! truncated file. `http://` targets are POSTed by a separate task, so a slow or dead URL never
-//! holds up signing; a head that could not be delivered (to a file or a URL) is retried before the
-//! next one, oldest first. Nothing here runs on the writer's thread or the proxy's path: the
+//! truncated file. `http://` and `https://` targets are POSTed by a separate task, so a slow or
+//! dead URL never holds up signing; a head that could not be delivered (to a file or a URL) is
+//! retried before the next one, oldest first. An https target is reached on a connection of its
+//! own per delivery round, checked against `publish_ca_file` or the system's CAs (see
+//! [`crate::tls`]); an untrusted certificate is a failed delivery like any other. Nothing here runs on the writer's thread or the proxy's path: the
 //! signer reads the tree's root from the store's in-memory frontier, which costs no hashing.
 
 use std::collections::VecDeque;
@@ -21,10 +23,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -90,6 +94,7 @@ impl HeadSigner {
             urls,
             from_signer,
             config.publish_timeout,
+            config.publish_tls.clone(),
             stats.clone(),
         ));
         let work = SignerWork {
@@ -331,50 +336,84 @@ pub fn append_lines(path: &Path, lines: &VecDeque<String>) -> std::io::Result<()
     file.sync_data()
 }
 
+/// How the publisher reaches its URL targets: a pooled client for http, and the TLS
+/// configuration (from the config) for https.
+struct Transport {
+    http: Client<HttpConnector, Full<Bytes>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
 /// The URL publisher: POSTs each head to every URL target, oldest pending first.
 async fn publish_urls(
     mut targets: Vec<UrlTarget>,
     mut heads: mpsc::Receiver<String>,
     timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
     stats: Arc<SignerStats>,
 ) {
-    let client: Client<HttpConnector, Full<Bytes>> = {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        Client::builder(TokioExecutor::new()).build(connector)
+    let transport = Transport {
+        http: {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(timeout));
+            Client::builder(TokioExecutor::new()).build(connector)
+        },
+        tls,
     };
     while let Some(line) = heads.recv().await {
         for target in &mut targets {
             push_pending(&mut target.pending, line.clone(), &stats);
-            deliver(&client, target, timeout, &stats).await;
+            deliver(&transport, target, timeout, &stats).await;
         }
     }
 }
 
 async fn deliver(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    transport: &Transport,
     target: &mut UrlTarget,
     timeout: Duration,
     stats: &SignerStats,
 ) {
+    // One TLS connection serves a whole round of pending heads.
+    let mut https: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
     while let Some(line) = target.pending.front() {
-        let request = http::Request::post(target.uri.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::USER_AGENT, "auditgate")
-            .body(Full::new(Bytes::from(line.clone())));
-        let request = match request {
-            Ok(request) => request,
-            Err(error) => {
-                tracing::error!(url = %target.uri, %error, "cannot build a publish request");
-                stats.publish_failures.inc();
-                return;
+        let body = Full::new(Bytes::from(line.clone()));
+        let attempt = async {
+            if target.uri.scheme_str() == Some("https") {
+                let reusable = match https.as_mut() {
+                    Some(sender) => sender.ready().await.is_ok(),
+                    None => false,
+                };
+                let sender = if reusable {
+                    https.as_mut().ok_or("no connection")?
+                } else {
+                    https.insert(connect_https(&target.uri, transport.tls.as_ref()).await?)
+                };
+                let request = publish_request(&target.uri, true, body)?;
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let status = response.status();
+                // Read to the end, so the connection can carry the next pending head.
+                let _ = Limited::new(response.into_body(), 64 * 1024)
+                    .collect()
+                    .await;
+                Ok(status)
+            } else {
+                let request = publish_request(&target.uri, false, body)?;
+                transport
+                    .http
+                    .request(request)
+                    .await
+                    .map(|response| response.status())
+                    .map_err(|error| error.to_string())
             }
         };
-        let outcome = tokio::time::timeout(timeout, client.request(request)).await;
+        let outcome = tokio::time::timeout(timeout, attempt).await;
         let failure = match outcome {
-            Ok(Ok(response)) if response.status().is_success() => None,
-            Ok(Ok(response)) => Some(format!("answered {}", response.status())),
-            Ok(Err(error)) => Some(error.to_string()),
+            Ok(Ok(status)) if status.is_success() => None,
+            Ok(Ok(status)) => Some(format!("answered {status}")),
+            Ok(Err(error)) => Some(error),
             Err(_) => Some(format!("no answer within {timeout:?}")),
         };
         match failure {
@@ -389,6 +428,57 @@ async fn deliver(
             }
         }
     }
+}
+
+/// The POST of one head. Over a connection of our own (https) the request carries the path and
+/// a Host header; the pooled http client takes the absolute URL.
+fn publish_request(
+    uri: &http::Uri,
+    own_connection: bool,
+    body: Full<Bytes>,
+) -> Result<http::Request<Full<Bytes>>, String> {
+    let mut request = if own_connection {
+        let target = uri.path_and_query().map_or("/", |target| target.as_str());
+        let authority = uri.authority().map_or("", |authority| authority.as_str());
+        http::Request::post(target).header(http::header::HOST, authority)
+    } else {
+        http::Request::post(uri.clone())
+    };
+    request = request
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::USER_AGENT, "auditgate");
+    request
+        .body(body)
+        .map_err(|error| format!("cannot build the request: {error}"))
+}
+
+/// Opens an HTTP/1.1 connection over TLS to an https target, the certificate checked by `tls`.
+async fn connect_https(
+    uri: &http::Uri,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let tls = tls.ok_or("no TLS configuration for an https target")?;
+    let host = uri.host().ok_or("the URL names no host")?;
+    let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = TcpStream::connect((bare_host, port))
+        .await
+        .map_err(|error| format!("cannot connect to {host}:{port}: {error}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(bare_host.to_string())
+        .map_err(|_| format!("`{host}` is not a TLS server name"))?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|error| format!("TLS handshake with {host}:{port} failed: {error}"))?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| format!("HTTP handshake failed: {error}"))?;
+    tokio::spawn(async move {
+        // Ends when the sender is dropped after the round, or the server closes.
+        let _ = connection.await;
+    });
+    Ok(sender)
 }
 
 #[cfg(test)]

@@ -11,10 +11,15 @@
 //! `jwks_min_refresh`. A failed fetch, or a document without a usable key, keeps the last good
 //! set and is logged. The task holds only a weak reference, so it ends once the policy that owns
 //! the set is replaced (SIGHUP) and dropped.
+//!
+//! Every fetch is counted (ok or failed) and the time the set in use was fetched is kept in the
+//! source's slot of [`crate::metrics::JwksMetrics`], for `/metrics`: failures are otherwise only
+//! in the log, and tokens are recorded unverified rather than refused, so nothing else shows an
+//! issuer whose keys stopped coming.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -27,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
 use super::jwt::{compile_key_set, VerifyingKey};
+use crate::metrics::JwksSourceHandle;
 
 /// Longest a fetch (connect, TLS, request, body) may take.
 pub(super) const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +47,8 @@ pub(super) struct LoadedKeys {
     /// Counts installed sets, so that tokens verified under an older set are checked again.
     pub generation: u64,
     document: Arc<Value>,
+    /// When the document was fetched (kept across a reload's take-over, which does not fetch).
+    fetched_at: SystemTime,
 }
 
 #[derive(Default)]
@@ -70,6 +78,10 @@ pub(super) struct RemoteKeys {
     /// Fetch attempts made, for waiting on the first one.
     attempts: watch::Sender<u64>,
     started: AtomicBool,
+    /// The `[[actor]]` position (from 1), the `actor` label of this source's metrics.
+    actor_position: AtomicUsize,
+    /// This source's `/metrics` slot, attached when the background task starts.
+    stats: OnceLock<JwksSourceHandle>,
 }
 
 impl Drop for RemoteKeys {
@@ -100,6 +112,8 @@ impl RemoteKeys {
             wake: Arc::new(Notify::new()),
             attempts: watch::channel(0).0,
             started: AtomicBool::new(false),
+            actor_position: AtomicUsize::new(0),
+            stats: OnceLock::new(),
         }
     }
 
@@ -145,15 +159,33 @@ impl RemoteKeys {
         }
     }
 
+    pub(super) fn set_actor_position(&self, position: usize) {
+        self.actor_position.store(position, Ordering::Relaxed);
+    }
+
+    pub(super) fn actor_position(&self) -> usize {
+        self.actor_position.load(Ordering::Relaxed)
+    }
+
+    /// The URL's host, the `host` label of this source's metrics.
+    pub(super) fn host(&self) -> &str {
+        self.url.host().unwrap_or("")
+    }
+
     /// Starts the background task on the current tokio runtime (once; without a runtime, as in
-    /// `auditgate check`, nothing is started).
-    pub(super) fn start(self: &Arc<Self>) {
+    /// `auditgate check`, nothing is started). Fetches are counted in `stats` from then on.
+    pub(super) fn start(self: &Arc<Self>, stats: JwksSourceHandle) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         if self.started.swap(true, Ordering::SeqCst) {
             return;
         }
+        if let Some(loaded) = self.current() {
+            // Keys taken over from before a reload: their age goes on from when they were fetched.
+            stats.set_loaded_at(loaded.fetched_at);
+        }
+        let _ = self.stats.set(stats);
         runtime.spawn(refresh_loop(Arc::downgrade(self), self.wake.clone()));
     }
 
@@ -173,7 +205,7 @@ impl RemoteKeys {
             return;
         };
         if let Ok(keys) = self.compile(&loaded.document) {
-            self.install(keys, loaded.document.clone());
+            self.install(keys, loaded.document.clone(), loaded.fetched_at);
         }
     }
 
@@ -188,7 +220,7 @@ impl RemoteKeys {
         Ok(keys)
     }
 
-    fn install(&self, keys: Vec<VerifyingKey>, document: Arc<Value>) {
+    fn install(&self, keys: Vec<VerifyingKey>, document: Arc<Value>, fetched_at: SystemTime) {
         let generation = {
             let mut state = self.state();
             state.generation += 1;
@@ -198,6 +230,7 @@ impl RemoteKeys {
             keys,
             generation,
             document,
+            fetched_at,
         });
         match self.current.write() {
             Ok(mut current) => *current = Some(loaded),
@@ -226,16 +259,25 @@ impl RemoteKeys {
             let keys = self.compile(&document)?;
             Ok((keys, document))
         });
+        let stats = self.stats.get();
         match outcome {
             Ok((keys, document)) => {
                 let count = keys.len();
-                self.install(keys, Arc::new(document));
+                let fetched_at = SystemTime::now();
+                self.install(keys, Arc::new(document), fetched_at);
+                if let Some(stats) = stats {
+                    stats.fetches_ok.inc();
+                    stats.set_loaded_at(fetched_at);
+                }
                 let mut state = self.state();
                 state.last_failed = false;
                 state.last_error = None;
                 tracing::info!(url = %self.url, keys = count, "JWKS loaded");
             }
             Err(reason) => {
+                if let Some(stats) = stats {
+                    stats.fetches_failed.inc();
+                }
                 let kept = self.current().map(|loaded| loaded.keys.len());
                 {
                     let mut state = self.state();

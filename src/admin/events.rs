@@ -2,9 +2,11 @@
 //!
 //! The body is one entry or an array of them — `actorId, actorEmail, action, resourceType,
 //! resourceId, metadata, ip, userAgent`, exactly what the reference's `logAction()` takes. Every
-//! field is validated and every bad one named in the 400. The entries go through the same writer
-//! and tamper-evident log as proxied ones, with `actorSource = "app"`; the answer (201) comes only
-//! once they are stored.
+//! field is validated and every bad one named in the 400. An `action` in auditgate's own `audit.`
+//! namespace (see [`crate::entry::RESERVED_ACTION_PREFIX`]) is well-formed but not the app's to
+//! use: alone it is answered 422, naming the field; with other errors it is listed in their 400.
+//! The entries go through the same writer and tamper-evident log as proxied ones, with
+//! `actorSource = "app"`; the answer (201) comes only once they are stored.
 //!
 //! `Idempotency-Key` makes retries safe: the entries of a keyed request get ids derived from the
 //! key, so a retry — within this process's memory (24 h) or after a restart, found in the store —
@@ -99,10 +101,26 @@ fn field_error(index: Option<usize>, field: &str, message: &str) -> Value {
     json!({"param": param, "message": message})
 }
 
+/// The message of an `action` refused for being in auditgate's namespace; such errors alone make
+/// the answer 422 rather than 400.
+const RESERVED_ACTION_MESSAGE: &str =
+    "starts with audit., which is reserved for auditgate's own entries (audit.query, audit.pruned, ...)";
+
 fn bad_request(errors: Vec<Value>) -> Response {
     let first = errors.first().cloned().unwrap_or(Value::Null);
+    // Well-formed, but naming an action the app may not use: the request is understood and
+    // refused for what it says (422), unless something is also malformed (400).
+    let status = if !errors.is_empty()
+        && errors
+            .iter()
+            .all(|error| error["message"] == RESERVED_ACTION_MESSAGE)
+    {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::BAD_REQUEST
+    };
     (
-        StatusCode::BAD_REQUEST,
+        status,
         Json(json!({
             "error": first["message"].clone(),
             "param": first["param"].clone(),
@@ -173,6 +191,9 @@ fn to_entry(
             "action",
             "must be letters, digits and . _ - : / (like user.role_changed)",
         )),
+        Some(action) if crate::entry::is_reserved_action(action) => {
+            errors.push(field_error(index, "action", RESERVED_ACTION_MESSAGE))
+        }
         _ => {}
     }
     let actor_id = text_field(object, "actorId", MAX_FIELD, index, errors);

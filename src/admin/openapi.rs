@@ -219,7 +219,7 @@ fn build() -> Value {
             "400": bad_params.clone(),
             "409": error_response("A request with this Idempotency-Key is still being stored."),
             "415": error_response("Content-Type is not application/json."),
-            "422": error_response("The Idempotency-Key was used with a different body."),
+            "422": error_response("The Idempotency-Key was used with a different body, or an action starts with audit. (reserved for auditgate's own entries; the field is named as in a 400)."),
             "503": error_response("The store cannot take entries now.")
         }),
     );

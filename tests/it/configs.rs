@@ -49,6 +49,34 @@ fn every_shipped_config_is_valid() {
 }
 
 #[test]
+fn a_rule_action_in_auditgates_namespace_is_a_config_error() {
+    let dir = TempDir::new("check-reserved");
+    let path = dir.0.join("reserved.toml");
+    std::fs::write(
+        &path,
+        "[proxy]\nupstream = \"127.0.0.1:3000\"\n[[rule]]\nname = \"prune\"\npath = \"/prune\"\naction = \"audit.pruned\"\n[[rule]]\nname = \"b\"\nstatus = \"9xx\"\naction = \"x\"\n[[rule]]\nname = \"c\"\npath = \"/c/{section}\"\naction = \"{section}.viewed\"\n",
+    )
+    .expect("write");
+    let output = binary()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "2 errors",
+        "rule #1 (\"prune\").action: `audit.pruned` starts with `audit.`, which is reserved for auditgate's own entries",
+        "rule #2 (\"b\").status",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
 fn an_invalid_config_lists_every_error_and_exits_64() {
     let dir = TempDir::new("check");
     let path = dir.0.join("bad.toml");

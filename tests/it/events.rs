@@ -303,3 +303,46 @@ async fn ingested_entries_are_in_the_tamper_evident_log() {
         String::from_utf8_lossy(&output.stdout)
     );
 }
+
+#[tokio::test]
+async fn an_action_in_auditgates_namespace_is_refused_with_422() {
+    let upstream = Upstream::start().await;
+    let sidecar = TestSidecar::start(upstream.addr, "").await;
+    let forged = json!({"actorId": "cron", "action": "audit.pruned"});
+    let reply = post(&sidecar, Some(TEST_WRITE_TOKEN), None, &forged).await;
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert_eq!(reply.json()["param"], "action");
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("reserved for auditgate's own entries"),
+        "{}",
+        reply.text()
+    );
+    // In a batch the entry is named; nothing of the batch is stored.
+    let batch = json!([role_change(), {"actorId": "cron", "action": "Audit.query"}]);
+    let reply = post(&sidecar, Some(TEST_WRITE_TOKEN), None, &batch).await;
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert_eq!(reply.json()["param"], "[1].action");
+    // Alongside a malformed field it is one more error of the 400.
+    let both = json!({"action": "audit.export", "ip": "not an ip", "actorId": "x"});
+    let reply = post(&sidecar, Some(TEST_WRITE_TOKEN), None, &both).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let answer = reply.json();
+    let params: Vec<&str> = answer["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|error| error["param"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(params, ["action", "ip"], "{}", reply.text());
+    assert!(crate::support::read_entries(&sidecar.db).is_empty());
+    // Names that merely start alike are the app's to use.
+    let fine = json!({"actorId": "hr", "action": "auditor.assigned"});
+    let reply = post(&sidecar, Some(TEST_WRITE_TOKEN), None, &fine).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+}

@@ -170,3 +170,74 @@ async fn without_override_hints_fill_gaps_only_and_disabled_hints_pass_through()
     );
     assert!(plain.entries().await.is_empty());
 }
+
+/// auditgate's own entries are `audit.*`; nothing the app controls may produce one, or hide its
+/// actions behind the viewer's switch that hides them.
+#[tokio::test]
+async fn the_app_cannot_record_actions_in_auditgates_namespace() {
+    let upstream = Upstream::start().await;
+    let rules = format!(
+        "{RULES}\n[[rule]]\nname = \"sections\"\nmethod = \"GET\"\npath = \"/sections/{{section}}\"\naction = \"{{section}}.viewed\"\n"
+    );
+    let sidecar = TestSidecar::start(upstream.addr, &rules).await;
+    let client = HttpClient::new();
+    // A hint naming an auditgate action is refused like any invalid hint; the rule's stays.
+    client
+        .send(
+            "POST",
+            &sidecar.url("/billing/plan?ws=w-1"),
+            &[("x-reply-audit-action", "audit.pruned")],
+            "",
+        )
+        .await;
+    // A template that renders into the namespace is renamed, the rendered text kept.
+    for section in ["audit", "AUDIT", "users"] {
+        let reply = client
+            .send(
+                "GET",
+                &sidecar.url(&format!("/sections/{section}")),
+                &[],
+                "",
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    let entries = sidecar.wait_entries(4).await;
+    assert_eq!(entries[0].action, "billing.updated");
+    assert!(
+        entries[0].metadata["_hintErrors"]["action"]
+            .as_str()
+            .unwrap_or("")
+            .contains("reserved for auditgate's own entries"),
+        "{:?}",
+        entries[0].metadata
+    );
+    assert_eq!(entries[1].action, "app.audit.viewed");
+    assert_eq!(
+        entries[1].metadata["_actionRenamed"]["from"],
+        "audit.viewed"
+    );
+    assert_eq!(entries[2].action, "app.AUDIT.viewed");
+    assert_eq!(entries[3].action, "users.viewed");
+    assert!(entries[3].metadata.get("_actionRenamed").is_none());
+
+    // The viewer's "hide auditgate's own activity" switch does not hide them.
+    let shown = client
+        .get_admin(&format!(
+            "http://{}/api/v1/entries?exclude_action_prefix=audit.&action_prefix=app.",
+            sidecar.admin
+        ))
+        .await
+        .json();
+    let actions: Vec<&str> = shown["entries"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|entry| entry["action"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(actions.len(), 2, "{shown}");
+    assert!(actions.contains(&"app.audit.viewed"), "{shown}");
+}

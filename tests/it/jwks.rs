@@ -2,7 +2,6 @@
 //! https with its own CA) that can rotate its keys, fail, and counts every fetch.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +15,9 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::support::{config_text, HttpClient, TempDir, TestSidecar, Upstream};
+use crate::support::{
+    config_text, eventually, https_identity, HttpClient, TempDir, TestSidecar, Upstream,
+};
 use auditgate::entry::AuditEntry;
 
 const RECORD_ALL: &str = "[unmatched]\nrecord = \"all\"\n";
@@ -288,97 +289,6 @@ async fn keys_from_an_http_url_follow_a_rotation_and_explain_uses_them() {
     );
 }
 
-/// A CA and a certificate for 127.0.0.1 it signed, made with the openssl CLI: (CA PEM path, TLS
-/// acceptor serving the certificate).
-fn https_identity(dir: &Path) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let run = |args: &[&str]| {
-        let status = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl runs");
-        assert!(status.success(), "openssl {args:?}");
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=jwks test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    ]);
-    run(&ca);
-    let mut csr = vec!["req"];
-    csr.extend(ec);
-    csr.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    run(&csr);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ]);
-    let certificates: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(dir.join("server.crt"))
-            .expect("read certificate")
-            .collect::<Result<_, _>>()
-            .expect("certificate");
-    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(certificates, key)
-    .expect("server config");
-    (
-        dir.join("ca.pem"),
-        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-    )
-}
-
 #[tokio::test]
 async fn https_keys_with_a_ca_file_survive_a_failed_refresh() {
     let dir = TempDir::new("jwks-https");
@@ -464,4 +374,91 @@ async fn a_storm_of_unknown_kids_refetches_at_most_once_per_interval() {
     );
     let entries = sidecar.wait_entries(30).await;
     assert!(entries.iter().all(|entry| !entry.actor_verified));
+}
+
+/// The value of the `/metrics` sample `series` (name and labels, as printed), if present.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    })
+}
+
+#[tokio::test]
+async fn fetch_failures_and_the_age_of_the_keys_show_on_metrics_not_on_readyz() {
+    let a = key("key-a");
+    let server = JwksServer::start(vec![a.jwk.clone()], None).await;
+    let url = format!("http://{}/jwks.json", server.addr);
+    let upstream = Upstream::start().await;
+    // The key set source is the second `[[actor]]`: its label says so.
+    let sidecar = TestSidecar::start(
+        upstream.addr,
+        &format!(
+            "{RECORD_ALL}\n[[actor]]\nfrom = \"header\"\nid = \"x-user\"\n\
+             [[actor]]\nfrom = \"jwt\"\njwks_url = \"{url}\"\n\
+             jwks_refresh = \"200ms\"\njwks_min_refresh = \"200ms\"\n"
+        ),
+    )
+    .await;
+    let client = HttpClient::new();
+    let admin = |path: &str| format!("http://{}{path}", sidecar.admin);
+    let labels = "actor=\"2\",host=\"127.0.0.1\"";
+    let ok = format!("auditgate_jwks_fetches_total{{{labels},result=\"ok\"}}");
+    let failed = format!("auditgate_jwks_fetches_total{{{labels},result=\"failed\"}}");
+    let loaded = format!("auditgate_jwks_keys_loaded{{{labels}}}");
+    let age = format!("auditgate_jwks_keys_age_seconds{{{labels}}}");
+
+    let text = client.get(&admin("/metrics")).await.text();
+    assert!(
+        sample(&text, &ok).is_some_and(|count| count >= 1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, &failed), Some(0.0), "{text}");
+    assert_eq!(sample(&text, &loaded), Some(1.0), "{text}");
+    assert!(sample(&text, &age).is_some_and(|age| age < 5.0), "{text}");
+
+    // The key server answers 503: every refresh fails, the keys in use grow old, and the
+    // sidecar stays ready (tokens are recorded, unverified at worst, never refused).
+    server.fail(true);
+    let before = server.fetches();
+    server.wait_fetches(before + 3).await;
+    let mut failing = String::new();
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            failing = client.get(&admin("/metrics")).await.text();
+            sample(&failing, &failed).is_some_and(|count| count >= 3.0)
+        })
+        .await,
+        "{failing}"
+    );
+    let ok_while_failing = sample(&failing, &ok).expect("ok count");
+    let age_while_failing = sample(&failing, &age).expect("age while failing");
+    assert!(age_while_failing >= 0.4, "{failing}");
+    assert_eq!(sample(&failing, &loaded), Some(1.0), "the old keys stay");
+    let mut older = String::new();
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            older = client.get(&admin("/metrics")).await.text();
+            sample(&older, &age).is_some_and(|age| age >= age_while_failing + 0.3)
+        })
+        .await,
+        "the age grows while fetches fail: {older}"
+    );
+    assert_eq!(sample(&older, &ok), Some(ok_while_failing), "{older}");
+    let ready = client.get(&admin("/readyz")).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+
+    // The server recovers: the next fetch counts as ok and the keys are fresh again.
+    server.fail(false);
+    let mut fresh = String::new();
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            fresh = client.get(&admin("/metrics")).await.text();
+            sample(&fresh, &ok).is_some_and(|count| count > ok_while_failing)
+                && sample(&fresh, &age).is_some_and(|age| age < age_while_failing)
+        })
+        .await,
+        "{fresh}"
+    );
 }

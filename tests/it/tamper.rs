@@ -756,15 +756,21 @@ fn prune_from_the_command_line_records_itself() {
 }
 
 /// A stand-in for an operator's head collector: records POSTed bodies, refusing the first
-/// `refuse` requests with 503.
+/// `refuse` requests with 503; over https when given a TLS acceptor.
 struct Collector {
     addr: std::net::SocketAddr,
     bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Connections accepted (TLS handshakes attempted, for an https collector).
+    connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Collector {
     async fn start(refuse: u64) -> Collector {
+        Collector::start_with(refuse, None).await
+    }
+
+    async fn start_with(refuse: u64, tls: Option<tokio_rustls::TlsAcceptor>) -> Collector {
         use http_body_util::BodyExt;
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -773,11 +779,15 @@ impl Collector {
         let addr = listener.local_addr().expect("addr");
         let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (task_bodies, task_refused) = (bodies.clone(), refused.clone());
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (task_bodies, task_refused, task_connections) =
+            (bodies.clone(), refused.clone(), connections.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                task_connections.fetch_add(1, Ordering::SeqCst);
                 let bodies = task_bodies.clone();
                 let refused = task_refused.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |request: http::Request<hyper::body::Incoming>| {
@@ -805,9 +815,21 @@ impl Collector {
                             }
                         },
                     );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
@@ -815,6 +837,7 @@ impl Collector {
             addr,
             bodies,
             refused,
+            connections,
         }
     }
 
@@ -864,6 +887,91 @@ async fn heads_are_posted_to_a_url_and_a_refused_one_is_retried_with_the_next() 
     // Every head reached the URL, the refused one included, in order.
     assert_eq!(posted, file, "the URL saw exactly the heads the file has");
     assert_eq!(posted.last().map(|head| head.head.size), Some(2));
+}
+
+#[tokio::test]
+async fn heads_are_posted_over_https_to_a_server_the_ca_file_trusts_and_no_other() {
+    let certificates = TempDir::new("heads-https");
+    let (ca, acceptor) = crate::support::https_identity(&certificates.0);
+    let upstream = Upstream::start().await;
+    let collector = Collector::start_with(1, Some(acceptor.clone())).await;
+    let url = format!("https://127.0.0.1:{}/heads", collector.addr.port());
+    let (mut sidecar, heads_file, _key) = signing_sidecar_with_urls(
+        &upstream,
+        std::slice::from_ref(&url),
+        &format!(
+            "sign_interval = \"50ms\"\npublish_ca_file = \"{}\"",
+            ca.display()
+        ),
+        "",
+    )
+    .await;
+    let client = HttpClient::new();
+    client.send("POST", &sidecar.url("/a"), &[], "{}").await;
+    sidecar.wait_entries(1).await;
+    client.send("POST", &sidecar.url("/b"), &[], "{}").await;
+    sidecar.wait_entries(2).await;
+    sidecar.stop().await;
+    let file = read_heads(&heads_file);
+    assert_eq!(
+        collector.refused.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the first POST was refused"
+    );
+    // Over https too, every head arrives, the refused one included, in order.
+    assert_eq!(
+        collector.heads(),
+        file,
+        "the URL saw exactly the heads the file has"
+    );
+    assert_eq!(file.last().map(|head| head.head.size), Some(2));
+
+    // Without the CA file the collector's certificate is not trusted (the system's CAs did not
+    // sign it): nothing is delivered, each head counts as a failed delivery and is tried again
+    // with the next, and the file target is unaffected.
+    let untrusted = Collector::start_with(0, Some(acceptor)).await;
+    let url = format!("https://127.0.0.1:{}/heads", untrusted.addr.port());
+    let (mut sidecar, heads_file, _key) = signing_sidecar_with_urls(
+        &upstream,
+        std::slice::from_ref(&url),
+        "sign_interval = \"50ms\"",
+        "",
+    )
+    .await;
+    client.send("POST", &sidecar.url("/a"), &[], "{}").await;
+    sidecar.wait_entries(1).await;
+    client.send("POST", &sidecar.url("/b"), &[], "{}").await;
+    sidecar.wait_entries(2).await;
+    let metrics_url = format!("http://{}/metrics", sidecar.admin);
+    let mut metrics = String::new();
+    assert!(
+        crate::support::eventually(Duration::from_secs(10), async || {
+            metrics = client.get(&metrics_url).await.text();
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix("auditgate_head_publish_failures_total "))
+                .and_then(|value| value.parse::<u64>().ok())
+                .is_some_and(|failures| failures >= 2)
+        })
+        .await,
+        "{metrics}"
+    );
+    sidecar.stop().await;
+    assert!(
+        untrusted.heads().is_empty(),
+        "an untrusted server got heads"
+    );
+    assert!(
+        untrusted
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2,
+        "every head tried the URL again"
+    );
+    assert!(
+        read_heads(&heads_file).len() >= 2,
+        "the file still has every head"
+    );
 }
 
 #[tokio::test]
