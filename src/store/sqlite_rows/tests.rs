@@ -1668,3 +1668,41 @@ fn time_stats_by_seeking_equal_grouping() {
         expected
     );
 }
+
+/// The entry at a window's boundary belongs to the window, and the index part starts just past
+/// it: a page that needs both parts holds it once.
+#[test]
+fn the_window_boundary_entry_is_read_once() {
+    let conn = open();
+    let rows = 3000;
+    // Pages of 4 walk 500 positions: newest first from 3001 the window is [2501, 3000], oldest
+    // first [1, 500]. Only the boundary entry and a block far from it match.
+    let matches = |seq: u64| seq == 2501 || seq == 500 || (1000..=2000).contains(&seq);
+    let transaction = conn.unchecked_transaction().expect("begin");
+    for seq in 1..=rows {
+        let mut entry = entry(seq);
+        if matches(seq) {
+            entry.status = Some(503);
+        }
+        insert(&transaction, &entry);
+    }
+    transaction.commit().expect("commit");
+    let filter = Filter {
+        status: Some(StatusFilter::Class(5)),
+        ..Filter::default()
+    };
+    let first_page = |order| {
+        let request = PageRequest {
+            limit: 4,
+            order,
+            ..PageRequest::default()
+        };
+        seqs(
+            &list_planned(&conn, &filter, &request, 100)
+                .expect("list")
+                .entries,
+        )
+    };
+    assert_eq!(first_page(Order::Desc), [2501, 2000, 1999, 1998]);
+    assert_eq!(first_page(Order::Asc), [500, 1000, 1001, 1002]);
+}
