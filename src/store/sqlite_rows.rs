@@ -44,8 +44,9 @@ pub const IP_IN_FUNCTION: &str = "auditgate_ip_in";
 /// The SQL function behind the free-text filter: `auditgate_contains(needle, text, ...)` is 1 when
 /// any of the texts contains the needle, comparing ASCII letters without case, and 0 otherwise
 /// (NULL and blobs contain nothing). It means what `text LIKE '%needle%' ESCAPE '\'` means for
-/// each text, OR-ed, but costs one call per row instead of one LIKE per column: free text is a scan
-/// of the whole log when little matches, and this halves the matching part of it.
+/// each text, OR-ed, but costs one call per row instead of one LIKE per column. Free text is a
+/// scan of the whole log when little matches; over a million entries this took it from about
+/// 230 ms to 185 ms, of which about 90 ms is reading the rows at all.
 pub const CONTAINS_FUNCTION: &str = "auditgate_contains";
 
 /// The key under which [`entry_from_row`] keeps metadata text that is not a JSON object.
