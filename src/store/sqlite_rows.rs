@@ -9,9 +9,13 @@
 //! - every secondary index implicitly ends in `seq` (the rowid), so an equality filter plus
 //!   `ORDER BY seq` and the keyset condition `seq < ?` is one index range walked in order;
 //! - the actor filter (id OR email) takes one page from each of the two indexes and merges them;
-//! - a range filter (time window, prefix, status class, network) is counted on its index first,
-//!   and read through it when narrow, because SQLite would otherwise walk the whole log looking
-//!   for a page of matches that does not exist (see [`NARROW_RANGE_MAX_ROWS`]).
+//! - a range filter (time window, prefix, status class, network) is counted on its index first:
+//!   a narrow one is read through its index as sequence numbers alone, sorted, and only the page's
+//!   rows are fetched; a wide one walks a bounded window of the log in `seq` order and reads the
+//!   rest of the page, if any, through its index (see [`RangePlan`]). Left to itself SQLite either
+//!   sorts every match of a wide range or walks the whole log for matches that are not there;
+//! - free text is one Rust function call per row ([`CONTAINS_FUNCTION`]), not six LIKEs;
+//! - day and hour stats of a time window count one index range per bucket instead of grouping.
 //!
 //! Every connection that runs these queries needs [`register_functions`] first.
 
@@ -37,6 +41,14 @@ pub const ENTRY_COLUMNS: &str = "seq, id, log_id, created_at, actor_id, actor_em
 /// address is inside the network, 0 otherwise (also for NULL or unparsable addresses).
 pub const IP_IN_FUNCTION: &str = "auditgate_ip_in";
 
+/// The SQL function behind the free-text filter: `auditgate_contains(needle, text, ...)` is 1 when
+/// any of the texts contains the needle, comparing ASCII letters without case, and 0 otherwise
+/// (NULL and blobs contain nothing). It means what `text LIKE '%needle%' ESCAPE '\'` means for
+/// each text, OR-ed, but costs one call per row instead of one LIKE per column. Free text is a
+/// scan of the whole log when little matches; over a million entries this took it from about
+/// 230 ms to 185 ms, of which about 90 ms is reading the rows at all.
+pub const CONTAINS_FUNCTION: &str = "auditgate_contains";
+
 /// The key under which [`entry_from_row`] keeps metadata text that is not a JSON object.
 pub const UNPARSED_METADATA_KEY: &str = "_unparsed";
 
@@ -54,10 +66,35 @@ enum ColumnError {
 #[error("auditgate_ip_in: second argument is not a CIDR network")]
 struct NotANetwork;
 
+/// The first argument of `auditgate_contains` was not text.
+#[derive(Debug, thiserror::Error)]
+#[error("auditgate_contains: first argument is not text")]
+struct NotANeedle;
+
 /// Registers the SQL functions the queries of this module rely on. Call it on every connection
-/// that will run [`list`], [`count`] or [`stats`] with an IP network filter; SQLite functions
-/// belong to one connection, so a pool must call it per connection.
+/// that will run [`list`], [`count`] or [`stats`] with an IP network or free-text filter; SQLite
+/// functions belong to one connection, so a pool must call it per connection.
 pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    conn.create_scalar_function(
+        CONTAINS_FUNCTION,
+        -1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |context| {
+            // The needle is the same for every row of a statement: fold it once.
+            let needle: Arc<Vec<u8>> = context.get_or_create_aux(0, |value| match value {
+                ValueRef::Text(text) => Ok(text.to_ascii_lowercase()),
+                _ => Err(NotANeedle),
+            })?;
+            // The columns searched have TEXT affinity, so they hold text, NULL or (never written
+            // by auditgate) blobs; LIKE matches no blob in this build
+            // (SQLITE_LIKE_DOESNT_MATCH_BLOBS), and neither does this.
+            let found = (1..context.len()).any(|index| match context.get_raw(index) {
+                ValueRef::Text(text) => contains_ignoring_ascii_case(text, &needle),
+                _ => false,
+            });
+            Ok(found)
+        },
+    )?;
     conn.create_scalar_function(
         IP_IN_FUNCTION,
         2,
@@ -82,6 +119,24 @@ pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
             Ok(inside)
         },
     )
+}
+
+/// Whether `haystack` contains `lower_needle` (already ASCII-lowercase), folding ASCII letters of
+/// the haystack: the matching of LIKE without case in SQLite, which folds nothing else.
+fn contains_ignoring_ascii_case(haystack: &[u8], lower_needle: &[u8]) -> bool {
+    let Some((&first, rest)) = lower_needle.split_first() else {
+        return true;
+    };
+    let Some(last_start) = haystack.len().checked_sub(lower_needle.len()) else {
+        return false;
+    };
+    haystack[..=last_start]
+        .iter()
+        .enumerate()
+        .any(|(start, byte)| {
+            byte.to_ascii_lowercase() == first
+                && haystack[start + 1..start + lower_needle.len()].eq_ignore_ascii_case(rest)
+        })
 }
 
 /// Builds an entry from a row selected with [`ENTRY_COLUMNS`].
@@ -163,6 +218,10 @@ struct Conditions {
     values: Vec<Value>,
     /// The range conditions among `clauses`, each with the index that serves it.
     ranges: Vec<RangeScan>,
+    /// Whether some condition is an equality that an index serves in `seq` order (an action, a
+    /// resource, an outcome, an exact status or address), so that walking that index finds a page
+    /// without any help.
+    has_ordered_equality: bool,
 }
 
 /// Which actor columns the actor filter compares, so a listing can split the OR in two.
@@ -186,6 +245,16 @@ impl Conditions {
     fn push(&mut self, clause: impl Into<String>, values: impl IntoIterator<Item = Value>) {
         self.clauses.push(clause.into());
         self.values.extend(values);
+    }
+
+    /// An equality served by an index whose rows come out in `seq` order.
+    fn push_ordered_equality(
+        &mut self,
+        clause: impl Into<String>,
+        values: impl IntoIterator<Item = Value>,
+    ) {
+        self.push(clause, values);
+        self.has_ordered_equality = true;
     }
 
     fn push_range(&mut self, index: &'static str, clause: String, values: Vec<Value>) {
@@ -216,7 +285,7 @@ impl Conditions {
             }
         }
         if let Some(action) = &filter.action {
-            conditions.push("action = ?", [text(action)]);
+            conditions.push_ordered_equality("action = ?", [text(action)]);
         }
         if let Some(prefix) = &filter.action_prefix {
             // A range rather than LIKE 'prefix%': LIKE is case-insensitive, so SQLite will not
@@ -250,7 +319,7 @@ impl Conditions {
             }
         }
         match (&filter.resource_type, &filter.resource_id) {
-            (Some(resource_type), Some(resource_id)) => conditions.push(
+            (Some(resource_type), Some(resource_id)) => conditions.push_ordered_equality(
                 "resource_type = ? AND resource_id = ?",
                 [text(resource_type), text(resource_id)],
             ),
@@ -261,16 +330,18 @@ impl Conditions {
                 "resource_type = ?".into(),
                 vec![text(resource_type)],
             ),
-            (None, Some(resource_id)) => conditions.push("resource_id = ?", [text(resource_id)]),
+            (None, Some(resource_id)) => {
+                conditions.push_ordered_equality("resource_id = ?", [text(resource_id)])
+            }
             (None, None) => {}
         }
         if let Some(outcome) = filter.outcome {
-            conditions.push("outcome = ?", [text(outcome.as_str())]);
+            conditions.push_ordered_equality("outcome = ?", [text(outcome.as_str())]);
         }
         if let Some(status) = filter.status {
             let (low, high) = status.range();
             if high == low + 1 {
-                conditions.push("status = ?", [Value::Integer(i64::from(low))]);
+                conditions.push_ordered_equality("status = ?", [Value::Integer(i64::from(low))]);
             } else {
                 conditions.push_range(
                     "entries_status",
@@ -306,23 +377,12 @@ impl Conditions {
             conditions.push_range("entries_created_at", clause.into(), values);
         }
         if let Some(q) = &filter.q {
-            let pattern = contains_pattern(q);
-            let columns = [
-                "actor_id",
-                "actor_email",
-                "action",
-                "resource_type",
-                "resource_id",
-                "path",
-            ];
-            let clause = columns
-                .iter()
-                .map(|column| format!("{column} LIKE ? ESCAPE '\\'"))
-                .collect::<Vec<_>>()
-                .join(" OR ");
             conditions.push(
-                format!("({clause})"),
-                columns.iter().map(|_| pattern.clone()),
+                format!(
+                    "{CONTAINS_FUNCTION}(?, actor_id, actor_email, action, resource_type, \
+                     resource_id, path)"
+                ),
+                [text(q)],
             );
         }
         if let Some(log_id) = &filter.log_id {
@@ -339,13 +399,13 @@ impl Conditions {
     fn push_ip(&mut self, ip: &IpFilter) {
         let network = match *ip {
             IpFilter::Exact(address) => {
-                self.push("ip = ?", [Value::Text(address.to_string())]);
+                self.push_ordered_equality("ip = ?", [Value::Text(address.to_string())]);
                 return;
             }
             IpFilter::Network(network) => network,
         };
         if network.prefix_len() == network.max_prefix_len() {
-            self.push("ip = ?", [Value::Text(network.addr().to_string())]);
+            self.push_ordered_equality("ip = ?", [Value::Text(network.addr().to_string())]);
             return;
         }
         if let Some(prefix) = canonical_text_prefix(&network) {
@@ -469,24 +529,54 @@ pub struct Page {
 }
 
 /// The most rows a range condition may match for [`list`] to read it through its index and
-/// sort, rather than leave the plan to SQLite. Sorting this many rows takes milliseconds; a range
-/// matching more is dense enough that walking the log in `seq` order finds a page quickly.
+/// sort, rather than walk the log. Sorting this many sequence numbers takes about a millisecond;
+/// a range matching more is usually dense enough that walking the log in `seq` order finds a page
+/// quickly (see [`WALK_POSITIONS_PER_ROW`] for when it is not).
 pub const NARROW_RANGE_MAX_ROWS: u64 = 10_000;
 
-/// The index of the narrowest range condition in `conditions` if it matches at most `max_rows`
-/// rows, counted (up to `max_rows + 1`) on the index alone.
+/// How many log positions per row asked for a page of a wide range walks in `seq` order before
+/// it reads the range's index instead: 100 finds a page of 50 among the newest 5,100 entries
+/// whenever at least 1% of them match, which a range matching more than
+/// [`NARROW_RANGE_MAX_ROWS`] rows usually does. Walking that many rows costs about a millisecond;
+/// when the window holds less than a page (matches that are old, or clustered elsewhere), the rest
+/// of the page comes from the index below the window.
+pub const WALK_POSITIONS_PER_ROW: u64 = 100;
+
+/// How [`list`] reads the filter's range conditions (a time window, a prefix, a status class, a
+/// network, a resource type).
 ///
-/// SQLite plans `ORDER BY seq LIMIT n` by assuming matches are spread evenly over the log, so
-/// for a range condition (a time window, a prefix, a status class, a network) it walks the log in
-/// `seq` order and stops after `n` matches. When the range matches fewer than `n` rows (a quiet
-/// hour, the last page) that walk reads the whole table, on every request. Counting the range
-/// first costs at most `max_rows` index entries and tells the two cases apart: a narrow range is
-/// read through its index and sorted, a wide one is left to the planner.
-fn narrow_range_index(
+/// SQLite, without statistics (auditgate never runs ANALYZE on a live log), reads a range through
+/// its index and sorts every match by `seq` to return the first page: 40 ms for a prefix matching
+/// a tenth of a million entries, and more as the log grows. Walking the log in `seq` order and
+/// stopping after a page is fast when matches are dense near the start of the walk and reads the
+/// whole table when they are not (a quiet hour, the last page). Counting each range first (up to
+/// `max_rows + 1` index entries) tells the cases apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangePlan {
+    /// No range condition.
+    NoRange,
+    /// The narrowest range matches at most `max_rows` rows: read the sequence numbers through its
+    /// index, sort them, and fetch a page.
+    Narrow(&'static str),
+    /// Every range matches more: walk a window of the log in order, then this index (the first
+    /// range's) below the window if the page is not yet full.
+    Wide(&'static str),
+}
+
+impl RangePlan {
+    fn narrow_index(self) -> Option<&'static str> {
+        match self {
+            RangePlan::Narrow(index) => Some(index),
+            RangePlan::NoRange | RangePlan::Wide(_) => None,
+        }
+    }
+}
+
+fn range_plan(
     conn: &Connection,
     conditions: &Conditions,
     max_rows: u64,
-) -> rusqlite::Result<Option<&'static str>> {
+) -> rusqlite::Result<RangePlan> {
     let mut narrowest: Option<(u64, &'static str)> = None;
     for range in &conditions.ranges {
         let sql = format!(
@@ -505,33 +595,95 @@ fn narrow_range_index(
             narrowest = Some((rows, range.index));
         }
     }
-    Ok(narrowest.map(|(_, index)| index))
+    Ok(match (narrowest, conditions.ranges.first()) {
+        (Some((_, index)), _) => RangePlan::Narrow(index),
+        (None, Some(first)) => RangePlan::Wide(first.index),
+        (None, None) => RangePlan::NoRange,
+    })
 }
 
-/// The SELECT behind [`list`], after choosing its index; apart so that the query plan test
-/// inspects the very same SQL.
+/// The statement [`list`] runs first, and what it runs after when that one reads only a window
+/// of the log.
+struct PageQuery {
+    sql: String,
+    values: Vec<Value>,
+    past_window: Option<PastWindow>,
+}
+
+/// The rest of a page after a walk of a window of the log: the entries past `boundary` in the
+/// listing order, through `index`.
+#[derive(Debug, Clone, Copy)]
+struct PastWindow {
+    index: &'static str,
+    boundary: i64,
+}
+
+/// `SELECT` of a page whose sequence numbers are found through `index` (`where_sql` may read
+/// other columns too): the sort then handles sequence numbers only, and when the conditions are
+/// all on the index's columns SQLite reads the index alone, fetching just the page's rows.
+fn through_index_sql(index: &str, where_sql: &str, order: Order) -> String {
+    let order = order_sql(order);
+    format!(
+        "SELECT {ENTRY_COLUMNS} FROM entries WHERE seq IN (SELECT seq FROM entries INDEXED BY \
+         {index} {where_sql} ORDER BY seq {order} LIMIT ?) ORDER BY seq {order}"
+    )
+}
+
+/// The SELECT behind [`list`], after choosing its index; apart so that the query plan tests
+/// inspect the very same SQL.
 fn page_query(
     conn: &Connection,
     filter: &Filter,
     page: &PageRequest,
     narrow_range_max_rows: u64,
-) -> rusqlite::Result<(String, Vec<Value>)> {
-    let limit = i64::from(page.limit.clamp(1, MAX_LIMIT)) + 1;
+) -> rusqlite::Result<PageQuery> {
+    let limit = page_rows(page);
     let order = order_sql(page.order);
-    let index = narrow_range_index(
+    let plan = range_plan(
         conn,
         &Conditions::from_filter(filter),
         narrow_range_max_rows,
     )?;
     if filter.actor.is_none() {
-        let (where_sql, mut values) = page_conditions(filter, page, ActorColumns::Either);
+        let mut conditions = page_condition_set(filter, page, ActorColumns::Either);
+        if let RangePlan::Narrow(index) = plan {
+            conditions.values.push(Value::Integer(limit));
+            return Ok(PageQuery {
+                sql: through_index_sql(index, &conditions.where_sql(), page.order),
+                values: conditions.values,
+                past_window: None,
+            });
+        }
+        // A wide range with no equality to walk instead: the window first. NOT INDEXED leaves
+        // SQLite only the table itself, walked in seq order from the keyset position.
+        let window = match plan {
+            RangePlan::Wide(index) if !conditions.has_ordered_equality => {
+                window_boundary(conn, page)?.map(|boundary| PastWindow { index, boundary })
+            }
+            _ => None,
+        };
+        let from = match window {
+            Some(window) => {
+                let clause = match page.order {
+                    Order::Desc => "seq >= ?",
+                    Order::Asc => "seq <= ?",
+                };
+                conditions.push(clause, [Value::Integer(window.boundary)]);
+                " NOT INDEXED"
+            }
+            None => "",
+        };
         // One row more than asked tells whether another page follows without a second query.
-        values.push(Value::Integer(limit));
+        conditions.values.push(Value::Integer(limit));
         let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries{} {where_sql} ORDER BY seq {order} LIMIT ?",
-            indexed_by(index),
+            "SELECT {ENTRY_COLUMNS} FROM entries{from} {} ORDER BY seq {order} LIMIT ?",
+            conditions.where_sql(),
         );
-        return Ok((sql, values));
+        return Ok(PageQuery {
+            sql,
+            values: conditions.values,
+            past_window: window,
+        });
     }
     // The actor is matched on two columns, and SQLite answers an OR over two indexes by
     // collecting and sorting every match, which for a busy account is its whole history on every
@@ -543,7 +695,7 @@ fn page_query(
         let (where_sql, arm_values) = page_conditions(filter, page, columns);
         arms.push(format!(
             "SELECT seq FROM (SELECT seq FROM entries{} {where_sql} ORDER BY seq {order} LIMIT ?)",
-            indexed_by(index),
+            indexed_by(plan.narrow_index()),
         ));
         values.extend(arm_values);
         values.push(Value::Integer(limit));
@@ -553,7 +705,78 @@ fn page_query(
         "SELECT {ENTRY_COLUMNS} FROM entries WHERE seq IN ({}) ORDER BY seq {order} LIMIT ?",
         arms.join(" UNION ALL "),
     );
-    Ok((sql, values))
+    Ok(PageQuery {
+        sql,
+        values,
+        past_window: None,
+    })
+}
+
+/// Rows a page reads: one more than asked, which tells whether another page follows.
+fn page_rows(page: &PageRequest) -> i64 {
+    i64::from(page.limit.clamp(1, MAX_LIMIT)) + 1
+}
+
+/// Where the walk of a wide range stops: the last sequence number it covers, newest first or
+/// oldest first from the keyset position. `None` when the window already holds the whole rest of
+/// the log, so nothing is left to read past it.
+fn window_boundary(conn: &Connection, page: &PageRequest) -> rusqlite::Result<Option<i64>> {
+    let positions = i64::try_from(WALK_POSITIONS_PER_ROW)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(page_rows(page));
+    let to_i64 = |seq: u64| i64::try_from(seq).unwrap_or(i64::MAX);
+    // Reading min or max of the primary key alone is one seek each.
+    let end = |sql: &str| -> rusqlite::Result<Option<i64>> {
+        conn.prepare_cached(sql)?.query_row([], |row| row.get(0))
+    };
+    match page.order {
+        Order::Desc => {
+            let Some(oldest) = end("SELECT min(seq) FROM entries")? else {
+                return Ok(None);
+            };
+            let top = match page.cursor {
+                Some(cursor) => to_i64(cursor.seq()),
+                None => end("SELECT max(seq) FROM entries")?.map_or(0, |seq| seq.saturating_add(1)),
+            };
+            let top = page.through.map_or(top, |through| {
+                top.min(to_i64(through.seq()).saturating_add(1))
+            });
+            let boundary = top.saturating_sub(positions);
+            Ok((boundary > oldest).then_some(boundary))
+        }
+        Order::Asc => {
+            let Some(newest) = end("SELECT max(seq) FROM entries")? else {
+                return Ok(None);
+            };
+            let bottom = match page.cursor {
+                Some(cursor) => to_i64(cursor.seq()),
+                None => end("SELECT min(seq) FROM entries")?.map_or(0, |seq| seq.saturating_sub(1)),
+            };
+            let boundary = bottom.saturating_add(positions);
+            Ok((boundary < newest).then_some(boundary))
+        }
+    }
+}
+
+/// The rest of a page after its window: up to `rows` entries past the window, through the
+/// range's index.
+fn past_window_query(
+    filter: &Filter,
+    page: &PageRequest,
+    past: PastWindow,
+    rows: i64,
+) -> (String, Vec<Value>) {
+    let mut conditions = page_condition_set(filter, page, ActorColumns::Either);
+    let clause = match page.order {
+        Order::Desc => "seq < ?",
+        Order::Asc => "seq > ?",
+    };
+    conditions.push(clause, [Value::Integer(past.boundary)]);
+    conditions.values.push(Value::Integer(rows));
+    (
+        through_index_sql(past.index, &conditions.where_sql(), page.order),
+        conditions.values,
+    )
 }
 
 /// The filter's conditions and the cursor's, as `WHERE ...` and values.
@@ -562,6 +785,16 @@ fn page_conditions(
     page: &PageRequest,
     actor_columns: ActorColumns,
 ) -> (String, Vec<Value>) {
+    let conditions = page_condition_set(filter, page, actor_columns);
+    (conditions.where_sql(), conditions.values)
+}
+
+/// The filter's conditions and the cursor's.
+fn page_condition_set(
+    filter: &Filter,
+    page: &PageRequest,
+    actor_columns: ActorColumns,
+) -> Conditions {
     let mut conditions = Conditions::from_filter_matching_actor(filter, actor_columns);
     // Newest first with both a cursor and a snapshot bound, both are upper bounds: give SQLite
     // only the tighter one. With two, it seeks by one and filters by the other, so every chunk of
@@ -584,7 +817,7 @@ fn page_conditions(
         };
         conditions.push(clause, [Value::Integer(seq)]);
     }
-    (conditions.where_sql(), conditions.values)
+    conditions
 }
 
 fn indexed_by(index: Option<&str>) -> String {
@@ -606,6 +839,18 @@ pub fn list(conn: &Connection, filter: &Filter, page: &PageRequest) -> rusqlite:
     list_planned(conn, filter, page, NARROW_RANGE_MAX_ROWS)
 }
 
+fn query_entries(
+    conn: &Connection,
+    sql: &str,
+    values: Vec<Value>,
+) -> rusqlite::Result<Vec<AuditEntry>> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let entries = statement
+        .query_map(rusqlite::params_from_iter(values), entry_from_row)?
+        .collect();
+    entries
+}
+
 /// [`list`] with the narrow-range threshold as a parameter, so tests cover both plans.
 fn list_planned(
     conn: &Connection,
@@ -613,11 +858,16 @@ fn list_planned(
     page: &PageRequest,
     narrow_range_max_rows: u64,
 ) -> rusqlite::Result<Page> {
-    let (sql, values) = page_query(conn, filter, page, narrow_range_max_rows)?;
-    let mut statement = conn.prepare_cached(&sql)?;
-    let mut entries = statement
-        .query_map(rusqlite::params_from_iter(values), entry_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let query = page_query(conn, filter, page, narrow_range_max_rows)?;
+    let mut entries = query_entries(conn, &query.sql, query.values)?;
+    let rows = page_rows(page);
+    let found = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+    if let Some(past) = query.past_window.filter(|_| found < rows) {
+        // The window and the rest are two statements, and appends may come between them; the
+        // boundary was fixed before both, so every entry is read by exactly one of them.
+        let (sql, values) = past_window_query(filter, page, past, rows - found);
+        entries.extend(query_entries(conn, &sql, values)?);
+    }
     let limit = usize::try_from(page.limit.clamp(1, MAX_LIMIT)).unwrap_or(usize::MAX);
     let next_cursor = if entries.len() > limit {
         entries.truncate(limit);
@@ -649,7 +899,7 @@ pub fn list_offset(
     limit: u32,
 ) -> rusqlite::Result<Vec<AuditEntry>> {
     let mut conditions = Conditions::from_filter(filter);
-    let index = narrow_range_index(conn, &conditions, NARROW_RANGE_MAX_ROWS)?;
+    let index = range_plan(conn, &conditions, NARROW_RANGE_MAX_ROWS)?.narrow_index();
     conditions
         .values
         .push(Value::Integer(i64::from(limit.clamp(1, MAX_LIMIT))));
@@ -782,6 +1032,16 @@ pub fn stats(
     by: StatsBy,
     limit: u32,
 ) -> rusqlite::Result<Vec<Bucket>> {
+    let window_only = Filter {
+        since: filter.since,
+        until: filter.until,
+        ..Filter::default()
+    };
+    if by.is_time() && *filter == window_only {
+        if let Some(buckets) = time_buckets_by_seeking(conn, filter, by, limit)? {
+            return Ok(buckets);
+        }
+    }
     let (where_sql, mut values) = where_clause(filter);
     values.push(Value::Integer(i64::from(limit)));
     let key = by.key_sql();
@@ -806,6 +1066,79 @@ pub fn stats(
         })?
         .collect();
     buckets
+}
+
+/// Day or hour buckets of a filter that is only a time window (or nothing), newest first, each
+/// counted on the `created_at` index alone: the newest time left names the next bucket, whose
+/// rows are one index range. Grouping instead reads every row of the window into a temporary
+/// b-tree (70 ms for 30 days of a million-entry log); this reads the same index entries once and
+/// sorts nothing.
+///
+/// `None` when a stored time is shorter than a bucket key (a damaged row), whose range would not
+/// be its bucket: the caller then groups as usual.
+fn time_buckets_by_seeking(
+    conn: &Connection,
+    filter: &Filter,
+    by: StatsBy,
+    limit: u32,
+) -> rusqlite::Result<Option<Vec<Bucket>>> {
+    let key_chars = match by {
+        StatsBy::Hour => 13,
+        _ => 10,
+    };
+    // The window's bounds and each bucket's are merged here into one lower and one upper bound:
+    // given two bounds on one side, SQLite seeks by one and filters by the other, and would walk
+    // from the window's start to every bucket.
+    let since = filter.since.as_ref().map(format_timestamp);
+    let mut upper: Option<String> = filter.until.as_ref().map(format_timestamp);
+    let mut buckets = Vec::new();
+    while buckets.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
+        let newest: Option<String> =
+            count_or_max(conn, "max(created_at)", since.clone(), upper.clone())?;
+        let Some(newest) = newest else {
+            break;
+        };
+        // What substr(created_at, 1, n) is in SQL: the first n characters.
+        let key: String = newest.chars().take(key_chars).collect();
+        if key.chars().count() < key_chars {
+            return Ok(None);
+        }
+        let lower = since.clone().max(Some(key.clone()));
+        let bucket_upper = match (prefix_upper_bound(&key), upper) {
+            (Some(end), Some(upper)) => Some(end.min(upper)),
+            (end, upper) => end.or(upper),
+        };
+        let count: Option<u64> = count_or_max(conn, "count(*)", lower, bucket_upper)?;
+        buckets.push(Bucket {
+            key: key.clone(),
+            count: count.unwrap_or(0),
+        });
+        upper = Some(key);
+    }
+    buckets.reverse();
+    Ok(Some(buckets))
+}
+
+/// `SELECT {aggregate} FROM entries` over `created_at` in `[lower, upper)`, either bound absent
+/// meaning unbounded.
+fn count_or_max<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    aggregate: &str,
+    lower: Option<String>,
+    upper: Option<String>,
+) -> rusqlite::Result<Option<T>> {
+    let mut conditions = Conditions::default();
+    if let Some(lower) = lower {
+        conditions.push("created_at >= ?", [Value::Text(lower)]);
+    }
+    if let Some(upper) = upper {
+        conditions.push("created_at < ?", [Value::Text(upper)]);
+    }
+    let sql = format!("SELECT {aggregate} FROM entries {}", conditions.where_sql());
+    conn.prepare_cached(&sql)?
+        .query_row(rusqlite::params_from_iter(conditions.values), |row| {
+            row.get(0)
+        })
 }
 
 #[cfg(test)]

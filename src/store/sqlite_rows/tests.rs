@@ -1199,7 +1199,8 @@ fn plan(conn: &Connection, filter: &Filter, cursor: Option<Cursor>, max_rows: u6
         cursor,
         ..PageRequest::default()
     };
-    let (sql, values) = page_query(conn, filter, &request, max_rows).expect("query");
+    let PageQuery { sql, values, .. } =
+        page_query(conn, filter, &request, max_rows).expect("query");
     let mut statement = conn
         .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
         .expect("explain");
@@ -1456,4 +1457,252 @@ fn newest_first_exports_seek_by_one_upper_bound() {
         super::ActorColumns::Either,
     );
     assert_eq!(where_sql.matches("seq").count(), 2, "{where_sql}");
+}
+
+/// A wide range walks a window of the log and reads the rest through its index. With small
+/// pages the window is a few hundred positions, so most pages need both parts, in both orders;
+/// together they must still give every match once, in order.
+#[test]
+fn pages_split_between_window_and_index_lose_and_repeat_nothing() {
+    let conn = open();
+    let all = varied(&conn, 3000);
+    for (name, filter) in sample_filters() {
+        let mut expected: Vec<u64> = all
+            .iter()
+            .filter(|entry| oracle(&filter, entry))
+            .map(|entry| entry.seq)
+            .collect();
+        let ascending = all_pages_planned(&conn, &filter, Order::Asc, 4, 0);
+        assert_eq!(seqs(&ascending), expected, "{name}, asc");
+        expected.reverse();
+        let descending = all_pages_planned(&conn, &filter, Order::Desc, 4, 0);
+        assert_eq!(seqs(&descending), expected, "{name}, desc");
+    }
+}
+
+/// The page statement of a wide range walks the table in `seq` order from the cursor, bounded
+/// by the window, and the rest of the page is found through the range's index and sorted as
+/// sequence numbers only.
+#[test]
+fn a_wide_range_walks_a_window_then_its_index() {
+    let conn = open();
+    let rows = 4000;
+    varied(&conn, rows);
+    let filter = Filter {
+        status: Some(StatusFilter::Class(5)),
+        ..Filter::default()
+    };
+    let request = PageRequest {
+        cursor: Some(Cursor::after_seq(rows - 5)),
+        limit: 3,
+        ..PageRequest::default()
+    };
+    let query = page_query(&conn, &filter, &request, 100).expect("query");
+    let past = query.past_window.expect("a window smaller than the log");
+    assert_eq!(past.boundary, (rows - 5 - 400) as i64);
+    assert_eq!(past.index, "entries_status");
+    let explain = |sql: &str, values: Vec<Value>| -> String {
+        let mut statement = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        statement
+            .query_map(rusqlite::params_from_iter(values), |row| {
+                row.get::<_, String>(3)
+            })
+            .expect("plan")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("plan rows")
+            .join(" | ")
+    };
+    let window = explain(&query.sql, query.values);
+    assert!(
+        window.contains("INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
+        "{window}"
+    );
+    assert!(!window.contains("TEMP B-TREE"), "{window}");
+    let (sql, values) = super::past_window_query(&filter, &request, past, 4);
+    let rest = explain(&sql, values);
+    assert!(rest.contains("COVERING INDEX entries_status"), "{rest}");
+    // An equality served in seq order is walked instead: no window.
+    let with_outcome = Filter {
+        outcome: Some(Outcome::Error),
+        ..filter
+    };
+    let query = page_query(&conn, &with_outcome, &request, 100).expect("query");
+    assert!(query.past_window.is_none());
+}
+
+/// The free-text function matches exactly what LIKE '%text%' without case does in SQLite:
+/// ASCII letters folded, nothing else, wildcards literal, NULL matching nothing.
+#[test]
+fn free_text_function_agrees_with_like() {
+    let conn = open();
+    let texts = [
+        None,
+        Some(""),
+        Some("Alice@Example.COM"),
+        Some("ÉCOLE école"),
+        Some("100%_done\\"),
+        Some("straße STRASSE"),
+        Some("aaab"),
+    ];
+    let needles = [
+        "",
+        "alice",
+        "EXAMPLE.com",
+        "é",
+        "É",
+        "école",
+        "ÉCOLE",
+        "%",
+        "_",
+        "\\",
+        "0%_d",
+        "aab",
+        "ß",
+        "SS",
+        "b",
+        "bb",
+        "ice@ex",
+    ];
+    for text_value in texts {
+        for needle in needles {
+            let (function, like): (Option<bool>, Option<bool>) = conn
+                .query_row(
+                    &format!("SELECT {CONTAINS_FUNCTION}(?1, ?2), ?2 LIKE ?3 ESCAPE '\\'"),
+                    params![needle, text_value, super::contains_pattern(needle)],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .expect("query");
+            assert_eq!(
+                function.unwrap_or(false),
+                like.unwrap_or(false),
+                "{needle:?} in {text_value:?}"
+            );
+        }
+    }
+    let any: bool = conn
+        .query_row(
+            &format!("SELECT {CONTAINS_FUNCTION}('x', NULL, 'abc', 'AXE')"),
+            [],
+            |row| row.get(0),
+        )
+        .expect("several texts");
+    assert!(any);
+}
+
+/// Day and hour stats of a time window are counted bucket by bucket on the index; they must be
+/// the buckets that grouping every row gives, for every window and limit, and a stored time
+/// too short to be a bucket key falls back to grouping.
+#[test]
+fn time_stats_by_seeking_equal_grouping() {
+    let conn = open();
+    let rows = 3000;
+    varied(&conn, rows);
+    let grouped = |filter: &Filter, by: StatsBy, limit: u32| -> Vec<Bucket> {
+        let (where_sql, mut values) = where_clause(filter);
+        values.push(Value::Integer(i64::from(limit)));
+        let sql = format!(
+            "SELECT bucket, n FROM (SELECT {} AS bucket, count(*) AS n FROM entries {where_sql} \
+             GROUP BY bucket ORDER BY bucket DESC LIMIT ?) ORDER BY bucket ASC",
+            by.key_sql()
+        );
+        let mut statement = conn.prepare(&sql).expect("prepare");
+        statement
+            .query_map(rusqlite::params_from_iter(values), |row| {
+                Ok(Bucket {
+                    key: row.get(0)?,
+                    count: row.get(1)?,
+                })
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let end = newest(rows);
+    let windows = [
+        Filter::default(),
+        Filter {
+            since: Some(end - Duration::days(3)),
+            ..Filter::default()
+        },
+        Filter {
+            until: Some(end - Duration::hours(30)),
+            ..Filter::default()
+        },
+        Filter {
+            since: Some(end - Duration::hours(77)),
+            until: Some(end - Duration::minutes(1441)),
+            ..Filter::default()
+        },
+        Filter {
+            since: Some(end + Duration::days(1)),
+            ..Filter::default()
+        },
+    ];
+    for filter in &windows {
+        for by in [StatsBy::Day, StatsBy::Hour] {
+            for limit in [1, 5, 1000] {
+                let expected = grouped(filter, by, limit);
+                assert_eq!(
+                    stats(&conn, filter, by, limit).expect("stats"),
+                    expected,
+                    "{filter:?} {by:?} {limit}"
+                );
+            }
+        }
+    }
+    assert!(!grouped(&windows[3], StatsBy::Hour, 1000).is_empty());
+    let mut damaged = entry(rows + 1);
+    damaged.created_at = end;
+    insert(&conn, &damaged);
+    conn.execute(
+        "UPDATE entries SET created_at = '2026-11-2' WHERE seq = ?",
+        [rows + 1],
+    )
+    .expect("damage");
+    let expected = grouped(&Filter::default(), StatsBy::Day, 1000);
+    assert!(expected.iter().any(|bucket| bucket.key == "2026-11-2"));
+    assert_eq!(
+        stats(&conn, &Filter::default(), StatsBy::Day, 1000).expect("stats"),
+        expected
+    );
+}
+
+/// The entry at a window's boundary belongs to the window, and the index part starts just past
+/// it: a page that needs both parts holds it once.
+#[test]
+fn the_window_boundary_entry_is_read_once() {
+    let conn = open();
+    let rows = 3000;
+    // Pages of 4 walk 500 positions: newest first from 3001 the window is [2501, 3000], oldest
+    // first [1, 500]. Only the boundary entry and a block far from it match.
+    let matches = |seq: u64| seq == 2501 || seq == 500 || (1000..=2000).contains(&seq);
+    let transaction = conn.unchecked_transaction().expect("begin");
+    for seq in 1..=rows {
+        let mut entry = entry(seq);
+        if matches(seq) {
+            entry.status = Some(503);
+        }
+        insert(&transaction, &entry);
+    }
+    transaction.commit().expect("commit");
+    let filter = Filter {
+        status: Some(StatusFilter::Class(5)),
+        ..Filter::default()
+    };
+    let first_page = |order| {
+        let request = PageRequest {
+            limit: 4,
+            order,
+            ..PageRequest::default()
+        };
+        seqs(
+            &list_planned(&conn, &filter, &request, 100)
+                .expect("list")
+                .entries,
+        )
+    };
+    assert_eq!(first_page(Order::Desc), [2501, 2000, 1999, 1998]);
+    assert_eq!(first_page(Order::Asc), [500, 1000, 1001, 1002]);
 }
