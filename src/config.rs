@@ -204,7 +204,8 @@ pub struct LogFile {
     /// POSTed; https checks the certificate chain and the host name).
     #[serde(default)]
     pub publish_heads: Vec<String>,
-    /// Longest wait for a URL target to accept a head (default "5s").
+    /// Longest wait for a URL target to accept a head (default "5s"). At shutdown, a head a URL
+    /// refused is retried for up to twice this plus a second before it is given up (and logged).
     pub publish_timeout: Option<String>,
     /// PEM file of the CAs trusted for https:// targets in publish_heads (a private CA);
     /// default: the system's CA store. Relative to this file.

@@ -227,6 +227,12 @@ impl Sidecar {
         self.writer.handle()
     }
 
+    /// The head signer's counters, `None` without a signing key. They outlive [`Self::shutdown`],
+    /// so a caller can see what the shutdown head's publishing did.
+    pub fn signer_stats(&self) -> Option<Arc<crate::signer::SignerStats>> {
+        self.signer.as_ref().map(HeadSigner::stats)
+    }
+
     /// Stops accepting, lets in-flight requests finish (within a grace period), and writes every
     /// queued entry before returning.
     pub async fn shutdown(self) {

@@ -9,10 +9,16 @@
 //! the store is always in the files too; `auditgate verify --heads` relies on that to find a
 //! truncated file. `http://` and `https://` targets are POSTed by a separate task, so a slow or
 //! dead URL never holds up signing; a head that could not be delivered (to a file or a URL) is
-//! retried before the next one, oldest first. An https target is reached on a connection of its
-//! own per delivery round, checked against `publish_ca_file` or the system's CAs (see
-//! [`crate::tls`]); an untrusted certificate is a failed delivery like any other. Nothing here runs on the writer's thread or the proxy's path: the
-//! signer reads the tree's root from the store's in-memory frontier, which costs no hashing.
+//! retried before the next one, oldest first. At shutdown the URL publisher retries what a URL
+//! refused a few times, waiting a little longer each time, until a deadline of twice
+//! `publish_timeout` plus a second; then it logs and counts the heads each URL never got (they
+//! are in the store and the files), so a collector that is briefly down still gets the final
+//! head and one that stays down cannot hold up shutdown.
+//!
+//! An https target is reached on a connection of its own per delivery round, checked against
+//! `publish_ca_file` or the system's CAs (see [`crate::tls`]); an untrusted certificate is a
+//! failed delivery like any other. Nothing here runs on the writer's thread or the proxy's path:
+//! the signer reads the tree's root from the store's in-memory frontier, which costs no hashing.
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
@@ -31,6 +37,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::{LogConfig, PublishTarget};
 use crate::log::head::{LogSigner, TreeHead};
@@ -42,6 +49,13 @@ use crate::writer::WriterHandle;
 /// later head supersedes an earlier one for rollback detection, so losing old ones costs little.
 const MAX_PENDING: usize = 10_000;
 
+/// Retries at shutdown of a URL delivery that failed, after the attempt every head gets: enough
+/// to ride out a collector restarting, few enough to keep shutdown short.
+const SHUTDOWN_RETRIES: u32 = 4;
+
+/// The wait before the first retry at shutdown; each later wait is twice the one before.
+const SHUTDOWN_FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
 /// Counters for /metrics.
 #[derive(Debug, Default)]
 pub struct SignerStats {
@@ -51,7 +65,8 @@ pub struct SignerStats {
     pub heads_published: Counter,
     /// Failed deliveries (each retried with the next head).
     pub publish_failures: Counter,
-    /// Heads given up on for a target after 10,000 piled up unsent.
+    /// Heads given up on for a target: after 10,000 piled up unsent, or still unsent to a URL
+    /// when the retries at shutdown ran out.
     pub publish_dropped: Counter,
     /// Heads that could not be made or stored.
     pub sign_failures: Counter,
@@ -90,9 +105,11 @@ impl HeadSigner {
             }
         }
         let (to_publisher, from_signer) = mpsc::channel::<String>(1024);
+        let (finish, finish_by) = watch::channel(None);
         let publisher = tokio::spawn(publish_urls(
             urls,
             from_signer,
+            finish_by,
             config.publish_timeout,
             config.publish_tls.clone(),
             stats.clone(),
@@ -106,7 +123,16 @@ impl HeadSigner {
             stats: stats.clone(),
             last: None,
         };
-        let task = tokio::spawn(run(work, config, writer, stopped, publisher));
+        let task = tokio::spawn(run(
+            work,
+            config,
+            writer,
+            stopped,
+            Publisher {
+                task: publisher,
+                finish,
+            },
+        ));
         HeadSigner { stop, task, stats }
     }
 
@@ -143,6 +169,18 @@ struct SignerWork {
     last: Option<(u64, DateTime<Utc>)>,
 }
 
+/// The URL publisher task, and where the signer tells it by when to finish at shutdown.
+struct Publisher {
+    task: JoinHandle<()>,
+    finish: watch::Sender<Option<Instant>>,
+}
+
+/// How long shutdown waits for URL targets: time for one attempt that runs into the timeout, the
+/// retries, and another attempt.
+fn shutdown_budget(publish_timeout: Duration) -> Duration {
+    publish_timeout.saturating_mul(2) + Duration::from_secs(1)
+}
+
 /// Why the signer woke up; decides whether a head is due.
 #[derive(Debug, Clone, Copy)]
 enum Wake {
@@ -159,7 +197,7 @@ async fn run(
     config: LogConfig,
     writer: WriterHandle,
     mut stopped: watch::Receiver<bool>,
-    publisher: JoinHandle<()>,
+    publisher: Publisher,
 ) {
     tracing::info!(
         key_id = %work.signer.key_id(),
@@ -198,11 +236,19 @@ async fn run(
     // stopped and how long it was.
     maybe_sign(&work, Wake::Final).await;
     drop(work);
+    // The URL publisher delivers what is queued and retries what fails until the deadline, then
+    // gives up by itself and says what it did not deliver. The wait here is only a backstop.
+    let deadline = Instant::now() + shutdown_budget(config.publish_timeout);
+    let _ = publisher.finish.send(Some(deadline));
     drop(to_publisher);
-    // The URL publisher gets one more round for what is pending, then gives up.
-    let grace = config.publish_timeout.saturating_mul(2) + Duration::from_secs(1);
-    if tokio::time::timeout(grace, publisher).await.is_err() {
-        tracing::warn!("some signed heads were not delivered to their URL targets at shutdown");
+    let abort = publisher.task.abort_handle();
+    let backstop = deadline + Duration::from_millis(500);
+    if tokio::time::timeout_at(backstop, publisher.task)
+        .await
+        .is_err()
+    {
+        abort.abort();
+        tracing::warn!("the URL publisher did not finish by its shutdown deadline; stopped it");
     }
 }
 
@@ -343,10 +389,13 @@ struct Transport {
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// The URL publisher: POSTs each head to every URL target, oldest pending first.
+/// The URL publisher: POSTs each head to every URL target, oldest pending first. When the signer
+/// closes `heads` at shutdown, it retries what is still pending until the deadline in
+/// `finish_by`.
 async fn publish_urls(
     mut targets: Vec<UrlTarget>,
     mut heads: mpsc::Receiver<String>,
+    finish_by: watch::Receiver<Option<Instant>>,
     timeout: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
     stats: Arc<SignerStats>,
@@ -360,19 +409,98 @@ async fn publish_urls(
         tls,
     };
     while let Some(line) = heads.recv().await {
+        let deadline = *finish_by.borrow();
         for target in &mut targets {
             push_pending(&mut target.pending, line.clone(), &stats);
-            deliver(&transport, target, timeout, &stats).await;
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                // Past the shutdown deadline: only kept, to be reported below.
+                continue;
+            }
+            if let Err(reason) = deliver(&transport, target, timeout, deadline, &stats).await {
+                tracing::warn!(url = %target.uri, %reason, pending = target.pending.len(), "cannot publish a tree head; retrying with the next head");
+            }
         }
+    }
+    let deadline = finish_by
+        .borrow()
+        .unwrap_or_else(|| Instant::now() + shutdown_budget(timeout));
+    deliver_before_stopping(&transport, &mut targets, timeout, deadline, &stats).await;
+}
+
+/// At shutdown no next head will carry a refused one again, so a failed delivery is retried
+/// here: up to [`SHUTDOWN_RETRIES`] times with a doubling wait, never past `deadline`. What a URL
+/// still has not got is counted as dropped and logged by tree size, so an operator knows which
+/// heads to hand to the collector from the heads file or the database.
+async fn deliver_before_stopping(
+    transport: &Transport,
+    targets: &mut [UrlTarget],
+    timeout: Duration,
+    deadline: Instant,
+    stats: &SignerStats,
+) {
+    let mut backoff = SHUTDOWN_FIRST_BACKOFF;
+    for retry in 1..=SHUTDOWN_RETRIES {
+        if targets.iter().all(|target| target.pending.is_empty()) {
+            return;
+        }
+        if Instant::now() + backoff >= deadline {
+            break;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = backoff.saturating_mul(2);
+        for target in targets.iter_mut() {
+            if target.pending.is_empty() {
+                continue;
+            }
+            match deliver(transport, target, timeout, Some(deadline), stats).await {
+                Ok(()) => {
+                    tracing::info!(url = %target.uri, retry, "delivered the pending tree heads at shutdown")
+                }
+                Err(reason) => {
+                    tracing::warn!(url = %target.uri, %reason, retry, pending = target.pending.len(), "cannot publish a tree head at shutdown; retrying")
+                }
+            }
+        }
+    }
+    for target in targets.iter() {
+        if target.pending.is_empty() {
+            continue;
+        }
+        stats.publish_dropped.add(target.pending.len() as u64);
+        tracing::error!(
+            url = %target.uri,
+            heads = target.pending.len(),
+            sizes = %head_sizes(&target.pending),
+            "gave up publishing signed tree heads at shutdown: this URL did not receive them \
+             (they are in the database and any heads file)"
+        );
     }
 }
 
+/// The tree sizes of pending head lines, for a log line: all of them when few, else the first
+/// and last few.
+fn head_sizes(pending: &VecDeque<String>) -> String {
+    let size = |line: &String| {
+        serde_json::from_str::<crate::log::head::SignedTreeHead>(line)
+            .map_or_else(|_| "?".to_string(), |head| head.head.size.to_string())
+    };
+    if pending.len() <= 10 {
+        return pending.iter().map(size).collect::<Vec<_>>().join(", ");
+    }
+    let first: Vec<String> = pending.iter().take(5).map(size).collect();
+    let last: Vec<String> = pending.iter().skip(pending.len() - 5).map(size).collect();
+    format!("{}, ... {}", first.join(", "), last.join(", "))
+}
+
+/// Sends `target`'s pending heads, oldest first, and stops at the first that fails (counted,
+/// and its reason returned). Each attempt waits at most `timeout`, and never past `deadline`.
 async fn deliver(
     transport: &Transport,
     target: &mut UrlTarget,
     timeout: Duration,
+    deadline: Option<Instant>,
     stats: &SignerStats,
-) {
+) -> Result<(), String> {
     // One TLS connection serves a whole round of pending heads.
     let mut https: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
     while let Some(line) = target.pending.front() {
@@ -409,12 +537,15 @@ async fn deliver(
                     .map_err(|error| error.to_string())
             }
         };
-        let outcome = tokio::time::timeout(timeout, attempt).await;
+        let limit = deadline.map_or(timeout, |deadline| {
+            timeout.min(deadline.saturating_duration_since(Instant::now()))
+        });
+        let outcome = tokio::time::timeout(limit, attempt).await;
         let failure = match outcome {
             Ok(Ok(status)) if status.is_success() => None,
             Ok(Ok(status)) => Some(format!("answered {status}")),
             Ok(Err(error)) => Some(error),
-            Err(_) => Some(format!("no answer within {timeout:?}")),
+            Err(_) => Some(format!("no answer within {limit:?}")),
         };
         match failure {
             None => {
@@ -423,11 +554,11 @@ async fn deliver(
             }
             Some(reason) => {
                 stats.publish_failures.inc();
-                tracing::warn!(url = %target.uri, %reason, pending = target.pending.len(), "cannot publish a tree head; retrying with the next head");
-                return;
+                return Err(reason);
             }
         }
     }
+    Ok(())
 }
 
 /// The POST of one head. Over a connection of our own (https) the request carries the path and
@@ -497,5 +628,18 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text, "{\"a\":1}\n{\"cut\n{\"b\":2}\n{\"c\":3}\n");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn heads_given_up_on_are_named_by_size() {
+        let signer = LogSigner::generate();
+        let line = |size: u64| {
+            let head = TreeHead::new("t", size, [0; 32], Utc::now()).expect("head");
+            serde_json::to_string(&signer.sign(head).expect("sign")).expect("json")
+        };
+        let few: VecDeque<String> = [line(3), "not a head".into(), line(9)].into();
+        assert_eq!(head_sizes(&few), "3, ?, 9");
+        let many: VecDeque<String> = (1..=12).map(line).collect();
+        assert_eq!(head_sizes(&many), "1, 2, 3, 4, 5, ... 8, 9, 10, 11, 12");
     }
 }

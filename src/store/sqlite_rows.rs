@@ -14,7 +14,8 @@
 //!   rows are fetched; a wide one walks a bounded window of the log in `seq` order and reads the
 //!   rest of the page, if any, through its index (see [`RangePlan`]). Left to itself SQLite either
 //!   sorts every match of a wide range or walks the whole log for matches that are not there;
-//! - free text is one Rust function call per row ([`CONTAINS_FUNCTION`]), not six LIKEs;
+//! - free text is one Rust function call per row ([`CONTAINS_FUNCTION`]), not six LIKEs, and so
+//!   is the reference endpoint's action substring;
 //! - day and hour stats of a time window count one index range per bucket instead of grouping.
 //!
 //! Every connection that runs these queries needs [`register_functions`] first.
@@ -305,7 +306,9 @@ impl Conditions {
             }
         }
         if let Some(fragment) = &filter.action_contains {
-            conditions.push("action LIKE ? ESCAPE '\\'", [contains_pattern(fragment)]);
+            // The free-text function on one column: what `action LIKE '%fragment%'` means (ASCII
+            // case folded, wildcards literal), without building and matching a LIKE pattern.
+            conditions.push(format!("{CONTAINS_FUNCTION}(?, action)"), [text(fragment)]);
         }
         for prefix in &filter.exclude_action_prefixes {
             // The complement of the action_prefix range. No index serves a NOT, so this only
@@ -475,7 +478,9 @@ fn canonical_text_prefix(network: &IpNet) -> Option<String> {
 }
 
 /// `%fragment%` for LIKE, with `\`, `%` and `_` in the fragment escaped so they match
-/// themselves. Use with `ESCAPE '\'`.
+/// themselves. Use with `ESCAPE '\'`. Only the tests still build LIKE patterns: they check that
+/// [`CONTAINS_FUNCTION`] means the same.
+#[cfg(test)]
 fn contains_pattern(fragment: &str) -> Value {
     let mut pattern = String::with_capacity(fragment.len() + 2);
     pattern.push('%');

@@ -756,11 +756,14 @@ fn prune_from_the_command_line_records_itself() {
 }
 
 /// A stand-in for an operator's head collector: records POSTed bodies, refusing the first
-/// `refuse` requests with 503; over https when given a TLS acceptor.
+/// `refuse` requests (and the next ones asked for with [`Collector::refuse_next`]) with 503; over
+/// https when given a TLS acceptor.
 struct Collector {
     addr: std::net::SocketAddr,
     bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Requests still to refuse.
+    to_refuse: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Connections accepted (TLS handshakes attempted, for an https collector).
     connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -780,19 +783,26 @@ impl Collector {
         let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (task_bodies, task_refused, task_connections) =
-            (bodies.clone(), refused.clone(), connections.clone());
+        let to_refuse = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(refuse));
+        let (task_bodies, task_refused, task_connections, task_to_refuse) = (
+            bodies.clone(),
+            refused.clone(),
+            connections.clone(),
+            to_refuse.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 task_connections.fetch_add(1, Ordering::SeqCst);
                 let bodies = task_bodies.clone();
                 let refused = task_refused.clone();
+                let to_refuse = task_to_refuse.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |request: http::Request<hyper::body::Incoming>| {
                             let bodies = bodies.clone();
                             let refused = refused.clone();
+                            let to_refuse = to_refuse.clone();
                             async move {
                                 let body = request
                                     .into_body()
@@ -800,7 +810,12 @@ impl Collector {
                                     .await
                                     .map(|body| body.to_bytes())
                                     .unwrap_or_default();
-                                let status = if refused.load(Ordering::SeqCst) < refuse {
+                                let refuse = to_refuse
+                                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                                        left.checked_sub(1)
+                                    })
+                                    .is_ok();
+                                let status = if refuse {
                                     refused.fetch_add(1, Ordering::SeqCst);
                                     503
                                 } else {
@@ -837,8 +852,15 @@ impl Collector {
             addr,
             bodies,
             refused,
+            to_refuse,
             connections,
         }
+    }
+
+    /// Refuses the next `count` requests.
+    fn refuse_next(&self, count: u64) {
+        self.to_refuse
+            .store(count, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn heads(&self) -> Vec<SignedTreeHead> {
@@ -887,6 +909,121 @@ async fn heads_are_posted_to_a_url_and_a_refused_one_is_retried_with_the_next() 
     // Every head reached the URL, the refused one included, in order.
     assert_eq!(posted, file, "the URL saw exactly the heads the file has");
     assert_eq!(posted.last().map(|head| head.head.size), Some(2));
+}
+
+#[tokio::test]
+async fn a_refused_shutdown_head_is_retried_before_the_sidecar_stops() {
+    use std::sync::atomic::Ordering;
+    let upstream = Upstream::start().await;
+    let collector = Collector::start(0).await;
+    // No head is due between the one at start and the one at shutdown.
+    let (mut sidecar, heads_file, _key) = signing_sidecar_with_urls(
+        &upstream,
+        &[format!("http://{}/heads", collector.addr)],
+        "sign_interval = \"1h\"",
+        "",
+    )
+    .await;
+    assert!(
+        crate::support::eventually(Duration::from_secs(10), async || {
+            !collector.heads().is_empty()
+        })
+        .await,
+        "the head at start reached the URL"
+    );
+    let client = HttpClient::new();
+    client.send("POST", &sidecar.url("/a"), &[], "{}").await;
+    sidecar.wait_entries(1).await;
+    // The collector is briefly down when the shutdown head comes.
+    collector.refuse_next(1);
+    let stats = sidecar
+        .sidecar
+        .as_ref()
+        .and_then(|running| running.signer_stats())
+        .expect("a signer");
+    sidecar.stop().await;
+    assert_eq!(
+        collector.refused.load(Ordering::SeqCst),
+        1,
+        "the shutdown head's first POST was refused"
+    );
+    let file = read_heads(&heads_file);
+    assert_eq!(file.last().map(|head| head.head.size), Some(1));
+    assert_eq!(
+        collector.heads(),
+        file,
+        "the URL got every head the file has, the shutdown head included"
+    );
+    assert_eq!(stats.publish_failures.get(), 1);
+    assert_eq!(stats.publish_dropped.get(), 0);
+}
+
+#[tokio::test]
+async fn a_collector_down_at_shutdown_costs_a_bounded_wait_and_is_reported() {
+    use std::sync::atomic::Ordering;
+    let upstream = Upstream::start().await;
+    // Refuses every POST (503 at once) ...
+    let refusing = Collector::start(u64::MAX).await;
+    // ... and accepts connections but never answers: each attempt runs into publish_timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = held.clone();
+    let accepting = tokio::spawn(async move {
+        while let Ok((stream, _)) = silent.accept().await {
+            if let Ok(mut streams) = holder.lock() {
+                streams.push(stream);
+            }
+        }
+    });
+    let (mut sidecar, heads_file, _key) = signing_sidecar_with_urls(
+        &upstream,
+        &[
+            format!("http://{}/heads", refusing.addr),
+            format!("http://{silent_addr}/heads"),
+        ],
+        "sign_interval = \"1h\"\npublish_timeout = \"300ms\"",
+        "",
+    )
+    .await;
+    let client = HttpClient::new();
+    client.send("POST", &sidecar.url("/a"), &[], "{}").await;
+    sidecar.wait_entries(1).await;
+    // The head at start is signed (a stop before its first tick would skip it).
+    wait_heads(&heads_file, |heads| !heads.is_empty()).await;
+    let stats = sidecar
+        .sidecar
+        .as_ref()
+        .and_then(|running| running.signer_stats())
+        .expect("a signer");
+    let started = std::time::Instant::now();
+    sidecar.stop().await;
+    let took = started.elapsed();
+    accepting.abort();
+    // The budget is twice publish_timeout plus a second (1.6 s), and a backstop of half a
+    // second after it; generous slack for a loaded machine, far below an unbounded wait.
+    assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+    let file = read_heads(&heads_file);
+    assert!(
+        file.len() >= 2,
+        "the start and shutdown heads are in the file"
+    );
+    assert!(refusing.heads().is_empty());
+    assert!(
+        refusing.refused.load(Ordering::SeqCst) > file.len() as u64,
+        "the shutdown head was tried again: {} POSTs",
+        refusing.refused.load(Ordering::SeqCst)
+    );
+    // Every head is given up on for each of the two URLs, and said so.
+    assert_eq!(stats.publish_dropped.get(), 2 * file.len() as u64);
+    assert!(stats.publish_failures.get() >= 2 * file.len() as u64);
+    assert_eq!(
+        stats.heads_published.get(),
+        file.len() as u64,
+        "the file only"
+    );
 }
 
 #[tokio::test]

@@ -870,6 +870,72 @@ fn like_wildcards_in_user_text_match_only_themselves() {
     assert!(all_pages(&conn, &contains, Order::Asc, 50).is_empty());
 }
 
+/// The reference endpoint's `action` substring: ASCII letters without case, `%`, `_` and `\`
+/// only themselves, exactly the rows `action LIKE '%fragment%' ESCAPE '\'` finds (what it was
+/// before it used the free-text function), counted the same.
+#[test]
+fn action_contains_matches_like_a_case_insensitive_literal_substring() {
+    let conn = open();
+    let actions = [
+        "user.100%",
+        "user_x",
+        "USER.Created",
+        "userxcreated",
+        "post.Üser",
+        "post.über",
+        "a\\b",
+        "straße",
+    ];
+    for (index, action) in actions.iter().enumerate() {
+        let mut row = entry(index as u64 + 1);
+        row.action = (*action).into();
+        insert(&conn, &row);
+    }
+    let found = |fragment: &str| {
+        let filter = Filter {
+            action_contains: Some(fragment.into()),
+            ..Filter::default()
+        };
+        let listed: Vec<String> = all_pages(&conn, &filter, Order::Asc, 50)
+            .into_iter()
+            .map(|entry| entry.action)
+            .collect();
+        assert_eq!(
+            count(&conn, &filter).expect("count"),
+            listed.len() as u64,
+            "{fragment:?}"
+        );
+        listed
+    };
+    assert_eq!(found("%"), ["user.100%"]);
+    assert_eq!(found("0%"), ["user.100%"]);
+    assert_eq!(found("_"), ["user_x"]);
+    assert_eq!(found("r_x"), ["user_x"]);
+    assert_eq!(found("\\"), ["a\\b"]);
+    assert_eq!(found("uSeR.c"), ["USER.Created"]);
+    assert_eq!(
+        found("user"),
+        ["user.100%", "user_x", "USER.Created", "userxcreated"]
+    );
+    // Only ASCII letters fold, as in LIKE.
+    assert_eq!(found("Üser"), ["post.Üser"]);
+    assert_eq!(found("üser"), Vec::<String>::new());
+    assert_eq!(found("SS"), Vec::<String>::new());
+    for fragment in [
+        "", "%", "_", "\\", "user", "USER", "x", "ü", "Ü", "ß", "r.1", "%_", "created",
+    ] {
+        let mut like = conn
+            .prepare("SELECT action FROM entries WHERE action LIKE ? ESCAPE '\\' ORDER BY seq")
+            .expect("prepare");
+        let by_like: Vec<String> = like
+            .query_map([super::contains_pattern(fragment)], |row| row.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(found(fragment), by_like, "{fragment:?}");
+    }
+}
+
 #[test]
 fn hostile_filter_values_are_data_not_sql() {
     let conn = open();
