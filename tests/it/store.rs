@@ -457,6 +457,11 @@ fn filters() -> Vec<Filter> {
             q: Some("100%".into()),
             ..Filter::default()
         },
+        // Letters in other case around a run of non-letters (the PostgreSQL prefilter).
+        Filter {
+            q: Some("S/12/d".into()),
+            ..Filter::default()
+        },
         Filter {
             actor: Some("u2".into()),
             status: Some(StatusFilter::Class(2)),
