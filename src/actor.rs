@@ -17,7 +17,7 @@ mod jwks_remote;
 mod jwt;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine;
 use http::{HeaderMap, HeaderName};
@@ -286,15 +286,6 @@ impl PendingActor {
 }
 
 /// Resolves a path from the config against the config file's directory.
-fn resolve_path(base: &Path, path: &str) -> PathBuf {
-    let path = PathBuf::from(path);
-    if path.is_absolute() {
-        path
-    } else {
-        base.join(path)
-    }
-}
-
 fn header_name(
     location: &str,
     key: &str,

@@ -988,12 +988,7 @@ fn validate_store(
     base: &Path,
     errors: &mut Vec<ConfigError>,
 ) -> Option<StoreConfig> {
-    let path = PathBuf::from(file.path.as_deref().unwrap_or("data/audit.db"));
-    let path = if path.is_absolute() {
-        path
-    } else {
-        base.join(path)
-    };
+    let path = resolve(base, file.path.as_deref().unwrap_or("data/audit.db"));
     let durability = match file.durability.as_deref() {
         None | Some("after-response") => Durability::AfterResponse,
         Some("write-ahead") => Durability::WriteAhead,
@@ -1287,22 +1282,12 @@ fn validate_log(file: &LogFile, base: &Path, errors: &mut Vec<ConfigError>) -> L
         .as_deref()
         .map(|path| resolve(base, path));
     let publish_tls = if https {
-        match crate::tls::client_config(
+        https_client(
             ca_file.as_deref(),
-            crate::tls::Verification::Full,
-            &[b"http/1.1"],
-        ) {
-            Ok(tls) => Some(tls),
-            Err(error) => {
-                let key = if ca_file.is_some() {
-                    "log.publish_ca_file"
-                } else {
-                    "log.publish_heads"
-                };
-                errors.push(ConfigError::new(key, error.to_string()));
-                None
-            }
-        }
+            "log.publish_ca_file",
+            "log.publish_heads",
+            errors,
+        )
     } else {
         if ca_file.is_some() {
             errors.push(ConfigError::new(
@@ -1321,6 +1306,29 @@ fn validate_log(file: &LogFile, base: &Path, errors: &mut Vec<ConfigError>) -> L
         publish_heads,
         publish_timeout,
         publish_tls,
+    }
+}
+
+/// The TLS client for an https:// URL of the config (fully verified, HTTP/1.1), trusting
+/// `ca_file` or the system's CAs. A failure is a config error at `ca_location` when a CA file was
+/// given (it is the file's fault), else at `url_location`.
+pub(crate) fn https_client(
+    ca_file: Option<&Path>,
+    ca_location: &str,
+    url_location: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+    match crate::tls::client_config(ca_file, crate::tls::Verification::Full, &[b"http/1.1"]) {
+        Ok(tls) => Some(tls),
+        Err(error) => {
+            let location = if ca_file.is_some() {
+                ca_location
+            } else {
+                url_location
+            };
+            errors.push(ConfigError::new(location, error.to_string()));
+            None
+        }
     }
 }
 

@@ -22,7 +22,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::jwks_remote::RemoteKeys;
-use super::{cookie_value, header_name, resolve_path, Actor, ActorFile, Trace};
+use super::{cookie_value, header_name, Actor, ActorFile, Trace};
+use crate::config::resolve as resolve_path;
 use crate::config::ConfigError;
 
 /// Tokens larger than this are not parsed (a JWT of this size is an attack, not an identity).
@@ -486,25 +487,12 @@ fn remote_key_set(
         .as_deref()
         .map(|path| resolve_path(base, path));
     let tls = if https {
-        match crate::tls::client_config(
+        crate::config::https_client(
             ca_file.as_deref(),
-            crate::tls::Verification::Full,
-            &[b"http/1.1"],
-        ) {
-            Ok(tls) => Some(tls),
-            Err(error) => {
-                let key = if ca_file.is_some() {
-                    "jwks_ca_file"
-                } else {
-                    "jwks_url"
-                };
-                errors.push(ConfigError::new(
-                    &format!("{location}.{key}"),
-                    error.to_string(),
-                ));
-                None
-            }
-        }
+            &format!("{location}.jwks_ca_file"),
+            &format!("{location}.jwks_url"),
+            errors,
+        )
     } else {
         None
     };
