@@ -82,15 +82,13 @@ fn main() -> anyhow::Result<()> {
     let store = Arc::new(SqliteStore::open(&db, SyncMode::Normal)?);
     let writer = Writer::start(
         store.clone(),
-        WriterOptions {
-            capacity: 65_536,
-            // The product's defaults, or AUDITGATE_BENCH_BATCH to see how commit size matters.
-            batch_size: std::env::var("AUDITGATE_BENCH_BATCH")
-                .ok()
-                .and_then(|text| text.parse().ok())
-                .unwrap_or(auditgate::config::DEFAULT_BATCH_SIZE),
-            linger: auditgate::config::DEFAULT_FLUSH_INTERVAL,
-            spill_path: None,
+        // The product's defaults, or AUDITGATE_BENCH_BATCH to see how commit size matters.
+        match std::env::var("AUDITGATE_BENCH_BATCH").map(|text| text.parse()) {
+            Ok(Ok(batch_size)) => WriterOptions {
+                batch_size,
+                ..WriterOptions::default()
+            },
+            _ => WriterOptions::default(),
         },
     )?;
     let handle = writer.handle();

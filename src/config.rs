@@ -126,6 +126,9 @@ pub struct TokenFile {
     pub scopes: Vec<String>,
 }
 
+/// Entries that may wait for the writer by default before audited requests wait for room.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
+
 /// Most entries per group commit by default. Large commits are what make appends cheap: each
 /// commit writes every index page its entries touched, so with varied keys (actors, resources,
 /// addresses) the cost per entry falls steeply as commits grow (BENCHMARKS.md, "Writer batches").
@@ -1011,7 +1014,7 @@ fn validate_store(
             SyncMode::Normal
         }
     };
-    let queue_capacity = file.queue_capacity.unwrap_or(65_536);
+    let queue_capacity = file.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY);
     if queue_capacity == 0 {
         errors.push(ConfigError::new(
             "store.queue_capacity",

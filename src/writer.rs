@@ -148,6 +148,18 @@ pub struct WriterOptions {
     pub spill_path: Option<PathBuf>,
 }
 
+impl Default for WriterOptions {
+    /// The `[store]` defaults, with no spill file.
+    fn default() -> Self {
+        WriterOptions {
+            capacity: crate::config::DEFAULT_QUEUE_CAPACITY,
+            batch_size: crate::config::DEFAULT_BATCH_SIZE,
+            linger: crate::config::DEFAULT_FLUSH_INTERVAL,
+            spill_path: None,
+        }
+    }
+}
+
 impl Writer {
     pub fn start(store: Arc<dyn Store>, options: WriterOptions) -> std::io::Result<Writer> {
         let shared = Arc::new(Shared {
