@@ -30,6 +30,9 @@ WORKDIR /var/lib/auditgate
 VOLUME ["/etc/auditgate", "/var/lib/auditgate"]
 EXPOSE 8080 9090
 ENV AUDITGATE_CONFIG=/etc/auditgate/auditgate.toml
+# Relative data paths of the config ([store] path, spill and stream files, file: head targets)
+# land in the data volume, wherever the config file is mounted.
+ENV AUDITGATE_DATA_DIR=/var/lib/auditgate
 # The image has no curl: auditgate asks its own admin listener (127.0.0.1:9090 by default; pass
 # --url if [admin] listen says otherwise). /healthz, not /readyz: a store outage is ridden out
 # by the spill file and should not get the container restarted.

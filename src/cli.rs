@@ -18,6 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar: proxy in front of the app, admin API beside it.
+    #[command(after_help = RUN_ENVIRONMENT)]
     Run {
         /// The configuration file.
         #[arg(
@@ -255,3 +256,22 @@ pub struct PruneArgs {
     #[arg(long)]
     pub older_than: Option<String>,
 }
+
+/// What `auditgate run --help` says about the environment and signals.
+const RUN_ENVIRONMENT: &str = "\
+Environment:
+  AUDITGATE_CONFIG      the configuration file when --config is not given
+  AUDITGATE_LOG         log filter: error, warn, info (default), debug, or per module
+                        (auditgate=debug,hyper=warn); RUST_LOG is read when it is unset
+  AUDITGATE_LOG_FORMAT  text (default) or json (one object a line, fields at the top level)
+  AUDITGATE_DATA_DIR    where a relative [store] path, spill file and stream file go
+                        (default: the configuration file's directory)
+  Variables the configuration names (hs256_secret_env, password_env, ...) are read at start
+  and on reload.
+
+Signals:
+  SIGTERM, SIGINT  stop taking connections, finish requests in flight within
+                   [proxy] shutdown_grace, write every queued entry, sign a last head, exit
+  SIGHUP           reload the configuration; an invalid file keeps the running one and logs
+                   every error
+";

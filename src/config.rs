@@ -111,6 +111,11 @@ pub struct AdminFile {
     /// Admin bearer tokens, stored as SHA-256 hashes.
     #[serde(default)]
     pub tokens: Vec<TokenFile>,
+    /// Reverse proxies in front of the admin listener (CIDRs or addresses) that terminate TLS:
+    /// when one of them says the scheme is https (`X-Forwarded-Proto` or `Forwarded: proto=`),
+    /// the viewer's session cookie is marked `Secure`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// One `[[admin.tokens]]`.
@@ -414,6 +419,8 @@ pub struct AdminToken {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub tokens: Vec<AdminToken>,
+    /// TLS-terminating proxies whose word on the scheme is believed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -531,7 +538,13 @@ pub struct Config {
     pub policy: Arc<Policy>,
     /// The NDJSON stream of committed entries, if configured.
     pub stream: Option<crate::stream::StreamConfig>,
+    /// Lowercase hex SHA-256 of the configuration text, logged at start and on reload and shown
+    /// in `/metrics`, so an operator can tell which file is in force.
+    pub sha256: String,
 }
+
+/// The environment variable naming the directory that relative data paths start from.
+pub const DATA_DIR_VARIABLE: &str = "AUDITGATE_DATA_DIR";
 
 /// The whole file, section by section, as TOML values (so each is checked on its own).
 const SECTIONS: &[&str] = &[
@@ -558,11 +571,28 @@ impl Config {
             errors: vec![ConfigError::new("file", format!("cannot read: {error}"))],
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Config::parse(&text, &base).map_err(|errors| ConfigErrors { file, errors })
+        let data_dir = std::env::var_os(DATA_DIR_VARIABLE)
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from);
+        Config::parse_with_data_dir(&text, &base, data_dir.as_deref())
+            .map_err(|errors| ConfigErrors { file, errors })
     }
 
     /// Parses and validates configuration text; `base` is the directory relative paths start from.
     pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+        Config::parse_with_data_dir(text, base, None)
+    }
+
+    /// As [`Config::parse`], with relative data paths (the store, its spill file, the stream
+    /// file, `file:` head targets) resolved against `data_dir` when given: a container keeps its
+    /// configuration in a read-only mount and its data in a writable volume, wherever the
+    /// configuration file sits.
+    pub fn parse_with_data_dir(
+        text: &str,
+        base: &Path,
+        data_dir: Option<&Path>,
+    ) -> Result<Config, Vec<ConfigError>> {
+        let data_base = data_dir.unwrap_or(base);
         let table: toml::Table = toml::from_str(text).map_err(|error| {
             let location = match error.span() {
                 Some(span) => {
@@ -625,7 +655,7 @@ impl Config {
             }
         };
         let admin = validate_admin(&admin, &mut errors);
-        let store = validate_store(&store, base, &mut errors);
+        let store = validate_store(&store, data_base, &mut errors);
         let log_id = match log.log_id.clone() {
             Some(id) if valid_log_id(&id) => id,
             Some(id) => {
@@ -637,11 +667,11 @@ impl Config {
             }
             None => default_log_id(),
         };
-        let log_config = validate_log(&log, base, &mut errors);
+        let log_config = validate_log(&log, base, data_base, &mut errors);
         let retention = validate_retention(&retention, &mut errors);
         let stream = stream
             .as_ref()
-            .and_then(|stream| validate_stream(stream, base, &mut errors));
+            .and_then(|stream| validate_stream(stream, data_base, &mut errors));
         let unmatched = match unmatched.record.as_deref() {
             None | Some("mutations") => UnmatchedRecord::Mutations,
             Some("none") => UnmatchedRecord::None,
@@ -686,6 +716,7 @@ impl Config {
                     log: log_config,
                     retention,
                     stream,
+                    sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
                     policy: Arc::new(Policy {
                         rules,
                         actors,
@@ -980,9 +1011,11 @@ fn validate_admin(file: &AdminFile, errors: &mut Vec<ConfigError>) -> Option<Adm
             scopes,
         });
     }
+    let trusted_proxies = parse_networks("admin.trusted_proxies", &file.trusted_proxies, errors);
     Some(AdminConfig {
         listen: listen?,
         tokens,
+        trusted_proxies,
     })
 }
 
@@ -1225,7 +1258,12 @@ fn validate_postgres(
     })
 }
 
-fn validate_log(file: &LogFile, base: &Path, errors: &mut Vec<ConfigError>) -> LogConfig {
+fn validate_log(
+    file: &LogFile,
+    base: &Path,
+    data_base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> LogConfig {
     let signing_key_path = file.signing_key.as_deref().map(|path| resolve(base, path));
     let signer = signing_key_path
         .as_deref()
@@ -1265,7 +1303,7 @@ fn validate_log(file: &LogFile, base: &Path, errors: &mut Vec<ConfigError>) -> L
     let mut publish_heads = Vec::new();
     for (index, target) in file.publish_heads.iter().enumerate() {
         let location = format!("log.publish_heads #{}", index + 1);
-        match parse_publish_target(target, base) {
+        match parse_publish_target(target, data_base) {
             Ok(target) => publish_heads.push(target),
             Err(message) => errors.push(ConfigError::new(&location, message)),
         }
@@ -1612,6 +1650,46 @@ mod tests {
         );
         assert_eq!(config.proxy.max_body_capture, 65_536);
         assert_eq!(config.policy.rules.unmatched, UnmatchedRecord::Mutations);
+    }
+
+    #[test]
+    fn relative_data_paths_follow_the_data_directory_and_keys_stay_with_the_config() {
+        let config_dir =
+            std::env::temp_dir().join(format!("auditgate-config-data-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&config_dir).expect("dir");
+        LogSigner::write_new(&config_dir.join("log.key")).expect("key");
+        let text = "[proxy]\nupstream = \"127.0.0.1:3000\"\n\
+            [store]\npath = \"audit.db\"\n\
+            [stream]\nndjson = \"siem/audit.ndjson\"\n\
+            [log]\nsigning_key = \"log.key\"\npublish_heads = [\"file:heads.ndjson\"]\n";
+        let data = Path::new("/var/lib/auditgate");
+        let config = Config::parse_with_data_dir(text, &config_dir, Some(data)).expect("valid");
+        assert_eq!(config.store.path, data.join("audit.db"));
+        assert_eq!(
+            config.store.spill_path(),
+            data.join("audit.db.spill.ndjson")
+        );
+        assert_eq!(
+            config.log.signing_key_path,
+            Some(config_dir.join("log.key"))
+        );
+        let rendered = format!("{:?} {:?}", config.stream, config.log.publish_heads);
+        assert!(
+            rendered.contains("/var/lib/auditgate/siem/audit.ndjson"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("/var/lib/auditgate/heads.ndjson"),
+            "{rendered}"
+        );
+        // Absolute paths are left alone; without a data directory the config's is used.
+        let absolute = text.replace("\"audit.db\"", "\"/srv/audit.db\"");
+        let config =
+            Config::parse_with_data_dir(&absolute, &config_dir, Some(data)).expect("valid");
+        assert_eq!(config.store.path, PathBuf::from("/srv/audit.db"));
+        let config = Config::parse(text, &config_dir).expect("valid");
+        assert_eq!(config.store.path, config_dir.join("audit.db"));
+        let _ = std::fs::remove_dir_all(&config_dir);
     }
 
     #[test]

@@ -13,7 +13,10 @@ const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if let Err(message) = init_logging() {
+        eprintln!("auditgate: {message}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -23,11 +26,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs to stderr. The level comes from `AUDITGATE_LOG`, else `RUST_LOG`, else `info`; the form
+/// from `AUDITGATE_LOG_FORMAT` (`text`, the default, or `json`: one object a line with the
+/// event's fields at the top level, as Vector, Loki and Elastic expect).
+fn init_logging() -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("AUDITGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("AUDITGATE_LOG_FORMAT").is_ok_and(|format| format == "json");
+    let mut filter = None;
+    for variable in ["AUDITGATE_LOG", "RUST_LOG"] {
+        if let Ok(directives) = std::env::var(variable) {
+            filter = Some(EnvFilter::try_new(&directives).map_err(|error| {
+                format!("{variable}=`{directives}` is not a log filter like `info` or `auditgate=debug`: {error}")
+            })?);
+            break;
+        }
+    }
+    let filter = filter.unwrap_or_else(|| EnvFilter::new("info"));
+    let json = match std::env::var("AUDITGATE_LOG_FORMAT").as_deref() {
+        Err(_) | Ok("text") => false,
+        Ok("json") => true,
+        Ok(other) => {
+            return Err(format!(
+                "AUDITGATE_LOG_FORMAT=`{other}` is not one of text, json"
+            ))
+        }
+    };
     // Colours only for a person at a terminal; log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -35,10 +57,15 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     if json {
-        builder.json().init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
     } else {
         builder.init();
     }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -40,6 +40,114 @@ pub struct Metrics {
     pub forwarded_unrecorded: Counter,
     /// Fetches and freshness of JWT key sets fetched from a `jwks_url`.
     pub jwks: JwksMetrics,
+    /// Finished proxied exchanges by method, status class and whether a rule matched, with the
+    /// time each took from its head to its last byte and the time the app took to answer.
+    pub exchanges: ExchangeMetrics,
+    /// Configuration reloads (SIGHUP) that took effect.
+    pub reloads_ok: Counter,
+    /// Configuration reloads refused (the running configuration stayed).
+    pub reloads_failed: Counter,
+    /// SHA-256 of the configuration file in force, for `auditgate_config_info`.
+    pub config_sha256: Mutex<String>,
+}
+
+impl Metrics {
+    /// Records the hash of the configuration now in force.
+    pub fn set_config_sha256(&self, sha256: &str) {
+        match self.config_sha256.lock() {
+            Ok(mut current) => *current = sha256.to_string(),
+            Err(poisoned) => *poisoned.into_inner() = sha256.to_string(),
+        }
+    }
+
+    fn config_sha256(&self) -> String {
+        match self.config_sha256.lock() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// The methods that get a label of their own; any other is counted as `other`, so a client
+/// cannot grow the number of series by inventing methods.
+const METHOD_LABELS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "other",
+];
+/// Status classes; index 0 is "no status" (the client left before the app answered).
+const CLASS_LABELS: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Per-exchange counters and latency histograms of the proxy path. Every label comes from a
+/// fixed list, never from the request as sent.
+#[derive(Debug)]
+pub struct ExchangeMetrics {
+    /// `[method][class][matched]`.
+    counts: Vec<Counter>,
+    /// From the request head to the response's last byte (or the client leaving).
+    pub duration: Histogram,
+    /// From forwarding the request to the app's response head.
+    pub upstream_duration: Histogram,
+}
+
+impl Default for ExchangeMetrics {
+    fn default() -> Self {
+        ExchangeMetrics {
+            counts: (0..METHOD_LABELS.len() * CLASS_LABELS.len() * 2)
+                .map(|_| Counter::default())
+                .collect(),
+            duration: Histogram::new(SECONDS_BOUNDS),
+            upstream_duration: Histogram::new(SECONDS_BOUNDS),
+        }
+    }
+}
+
+impl ExchangeMetrics {
+    /// Counts one finished exchange. `status` is `None` when no response head was sent.
+    pub fn record(&self, method: &http::Method, status: Option<u16>, matched: bool) {
+        let method = METHOD_LABELS
+            .iter()
+            .position(|label| *label == method.as_str())
+            .unwrap_or(METHOD_LABELS.len() - 1);
+        let class = match status {
+            Some(status @ 100..=599) => usize::from(status / 100),
+            _ => 0,
+        };
+        self.counts[(method * CLASS_LABELS.len() + class) * 2 + usize::from(matched)].inc();
+    }
+
+    fn write(&self, out: &mut String) {
+        let name = "auditgate_proxied_requests_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Proxied exchanges finished, by method, status class and whether a rule matched."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (method_index, method) in METHOD_LABELS.iter().enumerate() {
+            for (class_index, class) in CLASS_LABELS.iter().enumerate() {
+                for matched in [false, true] {
+                    let index = (method_index * CLASS_LABELS.len() + class_index) * 2
+                        + usize::from(matched);
+                    let value = self.counts[index].get();
+                    // Series that never happened are left out, so the page stays short.
+                    if value > 0 {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{method=\"{method}\",class=\"{class}\",matched=\"{matched}\"}} {value}"
+                        );
+                    }
+                }
+            }
+        }
+        self.duration.write(
+            out,
+            "auditgate_request_duration_seconds",
+            "Time of proxied exchanges from the request head to the response's last byte.",
+        );
+        self.upstream_duration.write(
+            out,
+            "auditgate_upstream_duration_seconds",
+            "Time the app took to answer with a response head.",
+        );
+    }
 }
 
 /// The health of every JWT key set fetched from a URL (`jwks_url`), one slot per `[[actor]]`
@@ -339,13 +447,39 @@ pub fn render(
         "Time per group commit.",
     );
     metrics.jwks.write(&mut out);
+    metrics.exchanges.write(&mut out);
+    write_metric(
+        &mut out,
+        "auditgate_config_reloads_total{result=\"ok\"}",
+        "counter",
+        "Configuration reloads, by whether they took effect.",
+        metrics.reloads_ok.get(),
+    );
+    let _ = writeln!(
+        out,
+        "auditgate_config_reloads_total{{result=\"failed\"}} {}",
+        metrics.reloads_failed.get()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP auditgate_build_info The running build; always 1.\n# TYPE auditgate_build_info gauge\nauditgate_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(
+        out,
+        "# HELP auditgate_config_info The configuration in force (SHA-256 of its file); always 1.\n# TYPE auditgate_config_info gauge\nauditgate_config_info{{sha256=\"{}\"}} 1",
+        escape_label(&metrics.config_sha256())
+    );
+    process::write(&mut out);
     out
 }
 
-/// Appends one metric in the Prometheus text format.
+/// Appends one metric in the Prometheus text format. `name` may carry labels (`x{a="b"}`); the
+/// HELP and TYPE lines name the metric without them.
 pub fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let family = name.split('{').next().unwrap_or(name);
+    let _ = writeln!(out, "# HELP {family} {help}");
+    let _ = writeln!(out, "# TYPE {family} {kind}");
     let _ = writeln!(out, "{name} {value}");
 }
 
@@ -416,6 +550,113 @@ impl Histogram {
     }
 }
 
+/// The standard `process_*` metrics of Prometheus client libraries (resident memory, open file
+/// descriptors, CPU time, start time), read from `/proc/self` where the system has it.
+mod process {
+    use std::fmt::Write;
+
+    /// Appends what the system tells; nothing where `/proc` is missing.
+    pub fn write(out: &mut String) {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return;
+        };
+        // The command name (field 2) is in parentheses and may contain spaces: fields are
+        // counted after its closing parenthesis, from field 3 (state).
+        let Some(after_name) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            return;
+        };
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let field = |number: usize| -> Option<f64> { fields.get(number - 3)?.parse().ok() };
+        let ticks = clock_ticks_per_second();
+        let page_size = 4096.0;
+        if let (Some(user), Some(system)) = (field(14), field(15)) {
+            gauge(
+                out,
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                (user + system) / ticks,
+            );
+        }
+        if let Some(rss_pages) = field(24) {
+            gauge(
+                out,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                rss_pages * page_size,
+            );
+        }
+        if let Some(virtual_bytes) = field(23) {
+            gauge(
+                out,
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size in bytes.",
+                virtual_bytes,
+            );
+        }
+        if let (Some(start_ticks), Some(boot)) = (field(22), boot_time()) {
+            gauge(
+                out,
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since the Unix epoch in seconds.",
+                boot + start_ticks / ticks,
+            );
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            gauge(
+                out,
+                "process_open_fds",
+                "gauge",
+                "Number of open file descriptors.",
+                entries.count() as f64,
+            );
+        }
+        if let Some(limit) = max_fds() {
+            gauge(
+                out,
+                "process_max_fds",
+                "gauge",
+                "Maximum number of open file descriptors.",
+                limit,
+            );
+        }
+    }
+
+    fn gauge(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
+
+    /// `USER_HZ`, which is 100 on every Linux architecture the kernel exports to user space.
+    fn clock_ticks_per_second() -> f64 {
+        100.0
+    }
+
+    /// The system's boot time, from the `btime` line of `/proc/stat`.
+    fn boot_time() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        stat.lines()
+            .find_map(|line| line.strip_prefix("btime "))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
+    /// The soft limit on open files, from `/proc/self/limits`.
+    fn max_fds() -> Option<f64> {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits
+            .lines()
+            .find(|line| line.starts_with("Max open files"))?;
+        line["Max open files".len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|soft| soft.parse().ok())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,5 +706,112 @@ mod tests {
         assert!(!out.contains("auditgate_jwks_keys_loaded{"), "{out}");
         assert!(!out.contains("auditgate_jwks_keys_age_seconds{"), "{out}");
         assert_eq!(escape_label("a\"b\\c"), "a\\\"b\\\\c");
+    }
+
+    /// The value of one exact series on a page, parsed, so `_total 1` never passes for 10.
+    fn value(page: &str, series: &str) -> Option<f64> {
+        page.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+    }
+
+    #[test]
+    fn exchanges_are_counted_by_fixed_labels_and_the_process_is_described() {
+        let metrics = Metrics::default();
+        metrics
+            .exchanges
+            .record(&http::Method::GET, Some(200), true);
+        metrics
+            .exchanges
+            .record(&http::Method::GET, Some(204), true);
+        metrics
+            .exchanges
+            .record(&http::Method::DELETE, Some(404), false);
+        metrics
+            .exchanges
+            .record(&http::Method::from_bytes(b"BREW").unwrap(), None, false);
+        metrics.exchanges.duration.observe(0.003);
+        metrics.reloads_failed.inc();
+        metrics.set_config_sha256("abc123");
+        let writer = crate::writer::WriterStats::default();
+        let page = render(&metrics, &writer, 0);
+        let series = |labels: &str| {
+            value(
+                &page,
+                &format!("auditgate_proxied_requests_total{{{labels}}}"),
+            )
+        };
+        assert_eq!(
+            series("method=\"GET\",class=\"2xx\",matched=\"true\""),
+            Some(2.0)
+        );
+        assert_eq!(
+            series("method=\"DELETE\",class=\"4xx\",matched=\"false\""),
+            Some(1.0)
+        );
+        assert_eq!(
+            series("method=\"other\",class=\"none\",matched=\"false\""),
+            Some(1.0)
+        );
+        assert!(
+            !page.contains("BREW"),
+            "a method as sent never becomes a label"
+        );
+        assert_eq!(
+            value(&page, "auditgate_request_duration_seconds_count"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &page,
+                "auditgate_request_duration_seconds_bucket{le=\"0.005\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&page, "auditgate_config_reloads_total{result=\"failed\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&page, "auditgate_config_reloads_total{result=\"ok\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(
+                &page,
+                &format!(
+                    "auditgate_build_info{{version=\"{}\"}}",
+                    env!("CARGO_PKG_VERSION")
+                )
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&page, "auditgate_config_info{sha256=\"abc123\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            page.matches("# TYPE auditgate_config_reloads_total counter")
+                .count(),
+            1
+        );
+        if std::path::Path::new("/proc/self/stat").exists() {
+            let rss = value(&page, "process_resident_memory_bytes").expect("rss");
+            assert!(
+                rss > 1_000_000.0,
+                "a test process holds more than 1 MB: {rss}"
+            );
+            assert!(value(&page, "process_open_fds").expect("fds") >= 3.0);
+            assert!(value(&page, "process_cpu_seconds_total").is_some());
+            let started = value(&page, "process_start_time_seconds").expect("start");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|since| since.as_secs_f64())
+                .unwrap_or_default();
+            assert!(
+                started <= now + 1.0 && started > now - 86_400.0 * 30.0,
+                "{started} vs {now}"
+            );
+        }
     }
 }

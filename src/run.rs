@@ -76,9 +76,12 @@ pub fn reload(sidecar: &Sidecar, path: &Path) {
         Ok(config) => {
             let rules = config.policy.rules.rules().len();
             sidecar.state.replace_policy(config.policy);
-            tracing::info!(file = %path.display(), rules, "configuration reloaded");
+            sidecar.state.metrics.reloads_ok.inc();
+            sidecar.state.metrics.set_config_sha256(&config.sha256);
+            tracing::info!(file = %path.display(), rules, config_sha256 = %config.sha256, "configuration reloaded");
         }
         Err(errors) => {
+            sidecar.state.metrics.reloads_failed.inc();
             for error in &errors.errors {
                 tracing::error!(file = %errors.file, %error, "reload refused; the running configuration stays");
             }

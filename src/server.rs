@@ -149,6 +149,7 @@ impl Sidecar {
             signer.as_ref().map(HeadSigner::stats),
         ));
         let metrics = Arc::new(Metrics::default());
+        metrics.set_config_sha256(&config.sha256);
         let state = Arc::new(
             ProxyState::new(
                 config.proxy.clone(),
@@ -187,7 +188,10 @@ impl Sidecar {
             store: store.clone(),
             writer: writer.handle(),
             metrics,
-            auth: Arc::new(Authenticator::new(&config.admin.tokens)),
+            auth: Arc::new(
+                Authenticator::new(&config.admin.tokens)
+                    .with_https_proxies(&config.admin.trusted_proxies),
+            ),
             log_id: Arc::from(config.log_id.as_str()),
             log: log_api,
             ingest_keys: Arc::default(),
@@ -207,7 +211,7 @@ impl Sidecar {
                 tracing::error!(%error, "admin listener failed");
             }
         });
-        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %config.proxy.upstream, store = %crate::store::describe(&config.store), log = %config.log_id, "auditgate is serving");
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), config_sha256 = %config.sha256, proxy = %proxy_addr, admin = %admin_addr, upstream = %config.proxy.upstream, store = %crate::store::describe(&config.store), log = %config.log_id, "auditgate is serving");
         Ok(Sidecar {
             proxy_addr,
             admin_addr,

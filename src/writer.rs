@@ -731,10 +731,16 @@ fn spill(path: &Path, batch: &[AuditEntry]) -> std::io::Result<()> {
         serde_json::to_writer(&mut text, entry)?;
         text.push(b'\n');
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    // Spilled entries are the log's own content: private to the sidecar's user, like the
+    // database.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
     let length = file.metadata()?.len();
     let written = file.write_all(&text).and_then(|()| file.sync_data());
     if written.is_err() {
@@ -998,6 +1004,19 @@ mod tests {
         store.append(&mut [already.clone()]).expect("appends");
         let fresh = AuditEntry::new("t", "spilled");
         spill(&spill_path, &[already, fresh.clone()]).expect("spills");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&spill_path)
+                .expect("spill file")
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o777,
+                0o600,
+                "the spill file holds entries: {mode:o}"
+            );
+        }
         std::fs::OpenOptions::new()
             .append(true)
             .open(&spill_path)

@@ -138,6 +138,9 @@ pub struct Authenticator {
     /// could replay as a cookie, and lookup timing says nothing about live ids.
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     lifetime: Duration,
+    /// TLS-terminating proxies in front of the admin listener; their word on the scheme decides
+    /// whether the session cookie is `Secure`.
+    https_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Authenticator {
@@ -161,7 +164,47 @@ impl Authenticator {
             tokens,
             sessions: Mutex::new(HashMap::new()),
             lifetime,
+            https_proxies: Vec::new(),
         }
+    }
+
+    /// Believes these proxies when they say the viewer was reached over https.
+    pub fn with_https_proxies(mut self, proxies: &[ipnet::IpNet]) -> Authenticator {
+        self.https_proxies = proxies.to_vec();
+        self
+    }
+
+    /// Whether the session cookie must be `Secure`: the browser reached the viewer over https
+    /// through a trusted TLS-terminating proxy. (The admin listener itself speaks plain HTTP,
+    /// where a `Secure` cookie would never come back.) Only the proxy's own word counts, so
+    /// `Forwarded` is read for its last element and `X-Forwarded-Proto` for its last value.
+    pub fn cookie_secure(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> bool {
+        let Some(peer) = peer else {
+            return false;
+        };
+        if !self.https_proxies.iter().any(|net| net.contains(&peer)) {
+            return false;
+        }
+        let last_value = |name: &str| {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .next_back()
+                .map(str::trim)
+        };
+        let forwarded_https = last_value("forwarded").is_some_and(|element| {
+            element.split(';').any(|pair| {
+                pair.trim().split_once('=').is_some_and(|(name, value)| {
+                    name.trim().eq_ignore_ascii_case("proto")
+                        && value.trim().trim_matches('"').eq_ignore_ascii_case("https")
+                })
+            })
+        });
+        forwarded_https
+            || last_value("x-forwarded-proto")
+                .is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
     }
 
     /// The session lifetime, for the cookie's `Max-Age`.
@@ -429,6 +472,43 @@ mod tests {
             map.append(*name, HeaderValue::from_str(value).expect("header value"));
         }
         map
+    }
+
+    #[test]
+    fn the_cookie_is_secure_only_when_a_trusted_proxy_says_https() {
+        let proxy: IpAddr = "10.0.0.5".parse().expect("ip");
+        let stranger: IpAddr = "198.51.100.7".parse().expect("ip");
+        let plain = authenticator();
+        let behind = authenticator().with_https_proxies(&["10.0.0.0/24".parse().expect("net")]);
+        let https = headers(&[("x-forwarded-proto", "https")]);
+        assert!(
+            !plain.cookie_secure(Some(proxy), &https),
+            "no proxy configured"
+        );
+        assert!(behind.cookie_secure(Some(proxy), &https));
+        assert!(
+            !behind.cookie_secure(Some(stranger), &https),
+            "a client's own word"
+        );
+        assert!(!behind.cookie_secure(None, &https));
+        assert!(!behind.cookie_secure(Some(proxy), &headers(&[])));
+        assert!(!behind.cookie_secure(Some(proxy), &headers(&[("x-forwarded-proto", "http")])));
+        // Only the last hop (the trusted proxy's own) counts.
+        assert!(!behind.cookie_secure(
+            Some(proxy),
+            &headers(&[("x-forwarded-proto", "https, http")])
+        ));
+        assert!(behind.cookie_secure(
+            Some(proxy),
+            &headers(&[(
+                "forwarded",
+                "for=1.2.3.4;proto=http, for=5.6.7.8;Proto=\"HTTPS\""
+            )])
+        ));
+        assert!(!behind.cookie_secure(
+            Some(proxy),
+            &headers(&[("forwarded", "proto=https, for=5.6.7.8;proto=http")])
+        ));
     }
 
     #[test]

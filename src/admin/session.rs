@@ -46,9 +46,10 @@ pub async fn create(
             );
             audit::record(&state, Some(&caller), &info, action);
             let cookie = format!(
-                "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+                "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
                 session.id,
-                state.auth.session_lifetime().as_secs()
+                state.auth.session_lifetime().as_secs(),
+                secure_attribute(&state, &info, &headers)
             );
             let mut response = StatusCode::NO_CONTENT.into_response();
             if let Ok(cookie) = HeaderValue::from_str(&cookie) {
@@ -125,11 +126,21 @@ pub async fn end(
         );
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(
-            "auditgate_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
-        ),
+    let cleared = format!(
+        "{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+        secure_attribute(&state, &info, &headers)
     );
+    if let Ok(cleared) = HeaderValue::from_str(&cleared) {
+        response.headers_mut().insert(header::SET_COOKIE, cleared);
+    }
     response
+}
+
+/// `; Secure` when the browser came over https through a trusted TLS-terminating proxy.
+fn secure_attribute(state: &AdminState, info: &RequestInfo, headers: &HeaderMap) -> &'static str {
+    if state.auth.cookie_secure(info.peer, headers) {
+        "; Secure"
+    } else {
+        ""
+    }
 }

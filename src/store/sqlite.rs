@@ -181,6 +181,25 @@ fn load_tree(
     Ok(Ok(frontier))
 }
 
+/// Creates the database file readable and writable by its owner only (0600), unless it exists.
+/// SQLite gives the `-wal` and `-shm` files it creates beside it the database file's mode, so the
+/// whole log stays private to the user the sidecar runs as. An existing file keeps its mode: an
+/// operator who opened it to a group chose that.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     ///
@@ -195,6 +214,10 @@ impl SqliteStore {
                 })?;
             }
         }
+        create_private(path).map_err(|error| StoreError::Open {
+            path: path.display().to_string(),
+            message: format!("cannot create the database file: {error}"),
+        })?;
         let mut writer = open_connection(path, sync)?;
         let version_before = migrate(&mut writer)?;
         sqlite_rows::register_functions(&writer)?;

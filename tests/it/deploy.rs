@@ -30,8 +30,17 @@ fn manifests() -> BTreeMap<(String, String), Yaml> {
         .iter()
         .map(|resource| resource.as_str().expect("a file name").to_string())
         .collect::<Vec<_>>();
-    assert!(resources.len() >= 4);
-    for file in resources {
+    assert!(resources.len() >= 3);
+    // Applying the kustomization must never replace the user's real secrets with placeholders.
+    assert!(
+        !resources.iter().any(|file| file.contains("secret")),
+        "the kustomization applies a secret file: {resources:?}"
+    );
+    for file in resources
+        .iter()
+        .map(String::as_str)
+        .chain(["secret.example.yaml"])
+    {
         let documents = YamlLoader::load_from_str(&read(&format!("deploy/kubernetes/{file}")))
             .unwrap_or_else(|error| panic!("{file} does not parse: {error}"));
         for document in documents {
@@ -40,6 +49,12 @@ fn manifests() -> BTreeMap<(String, String), Yaml> {
                 .as_str()
                 .expect("metadata.name")
                 .to_string();
+            if file != "secret.example.yaml" {
+                assert_ne!(
+                    kind, "Secret",
+                    "{file} holds a Secret the kustomization would apply"
+                );
+            }
             all.insert((kind, name), document);
         }
     }
