@@ -255,6 +255,12 @@ pub struct PruneArgs {
     /// per-prefix rules still apply.
     #[arg(long)]
     pub older_than: Option<String>,
+    /// Only say how many entries are due; change nothing.
+    #[arg(long, conflicts_with = "yes")]
+    pub dry_run: bool,
+    /// Prune without asking: needed whenever entries would be deleted.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 /// What `auditgate run --help` says about the environment and signals.

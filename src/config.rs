@@ -538,9 +538,22 @@ pub struct Config {
     pub policy: Arc<Policy>,
     /// The NDJSON stream of committed entries, if configured.
     pub stream: Option<crate::stream::StreamConfig>,
+    /// The file as parsed, for comparing with the next one at a reload.
+    pub table: RawTable,
     /// Lowercase hex SHA-256 of the configuration text, logged at start and on reload and shown
     /// in `/metrics`, so an operator can tell which file is in force.
     pub sha256: String,
+}
+
+/// A configuration file as parsed. Never printed: it may hold secrets, such as the password in
+/// a database URL.
+#[derive(Clone, Default)]
+pub struct RawTable(pub toml::Table);
+
+impl std::fmt::Debug for RawTable {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "RawTable({} sections)", self.0.len())
+    }
 }
 
 /// The environment variable naming the directory that relative data paths start from.
@@ -716,6 +729,7 @@ impl Config {
                     log: log_config,
                     retention,
                     stream,
+                    table: RawTable(table.clone()),
                     sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
                     policy: Arc::new(Policy {
                         rules,

@@ -19,6 +19,7 @@ pub mod explain;
 pub mod export;
 pub mod export_proofs;
 pub mod hints;
+pub mod lifecycle;
 pub mod log;
 pub mod metrics;
 pub mod proxy;

@@ -176,7 +176,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(config) => config,
                 Err(code) => return Ok(code),
             };
-            auditgate::retention::run_prune(&config, args.older_than.as_deref())
+            let mode = if args.dry_run {
+                auditgate::retention::PruneMode::DryRun
+            } else if args.yes {
+                auditgate::retention::PruneMode::Confirmed
+            } else {
+                auditgate::retention::PruneMode::Ask
+            };
+            auditgate::retention::run_prune(&config, args.older_than.as_deref(), mode)
         }
         Command::Health { url, timeout } => {
             let timeout = match auditgate::units::parse_duration(&timeout) {

@@ -139,12 +139,35 @@ impl PrunePlan {
     }
 }
 
-/// A blank `audit.pruned` record for a prune by `by` ("retention" for the background task,
-/// "cli" for `auditgate prune`); the store fills in what was pruned.
-pub fn prune_record(log_id: &str, plan: &PrunePlan, by: &str) -> AuditEntry {
+/// Who asked for a prune, for its `audit.pruned` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrunedBy {
+    /// The sidecar's background retention task.
+    Retention,
+    /// `auditgate prune`, run by this operating-system user.
+    Cli { user: String },
+}
+
+impl PrunedBy {
+    /// `auditgate prune` run by the current operating-system user.
+    pub fn cli() -> PrunedBy {
+        PrunedBy::Cli {
+            user: crate::run::os_user(),
+        }
+    }
+}
+
+/// A blank `audit.pruned` record for a prune by `by`; the store fills in what was pruned. A CLI
+/// prune names the operating-system user who ran it as the actor (source `cli`), so an auditor
+/// sees who removed entries, not just that a command did.
+pub fn prune_record(log_id: &str, plan: &PrunePlan, by: &PrunedBy) -> AuditEntry {
     let mut record = AuditEntry::new(log_id, PRUNED_ACTION);
-    record.actor_id = Some(by.to_string());
-    record.actor_source = Some("auditgate".to_string());
+    let (actor, source) = match by {
+        PrunedBy::Retention => ("retention", "auditgate"),
+        PrunedBy::Cli { user } => (user.as_str(), "cli"),
+    };
+    record.actor_id = Some(actor.to_string());
+    record.actor_source = Some(source.to_string());
     record.actor_verified = true;
     record.resource_type = Some("log".to_string());
     record.resource_id = Some(log_id.to_string());
@@ -172,7 +195,7 @@ pub fn prune_all(
     store: &dyn Store,
     plan: &PrunePlan,
     log_id: &str,
-    by: &str,
+    by: &PrunedBy,
     keep_going: &dyn Fn() -> bool,
 ) -> Result<PruneSummary, StoreError> {
     let mut summary = PruneSummary::default();
@@ -227,9 +250,13 @@ impl RetentionTask {
                 let log_id = log_id.clone();
                 let watch = stopped.clone();
                 let result = tokio::task::spawn_blocking(move || {
-                    prune_all(store.as_ref(), &plan, &log_id, "retention", &|| {
-                        !*watch.borrow()
-                    })
+                    prune_all(
+                        store.as_ref(),
+                        &plan,
+                        &log_id,
+                        &PrunedBy::Retention,
+                        &|| !*watch.borrow(),
+                    )
                 })
                 .await;
                 match result {
@@ -254,9 +281,38 @@ impl RetentionTask {
 /// `auditgate prune`: prunes now with the config's retention (or `--older-than`), through the
 /// same store code as the background task. Runs beside a live sidecar: appends take SQLite's
 /// write lock and both sides re-read the tree's size before extending it.
+/// How many entries `plan` would prune now, with the filters the store's prune selects by.
+pub fn count_due(store: &dyn Store, plan: &PrunePlan, log_id: &str) -> Result<u64, StoreError> {
+    let mut due = 0;
+    for class in plan.classes() {
+        let mut excluded = class.excluded.clone();
+        excluded.push(PRUNED_ACTION.to_string());
+        due += store.count(&crate::store::query::Filter {
+            action_prefix: class.prefix.clone(),
+            exclude_action_prefixes: excluded,
+            until: Some(class.cutoff),
+            log_id: Some(log_id.to_string()),
+            ..Default::default()
+        })?;
+    }
+    Ok(due)
+}
+
+/// What `auditgate prune` was asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneMode {
+    /// Say how many entries would go, change nothing.
+    DryRun,
+    /// Prune only when nothing is due (a safe no-op); otherwise ask for `--yes`.
+    Ask,
+    /// Prune (`--yes`).
+    Confirmed,
+}
+
 pub fn run_prune(
     config: &crate::config::Config,
     older_than: Option<&str>,
+    mode: PruneMode,
 ) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context as _;
     let older_than = match older_than.map(crate::units::parse_duration).transpose() {
@@ -277,7 +333,34 @@ pub fn run_prune(
     // Not exclusive: the sidecar that owns the log may be running, and appends serialize.
     let store = crate::store::open(&config.store, &config.log_id, false)
         .with_context(|| format!("cannot open {}", crate::store::describe(&config.store)))?;
-    let summary = prune_all(store.as_ref(), &plan, &config.log_id, "cli", &|| true)?;
+    if mode != PruneMode::Confirmed {
+        let due = count_due(store.as_ref(), &plan, &config.log_id)?;
+        if mode == PruneMode::DryRun || due == 0 {
+            println!(
+                "{due} entr{} due for pruning{}",
+                if due == 1 { "y is" } else { "ies are" },
+                if mode == PruneMode::DryRun {
+                    " (dry run: nothing was changed)"
+                } else {
+                    ""
+                }
+            );
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        eprintln!(
+            "auditgate prune: this would delete {due} entr{} (their leaf hashes stay); run again \
+             with --yes to prune, or --dry-run to only count",
+            if due == 1 { "y" } else { "ies" }
+        );
+        return Ok(std::process::ExitCode::from(64));
+    }
+    let summary = prune_all(
+        store.as_ref(),
+        &plan,
+        &config.log_id,
+        &PrunedBy::cli(),
+        &|| true,
+    )?;
     if summary.prunes.is_empty() {
         println!("nothing was due for pruning");
     }
@@ -352,9 +435,16 @@ mod tests {
     #[test]
     fn record_carries_the_plan() {
         let plan = PrunePlan::new(&config(), None, now());
-        let record = prune_record("orders", &plan, "cli");
+        let record = prune_record(
+            "orders",
+            &plan,
+            &PrunedBy::Cli {
+                user: "alice".into(),
+            },
+        );
         assert_eq!(record.action, PRUNED_ACTION);
-        assert_eq!(record.actor_id.as_deref(), Some("cli"));
+        assert_eq!(record.actor_id.as_deref(), Some("alice"));
+        assert_eq!(record.actor_source.as_deref(), Some("cli"));
         assert_eq!(record.metadata["cutoff"], "2025-04-27T00:00:00.000000Z");
         assert_eq!(record.metadata["rules"][0]["actionPrefix"], "auth.");
     }

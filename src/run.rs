@@ -49,7 +49,7 @@ impl Signals {
             tokio::select! {
                 _ = self.terminate.recv() => { tracing::info!("SIGTERM: draining"); return; }
                 _ = self.interrupt.recv() => { tracing::info!("SIGINT: draining"); return; }
-                _ = self.hangup.recv() => reload(sidecar, path),
+                _ = self.hangup.recv() => reload(sidecar, path).await,
             }
         }
     }
@@ -69,23 +69,38 @@ impl Signals {
     }
 }
 
-/// Re-reads the config file and swaps in its rules and actor sources. An invalid file keeps the
-/// running config and logs every error. Listeners and the store are not changed by a reload.
-pub fn reload(sidecar: &Sidecar, path: &Path) {
-    match Config::load(path) {
-        Ok(config) => {
-            let rules = config.policy.rules.rules().len();
-            sidecar.state.replace_policy(config.policy);
-            sidecar.state.metrics.reloads_ok.inc();
-            sidecar.state.metrics.set_config_sha256(&config.sha256);
-            tracing::info!(file = %path.display(), rules, config_sha256 = %config.sha256, "configuration reloaded");
+/// Re-reads the config file and applies it (see [`Sidecar::reload`]). An invalid file keeps the
+/// running configuration and logs every error.
+pub async fn reload(sidecar: &Sidecar, path: &Path) {
+    let metrics = &sidecar.state.metrics;
+    let refused = |errors: Vec<String>| {
+        metrics.reloads_failed.inc();
+        for error in errors {
+            tracing::error!(file = %path.display(), %error, "reload refused; the running configuration stays");
         }
+    };
+    let config = match Config::load(path) {
+        Ok(config) => config,
         Err(errors) => {
-            sidecar.state.metrics.reloads_failed.inc();
-            for error in &errors.errors {
-                tracing::error!(file = %errors.file, %error, "reload refused; the running configuration stays");
-            }
+            refused(errors.errors.iter().map(ToString::to_string).collect());
+            return;
         }
+    };
+    let rules = config.policy.rules.rules().len();
+    let sha256 = config.sha256.clone();
+    match sidecar.reload(config).await {
+        crate::server::ReloadOutcome::Applied(changes) => {
+            metrics.reloads_ok.inc();
+            tracing::info!(
+                file = %path.display(),
+                rules,
+                config_sha256 = %sha256,
+                changed = ?changes.changed,
+                restart_needed = ?changes.restart_needed(),
+                "configuration reloaded"
+            );
+        }
+        crate::server::ReloadOutcome::Refused(errors) => refused(errors),
     }
 }
 
@@ -486,4 +501,36 @@ pub fn health_check(url: &str, timeout: std::time::Duration) -> Result<u16, Stri
         .and_then(|rest| rest.get(2..5))
         .and_then(|code| code.parse::<u16>().ok())
         .ok_or_else(|| "the answer is not HTTP".to_string())
+}
+
+/// The operating-system user running this process: its name from the password database, else
+/// `$USER`/`$LOGNAME`, else `uid:N`. For the records of what CLI commands did.
+pub fn os_user() -> String {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_string))
+        });
+    if let Some(uid) = &uid {
+        let named = std::fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|passwd| {
+                passwd.lines().find_map(|line| {
+                    let mut fields = line.split(':');
+                    let name = fields.next()?;
+                    (fields.nth(1)? == uid).then(|| name.to_string())
+                })
+            });
+        if let Some(name) = named {
+            return name;
+        }
+    }
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|variable| std::env::var(variable).ok().filter(|name| !name.is_empty()))
+        .or_else(|| uid.map(|uid| format!("uid:{uid}")))
+        .unwrap_or_else(|| "unknown".to_string())
 }

@@ -40,8 +40,30 @@ pub struct Sidecar {
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     writer: Writer,
+    auth: Arc<Authenticator>,
+    log_id: String,
+    signer_stats: Option<Arc<crate::signer::SignerStats>>,
+    /// What a reload replaces, one reload at a time.
+    running: tokio::sync::Mutex<Running>,
+}
+
+/// The parts of a running sidecar that a reload compares or replaces.
+struct Running {
+    /// The configuration in force (keys that need a restart at their running values).
+    table: toml::Table,
+    sha256: String,
+    log: crate::config::LogConfig,
     signer: Option<HeadSigner>,
     retention: Option<RetentionTask>,
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// The file's changes are in force, except `restart_needed`.
+    Applied(crate::lifecycle::ConfigChanges),
+    /// Nothing changed; every message says why.
+    Refused(Vec<String>),
 }
 
 impl Sidecar {
@@ -144,6 +166,7 @@ impl Sidecar {
             config.retention.clone(),
             config.log_id.clone(),
         );
+        let signer_stats = signer.as_ref().map(HeadSigner::stats);
         let log_api = Arc::new(admin::log_api::LogApiState::new(
             config.log.signer.as_ref().map(|key| key.public_key()),
             signer.as_ref().map(HeadSigner::stats),
@@ -184,14 +207,15 @@ impl Sidecar {
             state.clone(),
             shutdown_rx.clone(),
         ));
+        let auth = Arc::new(
+            Authenticator::new(&config.admin.tokens)
+                .with_https_proxies(&config.admin.trusted_proxies),
+        );
         let router = admin::router(AdminState {
             store: store.clone(),
             writer: writer.handle(),
             metrics,
-            auth: Arc::new(
-                Authenticator::new(&config.admin.tokens)
-                    .with_https_proxies(&config.admin.trusted_proxies),
-            ),
+            auth: auth.clone(),
             log_id: Arc::from(config.log_id.as_str()),
             log: log_api,
             ingest_keys: Arc::default(),
@@ -222,9 +246,110 @@ impl Sidecar {
             proxy_task,
             admin_task,
             writer,
-            signer,
-            retention,
+            auth,
+            log_id: config.log_id.clone(),
+            signer_stats,
+            running: tokio::sync::Mutex::new(Running {
+                table: config.table.0,
+                sha256: config.sha256,
+                log: config.log,
+                signer,
+                retention,
+            }),
         })
+    }
+
+    /// Applies a new configuration to the running sidecar, all of it or nothing: rules, actor
+    /// sources, redaction and hints, admin tokens (a removed token and its viewer sessions stop
+    /// working at once), retention, the NDJSON stream and head publishing. A changed key that
+    /// needs a restart (listeners, the app's address, the store, the log's id and signing key)
+    /// keeps its running value and is named in a warning and in the `audit.config_reloaded`
+    /// entry, which records every change.
+    pub async fn reload(&self, config: Config) -> ReloadOutcome {
+        let mut running = self.running.lock().await;
+        let changes = crate::lifecycle::diff(&running.table, &config.table.0);
+        // What can fail comes first, so a failure leaves everything as it was.
+        let stream = if changes.touches("stream") {
+            match config
+                .stream
+                .clone()
+                .map(crate::stream::NdjsonStream::open)
+                .transpose()
+            {
+                Ok(stream) => Some(stream),
+                Err(error) => {
+                    return ReloadOutcome::Refused(vec![format!(
+                        "stream.ndjson: cannot open the new stream: {error}"
+                    )])
+                }
+            }
+        } else {
+            None
+        };
+        self.state.replace_policy(config.policy.clone());
+        let ended = self.auth.replace_tokens(&config.admin.tokens);
+        if ended > 0 {
+            tracing::info!(
+                sessions = ended,
+                "viewer sessions of removed admin tokens ended"
+            );
+        }
+        if let Some(stream) = stream {
+            self.writer.handle().replace_stream(stream);
+        }
+        if changes.touches("retention") {
+            if let Some(retention) = running.retention.take() {
+                retention.shutdown().await;
+            }
+            running.retention = RetentionTask::start(
+                self.store.clone(),
+                config.retention.clone(),
+                self.log_id.clone(),
+            );
+        }
+        let publishing = [
+            "log.publish_heads",
+            "log.publish_timeout",
+            "log.publish_ca_file",
+            "log.sign_every",
+            "log.sign_interval",
+            "log.heartbeat_interval",
+        ];
+        if publishing.iter().any(|key| changes.touches(key)) {
+            // The key that signs stays the running one (changing it needs a restart).
+            let mut log = config.log.clone();
+            log.signer = running.log.signer.clone();
+            log.signing_key_path = running.log.signing_key_path.clone();
+            if let (Some(signer), Some(key), Some(stats)) = (
+                running.signer.take(),
+                log.signer.clone(),
+                self.signer_stats.clone(),
+            ) {
+                signer.shutdown().await;
+                running.signer = Some(HeadSigner::start_with_stats(
+                    self.store.clone(),
+                    key,
+                    self.log_id.clone(),
+                    log.clone(),
+                    self.writer.handle(),
+                    stats,
+                ));
+            }
+            running.log = log;
+        }
+        for key in changes.restart_needed() {
+            tracing::warn!(%key, "changed in the configuration file, but takes effect only after a restart; the running value stays");
+        }
+        self.state.metrics.set_config_sha256(&config.sha256);
+        self.writer.handle().push(crate::lifecycle::reloaded_entry(
+            &self.log_id,
+            &running.sha256,
+            &config.sha256,
+            &changes,
+        ));
+        running.table = crate::lifecycle::in_force(&running.table, &config.table.0, &changes);
+        running.sha256 = config.sha256;
+        ReloadOutcome::Applied(changes)
     }
 
     pub fn writer(&self) -> WriterHandle {
@@ -234,7 +359,7 @@ impl Sidecar {
     /// The head signer's counters, `None` without a signing key. They outlive [`Self::shutdown`],
     /// so a caller can see what the shutdown head's publishing did.
     pub fn signer_stats(&self) -> Option<Arc<crate::signer::SignerStats>> {
-        self.signer.as_ref().map(HeadSigner::stats)
+        self.signer_stats.clone()
     }
 
     /// Stops accepting, lets in-flight requests finish (within a grace period), and writes every
@@ -243,13 +368,14 @@ impl Sidecar {
         let _ = self.shutdown.send(true);
         let _ = self.proxy_task.await;
         let _ = self.admin_task.await;
-        if let Some(retention) = self.retention {
+        let running = self.running.into_inner();
+        if let Some(retention) = running.retention {
             retention.shutdown().await;
         }
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
         // After the writer: the shutdown head covers every entry.
-        if let Some(signer) = self.signer {
+        if let Some(signer) = running.signer {
             signer.shutdown().await;
         }
         tracing::info!("auditgate stopped; every queued entry was written");

@@ -88,7 +88,26 @@ impl HeadSigner {
         config: LogConfig,
         writer: WriterHandle,
     ) -> HeadSigner {
-        let stats = Arc::new(SignerStats::default());
+        HeadSigner::start_with_stats(
+            store,
+            signer,
+            log_id,
+            config,
+            writer,
+            Arc::new(SignerStats::default()),
+        )
+    }
+
+    /// As [`HeadSigner::start`], counting into `stats` (a reload's new signer carries on the
+    /// counters of the one it replaces).
+    pub fn start_with_stats(
+        store: Arc<dyn Store>,
+        signer: Arc<LogSigner>,
+        log_id: String,
+        config: LogConfig,
+        writer: WriterHandle,
+        stats: Arc<SignerStats>,
+    ) -> HeadSigner {
         let (stop, stopped) = watch::channel(false);
         let mut files = Vec::new();
         let mut urls = Vec::new();

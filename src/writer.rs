@@ -314,8 +314,15 @@ impl WriterHandle {
     /// Copies every entry committed from now on to `stream` (the SIEM stream), written by the
     /// writer thread right after each commit.
     pub fn attach_stream(&self, stream: NdjsonStream) {
-        if let Ok(mut slot) = self.shared.stream.lock() {
-            *slot = Some(stream);
+        self.replace_stream(Some(stream));
+    }
+
+    /// Swaps the stream (a reload); `None` stops streaming. Entries committed from now on go to
+    /// the new one.
+    pub fn replace_stream(&self, stream: Option<NdjsonStream>) {
+        match self.shared.stream.lock() {
+            Ok(mut slot) => *slot = stream,
+            Err(poisoned) => *poisoned.into_inner() = stream,
         }
     }
 

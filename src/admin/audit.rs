@@ -187,6 +187,7 @@ mod tests {
             identity: Identity {
                 name: Arc::from("ops"),
                 scopes: Arc::from(vec![crate::config::Scope::Read]),
+                token_sha256: [0; 32],
             },
             via: Via::Bearer,
         };

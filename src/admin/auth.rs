@@ -70,6 +70,9 @@ pub enum Access {
 pub struct Identity {
     pub name: Arc<str>,
     pub scopes: Arc<[Scope]>,
+    /// The SHA-256 of the token this identity signed in with (as in the config), so a reload
+    /// that removes or rotates the token ends the sessions it opened.
+    pub token_sha256: [u8; 32],
 }
 
 impl Identity {
@@ -131,9 +134,13 @@ pub struct NewSession {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Each configured token's SHA-256 with who holds it.
+type TokenTable = Arc<[([u8; 32], Identity)]>;
+
 /// The configured tokens and the live sessions.
 pub struct Authenticator {
-    tokens: Vec<([u8; 32], Identity)>,
+    /// Swapped whole by a reload.
+    tokens: std::sync::RwLock<TokenTable>,
     /// Keyed by the SHA-256 of the session id, so the table holds nothing a reader of memory
     /// could replay as a cookie, and lookup timing says nothing about live ids.
     sessions: Mutex<HashMap<[u8; 32], Session>>,
@@ -150,21 +157,44 @@ impl Authenticator {
 
     /// For tests of expiry; the sidecar uses [`SESSION_LIFETIME`].
     pub fn with_session_lifetime(tokens: &[AdminToken], lifetime: Duration) -> Authenticator {
-        let tokens = tokens
-            .iter()
-            .map(|token| {
-                let identity = Identity {
-                    name: Arc::from(token.name.as_str()),
-                    scopes: Arc::from(token.scopes.as_slice()),
-                };
-                (token.sha256, identity)
-            })
-            .collect();
         Authenticator {
-            tokens,
+            tokens: std::sync::RwLock::new(token_table(tokens)),
             sessions: Mutex::new(HashMap::new()),
             lifetime,
             https_proxies: Vec::new(),
+        }
+    }
+
+    /// Replaces the configured tokens (a reload). A removed token stops working at once, and so
+    /// do the viewer sessions it opened; a session whose token stays takes the token's scopes as
+    /// configured now. Returns how many sessions ended.
+    pub fn replace_tokens(&self, tokens: &[AdminToken]) -> usize {
+        let table = token_table(tokens);
+        match self.tokens.write() {
+            Ok(mut current) => *current = table.clone(),
+            Err(poisoned) => *poisoned.into_inner() = table.clone(),
+        }
+        let mut sessions = self.sessions();
+        let before = sessions.len();
+        sessions.retain(|_, session| {
+            match table
+                .iter()
+                .find(|(hash, _)| *hash == session.identity.token_sha256)
+            {
+                Some((_, identity)) => {
+                    session.identity = identity.clone();
+                    true
+                }
+                None => false,
+            }
+        });
+        before - sessions.len()
+    }
+
+    fn token_table(&self) -> TokenTable {
+        match self.tokens.read() {
+            Ok(table) => table.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -221,7 +251,8 @@ impl Authenticator {
         let mut found = None;
         // Every configured hash is compared, each in constant time, so the time taken says
         // nothing about how close a guess came or which token it resembled.
-        for (hash, identity) in &self.tokens {
+        let table = self.token_table();
+        for (hash, identity) in table.iter() {
             let equal: bool = hash.ct_eq(&digest).into();
             if equal && found.is_none() {
                 found = Some(identity);
@@ -323,6 +354,21 @@ impl Authenticator {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The lookup table of configured tokens.
+fn token_table(tokens: &[AdminToken]) -> TokenTable {
+    tokens
+        .iter()
+        .map(|token| {
+            let identity = Identity {
+                name: Arc::from(token.name.as_str()),
+                scopes: Arc::from(token.scopes.as_slice()),
+                token_sha256: token.sha256,
+            };
+            (token.sha256, identity)
+        })
+        .collect()
 }
 
 fn session_key(id: &str) -> [u8; 32] {

@@ -993,7 +993,8 @@ mod tests {
             default_cutoff: None,
             rules: vec![("auth.".into(), now - chrono::Duration::days(93))],
         };
-        let record = crate::retention::prune_record("t", &plan, "test");
+        let record =
+            crate::retention::prune_record("t", &plan, &crate::retention::PrunedBy::Retention);
         let outcome = store
             .prune(&plan, record, 3)
             .expect("prunes")
@@ -1006,7 +1007,7 @@ mod tests {
         let outcome = store
             .prune(
                 &plan,
-                crate::retention::prune_record("t", &plan, "test"),
+                crate::retention::prune_record("t", &plan, &crate::retention::PrunedBy::Retention),
                 100,
             )
             .expect("prunes")
@@ -1018,7 +1019,7 @@ mod tests {
         assert!(store
             .prune(
                 &plan,
-                crate::retention::prune_record("t", &plan, "test"),
+                crate::retention::prune_record("t", &plan, &crate::retention::PrunedBy::Retention),
                 100
             )
             .expect("runs")

@@ -263,3 +263,154 @@ async fn the_session_cookie_is_secure_when_a_trusted_proxy_says_https() {
     assert!(!cookie.contains("Secure"), "{cookie}");
     elsewhere.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_applies_tokens_redaction_and_stream_and_names_what_waits_for_a_restart() {
+    let upstream = Upstream::start().await;
+    let other_upstream = Upstream::start().await;
+    let dir = TempDir::new("honest-reload");
+    let config = write_config(
+        &dir,
+        upstream.addr,
+        "[redact]\nfields = [\"password\", \"ssn\"]\n\
+         [[rule]]\nmethod = \"DELETE\"\npath = \"/api/users/{id}\"\naction = \"user.deleted\"\n",
+    );
+    let process = Process::start(&config);
+    let client = HttpClient::new();
+    let admin = |path: &str| format!("http://{}{path}", process.admin);
+    let with_token = async |token: &str| {
+        client
+            .send(
+                "GET",
+                &admin("/api/v1/entries"),
+                &[("authorization", &format!("Bearer {token}"))],
+                "",
+            )
+            .await
+            .status
+    };
+    assert_eq!(with_token(TEST_TOKEN).await, 200);
+    let new_token = "agt_rotated_token_for_the_reload_test";
+    assert_eq!(with_token(new_token).await, 401);
+    // A viewer session opened with the token that the reload removes.
+    let cookie = sign_in(process.admin, &[]).await;
+    let session = cookie.split(';').next().expect("name=value").to_string();
+    let session_status = async || {
+        client
+            .send(
+                "GET",
+                &admin("/api/v1/session"),
+                &[("cookie", &session)],
+                "",
+            )
+            .await
+            .status
+    };
+    assert_eq!(session_status().await, 200);
+
+    // The new file: the test token replaced, a redaction field dropped, a stream added, and the
+    // app's address changed (which needs a restart).
+    let new_hash = hex::encode(Sha256::digest(new_token.as_bytes()));
+    let text = std::fs::read_to_string(&config).expect("read");
+    let stream_path = dir.0.join("stream.ndjson");
+    let changed =
+        text.replace(
+            "beb5223238d0c0baa5195d4ca74abd43d5c5ce7e00aa041fd48566f2d0a6a5f6",
+            &new_hash,
+        )
+        .replace("[\"password\", \"ssn\"]", "[\"password\"]")
+        .replace(
+            &format!("upstream = \"{}\"", upstream.addr),
+            &format!("upstream = \"{}\"", other_upstream.addr),
+        ) + &format!("\n[stream]\nndjson = \"{}\"\n", stream_path.display());
+    assert_ne!(changed, text);
+    std::fs::write(&config, changed).expect("write");
+    process.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), async || with_token(new_token)
+            .await
+            == 200)
+        .await,
+        "the new token never worked"
+    );
+    assert_eq!(
+        with_token(TEST_TOKEN).await,
+        401,
+        "a removed token keeps working"
+    );
+    assert_eq!(
+        session_status().await,
+        401,
+        "its viewer session outlived it"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || process
+            .logged("key=proxy.upstream"))
+        .await,
+        "no warning names the key that needs a restart"
+    );
+
+    // Requests still go to the running upstream, and now reach the stream too.
+    let reply = client
+        .send(
+            "DELETE",
+            &format!("http://{}/api/users/7", process.proxy),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        other_upstream.count(),
+        0,
+        "the app's address changed without a restart"
+    );
+    let streamed = eventually(Duration::from_secs(10), async || {
+        std::fs::read_to_string(&stream_path).is_ok_and(|text| text.contains("user.deleted"))
+    })
+    .await;
+    assert!(streamed, "the stream added by the reload got nothing");
+
+    // The log says what changed, what took effect and what waits.
+    let entries = client
+        .send(
+            "GET",
+            &admin("/api/v1/entries?action=audit.config_reloaded"),
+            &[("authorization", &format!("Bearer {new_token}"))],
+            "",
+        )
+        .await
+        .json();
+    let record = &entries["entries"][0];
+    let metadata = &record["metadata"];
+    assert_eq!(record["actorId"], "auditgate", "{entries}");
+    assert_eq!(
+        metadata["newConfigSha256"],
+        sha256_of(&config).as_str(),
+        "{entries}"
+    );
+    assert_ne!(metadata["oldConfigSha256"], metadata["newConfigSha256"]);
+    let listed = |key: &str| -> Vec<String> {
+        metadata[key]
+            .as_array()
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|key| key.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(listed("restartNeeded"), ["proxy.upstream"], "{metadata}");
+    for key in ["admin.tokens", "redact.fields", "stream.ndjson"] {
+        assert!(
+            listed("applied").contains(&key.to_string()),
+            "{key}: {metadata}"
+        );
+    }
+    assert_eq!(
+        metadata["details"]["redact.fields"],
+        serde_json::json!({"removed": ["ssn"], "added": []}),
+        "{metadata}"
+    );
+    process.stop();
+}

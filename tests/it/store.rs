@@ -12,7 +12,7 @@ use auditgate::entry::{AuditEntry, Outcome};
 use auditgate::export::ExportReader;
 use auditgate::log::merkle::{self, leaf_hash, Hash, MemoryNodes};
 use auditgate::log::verify::LogCheck;
-use auditgate::retention::{prune_record, PrunePlan};
+use auditgate::retention::{prune_record, PrunePlan, PrunedBy};
 use auditgate::store::postgres::{Access, PostgresOptions, PostgresStore};
 use auditgate::store::query::{Cursor, Filter, IpFilter, Order, PageRequest, StatusFilter};
 use auditgate::store::sqlite::SqliteStore;
@@ -739,7 +739,11 @@ fn intents_heads_and_prunes_behave_alike() {
             rules: vec![("auth.".into(), now - Duration::days(50))],
         };
         let outcome = store
-            .prune(&plan, prune_record("log-a", &plan, "test"), 100)
+            .prune(
+                &plan,
+                prune_record("log-a", &plan, &PrunedBy::Retention),
+                100,
+            )
             .expect("prunes")
             .expect("something was due");
         assert_eq!(outcome.count, 3, "{}", backend.name());
@@ -757,7 +761,11 @@ fn intents_heads_and_prunes_behave_alike() {
         );
         assert_eq!(store.root_at(before.size).expect("root"), before.root);
         assert!(store
-            .prune(&plan, prune_record("log-a", &plan, "test"), 100)
+            .prune(
+                &plan,
+                prune_record("log-a", &plan, &PrunedBy::Retention),
+                100
+            )
             .expect("runs")
             .is_none());
         let report = verify(store.as_ref());

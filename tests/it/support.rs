@@ -412,7 +412,24 @@ impl TestSidecar {
 }
 
 /// Every entry in a database file, in log order, read with a plain SQLite connection.
+/// Every entry in a database file except the sidecar's own `audit.started`, `audit.stopped` and
+/// `audit.config_reloaded` records, which every run adds; the tests of those read them with
+/// [`read_all_entries`].
 pub fn read_entries(db: &std::path::Path) -> Vec<AuditEntry> {
+    read_all_entries(db)
+        .into_iter()
+        .filter(|entry| !is_lifecycle(&entry.action))
+        .collect()
+}
+
+/// Whether an action is one of the sidecar's records of its own life.
+pub fn is_lifecycle(action: &str) -> bool {
+    use auditgate::lifecycle::{CONFIG_RELOADED, STARTED, STOPPED};
+    [STARTED, STOPPED, CONFIG_RELOADED].contains(&action)
+}
+
+/// Every entry in a database file, in log order.
+pub fn read_all_entries(db: &std::path::Path) -> Vec<AuditEntry> {
     use auditgate::store::sqlite_rows::{entry_from_row, ENTRY_COLUMNS};
     let connection = rusqlite::Connection::open(db).expect("open db");
     let mut statement = connection

@@ -11,7 +11,7 @@ use auditgate::entry::{AuditEntry, Outcome};
 use auditgate::log::head::{public_key_path, LogSigner, LogVerifier, SignedTreeHead, TreeHead};
 use auditgate::log::merkle::{self, from_hex};
 use auditgate::log::verify::VerifyReport;
-use auditgate::retention::{prune_all, PrunePlan};
+use auditgate::retention::{prune_all, PrunePlan, PrunedBy};
 use auditgate::server::Sidecar;
 use auditgate::store::query::Filter;
 use auditgate::store::sqlite::SqliteStore;
@@ -20,7 +20,7 @@ use auditgate::verify::{verify_database, verify_export};
 use rusqlite::Connection;
 use serde_json::Value;
 
-use crate::support::{HttpClient, TempDir, TestSidecar, Upstream};
+use crate::support::{self, HttpClient, TempDir, TestSidecar, Upstream};
 
 /// A log on disk: the database, a published heads file and the key pair that signed it.
 struct Fixture {
@@ -334,7 +334,8 @@ fn a_pruned_log_still_verifies_and_its_kept_hashes_are_still_checked() {
         default_cutoff: Some(chrono::Utc::now() - chrono::Duration::days(90)),
         rules: Vec::new(),
     };
-    let summary = prune_all(&store, &plan, "tamper-test", "test", &|| true).expect("prunes");
+    let summary =
+        prune_all(&store, &plan, "tamper-test", &PrunedBy::Retention, &|| true).expect("prunes");
     assert_eq!(summary.entries(), 40);
     fixture.sign(&store);
     drop(store);
@@ -367,7 +368,7 @@ fn a_deleted_row_passed_off_as_pruned_is_found() {
         default_cutoff: Some(chrono::Utc::now() - chrono::Duration::days(90)),
         rules: Vec::new(),
     };
-    prune_all(&store, &plan, "tamper-test", "test", &|| true).expect("prunes");
+    prune_all(&store, &plan, "tamper-test", &PrunedBy::Retention, &|| true).expect("prunes");
     drop(store);
     assert!(fixture.verify().ok());
     fixture.sql(
@@ -741,12 +742,51 @@ fn prune_from_the_command_line_records_itself() {
     let config = config.display().to_string();
     let (code, output) = fixture.binary(&["prune", "--config", &config]);
     assert_eq!(code, 64, "no retention configured: {output}");
+    // Counting changes nothing; deleting needs --yes.
+    let (code, output) = fixture.binary(&[
+        "prune",
+        "--config",
+        &config,
+        "--older-than",
+        "7d",
+        "--dry-run",
+    ]);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("10 entries are due for pruning (dry run: nothing was changed)"),
+        "{output}"
+    );
     let (code, output) = fixture.binary(&["prune", "--config", &config, "--older-than", "7d"]);
+    assert_eq!(code, 64, "{output}");
+    assert!(output.contains("would delete 10 entries"), "{output}");
+    assert!(output.contains("--yes"), "{output}");
+    assert_eq!(
+        support::read_entries(&fixture.db).len(),
+        15,
+        "nothing was pruned without --yes"
+    );
+    let (code, output) =
+        fixture.binary(&["prune", "--config", &config, "--older-than", "7d", "--yes"]);
     assert_eq!(code, 0, "{output}");
     assert!(
         output.contains("pruned 10 entries between 1 and 10; recorded as entry 16"),
         "{output}"
     );
+    // The record names the operating-system user who ran the command.
+    let record = support::read_entries(&fixture.db)
+        .into_iter()
+        .find(|entry| entry.action == "audit.pruned")
+        .expect("an audit.pruned record");
+    assert_eq!(record.actor_source.as_deref(), Some("cli"));
+    assert_eq!(
+        record.actor_id.as_deref(),
+        Some(auditgate::run::os_user().as_str())
+    );
+    assert_ne!(record.actor_id.as_deref(), Some("cli"));
+    // Nothing left to prune: no --yes needed for a no-op.
+    let (code, output) = fixture.binary(&["prune", "--config", &config, "--older-than", "7d"]);
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("0 entries are due for pruning"), "{output}");
     let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
     fixture.sign(&store);
     drop(store);
