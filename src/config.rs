@@ -84,7 +84,9 @@ pub struct ProxyFile {
     /// Largest request or response body parsed for `*.body:` values; larger ones stream through
     /// unparsed and the fields are recorded as missing.
     pub max_body_capture: Option<String>,
-    /// Longest wait for a client's request head (also the keep-alive idle limit).
+    /// Longest wait for a client's request head, counted from accept for a connection's first
+    /// request (so silent connections cannot hold `max_connections`); also the keep-alive idle
+    /// limit.
     pub header_read_timeout: Option<String>,
     /// Longest wait to connect to the app.
     pub connect_timeout: Option<String>,

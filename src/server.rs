@@ -300,12 +300,35 @@ async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         let connection_state = state.clone();
-        let service =
-            service_fn(move |request| proxy::handle(connection_state.clone(), peer, request));
+        // hyper's own header timeout starts only once it reads an HTTP/1 head, and the protocol
+        // detection before it (HTTP/1 or HTTP/2) waits for bytes without limit: a connection
+        // that never sends its first request would hold a slot forever. So the first head must
+        // arrive within `header_read_timeout` of accept; later heads are hyper's to time.
+        let first_request = Arc::new(tokio::sync::Notify::new());
+        let first_request_seen = first_request.clone();
+        let service = service_fn(move |request| {
+            first_request_seen.notify_one();
+            proxy::handle(connection_state.clone(), peer, request)
+        });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = graceful.watch(connection.into_owned());
+        let first_head_deadline = state.config.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => Some(ended),
+                _ = first_request.notified() => None,
+                _ = tokio::time::sleep(first_head_deadline) => {
+                    tracing::debug!(%peer, "no request head within header_read_timeout of accept; connection closed");
+                    drop(permit);
+                    return;
+                }
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None => connection.await,
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%peer, error = %error, "client connection ended with an error");
             }
             drop(permit);
