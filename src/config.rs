@@ -495,6 +495,19 @@ pub struct LogConfig {
     pub publish_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+impl LogConfig {
+    /// The `file:` targets heads are published to.
+    pub fn heads_files(&self) -> Vec<PathBuf> {
+        self.publish_heads
+            .iter()
+            .filter_map(|target| match target {
+                PublishTarget::File(path) => Some(path.clone()),
+                PublishTarget::Url(_) => None,
+            })
+            .collect()
+    }
+}
+
 /// One retention override.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionRule {

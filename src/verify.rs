@@ -102,6 +102,115 @@ pub fn read_heads_file(path: &Path) -> Result<(Vec<HeadToCheck>, Vec<Problem>), 
     Ok((heads, problems))
 }
 
+/// The newest heads of one log in a published heads file, read incrementally: each
+/// [`PublishedHeads::refresh`] reads only the complete lines appended since the one before, so a
+/// long file costs one full read (at start) and then only its new lines.
+///
+/// Only heads of the log (`log_id`) are kept, and, when keys are given, only heads one of them
+/// signed: a line someone else wrote into the file cannot stop the sidecar (`auditgate verify
+/// --heads` reports such lines).
+#[derive(Debug)]
+pub struct PublishedHeads {
+    pub path: PathBuf,
+    log_id: String,
+    keys: Vec<LogVerifier>,
+    /// Bytes of the file read so far (complete lines only).
+    offset: u64,
+    /// Lines read so far, for line numbers.
+    lines: u64,
+    /// The heads of the largest size read so far.
+    latest: Vec<HeadToCheck>,
+}
+
+impl PublishedHeads {
+    pub fn new(path: PathBuf, log_id: &str, keys: Vec<LogVerifier>) -> PublishedHeads {
+        PublishedHeads {
+            path,
+            log_id: log_id.to_string(),
+            keys,
+            offset: 0,
+            lines: 0,
+            latest: Vec::new(),
+        }
+    }
+
+    /// The same file, to be read again from its start.
+    pub fn restarted(self) -> PublishedHeads {
+        PublishedHeads::new(self.path, &self.log_id, self.keys)
+    }
+
+    /// Reads what was appended since the last call and returns the heads of the largest size
+    /// published so far (every line with that size). A missing file holds no heads yet. A file
+    /// shorter than what was already read was truncated: that is returned as a problem, and the
+    /// file is read again from its start.
+    pub fn refresh(&mut self) -> Result<(&[HeadToCheck], Option<Problem>), VerifyError> {
+        let io_error = |error| VerifyError::Io {
+            path: self.path.clone(),
+            error,
+        };
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((&self.latest, None));
+            }
+            Err(error) => return Err(io_error(error)),
+        };
+        let length = file.metadata().map_err(io_error)?.len();
+        let mut problem = None;
+        if length < self.offset {
+            problem = Some(Problem {
+                seq: None,
+                message: format!(
+                    "{}: the heads file is shorter than when it was last read ({length} bytes, \
+                     was {}): it was truncated or replaced",
+                    self.path.display(),
+                    self.offset
+                ),
+            });
+            self.offset = 0;
+            self.lines = 0;
+            self.latest.clear();
+        }
+        file.seek(SeekFrom::Start(self.offset)).map_err(io_error)?;
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = reader.read_until(b'\n', &mut line).map_err(io_error)?;
+            // A line without its newline is still being written: it is read next time.
+            if read == 0 || line.last() != Some(&b'\n') {
+                break;
+            }
+            self.offset += read as u64;
+            self.lines += 1;
+            let Ok(head) = serde_json::from_slice::<SignedTreeHead>(&line) else {
+                continue;
+            };
+            if head.head.log_id != self.log_id
+                || (!self.keys.is_empty() && !self.keys.iter().any(|key| key.verify(&head).is_ok()))
+            {
+                continue;
+            }
+            let largest = self.latest.first().map(|head| head.head.head.size);
+            if largest.is_some_and(|largest| head.head.size < largest) {
+                continue;
+            }
+            if largest.is_some_and(|largest| head.head.size > largest) {
+                self.latest.clear();
+            }
+            // Heartbeats repeat a size with the same root: one of them stands for all, so a
+            // quiet log does not pile them up; a second root for the size is kept (a fork).
+            self.latest
+                .retain(|kept| kept.head.head.root_hash != head.head.root_hash);
+            self.latest.push(HeadToCheck {
+                head,
+                origin: HeadOrigin::File(self.lines),
+            });
+        }
+        Ok((&self.latest, problem))
+    }
+}
+
 /// `auditgate verify`: checks a database file, read-only, against its stored heads and, when
 /// given, a published heads file; signatures are checked when `keys` are given.
 pub fn verify_database(

@@ -486,22 +486,10 @@ async fn signing_sidecar_with_urls(
     let key = dir.0.join("log.key");
     LogSigner::write_new(&key).expect("key");
     let heads = dir.0.join("heads.ndjson");
-    let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n\
-         [store]\npath = \"{}\"\nflush_interval = \"1ms\"\n\n[log]\nlog_id = \"test\"\n\
-         signing_key = \"{}\"\npublish_heads = [\"file:{}\"{}]\n{log_extra}\n\n{RULES}\n{rest}\n",
-        upstream.addr,
-        crate::support::TEST_TOKEN_CONFIG,
-        db.display(),
-        key.display(),
-        heads.display(),
-        urls.iter().map(|url| format!(", \"{url}\"")).collect::<String>(),
-    );
-    let config = match Config::parse(&text, &dir.0) {
-        Ok(config) => config,
-        Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
-    };
-    let sidecar = Sidecar::start(config, None).await.expect("sidecar starts");
+    let text = signing_config_text(upstream, &dir.0, urls, log_extra, rest);
+    let sidecar = Sidecar::start(parse_config(&text, &dir.0), None)
+        .await
+        .expect("sidecar starts");
     let public = public_key_path(&key);
     (
         TestSidecar {
@@ -514,6 +502,35 @@ async fn signing_sidecar_with_urls(
         heads,
         public,
     )
+}
+
+/// The config of [`signing_sidecar_with_urls`] for a sidecar whose files are in `dir`
+/// (`audit.db`, `log.key`, `heads.ndjson`).
+fn signing_config_text(
+    upstream: &Upstream,
+    dir: &Path,
+    urls: &[String],
+    log_extra: &str,
+    rest: &str,
+) -> String {
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n\
+         [store]\npath = \"{}\"\nflush_interval = \"1ms\"\n\n[log]\nlog_id = \"test\"\n\
+         signing_key = \"{}\"\npublish_heads = [\"file:{}\"{}]\n{log_extra}\n\n{RULES}\n{rest}\n",
+        upstream.addr,
+        crate::support::TEST_TOKEN_CONFIG,
+        dir.join("audit.db").display(),
+        dir.join("log.key").display(),
+        dir.join("heads.ndjson").display(),
+        urls.iter().map(|url| format!(", \"{url}\"")).collect::<String>(),
+    )
+}
+
+fn parse_config(text: &str, dir: &Path) -> Config {
+    match Config::parse(text, dir) {
+        Ok(config) => config,
+        Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
+    }
 }
 
 fn read_heads(path: &Path) -> Vec<SignedTreeHead> {
@@ -1145,4 +1162,232 @@ fn a_stray_row_far_beyond_the_log_does_not_stall_verify() {
         "position 21 has neither an entry nor a leaf hash",
     );
     assert!(report.size < 10_000, "the walk stopped: {}", report.size);
+}
+
+/// Copies a stopped sidecar's database (with any WAL) to `to`, or back from it.
+fn copy_database(from: &Path, to: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let source = PathBuf::from(format!("{}{suffix}", from.display()));
+        let target = PathBuf::from(format!("{}{suffix}", to.display()));
+        let _ = std::fs::remove_file(&target);
+        if source.exists() {
+            std::fs::copy(&source, &target).expect("copy database");
+        }
+    }
+}
+
+/// Sends `count` requests through a sidecar and waits for their entries and a head covering them.
+async fn traffic(sidecar: &TestSidecar, heads: &Path, count: usize) {
+    let before = sidecar.entries().await.len();
+    for index in 0..count {
+        HttpClient::new()
+            .get(&sidecar.url(&format!("/traffic/{index}")))
+            .await;
+    }
+    let size = sidecar.wait_entries(before + count).await.len() as u64;
+    wait_heads(heads, |heads| {
+        heads.iter().any(|head| head.head.size >= size)
+    })
+    .await;
+}
+
+/// Every size in a heads file has one root: the published log was never forked.
+fn assert_never_forked(heads: &[SignedTreeHead]) {
+    let mut roots = std::collections::BTreeMap::new();
+    for head in heads {
+        let root = roots.entry(head.head.size).or_insert(head.head.root_hash);
+        assert_eq!(
+            *root, head.head.root_hash,
+            "two heads of size {} with different roots",
+            head.head.size
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_database_restored_from_an_older_copy_is_refused_at_start() {
+    let upstream = Upstream::start().await;
+    let (mut sidecar, heads, key) =
+        signing_sidecar(&upstream, "sign_every = 2\nsign_interval = \"50ms\"", "").await;
+    let dir = sidecar.dir.0.clone();
+    let text = signing_config_text(
+        &upstream,
+        &dir,
+        &[],
+        "sign_every = 2\nsign_interval = \"50ms\"",
+        "",
+    );
+    traffic(&sidecar, &heads, 4).await;
+    sidecar.stop().await;
+    let older = dir.join("older.db");
+    copy_database(&sidecar.db, &older);
+
+    // The log goes on past the copy.
+    let mut again = TestSidecar {
+        sidecar: None,
+        proxy: sidecar.proxy,
+        admin: sidecar.admin,
+        db: sidecar.db.clone(),
+        dir: TempDir::new("unused"),
+    };
+    let running = Sidecar::start(parse_config(&text, &dir), None)
+        .await
+        .expect("the same store restarts");
+    again.proxy = running.proxy_addr;
+    again.sidecar = Some(running);
+    traffic(&again, &heads, 4).await;
+    again.stop().await;
+    let published = read_heads(&heads);
+    let newest = published
+        .iter()
+        .map(|head| head.head.size)
+        .max()
+        .expect("heads");
+    assert!(newest >= 8, "{published:#?}");
+
+    // The older copy is put back: the sidecar refuses it, and names the file and both sizes.
+    copy_database(&older, &sidecar.db);
+    let restored = read_entries_count(&sidecar.db);
+    assert!(restored < newest, "{restored} < {newest}");
+    let error = match Sidecar::start(parse_config(&text, &dir), None).await {
+        Ok(_) => panic!("started on a store behind its published heads"),
+        Err(error) => format!("{error:#}"),
+    };
+    for needle in [
+        heads.display().to_string(),
+        format!("(size {newest},"),
+        format!("the store holds only {restored} entries"),
+        "rolled back".to_string(),
+    ] {
+        assert!(error.contains(&needle), "{needle:?} not in: {error}");
+    }
+    assert_eq!(read_heads(&heads), published, "no head was written");
+
+    // The binary exits non-zero with the same message, and `verify` calls the store tampered.
+    let config_path = dir.join("auditgate.toml");
+    std::fs::write(&config_path, &text).expect("config");
+    let output = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("AUDITGATE_LOG", "error")
+        .output()
+        .expect("runs");
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains("rolled back") && said.contains(&heads.display().to_string()),
+        "{said}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(["verify", "--db"])
+        .arg(&sidecar.db)
+        .arg("--heads")
+        .arg(&heads)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .expect("runs");
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("TAMPERED") && said.contains("restored from an older copy"),
+        "{said}"
+    );
+
+    // The same size with other entries: another root for a size already published.
+    {
+        let store = SqliteStore::open(&sidecar.db, SyncMode::Normal).expect("store");
+        let mut batch: Vec<AuditEntry> = (restored + 1..=newest)
+            .map(|seq| sample_entry(seq, chrono::Duration::zero()))
+            .collect();
+        store.append(&mut batch).expect("append");
+    }
+    let error = match Sidecar::start(parse_config(&text, &dir), None).await {
+        Ok(_) => panic!("started on a store that forks its published heads"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains(&format!("give another root at size {newest}")),
+        "{error}"
+    );
+    assert_eq!(read_heads(&heads), published, "no head was written");
+    assert_never_forked(&read_heads(&heads));
+}
+
+fn read_entries_count(db: &Path) -> u64 {
+    crate::support::read_entries(db).len() as u64
+}
+
+#[tokio::test]
+async fn fresh_stores_and_stores_ahead_of_their_heads_file_start() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("fresh");
+    LogSigner::write_new(&dir.0.join("log.key")).expect("key");
+    let heads = dir.0.join("heads.ndjson");
+    std::fs::write(&heads, "").expect("empty heads file");
+    let text = signing_config_text(
+        &upstream,
+        &dir.0,
+        &[],
+        "sign_every = 2\nsign_interval = \"50ms\"",
+        "",
+    );
+    let running = Sidecar::start(parse_config(&text, &dir.0), None)
+        .await
+        .expect("a fresh store with an empty heads file starts");
+    let mut sidecar = TestSidecar {
+        proxy: running.proxy_addr,
+        admin: running.admin_addr,
+        sidecar: Some(running),
+        db: dir.0.join("audit.db"),
+        dir: TempDir::new("unused"),
+    };
+    traffic(&sidecar, &heads, 4).await;
+    sidecar.stop().await;
+    // The heads file lost its newer lines (the store is ahead of it): still the same log.
+    let published = std::fs::read_to_string(&heads).expect("heads");
+    let first: String = published
+        .lines()
+        .take(1)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&heads, first).expect("cut");
+    let running = Sidecar::start(parse_config(&text, &dir.0), None)
+        .await
+        .expect("a store ahead of its heads file starts");
+    running.shutdown().await;
+    assert_never_forked(&read_heads(&heads));
+}
+
+#[tokio::test]
+async fn the_verify_endpoint_reports_a_store_behind_its_published_heads() {
+    let upstream = Upstream::start().await;
+    let (sidecar, heads, _) =
+        signing_sidecar(&upstream, "sign_every = 2\nsign_interval = \"50ms\"", "").await;
+    traffic(&sidecar, &heads, 2).await;
+    let client = HttpClient::new();
+    let url = format!("http://{}/api/v1/verify", sidecar.admin);
+    let report = client.get_admin(&url).await.json();
+    assert_eq!(report["ok"], true, "{report}");
+    // A head of this log, validly signed, that the store does not reach: what the heads file
+    // holds after the store under a running sidecar was swapped for an older copy.
+    let size = sidecar.entries().await.len() as u64;
+    let signer = LogSigner::load(&sidecar.dir.0.join("log.key")).expect("key");
+    let ahead = signer
+        .sign(TreeHead::new("test", size + 50, [7; 32], chrono::Utc::now()).expect("head"))
+        .expect("sign");
+    auditgate::signer::append_lines(
+        &heads,
+        &[serde_json::to_string(&ahead).expect("json")].into(),
+    )
+    .expect("append");
+    for mode in ["", "?full=true"] {
+        let report = client.get_admin(&format!("{url}{mode}")).await.json();
+        assert_eq!(report["ok"], false, "{mode}: {report}");
+        let text = report["problems"].to_string();
+        assert!(
+            text.contains("rolled back") && text.contains(&format!("(size {},", size + 50)),
+            "{mode}: {text}"
+        );
+    }
 }
