@@ -1391,3 +1391,158 @@ async fn the_verify_endpoint_reports_a_store_behind_its_published_heads() {
         );
     }
 }
+
+/// Writes `lines` as an export file and verifies it with `key`; panics unless every needle is
+/// in the problems (or, with no needles, unless it is intact).
+fn verify_lines(path: &Path, lines: &[String], key: &LogVerifier, needles: &[&str]) {
+    std::fs::write(path, lines.join("\n") + "\n").expect("write export");
+    let report = verify_export(path, std::slice::from_ref(key)).expect("readable");
+    let text = problem_text(&report);
+    if needles.is_empty() {
+        assert!(report.ok(), "{text}");
+    } else {
+        assert!(!report.ok(), "expected {needles:?}, the export verified");
+        for needle in needles {
+            assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn an_export_with_proofs_holds_exactly_its_lines() {
+    let fixture = Fixture::new(45, 10);
+    let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
+    let head = store.latest_head().expect("read").expect("head");
+    let signer = std::sync::Arc::new(LogSigner::load(&fixture.dir.0.join("log.key")).expect("key"));
+    let export = |filter: &Filter| -> Vec<String> {
+        let mut out = Vec::new();
+        auditgate::export_proofs::write_signed_export_with_proofs(
+            &store,
+            filter,
+            &head,
+            signer.clone(),
+            &mut out,
+        )
+        .expect("export");
+        String::from_utf8(out)
+            .expect("utf-8")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let failed = Filter {
+        action: Some("auth.login_failed".into()),
+        ..Filter::default()
+    };
+    let lines = export(&failed);
+    assert_eq!(lines.len(), 16, "15 entries and the trailer");
+    let trailer: Value = serde_json::from_str(&lines[15]).expect("trailer");
+    assert_eq!(
+        (
+            trailer["entries"].as_u64(),
+            trailer["firstSeq"].as_u64(),
+            trailer["lastSeq"].as_u64()
+        ),
+        (Some(15), Some(3), Some(45))
+    );
+    assert!(trailer["signature"].is_string(), "{trailer}");
+    let key = fixture.public_key();
+    let path = fixture.dir.0.join("export.ndjson");
+    verify_lines(&path, &lines, &key, &[]);
+    let (code, output) = fixture.binary(&[
+        "verify-export",
+        &path.display().to_string(),
+        "--key",
+        &fixture.key.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{output}");
+
+    // A middle line deleted.
+    let mut deleted = lines.clone();
+    deleted.remove(7);
+    verify_lines(
+        &path,
+        &deleted,
+        &key,
+        &["says it holds 15 entries but has 14", "manifest digest"],
+    );
+    // A line repeated.
+    let mut repeated = lines.clone();
+    repeated.insert(5, lines[4].clone());
+    verify_lines(&path, &repeated, &key, &["line 6: entry 15 appears twice"]);
+    let (code, output) = fixture.binary(&[
+        "verify-export",
+        &path.display().to_string(),
+        "--key",
+        &fixture.key.display().to_string(),
+    ]);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("appears twice"), "{output}");
+    // Two lines swapped.
+    let mut swapped = lines.clone();
+    swapped.swap(2, 3);
+    verify_lines(
+        &path,
+        &swapped,
+        &key,
+        &["line 4: entry 9 comes after entry 12: lines were reordered"],
+    );
+    // A line that is not an entry.
+    let mut unknown = lines.clone();
+    unknown.insert(3, r#"{"note":"added by hand"}"#.to_string());
+    verify_lines(
+        &path,
+        &unknown,
+        &key,
+        &["line 4: not an entry of this export"],
+    );
+    // The tail cut: the trailer is gone.
+    verify_lines(&path, &lines[..12], &key, &["the export was cut short"]);
+    // The last entries cut, the trailer kept.
+    let mut cut = lines[..13].to_vec();
+    cut.push(lines[15].clone());
+    verify_lines(
+        &path,
+        &cut,
+        &key,
+        &[
+            "says it holds 15 entries but has 13",
+            "says entries 3..=45, but its lines hold entries 3..=39",
+        ],
+    );
+
+    // A real entry of the log, with a valid proof, added in its place and the manifest fixed up
+    // to match: only the manifest's signature gives it away.
+    let everything = export(&Filter::default());
+    let extra = everything[3].clone(); // seq 4, not a failed login
+    let mut added: Vec<String> = lines[..1].to_vec();
+    added.push(extra);
+    added.extend(lines[1..15].iter().cloned());
+    let mut digest = <sha2::Sha256 as sha2::Digest>::new();
+    for line in &added {
+        let entry: Value = serde_json::from_str(line).expect("entry");
+        sha2::Digest::update(
+            &mut digest,
+            entry["seq"].as_u64().expect("seq").to_be_bytes(),
+        );
+        sha2::Digest::update(
+            &mut digest,
+            from_hex(entry["leafHash"].as_str().expect("leaf")).expect("hex"),
+        );
+    }
+    let mut forged = trailer.clone();
+    forged["entries"] = Value::from(16);
+    forged["digest"] = Value::from(merkle::to_hex(&sha2::Digest::finalize(digest).into()));
+    added.push(forged.to_string());
+    verify_lines(
+        &path,
+        &added,
+        &key,
+        &["manifest (count, seq range, digest) is not validly signed"],
+    );
+    let text = problem_text(&verify_export(&path, std::slice::from_ref(&key)).expect("readable"));
+    assert!(
+        !text.contains("manifest digest") && !text.contains("says it holds"),
+        "the forged count and digest match the lines; only the signature may object:\n{text}"
+    );
+}
