@@ -218,6 +218,10 @@ pub struct ActorChain {
     /// The headers of every `strip_untrusted` header source, each once: removed from requests
     /// of untrusted peers before forwarding.
     strip_untrusted: Vec<HeaderName>,
+    /// Every header an actor source reads (identity headers, token and API-key headers), each
+    /// once. Only these spellings are read; any other spelling an app server would read as one
+    /// of them (`x_forwarded_user`) is removed before forwarding, from every peer.
+    identity_headers: Vec<HeaderName>,
 }
 
 impl std::fmt::Debug for ActorChain {
@@ -358,6 +362,7 @@ impl ActorChain {
             sources: Vec::new(),
             trusted_proxies: Vec::new(),
             strip_untrusted: Vec::new(),
+            identity_headers: Vec::new(),
         }
     }
 
@@ -401,11 +406,29 @@ impl ActorChain {
                 }
             }
         }
+        let mut identity_headers: Vec<HeaderName> = Vec::new();
+        for source in &sources {
+            let read: Vec<&HeaderName> = match source {
+                Source::Header(header) => header.names().collect(),
+                Source::Jwt(jwt) => jwt.token_header().into_iter().collect(),
+                Source::ApiKey(key) => match &key.place {
+                    api_key::KeyPlace::Header(name) => vec![name],
+                    api_key::KeyPlace::Query(_) => Vec::new(),
+                },
+                Source::Basic | Source::Body(_) => Vec::new(),
+            };
+            for name in read {
+                if !identity_headers.contains(name) {
+                    identity_headers.push(name.clone());
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(ActorChain {
                 sources,
                 trusted_proxies: trusted_proxies.to_vec(),
                 strip_untrusted,
+                identity_headers,
             })
         } else {
             Err(errors)
@@ -510,22 +533,58 @@ impl ActorChain {
         names
     }
 
-    /// Removes the identity headers of `strip_untrusted` header sources from a request whose peer
-    /// is not a trusted proxy, and returns the names removed. Called on the request to be
-    /// forwarded, after [`ActorChain::resolve_head`] has seen the original headers and noted the
-    /// attempt; free when no source asks for it or the peer is trusted.
+    /// Removes, before forwarding, every spelling of an identity header that the chain does not
+    /// read (`X_Forwarded_User` for `x-forwarded-user`: CGI, WSGI, PHP and nginx with
+    /// `underscores_in_headers` read both as `HTTP_X_FORWARDED_USER`), whatever the peer; and,
+    /// when the peer is not a trusted proxy, the identity headers of `strip_untrusted` header
+    /// sources in every spelling. Returns the identity headers of which some spelling was
+    /// removed. Called on the request to be forwarded, after [`ActorChain::resolve_head`] has seen
+    /// the original headers and noted the attempt; costs one pass over the header names when no
+    /// name could be another spelling.
     pub fn strip_untrusted_headers(
         &self,
         headers: &mut HeaderMap,
         peer_trusted: bool,
     ) -> Vec<&HeaderName> {
-        if peer_trusted {
+        let mut removed = Vec::new();
+        let others = self.other_spellings(headers);
+        for (other, canonical) in &others {
+            headers.remove(other);
+            if !removed.contains(canonical) {
+                removed.push(*canonical);
+            }
+        }
+        if !peer_trusted {
+            for name in &self.strip_untrusted {
+                if headers.remove(name).is_some() && !removed.contains(&name) {
+                    removed.push(name);
+                }
+            }
+        }
+        removed
+    }
+
+    /// The request's headers that an app may read as one of the chain's identity headers but
+    /// that are spelled otherwise, each with the identity header it stands for.
+    fn other_spellings(&self, headers: &HeaderMap) -> Vec<(HeaderName, &HeaderName)> {
+        // Header names arrive lowercased, so a configured name without `_` can only be spelled
+        // otherwise with one; most requests have no such name and stop here.
+        let underscored = self
+            .identity_headers
+            .iter()
+            .any(|name| name.as_str().contains('_'));
+        if self.identity_headers.is_empty()
+            || (!underscored && !headers.keys().any(|name| name.as_str().contains('_')))
+        {
             return Vec::new();
         }
-        self.strip_untrusted
-            .iter()
-            .filter(|name| headers.remove(*name).is_some())
-            .collect()
+        let mut others = Vec::new();
+        for canonical in &self.identity_headers {
+            for other in crate::client_ip::other_spellings(headers, canonical.as_str()) {
+                others.push((other.clone(), canonical));
+            }
+        }
+        others
     }
 
     /// Query parameters that carry API keys: never stored.
@@ -549,13 +608,26 @@ impl ActorChain {
         let mut body_sources = Vec::new();
         let mut trace = Trace {
             enabled: request.explain,
+            place: "actor".into(),
             ..Trace::default()
         };
+        let others = self.other_spellings(request.headers);
+        if !others.is_empty() {
+            let named = others
+                .iter()
+                .map(|(other, canonical)| format!("{other} (read by some apps as {canonical})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            notes.push(format!(
+                "header: removed {named} before forwarding: only the configured spelling is read (spoof attempt)"
+            ));
+            trace.step(|| format!("removed {named} before forwarding: only the configured spelling is read (spoof attempt)"));
+        }
         for (index, source) in self.sources.iter().enumerate() {
             trace.at(index, source.label());
             let found = match source {
                 Source::Jwt(jwt) => jwt.resolve(request.headers, &mut notes, &mut trace),
-                Source::Basic => basic(request.headers, &mut trace),
+                Source::Basic => basic(request.headers, &mut notes, &mut trace),
                 Source::Header(header) => header.resolve(request, &mut notes, &mut trace),
                 Source::ApiKey(key) => {
                     key.resolve(request.headers, request.query, &mut notes, &mut trace)
@@ -741,7 +813,7 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
-fn basic(headers: &HeaderMap, trace: &mut Trace) -> Option<Actor> {
+fn basic(headers: &HeaderMap, notes: &mut Vec<String>, trace: &mut Trace) -> Option<Actor> {
     let Some(value) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -754,13 +826,26 @@ fn basic(headers: &HeaderMap, trace: &mut Trace) -> Option<Actor> {
         trace.step(|| "Authorization is not Basic".into());
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD
+    // RFC 7617: base64 of `user-id ":" password`. Anything else is a malformed credential, never
+    // a user name: without the colon the decoded text may well be the password itself.
+    let user = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    // Only the user name is kept; the password is dropped here and never copied anywhere.
-    let user = text.split_once(':').map(|(user, _)| user).unwrap_or(&text);
+        .ok()
+        .and_then(|decoded| String::from_utf8(decoded).ok())
+        .and_then(|text| {
+            // Only the user name is kept; the password is dropped here and never copied anywhere.
+            text.split_once(':').map(|(user, _)| user.to_string())
+        });
+    let Some(user) = user else {
+        notes.push(
+            "basic: malformed Authorization: Basic (not base64 of user:password); no user name recorded"
+                .to_string(),
+        );
+        trace.step(|| "malformed credentials (not base64 of user:password): no actor".into());
+        return None;
+    };
     if user.is_empty() {
+        trace.step(|| "empty user name".into());
         return None;
     }
     trace.step(|| {
@@ -768,7 +853,7 @@ fn basic(headers: &HeaderMap, trace: &mut Trace) -> Option<Actor> {
             .into()
     });
     Some(Actor {
-        id: Some(user.to_string()),
+        id: Some(user),
         source: Some("basic"),
         verified: false,
         ..Actor::default()
@@ -1213,6 +1298,24 @@ mod tests {
         bearer(&chain, &hs256(json!({"sub": "u"}), "other"));
         bearer(&chain, &hs256(json!({"sub": "u", "exp": 1000}), "cache"));
         assert_eq!(source.cached(), 1);
+
+        // A token without exp (or with a far one) is remembered for a bounded time only, then
+        // checked again.
+        let now = chrono::Utc::now().timestamp();
+        let forever = hs256(json!({"sub": "u"}), "cache");
+        let far = hs256(json!({"sub": "u", "exp": now + 86_400 * 365}), "cache");
+        for token in [&forever, &far] {
+            assert!(bearer(&chain, token).verified);
+            let until = source.remembered(token).expect("remembered");
+            assert!(
+                until > now && until <= now + jwt::CACHE_MAX_SECONDS + 5,
+                "remembered until {until}, now {now}"
+            );
+        }
+        let soon = now + 60;
+        let near = hs256(json!({"sub": "u", "exp": soon}), "cache");
+        assert!(bearer(&chain, &near).verified);
+        assert_eq!(source.remembered(&near), Some(soon));
     }
 
     #[test]
@@ -1236,6 +1339,38 @@ mod tests {
         assert_eq!(actor.id.as_deref(), Some("alice"));
         assert_eq!(actor.source, Some("basic"));
         assert!(!format!("{actor:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn basic_without_a_colon_is_malformed_not_a_user_name() {
+        let chain = chain("[[actor]]\nfrom = \"basic\"\n");
+        for decoded in ["hunter2", "alice"] {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(decoded);
+            let actor = resolve(
+                &chain,
+                &headers(&[("authorization", &format!("Basic {encoded}"))]),
+            );
+            assert_eq!(actor.id, None, "{decoded}");
+            assert_eq!(actor.source, None);
+            assert_eq!(
+                actor.notes,
+                ["basic: malformed Authorization: Basic (not base64 of user:password); no user name recorded"]
+            );
+            assert!(!format!("{actor:?}").contains(decoded));
+        }
+        let garbage = resolve(
+            &chain,
+            &headers(&[("authorization", "Basic %%%not-base64")]),
+        );
+        assert_eq!(garbage.id, None);
+        assert_eq!(garbage.notes.len(), 1);
+        // An empty password is still a password: the user name stands.
+        let encoded = base64::engine::general_purpose::STANDARD.encode("alice:");
+        let empty = resolve(
+            &chain,
+            &headers(&[("authorization", &format!("Basic {encoded}"))]),
+        );
+        assert_eq!(empty.id.as_deref(), Some("alice"));
     }
 
     #[test]
@@ -1370,6 +1505,67 @@ mod tests {
         assert!(stripping.describe()[1].contains("removed from other peers' requests"));
         assert!(errors("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_UNSET_VARIABLE\"\nstrip_untrusted = true\n")
             .contains("actor #1 (jwt).strip_untrusted: does not apply to from = \"jwt\""));
+    }
+
+    #[test]
+    fn other_spellings_of_identity_headers_never_reach_the_app() {
+        let stripping = chain("[[actor]]\nfrom = \"header\"\nid = \"x-forwarded-user\"\nstrip_untrusted = true\n[[actor]]\nfrom = \"api_key\"\nheader = \"x-api-key\"\nkeys = [{ name = \"ci\", sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\" }]\n");
+        let request = |headers, peer_trusted| ActorRequest {
+            headers,
+            query: None,
+            path: "/",
+            peer_trusted,
+            explain: false,
+        };
+        // Untrusted peer: every spelling goes, and the attempt is on record.
+        let sent = headers(&[
+            ("X_Forwarded_User", "admin"),
+            ("x-forwarded_user", "admin"),
+            ("x_api_key", "stolen"),
+            ("x_other", "kept"),
+        ]);
+        let spoofed = stripping.resolve(&request(&sent, false));
+        assert_eq!(spoofed.id, None);
+        assert_eq!(
+            spoofed.notes,
+            ["header: removed x_forwarded_user (read by some apps as x-forwarded-user), x-forwarded_user (read by some apps as x-forwarded-user), x_api_key (read by some apps as x-api-key) before forwarding: only the configured spelling is read (spoof attempt)"]
+        );
+        let mut forwarded = sent.clone();
+        let removed: Vec<&str> = stripping
+            .strip_untrusted_headers(&mut forwarded, false)
+            .into_iter()
+            .map(HeaderName::as_str)
+            .collect();
+        assert_eq!(removed, ["x-forwarded-user", "x-api-key"]);
+        let left: Vec<&str> = forwarded.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x_other"]);
+
+        // Trusted peer: only the configured spelling is believed and forwarded; the underscore
+        // spelling, which a CGI app would read in its place, is removed.
+        let both = headers(&[("x-forwarded-user", "ann"), ("x_forwarded_user", "admin")]);
+        let believed = stripping.resolve(&request(&both, true));
+        assert_eq!(believed.id.as_deref(), Some("ann"));
+        assert_eq!(believed.notes.len(), 1, "{:?}", believed.notes);
+        let mut forwarded = both.clone();
+        stripping.strip_untrusted_headers(&mut forwarded, true);
+        let left: Vec<(&str, &[u8])> = forwarded
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        assert_eq!(left, [("x-forwarded-user", &b"ann"[..])]);
+
+        // Without strip_untrusted the configured spelling still passes as before; other
+        // spellings never do.
+        let plain = chain("[[actor]]\nfrom = \"header\"\nid = \"x_user\"\n");
+        let mut forwarded = headers(&[("x_user", "a"), ("X-User", "b")]);
+        plain.strip_untrusted_headers(&mut forwarded, false);
+        let left: Vec<&str> = forwarded.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x_user"]);
+
+        // A request with no other spelling is left alone.
+        let mut clean = headers(&[("x-forwarded-user", "ann")]);
+        assert!(plain.strip_untrusted_headers(&mut clean, false).is_empty());
+        assert_eq!(clean.len(), 1);
     }
 
     #[test]

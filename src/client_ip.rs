@@ -9,11 +9,81 @@
 //! What the app receives is rebuilt from what was believed: X-Forwarded-For is the believed chain
 //! ending with the peer, and a Forwarded header keeps only its believed elements, followed by
 //! this hop's own `for=`. A spoofed entry never reaches the app as if it had been checked.
+//!
+//! Many app servers do not read header names as HTTP spells them: CGI, WSGI, PHP and nginx with
+//! `underscores_in_headers` turn both `X-Forwarded-For` and `X_Forwarded_For` into
+//! `HTTP_X_FORWARDED_FOR`. Only the dashed spelling is read here, so every other spelling of a
+//! forwarding header is removed before forwarding ([`remove_other_forwarding_spellings`]): the app
+//! can never read a value the proxy did not believe.
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
+
+/// Forwarding headers an app may read for the client's address, scheme, host or path prefix.
+/// Only their dashed spelling is ever read or forwarded by the proxy.
+pub const FORWARDING_HEADERS: [&str; 10] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-real-ip",
+    "x-client-ip",
+];
+
+/// Whether an app server that folds `_` into `-` and ignores case (CGI, WSGI, PHP, nginx with
+/// `underscores_in_headers`) reads `name` as the header `canonical`.
+pub fn same_header_for_apps(name: &str, canonical: &str) -> bool {
+    let fold = |byte: u8| match byte {
+        b'_' => b'-',
+        other => other.to_ascii_lowercase(),
+    };
+    name.len() == canonical.len()
+        && name
+            .bytes()
+            .zip(canonical.bytes())
+            .all(|(left, right)| fold(left) == fold(right))
+}
+
+/// The headers of a request that an app may read as `canonical` but that are spelled otherwise
+/// (`x_forwarded_user` for `x-forwarded-user`).
+pub fn other_spellings<'a>(
+    headers: &'a HeaderMap,
+    canonical: &'a str,
+) -> impl Iterator<Item = &'a HeaderName> + 'a {
+    headers.keys().filter(move |name| {
+        name.as_str() != canonical && same_header_for_apps(name.as_str(), canonical)
+    })
+}
+
+/// Removes every spelling of a forwarding header other than the dashed one (`X_Forwarded_For`,
+/// `x_real_ip`): the proxy rebuilds or passes on only the dashed ones, from what it believed.
+/// Returns the names removed.
+pub fn remove_other_forwarding_spellings(headers: &mut HeaderMap) -> Vec<HeaderName> {
+    // Every forwarding header is spelled with dashes, so only a name with an underscore can be
+    // another spelling of one; most requests have none and cost one pass over the names.
+    if !headers.keys().any(|name| name.as_str().contains('_')) {
+        return Vec::new();
+    }
+    let others: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            FORWARDING_HEADERS.iter().any(|canonical| {
+                name.as_str() != *canonical && same_header_for_apps(name.as_str(), canonical)
+            })
+        })
+        .cloned()
+        .collect();
+    for name in &others {
+        headers.remove(name);
+    }
+    others
+}
 
 /// Whether an address is inside any of the networks.
 pub fn is_trusted(addr: IpAddr, trusted: &[IpNet]) -> bool {
@@ -272,6 +342,60 @@ mod tests {
         );
         let none = resolve(ip("10.0.0.1"), &headers(&[]), &nets(&["10.0.0.0/8"]));
         assert_eq!(none.forwarded, None);
+    }
+
+    #[test]
+    fn other_spellings_of_forwarding_headers_are_removed() {
+        let mut sent = headers(&[
+            ("x_forwarded_for", "6.6.6.6"),
+            ("X_Forwarded_Proto", "https"),
+            ("x-forwarded_host", "evil.example"),
+            ("x_real_ip", "6.6.6.6"),
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x_unrelated", "kept"),
+        ]);
+        let mut removed: Vec<String> = remove_other_forwarding_spellings(&mut sent)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                "x-forwarded_host",
+                "x_forwarded_for",
+                "x_forwarded_proto",
+                "x_real_ip"
+            ]
+        );
+        let left: std::collections::BTreeSet<&str> = sent.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            left,
+            std::collections::BTreeSet::from(["x-forwarded-for", "x_unrelated"])
+        );
+        let mut plain = headers(&[("x-forwarded-for", "198.51.100.7")]);
+        assert!(remove_other_forwarding_spellings(&mut plain).is_empty());
+        assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
+    fn spellings_fold_as_app_servers_read_them() {
+        assert!(same_header_for_apps("x_forwarded_user", "x-forwarded-user"));
+        assert!(same_header_for_apps("X_Forwarded-User", "x-forwarded-user"));
+        assert!(same_header_for_apps("x-user", "x_user"));
+        assert!(!same_header_for_apps(
+            "x-forwarded-users",
+            "x-forwarded-user"
+        ));
+        assert!(!same_header_for_apps(
+            "x.forwarded.user",
+            "x-forwarded-user"
+        ));
+        let sent = headers(&[("x_forwarded_user", "a"), ("x-forwarded-user", "b")]);
+        let others: Vec<&str> = other_spellings(&sent, "x-forwarded-user")
+            .map(HeaderName::as_str)
+            .collect();
+        assert_eq!(others, ["x_forwarded_user"]);
     }
 
     #[test]

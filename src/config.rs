@@ -84,7 +84,9 @@ pub struct ProxyFile {
     /// Largest request or response body parsed for `*.body:` values; larger ones stream through
     /// unparsed and the fields are recorded as missing.
     pub max_body_capture: Option<String>,
-    /// Longest wait for a client's request head (also the keep-alive idle limit).
+    /// Longest wait for a client's request head, counted from accept for a connection's first
+    /// request (so silent connections cannot hold `max_connections`); also the keep-alive idle
+    /// limit.
     pub header_read_timeout: Option<String>,
     /// Longest wait to connect to the app.
     pub connect_timeout: Option<String>,
@@ -498,6 +500,19 @@ pub struct LogConfig {
     /// The TLS client of the https:// targets (their CAs from `publish_ca_file` or the system),
     /// built at load so an unreadable CA file is a config error; `None` without https targets.
     pub publish_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl LogConfig {
+    /// The `file:` targets heads are published to.
+    pub fn heads_files(&self) -> Vec<PathBuf> {
+        self.publish_heads
+            .iter()
+            .filter_map(|target| match target {
+                PublishTarget::File(path) => Some(path.clone()),
+                PublishTarget::Url(_) => None,
+            })
+            .collect()
+    }
 }
 
 /// One retention override.

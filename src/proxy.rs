@@ -1230,6 +1230,9 @@ pub async fn handle(
     policy
         .actors
         .strip_untrusted_headers(&mut parts.headers, peer_trusted);
+    // Other spellings of forwarding headers (`X_Forwarded_For`), which some apps read as the
+    // dashed ones the proxy rebuilds from what it believed.
+    client_ip::remove_other_forwarding_spellings(&mut parts.headers);
     if upgrade {
         parts
             .headers

@@ -89,6 +89,48 @@ impl Sidecar {
                     crate::store::describe(&config.store)
                 )
             })?;
+        // A store behind a head it already published (a database restored from an older copy)
+        // would sign a second head, with another root, for a size already published: a fork of
+        // the log. Checked before recovery appends anything.
+        let heads_files = config.log.heads_files();
+        let keys: Vec<crate::log::head::LogVerifier> = config
+            .log
+            .signer
+            .iter()
+            .map(|signer| signer.public_key())
+            .collect();
+        let check_store = store.clone();
+        let check_files = heads_files.clone();
+        let check_keys = keys.clone();
+        let check_log_id = config.log_id.clone();
+        let behind = tokio::task::spawn_blocking(move || {
+            let mut problems = Vec::new();
+            for path in check_files {
+                let place = path.display().to_string();
+                let mut published =
+                    crate::verify::PublishedHeads::new(path, &check_log_id, check_keys.clone());
+                let (latest, _) = published.refresh()?;
+                problems.extend(crate::log::verify::behind_published(
+                    check_store.as_ref(),
+                    latest,
+                    &place,
+                )?);
+            }
+            Ok::<_, crate::verify::VerifyError>(problems)
+        })
+        .await
+        .context("published heads check task failed")?
+        .context("cannot read the published heads")?;
+        if !behind.is_empty() {
+            let problems: Vec<String> = behind.into_iter().map(|problem| problem.message).collect();
+            anyhow::bail!(
+                "refusing to start on {}: {}. Signing on would publish a second head for a size \
+                 already published (a fork). Put the newest copy of the database back, or move \
+                 the database and the heads file aside to start a new log",
+                crate::store::describe(&config.store),
+                problems.join("; ")
+            );
+        }
         // Before any traffic: spilled entries go back into the store, and write-ahead requests a
         // crash interrupted are recorded with outcome unknown.
         let spill_path = config.store.spill_path();
@@ -167,10 +209,13 @@ impl Sidecar {
             config.log_id.clone(),
         );
         let signer_stats = signer.as_ref().map(HeadSigner::stats);
-        let log_api = Arc::new(admin::log_api::LogApiState::new(
-            config.log.signer.as_ref().map(|key| key.public_key()),
-            signer.as_ref().map(HeadSigner::stats),
-        ));
+        let log_api = Arc::new(
+            admin::log_api::LogApiState::new(
+                config.log.signer.as_ref().map(|key| key.public_key()),
+                signer.as_ref().map(HeadSigner::stats),
+            )
+            .with_heads_files(&heads_files, &config.log_id, keys),
+        );
         let metrics = Arc::new(Metrics::default());
         metrics.set_config_sha256(&config.sha256);
         let state = Arc::new(
@@ -430,12 +475,35 @@ async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         let connection_state = state.clone();
-        let service =
-            service_fn(move |request| proxy::handle(connection_state.clone(), peer, request));
+        // hyper's own header timeout starts only once it reads an HTTP/1 head, and the protocol
+        // detection before it (HTTP/1 or HTTP/2) waits for bytes without limit: a connection
+        // that never sends its first request would hold a slot forever. So the first head must
+        // arrive within `header_read_timeout` of accept; later heads are hyper's to time.
+        let first_request = Arc::new(tokio::sync::Notify::new());
+        let first_request_seen = first_request.clone();
+        let service = service_fn(move |request| {
+            first_request_seen.notify_one();
+            proxy::handle(connection_state.clone(), peer, request)
+        });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = graceful.watch(connection.into_owned());
+        let first_head_deadline = state.config.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => Some(ended),
+                _ = first_request.notified() => None,
+                _ = tokio::time::sleep(first_head_deadline) => {
+                    tracing::debug!(%peer, "no request head within header_read_timeout of accept; connection closed");
+                    drop(permit);
+                    return;
+                }
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None => connection.await,
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%peer, error = %error, "client connection ended with an error");
             }
             drop(permit);

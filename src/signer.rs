@@ -141,6 +141,7 @@ impl HeadSigner {
             to_publisher,
             stats: stats.clone(),
             last: None,
+            last_root: None,
         };
         let task = tokio::spawn(run(
             work,
@@ -186,6 +187,9 @@ struct SignerWork {
     stats: Arc<SignerStats>,
     /// Size and time of the last head signed (or found stored at start).
     last: Option<(u64, DateTime<Utc>)>,
+    /// Size and root of the last head signed (or found stored at start): every new head must
+    /// extend it, or it would fork what was published.
+    last_root: Option<(u64, crate::log::merkle::Hash)>,
 }
 
 /// The URL publisher task, and where the signer tells it by when to finish at shutdown.
@@ -230,12 +234,11 @@ async fn run(
     let loaded = work.clone();
     let _ = tokio::task::spawn_blocking(move || {
         let mut work = lock(&loaded);
-        work.last = work
-            .store
-            .latest_head()
-            .ok()
-            .flatten()
+        let latest = work.store.latest_head().ok().flatten();
+        work.last = latest
+            .as_ref()
             .map(|head| (head.head.size, head.head.timestamp));
+        work.last_root = latest.map(|head| (head.head.size, head.head.root_hash));
     })
     .await;
     let mut ticker = tokio::time::interval(config.sign_interval);
@@ -335,6 +338,24 @@ fn is_due(work: &SignerWork, wake: Wake) -> bool {
 
 fn sign_now(work: &mut SignerWork) -> Result<String, String> {
     let tree = work.store.tree().map_err(|error| error.to_string())?;
+    // The store was checked against its published heads at start; this holds the line while it
+    // runs (a database swapped or restored under a running sidecar).
+    if let Some((size, root)) = work.last_root {
+        let extends = tree.size >= size
+            && work
+                .store
+                .root_at(size)
+                .map_err(|error| error.to_string())?
+                == root;
+        if !extends {
+            return Err(format!(
+                "the log ({} entries) no longer contains the head of size {size} signed before: \
+                 not signing a head that would fork the published log (was the database \
+                 restored from an older copy?)",
+                tree.size
+            ));
+        }
+    }
     let head = TreeHead::new(work.log_id.clone(), tree.size, tree.root, Utc::now())
         .map_err(|error| error.to_string())?;
     let signed = work.signer.sign(head).map_err(|error| error.to_string())?;
@@ -358,6 +379,7 @@ fn sign_now(work: &mut SignerWork) -> Result<String, String> {
         .map_err(|error| format!("cannot store the head: {error}"))?;
     stats.heads_signed.inc();
     work.last = Some((signed.head.size, signed.head.timestamp));
+    work.last_root = Some((signed.head.size, signed.head.root_hash));
     tracing::debug!(size = signed.head.size, "signed a tree head");
     Ok(line)
 }

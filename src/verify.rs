@@ -102,6 +102,115 @@ pub fn read_heads_file(path: &Path) -> Result<(Vec<HeadToCheck>, Vec<Problem>), 
     Ok((heads, problems))
 }
 
+/// The newest heads of one log in a published heads file, read incrementally: each
+/// [`PublishedHeads::refresh`] reads only the complete lines appended since the one before, so a
+/// long file costs one full read (at start) and then only its new lines.
+///
+/// Only heads of the log (`log_id`) are kept, and, when keys are given, only heads one of them
+/// signed: a line someone else wrote into the file cannot stop the sidecar (`auditgate verify
+/// --heads` reports such lines).
+#[derive(Debug)]
+pub struct PublishedHeads {
+    pub path: PathBuf,
+    log_id: String,
+    keys: Vec<LogVerifier>,
+    /// Bytes of the file read so far (complete lines only).
+    offset: u64,
+    /// Lines read so far, for line numbers.
+    lines: u64,
+    /// The heads of the largest size read so far.
+    latest: Vec<HeadToCheck>,
+}
+
+impl PublishedHeads {
+    pub fn new(path: PathBuf, log_id: &str, keys: Vec<LogVerifier>) -> PublishedHeads {
+        PublishedHeads {
+            path,
+            log_id: log_id.to_string(),
+            keys,
+            offset: 0,
+            lines: 0,
+            latest: Vec::new(),
+        }
+    }
+
+    /// The same file, to be read again from its start.
+    pub fn restarted(self) -> PublishedHeads {
+        PublishedHeads::new(self.path, &self.log_id, self.keys)
+    }
+
+    /// Reads what was appended since the last call and returns the heads of the largest size
+    /// published so far (every line with that size). A missing file holds no heads yet. A file
+    /// shorter than what was already read was truncated: that is returned as a problem, and the
+    /// file is read again from its start.
+    pub fn refresh(&mut self) -> Result<(&[HeadToCheck], Option<Problem>), VerifyError> {
+        let io_error = |error| VerifyError::Io {
+            path: self.path.clone(),
+            error,
+        };
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((&self.latest, None));
+            }
+            Err(error) => return Err(io_error(error)),
+        };
+        let length = file.metadata().map_err(io_error)?.len();
+        let mut problem = None;
+        if length < self.offset {
+            problem = Some(Problem {
+                seq: None,
+                message: format!(
+                    "{}: the heads file is shorter than when it was last read ({length} bytes, \
+                     was {}): it was truncated or replaced",
+                    self.path.display(),
+                    self.offset
+                ),
+            });
+            self.offset = 0;
+            self.lines = 0;
+            self.latest.clear();
+        }
+        file.seek(SeekFrom::Start(self.offset)).map_err(io_error)?;
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = reader.read_until(b'\n', &mut line).map_err(io_error)?;
+            // A line without its newline is still being written: it is read next time.
+            if read == 0 || line.last() != Some(&b'\n') {
+                break;
+            }
+            self.offset += read as u64;
+            self.lines += 1;
+            let Ok(head) = serde_json::from_slice::<SignedTreeHead>(&line) else {
+                continue;
+            };
+            if head.head.log_id != self.log_id
+                || (!self.keys.is_empty() && !self.keys.iter().any(|key| key.verify(&head).is_ok()))
+            {
+                continue;
+            }
+            let largest = self.latest.first().map(|head| head.head.head.size);
+            if largest.is_some_and(|largest| head.head.size < largest) {
+                continue;
+            }
+            if largest.is_some_and(|largest| head.head.size > largest) {
+                self.latest.clear();
+            }
+            // Heartbeats repeat a size with the same root: one of them stands for all, so a
+            // quiet log does not pile them up; a second root for the size is kept (a fork).
+            self.latest
+                .retain(|kept| kept.head.head.root_hash != head.head.root_hash);
+            self.latest.push(HeadToCheck {
+                head,
+                origin: HeadOrigin::File(self.lines),
+            });
+        }
+        Ok((&self.latest, problem))
+    }
+}
+
 /// `auditgate verify`: checks a database file, read-only, against its stored heads and, when
 /// given, a published heads file; signatures are checked when `keys` are given.
 pub fn verify_database(
@@ -211,6 +320,17 @@ pub fn report_json(report: &VerifyReport) -> Value {
 struct ExportTrailer {
     tree_head: SignedTreeHead,
     entries: u64,
+    /// The manifest ([`crate::export_proofs::ExportManifest`]); absent in exports made before
+    /// it existed, which are checked by their count only.
+    #[serde(default)]
+    first_seq: Option<u64>,
+    #[serde(default)]
+    last_seq: Option<u64>,
+    #[serde(default)]
+    digest: Option<String>,
+    /// Base64 of the manifest's signature, when the exporter had the signing key.
+    #[serde(default)]
+    signature: Option<String>,
 }
 
 /// The proof fields of an exported entry line.
@@ -225,7 +345,15 @@ struct LineProof {
 /// Checks one entry line of an export against the export's (already verified) head. `Err` is
 /// the problem with it.
 pub fn check_export_line(line: &str, head: &SignedTreeHead) -> Result<u64, Problem> {
-    let unreadable = |message: String| Problem { seq: None, message };
+    check_export_line_leaf(line, head).map(|(seq, _)| seq)
+}
+
+/// [`check_export_line`], also returning the entry's leaf hash.
+fn check_export_line_leaf(line: &str, head: &SignedTreeHead) -> Result<(u64, Hash), Problem> {
+    let unreadable = |message: String| Problem {
+        seq: None,
+        message: format!("not an entry of this export: {message}"),
+    };
     let value: Value =
         serde_json::from_str(line).map_err(|error| unreadable(format!("not JSON ({error})")))?;
     let entry: AuditEntry = serde_json::from_value(value.clone())
@@ -275,7 +403,7 @@ pub fn check_export_line(line: &str, head: &SignedTreeHead) -> Result<u64, Probl
              proof was changed"
         )));
     }
-    Ok(seq)
+    Ok((seq, recomputed))
 }
 
 /// The last non-empty line of a file, read from the end.
@@ -351,7 +479,7 @@ pub fn verify_export(path: &Path, keys: &[LogVerifier]) -> Result<VerifyReport, 
             return Ok(finish_report(report, problems));
         }
     };
-    let head = trailer.tree_head;
+    let head = trailer.tree_head.clone();
     report.size = head.head.size;
     report.heads = 1;
     if !keys.is_empty() && !keys.iter().any(|key| key.verify(&head).is_ok()) {
@@ -372,22 +500,42 @@ pub fn verify_export(path: &Path, keys: &[LogVerifier]) -> Result<VerifyReport, 
     let file = File::open(path).map_err(io_error)?;
     let mut lines = 0u64;
     let mut previous: Option<String> = None;
+    let mut manifest = crate::export_proofs::ManifestBuilder::default();
+    let mut highest: Option<u64> = None;
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(io_error)?;
         if line.trim().is_empty() {
             continue;
         }
         // Each line is checked once the next one is seen, so the trailer is never taken for an
-        // entry.
-        if let Some(entry_line) = previous.replace(line) {
-            lines += 1;
-            match check_export_line(&entry_line, &head) {
-                Ok(_) => report.entries += 1,
-                Err(mut problem) => {
-                    problem.message = format!("line {index}: {}", problem.message);
-                    problems.push(problem);
-                }
+        // entry. `index` (0-based, of the line just read) is the 1-based number of that line.
+        let Some(entry_line) = previous.replace(line) else {
+            continue;
+        };
+        lines += 1;
+        let (seq, leaf) = match check_export_line_leaf(&entry_line, &head) {
+            Ok(checked) => checked,
+            Err(mut problem) => {
+                problem.message = format!("line {index}: {}", problem.message);
+                problems.push(problem);
+                continue;
             }
+        };
+        report.entries += 1;
+        manifest.add(seq, &leaf);
+        // Entries are written in increasing seq order, each once.
+        match highest {
+            Some(last) if seq == last => problems.push(Problem {
+                seq: Some(seq),
+                message: format!("line {index}: entry {seq} appears twice (a repeated line)"),
+            }),
+            Some(last) if seq < last => problems.push(Problem {
+                seq: Some(seq),
+                message: format!(
+                    "line {index}: entry {seq} comes after entry {last}: lines were reordered"
+                ),
+            }),
+            _ => highest = Some(seq),
         }
     }
     if lines != trailer.entries {
@@ -399,7 +547,75 @@ pub fn verify_export(path: &Path, keys: &[LogVerifier]) -> Result<VerifyReport, 
             ),
         });
     }
+    problems.extend(check_manifest(&trailer, &manifest.manifest(), keys));
     Ok(finish_report(report, problems))
+}
+
+/// Compares the trailer's manifest with the entry lines as read, and checks its signature.
+fn check_manifest(
+    trailer: &ExportTrailer,
+    read: &crate::export_proofs::ExportManifest,
+    keys: &[LogVerifier],
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let problem = |message: String| Problem { seq: None, message };
+    let Some(stated_digest) = trailer.digest.as_deref() else {
+        // An export from before manifests: its count was checked above, and that is all.
+        return problems;
+    };
+    let range = |first: Option<u64>, last: Option<u64>| match (first, last) {
+        (Some(first), Some(last)) => format!("entries {first}..={last}"),
+        _ => "no entries".to_string(),
+    };
+    if (trailer.first_seq, trailer.last_seq) != (read.first_seq, read.last_seq) {
+        problems.push(problem(format!(
+            "the export's manifest says {}, but its lines hold {}: lines were removed or added",
+            range(trailer.first_seq, trailer.last_seq),
+            range(read.first_seq, read.last_seq)
+        )));
+    }
+    let Some(digest) = from_hex(stated_digest) else {
+        problems.push(problem(
+            "the export's manifest digest is malformed".to_string(),
+        ));
+        return problems;
+    };
+    if digest != read.digest {
+        problems.push(problem(
+            "the entry lines do not match the export's manifest digest: lines were removed, \
+             repeated, reordered, changed or added"
+                .to_string(),
+        ));
+    }
+    let Some(signature) = trailer.signature.as_deref() else {
+        return problems;
+    };
+    if keys.is_empty() {
+        return problems;
+    }
+    let stated = crate::export_proofs::ExportManifest {
+        count: trailer.entries,
+        first_seq: trailer.first_seq,
+        last_seq: trailer.last_seq,
+        digest,
+    };
+    let bytes = stated.signing_bytes(&trailer.tree_head);
+    let signature: Option<[u8; 64]> =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, signature)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok());
+    let valid = signature.is_some_and(|signature| {
+        keys.iter()
+            .any(|key| key.verify_export_manifest(&bytes, &signature).is_ok())
+    });
+    if !valid {
+        problems.push(problem(
+            "the export's manifest (count, seq range, digest) is not validly signed: it was \
+             edited"
+                .to_string(),
+        ));
+    }
+    problems
 }
 
 fn finish_report(mut report: VerifyReport, mut problems: Vec<Problem>) -> VerifyReport {

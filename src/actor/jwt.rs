@@ -33,6 +33,11 @@ pub(super) const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// are, the cache starts over (the cost is one signature check per token, never a wrong answer).
 const CACHE_CAPACITY: usize = 4096;
 
+/// Longest a verified token is remembered, in seconds, whatever its `exp` says (and for a token
+/// without `exp`, which would otherwise be remembered for the life of the key set): after this
+/// its signature and claims are checked again.
+pub(super) const CACHE_MAX_SECONDS: i64 = 300;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OnInvalid {
     RecordUnverified,
@@ -906,7 +911,7 @@ impl JwtSource {
         if let Some(actor) = self.cache.get(&hash, now, generation) {
             trace.step(|| {
                 format!(
-                    "token from {} verified (remembered from an earlier request until its exp)",
+                    "token from {} verified (remembered from an earlier request until its exp, at most {CACHE_MAX_SECONDS} s)",
                     self.place.describe()
                 )
             });
@@ -931,12 +936,13 @@ impl JwtSource {
                         self.claims.email
                     )
                 });
-                let until = match claims.get("exp") {
-                    Some(Value::Number(exp)) => exp.as_i64().unwrap_or(0),
-                    // A token without exp stays valid; the bounded cache still limits memory.
-                    _ => i64::MAX,
-                };
-                self.cache.put(hash, &actor, until, now, generation);
+                self.cache.put(
+                    hash,
+                    &actor,
+                    remembered_until(&claims, now),
+                    now,
+                    generation,
+                );
                 Some(actor)
             }
             Err(reason) => {
@@ -967,5 +973,24 @@ impl JwtSource {
     #[cfg(test)]
     pub(super) fn cached(&self) -> usize {
         self.cache.len()
+    }
+
+    /// The second until which a token is remembered as verified, if it is.
+    #[cfg(test)]
+    pub(super) fn remembered(&self, token: &str) -> Option<i64> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let entries = self.cache.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(&hash).map(|(_, until, _)| *until)
+    }
+}
+
+/// The second until which a verified token may be answered from the cache: its `exp`, but never
+/// more than [`CACHE_MAX_SECONDS`] from now, so a token without `exp` (or with a far one) is
+/// checked again against the current keys and claims rules at a bounded interval.
+fn remembered_until(claims: &Value, now: i64) -> i64 {
+    let bound = now.saturating_add(CACHE_MAX_SECONDS);
+    match claims.get("exp").and_then(Value::as_i64) {
+        Some(exp) => exp.min(bound),
+        None => bound,
     }
 }

@@ -14,6 +14,8 @@
 //! - `GET /api/v1/verify[?full=true]` — the check of `auditgate verify`, resumed from where the
 //!   last call stopped (cheap to call often; `full=true` starts over and re-reads everything):
 //!   `{"ok","size","checkedAt","firstBadSeq","problem","problems":[{seq,message}],"mode",...}`.
+//!   Both modes also compare the store with the newest head in each `file:` heads target, so a
+//!   store rolled back behind what it published is reported whichever mode is asked for.
 //!
 //! Errors are `{"error": "..."}`; a store failure is logged and answered 500 without details.
 
@@ -44,6 +46,8 @@ struct IncrementalVerify {
     check: LogCheck,
     /// The id of the last stored head handed to the check.
     last_head_id: u64,
+    /// The `file:` heads targets, read on from where the last call stopped.
+    published: Vec<crate::verify::PublishedHeads>,
 }
 
 impl LogApiState {
@@ -59,8 +63,27 @@ impl LogApiState {
             verify: Mutex::new(IncrementalVerify {
                 check: LogCheck::new(keys),
                 last_head_id: 0,
+                published: Vec::new(),
             }),
         }
+    }
+
+    /// Compares the store, on every `/verify`, with the newest head of `log_id` in each heads
+    /// file (signed by one of `keys`, when given).
+    pub fn with_heads_files(
+        self,
+        files: &[std::path::PathBuf],
+        log_id: &str,
+        keys: Vec<LogVerifier>,
+    ) -> LogApiState {
+        {
+            let mut verify = self.verify.lock().unwrap_or_else(PoisonError::into_inner);
+            verify.published = files
+                .iter()
+                .map(|path| crate::verify::PublishedHeads::new(path.clone(), log_id, keys.clone()))
+                .collect();
+        }
+        self
     }
 
     pub fn signer_stats(&self) -> Option<&SignerStats> {
@@ -257,12 +280,33 @@ pub(crate) async fn verify(
     blocking(move || {
         let mut incremental = log.verify.lock().unwrap_or_else(PoisonError::into_inner);
         if full {
+            let published = std::mem::take(&mut incremental.published)
+                .into_iter()
+                .map(crate::verify::PublishedHeads::restarted)
+                .collect();
             *incremental = IncrementalVerify {
                 check: LogCheck::new(log.public_key.iter().cloned().collect()),
                 last_head_id: 0,
+                published,
             };
         }
         let state = &mut *incremental;
+        for published in &mut state.published {
+            let place = published.path.display().to_string();
+            match published.refresh() {
+                Ok((latest, truncated)) => {
+                    let behind =
+                        crate::log::verify::behind_published(store.as_ref(), latest, &place)?;
+                    state
+                        .check
+                        .add_problems(truncated.into_iter().chain(behind).collect());
+                }
+                Err(crate::verify::VerifyError::Store(error)) => return Err(error.into()),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read a published heads file to verify against");
+                }
+            }
+        }
         loop {
             let heads = store.heads_after(state.last_head_id, 1000)?;
             let Some(last) = heads.last() else {

@@ -364,6 +364,13 @@ impl LogSigner {
             signature: signature.to_bytes(),
         })
     }
+
+    /// Signs an export manifest's text ([`crate::export_proofs::ExportManifest::signing_bytes`]).
+    /// That text begins with its own format line, `auditgate-export-v1`, so a signature over it
+    /// can never be taken for one over a head (whose text begins `auditgate-tree-head-v1`).
+    pub fn sign_export_manifest(&self, signing_bytes: &[u8]) -> [u8; 64] {
+        self.key.sign(signing_bytes).to_bytes()
+    }
 }
 
 /// A log's public key, which checks its signed heads.
@@ -426,6 +433,17 @@ impl LogVerifier {
         let signature = Signature::from_bytes(&signed.signature);
         self.key
             .verify_strict(&signed.head.signing_bytes(), &signature)
+            .map_err(|_| HeadError::BadSignature)
+    }
+
+    /// Checks a signature made by [`LogSigner::sign_export_manifest`].
+    pub fn verify_export_manifest(
+        &self,
+        signing_bytes: &[u8],
+        signature: &[u8; 64],
+    ) -> Result<(), HeadError> {
+        self.key
+            .verify_strict(signing_bytes, &Signature::from_bytes(signature))
             .map_err(|_| HeadError::BadSignature)
     }
 }

@@ -607,6 +607,47 @@ pub fn missing_from_published(stored: &[HeadToCheck], published: &[HeadToCheck])
         .collect()
 }
 
+/// Checks that the log still contains the newest heads it published (`latest`: the heads of the
+/// largest size in a heads file, from `place`). A log smaller than such a head, or whose tree at
+/// that size has another root, is not the log that was published: a database restored from an
+/// older copy, or replaced. Signing on from it would publish a second head for a size already
+/// published, with another root (a fork), so the sidecar refuses to start on it. Costs one root
+/// computation (O(log n) node reads) per head.
+pub fn behind_published<R: LogReader + ?Sized>(
+    reader: &R,
+    latest: &[HeadToCheck],
+    place: &str,
+) -> Result<Vec<Problem>, StoreError> {
+    let size = reader.tree_size()?;
+    let mut problems = Vec::new();
+    for head in latest {
+        let published = head.head.head.size;
+        if published > size {
+            problems.push(Problem {
+                seq: Some(size + 1),
+                message: format!(
+                    "{place}: {} was published, but the store holds only {size} entries: the \
+                     store was rolled back (restored from an older copy); entries {}..={published} \
+                     are missing",
+                    head.describe(),
+                    size + 1,
+                ),
+            });
+        } else if reader.root_at(published)? != head.head.head.root_hash {
+            problems.push(Problem {
+                seq: None,
+                message: format!(
+                    "{place}: {} was published, but the store's {size} entries give another \
+                     root at size {published}: the store is not the log that was published \
+                     (rolled back to another copy, or forked)",
+                    head.describe(),
+                ),
+            });
+        }
+    }
+    Ok(problems)
+}
+
 impl LogCheck {
     /// Records problems found outside the walk (heads file checks).
     pub fn add_problems(&mut self, problems: Vec<Problem>) {

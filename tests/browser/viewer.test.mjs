@@ -149,6 +149,14 @@ test('the main view: newest first, local time with UTC on hover, coloured outcom
     return size >= head.size ? text : false;
   });
   assert.match(await page.getByTestId('integrity-verify-result').textContent(), /Intact/);
+  // The check run at sign-in is the incremental one, and says so; "Verify now" runs the full one.
+  assert.match(await page.getByTestId('integrity-verify-mode').textContent(), /Incremental/);
+  await page.getByTestId('integrity-verify-now').click();
+  await waitUntil('the full check to be shown', async () => {
+    const text = await page.getByTestId('integrity-verify-mode').textContent().catch(() => '');
+    return /Full/.test(text) ? text : false;
+  });
+  assert.match(await page.getByTestId('integrity-verify-result').textContent(), /Intact/);
   await page.keyboard.press('Escape');
   await popover.waitFor({ state: 'hidden' });
 });

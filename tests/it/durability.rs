@@ -540,6 +540,44 @@ async fn a_client_leaving_mid_upload_is_recorded() {
 }
 
 #[tokio::test]
+async fn silent_connections_cannot_hold_every_connection_slot() {
+    let upstream = Upstream::start().await;
+    let sidecar = TestSidecar::start_with(
+        upstream.addr,
+        "header_read_timeout = \"300ms\"\nmax_connections = 2",
+        "[unmatched]\nrecord = \"all\"\n",
+    )
+    .await;
+    // More connections than slots, none of which ever sends a byte.
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(
+            tokio::net::TcpStream::connect(sidecar.proxy)
+                .await
+                .expect("connect"),
+        );
+    }
+    let url = sidecar.url("/after-the-silent-ones");
+    let real = tokio::spawn(async move { HttpClient::new().get(&url).await.status });
+    assert!(
+        crate::support::eventually(Duration::from_secs(20), async || real.is_finished()).await,
+        "silent connections held every slot: a real request was never served"
+    );
+    assert_eq!(real.await.expect("request task"), 200);
+    // The server closed every silent connection (end of stream, or a reset).
+    for mut stream in silent {
+        let mut buffer = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("the server never closed a silent connection");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    let entries = sidecar.wait_entries(1).await;
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    assert_eq!(entries[0].path.as_deref(), Some("/after-the-silent-ones"));
+}
+
+#[tokio::test]
 async fn slow_clients_are_cut_off_by_the_header_timeout() {
     let upstream = Upstream::start().await;
     let sidecar =

@@ -597,6 +597,106 @@ async fn spoofed_identity_headers_are_removed_before_the_app_when_asked() {
     assert!(quiet.entries().await.is_empty());
 }
 
+/// What an app behind CGI, WSGI or PHP reads from the headers it received: each name upper-cased
+/// with `-` folded into `_` and prefixed `HTTP_`, so `X-Forwarded-User` and `X_Forwarded_User`
+/// both become `HTTP_X_FORWARDED_USER`. Every value of a folded name is kept, since which one
+/// the app ends up with depends on the server.
+fn cgi_environment(headers: &http::HeaderMap) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut environment = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (name, value) in headers {
+        let key = format!(
+            "HTTP_{}",
+            name.as_str().to_ascii_uppercase().replace('-', "_")
+        );
+        environment
+            .entry(key)
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    environment
+}
+
+/// The CGI environment of the last request the test app received.
+fn last_cgi_environment(upstream: &Upstream) -> std::collections::BTreeMap<String, Vec<String>> {
+    let seen = upstream.seen.lock().expect("seen");
+    let (_, _, headers) = seen.last().expect("the app saw a request");
+    cgi_environment(headers)
+}
+
+#[tokio::test]
+async fn underscore_spellings_never_reach_an_app_that_folds_them() {
+    let upstream = Upstream::start().await;
+    let spoofed = [
+        ("X_Forwarded_User", "admin"),
+        ("x-forwarded_email", "admin@corp.example"),
+        ("X_Forwarded_For", "6.6.6.6"),
+        ("x_real_ip", "6.6.6.6"),
+        ("X_Forwarded_Host", "evil.example"),
+    ];
+    // An untrusted peer with a stripping actor: no spelling of the identity or forwarding
+    // headers survives, and the attempt is on record.
+    let untrusted = TestSidecar::start_with(
+        upstream.addr,
+        "trusted_proxies = [\"10.0.0.0/8\"]",
+        &format!("{RECORD_ALL}{}", stripping_actor(true)),
+    )
+    .await;
+    get(&untrusted, "/u", &spoofed).await;
+    let environment = last_cgi_environment(&upstream);
+    for name in [
+        "HTTP_X_FORWARDED_USER",
+        "HTTP_X_FORWARDED_EMAIL",
+        "HTTP_X_REAL_IP",
+        "HTTP_X_FORWARDED_HOST",
+    ] {
+        assert_eq!(environment.get(name), None, "{name}: {environment:?}");
+    }
+    assert_eq!(
+        environment.get("HTTP_X_FORWARDED_FOR"),
+        Some(&vec!["127.0.0.1".to_string()])
+    );
+    let entries = untrusted.wait_entries(1).await;
+    assert_eq!(actor(&entries[0]), (None, None, false));
+    assert_eq!(entries[0].ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        notes(&entries[0]),
+        ["header: removed x_forwarded_user (read by some apps as x-forwarded-user), x-forwarded_email (read by some apps as x-forwarded-email) before forwarding: only the configured spelling is read (spoof attempt)"]
+    );
+
+    // From a trusted proxy only the dashed spelling is believed, and it is the only one the app
+    // can read: the underscore spelling a client slipped past the proxy is removed.
+    let trusted = TestSidecar::start_with(
+        upstream.addr,
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        &format!("{RECORD_ALL}{}", stripping_actor(false)),
+    )
+    .await;
+    get(
+        &trusted,
+        "/t",
+        &[
+            ("x-forwarded-user", "ann"),
+            ("X_Forwarded_User", "admin"),
+            ("x-forwarded-for", "198.51.100.20"),
+            ("X_Forwarded_For", "6.6.6.6"),
+        ],
+    )
+    .await;
+    let environment = last_cgi_environment(&upstream);
+    assert_eq!(
+        environment.get("HTTP_X_FORWARDED_USER"),
+        Some(&vec!["ann".to_string()])
+    );
+    assert_eq!(
+        environment.get("HTTP_X_FORWARDED_FOR"),
+        Some(&vec!["198.51.100.20, 127.0.0.1".to_string()])
+    );
+    let entries = trusted.wait_entries(1).await;
+    assert_eq!(actor(&entries[0]), (Some("ann"), Some("header"), true));
+    assert_eq!(entries[0].ip.as_deref(), Some("198.51.100.20"));
+    assert_eq!(notes(&entries[0]).len(), 1, "{:?}", notes(&entries[0]));
+}
+
 #[tokio::test]
 async fn identity_headers_reach_the_app_from_a_trusted_proxy_or_when_not_asked_to_strip() {
     let upstream = Upstream::start().await;

@@ -487,22 +487,10 @@ async fn signing_sidecar_with_urls(
     let key = dir.0.join("log.key");
     LogSigner::write_new(&key).expect("key");
     let heads = dir.0.join("heads.ndjson");
-    let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n\
-         [store]\npath = \"{}\"\nflush_interval = \"1ms\"\n\n[log]\nlog_id = \"test\"\n\
-         signing_key = \"{}\"\npublish_heads = [\"file:{}\"{}]\n{log_extra}\n\n{RULES}\n{rest}\n",
-        upstream.addr,
-        crate::support::TEST_TOKEN_CONFIG,
-        db.display(),
-        key.display(),
-        heads.display(),
-        urls.iter().map(|url| format!(", \"{url}\"")).collect::<String>(),
-    );
-    let config = match Config::parse(&text, &dir.0) {
-        Ok(config) => config,
-        Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
-    };
-    let sidecar = Sidecar::start(config, None).await.expect("sidecar starts");
+    let text = signing_config_text(upstream, &dir.0, urls, log_extra, rest);
+    let sidecar = Sidecar::start(parse_config(&text, &dir.0), None)
+        .await
+        .expect("sidecar starts");
     let public = public_key_path(&key);
     (
         TestSidecar {
@@ -515,6 +503,35 @@ async fn signing_sidecar_with_urls(
         heads,
         public,
     )
+}
+
+/// The config of [`signing_sidecar_with_urls`] for a sidecar whose files are in `dir`
+/// (`audit.db`, `log.key`, `heads.ndjson`).
+fn signing_config_text(
+    upstream: &Upstream,
+    dir: &Path,
+    urls: &[String],
+    log_extra: &str,
+    rest: &str,
+) -> String {
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n\
+         [store]\npath = \"{}\"\nflush_interval = \"1ms\"\n\n[log]\nlog_id = \"test\"\n\
+         signing_key = \"{}\"\npublish_heads = [\"file:{}\"{}]\n{log_extra}\n\n{RULES}\n{rest}\n",
+        upstream.addr,
+        crate::support::TEST_TOKEN_CONFIG,
+        dir.join("audit.db").display(),
+        dir.join("log.key").display(),
+        dir.join("heads.ndjson").display(),
+        urls.iter().map(|url| format!(", \"{url}\"")).collect::<String>(),
+    )
+}
+
+fn parse_config(text: &str, dir: &Path) -> Config {
+    match Config::parse(text, dir) {
+        Ok(config) => config,
+        Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
+    }
 }
 
 fn read_heads(path: &Path) -> Vec<SignedTreeHead> {
@@ -1185,4 +1202,387 @@ fn a_stray_row_far_beyond_the_log_does_not_stall_verify() {
         "position 21 has neither an entry nor a leaf hash",
     );
     assert!(report.size < 10_000, "the walk stopped: {}", report.size);
+}
+
+/// Copies a stopped sidecar's database (with any WAL) to `to`, or back from it.
+fn copy_database(from: &Path, to: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let source = PathBuf::from(format!("{}{suffix}", from.display()));
+        let target = PathBuf::from(format!("{}{suffix}", to.display()));
+        let _ = std::fs::remove_file(&target);
+        if source.exists() {
+            std::fs::copy(&source, &target).expect("copy database");
+        }
+    }
+}
+
+/// Sends `count` requests through a sidecar and waits for their entries and a head covering them.
+async fn traffic(sidecar: &TestSidecar, heads: &Path, count: usize) {
+    let before = sidecar.entries().await.len();
+    for index in 0..count {
+        HttpClient::new()
+            .get(&sidecar.url(&format!("/traffic/{index}")))
+            .await;
+    }
+    let size = sidecar.wait_entries(before + count).await.len() as u64;
+    wait_heads(heads, |heads| {
+        heads.iter().any(|head| head.head.size >= size)
+    })
+    .await;
+}
+
+/// Every size in a heads file has one root: the published log was never forked.
+fn assert_never_forked(heads: &[SignedTreeHead]) {
+    let mut roots = std::collections::BTreeMap::new();
+    for head in heads {
+        let root = roots.entry(head.head.size).or_insert(head.head.root_hash);
+        assert_eq!(
+            *root, head.head.root_hash,
+            "two heads of size {} with different roots",
+            head.head.size
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_database_restored_from_an_older_copy_is_refused_at_start() {
+    let upstream = Upstream::start().await;
+    let (mut sidecar, heads, key) =
+        signing_sidecar(&upstream, "sign_every = 2\nsign_interval = \"50ms\"", "").await;
+    let dir = sidecar.dir.0.clone();
+    let text = signing_config_text(
+        &upstream,
+        &dir,
+        &[],
+        "sign_every = 2\nsign_interval = \"50ms\"",
+        "",
+    );
+    traffic(&sidecar, &heads, 4).await;
+    sidecar.stop().await;
+    let older = dir.join("older.db");
+    copy_database(&sidecar.db, &older);
+
+    // The log goes on past the copy.
+    let mut again = TestSidecar {
+        sidecar: None,
+        proxy: sidecar.proxy,
+        admin: sidecar.admin,
+        db: sidecar.db.clone(),
+        dir: TempDir::new("unused"),
+    };
+    let running = Sidecar::start(parse_config(&text, &dir), None)
+        .await
+        .expect("the same store restarts");
+    again.proxy = running.proxy_addr;
+    again.sidecar = Some(running);
+    traffic(&again, &heads, 4).await;
+    again.stop().await;
+    let published = read_heads(&heads);
+    let newest = published
+        .iter()
+        .map(|head| head.head.size)
+        .max()
+        .expect("heads");
+    assert!(newest >= 8, "{published:#?}");
+
+    // The older copy is put back: the sidecar refuses it, and names the file and both sizes.
+    copy_database(&older, &sidecar.db);
+    let restored = read_entries_count(&sidecar.db);
+    assert!(restored < newest, "{restored} < {newest}");
+    let error = match Sidecar::start(parse_config(&text, &dir), None).await {
+        Ok(_) => panic!("started on a store behind its published heads"),
+        Err(error) => format!("{error:#}"),
+    };
+    for needle in [
+        heads.display().to_string(),
+        format!("(size {newest},"),
+        format!("the store holds only {restored} entries"),
+        "rolled back".to_string(),
+    ] {
+        assert!(error.contains(&needle), "{needle:?} not in: {error}");
+    }
+    assert_eq!(read_heads(&heads), published, "no head was written");
+
+    // The binary exits non-zero with the same message, and `verify` calls the store tampered.
+    let config_path = dir.join("auditgate.toml");
+    std::fs::write(&config_path, &text).expect("config");
+    let output = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("AUDITGATE_LOG", "error")
+        .output()
+        .expect("runs");
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains("rolled back") && said.contains(&heads.display().to_string()),
+        "{said}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(["verify", "--db"])
+        .arg(&sidecar.db)
+        .arg("--heads")
+        .arg(&heads)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .expect("runs");
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("TAMPERED") && said.contains("restored from an older copy"),
+        "{said}"
+    );
+
+    // The same size with other entries: another root for a size already published.
+    {
+        let store = SqliteStore::open(&sidecar.db, SyncMode::Normal).expect("store");
+        let mut batch: Vec<AuditEntry> = (restored + 1..=newest)
+            .map(|seq| sample_entry(seq, chrono::Duration::zero()))
+            .collect();
+        store.append(&mut batch).expect("append");
+    }
+    let error = match Sidecar::start(parse_config(&text, &dir), None).await {
+        Ok(_) => panic!("started on a store that forks its published heads"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains(&format!("give another root at size {newest}")),
+        "{error}"
+    );
+    assert_eq!(read_heads(&heads), published, "no head was written");
+    assert_never_forked(&read_heads(&heads));
+}
+
+fn read_entries_count(db: &Path) -> u64 {
+    crate::support::read_entries(db).len() as u64
+}
+
+#[tokio::test]
+async fn fresh_stores_and_stores_ahead_of_their_heads_file_start() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("fresh");
+    LogSigner::write_new(&dir.0.join("log.key")).expect("key");
+    let heads = dir.0.join("heads.ndjson");
+    std::fs::write(&heads, "").expect("empty heads file");
+    let text = signing_config_text(
+        &upstream,
+        &dir.0,
+        &[],
+        "sign_every = 2\nsign_interval = \"50ms\"",
+        "",
+    );
+    let running = Sidecar::start(parse_config(&text, &dir.0), None)
+        .await
+        .expect("a fresh store with an empty heads file starts");
+    let mut sidecar = TestSidecar {
+        proxy: running.proxy_addr,
+        admin: running.admin_addr,
+        sidecar: Some(running),
+        db: dir.0.join("audit.db"),
+        dir: TempDir::new("unused"),
+    };
+    traffic(&sidecar, &heads, 4).await;
+    sidecar.stop().await;
+    // The heads file lost its newer lines (the store is ahead of it): still the same log.
+    let published = std::fs::read_to_string(&heads).expect("heads");
+    let first: String = published
+        .lines()
+        .take(1)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&heads, first).expect("cut");
+    let running = Sidecar::start(parse_config(&text, &dir.0), None)
+        .await
+        .expect("a store ahead of its heads file starts");
+    running.shutdown().await;
+    assert_never_forked(&read_heads(&heads));
+}
+
+#[tokio::test]
+async fn the_verify_endpoint_reports_a_store_behind_its_published_heads() {
+    let upstream = Upstream::start().await;
+    let (sidecar, heads, _) =
+        signing_sidecar(&upstream, "sign_every = 2\nsign_interval = \"50ms\"", "").await;
+    traffic(&sidecar, &heads, 2).await;
+    let client = HttpClient::new();
+    let url = format!("http://{}/api/v1/verify", sidecar.admin);
+    let report = client.get_admin(&url).await.json();
+    assert_eq!(report["ok"], true, "{report}");
+    // A head of this log, validly signed, that the store does not reach: what the heads file
+    // holds after the store under a running sidecar was swapped for an older copy.
+    let size = sidecar.entries().await.len() as u64;
+    let signer = LogSigner::load(&sidecar.dir.0.join("log.key")).expect("key");
+    let ahead = signer
+        .sign(TreeHead::new("test", size + 50, [7; 32], chrono::Utc::now()).expect("head"))
+        .expect("sign");
+    auditgate::signer::append_lines(
+        &heads,
+        &[serde_json::to_string(&ahead).expect("json")].into(),
+    )
+    .expect("append");
+    for mode in ["", "?full=true"] {
+        let report = client.get_admin(&format!("{url}{mode}")).await.json();
+        assert_eq!(report["ok"], false, "{mode}: {report}");
+        let text = report["problems"].to_string();
+        assert!(
+            text.contains("rolled back") && text.contains(&format!("(size {},", size + 50)),
+            "{mode}: {text}"
+        );
+    }
+}
+
+/// Writes `lines` as an export file and verifies it with `key`; panics unless every needle is
+/// in the problems (or, with no needles, unless it is intact).
+fn verify_lines(path: &Path, lines: &[String], key: &LogVerifier, needles: &[&str]) {
+    std::fs::write(path, lines.join("\n") + "\n").expect("write export");
+    let report = verify_export(path, std::slice::from_ref(key)).expect("readable");
+    let text = problem_text(&report);
+    if needles.is_empty() {
+        assert!(report.ok(), "{text}");
+    } else {
+        assert!(!report.ok(), "expected {needles:?}, the export verified");
+        for needle in needles {
+            assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn an_export_with_proofs_holds_exactly_its_lines() {
+    let fixture = Fixture::new(45, 10);
+    let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
+    let head = store.latest_head().expect("read").expect("head");
+    let signer = std::sync::Arc::new(LogSigner::load(&fixture.dir.0.join("log.key")).expect("key"));
+    let export = |filter: &Filter| -> Vec<String> {
+        let mut out = Vec::new();
+        auditgate::export_proofs::write_signed_export_with_proofs(
+            &store,
+            filter,
+            &head,
+            signer.clone(),
+            &mut out,
+        )
+        .expect("export");
+        String::from_utf8(out)
+            .expect("utf-8")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let failed = Filter {
+        action: Some("auth.login_failed".into()),
+        ..Filter::default()
+    };
+    let lines = export(&failed);
+    assert_eq!(lines.len(), 16, "15 entries and the trailer");
+    let trailer: Value = serde_json::from_str(&lines[15]).expect("trailer");
+    assert_eq!(
+        (
+            trailer["entries"].as_u64(),
+            trailer["firstSeq"].as_u64(),
+            trailer["lastSeq"].as_u64()
+        ),
+        (Some(15), Some(3), Some(45))
+    );
+    assert!(trailer["signature"].is_string(), "{trailer}");
+    let key = fixture.public_key();
+    let path = fixture.dir.0.join("export.ndjson");
+    verify_lines(&path, &lines, &key, &[]);
+    let (code, output) = fixture.binary(&[
+        "verify-export",
+        &path.display().to_string(),
+        "--key",
+        &fixture.key.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{output}");
+
+    // A middle line deleted.
+    let mut deleted = lines.clone();
+    deleted.remove(7);
+    verify_lines(
+        &path,
+        &deleted,
+        &key,
+        &["says it holds 15 entries but has 14", "manifest digest"],
+    );
+    // A line repeated.
+    let mut repeated = lines.clone();
+    repeated.insert(5, lines[4].clone());
+    verify_lines(&path, &repeated, &key, &["line 6: entry 15 appears twice"]);
+    let (code, output) = fixture.binary(&[
+        "verify-export",
+        &path.display().to_string(),
+        "--key",
+        &fixture.key.display().to_string(),
+    ]);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("appears twice"), "{output}");
+    // Two lines swapped.
+    let mut swapped = lines.clone();
+    swapped.swap(2, 3);
+    verify_lines(
+        &path,
+        &swapped,
+        &key,
+        &["line 4: entry 9 comes after entry 12: lines were reordered"],
+    );
+    // A line that is not an entry.
+    let mut unknown = lines.clone();
+    unknown.insert(3, r#"{"note":"added by hand"}"#.to_string());
+    verify_lines(
+        &path,
+        &unknown,
+        &key,
+        &["line 4: not an entry of this export"],
+    );
+    // The tail cut: the trailer is gone.
+    verify_lines(&path, &lines[..12], &key, &["the export was cut short"]);
+    // The last entries cut, the trailer kept.
+    let mut cut = lines[..13].to_vec();
+    cut.push(lines[15].clone());
+    verify_lines(
+        &path,
+        &cut,
+        &key,
+        &[
+            "says it holds 15 entries but has 13",
+            "says entries 3..=45, but its lines hold entries 3..=39",
+        ],
+    );
+
+    // A real entry of the log, with a valid proof, added in its place and the manifest fixed up
+    // to match: only the manifest's signature gives it away.
+    let everything = export(&Filter::default());
+    let extra = everything[3].clone(); // seq 4, not a failed login
+    let mut added: Vec<String> = lines[..1].to_vec();
+    added.push(extra);
+    added.extend(lines[1..15].iter().cloned());
+    let mut digest = <sha2::Sha256 as sha2::Digest>::new();
+    for line in &added {
+        let entry: Value = serde_json::from_str(line).expect("entry");
+        sha2::Digest::update(
+            &mut digest,
+            entry["seq"].as_u64().expect("seq").to_be_bytes(),
+        );
+        sha2::Digest::update(
+            &mut digest,
+            from_hex(entry["leafHash"].as_str().expect("leaf")).expect("hex"),
+        );
+    }
+    let mut forged = trailer.clone();
+    forged["entries"] = Value::from(16);
+    forged["digest"] = Value::from(merkle::to_hex(&sha2::Digest::finalize(digest).into()));
+    added.push(forged.to_string());
+    verify_lines(
+        &path,
+        &added,
+        &key,
+        &["manifest (count, seq range, digest) is not validly signed"],
+    );
+    let text = problem_text(&verify_export(&path, std::slice::from_ref(&key)).expect("readable"));
+    assert!(
+        !text.contains("manifest digest") && !text.contains("says it holds"),
+        "the forged count and digest match the lines; only the signature may object:\n{text}"
+    );
 }

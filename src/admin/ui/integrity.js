@@ -1,7 +1,8 @@
 // The log's integrity at a glance: the badge in the top bar and its popover.
 //
-// Sources: GET /log/head (the last signed tree head) and GET /verify (a full recomputation by the
-// server). Either may 404 on a build without that feature, or (for /log/head) before the first
+// Sources: GET /log/head (the last signed tree head) and GET /verify (the server's recomputation
+// of the log: incremental — only what was appended since its last check — when the viewer opens,
+// full — every entry re-read — when "Verify now" is pressed; the popover says which one it shows). Either may 404 on a build without that feature, or (for /log/head) before the first
 // head is signed; the badge then says so calmly instead of breaking.
 
 import { api, ApiError } from './api.js';
@@ -85,6 +86,8 @@ function renderPopover() {
     verifyList.append(
       ...row('Result', verify.ok ? 'Intact' : 'Tampered or damaged', { testid: 'integrity-verify-result' }),
       ...row('Checked', `${formatNumber(verify.size)} entries`),
+      ...row('Mode', verify.mode === 'full' ? 'Full: every entry re-read and re-hashed'
+        : 'Incremental: entries added since the last check (Verify now runs the full check)', { testid: 'integrity-verify-mode' }),
       ...row('At', verify.checkedAt ? `${formatTimeShort(verify.checkedAt)} (${formatAge(verify.checkedAt)})` : '—', { title: verify.checkedAt }),
     );
     if (!verify.ok) {
@@ -102,7 +105,8 @@ function renderPopover() {
 
   const again = h('button', {
     type: 'button', class: 'btn btn-secondary btn-sm', testid: 'integrity-verify-now', disabled: state.verifying || (verifyError && verifyError.status === 404),
-    onclick: () => refreshIntegrity({ verify: true }),
+    title: 'Re-reads and re-hashes every entry and checks every signed head (may take a while on a large log)',
+    onclick: () => refreshIntegrity({ verify: true, full: true }),
   }, icon('refresh'), state.verifying ? 'Verifying…' : 'Verify now');
   blocks.push(h('div', { class: 'popover-actions' }, again,
     h('span', { class: 'popover-note' }, 'Head signatures are checked offline with ', h('code', null, 'auditgate verify --heads'), '.')));
@@ -116,8 +120,11 @@ function render() {
   if (!$('#integrity-popover').hidden) renderPopover();
 }
 
-/** Reloads the head, and the verify result when asked (verify may be costly on big logs). */
-export async function refreshIntegrity({ verify = false } = {}) {
+/**
+ * Reloads the head, and the verify result when asked: incremental (cheap, resumes from the
+ * server's last check) unless `full` (re-reads the whole log; costly on big logs).
+ */
+export async function refreshIntegrity({ verify = false, full = false } = {}) {
   const headPromise = api('log/head').then(
     (head) => { state.head = head; state.headError = null; },
     (error) => { if (error instanceof ApiError) { state.head = null; state.headError = error; } },
@@ -126,7 +133,7 @@ export async function refreshIntegrity({ verify = false } = {}) {
   if (verify) {
     state.verifying = true;
     render();
-    verifyPromise = api('verify').then(
+    verifyPromise = api('verify', full ? { query: { full: 'true' } } : {}).then(
       (result) => { state.verify = result; state.verifyError = null; },
       (error) => { if (error instanceof ApiError) { state.verify = null; state.verifyError = error; } },
     ).finally(() => { state.verifying = false; });
