@@ -57,6 +57,9 @@ pub enum Command {
     /// Check an NDJSON export made with proofs, without the database (exit 0 intact, 1 tampered,
     /// 2 could not read).
     VerifyExport(VerifyExportArgs),
+    /// Copy a SQLite store consistently, also while a sidecar writes to it (for PostgreSQL,
+    /// print the pg_dump to run). The copy verifies with `auditgate verify --db FILE`.
+    Backup(BackupArgs),
     /// Prune entries past their retention now: delete their rows, keep their leaf hashes, and
     /// record an `audit.pruned` entry. Safe to run beside a running sidecar.
     Prune(PruneArgs),
@@ -170,10 +173,8 @@ pub struct FilterArgs {
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    /// The SQLite database, or a PostgreSQL URL (postgres://USER@HOST/DB; password from the URL
-    /// or PGPASSWORD).
-    #[arg(long, default_value = "data/audit.db")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
     #[command(flatten)]
     pub filters: FilterArgs,
     /// Most entries to print.
@@ -189,10 +190,8 @@ pub struct QueryArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// The SQLite database, or a PostgreSQL URL (postgres://USER@HOST/DB; password from the URL
-    /// or PGPASSWORD).
-    #[arg(long, default_value = "data/audit.db")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// csv, json or ndjson.
     #[arg(long)]
     pub format: String,
@@ -206,12 +205,25 @@ pub struct ExportArgs {
     pub output: Option<PathBuf>,
 }
 
+/// Where a read command finds the store. Either names it; neither means `--db data/audit.db`.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The SQLite database (opened read-only; never created), or a PostgreSQL URL
+    /// (postgres://USER@HOST/DB; password from the URL or PGPASSWORD). Default: data/audit.db.
+    #[arg(long, value_name = "FILE|URL", conflicts_with = "config")]
+    pub db: Option<PathBuf>,
+    /// A sidecar's configuration file: the store its [store] names (with its password_env and
+    /// TLS settings) and its [log] log_id.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The SQLite database (opened read-only), or a PostgreSQL URL (with --log-id).
-    #[arg(long, default_value = "data/audit.db")]
-    pub db: PathBuf,
-    /// The log to check in a PostgreSQL database several sidecars share (their [log] log_id).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The log to check in a PostgreSQL database several sidecars share (their [log] log_id;
+    /// with --config, that file's).
     #[arg(long)]
     pub log_id: Option<String>,
     /// A published heads file (`publish_heads = ["file:..."]`): its heads are checked too, and
@@ -238,6 +250,18 @@ pub struct VerifyExportArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Where the copy goes (a new SQLite file, mode 0600).
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -139,6 +139,9 @@ pub const DEFAULT_BATCH_SIZE: usize = 8192;
 /// starts.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 
+/// How often a running sidecar checkpoints its SQLite WAL by default.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+
 /// `[store]`: where entries go.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,6 +165,9 @@ pub struct StoreFile {
     pub on_store_failure: Option<String>,
     /// How long a write waits for a database lock held by another process before it fails.
     pub busy_timeout: Option<String>,
+    /// SQLite: how often the write-ahead log is copied into the database file and emptied
+    /// (default "60s"; also done at every clean stop).
+    pub checkpoint_interval: Option<String>,
     /// A PostgreSQL database shared by a fleet of sidecars, instead of `path`:
     /// "postgres://USER@HOST:PORT/DBNAME" (or libpq's "host=... user=..." form). Each sidecar
     /// writes its own log (`[log] log_id`) and answers queries over all of them. TLS as in
@@ -426,6 +432,8 @@ pub struct StoreConfig {
     pub flush_interval: Duration,
     pub on_store_failure: StoreFailure,
     pub busy_timeout: Duration,
+    /// How often a SQLite store's WAL is checkpointed (TRUNCATE) while running.
+    pub checkpoint_interval: Duration,
     /// The shared PostgreSQL database; `None` for the SQLite file at `path`.
     pub postgres: Option<PostgresConfig>,
     /// Where refused entries wait, when not beside the SQLite file.
@@ -1047,6 +1055,12 @@ fn validate_store(
         Duration::from_secs(5),
         errors,
     );
+    let checkpoint_interval = positive_duration_or(
+        "store.checkpoint_interval",
+        file.checkpoint_interval.as_deref(),
+        DEFAULT_CHECKPOINT_INTERVAL,
+        errors,
+    );
     let postgres = validate_postgres(file, base, errors);
     let spill_file = match (&file.spill_file, &postgres) {
         (Some(spill), _) => Some(resolve(base, spill)),
@@ -1077,6 +1091,7 @@ fn validate_store(
         flush_interval,
         on_store_failure,
         busy_timeout,
+        checkpoint_interval,
         postgres,
         spill_file,
     })

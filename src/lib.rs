@@ -10,6 +10,7 @@
 
 pub mod actor;
 pub mod admin;
+pub mod backup;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod run;
 pub mod server;
 pub mod signer;
 pub mod store;
+pub mod store_location;
 pub mod stream;
 pub mod template;
 pub mod tls;

@@ -144,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::VerifyExport(args) => {
             Ok(ExitCode::from(auditgate::verify::run_verify_export(&args)))
         }
+        Command::Backup(args) => Ok(auditgate::backup::run_backup(&args)),
         Command::Prune(args) => {
             let config = match load_config(&args.config) {
                 Ok(config) => config,

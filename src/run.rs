@@ -215,24 +215,29 @@ pub fn filter_params(args: &crate::cli::FilterArgs) -> Vec<(String, String)> {
     params
 }
 
-/// Opens an existing store for reading: a SQLite file (a missing file is an error, not a new
-/// database), or a PostgreSQL URL (read-only; `log_id` is the log whose tree is read).
-pub fn open_existing(db: &Path, log_id: &str) -> anyhow::Result<Box<dyn crate::store::Store>> {
-    use anyhow::Context as _;
-    if let Some(url) = db
-        .to_str()
-        .filter(|text| crate::store::postgres::is_url(text))
-    {
-        let store = crate::store::postgres::open_for_reading(url, log_id)
-            .context("cannot open the PostgreSQL database")?;
-        return Ok(Box::new(store));
-    }
-    if !db.exists() {
-        anyhow::bail!("no database at {}", db.display());
-    }
-    let store = crate::store::sqlite::SqliteStore::open(db, crate::config::SyncMode::Normal)
-        .with_context(|| format!("cannot open {}", db.display()))?;
-    Ok(Box::new(store))
+/// Locates and opens, read-only, the store of a read command (`--db` or `--config`). `Err` is
+/// the exit code after the reason was printed: 64 for an invalid configuration, 1 for a store
+/// that cannot be read (missing, not a log, unreachable).
+pub fn open_read_store(
+    command: &str,
+    args: &crate::cli::StoreArgs,
+    log_id: Option<&str>,
+) -> Result<crate::store_location::ReadStore, std::process::ExitCode> {
+    use crate::store_location::{locate, LocateError};
+    let located = locate(args.db.as_deref(), args.config.as_deref()).map_err(|error| {
+        match error {
+            LocateError::Config(errors) => eprint!("{errors}"),
+        }
+        std::process::ExitCode::from(64)
+    })?;
+    let log_id = log_id
+        .map(str::to_string)
+        .or(located.config_log_id)
+        .unwrap_or_default();
+    located.location.open_for_reading(&log_id).map_err(|error| {
+        eprintln!("auditgate {command}: {error}");
+        std::process::ExitCode::FAILURE
+    })
 }
 
 /// `auditgate query`.
@@ -251,8 +256,12 @@ pub fn query(args: &crate::cli::QueryArgs) -> anyhow::Result<std::process::ExitC
         eprintln!("auditgate query: --format must be json or table");
         return Ok(std::process::ExitCode::from(64));
     }
-    let store = open_existing(&args.db, args.filters.log_id.as_deref().unwrap_or(""))?;
-    let result = store.list(&filter, &page)?;
+    let opened = match open_read_store("query", &args.store, args.filters.log_id.as_deref()) {
+        Ok(opened) => opened,
+        Err(code) => return Ok(code),
+    };
+    let result = opened.store.list(&filter, &page)?;
+    opened.check_consistent()?;
     let mut out = String::new();
     if format == "json" {
         for entry in &result.entries {
@@ -363,8 +372,11 @@ pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::Exi
             return Ok(std::process::ExitCode::from(64));
         }
     };
-    let store = open_existing(&args.db, args.filters.log_id.as_deref().unwrap_or(""))?;
-    let store = store.as_ref();
+    let opened = match open_read_store("export", &args.store, args.filters.log_id.as_deref()) {
+        Ok(opened) => opened,
+        Err(code) => return Ok(code),
+    };
+    let store = opened.store.as_ref();
     match &args.output {
         None => {
             let stdout = std::io::stdout();
@@ -377,6 +389,7 @@ pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::Exi
                 Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
                 Err(error) => return Err(error).context("export failed"),
             }
+            opened.check_consistent()?;
         }
         Some(path) => {
             let partial = partial_path(path);
@@ -390,6 +403,10 @@ pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::Exi
                         .sync_all()?;
                     Ok(rows)
                 });
+            let written = written.and_then(|rows| {
+                opened.check_consistent().map_err(std::io::Error::other)?;
+                Ok(rows)
+            });
             let rows = match written {
                 Ok(rows) => rows,
                 Err(error) => {

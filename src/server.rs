@@ -42,6 +42,40 @@ pub struct Sidecar {
     writer: Writer,
     signer: Option<HeadSigner>,
     retention: Option<RetentionTask>,
+    checkpoint_task: JoinHandle<()>,
+}
+
+/// How long the final checkpoint at a clean stop waits for readers to finish.
+const SHUTDOWN_CHECKPOINT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long a scheduled checkpoint waits for readers: it holds the writer connection meanwhile,
+/// so it gives way quickly and tries again at the next interval.
+const SCHEDULED_CHECKPOINT_PATIENCE: Duration = Duration::from_millis(50);
+
+/// Copies the SQLite WAL into the database file every `interval` (see [`Store::checkpoint`]),
+/// so the WAL stays small and the database file is never far behind the log.
+async fn checkpoint_periodically(
+    store: Arc<dyn Store>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.checkpoint(SCHEDULED_CHECKPOINT_PATIENCE))
+            .await
+        {
+            Ok(Ok(true)) => tracing::debug!("WAL checkpointed"),
+            Ok(Ok(false)) => {
+                tracing::debug!("WAL checkpoint gave way to readers; retrying at the next interval")
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "WAL checkpoint failed"),
+            Err(error) => tracing::warn!(%error, "WAL checkpoint task failed"),
+        }
+    }
 }
 
 impl Sidecar {
@@ -192,6 +226,11 @@ impl Sidecar {
             log: log_api,
             ingest_keys: Arc::default(),
         });
+        let checkpoint_task = tokio::spawn(checkpoint_periodically(
+            store.clone(),
+            config.store.checkpoint_interval,
+            shutdown_rx.clone(),
+        ));
         let mut admin_shutdown = shutdown_rx;
         let admin_task = tokio::spawn(async move {
             // Connect info gives the admin API's own entries the caller's address.
@@ -220,6 +259,7 @@ impl Sidecar {
             writer,
             signer,
             retention,
+            checkpoint_task,
         })
     }
 
@@ -247,6 +287,21 @@ impl Sidecar {
         // After the writer: the shutdown head covers every entry.
         if let Some(signer) = self.signer {
             signer.shutdown().await;
+        }
+        // Last: the database file alone then holds every entry and head, so copying it after a
+        // clean stop copies the whole log.
+        let _ = self.checkpoint_task.await;
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.checkpoint(SHUTDOWN_CHECKPOINT_PATIENCE))
+            .await
+        {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => tracing::warn!(
+                "readers kept the WAL busy at shutdown: part of the log stays in the -wal file \
+                 beside the database until the next start"
+            ),
+            Ok(Err(error)) => tracing::warn!(%error, "final WAL checkpoint failed"),
+            Err(error) => tracing::warn!(%error, "final WAL checkpoint task failed"),
         }
         tracing::info!("auditgate stopped; every queued entry was written");
     }

@@ -30,6 +30,8 @@ pub const EXIT_INTACT: u8 = 0;
 pub const EXIT_TAMPERED: u8 = 1;
 /// Exit code: the input could not be read.
 pub const EXIT_UNREADABLE: u8 = 2;
+/// Exit code: the command line or the configuration file is invalid (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
 
 /// Verification could not run to the end.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +112,9 @@ pub fn verify_database(
     keys: &[LogVerifier],
 ) -> Result<VerifyReport, VerifyError> {
     let reader = SqliteLogReader::open(db)?;
-    verify_log(&reader, heads_file, keys)
+    let report = verify_log(&reader, heads_file, keys)?;
+    reader.check_unchanged()?;
+    Ok(report)
 }
 
 /// [`verify_database`] over any log.
@@ -435,29 +439,36 @@ pub fn run_verify(args: &crate::cli::VerifyArgs) -> u8 {
             return EXIT_UNREADABLE;
         }
     };
-    let db = args.db.display().to_string();
-    let verified = if crate::store::postgres::is_url(&db) {
-        let Some(log_id) = args.log_id.as_deref() else {
-            eprintln!(
-                "auditgate verify: --log-id is required with a PostgreSQL database: each \
-                 sidecar's log verifies on its own"
-            );
-            return EXIT_UNREADABLE;
-        };
-        crate::store::postgres::open_for_reading(&db, log_id)
-            .map_err(VerifyError::from)
-            .and_then(|store| verify_log(&store, args.heads.as_deref(), &keys))
-    } else {
-        verify_database(&args.db, args.heads.as_deref(), &keys)
+    use crate::store_location::{locate, LocateError, StoreLocation};
+    let located = match locate(args.store.db.as_deref(), args.store.config.as_deref()) {
+        Ok(located) => located,
+        Err(LocateError::Config(errors)) => {
+            eprint!("{errors}");
+            return EXIT_USAGE;
+        }
+    };
+    let (what, verified) = match &located.location {
+        StoreLocation::Sqlite(path) => (
+            path.display().to_string(),
+            verify_database(path, args.heads.as_deref(), &keys),
+        ),
+        postgres => {
+            let Some(log_id) = args.log_id.clone().or(located.config_log_id) else {
+                eprintln!(
+                    "auditgate verify: --log-id is required with a PostgreSQL database: each \
+                     sidecar's log verifies on its own"
+                );
+                return EXIT_UNREADABLE;
+            };
+            let verified = postgres
+                .open_for_reading(&log_id)
+                .map_err(VerifyError::from)
+                .and_then(|opened| verify_log(opened.store.as_ref(), args.heads.as_deref(), &keys));
+            (format!("log {log_id}"), verified)
+        }
     };
     match verified {
-        Ok(report) => {
-            let what = match &args.log_id {
-                Some(log_id) if crate::store::postgres::is_url(&db) => format!("log {log_id}"),
-                _ => db,
-            };
-            print_report(&report, &what, args.json)
-        }
+        Ok(report) => print_report(&report, &what, args.json),
         Err(error) => {
             eprintln!("auditgate verify: cannot read the log: {error}");
             EXIT_UNREADABLE

@@ -14,6 +14,7 @@ mod hints;
 mod hostile;
 mod identity;
 mod jwks;
+mod ops;
 mod pg_tls;
 mod proxy;
 mod siem;

@@ -1,0 +1,519 @@
+//! Day-two operations through the real binary: backups and restores, read commands that never
+//! change a file, offline verification, configuration the ops way, exit codes.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use crate::support::{config_text, eventually, HttpClient, Process, TempDir, Upstream};
+
+fn auditgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(args)
+        .env("AUDITGATE_LOG", "warn")
+        .output()
+        .expect("runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn path_arg(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// A sidecar config that records every request (`[unmatched] record = "all"`) into `dir/audit.db`.
+fn write_config(dir: &Path, upstream: SocketAddr, extra_store: &str) -> PathBuf {
+    let db = dir.join("audit.db");
+    let text = config_text(
+        upstream,
+        &db,
+        "",
+        "[unmatched]\nrecord = \"all\"\n[[rule]]\nname = \"delete user\"\nmethod = \"DELETE\"\npath = \"/api/users/{id}\"\naction = \"user.deleted\"\nresource = { type = \"user\", id = \"{id}\" }\n",
+    )
+    .replace(
+        "flush_interval = \"1ms\"",
+        &format!("flush_interval = \"1ms\"\n{extra_store}"),
+    );
+    let path = dir.join("auditgate.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Request ids of the entries in a database, read with `auditgate query` (read-only).
+fn request_ids(db: &Path) -> BTreeSet<String> {
+    let output = auditgate(&[
+        "query",
+        "--db",
+        path_arg(db),
+        "--format",
+        "json",
+        "--limit",
+        "1000",
+        "--action",
+        "user.deleted",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    text(&output.stdout)
+        .lines()
+        .map(|line| {
+            let entry: Value = serde_json::from_str(line).expect("entry JSON");
+            entry["requestId"].as_str().expect("request id").to_string()
+        })
+        .collect()
+}
+
+fn verify(db: &Path) -> (i32, String) {
+    let output = auditgate(&["verify", "--db", path_arg(db)]);
+    (
+        output.status.code().unwrap_or(-1),
+        format!("{}{}", text(&output.stdout), text(&output.stderr)),
+    )
+}
+
+/// What a file is: its bytes and modification time, or `None` when it does not exist.
+fn snapshot(path: &Path) -> Option<(Vec<u8>, SystemTime)> {
+    let bytes = std::fs::read(path).ok()?;
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some((bytes, modified))
+}
+
+fn side_files(db: &Path) -> Vec<PathBuf> {
+    ["-wal", "-shm", "-journal"]
+        .iter()
+        .map(|suffix| {
+            let mut name = db.as_os_str().to_os_string();
+            name.push(suffix);
+            PathBuf::from(name)
+        })
+        .filter(|path| path.exists())
+        .collect()
+}
+
+async fn send_deletes(client: &HttpClient, proxy: SocketAddr, ids: std::ops::Range<u32>) {
+    for id in ids {
+        let request_id = format!("req-{id}");
+        let reply = client
+            .send(
+                "DELETE",
+                &format!("http://{proxy}/api/users/{id}"),
+                &[("x-request-id", &request_id)],
+                "",
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+}
+
+/// A clean stop checkpoints the WAL: the database file alone, copied as most people copy files,
+/// holds the whole log and verifies intact against the published heads. (Before, a sidecar that
+/// signed heads and served the admin API left the whole log in `audit.db-wal`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_clean_stop_a_plain_copy_of_the_database_file_is_the_whole_log() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("clean-stop-copy");
+    let key = dir.0.join("log.key");
+    let keygen = auditgate(&["keygen", "--out", path_arg(&key)]);
+    assert!(keygen.status.success(), "{}", text(&keygen.stderr));
+    let heads = dir.0.join("heads.ndjson");
+    let config = write_config(&dir.0, upstream.addr, "");
+    let signed = std::fs::read_to_string(&config).expect("read").replace(
+        "[log]\n",
+        &format!(
+            "[log]\nsigning_key = \"{}\"\npublish_heads = [\"file:{}\"]\n",
+            key.display(),
+            heads.display()
+        ),
+    );
+    std::fs::write(&config, signed).expect("write");
+    let process = Process::start(&config);
+    let client = HttpClient::new();
+    send_deletes(&client, process.proxy, 0..40).await;
+    let listed = client
+        .get_admin(&format!("http://{}/api/v1/entries?limit=5", process.admin))
+        .await;
+    assert_eq!(listed.status, 200);
+    process.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || process.wait())
+        .await
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+
+    let copies = TempDir::new("clean-stop-copy-target");
+    let copy = copies.0.join("copy.db");
+    std::fs::copy(dir.0.join("audit.db"), &copy).expect("copy");
+    let mut public = key.as_os_str().to_os_string();
+    public.push(".pub");
+    let output = auditgate(&[
+        "verify",
+        "--db",
+        path_arg(&copy),
+        "--heads",
+        path_arg(&heads),
+        "--key",
+        public.to_str().expect("utf-8"),
+    ]);
+    let report = format!("{}{}", text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert!(report.contains("intact"), "{report}");
+    let ids = request_ids(&copy);
+    let expected: BTreeSet<String> = (0..40).map(|id| format!("req-{id}")).collect();
+    assert_eq!(ids, expected, "every entry is in the copied file");
+}
+
+/// While running, the WAL is checkpointed on a schedule: the database file catches up with the
+/// log without a stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_sidecar_checkpoints_its_wal_on_a_schedule() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("scheduled-checkpoint");
+    let config = write_config(&dir.0, upstream.addr, "checkpoint_interval = \"100ms\"");
+    let process = Process::start(&config);
+    let client = HttpClient::new();
+    send_deletes(&client, process.proxy, 0..25).await;
+    let db = dir.0.join("audit.db");
+    let copies = TempDir::new("scheduled-checkpoint-target");
+    let copy = copies.0.join("copy.db");
+    let expected: BTreeSet<String> = (0..25).map(|id| format!("req-{id}")).collect();
+    let caught_up = eventually(Duration::from_secs(10), async || {
+        // The WAL is emptied by a TRUNCATE checkpoint; the file alone then holds the entries.
+        if std::fs::copy(&db, &copy).is_err() {
+            return false;
+        }
+        let output = auditgate(&[
+            "query",
+            "--db",
+            path_arg(&copy),
+            "--format",
+            "json",
+            "--limit",
+            "1000",
+            "--action",
+            "user.deleted",
+        ]);
+        let count = text(&output.stdout).lines().count();
+        output.status.success() && count == expected.len()
+    })
+    .await;
+    assert!(caught_up, "the database file never caught up with the log");
+    assert_eq!(request_ids(&copy), expected);
+    process.stop();
+}
+
+/// `auditgate backup` under load: a real sidecar keeps answering requests from a bounded loop
+/// while the copy is made; the copy verifies intact and holds every entry that was acknowledged
+/// (answered and committed) before the backup started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_under_load_verifies_and_holds_every_acknowledged_entry() {
+    const MAX_REQUESTS: u64 = 50_000;
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("backup-load");
+    let config = write_config(&dir.0, upstream.addr, "");
+    let process = Process::start(&config);
+    let proxy = process.proxy;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let answered = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for worker in 0..4u64 {
+        let (stop, sent, answered) = (stop.clone(), sent.clone(), answered.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = HttpClient::new();
+            let mut index = 0u64;
+            while !stop.load(Ordering::Acquire)
+                && sent.fetch_add(1, Ordering::AcqRel) < MAX_REQUESTS
+            {
+                let request_id = format!("load-{worker}-{index}");
+                index += 1;
+                let status = client
+                    .try_send(
+                        "DELETE",
+                        &format!("http://{proxy}/api/users/{index}"),
+                        &[("x-request-id", &request_id)],
+                    )
+                    .await;
+                if status == Some(200) {
+                    answered.lock().expect("lock").push(request_id);
+                }
+            }
+        }));
+    }
+    // Let the log grow, then take the answered requests so far and wait until every one of them
+    // is committed (the admin API lists it): those are the acknowledged entries.
+    let grown = eventually(Duration::from_secs(30), async || {
+        answered.lock().expect("lock").len() >= 1500
+    })
+    .await;
+    assert!(grown, "the load loop did not get going");
+    let acknowledged: BTreeSet<String> = answered.lock().expect("lock").iter().cloned().collect();
+    let client = HttpClient::new();
+    let admin = process.admin;
+    let committed = eventually(Duration::from_secs(20), async || {
+        let reply = client
+            .get_admin(&format!(
+                "http://{admin}/api/v1/export?format=ndjson&action=user.deleted"
+            ))
+            .await;
+        let stored: BTreeSet<String> = reply
+            .text()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter_map(|entry| entry["requestId"].as_str().map(str::to_string))
+            .collect();
+        acknowledged.is_subset(&stored)
+    })
+    .await;
+    assert!(committed, "answered requests were not committed");
+
+    let copies = TempDir::new("backup-load-target");
+    let copy = copies.0.join("backup.db");
+    let config_arg = config.clone();
+    let copy_arg = copy.clone();
+    let sent_before = sent.load(Ordering::Acquire);
+    let output = tokio::task::spawn_blocking(move || {
+        auditgate(&[
+            "backup",
+            "--config",
+            path_arg(&config_arg),
+            "--out",
+            path_arg(&copy_arg),
+        ])
+    })
+    .await
+    .expect("backup task");
+    let sent_after = sent.load(Ordering::Acquire);
+    stop.store(true, Ordering::Release);
+    for task in tasks {
+        task.await.expect("load task");
+    }
+    assert!(
+        output.status.success(),
+        "{}{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert!(
+        sent_after > sent_before && sent_after < MAX_REQUESTS,
+        "the load ran during the backup ({sent_before} -> {sent_after})"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&copy).expect("copy").permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the backup is private to its owner: {mode:o}"
+        );
+    }
+    assert!(side_files(&copy).is_empty(), "the backup is one file");
+
+    let (code, report) = verify(&copy);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("intact"), "{report}");
+    let in_copy = request_ids_all(&copy);
+    let missing: Vec<&String> = acknowledged.difference(&in_copy).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged entries missing from the backup: {missing:?}"
+    );
+
+    // The live store is still whole, and has more than the copy.
+    process.stop();
+    let (code, report) = verify(&dir.0.join("audit.db"));
+    assert_eq!(code, 0, "{report}");
+}
+
+/// Every `user.deleted` request id in a database, exported with `auditgate export` (read-only).
+fn request_ids_all(db: &Path) -> BTreeSet<String> {
+    let output = auditgate(&[
+        "export",
+        "--db",
+        path_arg(db),
+        "--format",
+        "ndjson",
+        "--action",
+        "user.deleted",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    text(&output.stdout)
+        .lines()
+        .map(|line| {
+            let entry: Value = serde_json::from_str(line).expect("entry JSON");
+            entry["requestId"].as_str().expect("request id").to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_refuses_to_overwrite_a_file_unless_forced() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("backup-force");
+    let config = write_config(&dir.0, upstream.addr, "");
+    let process = Process::start(&config);
+    send_deletes(&HttpClient::new(), process.proxy, 0..3).await;
+    process.stop();
+    let db = dir.0.join("audit.db");
+    let out = dir.0.join("existing.db");
+    std::fs::write(&out, b"precious").expect("write");
+    let refused = auditgate(&["backup", "--db", path_arg(&db), "--out", path_arg(&out)]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("--force"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(std::fs::read(&out).expect("read"), b"precious");
+
+    let onto_itself = auditgate(&[
+        "backup",
+        "--db",
+        path_arg(&db),
+        "--out",
+        path_arg(&db),
+        "--force",
+    ]);
+    assert_eq!(onto_itself.status.code(), Some(1));
+    assert_eq!(verify(&db).0, 0, "the store is untouched");
+
+    let forced = auditgate(&[
+        "backup",
+        "--db",
+        path_arg(&db),
+        "--out",
+        path_arg(&out),
+        "--force",
+    ]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    assert!(
+        text(&forced.stdout).contains("3 entries"),
+        "{}",
+        text(&forced.stdout)
+    );
+    assert_eq!(request_ids(&out).len(), 3);
+}
+
+/// Read commands never create or change a file: a missing path, an empty file and a bare copy of
+/// a running store's file (its entries still in the WAL) are errors that say so.
+#[test]
+fn read_commands_on_a_missing_or_empty_store_fail_and_change_nothing() {
+    let dir = TempDir::new("read-only-commands");
+    let missing = dir.0.join("missing.db");
+    let empty = dir.0.join("empty.db");
+    std::fs::write(&empty, b"").expect("write");
+    // A store whose schema sits in its WAL, copied without the WAL: what `cp audit.db` of a
+    // running sidecar gives.
+    let live = dir.0.join("live.db");
+    let bare_copy = dir.0.join("bare-copy.db");
+    {
+        let connection = rusqlite::Connection::open(&live).expect("open");
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .expect("wal");
+        connection
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .expect("no checkpoint");
+        connection
+            .execute_batch(
+                "CREATE TABLE entries (seq INTEGER PRIMARY KEY); PRAGMA user_version = 2;",
+            )
+            .expect("schema");
+        std::fs::copy(&live, &bare_copy).expect("copy");
+    }
+
+    let missing_arg = path_arg(&missing);
+    let never = dir.0.join("never.db");
+    for (args, code) in [
+        (vec!["query", "--db", missing_arg], 1),
+        (vec!["export", "--db", missing_arg, "--format", "csv"], 1),
+        (vec!["verify", "--db", missing_arg], 2),
+        (
+            vec!["backup", "--db", missing_arg, "--out", path_arg(&never)],
+            1,
+        ),
+    ] {
+        let output = auditgate(&args);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no audit log") && stderr.contains("no such file"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!missing.exists(), "{args:?} created the file");
+        assert!(
+            side_files(&missing).is_empty(),
+            "{args:?} created side files"
+        );
+    }
+    assert!(!never.exists());
+
+    for db in [&empty, &bare_copy] {
+        let before = snapshot(db);
+        let db_arg = path_arg(db);
+        for (args, code) in [
+            (vec!["query", "--db", db_arg], 1),
+            (vec!["export", "--db", db_arg, "--format", "ndjson"], 1),
+            (vec!["verify", "--db", db_arg], 2),
+        ] {
+            let output = auditgate(&args);
+            let stderr = text(&output.stderr);
+            assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+            assert!(stderr.contains("no audit log"), "{args:?}: {stderr}");
+            assert!(stderr.contains("auditgate backup"), "{args:?}: {stderr}");
+            assert!(!text(&output.stdout).contains("entries"), "{args:?}");
+            assert_eq!(snapshot(db), before, "{args:?} changed {}", db.display());
+            assert!(side_files(db).is_empty(), "{args:?} created side files");
+        }
+    }
+
+    // A -wal file beside a file with no log in it is named: it may be where the entries are.
+    let mut wal = bare_copy.as_os_str().to_os_string();
+    wal.push("-wal");
+    std::fs::write(&wal, b"").expect("write");
+    let output = auditgate(&["query", "--db", path_arg(&bare_copy)]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bare-copy.db-wal"), "{stderr}");
+}
+
+/// On a stopped store, the read commands read it without creating its -wal and -shm files or
+/// touching the database file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_commands_leave_a_stopped_store_exactly_as_it_was() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("read-only-stopped");
+    let config = write_config(&dir.0, upstream.addr, "");
+    let process = Process::start(&config);
+    send_deletes(&HttpClient::new(), process.proxy, 0..5).await;
+    process.stop();
+    let db = dir.0.join("audit.db");
+    for side in side_files(&db) {
+        std::fs::remove_file(side).expect("remove the emptied WAL");
+    }
+    let before = snapshot(&db);
+    let backup = dir.0.join("copy.db");
+    let db_arg = path_arg(&db);
+    for args in [
+        vec!["query", "--db", db_arg],
+        vec!["export", "--db", db_arg, "--format", "csv"],
+        vec!["verify", "--db", db_arg],
+        vec!["backup", "--db", db_arg, "--out", path_arg(&backup)],
+    ] {
+        let output = auditgate(&args);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
+        assert_eq!(snapshot(&db), before, "{args:?} changed the database");
+        assert!(side_files(&db).is_empty(), "{args:?} created side files");
+    }
+    assert_eq!(request_ids(&db).len(), 5);
+}
