@@ -203,6 +203,11 @@ pub struct ExportArgs {
     /// Write to this file (complete or not at all) instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// NDJSON only: give each entry its inclusion proof against the latest signed head, which
+    /// ends the file, so `auditgate verify-export FILE --key PUBKEY` checks it offline (entries
+    /// oldest first; those newer than the head are left for the next export).
+    #[arg(long)]
+    pub proofs: bool,
 }
 
 /// Where a read command finds the store. Either names it; neither means `--db data/audit.db`.

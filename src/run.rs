@@ -372,17 +372,47 @@ pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::Exi
             return Ok(std::process::ExitCode::from(64));
         }
     };
+    if args.proofs && format != ExportFormat::Ndjson {
+        eprintln!(
+            "auditgate export: --proofs: only with --format ndjson (each line carries its \
+             entry's proof)"
+        );
+        return Ok(std::process::ExitCode::from(64));
+    }
     let opened = match open_read_store("export", &args.store, args.filters.log_id.as_deref()) {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };
     let store = opened.store.as_ref();
+    let head = if args.proofs {
+        match store.latest_head()? {
+            Some(head) => Some(head),
+            None => {
+                eprintln!(
+                    "auditgate export: --proofs: the log has no signed tree head yet (a [log] \
+                     signing_key signs one within sign_interval of the first entries)"
+                );
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+    } else {
+        None
+    };
+    let write = |out: &mut dyn std::io::Write| -> std::io::Result<u64> {
+        match &head {
+            Some(head) => crate::export_proofs::write_export_with_proofs(store, &filter, head, out)
+                .map_err(|error| match error {
+                    crate::export_proofs::ProofError::Io(error) => error,
+                    other => std::io::Error::other(other),
+                }),
+            None => write_export(store, filter.clone(), page.order, format, out),
+        }
+    };
     match &args.output {
         None => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            let written = write_export(store, filter, page.order, format, &mut out)
-                .and_then(|rows| out.flush().map(|()| rows));
+            let written = write(&mut out).and_then(|rows| out.flush().map(|()| rows));
             match written {
                 Ok(_) => {}
                 // `auditgate export ... | head` is a normal way to look at an export.
@@ -396,13 +426,12 @@ pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::Exi
             let file = std::fs::File::create(&partial)
                 .with_context(|| format!("cannot create {}", partial.display()))?;
             let mut out = std::io::BufWriter::new(file);
-            let written =
-                write_export(store, filter, page.order, format, &mut out).and_then(|rows| {
-                    out.into_inner()
-                        .map_err(|error| error.into_error())?
-                        .sync_all()?;
-                    Ok(rows)
-                });
+            let written = write(&mut out).and_then(|rows| {
+                out.into_inner()
+                    .map_err(|error| error.into_error())?
+                    .sync_all()?;
+                Ok(rows)
+            });
             let written = written.and_then(|rows| {
                 opened.check_consistent().map_err(std::io::Error::other)?;
                 Ok(rows)
@@ -417,9 +446,16 @@ pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::Exi
             std::fs::rename(&partial, path)
                 .with_context(|| format!("cannot move the export to {}", path.display()))?;
             eprintln!(
-                "auditgate export: {rows} entr{} written to {}",
+                "auditgate export: {rows} entr{} written to {}{}",
                 if rows == 1 { "y" } else { "ies" },
-                path.display()
+                path.display(),
+                match &head {
+                    Some(head) => format!(
+                        ", with proofs against the signed head at size {}",
+                        head.head.size
+                    ),
+                    None => String::new(),
+                }
             );
         }
     }

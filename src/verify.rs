@@ -43,6 +43,13 @@ pub enum VerifyError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// An export without proofs (CSV, JSON, or NDJSON made without `proofs`): nothing in it can
+    /// be checked, which is not the same as finding it tampered.
+    #[error(
+        "this export carries no proofs: make one with `auditgate export --format ndjson --proofs` \
+         or GET /api/v1/export?format=ndjson&proofs=true"
+    )]
+    NoProofs,
 }
 
 /// The exit code for a finished verification.
@@ -338,6 +345,9 @@ pub fn verify_export(path: &Path, keys: &[LogVerifier]) -> Result<VerifyReport, 
     let trailer = match trailer {
         Some(Ok(trailer)) => trailer,
         Some(Err(error)) => {
+            if !first_line_has_proof_fields(path)? {
+                return Err(VerifyError::NoProofs);
+            }
             problems.push(Problem {
                 seq: None,
                 message: format!(
@@ -404,6 +414,27 @@ pub fn verify_export(path: &Path, keys: &[LogVerifier]) -> Result<VerifyReport, 
         });
     }
     Ok(finish_report(report, problems))
+}
+
+/// Whether the first line of a file is a JSON object with an entry's proof fields or an export's
+/// head: an export made with proofs whose last line is not its head was cut or edited, while
+/// one with neither never had proofs.
+fn first_line_has_proof_fields(path: &Path) -> Result<bool, VerifyError> {
+    let io_error = |error| VerifyError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = File::open(path).map_err(io_error)?;
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(io_error)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        return Ok(serde_json::from_str::<Value>(&line).is_ok_and(|value| {
+            value.get("leafHash").is_some() || value.get("treeHead").is_some()
+        }));
+    }
+    Ok(false)
 }
 
 fn finish_report(mut report: VerifyReport, mut problems: Vec<Problem>) -> VerifyReport {
@@ -487,6 +518,14 @@ pub fn run_verify_export(args: &crate::cli::VerifyExportArgs) -> u8 {
     };
     match verify_export(&args.file, &keys) {
         Ok(report) => print_report(&report, &args.file.display().to_string(), args.json),
+        Err(VerifyError::NoProofs) => {
+            eprintln!(
+                "auditgate verify-export: {}: {}",
+                args.file.display(),
+                VerifyError::NoProofs
+            );
+            EXIT_UNREADABLE
+        }
         Err(error) => {
             eprintln!("auditgate verify-export: cannot read the export: {error}");
             EXIT_UNREADABLE

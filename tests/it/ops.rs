@@ -517,3 +517,238 @@ async fn read_commands_leave_a_stopped_store_exactly_as_it_was() {
     }
     assert_eq!(request_ids(&db).len(), 5);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Offline verification: exports with proofs from the CLI and the admin API.
+// ---------------------------------------------------------------------------------------------
+
+/// A stopped store with 20 `user.deleted` entries and signed heads, and the key's public half.
+async fn signed_store(label: &str) -> (TempDir, PathBuf, PathBuf) {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new(label);
+    let key = dir.0.join("log.key");
+    auditgate::log::head::LogSigner::write_new(&key).expect("key");
+    let config = write_config(&dir.0, upstream.addr, "");
+    let signed = std::fs::read_to_string(&config).expect("read").replace(
+        "[log]\n",
+        &format!(
+            "[log]\nsigning_key = \"{}\"\nsign_every = 5\n",
+            key.display()
+        ),
+    );
+    std::fs::write(&config, signed).expect("write");
+    let process = Process::start(&config);
+    send_deletes(&HttpClient::new(), process.proxy, 0..20).await;
+    process.stop();
+    let db = dir.0.join("audit.db");
+    (dir, db, auditgate::log::head::public_key_path(&key))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_export_with_proofs_verifies_offline_and_a_plain_export_is_not_called_tampered() {
+    let (dir, db, public) = signed_store("export-proofs").await;
+    let db_arg = path_arg(&db);
+    let proofs = dir.0.join("proofs.ndjson");
+    let output = auditgate(&[
+        "export",
+        "--db",
+        db_arg,
+        "--format",
+        "ndjson",
+        "--proofs",
+        "-o",
+        path_arg(&proofs),
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("with proofs"),
+        "{}",
+        text(&output.stderr)
+    );
+    let exported = std::fs::read_to_string(&proofs).expect("read");
+    let deleted = exported
+        .lines()
+        .filter(|line| line.contains("\"user.deleted\""))
+        .count();
+    assert_eq!(deleted, 20, "the shutdown head covers every entry");
+    let verified = auditgate(&[
+        "verify-export",
+        path_arg(&proofs),
+        "--key",
+        path_arg(&public),
+    ]);
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "{}{}",
+        text(&verified.stdout),
+        text(&verified.stderr)
+    );
+    assert!(text(&verified.stdout).contains("intact"));
+
+    // A cut-off head line is tampering, not a missing proof.
+    let cut: Vec<&str> = exported.lines().collect();
+    let cut_file = dir.0.join("cut.ndjson");
+    std::fs::write(&cut_file, cut[..cut.len() - 1].join("\n") + "\n").expect("write");
+    let verified = auditgate(&[
+        "verify-export",
+        path_arg(&cut_file),
+        "--key",
+        path_arg(&public),
+    ]);
+    assert_eq!(
+        verified.status.code(),
+        Some(1),
+        "{}",
+        text(&verified.stdout)
+    );
+
+    // Exports without proofs: "no proofs", exit 2, never a false TAMPERED.
+    for format in ["ndjson", "json", "csv"] {
+        let plain = dir.0.join(format!("plain.{format}"));
+        let output = auditgate(&[
+            "export",
+            "--db",
+            db_arg,
+            "--format",
+            format,
+            "-o",
+            path_arg(&plain),
+        ]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        let verified = auditgate(&[
+            "verify-export",
+            path_arg(&plain),
+            "--key",
+            path_arg(&public),
+        ]);
+        let stderr = text(&verified.stderr);
+        assert_eq!(verified.status.code(), Some(2), "{format}: {stderr}");
+        assert!(
+            stderr.contains("this export carries no proofs"),
+            "{format}: {stderr}"
+        );
+        assert!(!text(&verified.stdout).contains("TAMPERED"), "{format}");
+    }
+
+    // Proofs are NDJSON only; a store without a signed head has none to give.
+    let refused = auditgate(&["export", "--db", db_arg, "--format", "csv", "--proofs"]);
+    assert_eq!(refused.status.code(), Some(64), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("--proofs"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_exports_with_proofs_that_verify_offline() {
+    use crate::support::TestSidecar;
+    let upstream = Upstream::start().await;
+    let keys = TempDir::new("api-proofs-key");
+    let key = keys.0.join("log.key");
+    auditgate::log::head::LogSigner::write_new(&key).expect("key");
+    let sidecar = TestSidecar::start(
+        upstream.addr,
+        &format!(
+            "signing_key = \"{}\"\nsign_every = 10\nsign_interval = \"100ms\"\n[unmatched]\nrecord = \"all\"\n",
+            key.display()
+        ),
+    )
+    .await;
+    let client = HttpClient::new();
+    for id in 0..30 {
+        client.get(&sidecar.url(&format!("/items/{id}"))).await;
+    }
+    sidecar.wait_entries(30).await;
+    let admin = |path: &str| format!("http://{}{path}", sidecar.admin);
+    let covered = eventually(Duration::from_secs(10), async || {
+        let head = client.get_admin(&admin("/api/v1/log/head")).await.json();
+        head["size"].as_u64().is_some_and(|size| size >= 30)
+    })
+    .await;
+    assert!(covered, "no head covers the entries");
+
+    let reply = client
+        .get_admin(&admin(
+            "/api/v1/export?format=ndjson&proofs=true&action_prefix=http.",
+        ))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.headers["content-type"].to_str().expect("ascii"),
+        "application/x-ndjson"
+    );
+    let body = reply.text();
+    assert_eq!(body.lines().count(), 31, "30 entries and the head: {body}");
+    let file = keys.0.join("api.ndjson");
+    std::fs::write(&file, &body).expect("write");
+    let public = auditgate::log::head::public_key_path(&key);
+    let verified = auditgate(&["verify-export", path_arg(&file), "--key", path_arg(&public)]);
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "{}{}",
+        text(&verified.stdout),
+        text(&verified.stderr)
+    );
+
+    // The plain API export is refused by verify-export as proofless, not as tampered.
+    let plain = client
+        .get_admin(&admin("/api/v1/export?format=ndjson&action_prefix=http."))
+        .await;
+    std::fs::write(&file, plain.text()).expect("write");
+    let verified = auditgate(&["verify-export", path_arg(&file), "--key", path_arg(&public)]);
+    assert_eq!(verified.status.code(), Some(2));
+    assert!(text(&verified.stderr).contains("this export carries no proofs"));
+
+    // Parameters that cannot go with proofs are named.
+    for query in [
+        "format=csv&proofs=true",
+        "format=ndjson&proofs=true&order=desc",
+        "format=ndjson&proofs=maybe",
+    ] {
+        let reply = client
+            .get_admin(&admin(&format!("/api/v1/export?{query}")))
+            .await;
+        assert_eq!(reply.status, 400, "{query}: {}", reply.text());
+        let param = reply.json()["param"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            param == "proofs" || param == "order",
+            "{query}: {}",
+            reply.text()
+        );
+    }
+
+    // The export was recorded, complete, with its row count.
+    let exports = client
+        .get_admin(&admin("/api/v1/entries?action=audit.export&limit=10"))
+        .await
+        .json();
+    let recorded = exports["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|entry| entry["metadata"]["rows"] == 30)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(recorded["metadata"]["complete"], true, "{exports}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_with_proofs_needs_a_signed_head() {
+    use crate::support::TestSidecar;
+    let upstream = Upstream::start().await;
+    let sidecar = TestSidecar::start(upstream.addr, "").await;
+    let reply = HttpClient::new()
+        .get_admin(&format!(
+            "http://{}/api/v1/export?format=ndjson&proofs=true",
+            sidecar.admin
+        ))
+        .await;
+    assert_eq!(reply.status, 409, "{}", reply.text());
+    assert!(
+        reply.text().contains("signed tree head"),
+        "{}",
+        reply.text()
+    );
+}
