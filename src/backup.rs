@@ -205,14 +205,11 @@ pub fn run_backup(args: &crate::cli::BackupArgs) -> std::process::ExitCode {
     let source = match &located.location {
         StoreLocation::Sqlite(path) => path,
         postgres => {
-            print!(
-                "{}",
-                postgres_instructions(
-                    &postgres.describe(),
-                    &args.out,
-                    located.config_log_id.as_deref()
-                )
-            );
+            let _ = crate::cli::print_stdout(&postgres_instructions(
+                &postgres.describe(),
+                &args.out,
+                located.config_log_id.as_deref(),
+            ));
             eprintln!(
                 "auditgate backup: nothing was written: a PostgreSQL store is backed up with \
                  pg_dump (above)"
@@ -222,8 +219,9 @@ pub fn run_backup(args: &crate::cli::BackupArgs) -> std::process::ExitCode {
     };
     match backup_sqlite(source, &args.out, args.force) {
         Ok(summary) => {
-            println!(
-                "{}: {} entries, tree size {}, {} (a consistent copy of {})",
+            let _ = crate::cli::print_stdout(&format!(
+                "{}: {} entries, tree size {}, {} (a consistent copy of {})\nCheck it with: \
+                 auditgate verify --db {}\n",
                 args.out.display(),
                 summary.entries,
                 summary.tree_size,
@@ -231,12 +229,9 @@ pub fn run_backup(args: &crate::cli::BackupArgs) -> std::process::ExitCode {
                     Some(size) => format!("newest signed head at size {size}"),
                     None => "no signed head".to_string(),
                 },
-                source.display()
-            );
-            println!(
-                "Check it with: auditgate verify --db {}",
+                source.display(),
                 args.out.display()
-            );
+            ));
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -4,11 +4,24 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The exit codes of every command, shown by `auditgate --help`.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0   success; for verify and verify-export: intact
+  1   verify, verify-export: tampered (the first bad entry is named);
+      other commands: failed (a store that cannot be read or holds no log, a backup not
+      written, an unhealthy sidecar for `health`)
+  2   verify, verify-export: the log or export could not be read, or the export carries no
+      proofs
+  64  the command line or the configuration file is invalid (every error listed)
+Writing to a closed standard output (`auditgate query | head -1`) ends quietly.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "auditgate",
     version,
-    about = "A reverse-proxy sidecar that gives any unmodified HTTP app a tamper-evident audit log"
+    about = "A reverse-proxy sidecar that gives any unmodified HTTP app a tamper-evident audit log",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -30,9 +43,12 @@ pub enum Command {
     },
     /// Start a built-in sample app behind the sidecar, send it sample traffic, and print where to look.
     Demo(DemoArgs),
-    /// Validate configuration files and list their rules (exit 0 valid, 64 invalid).
+    /// Validate configuration files and list their rules with their methods and status (exit 0
+    /// valid, 64 invalid, every error listed). Warnings (exit code unchanged) name placeholder
+    /// hashes and secrets, rules an earlier rule shadows, `/posts/:id` or `/items/*` paths that
+    /// only match literally, and values that look like mistyped sources (`response.body/id`).
     Check {
-        /// Configuration files to check.
+        /// Configuration files to check (default: $AUDITGATE_CONFIG, or auditgate.toml).
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Vec<PathBuf>,
         /// More configuration files to check.
@@ -78,10 +94,24 @@ pub enum Command {
         /// Name for the token's holder (recorded as the actor of their queries).
         #[arg(long, default_value = "ops")]
         name: String,
-        /// Scopes, comma-separated: read, export, write.
+        /// Scopes, comma-separated: read, export, write (anything else is refused, as `check`
+        /// refuses it).
         #[arg(long, default_value = "read,export")]
         scopes: String,
     },
+}
+
+/// Writes `text` to standard output. A closed standard output (`auditgate query | head -1`) is
+/// not an error: the reader took what it wanted, and the rest is dropped quietly. Any other
+/// failure (a full disk behind a redirect) is returned.
+pub fn print_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 #[derive(Debug, Args)]

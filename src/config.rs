@@ -409,6 +409,18 @@ pub enum Scope {
     Write,
 }
 
+impl Scope {
+    /// The scope a config (or `auditgate token --scopes`) names: read, export or write.
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "read" => Some(Scope::Read),
+            "export" => Some(Scope::Export),
+            "write" => Some(Scope::Write),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AdminToken {
     pub name: String,
@@ -571,7 +583,17 @@ impl Config {
 
     /// Parses and validates configuration text; `base` is the directory relative paths start from.
     pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
-        let table: toml::Table = toml::from_str(text).map_err(|error| {
+        Config::parse_with_env(text, base, &crate::config_env::process_environment)
+    }
+
+    /// [`Config::parse`] with `${VAR}` references resolved by `lookup` instead of the process
+    /// environment.
+    pub fn parse_with_env(
+        text: &str,
+        base: &Path,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigError>> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|error| {
             let location = match error.span() {
                 Some(span) => {
                     let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
@@ -585,6 +607,9 @@ impl Config {
             )]
         })?;
         let mut errors = Vec::new();
+        // `${VAR}` in string values, before anything reads them; a missing variable is one more
+        // error among all the others.
+        crate::config_env::substitute(&mut table, lookup, &mut errors);
         for key in table.keys() {
             if !SECTIONS.contains(&key.as_str()) {
                 errors.push(ConfigError::new(
@@ -966,13 +991,11 @@ fn validate_admin(file: &AdminFile, errors: &mut Vec<ConfigError>) -> Option<Adm
         }
         let mut scopes = Vec::new();
         for scope in &token.scopes {
-            match scope.as_str() {
-                "read" => scopes.push(Scope::Read),
-                "export" => scopes.push(Scope::Export),
-                "write" => scopes.push(Scope::Write),
-                other => errors.push(ConfigError::new(
+            match Scope::parse(scope) {
+                Some(scope) => scopes.push(scope),
+                None => errors.push(ConfigError::new(
                     &format!("{location}.scopes"),
-                    format!("`{other}` is not one of read, export, write"),
+                    format!("`{scope}` is not one of read, export, write"),
                 )),
             }
         }

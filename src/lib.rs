@@ -11,9 +11,11 @@
 pub mod actor;
 pub mod admin;
 pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod config_env;
 pub mod demo;
 pub mod entry;
 pub mod explain;

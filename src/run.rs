@@ -119,11 +119,13 @@ pub fn describe(path: &Path, config: &Config) -> String {
         };
         let _ = writeln!(
             out,
-            "    {:>3}. {:<28} {:<7} {}",
+            "    {:>3}. {:<28} {:<7} {:<12} {:<32} status {}",
             index + 1,
             rule.name,
             what,
-            rule.route().unwrap_or("(any path)")
+            rule.methods_label(),
+            rule.route().unwrap_or("(any path)"),
+            rule.status
         );
     }
     for (index, source) in config.policy.actors.describe().iter().enumerate() {
@@ -312,7 +314,7 @@ pub fn query(args: &crate::cli::QueryArgs) -> anyhow::Result<std::process::ExitC
             }
         );
     }
-    print!("{out}");
+    crate::cli::print_stdout(&out)?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

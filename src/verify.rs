@@ -453,10 +453,13 @@ fn load_keys(paths: &[PathBuf]) -> Result<Vec<LogVerifier>, String> {
 }
 
 fn print_report(report: &VerifyReport, what: &str, json: bool) -> u8 {
-    if json {
-        println!("{}", report_json(report));
+    let text = if json {
+        format!("{}\n", report_json(report))
     } else {
-        print!("{}", describe(report, what));
+        describe(report, what)
+    };
+    if let Err(error) = crate::cli::print_stdout(&text) {
+        eprintln!("auditgate: cannot write the report: {error}");
     }
     exit_code(report)
 }

@@ -752,3 +752,336 @@ async fn an_export_with_proofs_needs_a_signed_head() {
         reply.text()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Configuration the ops way, and the command line's contract.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the binary in `dir` with `env` set (and `AUDITGATE_CONFIG` unset).
+fn auditgate_in(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_auditgate"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("AUDITGATE_LOG", "warn")
+        .env_remove("AUDITGATE_CONFIG");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("runs")
+}
+
+const ENV_CONFIG: &str = r#"
+[proxy]
+listen = "${AG_TEST_PROXY_LISTEN:-127.0.0.1:0}"
+upstream = "${AG_TEST_UPSTREAM}"
+[admin]
+listen = "127.0.0.1:0"
+[store]
+path = "${AG_TEST_DATA}/audit.db"
+[[rule]]
+name = "order paid"
+method = "POST"
+# A `$` that starts no reference is left alone: the regex keeps its anchor.
+path_regex = "^/orders/(?P<id>[0-9]+)/pay$"
+headers = { x-note = "$${literal}" }
+action = "order.paid"
+"#;
+
+#[test]
+fn config_values_take_environment_variables_and_name_the_missing_ones() {
+    let dir = TempDir::new("config-env");
+    std::fs::write(dir.0.join("auditgate.toml"), ENV_CONFIG).expect("write");
+    let data = dir.0.join("data");
+    let env = [
+        ("AG_TEST_UPSTREAM", "127.0.0.1:3999"),
+        ("AG_TEST_DATA", data.to_str().expect("utf-8")),
+    ];
+    let output = auditgate_in(&dir.0, &env, &["check"]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(stdout.contains("127.0.0.1:0 -> 127.0.0.1:3999"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{}/audit.db", data.display())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("^/orders/(?P<id>[0-9]+)/pay$"), "{stdout}");
+
+    // The literal `${literal}` header condition is what the rule demands.
+    let explain = |note: &str| {
+        let header = format!("X-Note: {note}");
+        let output = auditgate_in(
+            &dir.0,
+            &env,
+            &["explain", "POST", "/orders/7/pay", "-H", &header],
+        );
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        let explained: Value = serde_json::from_slice(&output.stdout).expect("json");
+        explained["entry"]["action"].as_str().map(str::to_string)
+    };
+    assert_eq!(explain("${literal}").as_deref(), Some("order.paid"));
+    assert_ne!(explain("literal").as_deref(), Some("order.paid"));
+
+    // Unset variables are errors naming the variable and the key, listed with every other error.
+    let broken = ENV_CONFIG.replace("[admin]\n", "[admin]\nbogus = 1\n");
+    std::fs::write(dir.0.join("auditgate.toml"), broken).expect("write");
+    let output = auditgate_in(&dir.0, &[], &["check"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("proxy.upstream: environment variable `AG_TEST_UPSTREAM` is not set"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("store.path: environment variable `AG_TEST_DATA` is not set"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bogus"), "{stderr}");
+    assert!(
+        !stderr.contains("AG_TEST_PROXY_LISTEN"),
+        "a default covers it: {stderr}"
+    );
+}
+
+#[test]
+fn check_defaults_to_auditgate_toml_lists_methods_and_status_and_warns() {
+    let dir = TempDir::new("check-warnings");
+    let config = format!(
+        r#"
+[proxy]
+upstream = "127.0.0.1:3000"
+[admin]
+[[admin.tokens]]
+name = "ops"
+sha256 = "{zeros}"
+scopes = ["read"]
+[redact]
+fields = ["password"]
+mode = "hmac"
+hmac_key_env = "AG_TEST_REDACT_KEY"
+[[rule]]
+name = "user changes"
+method = ["PUT", "DELETE"]
+path = "/api/users/{{id}}"
+action = "user.changed"
+[[rule]]
+name = "delete user"
+method = "DELETE"
+path = "/api/users/{{id}}"
+status = "2xx"
+action = "user.deleted"
+[[rule]]
+name = "express style"
+path = "/posts/:id"
+action = "post.touched"
+[[rule]]
+name = "glob style"
+path = "/items/*"
+action = "item.touched"
+[[rule]]
+name = "created"
+method = "POST"
+path = "/api/posts"
+status = [201]
+action = "post.created"
+resource = {{ type = "post", id = "response.body/id" }}
+"#,
+        zeros = "0".repeat(64)
+    );
+    std::fs::write(dir.0.join("auditgate.toml"), config).expect("write");
+    let env = [("AG_TEST_REDACT_KEY", "replace-with-32-random-bytes-of-hex")];
+    let output = auditgate_in(&dir.0, &env, &["check"]);
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "warnings do not fail: {stdout}{stderr}"
+    );
+    assert!(stdout.contains("auditgate.toml: valid"), "{stdout}");
+    let listed = |name: &str| {
+        stdout
+            .lines()
+            .find(|line| line.contains(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(listed("user changes").contains("PUT,DELETE"), "{stdout}");
+    assert!(listed("user changes").contains("status any"), "{stdout}");
+    assert!(listed("delete user").contains("status 2xx"), "{stdout}");
+    assert!(listed("created").contains("status 201"), "{stdout}");
+    for expected in [
+        "admin.tokens #1 (\"ops\").sha256: all zeros is a placeholder",
+        "redact.hmac_key_env: environment variable `AG_TEST_REDACT_KEY` holds a placeholder",
+        "rule #2 (\"delete user\"): can never match: rule #1 (\"user changes\") comes first",
+        "rule #3 (\"express style\").path: `:id` in `/posts/:id` is matched literally",
+        "rule #4 (\"glob style\").path: `*` in `/items/*` is matched literally",
+        "rule #5 (\"created\").resource.id: `response.body/id` looks like a value source",
+        "did you mean `response.body:/id`?",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert_eq!(stderr.matches("warning:").count(), 6, "{stderr}");
+
+    // No file named and none in the directory: the error names auditgate.toml.
+    let empty = TempDir::new("check-no-file");
+    let output = auditgate_in(&empty.0, &[], &["check"]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        text(&output.stderr).contains("auditgate.toml"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn usage_errors_exit_64_never_2_and_help_lists_the_exit_codes() {
+    for args in [
+        vec!["no-such-command"],
+        vec!["verify", "--no-such-flag"],
+        vec!["query", "--db", "a.db", "--config", "b.toml"],
+        vec!["backup", "--db", "a.db"],
+        vec!["verify-export"],
+    ] {
+        let output = auditgate(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
+    }
+    let help = auditgate(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let help = text(&help.stdout);
+    for line in ["Exit codes:", "  0 ", "  1 ", "  2 ", "  64 "] {
+        assert!(help.contains(line), "{help}");
+    }
+    assert_eq!(auditgate(&["--version"]).status.code(), Some(0));
+}
+
+#[test]
+fn token_refuses_a_scope_that_check_would_refuse() {
+    let refused = auditgate(&["token", "--scopes", "read,admin"]);
+    assert_eq!(refused.status.code(), Some(64));
+    assert!(
+        text(&refused.stderr).contains("admin"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(refused.stdout.is_empty(), "no token is printed");
+    let empty = auditgate(&["token", "--scopes", " , "]);
+    assert_eq!(empty.status.code(), Some(64));
+
+    // What it prints for good scopes is a config `check` accepts.
+    let made = auditgate(&[
+        "token",
+        "--name",
+        "auditor",
+        "--scopes",
+        "read,export,write",
+    ]);
+    assert!(made.status.success());
+    let snippet: String = text(&made.stdout)
+        .lines()
+        .skip_while(|line| !line.starts_with("[[admin.tokens]]"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let dir = TempDir::new("token-scopes");
+    let config = dir.0.join("auditgate.toml");
+    std::fs::write(
+        &config,
+        format!("[proxy]\nupstream = \"127.0.0.1:3000\"\n[admin]\n{snippet}"),
+    )
+    .expect("write");
+    let checked = auditgate(&["check", "--config", path_arg(&config)]);
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_commands_take_the_store_from_a_config_file() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("read-from-config");
+    let config = write_config(&dir.0, upstream.addr, "");
+    let process = Process::start(&config);
+    send_deletes(&HttpClient::new(), process.proxy, 0..4).await;
+    process.stop();
+    let config_arg = path_arg(&config);
+    let query = auditgate(&[
+        "query",
+        "--config",
+        config_arg,
+        "--action",
+        "user.deleted",
+        "--format",
+        "json",
+    ]);
+    assert!(query.status.success(), "{}", text(&query.stderr));
+    assert_eq!(text(&query.stdout).lines().count(), 4);
+    let export = auditgate(&[
+        "export",
+        "--config",
+        config_arg,
+        "--format",
+        "csv",
+        "--action",
+        "user.deleted",
+    ]);
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    assert_eq!(text(&export.stdout).lines().count(), 5, "header and 4 rows");
+    let verify = auditgate(&["verify", "-c", config_arg]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+    // An invalid config is a usage error for every read command.
+    std::fs::write(&config, "[proxy]\n").expect("write");
+    for command in ["query", "verify", "export"] {
+        let mut args = vec![command, "--config", config_arg];
+        if command == "export" {
+            args.extend(["--format", "csv"]);
+        }
+        let output = auditgate(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(64),
+            "{command}: {}",
+            text(&output.stderr)
+        );
+    }
+}
+
+/// `auditgate query | head -1` and friends: a reader that goes away is not a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_quietly() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("closed-stdout");
+    let config = write_config(&dir.0, upstream.addr, "");
+    let process = Process::start(&config);
+    send_deletes(&HttpClient::new(), process.proxy, 0..30).await;
+    process.stop();
+    let db = dir.0.join("audit.db");
+    let db_arg = path_arg(&db);
+    for (args, code) in [
+        (vec!["query", "--db", db_arg], 0),
+        (vec!["query", "--db", db_arg, "--format", "json"], 0),
+        (vec!["export", "--db", db_arg, "--format", "csv"], 0),
+        (vec!["verify", "--db", db_arg], 0),
+        (vec!["check", "--config", path_arg(&config)], 0),
+        (vec!["token"], 0),
+        (vec!["--help"], 0),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+            .args(&args)
+            .env("AUDITGATE_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // The reader is gone before the first byte is written.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("wait");
+        let stderr = text(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+    }
+}
