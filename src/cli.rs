@@ -4,11 +4,24 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The exit codes of every command, shown by `auditgate --help`.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0   success; for verify and verify-export: intact
+  1   verify, verify-export: tampered (the first bad entry is named);
+      other commands: failed (a store that cannot be read or holds no log, a backup not
+      written, an unhealthy sidecar for `health`)
+  2   verify, verify-export: the log or export could not be read, or the export carries no
+      proofs
+  64  the command line or the configuration file is invalid (every error listed)
+Writing to a closed standard output (`auditgate query | head -1`) ends quietly.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "auditgate",
     version,
-    about = "A reverse-proxy sidecar that gives any unmodified HTTP app a tamper-evident audit log"
+    about = "A reverse-proxy sidecar that gives any unmodified HTTP app a tamper-evident audit log",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -31,9 +44,12 @@ pub enum Command {
     },
     /// Start a built-in sample app behind the sidecar, send it sample traffic, and print where to look.
     Demo(DemoArgs),
-    /// Validate configuration files and list their rules (exit 0 valid, 64 invalid).
+    /// Validate configuration files and list their rules with their methods and status (exit 0
+    /// valid, 64 invalid, every error listed). Warnings (exit code unchanged) name placeholder
+    /// hashes and secrets, rules an earlier rule shadows, `/posts/:id` or `/items/*` paths that
+    /// only match literally, and values that look like mistyped sources (`response.body/id`).
     Check {
-        /// Configuration files to check.
+        /// Configuration files to check (default: $AUDITGATE_CONFIG, or auditgate.toml).
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Vec<PathBuf>,
         /// More configuration files to check.
@@ -58,6 +74,9 @@ pub enum Command {
     /// Check an NDJSON export made with proofs, without the database (exit 0 intact, 1 tampered,
     /// 2 could not read).
     VerifyExport(VerifyExportArgs),
+    /// Copy a SQLite store consistently, also while a sidecar writes to it (for PostgreSQL,
+    /// print the pg_dump to run). The copy verifies with `auditgate verify --db FILE`.
+    Backup(BackupArgs),
     /// Prune entries past their retention now: delete their rows, keep their leaf hashes, and
     /// record an `audit.pruned` entry. Safe to run beside a running sidecar.
     Prune(PruneArgs),
@@ -76,10 +95,24 @@ pub enum Command {
         /// Name for the token's holder (recorded as the actor of their queries).
         #[arg(long, default_value = "ops")]
         name: String,
-        /// Scopes, comma-separated: read, export, write.
+        /// Scopes, comma-separated: read, export, write (anything else is refused, as `check`
+        /// refuses it).
         #[arg(long, default_value = "read,export")]
         scopes: String,
     },
+}
+
+/// Writes `text` to standard output. A closed standard output (`auditgate query | head -1`) is
+/// not an error: the reader took what it wanted, and the rest is dropped quietly. Any other
+/// failure (a full disk behind a redirect) is returned.
+pub fn print_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 #[derive(Debug, Args)]
@@ -171,10 +204,8 @@ pub struct FilterArgs {
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    /// The SQLite database, or a PostgreSQL URL (postgres://USER@HOST/DB; password from the URL
-    /// or PGPASSWORD).
-    #[arg(long, default_value = "data/audit.db")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
     #[command(flatten)]
     pub filters: FilterArgs,
     /// Most entries to print.
@@ -190,10 +221,8 @@ pub struct QueryArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// The SQLite database, or a PostgreSQL URL (postgres://USER@HOST/DB; password from the URL
-    /// or PGPASSWORD).
-    #[arg(long, default_value = "data/audit.db")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// csv, json or ndjson.
     #[arg(long)]
     pub format: String,
@@ -205,14 +234,32 @@ pub struct ExportArgs {
     /// Write to this file (complete or not at all) instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// NDJSON only: give each entry its inclusion proof against the latest signed head, which
+    /// ends the file, so `auditgate verify-export FILE --key PUBKEY` checks it offline (entries
+    /// oldest first; those newer than the head are left for the next export).
+    #[arg(long)]
+    pub proofs: bool,
+}
+
+/// Where a read command finds the store. Either names it; neither means `--db data/audit.db`.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The SQLite database (opened read-only; never created), or a PostgreSQL URL
+    /// (postgres://USER@HOST/DB; password from the URL or PGPASSWORD). Default: data/audit.db.
+    #[arg(long, value_name = "FILE|URL", conflicts_with = "config")]
+    pub db: Option<PathBuf>,
+    /// A sidecar's configuration file: the store its [store] names (with its password_env and
+    /// TLS settings) and its [log] log_id.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The SQLite database (opened read-only), or a PostgreSQL URL (with --log-id).
-    #[arg(long, default_value = "data/audit.db")]
-    pub db: PathBuf,
-    /// The log to check in a PostgreSQL database several sidecars share (their [log] log_id).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The log to check in a PostgreSQL database several sidecars share (their [log] log_id;
+    /// with --config, that file's).
     #[arg(long)]
     pub log_id: Option<String>,
     /// A published heads file (`publish_heads = ["file:..."]`): its heads are checked too, and
@@ -239,6 +286,18 @@ pub struct VerifyExportArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Where the copy goes (a new SQLite file, mode 0600).
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

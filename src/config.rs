@@ -146,6 +146,9 @@ pub const DEFAULT_BATCH_SIZE: usize = 8192;
 /// starts.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 
+/// How often a running sidecar checkpoints its SQLite WAL by default.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+
 /// `[store]`: where entries go.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +172,9 @@ pub struct StoreFile {
     pub on_store_failure: Option<String>,
     /// How long a write waits for a database lock held by another process before it fails.
     pub busy_timeout: Option<String>,
+    /// SQLite: how often the write-ahead log is copied into the database file and emptied
+    /// (default "60s"; also done at every clean stop).
+    pub checkpoint_interval: Option<String>,
     /// A PostgreSQL database shared by a fleet of sidecars, instead of `path`:
     /// "postgres://USER@HOST:PORT/DBNAME" (or libpq's "host=... user=..." form). Each sidecar
     /// writes its own log (`[log] log_id`) and answers queries over all of them. TLS as in
@@ -410,6 +416,18 @@ pub enum Scope {
     Write,
 }
 
+impl Scope {
+    /// The scope a config (or `auditgate token --scopes`) names: read, export or write.
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "read" => Some(Scope::Read),
+            "export" => Some(Scope::Export),
+            "write" => Some(Scope::Write),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AdminToken {
     pub name: String,
@@ -435,6 +453,8 @@ pub struct StoreConfig {
     pub flush_interval: Duration,
     pub on_store_failure: StoreFailure,
     pub busy_timeout: Duration,
+    /// How often a SQLite store's WAL is checkpointed (TRUNCATE) while running.
+    pub checkpoint_interval: Duration,
     /// The shared PostgreSQL database; `None` for the SQLite file at `path`.
     pub postgres: Option<PostgresConfig>,
     /// Where refused entries wait, when not beside the SQLite file.
@@ -608,7 +628,17 @@ impl Config {
 
     /// Parses and validates configuration text; `base` is the directory relative paths start from.
     pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
-        Config::parse_with_data_dir(text, base, None)
+        Config::parse_with_env(text, base, &crate::config_env::process_environment)
+    }
+
+    /// [`Config::parse`] with `${VAR}` references resolved by `lookup` instead of the process
+    /// environment.
+    pub fn parse_with_env(
+        text: &str,
+        base: &Path,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigError>> {
+        Config::parse_with(text, base, None, lookup)
     }
 
     /// As [`Config::parse`], with relative data paths (the store, its spill file, the stream
@@ -620,8 +650,24 @@ impl Config {
         base: &Path,
         data_dir: Option<&Path>,
     ) -> Result<Config, Vec<ConfigError>> {
+        Config::parse_with(
+            text,
+            base,
+            data_dir,
+            &crate::config_env::process_environment,
+        )
+    }
+
+    /// Parses and validates: relative paths start from `base` (data paths from `data_dir` when
+    /// given), `${VAR}` references are resolved by `lookup`.
+    pub fn parse_with(
+        text: &str,
+        base: &Path,
+        data_dir: Option<&Path>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigError>> {
         let data_base = data_dir.unwrap_or(base);
-        let table: toml::Table = toml::from_str(text).map_err(|error| {
+        let mut table: toml::Table = toml::from_str(text).map_err(|error| {
             let location = match error.span() {
                 Some(span) => {
                     let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
@@ -635,6 +681,9 @@ impl Config {
             )]
         })?;
         let mut errors = Vec::new();
+        // `${VAR}` in string values, before anything reads them; a missing variable is one more
+        // error among all the others.
+        crate::config_env::substitute(&mut table, lookup, &mut errors);
         for key in table.keys() {
             if !SECTIONS.contains(&key.as_str()) {
                 errors.push(ConfigError::new(
@@ -1018,13 +1067,11 @@ fn validate_admin(file: &AdminFile, errors: &mut Vec<ConfigError>) -> Option<Adm
         }
         let mut scopes = Vec::new();
         for scope in &token.scopes {
-            match scope.as_str() {
-                "read" => scopes.push(Scope::Read),
-                "export" => scopes.push(Scope::Export),
-                "write" => scopes.push(Scope::Write),
-                other => errors.push(ConfigError::new(
+            match Scope::parse(scope) {
+                Some(scope) => scopes.push(scope),
+                None => errors.push(ConfigError::new(
                     &format!("{location}.scopes"),
-                    format!("`{other}` is not one of read, export, write"),
+                    format!("`{scope}` is not one of read, export, write"),
                 )),
             }
         }
@@ -1109,6 +1156,12 @@ fn validate_store(
         Duration::from_secs(5),
         errors,
     );
+    let checkpoint_interval = positive_duration_or(
+        "store.checkpoint_interval",
+        file.checkpoint_interval.as_deref(),
+        DEFAULT_CHECKPOINT_INTERVAL,
+        errors,
+    );
     let postgres = validate_postgres(file, base, errors);
     let spill_file = match (&file.spill_file, &postgres) {
         (Some(spill), _) => Some(resolve(base, spill)),
@@ -1139,6 +1192,7 @@ fn validate_store(
         flush_interval,
         on_store_failure,
         busy_timeout,
+        checkpoint_interval,
         postgres,
         spill_file,
     })

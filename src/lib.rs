@@ -10,9 +10,12 @@
 
 pub mod actor;
 pub mod admin;
+pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod config_env;
 pub mod demo;
 pub mod entry;
 pub mod explain;
@@ -30,6 +33,7 @@ pub mod run;
 pub mod server;
 pub mod signer;
 pub mod store;
+pub mod store_location;
 pub mod stream;
 pub mod template;
 pub mod tls;

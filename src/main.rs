@@ -12,7 +12,19 @@ use auditgate::config::Config;
 const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // `--help` and `--version` are answers, not errors. Every usage error exits 64, not
+            // clap's 2, which `verify` uses for "could not read".
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     if let Err(message) = init_logging() {
         eprintln!("auditgate: {message}");
         return ExitCode::from(EXIT_USAGE);
@@ -107,15 +119,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, files } => {
-            let paths: Vec<_> = config.into_iter().chain(files).collect();
+            let mut paths: Vec<_> = config.into_iter().chain(files).collect();
             if paths.is_empty() {
-                eprintln!("auditgate check: name at least one configuration file (--config FILE)");
-                return Ok(ExitCode::from(EXIT_USAGE));
+                // Like `run`: the file `AUDITGATE_CONFIG` names, or auditgate.toml here.
+                paths.push(
+                    std::env::var_os("AUDITGATE_CONFIG")
+                        .map(std::path::PathBuf::from)
+                        .unwrap_or_else(|| "auditgate.toml".into()),
+                );
             }
             let mut valid = true;
             for path in &paths {
                 match Config::load(path) {
-                    Ok(config) => print!("{}", auditgate::run::describe(path, &config)),
+                    Ok(config) => {
+                        auditgate::cli::print_stdout(&auditgate::run::describe(path, &config))?;
+                        let text = std::fs::read_to_string(path).unwrap_or_default();
+                        for warning in auditgate::check::warnings(&text, &config) {
+                            eprintln!("{}: warning: {warning}", path.display());
+                        }
+                    }
                     Err(errors) => {
                         valid = false;
                         eprint!("{errors}");
@@ -142,7 +164,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .block_on(config.policy.actors.load_keys_once());
             match auditgate::explain::explain(&config, &args) {
                 Ok(explanation) => {
-                    println!("{}", serde_json::to_string_pretty(&explanation)?);
+                    auditgate::cli::print_stdout(&format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&explanation)?
+                    ))?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(message) => {
@@ -156,21 +181,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keygen { out } => {
             let signer = auditgate::log::head::LogSigner::write_new(&out)?;
             let public = auditgate::log::head::public_key_path(&out);
-            println!("private key: {} (keep it secret)", out.display());
-            println!("public key:  {}", public.display());
-            println!("key id:      {}", signer.key_id());
-            println!();
-            println!("Sign tree heads with it:");
-            println!();
-            println!("[log]");
-            println!("signing_key = {:?}", out.display().to_string());
-            println!("publish_heads = [\"file:data/heads.ndjson\"]");
+            auditgate::cli::print_stdout(&format!(
+                "private key: {} (keep it secret)\npublic key:  {}\nkey id:      {}\n\nSign tree \
+                 heads with it:\n\n[log]\nsigning_key = {:?}\npublish_heads = \
+                 [\"file:data/heads.ndjson\"]\n",
+                out.display(),
+                public.display(),
+                signer.key_id(),
+                out.display().to_string()
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(args) => Ok(ExitCode::from(auditgate::verify::run_verify(&args))),
         Command::VerifyExport(args) => {
             Ok(ExitCode::from(auditgate::verify::run_verify_export(&args)))
         }
+        Command::Backup(args) => Ok(auditgate::backup::run_backup(&args)),
         Command::Prune(args) => {
             let config = match load_config(&args.config) {
                 Ok(config) => config,
@@ -206,21 +232,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Token { name, scopes } => {
-            let token = auditgate::run::new_token();
             let scopes: Vec<String> = scopes
                 .split(',')
                 .map(|scope| scope.trim().to_string())
                 .filter(|scope| !scope.is_empty())
                 .collect();
-            println!("token:  {}", token.token);
-            println!("sha256: {}", token.sha256);
-            println!();
-            println!("Give the token to its holder; put only the hash in the config:");
-            println!();
-            println!("[[admin.tokens]]");
-            println!("name = {name:?}");
-            println!("sha256 = \"{}\"", token.sha256);
-            println!("scopes = {scopes:?}");
+            // The same scopes `check` accepts, so the printed snippet is a valid config.
+            let unknown: Vec<&String> = scopes
+                .iter()
+                .filter(|scope| auditgate::config::Scope::parse(scope).is_none())
+                .collect();
+            if !unknown.is_empty() || scopes.is_empty() {
+                eprintln!(
+                    "auditgate token: --scopes: {} (scopes are read, export, write)",
+                    if scopes.is_empty() {
+                        "a token needs at least one scope".to_string()
+                    } else {
+                        format!("{unknown:?} not known")
+                    }
+                );
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+            let token = auditgate::run::new_token();
+            auditgate::cli::print_stdout(&format!(
+                "token:  {}\nsha256: {}\n\nGive the token to its holder; put only the hash in the \
+                 config:\n\n[[admin.tokens]]\nname = {name:?}\nsha256 = \"{}\"\nscopes = {scopes:?}\n",
+                token.token, token.sha256, token.sha256
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
     }

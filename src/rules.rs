@@ -140,6 +140,37 @@ impl StatusCondition {
             Ok(StatusCondition::OneOf { codes, classes })
         }
     }
+
+    /// Whether every status `other` holds for, this holds for too.
+    pub fn covers(&self, other: &StatusCondition) -> bool {
+        match (self, other) {
+            (StatusCondition::Any, _) => true,
+            (StatusCondition::OneOf { .. }, StatusCondition::Any) => false,
+            (
+                StatusCondition::OneOf { classes: mine, .. },
+                StatusCondition::OneOf { codes, classes },
+            ) => {
+                codes.iter().all(|code| self.holds(*code))
+                    && classes.iter().all(|class| mine.contains(class))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for StatusCondition {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusCondition::Any => formatter.write_str("any"),
+            StatusCondition::OneOf { codes, classes } => {
+                let parts: Vec<String> = classes
+                    .iter()
+                    .map(|class| format!("{class}xx"))
+                    .chain(codes.iter().map(u16::to_string))
+                    .collect();
+                formatter.write_str(&parts.join(","))
+            }
+        }
+    }
 }
 
 /// What a recording rule writes.
@@ -183,6 +214,37 @@ pub struct Rule {
 impl Rule {
     pub fn route(&self) -> Option<&str> {
         self.path.as_ref().map(|path| path.route.as_str())
+    }
+
+    /// The methods the rule matches, for `auditgate check`: `*` for any.
+    pub fn methods_label(&self) -> String {
+        match &self.methods {
+            None => "*".to_string(),
+            Some(methods) => methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+
+    /// Whether this rule takes every request and status that `later` would, so that `later`,
+    /// further down the list (first match wins), can never be chosen. Only certain cases count:
+    /// this rule has no host, header or query condition, its methods and status include
+    /// `later`'s, and its path is absent or compiles to the very same matcher.
+    pub fn shadows(&self, later: &Rule) -> bool {
+        let methods = match (&self.methods, &later.methods) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(mine), Some(theirs)) => theirs.iter().all(|method| mine.contains(method)),
+        };
+        let path = match (&self.path, &later.path) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(mine), Some(theirs)) => mine.regex.as_str() == theirs.regex.as_str(),
+        };
+        let unconditional = self.host.is_none() && self.headers.is_empty() && self.query.is_empty();
+        methods && path && unconditional && self.status.covers(&later.status)
     }
 
     /// Path parameters of a path this rule matched, percent-decoded.

@@ -137,11 +137,13 @@ pub fn describe(path: &Path, config: &Config) -> String {
         };
         let _ = writeln!(
             out,
-            "    {:>3}. {:<28} {:<7} {}",
+            "    {:>3}. {:<28} {:<7} {:<12} {:<32} status {}",
             index + 1,
             rule.name,
             what,
-            rule.route().unwrap_or("(any path)")
+            rule.methods_label(),
+            rule.route().unwrap_or("(any path)"),
+            rule.status
         );
     }
     for (index, source) in config.policy.actors.describe().iter().enumerate() {
@@ -233,24 +235,49 @@ pub fn filter_params(args: &crate::cli::FilterArgs) -> Vec<(String, String)> {
     params
 }
 
-/// Opens an existing store for reading: a SQLite file (a missing file is an error, not a new
-/// database), or a PostgreSQL URL (read-only; `log_id` is the log whose tree is read).
-pub fn open_existing(db: &Path, log_id: &str) -> anyhow::Result<Box<dyn crate::store::Store>> {
-    use anyhow::Context as _;
-    if let Some(url) = db
-        .to_str()
-        .filter(|text| crate::store::postgres::is_url(text))
-    {
-        let store = crate::store::postgres::open_for_reading(url, log_id)
-            .context("cannot open the PostgreSQL database")?;
-        return Ok(Box::new(store));
-    }
-    if !db.exists() {
-        anyhow::bail!("no database at {}", db.display());
-    }
-    let store = crate::store::sqlite::SqliteStore::open(db, crate::config::SyncMode::Normal)
-        .with_context(|| format!("cannot open {}", db.display()))?;
-    Ok(Box::new(store))
+/// Locates and opens, read-only, the store of a read command (`--db` or `--config`). `Err` is
+/// the exit code after the reason was printed: 64 for an invalid configuration, 1 for a store
+/// that cannot be read (missing, not a log, unreachable).
+pub fn open_read_store(
+    command: &str,
+    args: &crate::cli::StoreArgs,
+    log_id: Option<&str>,
+) -> Result<crate::store_location::ReadStore, std::process::ExitCode> {
+    open_read_store_and_key(command, args, log_id).map(|(store, _)| store)
+}
+
+/// [`open_read_store`], with the configuration's signing key when `--config` names one.
+pub fn open_read_store_and_key(
+    command: &str,
+    args: &crate::cli::StoreArgs,
+    log_id: Option<&str>,
+) -> Result<
+    (
+        crate::store_location::ReadStore,
+        Option<std::sync::Arc<crate::log::head::LogSigner>>,
+    ),
+    std::process::ExitCode,
+> {
+    use crate::store_location::{locate, LocateError};
+    let located = locate(args.db.as_deref(), args.config.as_deref()).map_err(|error| {
+        match error {
+            LocateError::Config(errors) => eprint!("{errors}"),
+        }
+        std::process::ExitCode::from(64)
+    })?;
+    let log_id = log_id
+        .map(str::to_string)
+        .or(located.config_log_id)
+        .unwrap_or_default();
+    let signer = located.config_signer;
+    located
+        .location
+        .open_for_reading(&log_id)
+        .map(|store| (store, signer))
+        .map_err(|error| {
+            eprintln!("auditgate {command}: {error}");
+            std::process::ExitCode::FAILURE
+        })
 }
 
 /// `auditgate query`.
@@ -269,8 +296,12 @@ pub fn query(args: &crate::cli::QueryArgs) -> anyhow::Result<std::process::ExitC
         eprintln!("auditgate query: --format must be json or table");
         return Ok(std::process::ExitCode::from(64));
     }
-    let store = open_existing(&args.db, args.filters.log_id.as_deref().unwrap_or(""))?;
-    let result = store.list(&filter, &page)?;
+    let opened = match open_read_store("query", &args.store, args.filters.log_id.as_deref()) {
+        Ok(opened) => opened,
+        Err(code) => return Ok(code),
+    };
+    let result = opened.store.list(&filter, &page)?;
+    opened.check_consistent()?;
     let mut out = String::new();
     if format == "json" {
         for entry in &result.entries {
@@ -321,7 +352,7 @@ pub fn query(args: &crate::cli::QueryArgs) -> anyhow::Result<std::process::ExitC
             }
         );
     }
-    print!("{out}");
+    crate::cli::print_stdout(&out)?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -381,33 +412,82 @@ pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::Exi
             return Ok(std::process::ExitCode::from(64));
         }
     };
-    let store = open_existing(&args.db, args.filters.log_id.as_deref().unwrap_or(""))?;
-    let store = store.as_ref();
+    if args.proofs && format != ExportFormat::Ndjson {
+        eprintln!(
+            "auditgate export: --proofs: only with --format ndjson (each line carries its \
+             entry's proof)"
+        );
+        return Ok(std::process::ExitCode::from(64));
+    }
+    let (opened, signer) =
+        match open_read_store_and_key("export", &args.store, args.filters.log_id.as_deref()) {
+            Ok(opened) => opened,
+            Err(code) => return Ok(code),
+        };
+    let store = opened.store.as_ref();
+    let head = if args.proofs {
+        match store.latest_head()? {
+            Some(head) => Some(head),
+            None => {
+                eprintln!(
+                    "auditgate export: --proofs: the log has no signed tree head yet (a [log] \
+                     signing_key signs one within sign_interval of the first entries)"
+                );
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+    } else {
+        None
+    };
+    let write = |out: &mut dyn std::io::Write| -> std::io::Result<u64> {
+        match &head {
+            // With the log's key (from --config) the manifest is signed, so lines removed
+            // from the file cannot be hidden by recomputing its count and digest.
+            Some(head) => match &signer {
+                Some(signer) => crate::export_proofs::write_signed_export_with_proofs(
+                    store,
+                    &filter,
+                    head,
+                    signer.clone(),
+                    out,
+                ),
+                None => crate::export_proofs::write_export_with_proofs(store, &filter, head, out),
+            }
+            .map_err(|error| match error {
+                crate::export_proofs::ProofError::Io(error) => error,
+                other => std::io::Error::other(other),
+            }),
+            None => write_export(store, filter.clone(), page.order, format, out),
+        }
+    };
     match &args.output {
         None => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            let written = write_export(store, filter, page.order, format, &mut out)
-                .and_then(|rows| out.flush().map(|()| rows));
+            let written = write(&mut out).and_then(|rows| out.flush().map(|()| rows));
             match written {
                 Ok(_) => {}
                 // `auditgate export ... | head` is a normal way to look at an export.
                 Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
                 Err(error) => return Err(error).context("export failed"),
             }
+            opened.check_consistent()?;
         }
         Some(path) => {
             let partial = partial_path(path);
             let file = std::fs::File::create(&partial)
                 .with_context(|| format!("cannot create {}", partial.display()))?;
             let mut out = std::io::BufWriter::new(file);
-            let written =
-                write_export(store, filter, page.order, format, &mut out).and_then(|rows| {
-                    out.into_inner()
-                        .map_err(|error| error.into_error())?
-                        .sync_all()?;
-                    Ok(rows)
-                });
+            let written = write(&mut out).and_then(|rows| {
+                out.into_inner()
+                    .map_err(|error| error.into_error())?
+                    .sync_all()?;
+                Ok(rows)
+            });
+            let written = written.and_then(|rows| {
+                opened.check_consistent().map_err(std::io::Error::other)?;
+                Ok(rows)
+            });
             let rows = match written {
                 Ok(rows) => rows,
                 Err(error) => {
@@ -418,9 +498,16 @@ pub fn export(args: &crate::cli::ExportArgs) -> anyhow::Result<std::process::Exi
             std::fs::rename(&partial, path)
                 .with_context(|| format!("cannot move the export to {}", path.display()))?;
             eprintln!(
-                "auditgate export: {rows} entr{} written to {}",
+                "auditgate export: {rows} entr{} written to {}{}",
                 if rows == 1 { "y" } else { "ies" },
-                path.display()
+                path.display(),
+                match &head {
+                    Some(head) => format!(
+                        ", with proofs against the signed head at size {}",
+                        head.head.size
+                    ),
+                    None => String::new(),
+                }
             );
         }
     }

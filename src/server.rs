@@ -45,6 +45,7 @@ pub struct Sidecar {
     signer_stats: Option<Arc<crate::signer::SignerStats>>,
     /// What a reload replaces, one reload at a time.
     running: tokio::sync::Mutex<Running>,
+    checkpoint_task: JoinHandle<()>,
 }
 
 /// The parts of a running sidecar that a reload compares or replaces.
@@ -55,6 +56,39 @@ struct Running {
     log: crate::config::LogConfig,
     signer: Option<HeadSigner>,
     retention: Option<RetentionTask>,
+}
+
+/// How long the final checkpoint at a clean stop waits for readers to finish.
+const SHUTDOWN_CHECKPOINT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long a scheduled checkpoint waits for readers: it holds the writer connection meanwhile,
+/// so it gives way quickly and tries again at the next interval.
+const SCHEDULED_CHECKPOINT_PATIENCE: Duration = Duration::from_millis(50);
+
+/// Copies the SQLite WAL into the database file every `interval` (see [`Store::checkpoint`]),
+/// so the WAL stays small and the database file is never far behind the log.
+async fn checkpoint_periodically(
+    store: Arc<dyn Store>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.checkpoint(SCHEDULED_CHECKPOINT_PATIENCE))
+            .await
+        {
+            Ok(Ok(true)) => tracing::debug!("WAL checkpointed"),
+            Ok(Ok(false)) => {
+                tracing::debug!("WAL checkpoint gave way to readers; retrying at the next interval")
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "WAL checkpoint failed"),
+            Err(error) => tracing::warn!(%error, "WAL checkpoint task failed"),
+        }
+    }
 }
 
 /// What a reload did.
@@ -214,7 +248,8 @@ impl Sidecar {
                 config.log.signer.as_ref().map(|key| key.public_key()),
                 signer.as_ref().map(HeadSigner::stats),
             )
-            .with_heads_files(&heads_files, &config.log_id, keys),
+            .with_heads_files(&heads_files, &config.log_id, keys)
+            .with_signer(config.log.signer.clone()),
         );
         let metrics = Arc::new(Metrics::default());
         metrics.set_config_sha256(&config.sha256);
@@ -265,6 +300,11 @@ impl Sidecar {
             log: log_api,
             ingest_keys: Arc::default(),
         });
+        let checkpoint_task = tokio::spawn(checkpoint_periodically(
+            store.clone(),
+            config.store.checkpoint_interval,
+            shutdown_rx.clone(),
+        ));
         let mut admin_shutdown = shutdown_rx;
         let admin_task = tokio::spawn(async move {
             // Connect info gives the admin API's own entries the caller's address.
@@ -301,6 +341,7 @@ impl Sidecar {
                 signer,
                 retention,
             }),
+            checkpoint_task,
         })
     }
 
@@ -422,6 +463,21 @@ impl Sidecar {
         // After the writer: the shutdown head covers every entry.
         if let Some(signer) = running.signer {
             signer.shutdown().await;
+        }
+        // Last: the database file alone then holds every entry and head, so copying it after a
+        // clean stop copies the whole log.
+        let _ = self.checkpoint_task.await;
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.checkpoint(SHUTDOWN_CHECKPOINT_PATIENCE))
+            .await
+        {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => tracing::warn!(
+                "readers kept the WAL busy at shutdown: part of the log stays in the -wal file \
+                 beside the database until the next start"
+            ),
+            Ok(Err(error)) => tracing::warn!(%error, "final WAL checkpoint failed"),
+            Err(error) => tracing::warn!(%error, "final WAL checkpoint task failed"),
         }
         tracing::info!("auditgate stopped; every queued entry was written");
     }

@@ -30,6 +30,8 @@ pub const EXIT_INTACT: u8 = 0;
 pub const EXIT_TAMPERED: u8 = 1;
 /// Exit code: the input could not be read.
 pub const EXIT_UNREADABLE: u8 = 2;
+/// Exit code: the command line or the configuration file is invalid (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
 
 /// Verification could not run to the end.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,13 @@ pub enum VerifyError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// An export without proofs (CSV, JSON, or NDJSON made without `proofs`): nothing in it can
+    /// be checked, which is not the same as finding it tampered.
+    #[error(
+        "this export carries no proofs: make one with `auditgate export --format ndjson --proofs` \
+         or GET /api/v1/export?format=ndjson&proofs=true"
+    )]
+    NoProofs,
 }
 
 /// The exit code for a finished verification.
@@ -219,7 +228,9 @@ pub fn verify_database(
     keys: &[LogVerifier],
 ) -> Result<VerifyReport, VerifyError> {
     let reader = SqliteLogReader::open(db)?;
-    verify_log(&reader, heads_file, keys)
+    let report = verify_log(&reader, heads_file, keys)?;
+    reader.check_unchanged()?;
+    Ok(report)
 }
 
 /// [`verify_database`] over any log.
@@ -462,6 +473,9 @@ pub fn verify_export(path: &Path, keys: &[LogVerifier]) -> Result<VerifyReport, 
     let trailer = match trailer {
         Some(Ok(trailer)) => trailer,
         Some(Err(error)) => {
+            if !first_line_has_proof_fields(path)? {
+                return Err(VerifyError::NoProofs);
+            }
             problems.push(Problem {
                 seq: None,
                 message: format!(
@@ -618,6 +632,27 @@ fn check_manifest(
     problems
 }
 
+/// Whether the first line of a file is a JSON object with an entry's proof fields or an export's
+/// head: an export made with proofs whose last line is not its head was cut or edited, while
+/// one with neither never had proofs.
+fn first_line_has_proof_fields(path: &Path) -> Result<bool, VerifyError> {
+    let io_error = |error| VerifyError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = File::open(path).map_err(io_error)?;
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(io_error)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        return Ok(serde_json::from_str::<Value>(&line).is_ok_and(|value| {
+            value.get("leafHash").is_some() || value.get("treeHead").is_some()
+        }));
+    }
+    Ok(false)
+}
+
 fn finish_report(mut report: VerifyReport, mut problems: Vec<Problem>) -> VerifyReport {
     report.problem_count = problems.len() as u64;
     problems.sort_by_key(|problem| (problem.seq.is_none(), problem.seq));
@@ -634,10 +669,13 @@ fn load_keys(paths: &[PathBuf]) -> Result<Vec<LogVerifier>, String> {
 }
 
 fn print_report(report: &VerifyReport, what: &str, json: bool) -> u8 {
-    if json {
-        println!("{}", report_json(report));
+    let text = if json {
+        format!("{}\n", report_json(report))
     } else {
-        print!("{}", describe(report, what));
+        describe(report, what)
+    };
+    if let Err(error) = crate::cli::print_stdout(&text) {
+        eprintln!("auditgate: cannot write the report: {error}");
     }
     exit_code(report)
 }
@@ -651,29 +689,36 @@ pub fn run_verify(args: &crate::cli::VerifyArgs) -> u8 {
             return EXIT_UNREADABLE;
         }
     };
-    let db = args.db.display().to_string();
-    let verified = if crate::store::postgres::is_url(&db) {
-        let Some(log_id) = args.log_id.as_deref() else {
-            eprintln!(
-                "auditgate verify: --log-id is required with a PostgreSQL database: each \
-                 sidecar's log verifies on its own"
-            );
-            return EXIT_UNREADABLE;
-        };
-        crate::store::postgres::open_for_reading(&db, log_id)
-            .map_err(VerifyError::from)
-            .and_then(|store| verify_log(&store, args.heads.as_deref(), &keys))
-    } else {
-        verify_database(&args.db, args.heads.as_deref(), &keys)
+    use crate::store_location::{locate, LocateError, StoreLocation};
+    let located = match locate(args.store.db.as_deref(), args.store.config.as_deref()) {
+        Ok(located) => located,
+        Err(LocateError::Config(errors)) => {
+            eprint!("{errors}");
+            return EXIT_USAGE;
+        }
+    };
+    let (what, verified) = match &located.location {
+        StoreLocation::Sqlite(path) => (
+            path.display().to_string(),
+            verify_database(path, args.heads.as_deref(), &keys),
+        ),
+        postgres => {
+            let Some(log_id) = args.log_id.clone().or(located.config_log_id) else {
+                eprintln!(
+                    "auditgate verify: --log-id is required with a PostgreSQL database: each \
+                     sidecar's log verifies on its own"
+                );
+                return EXIT_UNREADABLE;
+            };
+            let verified = postgres
+                .open_for_reading(&log_id)
+                .map_err(VerifyError::from)
+                .and_then(|opened| verify_log(opened.store.as_ref(), args.heads.as_deref(), &keys));
+            (format!("log {log_id}"), verified)
+        }
     };
     match verified {
-        Ok(report) => {
-            let what = match &args.log_id {
-                Some(log_id) if crate::store::postgres::is_url(&db) => format!("log {log_id}"),
-                _ => db,
-            };
-            print_report(&report, &what, args.json)
-        }
+        Ok(report) => print_report(&report, &what, args.json),
         Err(error) => {
             eprintln!("auditgate verify: cannot read the log: {error}");
             EXIT_UNREADABLE
@@ -692,6 +737,14 @@ pub fn run_verify_export(args: &crate::cli::VerifyExportArgs) -> u8 {
     };
     match verify_export(&args.file, &keys) {
         Ok(report) => print_report(&report, &args.file.display().to_string(), args.json),
+        Err(VerifyError::NoProofs) => {
+            eprintln!(
+                "auditgate verify-export: {}: {}",
+                args.file.display(),
+                VerifyError::NoProofs
+            );
+            EXIT_UNREADABLE
+        }
         Err(error) => {
             eprintln!("auditgate verify-export: cannot read the export: {error}");
             EXIT_UNREADABLE

@@ -38,6 +38,8 @@ use crate::store::Store;
 /// What the log endpoints keep between requests.
 pub struct LogApiState {
     public_key: Option<LogVerifier>,
+    /// The log's signing key: exports with proofs sign their manifest with it.
+    signer: Option<Arc<crate::log::head::LogSigner>>,
     signer_stats: Option<Arc<SignerStats>>,
     verify: Mutex<IncrementalVerify>,
 }
@@ -59,6 +61,7 @@ impl LogApiState {
         let keys = public_key.iter().cloned().collect();
         LogApiState {
             public_key,
+            signer: None,
             signer_stats,
             verify: Mutex::new(IncrementalVerify {
                 check: LogCheck::new(keys),
@@ -84,6 +87,17 @@ impl LogApiState {
                 .collect();
         }
         self
+    }
+
+    /// Signs the manifests of exports with proofs with the log's key.
+    pub fn with_signer(mut self, signer: Option<Arc<crate::log::head::LogSigner>>) -> LogApiState {
+        self.signer = signer;
+        self
+    }
+
+    /// The log's signing key, if the sidecar has one.
+    pub fn signer(&self) -> Option<Arc<crate::log::head::LogSigner>> {
+        self.signer.clone()
     }
 
     pub fn signer_stats(&self) -> Option<&SignerStats> {

@@ -6,7 +6,8 @@
 //! - `GET /api/v1/openapi.json` — the OpenAPI 3.1 document; public.
 //! - `POST|GET|DELETE /api/v1/session` — viewer sign-in with a token, who am I, sign-out.
 //! - `GET /api/v1/entries`, `GET /api/v1/entries/{id}`, `GET /api/v1/stats` — queries (`read`).
-//! - `GET /api/v1/export` — streamed CSV/JSON/NDJSON download (`export`).
+//! - `GET /api/v1/export` — streamed CSV/JSON/NDJSON download, NDJSON with proofs on `proofs=true`
+//!   (`export`).
 //! - `GET /api/audit-log` — the reference product's `{logs, total}` endpoint (`read`).
 //! - `POST /api/v1/events` — entries from the app itself (`write`; see [`events`]).
 //! - `GET /api/v1/log/head`, `/api/v1/log/key`, `/api/v1/log/consistency`,

@@ -301,7 +301,7 @@ fn build() -> Value {
         ),
     );
 
-    let mut export_params = vec![param("format")];
+    let mut export_params = vec![param("format"), param("proofs")];
     export_params.extend(filters());
     export_params.extend([param("cursor"), param("order")]);
     add("/api/v1/export", "get", operation("export",
@@ -309,7 +309,7 @@ fn build() -> Value {
         export, export_params,
         json!({
             "200": {
-                "description": "The file, as an attachment named auditgate-export-<UTC time>.<format>. CSV (RFC 4180, CRLF, a header row, metadata as JSON in one column, cells starting with = + - @ tab or CR prefixed with ') or JSON (one array) or NDJSON (one entry per line).",
+                "description": "The file, as an attachment named auditgate-export-<UTC time>.<format>. CSV (RFC 4180, CRLF, a header row, metadata as JSON in one column, cells starting with = + - @ tab or CR prefixed with ') or JSON (one array) or NDJSON (one entry per line). With proofs=true, NDJSON whose entry lines also carry leafHash, leafIndex and auditPath, oldest first, and whose last line is {\"treeHead\": <the signed head>, \"entries\": <count>}: `auditgate verify-export FILE --key PUBKEY` checks it without the database.",
                 "headers": {"Content-Disposition": {"schema": {"type": "string"}}},
                 "content": {
                     "text/csv": {"schema": {"type": "string"}, "example": CSV_COLUMNS.join(",")},
@@ -317,7 +317,8 @@ fn build() -> Value {
                     "application/x-ndjson": {"schema": {"type": "string"}}
                 }
             },
-            "400": bad_params.clone()
+            "400": bad_params.clone(),
+            "409": error_response("proofs=true, but the log has no signed tree head yet (no [log] signing_key, or none signed so far).")
         })));
 
     add(
@@ -417,6 +418,9 @@ fn parameters() -> Value {
             "schema": {"type": "boolean", "default": false}},
         "format": {"name": "format", "in": "query", "required": true,
             "schema": {"type": "string", "enum": ["csv", "json", "ndjson"]}},
+        "proofs": {"name": "proofs", "in": "query", "required": false,
+            "description": "Each entry with its inclusion proof against the latest signed head, which ends the file (format=ndjson only; not with cursor or order=desc: the file holds every matching entry the head covers, oldest first).",
+            "schema": {"type": "boolean", "default": false}},
         "by": {"name": "by", "in": "query", "required": false,
             "schema": {"type": "string", "enum": ["action", "actor", "day", "hour", "outcome"], "default": "day"}},
         "statsLimit": {"name": "limit", "in": "query", "required": false,

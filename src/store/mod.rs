@@ -15,6 +15,7 @@ pub mod postgres;
 pub mod query;
 pub mod sqlite;
 pub mod sqlite_log;
+pub mod sqlite_readonly;
 pub mod sqlite_rows;
 
 use crate::entry::AuditEntry;
@@ -37,6 +38,9 @@ pub enum StoreError {
     LogInUse { log_id: String },
     #[error("cannot open the store at {path}: {message}")]
     Open { path: String, message: String },
+    /// A read command pointed at a file that holds no log (missing, empty, or a bare copy).
+    #[error("no audit log at {path}: {message}")]
+    NoLog { path: String, message: String },
     #[error("store schema version {found} is newer than this auditgate knows ({known}); upgrade auditgate")]
     SchemaTooNew { found: i64, known: i64 },
     #[error("merkle tree: {0}")]
@@ -224,6 +228,14 @@ pub trait Store: LogReader + Send + Sync + 'static {
         record: AuditEntry,
         max_entries: usize,
     ) -> Result<Option<PruneOutcome>, StoreError>;
+
+    /// Copies a SQLite write-ahead log into the database file and empties it, so that the file
+    /// alone holds every committed entry (a clean stop, and a schedule while running). Waits at
+    /// most `patience` for readers to finish; `Ok(false)` when they did not (nothing is lost:
+    /// the WAL stays and the next checkpoint tries again). Other stores have nothing to do.
+    fn checkpoint(&self, _patience: std::time::Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
 
 /// Opens the store the configuration names: the SQLite file, or the log `log_id` in the shared

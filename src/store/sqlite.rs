@@ -17,6 +17,7 @@ use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
 use super::query::{Cursor, CursorKind, Filter, PageRequest};
 use super::sqlite_log::{self, SqliteNodes};
+use super::sqlite_readonly::{wal_path, ReadOnlySource};
 use super::sqlite_rows::{self, Bucket, Page, StatsBy};
 use super::{LogPage, LogReader, PruneOutcome, Store, StoreError, StoredHead, TreeState};
 use crate::config::SyncMode;
@@ -45,6 +46,9 @@ pub struct SqliteStore {
     wal_file: Option<FileIdentity>,
     /// Set once the entries of a removed WAL have been checkpointed into the database file.
     wal_rescued: AtomicBool,
+    /// `Some` for a store opened by a read command: every connection is read-only and opened
+    /// this way, and nothing is ever written.
+    read_only: Option<ReadOnlySource>,
 }
 
 /// Which file a path names (device and inode). SQLite keeps writing through its open handles
@@ -77,13 +81,6 @@ impl FileIdentity {
             })
         }
     }
-}
-
-/// The WAL file SQLite keeps beside a database.
-fn wal_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push("-wal");
-    PathBuf::from(name)
 }
 
 /// What only the writer touches: its connection and the tree's right edge.
@@ -241,7 +238,54 @@ impl SqliteStore {
             database_file: FileIdentity::of(path).ok(),
             wal_file: FileIdentity::of(&wal_path(path)).ok(),
             wal_rescued: AtomicBool::new(false),
+            read_only: None,
         })
+    }
+
+    /// Opens an existing log for reading only (`query`, `export`): no file is created, migrated
+    /// or changed, and a path that holds no log is an error that says so. Appends, heads and
+    /// intents fail; listings, counts, proofs and the latest head work.
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        let (source, connection) = ReadOnlySource::open(path)?;
+        let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                known,
+            });
+        }
+        sqlite_rows::register_functions(&connection)?;
+        // A file of schema version 1 has entries but no tree yet; it is listed all the same.
+        let tree_size = if version >= TREE_SCHEMA_VERSION {
+            sqlite_log::tree_size(&connection)?
+        } else {
+            0
+        };
+        let size = tree_size.max(sqlite_log::max_entry_seq(&connection)?);
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer: Mutex::new(WriterSide {
+                connection,
+                frontier: Frontier::new(),
+                damaged: Some(format!("{} is open read-only", path.display())),
+            }),
+            readers: Mutex::new(Vec::new()),
+            next_seq: AtomicU64::new(size + 1),
+            database_file: None,
+            wal_file: None,
+            wal_rescued: AtomicBool::new(false),
+            read_only: Some(source),
+        })
+    }
+
+    /// For a store opened by [`Self::open_read_only`]: fails when the file changed under a read
+    /// that could not lock it (see [`ReadOnlySource::check_unchanged`]).
+    pub fn check_read_consistent(&self) -> Result<(), StoreError> {
+        match &self.read_only {
+            Some(source) => source.check_unchanged(),
+            None => Ok(()),
+        }
     }
 
     /// Fails when the database file or its WAL is no longer the one opened (deleted, or replaced
@@ -331,9 +375,14 @@ impl SqliteStore {
             .lock()
             .map_err(|_| StoreError::Other("reader pool poisoned".into()))?
             .pop();
-        let connection = match pooled {
-            Some(connection) => connection,
-            None => {
+        let connection = match (pooled, &self.read_only) {
+            (Some(connection), _) => connection,
+            (None, Some(source)) => {
+                let connection = source.connect()?;
+                sqlite_rows::register_functions(&connection)?;
+                connection
+            }
+            (None, None) => {
                 let connection = Connection::open_with_flags(
                     &self.path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -578,6 +627,25 @@ impl Store for SqliteStore {
         })
     }
 
+    fn checkpoint(&self, patience: std::time::Duration) -> Result<bool, StoreError> {
+        if self.read_only.is_some() {
+            return Ok(true);
+        }
+        let side = self.lock_writer()?;
+        let connection = &side.connection;
+        // The configured busy timeout is restored afterwards: appends keep theirs.
+        let previous: i64 =
+            connection.pragma_query_value(None, "busy_timeout", |row| row.get(0))?;
+        connection.busy_timeout(patience)?;
+        let result = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        });
+        connection.busy_timeout(std::time::Duration::from_millis(
+            u64::try_from(previous).unwrap_or(0),
+        ))?;
+        Ok(result? == 0)
+    }
+
     fn record_intents(&self, intents: &[AuditEntry]) -> Result<(), StoreError> {
         let mut side = self.lock_writer()?;
         self.check_files(&side.connection)?;
@@ -663,6 +731,7 @@ impl Store for SqliteStore {
 /// written, so the evidence is read exactly as found.
 pub struct SqliteLogReader {
     connection: Connection,
+    source: ReadOnlySource,
 }
 
 impl SqliteLogReader {
@@ -671,15 +740,7 @@ impl SqliteLogReader {
             path: path.display().to_string(),
             message,
         };
-        if !path.is_file() {
-            return Err(open_error("no such file".into()));
-        }
-        let connection = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|error| open_error(error.to_string()))?;
-        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        let (source, connection) = ReadOnlySource::open(path)?;
         let version: i64 = connection
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(|error| open_error(error.to_string()))?;
@@ -696,7 +757,13 @@ impl SqliteLogReader {
                  was never opened by a version that keeps the tree)"
             )));
         }
-        Ok(SqliteLogReader { connection })
+        Ok(SqliteLogReader { connection, source })
+    }
+
+    /// Fails when the file changed while it was read without a lock (see
+    /// [`ReadOnlySource::check_unchanged`]).
+    pub fn check_unchanged(&self) -> Result<(), StoreError> {
+        self.source.check_unchanged()
     }
 }
 

@@ -6,12 +6,13 @@
 // `cargo build`. UPDATE_SCREENSHOT=1 also writes docs/viewer.png.
 
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import {
-  OUT_DIR, ROOT, apiClient, launchChromium, rowIds, settledRows, startDemo, urlParams, waitForRows, waitUntil,
+  BINARY, OUT_DIR, ROOT, apiClient, launchChromium, rowIds, settledRows, startDemo, urlParams, waitForRows, waitUntil,
 } from './support.mjs';
 
 // The viewer shows local time; a zone far from UTC makes the difference visible.
@@ -469,6 +470,17 @@ test('export buttons download exactly what the API exports for the same filters'
     assert.ok(downloaded.equals(expected), `${format}: the download equals the API's export`);
     assert.match(download.suggestedFilename(), new RegExp(`^auditgate-export-.*\\.${format}$`));
   }
+  // "NDJSON + proofs" downloads an export that auditgate verify-export checks offline.
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByTestId('export-proofs').click()]);
+  const file = path.join(OUT_DIR, 'export-proofs.ndjson');
+  await download.saveAs(file);
+  const lines = fs.readFileSync(file, 'utf8').trim().split('\n');
+  assert.ok(lines.length > 1, 'the proofs export holds entries');
+  assert.ok('treeHead' in JSON.parse(lines[lines.length - 1]), 'the signed head ends the file');
+  assert.ok('auditPath' in JSON.parse(lines[0]), 'each entry carries its proof');
+  // Throws (and fails the test) unless verify-export exits 0.
+  const report = execFileSync(BINARY, ['verify-export', file, '--key', path.join(demo.dataDir, 'log.key.pub')], { encoding: 'utf8' });
+  assert.match(report, /intact/);
 });
 
 test('activity chart and top lists follow the filter and come from /stats', async () => {

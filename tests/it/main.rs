@@ -17,6 +17,7 @@ mod jwks;
 mod ops;
 mod pg_tls;
 mod proxy;
+mod running;
 mod siem;
 mod store;
 mod tamper;

@@ -372,15 +372,20 @@ function renderChips() {
 function renderExportLinks() {
   const params = filterParams(view.filters);
   const allowed = hasScope('export');
-  for (const format of ['csv', 'json', 'ndjson']) {
-    const link = $(`#export-${format}`);
+  // "proofs" is NDJSON whose lines carry each entry's inclusion proof against the latest signed
+  // head, for `auditgate verify-export` to check offline.
+  for (const kind of ['csv', 'json', 'ndjson', 'proofs']) {
+    const link = $(`#export-${kind}`);
     const query = new URLSearchParams(params);
-    query.set('format', format);
+    query.set('format', kind === 'proofs' ? 'ndjson' : kind);
+    if (kind === 'proofs') query.set('proofs', 'true');
     if (allowed) {
       link.href = apiUrl('export', query);
       link.removeAttribute('aria-disabled');
       link.removeAttribute('tabindex');
-      link.title = `Download every entry matching the current filters as ${format.toUpperCase()}`;
+      link.title = kind === 'proofs'
+        ? 'Download every matching entry the latest signed head covers, each with its inclusion proof, as NDJSON; check it offline with auditgate verify-export'
+        : `Download every entry matching the current filters as ${kind.toUpperCase()}`;
     } else {
       link.removeAttribute('href');
       link.setAttribute('aria-disabled', 'true');

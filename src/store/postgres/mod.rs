@@ -877,6 +877,23 @@ pub fn is_url(db: &str) -> bool {
     db.starts_with("postgres://") || db.starts_with("postgresql://")
 }
 
+/// Opens the PostgreSQL database of a configuration (`--config`) for reading: its host, user,
+/// password (from `password_env`) and TLS settings, and nothing is created or changed.
+pub fn open_config_for_reading(
+    database: &crate::config::PostgresConfig,
+    log_id: &str,
+) -> Result<PostgresStore, StoreError> {
+    let mut config = database.connection.clone();
+    config.application_name("auditgate-cli");
+    PostgresStore::open(PostgresOptions {
+        config,
+        log_id: log_id.to_string(),
+        access: Access::Read,
+        pool_size: 1,
+        tls: database.tls.clone(),
+    })
+}
+
 /// Opens a PostgreSQL database named on the command line for reading (`auditgate query`,
 /// `export`, `verify`): `log_id` is the log whose tree is read. The password comes from the URL
 /// or, as with libpq, from `PGPASSWORD`.
