@@ -555,34 +555,43 @@ impl Process {
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             log: Arc::new(std::sync::Mutex::new(Vec::new())),
         };
-        let mut lines = BufReader::new(stderr.expect("stderr")).lines();
-        let (mut proxy, mut admin) = (None, None);
-        for line in lines.by_ref() {
-            let line = line.expect("line");
-            if line.contains("auditgate is serving") {
-                let field = |name: &str| -> Option<SocketAddr> {
-                    let start = line.find(&format!("{name}="))? + name.len() + 1;
-                    line[start..]
-                        .split_whitespace()
-                        .next()?
-                        .trim_end_matches(|c: char| !c.is_ascii_digit())
-                        .parse()
-                        .ok()
-                };
-                proxy = field("proxy");
-                admin = field("admin");
-                break;
-            }
-        }
-        // Keep reading stderr so the child never blocks on a full pipe, and keep it for `logged`.
+        // One thread reads stderr for the life of the child (so it never blocks on a full pipe)
+        // and keeps every line for `logged`; the "serving" line is handed over with a bound, so
+        // a child that never gets there fails the test instead of hanging it.
+        let lines = BufReader::new(stderr.expect("stderr")).lines();
         let sink = process.log.clone();
+        let (serving, serving_line) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
+                if line.contains("auditgate is serving") {
+                    let _ = serving.send(line.clone());
+                }
                 if let Ok(mut log) = sink.lock() {
                     log.push(line);
                 }
             }
         });
+        let line = match serving_line.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let log = process
+                    .log
+                    .lock()
+                    .map(|log| log.join("\n"))
+                    .unwrap_or_default();
+                panic!("auditgate did not start serving within 60 s; its log:\n{log}");
+            }
+        };
+        let field = |name: &str| -> Option<SocketAddr> {
+            let start = line.find(&format!("{name}="))? + name.len() + 1;
+            line[start..]
+                .split_whitespace()
+                .next()?
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        };
+        let (proxy, admin) = (field("proxy"), field("admin"));
         process.proxy = proxy.expect("proxy address in the log");
         process.admin = admin.expect("admin address in the log");
         process
@@ -729,4 +738,59 @@ pub fn https_identity(dir: &std::path::Path) -> (std::path::PathBuf, tokio_rustl
         dir.join("ca.pem"),
         tokio_rustls::TlsAcceptor::from(Arc::new(config)),
     )
+}
+
+/// The value of one sample in a Prometheus text exposition, matched exactly: `series` is the
+/// metric name with its labels as printed (`auditgate_entries_lost_total`,
+/// `auditgate_requests_total{outcome="success"}`). `None` when the series is absent, so
+/// `auditgate_x_total 1` never matches a line that says 10.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            // The series ends at the closing brace of its labels, or at the first space.
+            let end = match line.find('{') {
+                Some(open) if line[..open].find(' ').is_none() => {
+                    open + line[open..].find('}')? + 1
+                }
+                _ => line.find(' ')?,
+            };
+            if &line[..end] != series {
+                return None;
+            }
+            line[end..].split_whitespace().next()?.parse().ok()
+        })
+}
+
+/// [`metric_value`] for counters and gauges that hold whole numbers.
+pub fn metric_count(text: &str, series: &str) -> Option<u64> {
+    let value = metric_value(text, series)?;
+    (value >= 0.0 && value.fract() == 0.0).then_some(value as u64)
+}
+
+impl TestSidecar {
+    /// Like [`TestSidecar::start`], with `store_keys` in place of the default
+    /// `flush_interval = "1ms"` (a test that needs a queue to build up sets a long one).
+    pub async fn start_with_store(
+        upstream: SocketAddr,
+        store_keys: &str,
+        rest: &str,
+    ) -> TestSidecar {
+        let dir = TempDir::new("sidecar");
+        let db = dir.0.join("audit.db");
+        let text =
+            config_text(upstream, &db, "", rest).replace("flush_interval = \"1ms\"", store_keys);
+        let config = match Config::parse(&text, &dir.0) {
+            Ok(config) => config,
+            Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
+        };
+        let sidecar = Sidecar::start(config, None).await.expect("sidecar starts");
+        TestSidecar {
+            proxy: sidecar.proxy_addr,
+            admin: sidecar.admin_addr,
+            sidecar: Some(sidecar),
+            db,
+            dir,
+        }
+    }
 }

@@ -998,13 +998,13 @@ async fn a_collector_down_at_shutdown_costs_a_bounded_wait_and_is_reported() {
         .as_ref()
         .and_then(|running| running.signer_stats())
         .expect("a signer");
-    let started = std::time::Instant::now();
-    sidecar.stop().await;
-    let took = started.elapsed();
-    accepting.abort();
     // The budget is twice publish_timeout plus a second (1.6 s), and a backstop of half a
-    // second after it; generous slack for a loaded machine, far below an unbounded wait.
-    assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+    // second after it. The bound here only tells a bounded wait from an unbounded one (the
+    // silent collector never answers); the counters below say what the budget did.
+    tokio::time::timeout(Duration::from_secs(60), sidecar.stop())
+        .await
+        .expect("shutdown waits a bounded time for a collector that never answers");
+    accepting.abort();
     let file = read_heads(&heads_file);
     assert!(
         file.len() >= 2,
@@ -1136,9 +1136,20 @@ fn a_stray_row_far_beyond_the_log_does_not_stall_verify() {
     let fixture = Fixture::new(20, 10);
     fixture
         .sql("INSERT INTO tree_nodes (level, idx, hash) VALUES (0, 1000000000000, zeroblob(32))");
-    let started = std::time::Instant::now();
-    let report = fixture.verify();
-    assert!(started.elapsed() < Duration::from_secs(30));
+    // A walk towards position 10^12 would not end: verify on a thread, with a bound that only
+    // tells "stopped" from "still walking".
+    let (db, heads, key) = (
+        fixture.db.clone(),
+        fixture.heads.clone(),
+        fixture.public_key(),
+    );
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(verify_database(&db, Some(&heads), &[key]).expect("readable"));
+    });
+    let report = receiver
+        .recv_timeout(Duration::from_secs(120))
+        .expect("verify stops at the gap instead of walking to the stray row");
     assert_tampered(
         &report,
         Some(21),
