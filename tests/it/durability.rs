@@ -243,6 +243,96 @@ async fn entries_the_store_refuses_are_spilled_and_reimported_at_start() {
     assert!(!spill.exists());
 }
 
+/// The one loss path: at shutdown the store refuses (another connection holds its write lock)
+/// and the spill file cannot be written (a directory stands at its path). Every queued entry is
+/// then counted in `entries_lost`, exactly, and named in the log one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_neither_the_store_nor_the_spill_file_takes_at_shutdown_are_counted_and_named() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("lost");
+    let db = dir.0.join("audit.db");
+    let rules = "[[rule]]\nname = \"delete\"\nmethod = \"DELETE\"\npath = \"/api/users/{id}\"\naction = \"user.deleted\"\nresource = { type = \"user\", id = \"{id}\" }\n";
+    // The writer lingers an hour: the batch is whole when the shutdown comes.
+    let text = config_text(upstream.addr, &db, "", rules).replace(
+        "flush_interval = \"1ms\"",
+        "flush_interval = \"1h\"\nbusy_timeout = \"10ms\"",
+    );
+    let config = auditgate::config::Config::parse(&text, &dir.0).expect("valid");
+    let _ = crate::support::error_log();
+    let sidecar = auditgate::server::Sidecar::start(config, None)
+        .await
+        .expect("starts");
+    let writer = sidecar.writer();
+    std::fs::create_dir(dir.0.join("audit.db.spill.ndjson")).expect("block the spill file");
+    let lock = WriteLock::take(&db);
+    let client = HttpClient::new();
+    let batch: Vec<String> = (0..5)
+        .map(|index| format!("lost-{}-{index}", ulid::Ulid::new()))
+        .collect();
+    for id in &batch {
+        let reply = client
+            .send(
+                "DELETE",
+                &format!("http://{}/api/users/{id}", sidecar.proxy_addr),
+                &[("x-request-id", id.as_str())],
+                "",
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), async || writer.depth()
+            == batch.len())
+        .await,
+        "{} entries queued",
+        writer.depth()
+    );
+    sidecar.shutdown().await;
+    drop(lock);
+
+    assert_eq!(
+        writer.stats().entries_lost.get(),
+        batch.len() as u64,
+        "the loss counter counts the batch"
+    );
+    let lost: Vec<serde_json::Value> = crate::support::error_lines()
+        .into_iter()
+        .filter(|line| {
+            line["fields"]["request_id"]
+                .as_str()
+                .is_some_and(|id| batch.iter().any(|sent| sent == id))
+        })
+        .collect();
+    let mut named: Vec<String> = lost
+        .iter()
+        .map(|line| {
+            assert_eq!(
+                line["fields"]["message"],
+                "entry lost at shutdown: neither the store nor the spill file accepted it"
+            );
+            assert_eq!(line["fields"]["action"], "user.deleted");
+            line["fields"]["request_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    named.sort();
+    let mut expected = batch.clone();
+    expected.sort();
+    assert_eq!(named, expected, "one error line per lost entry");
+    let entry_ids: BTreeSet<&str> = lost
+        .iter()
+        .filter_map(|line| line["fields"]["entry"].as_str())
+        .collect();
+    assert_eq!(entry_ids.len(), batch.len(), "each line names its entry id");
+    // Counted as lost, and really not written.
+    assert!(read_entries(&db).iter().all(|entry| entry
+        .request_id
+        .as_ref()
+        .is_none_or(|id| !batch.contains(id))));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The real binary: crashes and signals
 // ---------------------------------------------------------------------------------------------

@@ -794,3 +794,49 @@ impl TestSidecar {
         }
     }
 }
+
+/// What the library logs at ERROR level in this test process, one JSON object per line, from the
+/// first call on (the first call installs the process-wide subscriber that collects it). Tests
+/// run in parallel and share it: pick the lines out by something only your test has.
+pub fn error_log() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOG: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::ERROR)
+            .with_writer(move || LogWriter(sink.clone()))
+            .finish();
+        // Another subscriber already installed would mean the lines go elsewhere: say so.
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global tracing subscriber in the test binary");
+        log
+    })
+    .clone()
+}
+
+/// The lines of [`error_log`] so far, parsed.
+pub fn error_lines() -> Vec<Value> {
+    let log = error_log();
+    let bytes = log.lock().map(|log| log.clone()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut log) = self.0.lock() {
+            log.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
