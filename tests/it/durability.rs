@@ -10,8 +10,8 @@ use auditgate::entry::Outcome;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{
-    config_text, eventually, metric_count, read_entries, HttpClient, Process, TempDir, TestSidecar,
-    Upstream,
+    config_text, eventually, metric_count, read_entries, HttpClient, IntentCheckingUpstream,
+    Process, TempDir, TestSidecar, Upstream,
 };
 
 const WRITE_AHEAD_RULES: &str = r#"
@@ -56,35 +56,85 @@ impl WriteLock {
 
 #[tokio::test]
 async fn write_ahead_records_the_intent_before_the_app_sees_the_request() {
-    let upstream = Upstream::start().await;
-    let sidecar = TestSidecar::start(upstream.addr, WRITE_AHEAD_RULES).await;
-    let url = sidecar.url("/slow/400");
-    let request =
-        tokio::spawn(async move { HttpClient::new().send("DELETE", &url, &[], "").await });
-    // While the app is still working, the intent is already in the store.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while upstream.count() == 0 {
-        assert!(Instant::now() < deadline, "request never reached the app");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let dir = TempDir::new("write-ahead");
+    let db = dir.0.join("audit.db");
+    // The app itself looks for the intent in the store the moment each request arrives.
+    let app = IntentCheckingUpstream::start(db.clone()).await;
+    let text = config_text(app.addr, &db, "", WRITE_AHEAD_RULES).replace(
+        "flush_interval = \"1ms\"",
+        "flush_interval = \"1ms\"\nbusy_timeout = \"30s\"",
+    );
+    let config = auditgate::config::Config::parse(&text, &dir.0).expect("valid");
+    let sidecar = auditgate::server::Sidecar::start(config, None)
+        .await
+        .expect("starts");
+    let client = HttpClient::new();
+    let admin = format!("http://{}/metrics", sidecar.admin_addr);
+
+    // While another connection holds the store's write lock, the intent cannot commit: the
+    // request waits at the sidecar and the app must not see it.
+    let lock = WriteLock::take(&db);
+    let url = format!("http://{}/api/users/held", sidecar.proxy_addr);
+    let held = tokio::spawn(async move {
+        HttpClient::new()
+            .send("DELETE", &url, &[("x-request-id", "intent-held")], "")
+            .await
+    });
+    assert!(
+        eventually(Duration::from_secs(10), async || metric_count(
+            &client.get(&admin).await.text(),
+            "auditgate_requests_total"
+        ) == Some(1))
+        .await,
+        "the request never reached the sidecar"
+    );
+    // A premature forward would reach the app at once; give it time to show.
+    let forwarded_early = eventually(Duration::from_millis(300), async || {
+        !app.seen_ids().is_empty()
+    })
+    .await;
+    drop(lock);
+    assert!(
+        !forwarded_early,
+        "the app saw the request while its intent could not be written"
+    );
+    assert_eq!(held.await.expect("task").status, 200);
+
+    for id in ["a", "b", "c"] {
+        let reply = client
+            .send(
+                "DELETE",
+                &format!("http://{}/api/users/{id}", sidecar.proxy_addr),
+                &[("x-request-id", &format!("intent-{id}"))],
+                "",
+            )
+            .await;
+        assert_eq!(reply.status, 200);
     }
     assert_eq!(
-        pending_rows(&sidecar.db).len(),
-        1,
-        "the intent is durable before forwarding"
+        app.seen_ids(),
+        vec!["intent-held", "intent-a", "intent-b", "intent-c"]
     );
-    let reply = request.await.expect("task");
-    assert_eq!(reply.status, 200);
-    let entries = sidecar.wait_entries(1).await;
-    assert_eq!(entries[0].action, "slow.deleted");
-    assert_eq!(entries[0].outcome, Outcome::Success);
-    // The completed entry replaced its intent.
-    for _ in 0..200 {
-        if pending_rows(&sidecar.db).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(pending_rows(&sidecar.db).is_empty());
+    assert_eq!(
+        app.forwarded_before_durable(),
+        Vec::<String>::new(),
+        "requests reached the app before their intent was in the store"
+    );
+    assert!(sidecar.writer().flushed(Duration::from_secs(10)).await);
+    let entries = read_entries(&db);
+    assert_eq!(entries.len(), 4);
+    assert!(entries
+        .iter()
+        .all(|entry| entry.action == "user.deleted" && entry.outcome == Outcome::Success));
+    // The completed entries replaced their intents.
+    assert!(
+        eventually(Duration::from_secs(5), async || pending_rows(&db)
+            .is_empty())
+        .await,
+        "intents left behind: {:?}",
+        pending_rows(&db)
+    );
+    sidecar.shutdown().await;
 }
 
 #[tokio::test]
@@ -356,8 +406,9 @@ async fn no_answered_write_ahead_request_is_lost_across_crashes() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let upstream = Upstream::start().await;
     let dir = TempDir::new("crash");
+    // The app checks, as each request arrives, that its intent is already in the store.
+    let upstream = IntentCheckingUpstream::start(dir.0.join("audit.db")).await;
     let config = write_config(&dir.0, upstream.addr, "durability = \"write-ahead\"", "[[rule]]\nname = \"delete\"\nmethod = \"DELETE\"\npath = \"/api/users/{id}\"\naction = \"user.deleted\"\nresource = { type = \"user\", id = \"{id}\" }\n");
     let answered = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
     let mut sent = 0u64;
@@ -420,6 +471,15 @@ async fn no_answered_write_ahead_request_is_lost_across_crashes() {
         "too little load to mean anything: {} answered",
         answered.len()
     );
+    // The write-ahead promise itself: every request the app was asked to serve (answered or
+    // cut off by the kill) had its intent in the store when it arrived, and has its entry now.
+    let early = upstream.forwarded_before_durable();
+    assert!(
+        early.is_empty(),
+        "{} requests reached the app before their intent was durable, e.g. {:?}",
+        early.len(),
+        &early[..early.len().min(5)]
+    );
     let missing: Vec<&String> = answered
         .iter()
         .filter(|id| !by_request.contains_key(*id))
@@ -429,6 +489,23 @@ async fn no_answered_write_ahead_request_is_lost_across_crashes() {
         "{} answered requests have no entry, e.g. {:?}",
         missing.len(),
         &missing[..missing.len().min(5)]
+    );
+    let seen = upstream.seen_ids();
+    assert!(
+        seen.len() >= answered.len(),
+        "the app saw {} requests, fewer than the {} answered",
+        seen.len(),
+        answered.len()
+    );
+    let unrecorded: Vec<&String> = seen
+        .iter()
+        .filter(|id| !by_request.contains_key(*id))
+        .collect();
+    assert!(
+        unrecorded.is_empty(),
+        "{} requests the app saw have no entry, e.g. {:?}",
+        unrecorded.len(),
+        &unrecorded[..unrecorded.len().min(5)]
     );
     let twice: Vec<&String> = by_request
         .iter()
@@ -449,7 +526,7 @@ async fn no_answered_write_ahead_request_is_lost_across_crashes() {
         .iter()
         .filter(|entry| entry.outcome == Outcome::Unknown)
         .count();
-    eprintln!("{rounds} crashes, {sent} requests sent, {} answered, {} entries, {unknown} finished as unknown", answered.len(), entries.len());
+    eprintln!("{rounds} crashes, {sent} requests sent, {} seen by the app, {} answered, {} entries, {unknown} finished as unknown", seen.len(), answered.len(), entries.len());
     for entry in entries
         .iter()
         .filter(|entry| entry.outcome == Outcome::Unknown)

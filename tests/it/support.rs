@@ -840,3 +840,102 @@ impl std::io::Write for LogWriter {
         Ok(())
     }
 }
+
+/// A test app that, as each request arrives, looks in the sidecar's SQLite store (through its
+/// own read-only connection, so it sees only committed transactions) for the write-ahead intent
+/// of that request, by its `X-Request-Id`. It answers 200 either way and remembers what it saw:
+/// an intent missing on arrival means the request was forwarded before its intent was durable.
+pub struct IntentCheckingUpstream {
+    pub addr: SocketAddr,
+    /// Request ids the app saw, each with whether its intent was already in the store.
+    pub seen: Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+}
+
+impl IntentCheckingUpstream {
+    pub async fn start(db: PathBuf) -> IntentCheckingUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task_seen = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (seen, db) = (task_seen.clone(), db.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let (seen, db) = (seen.clone(), db.clone());
+                        async move {
+                            let id = request
+                                .headers()
+                                .get("x-request-id")
+                                .and_then(|value| value.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string();
+                            let lookup = (db, id.clone());
+                            let found = tokio::task::spawn_blocking(move || {
+                                intent_is_stored(&lookup.0, &lookup.1)
+                            })
+                            .await
+                            .unwrap_or(false);
+                            if let Ok(mut seen) = seen.lock() {
+                                seen.push((id, found));
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(full("{}")))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        IntentCheckingUpstream { addr, seen }
+    }
+
+    /// Request ids that arrived without their intent in the store.
+    pub fn forwarded_before_durable(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .map(|seen| {
+                seen.iter()
+                    .filter(|(_, found)| !found)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every request id the app saw.
+    pub fn seen_ids(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .map(|seen| seen.iter().map(|(id, _)| id.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Whether the `pending` table of the SQLite store at `db` holds an intent with this request id
+/// (the intent is the entry's JSON, in the API's camelCase form).
+fn intent_is_stored(db: &std::path::Path, request_id: &str) -> bool {
+    let Ok(connection) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return false;
+    };
+    let _ = connection.busy_timeout(Duration::from_secs(5));
+    let Ok(mut statement) = connection.prepare("SELECT entry FROM pending") else {
+        return false;
+    };
+    let Ok(rows) = statement.query_map([], |row| row.get::<_, String>(0)) else {
+        return false;
+    };
+    let found = rows.map_while(Result::ok).any(|entry| {
+        serde_json::from_str::<Value>(&entry)
+            .is_ok_and(|entry| entry["requestId"].as_str() == Some(request_id))
+    });
+    found
+}
