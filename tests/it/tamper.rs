@@ -674,7 +674,7 @@ async fn the_sidecar_prunes_in_the_background_and_the_log_still_verifies() {
     let (mut sidecar, heads_file, key) = signing_sidecar(
         &upstream,
         "sign_interval = \"100ms\"",
-        "[retention]\nmax_age = \"1s\"\nprune_interval = \"100ms\"\n",
+        "[retention]\nmax_age = \"2s\"\nprune_interval = \"100ms\"\n",
     )
     .await;
     let client = HttpClient::new();
@@ -683,21 +683,26 @@ async fn the_sidecar_prunes_in_the_background_and_the_log_still_verifies() {
             .send("PUT", &sidecar.url(&format!("/docs/{index}")), &[], "{}")
             .await;
     }
-    sidecar.wait_entries(4).await;
-    // After a second the four entries are due; prune records replace them (one, or more if
+    // The leaf hashes of the four entries, computed here from the entries as first stored
+    // (RFC 9162: SHA-256 of 0x00 and the entry's canonical bytes).
+    let originals = sidecar.wait_entries(4).await;
+    assert!(
+        originals.iter().all(|entry| entry.action != "audit.pruned"),
+        "pruned before the test could read the entries: {originals:#?}"
+    );
+    let original_leaves: Vec<[u8; 32]> = originals
+        .iter()
+        .map(|entry| oracle_hash(&[&[0x00], &entry.canonical_bytes()]))
+        .collect();
+    // After two seconds the four entries are due; prune records replace them (one, or more if
     // they fell due across two runs).
     let mut entries = Vec::new();
-    for _ in 0..500 {
+    let all_pruned = crate::support::eventually(Duration::from_secs(20), async || {
         entries = sidecar.entries().await;
-        if entries.iter().all(|entry| entry.action == "audit.pruned") && !entries.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        entries.iter().all(|entry| entry.action == "audit.pruned"),
-        "{entries:#?}"
-    );
+        entries.iter().all(|entry| entry.action == "audit.pruned") && !entries.is_empty()
+    })
+    .await;
+    assert!(all_pruned, "{entries:#?}");
     let pruned: u64 = entries
         .iter()
         .map(|record| record.metadata["count"].as_u64().unwrap_or(0))
@@ -711,17 +716,105 @@ async fn the_sidecar_prunes_in_the_background_and_the_log_still_verifies() {
         heads.iter().any(|head| head.head.size == size)
     })
     .await;
-    let proof = client.get_admin(&admin("/api/v1/entries/1/proof")).await;
-    assert_eq!(proof.status, 200, "{}", proof.text());
-    assert_eq!(proof.json()["pruned"], true);
-    assert_eq!(proof.json()["prunedBy"], 5);
+    let verifier = LogVerifier::load(&key).expect("key");
+    let published: Vec<Value> = read_heads(&heads_file)
+        .iter()
+        .map(|head| serde_json::to_value(head).expect("head JSON"))
+        .collect();
+    // Each pruned entry's proof: its original leaf hash, included in a head that was signed
+    // and published, by a check written here and not the product's.
+    for (seq, original_leaf) in (1..=4u64).zip(&original_leaves) {
+        let proof = client
+            .get_admin(&admin(&format!("/api/v1/entries/{seq}/proof")))
+            .await;
+        assert_eq!(proof.status, 200, "{}", proof.text());
+        let proof = proof.json();
+        assert_eq!(proof["pruned"], true);
+        assert_eq!(proof["prunedBy"], 5);
+        let leaf = hex_hash(&proof["leafHash"]);
+        assert_eq!(
+            &leaf, original_leaf,
+            "entry {seq}: the kept leaf hash is the original's"
+        );
+        let path: Vec<[u8; 32]> = proof["auditPath"]
+            .as_array()
+            .expect("auditPath")
+            .iter()
+            .map(hex_hash)
+            .collect();
+        let tree_size = proof["treeSize"].as_u64().expect("treeSize");
+        assert_eq!(proof["head"]["size"].as_u64(), Some(tree_size));
+        let root = oracle_root_from_inclusion(seq - 1, tree_size, leaf, &path)
+            .unwrap_or_else(|| panic!("entry {seq}: a malformed proof {proof}"));
+        assert_eq!(
+            root,
+            hex_hash(&proof["head"]["rootHash"]),
+            "entry {seq}: the proof does not lead to the head's root"
+        );
+        assert!(
+            published.contains(&proof["head"]),
+            "entry {seq}: the head is not one that was published: {}",
+            proof["head"]
+        );
+        let head: SignedTreeHead = serde_json::from_value(proof["head"].clone()).expect("head");
+        verifier
+            .verify(&head)
+            .expect("the head's signature verifies");
+    }
     let verify: Value = client.get_admin(&admin("/api/v1/verify")).await.json();
     assert_eq!(verify["ok"], true, "{verify}");
     sidecar.stop().await;
-    let verifier = LogVerifier::load(&key).expect("key");
     let report = verify_database(&sidecar.db, Some(&heads_file), &[verifier]).expect("readable");
     assert!(report.ok(), "{}", problem_text(&report));
     assert_eq!(report.pruned, 4);
+}
+
+/// SHA-256 over the parts, one after the other.
+fn oracle_hash(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+fn hex_hash(value: &Value) -> [u8; 32] {
+    let bytes = hex::decode(value.as_str().expect("a hex string")).expect("hex");
+    bytes.try_into().expect("32 bytes")
+}
+
+/// The root an inclusion proof leads to, by the algorithm of RFC 9162 section 2.1.3.2, written
+/// here apart from the product's: `None` when the proof does not fit the index and size.
+fn oracle_root_from_inclusion(
+    index: u64,
+    size: u64,
+    leaf: [u8; 32],
+    path: &[[u8; 32]],
+) -> Option<[u8; 32]> {
+    if index >= size {
+        return None;
+    }
+    let (mut fnode, mut snode, mut root) = (index, size - 1, leaf);
+    for sibling in path {
+        if snode == 0 {
+            return None;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            root = oracle_hash(&[&[0x01], sibling, &root]);
+            if fnode & 1 == 0 {
+                while fnode & 1 == 0 && fnode != 0 {
+                    fnode >>= 1;
+                    snode >>= 1;
+                }
+            }
+        } else {
+            root = oracle_hash(&[&[0x01], &root, sibling]);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    (snode == 0).then_some(root)
 }
 
 #[test]
