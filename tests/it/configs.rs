@@ -160,13 +160,23 @@ fn explain_prints_the_rule_and_the_entry() {
 /// `auditgate query` shows them.
 #[tokio::test]
 async fn every_example_rule_produces_an_entry_seen_by_query() {
-    std::env::set_var("APP_JWT_SECRET", "example-secret");
     let upstream = Upstream::start().await;
     let dir = TempDir::new("example");
     let db = dir.0.join("audit.db");
-    let mut config =
-        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/auditgate.example.toml"))
-            .expect("example config is valid");
+    // The JWT secret's variable is one that .cargo/config.toml sets for the tests: setting
+    // APP_JWT_SECRET here would race the threads of the tests running beside this one.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/auditgate.example.toml");
+    let text = std::fs::read_to_string(&example)
+        .expect("read the example config")
+        .replace(
+            "hs256_secret_env = \"APP_JWT_SECRET\"",
+            "hs256_secret_env = \"IT_EXAMPLE_APP_JWT_SECRET\"",
+        );
+    let base = example.parent().expect("config dir");
+    let mut config = match Config::parse(&text, base) {
+        Ok(config) => config,
+        Err(errors) => panic!("example config is invalid: {errors:?}"),
+    };
     config.proxy.listen = "127.0.0.1:0".parse().expect("addr");
     config.admin.listen = "127.0.0.1:0".parse().expect("addr");
     config.proxy.upstream = upstream.addr.to_string();

@@ -174,7 +174,6 @@ async fn assert_never_stored(sidecar: &mut TestSidecar, stored: &str, secrets: &
 
 #[tokio::test]
 async fn hs256_tokens_valid_expired_not_yet_valid_and_wrongly_signed() {
-    std::env::set_var("IT_IDENTITY_HS_1", "it-identity-hs-secret-1");
     let upstream = Upstream::start().await;
     let mut sidecar = TestSidecar::start(
         upstream.addr,
@@ -389,7 +388,6 @@ on_invalid = \"anonymous\"
 
 #[tokio::test]
 async fn truncated_non_base64_and_huge_tokens_pass_through_unharmed() {
-    std::env::set_var("IT_IDENTITY_HS_2", "it-identity-hs-secret-2");
     let upstream = Upstream::start().await;
     let sidecar = TestSidecar::start(
         upstream.addr,
@@ -442,7 +440,6 @@ async fn truncated_non_base64_and_huge_tokens_pass_through_unharmed() {
 
 #[tokio::test]
 async fn tokens_in_named_headers_and_cookies_and_verify_false() {
-    std::env::set_var("IT_IDENTITY_HS_3", "it-identity-hs-secret-3");
     let upstream = Upstream::start().await;
     let rest = format!(
         "{RECORD_ALL}
@@ -699,7 +696,6 @@ metadata = { credentials = \"request.header:authorization\", via = \"{request.he
 
 #[tokio::test]
 async fn api_keys_are_recorded_by_name_or_keyed_hash_never_the_key() {
-    std::env::set_var("IT_IDENTITY_KEY_HMAC", "it-identity-api-key-hmac-secret");
     let known = "sk_live_known_key_0001";
     let partner = "pk_partner_key_0002";
     let unknown = "sk_live_unknown_key_0003";
@@ -759,7 +755,6 @@ metadata = {{ header = \"request.header:x-api-key\", query = \"query:api_key\", 
 
 #[tokio::test]
 async fn a_failed_login_records_the_attempted_login_from_the_body() {
-    std::env::set_var("IT_IDENTITY_HS_4", "it-identity-hs-secret-4");
     let upstream = Upstream::start().await;
     let rest = "
 [[actor]]
@@ -1103,7 +1098,6 @@ async fn redaction_in_mask_mode() {
 #[tokio::test]
 async fn redaction_in_hmac_mode_keeps_equal_values_searchable() {
     let key = "it-identity-redact-hmac-key";
-    std::env::set_var("IT_IDENTITY_REDACT_KEY", key);
     let upstream = Upstream::start().await;
     let rest = format!(
         "[redact]\nfields = [\"ssn\", \"email\", \"token\", \"x-session\"]\nmode = \"hmac\"\nhmac_key_env = \"IT_IDENTITY_REDACT_KEY\"\n{PROFILE_RULE}"
