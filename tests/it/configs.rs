@@ -82,7 +82,14 @@ fn an_invalid_config_lists_every_error_and_exits_64() {
     let path = dir.0.join("bad.toml");
     std::fs::write(
         &path,
-        "[proxy]\nupstream = \"nowhere\"\nmax_body_capture = \"huge\"\n[[rule]]\nname = \"a\"\npath = \"/x/{id\"\naction = \"x\"\n[[rule]]\nname = \"b\"\nstatus = \"9xx\"\naction = \"{nope}\"\n",
+        "[proxy]\nupstream = \"nowhere\"\nmax_body_capture = \"huge\"\n\
+         [log]\nsign_every = 0\n\
+         [retention]\nmax_age = \"forever\"\n\
+         [[actor]]\nfrom = \"magic\"\n\
+         [redact]\nfields = [\"token\"]\nmode = \"hmac\"\n\
+         [hints]\nmax_metadata = \"enormous\"\n\
+         [stream]\nndjson = \"audit.ndjson\"\nkeep = 0\n\
+         [[rule]]\nname = \"a\"\npath = \"/x/{id\"\naction = \"x\"\n[[rule]]\nname = \"b\"\nstatus = \"9xx\"\naction = \"{nope}\"\n",
     )
     .expect("write");
     let output = binary()
@@ -93,9 +100,15 @@ fn an_invalid_config_lists_every_error_and_exits_64() {
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
     for expected in [
-        "5 errors",
+        "11 errors",
         "proxy.upstream",
         "proxy.max_body_capture",
+        "log.sign_every",
+        "retention.max_age",
+        "actor #1 (magic).from",
+        "redact: mode = \"hmac\" needs hmac_key_env",
+        "hints.max_metadata",
+        "stream.keep",
         "rule #1 (\"a\").path",
         "rule #2 (\"b\").status",
         "rule #2 (\"b\").action",
