@@ -48,17 +48,8 @@ async fn committed_entries_reach_the_ndjson_file_once_each() {
     assert_eq!(lines.len(), stored.len(), "one line per stored entry");
     let rotated = path.with_file_name("audit.ndjson.1");
     assert!(rotated.exists(), "the stream reached its rotation size");
-    for index in 1..=20 {
-        let file = path.with_file_name(format!("audit.ndjson.{index}"));
-        if let Ok(metadata) = std::fs::metadata(&file) {
-            assert!(
-                metadata.len() <= 4096,
-                "{} is {} bytes",
-                file.display(),
-                metadata.len()
-            );
-        }
-    }
+    // File sizes are not checked here: one commit's lines go in one write, so under load a
+    // batch bigger than max_bytes makes a file that size (the unit test checks the limit).
     for (line, entry) in lines.iter().zip(&stored) {
         assert_eq!(line["id"], entry.id.as_str());
         assert_eq!(
