@@ -1119,7 +1119,6 @@ mod tests {
 
     #[test]
     fn verified_hs256_jwt() {
-        std::env::set_var("ACTOR_TEST_SECRET_1", "s3cret");
         let chain = chain("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_1\"\nroles = \"realm.roles\"\ntenant = \"org.id\"\n");
         let token = hs256(
             json!({"sub": "u1", "email": "a@x.io", "exp": in_ten_minutes(), "realm": {"roles": ["admin"]}, "org": {"id": 7}}),
@@ -1141,7 +1140,6 @@ mod tests {
 
     #[test]
     fn wrongly_signed_or_expired_jwt_is_unverified_with_reason() {
-        std::env::set_var("ACTOR_TEST_SECRET_2", "right");
         let chain =
             chain("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_2\"\n");
         let actor = bearer(&chain, &hs256(json!({"sub": "mallory"}), "wrong"));
@@ -1159,7 +1157,6 @@ mod tests {
 
     #[test]
     fn alg_none_and_key_confusion_are_refused_before_any_signature_check() {
-        std::env::set_var("ACTOR_TEST_SECRET_5", "k");
         let chain =
             chain("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_5\"\n");
         let none = format!(
@@ -1185,7 +1182,6 @@ mod tests {
 
     #[test]
     fn garbage_tokens_never_panic() {
-        std::env::set_var("ACTOR_TEST_SECRET_3", "k");
         let chain = chain("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_3\"\non_invalid = \"anonymous\"\n");
         let huge = format!("Bearer {}", "a".repeat(100_000));
         for value in [
@@ -1278,7 +1274,6 @@ mod tests {
 
     #[test]
     fn verified_tokens_are_remembered_until_exp() {
-        std::env::set_var("ACTOR_TEST_SECRET_6", "cache");
         let chain =
             chain("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_6\"\n");
         let Source::Jwt(source) = &chain.sources[0] else {
@@ -1570,7 +1565,6 @@ mod tests {
 
     #[test]
     fn api_keys_are_named_or_hashed_never_kept() {
-        std::env::set_var("ACTOR_TEST_HMAC_1", "an hmac key of some length");
         let known = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"sk_live_known"));
         let chain = chain(&format!(
             "[[actor]]\nfrom = \"api_key\"\nheader = \"x-api-key\"\nkeys = [{{ name = \"ci\", sha256 = \"{known}\" }}]\nhmac_key_env = \"ACTOR_TEST_HMAC_1\"\n[[actor]]\nfrom = \"api_key\"\nquery = \"api_key\"\nkeys = [{{ name = \"ci-query\", sha256 = \"{known}\" }}]\n"
@@ -1604,7 +1598,6 @@ mod tests {
 
     #[test]
     fn body_sources_wait_for_the_body_and_keep_the_chain_order() {
-        std::env::set_var("ACTOR_TEST_SECRET_7", "k");
         let chain = chain("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_7\"\n[[actor]]\nfrom = \"body\"\nemail = \"/email\"\npaths = [\"/login\"]\n");
         let token = hs256(json!({"sub": "u"}), "k");
         let auth = format!("Bearer {token}");

@@ -132,10 +132,15 @@ mod tests {
     use super::*;
 
     fn entries(count: usize, action: &str) -> Vec<AuditEntry> {
+        entries_from(1, count, action)
+    }
+
+    /// `count` entries numbered from `first_seq` on.
+    fn entries_from(first_seq: u64, count: usize, action: &str) -> Vec<AuditEntry> {
         (0..count)
             .map(|index| {
                 let mut entry = AuditEntry::new("log-a", action);
-                entry.seq = index as u64 + 1;
+                entry.seq = first_seq + index as u64;
                 entry.path = Some("/line\nbreak".into());
                 entry
             })
@@ -170,16 +175,37 @@ mod tests {
         // rotated files are kept, and no line is split or lost between the files kept.
         for round in 0..20 {
             stream
-                .write_entries(&entries(5, &format!("round{round}")))
+                .write_entries(&entries_from(4 + round * 5, 5, &format!("round{round}")))
                 .expect("writes");
         }
-        let size = std::fs::metadata(&path).expect("live file").len();
-        assert!(size <= 4096, "live file is {size} bytes");
+        let last_seq = 3 + 20 * 5;
         let rotated: Vec<PathBuf> = (1..=3)
             .map(|index| dir.join(format!("nested/audit.ndjson.{index}")))
             .collect();
         assert!(rotated[0].exists() && rotated[1].exists());
         assert!(!rotated[2].exists(), "only `keep` rotated files remain");
+        // Oldest file first: every file is within the limit and holds whole lines, and together
+        // they hold one unbroken run of entries that ends with the last one written.
+        let mut seqs = Vec::new();
+        for file in [&rotated[1], &rotated[0], &path] {
+            let size = std::fs::metadata(file).expect("file").len();
+            assert!(size <= 4096, "{} is {size} bytes", file.display());
+            let text = std::fs::read_to_string(file).expect("read");
+            assert!(text.ends_with('\n'), "{} ends mid-line", file.display());
+            let file_lines = lines(file);
+            assert!(!file_lines.is_empty(), "{} is empty", file.display());
+            for line in file_lines {
+                assert_eq!(line["path"], "/line\nbreak");
+                seqs.push(line["seq"].as_u64().expect("seq"));
+            }
+        }
+        let first = seqs[0];
+        assert!(first > 1, "the oldest lines were rotated away");
+        assert_eq!(
+            seqs,
+            (first..=last_seq).collect::<Vec<u64>>(),
+            "no line lost or repeated between the files kept"
+        );
         let newest = lines(&path);
         assert_eq!(newest.last().expect("a line")["action"], "round19");
         // Reopening appends where it left off.

@@ -718,7 +718,7 @@ fn write_with_retry(
                 if closing_now && attempts >= ATTEMPTS_AT_SHUTDOWN {
                     shared.stats.entries_lost.add(batch.len() as u64);
                     for entry in batch.iter() {
-                        tracing::error!(entry = %entry.id, action = %entry.action, "entry lost at shutdown: neither the store nor the spill file accepted it");
+                        tracing::error!(entry = %entry.id, request_id = entry.request_id.as_deref().unwrap_or(""), action = %entry.action, "entry lost at shutdown: neither the store nor the spill file accepted it");
                     }
                     return false;
                 }
@@ -977,14 +977,21 @@ mod tests {
         while handle.stats().store_errors.get() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // The writer is now retrying that batch; an intent must still be answered promptly.
+        // The writer is now retrying that batch, and keeps retrying until the lock goes, which
+        // is only after the intent's answer: an intent queued behind the batch would never be
+        // answered here. The bound only keeps that failure from hanging the test.
         let answer = tokio::time::timeout(
-            Duration::from_secs(1),
+            Duration::from_secs(60),
             handle.write_ahead(AuditEntry::new("t", "intent")),
         )
         .await
         .expect("answered while the batch is retried");
         assert!(answer.is_err(), "the store cannot take it");
+        assert_eq!(
+            handle.stats().entries_written.get(),
+            0,
+            "the batch was still being retried when the intent was answered"
+        );
         lock.execute_batch("ROLLBACK").expect("unlocks");
         let answer = tokio::time::timeout(
             Duration::from_secs(5),

@@ -4,13 +4,13 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use auditgate::config::Config;
 use auditgate::server::Sidecar;
 
 use crate::support::{
-    config_text, eventually, read_entries, HttpClient, Process, TempDir, Upstream,
+    config_text, eventually, metric_count, read_entries, HttpClient, Process, TempDir, Upstream,
 };
 
 const RULES: &str = r#"
@@ -29,6 +29,10 @@ path = "/notes/{id}"
 action = "note.created"
 resource = { type = "note", id = "{id}" }
 "#;
+
+/// Set to `1` (scripts/test does, when it runs as root) to make the full-disk test fail instead of
+/// skip when it cannot mount its tmpfs.
+const REQUIRE_TMPFS: &str = "AUDITGATE_REQUIRE_TMPFS";
 
 /// A small tmpfs mounted for one test and unmounted when dropped, even when the test fails.
 struct Tmpfs {
@@ -98,17 +102,18 @@ impl Drop for Tmpfs {
     }
 }
 
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-}
-
 #[tokio::test]
 async fn a_full_disk_fails_write_ahead_closed_loses_nothing_and_recovers_by_itself() {
     let disk = match Tmpfs::mount("2m") {
         Ok(disk) => disk,
         Err(reason) => {
-            eprintln!("skipped: cannot mount a tmpfs here ({reason})");
+            // Mounting needs root. Where the test must run (scripts/test as root, as in CI),
+            // failing to mount fails the test rather than skipping it unseen.
+            assert!(
+                std::env::var(REQUIRE_TMPFS).as_deref() != Ok("1"),
+                "{REQUIRE_TMPFS}=1 but a tmpfs cannot be mounted: {reason}"
+            );
+            eprintln!("skipped: cannot mount a tmpfs here ({reason}); {REQUIRE_TMPFS}=1 makes this a failure");
             return;
         }
     };
@@ -132,15 +137,15 @@ async fn a_full_disk_fails_write_ahead_closed_loses_nothing_and_recovers_by_itse
 
     // Write-ahead requests are refused, each at once, and never reach the app.
     for id in ["full-1", "full-2", "full-3"] {
-        let started = Instant::now();
+        // The bound only keeps a held request from hanging the test; how fast the refusal comes
+        // is for the benchmarks.
         let reply = tokio::time::timeout(
-            Duration::from_secs(5),
+            Duration::from_secs(30),
             client.send("DELETE", &proxy(&format!("/api/users/{id}")), &[], ""),
         )
         .await
         .expect("a write-ahead request on a full disk is answered, not held");
         assert_eq!(reply.status, 503, "{id}: {}", reply.text());
-        assert!(started.elapsed() < Duration::from_secs(3), "{id} waited");
     }
     assert_eq!(
         upstream.count(),
@@ -154,8 +159,14 @@ async fn a_full_disk_fails_write_ahead_closed_loses_nothing_and_recovers_by_itse
     assert_eq!(upstream.count(), forwarded_before + 1);
     assert_eq!(client.get(&admin("/readyz")).await.status, 503);
     let metrics = client.get(&admin("/metrics")).await.text();
-    assert_eq!(metric(&metrics, "auditgate_entries_lost_total"), Some(0));
-    assert!(metric(&metrics, "auditgate_fail_closed_total").unwrap_or(0) >= 3);
+    assert_eq!(
+        metric_count(&metrics, "auditgate_entries_lost_total"),
+        Some(0)
+    );
+    assert_eq!(
+        metric_count(&metrics, "auditgate_fail_closed_total"),
+        Some(3)
+    );
 
     // Space returns: the service recovers by itself, and every entry arrives.
     std::fs::remove_file(&filler).expect("free the disk");
@@ -175,7 +186,10 @@ async fn a_full_disk_fails_write_ahead_closed_loses_nothing_and_recovers_by_itse
     assert_eq!(reply.status, 200, "write-ahead works again");
     assert!(sidecar.writer().flushed(Duration::from_secs(5)).await);
     let metrics = client.get(&admin("/metrics")).await.text();
-    assert_eq!(metric(&metrics, "auditgate_entries_lost_total"), Some(0));
+    assert_eq!(
+        metric_count(&metrics, "auditgate_entries_lost_total"),
+        Some(0)
+    );
     sidecar.shutdown().await;
 
     // Every entry is stored once: the refused attempts as 503s, the note as forwarded.
@@ -283,7 +297,10 @@ async fn a_deleted_database_is_detected_and_nothing_is_written_into_it() {
         "the entry was not spilled"
     );
     let metrics = client.get(&admin("/metrics")).await.text();
-    assert_eq!(metric(&metrics, "auditgate_entries_lost_total"), Some(0));
+    assert_eq!(
+        metric_count(&metrics, "auditgate_entries_lost_total"),
+        Some(0)
+    );
     process.stop();
 
     // A restart starts a new database and re-imports what was spilled.
@@ -344,7 +361,10 @@ async fn a_deleted_wal_is_detected_and_what_it_held_survives_a_crash() {
         .get(&format!("http://{}/metrics", process.admin))
         .await
         .text();
-    assert_eq!(metric(&metrics, "auditgate_entries_lost_total"), Some(0));
+    assert_eq!(
+        metric_count(&metrics, "auditgate_entries_lost_total"),
+        Some(0)
+    );
     assert_eq!(
         client
             .get(&format!("http://{}/readyz", process.admin))

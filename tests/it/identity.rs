@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -173,7 +174,6 @@ async fn assert_never_stored(sidecar: &mut TestSidecar, stored: &str, secrets: &
 
 #[tokio::test]
 async fn hs256_tokens_valid_expired_not_yet_valid_and_wrongly_signed() {
-    std::env::set_var("IT_IDENTITY_HS_1", "it-identity-hs-secret-1");
     let upstream = Upstream::start().await;
     let mut sidecar = TestSidecar::start(
         upstream.addr,
@@ -388,7 +388,6 @@ on_invalid = \"anonymous\"
 
 #[tokio::test]
 async fn truncated_non_base64_and_huge_tokens_pass_through_unharmed() {
-    std::env::set_var("IT_IDENTITY_HS_2", "it-identity-hs-secret-2");
     let upstream = Upstream::start().await;
     let sidecar = TestSidecar::start(
         upstream.addr,
@@ -441,7 +440,6 @@ async fn truncated_non_base64_and_huge_tokens_pass_through_unharmed() {
 
 #[tokio::test]
 async fn tokens_in_named_headers_and_cookies_and_verify_false() {
-    std::env::set_var("IT_IDENTITY_HS_3", "it-identity-hs-secret-3");
     let upstream = Upstream::start().await;
     let rest = format!(
         "{RECORD_ALL}
@@ -798,7 +796,6 @@ metadata = { credentials = \"request.header:authorization\", via = \"{request.he
 
 #[tokio::test]
 async fn api_keys_are_recorded_by_name_or_keyed_hash_never_the_key() {
-    std::env::set_var("IT_IDENTITY_KEY_HMAC", "it-identity-api-key-hmac-secret");
     let known = "sk_live_known_key_0001";
     let partner = "pk_partner_key_0002";
     let unknown = "sk_live_unknown_key_0003";
@@ -858,7 +855,6 @@ metadata = {{ header = \"request.header:x-api-key\", query = \"query:api_key\", 
 
 #[tokio::test]
 async fn a_failed_login_records_the_attempted_login_from_the_body() {
-    std::env::set_var("IT_IDENTITY_HS_4", "it-identity-hs-secret-4");
     let upstream = Upstream::start().await;
     let rest = "
 [[actor]]
@@ -1202,7 +1198,6 @@ async fn redaction_in_mask_mode() {
 #[tokio::test]
 async fn redaction_in_hmac_mode_keeps_equal_values_searchable() {
     let key = "it-identity-redact-hmac-key";
-    std::env::set_var("IT_IDENTITY_REDACT_KEY", key);
     let upstream = Upstream::start().await;
     let rest = format!(
         "[redact]\nfields = [\"ssn\", \"email\", \"token\", \"x-session\"]\nmode = \"hmac\"\nhmac_key_env = \"IT_IDENTITY_REDACT_KEY\"\n{PROFILE_RULE}"
@@ -1387,4 +1382,114 @@ fn explain_shows_which_identity_headers_the_app_would_not_see() {
     let shown = explain(&config, &[], &trusted);
     assert_eq!(shown["upstream"]["removedHeaders"], json!([]));
     assert_eq!(shown["actor"]["id"], json!("admin"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets in every place an entry goes
+// ---------------------------------------------------------------------------------------------
+
+/// Which of `secrets` occur in `bytes`, verbatim.
+fn secrets_in<'a>(bytes: &[u8], secrets: &[&'a str]) -> Vec<&'a str> {
+    secrets
+        .iter()
+        .copied()
+        .filter(|secret| {
+            bytes
+                .windows(secret.len())
+                .any(|window| window == secret.as_bytes())
+        })
+        .collect()
+}
+
+/// Redaction holds beyond the database: the spill file, the `[stream]` NDJSON file, and every
+/// export format, from the admin API and from the CLI, carry no secret that was sent. Each of
+/// them does carry the entry (its resource id), so a scan of an empty or unrelated file cannot
+/// pass for a clean one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_spill_file_the_stream_or_any_export() {
+    // The scanner's positive control: a secret planted in some text is found.
+    let planted = format!("{{\"note\":\"{}\"}}", PROFILE_SECRETS[3]);
+    assert_eq!(
+        secrets_in(planted.as_bytes(), &PROFILE_SECRETS),
+        vec![PROFILE_SECRETS[3]]
+    );
+
+    let upstream = Upstream::start().await;
+    let out = TempDir::new("secrets-out");
+    let stream = out.0.join("audit.ndjson");
+    let rest = format!(
+        "[redact]\nfields = [\"ssn\", \"token\", \"X-Session\"]\nmode = \"mask\"\n[stream]\nndjson = \"{}\"\n{PROFILE_RULE}",
+        stream.display()
+    );
+    let mut sidecar = TestSidecar::start_with_store(
+        upstream.addr,
+        "flush_interval = \"1ms\"\nbusy_timeout = \"50ms\"",
+        &rest,
+    )
+    .await;
+    post_profile(&sidecar, "123-45-6789").await;
+    sidecar.wait_entries(1).await;
+
+    let mut artifacts: Vec<(String, Vec<u8>)> = Vec::new();
+    let client = HttpClient::new();
+    for format in ["csv", "json", "ndjson"] {
+        let reply = client
+            .get_admin(&format!(
+                "http://{}/api/v1/export?format={format}",
+                sidecar.admin
+            ))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        artifacts.push((format!("API export ({format})"), reply.body.to_vec()));
+        let cli = std::process::Command::new(env!("CARGO_BIN_EXE_auditgate"))
+            .args(["export", "--format", format, "--db"])
+            .arg(&sidecar.db)
+            .output()
+            .expect("auditgate export runs");
+        assert!(
+            cli.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cli.stderr)
+        );
+        artifacts.push((format!("CLI export ({format})"), cli.stdout));
+    }
+
+    // The store refuses writes (another connection holds its lock): the next entry is spilled.
+    let lock = rusqlite::Connection::open(&sidecar.db).expect("open");
+    lock.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    post_profile(&sidecar, "123-45-6789").await;
+    let writer = sidecar.sidecar.as_ref().expect("running").writer();
+    assert!(
+        crate::support::eventually(Duration::from_secs(20), async || writer
+            .stats()
+            .entries_spilled
+            .get()
+            >= 1)
+        .await,
+        "the entry was not spilled"
+    );
+    let spill = sidecar.dir.0.join("audit.db.spill.ndjson");
+    artifacts.push((
+        "spill file".to_string(),
+        std::fs::read(&spill).expect("spill file"),
+    ));
+    drop(lock);
+    sidecar.stop().await;
+    artifacts.push((
+        "[stream] file".to_string(),
+        std::fs::read(&stream).expect("stream file"),
+    ));
+
+    let mut leaks = Vec::new();
+    for (name, bytes) in &artifacts {
+        assert!(
+            !secrets_in(bytes, &["u-42"]).is_empty(),
+            "{name} does not hold the entry: {}",
+            String::from_utf8_lossy(bytes)
+        );
+        for secret in secrets_in(bytes, &PROFILE_SECRETS) {
+            leaks.push(format!("{secret} in the {name}"));
+        }
+    }
+    assert!(leaks.is_empty(), "secrets leaked: {leaks:#?}");
 }

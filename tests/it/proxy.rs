@@ -570,9 +570,14 @@ async fn a_burst_of_concurrent_requests_gives_one_entry_each() {
 
 #[tokio::test]
 async fn shutdown_writes_every_queued_entry() {
-    let (_upstream, mut sidecar, client) = setup().await;
+    let upstream = Upstream::start().await;
+    // The writer lingers an hour for a batch to gather: the entries are still queued when the
+    // shutdown comes, and only the shutdown's flush can write them.
+    let mut sidecar =
+        TestSidecar::start_with_store(upstream.addr, "flush_interval = \"1h\"", RULES).await;
+    let client = HttpClient::new();
     for index in 0..100 {
-        client
+        let reply = client
             .send(
                 "DELETE",
                 &sidecar.url(&format!("/api/users/{index}")),
@@ -580,9 +585,30 @@ async fn shutdown_writes_every_queued_entry() {
                 "",
             )
             .await;
+        assert_eq!(reply.status, 200);
     }
+    let writer = sidecar.sidecar.as_ref().expect("running").writer();
+    // Entries are queued when the response body ends, a moment after the client has it.
+    assert!(
+        crate::support::eventually(Duration::from_secs(10), async || writer.depth() == 100).await,
+        "{} entries queued",
+        writer.depth()
+    );
+    assert_eq!(
+        crate::support::read_entries(&sidecar.db).len(),
+        0,
+        "nothing was written before the shutdown"
+    );
     sidecar.stop().await;
-    assert_eq!(crate::support::read_entries(&sidecar.db).len(), 100);
+    let mut ids: Vec<String> = crate::support::read_entries(&sidecar.db)
+        .into_iter()
+        .filter_map(|entry| entry.resource_id)
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = (0..100).map(|index| index.to_string()).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "every queued entry is written once");
+    assert_eq!(writer.stats().entries_lost.get(), 0);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{HttpClient, TempDir, TestSidecar, Upstream};
+use crate::support::{eventually, metric_count, HttpClient, TempDir, TestSidecar, Upstream};
 
 #[tokio::test]
 async fn committed_entries_reach_the_ndjson_file_once_each() {
@@ -13,7 +13,7 @@ async fn committed_entries_reach_the_ndjson_file_once_each() {
     let sidecar = TestSidecar::start(
         upstream.addr,
         &format!(
-            "[stream]\nndjson = \"{}\"\nmax_bytes = \"64KiB\"\nkeep = 2\n\n[[rule]]\nname = \"all\"\npath = \"/{{*rest}}\"\naction = \"siem.{{rest}}\"\n",
+            "[stream]\nndjson = \"{}\"\nmax_bytes = \"4KiB\"\nkeep = 20\n\n[[rule]]\nname = \"all\"\npath = \"/{{*rest}}\"\naction = \"siem.{{rest}}\"\n",
             path.display()
         ),
     )
@@ -24,20 +24,32 @@ async fn committed_entries_reach_the_ndjson_file_once_each() {
         assert_eq!(reply.status, 200);
     }
     let stored = sidecar.wait_entries(30).await;
-    // The line is written right after the commit the entries were read back from.
-    let mut lines = Vec::new();
-    for _ in 0..200 {
-        lines = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a JSON line"))
-            .collect();
-        if lines.len() >= stored.len() {
-            break;
+    // The line is written right after the commit the entries were read back from. Thirty entries
+    // fill several 4 KiB files; keep = 20 holds them all, so the rotated files and the live one,
+    // oldest first, are the whole stream.
+    let read_stream = || {
+        let mut lines = Vec::new();
+        for index in (1..=20).rev() {
+            let rotated = path.with_file_name(format!("audit.ndjson.{index}"));
+            lines.extend(ndjson_lines(&rotated));
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        lines.extend(ndjson_lines(&path));
+        lines
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || read_stream().len()
+            >= stored.len())
+        .await,
+        "the stream has {} lines for {} entries",
+        read_stream().len(),
+        stored.len()
+    );
+    let lines = read_stream();
     assert_eq!(lines.len(), stored.len(), "one line per stored entry");
+    let rotated = path.with_file_name("audit.ndjson.1");
+    assert!(rotated.exists(), "the stream reached its rotation size");
+    // File sizes are not checked here: one commit's lines go in one write, so under load a
+    // batch bigger than max_bytes makes a file that size (the unit test checks the limit).
     for (line, entry) in lines.iter().zip(&stored) {
         assert_eq!(line["id"], entry.id.as_str());
         assert_eq!(
@@ -51,8 +63,18 @@ async fn committed_entries_reach_the_ndjson_file_once_each() {
         .get(&format!("http://{}/metrics", sidecar.admin))
         .await
         .text();
-    assert!(
-        metrics.contains(&format!("auditgate_stream_lines_total {}", stored.len())),
+    assert_eq!(
+        metric_count(&metrics, "auditgate_stream_lines_total"),
+        Some(stored.len() as u64),
         "{metrics}"
     );
+}
+
+/// Every line of an NDJSON file, each parsed (a torn line fails the test); none if it is absent.
+fn ndjson_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a JSON line"))
+        .collect()
 }

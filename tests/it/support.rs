@@ -572,34 +572,43 @@ impl Process {
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             log: Arc::new(std::sync::Mutex::new(Vec::new())),
         };
-        let mut lines = BufReader::new(stderr.expect("stderr")).lines();
-        let (mut proxy, mut admin) = (None, None);
-        for line in lines.by_ref() {
-            let line = line.expect("line");
-            if line.contains("auditgate is serving") {
-                let field = |name: &str| -> Option<SocketAddr> {
-                    let start = line.find(&format!("{name}="))? + name.len() + 1;
-                    line[start..]
-                        .split_whitespace()
-                        .next()?
-                        .trim_end_matches(|c: char| !c.is_ascii_digit())
-                        .parse()
-                        .ok()
-                };
-                proxy = field("proxy");
-                admin = field("admin");
-                break;
-            }
-        }
-        // Keep reading stderr so the child never blocks on a full pipe, and keep it for `logged`.
+        // One thread reads stderr for the life of the child (so it never blocks on a full pipe)
+        // and keeps every line for `logged`; the "serving" line is handed over with a bound, so
+        // a child that never gets there fails the test instead of hanging it.
+        let lines = BufReader::new(stderr.expect("stderr")).lines();
         let sink = process.log.clone();
+        let (serving, serving_line) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
+                if line.contains("auditgate is serving") {
+                    let _ = serving.send(line.clone());
+                }
                 if let Ok(mut log) = sink.lock() {
                     log.push(line);
                 }
             }
         });
+        let line = match serving_line.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let log = process
+                    .log
+                    .lock()
+                    .map(|log| log.join("\n"))
+                    .unwrap_or_default();
+                panic!("auditgate did not start serving within 60 s; its log:\n{log}");
+            }
+        };
+        let field = |name: &str| -> Option<SocketAddr> {
+            let start = line.find(&format!("{name}="))? + name.len() + 1;
+            line[start..]
+                .split_whitespace()
+                .next()?
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        };
+        let (proxy, admin) = (field("proxy"), field("admin"));
         process.proxy = proxy.expect("proxy address in the log");
         process.admin = admin.expect("admin address in the log");
         process
@@ -746,4 +755,204 @@ pub fn https_identity(dir: &std::path::Path) -> (std::path::PathBuf, tokio_rustl
         dir.join("ca.pem"),
         tokio_rustls::TlsAcceptor::from(Arc::new(config)),
     )
+}
+
+/// The value of one sample in a Prometheus text exposition, matched exactly: `series` is the
+/// metric name with its labels as printed (`auditgate_entries_lost_total`,
+/// `auditgate_requests_total{outcome="success"}`). `None` when the series is absent, so
+/// `auditgate_x_total 1` never matches a line that says 10.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            // The series ends at the closing brace of its labels, or at the first space.
+            let end = match line.find('{') {
+                Some(open) if line[..open].find(' ').is_none() => {
+                    open + line[open..].find('}')? + 1
+                }
+                _ => line.find(' ')?,
+            };
+            if &line[..end] != series {
+                return None;
+            }
+            line[end..].split_whitespace().next()?.parse().ok()
+        })
+}
+
+/// [`metric_value`] for counters and gauges that hold whole numbers.
+pub fn metric_count(text: &str, series: &str) -> Option<u64> {
+    let value = metric_value(text, series)?;
+    (value >= 0.0 && value.fract() == 0.0).then_some(value as u64)
+}
+
+impl TestSidecar {
+    /// Like [`TestSidecar::start`], with `store_keys` in place of the default
+    /// `flush_interval = "1ms"` (a test that needs a queue to build up sets a long one).
+    pub async fn start_with_store(
+        upstream: SocketAddr,
+        store_keys: &str,
+        rest: &str,
+    ) -> TestSidecar {
+        let dir = TempDir::new("sidecar");
+        let db = dir.0.join("audit.db");
+        let text =
+            config_text(upstream, &db, "", rest).replace("flush_interval = \"1ms\"", store_keys);
+        let config = match Config::parse(&text, &dir.0) {
+            Ok(config) => config,
+            Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
+        };
+        let sidecar = Sidecar::start(config, None).await.expect("sidecar starts");
+        TestSidecar {
+            proxy: sidecar.proxy_addr,
+            admin: sidecar.admin_addr,
+            sidecar: Some(sidecar),
+            db,
+            dir,
+        }
+    }
+}
+
+/// What the library logs at ERROR level in this test process, one JSON object per line, from the
+/// first call on (the first call installs the process-wide subscriber that collects it). Tests
+/// run in parallel and share it: pick the lines out by something only your test has.
+pub fn error_log() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOG: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::ERROR)
+            .with_writer(move || LogWriter(sink.clone()))
+            .finish();
+        // Another subscriber already installed would mean the lines go elsewhere: say so.
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global tracing subscriber in the test binary");
+        log
+    })
+    .clone()
+}
+
+/// The lines of [`error_log`] so far, parsed.
+pub fn error_lines() -> Vec<Value> {
+    let log = error_log();
+    let bytes = log.lock().map(|log| log.clone()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut log) = self.0.lock() {
+            log.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A test app that, as each request arrives, looks in the sidecar's SQLite store (through its
+/// own read-only connection, so it sees only committed transactions) for the write-ahead intent
+/// of that request, by its `X-Request-Id`. It answers 200 either way and remembers what it saw:
+/// an intent missing on arrival means the request was forwarded before its intent was durable.
+pub struct IntentCheckingUpstream {
+    pub addr: SocketAddr,
+    /// Request ids the app saw, each with whether its intent was already in the store.
+    pub seen: Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+}
+
+impl IntentCheckingUpstream {
+    pub async fn start(db: PathBuf) -> IntentCheckingUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task_seen = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (seen, db) = (task_seen.clone(), db.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let (seen, db) = (seen.clone(), db.clone());
+                        async move {
+                            let id = request
+                                .headers()
+                                .get("x-request-id")
+                                .and_then(|value| value.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string();
+                            let lookup = (db, id.clone());
+                            let found = tokio::task::spawn_blocking(move || {
+                                intent_is_stored(&lookup.0, &lookup.1)
+                            })
+                            .await
+                            .unwrap_or(false);
+                            if let Ok(mut seen) = seen.lock() {
+                                seen.push((id, found));
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(full("{}")))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        IntentCheckingUpstream { addr, seen }
+    }
+
+    /// Request ids that arrived without their intent in the store.
+    pub fn forwarded_before_durable(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .map(|seen| {
+                seen.iter()
+                    .filter(|(_, found)| !found)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every request id the app saw.
+    pub fn seen_ids(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .map(|seen| seen.iter().map(|(id, _)| id.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Whether the `pending` table of the SQLite store at `db` holds an intent with this request id
+/// (the intent is the entry's JSON, in the API's camelCase form).
+fn intent_is_stored(db: &std::path::Path, request_id: &str) -> bool {
+    let Ok(connection) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return false;
+    };
+    let _ = connection.busy_timeout(Duration::from_secs(5));
+    let Ok(mut statement) = connection.prepare("SELECT entry FROM pending") else {
+        return false;
+    };
+    let Ok(rows) = statement.query_map([], |row| row.get::<_, String>(0)) else {
+        return false;
+    };
+    let found = rows.map_while(Result::ok).any(|entry| {
+        serde_json::from_str::<Value>(&entry)
+            .is_ok_and(|entry| entry["requestId"].as_str() == Some(request_id))
+    });
+    found
 }

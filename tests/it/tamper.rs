@@ -692,7 +692,7 @@ async fn the_sidecar_prunes_in_the_background_and_the_log_still_verifies() {
     let (mut sidecar, heads_file, key) = signing_sidecar(
         &upstream,
         "sign_interval = \"100ms\"",
-        "[retention]\nmax_age = \"1s\"\nprune_interval = \"100ms\"\n",
+        "[retention]\nmax_age = \"2s\"\nprune_interval = \"100ms\"\n",
     )
     .await;
     let client = HttpClient::new();
@@ -701,21 +701,26 @@ async fn the_sidecar_prunes_in_the_background_and_the_log_still_verifies() {
             .send("PUT", &sidecar.url(&format!("/docs/{index}")), &[], "{}")
             .await;
     }
-    sidecar.wait_entries(4).await;
-    // After a second the four entries are due; prune records replace them (one, or more if
+    // The leaf hashes of the four entries, computed here from the entries as first stored
+    // (RFC 9162: SHA-256 of 0x00 and the entry's canonical bytes).
+    let originals = sidecar.wait_entries(4).await;
+    assert!(
+        originals.iter().all(|entry| entry.action != "audit.pruned"),
+        "pruned before the test could read the entries: {originals:#?}"
+    );
+    let original_leaves: Vec<[u8; 32]> = originals
+        .iter()
+        .map(|entry| oracle_hash(&[&[0x00], &entry.canonical_bytes()]))
+        .collect();
+    // After two seconds the four entries are due; prune records replace them (one, or more if
     // they fell due across two runs).
     let mut entries = Vec::new();
-    for _ in 0..500 {
+    let all_pruned = crate::support::eventually(Duration::from_secs(20), async || {
         entries = sidecar.entries().await;
-        if entries.iter().all(|entry| entry.action == "audit.pruned") && !entries.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        entries.iter().all(|entry| entry.action == "audit.pruned"),
-        "{entries:#?}"
-    );
+        entries.iter().all(|entry| entry.action == "audit.pruned") && !entries.is_empty()
+    })
+    .await;
+    assert!(all_pruned, "{entries:#?}");
     let pruned: u64 = entries
         .iter()
         .map(|record| record.metadata["count"].as_u64().unwrap_or(0))
@@ -729,17 +734,117 @@ async fn the_sidecar_prunes_in_the_background_and_the_log_still_verifies() {
         heads.iter().any(|head| head.head.size == size)
     })
     .await;
-    let proof = client.get_admin(&admin("/api/v1/entries/1/proof")).await;
-    assert_eq!(proof.status, 200, "{}", proof.text());
-    assert_eq!(proof.json()["pruned"], true);
-    assert_eq!(proof.json()["prunedBy"], 5);
+    let verifier = LogVerifier::load(&key).expect("key");
+    let published: Vec<Value> = read_heads(&heads_file)
+        .iter()
+        .map(|head| serde_json::to_value(head).expect("head JSON"))
+        .collect();
+    // Each pruned entry's proof: its original leaf hash, included in a head that was signed
+    // and published, by a check written here and not the product's.
+    for (seq, original_leaf) in (1..=4u64).zip(&original_leaves) {
+        let proof = client
+            .get_admin(&admin(&format!("/api/v1/entries/{seq}/proof")))
+            .await;
+        assert_eq!(proof.status, 200, "{}", proof.text());
+        let proof = proof.json();
+        assert_eq!(proof["pruned"], true);
+        // The prune record whose range holds the entry (the entries may fall due across runs).
+        let record = entries
+            .iter()
+            .find(|record| {
+                record.metadata["firstSeq"]
+                    .as_u64()
+                    .is_some_and(|first| first <= seq)
+                    && record.metadata["lastSeq"]
+                        .as_u64()
+                        .is_some_and(|last| last >= seq)
+            })
+            .map(|record| record.seq);
+        assert_eq!(proof["prunedBy"].as_u64(), record, "entry {seq}");
+        let leaf = hex_hash(&proof["leafHash"]);
+        assert_eq!(
+            &leaf, original_leaf,
+            "entry {seq}: the kept leaf hash is the original's"
+        );
+        let path: Vec<[u8; 32]> = proof["auditPath"]
+            .as_array()
+            .expect("auditPath")
+            .iter()
+            .map(hex_hash)
+            .collect();
+        let tree_size = proof["treeSize"].as_u64().expect("treeSize");
+        assert_eq!(proof["head"]["size"].as_u64(), Some(tree_size));
+        let root = oracle_root_from_inclusion(seq - 1, tree_size, leaf, &path)
+            .unwrap_or_else(|| panic!("entry {seq}: a malformed proof {proof}"));
+        assert_eq!(
+            root,
+            hex_hash(&proof["head"]["rootHash"]),
+            "entry {seq}: the proof does not lead to the head's root"
+        );
+        assert!(
+            published.contains(&proof["head"]),
+            "entry {seq}: the head is not one that was published: {}",
+            proof["head"]
+        );
+        let head: SignedTreeHead = serde_json::from_value(proof["head"].clone()).expect("head");
+        verifier
+            .verify(&head)
+            .expect("the head's signature verifies");
+    }
     let verify: Value = client.get_admin(&admin("/api/v1/verify")).await.json();
     assert_eq!(verify["ok"], true, "{verify}");
     sidecar.stop().await;
-    let verifier = LogVerifier::load(&key).expect("key");
     let report = verify_database(&sidecar.db, Some(&heads_file), &[verifier]).expect("readable");
     assert!(report.ok(), "{}", problem_text(&report));
     assert_eq!(report.pruned, 4);
+}
+
+/// SHA-256 over the parts, one after the other.
+fn oracle_hash(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+fn hex_hash(value: &Value) -> [u8; 32] {
+    let bytes = hex::decode(value.as_str().expect("a hex string")).expect("hex");
+    bytes.try_into().expect("32 bytes")
+}
+
+/// The root an inclusion proof leads to, by the algorithm of RFC 9162 section 2.1.3.2, written
+/// here apart from the product's: `None` when the proof does not fit the index and size.
+fn oracle_root_from_inclusion(
+    index: u64,
+    size: u64,
+    leaf: [u8; 32],
+    path: &[[u8; 32]],
+) -> Option<[u8; 32]> {
+    if index >= size {
+        return None;
+    }
+    let (mut fnode, mut snode, mut root) = (index, size - 1, leaf);
+    for sibling in path {
+        if snode == 0 {
+            return None;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            root = oracle_hash(&[&[0x01], sibling, &root]);
+            if fnode & 1 == 0 {
+                while fnode & 1 == 0 && fnode != 0 {
+                    fnode >>= 1;
+                    snode >>= 1;
+                }
+            }
+        } else {
+            root = oracle_hash(&[&[0x01], &root, sibling]);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    (snode == 0).then_some(root)
 }
 
 #[test]
@@ -1055,13 +1160,13 @@ async fn a_collector_down_at_shutdown_costs_a_bounded_wait_and_is_reported() {
         .as_ref()
         .and_then(|running| running.signer_stats())
         .expect("a signer");
-    let started = std::time::Instant::now();
-    sidecar.stop().await;
-    let took = started.elapsed();
-    accepting.abort();
     // The budget is twice publish_timeout plus a second (1.6 s), and a backstop of half a
-    // second after it; generous slack for a loaded machine, far below an unbounded wait.
-    assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+    // second after it. The bound here only tells a bounded wait from an unbounded one (the
+    // silent collector never answers); the counters below say what the budget did.
+    tokio::time::timeout(Duration::from_secs(60), sidecar.stop())
+        .await
+        .expect("shutdown waits a bounded time for a collector that never answers");
+    accepting.abort();
     let file = read_heads(&heads_file);
     assert!(
         file.len() >= 2,
@@ -1193,9 +1298,20 @@ fn a_stray_row_far_beyond_the_log_does_not_stall_verify() {
     let fixture = Fixture::new(20, 10);
     fixture
         .sql("INSERT INTO tree_nodes (level, idx, hash) VALUES (0, 1000000000000, zeroblob(32))");
-    let started = std::time::Instant::now();
-    let report = fixture.verify();
-    assert!(started.elapsed() < Duration::from_secs(30));
+    // A walk towards position 10^12 would not end: verify on a thread, with a bound that only
+    // tells "stopped" from "still walking".
+    let (db, heads, key) = (
+        fixture.db.clone(),
+        fixture.heads.clone(),
+        fixture.public_key(),
+    );
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(verify_database(&db, Some(&heads), &[key]).expect("readable"));
+    });
+    let report = receiver
+        .recv_timeout(Duration::from_secs(120))
+        .expect("verify stops at the gap instead of walking to the stray row");
     assert_tampered(
         &report,
         Some(21),
