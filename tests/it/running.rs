@@ -9,15 +9,9 @@ use auditgate::server::Sidecar;
 use sha2::{Digest, Sha256};
 
 use crate::support::{
-    config_text, eventually, HttpClient, Process, TempDir, TestSidecar, Upstream, TEST_TOKEN,
+    config_text, eventually, metric_value, HttpClient, Process, TempDir, TestSidecar, Upstream,
+    TEST_TOKEN,
 };
-
-/// The value of one exact series (name and labels) on a `/metrics` page.
-fn metric_value(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-}
 
 #[cfg(unix)]
 fn mode(path: &std::path::Path) -> u32 {
