@@ -44,7 +44,8 @@ pub struct ActorFile {
     pub header: Option<String>,
     /// jwt: cookie holding the token, instead of a header.
     pub cookie: Option<String>,
-    /// api_key: query parameter holding the key, instead of a header.
+    /// api_key: query parameter holding the key, instead of a header. jwt: query parameter
+    /// holding the token (`access_token`), instead of a header or cookie.
     pub query: Option<String>,
     /// jwt: claim (dotted path) for the actor id (default "sub"). header: header name.
     /// body: JSON pointer into the request body.
@@ -323,7 +324,7 @@ fn given_keys(file: &ActorFile) -> [(&'static str, bool, &'static [&'static str]
     [
         ("header", file.header.is_some(), &["jwt", "api_key"]),
         ("cookie", file.cookie.is_some(), JWT),
-        ("query", file.query.is_some(), &["api_key"]),
+        ("query", file.query.is_some(), &["jwt", "api_key"]),
         ("id", file.id.is_some(), &["jwt", "header", "body"]),
         ("email", file.email.is_some(), &["jwt", "header", "body"]),
         ("name", file.name.is_some(), &["jwt", "header", "body"]),
@@ -596,6 +597,7 @@ impl ActorChain {
                     api_key::KeyPlace::Query(name) => Some(name.clone()),
                     api_key::KeyPlace::Header(_) => None,
                 },
+                Source::Jwt(jwt) => jwt.token_query().map(str::to_string),
                 _ => None,
             })
             .collect()
@@ -626,7 +628,9 @@ impl ActorChain {
         for (index, source) in self.sources.iter().enumerate() {
             trace.at(index, source.label());
             let found = match source {
-                Source::Jwt(jwt) => jwt.resolve(request.headers, &mut notes, &mut trace),
+                Source::Jwt(jwt) => {
+                    jwt.resolve(request.headers, request.query, &mut notes, &mut trace)
+                }
                 Source::Basic => basic(request.headers, &mut notes, &mut trace),
                 Source::Header(header) => header.resolve(request, &mut notes, &mut trace),
                 Source::ApiKey(key) => {
@@ -1012,6 +1016,24 @@ mod tests {
         let errors = ActorChain::compile(&parse(text), &[], Path::new("/")).expect_err("invalid");
         let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
         all.join("\n")
+    }
+
+    #[test]
+    fn a_jwt_comes_from_one_place_and_its_query_parameter_is_a_secret() {
+        let both = errors("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_1\"\nquery = \"access_token\"\ncookie = \"session\"\n");
+        assert!(
+            both.contains("give one of header, cookie or query"),
+            "{both}"
+        );
+        let empty = errors(
+            "[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_1\"\nquery = \"\"\n",
+        );
+        assert!(empty.contains("names no query parameter"), "{empty}");
+        let chain = chain("[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_1\"\nquery = \"access_token\"\n");
+        assert_eq!(
+            chain.secret_query_parameters(),
+            vec!["access_token".to_string()]
+        );
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

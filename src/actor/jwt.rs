@@ -1,4 +1,5 @@
-//! The `jwt` actor source: a token from a header or a cookie, verified with a pinned key.
+//! The `jwt` actor source: a token from a header, a cookie or a query parameter, verified with a
+//! pinned key.
 //!
 //! Keys are compiled at load time: an HS256 secret read from the environment, one PEM public key
 //! (RSA, EC P-256/P-384 or Ed25519), or a JWKS file whose keys are looked up by the token's `kid`.
@@ -44,9 +45,12 @@ enum OnInvalid {
     Anonymous,
 }
 
-enum TokenPlace {
+pub(super) enum TokenPlace {
     Header(HeaderName),
     Cookie(String),
+    /// A query parameter (`?access_token=`), as headless CMSs, dashboards and WebSocket clients
+    /// send it. The stored path never holds the query, and the parameter is always redacted.
+    Query(String),
 }
 
 impl TokenPlace {
@@ -54,6 +58,7 @@ impl TokenPlace {
         match self {
             TokenPlace::Header(name) => format!("header {name}"),
             TokenPlace::Cookie(name) => format!("cookie {name}"),
+            TokenPlace::Query(name) => format!("query parameter {name}"),
         }
     }
 }
@@ -519,16 +524,29 @@ pub(super) fn compile(
     location: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<JwtSource> {
-    let place = match (&file.header, &file.cookie) {
-        (Some(_), Some(_)) => {
+    let given = [
+        file.header.is_some(),
+        file.cookie.is_some(),
+        file.query.is_some(),
+    ];
+    if given.iter().filter(|given| **given).count() > 1 {
+        errors.push(ConfigError::new(
+            location,
+            "give one of header, cookie or query, not several (use two [[actor]] entries for both)",
+        ));
+        return None;
+    }
+    let place = match (&file.header, &file.cookie, &file.query) {
+        (_, _, Some(query)) if query.is_empty() => {
             errors.push(ConfigError::new(
-                location,
-                "give either header or cookie, not both",
+                &format!("{location}.query"),
+                "names no query parameter",
             ));
             return None;
         }
-        (_, Some(cookie)) => TokenPlace::Cookie(cookie.clone()),
-        (header, None) => TokenPlace::Header(header_name(
+        (_, _, Some(query)) => TokenPlace::Query(query.clone()),
+        (_, Some(cookie), _) => TokenPlace::Cookie(cookie.clone()),
+        (header, None, None) => TokenPlace::Header(header_name(
             location,
             "header",
             header.as_deref().unwrap_or("authorization"),
@@ -738,22 +756,40 @@ impl JwtSource {
     pub(super) fn token_header(&self) -> Option<&HeaderName> {
         match &self.place {
             TokenPlace::Header(name) => Some(name),
-            TokenPlace::Cookie(_) => None,
+            TokenPlace::Cookie(_) | TokenPlace::Query(_) => None,
         }
     }
 
-    fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+    /// The query parameter the token is read from, for its redaction.
+    pub(super) fn token_query(&self) -> Option<&str> {
+        match &self.place {
+            TokenPlace::Query(name) => Some(name),
+            TokenPlace::Header(_) | TokenPlace::Cookie(_) => None,
+        }
+    }
+
+    fn token<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        query: Option<&'a str>,
+    ) -> Option<std::borrow::Cow<'a, str>> {
         match &self.place {
             TokenPlace::Header(name) => {
                 let value = headers.get(name)?.to_str().ok()?.trim();
                 if name == http::header::AUTHORIZATION {
                     let (scheme, token) = value.split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                    scheme
+                        .eq_ignore_ascii_case("bearer")
+                        .then(|| token.trim().into())
                 } else {
-                    Some(value.strip_prefix("Bearer ").unwrap_or(value).trim())
+                    Some(value.strip_prefix("Bearer ").unwrap_or(value).trim().into())
                 }
             }
-            TokenPlace::Cookie(cookie) => cookie_value(headers, cookie),
+            TokenPlace::Cookie(cookie) => cookie_value(headers, cookie).map(Into::into),
+            // The first occurrence, percent-decoded, as application servers read it.
+            TokenPlace::Query(parameter) => form_urlencoded::parse(query?.as_bytes())
+                .find(|(name, _)| name == parameter.as_str())
+                .map(|(_, value)| value),
         }
     }
 
@@ -874,13 +910,15 @@ impl JwtSource {
     pub(super) fn resolve(
         &self,
         headers: &HeaderMap,
+        query: Option<&str>,
         notes: &mut Vec<String>,
         trace: &mut Trace,
     ) -> Option<Actor> {
-        let Some(token) = self.token(headers).filter(|token| !token.is_empty()) else {
+        let Some(token) = self.token(headers, query).filter(|token| !token.is_empty()) else {
             trace.step(|| format!("no token in {}", self.place.describe()));
             return None;
         };
+        let token: &str = &token;
         if token.len() > MAX_TOKEN_BYTES {
             notes.push(format!(
                 "jwt: token of {} bytes ignored (limit {MAX_TOKEN_BYTES})",

@@ -173,6 +173,64 @@ async fn assert_never_stored(sidecar: &mut TestSidecar, stored: &str, secrets: &
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
+async fn a_jwt_in_the_query_string_names_the_actor_and_is_never_stored() {
+    let upstream = Upstream::start().await;
+    let mut sidecar = TestSidecar::start(
+        upstream.addr,
+        &format!(
+            "{RECORD_ALL}\n[[actor]]\nfrom = \"jwt\"\nquery = \"access_token\"\nhs256_secret_env = \"IT_IDENTITY_HS_1\"\n\
+             [[rule]]\nmethod = \"GET\"\npath = \"/dashboards/{{id}}\"\naction = \"dashboard.viewed\"\n\
+             metadata = {{ token = \"query:access_token\", view = \"query:view\" }}\n"
+        ),
+    )
+    .await;
+    let token = hs256(
+        "it-identity-hs-secret-1",
+        &json!({"sub": "viewer-7", "email": "viewer@example.com", "exp": 4_102_444_800u64}),
+    );
+    let client = HttpClient::new();
+    // Percent-encoded, after another parameter, as a WebSocket or dashboard client sends it.
+    let url = sidecar.url(&format!(
+        "/dashboards/42?view=compact&access_token={}",
+        token.replace('.', "%2E")
+    ));
+    assert_eq!(client.get(&url).await.status, 200);
+    // A token in a header is not read by this source.
+    let bearer = format!("Bearer {token}");
+    client
+        .send(
+            "GET",
+            &sidecar.url("/dashboards/43"),
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+    let entries = sidecar.wait_entries(2).await;
+    let viewed = &entries[0];
+    assert_eq!(viewed.action, "dashboard.viewed");
+    assert_eq!(viewed.actor_id.as_deref(), Some("viewer-7"));
+    assert_eq!(viewed.actor_source.as_deref(), Some("jwt"));
+    assert!(viewed.actor_verified);
+    assert_eq!(
+        viewed.path.as_deref(),
+        Some("/dashboards/42"),
+        "the stored path has no query"
+    );
+    assert_eq!(viewed.metadata["view"], "compact");
+    assert_ne!(
+        viewed.metadata["token"],
+        token.as_str(),
+        "the token parameter is redacted"
+    );
+    assert_eq!(
+        entries[1].actor_id, None,
+        "only the query parameter is read"
+    );
+    let signature = token.rsplit('.').next().expect("a signature");
+    assert_never_stored(&mut sidecar, "viewer-7", &[&token, signature]).await;
+}
+
+#[tokio::test]
 async fn hs256_tokens_valid_expired_not_yet_valid_and_wrongly_signed() {
     let upstream = Upstream::start().await;
     let mut sidecar = TestSidecar::start(
