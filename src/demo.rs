@@ -627,13 +627,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  curl -s -H 'Authorization: Bearer {}' 'http://{}/api/v1/entries?limit=5'",
         token.token, sidecar.admin_addr
     );
-    println!(
-        "  cargo run --release -- query --db {} --limit 20",
-        db.display()
-    );
+    let auditgate = invocation();
+    println!("  {auditgate} query --db {} --limit 20", db.display());
     println!("  curl -s -X POST http://{}/login -d '{{\"email\":\"alice@example.com\",\"password\":\"nope\"}}'", sidecar.proxy_addr);
     println!(
-        "  cargo run --release -- verify --db {} --heads {} --key {}",
+        "  {auditgate} verify --db {} --heads {} --key {}",
         db.display(),
         heads.display(),
         crate::log::head::public_key_path(&signing_key).display()
@@ -647,4 +645,53 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let _ = tokio::signal::ctrl_c().await;
     sidecar.shutdown().await;
     Ok(())
+}
+
+/// How the person started this program, so the commands the demo prints can be pasted as they
+/// are: `cargo run [--release] --` under cargo, else the program as it was invoked (a path as
+/// typed, or `auditgate` when it was found on the PATH).
+fn invocation() -> String {
+    let program = std::env::args().next().unwrap_or_default();
+    invocation_of(
+        &program,
+        std::env::var_os("CARGO").is_some() && std::env::var_os("CARGO_MANIFEST_DIR").is_some(),
+    )
+}
+
+fn invocation_of(program: &str, under_cargo: bool) -> String {
+    if under_cargo {
+        let release = program.contains("/release/") || program.contains("\\release\\");
+        return if release {
+            "cargo run --release --".to_string()
+        } else {
+            "cargo run --".to_string()
+        };
+    }
+    if program.contains('/') || program.contains('\\') {
+        program.to_string()
+    } else {
+        "auditgate".to_string()
+    }
+}
+
+#[cfg(test)]
+mod invocation_tests {
+    use super::invocation_of;
+
+    #[test]
+    fn printed_commands_start_the_way_the_demo_was_started() {
+        assert_eq!(
+            invocation_of("/work/target/release/auditgate", true),
+            "cargo run --release --"
+        );
+        assert_eq!(
+            invocation_of("target/debug/auditgate", true),
+            "cargo run --"
+        );
+        assert_eq!(invocation_of("auditgate", false), "auditgate");
+        assert_eq!(
+            invocation_of("./target/release/auditgate", false),
+            "./target/release/auditgate"
+        );
+    }
 }
