@@ -21,6 +21,7 @@ pub mod export_proofs;
 pub mod hints;
 pub mod log;
 pub mod metrics;
+pub mod normalize;
 pub mod proxy;
 pub mod redact;
 pub mod retention;
