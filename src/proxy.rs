@@ -1210,7 +1210,7 @@ pub async fn handle(
     let reads_form = refusal.is_none()
         && transfer_encoding_acceptable(&parts.headers)
         && overrides.form_field(&sent_method, &parts.headers).is_some();
-    if let (true, Some(body)) = (reads_form, incoming.take()) {
+    if let Some(body) = incoming.take_if(|_| reads_form) {
         match buffer_request_body(body, state.config.max_body_capture, &parts.headers).await {
             Ok(buffered) => early_body = Some(buffered),
             Err(error) => {

@@ -314,11 +314,14 @@ async fn no_answered_write_ahead_request_is_lost_across_crashes() {
     let entries = read_entries(&dir.0.join("audit.db"));
     let mut by_request: BTreeMap<String, Vec<Outcome>> = BTreeMap::new();
     for entry in &entries {
-        if let Some(id) = &entry.request_id {
-            by_request
-                .entry(id.clone())
-                .or_default()
-                .push(entry.outcome);
+        // The client's id, kept apart from auditgate's own request id.
+        if let Some(id) = entry
+            .metadata
+            .get("_clientRequestId")
+            .and_then(|id| id.as_str())
+            .map(str::to_string)
+        {
+            by_request.entry(id).or_default().push(entry.outcome);
         }
     }
     let answered = answered.lock().expect("lock");
