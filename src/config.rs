@@ -283,7 +283,8 @@ pub struct RuleFile {
     pub method: Option<OneOrMany>,
     /// Route template: `/api/users/{id}`, `/files/{*rest}`.
     pub path: Option<String>,
-    /// Regex over the raw path, with named captures as parameters.
+    /// Regex over the canonical path (matched as written: no case folding, no optional trailing
+    /// slash), with named captures as parameters.
     pub path_regex: Option<String>,
     /// Host name, or `*.example.com`.
     pub host: Option<String>,
