@@ -18,7 +18,7 @@ use serde::Deserialize;
 use crate::actor::{actor_location, ActorChain, ActorFile};
 use crate::log::head::LogSigner;
 use crate::redact::{RedactFile, Redactor};
-use crate::rules::RuleSet;
+use crate::rules::{RouteSemantics, RuleSet};
 use crate::units::{parse_duration, parse_size};
 
 /// One problem in the configuration, with where it is.
@@ -102,6 +102,20 @@ pub struct ProxyFile {
     pub shutdown_grace: Option<String>,
     /// Threads serving requests (default: one per CPU core).
     pub worker_threads: Option<usize>,
+    /// "strict" (default: RFC 3986 dot-segments removed, slashes merged, unreserved characters
+    /// decoded, and that canonical path forwarded) or "none" (the path as sent).
+    pub path_normalization: Option<String>,
+    /// What `%2F`, `%5C` and a raw `\` in a path become: "reject" (default, 400 and recorded),
+    /// "decode" (a path separator) or "keep" (encoded data inside the segment).
+    pub escaped_slashes: Option<String>,
+    /// How route templates match by default: "insensitive" (default) or "sensitive" to case.
+    pub route_case: Option<String>,
+    /// Whether a trailing slash matters by default: "optional" (default) or "strict".
+    pub trailing_slash: Option<String>,
+    /// Where a POST's method override is honoured from: header names, "query:NAME",
+    /// "form:NAME". Default: the X-HTTP-Method-Override, X-HTTP-Method and X-Method-Override
+    /// headers, query:_method and form:_method; [] honours none and strips those headers.
+    pub method_override: Option<Vec<String>>,
 }
 
 /// `[admin]`: the admin API and viewer listener.
@@ -282,7 +296,8 @@ pub struct RuleFile {
     pub method: Option<OneOrMany>,
     /// Route template: `/api/users/{id}`, `/files/{*rest}`.
     pub path: Option<String>,
-    /// Regex over the raw path, with named captures as parameters.
+    /// Regex over the canonical path (matched as written: no case folding, no optional trailing
+    /// slash), with named captures as parameters.
     pub path_regex: Option<String>,
     /// Host name, or `*.example.com`.
     pub host: Option<String>,
@@ -308,6 +323,10 @@ pub struct RuleFile {
     /// Record nothing for matching traffic (health checks).
     #[serde(default)]
     pub skip: bool,
+    /// "insensitive" or "sensitive": overrides `[proxy] route_case` for this rule's path.
+    pub route_case: Option<String>,
+    /// "optional" or "strict": overrides `[proxy] trailing_slash` for this rule's path.
+    pub trailing_slash: Option<String>,
     /// Hold the request until its entry is durable (overrides `[store] durability`).
     pub write_ahead: Option<bool>,
     /// For write-ahead: "reject" or "forward" when the entry cannot be stored (overrides
@@ -559,6 +578,8 @@ pub struct Policy {
     pub hints: crate::hints::HintsConfig,
     /// What is never stored as it is (secrets) or stored masked or HMAC'd (`[redact]`).
     pub redact: Redactor,
+    /// How a request's path and method are made canonical before the rules see them.
+    pub canonical: crate::normalize::CanonicalConfig,
 }
 
 /// The validated configuration.
@@ -721,8 +742,9 @@ impl Config {
             &mut errors,
         );
 
-        let proxy = match proxy {
-            Some(proxy) => validate_proxy(&proxy, &mut errors),
+        let proxy_file = proxy;
+        let proxy = match &proxy_file {
+            Some(proxy) => validate_proxy(proxy, &mut errors),
             None => {
                 errors.push(ConfigError::new(
                     "proxy",
@@ -773,7 +795,36 @@ impl Config {
         };
         let rules: Vec<(usize, &RuleFile)> =
             rules.iter().map(|(index, rule)| (*index, rule)).collect();
-        let rules = RuleSet::compile_indexed(&rules, unmatched)
+        let canonical = crate::normalize::CanonicalConfig::compile(
+            proxy_file
+                .as_ref()
+                .and_then(|file| file.path_normalization.as_deref()),
+            proxy_file
+                .as_ref()
+                .and_then(|file| file.escaped_slashes.as_deref()),
+            proxy_file
+                .as_ref()
+                .and_then(|file| file.method_override.as_deref()),
+            &mut errors,
+        );
+        let semantics = RouteSemantics::default()
+            .with(
+                proxy_file
+                    .as_ref()
+                    .and_then(|file| file.route_case.as_deref()),
+                proxy_file
+                    .as_ref()
+                    .and_then(|file| file.trailing_slash.as_deref()),
+            )
+            .unwrap_or_else(|messages| {
+                errors.extend(
+                    messages
+                        .into_iter()
+                        .map(|(key, message)| ConfigError::new(&format!("proxy.{key}"), message)),
+                );
+                RouteSemantics::default()
+            });
+        let rules = RuleSet::compile_indexed(&rules, unmatched, semantics)
             .map_err(|rule_errors| errors.extend(rule_errors));
         if let (Some(proxy), Some(admin)) = (&proxy, &admin) {
             if proxy.listen == admin.listen && proxy.listen.port() != 0 {
@@ -800,6 +851,7 @@ impl Config {
                         actors,
                         hints,
                         redact,
+                        canonical,
                     }),
                 })
             }

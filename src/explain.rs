@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::cli::ExplainArgs;
 use crate::client_ip;
 use crate::config::Config;
+use crate::normalize::FormBody;
 use crate::proxy::{Exchange, ExchangeStart};
 use crate::rules::{Decision, RequestView, RuleKind};
 
@@ -53,13 +54,70 @@ pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
     let host = headers
         .get(http::header::HOST)
         .and_then(|value| value.to_str().ok());
-    let candidates = policy.rules.candidates(&RequestView {
-        method: &method,
-        path: uri.path(),
-        query: uri.query(),
-        host,
-        headers: &headers,
-    });
+
+    // The canonical view, as the proxy builds it.
+    let sent_path = uri.path().to_string();
+    let mut refused: Option<String> = None;
+    let mut notes = serde_json::Map::new();
+    let uri = match policy.canonical.path(uri.path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => uri,
+        Ok(std::borrow::Cow::Owned(path)) => {
+            notes.insert("_pathSent".to_string(), json!(sent_path));
+            let target = match uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            target
+                .parse()
+                .map_err(|_| format!("the canonical target `{target}` is not a request target"))?
+        }
+        Err(error) => {
+            refused = Some(format!("refused: {error}"));
+            uri
+        }
+    };
+    if refused.is_none() && crate::proxy::upgrade_names(&headers, "h2c") {
+        refused = Some(
+            "refused: an Upgrade to h2c (cleartext HTTP/2) would tunnel requests past the log"
+                .to_string(),
+        );
+    }
+    let form_field = policy
+        .canonical
+        .method_override
+        .form_field(&method, &headers);
+    let form = match (&args.body, form_field) {
+        (Some(body), Some(_)) if body.len() > config.proxy.max_body_capture => {
+            FormBody::Unreadable("was larger than max_body_capture")
+        }
+        (Some(body), Some(_)) => FormBody::Read(body.as_bytes()),
+        _ => FormBody::NotAForm,
+    };
+    let method_view = policy
+        .canonical
+        .method_view(&method, &headers, uri.query(), form);
+    if let Some(note) = method_view.note.clone() {
+        notes.insert("_methodOverride".to_string(), note);
+    }
+    if let (None, Some(reason)) = (&refused, &method_view.refused) {
+        refused = Some(format!("refused: {reason}"));
+    }
+    let sent_method = method;
+    let method = method_view.method.clone();
+    let candidates = if refused.is_some() {
+        Vec::new()
+    } else {
+        policy.rules.candidates_for(
+            &RequestView {
+                method: &method,
+                path: uri.path(),
+                query: uri.query(),
+                host,
+                headers: &headers,
+            },
+            method_view.sent.as_ref(),
+        )
+    };
     let candidate_names: Vec<&str> = candidates
         .iter()
         .map(|&index| policy.rules.rule(index).name.as_str())
@@ -71,6 +129,7 @@ pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
         policy: policy.clone(),
         log_id: &config.log_id,
         method: &method,
+        sent_method: method_view.sent.as_ref(),
         uri: &uri,
         headers: &headers,
         client: client.client,
@@ -81,6 +140,8 @@ pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
         capture_limit: config.proxy.max_body_capture,
         started: Instant::now(),
         explain: true,
+        notes,
+        record_always: refused.is_some(),
     });
     if let Some(body) = &args.body {
         exchange.set_request_body(Bytes::from(body.clone()));
@@ -90,12 +151,31 @@ pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
     if policy.hints.enabled {
         exchange.set_hints(crate::hints::take(&mut response_headers, &policy.hints));
     }
-    exchange.set_response(args.status, &response_headers, declared);
+    match &refused {
+        Some(reason) => exchange.set_proxy_answer(400, reason.clone()),
+        None => {
+            exchange.set_response(args.status, &response_headers, declared);
+        }
+    }
     if let Some(body) = &args.response_body {
         exchange.set_response_body(Bytes::from(body.clone()));
     }
     let decision = exchange.decision();
+    let route_match = match decision {
+        Decision::Rule(index) => policy.rules.rule(index).path_match(uri.path()),
+        _ => None,
+    }
+    .map(|matched| {
+        json!({
+            "caseInsensitive": matched.semantics.case_insensitive,
+            "trailingSlash": if matched.semantics.optional_trailing_slash { "optional" } else { "strict" },
+            "exact": matched.exact,
+            "caseFolded": matched.case_folded,
+            "trailingSlashIgnored": matched.trailing_slash_ignored,
+        })
+    });
     let (decision_text, rule) = match decision {
+        _ if refused.is_some() => ("refused", None),
         Decision::Rule(index) => {
             let rule = policy.rules.rule(index);
             let kind = match rule.kind {
@@ -150,6 +230,15 @@ pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
         "decision": decision_text,
         "rule": rule,
         "candidates": candidate_names,
+        "request": {
+            "method": sent_method.as_str(),
+            "effectiveMethod": method.as_str(),
+            "methodOverride": method_view.note,
+            "path": sent_path,
+            "canonicalPath": uri.path(),
+            "refused": refused,
+        },
+        "routeMatch": route_match,
         "client": {
             "peer": peer.to_string(),
             "peerTrusted": peer_trusted,

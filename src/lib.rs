@@ -1,8 +1,8 @@
 //! auditgate: a reverse-proxy sidecar that gives any unmodified HTTP application a
 //! compliance-grade, tamper-evident audit log.
 //!
-//! The data flow, and the module for each step: a request arrives at [`proxy`], which asks
-//! [`rules`] for candidate rules and [`actor`] / [`client_ip`] who sent it; when the response
+//! The data flow, and the module for each step: a request arrives at [`proxy`], which makes its
+//! path and method canonical with [`normalize`], asks [`rules`] for candidate rules and [`actor`] / [`client_ip`] who sent it; when the response
 //! ends the [`entry`] is finished from the rule's [`template`]s and handed to the [`writer`],
 //! which appends batches to the [`store`]; the [`admin`] listener serves health, queries and the
 //! viewer. [`config`] turns the TOML file into all of the above; [`server`] wires them together.
@@ -25,6 +25,7 @@ pub mod hints;
 pub mod lifecycle;
 pub mod log;
 pub mod metrics;
+pub mod normalize;
 pub mod proxy;
 pub mod redact;
 pub mod retention;

@@ -34,6 +34,7 @@ use crate::client_ip;
 use crate::config::{Durability, Policy, ProxyConfig, StoreConfig, StoreFailure};
 use crate::entry::{AuditEntry, Outcome};
 use crate::metrics::Metrics;
+use crate::normalize::FormBody;
 use crate::redact::Redactor;
 use crate::rules::{Decision, RequestView, RuleKind};
 use crate::template::{self, Needs};
@@ -352,6 +353,27 @@ impl Capture {
         }
     }
 
+    /// The captured bytes as sent, when the whole body was captured without a content coding
+    /// (a method-override form field is read from them); otherwise why not.
+    fn readable_bytes(&self, headers: &HeaderMap) -> Result<&[u8], &'static str> {
+        if let Some(reason) = self.unavailable {
+            return Err(reason);
+        }
+        if self.overflow {
+            return Err("was larger than max_body_capture");
+        }
+        let coded = headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| {
+                !value.trim().is_empty() && !value.trim().eq_ignore_ascii_case("identity")
+            });
+        if coded {
+            return Err("has a content coding");
+        }
+        Ok(&self.bytes)
+    }
+
     /// Parses the captured bytes as JSON, decoding gzip/deflate first; anything else is reported
     /// as not captured rather than mis-parsed.
     fn parse(&self, encoding: Option<&str>, limit: usize) -> Result<Value, String> {
@@ -405,9 +427,15 @@ pub struct Exchange {
     /// Where the finished entry goes; `None` for `auditgate explain`, which only prints it.
     sink: Option<(WriterHandle, Arc<Metrics>)>,
     entry: AuditEntry,
+    /// The method the app runs (a POST's honoured override, else the request's).
     method: Method,
-    raw_path: String,
+    /// The method on the wire, when an override changed it.
+    sent_method: Option<Method>,
+    /// The canonical path, as matched and forwarded.
+    path: String,
     raw_query: Option<String>,
+    /// Record the exchange even when no rule or `[unmatched]` would (refusals, upgrades).
+    record_always: bool,
     candidates: Vec<usize>,
     decision: Decision,
     /// The actor as far as the request head tells; body sources finish it with the entry.
@@ -478,7 +506,11 @@ impl template::Context for TemplateContext<'_> {
 pub struct ExchangeStart<'a> {
     pub policy: Arc<Policy>,
     pub log_id: &'a str,
+    /// The method the app runs (see [`crate::normalize::MethodView`]).
     pub method: &'a Method,
+    /// The method on the wire, when an override changed it.
+    pub sent_method: Option<&'a Method>,
+    /// The request target with its canonical path.
     pub uri: &'a Uri,
     pub headers: &'a HeaderMap,
     pub client: std::net::IpAddr,
@@ -490,6 +522,11 @@ pub struct ExchangeStart<'a> {
     pub started: Instant,
     /// Collect how the actor was derived (for `auditgate explain`).
     pub explain: bool,
+    /// What auditgate noted about the request (`_pathSent`, `_methodOverride`,
+    /// `_clientRequestId`, `_upgrade`), merged into the entry's metadata.
+    pub notes: serde_json::Map<String, Value>,
+    /// Record the exchange even when no rule or `[unmatched]` would.
+    pub record_always: bool,
 }
 
 impl Exchange {
@@ -503,6 +540,7 @@ impl Exchange {
         entry.ip = Some(start.client.to_string());
         entry.user_agent = header_text(headers, &header::USER_AGENT);
         entry.request_id = start.request_id.map(str::to_string);
+        entry.metadata.extend(start.notes);
         let actor = (!start.policy.actors.is_empty()).then(|| {
             start.policy.actors.resolve_head(&ActorRequest {
                 headers,
@@ -517,8 +555,10 @@ impl Exchange {
             sink: None,
             entry,
             method: start.method.clone(),
-            raw_path: start.uri.path().to_string(),
+            sent_method: start.sent_method.cloned(),
+            path: start.uri.path().to_string(),
             raw_query: start.uri.query().map(str::to_string),
+            record_always: start.record_always,
             candidates: start.candidates,
             decision: Decision::Nothing,
             actor,
@@ -563,7 +603,7 @@ impl Exchange {
                 if let RuleKind::Record(spec) = &rule.kind {
                     let context = TemplateContext {
                         exchange: self,
-                        params: rule.path_params(&self.raw_path),
+                        params: rule.path_params(&self.path),
                         query: self.raw_query.as_ref().map(|query| {
                             form_urlencoded::parse(query.as_bytes())
                                 .into_owned()
@@ -595,7 +635,10 @@ impl Exchange {
         self.decision = self
             .policy
             .rules
-            .decide(&self.candidates, &self.method, status);
+            .decide(&self.candidates, self.recording_method(), status);
+        if self.decision == Decision::Nothing && self.record_always {
+            self.decision = Decision::Unmatched;
+        }
         let Decision::Rule(index) = self.decision else {
             return Needs::default();
         };
@@ -617,13 +660,31 @@ impl Exchange {
     }
 
     /// Records a request the proxy answered itself (the app unreachable, a broken request).
-    fn set_proxy_answer(&mut self, status: u16, error: String) {
+    pub(crate) fn set_proxy_answer(&mut self, status: u16, error: String) {
         self.entry.status = Some(status);
         self.error = Some(error);
         self.decision =
             self.policy
                 .rules
-                .decide_unreachable(&self.candidates, &self.method, status);
+                .decide_unreachable(&self.candidates, self.recording_method(), status);
+        if self.decision == Decision::Nothing && self.record_always {
+            self.decision = Decision::Unmatched;
+        }
+    }
+
+    /// The method `[unmatched]` judges the exchange by: the one the app runs, unless only the
+    /// method sent would be recorded (a POST overridden to GET is still recorded as a mutation,
+    /// in case the app did not honour the override).
+    fn recording_method(&self) -> &Method {
+        match &self.sent_method {
+            Some(sent)
+                if !self.policy.rules.unmatched_records(&self.method)
+                    && self.policy.rules.unmatched_records(sent) =>
+            {
+                sent
+            }
+            _ => &self.method,
+        }
     }
 
     /// Gives the exchange a request body that was read whole (for `auditgate explain`).
@@ -758,7 +819,7 @@ impl Exchange {
                 if let RuleKind::Record(spec) = &rule.kind {
                     let context = TemplateContext {
                         exchange: &self,
-                        params: rule.path_params(&self.raw_path),
+                        params: rule.path_params(&self.path),
                         query: self.raw_query.as_ref().map(|query| {
                             form_urlencoded::parse(query.as_bytes())
                                 .into_owned()
@@ -924,6 +985,68 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
+
+/// A request the proxy answers itself, before the app sees it; always recorded.
+struct Refusal {
+    status: StatusCode,
+    /// The short text the client gets.
+    text: &'static str,
+    /// The entry's `error`.
+    detail: String,
+}
+
+impl Refusal {
+    fn bad_request(text: &'static str, detail: String) -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            text,
+            detail,
+        }
+    }
+
+    fn broken_body(detail: String) -> Refusal {
+        Refusal::bad_request("bad request body", detail)
+    }
+}
+
+/// The request target with its path made canonical, or `None` when it is canonical already
+/// (no allocation then); an error says why the path cannot be made canonical.
+fn canonical_target(
+    canonical: &crate::normalize::CanonicalConfig,
+    uri: &Uri,
+) -> Result<Option<Uri>, String> {
+    let path = match canonical.path(uri.path()) {
+        Ok(Cow::Borrowed(_)) => return Ok(None),
+        Ok(Cow::Owned(path)) => path,
+        Err(error) => return Err(format!("refused: {error}")),
+    };
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(path_and_query)
+            .map_err(|error| format!("refused: the canonical path is not a target: {error}"))?,
+    );
+    Uri::from_parts(parts)
+        .map(Some)
+        .map_err(|error| format!("refused: the canonical path is not a target: {error}"))
+}
+
+/// Whether an Upgrade header offers this protocol (any case, any version suffix).
+pub(crate) fn upgrade_names(headers: &HeaderMap, protocol: &str) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|offer| {
+            let name = offer.trim().split('/').next().unwrap_or_default();
+            name.trim().eq_ignore_ascii_case(protocol)
+        })
+}
 
 fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Headers the Connection header names are hop-by-hop too.
@@ -1030,13 +1153,104 @@ pub async fn handle(
     let started = Instant::now();
     state.metrics.requests.inc();
     let policy = state.policy();
-    let method = request.method().clone();
+    let sent_method = request.method().clone();
     let client_version = request.version();
 
-    let candidates = {
-        let uri = request.uri();
-        let host = request
-            .headers()
+    // The entry's request id is always auditgate's own; a client's X-Request-Id is noted apart,
+    // so a client can never choose the id an auditor looks an exchange up by.
+    let request_id = HeaderValue::from_str(&ulid::Ulid::new().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("-"));
+    let client_request_id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|value| valid_request_id(value))
+        .cloned();
+    let mut notes = serde_json::Map::new();
+    if let Some(id) = client_request_id.as_ref().and_then(|id| id.to_str().ok()) {
+        notes.insert("_clientRequestId".to_string(), Value::from(id));
+    }
+
+    // The canonical view, before any rule sees the request: the path is rewritten in place, so
+    // the rules, the actor sources, the entry and the app all see the same canonical path.
+    let mut refusal: Option<Refusal> = None;
+    match canonical_target(&policy.canonical, request.uri()) {
+        Ok(None) => {}
+        Ok(Some(uri)) => {
+            let sent = String::from_utf8_lossy(request.uri().path().as_bytes()).into_owned();
+            notes.insert("_pathSent".to_string(), Value::from(sent));
+            *request.uri_mut() = uri;
+        }
+        Err(error) => refusal = Some(Refusal::bad_request("bad request path", error)),
+    }
+    // An HTTP/2 upgrade would turn the connection into a tunnel whose later requests no rule
+    // sees; HTTP/2 is served with prior knowledge instead.
+    if refusal.is_none() && upgrade_names(request.headers(), "h2c") {
+        refusal = Some(Refusal::bad_request(
+            "HTTP/2 upgrade (h2c) is not supported; use HTTP/2 with prior knowledge",
+            "refused: an Upgrade to h2c (cleartext HTTP/2) would tunnel requests past the log"
+                .to_string(),
+        ));
+    }
+
+    // Upgrades (WebSocket) keep their Upgrade header and are tunnelled after a 101; the upgrade
+    // itself is always an entry, since what flows through the tunnel is not audited.
+    let upgrade = refusal.is_none() && wants_upgrade(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    if upgrade {
+        if let Some(protocol) = header_text(request.headers(), &header::UPGRADE) {
+            notes.insert("_upgrade".to_string(), Value::from(protocol));
+        }
+    }
+    let (mut parts, incoming) = request.into_parts();
+    let mut incoming = Some(incoming);
+
+    // A POST's `_method` form field needs the body before the rules can be chosen.
+    let mut early_body: Option<(RequestBody, Capture)> = None;
+    let overrides = &policy.canonical.method_override;
+    let reads_form = refusal.is_none()
+        && transfer_encoding_acceptable(&parts.headers)
+        && overrides.form_field(&sent_method, &parts.headers).is_some();
+    if let Some(body) = incoming.take_if(|_| reads_form) {
+        match buffer_request_body(body, state.config.max_body_capture, &parts.headers).await {
+            Ok(buffered) => early_body = Some(buffered),
+            Err(error) => {
+                refusal = Some(Refusal::broken_body(format!(
+                    "the client went away or sent a broken body while sending the request body: {error}"
+                )))
+            }
+        }
+    }
+    let form = match &early_body {
+        None => FormBody::NotAForm,
+        Some((_, capture)) => match capture.readable_bytes(&parts.headers) {
+            Ok(bytes) => FormBody::Read(bytes),
+            Err(why) => FormBody::Unreadable(why),
+        },
+    };
+    let method_view =
+        policy
+            .canonical
+            .method_view(&sent_method, &parts.headers, parts.uri.query(), form);
+    if let Some(note) = method_view.note.clone() {
+        notes.insert("_methodOverride".to_string(), note);
+    }
+    if let (None, Some(reason)) = (&refusal, &method_view.refused) {
+        refusal = Some(Refusal::bad_request(
+            "conflicting or invalid method override",
+            format!("refused: {reason}"),
+        ));
+    }
+    let method = method_view.method.clone();
+    let overridden_from = method_view.sent.as_ref();
+
+    // A request refused before the rules is matched by none (its path may not even be
+    // canonical), and recorded all the same.
+    let candidates = if refusal.is_some() {
+        Vec::new()
+    } else {
+        let uri = &parts.uri;
+        let host = parts
+            .headers
             .get(header::HOST)
             .and_then(|value| value.to_str().ok())
             .or_else(|| uri.authority().map(|authority| authority.as_str()));
@@ -1045,20 +1259,19 @@ pub async fn handle(
             path: uri.path(),
             query: uri.query(),
             host,
-            headers: request.headers(),
+            headers: &parts.headers,
         };
-        policy.rules.candidates(&view)
+        policy.rules.candidates_for(&view, overridden_from)
     };
+    let record_always = refusal.is_some() || upgrade;
     // With hints on, any response may ask to be recorded, so every exchange is followed.
-    let audited = policy.rules.may_record(&candidates, &method) || policy.hints.enabled;
+    let audited = record_always
+        || policy.rules.may_record(&candidates, &method)
+        || overridden_from.is_some_and(|sent| policy.rules.unmatched_records(sent))
+        || policy.hints.enabled;
 
-    let request_id = match request.headers().get(&X_REQUEST_ID) {
-        Some(value) if valid_request_id(value) => value.clone(),
-        _ => HeaderValue::from_str(&ulid::Ulid::new().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("-")),
-    };
     let trusted = &state.config.trusted_proxies;
-    let client_addr = client_ip::resolve(peer.ip(), request.headers(), trusted);
+    let client_addr = client_ip::resolve(peer.ip(), &parts.headers, trusted);
     let peer_trusted = client_ip::is_trusted(peer.ip(), trusted);
 
     let needs = if audited {
@@ -1072,8 +1285,9 @@ pub async fn handle(
             policy: policy.clone(),
             log_id: &state.log_id,
             method: &method,
-            uri: request.uri(),
-            headers: request.headers(),
+            sent_method: overridden_from,
+            uri: &parts.uri,
+            headers: &parts.headers,
             client: client_addr.client,
             peer_trusted,
             request_id: request_id.to_str().ok(),
@@ -1082,6 +1296,8 @@ pub async fn handle(
             capture_limit: state.config.max_body_capture,
             started,
             explain: false,
+            notes,
+            record_always,
         });
         exchange.sink = Some((state.writer.clone(), state.metrics.clone()));
         Some(exchange)
@@ -1089,9 +1305,21 @@ pub async fn handle(
         None
     };
 
+    if let Some(refusal) = refusal {
+        tracing::info!(request_id = ?request_id, detail = %refusal.detail, "request refused");
+        if let Some(exchange) = exchange.as_mut() {
+            exchange.set_proxy_answer(refusal.status.as_u16(), refusal.detail);
+        }
+        state.metrics.client_errors.inc();
+        return Ok(closing(
+            plain_response(refusal.status, refusal.text, &request_id, exchange),
+            client_version,
+        ));
+    }
+
     // hyper frames a request body by its last transfer coding; any other coding in the list would
     // be dropped silently with the hop-by-hop header, and such lists are smuggling probes.
-    if !transfer_encoding_acceptable(request.headers()) {
+    if !transfer_encoding_acceptable(&parts.headers) {
         if let Some(exchange) = exchange.as_mut() {
             exchange.set_proxy_answer(
                 400,
@@ -1110,45 +1338,48 @@ pub async fn handle(
         ));
     }
 
-    // Upgrades (WebSocket) keep their Upgrade header and are tunnelled after a 101.
-    let upgrade = wants_upgrade(request.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-
-    let (mut parts, incoming) = request.into_parts();
     let read_body = needs.request_body
         || exchange
             .as_ref()
             .is_some_and(|exchange| exchange.actor_needs_request_body());
-    let body = if read_body {
-        match buffer_request_body(incoming, state.config.max_body_capture, &parts.headers).await {
-            Ok((body, capture)) => {
-                if let Some(exchange) = exchange.as_mut() {
-                    exchange.request_capture = capture;
-                }
-                body
+    let body = match (early_body, incoming) {
+        (Some((body, capture)), _) => {
+            if let Some(exchange) = exchange.as_mut() {
+                exchange.request_capture = capture;
             }
-            Err(error) => {
-                let message =
-                    "the client went away or sent a broken body while sending the request body";
-                if let Some(exchange) = exchange.as_mut() {
-                    exchange.set_proxy_answer(400, format!("{message}: {error}"));
+            body
+        }
+        (None, None) => RequestBody::Empty,
+        (None, Some(incoming)) if read_body => {
+            match buffer_request_body(incoming, state.config.max_body_capture, &parts.headers).await
+            {
+                Ok((body, capture)) => {
+                    if let Some(exchange) = exchange.as_mut() {
+                        exchange.request_capture = capture;
+                    }
+                    body
                 }
-                state.metrics.client_errors.inc();
-                return Ok(closing(
-                    plain_response(
-                        StatusCode::BAD_REQUEST,
-                        "bad request body",
-                        &request_id,
-                        exchange,
-                    ),
-                    client_version,
-                ));
+                Err(error) => {
+                    let message =
+                        "the client went away or sent a broken body while sending the request body";
+                    if let Some(exchange) = exchange.as_mut() {
+                        exchange.set_proxy_answer(400, format!("{message}: {error}"));
+                    }
+                    state.metrics.client_errors.inc();
+                    return Ok(closing(
+                        plain_response(
+                            StatusCode::BAD_REQUEST,
+                            "bad request body",
+                            &request_id,
+                            exchange,
+                        ),
+                        client_version,
+                    ));
+                }
             }
         }
-    } else if incoming.is_end_stream() {
-        RequestBody::Empty
-    } else {
-        RequestBody::Streamed(incoming)
+        (None, Some(incoming)) if incoming.is_end_stream() => RequestBody::Empty,
+        (None, Some(incoming)) => RequestBody::Streamed(incoming),
     };
 
     // Write-ahead: the exchange's entry is durable before the app sees the request.
@@ -1233,6 +1464,9 @@ pub async fn handle(
     // Other spellings of forwarding headers (`X_Forwarded_For`), which some apps read as the
     // dashed ones the proxy rebuilds from what it believed.
     client_ip::remove_other_forwarding_spellings(&mut parts.headers);
+    // Override headers that are not honoured never reach the app: it could act on a method the
+    // log did not follow.
+    policy.canonical.method_override.strip(&mut parts.headers);
     if upgrade {
         parts
             .headers
@@ -1267,6 +1501,17 @@ pub async fn handle(
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), request_id.clone());
+    // The client's own X-Request-Id stays available to the app under its own name (and only
+    // the client's: a client-sent X-Client-Request-Id without one is dropped, so the header
+    // always means the same thing).
+    match client_request_id {
+        Some(id) => {
+            parts.headers.insert(X_CLIENT_REQUEST_ID.clone(), id);
+        }
+        None => {
+            parts.headers.remove(&X_CLIENT_REQUEST_ID);
+        }
+    }
     parts.uri = upstream_uri;
     parts.version = Version::HTTP_11;
     let upstream_request = Request::from_parts(parts, body);

@@ -14,10 +14,12 @@ use regex::{Regex, RegexSet};
 use crate::config::{ConfigError, RuleFile, StoreFailure, UnmatchedRecord};
 use crate::template::{Needs, Part, Template};
 
-/// What the rules see of a request.
+/// What the rules see of a request: the canonical view (see [`crate::normalize`]).
 pub struct RequestView<'a> {
+    /// The method the app runs: a POST's honoured method override, else the request's method.
+    /// A HEAD also matches rules for GET, since apps serve HEAD with their GET handler.
     pub method: &'a Method,
-    /// The raw (percent-encoded) path, without the query.
+    /// The canonical (percent-encoded) path, without the query.
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub host: Option<&'a str>,
@@ -29,6 +31,83 @@ struct PathMatcher {
     regex: Regex,
     /// The template or regex as written, recorded as the entry's `route`.
     route: String,
+    /// Whether `route` is a template (route semantics apply) rather than a `path_regex`.
+    template: bool,
+}
+
+/// How a route template matches paths: by default as Express, Rails and most frameworks route,
+/// case-insensitively and with an optional trailing slash. Matching more than the app routes is
+/// safe (the status condition and the recorded status show what the app did); matching less
+/// loses entries. Applies to `path` templates only; a `path_regex` means what it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSemantics {
+    /// `route_case = "insensitive"` (default) or `"sensitive"`.
+    pub case_insensitive: bool,
+    /// `trailing_slash = "optional"` (default) or `"strict"`.
+    pub optional_trailing_slash: bool,
+}
+
+impl Default for RouteSemantics {
+    fn default() -> RouteSemantics {
+        RouteSemantics {
+            case_insensitive: true,
+            optional_trailing_slash: true,
+        }
+    }
+}
+
+impl RouteSemantics {
+    /// The path exactly as written: case-sensitive, trailing slash significant.
+    pub const STRICT: RouteSemantics = RouteSemantics {
+        case_insensitive: false,
+        optional_trailing_slash: false,
+    };
+
+    /// Applies `route_case` and `trailing_slash` values over `self`; errors name the key.
+    pub fn with(
+        self,
+        route_case: Option<&str>,
+        trailing_slash: Option<&str>,
+    ) -> Result<RouteSemantics, Vec<(&'static str, String)>> {
+        let mut errors = Vec::new();
+        let mut out = self;
+        match route_case {
+            None => {}
+            Some("insensitive") => out.case_insensitive = true,
+            Some("sensitive") => out.case_insensitive = false,
+            Some(other) => errors.push((
+                "route_case",
+                format!("`{other}` is not one of insensitive, sensitive"),
+            )),
+        }
+        match trailing_slash {
+            None => {}
+            Some("optional") => out.optional_trailing_slash = true,
+            Some("strict") => out.optional_trailing_slash = false,
+            Some(other) => errors.push((
+                "trailing_slash",
+                format!("`{other}` is not one of optional, strict"),
+            )),
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// How a rule's path matched a request path, for `auditgate explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathMatch {
+    /// The route semantics the rule was compiled with.
+    pub semantics: RouteSemantics,
+    /// The path matched the route exactly as written.
+    pub exact: bool,
+    /// Matching needed case-insensitivity.
+    pub case_folded: bool,
+    /// Matching needed the trailing slash to be optional.
+    pub trailing_slash_ignored: bool,
 }
 
 #[derive(Debug)]
@@ -205,6 +284,8 @@ pub struct Rule {
     pub kind: RuleKind,
     /// What the rule's values read, so the proxy captures only that.
     pub needs: Needs,
+    /// How the path template matches (case, trailing slash).
+    pub semantics: RouteSemantics,
     /// Whether the rule asks for write-ahead durability (`None`: the store's default).
     pub write_ahead: Option<bool>,
     /// What a write-ahead request does when the store cannot write (`None`: the store's default).
@@ -270,10 +351,53 @@ impl Rule {
             .collect()
     }
 
+    /// How this rule's path matches `path` (`None` when the rule has no path or does not match
+    /// it): exactly as written, or only thanks to the route semantics. For `auditgate explain`;
+    /// it compiles the variants it compares, so it is not for the request path.
+    pub fn path_match(&self, path: &str) -> Option<PathMatch> {
+        let matcher = self.path.as_ref()?;
+        if !matcher.regex.is_match(path) {
+            return None;
+        }
+        let semantics = self.semantics;
+        if !matcher.template {
+            return Some(PathMatch {
+                semantics,
+                exact: true,
+                case_folded: false,
+                trailing_slash_ignored: false,
+            });
+        }
+        let matches_with = |variant: RouteSemantics| {
+            compile_route_with(&matcher.route, variant)
+                .ok()
+                .and_then(|(pattern, _)| Regex::new(&pattern).ok())
+                .is_some_and(|regex| regex.is_match(path))
+        };
+        let exact = matches_with(RouteSemantics::STRICT);
+        Some(PathMatch {
+            semantics,
+            exact,
+            case_folded: !exact
+                && !matches_with(RouteSemantics {
+                    case_insensitive: false,
+                    ..semantics
+                }),
+            trailing_slash_ignored: !exact
+                && !matches_with(RouteSemantics {
+                    optional_trailing_slash: false,
+                    ..semantics
+                }),
+        })
+    }
+
     /// Whether the request conditions other than the path hold.
     fn request_conditions_hold(&self, request: &RequestView) -> bool {
         if let Some(methods) = &self.methods {
-            if !methods.contains(request.method) {
+            // Apps answer HEAD with their GET handler (Express, Rails, Django, ...), so a HEAD
+            // is what a GET rule is about; it is recorded with method HEAD.
+            let served_by_get = *request.method == Method::HEAD && methods.contains(&Method::GET);
+            if !methods.contains(request.method) && !served_by_get {
                 return false;
             }
         }
@@ -415,6 +539,29 @@ impl RuleSet {
         out
     }
 
+    /// As [`RuleSet::candidates`], for a request whose method was overridden (`sent_method` is
+    /// the method on the wire): the rules for the method the app runs come first, then the
+    /// rules for the method sent, so an app that ignores the override is still covered.
+    pub fn candidates_for(
+        &self,
+        request: &RequestView,
+        sent_method: Option<&Method>,
+    ) -> Vec<usize> {
+        let mut out = self.candidates(request);
+        if let Some(sent) = sent_method.filter(|sent| *sent != request.method) {
+            let sent_view = RequestView {
+                method: sent,
+                ..*request
+            };
+            for index in self.candidates(&sent_view) {
+                if !out.contains(&index) {
+                    out.push(index);
+                }
+            }
+        }
+        out
+    }
+
     /// Whether an exchange with these candidates could produce an entry at all; when not, the
     /// proxy skips every audit step for it.
     pub fn may_record(&self, candidates: &[usize], method: &Method) -> bool {
@@ -424,7 +571,8 @@ impl RuleSet {
             || self.unmatched_records(method)
     }
 
-    fn unmatched_records(&self, method: &Method) -> bool {
+    /// Whether traffic with this method that no rule takes is recorded (`[unmatched]`).
+    pub fn unmatched_records(&self, method: &Method) -> bool {
         match self.unmatched {
             UnmatchedRecord::None => false,
             UnmatchedRecord::All => true,
@@ -506,20 +654,23 @@ impl RuleSet {
         })
     }
 
-    /// Compiles every rule, collecting every error with the rule it is in.
+    /// Compiles every rule with the default route semantics, collecting every error with the
+    /// rule it is in.
     pub fn compile(
         files: &[RuleFile],
         unmatched: UnmatchedRecord,
     ) -> Result<RuleSet, Vec<ConfigError>> {
         let indexed: Vec<(usize, &RuleFile)> = files.iter().enumerate().collect();
-        RuleSet::compile_indexed(&indexed, unmatched)
+        RuleSet::compile_indexed(&indexed, unmatched, RouteSemantics::default())
     }
 
     /// As [`RuleSet::compile`], for rules that keep their position in the file (some of the
-    /// file's rules may have failed to parse and be missing here).
+    /// file's rules may have failed to parse and be missing here), with the configured route
+    /// semantics (`[proxy] route_case` and `trailing_slash`) as every rule's default.
     pub fn compile_indexed(
         files: &[(usize, &RuleFile)],
         unmatched: UnmatchedRecord,
+        semantics: RouteSemantics,
     ) -> Result<RuleSet, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut rules = Vec::new();
@@ -534,7 +685,7 @@ impl RuleSet {
                     ));
                 }
             }
-            match compile_rule(index, file) {
+            match compile_rule(index, file, semantics) {
                 Ok(rule) => rules.push(rule),
                 Err(messages) => {
                     errors.extend(messages.into_iter().map(|(key, message)| {
@@ -583,8 +734,43 @@ pub fn rule_location(index: usize, name: Option<&str>) -> String {
 }
 
 /// Turns a route template like `/api/users/{id}` or `/files/{*rest}` into an anchored regex and
-/// the names of its parameters.
+/// the names of its parameters, matching exactly as written.
 pub fn compile_route(template: &str) -> Result<(String, Vec<String>), String> {
+    compile_route_with(template, RouteSemantics::STRICT)
+}
+
+/// As [`compile_route`], with route semantics compiled into the regex (once, at load): `(?i)`
+/// around the whole pattern (parameters keep the case as sent, only matching is folded), and an
+/// optional trailing slash unless the route is `/` or ends with a catch-all (which takes it).
+pub fn compile_route_with(
+    template: &str,
+    semantics: RouteSemantics,
+) -> Result<(String, Vec<String>), String> {
+    let (pattern, params) = compile_route_exact(template)?;
+    let Some(body) = pattern
+        .strip_prefix('^')
+        .and_then(|rest| rest.strip_suffix('$'))
+    else {
+        return Ok((pattern, params));
+    };
+    let catch_all_last = template.ends_with('}')
+        && template
+            .rfind('{')
+            .is_some_and(|open| template[open + 1..].starts_with('*'));
+    let body = if semantics.optional_trailing_slash && template != "/" && !catch_all_last {
+        format!("{}/?", body.strip_suffix('/').unwrap_or(body))
+    } else {
+        body.to_string()
+    };
+    let pattern = if semantics.case_insensitive {
+        format!("^(?i:{body})$")
+    } else {
+        format!("^{body}$")
+    };
+    Ok((pattern, params))
+}
+
+fn compile_route_exact(template: &str) -> Result<(String, Vec<String>), String> {
     if !template.starts_with('/') {
         return Err(format!("`{template}` must start with `/`"));
     }
@@ -642,8 +828,24 @@ pub fn compile_route(template: &str) -> Result<(String, Vec<String>), String> {
 
 type KeyedErrors = Vec<(&'static str, String)>;
 
-fn compile_rule(index: usize, file: &RuleFile) -> Result<Rule, KeyedErrors> {
+fn compile_rule(
+    index: usize,
+    file: &RuleFile,
+    default_semantics: RouteSemantics,
+) -> Result<Rule, KeyedErrors> {
     let mut errors: KeyedErrors = Vec::new();
+    let semantics = default_semantics
+        .with(file.route_case.as_deref(), file.trailing_slash.as_deref())
+        .unwrap_or_else(|messages| {
+            errors.extend(messages);
+            default_semantics
+        });
+    if file.path.is_none() && (file.route_case.is_some() || file.trailing_slash.is_some()) {
+        errors.push((
+            "route_case",
+            "route_case and trailing_slash apply to a path template; a path_regex says itself how it matches (e.g. `(?i)`)".to_string(),
+        ));
+    }
     let name = file
         .name
         .clone()
@@ -680,13 +882,14 @@ fn compile_rule(index: usize, file: &RuleFile) -> Result<Rule, KeyedErrors> {
             ));
             None
         }
-        (Some(template), None) => match compile_route(template) {
+        (Some(template), None) => match compile_route_with(template, semantics) {
             Ok((pattern, names)) => match Regex::new(&pattern) {
                 Ok(regex) => {
                     params = names;
                     Some(PathMatcher {
                         regex,
                         route: template.clone(),
+                        template: true,
                     })
                 }
                 Err(error) => {
@@ -715,6 +918,7 @@ fn compile_rule(index: usize, file: &RuleFile) -> Result<Rule, KeyedErrors> {
                     Some(PathMatcher {
                         regex,
                         route: pattern.clone(),
+                        template: false,
                     })
                 }
                 Err(error) => {
@@ -909,6 +1113,7 @@ fn compile_rule(index: usize, file: &RuleFile) -> Result<Rule, KeyedErrors> {
         status,
         kind,
         needs,
+        semantics,
         write_ahead: file.write_ahead,
         on_store_failure,
     })
@@ -1175,6 +1380,124 @@ mod tests {
         assert!(
             text[1].starts_with("rule #2") && text[1].contains(".action: `Audit.query.{id}`"),
             "{text:#?}"
+        );
+    }
+
+    #[test]
+    fn templates_match_as_the_app_routes_by_default() {
+        let set = rules(
+            r#"
+            [[rule]]
+            name = "get user"
+            method = "GET"
+            path = "/api/users/{id}"
+            action = "user.viewed"
+            [[rule]]
+            name = "strict"
+            method = "PUT"
+            path = "/Exact/{id}/"
+            route_case = "sensitive"
+            trailing_slash = "strict"
+            action = "exact.put"
+            [[rule]]
+            name = "regex"
+            method = "PATCH"
+            path_regex = "^/r/(?P<id>[0-9]+)$"
+            action = "r.patched"
+            "#,
+            UnmatchedRecord::None,
+        );
+        let headers = HeaderMap::new();
+        let get = Method::GET;
+        for path in ["/api/users/Ab5", "/API/Users/Ab5", "/api/users/Ab5/"] {
+            assert_eq!(
+                set.candidates(&view(&get, path, &headers)),
+                vec![0],
+                "{path}"
+            );
+            // The parameter keeps the case it was sent in; only matching is folded.
+            assert_eq!(
+                set.rule(0).path_params(path),
+                vec![("id".to_string(), "Ab5".to_string())]
+            );
+        }
+        assert!(set
+            .candidates(&view(&get, "/api/users/5/x", &headers))
+            .is_empty());
+        let head = Method::HEAD;
+        assert_eq!(
+            set.candidates(&view(&head, "/api/users/5", &headers)),
+            vec![0]
+        );
+
+        let put = Method::PUT;
+        assert_eq!(set.candidates(&view(&put, "/Exact/1/", &headers)), vec![1]);
+        assert!(set
+            .candidates(&view(&put, "/exact/1/", &headers))
+            .is_empty());
+        assert!(set.candidates(&view(&put, "/Exact/1", &headers)).is_empty());
+        // A path_regex is taken as written.
+        let patch = Method::PATCH;
+        assert_eq!(set.candidates(&view(&patch, "/r/1", &headers)), vec![2]);
+        assert!(set.candidates(&view(&patch, "/R/1", &headers)).is_empty());
+        assert!(set.candidates(&view(&patch, "/r/1/", &headers)).is_empty());
+
+        let matched = set.rule(0).path_match("/API/users/5/").expect("matches");
+        assert!(!matched.exact && matched.case_folded && matched.trailing_slash_ignored);
+        let matched = set.rule(0).path_match("/api/users/5").expect("matches");
+        assert!(matched.exact && !matched.case_folded && !matched.trailing_slash_ignored);
+
+        // An overridden method: the rules for the method the app runs come first.
+        let delete = Method::DELETE;
+        assert_eq!(
+            set.candidates_for(&view(&delete, "/api/users/5", &headers), Some(&get)),
+            vec![0]
+        );
+    }
+
+    #[test]
+    fn route_semantics_are_checked() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            rule: Vec<RuleFile>,
+        }
+        let file: File = toml::from_str(
+            r#"
+            [[rule]]
+            path = "/a"
+            route_case = "folded"
+            trailing_slash = "maybe"
+            action = "a"
+            [[rule]]
+            path_regex = "^/b$"
+            route_case = "sensitive"
+            action = "b"
+            "#,
+        )
+        .expect("parses");
+        let errors = RuleSet::compile(&file.rule, UnmatchedRecord::None).expect_err("invalid");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(text[0].starts_with("rule #1.route_case"), "{text:#?}");
+        assert!(text[1].starts_with("rule #1.trailing_slash"), "{text:#?}");
+        assert!(text[2].starts_with("rule #2.route_case"), "{text:#?}");
+        assert_eq!(
+            compile_route_with("/", RouteSemantics::default())
+                .expect("valid")
+                .0,
+            "^(?i:/)$"
+        );
+        assert_eq!(
+            compile_route_with("/files/{*rest}", RouteSemantics::default())
+                .expect("valid")
+                .0,
+            "^(?i:/files/(?P<rest>.*))$"
+        );
+        assert_eq!(
+            compile_route_with("/a/", RouteSemantics::default())
+                .expect("valid")
+                .0,
+            "^(?i:/a/?)$"
         );
     }
 

@@ -718,7 +718,7 @@ fn write_with_retry(
                 if closing_now && attempts >= ATTEMPTS_AT_SHUTDOWN {
                     shared.stats.entries_lost.add(batch.len() as u64);
                     for entry in batch.iter() {
-                        tracing::error!(entry = %entry.id, request_id = entry.request_id.as_deref().unwrap_or(""), action = %entry.action, "entry lost at shutdown: neither the store nor the spill file accepted it");
+                        tracing::error!(entry = %entry.id, request_id = entry.request_id.as_deref().unwrap_or(""), client_request_id = entry.metadata.get("_clientRequestId").and_then(serde_json::Value::as_str).unwrap_or(""), action = %entry.action, "entry lost at shutdown: neither the store nor the spill file accepted it");
                     }
                     return false;
                 }

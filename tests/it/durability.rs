@@ -348,7 +348,7 @@ async fn entries_neither_the_store_nor_the_spill_file_takes_at_shutdown_are_coun
     let lost: Vec<serde_json::Value> = crate::support::error_lines()
         .into_iter()
         .filter(|line| {
-            line["fields"]["request_id"]
+            line["fields"]["client_request_id"]
                 .as_str()
                 .is_some_and(|id| batch.iter().any(|sent| sent == id))
         })
@@ -361,7 +361,7 @@ async fn entries_neither_the_store_nor_the_spill_file_takes_at_shutdown_are_coun
                 "entry lost at shutdown: neither the store nor the spill file accepted it"
             );
             assert_eq!(line["fields"]["action"], "user.deleted");
-            line["fields"]["request_id"]
+            line["fields"]["client_request_id"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string()
@@ -378,9 +378,10 @@ async fn entries_neither_the_store_nor_the_spill_file_takes_at_shutdown_are_coun
     assert_eq!(entry_ids.len(), batch.len(), "each line names its entry id");
     // Counted as lost, and really not written.
     assert!(read_entries(&db).iter().all(|entry| entry
-        .request_id
-        .as_ref()
-        .is_none_or(|id| !batch.contains(id))));
+        .metadata
+        .get("_clientRequestId")
+        .and_then(serde_json::Value::as_str)
+        .is_none_or(|id| !batch.iter().any(|lost| lost == id))));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,11 +459,14 @@ async fn no_answered_write_ahead_request_is_lost_across_crashes() {
     let entries = read_entries(&dir.0.join("audit.db"));
     let mut by_request: BTreeMap<String, Vec<Outcome>> = BTreeMap::new();
     for entry in &entries {
-        if let Some(id) = &entry.request_id {
-            by_request
-                .entry(id.clone())
-                .or_default()
-                .push(entry.outcome);
+        // The client's id, kept apart from auditgate's own request id.
+        if let Some(id) = entry
+            .metadata
+            .get("_clientRequestId")
+            .and_then(|id| id.as_str())
+            .map(str::to_string)
+        {
+            by_request.entry(id).or_default().push(entry.outcome);
         }
     }
     let answered = answered.lock().expect("lock");
@@ -670,7 +674,13 @@ async fn sighup_reloads_rules_and_keeps_the_old_ones_on_error() {
     let entries = read_entries(&dir.0.join("audit.db"));
     let after: Vec<&str> = entries
         .iter()
-        .filter(|entry| entry.request_id.as_deref() == Some("after-the-refused-reload"))
+        .filter(|entry| {
+            entry
+                .metadata
+                .get("_clientRequestId")
+                .and_then(serde_json::Value::as_str)
+                == Some("after-the-refused-reload")
+        })
         .map(|entry| entry.action.as_str())
         .collect();
     assert_eq!(

@@ -7,6 +7,7 @@ mod admin;
 mod configs;
 mod deploy;
 mod durability;
+mod evasion;
 mod events;
 mod faults;
 mod fleet;

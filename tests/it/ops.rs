@@ -65,7 +65,11 @@ fn request_ids(db: &Path) -> BTreeSet<String> {
         .lines()
         .map(|line| {
             let entry: Value = serde_json::from_str(line).expect("entry JSON");
-            entry["requestId"].as_str().expect("request id").to_string()
+            // The X-Request-Id the test sent, which auditgate keeps apart from its own id.
+            entry["metadata"]["_clientRequestId"]
+                .as_str()
+                .expect("the client's request id")
+                .to_string()
         })
         .collect()
 }
@@ -265,7 +269,11 @@ async fn a_backup_under_load_verifies_and_holds_every_acknowledged_entry() {
             .text()
             .lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter_map(|entry| entry["requestId"].as_str().map(str::to_string))
+            .filter_map(|entry| {
+                entry["metadata"]["_clientRequestId"]
+                    .as_str()
+                    .map(str::to_string)
+            })
             .collect();
         acknowledged.is_subset(&stored)
     })
@@ -347,7 +355,11 @@ fn request_ids_all(db: &Path) -> BTreeSet<String> {
         .lines()
         .map(|line| {
             let entry: Value = serde_json::from_str(line).expect("entry JSON");
-            entry["requestId"].as_str().expect("request id").to_string()
+            // The X-Request-Id the test sent, which auditgate keeps apart from its own id.
+            entry["metadata"]["_clientRequestId"]
+                .as_str()
+                .expect("the client's request id")
+                .to_string()
         })
         .collect()
 }

@@ -864,7 +864,8 @@ impl std::io::Write for LogWriter {
 /// an intent missing on arrival means the request was forwarded before its intent was durable.
 pub struct IntentCheckingUpstream {
     pub addr: SocketAddr,
-    /// Request ids the app saw, each with whether its intent was already in the store.
+    /// The client's request ids the app saw (`X-Client-Request-Id`, else auditgate's own), each
+    /// with whether its intent was already in the store.
     pub seen: Arc<std::sync::Mutex<Vec<(String, bool)>>>,
 }
 
@@ -886,20 +887,25 @@ impl IntentCheckingUpstream {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let (seen, db) = (seen.clone(), db.clone());
                         async move {
-                            let id = request
-                                .headers()
-                                .get("x-request-id")
-                                .and_then(|value| value.to_str().ok())
-                                .unwrap_or_default()
-                                .to_string();
-                            let lookup = (db, id.clone());
+                            let header = |name: &str| {
+                                request
+                                    .headers()
+                                    .get(name)
+                                    .and_then(|value| value.to_str().ok())
+                                    .map(str::to_string)
+                            };
+                            // The intent carries auditgate's own request id; the test knows
+                            // the request by the id it sent, forwarded as X-Client-Request-Id.
+                            let id = header("x-request-id").unwrap_or_default();
+                            let label = header("x-client-request-id").unwrap_or(id.clone());
+                            let lookup = (db, id);
                             let found = tokio::task::spawn_blocking(move || {
                                 intent_is_stored(&lookup.0, &lookup.1)
                             })
                             .await
                             .unwrap_or(false);
                             if let Ok(mut seen) = seen.lock() {
-                                seen.push((id, found));
+                                seen.push((label, found));
                             }
                             Ok::<_, std::convert::Infallible>(Response::new(full("{}")))
                         }
@@ -955,4 +961,213 @@ fn intent_is_stored(db: &std::path::Path, request_id: &str) -> bool {
             .is_ok_and(|entry| entry["requestId"].as_str() == Some(request_id))
     });
     found
+}
+
+/// What [`ExpressApp`] did for one request: the handler it ran and the request head it saw.
+#[derive(Debug, Clone)]
+pub struct Handled {
+    /// `DELETE /api/users/:id`, or `404` when no route matched.
+    pub handler: String,
+    /// The route parameter `:id`, when the route has one.
+    pub id: Option<String>,
+    /// The method and path on the wire, as the app received them.
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+/// An app that routes the way Express does by default (and Rails, Laravel and many legacy stacks
+/// come close): paths matched case-insensitively with an optional trailing slash, empty segments
+/// ignored, percent-encodings decoded and dot-segments resolved before routing; a POST's method
+/// overridden by `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override` (any spelling),
+/// a `_method` query parameter or a `_method` urlencoded form field; HEAD served by the GET
+/// handler; and an `Upgrade: h2c` accepted with a 101. Every answer names the handler in an
+/// `x-handler` header, and [`ExpressApp::handled`] lists what ran. Routes:
+/// `GET|POST|DELETE /api/users/:id`, `PATCH /api/users/:id/role`, `GET /api/reports/export`,
+/// `GET /static/*`.
+pub struct ExpressApp {
+    pub addr: SocketAddr,
+    handled: Arc<std::sync::Mutex<Vec<Handled>>>,
+}
+
+impl ExpressApp {
+    pub async fn start() -> ExpressApp {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind express app");
+        let addr = listener.local_addr().expect("addr");
+        let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task_handled = handled.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handled = task_handled.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let handled = handled.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                express_answer(request, handled).await,
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        ExpressApp { addr, handled }
+    }
+
+    /// Everything the app handled so far, in order.
+    pub fn handled(&self) -> Vec<Handled> {
+        self.handled
+            .lock()
+            .map(|list| list.clone())
+            .unwrap_or_default()
+    }
+
+    /// The last request the app handled.
+    pub fn last(&self) -> Option<Handled> {
+        self.handled().pop()
+    }
+
+    /// How many requests ran this handler.
+    pub fn ran(&self, handler: &str) -> usize {
+        self.handled()
+            .iter()
+            .filter(|handled| handled.handler == handler)
+            .count()
+    }
+}
+
+/// The app's own view of a path: segments percent-decoded, empty and `.` segments dropped, `..`
+/// resolved (never above the root). An encoded `/` stays inside its segment, as in Express.
+fn express_segments(path: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for raw in path.split('/') {
+        let segment = percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned();
+        match segment.as_str() {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => out.push(segment),
+        }
+    }
+    out
+}
+
+fn express_override(headers: &HeaderMap, query: Option<&str>, form: &[u8]) -> Option<String> {
+    const HEADERS: [&str; 3] = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ];
+    for (name, value) in headers {
+        let folded = name.as_str().replace('_', "-");
+        if HEADERS.contains(&folded.as_str()) {
+            return value.to_str().ok().map(str::to_ascii_uppercase);
+        }
+    }
+    let from = |text: &[u8]| {
+        form_urlencoded::parse(text)
+            .find(|(key, _)| key == "_method")
+            .map(|(_, value)| value.to_ascii_uppercase())
+    };
+    query
+        .and_then(|query| from(query.as_bytes()))
+        .or_else(|| from(form))
+}
+
+async fn express_answer(
+    request: Request<Incoming>,
+    handled: Arc<std::sync::Mutex<Vec<Handled>>>,
+) -> Response<BoxBody> {
+    let wire_method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let headers = request.headers().clone();
+    let h2c = headers
+        .get("upgrade")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.to_ascii_lowercase().contains("h2c"));
+    if h2c {
+        if let Ok(mut list) = handled.lock() {
+            list.push(Handled {
+                handler: "h2c upgrade".to_string(),
+                id: None,
+                method: wire_method,
+                path,
+                headers,
+            });
+        }
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "h2c")
+            .body(full(Bytes::new()))
+            .expect("response");
+    }
+    let is_form = headers
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .unwrap_or_default();
+    let mut method = wire_method.clone();
+    if method == "POST" {
+        let form: &[u8] = if is_form { &body } else { b"" };
+        if let Some(overridden) = express_override(&parts.headers, parts.uri.query(), form) {
+            method = overridden;
+        }
+    }
+    let route_method = if method == "HEAD" {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    let segments = express_segments(&path);
+    let folded: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let folded: Vec<&str> = folded.iter().map(String::as_str).collect();
+    let (handler, id) = match (route_method, folded.as_slice()) {
+        ("GET", ["api", "users", _]) => ("GET /api/users/:id", Some(segments[2].clone())),
+        ("POST", ["api", "users", _]) => ("POST /api/users/:id", Some(segments[2].clone())),
+        ("DELETE", ["api", "users", _]) => ("DELETE /api/users/:id", Some(segments[2].clone())),
+        ("PATCH", ["api", "users", _, "role"]) => {
+            ("PATCH /api/users/:id/role", Some(segments[2].clone()))
+        }
+        ("GET", ["api", "reports", "export"]) => ("GET /api/reports/export", None),
+        ("GET", ["static", ..]) => ("GET /static/*", None),
+        _ => ("404", None),
+    };
+    if let Ok(mut list) = handled.lock() {
+        list.push(Handled {
+            handler: handler.to_string(),
+            id: id.clone(),
+            method: wire_method,
+            path,
+            headers,
+        });
+    }
+    let status = if handler == "404" {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
+    Response::builder()
+        .status(status)
+        .header("x-handler", handler)
+        .header("content-type", "application/json")
+        .body(full(json!({"handler": handler, "id": id}).to_string()))
+        .expect("response")
 }
