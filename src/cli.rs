@@ -223,7 +223,7 @@ pub struct QueryArgs {
 pub struct ExportArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// csv, json or ndjson.
+    /// csv, json, ndjson or ocsf (one OCSF API Activity event per line).
     #[arg(long)]
     pub format: String,
     #[command(flatten)]

@@ -276,6 +276,9 @@ pub struct StreamFile {
     pub max_bytes: Option<String>,
     /// Rotated files kept: PATH.1 ... PATH.N (default 5).
     pub keep: Option<usize>,
+    /// What each line is: "ndjson" (the default: the entry as the admin API returns it) or
+    /// "ocsf" (an OCSF API Activity event).
+    pub format: Option<String>,
 }
 
 /// `[unmatched]`: traffic no rule matched.
@@ -332,6 +335,9 @@ pub struct RuleFile {
     /// For write-ahead: "reject" or "forward" when the entry cannot be stored (overrides
     /// `[store] on_store_failure`).
     pub on_store_failure: Option<String>,
+    /// The OCSF activity of the entries this rule records: "create", "read", "update",
+    /// "delete" or "other" (default: from the action's last word, else the HTTP method).
+    pub ocsf_activity: Option<String>,
 }
 
 /// A string or a list of strings.
@@ -1255,7 +1261,21 @@ fn validate_stream(
     base: &Path,
     errors: &mut Vec<ConfigError>,
 ) -> Option<crate::stream::StreamConfig> {
-    use crate::stream::{StreamConfig, StreamTarget};
+    use crate::stream::{StreamConfig, StreamFormat, StreamTarget};
+    let format = match file.format.as_deref() {
+        None | Some("ndjson") => StreamFormat::Ndjson,
+        Some("ocsf") => StreamFormat::Ocsf,
+        Some(other) => {
+            errors.push(ConfigError::new(
+                "stream.format",
+                format!(
+                    "`{}` is not a stream format: \"ndjson\" or \"ocsf\"",
+                    other.chars().take(64).collect::<String>()
+                ),
+            ));
+            StreamFormat::Ndjson
+        }
+    };
     let target = match file.ndjson.as_deref() {
         None | Some("") => {
             errors.push(ConfigError::new(
@@ -1298,6 +1318,7 @@ fn validate_stream(
         target: target?,
         max_bytes,
         keep,
+        format,
     })
 }
 
@@ -1694,6 +1715,15 @@ mod tests {
             crate::stream::StreamTarget::File(PathBuf::from("/etc/auditgate/log/audit.ndjson"))
         );
         assert_eq!((stream.max_bytes, stream.keep), (1024 * 1024, 3));
+        assert_eq!(stream.format, crate::stream::StreamFormat::Ndjson);
+        let config = parse("ndjson = \"stdout\"\nformat = \"ocsf\"").expect("valid");
+        let stream = config.stream.expect("stream");
+        assert_eq!(stream.format, crate::stream::StreamFormat::Ocsf);
+        let errors = parse("ndjson = \"stdout\"\nformat = \"cef\"").expect_err("invalid");
+        assert_eq!(
+            errors[0].to_string(),
+            "stream.format: `cef` is not a stream format: \"ndjson\" or \"ocsf\""
+        );
         assert!(
             Config::parse("[proxy]\nupstream = \"a:1\"\n", Path::new("."))
                 .expect("valid")

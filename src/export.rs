@@ -1,4 +1,4 @@
-//! Export encoders: entries to CSV, JSON or NDJSON bytes, batch by batch.
+//! Export encoders: entries to CSV, JSON, NDJSON or OCSF bytes, batch by batch.
 //!
 //! The encoder holds only what it needs between batches (whether a JSON element came before), so
 //! an export of any size streams with flat memory: the admin API and the CLI read a batch from
@@ -7,7 +7,7 @@
 //!
 //! CSV follows RFC 4180 (comma, CRLF, double quotes) and neutralises spreadsheet formulas; JSON
 //! and NDJSON carry each entry as [`AuditEntry::to_api_json`], the same object the admin API
-//! returns.
+//! returns; OCSF is NDJSON of [`crate::ocsf::to_ocsf`] events, one per line.
 
 use std::fmt;
 use std::str::FromStr;
@@ -26,10 +26,12 @@ pub enum ExportFormat {
     Json,
     /// One JSON entry per line, for log shippers and `jq`.
     Ndjson,
+    /// One OCSF API Activity event per line, for SIEMs that ingest OCSF.
+    Ocsf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown export format {0:?}; expected csv, json or ndjson")]
+#[error("unknown export format {0:?}; expected csv, json, ndjson or ocsf")]
 pub struct UnknownExportFormat(pub String);
 
 impl FromStr for ExportFormat {
@@ -40,6 +42,7 @@ impl FromStr for ExportFormat {
             "csv" => Ok(ExportFormat::Csv),
             "json" => Ok(ExportFormat::Json),
             "ndjson" => Ok(ExportFormat::Ndjson),
+            "ocsf" => Ok(ExportFormat::Ocsf),
             _ => Err(UnknownExportFormat(text.chars().take(64).collect())),
         }
     }
@@ -47,18 +50,28 @@ impl FromStr for ExportFormat {
 
 impl fmt::Display for ExportFormat {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(self.file_extension())
+        formatter.write_str(self.name())
     }
 }
 
 impl ExportFormat {
+    /// The name `--format` and `format=` take.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Json => "json",
+            ExportFormat::Ndjson => "ndjson",
+            ExportFormat::Ocsf => "ocsf",
+        }
+    }
+
     /// The `Content-Type` of an export in this format.
     pub fn content_type(self) -> &'static str {
         match self {
             // RFC 4180 registers text/csv; the charset is explicit because entries hold UTF-8.
             ExportFormat::Csv => "text/csv; charset=utf-8",
             ExportFormat::Json => "application/json",
-            ExportFormat::Ndjson => "application/x-ndjson",
+            ExportFormat::Ndjson | ExportFormat::Ocsf => "application/x-ndjson",
         }
     }
 
@@ -67,6 +80,8 @@ impl ExportFormat {
             ExportFormat::Csv => "csv",
             ExportFormat::Json => "json",
             ExportFormat::Ndjson => "ndjson",
+            // Still NDJSON to every tool; the name says which schema the lines follow.
+            ExportFormat::Ocsf => "ocsf.ndjson",
         }
     }
 }
@@ -158,7 +173,7 @@ impl ExportEncoder {
                 header.into_bytes()
             }
             ExportFormat::Json => b"[".to_vec(),
-            ExportFormat::Ndjson => Vec::new(),
+            ExportFormat::Ndjson | ExportFormat::Ocsf => Vec::new(),
         }
     }
 
@@ -186,13 +201,21 @@ impl ExportEncoder {
                 }
                 Ok(bytes)
             }
+            ExportFormat::Ocsf => {
+                let mut bytes = Vec::new();
+                for entry in entries {
+                    serde_json::to_writer(&mut bytes, &crate::ocsf::to_ocsf(entry))?;
+                    bytes.push(b'\n');
+                }
+                Ok(bytes)
+            }
         }
     }
 
     /// The bytes after the last entry: `]` and a newline for JSON.
     pub fn finish(&mut self) -> Vec<u8> {
         match self.format {
-            ExportFormat::Csv | ExportFormat::Ndjson => Vec::new(),
+            ExportFormat::Csv | ExportFormat::Ndjson | ExportFormat::Ocsf => Vec::new(),
             ExportFormat::Json if self.wrote_element => b"\n]\n".to_vec(),
             ExportFormat::Json => b"]\n".to_vec(),
         }
@@ -564,6 +587,28 @@ mod tests {
             assert_eq!(&back, entry);
         }
         assert!(all_bytes(ExportFormat::Ndjson, &[&[]]).is_empty());
+    }
+
+    #[test]
+    fn ocsf_is_one_event_per_line_in_entry_order() {
+        let entries = [plain(1), hostile(), plain(3)];
+        let bytes = all_bytes(ExportFormat::Ocsf, &[&entries[..2], &entries[2..]]);
+        let text = String::from_utf8(bytes).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        for (line, entry) in lines.iter().zip(&entries) {
+            let parsed: Value = serde_json::from_str(line).expect("each line is JSON");
+            assert_eq!(parsed, crate::ocsf::to_ocsf(entry));
+            assert_eq!(parsed["class_uid"], 6003);
+            assert_eq!(parsed["metadata"]["sequence"], entry.seq);
+        }
+        assert_eq!("ocsf".parse(), Ok(ExportFormat::Ocsf));
+        assert_eq!(ExportFormat::Ocsf.to_string(), "ocsf");
+        assert_eq!(ExportFormat::Ocsf.content_type(), "application/x-ndjson");
+        assert_eq!(
+            export_file_name(ExportFormat::Ocsf, time()),
+            "auditgate-export-20261126T101500Z.ocsf.ndjson"
+        );
     }
 
     fn seeded_store(count: usize) -> (std::path::PathBuf, crate::store::sqlite::SqliteStore) {

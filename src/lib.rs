@@ -26,6 +26,7 @@ pub mod lifecycle;
 pub mod log;
 pub mod metrics;
 pub mod normalize;
+pub mod ocsf;
 pub mod proxy;
 pub mod redact;
 pub mod retention;

@@ -912,6 +912,12 @@ fn fill_from_rule(
         Some(action) if !action.is_empty() => entry.action = action,
         _ => entry.action = "unknown".to_string(),
     }
+    if let Some(activity) = spec.ocsf_activity {
+        entry.metadata.insert(
+            crate::ocsf::ACTIVITY_METADATA_KEY.to_string(),
+            Value::from(activity.as_str()),
+        );
+    }
     if let Some(template) = &spec.resource_type {
         entry.resource_type = text("resourceType", template);
     }

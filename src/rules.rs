@@ -263,6 +263,8 @@ pub struct RecordSpec {
     pub actor_id: Option<Template>,
     pub actor_email: Option<Template>,
     pub actor_name: Option<Template>,
+    /// The rule's `ocsf_activity`, recorded in each entry so its OCSF rendering follows it.
+    pub ocsf_activity: Option<crate::ocsf::OcsfActivity>,
 }
 
 #[derive(Debug)]
@@ -968,6 +970,23 @@ fn compile_rule(
         }),
     };
 
+    let ocsf_activity = match file.ocsf_activity.as_deref() {
+        None => None,
+        Some(text) => {
+            let parsed = crate::ocsf::OcsfActivity::parse(text);
+            if parsed.is_none() {
+                errors.push((
+                    "ocsf_activity",
+                    format!(
+                        "`{text}` is not one of {}",
+                        crate::ocsf::OcsfActivity::NAMES
+                    ),
+                ));
+            }
+            parsed
+        }
+    };
+
     let mut template = |key: &'static str, text: &str| -> Option<Template> {
         match Template::parse(text, &params) {
             Ok(template) => Some(template),
@@ -1047,6 +1066,7 @@ fn compile_rule(
                 actor_id,
                 actor_email,
                 actor_name,
+                ocsf_activity,
             })),
             None => RuleKind::Skip,
         }
@@ -1057,6 +1077,12 @@ fn compile_rule(
             "skip",
             "a skip rule records nothing, so action, resource and metadata make no sense on it"
                 .to_string(),
+        ));
+    }
+    if file.skip && file.ocsf_activity.is_some() {
+        errors.push((
+            "ocsf_activity",
+            "a skip rule records nothing, so it has no OCSF activity".to_string(),
         ));
     }
 
@@ -1340,6 +1366,63 @@ mod tests {
         );
         assert!(all.contains(r#"rule #3 ("a").path_regex"#), "{all}");
         assert!(all.contains(r#"rule #3 ("a").action"#), "{all}");
+    }
+
+    #[test]
+    fn ocsf_activity_is_checked_and_kept_with_the_rule() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            rule: Vec<RuleFile>,
+        }
+        let file: File = toml::from_str(
+            r#"
+            [[rule]]
+            name = "purge"
+            method = "POST"
+            path = "/purge"
+            action = "cache.purge"
+            ocsf_activity = "delete"
+            [[rule]]
+            name = "plain"
+            path = "/x"
+            action = "x.happened"
+            "#,
+        )
+        .expect("parses");
+        let rules = RuleSet::compile(&file.rule, UnmatchedRecord::None).expect("valid");
+        let activities: Vec<Option<crate::ocsf::OcsfActivity>> = rules
+            .rules()
+            .iter()
+            .map(|rule| match &rule.kind {
+                RuleKind::Record(spec) => spec.ocsf_activity,
+                RuleKind::Skip => None,
+            })
+            .collect();
+        assert_eq!(activities, [Some(crate::ocsf::OcsfActivity::Delete), None]);
+
+        let file: File = toml::from_str(
+            r#"
+            [[rule]]
+            path = "/a"
+            action = "a"
+            ocsf_activity = "Erase"
+            [[rule]]
+            name = "health"
+            path = "/health"
+            skip = true
+            ocsf_activity = "read"
+            "#,
+        )
+        .expect("parses");
+        let errors = RuleSet::compile(&file.rule, UnmatchedRecord::None).expect_err("invalid");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "rule #1.ocsf_activity: `Erase` is not one of create, read, update, delete or other",
+                r#"rule #2 ("health").ocsf_activity: a skip rule records nothing, so it has no OCSF activity"#,
+            ]
+        );
     }
 
     #[test]

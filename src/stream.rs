@@ -1,5 +1,7 @@
 //! The SIEM stream: every entry, once committed to the store, as one JSON line on standard
-//! output or in a file that Vector, Fluent Bit or Filebeat tails (`[stream] ndjson`).
+//! output or in a file that Vector, Fluent Bit or Filebeat tails (`[stream] ndjson`). A line is
+//! the entry as the admin API returns it, or with `format = "ocsf"` the entry as an OCSF API
+//! Activity event ([`crate::ocsf`]).
 //!
 //! The writer thread writes the lines right after each group commit, so a line never describes
 //! an entry the store does not have, and the proxy path never waits on the stream. Each batch is
@@ -24,6 +26,16 @@ pub enum StreamTarget {
     File(PathBuf),
 }
 
+/// What each stream line holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamFormat {
+    /// The entry as the admin API returns it.
+    #[default]
+    Ndjson,
+    /// The entry as an OCSF API Activity event.
+    Ocsf,
+}
+
 /// `[stream]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamConfig {
@@ -32,6 +44,7 @@ pub struct StreamConfig {
     pub max_bytes: u64,
     /// Rotated files kept (`PATH.1` ... `PATH.keep`).
     pub keep: usize,
+    pub format: StreamFormat,
 }
 
 /// An open stream.
@@ -60,8 +73,8 @@ impl NdjsonStream {
         })
     }
 
-    /// Writes one line per entry (the admin API's JSON form), rotating first when the batch
-    /// would take the file past `max_bytes`.
+    /// Writes one line per entry (the admin API's JSON form, or its OCSF event), rotating first
+    /// when the batch would take the file past `max_bytes`.
     pub fn write_entries(&mut self, entries: &[AuditEntry]) -> std::io::Result<()> {
         if entries.is_empty() {
             return Ok(());
@@ -69,7 +82,11 @@ impl NdjsonStream {
         let mut lines = Vec::with_capacity(entries.len() * 512);
         for entry in entries {
             // serde_json escapes control characters, so an entry is always exactly one line.
-            serde_json::to_writer(&mut lines, &entry.to_api_json())?;
+            let line = match self.config.format {
+                StreamFormat::Ndjson => entry.to_api_json(),
+                StreamFormat::Ocsf => crate::ocsf::to_ocsf(entry),
+            };
+            serde_json::to_writer(&mut lines, &line)?;
             lines.push(b'\n');
         }
         match &self.config.target {
@@ -163,6 +180,7 @@ mod tests {
             target: StreamTarget::File(path.clone()),
             max_bytes: 4096,
             keep: 2,
+            format: StreamFormat::Ndjson,
         };
         let mut stream = NdjsonStream::open(config.clone()).expect("opens");
         stream.write_entries(&entries(3, "first")).expect("writes");
@@ -215,6 +233,30 @@ mod tests {
             .write_entries(&entries(1, "again"))
             .expect("writes");
         assert_eq!(lines(&path).len(), before + 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_ocsf_format_writes_one_event_per_entry() {
+        let dir = std::env::temp_dir().join(format!("auditgate-stream-{}", ulid::Ulid::new()));
+        let path = dir.join("audit.ocsf.ndjson");
+        let mut stream = NdjsonStream::open(StreamConfig {
+            target: StreamTarget::File(path.clone()),
+            max_bytes: 1 << 20,
+            keep: 1,
+            format: StreamFormat::Ocsf,
+        })
+        .expect("opens");
+        let batch = entries(2, "user.deleted");
+        stream.write_entries(&batch).expect("writes");
+        let written = lines(&path);
+        assert_eq!(written.len(), 2);
+        for (line, entry) in written.iter().zip(&batch) {
+            assert_eq!(line, &crate::ocsf::to_ocsf(entry));
+            assert_eq!(line["class_uid"], 6003);
+            assert_eq!(line["activity_id"], 4);
+            assert_eq!(line["http_request"]["url"]["path"], "/line\nbreak");
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }

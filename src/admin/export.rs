@@ -1,4 +1,4 @@
-//! `GET /api/v1/export?format=csv|json|ndjson&<filters>`: the matching entries as a download,
+//! `GET /api/v1/export?format=csv|json|ndjson|ocsf&<filters>`: the matching entries as a download,
 //! streamed. With `proofs=true` (NDJSON only) every line also carries the entry's leaf hash and
 //! inclusion proof against the latest signed head, which ends the file, so an auditor checks it
 //! offline with `auditgate verify-export` ([`crate::export_proofs`] writes it).
@@ -48,7 +48,7 @@ pub async fn export(
             };
             action
                 .metadata
-                .insert("format".into(), Value::from(format.file_extension()));
+                .insert("format".into(), Value::from(format.name()));
             action.metadata.insert(
                 "filters".into(),
                 params_json(&params, &["format", "proofs"]),
@@ -150,7 +150,7 @@ async fn prepare(state: &AdminState, params: &[(String, String)]) -> Result<Prep
         [] => {
             errors.push(ParamError::new(
                 "format",
-                "is required: csv, json or ndjson",
+                "is required: csv, json, ndjson or ocsf",
             ));
             None
         }

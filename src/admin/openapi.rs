@@ -309,7 +309,7 @@ fn build() -> Value {
         export, export_params,
         json!({
             "200": {
-                "description": "The file, as an attachment named auditgate-export-<UTC time>.<format>. CSV (RFC 4180, CRLF, a header row, metadata as JSON in one column, cells starting with = + - @ tab or CR prefixed with ') or JSON (one array) or NDJSON (one entry per line). With proofs=true, NDJSON whose entry lines also carry leafHash, leafIndex and auditPath, oldest first, and whose last line is {\"treeHead\": <the signed head>, \"entries\": <count>}: `auditgate verify-export FILE --key PUBKEY` checks it without the database.",
+                "description": "The file, as an attachment named auditgate-export-<UTC time>.<format>. CSV (RFC 4180, CRLF, a header row, metadata as JSON in one column, cells starting with = + - @ tab or CR prefixed with ') or JSON (one array) or NDJSON (one entry per line) or OCSF (NDJSON of OCSF 1.3.0 API Activity events, class_uid 6003, one per entry; served as application/x-ndjson). With proofs=true, NDJSON whose entry lines also carry leafHash, leafIndex and auditPath, oldest first, and whose last line is {\"treeHead\": <the signed head>, \"entries\": <count>}: `auditgate verify-export FILE --key PUBKEY` checks it without the database.",
                 "headers": {"Content-Disposition": {"schema": {"type": "string"}}},
                 "content": {
                     "text/csv": {"schema": {"type": "string"}, "example": CSV_COLUMNS.join(",")},
@@ -417,7 +417,7 @@ fn parameters() -> Value {
             "description": "Also return `total`, the number of matching entries.",
             "schema": {"type": "boolean", "default": false}},
         "format": {"name": "format", "in": "query", "required": true,
-            "schema": {"type": "string", "enum": ["csv", "json", "ndjson"]}},
+            "schema": {"type": "string", "enum": ["csv", "json", "ndjson", "ocsf"]}},
         "proofs": {"name": "proofs", "in": "query", "required": false,
             "description": "Each entry with its inclusion proof against the latest signed head, which ends the file (format=ndjson only; not with cursor or order=desc: the file holds every matching entry the head covers, oldest first).",
             "schema": {"type": "boolean", "default": false}},

@@ -20,6 +20,7 @@ mod pg_tls;
 mod proxy;
 mod running;
 mod siem;
+mod siem_ocsf;
 mod store;
 mod tamper;
 mod viewer;

@@ -374,7 +374,7 @@ function renderExportLinks() {
   const allowed = hasScope('export');
   // "proofs" is NDJSON whose lines carry each entry's inclusion proof against the latest signed
   // head, for `auditgate verify-export` to check offline.
-  for (const kind of ['csv', 'json', 'ndjson', 'proofs']) {
+  for (const kind of ['csv', 'json', 'ndjson', 'proofs', 'ocsf']) {
     const link = $(`#export-${kind}`);
     const query = new URLSearchParams(params);
     query.set('format', kind === 'proofs' ? 'ndjson' : kind);
@@ -385,7 +385,9 @@ function renderExportLinks() {
       link.removeAttribute('tabindex');
       link.title = kind === 'proofs'
         ? 'Download every matching entry the latest signed head covers, each with its inclusion proof, as NDJSON; check it offline with auditgate verify-export'
-        : `Download every entry matching the current filters as ${kind.toUpperCase()}`;
+        : kind === 'ocsf'
+          ? 'Download every entry matching the current filters as OCSF API Activity events, one per line'
+          : `Download every entry matching the current filters as ${kind.toUpperCase()}`;
     } else {
       link.removeAttribute('href');
       link.setAttribute('aria-disabled', 'true');
