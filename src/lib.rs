@@ -25,6 +25,7 @@ pub mod hints;
 pub mod lifecycle;
 pub mod log;
 pub mod metrics;
+pub mod openapi_rules;
 pub mod proxy;
 pub mod redact;
 pub mod retention;
