@@ -614,7 +614,8 @@ fn build_operation(
             }
         }
         match segment.as_slice() {
-            [Piece::Literal(text)] if !text.is_empty() => words.push((text.clone(), false)),
+            [] => {}
+            [Piece::Literal(text)] => words.push((text.clone(), false)),
             _ if whole_parameter => {
                 if let Some(last) = words.last_mut() {
                     last.1 = true;
@@ -668,7 +669,7 @@ fn build_operation(
 
     let words: Vec<(String, bool)> = words
         .into_iter()
-        .filter(|(word, _)| !is_version_or_api(word))
+        .filter(|(word, _)| !is_version_or_api(word) && !snake(word).is_empty())
         .collect();
     let (action, resource_type, has_id) = match words.as_slice() {
         [] => (
