@@ -188,7 +188,7 @@ fn shadowed_rules(config: &Config, found: &mut Vec<Warning>) {
 }
 
 /// A route template segment in another router's syntax, which auditgate matches literally.
-fn literal_only_path(path: &str) -> Option<String> {
+pub fn literal_only_path(path: &str) -> Option<String> {
     let mut depth = 0usize;
     let mut segment_start = true;
     for (position, character) in path.char_indices() {

@@ -55,7 +55,15 @@ pub enum Command {
         /// More configuration files to check.
         #[arg(value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// Also list the operations of this OpenAPI document (JSON or YAML) that change state
+        /// and that no rule of the configuration records (exit code unchanged).
+        #[arg(long, value_name = "SPEC")]
+        coverage: Option<PathBuf>,
     },
+    /// Write rules for you: `rules from-openapi SPEC` drafts a rule per operation of an OpenAPI
+    /// document.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Show which rule a request would match and the entry it would produce, without a proxy.
     Explain(ExplainArgs),
     /// Query the entries of a store.
@@ -100,6 +108,30 @@ pub enum Command {
         #[arg(long, default_value = "read,export")]
         scopes: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Draft a commented rule per operation that changes state (POST, PUT, PATCH, DELETE) of an
+    /// OpenAPI 3.x or Swagger 2.0 document (JSON or YAML), and a [redact] section for its secret
+    /// fields, as TOML to append to a config.
+    FromOpenapi(FromOpenapiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FromOpenapiArgs {
+    /// The OpenAPI or Swagger document, JSON or YAML.
+    pub spec: PathBuf,
+    /// Also draft rules for reads (GET).
+    #[arg(long)]
+    pub reads: bool,
+    /// The path prefix the sidecar sees in front of the document's paths, instead of the first
+    /// server URL's path (OpenAPI 3) or basePath (Swagger 2.0); "" for none.
+    #[arg(long, value_name = "PREFIX")]
+    pub base_path: Option<String>,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
 }
 
 /// Writes `text` to standard output. A closed standard output (`auditgate query | head -1`) is

@@ -27,6 +27,7 @@ pub mod log;
 pub mod metrics;
 pub mod normalize;
 pub mod ocsf;
+pub mod openapi_rules;
 pub mod proxy;
 pub mod redact;
 pub mod retention;

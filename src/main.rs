@@ -118,7 +118,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(auditgate::demo::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config, files } => {
+        Command::Check {
+            config,
+            files,
+            coverage,
+        } => {
             let mut paths: Vec<_> = config.into_iter().chain(files).collect();
             if paths.is_empty() {
                 // Like `run`: the file `AUDITGATE_CONFIG` names, or auditgate.toml here.
@@ -137,6 +141,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         for warning in auditgate::check::warnings(&text, &config) {
                             eprintln!("{}: warning: {warning}", path.display());
                         }
+                        if let Some(spec) = &coverage {
+                            let report = auditgate::openapi_rules::run_coverage(spec, &config);
+                            match report {
+                                Ok(report) => auditgate::cli::print_stdout(&report)?,
+                                Err(error) => {
+                                    eprintln!("auditgate check --coverage: {error}");
+                                    return Ok(ExitCode::from(EXIT_USAGE));
+                                }
+                            }
+                        }
                     }
                     Err(errors) => {
                         valid = false;
@@ -149,6 +163,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(EXIT_USAGE)
             })
+        }
+        Command::Rules(auditgate::cli::RulesCommand::FromOpenapi(args)) => {
+            match auditgate::openapi_rules::run_from_openapi(&args) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(error) => {
+                    eprintln!("auditgate rules from-openapi: {error}");
+                    Ok(ExitCode::from(EXIT_USAGE))
+                }
+            }
         }
         Command::Explain(args) => {
             let config = match load_config(&args.config) {

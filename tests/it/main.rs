@@ -15,6 +15,7 @@ mod hints;
 mod hostile;
 mod identity;
 mod jwks;
+mod openapi;
 mod ops;
 mod pg_tls;
 mod proxy;
