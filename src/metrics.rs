@@ -40,8 +40,8 @@ pub struct Metrics {
     pub forwarded_unrecorded: Counter,
     /// Fetches and freshness of JWT key sets fetched from a `jwks_url`.
     pub jwks: JwksMetrics,
-    /// Finished proxied exchanges by method, status class and whether a rule matched, with the
-    /// time each took from its head to its last byte and the time the app took to answer.
+    /// Proxied exchanges by method, status class and whether a rule matched, with the time each
+    /// took to its response head and the time the app took to answer.
     pub exchanges: ExchangeMetrics,
     /// Configuration reloads (SIGHUP) that took effect.
     pub reloads_ok: Counter,
@@ -82,7 +82,7 @@ const CLASS_LABELS: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 pub struct ExchangeMetrics {
     /// `[method][class][matched]`.
     counts: Vec<Counter>,
-    /// From the request head to the response's last byte (or the client leaving).
+    /// From the request head to the response head.
     pub duration: Histogram,
     /// From forwarding the request to the app's response head.
     pub upstream_duration: Histogram,
@@ -118,7 +118,7 @@ impl ExchangeMetrics {
         let name = "auditgate_proxied_requests_total";
         let _ = writeln!(
             out,
-            "# HELP {name} Proxied exchanges finished, by method, status class and whether a rule matched."
+            "# HELP {name} Proxied exchanges answered, by method, status class and whether a rule matched."
         );
         let _ = writeln!(out, "# TYPE {name} counter");
         for (method_index, method) in METHOD_LABELS.iter().enumerate() {
@@ -140,7 +140,7 @@ impl ExchangeMetrics {
         self.duration.write(
             out,
             "auditgate_request_duration_seconds",
-            "Time of proxied exchanges from the request head to the response's last byte.",
+            "Time of proxied exchanges from the request head to the response head.",
         );
         self.upstream_duration.write(
             out,

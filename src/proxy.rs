@@ -238,6 +238,36 @@ impl ResponseBody {
             exchange.finish(completion);
         }
     }
+
+    /// Whether a rule (not the `[unmatched]` fallback) decided this exchange's entry.
+    pub fn rule_matched(&self) -> bool {
+        self.exchange
+            .as_ref()
+            .is_some_and(|exchange| matches!(exchange.decision, Decision::Rule(_)))
+    }
+}
+
+/// [`handle`], counted in `/metrics` by method, status class and whether a rule matched, with the
+/// time to the response head.
+pub async fn handle_counted(
+    state: Arc<ProxyState>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let metrics = state.metrics.clone();
+    let response = handle(state, peer, request).await;
+    if let Ok(response) = &response {
+        let exchanges = &metrics.exchanges;
+        exchanges.record(
+            &method,
+            Some(response.status().as_u16()),
+            response.body().rule_matched(),
+        );
+        exchanges.duration.observe(started.elapsed().as_secs_f64());
+    }
+    response
 }
 
 enum Completion {
@@ -1522,11 +1552,19 @@ pub async fn handle(
     parts.version = Version::HTTP_11;
     let upstream_request = Request::from_parts(parts, body);
 
+    let forwarded = Instant::now();
     let sent = tokio::time::timeout(
         state.config.upstream_timeout,
         state.client.request(upstream_request),
     )
     .await;
+    if matches!(sent, Ok(Ok(_))) {
+        state
+            .metrics
+            .exchanges
+            .upstream_duration
+            .observe(forwarded.elapsed().as_secs_f64());
+    }
     let mut response = match sent {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {

@@ -539,7 +539,7 @@ async fn serve_proxy(
         let first_request_seen = first_request.clone();
         let service = service_fn(move |request| {
             first_request_seen.notify_one();
-            proxy::handle(connection_state.clone(), peer, request)
+            proxy::handle_counted(connection_state.clone(), peer, request)
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = graceful.watch(connection.into_owned());

@@ -155,6 +155,43 @@ async fn metrics_show_the_build_the_config_in_force_the_process_and_reloads() {
     assert!(metric_value(&page, "process_open_fds").is_some_and(|fds| fds >= 3.0));
     assert!(metric_value(&page, "process_start_time_seconds").is_some());
 
+    // Exchanges by method, status class and whether a rule matched.
+    let proxy = |path: &str| format!("http://{}{path}", process.proxy);
+    client.send("DELETE", &proxy("/api/users/3"), &[], "").await;
+    client.send("GET", &proxy("/api/users/3"), &[], "").await;
+    client.send("GET", &proxy("/a/%00/b"), &[], "").await;
+    let page = client.get_admin(&metrics_url).await.text();
+    let series = |labels: &str| {
+        metric_value(
+            &page,
+            &format!("auditgate_proxied_requests_total{{{labels}}}"),
+        )
+    };
+    assert_eq!(
+        series("method=\"DELETE\",class=\"2xx\",matched=\"true\""),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        series("method=\"GET\",class=\"2xx\",matched=\"false\""),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        series("method=\"GET\",class=\"4xx\",matched=\"false\""),
+        Some(1.0),
+        "a refused path is counted with auditgate's answer: {page}"
+    );
+    assert_eq!(
+        metric_value(&page, "auditgate_request_duration_seconds_count"),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric_value(&page, "auditgate_upstream_duration_seconds_count"),
+        Some(2.0),
+        "the refused request never reached the app"
+    );
+
     // A valid change is reloaded and counted; the new hash replaces the old one.
     let text = std::fs::read_to_string(&config).expect("read");
     std::fs::write(&config, text.replace("user.deleted", "user.removed")).expect("write");
