@@ -148,7 +148,21 @@ pub struct Authenticator {
     /// TLS-terminating proxies in front of the admin listener; their word on the scheme decides
     /// whether the session cookie is `Secure`.
     https_proxies: Vec<ipnet::IpNet>,
+    /// How many refusals of unknown credentials were recorded in the current minute.
+    unknown_credentials: Mutex<CredentialRefusals>,
 }
+
+/// The budget of `audit.denied` entries for unknown credentials: a token-guessing loop is
+/// recorded, but cannot fill the log; what goes over is counted into the next recorded entry.
+#[derive(Debug)]
+struct CredentialRefusals {
+    window_started: Instant,
+    recorded: u32,
+    suppressed: u64,
+}
+
+/// Most `audit.denied` entries for unknown credentials recorded per minute.
+pub const UNKNOWN_CREDENTIALS_PER_MINUTE: u32 = 60;
 
 impl Authenticator {
     pub fn new(tokens: &[AdminToken]) -> Authenticator {
@@ -162,7 +176,31 @@ impl Authenticator {
             sessions: Mutex::new(HashMap::new()),
             lifetime,
             https_proxies: Vec::new(),
+            unknown_credentials: Mutex::new(CredentialRefusals {
+                window_started: Instant::now(),
+                recorded: 0,
+                suppressed: 0,
+            }),
         }
+    }
+
+    /// Whether a refusal of unknown credentials is recorded now, and how many earlier ones went
+    /// unrecorded since the last recorded one (over the per-minute budget).
+    pub fn admit_credential_refusal(&self) -> Option<u64> {
+        let mut refusals = self
+            .unknown_credentials
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if refusals.window_started.elapsed() >= Duration::from_secs(60) {
+            refusals.window_started = Instant::now();
+            refusals.recorded = 0;
+        }
+        if refusals.recorded >= UNKNOWN_CREDENTIALS_PER_MINUTE {
+            refusals.suppressed += 1;
+            return None;
+        }
+        refusals.recorded += 1;
+        Some(std::mem::take(&mut refusals.suppressed))
     }
 
     /// Replaces the configured tokens (a reload). A removed token stops working at once, and so
@@ -444,7 +482,8 @@ fn changes_state(method: &Method) -> bool {
 
 /// Middleware of every protected route: authenticates, checks the origin of cookie-borne
 /// changes and the route's scope, then hands the [`Caller`] to the handler. Refusals of an
-/// authenticated caller are themselves audited (`audit.denied`); anonymous 401s are not, so
+/// authenticated caller are themselves audited (`audit.denied`), and so are credentials nobody
+/// holds, within a per-minute budget; requests with no credential at all are not, so
 /// unauthenticated noise cannot fill the log.
 pub async fn require(
     State((state, access)): State<(AdminState, Access)>,
@@ -453,7 +492,17 @@ pub async fn require(
 ) -> Response {
     let caller = match state.auth.identify(request.headers()) {
         Ok(caller) => caller,
-        Err(error) => return error.into_response(),
+        Err(error) => {
+            // Someone presented a credential that is not (or no longer) valid: that attempt is
+            // part of the record. A request with no credential at all is not (probes, a browser
+            // before sign-in).
+            let presented = request.headers().contains_key(header::AUTHORIZATION)
+                || session_cookie(request.headers()).is_some();
+            if presented {
+                record_unknown_credential(&state, &RequestInfo::of(&request), &error);
+            }
+            return error.into_response();
+        }
     };
     let refusal = if matches!(caller.via, Via::Session { .. })
         && changes_state(request.method())
@@ -484,6 +533,27 @@ pub async fn require(
     }
     request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// Records `audit.denied` for a credential nobody holds (an unknown or revoked token, an ended
+/// session), within the per-minute budget. No actor: the credential names nobody, and is never
+/// stored.
+pub fn record_unknown_credential(state: &AdminState, info: &RequestInfo, error: &ApiError) {
+    let Some(suppressed) = state.auth.admit_credential_refusal() else {
+        tracing::warn!(peer = ?info.peer, path = %info.path, "admin request with unknown credentials (over the recording budget)");
+        return;
+    };
+    tracing::warn!(peer = ?info.peer, path = %info.path, %error, "admin request with unknown credentials");
+    let mut action = AdminAction::new(audit::AUDIT_DENIED, error.status());
+    action
+        .metadata
+        .insert("reason".into(), error.to_string().into());
+    if suppressed > 0 {
+        action
+            .metadata
+            .insert("unrecordedBefore".into(), suppressed.into());
+    }
+    audit::record(state, None, info, action);
 }
 
 /// The client address of a request served with connect info (the admin listener), if known.
@@ -518,6 +588,23 @@ mod tests {
             map.append(*name, HeaderValue::from_str(value).expect("header value"));
         }
         map
+    }
+
+    #[test]
+    fn refusals_of_unknown_credentials_have_a_budget_and_count_what_went_over() {
+        let auth = authenticator();
+        for _ in 0..UNKNOWN_CREDENTIALS_PER_MINUTE {
+            assert_eq!(auth.admit_credential_refusal(), Some(0));
+        }
+        assert_eq!(auth.admit_credential_refusal(), None);
+        assert_eq!(auth.admit_credential_refusal(), None);
+        // A new minute: the next one is recorded and says how many were not.
+        auth.unknown_credentials
+            .lock()
+            .expect("lock")
+            .window_started -= Duration::from_secs(61);
+        assert_eq!(auth.admit_credential_refusal(), Some(2));
+        assert_eq!(auth.admit_credential_refusal(), Some(0));
     }
 
     #[test]

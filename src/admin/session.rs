@@ -59,7 +59,7 @@ pub async fn create(
         }
         Err(error) => {
             if matches!(error, ApiError::Unauthorized(_)) {
-                tracing::warn!(peer = ?info.peer, "viewer sign-in with an unknown token");
+                super::auth::record_unknown_credential(&state, &info, &error);
             }
             error.into_response()
         }

@@ -886,8 +886,13 @@ async fn bearer_tokens_and_scopes_guard_the_admin_listener_only() {
     );
     assert_eq!(upstream.count(), 1);
 
-    // The refusal of an authenticated caller is on record; anonymous noise is not.
-    let denied = wait_for_entry(&sidecar, |entry| entry.action == "audit.denied").await;
+    // The refusal of an authenticated caller is on record, and so is every presented
+    // credential nobody holds (the wrong token, a Basic header); requests with no credential
+    // at all are not.
+    let denied = wait_for_entry(&sidecar, |entry| {
+        entry.action == "audit.denied" && entry.actor_id.is_some()
+    })
+    .await;
     assert_eq!(denied.actor_id.as_deref(), Some("reader"));
     assert_eq!(denied.status, Some(403));
     assert_eq!(denied.metadata["scope"], "export");
@@ -900,10 +905,31 @@ async fn bearer_tokens_and_scopes_guard_the_admin_listener_only() {
     assert_eq!(query.path.as_deref(), Some("/api/v1/entries"));
     assert_eq!(query.route.as_deref(), Some("/api/v1/entries"));
     assert_eq!(query.metadata["auth"], "bearer");
-    // The anonymous 401s above left no entries: every entry names its token holder.
     let entries = sidecar.entries().await;
-    assert!(!entries.is_empty());
-    assert!(entries.iter().all(|entry| entry.actor_id.is_some()));
+    let unknown: Vec<&AuditEntry> = entries
+        .iter()
+        .filter(|entry| entry.action == "audit.denied" && entry.actor_id.is_none())
+        .collect();
+    assert_eq!(
+        unknown.len(),
+        2,
+        "the wrong token and the Basic header: {unknown:#?}"
+    );
+    for entry in &unknown {
+        assert_eq!(entry.status, Some(401));
+        assert_eq!(entry.path.as_deref(), Some("/api/v1/entries"));
+        assert_eq!(entry.ip.as_deref(), Some("127.0.0.1"));
+        assert!(entry.metadata["reason"].as_str().is_some(), "{entry:?}");
+    }
+    // The anonymous 401s left no entries: every other entry names its token holder.
+    assert!(entries
+        .iter()
+        .filter(|entry| !unknown.iter().any(|seen| seen.id == entry.id))
+        .all(|entry| entry.actor_id.is_some()));
+    // The wrong token itself is nowhere in the log.
+    assert!(entries
+        .iter()
+        .all(|entry| !format!("{entry:?}").contains("agt_wrong")));
     sidecar.stop().await;
 }
 

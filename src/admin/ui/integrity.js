@@ -159,7 +159,10 @@ export function setupIntegrity() {
     } else close();
   });
   document.addEventListener('click', (event) => {
-    if (!pop.hidden && !$('#integrity').contains(event.target)) close();
+    // A click inside the popover can re-render it ("Verify now" shows "Verifying…" at once), so
+    // by the time the click reaches the document its target may be detached: that is not a
+    // click outside.
+    if (!pop.hidden && event.target.isConnected && !$('#integrity').contains(event.target)) close();
   });
   document.addEventListener('keydown', (event) => {
     if (event.key === 'Escape' && !pop.hidden) {
