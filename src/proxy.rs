@@ -1242,7 +1242,7 @@ pub async fn handle(
     }
     if let (None, Some(reason)) = (&refusal, &method_view.refused) {
         refusal = Some(Refusal::bad_request(
-            "conflicting or invalid method override",
+            "conflicting, invalid or unreadable method override",
             format!("refused: {reason}"),
         ));
     }
