@@ -562,3 +562,28 @@ async fn a_form_override_that_cannot_be_read_is_refused_and_recorded() {
     let (status, answer) = raw(sidecar.proxy, "POST", "/api/users/5", &[form], &large).await;
     assert_eq!(status, 200, "{answer}");
 }
+
+#[tokio::test]
+async fn a_target_that_is_not_a_path_is_refused_and_recorded() {
+    let (app, sidecar) = setup("").await;
+    // The authority form (`DELETE host:port`) has no path for the rules to match, but it reaches
+    // the app as `DELETE /`; `*` is only OPTIONS's.
+    for (index, (method, target)) in [("DELETE", "app.test:80"), ("DELETE", "*")]
+        .iter()
+        .enumerate()
+    {
+        let (status, answer) = raw(sidecar.proxy, method, target, &[], "").await;
+        assert_eq!(status, 400, "{target}: {answer}");
+        assert!(app.handled().is_empty(), "{target}: {:?}", app.handled());
+        let entry = next_entry(&sidecar, index).await;
+        assert_eq!(entry.status, Some(400), "{target}: {entry:?}");
+        assert!(
+            entry.error.unwrap_or_default().contains("not a path"),
+            "{target}"
+        );
+    }
+    // `OPTIONS *` is still forwarded.
+    let (status, _) = raw(sidecar.proxy, "OPTIONS", "*", &[], "").await;
+    assert_eq!(status, 404);
+    assert_eq!(app.last().expect("handled").path, "*");
+}
