@@ -173,10 +173,18 @@ impl CanonicalConfig {
             }
             _ => {}
         }
-        let (effective, refused) = match method::resolve(&honoured) {
+        let (effective, mut refused) = match method::resolve(&honoured) {
             Ok(effective) => (effective, None),
             Err(reason) => (None, Some(reason)),
         };
+        // A form field that could not be read may still name a method: the app reads the whole
+        // body (a large form, a content coding it decodes) and could run a DELETE that the log
+        // records as a POST, or not at all. No entry could say what the app did.
+        if let (None, Some(reason)) = (&refused, &unread) {
+            refused = Some(format!(
+                "{reason}; the app may run another method than the one recorded"
+            ));
+        }
         let note = method::note(
             sent,
             &honoured,
@@ -474,6 +482,38 @@ mod tests {
                 "{raw}"
             );
         }
+    }
+
+    #[test]
+    fn an_unreadable_form_override_is_refused() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        let config = CanonicalConfig::default();
+        let view = config.method_view(
+            &Method::POST,
+            &headers,
+            None,
+            FormBody::Unreadable("was larger than max_body_capture"),
+        );
+        assert_eq!(view.method, Method::POST);
+        let reason = view.refused.expect("refused");
+        assert!(reason.contains("max_body_capture"), "{reason}");
+        // Without form overrides the body is not a source, and nothing is refused.
+        let config = CanonicalConfig {
+            method_override: MethodOverride::parse(&["X-HTTP-Method-Override".to_string()])
+                .expect("parses"),
+            ..CanonicalConfig::default()
+        };
+        let view = config.method_view(
+            &Method::POST,
+            &headers,
+            None,
+            FormBody::Unreadable("was larger than max_body_capture"),
+        );
+        assert_eq!(view.refused, None);
     }
 
     #[test]

@@ -1209,14 +1209,28 @@ pub async fn handle(
     // The canonical view, before any rule sees the request: the path is rewritten in place, so
     // the rules, the actor sources, the entry and the app all see the same canonical path.
     let mut refusal: Option<Refusal> = None;
-    match canonical_target(&policy.canonical, request.uri()) {
-        Ok(None) => {}
-        Ok(Some(uri)) => {
-            let sent = String::from_utf8_lossy(request.uri().path().as_bytes()).into_owned();
-            notes.insert("_pathSent".to_string(), Value::from(sent));
-            *request.uri_mut() = uri;
+    // A target with no path (the authority form of a DELETE) reaches the app as `/` while the
+    // rules would see an empty path; `*` is only OPTIONS's and an empty path only CONNECT's.
+    let path = request.uri().path();
+    let target_is_a_path = path.starts_with('/')
+        || (path == "*" && sent_method == Method::OPTIONS)
+        || (path.is_empty() && sent_method == Method::CONNECT);
+    if !target_is_a_path {
+        refusal = Some(Refusal::bad_request(
+            "bad request target",
+            format!("refused: the request target of a {sent_method} is not a path"),
+        ));
+    }
+    if refusal.is_none() {
+        match canonical_target(&policy.canonical, request.uri()) {
+            Ok(None) => {}
+            Ok(Some(uri)) => {
+                let sent = String::from_utf8_lossy(request.uri().path().as_bytes()).into_owned();
+                notes.insert("_pathSent".to_string(), Value::from(sent));
+                *request.uri_mut() = uri;
+            }
+            Err(error) => refusal = Some(Refusal::bad_request("bad request path", error)),
         }
-        Err(error) => refusal = Some(Refusal::bad_request("bad request path", error)),
     }
     // An HTTP/2 upgrade would turn the connection into a tunnel whose later requests no rule
     // sees; HTTP/2 is served with prior knowledge instead.
@@ -1272,7 +1286,7 @@ pub async fn handle(
     }
     if let (None, Some(reason)) = (&refusal, &method_view.refused) {
         refusal = Some(Refusal::bad_request(
-            "conflicting or invalid method override",
+            "conflicting, invalid or unreadable method override",
             format!("refused: {reason}"),
         ));
     }

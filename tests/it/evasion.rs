@@ -525,3 +525,65 @@ fn explain_shows_the_canonical_path_and_the_semantics_that_matched() {
     assert_eq!(out["decision"], "refused", "{out:#}");
     assert_eq!(out["entry"]["status"], 400);
 }
+
+#[tokio::test]
+async fn a_form_override_that_cannot_be_read_is_refused_and_recorded() {
+    let (app, sidecar) = setup("").await;
+    // The field comes after more than max_body_capture (64 KiB by default): the app reads the
+    // whole form and would run a DELETE that the log could only record as a POST.
+    let large = format!("note={}&_method=DELETE", "x".repeat(70 * 1024));
+    let form = "Content-Type: application/x-www-form-urlencoded";
+    let cases: [(Vec<&str>, &str, &str); 2] = [
+        (vec![form], &large, "max_body_capture"),
+        (
+            vec![form, "Content-Encoding: identity, identity"],
+            "_method=DELETE",
+            "content coding",
+        ),
+    ];
+    for (index, (headers, body, why)) in cases.iter().enumerate() {
+        let (status, answer) = raw(sidecar.proxy, "POST", "/api/users/5", headers, body).await;
+        assert_eq!(status, 400, "{why}: {answer}");
+        assert!(app.handled().is_empty(), "{why}: {:?}", app.handled());
+        let entry = next_entry(&sidecar, index).await;
+        assert_eq!(entry.status, Some(400), "{why}: {entry:?}");
+        let error = entry.error.unwrap_or_default();
+        assert!(error.contains(why), "{why}: {error}");
+        assert!(
+            entry.metadata["_methodOverride"]["unread"]
+                .as_str()
+                .is_some_and(|unread| unread.contains(why)),
+            "{why}: {:?}",
+            entry.metadata
+        );
+    }
+    // A large form is fine when the body is not an override source.
+    let (_app, sidecar) = setup("method_override = [\"X-HTTP-Method-Override\"]").await;
+    let (status, answer) = raw(sidecar.proxy, "POST", "/api/users/5", &[form], &large).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn a_target_that_is_not_a_path_is_refused_and_recorded() {
+    let (app, sidecar) = setup("").await;
+    // The authority form (`DELETE host:port`) has no path for the rules to match, but it reaches
+    // the app as `DELETE /`; `*` is only OPTIONS's.
+    for (index, (method, target)) in [("DELETE", "app.test:80"), ("DELETE", "*")]
+        .iter()
+        .enumerate()
+    {
+        let (status, answer) = raw(sidecar.proxy, method, target, &[], "").await;
+        assert_eq!(status, 400, "{target}: {answer}");
+        assert!(app.handled().is_empty(), "{target}: {:?}", app.handled());
+        let entry = next_entry(&sidecar, index).await;
+        assert_eq!(entry.status, Some(400), "{target}: {entry:?}");
+        assert!(
+            entry.error.unwrap_or_default().contains("not a path"),
+            "{target}"
+        );
+    }
+    // `OPTIONS *` is still forwarded.
+    let (status, _) = raw(sidecar.proxy, "OPTIONS", "*", &[], "").await;
+    assert_eq!(status, 404);
+    assert_eq!(app.last().expect("handled").path, "*");
+}
