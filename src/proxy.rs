@@ -247,6 +247,17 @@ impl ResponseBody {
     }
 }
 
+/// Whether a method is one of HTTP's standard ones spelled in another case (`delete`, `Get`).
+fn method_in_other_case(method: &Method) -> bool {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    let sent = method.as_str();
+    STANDARD
+        .iter()
+        .any(|standard| *standard != sent && standard.eq_ignore_ascii_case(sent))
+}
+
 /// [`handle`], counted in `/metrics` by method, status class and whether a rule matched, with the
 /// time to the response head.
 pub async fn handle_counted(
@@ -1219,6 +1230,21 @@ pub async fn handle(
         refusal = Some(Refusal::bad_request(
             "bad request target",
             format!("refused: the request target of a {sent_method} is not a path"),
+        ));
+    }
+    // A standard method in another case (`delete`) is run as DELETE by app servers that fold
+    // method case (Django, Werkzeug), while the rules would see an unknown method.
+    if refusal.is_none() && method_in_other_case(&sent_method) {
+        refusal = Some(Refusal::bad_request(
+            "bad request method",
+            format!("refused: the method {sent_method} is a standard method in another case"),
+        ));
+    }
+    // Two Host headers: the rules would read one and the app may read the other.
+    if refusal.is_none() && request.headers().get_all(header::HOST).iter().count() > 1 {
+        refusal = Some(Refusal::bad_request(
+            "more than one Host header",
+            "refused: more than one Host header".to_string(),
         ));
     }
     if refusal.is_none() {

@@ -587,3 +587,40 @@ async fn a_target_that_is_not_a_path_is_refused_and_recorded() {
     assert_eq!(status, 404);
     assert_eq!(app.last().expect("handled").path, "*");
 }
+
+#[tokio::test]
+async fn a_method_in_another_case_and_a_second_host_are_refused_and_recorded() {
+    let (app, sidecar) = setup("").await;
+    // `delete` runs as DELETE on app servers that fold method case; the rules would see an
+    // unknown method.
+    let (status, answer) = raw(sidecar.proxy, "delete", "/api/users/5", &[], "").await;
+    assert_eq!(status, 400, "{answer}");
+    let entry = next_entry(&sidecar, 0).await;
+    assert_eq!(entry.status, Some(400), "{entry:?}");
+    assert!(
+        entry
+            .error
+            .unwrap_or_default()
+            .contains("standard method in another case"),
+        "the refusal says why"
+    );
+    // Two Host headers: rules with a host condition would read one, the app maybe the other.
+    let (status, answer) = raw(
+        sidecar.proxy,
+        "DELETE",
+        "/api/users/5",
+        &["Host: admin.internal"],
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    let entry = next_entry(&sidecar, 1).await;
+    assert!(entry
+        .error
+        .unwrap_or_default()
+        .contains("more than one Host header"));
+    assert!(app.handled().is_empty(), "{:?}", app.handled());
+    // A method of the app's own in any case stays the app's business.
+    let (status, _) = raw(sidecar.proxy, "PURGE", "/api/users/5", &[], "").await;
+    assert_eq!(status, 404);
+}
