@@ -1382,7 +1382,7 @@ pub async fn handle(
     };
 
     if let Some(refusal) = refusal {
-        tracing::info!(request_id = ?request_id, detail = %refusal.detail, "request refused");
+        tracing::info!(request_id = %request_id.to_str().unwrap_or_default(), method = %sent_method, path = %parts.uri.path(), detail = %refusal.detail, "request refused");
         if let Some(exchange) = exchange.as_mut() {
             exchange.set_proxy_answer(refusal.status.as_u16(), refusal.detail);
         }
@@ -1590,6 +1590,8 @@ pub async fn handle(
     }
     parts.uri = upstream_uri;
     parts.version = Version::HTTP_11;
+    // For the log line of an upstream failure (cheap clones: shared bytes).
+    let (logged_method, logged_uri) = (parts.method.clone(), parts.uri.clone());
     let upstream_request = Request::from_parts(parts, body);
 
     let forwarded = Instant::now();
@@ -1631,6 +1633,7 @@ pub async fn handle(
                 StatusCode::BAD_GATEWAY,
                 &detail,
                 &request_id,
+                (&logged_method, &logged_uri),
                 exchange,
             ));
         }
@@ -1644,6 +1647,7 @@ pub async fn handle(
                 StatusCode::GATEWAY_TIMEOUT,
                 &detail,
                 &request_id,
+                (&logged_method, &logged_uri),
                 exchange,
             ));
         }
@@ -1703,9 +1707,10 @@ fn proxy_error(
     status: StatusCode,
     detail: &str,
     request_id: &HeaderValue,
+    (method, uri): (&Method, &Uri),
     mut exchange: Option<Box<Exchange>>,
 ) -> Response<ResponseBody> {
-    tracing::warn!(status = status.as_u16(), %detail, "upstream failed");
+    tracing::warn!(status = status.as_u16(), request_id = %request_id.to_str().unwrap_or_default(), %method, path = %uri.path(), %detail, "upstream failed");
     if let Some(exchange) = exchange.as_mut() {
         exchange.set_proxy_answer(status.as_u16(), detail.to_string());
     }

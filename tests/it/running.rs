@@ -445,3 +445,42 @@ async fn a_reload_applies_tokens_redaction_and_stream_and_names_what_waits_for_a
     );
     process.stop();
 }
+
+#[tokio::test]
+async fn an_upstream_failure_is_logged_with_the_request_id_method_and_path() {
+    // An address nothing listens on: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let dir = TempDir::new("upstream-warning");
+    let config = write_config(&dir, closed, "");
+    let process = Process::start(&config);
+    let reply = HttpClient::new()
+        .send(
+            "DELETE",
+            &format!("http://{}/api/users/9", process.proxy),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, 502);
+    let request_id = reply
+        .headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .expect("the answer names its request id")
+        .to_string();
+    let logged = eventually(Duration::from_secs(10), async || {
+        process.logged("upstream failed")
+    })
+    .await;
+    assert!(logged, "no upstream warning");
+    assert!(
+        process.logged(&format!("request_id={request_id}")),
+        "the warning names the request id {request_id}"
+    );
+    assert!(process.logged("method=DELETE"));
+    assert!(process.logged("path=/api/users/9"));
+    process.stop();
+}
