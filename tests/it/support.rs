@@ -622,6 +622,11 @@ impl Process {
             .unwrap_or(false)
     }
 
+    /// The process id, as the sidecar records it in `audit.started` and `audit.stopped`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// Sends a signal by name (KILL, TERM, HUP).
     pub fn signal(&self, signal: &str) {
         let Some(child) = &self.child else { return };
