@@ -604,7 +604,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for entry in earlier {
         writer.push(entry);
     }
-    // The history goes in before the live traffic, so sequence numbers follow time.
+    // The history goes in before the live traffic, so sequence numbers follow time (after the
+    // sidecar's own `audit.started`, which is always the first entry of a run).
     writer.flushed(std::time::Duration::from_secs(10)).await;
     let sent = drive_traffic(sidecar.proxy_addr).await?;
     sidecar

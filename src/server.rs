@@ -253,6 +253,12 @@ impl Sidecar {
         );
         let metrics = Arc::new(Metrics::default());
         metrics.set_config_sha256(&config.sha256);
+        // Queued before the listeners open, so it precedes every request entry of this run.
+        writer.handle().push(crate::lifecycle::run_entry(
+            &config.log_id,
+            crate::lifecycle::STARTED,
+            &config.sha256,
+        ));
         let state = Arc::new(
             ProxyState::new(
                 config.proxy.clone(),
@@ -458,6 +464,13 @@ impl Sidecar {
         if let Some(retention) = running.retention {
             retention.shutdown().await;
         }
+        // The listeners are closed and every request is answered, so this follows every entry
+        // of the run; the writer's final flush below stores it and the shutdown head covers it.
+        self.writer.handle().push(crate::lifecycle::run_entry(
+            &self.log_id,
+            crate::lifecycle::STOPPED,
+            &running.sha256,
+        ));
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
         // After the writer: the shutdown head covers every entry.

@@ -256,20 +256,23 @@ async fn every_example_rule_produces_an_entry_seen_by_query() {
     assert_eq!(
         actions,
         vec![
+            "audit.started",
             "user.deleted",
             "auth.login_failed",
             "user.role_changed",
             "post.created",
-            "reports.exported"
-        ]
+            "reports.exported",
+            "audit.stopped"
+        ],
+        "the run's own start and stop frame the example traffic"
     );
-    assert_eq!(entries[1]["actorEmail"], "eve@example.com");
-    assert_eq!(entries[1]["actorVerified"], false);
-    assert_eq!(entries[2]["metadata"]["newRole"], "admin");
-    assert_eq!(entries[3]["resourceId"], "4242");
-    assert_eq!(entries[3]["metadata"]["location"], "/echo/4242");
-    assert_eq!(entries[4]["tenant"], "acme");
-    assert_eq!(entries[4]["metadata"]["format"], "csv");
+    assert_eq!(entries[2]["actorEmail"], "eve@example.com");
+    assert_eq!(entries[2]["actorVerified"], false);
+    assert_eq!(entries[3]["metadata"]["newRole"], "admin");
+    assert_eq!(entries[4]["resourceId"], "4242");
+    assert_eq!(entries[4]["metadata"]["location"], "/echo/4242");
+    assert_eq!(entries[5]["tenant"], "acme");
+    assert_eq!(entries[5]["metadata"]["format"], "csv");
 
     let table = binary()
         .args(["query", "--db"])

@@ -10,8 +10,8 @@ use auditgate::entry::Outcome;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{
-    config_text, eventually, metric_count, read_entries, HttpClient, IntentCheckingUpstream,
-    Process, TempDir, TestSidecar, Upstream,
+    config_text, eventually, metric_count, read_all_entries, read_entries, HttpClient,
+    IntentCheckingUpstream, Process, TempDir, TestSidecar, Upstream,
 };
 
 const WRITE_AHEAD_RULES: &str = r#"
@@ -252,6 +252,9 @@ async fn entries_the_store_refuses_are_spilled_and_reimported_at_start() {
     let sidecar = auditgate::server::Sidecar::start(config.clone(), None)
         .await
         .expect("starts");
+    // The run's `audit.started` is stored before the store is locked, so exactly the five
+    // requests and the run's `audit.stopped` go to the spill file.
+    assert!(sidecar.writer().flushed(Duration::from_secs(10)).await);
     let lock = WriteLock::take(&db);
     let client = HttpClient::new();
     for id in 0..5 {
@@ -275,15 +278,41 @@ async fn entries_the_store_refuses_are_spilled_and_reimported_at_start() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(spill.exists());
+    let writer = sidecar.writer();
     sidecar.shutdown().await;
     drop(lock);
+    assert_eq!(
+        writer.stats().entries_spilled.get(),
+        6,
+        "five requests and audit.stopped"
+    );
     assert_eq!(read_entries(&db).len(), 0);
+    assert_eq!(actions(&db), ["audit.started"]);
 
     let sidecar = auditgate::server::Sidecar::start(config, None)
         .await
         .expect("restarts");
-    assert_eq!(sidecar.writer().stats().entries_reimported.get(), 5);
+    assert_eq!(
+        sidecar.writer().stats().entries_reimported.get(),
+        6,
+        "the five requests and the first run's audit.stopped"
+    );
     sidecar.shutdown().await;
+    // The spilled entries keep their place: before the second run's start.
+    assert_eq!(
+        actions(&db),
+        [
+            "audit.started",
+            "user.deleted",
+            "user.deleted",
+            "user.deleted",
+            "user.deleted",
+            "user.deleted",
+            "audit.stopped",
+            "audit.started",
+            "audit.stopped"
+        ]
+    );
     let mut ids: Vec<String> = read_entries(&db)
         .into_iter()
         .filter_map(|entry| entry.resource_id)
@@ -330,9 +359,10 @@ async fn entries_neither_the_store_nor_the_spill_file_takes_at_shutdown_are_coun
             .await;
         assert_eq!(reply.status, 200);
     }
+    // The run's `audit.started` lingers in the same batch.
     assert!(
         eventually(Duration::from_secs(10), async || writer.depth()
-            == batch.len())
+            == batch.len() + 1)
         .await,
         "{} entries queued",
         writer.depth()
@@ -342,8 +372,8 @@ async fn entries_neither_the_store_nor_the_spill_file_takes_at_shutdown_are_coun
 
     assert_eq!(
         writer.stats().entries_lost.get(),
-        batch.len() as u64,
-        "the loss counter counts the batch"
+        batch.len() as u64 + 2,
+        "the loss counter counts the batch, audit.started and audit.stopped"
     );
     let lost: Vec<serde_json::Value> = crate::support::error_lines()
         .into_iter()
@@ -542,12 +572,33 @@ async fn no_answered_write_ahead_request_is_lost_across_crashes() {
         assert!(entry.resource_id.is_some());
     }
     assert!(entries.len() as u64 <= sent);
-    let seqs: Vec<u64> = entries.iter().map(|entry| entry.seq).collect();
+    // Gapless over the whole log, the runs' own `audit.started` and `audit.stopped` included;
+    // only the last run stopped cleanly, so it alone recorded `audit.stopped`, last.
+    let all = read_all_entries(&dir.0.join("audit.db"));
+    let seqs: Vec<u64> = all.iter().map(|entry| entry.seq).collect();
     assert_eq!(
         seqs,
-        (1..=entries.len() as u64).collect::<Vec<_>>(),
+        (1..=all.len() as u64).collect::<Vec<_>>(),
         "the log has no gaps"
     );
+    let stopped: Vec<u64> = all
+        .iter()
+        .filter(|entry| entry.action == auditgate::lifecycle::STOPPED)
+        .map(|entry| entry.seq)
+        .collect();
+    assert_eq!(
+        stopped,
+        [all.len() as u64],
+        "one clean stop, the last entry"
+    );
+}
+
+/// Every action in the log, the sidecar's own records included, in log order.
+fn actions(db: &Path) -> Vec<String> {
+    read_all_entries(db)
+        .into_iter()
+        .map(|entry| entry.action)
+        .collect()
 }
 
 async fn client_try_send(client: &HttpClient, url: &str, id: &str) -> Option<u16> {

@@ -404,8 +404,9 @@ async fn backup_refuses_to_overwrite_a_file_unless_forced() {
         "--force",
     ]);
     assert!(forced.status.success(), "{}", text(&forced.stderr));
+    // The three requests with the run's audit.started and audit.stopped.
     assert!(
-        text(&forced.stdout).contains("3 entries"),
+        text(&forced.stdout).contains("5 entries, tree size 5"),
         "{}",
         text(&forced.stdout)
     );

@@ -109,7 +109,10 @@ async fn a_matched_request_becomes_an_entry() {
     assert_eq!(entry.user_agent.as_deref(), Some("it/1.0"));
     assert_eq!(entry.ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(entry.log_id, "test");
-    assert_eq!(entry.seq, 1);
+    assert_eq!(
+        entry.seq, 2,
+        "the first entry after the run's audit.started"
+    );
     assert!(entry.duration_us.is_some());
     // The request id the app saw is the one recorded and returned.
     let request_id = reply.headers["x-request-id"]
@@ -556,9 +559,13 @@ async fn a_burst_of_concurrent_requests_gives_one_entry_each() {
     let entries = sidecar.wait_entries(640).await;
     assert_eq!(entries.len(), 640);
     assert_eq!(upstream.count(), 800);
-    let mut seqs: Vec<u64> = entries.iter().map(|entry| entry.seq).collect();
+    // Gapless and without duplicates over the whole log: the run's audit.started, then one entry
+    // per audited request.
+    let all = crate::support::read_all_entries(&sidecar.db);
+    assert_eq!(all[0].action, auditgate::lifecycle::STARTED);
+    let mut seqs: Vec<u64> = all.iter().map(|entry| entry.seq).collect();
     seqs.dedup();
-    assert_eq!(seqs, (1..=640).collect::<Vec<u64>>());
+    assert_eq!(seqs, (1..=641).collect::<Vec<u64>>());
     let mut ids: Vec<&str> = entries
         .iter()
         .filter_map(|entry| entry.resource_id.as_deref())
@@ -592,9 +599,10 @@ async fn shutdown_writes_every_queued_entry() {
         assert_eq!(reply.status, 200);
     }
     let writer = sidecar.sidecar.as_ref().expect("running").writer();
-    // Entries are queued when the response body ends, a moment after the client has it.
+    // Entries are queued when the response body ends, a moment after the client has it; the
+    // run's audit.started waits in the same batch.
     assert!(
-        crate::support::eventually(Duration::from_secs(10), async || writer.depth() == 100).await,
+        crate::support::eventually(Duration::from_secs(10), async || writer.depth() == 101).await,
         "{} entries queued",
         writer.depth()
     );
@@ -612,6 +620,10 @@ async fn shutdown_writes_every_queued_entry() {
     let mut expected: Vec<String> = (0..100).map(|index| index.to_string()).collect();
     expected.sort();
     assert_eq!(ids, expected, "every queued entry is written once");
+    let all = crate::support::read_all_entries(&sidecar.db);
+    assert_eq!(all.len(), 102);
+    assert_eq!(all[0].action, auditgate::lifecycle::STARTED);
+    assert_eq!(all[101].action, auditgate::lifecycle::STOPPED);
     assert_eq!(writer.stats().entries_lost.get(), 0);
 }
 

@@ -9,8 +9,8 @@ use auditgate::server::Sidecar;
 use sha2::{Digest, Sha256};
 
 use crate::support::{
-    config_text, eventually, metric_value, HttpClient, Process, TempDir, TestSidecar, Upstream,
-    TEST_TOKEN,
+    config_text, eventually, metric_value, read_all_entries, HttpClient, Process, TempDir,
+    TestSidecar, Upstream, TEST_TOKEN,
 };
 
 #[cfg(unix)]
@@ -483,4 +483,143 @@ async fn an_upstream_failure_is_logged_with_the_request_id_method_and_path() {
     assert!(process.logged("method=DELETE"));
     assert!(process.logged("path=/api/users/9"));
     process.stop();
+}
+
+/// The log records the sidecar's own life: `audit.started` before any request of a run and, at a
+/// clean stop, `audit.stopped` after every one, each naming the build, the configuration in force
+/// and the process, and both covered by the signed head published at shutdown. A crash leaves no
+/// `audit.stopped`, so an auditor sees it as a start without a stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_records_each_start_and_each_clean_stop_of_the_sidecar() {
+    use auditgate::lifecycle::{STARTED, STOPPED};
+    use auditgate::log::head::{public_key_path, LogSigner, LogVerifier, SignedTreeHead};
+
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("lifecycle");
+    let db = dir.0.join("audit.db");
+    let key = dir.0.join("log.key");
+    LogSigner::write_new(&key).expect("key");
+    let heads = dir.0.join("heads.ndjson");
+    let text = config_text(
+        upstream.addr,
+        &db,
+        "",
+        "[[rule]]\nmethod = \"DELETE\"\npath = \"/api/users/{id}\"\naction = \"user.deleted\"\n",
+    )
+    .replace(
+        "log_id = \"test\"\n",
+        &format!(
+            "log_id = \"test\"\nsigning_key = \"{}\"\npublish_heads = [\"file:{}\"]\n",
+            key.display(),
+            heads.display()
+        ),
+    );
+    let config = dir.0.join("auditgate.toml");
+    std::fs::write(&config, &text).expect("write config");
+    let client = HttpClient::new();
+
+    // A run with three requests, then a reload, then a clean stop.
+    let first_hash = sha256_of(&config);
+    let process = Process::start(&config);
+    let first_pid = process.pid();
+    for id in 1..=3 {
+        let url = format!("http://{}/api/users/{id}", process.proxy);
+        assert_eq!(client.send("DELETE", &url, &[], "").await.status, 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), async || read_all_entries(&db)
+            .len()
+            == 4)
+        .await,
+        "{:#?}",
+        read_all_entries(&db)
+    );
+    std::fs::write(&config, text.replace("user.deleted", "user.removed")).expect("write");
+    let second_hash = sha256_of(&config);
+    process.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), async || read_all_entries(&db)
+            .len()
+            == 5)
+        .await,
+        "the reload was not recorded: {:#?}",
+        read_all_entries(&db)
+    );
+    process.signal("TERM");
+    assert!(process.wait().success());
+
+    let entries = read_all_entries(&db);
+    let actions: Vec<&str> = entries.iter().map(|entry| entry.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            STARTED,
+            "user.deleted",
+            "user.deleted",
+            "user.deleted",
+            auditgate::lifecycle::CONFIG_RELOADED,
+            STOPPED
+        ]
+    );
+    let (started, stopped) = (&entries[0], &entries[5]);
+    assert_eq!((started.seq, stopped.seq), (1, 6));
+    // Each names the build, the configuration in force at that moment and the process.
+    for (entry, hash) in [(started, &first_hash), (stopped, &second_hash)] {
+        assert_eq!(entry.metadata["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(entry.metadata["configSha256"], hash.as_str(), "{entry:#?}");
+        assert_eq!(
+            entry.metadata["pid"].as_u64(),
+            first_pid.map(u64::from),
+            "{entry:#?}"
+        );
+        assert_eq!(entry.actor_id.as_deref(), Some("auditgate"));
+        assert_eq!(entry.resource_id.as_deref(), Some("test"));
+        assert_eq!(entry.log_id, "test");
+    }
+
+    // The shutdown head covers both, and it is validly signed.
+    let published: Vec<SignedTreeHead> = std::fs::read_to_string(&heads)
+        .expect("heads file")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a head"))
+        .collect();
+    let last = published.last().expect("a shutdown head");
+    assert_eq!(last.head.size, 6, "the shutdown head covers audit.stopped");
+    LogVerifier::load(&public_key_path(&key))
+        .expect("public key")
+        .verify(last)
+        .expect("the shutdown head verifies");
+
+    // A crash: the next run's audit.started follows with no audit.stopped before it.
+    let process = Process::start(&config);
+    let crashed_pid = process.pid();
+    assert!(
+        eventually(Duration::from_secs(10), async || read_all_entries(&db)
+            .len()
+            == 7)
+        .await,
+        "{:#?}",
+        read_all_entries(&db)
+    );
+    process.signal("KILL");
+    let _ = process.wait();
+    let process = Process::start(&config);
+    let restarted_pid = process.pid();
+    process.signal("TERM");
+    assert!(process.wait().success());
+    let entries = read_all_entries(&db);
+    let tail: Vec<(&str, Option<u64>)> = entries[6..]
+        .iter()
+        .map(|entry| (entry.action.as_str(), entry.metadata["pid"].as_u64()))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            (STARTED, crashed_pid.map(u64::from)),
+            (STARTED, restarted_pid.map(u64::from)),
+            (STOPPED, restarted_pid.map(u64::from)),
+        ]
+    );
+    let seqs: Vec<u64> = entries.iter().map(|entry| entry.seq).collect();
+    assert_eq!(seqs, (1..=9).collect::<Vec<u64>>());
 }

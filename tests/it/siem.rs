@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::support::{eventually, metric_count, HttpClient, TempDir, TestSidecar, Upstream};
+use crate::support::{
+    eventually, metric_count, read_all_entries, HttpClient, TempDir, TestSidecar, Upstream,
+};
 
 #[tokio::test]
 async fn committed_entries_reach_the_ndjson_file_once_each() {
@@ -23,10 +25,14 @@ async fn committed_entries_reach_the_ndjson_file_once_each() {
         let reply = client.get(&sidecar.url(&format!("/thing{index}"))).await;
         assert_eq!(reply.status, 200);
     }
-    let stored = sidecar.wait_entries(30).await;
-    // The line is written right after the commit the entries were read back from. Thirty entries
-    // fill several 4 KiB files; keep = 20 holds them all, so the rotated files and the live one,
-    // oldest first, are the whole stream.
+    sidecar.wait_entries(30).await;
+    // The stream carries every stored entry, the run's audit.started too.
+    let stored = read_all_entries(&sidecar.db);
+    assert_eq!(stored.len(), 31);
+    assert_eq!(stored[0].action, auditgate::lifecycle::STARTED);
+    // The line is written right after the commit the entries were read back from. Thirty-one
+    // entries fill several 4 KiB files; keep = 20 holds them all, so the rotated files and the
+    // live one, oldest first, are the whole stream.
     let read_stream = || {
         let mut lines = Vec::new();
         for index in (1..=20).rev() {

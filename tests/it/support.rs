@@ -411,7 +411,6 @@ impl TestSidecar {
     }
 }
 
-/// Every entry in a database file, in log order, read with a plain SQLite connection.
 /// Every entry in a database file except the sidecar's own `audit.started`, `audit.stopped` and
 /// `audit.config_reloaded` records, which every run adds; the tests of those read them with
 /// [`read_all_entries`].
@@ -620,6 +619,11 @@ impl Process {
             .lock()
             .map(|log| log.iter().any(|line| line.contains(needle)))
             .unwrap_or(false)
+    }
+
+    /// The process id, as the sidecar records it in `audit.started` and `audit.stopped`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
     }
 
     /// Sends a signal by name (KILL, TERM, HUP).

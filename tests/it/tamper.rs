@@ -571,17 +571,17 @@ async fn a_sidecar_publishes_heads_heartbeats_and_a_shutdown_head() {
         assert_eq!(reply.status, 200);
     }
     sidecar.wait_entries(12).await;
-    // Heads every 5 entries or 100 ms: one soon covers all 12.
+    // Heads every 5 entries or 100 ms: one soon covers the run's audit.started and all 12.
     wait_heads(&heads_file, |heads| {
-        heads.iter().any(|head| head.head.size == 12)
+        heads.iter().any(|head| head.head.size == 13)
     })
     .await;
     // Nothing happens: heartbeats keep coming, same size, later times.
     let heads = wait_heads(&heads_file, |heads| {
-        heads.iter().filter(|head| head.head.size == 12).count() >= 3
+        heads.iter().filter(|head| head.head.size == 13).count() >= 3
     })
     .await;
-    let quiet: Vec<_> = heads.iter().filter(|head| head.head.size == 12).collect();
+    let quiet: Vec<_> = heads.iter().filter(|head| head.head.size == 13).collect();
     assert!(quiet
         .windows(2)
         .all(|pair| pair[0].head.timestamp < pair[1].head.timestamp));
@@ -595,7 +595,7 @@ async fn a_sidecar_publishes_heads_heartbeats_and_a_shutdown_head() {
     // The log endpoints, over the real admin socket.
     let admin = |path: &str| format!("http://{}{path}", sidecar.admin);
     let head: Value = client.get_admin(&admin("/api/v1/log/head")).await.json();
-    assert_eq!(head["size"], 12);
+    assert_eq!(head["size"], 13);
     assert_eq!(head["logId"], "test");
     let proof = client.get_admin(&admin("/api/v1/entries/3/proof")).await;
     assert_eq!(proof.status, 200, "{}", proof.text());
@@ -609,15 +609,16 @@ async fn a_sidecar_publishes_heads_heartbeats_and_a_shutdown_head() {
         .collect();
     let root = from_hex(proof["head"]["rootHash"].as_str().expect("hex")).expect("hash");
     assert_eq!(proof["leafIndex"], 2);
-    assert!(merkle::verify_inclusion(&leaf, 2, 12, &path, &root));
-    let entries = sidecar.entries().await;
+    assert!(merkle::verify_inclusion(&leaf, 2, 13, &path, &root));
+    sidecar.entries().await;
+    let entries = crate::support::read_all_entries(&sidecar.db);
     assert_eq!(
         leaf,
         merkle::leaf_hash(&entries[2].canonical_bytes()),
         "the proof is of the stored entry"
     );
     let consistency: Value = client
-        .get_admin(&admin("/api/v1/log/consistency?from=5&to=12"))
+        .get_admin(&admin("/api/v1/log/consistency?from=5&to=13"))
         .await
         .json();
     let proof: Vec<_> = consistency["proof"]
@@ -627,7 +628,7 @@ async fn a_sidecar_publishes_heads_heartbeats_and_a_shutdown_head() {
         .map(|hash| from_hex(hash.as_str().expect("hex")).expect("hash"))
         .collect();
     let from_root = from_hex(consistency["fromRoot"].as_str().expect("hex")).expect("hash");
-    assert!(merkle::verify_consistency(5, 12, &from_root, &root, &proof));
+    assert!(merkle::verify_consistency(5, 13, &from_root, &root, &proof));
     assert_eq!(
         client
             .get_admin(&admin("/api/v1/log/consistency?from=9&to=99"))
@@ -646,7 +647,7 @@ async fn a_sidecar_publishes_heads_heartbeats_and_a_shutdown_head() {
     );
     let verify: Value = client.get_admin(&admin("/api/v1/verify")).await.json();
     assert_eq!(verify["ok"], true, "{verify}");
-    assert_eq!(verify["size"], 12);
+    assert_eq!(verify["size"], 13);
     assert_eq!(verify["firstBadSeq"], Value::Null);
 
     // Tampering behind the running sidecar's back shows in a full check.
@@ -669,7 +670,8 @@ async fn a_sidecar_publishes_heads_heartbeats_and_a_shutdown_head() {
         .execute("UPDATE entries SET status = 200 WHERE seq = 4", [])
         .expect("undo");
 
-    // Three more entries, then shutdown: the last head covers them all.
+    // Three more entries, then shutdown: the last head covers them all and the run's
+    // audit.stopped.
     for index in 0..3 {
         client
             .send("DELETE", &sidecar.url(&format!("/things/{index}")), &[], "")
@@ -680,7 +682,7 @@ async fn a_sidecar_publishes_heads_heartbeats_and_a_shutdown_head() {
     sidecar.stop().await;
     let heads = read_heads(&heads_file);
     assert!(heads.len() > before_stop, "a shutdown head was published");
-    assert_eq!(heads.last().map(|head| head.head.size), Some(15));
+    assert_eq!(heads.last().map(|head| head.head.size), Some(17));
     let report = verify_database(&sidecar.db, Some(&heads_file), &[verifier]).expect("readable");
     assert!(report.ok(), "{}", problem_text(&report));
     assert_eq!(report.heads as usize, heads.len());
@@ -701,18 +703,20 @@ async fn the_sidecar_prunes_in_the_background_and_the_log_still_verifies() {
             .send("PUT", &sidecar.url(&format!("/docs/{index}")), &[], "{}")
             .await;
     }
-    // The leaf hashes of the four entries, computed here from the entries as first stored
-    // (RFC 9162: SHA-256 of 0x00 and the entry's canonical bytes).
-    let originals = sidecar.wait_entries(4).await;
+    // The leaf hashes of the run's audit.started and the four entries, computed here from the
+    // entries as first stored (RFC 9162: SHA-256 of 0x00 and the entry's canonical bytes).
+    sidecar.wait_entries(4).await;
+    let originals = crate::support::read_all_entries(&sidecar.db);
     assert!(
-        originals.iter().all(|entry| entry.action != "audit.pruned"),
+        originals.len() == 5 && originals.iter().all(|entry| entry.action != "audit.pruned"),
         "pruned before the test could read the entries: {originals:#?}"
     );
+    assert_eq!(originals[0].action, auditgate::lifecycle::STARTED);
     let original_leaves: Vec<[u8; 32]> = originals
         .iter()
         .map(|entry| oracle_hash(&[&[0x00], &entry.canonical_bytes()]))
         .collect();
-    // After two seconds the four entries are due; prune records replace them (one, or more if
+    // After two seconds the five entries are due; prune records replace them (one, or more if
     // they fell due across two runs).
     let mut entries = Vec::new();
     let all_pruned = crate::support::eventually(Duration::from_secs(20), async || {
@@ -725,8 +729,8 @@ async fn the_sidecar_prunes_in_the_background_and_the_log_still_verifies() {
         .iter()
         .map(|record| record.metadata["count"].as_u64().unwrap_or(0))
         .sum();
-    assert_eq!(pruned, 4, "{entries:#?}");
-    assert_eq!(entries[0].seq, 5);
+    assert_eq!(pruned, 5, "{entries:#?}");
+    assert_eq!(entries[0].seq, 6);
     assert_eq!(entries[0].metadata["firstSeq"], 1);
     let size = entries.last().map(|entry| entry.seq).unwrap_or(0);
     let admin = |path: &str| format!("http://{}{path}", sidecar.admin);
@@ -741,7 +745,7 @@ async fn the_sidecar_prunes_in_the_background_and_the_log_still_verifies() {
         .collect();
     // Each pruned entry's proof: its original leaf hash, included in a head that was signed
     // and published, by a check written here and not the product's.
-    for (seq, original_leaf) in (1..=4u64).zip(&original_leaves) {
+    for (seq, original_leaf) in (1..=5u64).zip(&original_leaves) {
         let proof = client
             .get_admin(&admin(&format!("/api/v1/entries/{seq}/proof")))
             .await;
@@ -796,7 +800,7 @@ async fn the_sidecar_prunes_in_the_background_and_the_log_still_verifies() {
     sidecar.stop().await;
     let report = verify_database(&sidecar.db, Some(&heads_file), &[verifier]).expect("readable");
     assert!(report.ok(), "{}", problem_text(&report));
-    assert_eq!(report.pruned, 4);
+    assert_eq!(report.pruned, 5);
 }
 
 /// SHA-256 over the parts, one after the other.
@@ -1052,10 +1056,10 @@ async fn heads_are_posted_to_a_url_and_a_refused_one_is_retried_with_the_next() 
     let client = HttpClient::new();
     client.send("POST", &sidecar.url("/a"), &[], "{}").await;
     sidecar.wait_entries(1).await;
-    // The head of the first entry (the refused POST) must exist before the second entry, so that
-    // a later head carries it again.
+    // The head of the first request (after the run's audit.started) must exist before the
+    // second request, so that a later head carries the refused POST's head again.
     wait_heads(&heads_file, |heads| {
-        heads.iter().any(|head| head.head.size == 1)
+        heads.iter().any(|head| head.head.size == 2)
     })
     .await;
     client.send("POST", &sidecar.url("/b"), &[], "{}").await;
@@ -1070,7 +1074,8 @@ async fn heads_are_posted_to_a_url_and_a_refused_one_is_retried_with_the_next() 
     );
     // Every head reached the URL, the refused one included, in order.
     assert_eq!(posted, file, "the URL saw exactly the heads the file has");
-    assert_eq!(posted.last().map(|head| head.head.size), Some(2));
+    // The shutdown head: two requests between the run's audit.started and audit.stopped.
+    assert_eq!(posted.last().map(|head| head.head.size), Some(4));
 }
 
 #[tokio::test]
@@ -1110,7 +1115,8 @@ async fn a_refused_shutdown_head_is_retried_before_the_sidecar_stops() {
         "the shutdown head's first POST was refused"
     );
     let file = read_heads(&heads_file);
-    assert_eq!(file.last().map(|head| head.head.size), Some(1));
+    // The request between the run's audit.started and audit.stopped.
+    assert_eq!(file.last().map(|head| head.head.size), Some(3));
     assert_eq!(
         collector.heads(),
         file,
@@ -1223,7 +1229,8 @@ async fn heads_are_posted_over_https_to_a_server_the_ca_file_trusts_and_no_other
         file,
         "the URL saw exactly the heads the file has"
     );
-    assert_eq!(file.last().map(|head| head.head.size), Some(2));
+    // The shutdown head: two requests between the run's audit.started and audit.stopped.
+    assert_eq!(file.last().map(|head| head.head.size), Some(4));
 
     // Without the CA file the collector's certificate is not trusted (the system's CAs did not
     // sign it): nothing is delivered, each head counts as a failed delivery and is tried again
@@ -1340,7 +1347,9 @@ async fn traffic(sidecar: &TestSidecar, heads: &Path, count: usize) {
             .get(&sidecar.url(&format!("/traffic/{index}")))
             .await;
     }
-    let size = sidecar.wait_entries(before + count).await.len() as u64;
+    sidecar.wait_entries(before + count).await;
+    // The tree holds the sidecar's own records too.
+    let size = crate::support::read_all_entries(&sidecar.db).len() as u64;
     wait_heads(heads, |heads| {
         heads.iter().any(|head| head.head.size >= size)
     })
@@ -1399,11 +1408,16 @@ async fn a_database_restored_from_an_older_copy_is_refused_at_start() {
         .map(|head| head.head.size)
         .max()
         .expect("heads");
-    assert!(newest >= 8, "{published:#?}");
+    // Two runs of four requests, each with its audit.started and audit.stopped.
+    assert_eq!(newest, 12, "{published:#?}");
 
     // The older copy is put back: the sidecar refuses it, and names the file and both sizes.
     copy_database(&older, &sidecar.db);
     let restored = read_entries_count(&sidecar.db);
+    assert_eq!(
+        restored, 6,
+        "the first run: four requests, its start and its stop"
+    );
     assert!(restored < newest, "{restored} < {newest}");
     let error = match Sidecar::start(parse_config(&text, &dir), None).await {
         Ok(_) => panic!("started on a store behind its published heads"),
@@ -1470,8 +1484,9 @@ async fn a_database_restored_from_an_older_copy_is_refused_at_start() {
     assert_never_forked(&read_heads(&heads));
 }
 
+/// How many entries the store holds, the sidecar's own records included: the size of its tree.
 fn read_entries_count(db: &Path) -> u64 {
-    crate::support::read_entries(db).len() as u64
+    crate::support::read_all_entries(db).len() as u64
 }
 
 #[tokio::test]
