@@ -727,9 +727,11 @@ mod tests {
         metrics
             .exchanges
             .record(&http::Method::DELETE, Some(404), false);
-        metrics
-            .exchanges
-            .record(&http::Method::from_bytes(b"BREW").unwrap(), None, false);
+        metrics.exchanges.record(
+            &http::Method::from_bytes(b"BREW").expect("an extension method"),
+            None,
+            false,
+        );
         metrics.exchanges.duration.observe(0.003);
         metrics.reloads_failed.inc();
         metrics.set_config_sha256("abc123");

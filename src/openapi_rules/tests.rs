@@ -1,12 +1,12 @@
 use super::*;
 
 fn read(text: &str, reads: bool) -> Document {
-    let root = parse_text(text, "spec").unwrap();
+    let root = parse_text(text, "spec").expect("the test spec parses");
     let options = ReadOptions {
         reads,
         base_path: None,
     };
-    read_document(&root, "spec", &options).unwrap()
+    read_document(&root, "spec", &options).expect("the test spec is a document")
 }
 
 fn find<'a>(document: &'a Document, method: &str, template: &str) -> &'a Operation {
@@ -159,7 +159,7 @@ fn openapi_servers_odd_paths_and_duplicate_actions() {
             .operations
             .iter()
             .position(|op| op.template == template && op.method == method)
-            .unwrap()
+            .unwrap_or_else(|| panic!("no {method} {template} operation"))
     };
     assert!(position("/v3/pets/{petId}.json", "DELETE") < position("/v3/pets/{petId}", "DELETE"));
     // Three operations would all be `pet.deleted`: each is told apart, every action unique.
@@ -192,13 +192,13 @@ fn openapi_servers_odd_paths_and_duplicate_actions() {
         .operations
         .iter()
         .find(|op| op.query == [("action".to_string(), "merge".to_string())])
-        .unwrap();
+        .expect("the merge operation");
     assert_eq!(merge.template, "/v3/things");
     let plain = document
         .operations
         .iter()
         .find(|op| op.template == "/v3/things" && op.query.is_empty())
-        .unwrap();
+        .expect("the plain /v3/things operation");
     assert_eq!(
         plain.resource_id.as_deref(),
         Some("response.body:/data/uuid")
@@ -241,14 +241,15 @@ fn coverage_names_what_only_the_fallback_records() {
     let text = "[proxy]\nupstream = \"http://127.0.0.1:3000\"\n\
         [[rule]]\nmethod = \"DELETE\"\npath = \"/api/v2/orders/{id}\"\naction = \"order.deleted\"\n\
         [[rule]]\nmethod = \"POST\"\npath = \"/api/v2/login\"\nskip = true\n";
-    let config = Config::parse(text, Path::new(".")).unwrap();
+    let config =
+        Config::parse(text, Path::new(".")).expect("the generated rules are a valid config");
     let report = coverage(&config, &document.operations);
     let verdict = |template: &str| {
         report
             .iter()
             .find(|(op, _)| op.template == template)
             .map(|(_, verdict)| verdict.clone())
-            .unwrap()
+            .unwrap_or_else(|| panic!("no verdict for {template}"))
     };
     assert_eq!(
         verdict("/api/v2/orders/{order_id}"),
@@ -280,7 +281,7 @@ fn malformed_documents_are_errors_that_say_where() {
         ),
     ];
     for (text, expected) in cases {
-        let root = parse_text(text, "spec").unwrap();
+        let root = parse_text(text, "spec").expect("the test spec parses");
         let error = read_document(&root, "spec", &ReadOptions::default())
             .unwrap_err()
             .to_string();

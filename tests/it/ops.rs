@@ -47,33 +47,6 @@ fn write_config(dir: &Path, upstream: SocketAddr, extra_store: &str) -> PathBuf 
     path
 }
 
-/// Request ids of the entries in a database, read with `auditgate query` (read-only).
-fn request_ids(db: &Path) -> BTreeSet<String> {
-    let output = auditgate(&[
-        "query",
-        "--db",
-        path_arg(db),
-        "--format",
-        "json",
-        "--limit",
-        "1000",
-        "--action",
-        "user.deleted",
-    ]);
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    text(&output.stdout)
-        .lines()
-        .map(|line| {
-            let entry: Value = serde_json::from_str(line).expect("entry JSON");
-            // The X-Request-Id the test sent, which auditgate keeps apart from its own id.
-            entry["metadata"]["_clientRequestId"]
-                .as_str()
-                .expect("the client's request id")
-                .to_string()
-        })
-        .collect()
-}
-
 fn verify(db: &Path) -> (i32, String) {
     let output = auditgate(&["verify", "--db", path_arg(db)]);
     (
@@ -167,7 +140,7 @@ async fn after_a_clean_stop_a_plain_copy_of_the_database_file_is_the_whole_log()
     let report = format!("{}{}", text(&output.stdout), text(&output.stderr));
     assert_eq!(output.status.code(), Some(0), "{report}");
     assert!(report.contains("intact"), "{report}");
-    let ids = request_ids(&copy);
+    let ids = client_request_ids(&copy);
     let expected: BTreeSet<String> = (0..40).map(|id| format!("req-{id}")).collect();
     assert_eq!(ids, expected, "every entry is in the copied file");
 }
@@ -207,7 +180,7 @@ async fn a_running_sidecar_checkpoints_its_wal_on_a_schedule() {
     })
     .await;
     assert!(caught_up, "the database file never caught up with the log");
-    assert_eq!(request_ids(&copy), expected);
+    assert_eq!(client_request_ids(&copy), expected);
     process.stop();
 }
 
@@ -326,7 +299,7 @@ async fn a_backup_under_load_verifies_and_holds_every_acknowledged_entry() {
     let (code, report) = verify(&copy);
     assert_eq!(code, 0, "{report}");
     assert!(report.contains("intact"), "{report}");
-    let in_copy = request_ids_all(&copy);
+    let in_copy = client_request_ids(&copy);
     let missing: Vec<&String> = acknowledged.difference(&in_copy).collect();
     assert!(
         missing.is_empty(),
@@ -339,8 +312,9 @@ async fn a_backup_under_load_verifies_and_holds_every_acknowledged_entry() {
     assert_eq!(code, 0, "{report}");
 }
 
-/// Every `user.deleted` request id in a database, exported with `auditgate export` (read-only).
-fn request_ids_all(db: &Path) -> BTreeSet<String> {
+/// The X-Request-Id each `user.deleted` entry of a database was sent with (auditgate keeps it apart
+/// from its own id), exported with `auditgate export` (read-only).
+fn client_request_ids(db: &Path) -> BTreeSet<String> {
     let output = auditgate(&[
         "export",
         "--db",
@@ -410,7 +384,7 @@ async fn backup_refuses_to_overwrite_a_file_unless_forced() {
         "{}",
         text(&forced.stdout)
     );
-    assert_eq!(request_ids(&out).len(), 3);
+    assert_eq!(client_request_ids(&out).len(), 3);
 }
 
 /// Read commands never create or change a file: a missing path, an empty file and a bare copy of
@@ -528,7 +502,7 @@ async fn read_commands_leave_a_stopped_store_exactly_as_it_was() {
         assert_eq!(snapshot(&db), before, "{args:?} changed the database");
         assert!(side_files(&db).is_empty(), "{args:?} created side files");
     }
-    assert_eq!(request_ids(&db).len(), 5);
+    assert_eq!(client_request_ids(&db).len(), 5);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -355,9 +355,15 @@ impl TestSidecar {
     }
 
     pub async fn start_with(upstream: SocketAddr, proxy_extra: &str, rest: &str) -> TestSidecar {
+        TestSidecar::start_config(|db| config_text(upstream, db, proxy_extra, rest)).await
+    }
+
+    /// Starts a sidecar on the config `text_for(db)` makes, with its database in a fresh
+    /// directory.
+    pub async fn start_config(text_for: impl FnOnce(&std::path::Path) -> String) -> TestSidecar {
         let dir = TempDir::new("sidecar");
         let db = dir.0.join("audit.db");
-        let text = config_text(upstream, &db, proxy_extra, rest);
+        let text = text_for(&db);
         let config = match Config::parse(&text, &dir.0) {
             Ok(config) => config,
             Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
@@ -797,22 +803,10 @@ impl TestSidecar {
         store_keys: &str,
         rest: &str,
     ) -> TestSidecar {
-        let dir = TempDir::new("sidecar");
-        let db = dir.0.join("audit.db");
-        let text =
-            config_text(upstream, &db, "", rest).replace("flush_interval = \"1ms\"", store_keys);
-        let config = match Config::parse(&text, &dir.0) {
-            Ok(config) => config,
-            Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
-        };
-        let sidecar = Sidecar::start(config, None).await.expect("sidecar starts");
-        TestSidecar {
-            proxy: sidecar.proxy_addr,
-            admin: sidecar.admin_addr,
-            sidecar: Some(sidecar),
-            db,
-            dir,
-        }
+        TestSidecar::start_config(|db| {
+            config_text(upstream, db, "", rest).replace("flush_interval = \"1ms\"", store_keys)
+        })
+        .await
     }
 }
 
