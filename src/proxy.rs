@@ -247,6 +247,20 @@ impl ResponseBody {
     }
 }
 
+/// The first credential query parameter of the actor sources that the query holds more than once.
+fn repeated_secret_parameter(policy: &Policy, query: &str) -> Option<String> {
+    policy
+        .actors
+        .secret_query_parameters()
+        .into_iter()
+        .find(|secret| {
+            form_urlencoded::parse(query.as_bytes())
+                .filter(|(name, _)| name == secret.as_str())
+                .nth(1)
+                .is_some()
+        })
+}
+
 /// Whether a method is one of HTTP's standard ones spelled in another case (`delete`, `Get`).
 fn method_in_other_case(method: &Method) -> bool {
     const STANDARD: [&str; 9] = [
@@ -1246,6 +1260,22 @@ pub async fn handle(
             "more than one Host header",
             "refused: more than one Host header".to_string(),
         ));
+    }
+    // A credential sent twice in the query (`?access_token=A&access_token=B`): the actor source
+    // reads the first, while many app frameworks (PHP, Rails) read the last.
+    if refusal.is_none() {
+        if let Some(name) = request
+            .uri()
+            .query()
+            .and_then(|query| repeated_secret_parameter(&policy, query))
+        {
+            refusal = Some(Refusal::bad_request(
+                "a credential parameter is given more than once",
+                format!(
+                    "refused: the query parameter {name} (a credential) is given more than once"
+                ),
+            ));
+        }
     }
     if refusal.is_none() {
         match canonical_target(&policy.canonical, request.uri()) {

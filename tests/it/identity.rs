@@ -226,6 +226,29 @@ async fn a_jwt_in_the_query_string_names_the_actor_and_is_never_stored() {
         entries[1].actor_id, None,
         "only the query parameter is read"
     );
+    // Twice in the query: this source would read the first, PHP or Rails the last. Refused and
+    // recorded, and the app never sees it.
+    let before = upstream.count();
+    let twice = client
+        .get(&sidecar.url(&format!(
+            "/dashboards/44?access_token={token}&access_token=someone-elses"
+        )))
+        .await;
+    assert_eq!(twice.status, 400, "{}", twice.text());
+    assert_eq!(
+        upstream.count(),
+        before,
+        "the app saw a request with two tokens"
+    );
+    let entries = sidecar.wait_entries(3).await;
+    let refused = &entries[2];
+    assert_eq!(refused.status, Some(400));
+    assert!(
+        refused.error.as_deref().is_some_and(
+            |error| error.contains("access_token (a credential) is given more than once")
+        ),
+        "{refused:?}"
+    );
     let signature = token.rsplit('.').next().expect("a signature");
     assert_never_stored(&mut sidecar, "viewer-7", &[&token, signature]).await;
 }
