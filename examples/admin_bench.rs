@@ -20,10 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditgate::admin::auth::Authenticator;
+use auditgate::admin::config::{AdminToken, Scope};
 use auditgate::admin::{router, AdminState};
-use auditgate::config::{AdminToken, Scope, SyncMode};
 use auditgate::entry::{AuditEntry, Outcome};
 use auditgate::metrics::Metrics;
+use auditgate::store::config::SyncMode;
 use auditgate::store::query::Cursor;
 use auditgate::store::sqlite::SqliteStore;
 use auditgate::store::Store;

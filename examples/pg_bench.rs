@@ -15,8 +15,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use auditgate::config::SyncMode;
 use auditgate::entry::{AuditEntry, Outcome};
+use auditgate::store::config::SyncMode;
 use auditgate::store::postgres::{Access, PostgresOptions, PostgresStore};
 use auditgate::store::query::{Filter, IpFilter, PageRequest};
 use auditgate::store::sqlite::SqliteStore;
@@ -152,7 +152,7 @@ fn main() -> anyhow::Result<()> {
             access: Access::Write { exclusive: true },
             pool_size: 2,
             // Plain text, as the figures in BENCHMARKS.md were measured.
-            tls: auditgate::store::postgres::ssl::PostgresTls::disabled(),
+            tls: auditgate::store::postgres::tls::PostgresTls::disabled(),
         })?);
         let sqlite: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&dir.join("audit.db"), SyncMode::Normal)?);

@@ -13,10 +13,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use auditgate::config::SyncMode;
 use auditgate::entry::{AuditEntry, Outcome};
 use auditgate::log::head::{LogSigner, TreeHead};
 use auditgate::log::merkle::leaf_hash;
+use auditgate::store::config::SyncMode;
 use auditgate::store::sqlite::SqliteStore;
 use auditgate::store::Store;
 use auditgate::writer::{Writer, WriterOptions};

@@ -1,45 +1,45 @@
 //! auditgate: a reverse-proxy sidecar that gives any unmodified HTTP application a
 //! compliance-grade, tamper-evident audit log.
 //!
-//! The data flow, and the module for each step: a request arrives at [`proxy`], which makes its
-//! path and method canonical with [`normalize`], asks [`rules`] for candidate rules and [`actor`] / [`client_ip`] who sent it; when the response
-//! ends the [`entry`] is finished from the rule's [`template`]s and handed to the [`writer`],
-//! which appends batches to the [`store`]; the [`admin`] listener serves health, queries and the
-//! viewer. [`config`] turns the TOML file into all of the above; [`server`] wires them together.
+//! The modules, from the top of the data flow down; each imports only modules below it
+//! (`scripts/import-circles` fails the build on a circle):
+//!
+//! - [`commands`]: one module per subcommand; `run` starts a [`server`].
+//! - [`server`]: wires a [`config::Config`] into the running parts and reloads them.
+//! - [`config`]: reads the TOML file and assembles each component's own settings, collecting
+//!   every error at once.
+//! - [`admin`]: the admin listener: health, metrics, the query, export and verification API,
+//!   the viewer. It reads the [`store`] and the [`log`].
+//! - [`proxy`]: forwards each request to the app and finishes its entry when the exchange ends.
+//! - [`policy`]: what is recorded: the rules, their templates, redaction, response hints.
+//! - [`identity`]: who sent a request: the actor sources and the client address.
+//! - [`request`]: the request as the rules see it: canonical path and method, route templates.
+//! - [`signer`]: signs tree heads and publishes them.
+//! - [`verify`]: walks the stored log and checks it against its signed heads.
+//! - [`export`]: entries out as CSV, JSON, NDJSON, OCSF, with proofs.
+//! - [`writer`]: entries into the store in group commits, and the NDJSON stream after them.
+//! - [`store`]: where entries are appended and queried: SQLite or PostgreSQL.
+//! - [`log`]: the Merkle tree over the entries and the signed heads that commit to it.
+//! - [`entry`]: the audit entry itself.
+//! - [`metrics`], [`net`], [`base`]: counters, the TLS client, and the vocabulary every
+//!   component's settings share (errors with where they are, units, paths).
 #![forbid(unsafe_code)]
 
-pub mod actor;
 pub mod admin;
-pub mod backup;
-pub mod check;
-pub mod cli;
-pub mod client_ip;
+pub mod base;
+pub mod commands;
 pub mod config;
-pub mod config_env;
-pub mod demo;
 pub mod entry;
-pub mod explain;
 pub mod export;
-pub mod export_proofs;
-pub mod hints;
-pub mod lifecycle;
+pub mod identity;
 pub mod log;
 pub mod metrics;
-pub mod normalize;
-pub mod ocsf;
-pub mod openapi_rules;
+pub mod net;
+pub mod policy;
 pub mod proxy;
-pub mod redact;
-pub mod retention;
-pub mod rules;
-pub mod run;
+pub mod request;
 pub mod server;
 pub mod signer;
 pub mod store;
-pub mod store_location;
-pub mod stream;
-pub mod template;
-pub mod tls;
-pub mod units;
 pub mod verify;
 pub mod writer;

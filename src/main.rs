@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 
-use auditgate::cli::{Cli, Command};
+use auditgate::commands::cli::{Cli, Command};
 use auditgate::config::Config;
 
 /// EX_USAGE: the configuration or the command line is invalid.
@@ -110,12 +110,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             runtime_with(config.proxy.worker_threads)?
-                .block_on(auditgate::run::run_until_signal(config, path))?;
+                .block_on(auditgate::commands::run::run_until_signal(config, path))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
-            auditgate::demo::prepare_environment();
-            runtime()?.block_on(auditgate::demo::run(args))?;
+            auditgate::commands::demo::prepare_environment();
+            runtime()?.block_on(auditgate::commands::demo::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {
@@ -136,15 +136,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for path in &paths {
                 match Config::load(path) {
                     Ok(config) => {
-                        auditgate::cli::print_stdout(&auditgate::run::describe(path, &config))?;
+                        auditgate::commands::cli::print_stdout(
+                            &auditgate::commands::run::describe(path, &config),
+                        )?;
                         let text = std::fs::read_to_string(path).unwrap_or_default();
-                        for warning in auditgate::check::warnings(&text, &config) {
+                        for warning in auditgate::commands::check::warnings(&text, &config) {
                             eprintln!("{}: warning: {warning}", path.display());
                         }
                         if let Some(spec) = &coverage {
-                            let report = auditgate::openapi_rules::run_coverage(spec, &config);
+                            let report =
+                                auditgate::commands::openapi_rules::run_coverage(spec, &config);
                             match report {
-                                Ok(report) => auditgate::cli::print_stdout(&report)?,
+                                Ok(report) => auditgate::commands::cli::print_stdout(&report)?,
                                 Err(error) => {
                                     eprintln!("auditgate check --coverage: {error}");
                                     return Ok(ExitCode::from(EXIT_USAGE));
@@ -164,8 +167,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(EXIT_USAGE)
             })
         }
-        Command::Rules(auditgate::cli::RulesCommand::FromOpenapi(args)) => {
-            match auditgate::openapi_rules::run_from_openapi(&args) {
+        Command::Rules(auditgate::commands::cli::RulesCommand::FromOpenapi(args)) => {
+            match auditgate::commands::openapi_rules::run_from_openapi(&args) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(error) => {
                     eprintln!("auditgate rules from-openapi: {error}");
@@ -185,9 +188,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()
                 .context("cannot start the async runtime")?
                 .block_on(config.policy.actors.load_keys_once());
-            match auditgate::explain::explain(&config, &args) {
+            match auditgate::commands::explain::explain(&config, &args) {
                 Ok(explanation) => {
-                    auditgate::cli::print_stdout(&format!(
+                    auditgate::commands::cli::print_stdout(&format!(
                         "{}\n",
                         serde_json::to_string_pretty(&explanation)?
                     ))?;
@@ -199,12 +202,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Query(args) => auditgate::run::query(&args),
-        Command::Export(args) => auditgate::run::export(&args),
+        Command::Query(args) => auditgate::commands::run::query(&args),
+        Command::Export(args) => auditgate::commands::run::export(&args),
         Command::Keygen { out } => {
             let signer = auditgate::log::head::LogSigner::write_new(&out)?;
             let public = auditgate::log::head::public_key_path(&out);
-            auditgate::cli::print_stdout(&format!(
+            auditgate::commands::cli::print_stdout(&format!(
                 "private key: {} (keep it secret)\npublic key:  {}\nkey id:      {}\n\nSign tree \
                  heads with it:\n\n[log]\nsigning_key = {:?}\npublish_heads = \
                  [\"file:data/heads.ndjson\"]\n",
@@ -215,34 +218,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify(args) => Ok(ExitCode::from(auditgate::verify::run_verify(&args))),
-        Command::VerifyExport(args) => {
-            Ok(ExitCode::from(auditgate::verify::run_verify_export(&args)))
-        }
-        Command::Backup(args) => Ok(auditgate::backup::run_backup(&args)),
+        Command::Verify(args) => Ok(ExitCode::from(auditgate::commands::verify::run_verify(
+            &args,
+        ))),
+        Command::VerifyExport(args) => Ok(ExitCode::from(
+            auditgate::commands::verify::run_verify_export(&args),
+        )),
+        Command::Backup(args) => Ok(auditgate::commands::backup::run_backup(&args)),
         Command::Prune(args) => {
             let config = match load_config(&args.config) {
                 Ok(config) => config,
                 Err(code) => return Ok(code),
             };
             let mode = if args.dry_run {
-                auditgate::retention::PruneMode::DryRun
+                auditgate::store::retention::PruneMode::DryRun
             } else if args.yes {
-                auditgate::retention::PruneMode::Confirmed
+                auditgate::store::retention::PruneMode::Confirmed
             } else {
-                auditgate::retention::PruneMode::Ask
+                auditgate::store::retention::PruneMode::Ask
             };
-            auditgate::retention::run_prune(&config, args.older_than.as_deref(), mode)
+            auditgate::commands::prune::run_prune(&config, args.older_than.as_deref(), mode)
         }
         Command::Health { url, timeout } => {
-            let timeout = match auditgate::units::parse_duration(&timeout) {
+            let timeout = match auditgate::base::units::parse_duration(&timeout) {
                 Ok(timeout) => timeout,
                 Err(message) => {
                     eprintln!("auditgate health: --timeout: {message}");
                     return Ok(ExitCode::from(EXIT_USAGE));
                 }
             };
-            match auditgate::run::health_check(&url, timeout) {
+            match auditgate::commands::run::health_check(&url, timeout) {
                 Ok(status) if (200..300).contains(&status) => Ok(ExitCode::SUCCESS),
                 Ok(status) => {
                     eprintln!("auditgate health: {url} answered {status}");
@@ -263,7 +268,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // The same scopes `check` accepts, so the printed snippet is a valid config.
             let unknown: Vec<&String> = scopes
                 .iter()
-                .filter(|scope| auditgate::config::Scope::parse(scope).is_none())
+                .filter(|scope| auditgate::admin::config::Scope::parse(scope).is_none())
                 .collect();
             if !unknown.is_empty() || scopes.is_empty() {
                 eprintln!(
@@ -276,8 +281,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(EXIT_USAGE));
             }
-            let token = auditgate::run::new_token();
-            auditgate::cli::print_stdout(&format!(
+            let token = auditgate::commands::run::new_token();
+            auditgate::commands::cli::print_stdout(&format!(
                 "token:  {}\nsha256: {}\n\nGive the token to its holder; put only the hash in the \
                  config:\n\n[[admin.tokens]]\nname = {name:?}\nsha256 = \"{}\"\nscopes = {scopes:?}\n",
                 token.token, token.sha256, token.sha256

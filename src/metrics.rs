@@ -1,7 +1,7 @@
 //! Process counters, rendered in the Prometheus text format at `/metrics` on the admin listener.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A monotonically increasing counter.
@@ -322,7 +322,7 @@ fn escape_label(value: &str) -> String {
 /// The whole `/metrics` page.
 pub fn render(
     metrics: &Metrics,
-    writer: &crate::writer::WriterStats,
+    writer: &crate::metrics::WriterStats,
     queue_depth: usize,
 ) -> String {
     let mut out = String::new();
@@ -657,6 +657,60 @@ mod process {
     }
 }
 
+/// Counters the writer keeps, read by /metrics and tests.
+#[derive(Debug)]
+pub struct WriterStats {
+    pub entries_written: Counter,
+    pub batches: Counter,
+    pub store_errors: Counter,
+    /// Entries that could not be stored even at shutdown. Must stay 0.
+    pub entries_lost: Counter,
+    /// Requests that waited for room in the queue.
+    pub backpressure_waits: Counter,
+    /// Entries written to the spill file because the store refused them.
+    pub entries_spilled: Counter,
+    /// Spilled entries imported back into the store at start.
+    pub entries_reimported: Counter,
+    /// Write-ahead intents made durable.
+    pub intents_written: Counter,
+    /// Write-ahead intents the store could not take (each answered with an error).
+    pub intent_errors: Counter,
+    /// Entries finished with outcome `unknown` at start from intents a crash left behind.
+    pub intents_recovered: Counter,
+    /// Entries per group commit.
+    pub commit_size: Histogram,
+    /// Seconds per group commit.
+    pub commit_seconds: Histogram,
+    /// Set while the last attempt to write failed (for /readyz).
+    pub failing: AtomicBool,
+    /// Lines written to the NDJSON stream (`[stream]`).
+    pub stream_lines: Counter,
+    /// Stream writes that failed (the entries are in the store; the stream missed them).
+    pub stream_errors: Counter,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        WriterStats {
+            entries_written: Counter::default(),
+            batches: Counter::default(),
+            store_errors: Counter::default(),
+            entries_lost: Counter::default(),
+            backpressure_waits: Counter::default(),
+            entries_spilled: Counter::default(),
+            entries_reimported: Counter::default(),
+            intents_written: Counter::default(),
+            intent_errors: Counter::default(),
+            intents_recovered: Counter::default(),
+            commit_size: Histogram::new(SIZE_BOUNDS),
+            commit_seconds: Histogram::new(SECONDS_BOUNDS),
+            failing: AtomicBool::new(false),
+            stream_lines: Counter::default(),
+            stream_errors: Counter::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -735,7 +789,7 @@ mod tests {
         metrics.exchanges.duration.observe(0.003);
         metrics.reloads_failed.inc();
         metrics.set_config_sha256("abc123");
-        let writer = crate::writer::WriterStats::default();
+        let writer = crate::metrics::WriterStats::default();
         let page = render(&metrics, &writer, 0);
         let series = |labels: &str| {
             value(

@@ -16,7 +16,7 @@
 //! head and one that stays down cannot hold up shutdown.
 //!
 //! An https target is reached on a connection of its own per delivery round, checked against
-//! `publish_ca_file` or the system's CAs (see [`crate::tls`]); an untrusted certificate is a
+//! `publish_ca_file` or the system's CAs (see [`crate::net::tls`]); an untrusted certificate is a
 //! failed delivery like any other. Nothing here runs on the writer's thread or the proxy's path:
 //! the signer reads the tree's root from the store's in-memory frontier, which costs no hashing.
 
@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{LogConfig, PublishTarget};
+use crate::log::config::{LogConfig, PublishTarget};
 use crate::log::head::{LogSigner, TreeHead};
 use crate::metrics::Counter;
 use crate::store::Store;

@@ -20,11 +20,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
-use auditgate::actor::{ActorChain, ActorFile, ActorRequest};
-use auditgate::client_ip;
-use auditgate::config::{RuleFile, UnmatchedRecord};
-use auditgate::rules::{compile_route, Decision, RequestView, RuleSet};
-use auditgate::template::{Context, Template};
+use auditgate::identity::actor::{ActorChain, ActorFile, ActorRequest};
+use auditgate::identity::client_ip;
+use auditgate::policy::rules::{RuleFile, UnmatchedRecord};
+use auditgate::request::route::compile_route;
+use auditgate::policy::rules::{Decision, RequestView, RuleSet};
+use auditgate::policy::template::{Context, Template};
 use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::Value;

@@ -14,7 +14,7 @@ use chrono::Utc;
 use serde_json::{json, Map, Value};
 
 use super::audit::{self, AdminAction, RequestInfo, AUDIT_QUERY};
-use super::auth::Caller;
+use super::caller::Caller;
 use super::error::ApiError;
 use super::AdminState;
 use crate::entry::AuditEntry;

@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 use axum::http::{header, Extensions, HeaderMap, Method, StatusCode, Uri};
 use serde_json::{Map, Value};
 
-use super::auth::{peer_ip, Caller};
+use super::caller::{peer_ip, Caller};
 use super::AdminState;
 use crate::entry::{AuditEntry, Outcome};
 
@@ -178,7 +178,7 @@ pub fn admin_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::auth::{Identity, Via};
+    use crate::admin::caller::{Identity, Via};
     use std::sync::Arc;
 
     #[test]
@@ -186,7 +186,7 @@ mod tests {
         let caller = Caller {
             identity: Identity {
                 name: Arc::from("ops"),
-                scopes: Arc::from(vec![crate::config::Scope::Read]),
+                scopes: Arc::from(vec![crate::admin::config::Scope::Read]),
                 token_sha256: [0; 32],
             },
             via: Via::Bearer,

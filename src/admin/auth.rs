@@ -16,8 +16,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -29,9 +28,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::audit::{self, AdminAction, RequestInfo};
+use super::caller::{Caller, Identity, Via};
 use super::error::ApiError;
 use super::AdminState;
-use crate::config::{AdminToken, Scope};
+use crate::admin::config::{AdminToken, Scope};
 
 /// The cookie that carries a viewer session id.
 pub const SESSION_COOKIE: &str = "auditgate_session";
@@ -45,15 +45,6 @@ pub const MAX_SESSIONS: usize = 1024;
 /// `auditgate token` are 68 characters.
 const MAX_CREDENTIAL_BYTES: usize = 512;
 
-/// The scope's name as written in the config and the OpenAPI document.
-pub fn scope_name(scope: Scope) -> &'static str {
-    match scope {
-        Scope::Read => "read",
-        Scope::Export => "export",
-        Scope::Write => "write",
-    }
-}
-
 /// What a route demands of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -63,63 +54,6 @@ pub enum Access {
     Authenticated,
     /// A token or session holding this scope.
     Scope(Scope),
-}
-
-/// The holder of a token: their name (the actor of their admin actions) and scopes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub name: Arc<str>,
-    pub scopes: Arc<[Scope]>,
-    /// The SHA-256 of the token this identity signed in with (as in the config), so a reload
-    /// that removes or rotates the token ends the sessions it opened.
-    pub token_sha256: [u8; 32],
-}
-
-impl Identity {
-    pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.contains(&scope)
-    }
-
-    pub fn scope_names(&self) -> Vec<&'static str> {
-        self.scopes.iter().copied().map(scope_name).collect()
-    }
-}
-
-/// How a caller proved who they are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Via {
-    Bearer,
-    Session { expires_at: DateTime<Utc> },
-}
-
-/// An authenticated caller, put into the request by [`require`] for handlers to extract.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub identity: Identity,
-    pub via: Via,
-}
-
-impl Caller {
-    pub fn via_name(&self) -> &'static str {
-        match self.via {
-            Via::Bearer => "bearer",
-            Via::Session { .. } => "session",
-        }
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
-
-    /// Only routes behind [`require`] have a caller; on any other route this refuses, so a
-    /// handler mounted without authentication fails closed.
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Caller, ApiError> {
-        parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .ok_or(ApiError::Unauthorized("authentication required"))
-    }
 }
 
 struct Session {
@@ -524,9 +458,7 @@ pub async fn require(
             .metadata
             .insert("reason".into(), error.to_string().into());
         if let ApiError::MissingScope(scope) = error {
-            action
-                .metadata
-                .insert("scope".into(), scope_name(scope).into());
+            action.metadata.insert("scope".into(), scope.name().into());
         }
         audit::record(&state, Some(&caller), &info, action);
         return error.into_response();
@@ -554,13 +486,6 @@ pub fn record_unknown_credential(state: &AdminState, info: &RequestInfo, error: 
             .insert("unrecordedBefore".into(), suppressed.into());
     }
     audit::record(state, None, info, action);
-}
-
-/// The client address of a request served with connect info (the admin listener), if known.
-pub fn peer_ip(extensions: &axum::http::Extensions) -> Option<IpAddr> {
-    extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip())
 }
 
 #[cfg(test)]

@@ -8,8 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::auth::scope_name;
-use crate::config::Scope;
+use crate::admin::config::Scope;
 use crate::store::query::ParamError;
 use crate::store::StoreError;
 
@@ -19,7 +18,7 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(&'static str),
     /// Authenticated, but the token was not given this scope.
-    #[error("this token does not have the {} scope", scope_name(*.0))]
+    #[error("this token does not have the {} scope", .0.name())]
     MissingScope(Scope),
     /// A cookie-authenticated change sent from another origin (CSRF).
     #[error("cross-origin request refused")]
@@ -68,7 +67,7 @@ impl ApiError {
                 })
             }
             ApiError::MissingScope(scope) => {
-                json!({"error": self.to_string(), "scope": scope_name(*scope)})
+                json!({"error": self.to_string(), "scope": scope.name()})
             }
             _ => json!({"error": self.to_string()}),
         }

@@ -26,10 +26,10 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::auth::Caller;
+use super::caller::Caller;
 use super::AdminState;
 use crate::entry::{AuditEntry, Outcome};
-use crate::hints::valid_action;
+use crate::policy::hints::valid_action;
 
 /// The largest request body the endpoint reads.
 pub const MAX_EVENTS_BODY: usize = 1024 * 1024;
@@ -215,7 +215,7 @@ fn to_entry(
     let ip = text_field(object, "ip", 64, index, errors);
     let ip = match ip {
         Some(text) => match text.parse::<IpAddr>() {
-            Ok(addr) => Some(crate::client_ip::canonical(addr).to_string()),
+            Ok(addr) => Some(crate::identity::client_ip::canonical(addr).to_string()),
             Err(_) => {
                 errors.push(field_error(index, "ip", "is not an IP address"));
                 None

@@ -1,7 +1,7 @@
 //! `GET /api/v1/export?format=csv|json|ndjson|ocsf&<filters>`: the matching entries as a download,
 //! streamed. With `proofs=true` (NDJSON only) every line also carries the entry's leaf hash and
 //! inclusion proof against the latest signed head, which ends the file, so an auditor checks it
-//! offline with `auditgate verify-export` ([`crate::export_proofs`] writes it).
+//! offline with `auditgate verify-export` ([`crate::export::proofs`] writes it).
 //!
 //! The body is produced chunk by chunk as the client reads it: an [`ExportReader`] chunk is read
 //! on the blocking pool, encoded, and handed to hyper, which asks for the next only once the
@@ -23,12 +23,14 @@ use serde_json::Value;
 
 use super::api::{blocking, invalid_params_json, params_json, query_pairs};
 use super::audit::{self, AdminAction, RequestInfo, AUDIT_EXPORT};
-use super::auth::Caller;
+use super::caller::Caller;
 use super::error::ApiError;
 use super::AdminState;
 use crate::entry::Outcome;
+use crate::export::proofs::{
+    write_export_with_proofs, write_signed_export_with_proofs, ProofError,
+};
 use crate::export::{export_file_name, ExportEncoder, ExportFormat, ExportReader};
-use crate::export_proofs::{write_export_with_proofs, write_signed_export_with_proofs, ProofError};
 use crate::log::head::SignedTreeHead;
 use crate::store::query::{parse_filter_and_page, Filter, ParamError};
 

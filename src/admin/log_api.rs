@@ -31,9 +31,9 @@ use super::error::ApiError;
 use super::AdminState;
 use crate::log::head::LogVerifier;
 use crate::log::merkle::to_hex;
-use crate::log::verify::{HeadOrigin, HeadToCheck, LogCheck};
 use crate::signer::SignerStats;
 use crate::store::Store;
+use crate::verify::check::{HeadOrigin, HeadToCheck, LogCheck};
 
 /// What the log endpoints keep between requests.
 pub struct LogApiState {
@@ -310,7 +310,7 @@ pub(crate) async fn verify(
             match published.refresh() {
                 Ok((latest, truncated)) => {
                     let behind =
-                        crate::log::verify::behind_published(store.as_ref(), latest, &place)?;
+                        crate::verify::check::behind_published(store.as_ref(), latest, &place)?;
                     state
                         .check
                         .add_problems(truncated.into_iter().chain(behind).collect());

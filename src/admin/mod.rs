@@ -22,6 +22,8 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod caller;
+pub mod config;
 pub mod error;
 pub mod events;
 pub mod export;
@@ -41,7 +43,7 @@ use axum::Router;
 
 mod ui;
 
-use crate::config::Scope;
+use crate::admin::config::Scope;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::writer::WriterHandle;
@@ -297,7 +299,7 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::config::SyncMode;
+    use crate::store::config::SyncMode;
     use crate::store::sqlite::SqliteStore;
     use crate::writer::{Writer, WriterOptions};
 

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::auth::{scope_name, Access};
+use super::auth::Access;
 use crate::export::CSV_COLUMNS;
 
 /// `GET /api/v1/openapi.json`. Public: it describes the API and holds no data.
@@ -30,7 +30,7 @@ pub fn security(access: Access) -> Value {
         Access::Public => json!([]),
         Access::Authenticated => json!([{"bearerAuth": []}, {"sessionCookie": []}]),
         Access::Scope(scope) => {
-            let scope = scope_name(scope);
+            let scope = scope.name();
             json!([{"bearerAuth": [scope]}, {"sessionCookie": [scope]}])
         }
     }
@@ -123,7 +123,7 @@ fn string_param(name: &str, description: &str) -> Value {
 }
 
 fn build() -> Value {
-    use crate::config::Scope::{Export, Read};
+    use crate::admin::config::Scope::{Export, Read};
     let read = Access::Scope(Read);
     let export = Access::Scope(Export);
     let bad_params = error_response(
@@ -209,7 +209,7 @@ fn build() -> Value {
     let mut ingest = operation(
         "ingestEvents",
         "Record entries from the app itself (the reference's logAction() shape): one entry or an array of up to 1000. Answered once they are stored. `Idempotency-Key` makes retries safe.",
-        Access::Scope(crate::config::Scope::Write),
+        Access::Scope(crate::admin::config::Scope::Write),
         vec![json!({"name": "Idempotency-Key", "in": "header", "required": false,
             "description": "A key that makes retries safe: the same key and body answer with the first request's ids.",
             "schema": {"type": "string", "maxLength": 255}})],

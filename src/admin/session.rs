@@ -10,7 +10,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::audit::{self, AdminAction, RequestInfo, AUDIT_LOGIN, AUDIT_LOGOUT};
-use super::auth::{same_origin, session_cookie, Caller, Identity, NewSession, Via, SESSION_COOKIE};
+use super::auth::{same_origin, session_cookie, NewSession, SESSION_COOKIE};
+use super::caller::{Caller, Identity, Via};
 use super::error::ApiError;
 use super::AdminState;
 use crate::entry::format_timestamp;

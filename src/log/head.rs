@@ -365,7 +365,7 @@ impl LogSigner {
         })
     }
 
-    /// Signs an export manifest's text ([`crate::export_proofs::ExportManifest::signing_bytes`]).
+    /// Signs an export manifest's text ([`crate::export::proofs::ExportManifest::signing_bytes`]).
     /// That text begins with its own format line, `auditgate-export-v1`, so a signature over it
     /// can never be taken for one over a head (whose text begins `auditgate-tree-head-v1`).
     pub fn sign_export_manifest(&self, signing_bytes: &[u8]) -> [u8; 64] {

@@ -15,7 +15,7 @@
 //! and key files), [`pruned`] (what an `audit.pruned` entry claims), [`verify`] (the resumable
 //! check of a stored log). They do no I/O of their own except key files: [`verify`] reads through
 //! the [`crate::store::LogReader`] it is given. The signer task is [`crate::signer`], retention
-//! [`crate::retention`], the file-level commands [`crate::verify`].
+//! [`crate::store::retention`], the file-level commands [`crate::verify`].
 //!
 //! # What `auditgate verify` proves
 //!
@@ -49,7 +49,7 @@
 //!
 //! # Exports with proofs
 //!
-//! An NDJSON export made with `proofs=true` ([`crate::export_proofs`]) is checked offline by
+//! An NDJSON export made with `proofs=true` ([`crate::export::proofs`]) is checked offline by
 //! `auditgate verify-export FILE --key PUBKEY`. Each entry line is the entry's API JSON plus its
 //! place in the tree; the last line is the signed head every proof leads to, and how many entry
 //! lines precede it:
@@ -64,7 +64,7 @@
 //! `leafIndex == seq - 1`, folds the audit path to the head's root (RFC 9162 2.1.3.2), checks the
 //! head's signature, and compares the line count with `entries`.
 
+pub mod config;
 pub mod head;
 pub mod merkle;
 pub mod pruned;
-pub mod verify;

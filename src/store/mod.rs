@@ -11,19 +11,18 @@
 //! tampering. [`LogReader`] is the read side verification needs; it is a separate trait so that
 //! `auditgate verify` can read a database file without opening it for writing.
 
+pub mod config;
 pub mod postgres;
 pub mod query;
+pub mod retention;
 pub mod sqlite;
-pub mod sqlite_log;
-pub mod sqlite_readonly;
-pub mod sqlite_rows;
 
 use crate::entry::AuditEntry;
 use crate::log::head::SignedTreeHead;
 use crate::log::merkle::{Hash, MemoryNodes, MerkleError};
-use crate::retention::PrunePlan;
+use crate::store::retention::PrunePlan;
 use query::{Cursor, Filter, PageRequest};
-pub use sqlite_rows::{Bucket, Page, StatsBy};
+pub use sqlite::rows::{Bucket, Page, StatsBy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -243,7 +242,7 @@ pub trait Store: LogReader + Send + Sync + 'static {
 /// life, so a second sidecar with the same `log_id` is refused; tools that run beside a sidecar
 /// (`auditgate prune`) pass false.
 pub fn open(
-    config: &crate::config::StoreConfig,
+    config: &crate::store::config::StoreConfig,
     log_id: &str,
     exclusive: bool,
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
@@ -270,7 +269,7 @@ pub fn open(
 
 /// Where a store lives, for messages: the SQLite file, or `postgres://host:port/db` (never a
 /// user or password).
-pub fn describe(config: &crate::config::StoreConfig) -> String {
+pub fn describe(config: &crate::store::config::StoreConfig) -> String {
     match &config.postgres {
         Some(database) => postgres::describe_target(&database.connection),
         None => config.path.display().to_string(),

@@ -261,7 +261,7 @@ fn the_systemd_unit_is_hardened_and_its_config_writes_only_its_state() {
     assert!(config.store.path.starts_with(state));
     assert!(config.store.spill_path().starts_with(state));
     match config.stream.as_ref().map(|stream| &stream.target) {
-        Some(auditgate::stream::StreamTarget::File(path)) => {
+        Some(auditgate::writer::stream::StreamTarget::File(path)) => {
             assert!(path.starts_with(state));
             // The Vector example tails the very file.
             let vector: toml::Table = read("deploy/siem/vector.toml")
@@ -275,7 +275,7 @@ fn the_systemd_unit_is_hardened_and_its_config_writes_only_its_state() {
         other => panic!("expected a stream file, got {other:?}"),
     }
     for target in &config.log.publish_heads {
-        if let auditgate::config::PublishTarget::File(path) = target {
+        if let auditgate::log::config::PublishTarget::File(path) = target {
             assert!(path.starts_with(state));
         }
     }
@@ -303,10 +303,13 @@ async fn the_docker_healthcheck_command_reports_health() {
             .and_then(|listener| listener.local_addr())
             .expect("a free port");
         (
-            auditgate::run::health_check(&format!("http://{admin}/healthz"), timeout),
-            auditgate::run::health_check(&format!("http://{admin}/readyz"), timeout),
-            auditgate::run::health_check(&format!("http://{admin}/no-such-page"), timeout),
-            auditgate::run::health_check(&format!("http://{closed}/healthz"), timeout),
+            auditgate::commands::run::health_check(&format!("http://{admin}/healthz"), timeout),
+            auditgate::commands::run::health_check(&format!("http://{admin}/readyz"), timeout),
+            auditgate::commands::run::health_check(
+                &format!("http://{admin}/no-such-page"),
+                timeout,
+            ),
+            auditgate::commands::run::health_check(&format!("http://{closed}/healthz"), timeout),
         )
     })
     .await

@@ -583,7 +583,7 @@ async fn no_answered_write_ahead_request_is_lost_across_crashes() {
     );
     let stopped: Vec<u64> = all
         .iter()
-        .filter(|entry| entry.action == auditgate::lifecycle::STOPPED)
+        .filter(|entry| entry.action == auditgate::server::lifecycle::STOPPED)
         .map(|entry| entry.seq)
         .collect();
     assert_eq!(

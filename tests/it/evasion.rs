@@ -491,19 +491,23 @@ fn explain_shows_the_canonical_path_and_the_semantics_that_matched() {
         RULES,
     );
     let config = auditgate::config::Config::parse(&text, &dir.0).expect("valid config");
-    let args = |method: &str, target: &str, headers: &[&str]| auditgate::cli::ExplainArgs {
-        config: dir.0.join("unused.toml"),
-        method: method.to_string(),
-        target: target.to_string(),
-        status: 200,
-        headers: headers.iter().map(|header| header.to_string()).collect(),
-        body: None,
-        response_headers: Vec::new(),
-        response_body: None,
-        peer: "127.0.0.1".to_string(),
-    };
-    let out = auditgate::explain::explain(&config, &args("DELETE", "/static/../API/users/5/", &[]))
-        .expect("explained");
+    let args =
+        |method: &str, target: &str, headers: &[&str]| auditgate::commands::cli::ExplainArgs {
+            config: dir.0.join("unused.toml"),
+            method: method.to_string(),
+            target: target.to_string(),
+            status: 200,
+            headers: headers.iter().map(|header| header.to_string()).collect(),
+            body: None,
+            response_headers: Vec::new(),
+            response_body: None,
+            peer: "127.0.0.1".to_string(),
+        };
+    let out = auditgate::commands::explain::explain(
+        &config,
+        &args("DELETE", "/static/../API/users/5/", &[]),
+    )
+    .expect("explained");
     assert_eq!(out["request"]["canonicalPath"], "/API/users/5/", "{out:#}");
     assert_eq!(out["request"]["path"], "/static/../API/users/5/");
     assert_eq!(out["rule"], "delete user");
@@ -512,7 +516,7 @@ fn explain_shows_the_canonical_path_and_the_semantics_that_matched() {
     assert_eq!(out["routeMatch"]["trailingSlashIgnored"], true);
     assert_eq!(out["entry"]["resourceId"], "5");
 
-    let out = auditgate::explain::explain(
+    let out = auditgate::commands::explain::explain(
         &config,
         &args("POST", "/api/users/5", &["X-HTTP-Method-Override: DELETE"]),
     )
@@ -520,8 +524,9 @@ fn explain_shows_the_canonical_path_and_the_semantics_that_matched() {
     assert_eq!(out["request"]["effectiveMethod"], "DELETE", "{out:#}");
     assert_eq!(out["entry"]["action"], "user.deleted");
 
-    let out = auditgate::explain::explain(&config, &args("DELETE", "/api/users%2F5", &[]))
-        .expect("explained");
+    let out =
+        auditgate::commands::explain::explain(&config, &args("DELETE", "/api/users%2F5", &[]))
+            .expect("explained");
     assert_eq!(out["decision"], "refused", "{out:#}");
     assert_eq!(out["entry"]["status"], 400);
 }

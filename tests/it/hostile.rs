@@ -594,19 +594,21 @@ fn admin_config() -> String {
     )
 }
 
-fn token_with(scope: auditgate::config::Scope) -> &'static str {
+fn token_with(scope: auditgate::admin::config::Scope) -> &'static str {
     match scope {
-        auditgate::config::Scope::Read => READ_TOKEN,
-        auditgate::config::Scope::Export => EXPORT_TOKEN,
-        auditgate::config::Scope::Write => WRITE_TOKEN,
+        auditgate::admin::config::Scope::Read => READ_TOKEN,
+        auditgate::admin::config::Scope::Export => EXPORT_TOKEN,
+        auditgate::admin::config::Scope::Write => WRITE_TOKEN,
     }
 }
 
 /// A token that lacks the scope.
-fn token_without(scope: auditgate::config::Scope) -> &'static str {
+fn token_without(scope: auditgate::admin::config::Scope) -> &'static str {
     match scope {
-        auditgate::config::Scope::Read => EXPORT_TOKEN,
-        auditgate::config::Scope::Export | auditgate::config::Scope::Write => READ_TOKEN,
+        auditgate::admin::config::Scope::Read => EXPORT_TOKEN,
+        auditgate::admin::config::Scope::Export | auditgate::admin::config::Scope::Write => {
+            READ_TOKEN
+        }
     }
 }
 

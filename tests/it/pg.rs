@@ -124,8 +124,8 @@ impl Drop for TestDatabase {
 
 /// TLS as a store URL without `sslmode` gets it: libpq's default, `prefer` (the test server
 /// speaks TLS, so the store tests run over it).
-pub fn default_tls() -> auditgate::store::postgres::ssl::PostgresTls {
-    auditgate::store::postgres::ssl::parse_url(
+pub fn default_tls() -> auditgate::store::postgres::tls::PostgresTls {
+    auditgate::store::postgres::tls::parse_url(
         "postgres://postgres@127.0.0.1/postgres",
         std::path::Path::new("."),
     )

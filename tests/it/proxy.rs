@@ -562,7 +562,7 @@ async fn a_burst_of_concurrent_requests_gives_one_entry_each() {
     // Gapless and without duplicates over the whole log: the run's audit.started, then one entry
     // per audited request.
     let all = crate::support::read_all_entries(&sidecar.db);
-    assert_eq!(all[0].action, auditgate::lifecycle::STARTED);
+    assert_eq!(all[0].action, auditgate::server::lifecycle::STARTED);
     let mut seqs: Vec<u64> = all.iter().map(|entry| entry.seq).collect();
     seqs.dedup();
     assert_eq!(seqs, (1..=641).collect::<Vec<u64>>());
@@ -622,8 +622,8 @@ async fn shutdown_writes_every_queued_entry() {
     assert_eq!(ids, expected, "every queued entry is written once");
     let all = crate::support::read_all_entries(&sidecar.db);
     assert_eq!(all.len(), 102);
-    assert_eq!(all[0].action, auditgate::lifecycle::STARTED);
-    assert_eq!(all[101].action, auditgate::lifecycle::STOPPED);
+    assert_eq!(all[0].action, auditgate::server::lifecycle::STARTED);
+    assert_eq!(all[101].action, auditgate::server::lifecycle::STOPPED);
     assert_eq!(writer.stats().entries_lost.get(), 0);
 }
 

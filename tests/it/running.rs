@@ -491,8 +491,8 @@ async fn an_upstream_failure_is_logged_with_the_request_id_method_and_path() {
 /// `audit.stopped`, so an auditor sees it as a start without a stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_records_each_start_and_each_clean_stop_of_the_sidecar() {
-    use auditgate::lifecycle::{STARTED, STOPPED};
     use auditgate::log::head::{public_key_path, LogSigner, LogVerifier, SignedTreeHead};
+    use auditgate::server::lifecycle::{STARTED, STOPPED};
 
     let upstream = Upstream::start().await;
     let dir = TempDir::new("lifecycle");
@@ -557,7 +557,7 @@ async fn the_log_records_each_start_and_each_clean_stop_of_the_sidecar() {
             "user.deleted",
             "user.deleted",
             "user.deleted",
-            auditgate::lifecycle::CONFIG_RELOADED,
+            auditgate::server::lifecycle::CONFIG_RELOADED,
             STOPPED
         ]
     );

@@ -29,7 +29,7 @@ async fn committed_entries_reach_the_ndjson_file_once_each() {
     // The stream carries every stored entry, the run's audit.started too.
     let stored = read_all_entries(&sidecar.db);
     assert_eq!(stored.len(), 31);
-    assert_eq!(stored[0].action, auditgate::lifecycle::STARTED);
+    assert_eq!(stored[0].action, auditgate::server::lifecycle::STARTED);
     // The line is written right after the commit the entries were read back from. Thirty-one
     // entries fill several 4 KiB files; keep = 20 holds them all, so the rotated files and the
     // live one, oldest first, are the whole stream.

@@ -105,7 +105,7 @@ async fn entries_come_out_as_valid_ocsf_from_the_stream_the_cli_and_the_api() {
     // The request id is auditgate's own; the one the client sent is kept apart.
     assert_eq!(offboarded.metadata["_clientRequestId"], "req-ocsf-1");
     let request_id = offboarded.request_id.clone().expect("a request id");
-    let offboard = auditgate::ocsf::to_ocsf(offboarded);
+    let offboard = auditgate::entry::ocsf::to_ocsf(offboarded);
     assert_eq!(offboard["class_uid"], 6003);
     assert_eq!(offboard["category_uid"], 6);
     assert_eq!(offboard["activity_id"], 4);
@@ -129,7 +129,7 @@ async fn entries_come_out_as_valid_ocsf_from_the_stream_the_cli_and_the_api() {
     assert_eq!(offboard["metadata"]["log_name"], "test");
     assert_eq!(offboard["metadata"]["version"], "1.3.0");
     assert_eq!(offboard["unmapped"]["rule"], "offboard user");
-    let read = auditgate::ocsf::to_ocsf(by_action("note.opened"));
+    let read = auditgate::entry::ocsf::to_ocsf(by_action("note.opened"));
     assert_eq!(
         (read["activity_id"].clone(), read["type_uid"].clone()),
         (json!(2), json!(600302))
@@ -137,11 +137,11 @@ async fn entries_come_out_as_valid_ocsf_from_the_stream_the_cli_and_the_api() {
     assert_eq!(read["actor"]["user"]["name"], "anonymous");
     assert_eq!(read["actor"]["user"]["type_id"], 0);
     assert_eq!(read["status_id"], 1);
-    let patch = auditgate::ocsf::to_ocsf(by_action("http.patch"));
+    let patch = auditgate::entry::ocsf::to_ocsf(by_action("http.patch"));
     assert_eq!(patch["activity_id"], 3);
     assert_eq!(patch["unmapped"]["method"], "PATCH");
     assert!(patch["http_request"].get("http_method").is_none());
-    let app = auditgate::ocsf::to_ocsf(by_action("dokument.versiegelt"));
+    let app = auditgate::entry::ocsf::to_ocsf(by_action("dokument.versiegelt"));
     assert_eq!(app["activity_id"], 99);
     assert!(
         app.get("status_code").is_none(),
@@ -164,7 +164,7 @@ async fn entries_come_out_as_valid_ocsf_from_the_stream_the_cli_and_the_api() {
     let all = read_all_entries(&db);
     let expected: BTreeMap<String, Value> = all
         .iter()
-        .map(|entry| (entry.id.clone(), auditgate::ocsf::to_ocsf(entry)))
+        .map(|entry| (entry.id.clone(), auditgate::entry::ocsf::to_ocsf(entry)))
         .collect();
     let streamed = by_uid(&std::fs::read_to_string(&stream_path).expect("stream file"));
     assert_eq!(

@@ -7,16 +7,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use auditgate::config::SyncMode;
 use auditgate::entry::{AuditEntry, Outcome};
 use auditgate::export::ExportReader;
 use auditgate::log::merkle::{self, leaf_hash, Hash, MemoryNodes};
-use auditgate::log::verify::LogCheck;
-use auditgate::retention::{prune_record, PrunePlan, PrunedBy};
+use auditgate::store::config::SyncMode;
 use auditgate::store::postgres::{Access, PostgresOptions, PostgresStore};
 use auditgate::store::query::{Cursor, Filter, IpFilter, Order, PageRequest, StatusFilter};
+use auditgate::store::retention::{prune_record, PrunePlan, PrunedBy};
 use auditgate::store::sqlite::SqliteStore;
 use auditgate::store::{StatsBy, Store, StoreError};
+use auditgate::verify::check::LogCheck;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 
@@ -106,7 +106,7 @@ fn list_all(store: &dyn Store, filter: &Filter, limit: u32, order: Order) -> Vec
     panic!("paging did not end");
 }
 
-fn verify(store: &dyn Store) -> auditgate::log::verify::VerifyReport {
+fn verify(store: &dyn Store) -> auditgate::verify::check::VerifyReport {
     let report = LogCheck::new(Vec::new())
         .finish(store)
         .expect("verification runs");

@@ -429,13 +429,13 @@ pub fn read_entries(db: &std::path::Path) -> Vec<AuditEntry> {
 
 /// Whether an action is one of the sidecar's records of its own life.
 pub fn is_lifecycle(action: &str) -> bool {
-    use auditgate::lifecycle::{CONFIG_RELOADED, STARTED, STOPPED};
+    use auditgate::server::lifecycle::{CONFIG_RELOADED, STARTED, STOPPED};
     [STARTED, STOPPED, CONFIG_RELOADED].contains(&action)
 }
 
 /// Every entry in a database file, in log order.
 pub fn read_all_entries(db: &std::path::Path) -> Vec<AuditEntry> {
-    use auditgate::store::sqlite_rows::{entry_from_row, ENTRY_COLUMNS};
+    use auditgate::store::sqlite::rows::{entry_from_row, ENTRY_COLUMNS};
     let connection = rusqlite::Connection::open(db).expect("open db");
     let mut statement = connection
         .prepare(&format!("SELECT {ENTRY_COLUMNS} FROM entries ORDER BY seq"))

@@ -6,16 +6,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use auditgate::config::{Config, SyncMode};
+use auditgate::config::Config;
+
 use auditgate::entry::{AuditEntry, Outcome};
 use auditgate::log::head::{public_key_path, LogSigner, LogVerifier, SignedTreeHead, TreeHead};
 use auditgate::log::merkle::{self, from_hex};
-use auditgate::log::verify::VerifyReport;
-use auditgate::retention::{prune_all, PrunePlan, PrunedBy};
 use auditgate::server::Sidecar;
+use auditgate::store::config::SyncMode;
 use auditgate::store::query::Filter;
+use auditgate::store::retention::{prune_all, PrunePlan, PrunedBy};
 use auditgate::store::sqlite::SqliteStore;
 use auditgate::store::Store;
+use auditgate::verify::check::VerifyReport;
 use auditgate::verify::{verify_database, verify_export};
 use rusqlite::Connection;
 use serde_json::Value;
@@ -421,7 +423,7 @@ fn an_export_with_proofs_verifies_offline_and_edits_to_it_do_not() {
     let export = fixture.dir.0.join("export.ndjson");
     let mut out = Vec::new();
     let written =
-        auditgate::export_proofs::write_export_with_proofs(&store, &filter, &head, &mut out)
+        auditgate::export::proofs::write_export_with_proofs(&store, &filter, &head, &mut out)
             .expect("export");
     assert_eq!(written, 15);
     std::fs::write(&export, &out).expect("write");
@@ -711,7 +713,7 @@ async fn the_sidecar_prunes_in_the_background_and_the_log_still_verifies() {
         originals.len() == 5 && originals.iter().all(|entry| entry.action != "audit.pruned"),
         "pruned before the test could read the entries: {originals:#?}"
     );
-    assert_eq!(originals[0].action, auditgate::lifecycle::STARTED);
+    assert_eq!(originals[0].action, auditgate::server::lifecycle::STARTED);
     let original_leaves: Vec<[u8; 32]> = originals
         .iter()
         .map(|entry| oracle_hash(&[&[0x00], &entry.canonical_bytes()]))
@@ -906,7 +908,7 @@ fn prune_from_the_command_line_records_itself() {
     assert_eq!(record.actor_source.as_deref(), Some("cli"));
     assert_eq!(
         record.actor_id.as_deref(),
-        Some(auditgate::run::os_user().as_str())
+        Some(auditgate::base::os_user().as_str())
     );
     assert_ne!(record.actor_id.as_deref(), Some("cli"));
     // Nothing left to prune: no --yes needed for a no-op.
@@ -1587,7 +1589,7 @@ fn an_export_with_proofs_holds_exactly_its_lines() {
     let signer = std::sync::Arc::new(LogSigner::load(&fixture.dir.0.join("log.key")).expect("key"));
     let export = |filter: &Filter| -> Vec<String> {
         let mut out = Vec::new();
-        auditgate::export_proofs::write_signed_export_with_proofs(
+        auditgate::export::proofs::write_signed_export_with_proofs(
             &store,
             filter,
             &head,

@@ -19,8 +19,9 @@
 //! spill file. TLS follows the connection string's `sslmode` and `sslrootcert` as libpq reads
 //! them ([`ssl`]).
 
+pub mod config;
 pub mod rows;
-pub mod ssl;
+pub mod tls;
 pub mod tree;
 
 use std::collections::HashMap;
@@ -31,12 +32,12 @@ use postgres::{Client, GenericClient, Statement};
 use sha2::{Digest, Sha256};
 
 use super::query::{Cursor, CursorKind, Filter, PageRequest};
-use super::sqlite_rows::{Bucket, Page, StatsBy};
+use super::{Bucket, Page, StatsBy};
 use super::{LogPage, LogReader, PruneOutcome, Store, StoreError, StoredHead, TreeState};
 use crate::entry::AuditEntry;
 use crate::log::head::SignedTreeHead;
 use crate::log::merkle::{self, Frontier, Hash, MerkleError};
-use crate::retention::PrunePlan;
+use crate::store::retention::PrunePlan;
 
 /// Migrations, applied in order; `auditgate_schema.version` records how many ran.
 const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
@@ -71,7 +72,7 @@ pub struct PostgresOptions {
     /// Idle reader connections kept.
     pub pool_size: usize,
     /// `sslmode` and the TLS client configuration it needs.
-    pub tls: ssl::PostgresTls,
+    pub tls: tls::PostgresTls,
 }
 
 /// A connection and its prepared statements.
@@ -83,7 +84,7 @@ pub struct Connection {
 impl Connection {
     fn open(options: &PostgresOptions) -> Result<Connection, StoreError> {
         let config = &options.config;
-        let client = ssl::connect(config, &options.tls).map_err(|error| StoreError::Open {
+        let client = tls::connect(config, &options.tls).map_err(|error| StoreError::Open {
             path: describe_target(config),
             message: error_message(&error),
         })?;
@@ -880,7 +881,7 @@ pub fn is_url(db: &str) -> bool {
 /// Opens the PostgreSQL database of a configuration (`--config`) for reading: its host, user,
 /// password (from `password_env`) and TLS settings, and nothing is created or changed.
 pub fn open_config_for_reading(
-    database: &crate::config::PostgresConfig,
+    database: &crate::store::postgres::config::PostgresConfig,
     log_id: &str,
 ) -> Result<PostgresStore, StoreError> {
     let mut config = database.connection.clone();
@@ -903,7 +904,7 @@ pub fn open_for_reading(url: &str, log_id: &str) -> Result<PostgresStore, StoreE
         path: "the database URL".into(),
         message,
     };
-    let ssl::ParsedUrl { mut config, tls } = ssl::parse_url(url, &here).map_err(invalid)?;
+    let tls::ParsedUrl { mut config, tls } = tls::parse_url(url, &here).map_err(invalid)?;
     let tls = tls.map_err(|problems| invalid(problems.join("; ")))?;
     if config.get_password().is_none() {
         if let Ok(password) = std::env::var("PGPASSWORD") {

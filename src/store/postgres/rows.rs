@@ -19,7 +19,7 @@ use serde_json::Map;
 use super::StatementCache;
 use crate::entry::{AuditEntry, Outcome};
 use crate::store::query::{Cursor, Filter, IpFilter, Order, PageRequest, MAX_LIMIT};
-use crate::store::sqlite_rows::{
+use crate::store::sqlite::rows::{
     prefix_upper_bound, Bucket, Page, StatsBy, ANONYMOUS_ACTOR, UNPARSED_METADATA_KEY,
 };
 use crate::store::StoreError;

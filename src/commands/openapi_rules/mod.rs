@@ -1,0 +1,1358 @@
+//! Rules from an app's OpenAPI document (`auditgate rules from-openapi`) and the coverage of a
+//! configuration against one (`auditgate check --coverage`).
+//!
+//! Both read the document the same way: every operation (OpenAPI 3.x or Swagger 2.0, JSON or
+//! YAML) becomes an [`Operation`] with the route template the sidecar will see — the server's
+//! path prefix (`servers[0].url`, or Swagger's `basePath`) put in front, parameter names made
+//! valid for our templates, literal text percent-encoded as clients send it — an action named
+//! from the resource and the verb, and a concrete sample path. Generation writes one rule per
+//! operation; coverage runs each sample path through the configuration's own rule matcher.
+//!
+//! Documents come from outside: nothing in them may panic. A document that is not an API
+//! description is an error naming where; an operation that cannot be turned into a rule is left
+//! out with a note saying why, so one odd path does not cost the rest.
+
+mod yaml;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::policy::rules::RuleKind;
+
+/// Why a document could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenApiError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON: {message}")]
+    Json { path: String, message: String },
+    #[error("{path}: not valid YAML: {message}")]
+    Yaml { path: String, message: String },
+    #[error("{path}: {location}: {message}")]
+    Document {
+        path: String,
+        location: String,
+        message: String,
+    },
+}
+
+/// The methods that change state; the others are reads.
+const STATE_CHANGING: [&str; 4] = ["post", "put", "patch", "delete"];
+const READS: [&str; 1] = ["get"];
+
+/// One operation of the document, as the sidecar will see it.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    /// Upper case: `DELETE`.
+    pub method: String,
+    /// The path as the document writes it, without the prefix: `/pet/{petId}`.
+    pub document_path: String,
+    /// Our route template, prefix included: `/v2/pet/{petId}`.
+    pub template: String,
+    /// Query conditions the document's path carries after a `?` (`/things?action=merge`).
+    pub query: Vec<(String, String)>,
+    /// A concrete path that the template matches, parameters filled with sample values.
+    pub sample_path: String,
+    pub operation_id: Option<String>,
+    pub summary: Option<String>,
+    pub action: String,
+    pub resource_type: String,
+    /// A parameter name of `template` (`petId`) or a response source (`response.body:/id`).
+    pub resource_id: Option<String>,
+    /// Whether the document marks the operation deprecated.
+    pub deprecated: bool,
+}
+
+/// What was read from a document.
+#[derive(Debug, Default)]
+pub struct Document {
+    pub title: String,
+    /// `OpenAPI 3.0.3` or `Swagger 2.0`.
+    pub kind: String,
+    /// The path prefix put in front of every path, and where it came from.
+    pub prefix: String,
+    pub prefix_origin: String,
+    pub operations: Vec<Operation>,
+    /// Request field and parameter names that hold secrets, for `[redact]`.
+    pub sensitive_fields: BTreeSet<String>,
+    /// Operations left out, each with where and why.
+    pub skipped: Vec<String>,
+}
+
+/// How to read a document.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Reads (GET) too, not only the methods that change state.
+    pub reads: bool,
+    /// A prefix to use instead of the document's servers or basePath (`""` for none).
+    pub base_path: Option<String>,
+}
+
+/// Reads a JSON or YAML file into a JSON value.
+pub fn load_file(path: &Path) -> Result<Value, OpenApiError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| OpenApiError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse_text(&text, &shown)
+}
+
+/// Parses document text: JSON when it starts with `{`, YAML otherwise.
+pub fn parse_text(text: &str, shown: &str) -> Result<Value, OpenApiError> {
+    let text = text.trim_start_matches('\u{feff}');
+    if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|error| OpenApiError::Json {
+            path: shown.to_string(),
+            message: error.to_string(),
+        })
+    } else {
+        yaml::to_json(text).map_err(|message| OpenApiError::Yaml {
+            path: shown.to_string(),
+            message,
+        })
+    }
+}
+
+/// Reads the operations of a parsed document.
+pub fn read_document(
+    root: &Value,
+    shown: &str,
+    options: &ReadOptions,
+) -> Result<Document, OpenApiError> {
+    let error = |location: &str, message: &str| OpenApiError::Document {
+        path: shown.to_string(),
+        location: location.to_string(),
+        message: message.to_string(),
+    };
+    let Some(object) = root.as_object() else {
+        return Err(error("the top level", "is not a mapping"));
+    };
+    let kind = match (object.get("openapi"), object.get("swagger")) {
+        (Some(Value::String(version)), _) if version.starts_with('3') => {
+            format!("OpenAPI {version}")
+        }
+        (_, Some(Value::String(version))) if version.starts_with('2') => {
+            format!("Swagger {version}")
+        }
+        (Some(other), _) | (None, Some(other)) => {
+            return Err(error(
+                "openapi",
+                &format!("version {other} is not OpenAPI 3.x or Swagger 2.0"),
+            ))
+        }
+        (None, None) => {
+            return Err(error(
+                "the top level",
+                "has neither `openapi` nor `swagger`: this is not an OpenAPI document",
+            ))
+        }
+    };
+    let swagger = kind.starts_with("Swagger");
+    let paths = match object.get("paths") {
+        Some(Value::Object(paths)) => paths.clone(),
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(_) => return Err(error("paths", "is not a mapping")),
+    };
+    let title = object
+        .get("info")
+        .and_then(|info| info.get("title"))
+        .and_then(Value::as_str)
+        .unwrap_or("untitled")
+        .to_string();
+    let (prefix, prefix_origin) = match &options.base_path {
+        Some(prefix) => (clean_prefix(prefix), "--base-path".to_string()),
+        None if swagger => (
+            clean_prefix(object.get("basePath").and_then(Value::as_str).unwrap_or("")),
+            "basePath".to_string(),
+        ),
+        None => (
+            server_prefix(object.get("servers")),
+            "servers[0].url".to_string(),
+        ),
+    };
+    let resolver = Resolver { root };
+    let mut document = Document {
+        title,
+        kind,
+        prefix: prefix.clone(),
+        prefix_origin,
+        ..Document::default()
+    };
+    let methods: Vec<&str> = STATE_CHANGING
+        .iter()
+        .chain(if options.reads { &READS[..] } else { &[] })
+        .copied()
+        .collect();
+    for (document_path, item) in &paths {
+        let location = format!("paths.{document_path}");
+        if document_path.starts_with("x-") {
+            continue;
+        }
+        let Some(item) = resolver.resolve(item).and_then(Value::as_object) else {
+            document
+                .skipped
+                .push(format!("{location}: not a mapping (or a $ref to nothing)"));
+            continue;
+        };
+        // A path item's own servers take over from the document's (OpenAPI 3).
+        let item_prefix = if options.base_path.is_none() && !swagger && item.contains_key("servers")
+        {
+            server_prefix(item.get("servers"))
+        } else {
+            prefix.clone()
+        };
+        let shared_parameters = item.get("parameters");
+        for method in &methods {
+            let Some(operation) = item.get(*method) else {
+                continue;
+            };
+            let where_ = format!("{location}.{method}");
+            let Some(operation) = resolver.resolve(operation).and_then(Value::as_object) else {
+                document.skipped.push(format!("{where_}: not a mapping"));
+                continue;
+            };
+            let op_prefix = if options.base_path.is_none() && !swagger {
+                match operation.get("servers") {
+                    Some(servers) => server_prefix(Some(servers)),
+                    None => item_prefix.clone(),
+                }
+            } else {
+                item_prefix.clone()
+            };
+            let parameters =
+                merged_parameters(&resolver, shared_parameters, operation.get("parameters"));
+            collect_sensitive(
+                &resolver,
+                &parameters,
+                operation,
+                swagger,
+                &mut document.sensitive_fields,
+            );
+            match build_operation(
+                &resolver,
+                method,
+                document_path,
+                &op_prefix,
+                operation,
+                &parameters,
+                swagger,
+            ) {
+                Ok(built) => document.operations.push(built),
+                Err(message) => document.skipped.push(format!("{where_}: {message}")),
+            }
+        }
+    }
+    order_and_disambiguate(&mut document.operations);
+    Ok(document)
+}
+
+/// `/v1/` -> `/v1`; `` and `/` -> ``.
+fn clean_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim().trim_end_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else if trimmed.starts_with('/') {
+        trimmed.to_string()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+/// The path of the first server's URL, its variables replaced by their defaults:
+/// `https://api.example.com/{version}/` with `version: {default: v2}` -> `/v2`.
+fn server_prefix(servers: Option<&Value>) -> String {
+    let Some(server) = servers
+        .and_then(Value::as_array)
+        .and_then(|list| list.first())
+    else {
+        return String::new();
+    };
+    let Some(url) = server.get("url").and_then(Value::as_str) else {
+        return String::new();
+    };
+    let mut url = url.to_string();
+    if let Some(variables) = server.get("variables").and_then(Value::as_object) {
+        for (name, variable) in variables {
+            if let Some(default) = variable.get("default").and_then(Value::as_str) {
+                url = url.replace(&format!("{{{name}}}"), default);
+            }
+        }
+    }
+    let path = match url.find("://") {
+        Some(scheme_end) => {
+            let after = &url[scheme_end + 3..];
+            after.find('/').map(|slash| &after[slash..]).unwrap_or("")
+        }
+        None if url.starts_with("//") => url[2..]
+            .find('/')
+            .map(|slash| &url[2 + slash..])
+            .unwrap_or(""),
+        None => url.as_str(),
+    };
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    // A variable without a default leaves a `{...}` that no request path holds literally.
+    if path.contains('{') {
+        return String::new();
+    }
+    clean_prefix(path)
+}
+
+/// Follows local `$ref`s (`#/components/schemas/Pet`), at most a few hops, so a cycle of
+/// references ends.
+struct Resolver<'a> {
+    root: &'a Value,
+}
+
+impl<'a> Resolver<'a> {
+    fn resolve(&self, mut value: &'a Value) -> Option<&'a Value> {
+        for _ in 0..16 {
+            match value.get("$ref").and_then(Value::as_str) {
+                Some(reference) => value = self.pointer(reference)?,
+                None => return Some(value),
+            }
+        }
+        None
+    }
+
+    fn pointer(&self, reference: &str) -> Option<&'a Value> {
+        let pointer = reference.strip_prefix('#')?;
+        let decoded = percent_encoding::percent_decode_str(pointer)
+            .decode_utf8()
+            .ok()?;
+        self.root.pointer(&decoded)
+    }
+}
+
+/// The operation's parameters over the path item's (an operation's parameter replaces the path
+/// item's of the same name and location).
+fn merged_parameters<'a>(
+    resolver: &Resolver<'a>,
+    shared: Option<&'a Value>,
+    own: Option<&'a Value>,
+) -> Vec<&'a serde_json::Map<String, Value>> {
+    let mut merged: Vec<&serde_json::Map<String, Value>> = Vec::new();
+    for list in [shared, own].into_iter().flatten() {
+        for parameter in list.as_array().into_iter().flatten() {
+            let Some(parameter) = resolver.resolve(parameter).and_then(Value::as_object) else {
+                continue;
+            };
+            let key = |p: &serde_json::Map<String, Value>| {
+                (
+                    p.get("name").and_then(Value::as_str).map(str::to_string),
+                    p.get("in").and_then(Value::as_str).map(str::to_string),
+                )
+            };
+            merged.retain(|existing| key(existing) != key(parameter));
+            merged.push(parameter);
+        }
+    }
+    merged
+}
+
+/// One piece of a document path.
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Literal(String),
+    Parameter(String),
+}
+
+/// Splits `/pets/{petId}.json` into segments of pieces.
+fn split_path(path: &str) -> Result<Vec<Vec<Piece>>, String> {
+    if !path.starts_with('/') {
+        return Err(format!("the path `{path}` does not start with `/`"));
+    }
+    let mut segments = Vec::new();
+    for segment in path[1..].split('/') {
+        let mut pieces = Vec::new();
+        let mut rest = segment;
+        while !rest.is_empty() {
+            match rest.find(['{', '}']) {
+                None => {
+                    pieces.push(Piece::Literal(rest.to_string()));
+                    rest = "";
+                }
+                Some(at) if rest.as_bytes()[at] == b'}' => {
+                    return Err(format!("the path `{path}` has a `}}` with no `{{`"))
+                }
+                Some(open) => {
+                    if open > 0 {
+                        pieces.push(Piece::Literal(rest[..open].to_string()));
+                    }
+                    let close = rest[open..]
+                        .find('}')
+                        .map(|offset| open + offset)
+                        .ok_or_else(|| format!("the path `{path}` has a `{{` never closed"))?;
+                    let name = &rest[open + 1..close];
+                    if name.is_empty() || name.contains('{') {
+                        return Err(format!("the path `{path}` has an empty or nested `{{}}`"));
+                    }
+                    pieces.push(Piece::Parameter(name.to_string()));
+                    rest = &rest[close + 1..];
+                }
+            }
+        }
+        segments.push(pieces);
+    }
+    Ok(segments)
+}
+
+/// A parameter name our templates accept: letters, digits and `_`, not starting with a digit.
+fn template_name(name: &str, taken: &HashSet<String>) -> String {
+    let mut cleaned: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if cleaned.is_empty() || cleaned.starts_with(|c: char| c.is_ascii_digit()) {
+        cleaned.insert(0, '_');
+    }
+    let mut candidate = cleaned.clone();
+    let mut counter = 2;
+    while taken.contains(&candidate) {
+        candidate = format!("{cleaned}_{counter}");
+        counter += 1;
+    }
+    candidate
+}
+
+/// What clients send literally in a path; everything else they percent-encode.
+fn is_path_char(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%/".contains(&byte)
+}
+
+fn encode_literal(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if is_path_char(byte) {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+/// A sample value for a path parameter: its example or first enum value when it has one, else
+/// one of its type.
+fn sample_value(parameter: Option<&serde_json::Map<String, Value>>, resolver: &Resolver) -> String {
+    let schema = parameter.and_then(|p| match p.get("schema") {
+        Some(schema) => resolver.resolve(schema).and_then(Value::as_object),
+        None => Some(p),
+    });
+    let from = |value: Option<&Value>| match value {
+        Some(Value::String(text)) if !text.is_empty() => Some(text.clone()),
+        Some(Value::Number(number)) => Some(number.to_string()),
+        _ => None,
+    };
+    let chosen = parameter
+        .and_then(|p| from(p.get("example")))
+        .or_else(|| schema.and_then(|s| from(s.get("example"))))
+        .or_else(|| {
+            schema
+                .and_then(|s| s.get("enum"))
+                .and_then(Value::as_array)
+                .and_then(|values| from(values.first()))
+        });
+    let text = chosen.unwrap_or_else(|| {
+        match schema.and_then(|s| s.get("type")).and_then(Value::as_str) {
+            Some("integer" | "number") => "1".to_string(),
+            _ => "sample".to_string(),
+        }
+    });
+    // A slash inside the value would make it two segments, which no `{param}` matches.
+    percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Lower snake case: `uploadImage` -> `upload_image`, `Pet-Store` -> `pet_store`. A word that
+/// would begin `request_` or `response_` keeps those joined (`requestbody`), since `check`
+/// rightly takes `request_body.created` for a mistyped `request.body:` source.
+fn snake(text: &str) -> String {
+    let word = snake_case(text);
+    for side in ["request_", "response_"] {
+        if let Some(rest) = word.strip_prefix(side) {
+            return format!("{}{rest}", side.trim_end_matches('_'));
+        }
+    }
+    word
+}
+
+fn snake_case(text: &str) -> String {
+    let mut out = String::new();
+    let mut previous_lower = false;
+    for c in text.chars() {
+        if c.is_uppercase() {
+            if previous_lower {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+            previous_lower = false;
+        } else if c.is_alphanumeric() {
+            out.push(c);
+            previous_lower = true;
+        } else {
+            if !out.is_empty() && !out.ends_with('_') {
+                out.push('_');
+            }
+            previous_lower = false;
+        }
+    }
+    out.trim_matches('_').to_string()
+}
+
+/// `pets` -> `pet`, `categories` -> `category`, `addresses` -> `address`; `status` stays.
+fn singular(word: &str) -> String {
+    if let Some(stem) = word.strip_suffix("ies") {
+        if !stem.is_empty() {
+            return format!("{stem}y");
+        }
+    }
+    for ending in ["sses", "xes", "ches", "shes"] {
+        if word.ends_with(ending) {
+            return word[..word.len() - 2].to_string();
+        }
+    }
+    if word.ends_with('s') && !word.ends_with("ss") && !word.ends_with("us") && word.len() > 3 {
+        return word[..word.len() - 1].to_string();
+    }
+    word.to_string()
+}
+
+/// `createWithList`, but not `Pets` or `pets`.
+fn is_camel_case(word: &str) -> bool {
+    word.chars().skip(1).any(|c| c.is_ascii_uppercase())
+        && word.chars().any(|c| c.is_ascii_lowercase())
+}
+
+fn is_plural(word: &str) -> bool {
+    singular(word) != word
+}
+
+/// Segments that name the API, not a resource: `api`, `v1`, `2.0`, `rest`.
+fn is_version_or_api(word: &str) -> bool {
+    let lower = word.to_ascii_lowercase();
+    lower == "api"
+        || lower == "rest"
+        || lower
+            .trim_start_matches('v')
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.')
+}
+
+fn verb(method: &str) -> &'static str {
+    match method {
+        "post" => "created",
+        "put" | "patch" => "updated",
+        "delete" => "deleted",
+        _ => "read",
+    }
+}
+
+/// Builds the operation, or says why it cannot be a rule.
+fn build_operation(
+    resolver: &Resolver,
+    method: &str,
+    document_path: &str,
+    prefix: &str,
+    operation: &serde_json::Map<String, Value>,
+    parameters: &[&serde_json::Map<String, Value>],
+    swagger: bool,
+) -> Result<Operation, String> {
+    let (path_part, query_part) = match document_path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (document_path, None),
+    };
+    let path_part = path_part.split('#').next().unwrap_or(path_part);
+    let segments = split_path(path_part)?;
+    let mut taken = HashSet::new();
+    let mut renamed: HashMap<String, String> = HashMap::new();
+    let mut template = String::from(&encode_literal(prefix)[..]);
+    let mut sample = template.clone();
+    let mut last_parameter: Option<String> = None;
+    // Words for the action: each literal segment, and whether a parameter follows it.
+    let mut words: Vec<(String, bool)> = Vec::new();
+    for segment in &segments {
+        template.push('/');
+        sample.push('/');
+        let whole_parameter = matches!(segment.as_slice(), [Piece::Parameter(_)]);
+        for piece in segment {
+            match piece {
+                Piece::Literal(text) => {
+                    template.push_str(&encode_literal(text));
+                    sample.push_str(&encode_literal(text));
+                }
+                Piece::Parameter(name) => {
+                    let ours = match renamed.get(name) {
+                        Some(ours) => ours.clone(),
+                        None => {
+                            let ours = template_name(name, &taken);
+                            taken.insert(ours.clone());
+                            renamed.insert(name.clone(), ours.clone());
+                            ours
+                        }
+                    };
+                    if template.ends_with('}') {
+                        return Err(format!(
+                            "two parameters follow each other in `{document_path}`; no template \
+                             can tell where one ends"
+                        ));
+                    }
+                    template.push_str(&format!("{{{ours}}}"));
+                    let declared = parameters.iter().copied().find(|p| {
+                        p.get("in").and_then(Value::as_str) == Some("path")
+                            && p.get("name").and_then(Value::as_str) == Some(name)
+                    });
+                    sample.push_str(&sample_value(declared, resolver));
+                    last_parameter = Some(ours);
+                }
+            }
+        }
+        match segment.as_slice() {
+            [] => {}
+            [Piece::Literal(text)] => words.push((text.clone(), false)),
+            _ if whole_parameter => {
+                if let Some(last) = words.last_mut() {
+                    last.1 = true;
+                }
+            }
+            pieces => {
+                // `{name}:cancel` (Google) or `{id}.json`: the literal part after a parameter
+                // is a custom method or a format, not a resource.
+                let literal: String = pieces
+                    .iter()
+                    .filter_map(|piece| match piece {
+                        Piece::Literal(text) => {
+                            Some(text.trim_matches(|c: char| !c.is_alphanumeric()))
+                        }
+                        Piece::Parameter(_) => None,
+                    })
+                    .collect();
+                if let Some(last) = words.last_mut() {
+                    last.1 = true;
+                }
+                let is_format = matches!(literal.as_str(), "json" | "xml" | "yaml" | "csv" | "txt");
+                if !literal.is_empty() && !is_format {
+                    words.push((literal, false));
+                }
+            }
+        }
+    }
+    if template.is_empty() {
+        template.push('/');
+        sample.push('/');
+    }
+    let query: Vec<(String, String)> = query_part
+        .map(|query| {
+            form_urlencoded::parse(query.as_bytes())
+                .map(|(key, value)| {
+                    let condition = if value.starts_with('{') || value.is_empty() {
+                        "*".to_string()
+                    } else {
+                        value.into_owned()
+                    };
+                    (key.into_owned(), condition)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if query.iter().any(|(key, _)| key.is_empty()) {
+        return Err(format!("the query in `{document_path}` has an empty name"));
+    }
+    // The template must compile as the sidecar will compile it.
+    crate::request::route::compile_route(&template)?;
+
+    let words: Vec<(String, bool)> = words
+        .into_iter()
+        .filter(|(word, _)| !is_version_or_api(word) && !snake(word).is_empty())
+        .collect();
+    let (action, resource_type, has_id) = match words.as_slice() {
+        [] => (
+            format!("resource.{}", verb(method)),
+            "resource".to_string(),
+            last_parameter.is_some(),
+        ),
+        [.., (parent, parent_followed), (last, false)]
+            if is_camel_case(last) && !snake(last).is_empty() =>
+        {
+            // `/user/createWithList`: a command on the parent.
+            let parent = snake(&singular(parent));
+            (
+                format!("{parent}.{}", snake(last)),
+                parent,
+                *parent_followed,
+            )
+        }
+        [.., (parent, true), (last, false)] if !is_plural(last) && !snake(last).is_empty() => {
+            // `/pet/{petId}/uploadImage`: a command on the parent, not a new kind of thing.
+            let parent = snake(&singular(parent));
+            (format!("{parent}.{}", snake(last)), parent, true)
+        }
+        [.., (last, followed)] => {
+            let resource = snake(&singular(last));
+            let resource = if resource.is_empty() {
+                "resource".to_string()
+            } else {
+                resource
+            };
+            let read = match method {
+                "get" if *followed => "viewed",
+                "get" => "listed",
+                // A POST to one resource's own path changes it; it creates nothing.
+                "post" if *followed => "updated",
+                _ => verb(method),
+            };
+            (format!("{resource}.{read}"), resource, *followed)
+        }
+    };
+    let resource_id = if has_id {
+        last_parameter.map(|name| format!("{{{name}}}"))
+    } else {
+        None
+    };
+    let resource_id = match resource_id {
+        Some(id) => Some(id),
+        None if method == "post" => created_id_pointer(resolver, operation, swagger)
+            .map(|pointer| format!("response.body:{pointer}")),
+        None => None,
+    };
+    let text = |key: &str| {
+        operation
+            .get(key)
+            .and_then(Value::as_str)
+            .map(one_line)
+            .filter(|text| !text.is_empty())
+    };
+    Ok(Operation {
+        method: method.to_ascii_uppercase(),
+        document_path: document_path.to_string(),
+        template,
+        query,
+        sample_path: sample,
+        operation_id: text("operationId"),
+        summary: text("summary"),
+        action,
+        resource_type,
+        resource_id,
+        deprecated: operation.get("deprecated") == Some(&Value::Bool(true)),
+    })
+}
+
+/// Text for a one-line comment: control characters become spaces, long text is cut.
+fn one_line(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let cleaned = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+    if cleaned.chars().count() > 120 {
+        let cut: String = cleaned.chars().take(117).collect();
+        format!("{cut}...")
+    } else {
+        cleaned
+    }
+}
+
+/// The schema of the success response a create answers with: 201, else 200, else another 2xx.
+fn success_schema<'a>(
+    resolver: &Resolver<'a>,
+    operation: &'a serde_json::Map<String, Value>,
+    swagger: bool,
+) -> Option<&'a Value> {
+    let responses = operation.get("responses")?.as_object()?;
+    let mut codes: Vec<&String> = responses
+        .keys()
+        .filter(|code| code.starts_with('2'))
+        .collect();
+    codes.sort_by_key(|code| match code.as_str() {
+        "201" => 0,
+        "200" => 1,
+        _ => 2,
+    });
+    for code in codes {
+        let Some(response) = resolver.resolve(&responses[code.as_str()]) else {
+            continue;
+        };
+        let schema = if swagger {
+            response.get("schema")
+        } else {
+            let content = response.get("content").and_then(Value::as_object);
+            content.and_then(|content| {
+                content
+                    .iter()
+                    .find(|(media, _)| media.contains("json"))
+                    .and_then(|(_, media)| media.get("schema"))
+            })
+        };
+        if let Some(schema) = schema.and_then(|schema| resolver.resolve(schema)) {
+            return Some(schema);
+        }
+    }
+    None
+}
+
+/// The properties of an object schema, `allOf` parts included.
+fn properties<'a>(
+    resolver: &Resolver<'a>,
+    schema: &'a Value,
+    depth: usize,
+) -> Vec<(&'a String, &'a Value)> {
+    let mut out = Vec::new();
+    if depth > 8 {
+        return out;
+    }
+    if let Some(own) = schema.get("properties").and_then(Value::as_object) {
+        out.extend(own.iter());
+    }
+    for part in schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(part) = resolver.resolve(part) {
+            out.extend(properties(resolver, part, depth + 1));
+        }
+    }
+    out
+}
+
+/// The JSON pointer of the created resource's id in the response body: `/id`, `/uuid`, or the
+/// same inside a `data` wrapper (`/data/id`).
+fn created_id_pointer(
+    resolver: &Resolver,
+    operation: &serde_json::Map<String, Value>,
+    swagger: bool,
+) -> Option<String> {
+    let schema = success_schema(resolver, operation, swagger)?;
+    let id_name = |schema: &Value| {
+        let names: Vec<&String> = properties(resolver, schema, 0)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        ["id", "uuid", "_id", "ID", "Id", "sid"]
+            .iter()
+            .find_map(|wanted| names.iter().find(|name| name.as_str() == *wanted).copied())
+            .cloned()
+    };
+    if let Some(name) = id_name(schema) {
+        return Some(format!("/{}", escape_pointer(&name)));
+    }
+    let data = properties(resolver, schema, 0)
+        .into_iter()
+        .find(|(name, _)| name.as_str() == "data")
+        .and_then(|(_, data)| resolver.resolve(data))?;
+    id_name(data).map(|name| format!("/data/{}", escape_pointer(&name)))
+}
+
+fn escape_pointer(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+/// Whether a field name holds a secret: passwords, tokens, secrets, API keys.
+fn is_sensitive_name(name: &str) -> bool {
+    let normalized: String = name
+        .chars()
+        .filter(|c| *c != '-' && *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect();
+    [
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "token",
+        "apikey",
+        "privatekey",
+        "accesskey",
+        "credential",
+    ]
+    .iter()
+    .any(|marker| normalized.contains(marker))
+        || normalized == "pwd"
+}
+
+/// Adds the sensitive names of an operation's request: parameters, form fields and the
+/// properties of its request body at any depth.
+fn collect_sensitive(
+    resolver: &Resolver,
+    parameters: &[&serde_json::Map<String, Value>],
+    operation: &serde_json::Map<String, Value>,
+    swagger: bool,
+    found: &mut BTreeSet<String>,
+) {
+    let mut seen = HashSet::new();
+    for parameter in parameters {
+        let Some(name) = parameter.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let place = parameter.get("in").and_then(Value::as_str).unwrap_or("");
+        if place == "body" {
+            if let Some(schema) = parameter.get("schema") {
+                sensitive_in_schema(resolver, schema, found, &mut seen, 0);
+            }
+            continue;
+        }
+        let password_format = parameter.get("format").and_then(Value::as_str) == Some("password")
+            || parameter
+                .get("schema")
+                .and_then(|schema| resolver.resolve(schema))
+                .and_then(|schema| schema.get("format"))
+                .and_then(Value::as_str)
+                == Some("password");
+        if is_sensitive_name(name) || password_format {
+            found.insert(name.to_string());
+        }
+    }
+    if swagger {
+        return;
+    }
+    let body = operation
+        .get("requestBody")
+        .and_then(|body| resolver.resolve(body));
+    let media = body
+        .and_then(|body| body.get("content"))
+        .and_then(Value::as_object);
+    for media in media.into_iter().flat_map(|media| media.values()) {
+        if let Some(schema) = media.get("schema") {
+            sensitive_in_schema(resolver, schema, found, &mut seen, 0);
+        }
+    }
+}
+
+fn sensitive_in_schema(
+    resolver: &Resolver,
+    schema: &Value,
+    found: &mut BTreeSet<String>,
+    seen: &mut HashSet<*const Value>,
+    depth: usize,
+) {
+    if depth > 32 {
+        return;
+    }
+    let Some(schema) = resolver.resolve(schema) else {
+        return;
+    };
+    // Recursive schemas (a tree node holding its children) are walked once.
+    if !seen.insert(schema as *const Value) {
+        return;
+    }
+    if let Some(own) = schema.get("properties").and_then(Value::as_object) {
+        for (name, property) in own {
+            let format = resolver
+                .resolve(property)
+                .and_then(|p| p.get("format"))
+                .and_then(Value::as_str);
+            if is_sensitive_name(name) || format == Some("password") {
+                found.insert(name.clone());
+            }
+            sensitive_in_schema(resolver, property, found, seen, depth + 1);
+        }
+    }
+    for key in ["allOf", "oneOf", "anyOf"] {
+        for part in schema
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            sensitive_in_schema(resolver, part, found, seen, depth + 1);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(inner) = schema.get(key).filter(|inner| inner.is_object()) {
+            sensitive_in_schema(resolver, inner, found, seen, depth + 1);
+        }
+    }
+}
+
+/// The sort key that puts more specific templates first, since the first matching rule wins:
+/// at each segment a literal before a mixed segment (`{id}.json`) before a bare parameter.
+fn specificity_key(template: &str) -> Vec<(u8, String)> {
+    template
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with('{')
+                && segment.ends_with('}')
+                && segment.matches('{').count() == 1
+            {
+                (2, String::new())
+            } else if segment.contains('{') {
+                (1, segment.to_string())
+            } else {
+                (0, segment.to_string())
+            }
+        })
+        .collect()
+}
+
+/// The template with its parameter names blanked: two templates with the same shape match the
+/// same paths.
+fn shape(template: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for c in template.chars() {
+        match c {
+            '{' => {
+                inside = true;
+                out.push_str("{}");
+            }
+            '}' => inside = false,
+            _ if !inside => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Orders operations so no rule takes another's requests, and makes every action unique.
+fn order_and_disambiguate(operations: &mut [Operation]) {
+    let method_rank = |method: &str| {
+        ["POST", "PUT", "PATCH", "DELETE", "GET"]
+            .iter()
+            .position(|m| *m == method)
+            .unwrap_or(9)
+    };
+    operations.sort_by(|a, b| {
+        specificity_key(&a.template)
+            .cmp(&specificity_key(&b.template))
+            // A rule with query conditions goes before the same route without them.
+            .then_with(|| b.query.len().cmp(&a.query.len()))
+            .then_with(|| method_rank(&a.method).cmp(&method_rank(&b.method)))
+    });
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for operation in operations.iter() {
+        *counts.entry(operation.action.clone()).or_default() += 1;
+    }
+    let mut used: HashSet<String> = HashSet::new();
+    for operation in operations.iter_mut() {
+        if counts.get(&operation.action).copied().unwrap_or(0) > 1 {
+            // Two operations would record the same action: the operationId tells them apart,
+            // else the path's own words.
+            let detail = operation
+                .operation_id
+                .as_deref()
+                .map(snake)
+                .filter(|text| !text.is_empty())
+                .unwrap_or_else(|| snake(&operation.document_path));
+            let (resource, verb) = operation
+                .action
+                .rsplit_once('.')
+                .map(|(r, v)| (r.to_string(), v.to_string()))
+                .unwrap_or_default();
+            operation.action = format!("{resource}.{verb}.{detail}");
+        }
+        let base = operation.action.clone();
+        let mut counter = 2;
+        while !used.insert(operation.action.clone()) {
+            operation.action = format!("{base}_{counter}");
+            counter += 1;
+        }
+    }
+}
+
+/// Method, template shape and query conditions: what decides which requests a rule takes.
+type RouteShape = (String, String, Vec<(String, String)>);
+
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+/// A `[[rule]]` per operation and a `[redact]` section, as TOML.
+pub fn render(document: &Document, source: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Rules for {:?} ({}), written by `auditgate rules from-openapi` from {}.",
+        one_line(&document.title),
+        document.kind,
+        one_line(source)
+    );
+    let _ =
+        writeln!(
+        out,
+        "# Path prefix: {} (from {}); the sidecar sees paths as the app receives them, so change \
+         it with --base-path if a gateway strips or adds one.",
+        if document.prefix.is_empty() { "none" } else { document.prefix.as_str() },
+        document.prefix_origin
+    );
+    let _ = writeln!(
+        out,
+        "# Rules are ordered most specific path first (the first match wins). Review the actions \
+         and resources, then append this to your config."
+    );
+    for note in &document.skipped {
+        let _ = writeln!(out, "# Left out: {}", one_line(note));
+    }
+    let mut shapes: HashMap<RouteShape, String> = HashMap::new();
+    let mut names: HashSet<String> = HashSet::new();
+    for operation in &document.operations {
+        out.push('\n');
+        let mut comment = Vec::new();
+        if let Some(id) = &operation.operation_id {
+            comment.push(format!("operationId {id}"));
+        }
+        if let Some(summary) = &operation.summary {
+            comment.push(summary.clone());
+        }
+        if operation.deprecated {
+            comment.push("deprecated".to_string());
+        }
+        let _ = writeln!(
+            out,
+            "# {} {}{}",
+            operation.method,
+            one_line(&operation.document_path),
+            if comment.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", comment.join(" - "))
+            }
+        );
+        let key = (
+            operation.method.clone(),
+            shape(&operation.template),
+            operation.query.clone(),
+        );
+        let commented = if let Some(earlier) = shapes.get(&key) {
+            let _ = writeln!(
+                out,
+                "# Same requests as the rule {earlier:?} above, which takes them first:"
+            );
+            "# "
+        } else {
+            ""
+        };
+        let mut name = format!("{} {}", operation.method, operation.template);
+        if !operation.query.is_empty() {
+            let query: Vec<String> = operation
+                .query
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            name = format!("{name}?{}", query.join("&"));
+        }
+        let base = name.clone();
+        let mut counter = 2;
+        while !names.insert(name.clone()) {
+            name = format!("{base} ({counter})");
+            counter += 1;
+        }
+        if commented.is_empty() {
+            shapes.insert(key, name.clone());
+        }
+        let lines = rule_lines(operation, &name);
+        for line in lines {
+            let _ = writeln!(out, "{commented}{line}");
+        }
+    }
+    if !document.sensitive_fields.is_empty() {
+        let fields: Vec<String> = document
+            .sensitive_fields
+            .iter()
+            .map(|field| toml_string(field))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\n# Request fields the document marks or names as secrets: stored as [redacted]. \
+             (If your config already has a [redact] section, merge these fields into it.)\n\
+             [redact]\nfields = [{}]",
+            fields.join(", ")
+        );
+    }
+    out
+}
+
+fn rule_lines(operation: &Operation, name: &str) -> Vec<String> {
+    let mut lines = vec![
+        "[[rule]]".to_string(),
+        format!("name = {}", toml_string(name)),
+        format!("method = {}", toml_string(&operation.method)),
+    ];
+    // `*` or `:name` at a segment's start would be read as a mistyped wildcard or parameter;
+    // the same route as a regex says exactly what it matches.
+    if crate::commands::check::literal_only_path(&operation.template).is_some() {
+        match crate::request::route::compile_route(&operation.template) {
+            Ok((pattern, _)) => lines.push(format!("path_regex = {}", toml_string(&pattern))),
+            Err(_) => lines.push(format!("path = {}", toml_string(&operation.template))),
+        }
+    } else {
+        lines.push(format!("path = {}", toml_string(&operation.template)));
+    }
+    if !operation.query.is_empty() {
+        let pairs: Vec<String> = operation
+            .query
+            .iter()
+            .map(|(key, value)| format!("{} = {}", toml_string(key), toml_string(value)))
+            .collect();
+        lines.push(format!("query = {{ {} }}", pairs.join(", ")));
+    }
+    lines.push("status = \"2xx\"".to_string());
+    lines.push(format!("action = {}", toml_string(&operation.action)));
+    match &operation.resource_id {
+        Some(id) => lines.push(format!(
+            "resource = {{ type = {}, id = {} }}",
+            toml_string(&operation.resource_type),
+            toml_string(id)
+        )),
+        None => lines.push(format!(
+            "resource = {{ type = {} }}",
+            toml_string(&operation.resource_type)
+        )),
+    }
+    lines
+}
+
+/// How a configuration handles one operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Coverage {
+    /// Recorded by this rule.
+    Rule(String),
+    /// Deliberately not recorded by this skip rule.
+    Skipped(String),
+    /// Only the generic `http.<method>` entry records it.
+    GenericFallback,
+    /// Nothing records it.
+    NotRecorded,
+}
+
+/// How `config` handles a successful request of each operation, through the sidecar's own rule
+/// matcher on the operation's sample path.
+pub fn coverage<'a>(
+    config: &Config,
+    operations: &'a [Operation],
+) -> Vec<(&'a Operation, Coverage)> {
+    let rules = &config.policy.rules;
+    let headers = http::HeaderMap::new();
+    operations
+        .iter()
+        .map(|operation| {
+            let Ok(method) = http::Method::from_bytes(operation.method.as_bytes()) else {
+                return (operation, Coverage::NotRecorded);
+            };
+            let query: Option<String> = (!operation.query.is_empty()).then(|| {
+                let mut serializer = form_urlencoded::Serializer::new(String::new());
+                for (key, value) in &operation.query {
+                    serializer.append_pair(key, if value == "*" { "sample" } else { value });
+                }
+                serializer.finish()
+            });
+            let view = crate::policy::rules::RequestView {
+                method: &method,
+                path: &operation.sample_path,
+                query: query.as_deref(),
+                host: None,
+                headers: &headers,
+            };
+            let candidates = rules.candidates(&view);
+            let status = if operation.method == "POST" { 201 } else { 200 };
+            let verdict = match rules.decide(&candidates, &method, status) {
+                crate::policy::rules::Decision::Rule(index) => {
+                    Coverage::Rule(rules.rule(index).name.clone())
+                }
+                crate::policy::rules::Decision::Unmatched => Coverage::GenericFallback,
+                crate::policy::rules::Decision::Nothing => candidates
+                    .iter()
+                    .map(|&index| rules.rule(index))
+                    .find(|rule| rule.status.holds(status) && matches!(rule.kind, RuleKind::Skip))
+                    .map(|rule| Coverage::Skipped(rule.name.clone()))
+                    .unwrap_or(Coverage::NotRecorded),
+            };
+            (operation, verdict)
+        })
+        .collect()
+}
+
+/// The report of `check --coverage`: the operations no rule covers, then a count.
+pub fn coverage_report(document: &Document, report: &[(&Operation, Coverage)]) -> String {
+    let mut out = String::new();
+    let uncovered: Vec<&(&Operation, Coverage)> = report
+        .iter()
+        .filter(|(_, verdict)| matches!(verdict, Coverage::GenericFallback | Coverage::NotRecorded))
+        .collect();
+    let _ = writeln!(
+        out,
+        "{} of {} operations that change state in {:?} are covered by a rule; {} are not:",
+        report.len() - uncovered.len(),
+        report.len(),
+        one_line(&document.title),
+        uncovered.len()
+    );
+    for (operation, verdict) in &uncovered {
+        let how = match verdict {
+            Coverage::GenericFallback => "generic fallback (http.<method> entry)",
+            _ => "not recorded",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<7} {}  ({}; sample {}){}",
+            operation.method,
+            operation.template,
+            how,
+            operation.sample_path,
+            operation
+                .operation_id
+                .as_deref()
+                .map(|id| format!("  operationId {id}"))
+                .unwrap_or_default()
+        );
+    }
+    for note in &document.skipped {
+        let _ = writeln!(out, "  left out of the check: {}", one_line(note));
+    }
+    out
+}
+
+/// `auditgate rules from-openapi`: reads the document, writes the rules to standard output or
+/// the `--output` file, and tells on standard error what was left out.
+pub fn run_from_openapi(args: &crate::commands::cli::FromOpenapiArgs) -> anyhow::Result<()> {
+    let shown = args.spec.display().to_string();
+    let root = load_file(&args.spec)?;
+    let options = ReadOptions {
+        reads: args.reads,
+        base_path: args.base_path.clone(),
+    };
+    let document = read_document(&root, &shown, &options)?;
+    let source = args
+        .spec
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or(shown);
+    let text = render(&document, &source);
+    match &args.output {
+        Some(path) => std::fs::write(path, &text)
+            .map_err(|error| anyhow::anyhow!("cannot write {}: {error}", path.display()))?,
+        None => crate::commands::cli::print_stdout(&text)?,
+    }
+    eprintln!(
+        "{} rule(s) for {} operation(s){}",
+        document.operations.len(),
+        document.operations.len() + document.skipped.len(),
+        if document.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} left out (see the comments at the top)",
+                document.skipped.len()
+            )
+        }
+    );
+    Ok(())
+}
+
+/// `auditgate check --coverage SPEC`: the report for one loaded configuration.
+pub fn run_coverage(spec: &Path, config: &Config) -> Result<String, OpenApiError> {
+    let shown = spec.display().to_string();
+    let root = load_file(spec)?;
+    let document = read_document(&root, &shown, &ReadOptions::default())?;
+    let report = coverage(config, &document.operations);
+    Ok(coverage_report(&document, &report))
+}
+
+#[cfg(test)]
+mod tests;

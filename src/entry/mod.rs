@@ -1,0 +1,360 @@
+//! `AuditEntry`, the one record type, and its canonical form.
+//!
+//! An entry is built by the proxy when a request arrives, completed when the response ends, and
+//! appended to the log by the writer, which gives it its sequence number. Its JSON form uses the
+//! reference product's camelCase names (`actorId`, `actorEmail`, `resourceType`, ...).
+
+pub mod ocsf;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The prefix of the actions auditgate records about itself (`audit.query`, `audit.export`,
+/// `audit.pruned`, ...). Nothing an app controls may produce such an action — not a rule, a
+/// response hint or `POST /api/v1/events` — so an auditor can trust that an `audit.*` entry is
+/// auditgate's own, and an app cannot hide its actions behind the viewer's switch that hides
+/// auditgate's activity. Matched without regard to ASCII case, so `Audit.pruned` cannot pose as
+/// one either.
+pub const RESERVED_ACTION_PREFIX: &str = "audit.";
+
+/// The prefix a rule's action that renders into [`RESERVED_ACTION_PREFIX`] at request time gets
+/// (`audit.x` is recorded as `app.audit.x`, the rendered text under `metadata._actionRenamed`).
+pub const RENAMED_ACTION_PREFIX: &str = "app.";
+
+/// Whether `action` is in auditgate's own namespace (see [`RESERVED_ACTION_PREFIX`]).
+pub fn is_reserved_action(action: &str) -> bool {
+    action
+        .get(..RESERVED_ACTION_PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(RESERVED_ACTION_PREFIX))
+}
+
+/// How a request ended, as seen by the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The app answered 1xx, 2xx or 3xx.
+    Success,
+    /// The app refused the request: 4xx.
+    Failure,
+    /// The app or the way to it failed: 5xx, upstream unreachable or timing out.
+    Error,
+    /// The response was never seen (a crash between forwarding and completion).
+    Unknown,
+}
+
+impl Outcome {
+    /// The outcome a response status stands for.
+    pub fn from_status(status: u16) -> Outcome {
+        match status {
+            100..=399 => Outcome::Success,
+            400..=499 => Outcome::Failure,
+            _ => Outcome::Error,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Error => "error",
+            Outcome::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Outcome> {
+        match text {
+            "success" => Some(Outcome::Success),
+            "failure" => Some(Outcome::Failure),
+            "error" => Some(Outcome::Error),
+            "unknown" => Some(Outcome::Unknown),
+            _ => None,
+        }
+    }
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// ULID, unique across logs.
+    pub id: String,
+    /// Position in the log, 1-based; 0 until the writer appends the entry.
+    pub seq: u64,
+    /// When the request arrived (UTC).
+    #[serde(with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    /// The log this entry belongs to (one per sidecar).
+    pub log_id: String,
+    pub actor_id: Option<String>,
+    pub actor_email: Option<String>,
+    pub actor_name: Option<String>,
+    /// Which actor source yielded the actor: jwt, basic, header, api_key, body, rule, app.
+    pub actor_source: Option<String>,
+    /// Whether the actor's identity was cryptographically or topologically verified.
+    pub actor_verified: bool,
+    pub tenant: Option<String>,
+    pub action: String,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub outcome: Outcome,
+    /// The status the client received; absent when no response was seen.
+    pub status: Option<u16>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    /// The route template or regex of the matched rule.
+    pub route: Option<String>,
+    /// The name of the matched rule.
+    pub rule: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    /// Time from the request head to the end of the response body, in microseconds.
+    pub duration_us: Option<u64>,
+    /// What went wrong on the way, if anything (upstream refused, client went away, ...).
+    pub error: Option<String>,
+    pub metadata: Map<String, Value>,
+}
+
+impl AuditEntry {
+    /// A blank entry with a fresh id, stamped now.
+    pub fn new(log_id: &str, action: impl Into<String>) -> AuditEntry {
+        AuditEntry {
+            id: ulid::Ulid::new().to_string(),
+            seq: 0,
+            created_at: Utc::now(),
+            log_id: log_id.to_string(),
+            actor_id: None,
+            actor_email: None,
+            actor_name: None,
+            actor_source: None,
+            actor_verified: false,
+            tenant: None,
+            action: action.into(),
+            resource_type: None,
+            resource_id: None,
+            outcome: Outcome::Unknown,
+            status: None,
+            method: None,
+            path: None,
+            route: None,
+            rule: None,
+            ip: None,
+            user_agent: None,
+            request_id: None,
+            duration_us: None,
+            error: None,
+            metadata: Map::new(),
+        }
+    }
+
+    /// The JSON the admin API and exports serve: every field in camelCase, plus `durationMs`.
+    pub fn to_api_json(&self) -> Value {
+        let mut object = match serde_json::to_value(self) {
+            Ok(Value::Object(object)) => object,
+            _ => Map::new(),
+        };
+        let duration_ms = self
+            .duration_us
+            .map(|us| Value::from((us as f64) / 1000.0))
+            .unwrap_or(Value::Null);
+        object.insert("durationMs".to_string(), duration_ms);
+        Value::Object(object)
+    }
+
+    /// The canonical bytes of the entry, the input of its Merkle leaf hash.
+    ///
+    /// The form is JSON with every field present (absent values as `null`), keys sorted
+    /// byte-wise at every depth, no insignificant white space, integers as integers and the
+    /// timestamp as `YYYY-MM-DDTHH:MM:SS.ffffffZ`. It covers `seq` and `logId`, so an entry moved to
+    /// another position or log no longer matches its leaf. The form is versioned by the
+    /// `v` key; version 1 is this one.
+    ///
+    /// Written straight from a borrowed struct whose fields are declared in sorted key order (the
+    /// writer hashes every entry, so building a `serde_json::Value` per entry would cost more than
+    /// the hash); the fixed-vector test below pins the bytes.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let canonical = CanonicalEntry {
+            action: &self.action,
+            actor_email: self.actor_email.as_deref(),
+            actor_id: self.actor_id.as_deref(),
+            actor_name: self.actor_name.as_deref(),
+            actor_source: self.actor_source.as_deref(),
+            actor_verified: self.actor_verified,
+            created_at: CanonicalTime(&self.created_at),
+            duration_us: self.duration_us,
+            error: self.error.as_deref(),
+            id: &self.id,
+            ip: self.ip.as_deref(),
+            log_id: &self.log_id,
+            metadata: &self.metadata,
+            method: self.method.as_deref(),
+            outcome: self.outcome.as_str(),
+            path: self.path.as_deref(),
+            request_id: self.request_id.as_deref(),
+            resource_id: self.resource_id.as_deref(),
+            resource_type: self.resource_type.as_deref(),
+            route: self.route.as_deref(),
+            rule: self.rule.as_deref(),
+            seq: self.seq,
+            status: self.status,
+            tenant: self.tenant.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            v: 1,
+        };
+        // serde_json's Map is a BTreeMap (the `preserve_order` feature is off), so metadata keys
+        // come out sorted at every depth; the struct's own keys are sorted by declaration.
+        serde_json::to_vec(&canonical).unwrap_or_default()
+    }
+}
+
+/// Version 1 of the canonical form. Field order is the byte-wise order of the JSON keys and must
+/// stay so: serde writes fields in declaration order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CanonicalEntry<'a> {
+    action: &'a str,
+    actor_email: Option<&'a str>,
+    actor_id: Option<&'a str>,
+    actor_name: Option<&'a str>,
+    actor_source: Option<&'a str>,
+    actor_verified: bool,
+    created_at: CanonicalTime<'a>,
+    duration_us: Option<u64>,
+    error: Option<&'a str>,
+    id: &'a str,
+    ip: Option<&'a str>,
+    log_id: &'a str,
+    metadata: &'a Map<String, Value>,
+    method: Option<&'a str>,
+    outcome: &'a str,
+    path: Option<&'a str>,
+    request_id: Option<&'a str>,
+    resource_id: Option<&'a str>,
+    resource_type: Option<&'a str>,
+    route: Option<&'a str>,
+    rule: Option<&'a str>,
+    seq: u64,
+    status: Option<u16>,
+    tenant: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    v: u8,
+}
+
+struct CanonicalTime<'a>(&'a DateTime<Utc>);
+
+impl Serialize for CanonicalTime<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format_timestamp(self.0))
+    }
+}
+
+/// The one timestamp form of the store, the canonical form and the API.
+pub fn format_timestamp(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Parses the stored or API timestamp form (any RFC 3339 timestamp is accepted).
+pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|time| time.with_timezone(&Utc))
+}
+
+mod timestamp {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        time: &DateTime<Utc>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_timestamp(time))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_timestamp(&text)
+            .ok_or_else(|| serde::de::Error::custom("timestamp is not RFC 3339"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn the_audit_prefix_is_reserved_in_any_case() {
+        for action in ["audit.pruned", "audit.", "Audit.query", "AUDIT.x"] {
+            assert!(is_reserved_action(action), "{action}");
+        }
+        for action in [
+            "audit",
+            "auditor.added",
+            "app.audit.pruned",
+            "audits.x",
+            "",
+            "ä",
+        ] {
+            assert!(!is_reserved_action(action), "{action}");
+        }
+    }
+
+    fn sample() -> AuditEntry {
+        let mut entry = AuditEntry::new("log-a", "user.deleted");
+        entry.id = "01HZY0000000000000000000AA".into();
+        entry.seq = 7;
+        entry.created_at = Utc
+            .with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
+            .single()
+            .expect("valid date")
+            + chrono::Duration::microseconds(123_456);
+        entry.actor_id = Some("u1".into());
+        entry.outcome = Outcome::Success;
+        entry.status = Some(204);
+        entry.duration_us = Some(1500);
+        entry.metadata.insert("z".into(), Value::from(1));
+        entry
+            .metadata
+            .insert("a".into(), serde_json::json!({"y": true, "b": [1, "x"]}));
+        entry
+    }
+
+    #[test]
+    fn canonical_form_is_fixed() {
+        let text = String::from_utf8(sample().canonical_bytes()).expect("utf-8");
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"action":"user.deleted","actorEmail":null,"actorId":"u1","actorName":null,"#,
+                r#""actorSource":null,"actorVerified":false,"createdAt":"2026-01-02T03:04:05.123456Z","#,
+                r#""durationUs":1500,"error":null,"id":"01HZY0000000000000000000AA","ip":null,"#,
+                r#""logId":"log-a","metadata":{"a":{"b":[1,"x"],"y":true},"z":1},"method":null,"#,
+                r#""outcome":"success","path":null,"requestId":null,"resourceId":null,"#,
+                r#""resourceType":null,"route":null,"rule":null,"seq":7,"status":204,"#,
+                r#""tenant":null,"userAgent":null,"v":1}"#
+            )
+        );
+    }
+
+    #[test]
+    fn api_json_uses_reference_names() {
+        let json = sample().to_api_json();
+        assert_eq!(json["actorId"], "u1");
+        assert_eq!(json["durationMs"], 1.5);
+        assert_eq!(json["createdAt"], "2026-01-02T03:04:05.123456Z");
+        let back: AuditEntry = serde_json::from_value(json).expect("round trip");
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn outcome_follows_status() {
+        assert_eq!(Outcome::from_status(204), Outcome::Success);
+        assert_eq!(Outcome::from_status(302), Outcome::Success);
+        assert_eq!(Outcome::from_status(403), Outcome::Failure);
+        assert_eq!(Outcome::from_status(502), Outcome::Error);
+    }
+}

@@ -1,0 +1,423 @@
+//! The log side of the SQLite store: tree nodes, signed heads and prune marks (`schema_v2.sql`).
+//!
+//! Free functions over a [`Connection`] (or a transaction, which derefs to one), so that the
+//! writer, the reader pool and the read-only connection of `auditgate verify` share them.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::rows::{self, ENTRY_COLUMNS};
+use crate::entry::{format_timestamp, AuditEntry};
+use crate::log::head::SignedTreeHead;
+use crate::log::merkle::{Frontier, Hash, MemoryNodes, MerkleError, NodeReader};
+use crate::log::pruned::{PruneClaim, PRUNED_ACTION};
+use crate::store::retention::PrunePlan;
+use crate::store::{LogPage, LogSlot, PruneOutcome, StoreError, StoredHead};
+
+/// [`NodeReader`] over the `tree_nodes` table of one connection.
+pub struct SqliteNodes<'c>(pub &'c Connection);
+
+impl NodeReader for SqliteNodes<'_> {
+    fn node(&self, level: u32, index: u64) -> Result<Hash, MerkleError> {
+        let storage = |error: rusqlite::Error| MerkleError::Storage(error.to_string());
+        let index_sql =
+            i64::try_from(index).map_err(|_| MerkleError::MissingNode { level, index })?;
+        let blob: Option<Vec<u8>> = self
+            .0
+            .prepare_cached("SELECT hash FROM tree_nodes WHERE level = ?1 AND idx = ?2")
+            .map_err(storage)?
+            .query_row(params![level, index_sql], |row| row.get(0))
+            .optional()
+            .map_err(storage)?;
+        let blob = blob.ok_or(MerkleError::MissingNode { level, index })?;
+        <Hash>::try_from(blob.as_slice()).map_err(|_| {
+            MerkleError::Storage(format!(
+                "tree node at level {level} index {index} is not 32 bytes"
+            ))
+        })
+    }
+}
+
+/// Number of leaves: the last stored leaf's index plus one (an O(log n) seek on the primary key).
+pub fn tree_size(connection: &Connection) -> Result<u64, StoreError> {
+    let last: Option<i64> = connection
+        .prepare_cached("SELECT max(idx) FROM tree_nodes WHERE level = 0")?
+        .query_row([], |row| row.get(0))?;
+    // A negative index can only be tampering; it leaves no leaf to count.
+    Ok(last
+        .and_then(|last| u64::try_from(last).ok())
+        .map_or(0, |last| last.saturating_add(1)))
+}
+
+pub fn max_entry_seq(connection: &Connection) -> Result<u64, StoreError> {
+    let last: Option<i64> = connection
+        .prepare_cached("SELECT max(seq) FROM entries")?
+        .query_row([], |row| row.get(0))?;
+    Ok(last.map_or(0, |last| last.max(0) as u64))
+}
+
+/// Inserts the nodes an append completed.
+fn insert_nodes(connection: &Connection, nodes: &[(u32, u64, Hash)]) -> Result<(), StoreError> {
+    let mut insert = connection
+        .prepare_cached("INSERT INTO tree_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+    for (level, index, hash) in nodes {
+        insert.execute(params![level, *index as i64, &hash[..]])?;
+    }
+    Ok(())
+}
+
+/// Appends entries inside the caller's transaction: gives each the next sequence number, inserts
+/// the row, hashes its canonical form into `frontier` and inserts the nodes that completed. The
+/// caller commits, and keeps `frontier` only if the commit succeeds.
+pub fn insert_entries(
+    connection: &Connection,
+    frontier: &mut Frontier,
+    entries: &mut [AuditEntry],
+) -> Result<(), StoreError> {
+    let mut insert = connection.prepare_cached(
+        "INSERT INTO entries (seq, id, log_id, created_at, actor_id, actor_email, actor_name, \
+         actor_source, actor_verified, tenant, action, resource_type, resource_id, outcome, status, \
+         method, path, route, rule, ip, user_agent, request_id, duration_us, error, metadata) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+         ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+    )?;
+    for entry in entries.iter_mut() {
+        entry.seq = frontier.size() + 1;
+        let metadata = serde_json::to_string(&entry.metadata).unwrap_or_else(|_| "{}".to_string());
+        insert.execute(params![
+            entry.seq as i64,
+            entry.id,
+            entry.log_id,
+            format_timestamp(&entry.created_at),
+            entry.actor_id,
+            entry.actor_email,
+            entry.actor_name,
+            entry.actor_source,
+            entry.actor_verified,
+            entry.tenant,
+            entry.action,
+            entry.resource_type,
+            entry.resource_id,
+            entry.outcome.as_str(),
+            entry.status,
+            entry.method,
+            entry.path,
+            entry.route,
+            entry.rule,
+            entry.ip,
+            entry.user_agent,
+            entry.request_id,
+            entry.duration_us.map(|us| us as i64),
+            entry.error,
+            metadata,
+        ])?;
+        let completed = frontier.append(crate::log::merkle::leaf_hash(&entry.canonical_bytes()));
+        insert_nodes(connection, &completed)?;
+    }
+    Ok(())
+}
+
+/// Builds the tree for entries that predate it (a database migrated from schema version 1),
+/// inside the caller's transaction. The entries must be exactly `frontier.size() + 1 ..`, with
+/// no gap: a missing row cannot be given a leaf.
+pub fn backfill(connection: &Connection, frontier: &mut Frontier) -> Result<u64, StoreError> {
+    let mut select = connection.prepare(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM entries WHERE seq > ?1 ORDER BY seq"
+    ))?;
+    let mut rows = select.query([frontier.size() as i64])?;
+    let mut added = 0;
+    while let Some(row) = rows.next()? {
+        let entry = rows::entry_from_row(row)?;
+        if entry.seq != frontier.size() + 1 {
+            return Err(StoreError::Other(format!(
+                "cannot build the Merkle tree: entry {} is missing",
+                frontier.size() + 1
+            )));
+        }
+        let completed = frontier.append(crate::log::merkle::leaf_hash(&entry.canonical_bytes()));
+        insert_nodes(connection, &completed)?;
+        added += 1;
+    }
+    Ok(added)
+}
+
+pub fn leaf_hash(connection: &Connection, seq: u64) -> Result<Option<Hash>, StoreError> {
+    if seq == 0 {
+        return Ok(None);
+    }
+    match SqliteNodes(connection).node(0, seq - 1) {
+        Ok(hash) => Ok(Some(hash)),
+        Err(MerkleError::MissingNode { .. }) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+pub fn save_head(connection: &Connection, head: &SignedTreeHead) -> Result<(), StoreError> {
+    let json = serde_json::to_string(head)
+        .map_err(|error| StoreError::Other(format!("cannot encode a tree head: {error}")))?;
+    connection
+        .prepare_cached(
+            "INSERT INTO tree_heads (size, root_hash, timestamp, head_json) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            head.head.size as i64,
+            &head.head.root_hash[..],
+            head.head
+                .timestamp
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            json,
+        ])?;
+    Ok(())
+}
+
+fn parse_head(id: i64, json: &str) -> Result<StoredHead, StoreError> {
+    let head = serde_json::from_str(json).map_err(|error| {
+        StoreError::Other(format!("stored tree head #{id} is damaged: {error}"))
+    })?;
+    Ok(StoredHead {
+        id: id.max(0) as u64,
+        head,
+    })
+}
+
+pub fn latest_head(connection: &Connection) -> Result<Option<SignedTreeHead>, StoreError> {
+    let row: Option<(i64, String)> = connection
+        .prepare_cached("SELECT id, head_json FROM tree_heads ORDER BY id DESC LIMIT 1")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    row.map(|(id, json)| parse_head(id, &json).map(|stored| stored.head))
+        .transpose()
+}
+
+pub fn heads_after(
+    connection: &Connection,
+    after_id: u64,
+    limit: u32,
+) -> Result<Vec<StoredHead>, StoreError> {
+    let mut select = connection.prepare_cached(
+        "SELECT id, head_json FROM tree_heads WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let rows = select.query_map(
+        params![i64::try_from(after_id).unwrap_or(i64::MAX), limit],
+        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+    )?;
+    let mut heads = Vec::new();
+    for row in rows {
+        let (id, json) = row?;
+        heads.push(parse_head(id, &json)?);
+    }
+    Ok(heads)
+}
+
+pub fn pruned_record(connection: &Connection, seq: u64) -> Result<Option<u64>, StoreError> {
+    let record: Option<i64> = connection
+        .prepare_cached("SELECT prune_seq FROM pruned_entries WHERE seq = ?1")?
+        .query_row([i64::try_from(seq).unwrap_or(i64::MAX)], |row| row.get(0))
+        .optional()?;
+    Ok(record.map(|record| record.max(0) as u64))
+}
+
+pub fn pruned_by(connection: &Connection, record_seq: u64) -> Result<Vec<u64>, StoreError> {
+    let mut select = connection
+        .prepare_cached("SELECT seq FROM pruned_entries WHERE prune_seq = ?1 ORDER BY seq")?;
+    let rows = select.query_map([i64::try_from(record_seq).unwrap_or(i64::MAX)], |row| {
+        row.get::<_, i64>(0)
+    })?;
+    let mut seqs = Vec::new();
+    for seq in rows {
+        seqs.push(seq?.max(0) as u64);
+    }
+    Ok(seqs)
+}
+
+/// Reads positions `first..` (at most `max`) in one read transaction, so the page is one
+/// consistent snapshot even while the writer appends.
+pub fn scan_log(connection: &Connection, first: u64, max: usize) -> Result<LogPage, StoreError> {
+    let transaction = connection.unchecked_transaction()?;
+    let end = tree_size(&transaction)?.max(max_entry_seq(&transaction)?);
+    let first = first.max(1);
+    if first > end || max == 0 {
+        return Ok(LogPage::default());
+    }
+    let last = end.min(first.saturating_add(max as u64 - 1));
+    let span = (last - first + 1) as usize;
+    let mut slots: Vec<LogSlot> = (first..=last)
+        .map(|seq| LogSlot {
+            seq,
+            leaf: None,
+            entry: None,
+            pruned_by: None,
+        })
+        .collect();
+    let slot_of = |seq: i64| -> Option<usize> {
+        let seq = u64::try_from(seq).ok()?;
+        (seq >= first && seq <= last).then(|| (seq - first) as usize)
+    };
+
+    {
+        let mut leaves = transaction.prepare_cached(
+            "SELECT idx, hash FROM tree_nodes WHERE level = 0 AND idx BETWEEN ?1 AND ?2",
+        )?;
+        let mut rows = leaves.query(params![(first - 1) as i64, (last - 1) as i64])?;
+        while let Some(row) = rows.next()? {
+            let index: i64 = row.get(0)?;
+            let blob: Vec<u8> = row.get(1)?;
+            if let Some(slot) = index.checked_add(1).and_then(slot_of) {
+                // A hash of the wrong length can never match a recomputed leaf; keeping it as
+                // all-ones rather than dropping it reports "changed" instead of "missing".
+                slots[slot].leaf = Some(<Hash>::try_from(blob.as_slice()).unwrap_or([0xff; 32]));
+            }
+        }
+    }
+    {
+        let mut entries = transaction.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE seq BETWEEN ?1 AND ?2"
+        ))?;
+        let mut rows = entries.query(params![first as i64, last as i64])?;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            if let Some(slot) = slot_of(seq) {
+                slots[slot].entry =
+                    Some(rows::entry_from_row(row).map_err(|error| error.to_string()));
+            }
+        }
+    }
+    {
+        let mut marks = transaction.prepare_cached(
+            "SELECT seq, prune_seq FROM pruned_entries WHERE seq BETWEEN ?1 AND ?2",
+        )?;
+        let mut rows = marks.query(params![first as i64, last as i64])?;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let record: i64 = row.get(1)?;
+            if let Some(slot) = slot_of(seq) {
+                slots[slot].pruned_by = Some(record.max(0) as u64);
+            }
+        }
+    }
+
+    // Node (level, i) is completed by leaf ((i + 1) << level) - 1; this page's leaves are
+    // first - 1 ..= last - 1, so it completes i + 1 in [ceil(first / 2^level), last / 2^level].
+    let mut nodes = MemoryNodes::new();
+    {
+        let mut select = transaction.prepare_cached(
+            "SELECT idx, hash FROM tree_nodes WHERE level = ?1 AND idx BETWEEN ?2 AND ?3",
+        )?;
+        for level in 1..64u32 {
+            let high = last >> level;
+            if high == 0 {
+                break;
+            }
+            let low = first.div_ceil(1 << level);
+            if low > high {
+                continue;
+            }
+            let mut rows = select.query(params![level, (low - 1) as i64, (high - 1) as i64])?;
+            while let Some(row) = rows.next()? {
+                let index: i64 = row.get(0)?;
+                let blob: Vec<u8> = row.get(1)?;
+                nodes.insert(
+                    level,
+                    index.max(0) as u64,
+                    <Hash>::try_from(blob.as_slice()).unwrap_or([0xff; 32]),
+                );
+            }
+        }
+    }
+    debug_assert_eq!(slots.len(), span);
+    Ok(LogPage { slots, nodes })
+}
+
+/// Deletes up to `max` entries the plan selects and marks their positions, then appends
+/// `record` with its claim, all inside the caller's transaction. `None` when nothing is due.
+pub fn prune(
+    connection: &Connection,
+    frontier: &mut Frontier,
+    plan: &PrunePlan,
+    mut record: AuditEntry,
+    max: usize,
+) -> Result<Option<PruneOutcome>, StoreError> {
+    let mut seqs = select_prunable(connection, plan, max)?;
+    seqs.sort_unstable();
+    seqs.dedup();
+    let Some(claim) = PruneClaim::for_seqs(&seqs) else {
+        return Ok(None);
+    };
+    let record_seq = frontier.size() + 1;
+    {
+        let mut delete = connection.prepare_cached("DELETE FROM entries WHERE seq = ?1")?;
+        let mut mark = connection
+            .prepare_cached("INSERT INTO pruned_entries (seq, prune_seq) VALUES (?1, ?2)")?;
+        for seq in &seqs {
+            delete.execute([*seq as i64])?;
+            mark.execute([*seq as i64, record_seq as i64])?;
+        }
+    }
+    claim.write_metadata(&mut record.metadata);
+    let mut records = [record];
+    insert_entries(connection, frontier, &mut records)?;
+    Ok(Some(PruneOutcome {
+        record_seq,
+        first_seq: claim.first_seq,
+        last_seq: claim.last_seq,
+        count: claim.count,
+    }))
+}
+
+/// Up to `max` sequence numbers of entries due for pruning, class by class; each class's query
+/// is a range on an index (action, or created_at for the default class).
+fn select_prunable(
+    connection: &Connection,
+    plan: &PrunePlan,
+    max: usize,
+) -> Result<Vec<u64>, StoreError> {
+    use rusqlite::types::Value;
+    let mut seqs = Vec::new();
+    for class in plan.classes() {
+        if seqs.len() >= max {
+            break;
+        }
+        let mut sql = String::from("SELECT seq FROM entries WHERE created_at < ? AND action != ?");
+        let mut values = vec![
+            Value::Text(format_timestamp(&class.cutoff)),
+            Value::Text(PRUNED_ACTION.to_string()),
+        ];
+        if let Some(prefix) = &class.prefix {
+            push_prefix(&mut sql, &mut values, prefix, false);
+        }
+        for excluded in &class.excluded {
+            push_prefix(&mut sql, &mut values, excluded, true);
+        }
+        sql.push_str(" LIMIT ?");
+        values.push(Value::Integer((max - seqs.len()) as i64));
+        let mut select = connection.prepare_cached(&sql)?;
+        let rows = select.query_map(rusqlite::params_from_iter(values), |row| {
+            row.get::<_, i64>(0)
+        })?;
+        for seq in rows {
+            seqs.push(seq?.max(0) as u64);
+        }
+    }
+    Ok(seqs)
+}
+
+/// `AND action` in (or, negated, not in) the range of strings starting with `prefix`.
+fn push_prefix(
+    sql: &mut String,
+    values: &mut Vec<rusqlite::types::Value>,
+    prefix: &str,
+    negated: bool,
+) {
+    use rusqlite::types::Value;
+    let not = if negated { "NOT " } else { "" };
+    match rows::prefix_upper_bound(prefix) {
+        Some(upper) => {
+            sql.push_str(&format!(" AND {not}(action >= ? AND action < ?)"));
+            values.push(Value::Text(prefix.to_string()));
+            values.push(Value::Text(upper));
+        }
+        None => {
+            sql.push_str(&format!(" AND {not}(action >= ?)"));
+            values.push(Value::Text(prefix.to_string()));
+        }
+    }
+}

@@ -1,0 +1,1190 @@
+//! The embedded SQLite store: one file, WAL journal, versioned migrations.
+//!
+//! One connection writes (the writer thread's); readers take a connection from a small pool, so
+//! admin queries never block appends (WAL lets readers and the writer proceed together).
+//!
+//! The writer connection sits in one mutex with the Merkle tree's right edge ([`Frontier`]), so
+//! an append assigns sequence numbers, hashes each entry and inserts the completed tree nodes in
+//! one transaction, and the in-memory frontier only moves forward when that transaction commits.
+//! Appends begin `IMMEDIATE` and re-read the stored tree size first, so another process writing
+//! the same file (`auditgate prune` beside a running sidecar) is picked up instead of colliding.
+
+pub mod log;
+pub mod readonly;
+pub mod rows;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+
+use self::log::SqliteNodes;
+use crate::entry::AuditEntry;
+use crate::log::head::SignedTreeHead;
+use crate::log::merkle::{self, Frontier, Hash};
+use crate::store::config::SyncMode;
+use crate::store::query::{Cursor, CursorKind, Filter, PageRequest};
+use crate::store::retention::PrunePlan;
+use crate::store::{Bucket, Page, StatsBy};
+use crate::store::{LogPage, LogReader, PruneOutcome, Store, StoreError, StoredHead, TreeState};
+use readonly::{wal_path, ReadOnlySource};
+
+/// Migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
+
+/// The first schema version with the Merkle tree.
+const TREE_SCHEMA_VERSION: i64 = 2;
+
+/// How many idle reader connections are kept.
+const READER_POOL: usize = 4;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<WriterSide>,
+    readers: Mutex<Vec<Connection>>,
+    next_seq: AtomicU64,
+    /// The database file as opened, to notice it removed or replaced while in use.
+    database_file: Option<FileIdentity>,
+    /// The WAL file as opened (absent when SQLite had not created one).
+    wal_file: Option<FileIdentity>,
+    /// Set once the entries of a removed WAL have been checkpointed into the database file.
+    wal_rescued: AtomicBool,
+    /// `Some` for a store opened by a read command: every connection is read-only and opened
+    /// this way, and nothing is ever written.
+    read_only: Option<ReadOnlySource>,
+}
+
+/// Which file a path names (device and inode). SQLite keeps writing through its open handles
+/// when the database or its WAL is deleted or replaced under it, and everything written there
+/// is gone at the next start; comparing identities is how that is noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> std::io::Result<FileIdentity> {
+        let metadata = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            Ok(FileIdentity {
+                device: metadata.dev(),
+                inode: metadata.ino(),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            // Elsewhere only removal is noticed.
+            let _ = metadata;
+            Ok(FileIdentity {
+                device: 0,
+                inode: 0,
+            })
+        }
+    }
+}
+
+/// What only the writer touches: its connection and the tree's right edge.
+struct WriterSide {
+    connection: Connection,
+    frontier: Frontier,
+    /// Why the stored tree cannot be extended, when it cannot (found at open). Reads still work,
+    /// so a damaged log can be queried and verified; appends fail with this message.
+    damaged: Option<String>,
+}
+
+fn open_connection(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|error| StoreError::Open {
+        path: path.display().to_string(),
+        message: error.to_string(),
+    })?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    let synchronous = match sync {
+        SyncMode::Normal => "NORMAL",
+        SyncMode::Full => "FULL",
+    };
+    connection.pragma_update(None, "synchronous", synchronous)?;
+    // A larger page cache keeps the hot index pages of appends in memory (64 MiB, not the 2 MiB
+    // default); temporary b-trees stay in memory too.
+    connection.pragma_update(None, "cache_size", -65536)?;
+    connection.pragma_update(None, "temp_store", "MEMORY")?;
+    // Checkpoint every ~32 MiB of WAL rather than 4 MiB: an index page rewritten by many commits
+    // is copied back to the database once per checkpoint, not once per 1000 pages of WAL.
+    connection.pragma_update(None, "wal_autocheckpoint", 8192)?;
+    Ok(connection)
+}
+
+/// Brings the schema up to date; returns the version the file had before.
+fn migrate(connection: &mut Connection) -> Result<i64, StoreError> {
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(sql)?;
+        transaction.pragma_update(None, "user_version", (index + 1) as i64)?;
+        transaction.commit()?;
+    }
+    Ok(version)
+}
+
+/// Loads the frontier of the stored tree, building the tree first for entries that predate it
+/// when the file was just migrated from a schema without one. Entries beyond the tree any other
+/// time were written behind auditgate's back: the store then refuses appends (the message says
+/// why) rather than sign them into the log.
+fn load_tree(
+    connection: &mut Connection,
+    version_before: i64,
+) -> Result<Result<Frontier, String>, StoreError> {
+    let size = self::log::tree_size(connection)?;
+    let last_entry = self::log::max_entry_seq(connection)?;
+    let mut frontier = match Frontier::load(&SqliteNodes(connection), size) {
+        Ok(frontier) => frontier,
+        Err(error) => {
+            return Ok(Err(format!(
+                "the stored Merkle tree is damaged ({error}); run `auditgate verify`"
+            )))
+        }
+    };
+    if last_entry > size {
+        if version_before >= TREE_SCHEMA_VERSION {
+            return Ok(Err(format!(
+                "entries {}..={last_entry} are not in the Merkle tree: the database was changed \
+                 outside auditgate; run `auditgate verify`",
+                size + 1
+            )));
+        }
+        let transaction = connection.transaction()?;
+        let mut building = frontier.clone();
+        let added = self::log::backfill(&transaction, &mut building)?;
+        transaction.commit()?;
+        frontier = building;
+        tracing::info!(
+            entries = added,
+            "built the Merkle tree for entries written before schema version 2"
+        );
+    }
+    Ok(Ok(frontier))
+}
+
+/// Creates the database file readable and writable by its owner only (0600), unless it exists.
+/// SQLite gives the `-wal` and `-shm` files it creates beside it the database file's mode, so the
+/// whole log stays private to the user the sidecar runs as. An existing file keeps its mode: an
+/// operator who opened it to a group chose that.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    ///
+    /// A damaged tree does not stop the open (so the log can still be queried and verified);
+    /// [`Store::tree`] and every append then fail with the reason.
+    pub fn open(path: &Path, sync: SyncMode) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|error| StoreError::Open {
+                    path: path.display().to_string(),
+                    message: format!("cannot create directory {}: {error}", parent.display()),
+                })?;
+            }
+        }
+        create_private(path).map_err(|error| StoreError::Open {
+            path: path.display().to_string(),
+            message: format!("cannot create the database file: {error}"),
+        })?;
+        let mut writer = open_connection(path, sync)?;
+        let version_before = migrate(&mut writer)?;
+        rows::register_functions(&writer)?;
+        let (frontier, damaged) = match load_tree(&mut writer, version_before)? {
+            Ok(frontier) => (frontier, None),
+            Err(reason) => {
+                tracing::error!(store = %path.display(), %reason, "the log cannot be appended to");
+                (Frontier::new(), Some(reason))
+            }
+        };
+        let next_seq = frontier.size() + 1;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer: Mutex::new(WriterSide {
+                connection: writer,
+                frontier,
+                damaged,
+            }),
+            readers: Mutex::new(Vec::new()),
+            next_seq: AtomicU64::new(next_seq),
+            database_file: FileIdentity::of(path).ok(),
+            wal_file: FileIdentity::of(&wal_path(path)).ok(),
+            wal_rescued: AtomicBool::new(false),
+            read_only: None,
+        })
+    }
+
+    /// Opens an existing log for reading only (`query`, `export`): no file is created, migrated
+    /// or changed, and a path that holds no log is an error that says so. Appends, heads and
+    /// intents fail; listings, counts, proofs and the latest head work.
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        let (source, connection) = ReadOnlySource::open(path)?;
+        let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                known,
+            });
+        }
+        rows::register_functions(&connection)?;
+        // A file of schema version 1 has entries but no tree yet; it is listed all the same.
+        let tree_size = if version >= TREE_SCHEMA_VERSION {
+            self::log::tree_size(&connection)?
+        } else {
+            0
+        };
+        let size = tree_size.max(self::log::max_entry_seq(&connection)?);
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer: Mutex::new(WriterSide {
+                connection,
+                frontier: Frontier::new(),
+                damaged: Some(format!("{} is open read-only", path.display())),
+            }),
+            readers: Mutex::new(Vec::new()),
+            next_seq: AtomicU64::new(size + 1),
+            database_file: None,
+            wal_file: None,
+            wal_rescued: AtomicBool::new(false),
+            read_only: Some(source),
+        })
+    }
+
+    /// For a store opened by [`Self::open_read_only`]: fails when the file changed under a read
+    /// that could not lock it (see [`ReadOnlySource::check_unchanged`]).
+    pub fn check_read_consistent(&self) -> Result<(), StoreError> {
+        match &self.read_only {
+            Some(source) => source.check_unchanged(),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails when the database file or its WAL is no longer the one opened (deleted, or replaced
+    /// by another file): writes from now on would land in a file nobody will read again, so they
+    /// are refused and the writer spills them instead. When the WAL went, what was committed to
+    /// it is first checkpointed into the database file, which still holds every entry then.
+    /// Two `stat` calls: cheap beside the commit it guards.
+    fn check_files(&self, connection: &Connection) -> Result<(), StoreError> {
+        if let Some(expected) = self.database_file {
+            match FileIdentity::of(&self.path) {
+                Ok(actual) if actual == expected => {}
+                Ok(_) => {
+                    return Err(StoreError::Other(format!(
+                        "the database file {} was replaced while in use; restart auditgate",
+                        self.path.display()
+                    )))
+                }
+                Err(_) => {
+                    return Err(StoreError::Other(format!(
+                        "the database file {} was removed while in use; restart auditgate",
+                        self.path.display()
+                    )))
+                }
+            }
+        }
+        if let Some(expected) = self.wal_file {
+            let wal = wal_path(&self.path);
+            if FileIdentity::of(&wal).ok() != Some(expected) {
+                self.rescue_wal(connection);
+                return Err(StoreError::Other(format!(
+                    "the WAL file {} was removed or replaced while in use; restart auditgate",
+                    wal.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies what the removed WAL holds into the database file (once), so that a crash before
+    /// the restart loses nothing that was committed.
+    fn rescue_wal(&self, connection: &Connection) {
+        if self.wal_rescued.load(Ordering::Acquire) {
+            return;
+        }
+        let result = connection.query_row("PRAGMA wal_checkpoint(FULL)", [], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        });
+        match result {
+            Ok((0, frames, copied)) if frames == copied => {
+                self.wal_rescued.store(true, Ordering::Release);
+                tracing::error!(frames, "the WAL file was removed while in use; what it held was copied into the database file, and writes are refused until auditgate is restarted");
+            }
+            Ok((busy, frames, copied)) => {
+                tracing::error!(busy, frames, copied, "the WAL file was removed while in use and could not yet be copied whole into the database file; retrying at the next write");
+            }
+            Err(error) => {
+                tracing::error!(%error, "the WAL file was removed while in use and copying it into the database file failed; retrying at the next write");
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How long a write waits for a lock held by another process before failing (default 5 s).
+    pub fn set_busy_timeout(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        let connection = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Other("writer connection poisoned".into()))?;
+        connection.connection.busy_timeout(timeout)?;
+        Ok(())
+    }
+
+    /// Runs `work` with a reader connection from the pool.
+    pub fn with_reader<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self
+            .readers
+            .lock()
+            .map_err(|_| StoreError::Other("reader pool poisoned".into()))?
+            .pop();
+        let connection = match (pooled, &self.read_only) {
+            (Some(connection), _) => connection,
+            (None, Some(source)) => {
+                let connection = source.connect()?;
+                rows::register_functions(&connection)?;
+                connection
+            }
+            (None, None) => {
+                let connection = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                connection.busy_timeout(std::time::Duration::from_secs(5))?;
+                rows::register_functions(&connection)?;
+                connection
+            }
+        };
+        let result = work(&connection);
+        if let Ok(mut readers) = self.readers.lock() {
+            if readers.len() < READER_POOL {
+                readers.push(connection);
+            }
+        }
+        result
+    }
+
+    fn lock_writer(&self) -> Result<MutexGuard<'_, WriterSide>, StoreError> {
+        self.writer
+            .lock()
+            .map_err(|_| StoreError::Other("writer connection poisoned".into()))
+    }
+
+    /// Runs `work` in an IMMEDIATE transaction on the writer connection with a copy of the
+    /// frontier brought up to date with the file, and keeps the copy only if the commit succeeds.
+    fn write<T>(
+        &self,
+        work: impl FnOnce(&Connection, &mut Frontier) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut side = self.lock_writer()?;
+        let WriterSide {
+            connection,
+            frontier,
+            damaged,
+        } = &mut *side;
+        if let Some(reason) = damaged {
+            return Err(StoreError::Other(reason.clone()));
+        }
+        self.check_files(connection)?;
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut working = current_frontier(&transaction, frontier)?;
+        let result = work(&transaction, &mut working)?;
+        transaction.commit()?;
+        *frontier = working;
+        self.next_seq.store(frontier.size() + 1, Ordering::Release);
+        // A file removed during the commit: the batch may be in a file nobody will read. Reporting
+        // the failure sends it to the spill file; a re-import skips it if it did reach the
+        // database.
+        self.check_files(connection)?;
+        Ok(result)
+    }
+}
+
+/// The frontier of the tree as stored now: `known` when nobody else appended, reloaded (O(log n)
+/// reads) when another process did.
+fn current_frontier(connection: &Connection, known: &Frontier) -> Result<Frontier, StoreError> {
+    let stored = self::log::tree_size(connection)?;
+    if stored == known.size() {
+        Ok(known.clone())
+    } else {
+        Ok(Frontier::load(&SqliteNodes(connection), stored)?)
+    }
+}
+
+impl LogReader for SqliteStore {
+    fn tree_size(&self) -> Result<u64, StoreError> {
+        self.with_reader(self::log::tree_size)
+    }
+
+    fn max_entry_seq(&self) -> Result<u64, StoreError> {
+        self.with_reader(self::log::max_entry_seq)
+    }
+
+    fn scan_log(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
+        self.with_reader(|connection| self::log::scan_log(connection, first_seq, max))
+    }
+
+    fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError> {
+        self.with_reader(|connection| self::log::pruned_by(connection, record_seq))
+    }
+
+    fn root_at(&self, size: u64) -> Result<Hash, StoreError> {
+        self.with_reader(|connection| Ok(merkle::root_at(&SqliteNodes(connection), size)?))
+    }
+
+    fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError> {
+        self.with_reader(|connection| self::log::heads_after(connection, after_id, limit))
+    }
+}
+
+impl Store for SqliteStore {
+    fn append(&self, entries: &mut [AuditEntry]) -> Result<(), StoreError> {
+        let result = self.write(|transaction, frontier| {
+            self::log::insert_entries(transaction, frontier, entries)
+        });
+        if result.is_err() {
+            for entry in entries.iter_mut() {
+                entry.seq = 0;
+            }
+        }
+        result
+    }
+
+    fn append_completing(
+        &self,
+        entries: &mut [AuditEntry],
+        completed_intents: &[String],
+    ) -> Result<(), StoreError> {
+        let result = self.write(|transaction, frontier| {
+            self::log::insert_entries(transaction, frontier, entries)?;
+            let mut delete = transaction.prepare_cached("DELETE FROM pending WHERE id = ?1")?;
+            for id in completed_intents {
+                delete.execute(params![id])?;
+            }
+            Ok(())
+        });
+        if result.is_err() {
+            for entry in entries.iter_mut() {
+                entry.seq = 0;
+            }
+        }
+        result
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        let side = self.lock_writer()?;
+        if let Some(reason) = &side.damaged {
+            return Err(StoreError::Other(reason.clone()));
+        }
+        // BEGIN IMMEDIATE takes the write lock: it fails when the file is locked or read-only.
+        side.connection
+            .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+        self.check_files(&side.connection)
+    }
+
+    fn size(&self) -> Result<u64, StoreError> {
+        Ok(self.next_seq.load(Ordering::Acquire) - 1)
+    }
+
+    fn newest_position(&self) -> Result<Option<Cursor>, StoreError> {
+        // One log per file, numbered from 1 and append-only: its size is its last position.
+        let size = self.size()?;
+        Ok((size > 0).then(|| Cursor::after_seq(size)))
+    }
+
+    fn list(&self, filter: &Filter, page: &PageRequest) -> Result<Page, StoreError> {
+        for cursor in [page.cursor, page.through].into_iter().flatten() {
+            if cursor.kind() != CursorKind::Seq {
+                return Err(StoreError::Cursor);
+            }
+        }
+        self.with_reader(|connection| Ok(rows::list(connection, filter, page)?))
+    }
+
+    fn list_offset(
+        &self,
+        filter: &Filter,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with_reader(|connection| Ok(rows::list_offset(connection, filter, offset, limit)?))
+    }
+
+    fn count(&self, filter: &Filter) -> Result<u64, StoreError> {
+        self.with_reader(|connection| Ok(rows::count(connection, filter)?))
+    }
+
+    fn get(&self, id: &str) -> Result<Option<AuditEntry>, StoreError> {
+        self.with_reader(|connection| Ok(rows::get(connection, id)?))
+    }
+
+    fn stats(&self, filter: &Filter, by: StatsBy, limit: u32) -> Result<Vec<Bucket>, StoreError> {
+        self.with_reader(|connection| Ok(rows::stats(connection, filter, by, limit)?))
+    }
+
+    fn tree(&self) -> Result<TreeState, StoreError> {
+        let mut side = self.lock_writer()?;
+        if let Some(reason) = &side.damaged {
+            return Err(StoreError::Other(reason.clone()));
+        }
+        let current = current_frontier(&side.connection, &side.frontier)?;
+        side.frontier = current;
+        self.next_seq
+            .store(side.frontier.size() + 1, Ordering::Release);
+        Ok(TreeState {
+            size: side.frontier.size(),
+            root: side.frontier.root(),
+        })
+    }
+
+    fn leaf_hash(&self, seq: u64) -> Result<Option<Hash>, StoreError> {
+        self.with_reader(|connection| self::log::leaf_hash(connection, seq))
+    }
+
+    fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
+        let index = seq
+            .checked_sub(1)
+            .ok_or(merkle::MerkleError::IndexOutOfRange { index: 0, size })?;
+        self.with_reader(|connection| {
+            Ok(merkle::inclusion_proof(
+                &SqliteNodes(connection),
+                index,
+                size,
+            )?)
+        })
+    }
+
+    fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
+        self.with_reader(|connection| {
+            Ok(merkle::consistency_proof(
+                &SqliteNodes(connection),
+                from,
+                to,
+            )?)
+        })
+    }
+
+    fn save_head(&self, head: &SignedTreeHead) -> Result<(), StoreError> {
+        let side = self.lock_writer()?;
+        self::log::save_head(&side.connection, head)
+    }
+
+    fn latest_head(&self) -> Result<Option<SignedTreeHead>, StoreError> {
+        self.with_reader(self::log::latest_head)
+    }
+
+    fn pruned_record(&self, seq: u64) -> Result<Option<u64>, StoreError> {
+        self.with_reader(|connection| self::log::pruned_record(connection, seq))
+    }
+
+    fn prune(
+        &self,
+        plan: &PrunePlan,
+        record: AuditEntry,
+        max_entries: usize,
+    ) -> Result<Option<PruneOutcome>, StoreError> {
+        self.write(|transaction, frontier| {
+            self::log::prune(transaction, frontier, plan, record, max_entries)
+        })
+    }
+
+    fn checkpoint(&self, patience: std::time::Duration) -> Result<bool, StoreError> {
+        if self.read_only.is_some() {
+            return Ok(true);
+        }
+        let side = self.lock_writer()?;
+        let connection = &side.connection;
+        // The configured busy timeout is restored afterwards: appends keep theirs.
+        let previous: i64 =
+            connection.pragma_query_value(None, "busy_timeout", |row| row.get(0))?;
+        connection.busy_timeout(patience)?;
+        let result = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        });
+        connection.busy_timeout(std::time::Duration::from_millis(
+            u64::try_from(previous).unwrap_or(0),
+        ))?;
+        Ok(result? == 0)
+    }
+
+    fn record_intents(&self, intents: &[AuditEntry]) -> Result<(), StoreError> {
+        let mut side = self.lock_writer()?;
+        self.check_files(&side.connection)?;
+        let transaction = side.connection.transaction()?;
+        {
+            let mut insert = transaction.prepare_cached(
+                "INSERT OR REPLACE INTO pending (id, created_at, entry) VALUES (?1, ?2, ?3)",
+            )?;
+            for intent in intents {
+                let json = serde_json::to_string(intent)
+                    .map_err(|error| StoreError::Other(error.to_string()))?;
+                insert.execute(params![
+                    intent.id,
+                    crate::entry::format_timestamp(&intent.created_at),
+                    json
+                ])?;
+            }
+        }
+        transaction.commit()?;
+        // An intent in a removed file is not durable: the request must not be forwarded.
+        self.check_files(&side.connection)
+    }
+
+    fn clear_intents(&self, ids: &[String]) -> Result<(), StoreError> {
+        let mut side = self.lock_writer()?;
+        let transaction = side.connection.transaction()?;
+        {
+            let mut delete = transaction.prepare_cached("DELETE FROM pending WHERE id = ?1")?;
+            for id in ids {
+                delete.execute(params![id])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    fn unfinished_intents(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        let side = self.lock_writer()?;
+        let connection = &side.connection;
+        connection.execute(
+            "DELETE FROM pending WHERE id IN (SELECT id FROM entries)",
+            [],
+        )?;
+        let mut statement =
+            connection.prepare("SELECT id, entry FROM pending ORDER BY created_at, id")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut intents = Vec::new();
+        for row in rows {
+            let (id, json) = row?;
+            match serde_json::from_str::<AuditEntry>(&json) {
+                Ok(entry) => intents.push(entry),
+                Err(error) => {
+                    // Keep the id at least: an unreadable intent still becomes an entry.
+                    tracing::error!(%id, %error, "unreadable write-ahead intent");
+                    let mut entry = AuditEntry::new("", "unknown");
+                    entry.id = id;
+                    entry.error =
+                        Some(format!("the write-ahead intent could not be read: {error}"));
+                    intents.push(entry);
+                }
+            }
+        }
+        Ok(intents)
+    }
+
+    fn existing_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let side = self.lock_writer()?;
+        let connection = &side.connection;
+        let mut statement = connection.prepare_cached("SELECT 1 FROM entries WHERE id = ?1")?;
+        let mut found = Vec::new();
+        for id in ids {
+            if statement.exists(params![id])? {
+                found.push(id.clone());
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A database file opened read-only for `auditgate verify`: no migration, no repair, nothing
+/// written, so the evidence is read exactly as found.
+pub struct SqliteLogReader {
+    connection: Connection,
+    source: ReadOnlySource,
+}
+
+impl SqliteLogReader {
+    pub fn open(path: &Path) -> Result<SqliteLogReader, StoreError> {
+        let open_error = |message: String| StoreError::Open {
+            path: path.display().to_string(),
+            message,
+        };
+        let (source, connection) = ReadOnlySource::open(path)?;
+        let version: i64 = connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|error| open_error(error.to_string()))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                known,
+            });
+        }
+        if version < TREE_SCHEMA_VERSION {
+            return Err(open_error(format!(
+                "schema version {version} has no Merkle tree (not an auditgate log, or one that \
+                 was never opened by a version that keeps the tree)"
+            )));
+        }
+        Ok(SqliteLogReader { connection, source })
+    }
+
+    /// Fails when the file changed while it was read without a lock (see
+    /// [`ReadOnlySource::check_unchanged`]).
+    pub fn check_unchanged(&self) -> Result<(), StoreError> {
+        self.source.check_unchanged()
+    }
+}
+
+impl LogReader for SqliteLogReader {
+    fn tree_size(&self) -> Result<u64, StoreError> {
+        self::log::tree_size(&self.connection)
+    }
+
+    fn max_entry_seq(&self) -> Result<u64, StoreError> {
+        self::log::max_entry_seq(&self.connection)
+    }
+
+    fn scan_log(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
+        self::log::scan_log(&self.connection, first_seq, max)
+    }
+
+    fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError> {
+        self::log::pruned_by(&self.connection, record_seq)
+    }
+
+    fn root_at(&self, size: u64) -> Result<Hash, StoreError> {
+        Ok(merkle::root_at(&SqliteNodes(&self.connection), size)?)
+    }
+
+    fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError> {
+        self::log::heads_after(&self.connection, after_id, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_get_consecutive_sequence_numbers_across_reopen() {
+        let dir = std::env::temp_dir().join(format!("auditgate-sqlite-{}", ulid::Ulid::new()));
+        let path = dir.join("audit.db");
+        {
+            let store = SqliteStore::open(&path, SyncMode::Normal).expect("opens");
+            let mut batch = vec![AuditEntry::new("t", "a.one"), AuditEntry::new("t", "a.two")];
+            store.append(&mut batch).expect("appends");
+            assert_eq!((batch[0].seq, batch[1].seq), (1, 2));
+            store.check_writable().expect("writable");
+        }
+        let store = SqliteStore::open(&path, SyncMode::Full).expect("reopens");
+        let mut batch = vec![AuditEntry::new("t", "a.three")];
+        store.append(&mut batch).expect("appends");
+        assert_eq!(batch[0].seq, 3);
+        assert_eq!(store.size().expect("size"), 3);
+        let count: i64 = store
+            .with_reader(|connection| {
+                Ok(connection.query_row("SELECT count(*) FROM entries", [], |row| row.get(0))?)
+            })
+            .expect("reads");
+        assert_eq!(count, 3);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_removed_database_file_refuses_writes() {
+        let dir = std::env::temp_dir().join(format!("auditgate-sqlite-{}", ulid::Ulid::new()));
+        let path = dir.join("audit.db");
+        let store = SqliteStore::open(&path, SyncMode::Normal).expect("opens");
+        store
+            .append(&mut [AuditEntry::new("t", "before")])
+            .expect("appends");
+        std::fs::remove_file(&path).expect("removes");
+        let error = store.check_writable().expect_err("noticed");
+        assert!(error.to_string().contains("was removed"), "{error}");
+        assert!(store.append(&mut [AuditEntry::new("t", "after")]).is_err());
+        assert!(store
+            .record_intents(&[AuditEntry::new("t", "intent")])
+            .is_err());
+        // Another file in its place is not the log either.
+        std::fs::write(&path, b"").expect("replaces");
+        let error = store.check_writable().expect_err("noticed");
+        assert!(error.to_string().contains("was replaced"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_removed_wal_is_copied_into_the_database_file() {
+        let dir = std::env::temp_dir().join(format!("auditgate-sqlite-{}", ulid::Ulid::new()));
+        let path = dir.join("audit.db");
+        let store = SqliteStore::open(&path, SyncMode::Normal).expect("opens");
+        let mut batch: Vec<AuditEntry> = (0..3)
+            .map(|index| AuditEntry::new("t", format!("in.wal.{index}")))
+            .collect();
+        store.append(&mut batch).expect("appends");
+        // The database file alone, as a crash would leave it once the WAL is gone.
+        let count_without_wal = |label: &str| -> Option<i64> {
+            let copy = dir.join(format!("{label}.db"));
+            std::fs::copy(&path, &copy).expect("copies");
+            let connection = Connection::open(&copy).expect("opens copy");
+            connection
+                .query_row("SELECT count(*) FROM entries", [], |row| row.get(0))
+                .ok()
+        };
+        assert_ne!(
+            count_without_wal("before"),
+            Some(3),
+            "entries are in the WAL"
+        );
+        std::fs::remove_file(wal_path(&path)).expect("removes the WAL");
+        let error = store.check_writable().expect_err("noticed");
+        assert!(error.to_string().contains("WAL"), "{error}");
+        assert_eq!(
+            count_without_wal("after"),
+            Some(3),
+            "rescued into the database"
+        );
+        assert!(store
+            .append(&mut [AuditEntry::new("t", "refused")])
+            .is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_failed_batch_appends_nothing() {
+        let dir = std::env::temp_dir().join(format!("auditgate-sqlite-{}", ulid::Ulid::new()));
+        let store = SqliteStore::open(&dir.join("audit.db"), SyncMode::Normal).expect("opens");
+        let mut first = vec![AuditEntry::new("t", "first")];
+        store.append(&mut first).expect("appends");
+        let before = store.tree().expect("tree");
+        let duplicate = AuditEntry::new("t", "dup");
+        let mut batch = vec![duplicate.clone(), duplicate];
+        assert!(store.append(&mut batch).is_err());
+        assert_eq!(store.size().expect("size"), 1);
+        assert_eq!(store.tree().expect("tree"), before, "the tree did not move");
+        let mut batch = vec![AuditEntry::new("t", "ok")];
+        store.append(&mut batch).expect("appends");
+        assert_eq!(batch[0].seq, 2);
+        let leaves = [first[0].clone(), batch[0].clone()].map(|entry| leaf(&entry));
+        assert_eq!(
+            store.tree().expect("tree").root,
+            merkle::root_at(&MemoryNodes::from_leaves(&leaves), 2).expect("root"),
+            "the rolled-back batch left no node behind"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    use crate::log::merkle::{leaf_hash, MemoryNodes};
+    use crate::verify::check::LogCheck;
+    use rand::{Rng, SeedableRng};
+
+    fn leaf(entry: &AuditEntry) -> Hash {
+        leaf_hash(&entry.canonical_bytes())
+    }
+
+    fn temp_db(label: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("auditgate-{label}-{}", ulid::Ulid::new()));
+        let db = dir.join("audit.db");
+        (dir, db)
+    }
+
+    #[test]
+    fn the_tree_follows_every_append_and_survives_reopen() {
+        let (dir, db) = temp_db("tree");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut leaves = Vec::new();
+        for round in 0..3 {
+            let store = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
+            for _ in 0..6 {
+                let count = rng.gen_range(1..40);
+                let mut batch: Vec<AuditEntry> = (0..count)
+                    .map(|index| AuditEntry::new("t", format!("round{round}.{index}")))
+                    .collect();
+                store.append(&mut batch).expect("appends");
+                leaves.extend(batch.iter().map(leaf));
+                let expected = MemoryNodes::from_leaves(&leaves);
+                let tree = store.tree().expect("tree");
+                assert_eq!(tree.size, leaves.len() as u64);
+                assert_eq!(
+                    tree.root,
+                    merkle::root_at(&expected, tree.size).expect("root")
+                );
+                assert_eq!(store.root_at(tree.size).expect("stored root"), tree.root);
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn proofs_from_sqlite_match_the_in_memory_tree() {
+        let (dir, db) = temp_db("proofs");
+        let store = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
+        let mut batch: Vec<AuditEntry> = (0..70)
+            .map(|index| AuditEntry::new("t", format!("e.{index}")))
+            .collect();
+        store.append(&mut batch).expect("appends");
+        let leaves: Vec<Hash> = batch.iter().map(leaf).collect();
+        let memory = MemoryNodes::from_leaves(&leaves);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..200 {
+            let size = rng.gen_range(1..=70u64);
+            let seq = rng.gen_range(1..=size);
+            let root = merkle::root_at(&memory, size).expect("root");
+            let path = store.inclusion_proof(seq, size).expect("proof");
+            assert_eq!(
+                path,
+                merkle::inclusion_proof(&memory, seq - 1, size).expect("memory")
+            );
+            let leaf = store.leaf_hash(seq).expect("leaf").expect("stored");
+            assert!(merkle::verify_inclusion(&leaf, seq - 1, size, &path, &root));
+            let from = rng.gen_range(0..=size);
+            let proof = store.consistency_proof(from, size).expect("consistency");
+            let from_root = merkle::root_at(&memory, from).expect("root");
+            assert!(merkle::verify_consistency(
+                from, size, &from_root, &root, &proof
+            ));
+        }
+        assert!(store.inclusion_proof(71, 70).is_err());
+        assert!(store.inclusion_proof(0, 70).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn canonical_form_survives_the_store_round_trip() {
+        let (dir, db) = temp_db("roundtrip");
+        let store = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
+        let mut entry = AuditEntry::new("t", "odd.values");
+        entry.created_at += chrono::Duration::nanoseconds(123);
+        entry.actor_email = Some("zoë@example.com".into());
+        entry.path = Some("/a\u{0}b\n\"c\"".into());
+        entry.duration_us = Some(u64::MAX / 4);
+        entry.status = Some(599);
+        for (key, value) in [
+            ("float", serde_json::json!(0.1 + 0.2)),
+            ("tiny", serde_json::json!(5e-324)),
+            ("big", serde_json::json!(1.7976931348623157e308)),
+            ("u64", serde_json::json!(u64::MAX)),
+            ("i64", serde_json::json!(i64::MIN)),
+            (
+                "nested",
+                serde_json::json!({"b": [1.5, {"z": null, "a": "\u{1F600}"}]}),
+            ),
+        ] {
+            entry.metadata.insert(key.into(), value);
+        }
+        let mut batch = vec![entry];
+        store.append(&mut batch).expect("appends");
+        let page = store.scan_log(1, 10).expect("scan");
+        let slot = &page.slots[0];
+        let read = slot.entry.clone().expect("row").expect("readable");
+        assert_eq!(
+            String::from_utf8(read.canonical_bytes()).expect("utf-8"),
+            String::from_utf8(batch[0].canonical_bytes()).expect("utf-8")
+        );
+        assert_eq!(slot.leaf, Some(leaf(&batch[0])));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn another_process_appending_is_picked_up() {
+        let (dir, db) = temp_db("two-writers");
+        let sidecar = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
+        let cli = SqliteStore::open(&db, SyncMode::Normal).expect("opens again");
+        let mut all = Vec::new();
+        for (store, name) in [(&sidecar, "a"), (&cli, "b"), (&cli, "c"), (&sidecar, "d")] {
+            let mut batch = vec![AuditEntry::new("t", name), AuditEntry::new("t", name)];
+            store.append(&mut batch).expect("appends");
+            all.extend(batch);
+        }
+        let seqs: Vec<u64> = all.iter().map(|entry| entry.seq).collect();
+        assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
+        let leaves: Vec<Hash> = all.iter().map(leaf).collect();
+        let expected = merkle::root_at(&MemoryNodes::from_leaves(&leaves), 8).expect("root");
+        assert_eq!(sidecar.tree().expect("tree").root, expected);
+        assert_eq!(cli.tree().expect("tree").root, expected);
+        let mut check = LogCheck::new(Vec::new());
+        let report = check.finish(&sidecar).expect("verifies");
+        assert!(report.ok(), "{report:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn prune_keeps_the_tree_and_records_itself() {
+        use crate::log::pruned::{PruneClaim, PRUNED_ACTION};
+        let (dir, db) = temp_db("prune");
+        let store = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
+        let now = chrono::Utc::now();
+        let mut batch: Vec<AuditEntry> = (0..10)
+            .map(|index| {
+                let mut entry =
+                    AuditEntry::new("t", if index % 2 == 0 { "auth.x" } else { "user.x" });
+                entry.created_at = now - chrono::Duration::days(100 - index);
+                entry
+            })
+            .collect();
+        store.append(&mut batch).expect("appends");
+        let before = store.tree().expect("tree");
+        // auth.* older than 93 days: entries 1, 3, 5, 7 (created 100, 98, 96, 94 days ago).
+        let plan = PrunePlan {
+            default_cutoff: None,
+            rules: vec![("auth.".into(), now - chrono::Duration::days(93))],
+        };
+        let record = crate::store::retention::prune_record(
+            "t",
+            &plan,
+            &crate::store::retention::PrunedBy::Retention,
+        );
+        let outcome = store
+            .prune(&plan, record, 3)
+            .expect("prunes")
+            .expect("something");
+        assert_eq!(
+            (outcome.first_seq, outcome.last_seq, outcome.count),
+            (1, 5, 3)
+        );
+        assert_eq!(outcome.record_seq, 11);
+        let outcome = store
+            .prune(
+                &plan,
+                crate::store::retention::prune_record(
+                    "t",
+                    &plan,
+                    &crate::store::retention::PrunedBy::Retention,
+                ),
+                100,
+            )
+            .expect("prunes")
+            .expect("the rest");
+        assert_eq!(
+            (outcome.first_seq, outcome.count, outcome.record_seq),
+            (7, 1, 12)
+        );
+        assert!(store
+            .prune(
+                &plan,
+                crate::store::retention::prune_record(
+                    "t",
+                    &plan,
+                    &crate::store::retention::PrunedBy::Retention
+                ),
+                100
+            )
+            .expect("runs")
+            .is_none());
+        assert_eq!(store.size().expect("size"), 12);
+        assert!(store.get("1").expect("get").is_none());
+        assert_eq!(store.pruned_record(3).expect("mark"), Some(11));
+        assert_eq!(store.pruned_record(2).expect("mark"), None);
+        assert_eq!(store.leaf_hash(1).expect("leaf"), Some(leaf(&batch[0])));
+        assert_eq!(store.root_at(10).expect("root"), before.root);
+        let record = store.get("11").expect("get").expect("record");
+        assert_eq!(record.action, PRUNED_ACTION);
+        assert_eq!(
+            PruneClaim::from_entry(&record).expect("claim"),
+            PruneClaim::for_seqs(&[1, 3, 5]).expect("claim")
+        );
+        assert_eq!(store.pruned_by(12).expect("marks"), vec![7]);
+        let report = LogCheck::new(Vec::new()).finish(&store).expect("verifies");
+        assert!(report.ok(), "{report:?}");
+        assert_eq!((report.entries, report.pruned, report.size), (8, 4, 12));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_version_1_file_gets_its_tree_when_migrated() {
+        let (dir, db) = temp_db("migrate");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut entries: Vec<AuditEntry> = (1..=5)
+            .map(|seq| AuditEntry::new("t", format!("old.{seq}")))
+            .collect();
+        {
+            // Rows as a version 1 store wrote them: the same entries table, no tree tables.
+            let connection = Connection::open(&db).expect("open");
+            connection.execute_batch(MIGRATIONS[0]).expect("v1");
+            connection.execute_batch(MIGRATIONS[1]).expect("v2");
+            let mut frontier = Frontier::new();
+            self::log::insert_entries(&connection, &mut frontier, &mut entries).expect("rows");
+            connection
+                .execute_batch(
+                    "DROP TABLE tree_nodes; DROP TABLE tree_heads; DROP TABLE pruned_entries;",
+                )
+                .expect("back to v1");
+            connection
+                .pragma_update(None, "user_version", 1)
+                .expect("version");
+        }
+        let store = SqliteStore::open(&db, SyncMode::Normal).expect("migrates");
+        let leaves: Vec<Hash> = entries.iter().map(leaf).collect();
+        assert_eq!(
+            store.tree().expect("tree").root,
+            merkle::root_at(&MemoryNodes::from_leaves(&leaves), 5).expect("root")
+        );
+        let mut batch = vec![AuditEntry::new("t", "new")];
+        store.append(&mut batch).expect("appends");
+        assert_eq!(batch[0].seq, 6);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn rows_added_behind_its_back_stop_appends_but_not_reads() {
+        let (dir, db) = temp_db("foreign");
+        {
+            let store = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
+            let mut batch = vec![AuditEntry::new("t", "a")];
+            store.append(&mut batch).expect("appends");
+        }
+        {
+            let connection = Connection::open(&db).expect("open");
+            connection
+                .execute(
+                    "INSERT INTO entries (seq, id, log_id, created_at, action, outcome) \
+                     VALUES (2, 'X', 't', '2026-01-01T00:00:00.000000Z', 'forged', 'success')",
+                    [],
+                )
+                .expect("insert");
+        }
+        let store = SqliteStore::open(&db, SyncMode::Normal).expect("still opens");
+        let error = store.tree().expect_err("cannot extend");
+        assert!(
+            error.to_string().contains("not in the Merkle tree"),
+            "{error}"
+        );
+        assert!(store.append(&mut [AuditEntry::new("t", "b")]).is_err());
+        assert!(store.check_writable().is_err());
+        assert!(store.get("2").expect("reads").is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

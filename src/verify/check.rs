@@ -1,0 +1,678 @@
+//! Verification: recompute the log from what is stored and compare it with what was signed.
+//!
+//! [`LogCheck`] walks the log position by position, in pages read through a [`LogReader`], and
+//! checks, for every position:
+//! - the entry's canonical form hashes to the stored leaf (an edited, moved or swapped row does
+//!   not), or the position is marked as pruned by an `audit.pruned` entry whose claim (range,
+//!   count and digest of the pruned positions) matches the marks exactly; a position with neither
+//!   a matching entry nor a valid mark is reported as deleted;
+//! - every stored tree node the leaf completes equals the hash recomputed from the leaves below
+//!   it (so a proof served from the stored nodes is a proof of the leaves);
+//! - every signed head whose size is reached has the root recomputed from the leaves, and (given
+//!   keys) a valid signature; heads are also checked for rollback (a later head never has a
+//!   smaller size) and for covering more entries than the log holds (a cut or restored log).
+//!
+//! Recomputing each head's root from the same leaves is stronger than checking consistency
+//! proofs between consecutive heads: two heads whose roots are both roots of prefixes of one leaf
+//! sequence are consistent by construction, and any head that is not is named.
+//!
+//! The walk keeps O(log n) hashes plus a list of runs of unconfirmed positions (pruned or
+//! damaged), so a million entries verify in bounded memory; and it can stop and resume, which is
+//! how `GET /api/v1/verify` checks only what was appended since its last call.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::log::head::{LogVerifier, SignedTreeHead};
+use crate::log::merkle::{leaf_hash, to_hex, Frontier, NodeReader};
+use crate::log::pruned::{PruneClaim, PRUNED_ACTION};
+use crate::store::{LogReader, LogSlot, StoreError};
+
+/// Positions read per page.
+const PAGE: usize = 4096;
+/// Problems kept in a report; more are counted but not listed.
+const MAX_PROBLEMS: usize = 100;
+/// Positions with a problem remembered to explain a later mismatching root; the first ones are
+/// what matter, so a log changed everywhere does not grow this without bound.
+const MAX_BAD_POSITIONS: usize = 10_000;
+
+/// Where a head came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadOrigin {
+    /// The store's table of heads, by id.
+    Store(u64),
+    /// A published heads file, by line number.
+    File(u64),
+    /// The head line of an export.
+    Export,
+}
+
+/// A signed head to check, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadToCheck {
+    pub head: SignedTreeHead,
+    pub origin: HeadOrigin,
+}
+
+impl HeadToCheck {
+    fn describe(&self) -> String {
+        let place = match &self.origin {
+            HeadOrigin::Store(id) => format!("stored head #{id}"),
+            HeadOrigin::File(line) => format!("heads file line {line}"),
+            HeadOrigin::Export => "the export's head".to_string(),
+        };
+        format!(
+            "{place} (size {}, {})",
+            self.head.head.size,
+            self.head
+                .head
+                .timestamp
+                .to_rfc3339_opts(SecondsFormat::Millis, true)
+        )
+    }
+}
+
+/// One thing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The first entry the problem concerns, when it concerns entries.
+    pub seq: Option<u64>,
+    pub message: String,
+}
+
+/// What a verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Positions checked: the size of the log (tree or entries, whichever is longer).
+    pub size: u64,
+    /// Entries whose content matched their leaf.
+    pub entries: u64,
+    /// Positions accepted as pruned.
+    pub pruned: u64,
+    /// Signed heads whose root was checked.
+    pub heads: u64,
+    /// Whether head signatures were checked (only with a public key).
+    pub signatures_checked: bool,
+    /// The most problematic first: lowest sequence number first, then problems with none.
+    pub problems: Vec<Problem>,
+    /// Problems found, including any not listed.
+    pub problem_count: u64,
+    pub checked_at: DateTime<Utc>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problem_count == 0
+    }
+
+    /// The lowest sequence number any problem names.
+    pub fn first_bad_seq(&self) -> Option<u64> {
+        self.problems.iter().filter_map(|problem| problem.seq).min()
+    }
+
+    /// The problem to show first: the one at the first bad sequence number, else the first.
+    pub fn first_problem(&self) -> Option<&Problem> {
+        self.problems.first()
+    }
+}
+
+/// Runs of positions, appended in increasing order, that no entry confirmed (pruned, missing,
+/// changed): the suspects when a node or a root covering them does not match.
+#[derive(Debug, Clone, Default)]
+struct Runs(Vec<(u64, u64)>);
+
+impl Runs {
+    fn push(&mut self, seq: u64) {
+        match self.0.last_mut() {
+            Some((_, end)) if *end + 1 == seq => *end = seq,
+            _ => self.0.push((seq, seq)),
+        }
+    }
+
+    /// The first position in `first..=last`.
+    fn first_in(&self, first: u64, last: u64) -> Option<u64> {
+        let index = self.0.partition_point(|(_, end)| *end < first);
+        let (start, _) = *self.0.get(index)?;
+        let seq = start.max(first);
+        (seq <= last).then_some(seq)
+    }
+}
+
+/// The resumable state of one verification.
+#[derive(Debug, Clone)]
+pub struct LogCheck {
+    keys: Vec<LogVerifier>,
+    /// The tree rebuilt from the stored leaves checked so far.
+    frontier: Frontier,
+    /// Heads whose size is not reached yet, by size.
+    pending_heads: BTreeMap<u64, Vec<HeadToCheck>>,
+    /// The largest size among heads seen, and the head it came from (rollback check).
+    largest_head: Option<(u64, DateTime<Utc>)>,
+    /// The size of the last head whose root matched.
+    last_good_head: u64,
+    /// Prune records referenced by marks already passed: record seq -> first marked position.
+    pending_records: BTreeMap<u64, u64>,
+    unconfirmed: Runs,
+    /// Positions a problem was reported at: the first suspects when a root does not match.
+    bad: BTreeSet<u64>,
+    entries: u64,
+    pruned: u64,
+    heads: u64,
+    problems: Vec<Problem>,
+    problem_count: u64,
+    /// Messages already reported, so a resumed check does not repeat itself.
+    reported: HashSet<String>,
+    /// Set when the walk met a whole page of empty positions: the log's end was pushed far out
+    /// by a stray row, and walking on would take forever for nothing.
+    halted: bool,
+}
+
+impl LogCheck {
+    /// A check from the start of the log. With no `keys`, signatures are not checked (roots
+    /// still are).
+    pub fn new(keys: Vec<LogVerifier>) -> LogCheck {
+        LogCheck {
+            keys,
+            frontier: Frontier::new(),
+            pending_heads: BTreeMap::new(),
+            largest_head: None,
+            last_good_head: 0,
+            pending_records: BTreeMap::new(),
+            unconfirmed: Runs::default(),
+            bad: BTreeSet::new(),
+            entries: 0,
+            pruned: 0,
+            heads: 0,
+            problems: Vec::new(),
+            problem_count: 0,
+            reported: HashSet::new(),
+            halted: false,
+        }
+    }
+
+    /// Positions checked so far.
+    pub fn position(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    fn problem(&mut self, seq: Option<u64>, message: String) {
+        if !self.reported.insert(message.clone()) {
+            return;
+        }
+        if let Some(seq) = seq {
+            if self.bad.len() < MAX_BAD_POSITIONS {
+                self.bad.insert(seq);
+            }
+        }
+        self.problem_count += 1;
+        self.problems.push(Problem { seq, message });
+        // Lowest sequence number first; problems about no entry after those about entries.
+        self.problems
+            .sort_by_key(|problem| (problem.seq.is_none(), problem.seq));
+        self.problems.truncate(MAX_PROBLEMS);
+    }
+
+    /// Adds heads to check: signatures now, roots when the walk reaches their size (or now,
+    /// from the stored nodes already checked, for a size already passed).
+    pub fn add_heads<R: LogReader + ?Sized>(
+        &mut self,
+        reader: &R,
+        mut heads: Vec<HeadToCheck>,
+    ) -> Result<(), StoreError> {
+        heads.sort_by_key(|head| (head.head.head.timestamp, head.head.head.size));
+        for head in heads {
+            self.check_signature(&head);
+            let size = head.head.head.size;
+            let timestamp = head.head.head.timestamp;
+            if let Some((largest, at)) = self.largest_head {
+                if size < largest && timestamp >= at {
+                    self.problem(
+                        Some(size.saturating_add(1)),
+                        format!(
+                            "{} is smaller than the head of size {largest} signed before it: \
+                             the log was rolled back",
+                            head.describe()
+                        ),
+                    );
+                }
+            }
+            if self.largest_head.is_none_or(|(largest, _)| size > largest) {
+                self.largest_head = Some((size, timestamp));
+            }
+            if size <= self.position() {
+                let root = reader.root_at(size)?;
+                self.check_root(&head, &root);
+            } else {
+                self.pending_heads.entry(size).or_default().push(head);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_signature(&mut self, head: &HeadToCheck) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let mut last_error = None;
+        for key in &self.keys {
+            match key.verify(&head.head) {
+                Ok(()) => return,
+                Err(error) => last_error = Some(error),
+            }
+        }
+        let reason = last_error
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        self.problem(
+            None,
+            format!(
+                "{} is not validly signed: {reason} (forged or altered)",
+                head.describe()
+            ),
+        );
+    }
+
+    fn check_root(&mut self, head: &HeadToCheck, root: &[u8; 32]) {
+        self.heads += 1;
+        let size = head.head.head.size;
+        if *root == head.head.head.root_hash {
+            self.last_good_head = self.last_good_head.max(size);
+            return;
+        }
+        // Somewhere after the last head that matched: a position already found bad explains it
+        // best, then the first position no entry confirmed, else the first after that head.
+        let from = self.last_good_head.min(size) + 1;
+        let suspect = self
+            .bad
+            .range(from..=size)
+            .next()
+            .copied()
+            .or_else(|| self.unconfirmed.first_in(from, size))
+            .unwrap_or(from);
+        self.problem(
+            Some(suspect),
+            format!(
+                "{} does not match the log: the root of the first {size} entries is {}, the \
+                 head says {} (entries {from}..={size} were changed, or the head was)",
+                head.describe(),
+                to_hex(root),
+                to_hex(&head.head.head.root_hash)
+            ),
+        );
+    }
+
+    /// Walks the log up to position `until` (or its end, if sooner).
+    pub fn advance<R: LogReader + ?Sized>(
+        &mut self,
+        reader: &R,
+        until: u64,
+    ) -> Result<(), StoreError> {
+        while self.position() < until && !self.halted {
+            let want = (until - self.position()).min(PAGE as u64) as usize;
+            let page = reader.scan_log(self.position() + 1, want)?;
+            if page.slots.is_empty() {
+                break;
+            }
+            let empty = |slot: &LogSlot| {
+                slot.leaf.is_none() && slot.entry.is_none() && slot.pruned_by.is_none()
+            };
+            if page.slots.len() == PAGE && page.slots.iter().all(empty) {
+                let first = self.position() + 1;
+                self.problem(
+                    Some(first),
+                    format!(
+                        "positions {first}..={until} are empty: a row or tree node far beyond \
+                         the log was inserted (the walk stops here)"
+                    ),
+                );
+                self.halted = true;
+                break;
+            }
+            for slot in page.slots {
+                if slot.seq != self.position() + 1 {
+                    return Err(StoreError::Other(format!(
+                        "the store returned position {} where {} was expected",
+                        slot.seq,
+                        self.position() + 1
+                    )));
+                }
+                self.check_slot(reader, slot, &page.nodes)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_slot<R: LogReader + ?Sized>(
+        &mut self,
+        reader: &R,
+        slot: LogSlot,
+        nodes: &impl NodeReader,
+    ) -> Result<(), StoreError> {
+        let seq = slot.seq;
+        let recomputed = match &slot.entry {
+            Some(Ok(entry)) => Some(leaf_hash(&entry.canonical_bytes())),
+            _ => None,
+        };
+        let leaf = match (slot.leaf, recomputed) {
+            (Some(stored), _) => stored,
+            (None, Some(recomputed)) => {
+                self.problem(
+                    Some(seq),
+                    format!(
+                        "entry {seq} is not in the Merkle tree: it was added outside auditgate, \
+                         or the tree was cut short"
+                    ),
+                );
+                recomputed
+            }
+            (None, None) => {
+                self.problem(
+                    Some(seq),
+                    format!("position {seq} has neither an entry nor a leaf hash"),
+                );
+                [0; 32]
+            }
+        };
+        let confirmed = match (&slot.entry, slot.pruned_by) {
+            (Some(Ok(entry)), pruned_by) => {
+                let matches = recomputed == Some(leaf);
+                if !matches && slot.leaf.is_some() {
+                    self.problem(
+                        Some(seq),
+                        format!(
+                            "entry {seq} was changed: its content no longer hashes to its leaf \
+                             (an edited field, or rows moved or swapped)"
+                        ),
+                    );
+                }
+                if pruned_by.is_some() {
+                    self.problem(
+                        Some(seq),
+                        format!("entry {seq} is marked as pruned but its row is present"),
+                    );
+                }
+                if matches && entry.action == PRUNED_ACTION {
+                    self.check_prune_record(reader, seq, entry)?;
+                } else if let Some(first_marked) = self.pending_records.remove(&seq) {
+                    self.problem(
+                        Some(first_marked),
+                        format!(
+                            "entry {first_marked} is marked as pruned by entry {seq}, which is \
+                             not a prune record"
+                        ),
+                    );
+                }
+                if matches {
+                    self.entries += 1;
+                }
+                matches && pruned_by.is_none()
+            }
+            (Some(Err(reason)), _) => {
+                self.problem(
+                    Some(seq),
+                    format!("entry {seq} cannot be read ({reason}): the row was changed"),
+                );
+                false
+            }
+            (None, Some(record)) => {
+                if record <= seq {
+                    self.problem(
+                        Some(seq),
+                        format!(
+                            "entry {seq} is marked as pruned by entry {record}, which comes \
+                             before it"
+                        ),
+                    );
+                } else {
+                    self.pending_records.entry(record).or_insert(seq);
+                }
+                self.pruned += 1;
+                false
+            }
+            (None, None) => {
+                // A position without a leaf was reported above already.
+                if slot.leaf.is_some() {
+                    self.problem(
+                        Some(seq),
+                        format!("entry {seq} is missing: its row was deleted"),
+                    );
+                }
+                false
+            }
+        };
+        if !confirmed {
+            self.unconfirmed.push(seq);
+        }
+
+        let completed = self.frontier.append(leaf);
+        for (level, index, hash) in completed.into_iter().skip(1) {
+            let first = (index << level) + 1;
+            let last = (index + 1) << level;
+            let problem = match nodes.node(level, index) {
+                Ok(stored) if stored == hash => None,
+                Ok(_) => Some("does not match the hashes below it"),
+                Err(_) => Some("is missing"),
+            };
+            if let Some(what) = problem {
+                let suspect = self
+                    .bad
+                    .range(first..=last)
+                    .next()
+                    .copied()
+                    .or_else(|| self.unconfirmed.first_in(first, last))
+                    .unwrap_or(first);
+                self.problem(
+                    Some(suspect),
+                    format!(
+                        "the tree node over entries {first}..={last} (level {level}) {what}: a \
+                         stored hash was changed"
+                    ),
+                );
+            }
+        }
+
+        let size = self.position();
+        if let Some(heads) = self.pending_heads.remove(&size) {
+            let root = self.frontier.root();
+            for head in heads {
+                self.check_root(&head, &root);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_prune_record<R: LogReader + ?Sized>(
+        &mut self,
+        reader: &R,
+        seq: u64,
+        entry: &crate::entry::AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.pending_records.remove(&seq);
+        let marked = reader.pruned_by(seq)?;
+        match PruneClaim::from_entry(entry) {
+            Ok(claim) if claim.matches(&marked) => {}
+            Ok(claim) => {
+                // A mark outside the claimed range is the likeliest forgery; inside it, the
+                // digest cannot say which one.
+                let suspect = marked
+                    .iter()
+                    .copied()
+                    .find(|marked| *marked < claim.first_seq || *marked > claim.last_seq)
+                    .or_else(|| marked.first().copied())
+                    .unwrap_or(claim.first_seq)
+                    .min(seq);
+                self.problem(
+                    Some(suspect),
+                    format!(
+                        "prune record {seq} pruned {} entries in {}..={}, but {} positions are \
+                         marked as pruned by it: rows were deleted and passed off as pruned, or \
+                         marks were changed",
+                        claim.count,
+                        claim.first_seq,
+                        claim.last_seq,
+                        marked.len()
+                    ),
+                );
+            }
+            Err(reason) => self.problem(
+                Some(seq),
+                format!("prune record {seq} is malformed: {reason}"),
+            ),
+        }
+        Ok(())
+    }
+
+    /// Walks to the end of the log and reports. Heads beyond the end, and marks naming prune
+    /// records that do not exist, are reported here: only at the end is it certain that the log
+    /// will not reach them.
+    pub fn finish<R: LogReader + ?Sized>(
+        &mut self,
+        reader: &R,
+    ) -> Result<VerifyReport, StoreError> {
+        let end = reader.tree_size()?.max(reader.max_entry_seq()?);
+        self.advance(reader, end)?;
+        self.report_beyond_end();
+        Ok(self.report())
+    }
+
+    fn report_beyond_end(&mut self) {
+        let size = self.position();
+        let beyond: Vec<HeadToCheck> = self
+            .pending_heads
+            .range(size + 1..)
+            .flat_map(|(_, heads)| heads.iter().cloned())
+            .collect();
+        for head in beyond {
+            self.problem(
+                Some(size + 1),
+                format!(
+                    "{} covers {} entries but the log has only {size}: entries {}..={} were \
+                     removed, or the database was restored from an older copy",
+                    head.describe(),
+                    head.head.head.size,
+                    size + 1,
+                    head.head.head.size
+                ),
+            );
+        }
+        let records: Vec<(u64, u64)> = self
+            .pending_records
+            .range(size + 1..)
+            .map(|(record, first)| (*record, *first))
+            .collect();
+        for (record, first) in records {
+            self.problem(
+                Some(first),
+                format!(
+                    "entry {first} is marked as pruned by entry {record}, which does not exist"
+                ),
+            );
+        }
+    }
+
+    /// The report as of now. A resumed check (the admin API's) reports this after each
+    /// advance; heads and prune records it has not reached yet are still pending, not wrong.
+    pub fn report(&self) -> VerifyReport {
+        VerifyReport {
+            size: self.position(),
+            entries: self.entries,
+            pruned: self.pruned,
+            heads: self.heads,
+            signatures_checked: !self.keys.is_empty(),
+            problems: self.problems.clone(),
+            problem_count: self.problem_count,
+            checked_at: Utc::now(),
+        }
+    }
+}
+
+/// Checks heads against a list of heads that should contain them all: every stored head must
+/// be in the published file, since each head is written to the file before it is stored. One
+/// that is not means the file lost lines (truncated), or publishing to it failed.
+pub fn missing_from_published(stored: &[HeadToCheck], published: &[HeadToCheck]) -> Vec<Problem> {
+    let key = |head: &HeadToCheck| (head.head.head.signing_bytes(), head.head.signature);
+    let published: HashSet<(Vec<u8>, [u8; 64])> = published.iter().map(key).collect();
+    stored
+        .iter()
+        .filter(|head| !published.contains(&key(head)))
+        .map(|head| Problem {
+            seq: None,
+            message: format!(
+                "{} is not in the heads file: the file was truncated or edited (or publishing \
+                 to it failed)",
+                head.describe()
+            ),
+        })
+        .collect()
+}
+
+/// Checks that the log still contains the newest heads it published (`latest`: the heads of the
+/// largest size in a heads file, from `place`). A log smaller than such a head, or whose tree at
+/// that size has another root, is not the log that was published: a database restored from an
+/// older copy, or replaced. Signing on from it would publish a second head for a size already
+/// published, with another root (a fork), so the sidecar refuses to start on it. Costs one root
+/// computation (O(log n) node reads) per head.
+pub fn behind_published<R: LogReader + ?Sized>(
+    reader: &R,
+    latest: &[HeadToCheck],
+    place: &str,
+) -> Result<Vec<Problem>, StoreError> {
+    let size = reader.tree_size()?;
+    let mut problems = Vec::new();
+    for head in latest {
+        let published = head.head.head.size;
+        if published > size {
+            problems.push(Problem {
+                seq: Some(size + 1),
+                message: format!(
+                    "{place}: {} was published, but the store holds only {size} entries: the \
+                     store was rolled back (restored from an older copy); entries {}..={published} \
+                     are missing",
+                    head.describe(),
+                    size + 1,
+                ),
+            });
+        } else if reader.root_at(published)? != head.head.head.root_hash {
+            problems.push(Problem {
+                seq: None,
+                message: format!(
+                    "{place}: {} was published, but the store's {size} entries give another \
+                     root at size {published}: the store is not the log that was published \
+                     (rolled back to another copy, or forked)",
+                    head.describe(),
+                ),
+            });
+        }
+    }
+    Ok(problems)
+}
+
+impl LogCheck {
+    /// Records problems found outside the walk (heads file checks).
+    pub fn add_problems(&mut self, problems: Vec<Problem>) {
+        for problem in problems {
+            self.problem(problem.seq, problem.message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_find_the_first_position_in_a_range() {
+        let mut runs = Runs::default();
+        for seq in [3, 4, 5, 9, 12, 13] {
+            runs.push(seq);
+        }
+        assert_eq!(runs.0, vec![(3, 5), (9, 9), (12, 13)]);
+        assert_eq!(runs.first_in(1, 2), None);
+        assert_eq!(runs.first_in(1, 3), Some(3));
+        assert_eq!(runs.first_in(4, 20), Some(4));
+        assert_eq!(runs.first_in(6, 8), None);
+        assert_eq!(runs.first_in(6, 10), Some(9));
+        assert_eq!(runs.first_in(14, 99), None);
+    }
+}
