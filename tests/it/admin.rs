@@ -797,22 +797,6 @@ async fn start_admin_sidecar() -> (Upstream, TestSidecar) {
     (upstream, sidecar)
 }
 
-/// Waits (bounded) until the store holds an entry satisfying `wanted`.
-async fn wait_for_entry(sidecar: &TestSidecar, wanted: impl Fn(&AuditEntry) -> bool) -> AuditEntry {
-    for _ in 0..500 {
-        if let Some(entry) = sidecar
-            .entries()
-            .await
-            .into_iter()
-            .find(|entry| wanted(entry))
-        {
-            return entry;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no such entry in {:#?}", sidecar.entries().await);
-}
-
 #[tokio::test]
 async fn bearer_tokens_and_scopes_guard_the_admin_listener_only() {
     let (upstream, mut sidecar) = start_admin_sidecar().await;
@@ -889,15 +873,16 @@ async fn bearer_tokens_and_scopes_guard_the_admin_listener_only() {
     // The refusal of an authenticated caller is on record, and so is every presented
     // credential nobody holds (the wrong token, a Basic header); requests with no credential
     // at all are not.
-    let denied = wait_for_entry(&sidecar, |entry| {
-        entry.action == "audit.denied" && entry.actor_id.is_some()
-    })
-    .await;
+    let denied = sidecar
+        .wait_entry(|entry| entry.action == "audit.denied" && entry.actor_id.is_some())
+        .await;
     assert_eq!(denied.actor_id.as_deref(), Some("reader"));
     assert_eq!(denied.status, Some(403));
     assert_eq!(denied.metadata["scope"], "export");
     assert_eq!(denied.ip.as_deref(), Some("127.0.0.1"));
-    let query = wait_for_entry(&sidecar, |entry| entry.action == "audit.query").await;
+    let query = sidecar
+        .wait_entry(|entry| entry.action == "audit.query")
+        .await;
     assert_eq!(query.actor_id.as_deref(), Some("reader"));
     assert_eq!(query.actor_source.as_deref(), Some("token"));
     assert!(query.actor_verified);
@@ -1105,10 +1090,14 @@ async fn viewer_sessions_sign_in_authenticate_and_refuse_cross_site_changes() {
         .as_str()
         .is_some_and(|error| error.contains("session")));
 
-    let login = wait_for_entry(&sidecar, |entry| entry.action == "audit.login").await;
+    let login = sidecar
+        .wait_entry(|entry| entry.action == "audit.login")
+        .await;
     assert_eq!(login.actor_id.as_deref(), Some("reader"));
     assert_eq!(login.metadata["auth"], "session");
-    let logout = wait_for_entry(&sidecar, |entry| entry.action == "audit.logout").await;
+    let logout = sidecar
+        .wait_entry(|entry| entry.action == "audit.logout")
+        .await;
     assert_eq!(logout.actor_id.as_deref(), Some("reader"));
     sidecar.stop().await;
 }
@@ -1248,7 +1237,9 @@ async fn auditgates_own_entries_can_be_left_out_of_listings_stats_and_exports() 
     let rows = csv.text().lines().count() - 1;
     assert_eq!(rows, 45, "{}", csv.text());
     assert!(!csv.text().contains("audit.query"));
-    let exported = wait_for_entry(&sidecar, |entry| entry.action == "audit.export").await;
+    let exported = sidecar
+        .wait_entry(|entry| entry.action == "audit.export")
+        .await;
     assert_eq!(
         exported.metadata["filters"]["exclude_action_prefix"],
         "audit."
@@ -1494,22 +1485,15 @@ async fn exports_stream_csv_json_and_ndjson_that_parse_back() {
     );
 
     // Each export is on record with its format, filters and row count.
-    let exports: Vec<AuditEntry> = {
-        let mut found = Vec::new();
-        for _ in 0..500 {
-            found = sidecar
-                .entries()
-                .await
-                .into_iter()
-                .filter(|entry| entry.action == "audit.export")
-                .collect();
-            if found.len() >= 4 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        found
-    };
+    let is_export = |entry: &AuditEntry| entry.action == "audit.export";
+    let exports: Vec<AuditEntry> = sidecar
+        .wait_until("four audit.export entries", |entries| {
+            entries.iter().filter(|entry| is_export(entry)).count() >= 4
+        })
+        .await
+        .into_iter()
+        .filter(is_export)
+        .collect();
     assert_eq!(exports.len(), 4);
     let csv_export = &exports[0];
     assert_eq!(csv_export.actor_id.as_deref(), Some("ops"));
@@ -1544,7 +1528,9 @@ async fn an_export_cut_short_by_the_client_is_recorded_as_incomplete() {
     assert!(String::from_utf8_lossy(&start[..read]).starts_with("HTTP/1.1 200"));
     drop(stream);
 
-    let cut = wait_for_entry(&sidecar, |entry| entry.action == "audit.export").await;
+    let cut = sidecar
+        .wait_entry(|entry| entry.action == "audit.export")
+        .await;
     assert_eq!(cut.metadata["complete"], false);
     assert_eq!(cut.outcome, Outcome::Error);
     assert!(cut.error.is_some());
@@ -1621,10 +1607,12 @@ async fn the_reference_endpoint_answers_like_the_reference() {
     let everything = page("").await;
     assert!(everything["total"].as_u64().expect("total") >= 125);
     assert_eq!(page("?page=99&junk=x").await["logs"], json!([]));
-    let recorded = wait_for_entry(&sidecar, |entry| {
-        entry.path.as_deref() == Some("/api/audit-log") && entry.metadata["filters"]["page"] == 2
-    })
-    .await;
+    let recorded = sidecar
+        .wait_entry(|entry| {
+            entry.path.as_deref() == Some("/api/audit-log")
+                && entry.metadata["filters"]["page"] == 2
+        })
+        .await;
     assert_eq!(
         recorded.metadata["filters"],
         json!({"page": 2, "action": "user"})

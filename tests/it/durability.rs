@@ -272,11 +272,16 @@ async fn entries_the_store_refuses_are_spilled_and_reimported_at_start() {
         );
     }
     let spill = dir.0.join("audit.db.spill.ndjson");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sidecar.writer().stats().entries_spilled.get() < 5 {
-        assert!(Instant::now() < deadline, "entries were not spilled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        eventually(Duration::from_secs(20), async || sidecar
+            .writer()
+            .stats()
+            .entries_spilled
+            .get()
+            >= 5)
+        .await,
+        "entries were not spilled"
+    );
     assert!(spill.exists());
     let writer = sidecar.writer();
     sidecar.shutdown().await;
@@ -629,9 +634,11 @@ async fn sigterm_finishes_in_flight_requests_and_writes_every_entry() {
             })
         })
         .collect();
-    while upstream.count() < 5 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    assert!(
+        eventually(Duration::from_secs(10), async || upstream.count() >= 5).await,
+        "the app saw {} of the five requests",
+        upstream.count()
+    );
     process.signal("TERM");
     for request in in_flight {
         assert_eq!(
@@ -664,35 +671,29 @@ async fn sighup_reloads_rules_and_keeps_the_old_ones_on_error() {
         .replace("first.rule", "second.rule");
     std::fs::write(&config, text).expect("write");
     process.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        client.get(&format!("http://{proxy}/a")).await;
-        let metrics = client
-            .get(&format!("http://{}/metrics", process.admin))
-            .await
-            .text();
-        let written = metrics
-            .lines()
-            .find_map(|line| line.strip_prefix("auditgate_entries_written_total "))
-            .and_then(|value| value.parse::<u64>().ok())
-            .unwrap_or(0);
-        let actions: Vec<String> = if written > 0 {
-            read_entries(&dir.0.join("audit.db"))
-                .into_iter()
-                .map(|entry| entry.action)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if actions.iter().any(|action| action == "second.rule") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "reload never took effect: {actions:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut actions: Vec<String> = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            client.get(&format!("http://{proxy}/a")).await;
+            let metrics = client
+                .get(&format!("http://{}/metrics", process.admin))
+                .await
+                .text();
+            // The database is read only once the writer has stored something in it.
+            let written = metric_count(&metrics, "auditgate_entries_written_total").unwrap_or(0);
+            actions = if written > 0 {
+                read_entries(&dir.0.join("audit.db"))
+                    .into_iter()
+                    .map(|entry| entry.action)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            actions.iter().any(|action| action == "second.rule")
+        })
+        .await,
+        "reload never took effect: {actions:?}"
+    );
 
     // An invalid file is refused; the running rules stay. The file would change the rule's
     // action too, so a reload that took any part of it shows in the next entry.
@@ -785,7 +786,11 @@ async fn a_client_leaving_mid_upload_is_recorded() {
         )
         .await
         .expect("write");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The client leaves once the request is under way: the app has its head, the body is short.
+    assert!(
+        eventually(Duration::from_secs(10), async || upstream.count() == 1).await,
+        "the upload never reached the app"
+    );
     drop(stream);
     let entries = sidecar.wait_entries(1).await;
     assert_eq!(entries[0].action, "file.uploaded");

@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::support::{
-    config_text, eventually, https_identity, HttpClient, TempDir, TestSidecar, Upstream,
+    config_text, eventually, https_identity, metric_value, HttpClient, TempDir, TestSidecar,
+    Upstream,
 };
 use auditgate::entry::AuditEntry;
 
@@ -149,13 +150,11 @@ impl JwksServer {
 
     /// Waits (bounded) until the server has answered `count` fetches.
     async fn wait_fetches(&self, count: u64) {
-        for _ in 0..300 {
-            if self.fetches() >= count {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("expected {count} fetches, saw {}", self.fetches());
+        assert!(
+            eventually(Duration::from_secs(6), async || self.fetches() >= count).await,
+            "expected {count} fetches, saw {}",
+            self.fetches()
+        );
     }
 }
 
@@ -226,21 +225,21 @@ async fn keys_from_an_http_url_follow_a_rotation_and_explain_uses_them() {
         "{}",
         notes(&entry)
     );
-    let mut verified = false;
-    for attempt in 0..50 {
-        let entry = request(
-            &sidecar,
-            &token(&b, &b.kid, &format!("bob-{attempt}")),
-            &mut seen,
-        )
-        .await;
-        if entry.actor_verified {
-            verified = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(verified, "a token under key B verifies after the refetch");
+    let mut attempt = 0;
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            attempt += 1;
+            request(
+                &sidecar,
+                &token(&b, &b.kid, &format!("bob-{attempt}")),
+                &mut seen,
+            )
+            .await
+            .actor_verified
+        })
+        .await,
+        "a token under key B verifies after the refetch"
+    );
     assert_eq!(
         server.fetches(),
         2,
@@ -386,15 +385,6 @@ async fn a_storm_of_unknown_kids_refetches_at_most_once_per_interval() {
     assert!(entries.iter().all(|entry| !entry.actor_verified));
 }
 
-/// The value of the `/metrics` sample `series` (name and labels, as printed), if present.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        line.strip_prefix(series)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|value| value.trim().parse().ok())
-    })
-}
-
 #[tokio::test]
 async fn fetch_failures_and_the_age_of_the_keys_show_on_metrics_not_on_readyz() {
     let a = key("key-a");
@@ -421,12 +411,15 @@ async fn fetch_failures_and_the_age_of_the_keys_show_on_metrics_not_on_readyz() 
 
     let text = client.get(&admin("/metrics")).await.text();
     assert!(
-        sample(&text, &ok).is_some_and(|count| count >= 1.0),
+        metric_value(&text, &ok).is_some_and(|count| count >= 1.0),
         "{text}"
     );
-    assert_eq!(sample(&text, &failed), Some(0.0), "{text}");
-    assert_eq!(sample(&text, &loaded), Some(1.0), "{text}");
-    assert!(sample(&text, &age).is_some_and(|age| age < 5.0), "{text}");
+    assert_eq!(metric_value(&text, &failed), Some(0.0), "{text}");
+    assert_eq!(metric_value(&text, &loaded), Some(1.0), "{text}");
+    assert!(
+        metric_value(&text, &age).is_some_and(|age| age < 5.0),
+        "{text}"
+    );
 
     // The key server answers 503: every refresh fails, the keys in use grow old, and the
     // sidecar stays ready (tokens are recorded, unverified at worst, never refused).
@@ -437,25 +430,29 @@ async fn fetch_failures_and_the_age_of_the_keys_show_on_metrics_not_on_readyz() 
     assert!(
         eventually(Duration::from_secs(5), async || {
             failing = client.get(&admin("/metrics")).await.text();
-            sample(&failing, &failed).is_some_and(|count| count >= 3.0)
+            metric_value(&failing, &failed).is_some_and(|count| count >= 3.0)
         })
         .await,
         "{failing}"
     );
-    let ok_while_failing = sample(&failing, &ok).expect("ok count");
-    let age_while_failing = sample(&failing, &age).expect("age while failing");
+    let ok_while_failing = metric_value(&failing, &ok).expect("ok count");
+    let age_while_failing = metric_value(&failing, &age).expect("age while failing");
     assert!(age_while_failing >= 0.4, "{failing}");
-    assert_eq!(sample(&failing, &loaded), Some(1.0), "the old keys stay");
+    assert_eq!(
+        metric_value(&failing, &loaded),
+        Some(1.0),
+        "the old keys stay"
+    );
     let mut older = String::new();
     assert!(
         eventually(Duration::from_secs(5), async || {
             older = client.get(&admin("/metrics")).await.text();
-            sample(&older, &age).is_some_and(|age| age >= age_while_failing + 0.3)
+            metric_value(&older, &age).is_some_and(|age| age >= age_while_failing + 0.3)
         })
         .await,
         "the age grows while fetches fail: {older}"
     );
-    assert_eq!(sample(&older, &ok), Some(ok_while_failing), "{older}");
+    assert_eq!(metric_value(&older, &ok), Some(ok_while_failing), "{older}");
     let ready = client.get(&admin("/readyz")).await;
     assert_eq!(ready.status, 200, "{}", ready.text());
 
@@ -465,8 +462,8 @@ async fn fetch_failures_and_the_age_of_the_keys_show_on_metrics_not_on_readyz() 
     assert!(
         eventually(Duration::from_secs(5), async || {
             fresh = client.get(&admin("/metrics")).await.text();
-            sample(&fresh, &ok).is_some_and(|count| count > ok_while_failing)
-                && sample(&fresh, &age).is_some_and(|age| age < age_while_failing)
+            metric_value(&fresh, &ok).is_some_and(|count| count > ok_while_failing)
+                && metric_value(&fresh, &age).is_some_and(|age| age < age_while_failing)
         })
         .await,
         "{fresh}"

@@ -101,10 +101,9 @@ async fn json_logs_have_flat_fields_and_an_unknown_format_is_refused() {
             .map_while(Result::ok)
             .find(|line| line.contains("auditgate is serving"))
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !reader.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // A reader still running after the bound is ended by the kill below, and its answer says
+    // whether the line came.
+    eventually(Duration::from_secs(30), async || reader.is_finished()).await;
     let _ = child.kill();
     let _ = child.wait();
     let line = reader.join().expect("reader").expect("a serving line");

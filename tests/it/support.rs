@@ -396,18 +396,40 @@ impl TestSidecar {
     /// Waits for `count` entries (entries are finished when response bodies end, which may be a
     /// moment after the client saw the response).
     pub async fn wait_entries(&self, count: usize) -> Vec<AuditEntry> {
-        for _ in 0..500 {
-            let entries = self.entries().await;
-            if entries.len() >= count {
-                return entries;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let entries = self.entries().await;
-        panic!(
-            "expected {count} entries, have {}: {entries:#?}",
+        self.wait_until(&format!("{count} entries"), |entries| {
+            entries.len() >= count
+        })
+        .await
+    }
+
+    /// Waits (bounded: 10 s) for the first stored entry that satisfies `wanted`.
+    pub async fn wait_entry(&self, wanted: impl Fn(&AuditEntry) -> bool) -> AuditEntry {
+        self.wait_until("the entry", |entries| entries.iter().any(&wanted))
+            .await
+            .into_iter()
+            .find(|entry| wanted(entry))
+            .expect("an entry that was there a moment ago")
+    }
+
+    /// Waits (bounded: 10 s) until the stored entries satisfy `done`, and returns them; fails
+    /// the test, naming `what` it waited for, when they never do.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        done: impl Fn(&[AuditEntry]) -> bool,
+    ) -> Vec<AuditEntry> {
+        let mut entries = Vec::new();
+        let arrived = eventually(Duration::from_secs(10), async || {
+            entries = self.entries().await;
+            done(&entries)
+        })
+        .await;
+        assert!(
+            arrived,
+            "waited for {what}, have {} entries: {entries:#?}",
             entries.len()
         );
+        entries
     }
 
     pub async fn stop(&mut self) {
@@ -674,6 +696,18 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     check().await
+}
+
+/// [`eventually`] for code that cannot await: plain `#[test]`s and `Drop`.
+pub fn eventually_blocking(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check()
 }
 
 /// A CA and a certificate for 127.0.0.1 it signed, made with the openssl CLI: (CA PEM path, TLS

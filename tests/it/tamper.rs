@@ -544,14 +544,14 @@ fn read_heads(path: &Path) -> Vec<SignedTreeHead> {
 
 /// Polls the heads file until `done` holds (bounded: 10 s).
 async fn wait_heads(path: &Path, done: impl Fn(&[SignedTreeHead]) -> bool) -> Vec<SignedTreeHead> {
-    for _ in 0..1000 {
-        let heads = read_heads(path);
-        if done(&heads) {
-            return heads;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("heads file never got there: {:#?}", read_heads(path));
+    let mut heads = Vec::new();
+    let arrived = support::eventually(Duration::from_secs(10), async || {
+        heads = read_heads(path);
+        done(&heads)
+    })
+    .await;
+    assert!(arrived, "heads file never got there: {heads:#?}");
+    heads
 }
 
 #[tokio::test]
@@ -1253,10 +1253,7 @@ async fn heads_are_posted_over_https_to_a_server_the_ca_file_trusts_and_no_other
     assert!(
         crate::support::eventually(Duration::from_secs(10), async || {
             metrics = client.get(&metrics_url).await.text();
-            metrics
-                .lines()
-                .find_map(|line| line.strip_prefix("auditgate_head_publish_failures_total "))
-                .and_then(|value| value.parse::<u64>().ok())
+            support::metric_count(&metrics, "auditgate_head_publish_failures_total")
                 .is_some_and(|failures| failures >= 2)
         })
         .await,
