@@ -7,7 +7,6 @@
 //! rest runs against a real sidecar over HTTP.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,20 +25,18 @@ use bytes::Bytes;
 use chrono::{DateTime, Duration as TimeDelta, SecondsFormat, Utc};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
-use ipnet::IpNet;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
-use crate::support::{read_entries, HttpClient, Reply, TempDir, TestSidecar, Upstream};
+use crate::support::{
+    filter_holds, filter_time, query_string, read_entries, sha256_hex, HttpClient, Reply, TempDir,
+    TestSidecar, Upstream,
+};
 
 const OPS: &str = "agt_test_ops_token";
 const READER: &str = "agt_test_reader_token";
 const EXPORTER: &str = "agt_test_exporter_token";
-
-fn sha256_hex(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
 
 /// The `[[admin.tokens]]` of every sidecar here: ops (read, export), reader, exporter.
 fn tokens_toml() -> String {
@@ -246,83 +243,6 @@ fn encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-fn query_string(params: &[(&str, String)]) -> String {
-    params
-        .iter()
-        .map(|(name, value)| format!("{name}={}", encode(value)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// An independent statement of what each filter means, to hold the store's SQL against.
-fn matches(entry: &AuditEntry, name: &str, value: &str, now: DateTime<Utc>) -> bool {
-    fn text(field: &Option<String>) -> Option<&str> {
-        field.as_deref()
-    }
-    let lower_contains = |field: Option<&str>, needle: &str| {
-        field.is_some_and(|field| {
-            field
-                .to_ascii_lowercase()
-                .contains(&needle.to_ascii_lowercase())
-        })
-    };
-    let time = |value: &str| bound_time(value, now);
-    match name {
-        "actor" => text(&entry.actor_id) == Some(value) || text(&entry.actor_email) == Some(value),
-        "action" => entry.action == value,
-        "action_prefix" => entry.action.starts_with(value),
-        "exclude_action_prefix" => !entry.action.starts_with(value),
-        "resource_type" => text(&entry.resource_type) == Some(value),
-        "resource_id" => text(&entry.resource_id) == Some(value),
-        "outcome" => entry.outcome.as_str() == value,
-        "status" => entry.status.is_some_and(|status| {
-            if let Some(class) = value.strip_suffix("xx") {
-                status / 100 == class.parse::<u16>().expect("class")
-            } else {
-                status == value.parse::<u16>().expect("status")
-            }
-        }),
-        "ip" => entry
-            .ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-            .is_some_and(|ip| match value.parse::<IpNet>() {
-                Ok(network) => network.contains(&ip),
-                Err(_) => value.parse::<IpAddr>().expect("address") == ip,
-            }),
-        "since" => entry.created_at >= time(value),
-        "until" => entry.created_at < time(value),
-        "q" => [
-            text(&entry.actor_id),
-            text(&entry.actor_email),
-            Some(entry.action.as_str()),
-            text(&entry.resource_type),
-            text(&entry.resource_id),
-            text(&entry.path),
-        ]
-        .into_iter()
-        .any(|field| lower_contains(field, value)),
-        other => panic!("no oracle for {other}"),
-    }
-}
-
-/// A `since`/`until` value as a time, in the forms the tests use.
-fn bound_time(value: &str, now: DateTime<Utc>) -> DateTime<Utc> {
-    if let Ok(time) = DateTime::parse_from_rfc3339(value) {
-        return time.with_timezone(&Utc);
-    }
-    if let Ok(date) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d") {
-        return date.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
-    }
-    let (amount, unit) = value.split_at(value.len() - 1);
-    let amount: i64 = amount.parse().expect("relative amount");
-    now - match unit {
-        "h" => TimeDelta::hours(amount),
-        "d" => TimeDelta::days(amount),
-        _ => panic!("unit {unit}"),
-    }
-}
-
 fn single_filters(now: DateTime<Utc>) -> Vec<Vec<(&'static str, String)>> {
     let date = (now - TimeDelta::days(10)).format("%Y-%m-%d").to_string();
     let offset_time = (now - TimeDelta::days(5))
@@ -379,7 +299,7 @@ async fn check_filter(harness: &Harness, params: &[(&str, String)]) -> usize {
         .filter(|entry| {
             params
                 .iter()
-                .all(|(name, value)| matches(entry, name, value, harness.now))
+                .all(|(name, value)| filter_holds(entry, name, value, harness.now))
         })
         .map(|entry| entry.seq)
         .collect();
@@ -424,7 +344,7 @@ async fn every_filter_alone_and_in_pairs_returns_exactly_the_matching_entries() 
                 params
                     .iter()
                     .find(|(param, _)| *param == name)
-                    .map(|(_, value)| bound_time(value, harness.now))
+                    .map(|(_, value)| filter_time(value, harness.now))
             };
             if let (Some(since), Some(until)) = (bound("since"), bound("until")) {
                 if since > until {

@@ -11,9 +11,9 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
-use crate::support::{config_text, HttpClient, TempDir, TestSidecar, Upstream};
+use crate::support::{config_text, sha256_hex, HttpClient, TempDir, TestSidecar, Upstream};
 use auditgate::config::Config;
 use auditgate::entry::AuditEntry;
 use auditgate::server::Sidecar;
@@ -900,8 +900,8 @@ path = \"/keyed\"
 action = \"keyed\"
 metadata = {{ header = \"request.header:x-api-key\", query = \"query:api_key\", page = \"query:page\" }}
 ",
-        hex::encode(Sha256::digest(known.as_bytes())),
-        hex::encode(Sha256::digest(partner.as_bytes())),
+        sha256_hex(known),
+        sha256_hex(partner),
     );
     let mut sidecar = TestSidecar::start(upstream.addr, &rest).await;
     let echo = get(&sidecar, "/keyed", &[("x-api-key", known)]).await;

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use auditgate::config::Config;
 use auditgate::server::Sidecar;
-use sha2::{Digest, Sha256};
 
 use crate::support::{
-    config_text, eventually, metric_value, read_all_entries, HttpClient, Process, TempDir,
-    TestSidecar, Upstream, TEST_TOKEN,
+    config_text, eventually, metric_value, read_all_entries, sha256_hex, HttpClient, Process,
+    TempDir, TestSidecar, Upstream, TEST_TOKEN,
 };
 
 #[cfg(unix)]
@@ -48,7 +47,7 @@ async fn the_database_and_its_wal_are_private_to_the_sidecar_user() {
 }
 
 fn sha256_of(path: &std::path::Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(path).expect("config")))
+    sha256_hex(std::fs::read(path).expect("config"))
 }
 
 /// A config file for the binary, in a fresh directory.
@@ -340,7 +339,7 @@ async fn a_reload_applies_tokens_redaction_and_stream_and_names_what_waits_for_a
 
     // The new file: the test token replaced, a redaction field dropped, a stream added, and the
     // app's address changed (which needs a restart).
-    let new_hash = hex::encode(Sha256::digest(new_token.as_bytes()));
+    let new_hash = sha256_hex(new_token);
     let text = std::fs::read_to_string(&config).expect("read");
     let stream_path = dir.0.join("stream.ndjson");
     let changed =

@@ -1203,3 +1203,185 @@ async fn express_answer(
         .body(full(json!({"handler": handler, "id": id}).to_string()))
         .expect("response")
 }
+
+/// The SHA-256 of `bytes` in lowercase hex, as `[[admin.tokens]]` and API keys name secrets and
+/// `/metrics` names the config file.
+pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes.as_ref()))
+}
+
+/// `pairs` as a URL query string, names and values form-encoded.
+pub fn query_string<V: AsRef<str>>(pairs: &[(&str, V)]) -> String {
+    let mut serializer = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        serializer.append_pair(name, value.as_ref());
+    }
+    serializer.finish()
+}
+
+/// What the entry filter `name=value` means, written out apart from the library (its parameter
+/// parsing and the stores' SQL): the one oracle that the admin API and both stores are held to.
+/// `name` is an admin query parameter (`actor`, `status`, `ip`, `since`, ...) or
+/// `action_contains`, the reference endpoint's case-insensitive `action`; `now` anchors the
+/// relative times (`7d`).
+pub fn filter_holds(
+    entry: &AuditEntry,
+    name: &str,
+    value: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    use std::net::IpAddr;
+    fn text(field: &Option<String>) -> Option<&str> {
+        field.as_deref()
+    }
+    let lower = value.to_ascii_lowercase();
+    let contains = |field: Option<&str>| {
+        field.is_some_and(|field| field.to_ascii_lowercase().contains(&lower))
+    };
+    match name {
+        "actor" => text(&entry.actor_id) == Some(value) || text(&entry.actor_email) == Some(value),
+        "action" => entry.action == value,
+        "action_prefix" => entry.action.starts_with(value),
+        "action_contains" => contains(Some(&entry.action)),
+        "exclude_action_prefix" => !entry.action.starts_with(value),
+        "resource_type" => text(&entry.resource_type) == Some(value),
+        "resource_id" => text(&entry.resource_id) == Some(value),
+        "outcome" => entry.outcome.as_str() == value,
+        "status" => entry
+            .status
+            .is_some_and(|status| match value.strip_suffix("xx") {
+                Some(class) => status / 100 == class.parse::<u16>().expect("a status class"),
+                None => status == value.parse::<u16>().expect("a status"),
+            }),
+        "ip" => entry
+            .ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .is_some_and(|address| match value.parse::<ipnet::IpNet>() {
+                Ok(network) => network_holds(network, address),
+                Err(_) => value.parse::<IpAddr>().expect("an address") == address,
+            }),
+        "since" => entry.created_at >= filter_time(value, now),
+        "until" => entry.created_at < filter_time(value, now),
+        "q" => [
+            text(&entry.actor_id),
+            text(&entry.actor_email),
+            Some(entry.action.as_str()),
+            text(&entry.resource_type),
+            text(&entry.resource_id),
+            text(&entry.path),
+        ]
+        .into_iter()
+        .any(contains),
+        "log_id" => entry.log_id == value,
+        other => panic!("no oracle for the filter {other}"),
+    }
+}
+
+/// Whether `entry` meets every condition `filter` sets, each held to [`filter_holds`].
+pub fn filter_matches(filter: &auditgate::store::query::Filter, entry: &AuditEntry) -> bool {
+    use auditgate::store::query::{Filter, IpFilter, StatusFilter};
+    use chrono::SecondsFormat;
+    // Every field by name, so a condition added to `Filter` fails to compile here until the
+    // oracle knows it.
+    let Filter {
+        actor,
+        action,
+        action_prefix,
+        action_contains,
+        exclude_action_prefixes,
+        resource_type,
+        resource_id,
+        outcome,
+        status,
+        ip,
+        since,
+        until,
+        q,
+        log_id,
+    } = filter;
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    for (name, value) in [
+        ("actor", actor),
+        ("action", action),
+        ("action_prefix", action_prefix),
+        ("action_contains", action_contains),
+        ("resource_type", resource_type),
+        ("resource_id", resource_id),
+        ("q", q),
+        ("log_id", log_id),
+    ] {
+        pairs.extend(value.iter().map(|value| (name, value.clone())));
+    }
+    pairs.extend(
+        exclude_action_prefixes
+            .iter()
+            .map(|prefix| ("exclude_action_prefix", prefix.clone())),
+    );
+    pairs.extend(outcome.map(|outcome| ("outcome", outcome.as_str().to_string())));
+    pairs.extend(status.map(|status| match status {
+        StatusFilter::Exact(code) => ("status", code.to_string()),
+        StatusFilter::Class(class) => ("status", format!("{class}xx")),
+    }));
+    pairs.extend(ip.map(|ip| match ip {
+        IpFilter::Exact(address) => ("ip", address.to_string()),
+        IpFilter::Network(network) => ("ip", network.to_string()),
+    }));
+    let time =
+        |time: &chrono::DateTime<chrono::Utc>| time.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    pairs.extend(since.iter().map(|since| ("since", time(since))));
+    pairs.extend(until.iter().map(|until| ("until", time(until))));
+    let now = chrono::Utc::now();
+    pairs
+        .iter()
+        .all(|(name, value)| filter_holds(entry, name, value, now))
+}
+
+/// Whether `network` holds `address`, written apart from `ipnet`'s own methods: the first
+/// `prefix` bits equal to the network's (an IPv4 network never holds an IPv6 address,
+/// IPv4-mapped or not).
+fn network_holds(network: ipnet::IpNet, address: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let same_prefix = |a: u128, b: u128, bits: u32, prefix: u8| {
+        let prefix = u32::from(prefix);
+        prefix == 0 || (a ^ b) >> (bits - prefix) == 0
+    };
+    match (network, address) {
+        (ipnet::IpNet::V4(network), IpAddr::V4(address)) => same_prefix(
+            u128::from(u32::from(address)),
+            u128::from(u32::from(network.network())),
+            32,
+            network.prefix_len(),
+        ),
+        (ipnet::IpNet::V6(network), IpAddr::V6(address)) => same_prefix(
+            u128::from(address),
+            u128::from(network.network()),
+            128,
+            network.prefix_len(),
+        ),
+        _ => false,
+    }
+}
+
+/// A `since`/`until` value as a time, in the forms the tests use: RFC 3339, a date (its
+/// midnight, UTC), or hours or days before `now` (`3h`, `7d`).
+pub fn filter_time(
+    value: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> chrono::DateTime<chrono::Utc> {
+    use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+    if let Ok(time) = DateTime::parse_from_rfc3339(value) {
+        return time.with_timezone(&Utc);
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        return date.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+    }
+    let (amount, unit) = value.split_at(value.len() - 1);
+    let amount: i64 = amount.parse().expect("a relative amount");
+    now - match unit {
+        "h" => TimeDelta::hours(amount),
+        "d" => TimeDelta::days(amount),
+        _ => panic!("unit {unit}"),
+    }
+}
