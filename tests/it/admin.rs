@@ -1024,8 +1024,7 @@ async fn viewer_sessions_sign_in_authenticate_and_refuse_cross_site_changes() {
 
 /// Entries pushed straight to the sidecar's writer, as the proxy would.
 async fn push_entries(sidecar: &TestSidecar, entries: Vec<AuditEntry>) {
-    let running = sidecar.sidecar.as_ref().expect("running");
-    let writer = running.writer();
+    let writer = sidecar.writer();
     for entry in entries {
         writer.reserve().await;
         writer.push(entry);
@@ -1188,7 +1187,7 @@ async fn auditgates_own_entries_can_be_left_out_of_listings_stats_and_exports() 
 async fn pagination_has_no_gap_or_duplicate_while_entries_arrive() {
     let (_upstream, mut sidecar) = start_admin_sidecar().await;
     push_entries(&sidecar, bulk(150, "bulk.before")).await;
-    let writer = sidecar.sidecar.as_ref().expect("running").writer();
+    let writer = sidecar.writer();
     let arriving = tokio::spawn(async move {
         for entry in bulk(200, "bulk.during") {
             writer.reserve().await;

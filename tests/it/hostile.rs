@@ -873,7 +873,7 @@ async fn sql_meta_characters_in_every_filter_match_only_themselves() {
     let seeded = meta_entries();
     // No filter here is relative to the present; the oracle's clock is a formality.
     let now = chrono::Utc::now();
-    let writer = sidecar.sidecar.as_ref().expect("running").writer();
+    let writer = sidecar.writer();
     for entry in &seeded {
         writer.push(entry.clone());
     }

@@ -14,9 +14,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::support::{config_text, sha256_hex, HttpClient, TempDir, TestSidecar, Upstream};
-use auditgate::config::Config;
 use auditgate::entry::AuditEntry;
-use auditgate::server::Sidecar;
 
 const RECORD_ALL: &str = "[unmatched]\nrecord = \"all\"\n";
 
@@ -1154,22 +1152,15 @@ async fn forwarded_header_forms() {
 
 /// A sidecar listening on the IPv6 loopback.
 async fn ipv6_sidecar(upstream: std::net::SocketAddr, trusted: &str, rest: &str) -> TestSidecar {
-    let dir = TempDir::new("ipv6");
-    let db = dir.0.join("audit.db");
-    let text = config_text(upstream, &db, &format!("trusted_proxies = {trusted}"), rest).replace(
-        "listen = \"127.0.0.1:0\"\nupstream",
-        "listen = \"[::1]:0\"\nupstream",
-    );
-    let config = Config::parse(&text, &dir.0).expect("valid config");
-    let sidecar = Sidecar::start(config, None).await.expect("sidecar starts");
-    assert!(sidecar.proxy_addr.is_ipv6());
-    TestSidecar {
-        proxy: sidecar.proxy_addr,
-        admin: sidecar.admin_addr,
-        sidecar: Some(sidecar),
-        db,
-        dir,
-    }
+    let sidecar = TestSidecar::start_config(|db| {
+        config_text(upstream, db, &format!("trusted_proxies = {trusted}"), rest).replace(
+            "listen = \"127.0.0.1:0\"\nupstream",
+            "listen = \"[::1]:0\"\nupstream",
+        )
+    })
+    .await;
+    assert!(sidecar.proxy.is_ipv6());
+    sidecar
 }
 
 #[tokio::test]
@@ -1539,7 +1530,7 @@ async fn no_secret_reaches_the_spill_file_the_stream_or_any_export() {
     let lock = rusqlite::Connection::open(&sidecar.db).expect("open");
     lock.execute_batch("BEGIN IMMEDIATE").expect("lock");
     post_profile(&sidecar, "123-45-6789").await;
-    let writer = sidecar.sidecar.as_ref().expect("running").writer();
+    let writer = sidecar.writer();
     assert!(
         crate::support::eventually(Duration::from_secs(20), async || writer
             .stats()

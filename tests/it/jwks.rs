@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::support::{
-    config_text, eventually, https_identity, metric_value, HttpClient, TempDir, TestSidecar,
+    eventually, https_identity, metric_value, write_config, HttpClient, TempDir, TestSidecar,
     Upstream,
 };
 use auditgate::entry::AuditEntry;
@@ -254,13 +254,7 @@ async fn keys_from_an_http_url_follow_a_rotation_and_explain_uses_them() {
 
     // `auditgate explain` fetches the set once and checks tokens as the sidecar does.
     let dir = TempDir::new("jwks-explain");
-    let config = dir.0.join("auditgate.toml");
-    let db = dir.0.join("audit.db");
-    std::fs::write(
-        &config,
-        config_text(upstream.addr, &db, "", &jwt_actor(&url, "")),
-    )
-    .expect("write config");
+    let config = write_config(&dir.0, upstream.addr, "", &jwt_actor(&url, ""));
     let header = format!("Authorization: Bearer {}", token(&b, &b.kid, "carol"));
     // The JWKS server runs on this test's runtime: the CLI runs on the blocking pool.
     let explain_config = config.clone();

@@ -349,6 +349,24 @@ pub fn config_text(
     )
 }
 
+/// Writes a config file for the binary (`Process`, the CLI) to `dir/auditgate.toml`, its database
+/// at `dir/audit.db`: [`config_text`] with `store_extra` keys added to `[store]`. Returns the
+/// file's path.
+pub fn write_config(
+    dir: &std::path::Path,
+    upstream: SocketAddr,
+    store_extra: &str,
+    rest: &str,
+) -> PathBuf {
+    let text = config_text(upstream, &dir.join("audit.db"), "", rest).replace(
+        "flush_interval = \"1ms\"",
+        &format!("flush_interval = \"1ms\"\n{store_extra}"),
+    );
+    let path = dir.join("auditgate.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
 impl TestSidecar {
     pub async fn start(upstream: SocketAddr, rest: &str) -> TestSidecar {
         TestSidecar::start_with(upstream, "", rest).await
@@ -361,14 +379,18 @@ impl TestSidecar {
     /// Starts a sidecar on the config `text_for(db)` makes, with its database in a fresh
     /// directory.
     pub async fn start_config(text_for: impl FnOnce(&std::path::Path) -> String) -> TestSidecar {
-        let dir = TempDir::new("sidecar");
+        TestSidecar::start_in(TempDir::new("sidecar"), text_for).await
+    }
+
+    /// [`TestSidecar::start_config`] in a directory the test made first (for a key file, or an
+    /// app that reads the store, both of which must exist before the sidecar does). The
+    /// database is `dir/audit.db`, and relative paths in the config are relative to `dir`.
+    pub async fn start_in(
+        dir: TempDir,
+        text_for: impl FnOnce(&std::path::Path) -> String,
+    ) -> TestSidecar {
         let db = dir.0.join("audit.db");
-        let text = text_for(&db);
-        let config = match Config::parse(&text, &dir.0) {
-            Ok(config) => config,
-            Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
-        };
-        let sidecar = Sidecar::start(config, None).await.expect("sidecar starts");
+        let sidecar = start_sidecar(&text_for(&db), &dir.0).await;
         TestSidecar {
             proxy: sidecar.proxy_addr,
             admin: sidecar.admin_addr,
@@ -376,6 +398,24 @@ impl TestSidecar {
             db,
             dir,
         }
+    }
+
+    /// Stops the sidecar (if it runs) and starts it again on the same database and directory,
+    /// with the config `text`; the listeners get new ports.
+    pub async fn restart(&mut self, text: &str) {
+        self.stop().await;
+        let sidecar = start_sidecar(text, &self.dir.0).await;
+        self.proxy = sidecar.proxy_addr;
+        self.admin = sidecar.admin_addr;
+        self.sidecar = Some(sidecar);
+    }
+
+    /// The running sidecar's writer, to push entries the way the proxy does or read its stats.
+    pub fn writer(&self) -> auditgate::writer::WriterHandle {
+        self.sidecar
+            .as_ref()
+            .expect("the sidecar is running")
+            .writer()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -437,6 +477,15 @@ impl TestSidecar {
             sidecar.shutdown().await;
         }
     }
+}
+
+/// A sidecar started on the config `text`, whose relative paths are relative to `dir`.
+async fn start_sidecar(text: &str, dir: &std::path::Path) -> Sidecar {
+    let config = match Config::parse(text, dir) {
+        Ok(config) => config,
+        Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
+    };
+    Sidecar::start(config, None).await.expect("sidecar starts")
 }
 
 /// Every entry in a database file except the sidecar's own `audit.started`, `audit.stopped` and
