@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::support::{
-    eventually, https_identity, metric_value, write_config, HttpClient, TempDir, TestSidecar,
-    Upstream,
+    actor_notes, eventually, https_identity, metric_value, write_config, HttpClient, TempDir,
+    TestSidecar, Upstream,
 };
 use auditgate::entry::AuditEntry;
 
@@ -188,13 +188,9 @@ async fn request(sidecar: &TestSidecar, token: &str, seen: &mut usize) -> AuditE
         .expect("the request's entry")
 }
 
-fn notes(entry: &AuditEntry) -> String {
-    entry
-        .metadata
-        .get("_actor")
-        .and_then(|extra| extra.get("notes"))
-        .map(Value::to_string)
-        .unwrap_or_default()
+/// The entry's actor notes, one a line, to search and to show.
+fn notes_text(entry: &AuditEntry) -> String {
+    actor_notes(entry).join("\n")
 }
 
 #[tokio::test]
@@ -212,7 +208,11 @@ async fn keys_from_an_http_url_follow_a_rotation_and_explain_uses_them() {
     let mut seen = 0;
     let entry = request(&sidecar, &token(&a, &a.kid, "alice"), &mut seen).await;
     assert_eq!(entry.actor_id.as_deref(), Some("alice"));
-    assert!(entry.actor_verified, "key A verifies: {}", notes(&entry));
+    assert!(
+        entry.actor_verified,
+        "key A verifies: {}",
+        notes_text(&entry)
+    );
 
     // The issuer rotates to key B. The first token under B arrives before the sidecar knows the
     // key: recorded unverified, and a refetch is asked for; tokens after it verify.
@@ -220,10 +220,10 @@ async fn keys_from_an_http_url_follow_a_rotation_and_explain_uses_them() {
     let entry = request(&sidecar, &token(&b, &b.kid, "bob"), &mut seen).await;
     assert!(!entry.actor_verified);
     assert!(
-        notes(&entry)
-            .contains("no key with kid \\\"key-b\\\" in the key set (key set refetch requested)"),
+        notes_text(&entry)
+            .contains("no key with kid \"key-b\" in the key set (key set refetch requested)"),
         "{}",
-        notes(&entry)
+        notes_text(&entry)
     );
     let mut attempt = 0;
     assert!(
@@ -308,7 +308,7 @@ async fn https_keys_with_a_ca_file_survive_a_failed_refresh() {
     assert!(
         entry.actor_verified,
         "verified over https: {}",
-        notes(&entry)
+        notes_text(&entry)
     );
 
     // The key server goes down: refreshes fail, the last good keys stay.
@@ -319,7 +319,7 @@ async fn https_keys_with_a_ca_file_survive_a_failed_refresh() {
     assert!(
         entry.actor_verified,
         "the old keys still verify while refreshes fail: {}",
-        notes(&entry)
+        notes_text(&entry)
     );
 
     // Without the CA file the server's certificate is not trusted: the sidecar starts anyway and
@@ -328,7 +328,7 @@ async fn https_keys_with_a_ca_file_survive_a_failed_refresh() {
     let mut seen = 0;
     let entry = request(&untrusting, &token(&a, &a.kid, "mallory"), &mut seen).await;
     assert!(!entry.actor_verified);
-    let why = notes(&entry);
+    let why = notes_text(&entry);
     assert!(
         why.contains("key set not loaded yet") && why.contains("certificate"),
         "{why}"

@@ -479,6 +479,23 @@ impl TestSidecar {
     }
 }
 
+/// What the actor sources noted about an entry's actor (`metadata._actor.notes`): why a token
+/// did not verify, which source was skipped. Empty when there are none.
+pub fn actor_notes(entry: &AuditEntry) -> Vec<String> {
+    entry
+        .metadata
+        .get("_actor")
+        .and_then(|extra| extra.get("notes"))
+        .and_then(Value::as_array)
+        .map(|notes| {
+            notes
+                .iter()
+                .filter_map(|note| note.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A sidecar started on the config `text`, whose relative paths are relative to `dir`.
 async fn start_sidecar(text: &str, dir: &std::path::Path) -> Sidecar {
     let config = match Config::parse(text, dir) {
