@@ -7,7 +7,6 @@
 //! rest runs against a real sidecar over HTTP.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,20 +26,18 @@ use bytes::Bytes;
 use chrono::{DateTime, Duration as TimeDelta, SecondsFormat, Utc};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
-use ipnet::IpNet;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
-use crate::support::{read_entries, HttpClient, Reply, TempDir, TestSidecar, Upstream};
+use crate::support::{
+    filter_holds, filter_time, query_string, read_entries, sha256_hex, HttpClient, Reply, TempDir,
+    TestSidecar, Upstream,
+};
 
 const OPS: &str = "agt_test_ops_token";
 const READER: &str = "agt_test_reader_token";
 const EXPORTER: &str = "agt_test_exporter_token";
-
-fn sha256_hex(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
 
 /// The `[[admin.tokens]]` of every sidecar here: ops (read, export), reader, exporter.
 fn tokens_toml() -> String {
@@ -247,83 +244,6 @@ fn encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-fn query_string(params: &[(&str, String)]) -> String {
-    params
-        .iter()
-        .map(|(name, value)| format!("{name}={}", encode(value)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// An independent statement of what each filter means, to hold the store's SQL against.
-fn matches(entry: &AuditEntry, name: &str, value: &str, now: DateTime<Utc>) -> bool {
-    fn text(field: &Option<String>) -> Option<&str> {
-        field.as_deref()
-    }
-    let lower_contains = |field: Option<&str>, needle: &str| {
-        field.is_some_and(|field| {
-            field
-                .to_ascii_lowercase()
-                .contains(&needle.to_ascii_lowercase())
-        })
-    };
-    let time = |value: &str| bound_time(value, now);
-    match name {
-        "actor" => text(&entry.actor_id) == Some(value) || text(&entry.actor_email) == Some(value),
-        "action" => entry.action == value,
-        "action_prefix" => entry.action.starts_with(value),
-        "exclude_action_prefix" => !entry.action.starts_with(value),
-        "resource_type" => text(&entry.resource_type) == Some(value),
-        "resource_id" => text(&entry.resource_id) == Some(value),
-        "outcome" => entry.outcome.as_str() == value,
-        "status" => entry.status.is_some_and(|status| {
-            if let Some(class) = value.strip_suffix("xx") {
-                status / 100 == class.parse::<u16>().expect("class")
-            } else {
-                status == value.parse::<u16>().expect("status")
-            }
-        }),
-        "ip" => entry
-            .ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-            .is_some_and(|ip| match value.parse::<IpNet>() {
-                Ok(network) => network.contains(&ip),
-                Err(_) => value.parse::<IpAddr>().expect("address") == ip,
-            }),
-        "since" => entry.created_at >= time(value),
-        "until" => entry.created_at < time(value),
-        "q" => [
-            text(&entry.actor_id),
-            text(&entry.actor_email),
-            Some(entry.action.as_str()),
-            text(&entry.resource_type),
-            text(&entry.resource_id),
-            text(&entry.path),
-        ]
-        .into_iter()
-        .any(|field| lower_contains(field, value)),
-        other => panic!("no oracle for {other}"),
-    }
-}
-
-/// A `since`/`until` value as a time, in the forms the tests use.
-fn bound_time(value: &str, now: DateTime<Utc>) -> DateTime<Utc> {
-    if let Ok(time) = DateTime::parse_from_rfc3339(value) {
-        return time.with_timezone(&Utc);
-    }
-    if let Ok(date) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d") {
-        return date.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
-    }
-    let (amount, unit) = value.split_at(value.len() - 1);
-    let amount: i64 = amount.parse().expect("relative amount");
-    now - match unit {
-        "h" => TimeDelta::hours(amount),
-        "d" => TimeDelta::days(amount),
-        _ => panic!("unit {unit}"),
-    }
-}
-
 fn single_filters(now: DateTime<Utc>) -> Vec<Vec<(&'static str, String)>> {
     let date = (now - TimeDelta::days(10)).format("%Y-%m-%d").to_string();
     let offset_time = (now - TimeDelta::days(5))
@@ -380,7 +300,7 @@ async fn check_filter(harness: &Harness, params: &[(&str, String)]) -> usize {
         .filter(|entry| {
             params
                 .iter()
-                .all(|(name, value)| matches(entry, name, value, harness.now))
+                .all(|(name, value)| filter_holds(entry, name, value, harness.now))
         })
         .map(|entry| entry.seq)
         .collect();
@@ -425,7 +345,7 @@ async fn every_filter_alone_and_in_pairs_returns_exactly_the_matching_entries() 
                 params
                     .iter()
                     .find(|(param, _)| *param == name)
-                    .map(|(_, value)| bound_time(value, harness.now))
+                    .map(|(_, value)| filter_time(value, harness.now))
             };
             if let (Some(since), Some(until)) = (bound("since"), bound("until")) {
                 if since > until {
@@ -798,22 +718,6 @@ async fn start_admin_sidecar() -> (Upstream, TestSidecar) {
     (upstream, sidecar)
 }
 
-/// Waits (bounded) until the store holds an entry satisfying `wanted`.
-async fn wait_for_entry(sidecar: &TestSidecar, wanted: impl Fn(&AuditEntry) -> bool) -> AuditEntry {
-    for _ in 0..500 {
-        if let Some(entry) = sidecar
-            .entries()
-            .await
-            .into_iter()
-            .find(|entry| wanted(entry))
-        {
-            return entry;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no such entry in {:#?}", sidecar.entries().await);
-}
-
 #[tokio::test]
 async fn bearer_tokens_and_scopes_guard_the_admin_listener_only() {
     let (upstream, mut sidecar) = start_admin_sidecar().await;
@@ -890,15 +794,16 @@ async fn bearer_tokens_and_scopes_guard_the_admin_listener_only() {
     // The refusal of an authenticated caller is on record, and so is every presented
     // credential nobody holds (the wrong token, a Basic header); requests with no credential
     // at all are not.
-    let denied = wait_for_entry(&sidecar, |entry| {
-        entry.action == "audit.denied" && entry.actor_id.is_some()
-    })
-    .await;
+    let denied = sidecar
+        .wait_entry(|entry| entry.action == "audit.denied" && entry.actor_id.is_some())
+        .await;
     assert_eq!(denied.actor_id.as_deref(), Some("reader"));
     assert_eq!(denied.status, Some(403));
     assert_eq!(denied.metadata["scope"], "export");
     assert_eq!(denied.ip.as_deref(), Some("127.0.0.1"));
-    let query = wait_for_entry(&sidecar, |entry| entry.action == "audit.query").await;
+    let query = sidecar
+        .wait_entry(|entry| entry.action == "audit.query")
+        .await;
     assert_eq!(query.actor_id.as_deref(), Some("reader"));
     assert_eq!(query.actor_source.as_deref(), Some("token"));
     assert!(query.actor_verified);
@@ -1106,18 +1011,21 @@ async fn viewer_sessions_sign_in_authenticate_and_refuse_cross_site_changes() {
         .as_str()
         .is_some_and(|error| error.contains("session")));
 
-    let login = wait_for_entry(&sidecar, |entry| entry.action == "audit.login").await;
+    let login = sidecar
+        .wait_entry(|entry| entry.action == "audit.login")
+        .await;
     assert_eq!(login.actor_id.as_deref(), Some("reader"));
     assert_eq!(login.metadata["auth"], "session");
-    let logout = wait_for_entry(&sidecar, |entry| entry.action == "audit.logout").await;
+    let logout = sidecar
+        .wait_entry(|entry| entry.action == "audit.logout")
+        .await;
     assert_eq!(logout.actor_id.as_deref(), Some("reader"));
     sidecar.stop().await;
 }
 
 /// Entries pushed straight to the sidecar's writer, as the proxy would.
 async fn push_entries(sidecar: &TestSidecar, entries: Vec<AuditEntry>) {
-    let running = sidecar.sidecar.as_ref().expect("running");
-    let writer = running.writer();
+    let writer = sidecar.writer();
     for entry in entries {
         writer.reserve().await;
         writer.push(entry);
@@ -1249,7 +1157,9 @@ async fn auditgates_own_entries_can_be_left_out_of_listings_stats_and_exports() 
     let rows = csv.text().lines().count() - 1;
     assert_eq!(rows, 45, "{}", csv.text());
     assert!(!csv.text().contains("audit.query"));
-    let exported = wait_for_entry(&sidecar, |entry| entry.action == "audit.export").await;
+    let exported = sidecar
+        .wait_entry(|entry| entry.action == "audit.export")
+        .await;
     assert_eq!(
         exported.metadata["filters"]["exclude_action_prefix"],
         "audit."
@@ -1278,7 +1188,7 @@ async fn auditgates_own_entries_can_be_left_out_of_listings_stats_and_exports() 
 async fn pagination_has_no_gap_or_duplicate_while_entries_arrive() {
     let (_upstream, mut sidecar) = start_admin_sidecar().await;
     push_entries(&sidecar, bulk(150, "bulk.before")).await;
-    let writer = sidecar.sidecar.as_ref().expect("running").writer();
+    let writer = sidecar.writer();
     let arriving = tokio::spawn(async move {
         for entry in bulk(200, "bulk.during") {
             writer.reserve().await;
@@ -1495,22 +1405,15 @@ async fn exports_stream_csv_json_and_ndjson_that_parse_back() {
     );
 
     // Each export is on record with its format, filters and row count.
-    let exports: Vec<AuditEntry> = {
-        let mut found = Vec::new();
-        for _ in 0..500 {
-            found = sidecar
-                .entries()
-                .await
-                .into_iter()
-                .filter(|entry| entry.action == "audit.export")
-                .collect();
-            if found.len() >= 4 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        found
-    };
+    let is_export = |entry: &AuditEntry| entry.action == "audit.export";
+    let exports: Vec<AuditEntry> = sidecar
+        .wait_until("four audit.export entries", |entries| {
+            entries.iter().filter(|entry| is_export(entry)).count() >= 4
+        })
+        .await
+        .into_iter()
+        .filter(is_export)
+        .collect();
     assert_eq!(exports.len(), 4);
     let csv_export = &exports[0];
     assert_eq!(csv_export.actor_id.as_deref(), Some("ops"));
@@ -1545,7 +1448,9 @@ async fn an_export_cut_short_by_the_client_is_recorded_as_incomplete() {
     assert!(String::from_utf8_lossy(&start[..read]).starts_with("HTTP/1.1 200"));
     drop(stream);
 
-    let cut = wait_for_entry(&sidecar, |entry| entry.action == "audit.export").await;
+    let cut = sidecar
+        .wait_entry(|entry| entry.action == "audit.export")
+        .await;
     assert_eq!(cut.metadata["complete"], false);
     assert_eq!(cut.outcome, Outcome::Error);
     assert!(cut.error.is_some());
@@ -1622,10 +1527,12 @@ async fn the_reference_endpoint_answers_like_the_reference() {
     let everything = page("").await;
     assert!(everything["total"].as_u64().expect("total") >= 125);
     assert_eq!(page("?page=99&junk=x").await["logs"], json!([]));
-    let recorded = wait_for_entry(&sidecar, |entry| {
-        entry.path.as_deref() == Some("/api/audit-log") && entry.metadata["filters"]["page"] == 2
-    })
-    .await;
+    let recorded = sidecar
+        .wait_entry(|entry| {
+            entry.path.as_deref() == Some("/api/audit-log")
+                && entry.metadata["filters"]["page"] == 2
+        })
+        .await;
     assert_eq!(
         recorded.metadata["filters"],
         json!({"page": 2, "action": "user"})

@@ -1,8 +1,7 @@
 //! Durability: write-ahead, fail-closed, spill and re-import, crashes, signals, slow clients.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,8 +9,8 @@ use auditgate::entry::Outcome;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{
-    config_text, eventually, metric_count, read_all_entries, read_entries, HttpClient,
-    IntentCheckingUpstream, Process, TempDir, TestSidecar, Upstream,
+    config_text, eventually, metric_count, read_all_entries, read_entries, write_config,
+    HttpClient, IntentCheckingUpstream, Process, TempDir, TestSidecar, Upstream,
 };
 
 const WRITE_AHEAD_RULES: &str = r#"
@@ -60,21 +59,20 @@ async fn write_ahead_records_the_intent_before_the_app_sees_the_request() {
     let db = dir.0.join("audit.db");
     // The app itself looks for the intent in the store the moment each request arrives.
     let app = IntentCheckingUpstream::start(db.clone()).await;
-    let text = config_text(app.addr, &db, "", WRITE_AHEAD_RULES).replace(
-        "flush_interval = \"1ms\"",
-        "flush_interval = \"1ms\"\nbusy_timeout = \"30s\"",
-    );
-    let config = auditgate::config::Config::parse(&text, &dir.0).expect("valid");
-    let sidecar = auditgate::server::Sidecar::start(config, None)
-        .await
-        .expect("starts");
+    let mut sidecar = TestSidecar::start_in(dir, |db| {
+        config_text(app.addr, db, "", WRITE_AHEAD_RULES).replace(
+            "flush_interval = \"1ms\"",
+            "flush_interval = \"1ms\"\nbusy_timeout = \"30s\"",
+        )
+    })
+    .await;
     let client = HttpClient::new();
-    let admin = format!("http://{}/metrics", sidecar.admin_addr);
+    let admin = format!("http://{}/metrics", sidecar.admin);
 
     // While another connection holds the store's write lock, the intent cannot commit: the
     // request waits at the sidecar and the app must not see it.
     let lock = WriteLock::take(&db);
-    let url = format!("http://{}/api/users/held", sidecar.proxy_addr);
+    let url = format!("http://{}/api/users/held", sidecar.proxy);
     let held = tokio::spawn(async move {
         HttpClient::new()
             .send("DELETE", &url, &[("x-request-id", "intent-held")], "")
@@ -104,7 +102,7 @@ async fn write_ahead_records_the_intent_before_the_app_sees_the_request() {
         let reply = client
             .send(
                 "DELETE",
-                &format!("http://{}/api/users/{id}", sidecar.proxy_addr),
+                &format!("http://{}/api/users/{id}", sidecar.proxy),
                 &[("x-request-id", &format!("intent-{id}"))],
                 "",
             )
@@ -134,26 +132,23 @@ async fn write_ahead_records_the_intent_before_the_app_sees_the_request() {
         "intents left behind: {:?}",
         pending_rows(&db)
     );
-    sidecar.shutdown().await;
+    sidecar.stop().await;
 }
 
 #[tokio::test]
 async fn write_ahead_fails_closed_when_the_store_cannot_write() {
     let upstream = Upstream::start().await;
     // busy_timeout keeps the test short: the lock makes every write fail after 200 ms.
-    let dir = TempDir::new("fail-closed");
-    let db = dir.0.join("audit.db");
-    let text = config_text(upstream.addr, &db, "", WRITE_AHEAD_RULES).replace(
-        "flush_interval = \"1ms\"",
+    let mut sidecar = TestSidecar::start_with_store(
+        upstream.addr,
         "flush_interval = \"1ms\"\nbusy_timeout = \"200ms\"",
-    );
-    let config = auditgate::config::Config::parse(&text, &dir.0).expect("valid");
-    let sidecar = auditgate::server::Sidecar::start(config, None)
-        .await
-        .expect("starts");
+        WRITE_AHEAD_RULES,
+    )
+    .await;
+    let db = sidecar.db.clone();
     let client = HttpClient::new();
-    let base = format!("http://{}", sidecar.proxy_addr);
-    let admin = format!("http://{}", sidecar.admin_addr);
+    let base = format!("http://{}", sidecar.proxy);
+    let admin = format!("http://{}", sidecar.admin);
 
     let lock = WriteLock::take(&db);
     let reply = client
@@ -181,7 +176,7 @@ async fn write_ahead_fails_closed_when_the_store_cannot_write() {
     assert_eq!(reply.status, 200);
     assert!(sidecar.writer().flushed(Duration::from_secs(10)).await);
     assert_eq!(client.get(&format!("{admin}/readyz")).await.status, 200);
-    sidecar.shutdown().await;
+    sidecar.stop().await;
     let entries = read_entries(&db);
     let summary: Vec<(String, Option<u16>)> = entries
         .iter()
@@ -197,25 +192,22 @@ async fn write_ahead_fails_closed_when_the_store_cannot_write() {
 #[tokio::test]
 async fn write_ahead_can_be_told_to_forward_when_the_store_fails() {
     let upstream = Upstream::start().await;
-    let dir = TempDir::new("forward");
-    let db = dir.0.join("audit.db");
     let rules = WRITE_AHEAD_RULES.replace(
         "write_ahead = true",
         "write_ahead = true\non_store_failure = \"forward\"",
     );
-    let text = config_text(upstream.addr, &db, "", &rules).replace(
-        "flush_interval = \"1ms\"",
+    let mut sidecar = TestSidecar::start_with_store(
+        upstream.addr,
         "flush_interval = \"1ms\"\nbusy_timeout = \"200ms\"",
-    );
-    let config = auditgate::config::Config::parse(&text, &dir.0).expect("valid");
-    let sidecar = auditgate::server::Sidecar::start(config, None)
-        .await
-        .expect("starts");
+        &rules,
+    )
+    .await;
+    let db = sidecar.db.clone();
     let lock = WriteLock::take(&db);
     let reply = HttpClient::new()
         .send(
             "DELETE",
-            &format!("http://{}/api/users/9", sidecar.proxy_addr),
+            &format!("http://{}/api/users/9", sidecar.proxy),
             &[],
             "",
         )
@@ -223,7 +215,7 @@ async fn write_ahead_can_be_told_to_forward_when_the_store_fails() {
     assert_eq!(reply.status, 200);
     assert_eq!(upstream.count(), 1);
     let metrics = HttpClient::new()
-        .get(&format!("http://{}/metrics", sidecar.admin_addr))
+        .get(&format!("http://{}/metrics", sidecar.admin))
         .await
         .text();
     assert_eq!(
@@ -233,7 +225,7 @@ async fn write_ahead_can_be_told_to_forward_when_the_store_fails() {
     );
     drop(lock);
     assert!(sidecar.writer().flushed(Duration::from_secs(10)).await);
-    sidecar.shutdown().await;
+    sidecar.stop().await;
     // The final entry still reached the log once the lock was gone.
     assert_eq!(read_entries(&db).len(), 1);
 }
@@ -241,17 +233,10 @@ async fn write_ahead_can_be_told_to_forward_when_the_store_fails() {
 #[tokio::test]
 async fn entries_the_store_refuses_are_spilled_and_reimported_at_start() {
     let upstream = Upstream::start().await;
-    let dir = TempDir::new("spill");
-    let db = dir.0.join("audit.db");
     let rules = "[[rule]]\nname = \"delete\"\nmethod = \"DELETE\"\npath = \"/api/users/{id}\"\naction = \"user.deleted\"\nresource = { type = \"user\", id = \"{id}\" }\n";
-    let text = config_text(upstream.addr, &db, "", rules).replace(
-        "flush_interval = \"1ms\"",
-        "flush_interval = \"1ms\"\nbusy_timeout = \"50ms\"",
-    );
-    let config = auditgate::config::Config::parse(&text, &dir.0).expect("valid");
-    let sidecar = auditgate::server::Sidecar::start(config.clone(), None)
-        .await
-        .expect("starts");
+    let store_keys = "flush_interval = \"1ms\"\nbusy_timeout = \"50ms\"";
+    let mut sidecar = TestSidecar::start_with_store(upstream.addr, store_keys, rules).await;
+    let db = sidecar.db.clone();
     // The run's `audit.started` is stored before the store is locked, so exactly the five
     // requests and the run's `audit.stopped` go to the spill file.
     assert!(sidecar.writer().flushed(Duration::from_secs(10)).await);
@@ -261,7 +246,7 @@ async fn entries_the_store_refuses_are_spilled_and_reimported_at_start() {
         let reply = client
             .send(
                 "DELETE",
-                &format!("http://{}/api/users/{id}", sidecar.proxy_addr),
+                &format!("http://{}/api/users/{id}", sidecar.proxy),
                 &[],
                 "",
             )
@@ -271,15 +256,20 @@ async fn entries_the_store_refuses_are_spilled_and_reimported_at_start() {
             "after-response traffic is served while the store is locked"
         );
     }
-    let spill = dir.0.join("audit.db.spill.ndjson");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sidecar.writer().stats().entries_spilled.get() < 5 {
-        assert!(Instant::now() < deadline, "entries were not spilled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let spill = sidecar.dir.0.join("audit.db.spill.ndjson");
+    assert!(
+        eventually(Duration::from_secs(20), async || sidecar
+            .writer()
+            .stats()
+            .entries_spilled
+            .get()
+            >= 5)
+        .await,
+        "entries were not spilled"
+    );
     assert!(spill.exists());
     let writer = sidecar.writer();
-    sidecar.shutdown().await;
+    sidecar.stop().await;
     drop(lock);
     assert_eq!(
         writer.stats().entries_spilled.get(),
@@ -289,15 +279,18 @@ async fn entries_the_store_refuses_are_spilled_and_reimported_at_start() {
     assert_eq!(read_entries(&db).len(), 0);
     assert_eq!(actions(&db), ["audit.started"]);
 
-    let sidecar = auditgate::server::Sidecar::start(config, None)
-        .await
-        .expect("restarts");
+    sidecar
+        .restart(
+            &config_text(upstream.addr, &db, "", rules)
+                .replace("flush_interval = \"1ms\"", store_keys),
+        )
+        .await;
     assert_eq!(
         sidecar.writer().stats().entries_reimported.get(),
         6,
         "the five requests and the first run's audit.stopped"
     );
-    sidecar.shutdown().await;
+    sidecar.stop().await;
     // The spilled entries keep their place: before the second run's start.
     assert_eq!(
         actions(&db),
@@ -328,21 +321,18 @@ async fn entries_the_store_refuses_are_spilled_and_reimported_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_neither_the_store_nor_the_spill_file_takes_at_shutdown_are_counted_and_named() {
     let upstream = Upstream::start().await;
-    let dir = TempDir::new("lost");
-    let db = dir.0.join("audit.db");
     let rules = "[[rule]]\nname = \"delete\"\nmethod = \"DELETE\"\npath = \"/api/users/{id}\"\naction = \"user.deleted\"\nresource = { type = \"user\", id = \"{id}\" }\n";
     // The writer lingers an hour: the batch is whole when the shutdown comes.
-    let text = config_text(upstream.addr, &db, "", rules).replace(
-        "flush_interval = \"1ms\"",
-        "flush_interval = \"1h\"\nbusy_timeout = \"10ms\"",
-    );
-    let config = auditgate::config::Config::parse(&text, &dir.0).expect("valid");
     let _ = crate::support::error_log();
-    let sidecar = auditgate::server::Sidecar::start(config, None)
-        .await
-        .expect("starts");
+    let mut sidecar = TestSidecar::start_with_store(
+        upstream.addr,
+        "flush_interval = \"1h\"\nbusy_timeout = \"10ms\"",
+        rules,
+    )
+    .await;
+    let db = sidecar.db.clone();
     let writer = sidecar.writer();
-    std::fs::create_dir(dir.0.join("audit.db.spill.ndjson")).expect("block the spill file");
+    std::fs::create_dir(sidecar.dir.0.join("audit.db.spill.ndjson")).expect("block the spill file");
     let lock = WriteLock::take(&db);
     let client = HttpClient::new();
     let batch: Vec<String> = (0..5)
@@ -352,7 +342,7 @@ async fn entries_neither_the_store_nor_the_spill_file_takes_at_shutdown_are_coun
         let reply = client
             .send(
                 "DELETE",
-                &format!("http://{}/api/users/{id}", sidecar.proxy_addr),
+                &format!("http://{}/api/users/{id}", sidecar.proxy),
                 &[("x-request-id", id.as_str())],
                 "",
             )
@@ -367,7 +357,7 @@ async fn entries_neither_the_store_nor_the_spill_file_takes_at_shutdown_are_coun
         "{} entries queued",
         writer.depth()
     );
-    sidecar.shutdown().await;
+    sidecar.stop().await;
     drop(lock);
 
     assert_eq!(
@@ -417,17 +407,6 @@ async fn entries_neither_the_store_nor_the_spill_file_takes_at_shutdown_are_coun
 // ---------------------------------------------------------------------------------------------
 // The real binary: crashes and signals
 // ---------------------------------------------------------------------------------------------
-
-fn write_config(dir: &Path, upstream: SocketAddr, extra_store: &str, rules: &str) -> PathBuf {
-    let db = dir.join("audit.db");
-    let text = config_text(upstream, &db, "", rules).replace(
-        "flush_interval = \"1ms\"",
-        &format!("flush_interval = \"1ms\"\n{extra_store}"),
-    );
-    let path = dir.join("auditgate.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
 
 /// SIGKILL under concurrent write-ahead load, again and again: every request whose response the
 /// client received has its entry after restart, none twice, and interrupted ones are `unknown`.
@@ -629,9 +608,11 @@ async fn sigterm_finishes_in_flight_requests_and_writes_every_entry() {
             })
         })
         .collect();
-    while upstream.count() < 5 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    assert!(
+        eventually(Duration::from_secs(10), async || upstream.count() >= 5).await,
+        "the app saw {} of the five requests",
+        upstream.count()
+    );
     process.signal("TERM");
     for request in in_flight {
         assert_eq!(
@@ -664,35 +645,29 @@ async fn sighup_reloads_rules_and_keeps_the_old_ones_on_error() {
         .replace("first.rule", "second.rule");
     std::fs::write(&config, text).expect("write");
     process.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        client.get(&format!("http://{proxy}/a")).await;
-        let metrics = client
-            .get(&format!("http://{}/metrics", process.admin))
-            .await
-            .text();
-        let written = metrics
-            .lines()
-            .find_map(|line| line.strip_prefix("auditgate_entries_written_total "))
-            .and_then(|value| value.parse::<u64>().ok())
-            .unwrap_or(0);
-        let actions: Vec<String> = if written > 0 {
-            read_entries(&dir.0.join("audit.db"))
-                .into_iter()
-                .map(|entry| entry.action)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if actions.iter().any(|action| action == "second.rule") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "reload never took effect: {actions:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut actions: Vec<String> = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            client.get(&format!("http://{proxy}/a")).await;
+            let metrics = client
+                .get(&format!("http://{}/metrics", process.admin))
+                .await
+                .text();
+            // The database is read only once the writer has stored something in it.
+            let written = metric_count(&metrics, "auditgate_entries_written_total").unwrap_or(0);
+            actions = if written > 0 {
+                read_entries(&dir.0.join("audit.db"))
+                    .into_iter()
+                    .map(|entry| entry.action)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            actions.iter().any(|action| action == "second.rule")
+        })
+        .await,
+        "reload never took effect: {actions:?}"
+    );
 
     // An invalid file is refused; the running rules stay. The file would change the rule's
     // action too, so a reload that took any part of it shows in the next entry.
@@ -785,7 +760,11 @@ async fn a_client_leaving_mid_upload_is_recorded() {
         )
         .await
         .expect("write");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The client leaves once the request is under way: the app has its head, the body is short.
+    assert!(
+        eventually(Duration::from_secs(10), async || upstream.count() == 1).await,
+        "the upload never reached the app"
+    );
     drop(stream);
     let entries = sidecar.wait_entries(1).await;
     assert_eq!(entries[0].action, "file.uploaded");

@@ -178,17 +178,12 @@ async fn retries_with_an_idempotency_key_never_duplicate() {
     assert_eq!(sidecar.entries().await.len(), 1);
 
     // After a restart the key is no longer in memory, but the store still knows the entry.
-    sidecar.stop().await;
-    let config_dir = sidecar.dir.0.clone();
     let text = crate::support::config_text(upstream.addr, &sidecar.db, "", "");
-    let config = auditgate::config::Config::parse(&text, &config_dir).expect("config");
-    let restarted = auditgate::server::Sidecar::start(config, None)
-        .await
-        .expect("restart");
+    sidecar.restart(&text).await;
     let reply = HttpClient::new()
         .send(
             "POST",
-            &format!("http://{}/api/v1/events", restarted.admin_addr),
+            &format!("http://{}/api/v1/events", sidecar.admin),
             &[
                 ("content-type", "application/json"),
                 ("authorization", &format!("Bearer {TEST_WRITE_TOKEN}")),
@@ -199,7 +194,7 @@ async fn retries_with_an_idempotency_key_never_duplicate() {
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["ids"], first.json()["ids"]);
-    restarted.shutdown().await;
+    sidecar.stop().await;
     let stored = crate::support::read_entries(&sidecar.db);
     assert_eq!(
         stored

@@ -1,8 +1,7 @@
 //! Faults under the store: a full disk, and the database or its WAL deleted while running.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -10,7 +9,8 @@ use auditgate::config::Config;
 use auditgate::server::Sidecar;
 
 use crate::support::{
-    config_text, eventually, metric_count, read_entries, HttpClient, Process, TempDir, Upstream,
+    config_text, eventually, metric_count, read_entries, write_config, HttpClient, Process,
+    TempDir, Upstream,
 };
 
 const RULES: &str = r#"
@@ -37,13 +37,15 @@ const REQUIRE_TMPFS: &str = "AUDITGATE_REQUIRE_TMPFS";
 /// A small tmpfs mounted for one test and unmounted when dropped, even when the test fails.
 struct Tmpfs {
     path: PathBuf,
+    /// The mount point, removed (after the unmount in `drop`) like every test directory.
+    _mount_point: TempDir,
 }
 
 impl Tmpfs {
     /// Mounts a tmpfs of `size` (as mount(8) takes it), or says why it cannot.
     fn mount(size: &str) -> Result<Tmpfs, String> {
-        let path = std::env::temp_dir().join(format!("auditgate-it-tmpfs-{}", ulid::Ulid::new()));
-        std::fs::create_dir_all(&path).map_err(|error| error.to_string())?;
+        let mount_point = TempDir::new("tmpfs");
+        let path = mount_point.0.clone();
         let mounted = Command::new("mount")
             .args([
                 "-t",
@@ -55,15 +57,12 @@ impl Tmpfs {
             .arg(&path)
             .output();
         match mounted {
-            Ok(output) if output.status.success() => Ok(Tmpfs { path }),
-            Ok(output) => {
-                let _ = std::fs::remove_dir(&path);
-                Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
-            }
-            Err(error) => {
-                let _ = std::fs::remove_dir(&path);
-                Err(format!("cannot run mount: {error}"))
-            }
+            Ok(output) if output.status.success() => Ok(Tmpfs {
+                path,
+                _mount_point: mount_point,
+            }),
+            Ok(output) => Err(String::from_utf8_lossy(&output.stderr).trim().to_string()),
+            Err(error) => Err(format!("cannot run mount: {error}")),
         }
     }
 
@@ -98,7 +97,6 @@ impl Drop for Tmpfs {
             // Something still holds a file open: detach it now, it goes when released.
             let _ = Command::new("umount").arg("-l").arg(&self.path).status();
         }
-        let _ = std::fs::remove_dir(&self.path);
     }
 }
 
@@ -228,18 +226,12 @@ async fn a_full_disk_fails_write_ahead_closed_loses_nothing_and_recovers_by_itse
 // Files deleted under the running binary
 // ---------------------------------------------------------------------------------------------
 
-fn write_config(dir: &Path, upstream: SocketAddr) -> (PathBuf, PathBuf) {
-    let db = dir.join("audit.db");
-    let path = dir.join("auditgate.toml");
-    std::fs::write(&path, config_text(upstream, &db, "", RULES)).expect("write config");
-    (path, db)
-}
-
 #[tokio::test]
 async fn a_deleted_database_is_detected_and_nothing_is_written_into_it() {
     let upstream = Upstream::start().await;
     let dir = TempDir::new("deleted-db");
-    let (config, db) = write_config(&dir.0, upstream.addr);
+    let config = write_config(&dir.0, upstream.addr, "", RULES);
+    let db = dir.0.join("audit.db");
     let process = Process::start(&config);
     let client = HttpClient::new();
     let proxy = |path: &str| format!("http://{}{path}", process.proxy);
@@ -318,7 +310,8 @@ async fn a_deleted_database_is_detected_and_nothing_is_written_into_it() {
 async fn a_deleted_wal_is_detected_and_what_it_held_survives_a_crash() {
     let upstream = Upstream::start().await;
     let dir = TempDir::new("deleted-wal");
-    let (config, db) = write_config(&dir.0, upstream.addr);
+    let config = write_config(&dir.0, upstream.addr, "", RULES);
+    let db = dir.0.join("audit.db");
     let process = Process::start(&config);
     let client = HttpClient::new();
     let proxy = |path: &str| format!("http://{}{path}", process.proxy);

@@ -92,18 +92,21 @@ async fn wait_for_entries(
     admin: std::net::SocketAddr,
     count: usize,
 ) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some(entries) = fleet_entries(client, admin).await {
-            if entries.len() >= count {
-                return entries;
-            }
-            last = Some(entries.len());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut entries: Option<Vec<Value>> = None;
+    let arrived = eventually(Duration::from_secs(60), async || {
+        entries = fleet_entries(client, admin).await;
+        entries
+            .as_ref()
+            .is_some_and(|entries| entries.len() >= count)
+    })
+    .await;
+    match entries {
+        Some(entries) if arrived => entries,
+        _ => panic!(
+            "expected {count} fleet entries, the admin API shows {:?}",
+            entries.map(|entries| entries.len())
+        ),
     }
-    panic!("expected {count} fleet entries, the admin API shows {last:?}");
 }
 
 fn per_log(entries: &[Value]) -> BTreeMap<String, usize> {
@@ -205,6 +208,8 @@ async fn three_sidecars_share_one_database_and_ride_out_an_outage() {
         }
         let ready = client.get(&format!("http://{admin}/readyz")).await;
         unready_seen |= ready.status == 503;
+        // Traffic is paced, not awaited: the outage lasts its three seconds whatever happens,
+        // and this spreads the requests over it instead of crowding the first moment.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(unready_seen, "readiness reports the outage");

@@ -11,12 +11,12 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
-use crate::support::{config_text, HttpClient, TempDir, TestSidecar, Upstream};
-use auditgate::config::Config;
+use crate::support::{
+    actor_notes, config_text, sha256_hex, HttpClient, TempDir, TestSidecar, Upstream,
+};
 use auditgate::entry::AuditEntry;
-use auditgate::server::Sidecar;
 
 const RECORD_ALL: &str = "[unmatched]\nrecord = \"all\"\n";
 
@@ -109,21 +109,6 @@ async fn get(sidecar: &TestSidecar, path: &str, headers: &[(&str, &str)]) -> Val
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
-}
-
-fn notes(entry: &AuditEntry) -> Vec<String> {
-    entry
-        .metadata
-        .get("_actor")
-        .and_then(|extra| extra.get("notes"))
-        .and_then(Value::as_array)
-        .map(|notes| {
-            notes
-                .iter()
-                .filter_map(|note| note.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn actor(entry: &AuditEntry) -> (Option<&str>, Option<&str>, bool) {
@@ -287,12 +272,12 @@ async fn hs256_tokens_valid_expired_not_yet_valid_and_wrongly_signed() {
         json!(["admin", "ops"])
     );
     assert_eq!(actor(&entries[1]), (Some("u-expired"), Some("jwt"), false));
-    assert_eq!(notes(&entries[1]), ["jwt: token expired"]);
+    assert_eq!(actor_notes(&entries[1]), ["jwt: token expired"]);
     assert_eq!(actor(&entries[2]), (Some("u-early"), Some("jwt"), false));
-    assert_eq!(notes(&entries[2]), ["jwt: token not yet valid (nbf)"]);
+    assert_eq!(actor_notes(&entries[2]), ["jwt: token not yet valid (nbf)"]);
     assert_eq!(actor(&entries[3]), (Some("u-leeway"), Some("jwt"), true));
     assert_eq!(actor(&entries[4]), (Some("u-forged"), Some("jwt"), false));
-    assert_eq!(notes(&entries[4]), ["jwt: signature does not verify"]);
+    assert_eq!(actor_notes(&entries[4]), ["jwt: signature does not verify"]);
 
     let mut secrets: Vec<&str> = tokens.iter().map(String::as_str).collect();
     secrets.push(secret);
@@ -351,17 +336,20 @@ algorithms = [\"ES256\"]
     }
     let entries = sidecar.wait_entries(7).await;
     assert_eq!(actor(&entries[0]), (Some("r-1"), Some("jwt"), true));
-    assert_eq!(notes(&entries[0]), Vec::<String>::new());
-    assert_eq!(notes(&entries[1]), ["jwt: signature does not verify"]);
-    assert_eq!(notes(&entries[2]), ["jwt: issuer not accepted"]);
-    assert_eq!(notes(&entries[3]), ["jwt: audience not accepted"]);
-    assert_eq!(notes(&entries[4]), ["jwt: required claim iss is missing"]);
+    assert_eq!(actor_notes(&entries[0]), Vec::<String>::new());
+    assert_eq!(actor_notes(&entries[1]), ["jwt: signature does not verify"]);
+    assert_eq!(actor_notes(&entries[2]), ["jwt: issuer not accepted"]);
+    assert_eq!(actor_notes(&entries[3]), ["jwt: audience not accepted"]);
+    assert_eq!(
+        actor_notes(&entries[4]),
+        ["jwt: required claim iss is missing"]
+    );
     for entry in &entries[1..5] {
         assert!(!entry.actor_verified, "{entry:?}");
     }
     assert_eq!(actor(&entries[5]), (Some("e-1"), Some("jwt"), true));
     assert_eq!(actor(&entries[6]), (Some("e-1"), Some("jwt"), false));
-    assert_eq!(notes(&entries[6]), ["jwt: signature does not verify"]);
+    assert_eq!(actor_notes(&entries[6]), ["jwt: signature does not verify"]);
 }
 
 #[tokio::test]
@@ -396,15 +384,15 @@ async fn jwks_file_with_two_keys_of_different_families() {
     assert_eq!(actor(&entries[0]), (Some("k"), Some("jwt"), true));
     assert_eq!(actor(&entries[1]), (Some("k"), Some("jwt"), true));
     assert_eq!(
-        notes(&entries[2]),
+        actor_notes(&entries[2]),
         ["jwt: algorithm \"RS256\" is not accepted (pinned: ES256)"]
     );
     assert_eq!(
-        notes(&entries[3]),
+        actor_notes(&entries[3]),
         ["jwt: no key with kid \"ec-9\" in the key set"]
     );
     assert_eq!(
-        notes(&entries[4]),
+        actor_notes(&entries[4]),
         ["jwt: token has no kid and the key set holds 2 keys"]
     );
     for entry in &entries[2..] {
@@ -451,18 +439,24 @@ on_invalid = \"anonymous\"
     get(&sidecar, "/d", &[("x-strict-token", &confused)]).await;
     let entries = sidecar.wait_entries(4).await;
     assert_eq!(actor(&entries[0]), (Some("root"), Some("jwt"), false));
-    assert_eq!(notes(&entries[0]), ["jwt: algorithm none is not accepted"]);
+    assert_eq!(
+        actor_notes(&entries[0]),
+        ["jwt: algorithm none is not accepted"]
+    );
     assert_eq!(actor(&entries[1]), (Some("root"), Some("jwt"), false));
     assert_eq!(
-        notes(&entries[1]),
+        actor_notes(&entries[1]),
         ["jwt: algorithm \"HS256\" is not accepted (pinned: RS256)"]
     );
     // on_invalid = "anonymous": no actor at all, but the reason is kept.
     assert_eq!(actor(&entries[2]), (None, None, false));
-    assert_eq!(notes(&entries[2]), ["jwt: algorithm none is not accepted"]);
+    assert_eq!(
+        actor_notes(&entries[2]),
+        ["jwt: algorithm none is not accepted"]
+    );
     assert_eq!(actor(&entries[3]), (None, None, false));
     assert_eq!(
-        notes(&entries[3]),
+        actor_notes(&entries[3]),
         ["jwt: algorithm \"HS256\" is not accepted (pinned: RS256)"]
     );
 }
@@ -498,20 +492,20 @@ async fn truncated_non_base64_and_huge_tokens_pass_through_unharmed() {
     }
     let entries = sidecar.wait_entries(values.len()).await;
     assert_eq!(actor(&entries[0]), (Some("t"), Some("jwt"), false));
-    assert_eq!(notes(&entries[0]), ["jwt: signature does not verify"]);
+    assert_eq!(actor_notes(&entries[0]), ["jwt: signature does not verify"]);
     assert_eq!(actor(&entries[1]), (Some("t"), Some("jwt"), false));
     assert_eq!(
-        notes(&entries[1]),
+        actor_notes(&entries[1]),
         ["jwt: token is malformed (not three dot-separated parts)"]
     );
     assert_eq!(actor(&entries[2]), (None, None, false));
     assert_eq!(
-        notes(&entries[2]),
+        actor_notes(&entries[2]),
         ["jwt: token is malformed (header is not base64url JSON)"]
     );
     assert_eq!(actor(&entries[3]), (None, None, false));
     assert_eq!(
-        notes(&entries[3]),
+        actor_notes(&entries[3]),
         [format!(
             "jwt: token of {} bytes ignored (limit 16384)",
             huge.len()
@@ -557,7 +551,7 @@ id = \"username\"
     assert_eq!(actor(&entries[1]), (Some("c"), Some("jwt"), true));
     assert_eq!(actor(&entries[2]), (Some("tele"), Some("jwt"), false));
     assert_eq!(
-        notes(&entries[2]),
+        actor_notes(&entries[2]),
         ["jwt: signature not checked (verify = false)"]
     );
     assert_never_stored(
@@ -608,11 +602,11 @@ async fn identity_headers_from_an_untrusted_peer_are_a_spoof_attempt() {
     let entries = sidecar.wait_entries(2).await;
     let spoof_note = "header: ignored x-forwarded-email, x-forwarded-user from a peer that is not a trusted proxy (spoof attempt)";
     assert_eq!(actor(&entries[0]), (None, None, false));
-    assert_eq!(notes(&entries[0]), [spoof_note]);
+    assert_eq!(actor_notes(&entries[0]), [spoof_note]);
     assert_eq!(entries[0].ip.as_deref(), Some("127.0.0.1"));
     // The next source still yields, and the spoof is still on record.
     assert_eq!(actor(&entries[1]), (Some("mallory"), Some("basic"), false));
-    assert_eq!(notes(&entries[1]), [spoof_note]);
+    assert_eq!(actor_notes(&entries[1]), [spoof_note]);
 }
 
 /// The oauth2-proxy header actor with `strip_untrusted` set as given.
@@ -658,7 +652,7 @@ async fn spoofed_identity_headers_are_removed_before_the_app_when_asked() {
     let entries = sidecar.wait_entries(1).await;
     assert_eq!(actor(&entries[0]), (None, None, false));
     assert_eq!(
-        notes(&entries[0]),
+        actor_notes(&entries[0]),
         ["header: ignored x-forwarded-email, x-forwarded-groups, x-forwarded-user from a peer that is not a trusted proxy (spoof attempt); removed before forwarding"]
     );
 
@@ -738,7 +732,7 @@ async fn underscore_spellings_never_reach_an_app_that_folds_them() {
     assert_eq!(actor(&entries[0]), (None, None, false));
     assert_eq!(entries[0].ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(
-        notes(&entries[0]),
+        actor_notes(&entries[0]),
         ["header: removed x_forwarded_user (read by some apps as x-forwarded-user), x-forwarded_email (read by some apps as x-forwarded-email) before forwarding: only the configured spelling is read (spoof attempt)"]
     );
 
@@ -773,7 +767,12 @@ async fn underscore_spellings_never_reach_an_app_that_folds_them() {
     let entries = trusted.wait_entries(1).await;
     assert_eq!(actor(&entries[0]), (Some("ann"), Some("header"), true));
     assert_eq!(entries[0].ip.as_deref(), Some("198.51.100.20"));
-    assert_eq!(notes(&entries[0]).len(), 1, "{:?}", notes(&entries[0]));
+    assert_eq!(
+        actor_notes(&entries[0]).len(),
+        1,
+        "{:?}",
+        actor_notes(&entries[0])
+    );
 }
 
 #[tokio::test]
@@ -792,7 +791,7 @@ async fn identity_headers_reach_the_app_from_a_trusted_proxy_or_when_not_asked_t
     }
     let entries = trusted.wait_entries(1).await;
     assert_eq!(actor(&entries[0]), (Some("admin"), Some("header"), true));
-    assert_eq!(notes(&entries[0]), Vec::<String>::new());
+    assert_eq!(actor_notes(&entries[0]), Vec::<String>::new());
 
     // Without strip_untrusted an untrusted peer's headers still reach the app, as before; only
     // the audit ignores them.
@@ -809,7 +808,7 @@ async fn identity_headers_reach_the_app_from_a_trusted_proxy_or_when_not_asked_t
     let entries = plain.wait_entries(1).await;
     assert_eq!(actor(&entries[0]), (None, None, false));
     assert_eq!(
-        notes(&entries[0]),
+        actor_notes(&entries[0]),
         ["header: ignored x-forwarded-email, x-forwarded-groups, x-forwarded-user from a peer that is not a trusted proxy (spoof attempt)"]
     );
 }
@@ -842,7 +841,7 @@ async fn identity_headers_from_a_trusted_proxy_are_believed() {
         json!(["admins", "ops"])
     );
     assert_eq!(entries[0].ip.as_deref(), Some("198.51.100.20"));
-    assert_eq!(notes(&entries[0]), Vec::<String>::new());
+    assert_eq!(actor_notes(&entries[0]), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -900,8 +899,8 @@ path = \"/keyed\"
 action = \"keyed\"
 metadata = {{ header = \"request.header:x-api-key\", query = \"query:api_key\", page = \"query:page\" }}
 ",
-        hex::encode(Sha256::digest(known.as_bytes())),
-        hex::encode(Sha256::digest(partner.as_bytes())),
+        sha256_hex(known),
+        sha256_hex(partner),
     );
     let mut sidecar = TestSidecar::start(upstream.addr, &rest).await;
     let echo = get(&sidecar, "/keyed", &[("x-api-key", known)]).await;
@@ -924,7 +923,7 @@ metadata = {{ header = \"request.header:x-api-key\", query = \"query:api_key\", 
         (Some(label.as_str()), Some("api_key"), false)
     );
     assert_eq!(
-        notes(&entries[1]),
+        actor_notes(&entries[1]),
         ["api_key: key is not one of the configured keys"]
     );
     assert_eq!(actor(&entries[2]), (Some("partner"), Some("api_key"), true));
@@ -1154,22 +1153,15 @@ async fn forwarded_header_forms() {
 
 /// A sidecar listening on the IPv6 loopback.
 async fn ipv6_sidecar(upstream: std::net::SocketAddr, trusted: &str, rest: &str) -> TestSidecar {
-    let dir = TempDir::new("ipv6");
-    let db = dir.0.join("audit.db");
-    let text = config_text(upstream, &db, &format!("trusted_proxies = {trusted}"), rest).replace(
-        "listen = \"127.0.0.1:0\"\nupstream",
-        "listen = \"[::1]:0\"\nupstream",
-    );
-    let config = Config::parse(&text, &dir.0).expect("valid config");
-    let sidecar = Sidecar::start(config, None).await.expect("sidecar starts");
-    assert!(sidecar.proxy_addr.is_ipv6());
-    TestSidecar {
-        proxy: sidecar.proxy_addr,
-        admin: sidecar.admin_addr,
-        sidecar: Some(sidecar),
-        db,
-        dir,
-    }
+    let sidecar = TestSidecar::start_config(|db| {
+        config_text(upstream, db, &format!("trusted_proxies = {trusted}"), rest).replace(
+            "listen = \"127.0.0.1:0\"\nupstream",
+            "listen = \"[::1]:0\"\nupstream",
+        )
+    })
+    .await;
+    assert!(sidecar.proxy.is_ipv6());
+    sidecar
 }
 
 #[tokio::test]
@@ -1196,7 +1188,7 @@ async fn ipv6_peers_and_ipv6_trusted_networks() {
     let entries = untrusted.wait_entries(1).await;
     assert_eq!(entries[0].ip.as_deref(), Some("::1"));
     assert_eq!(actor(&entries[0]), (None, None, false));
-    assert!(notes(&entries[0])[0].contains("spoof attempt"));
+    assert!(actor_notes(&entries[0])[0].contains("spoof attempt"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1539,7 +1531,7 @@ async fn no_secret_reaches_the_spill_file_the_stream_or_any_export() {
     let lock = rusqlite::Connection::open(&sidecar.db).expect("open");
     lock.execute_batch("BEGIN IMMEDIATE").expect("lock");
     post_profile(&sidecar, "123-45-6789").await;
-    let writer = sidecar.sidecar.as_ref().expect("running").writer();
+    let writer = sidecar.writer();
     assert!(
         crate::support::eventually(Duration::from_secs(20), async || writer
             .stats()

@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::support::{
-    config_text, eventually, https_identity, HttpClient, TempDir, TestSidecar, Upstream,
+    actor_notes, eventually, https_identity, metric_value, write_config, HttpClient, TempDir,
+    TestSidecar, Upstream,
 };
 use auditgate::entry::AuditEntry;
 
@@ -149,13 +150,11 @@ impl JwksServer {
 
     /// Waits (bounded) until the server has answered `count` fetches.
     async fn wait_fetches(&self, count: u64) {
-        for _ in 0..300 {
-            if self.fetches() >= count {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("expected {count} fetches, saw {}", self.fetches());
+        assert!(
+            eventually(Duration::from_secs(6), async || self.fetches() >= count).await,
+            "expected {count} fetches, saw {}",
+            self.fetches()
+        );
     }
 }
 
@@ -189,13 +188,9 @@ async fn request(sidecar: &TestSidecar, token: &str, seen: &mut usize) -> AuditE
         .expect("the request's entry")
 }
 
-fn notes(entry: &AuditEntry) -> String {
-    entry
-        .metadata
-        .get("_actor")
-        .and_then(|extra| extra.get("notes"))
-        .map(Value::to_string)
-        .unwrap_or_default()
+/// The entry's actor notes, one a line, to search and to show.
+fn notes_text(entry: &AuditEntry) -> String {
+    actor_notes(entry).join("\n")
 }
 
 #[tokio::test]
@@ -213,7 +208,11 @@ async fn keys_from_an_http_url_follow_a_rotation_and_explain_uses_them() {
     let mut seen = 0;
     let entry = request(&sidecar, &token(&a, &a.kid, "alice"), &mut seen).await;
     assert_eq!(entry.actor_id.as_deref(), Some("alice"));
-    assert!(entry.actor_verified, "key A verifies: {}", notes(&entry));
+    assert!(
+        entry.actor_verified,
+        "key A verifies: {}",
+        notes_text(&entry)
+    );
 
     // The issuer rotates to key B. The first token under B arrives before the sidecar knows the
     // key: recorded unverified, and a refetch is asked for; tokens after it verify.
@@ -221,26 +220,26 @@ async fn keys_from_an_http_url_follow_a_rotation_and_explain_uses_them() {
     let entry = request(&sidecar, &token(&b, &b.kid, "bob"), &mut seen).await;
     assert!(!entry.actor_verified);
     assert!(
-        notes(&entry)
-            .contains("no key with kid \\\"key-b\\\" in the key set (key set refetch requested)"),
+        notes_text(&entry)
+            .contains("no key with kid \"key-b\" in the key set (key set refetch requested)"),
         "{}",
-        notes(&entry)
+        notes_text(&entry)
     );
-    let mut verified = false;
-    for attempt in 0..50 {
-        let entry = request(
-            &sidecar,
-            &token(&b, &b.kid, &format!("bob-{attempt}")),
-            &mut seen,
-        )
-        .await;
-        if entry.actor_verified {
-            verified = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(verified, "a token under key B verifies after the refetch");
+    let mut attempt = 0;
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            attempt += 1;
+            request(
+                &sidecar,
+                &token(&b, &b.kid, &format!("bob-{attempt}")),
+                &mut seen,
+            )
+            .await
+            .actor_verified
+        })
+        .await,
+        "a token under key B verifies after the refetch"
+    );
     assert_eq!(
         server.fetches(),
         2,
@@ -255,13 +254,7 @@ async fn keys_from_an_http_url_follow_a_rotation_and_explain_uses_them() {
 
     // `auditgate explain` fetches the set once and checks tokens as the sidecar does.
     let dir = TempDir::new("jwks-explain");
-    let config = dir.0.join("auditgate.toml");
-    let db = dir.0.join("audit.db");
-    std::fs::write(
-        &config,
-        config_text(upstream.addr, &db, "", &jwt_actor(&url, "")),
-    )
-    .expect("write config");
+    let config = write_config(&dir.0, upstream.addr, "", &jwt_actor(&url, ""));
     let header = format!("Authorization: Bearer {}", token(&b, &b.kid, "carol"));
     // The JWKS server runs on this test's runtime: the CLI runs on the blocking pool.
     let explain_config = config.clone();
@@ -315,7 +308,7 @@ async fn https_keys_with_a_ca_file_survive_a_failed_refresh() {
     assert!(
         entry.actor_verified,
         "verified over https: {}",
-        notes(&entry)
+        notes_text(&entry)
     );
 
     // The key server goes down: refreshes fail, the last good keys stay.
@@ -326,7 +319,7 @@ async fn https_keys_with_a_ca_file_survive_a_failed_refresh() {
     assert!(
         entry.actor_verified,
         "the old keys still verify while refreshes fail: {}",
-        notes(&entry)
+        notes_text(&entry)
     );
 
     // Without the CA file the server's certificate is not trusted: the sidecar starts anyway and
@@ -335,7 +328,7 @@ async fn https_keys_with_a_ca_file_survive_a_failed_refresh() {
     let mut seen = 0;
     let entry = request(&untrusting, &token(&a, &a.kid, "mallory"), &mut seen).await;
     assert!(!entry.actor_verified);
-    let why = notes(&entry);
+    let why = notes_text(&entry);
     assert!(
         why.contains("key set not loaded yet") && why.contains("certificate"),
         "{why}"
@@ -386,15 +379,6 @@ async fn a_storm_of_unknown_kids_refetches_at_most_once_per_interval() {
     assert!(entries.iter().all(|entry| !entry.actor_verified));
 }
 
-/// The value of the `/metrics` sample `series` (name and labels, as printed), if present.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        line.strip_prefix(series)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|value| value.trim().parse().ok())
-    })
-}
-
 #[tokio::test]
 async fn fetch_failures_and_the_age_of_the_keys_show_on_metrics_not_on_readyz() {
     let a = key("key-a");
@@ -421,12 +405,15 @@ async fn fetch_failures_and_the_age_of_the_keys_show_on_metrics_not_on_readyz() 
 
     let text = client.get(&admin("/metrics")).await.text();
     assert!(
-        sample(&text, &ok).is_some_and(|count| count >= 1.0),
+        metric_value(&text, &ok).is_some_and(|count| count >= 1.0),
         "{text}"
     );
-    assert_eq!(sample(&text, &failed), Some(0.0), "{text}");
-    assert_eq!(sample(&text, &loaded), Some(1.0), "{text}");
-    assert!(sample(&text, &age).is_some_and(|age| age < 5.0), "{text}");
+    assert_eq!(metric_value(&text, &failed), Some(0.0), "{text}");
+    assert_eq!(metric_value(&text, &loaded), Some(1.0), "{text}");
+    assert!(
+        metric_value(&text, &age).is_some_and(|age| age < 5.0),
+        "{text}"
+    );
 
     // The key server answers 503: every refresh fails, the keys in use grow old, and the
     // sidecar stays ready (tokens are recorded, unverified at worst, never refused).
@@ -437,25 +424,29 @@ async fn fetch_failures_and_the_age_of_the_keys_show_on_metrics_not_on_readyz() 
     assert!(
         eventually(Duration::from_secs(5), async || {
             failing = client.get(&admin("/metrics")).await.text();
-            sample(&failing, &failed).is_some_and(|count| count >= 3.0)
+            metric_value(&failing, &failed).is_some_and(|count| count >= 3.0)
         })
         .await,
         "{failing}"
     );
-    let ok_while_failing = sample(&failing, &ok).expect("ok count");
-    let age_while_failing = sample(&failing, &age).expect("age while failing");
+    let ok_while_failing = metric_value(&failing, &ok).expect("ok count");
+    let age_while_failing = metric_value(&failing, &age).expect("age while failing");
     assert!(age_while_failing >= 0.4, "{failing}");
-    assert_eq!(sample(&failing, &loaded), Some(1.0), "the old keys stay");
+    assert_eq!(
+        metric_value(&failing, &loaded),
+        Some(1.0),
+        "the old keys stay"
+    );
     let mut older = String::new();
     assert!(
         eventually(Duration::from_secs(5), async || {
             older = client.get(&admin("/metrics")).await.text();
-            sample(&older, &age).is_some_and(|age| age >= age_while_failing + 0.3)
+            metric_value(&older, &age).is_some_and(|age| age >= age_while_failing + 0.3)
         })
         .await,
         "the age grows while fetches fail: {older}"
     );
-    assert_eq!(sample(&older, &ok), Some(ok_while_failing), "{older}");
+    assert_eq!(metric_value(&older, &ok), Some(ok_while_failing), "{older}");
     let ready = client.get(&admin("/readyz")).await;
     assert_eq!(ready.status, 200, "{}", ready.text());
 
@@ -465,8 +456,8 @@ async fn fetch_failures_and_the_age_of_the_keys_show_on_metrics_not_on_readyz() 
     assert!(
         eventually(Duration::from_secs(5), async || {
             fresh = client.get(&admin("/metrics")).await.text();
-            sample(&fresh, &ok).is_some_and(|count| count > ok_while_failing)
-                && sample(&fresh, &age).is_some_and(|age| age < age_while_failing)
+            metric_value(&fresh, &ok).is_some_and(|count| count > ok_while_failing)
+                && metric_value(&fresh, &age).is_some_and(|age| age < age_while_failing)
         })
         .await,
         "{fresh}"

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use crate::support::{config_text, eventually, HttpClient, Process, TempDir, Upstream};
+use crate::support::{eventually, write_config, HttpClient, Process, TempDir, Upstream};
 
 fn auditgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_auditgate"))
@@ -29,23 +29,9 @@ fn path_arg(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
-/// A sidecar config that records every request (`[unmatched] record = "all"`) into `dir/audit.db`.
-fn write_config(dir: &Path, upstream: SocketAddr, extra_store: &str) -> PathBuf {
-    let db = dir.join("audit.db");
-    let text = config_text(
-        upstream,
-        &db,
-        "",
-        "[unmatched]\nrecord = \"all\"\n[[rule]]\nname = \"delete user\"\nmethod = \"DELETE\"\npath = \"/api/users/{id}\"\naction = \"user.deleted\"\nresource = { type = \"user\", id = \"{id}\" }\n",
-    )
-    .replace(
-        "flush_interval = \"1ms\"",
-        &format!("flush_interval = \"1ms\"\n{extra_store}"),
-    );
-    let path = dir.join("auditgate.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
+/// The rules of every sidecar here: every request recorded (`[unmatched] record = "all"`), and
+/// deletions of users by name.
+const RULES: &str = "[unmatched]\nrecord = \"all\"\n[[rule]]\nname = \"delete user\"\nmethod = \"DELETE\"\npath = \"/api/users/{id}\"\naction = \"user.deleted\"\nresource = { type = \"user\", id = \"{id}\" }\n";
 
 fn verify(db: &Path) -> (i32, String) {
     let output = auditgate(&["verify", "--db", path_arg(db)]);
@@ -100,7 +86,7 @@ async fn after_a_clean_stop_a_plain_copy_of_the_database_file_is_the_whole_log()
     let keygen = auditgate(&["keygen", "--out", path_arg(&key)]);
     assert!(keygen.status.success(), "{}", text(&keygen.stderr));
     let heads = dir.0.join("heads.ndjson");
-    let config = write_config(&dir.0, upstream.addr, "");
+    let config = write_config(&dir.0, upstream.addr, "", RULES);
     let signed = std::fs::read_to_string(&config).expect("read").replace(
         "[log]\n",
         &format!(
@@ -151,7 +137,12 @@ async fn after_a_clean_stop_a_plain_copy_of_the_database_file_is_the_whole_log()
 async fn a_running_sidecar_checkpoints_its_wal_on_a_schedule() {
     let upstream = Upstream::start().await;
     let dir = TempDir::new("scheduled-checkpoint");
-    let config = write_config(&dir.0, upstream.addr, "checkpoint_interval = \"100ms\"");
+    let config = write_config(
+        &dir.0,
+        upstream.addr,
+        "checkpoint_interval = \"100ms\"",
+        RULES,
+    );
     let process = Process::start(&config);
     let client = HttpClient::new();
     send_deletes(&client, process.proxy, 0..25).await;
@@ -192,7 +183,7 @@ async fn a_backup_under_load_verifies_and_holds_every_acknowledged_entry() {
     const MAX_REQUESTS: u64 = 50_000;
     let upstream = Upstream::start().await;
     let dir = TempDir::new("backup-load");
-    let config = write_config(&dir.0, upstream.addr, "");
+    let config = write_config(&dir.0, upstream.addr, "", RULES);
     let process = Process::start(&config);
     let proxy = process.proxy;
     let stop = Arc::new(AtomicBool::new(false));
@@ -342,7 +333,7 @@ fn client_request_ids(db: &Path) -> BTreeSet<String> {
 async fn backup_refuses_to_overwrite_a_file_unless_forced() {
     let upstream = Upstream::start().await;
     let dir = TempDir::new("backup-force");
-    let config = write_config(&dir.0, upstream.addr, "");
+    let config = write_config(&dir.0, upstream.addr, "", RULES);
     let process = Process::start(&config);
     send_deletes(&HttpClient::new(), process.proxy, 0..3).await;
     process.stop();
@@ -476,7 +467,7 @@ fn read_commands_on_a_missing_or_empty_store_fail_and_change_nothing() {
 async fn read_commands_leave_a_stopped_store_exactly_as_it_was() {
     let upstream = Upstream::start().await;
     let dir = TempDir::new("read-only-stopped");
-    let config = write_config(&dir.0, upstream.addr, "");
+    let config = write_config(&dir.0, upstream.addr, "", RULES);
     let process = Process::start(&config);
     send_deletes(&HttpClient::new(), process.proxy, 0..5).await;
     process.stop();
@@ -515,7 +506,7 @@ async fn signed_store(label: &str) -> (TempDir, PathBuf, PathBuf) {
     let dir = TempDir::new(label);
     let key = dir.0.join("log.key");
     auditgate::log::head::LogSigner::write_new(&key).expect("key");
-    let config = write_config(&dir.0, upstream.addr, "");
+    let config = write_config(&dir.0, upstream.addr, "", RULES);
     let signed = std::fs::read_to_string(&config).expect("read").replace(
         "[log]\n",
         &format!(
@@ -1029,7 +1020,7 @@ fn token_refuses_a_scope_that_check_would_refuse() {
 async fn read_commands_take_the_store_from_a_config_file() {
     let upstream = Upstream::start().await;
     let dir = TempDir::new("read-from-config");
-    let config = write_config(&dir.0, upstream.addr, "");
+    let config = write_config(&dir.0, upstream.addr, "", RULES);
     let process = Process::start(&config);
     send_deletes(&HttpClient::new(), process.proxy, 0..4).await;
     process.stop();
@@ -1080,7 +1071,7 @@ async fn read_commands_take_the_store_from_a_config_file() {
 async fn a_closed_stdout_ends_quietly() {
     let upstream = Upstream::start().await;
     let dir = TempDir::new("closed-stdout");
-    let config = write_config(&dir.0, upstream.addr, "");
+    let config = write_config(&dir.0, upstream.addr, "", RULES);
     let process = Process::start(&config);
     send_deletes(&HttpClient::new(), process.proxy, 0..30).await;
     process.stop();

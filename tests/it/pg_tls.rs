@@ -11,7 +11,7 @@ use auditgate::config::Config;
 use auditgate::server::Sidecar;
 
 use crate::pg::{self, TestDatabase};
-use crate::support::{HttpClient, TempDir, Upstream};
+use crate::support::{eventually, eventually_blocking, HttpClient, TempDir, Upstream};
 
 /// The CA that signed the test server's certificate, or `None` after saying the test is skipped.
 fn server_ca(test: &str) -> Option<PathBuf> {
@@ -86,7 +86,7 @@ async fn verify_full_with_the_servers_ca_stores_entries_over_tls() {
         assert_eq!(client.send("POST", &url, &[], "{}").await.status, 200);
     }
     let mut stored = 0;
-    for _ in 0..200 {
+    eventually(Duration::from_secs(10), async || {
         assert!(sidecar.writer().flushed(Duration::from_secs(10)).await);
         let config = database.config.clone();
         stored = tokio::task::spawn_blocking(move || {
@@ -101,11 +101,9 @@ async fn verify_full_with_the_servers_ca_stores_entries_over_tls() {
         })
         .await
         .expect("count task");
-        if stored >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        stored >= 3
+    })
+    .await;
     assert_eq!(stored, 3, "the three requests are stored");
     let database = tokio::task::spawn_blocking(move || {
         let (tls, plain) = auditgate_sessions(&database);
@@ -199,17 +197,16 @@ fn set_server_ssl(database: &TestDatabase, statement: &str, expected: &str) {
     client
         .batch_execute("SELECT pg_reload_conf()")
         .expect("reload");
-    for _ in 0..200 {
-        let row = database
-            .client()
-            .query_one("SHOW ssl", &[])
-            .expect("show ssl");
-        if row.get::<_, String>(0) == expected {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("the server's ssl did not become {expected}");
+    assert!(
+        eventually_blocking(Duration::from_secs(5), || {
+            let row = database
+                .client()
+                .query_one("SHOW ssl", &[])
+                .expect("show ssl");
+            row.get::<_, String>(0) == expected
+        }),
+        "the server's ssl did not become {expected}"
+    );
 }
 
 #[test]

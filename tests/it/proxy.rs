@@ -598,7 +598,7 @@ async fn shutdown_writes_every_queued_entry() {
             .await;
         assert_eq!(reply.status, 200);
     }
-    let writer = sidecar.sidecar.as_ref().expect("running").writer();
+    let writer = sidecar.writer();
     // Entries are queued when the response body ends, a moment after the client has it; the
     // run's audit.started waits in the same batch.
     assert!(

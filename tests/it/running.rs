@@ -4,13 +4,9 @@
 
 use std::time::Duration;
 
-use auditgate::config::Config;
-use auditgate::server::Sidecar;
-use sha2::{Digest, Sha256};
-
 use crate::support::{
-    config_text, eventually, metric_value, read_all_entries, HttpClient, Process, TempDir,
-    TestSidecar, Upstream, TEST_TOKEN,
+    config_text, eventually, metric_value, read_all_entries, sha256_hex, write_config, HttpClient,
+    Process, TempDir, TestSidecar, Upstream, TEST_TOKEN,
 };
 
 #[cfg(unix)]
@@ -48,18 +44,7 @@ async fn the_database_and_its_wal_are_private_to_the_sidecar_user() {
 }
 
 fn sha256_of(path: &std::path::Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(path).expect("config")))
-}
-
-/// A config file for the binary, in a fresh directory.
-fn write_config(dir: &TempDir, upstream: std::net::SocketAddr, rest: &str) -> std::path::PathBuf {
-    let path = dir.0.join("auditgate.toml");
-    std::fs::write(
-        &path,
-        config_text(upstream, &dir.0.join("audit.db"), "", rest),
-    )
-    .expect("write config");
-    path
+    sha256_hex(std::fs::read(path).expect("config"))
 }
 
 #[tokio::test]
@@ -67,7 +52,7 @@ async fn json_logs_have_flat_fields_and_an_unknown_format_is_refused() {
     use std::io::{BufRead, BufReader};
     let upstream = Upstream::start().await;
     let dir = TempDir::new("json-logs");
-    let config = write_config(&dir, upstream.addr, "");
+    let config = write_config(&dir.0, upstream.addr, "", "");
 
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_auditgate"))
         .args(["run", "--config"])
@@ -101,10 +86,9 @@ async fn json_logs_have_flat_fields_and_an_unknown_format_is_refused() {
             .map_while(Result::ok)
             .find(|line| line.contains("auditgate is serving"))
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !reader.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // A reader still running after the bound is ended by the kill below, and its answer says
+    // whether the line came.
+    eventually(Duration::from_secs(30), async || reader.is_finished()).await;
     let _ = child.kill();
     let _ = child.wait();
     let line = reader.join().expect("reader").expect("a serving line");
@@ -131,8 +115,9 @@ async fn metrics_show_the_build_the_config_in_force_the_process_and_reloads() {
     let upstream = Upstream::start().await;
     let dir = TempDir::new("metrics-ops");
     let config = write_config(
-        &dir,
+        &dir.0,
         upstream.addr,
+        "",
         "[[rule]]\nmethod = \"DELETE\"\npath = \"/api/users/{id}\"\naction = \"user.deleted\"\n",
     );
     let first_hash = sha256_of(&config);
@@ -261,38 +246,37 @@ async fn sign_in(admin: std::net::SocketAddr, extra: &[(&str, &str)]) -> String 
 #[tokio::test]
 async fn the_session_cookie_is_secure_when_a_trusted_proxy_says_https() {
     let upstream = Upstream::start().await;
-    let dir = TempDir::new("secure-cookie");
     let start = async |trusted: &str| {
-        let text = config_text(upstream.addr, &dir.0.join(format!("{trusted}.db")), "", "")
-            .replace(
+        TestSidecar::start_config(|db| {
+            config_text(upstream.addr, db, "", "").replace(
                 "[admin]\n",
                 &format!("[admin]\ntrusted_proxies = [\"{trusted}\"]\n"),
-            );
-        let config = Config::parse(&text, &dir.0).expect("valid config");
-        Sidecar::start(config, None).await.expect("starts")
+            )
+        })
+        .await
     };
     let https = [("x-forwarded-proto", "https")];
 
     // The test client connects from 127.0.0.1: a trusted proxy.
-    let behind_tls = start("127.0.0.1").await;
-    let cookie = sign_in(behind_tls.admin_addr, &https).await;
+    let mut behind_tls = start("127.0.0.1").await;
+    let cookie = sign_in(behind_tls.admin, &https).await;
     assert!(cookie.contains("; Secure"), "{cookie}");
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
-    let plain = sign_in(behind_tls.admin_addr, &[]).await;
+    let plain = sign_in(behind_tls.admin, &[]).await;
     assert!(
         !plain.contains("Secure"),
         "plain HTTP could never send it back: {plain}"
     );
-    behind_tls.shutdown().await;
+    behind_tls.stop().await;
 
     // A client that is not a trusted proxy cannot decide the cookie's attributes.
-    let elsewhere = start("192.0.2.1").await;
-    let cookie = sign_in(elsewhere.admin_addr, &https).await;
+    let mut elsewhere = start("192.0.2.1").await;
+    let cookie = sign_in(elsewhere.admin, &https).await;
     assert!(!cookie.contains("Secure"), "{cookie}");
-    elsewhere.shutdown().await;
+    elsewhere.stop().await;
 }
 
 #[tokio::test]
@@ -301,8 +285,9 @@ async fn a_reload_applies_tokens_redaction_and_stream_and_names_what_waits_for_a
     let other_upstream = Upstream::start().await;
     let dir = TempDir::new("honest-reload");
     let config = write_config(
-        &dir,
+        &dir.0,
         upstream.addr,
+        "",
         "[redact]\nfields = [\"password\", \"ssn\"]\n\
          [[rule]]\nmethod = \"DELETE\"\npath = \"/api/users/{id}\"\naction = \"user.deleted\"\n",
     );
@@ -341,7 +326,7 @@ async fn a_reload_applies_tokens_redaction_and_stream_and_names_what_waits_for_a
 
     // The new file: the test token replaced, a redaction field dropped, a stream added, and the
     // app's address changed (which needs a restart).
-    let new_hash = hex::encode(Sha256::digest(new_token.as_bytes()));
+    let new_hash = sha256_hex(new_token);
     let text = std::fs::read_to_string(&config).expect("read");
     let stream_path = dir.0.join("stream.ndjson");
     let changed =
@@ -454,7 +439,7 @@ async fn an_upstream_failure_is_logged_with_the_request_id_method_and_path() {
         .local_addr()
         .expect("addr");
     let dir = TempDir::new("upstream-warning");
-    let config = write_config(&dir, closed, "");
+    let config = write_config(&dir.0, closed, "", "");
     let process = Process::start(&config);
     let reply = HttpClient::new()
         .send(

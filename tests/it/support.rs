@@ -349,6 +349,24 @@ pub fn config_text(
     )
 }
 
+/// Writes a config file for the binary (`Process`, the CLI) to `dir/auditgate.toml`, its database
+/// at `dir/audit.db`: [`config_text`] with `store_extra` keys added to `[store]`. Returns the
+/// file's path.
+pub fn write_config(
+    dir: &std::path::Path,
+    upstream: SocketAddr,
+    store_extra: &str,
+    rest: &str,
+) -> PathBuf {
+    let text = config_text(upstream, &dir.join("audit.db"), "", rest).replace(
+        "flush_interval = \"1ms\"",
+        &format!("flush_interval = \"1ms\"\n{store_extra}"),
+    );
+    let path = dir.join("auditgate.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
 impl TestSidecar {
     pub async fn start(upstream: SocketAddr, rest: &str) -> TestSidecar {
         TestSidecar::start_with(upstream, "", rest).await
@@ -361,14 +379,18 @@ impl TestSidecar {
     /// Starts a sidecar on the config `text_for(db)` makes, with its database in a fresh
     /// directory.
     pub async fn start_config(text_for: impl FnOnce(&std::path::Path) -> String) -> TestSidecar {
-        let dir = TempDir::new("sidecar");
+        TestSidecar::start_in(TempDir::new("sidecar"), text_for).await
+    }
+
+    /// [`TestSidecar::start_config`] in a directory the test made first (for a key file, or an
+    /// app that reads the store, both of which must exist before the sidecar does). The
+    /// database is `dir/audit.db`, and relative paths in the config are relative to `dir`.
+    pub async fn start_in(
+        dir: TempDir,
+        text_for: impl FnOnce(&std::path::Path) -> String,
+    ) -> TestSidecar {
         let db = dir.0.join("audit.db");
-        let text = text_for(&db);
-        let config = match Config::parse(&text, &dir.0) {
-            Ok(config) => config,
-            Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
-        };
-        let sidecar = Sidecar::start(config, None).await.expect("sidecar starts");
+        let sidecar = start_sidecar(&text_for(&db), &dir.0).await;
         TestSidecar {
             proxy: sidecar.proxy_addr,
             admin: sidecar.admin_addr,
@@ -376,6 +398,24 @@ impl TestSidecar {
             db,
             dir,
         }
+    }
+
+    /// Stops the sidecar (if it runs) and starts it again on the same database and directory,
+    /// with the config `text`; the listeners get new ports.
+    pub async fn restart(&mut self, text: &str) {
+        self.stop().await;
+        let sidecar = start_sidecar(text, &self.dir.0).await;
+        self.proxy = sidecar.proxy_addr;
+        self.admin = sidecar.admin_addr;
+        self.sidecar = Some(sidecar);
+    }
+
+    /// The running sidecar's writer, to push entries the way the proxy does or read its stats.
+    pub fn writer(&self) -> auditgate::writer::WriterHandle {
+        self.sidecar
+            .as_ref()
+            .expect("the sidecar is running")
+            .writer()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -396,18 +436,40 @@ impl TestSidecar {
     /// Waits for `count` entries (entries are finished when response bodies end, which may be a
     /// moment after the client saw the response).
     pub async fn wait_entries(&self, count: usize) -> Vec<AuditEntry> {
-        for _ in 0..500 {
-            let entries = self.entries().await;
-            if entries.len() >= count {
-                return entries;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let entries = self.entries().await;
-        panic!(
-            "expected {count} entries, have {}: {entries:#?}",
+        self.wait_until(&format!("{count} entries"), |entries| {
+            entries.len() >= count
+        })
+        .await
+    }
+
+    /// Waits (bounded: 10 s) for the first stored entry that satisfies `wanted`.
+    pub async fn wait_entry(&self, wanted: impl Fn(&AuditEntry) -> bool) -> AuditEntry {
+        self.wait_until("the entry", |entries| entries.iter().any(&wanted))
+            .await
+            .into_iter()
+            .find(|entry| wanted(entry))
+            .expect("an entry that was there a moment ago")
+    }
+
+    /// Waits (bounded: 10 s) until the stored entries satisfy `done`, and returns them; fails
+    /// the test, naming `what` it waited for, when they never do.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        done: impl Fn(&[AuditEntry]) -> bool,
+    ) -> Vec<AuditEntry> {
+        let mut entries = Vec::new();
+        let arrived = eventually(Duration::from_secs(10), async || {
+            entries = self.entries().await;
+            done(&entries)
+        })
+        .await;
+        assert!(
+            arrived,
+            "waited for {what}, have {} entries: {entries:#?}",
             entries.len()
         );
+        entries
     }
 
     pub async fn stop(&mut self) {
@@ -415,6 +477,32 @@ impl TestSidecar {
             sidecar.shutdown().await;
         }
     }
+}
+
+/// What the actor sources noted about an entry's actor (`metadata._actor.notes`): why a token
+/// did not verify, which source was skipped. Empty when there are none.
+pub fn actor_notes(entry: &AuditEntry) -> Vec<String> {
+    entry
+        .metadata
+        .get("_actor")
+        .and_then(|extra| extra.get("notes"))
+        .and_then(Value::as_array)
+        .map(|notes| {
+            notes
+                .iter()
+                .filter_map(|note| note.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A sidecar started on the config `text`, whose relative paths are relative to `dir`.
+async fn start_sidecar(text: &str, dir: &std::path::Path) -> Sidecar {
+    let config = match Config::parse(text, dir) {
+        Ok(config) => config,
+        Err(errors) => panic!("test config invalid: {errors:?}\n{text}"),
+    };
+    Sidecar::start(config, None).await.expect("sidecar starts")
 }
 
 /// Every entry in a database file except the sidecar's own `audit.started`, `audit.stopped` and
@@ -674,6 +762,18 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     check().await
+}
+
+/// [`eventually`] for code that cannot await: plain `#[test]`s and `Drop`.
+pub fn eventually_blocking(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check()
 }
 
 /// A CA and a certificate for 127.0.0.1 it signed, made with the openssl CLI: (CA PEM path, TLS
@@ -1168,4 +1268,186 @@ async fn express_answer(
         .header("content-type", "application/json")
         .body(full(json!({"handler": handler, "id": id}).to_string()))
         .expect("response")
+}
+
+/// The SHA-256 of `bytes` in lowercase hex, as `[[admin.tokens]]` and API keys name secrets and
+/// `/metrics` names the config file.
+pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes.as_ref()))
+}
+
+/// `pairs` as a URL query string, names and values form-encoded.
+pub fn query_string<V: AsRef<str>>(pairs: &[(&str, V)]) -> String {
+    let mut serializer = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        serializer.append_pair(name, value.as_ref());
+    }
+    serializer.finish()
+}
+
+/// What the entry filter `name=value` means, written out apart from the library (its parameter
+/// parsing and the stores' SQL): the one oracle that the admin API and both stores are held to.
+/// `name` is an admin query parameter (`actor`, `status`, `ip`, `since`, ...) or
+/// `action_contains`, the reference endpoint's case-insensitive `action`; `now` anchors the
+/// relative times (`7d`).
+pub fn filter_holds(
+    entry: &AuditEntry,
+    name: &str,
+    value: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    use std::net::IpAddr;
+    fn text(field: &Option<String>) -> Option<&str> {
+        field.as_deref()
+    }
+    let lower = value.to_ascii_lowercase();
+    let contains = |field: Option<&str>| {
+        field.is_some_and(|field| field.to_ascii_lowercase().contains(&lower))
+    };
+    match name {
+        "actor" => text(&entry.actor_id) == Some(value) || text(&entry.actor_email) == Some(value),
+        "action" => entry.action == value,
+        "action_prefix" => entry.action.starts_with(value),
+        "action_contains" => contains(Some(&entry.action)),
+        "exclude_action_prefix" => !entry.action.starts_with(value),
+        "resource_type" => text(&entry.resource_type) == Some(value),
+        "resource_id" => text(&entry.resource_id) == Some(value),
+        "outcome" => entry.outcome.as_str() == value,
+        "status" => entry
+            .status
+            .is_some_and(|status| match value.strip_suffix("xx") {
+                Some(class) => status / 100 == class.parse::<u16>().expect("a status class"),
+                None => status == value.parse::<u16>().expect("a status"),
+            }),
+        "ip" => entry
+            .ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .is_some_and(|address| match value.parse::<ipnet::IpNet>() {
+                Ok(network) => network_holds(network, address),
+                Err(_) => value.parse::<IpAddr>().expect("an address") == address,
+            }),
+        "since" => entry.created_at >= filter_time(value, now),
+        "until" => entry.created_at < filter_time(value, now),
+        "q" => [
+            text(&entry.actor_id),
+            text(&entry.actor_email),
+            Some(entry.action.as_str()),
+            text(&entry.resource_type),
+            text(&entry.resource_id),
+            text(&entry.path),
+        ]
+        .into_iter()
+        .any(contains),
+        "log_id" => entry.log_id == value,
+        other => panic!("no oracle for the filter {other}"),
+    }
+}
+
+/// Whether `entry` meets every condition `filter` sets, each held to [`filter_holds`].
+pub fn filter_matches(filter: &auditgate::store::query::Filter, entry: &AuditEntry) -> bool {
+    use auditgate::store::query::{Filter, IpFilter, StatusFilter};
+    use chrono::SecondsFormat;
+    // Every field by name, so a condition added to `Filter` fails to compile here until the
+    // oracle knows it.
+    let Filter {
+        actor,
+        action,
+        action_prefix,
+        action_contains,
+        exclude_action_prefixes,
+        resource_type,
+        resource_id,
+        outcome,
+        status,
+        ip,
+        since,
+        until,
+        q,
+        log_id,
+    } = filter;
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    for (name, value) in [
+        ("actor", actor),
+        ("action", action),
+        ("action_prefix", action_prefix),
+        ("action_contains", action_contains),
+        ("resource_type", resource_type),
+        ("resource_id", resource_id),
+        ("q", q),
+        ("log_id", log_id),
+    ] {
+        pairs.extend(value.iter().map(|value| (name, value.clone())));
+    }
+    pairs.extend(
+        exclude_action_prefixes
+            .iter()
+            .map(|prefix| ("exclude_action_prefix", prefix.clone())),
+    );
+    pairs.extend(outcome.map(|outcome| ("outcome", outcome.as_str().to_string())));
+    pairs.extend(status.map(|status| match status {
+        StatusFilter::Exact(code) => ("status", code.to_string()),
+        StatusFilter::Class(class) => ("status", format!("{class}xx")),
+    }));
+    pairs.extend(ip.map(|ip| match ip {
+        IpFilter::Exact(address) => ("ip", address.to_string()),
+        IpFilter::Network(network) => ("ip", network.to_string()),
+    }));
+    let time =
+        |time: &chrono::DateTime<chrono::Utc>| time.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    pairs.extend(since.iter().map(|since| ("since", time(since))));
+    pairs.extend(until.iter().map(|until| ("until", time(until))));
+    let now = chrono::Utc::now();
+    pairs
+        .iter()
+        .all(|(name, value)| filter_holds(entry, name, value, now))
+}
+
+/// Whether `network` holds `address`, written apart from `ipnet`'s own methods: the first
+/// `prefix` bits equal to the network's (an IPv4 network never holds an IPv6 address,
+/// IPv4-mapped or not).
+fn network_holds(network: ipnet::IpNet, address: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let same_prefix = |a: u128, b: u128, bits: u32, prefix: u8| {
+        let prefix = u32::from(prefix);
+        prefix == 0 || (a ^ b) >> (bits - prefix) == 0
+    };
+    match (network, address) {
+        (ipnet::IpNet::V4(network), IpAddr::V4(address)) => same_prefix(
+            u128::from(u32::from(address)),
+            u128::from(u32::from(network.network())),
+            32,
+            network.prefix_len(),
+        ),
+        (ipnet::IpNet::V6(network), IpAddr::V6(address)) => same_prefix(
+            u128::from(address),
+            u128::from(network.network()),
+            128,
+            network.prefix_len(),
+        ),
+        _ => false,
+    }
+}
+
+/// A `since`/`until` value as a time, in the forms the tests use: RFC 3339, a date (its
+/// midnight, UTC), or hours or days before `now` (`3h`, `7d`).
+pub fn filter_time(
+    value: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> chrono::DateTime<chrono::Utc> {
+    use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+    if let Ok(time) = DateTime::parse_from_rfc3339(value) {
+        return time.with_timezone(&Utc);
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        return date.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+    }
+    let (amount, unit) = value.split_at(value.len() - 1);
+    let amount: i64 = amount.parse().expect("a relative amount");
+    now - match unit {
+        "h" => TimeDelta::hours(amount),
+        "d" => TimeDelta::days(amount),
+        _ => panic!("unit {unit}"),
+    }
 }

@@ -485,26 +485,12 @@ async fn signing_sidecar_with_urls(
     rest: &str,
 ) -> (TestSidecar, PathBuf, PathBuf) {
     let dir = TempDir::new("signing");
-    let db = dir.0.join("audit.db");
     let key = dir.0.join("log.key");
     LogSigner::write_new(&key).expect("key");
     let heads = dir.0.join("heads.ndjson");
     let text = signing_config_text(upstream, &dir.0, urls, log_extra, rest);
-    let sidecar = Sidecar::start(parse_config(&text, &dir.0), None)
-        .await
-        .expect("sidecar starts");
     let public = public_key_path(&key);
-    (
-        TestSidecar {
-            proxy: sidecar.proxy_addr,
-            admin: sidecar.admin_addr,
-            sidecar: Some(sidecar),
-            db,
-            dir,
-        },
-        heads,
-        public,
-    )
+    (TestSidecar::start_in(dir, |_| text).await, heads, public)
 }
 
 /// The config of [`signing_sidecar_with_urls`] for a sidecar whose files are in `dir`
@@ -546,14 +532,14 @@ fn read_heads(path: &Path) -> Vec<SignedTreeHead> {
 
 /// Polls the heads file until `done` holds (bounded: 10 s).
 async fn wait_heads(path: &Path, done: impl Fn(&[SignedTreeHead]) -> bool) -> Vec<SignedTreeHead> {
-    for _ in 0..1000 {
-        let heads = read_heads(path);
-        if done(&heads) {
-            return heads;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("heads file never got there: {:#?}", read_heads(path));
+    let mut heads = Vec::new();
+    let arrived = support::eventually(Duration::from_secs(10), async || {
+        heads = read_heads(path);
+        done(&heads)
+    })
+    .await;
+    assert!(arrived, "heads file never got there: {heads:#?}");
+    heads
 }
 
 #[tokio::test]
@@ -1255,10 +1241,7 @@ async fn heads_are_posted_over_https_to_a_server_the_ca_file_trusts_and_no_other
     assert!(
         crate::support::eventually(Duration::from_secs(10), async || {
             metrics = client.get(&metrics_url).await.text();
-            metrics
-                .lines()
-                .find_map(|line| line.strip_prefix("auditgate_head_publish_failures_total "))
-                .and_then(|value| value.parse::<u64>().ok())
+            support::metric_count(&metrics, "auditgate_head_publish_failures_total")
                 .is_some_and(|failures| failures >= 2)
         })
         .await,
@@ -1390,20 +1373,9 @@ async fn a_database_restored_from_an_older_copy_is_refused_at_start() {
     copy_database(&sidecar.db, &older);
 
     // The log goes on past the copy.
-    let mut again = TestSidecar {
-        sidecar: None,
-        proxy: sidecar.proxy,
-        admin: sidecar.admin,
-        db: sidecar.db.clone(),
-        dir: TempDir::new("unused"),
-    };
-    let running = Sidecar::start(parse_config(&text, &dir), None)
-        .await
-        .expect("the same store restarts");
-    again.proxy = running.proxy_addr;
-    again.sidecar = Some(running);
-    traffic(&again, &heads, 4).await;
-    again.stop().await;
+    sidecar.restart(&text).await;
+    traffic(&sidecar, &heads, 4).await;
+    sidecar.stop().await;
     let published = read_heads(&heads);
     let newest = published
         .iter()
@@ -1505,16 +1477,8 @@ async fn fresh_stores_and_stores_ahead_of_their_heads_file_start() {
         "sign_every = 2\nsign_interval = \"50ms\"",
         "",
     );
-    let running = Sidecar::start(parse_config(&text, &dir.0), None)
-        .await
-        .expect("a fresh store with an empty heads file starts");
-    let mut sidecar = TestSidecar {
-        proxy: running.proxy_addr,
-        admin: running.admin_addr,
-        sidecar: Some(running),
-        db: dir.0.join("audit.db"),
-        dir: TempDir::new("unused"),
-    };
+    // A fresh store with an empty heads file starts.
+    let mut sidecar = TestSidecar::start_in(dir, |_| text.clone()).await;
     traffic(&sidecar, &heads, 4).await;
     sidecar.stop().await;
     // The heads file lost its newer lines (the store is ahead of it): still the same log.
@@ -1525,10 +1489,9 @@ async fn fresh_stores_and_stores_ahead_of_their_heads_file_start() {
         .map(|line| format!("{line}\n"))
         .collect();
     std::fs::write(&heads, first).expect("cut");
-    let running = Sidecar::start(parse_config(&text, &dir.0), None)
-        .await
-        .expect("a store ahead of its heads file starts");
-    running.shutdown().await;
+    // A store ahead of its heads file starts.
+    sidecar.restart(&text).await;
+    sidecar.stop().await;
     assert_never_forked(&read_heads(&heads));
 }
 
