@@ -64,6 +64,7 @@
 //! `leafIndex == seq - 1`, folds the audit path to the head's root (RFC 9162 2.1.3.2), checks the
 //! head's signature, and compares the line count with `entries`.
 
+pub mod checkpoint;
 pub mod head;
 pub mod merkle;
 pub mod pruned;
