@@ -3,8 +3,13 @@
 //! - `GET /api/v1/log/head` — the latest signed tree head:
 //!   `{"logId","size","rootHash"(hex),"timestamp","keyId","signature"(base64)}`;
 //!   404 `{"error":"no signed tree head yet"}`.
+//! - `GET /api/v1/log/checkpoint` — the latest signed tree head as a C2SP checkpoint (a signed
+//!   note, `text/plain; charset=utf-8`; see [`crate::log::checkpoint`]); 404 when no signing key
+//!   is configured or no head is signed yet, 409 when the latest stored head does not verify under
+//!   the running key (signed by a key since rotated, or altered in the database).
 //! - `GET /api/v1/log/key` — the public key heads are signed with:
-//!   `{"algorithm":"Ed25519","keyId","publicKeyPem"}`; 404 when no signing key is configured.
+//!   `{"algorithm":"Ed25519","keyId","publicKeyPem","origin","vkey"}` (`vkey` verifies the
+//!   checkpoints); 404 when no signing key is configured.
 //! - `GET /api/v1/log/consistency?from=M&to=N` — RFC 9162 consistency proof between sizes
 //!   (`to` defaults to the latest head's size): `{"from","to","fromRoot","toRoot","proof":[hex]}`.
 //! - `GET /api/v1/entries/{id}/proof` — inclusion proof of an entry (by id, or by sequence number,
@@ -22,14 +27,16 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AdminState;
-use crate::log::head::LogVerifier;
+use crate::log::checkpoint::VerifierKey;
+use crate::log::head::{HeadError, LogVerifier};
 use crate::log::merkle::to_hex;
 use crate::log::verify::{HeadOrigin, HeadToCheck, LogCheck};
 use crate::signer::SignerStats;
@@ -41,6 +48,8 @@ pub struct LogApiState {
     /// The log's signing key: exports with proofs sign their manifest with it.
     signer: Option<Arc<crate::log::head::LogSigner>>,
     signer_stats: Option<Arc<SignerStats>>,
+    /// The checkpoints' origin (`[log] origin`, or the log id when not given).
+    checkpoint_origin: Option<String>,
     verify: Mutex<IncrementalVerify>,
 }
 
@@ -63,6 +72,7 @@ impl LogApiState {
             public_key,
             signer: None,
             signer_stats,
+            checkpoint_origin: None,
             verify: Mutex::new(IncrementalVerify {
                 check: LogCheck::new(keys),
                 last_head_id: 0,
@@ -92,6 +102,12 @@ impl LogApiState {
     /// Signs the manifests of exports with proofs with the log's key.
     pub fn with_signer(mut self, signer: Option<Arc<crate::log::head::LogSigner>>) -> LogApiState {
         self.signer = signer;
+        self
+    }
+
+    /// The origin of the checkpoints served at `/log/checkpoint`.
+    pub fn with_checkpoint_origin(mut self, origin: String) -> LogApiState {
+        self.checkpoint_origin = Some(origin);
         self
     }
 
@@ -126,6 +142,60 @@ pub(crate) async fn head(State(state): State<AdminState>) -> Result<Json<Value>,
     }
 }
 
+/// The origin of the log's checkpoints, by default its id.
+fn checkpoint_origin(state: &AdminState) -> String {
+    state
+        .log
+        .checkpoint_origin
+        .clone()
+        .unwrap_or_else(|| state.log_id.to_string())
+}
+
+/// The latest head as a signed checkpoint. The checkpoint is signed here, on request, and only
+/// for a stored head whose signature verifies under the running key: someone who can write the
+/// database but has not the key cannot make the sidecar sign a root it never signed. Ed25519 is
+/// deterministic, so the same head always gives the same checkpoint.
+pub(crate) async fn checkpoint(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let (Some(signer), Some(public_key)) = (state.log.signer.clone(), &state.log.public_key) else {
+        return Err(ApiError::Refused(
+            StatusCode::NOT_FOUND,
+            "no signing key is configured ([log] signing_key)".into(),
+        ));
+    };
+    let store = state.store.clone();
+    let Some(head) = blocking(move || Ok(store.latest_head()?)).await? else {
+        return Err(ApiError::Refused(
+            StatusCode::NOT_FOUND,
+            "no signed tree head yet".into(),
+        ));
+    };
+    match public_key.verify(&head) {
+        Ok(()) => {}
+        Err(HeadError::WrongKey { expected, found }) => {
+            return Err(ApiError::Refused(
+                StatusCode::CONFLICT,
+                format!(
+                    "the latest head is signed by key {found}, not by the running key \
+                     {expected}; the next head signed has a checkpoint"
+                ),
+            ))
+        }
+        Err(error) => {
+            tracing::error!(size = head.head.size, %error, "the latest stored tree head does not verify under the log's key; not signing a checkpoint of it");
+            return Err(ApiError::Refused(
+                StatusCode::CONFLICT,
+                "the latest stored head does not verify under the log's key; no checkpoint is \
+                 signed for it (see /api/v1/verify)"
+                    .into(),
+            ));
+        }
+    }
+    let note = signer
+        .sign_checkpoint(&checkpoint_origin(&state), &head.head)
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
 pub(crate) async fn key(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let Some(key) = &state.log.public_key else {
         return Err(ApiError::Refused(
@@ -136,10 +206,15 @@ pub(crate) async fn key(State(state): State<AdminState>) -> Result<Json<Value>, 
     let pem = key
         .to_public_pem()
         .map_err(|error| ApiError::Internal(error.to_string()))?;
+    let origin = checkpoint_origin(&state);
+    let vkey =
+        VerifierKey::new(&origin, key).map_err(|error| ApiError::Internal(error.to_string()))?;
     Ok(Json(json!({
         "algorithm": "Ed25519",
         "keyId": key.key_id(),
         "publicKeyPem": pem,
+        "origin": origin,
+        "vkey": vkey.to_string(),
     })))
 }
 
