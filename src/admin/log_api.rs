@@ -419,3 +419,116 @@ pub(crate) async fn verify(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::to_bytes;
+    use chrono::Utc;
+
+    use super::*;
+    use crate::config::SyncMode;
+    use crate::log::checkpoint::VerifierKey;
+    use crate::log::head::{LogSigner, TreeHead};
+    use crate::metrics::Metrics;
+    use crate::store::sqlite::SqliteStore;
+    use crate::writer::{Writer, WriterOptions};
+
+    /// An admin state over a fresh store, with `signer` as the running key.
+    fn admin_state(
+        dir: &std::path::Path,
+        signer: Option<Arc<LogSigner>>,
+    ) -> (AdminState, Writer, Arc<dyn Store>) {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.join("audit.db"), SyncMode::Normal).expect("opens"));
+        let writer = Writer::start(
+            store.clone(),
+            WriterOptions {
+                capacity: 10,
+                batch_size: 10,
+                linger: Duration::from_millis(1),
+                spill_path: None,
+            },
+        )
+        .expect("writer");
+        let log = LogApiState::new(signer.as_ref().map(|key| key.public_key()), None)
+            .with_signer(signer)
+            .with_checkpoint_origin("audit.example.com/orders".into());
+        let state = AdminState {
+            store: store.clone(),
+            writer: writer.handle(),
+            metrics: Arc::new(Metrics::default()),
+            auth: Arc::new(super::super::auth::Authenticator::new(&[])),
+            log_id: Arc::from("orders"),
+            log: Arc::new(log),
+            ingest_keys: Arc::default(),
+        };
+        (state, writer, store)
+    }
+
+    async fn served(state: &AdminState) -> (StatusCode, String) {
+        let response = match checkpoint(State(state.clone())).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        };
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1 << 20).await.expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn head(size: u64, root: u8) -> TreeHead {
+        TreeHead::new("orders", size, [root; 32], Utc::now()).expect("head")
+    }
+
+    /// The endpoint signs a checkpoint only of a stored head the running key signed: a head
+    /// signed by another (rotated) key, or a head row altered in the database, gets none, so
+    /// write access to the database never buys a signature over a root the log did not sign.
+    #[tokio::test]
+    async fn a_checkpoint_is_signed_only_for_a_stored_head_the_running_key_signed() {
+        let dir = std::env::temp_dir().join(format!("auditgate-checkpoint-{}", ulid::Ulid::new()));
+        let signer = Arc::new(LogSigner::generate());
+        let (state, writer, store) = admin_state(&dir, Some(signer.clone()));
+        let vkey = VerifierKey::parse(
+            &signer
+                .verifier_key("audit.example.com/orders")
+                .expect("vkey")
+                .to_string(),
+        )
+        .expect("parses");
+
+        assert_eq!(served(&state).await.0, StatusCode::NOT_FOUND, "no head yet");
+
+        store
+            .save_head(&signer.sign(head(3, 1)).expect("signs"))
+            .expect("stored");
+        let (status, note) = served(&state).await;
+        assert_eq!(status, StatusCode::OK, "{note}");
+        let checkpoint = vkey.verify_checkpoint(&note).expect("verifies");
+        assert_eq!((checkpoint.size, checkpoint.root_hash), (3, [1; 32]));
+
+        let rotated = LogSigner::generate();
+        store
+            .save_head(&rotated.sign(head(4, 2)).expect("signs"))
+            .expect("stored");
+        let (status, message) = served(&state).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(message.contains("not by the running key"), "{message}");
+
+        let mut altered = signer.sign(head(5, 3)).expect("signs");
+        altered.head.root_hash = [9; 32];
+        store.save_head(&altered).expect("stored");
+        let (status, message) = served(&state).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(message.contains("does not verify"), "{message}");
+        assert!(!message.contains("— "), "no checkpoint in {message}");
+
+        writer.shutdown();
+        let (keyless, writer, _) = admin_state(&dir.join("keyless"), None);
+        let (status, message) = served(&keyless).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(message.contains("no signing key"), "{message}");
+        writer.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
