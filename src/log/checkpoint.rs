@@ -4,7 +4,7 @@
 //! ```text
 //! audit.example.com/orders
 //! 42
-//! PAb5pldUr2BSYfY2ZyyWINQJcx2JpFHXRV/pxK4WeCk=
+//! PAb5plclr2BSYfY2ZyyWINQJcx2JpFHXRV/pxK4WeCk=
 //!
 //! — audit.example.com/orders <base64 of the 4-byte key ID and the 64-byte Ed25519 signature>
 //! ```
