@@ -204,17 +204,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Query(args) => auditgate::commands::run::query(&args),
         Command::Export(args) => auditgate::commands::run::export(&args),
-        Command::Keygen { out } => {
-            let signer = auditgate::log::head::LogSigner::write_new(&out)?;
+        Command::Keygen { out, origin } => {
+            let origin = origin.unwrap_or_else(auditgate::log::config::default_log_id);
+            let (signer, vkey) = auditgate::log::checkpoint::write_new_key_files(&out, &origin)?;
             let public = auditgate::log::head::public_key_path(&out);
+            let vkey_path = auditgate::log::checkpoint::verifier_key_path(&out);
             auditgate::commands::cli::print_stdout(&format!(
-                "private key: {} (keep it secret)\npublic key:  {}\nkey id:      {}\n\nSign tree \
-                 heads with it:\n\n[log]\nsigning_key = {:?}\npublish_heads = \
+                "private key:  {} (keep it secret)\npublic key:   {}\nverifier key: {}\nkey id:       \
+                 {}\n\nCheckpoints verify with this verifier key (vkey):\n\n{vkey}\n\nSign tree heads \
+                 with it:\n\n[log]\nsigning_key = {:?}\norigin = {:?}\npublish_heads = \
                  [\"file:data/heads.ndjson\"]\n",
                 out.display(),
                 public.display(),
+                vkey_path.display(),
                 signer.key_id(),
-                out.display().to_string()
+                out.display().to_string(),
+                origin,
             ))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -15,6 +15,11 @@
 //! are in the store and the files), so a collector that is briefly down still gets the final
 //! head and one that stays down cannot hold up shutdown.
 //!
+//! A URL target with `format = "checkpoint"` receives each head as a C2SP checkpoint (a signed
+//! note under the log's origin, [`crate::log::checkpoint`]) with `Content-Type: text/plain;
+//! charset=utf-8` instead of the JSON; the checkpoint is signed beside the JSON head, by the same
+//! key, only when such a target exists.
+//!
 //! An https target is reached on a connection of its own per delivery round, checked against
 //! `publish_ca_file` or the system's CAs (see [`crate::net::tls`]); an untrusted certificate is a
 //! failed delivery like any other. Nothing here runs on the writer's thread or the proxy's path:
@@ -119,11 +124,21 @@ impl HeadSigner {
                 }),
                 PublishTarget::Url(uri) => urls.push(UrlTarget {
                     uri: uri.clone(),
+                    checkpoint: false,
+                    pending: VecDeque::new(),
+                }),
+                PublishTarget::UrlCheckpoint(uri) => urls.push(UrlTarget {
+                    uri: uri.clone(),
+                    checkpoint: true,
                     pending: VecDeque::new(),
                 }),
             }
         }
-        let (to_publisher, from_signer) = mpsc::channel::<String>(1024);
+        let checkpoint_origin = urls
+            .iter()
+            .any(|target| target.checkpoint)
+            .then(|| config.checkpoint_origin(&log_id));
+        let (to_publisher, from_signer) = mpsc::channel::<PublishedHead>(1024);
         let (finish, finish_by) = watch::channel(None);
         let publisher = tokio::spawn(publish_urls(
             urls,
@@ -137,6 +152,7 @@ impl HeadSigner {
             store,
             signer,
             log_id,
+            checkpoint_origin,
             files,
             to_publisher,
             stats: stats.clone(),
@@ -175,15 +191,28 @@ struct FileTarget {
 
 struct UrlTarget {
     uri: http::Uri,
+    /// Sent the checkpoint form (text/plain) rather than the JSON.
+    checkpoint: bool,
+    /// Bodies not yet delivered, oldest first.
     pending: VecDeque<String>,
+}
+
+/// One signed head in the forms the URL targets take.
+#[derive(Debug, Clone)]
+struct PublishedHead {
+    json: String,
+    /// The signed checkpoint, made only when a target takes it.
+    checkpoint: Option<String>,
 }
 
 struct SignerWork {
     store: Arc<dyn Store>,
     signer: Arc<LogSigner>,
     log_id: String,
+    /// The checkpoints' origin, when a URL target takes checkpoints.
+    checkpoint_origin: Option<String>,
     files: Vec<FileTarget>,
-    to_publisher: mpsc::Sender<String>,
+    to_publisher: mpsc::Sender<PublishedHead>,
     stats: Arc<SignerStats>,
     /// Size and time of the last head signed (or found stored at start).
     last: Option<(u64, DateTime<Utc>)>,
@@ -301,8 +330,8 @@ async fn maybe_sign(work: &Arc<Mutex<SignerWork>>, wake: Wake) {
         }
     };
     match outcome {
-        Ok(line) => {
-            if let Err(mpsc::error::TrySendError::Full(_)) = to_publisher.try_send(line) {
+        Ok(head) => {
+            if let Err(mpsc::error::TrySendError::Full(_)) = to_publisher.try_send(head) {
                 stats.publish_dropped.inc();
                 tracing::warn!("URL publisher is behind; a head was not queued for it");
             }
@@ -336,7 +365,7 @@ fn is_due(work: &SignerWork, wake: Wake) -> bool {
     }
 }
 
-fn sign_now(work: &mut SignerWork) -> Result<String, String> {
+fn sign_now(work: &mut SignerWork) -> Result<PublishedHead, String> {
     let tree = work.store.tree().map_err(|error| error.to_string())?;
     // The store was checked against its published heads at start; this holds the line while it
     // runs (a database swapped or restored under a running sidecar).
@@ -360,6 +389,14 @@ fn sign_now(work: &mut SignerWork) -> Result<String, String> {
         .map_err(|error| error.to_string())?;
     let signed = work.signer.sign(head).map_err(|error| error.to_string())?;
     let line = serde_json::to_string(&signed).map_err(|error| error.to_string())?;
+    let checkpoint = match &work.checkpoint_origin {
+        Some(origin) => Some(
+            work.signer
+                .sign_checkpoint(origin, &signed.head)
+                .map_err(|error| error.to_string())?,
+        ),
+        None => None,
+    };
     let stats = work.stats.clone();
     for target in &mut work.files {
         push_pending(&mut target.pending, line.clone(), &stats);
@@ -381,7 +418,10 @@ fn sign_now(work: &mut SignerWork) -> Result<String, String> {
     work.last = Some((signed.head.size, signed.head.timestamp));
     work.last_root = Some((signed.head.size, signed.head.root_hash));
     tracing::debug!(size = signed.head.size, "signed a tree head");
-    Ok(line)
+    Ok(PublishedHead {
+        json: line,
+        checkpoint,
+    })
 }
 
 fn push_pending(pending: &mut VecDeque<String>, line: String, stats: &SignerStats) {
@@ -435,7 +475,7 @@ struct Transport {
 /// `finish_by`.
 async fn publish_urls(
     mut targets: Vec<UrlTarget>,
-    mut heads: mpsc::Receiver<String>,
+    mut heads: mpsc::Receiver<PublishedHead>,
     finish_by: watch::Receiver<Option<Instant>>,
     timeout: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -449,10 +489,21 @@ async fn publish_urls(
         },
         tls,
     };
-    while let Some(line) = heads.recv().await {
+    while let Some(head) = heads.recv().await {
         let deadline = *finish_by.borrow();
         for target in &mut targets {
-            push_pending(&mut target.pending, line.clone(), &stats);
+            let body = if target.checkpoint {
+                head.checkpoint.clone()
+            } else {
+                Some(head.json.clone())
+            };
+            let Some(body) = body else {
+                // The signer makes a checkpoint whenever a target takes them; this is a bug.
+                stats.publish_dropped.inc();
+                tracing::error!(url = %target.uri, "no checkpoint was made for a checkpoint target");
+                continue;
+            };
+            push_pending(&mut target.pending, body, &stats);
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 // Past the shutdown deadline: only kept, to be reported below.
                 continue;
@@ -518,12 +569,18 @@ async fn deliver_before_stopping(
     }
 }
 
-/// The tree sizes of pending head lines, for a log line: all of them when few, else the first
-/// and last few.
+/// The tree sizes of pending heads (JSON lines or checkpoints), for a log line: all of them when
+/// few, else the first and last few.
 fn head_sizes(pending: &VecDeque<String>) -> String {
-    let size = |line: &String| {
-        serde_json::from_str::<crate::log::head::SignedTreeHead>(line)
-            .map_or_else(|_| "?".to_string(), |head| head.head.size.to_string())
+    let size = |body: &String| {
+        if let Ok(head) = serde_json::from_str::<crate::log::head::SignedTreeHead>(body) {
+            return head.head.size.to_string();
+        }
+        // A checkpoint's second line is its size.
+        body.lines()
+            .nth(1)
+            .filter(|line| line.parse::<u64>().is_ok())
+            .map_or_else(|| "?".to_string(), str::to_string)
     };
     if pending.len() <= 10 {
         return pending.iter().map(size).collect::<Vec<_>>().join(", ");
@@ -557,7 +614,7 @@ async fn deliver(
                 } else {
                     https.insert(connect_https(&target.uri, transport.tls.as_ref()).await?)
                 };
-                let request = publish_request(&target.uri, true, body)?;
+                let request = publish_request(&target.uri, true, target.checkpoint, body)?;
                 let response = sender
                     .send_request(request)
                     .await
@@ -569,7 +626,7 @@ async fn deliver(
                     .await;
                 Ok(status)
             } else {
-                let request = publish_request(&target.uri, false, body)?;
+                let request = publish_request(&target.uri, false, target.checkpoint, body)?;
                 transport
                     .http
                     .request(request)
@@ -602,11 +659,12 @@ async fn deliver(
     Ok(())
 }
 
-/// The POST of one head. Over a connection of our own (https) the request carries the path and
-/// a Host header; the pooled http client takes the absolute URL.
+/// The POST of one head (its JSON, or its checkpoint). Over a connection of our own (https) the
+/// request carries the path and a Host header; the pooled http client takes the absolute URL.
 fn publish_request(
     uri: &http::Uri,
     own_connection: bool,
+    checkpoint: bool,
     body: Full<Bytes>,
 ) -> Result<http::Request<Full<Bytes>>, String> {
     let mut request = if own_connection {
@@ -617,7 +675,14 @@ fn publish_request(
         http::Request::post(uri.clone())
     };
     request = request
-        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(
+            http::header::CONTENT_TYPE,
+            if checkpoint {
+                "text/plain; charset=utf-8"
+            } else {
+                "application/json"
+            },
+        )
         .header(http::header::USER_AGENT, "auditgate");
     request
         .body(body)
@@ -678,8 +743,14 @@ mod tests {
             let head = TreeHead::new("t", size, [0; 32], Utc::now()).expect("head");
             serde_json::to_string(&signer.sign(head).expect("sign")).expect("json")
         };
-        let few: VecDeque<String> = [line(3), "not a head".into(), line(9)].into();
-        assert_eq!(head_sizes(&few), "3, ?, 9");
+        let checkpoint = signer
+            .sign_checkpoint(
+                "orders",
+                &TreeHead::new("t", 5, [0; 32], Utc::now()).expect("head"),
+            )
+            .expect("checkpoint");
+        let few: VecDeque<String> = [line(3), "not a head".into(), checkpoint, line(9)].into();
+        assert_eq!(head_sizes(&few), "3, ?, 5, 9");
         let many: VecDeque<String> = (1..=12).map(line).collect();
         assert_eq!(head_sizes(&many), "1, 2, 3, 4, 5, ... 8, 9, 10, 11, 12");
     }

@@ -3,8 +3,13 @@
 //! - `GET /api/v1/log/head` — the latest signed tree head:
 //!   `{"logId","size","rootHash"(hex),"timestamp","keyId","signature"(base64)}`;
 //!   404 `{"error":"no signed tree head yet"}`.
+//! - `GET /api/v1/log/checkpoint` — the latest signed tree head as a C2SP checkpoint (a signed
+//!   note, `text/plain; charset=utf-8`; see [`crate::log::checkpoint`]); 404 when no signing key
+//!   is configured or no head is signed yet, 409 when the latest stored head does not verify under
+//!   the running key (signed by a key since rotated, or altered in the database).
 //! - `GET /api/v1/log/key` — the public key heads are signed with:
-//!   `{"algorithm":"Ed25519","keyId","publicKeyPem"}`; 404 when no signing key is configured.
+//!   `{"algorithm":"Ed25519","keyId","publicKeyPem","origin","vkey"}` (`vkey` verifies the
+//!   checkpoints); 404 when no signing key is configured.
 //! - `GET /api/v1/log/consistency?from=M&to=N` — RFC 9162 consistency proof between sizes
 //!   (`to` defaults to the latest head's size): `{"from","to","fromRoot","toRoot","proof":[hex]}`.
 //! - `GET /api/v1/entries/{id}/proof` — inclusion proof of an entry (by id, or by sequence number,
@@ -22,14 +27,16 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AdminState;
-use crate::log::head::LogVerifier;
+use crate::log::checkpoint::VerifierKey;
+use crate::log::head::{HeadError, LogVerifier};
 use crate::log::merkle::to_hex;
 use crate::signer::SignerStats;
 use crate::store::Store;
@@ -41,6 +48,8 @@ pub struct LogApiState {
     /// The log's signing key: exports with proofs sign their manifest with it.
     signer: Option<Arc<crate::log::head::LogSigner>>,
     signer_stats: Option<Arc<SignerStats>>,
+    /// The checkpoints' origin (`[log] origin`, or the log id when not given).
+    checkpoint_origin: Option<String>,
     verify: Mutex<IncrementalVerify>,
 }
 
@@ -63,6 +72,7 @@ impl LogApiState {
             public_key,
             signer: None,
             signer_stats,
+            checkpoint_origin: None,
             verify: Mutex::new(IncrementalVerify {
                 check: LogCheck::new(keys),
                 last_head_id: 0,
@@ -92,6 +102,12 @@ impl LogApiState {
     /// Signs the manifests of exports with proofs with the log's key.
     pub fn with_signer(mut self, signer: Option<Arc<crate::log::head::LogSigner>>) -> LogApiState {
         self.signer = signer;
+        self
+    }
+
+    /// The origin of the checkpoints served at `/log/checkpoint`.
+    pub fn with_checkpoint_origin(mut self, origin: String) -> LogApiState {
+        self.checkpoint_origin = Some(origin);
         self
     }
 
@@ -126,6 +142,60 @@ pub(crate) async fn head(State(state): State<AdminState>) -> Result<Json<Value>,
     }
 }
 
+/// The origin of the log's checkpoints, by default its id.
+fn checkpoint_origin(state: &AdminState) -> String {
+    state
+        .log
+        .checkpoint_origin
+        .clone()
+        .unwrap_or_else(|| state.log_id.to_string())
+}
+
+/// The latest head as a signed checkpoint. The checkpoint is signed here, on request, and only
+/// for a stored head whose signature verifies under the running key: someone who can write the
+/// database but has not the key cannot make the sidecar sign a root it never signed. Ed25519 is
+/// deterministic, so the same head always gives the same checkpoint.
+pub(crate) async fn checkpoint(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let (Some(signer), Some(public_key)) = (state.log.signer.clone(), &state.log.public_key) else {
+        return Err(ApiError::Refused(
+            StatusCode::NOT_FOUND,
+            "no signing key is configured ([log] signing_key)".into(),
+        ));
+    };
+    let store = state.store.clone();
+    let Some(head) = blocking(move || Ok(store.latest_head()?)).await? else {
+        return Err(ApiError::Refused(
+            StatusCode::NOT_FOUND,
+            "no signed tree head yet".into(),
+        ));
+    };
+    match public_key.verify(&head) {
+        Ok(()) => {}
+        Err(HeadError::WrongKey { expected, found }) => {
+            return Err(ApiError::Refused(
+                StatusCode::CONFLICT,
+                format!(
+                    "the latest head is signed by key {found}, not by the running key \
+                     {expected}; the next head signed has a checkpoint"
+                ),
+            ))
+        }
+        Err(error) => {
+            tracing::error!(size = head.head.size, %error, "the latest stored tree head does not verify under the log's key; not signing a checkpoint of it");
+            return Err(ApiError::Refused(
+                StatusCode::CONFLICT,
+                "the latest stored head does not verify under the log's key; no checkpoint is \
+                 signed for it (see /api/v1/verify)"
+                    .into(),
+            ));
+        }
+    }
+    let note = signer
+        .sign_checkpoint(&checkpoint_origin(&state), &head.head)
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
 pub(crate) async fn key(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let Some(key) = &state.log.public_key else {
         return Err(ApiError::Refused(
@@ -136,10 +206,15 @@ pub(crate) async fn key(State(state): State<AdminState>) -> Result<Json<Value>, 
     let pem = key
         .to_public_pem()
         .map_err(|error| ApiError::Internal(error.to_string()))?;
+    let origin = checkpoint_origin(&state);
+    let vkey =
+        VerifierKey::new(&origin, key).map_err(|error| ApiError::Internal(error.to_string()))?;
     Ok(Json(json!({
         "algorithm": "Ed25519",
         "keyId": key.key_id(),
         "publicKeyPem": pem,
+        "origin": origin,
+        "vkey": vkey.to_string(),
     })))
 }
 
@@ -343,4 +418,117 @@ pub(crate) async fn verify(
         Ok(Json(body))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::to_bytes;
+    use chrono::Utc;
+
+    use super::*;
+    use crate::log::checkpoint::VerifierKey;
+    use crate::log::head::{LogSigner, TreeHead};
+    use crate::metrics::Metrics;
+    use crate::store::config::SyncMode;
+    use crate::store::sqlite::SqliteStore;
+    use crate::writer::{Writer, WriterOptions};
+
+    /// An admin state over a fresh store, with `signer` as the running key.
+    fn admin_state(
+        dir: &std::path::Path,
+        signer: Option<Arc<LogSigner>>,
+    ) -> (AdminState, Writer, Arc<dyn Store>) {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.join("audit.db"), SyncMode::Normal).expect("opens"));
+        let writer = Writer::start(
+            store.clone(),
+            WriterOptions {
+                capacity: 10,
+                batch_size: 10,
+                linger: Duration::from_millis(1),
+                spill_path: None,
+            },
+        )
+        .expect("writer");
+        let log = LogApiState::new(signer.as_ref().map(|key| key.public_key()), None)
+            .with_signer(signer)
+            .with_checkpoint_origin("audit.example.com/orders".into());
+        let state = AdminState {
+            store: store.clone(),
+            writer: writer.handle(),
+            metrics: Arc::new(Metrics::default()),
+            auth: Arc::new(super::super::auth::Authenticator::new(&[])),
+            log_id: Arc::from("orders"),
+            log: Arc::new(log),
+            ingest_keys: Arc::default(),
+        };
+        (state, writer, store)
+    }
+
+    async fn served(state: &AdminState) -> (StatusCode, String) {
+        let response = match checkpoint(State(state.clone())).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        };
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1 << 20).await.expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn head(size: u64, root: u8) -> TreeHead {
+        TreeHead::new("orders", size, [root; 32], Utc::now()).expect("head")
+    }
+
+    /// The endpoint signs a checkpoint only of a stored head the running key signed: a head
+    /// signed by another (rotated) key, or a head row altered in the database, gets none, so
+    /// write access to the database never buys a signature over a root the log did not sign.
+    #[tokio::test]
+    async fn a_checkpoint_is_signed_only_for_a_stored_head_the_running_key_signed() {
+        let dir = std::env::temp_dir().join(format!("auditgate-checkpoint-{}", ulid::Ulid::new()));
+        let signer = Arc::new(LogSigner::generate());
+        let (state, writer, store) = admin_state(&dir, Some(signer.clone()));
+        let vkey = VerifierKey::parse(
+            &signer
+                .verifier_key("audit.example.com/orders")
+                .expect("vkey")
+                .to_string(),
+        )
+        .expect("parses");
+
+        assert_eq!(served(&state).await.0, StatusCode::NOT_FOUND, "no head yet");
+
+        store
+            .save_head(&signer.sign(head(3, 1)).expect("signs"))
+            .expect("stored");
+        let (status, note) = served(&state).await;
+        assert_eq!(status, StatusCode::OK, "{note}");
+        let checkpoint = vkey.verify_checkpoint(&note).expect("verifies");
+        assert_eq!((checkpoint.size, checkpoint.root_hash), (3, [1; 32]));
+
+        let rotated = LogSigner::generate();
+        store
+            .save_head(&rotated.sign(head(4, 2)).expect("signs"))
+            .expect("stored");
+        let (status, message) = served(&state).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(message.contains("not by the running key"), "{message}");
+
+        let mut altered = signer.sign(head(5, 3)).expect("signs");
+        altered.head.root_hash = [9; 32];
+        store.save_head(&altered).expect("stored");
+        let (status, message) = served(&state).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(message.contains("does not verify"), "{message}");
+        assert!(!message.contains("— "), "no checkpoint in {message}");
+
+        writer.shutdown();
+        let (keyless, writer, _) = admin_state(&dir.join("keyless"), None);
+        let (status, message) = served(&keyless).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(message.contains("no signing key"), "{message}");
+        writer.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -10,7 +10,7 @@
 //!   (`export`).
 //! - `GET /api/audit-log` — the reference product's `{logs, total}` endpoint (`read`).
 //! - `POST /api/v1/events` — entries from the app itself (`write`; see [`events`]).
-//! - `GET /api/v1/log/head`, `/api/v1/log/key`, `/api/v1/log/consistency`,
+//! - `GET /api/v1/log/head`, `/api/v1/log/checkpoint`, `/api/v1/log/key`, `/api/v1/log/consistency`,
 //!   `/api/v1/entries/{id}/proof`, `/api/v1/verify` — tamper evidence (`read`; see [`log_api`]).
 //! - `GET /`, `GET /ui/{file}` — the web viewer (static files embedded in the binary); public,
 //!   it signs in through `/api/v1/session`.
@@ -158,6 +158,7 @@ fn routes() -> Vec<AdminRoute> {
         ),
         route(Get, "/api/audit-log", read, api::audit_log),
         route(Get, "/api/v1/log/head", read, log_api::head),
+        route(Get, "/api/v1/log/checkpoint", read, log_api::checkpoint),
         route(Get, "/api/v1/log/key", read, log_api::key),
         route(Get, "/api/v1/log/consistency", read, log_api::consistency),
         route(Get, "/api/v1/entries/{id}/proof", read, log_api::proof),

@@ -333,6 +333,21 @@ fn build() -> Value {
         ),
     );
     add(
+        "/api/v1/log/checkpoint",
+        "get",
+        operation(
+            "logCheckpoint",
+            "The latest signed tree head as a C2SP checkpoint: a signed note (c2sp.org/signed-note) whose text is the origin, the tree size and the base64 root hash (c2sp.org/tlog-checkpoint), signed with the log's Ed25519 key; the `vkey` of `/api/v1/log/key` verifies it.",
+            read,
+            vec![],
+            json!({
+                "200": {"description": "The checkpoint.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "404": error_response("No signing key is configured, or no signed tree head yet."),
+                "409": error_response("The latest stored head does not verify under the running key (signed by a key since rotated, or altered).")
+            }),
+        ),
+    );
+    add(
         "/api/v1/log/key",
         "get",
         operation(
@@ -579,11 +594,13 @@ fn schemas() -> Value {
         "SignedTreeHead": head,
         "LogKey": {
             "type": "object",
-            "required": ["algorithm", "keyId", "publicKeyPem"],
+            "required": ["algorithm", "keyId", "publicKeyPem", "origin", "vkey"],
             "properties": {
                 "keyId": {"type": "string"},
                 "algorithm": {"type": "string", "enum": ["Ed25519"]},
-                "publicKeyPem": {"type": "string", "description": "The Ed25519 public key, SPKI PEM."}
+                "publicKeyPem": {"type": "string", "description": "The Ed25519 public key, SPKI PEM."},
+                "origin": {"type": "string", "description": "The origin of the log's checkpoints (their first line and key name)."},
+                "vkey": {"type": "string", "description": "The C2SP signed-note verifier key that verifies the checkpoints: origin+keyID+base64(0x01 || public key)."}
             }
         },
         "InclusionProof": {

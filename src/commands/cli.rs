@@ -70,11 +70,17 @@ pub enum Command {
     Query(QueryArgs),
     /// Export the entries of a store as CSV, JSON or NDJSON, streamed.
     Export(ExportArgs),
-    /// Make an Ed25519 key that signs tree heads: writes PATH (private, mode 0600) and PATH.pub.
+    /// Make an Ed25519 key that signs tree heads: writes PATH (private, mode 0600), PATH.pub and
+    /// PATH.vkey (the verifier key of the log's checkpoints), and prints the verifier key.
     Keygen {
-        /// Where the private key goes; the public key goes next to it with `.pub` appended.
+        /// Where the private key goes; the public key goes next to it with `.pub` appended, the
+        /// checkpoint verifier key with `.vkey`.
         #[arg(long)]
         out: PathBuf,
+        /// The origin of the log's checkpoints, the key name in the verifier key (`[log] origin`;
+        /// default: the host name, the default log id), e.g. audit.example.com/orders.
+        #[arg(long)]
+        origin: Option<String>,
     },
     /// Check a log: every entry against its leaf hash, every tree node, every signed head
     /// (exit 0 intact, 1 tampered, 2 could not read).

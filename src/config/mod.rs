@@ -739,6 +739,86 @@ mod tests {
     }
 
     #[test]
+    fn checkpoint_origin_and_target_formats_are_validated() {
+        let dir = std::env::temp_dir().join(format!("auditgate-config-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        LogSigner::write_new(&dir.join("log.key")).expect("key");
+        let text = r#"
+            [proxy]
+            upstream = "127.0.0.1:3000"
+            [log]
+            log_id = "orders"
+            signing_key = "log.key"
+            publish_heads = [
+                "file:heads.ndjson",
+                { target = "http://witness.example/add-checkpoint", format = "checkpoint" },
+                { target = "http://collector.example/heads", format = "json" },
+                { target = "file:more-heads.ndjson" },
+            ]
+        "#;
+        let config = Config::parse(text, &dir).expect("valid");
+        assert_eq!(config.log.checkpoint_origin(&config.log_id), "orders");
+        let targets: Vec<String> = config
+            .log
+            .publish_heads
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                format!("file:{}", dir.join("heads.ndjson").display()),
+                "http://witness.example/add-checkpoint (checkpoint)".to_string(),
+                "http://collector.example/heads".to_string(),
+                format!("file:{}", dir.join("more-heads.ndjson").display()),
+            ]
+        );
+        assert_eq!(config.log.heads_files().len(), 2);
+
+        let with_origin = text.replace(
+            "log_id = \"orders\"",
+            "log_id = \"orders\"\norigin = \"audit.example.com/orders\"",
+        );
+        let config = Config::parse(&with_origin, &dir).expect("valid");
+        assert_eq!(
+            config.log.checkpoint_origin(&config.log_id),
+            "audit.example.com/orders"
+        );
+
+        let text = r#"
+            [proxy]
+            upstream = "127.0.0.1:3000"
+            [log]
+            origin = "audit example+orders"
+            signing_key = "log.key"
+            publish_heads = [
+                { target = "file:heads.ndjson", format = "checkpoint" },
+                { target = "http://w.example/", format = "note" },
+                { target = "http://w.example/", fromat = "checkpoint" },
+                { format = "checkpoint" },
+                42,
+            ]
+        "#;
+        let errors = Config::parse(text, &dir).expect_err("invalid");
+        let all = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        for expected in [
+            "log.origin: invalid origin: contains a space",
+            "log.publish_heads #1: format = \"checkpoint\" applies to http:// and https:// targets",
+            "log.publish_heads #2: format `note` is not one of json, checkpoint",
+            "log.publish_heads #3: unknown key `fromat`",
+            "log.publish_heads #4: missing `target`",
+            "log.publish_heads #5: must be a target string or a table",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn upstream_forms() {
         assert_eq!(
             normalize_upstream("http://app:3000/"),

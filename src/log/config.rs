@@ -18,6 +18,9 @@ use crate::net::https_client;
 pub struct LogFile {
     /// Name of this sidecar's log; defaults to the host name.
     pub log_id: Option<String>,
+    /// The origin of the log's checkpoints (their first line, and the key name of their
+    /// signature), e.g. "audit.example.com/orders"; defaults to the log id.
+    pub origin: Option<String>,
     /// Ed25519 private key (PKCS#8 PEM, made by `auditgate keygen`) that signs tree heads.
     /// Without it the Merkle tree is still kept, but no head is signed or published.
     pub signing_key: Option<String>,
@@ -30,9 +33,11 @@ pub struct LogFile {
     pub heartbeat_interval: Option<String>,
     /// Where every signed head is also written, outside the database: "file:PATH" (one JSON line
     /// appended and fsynced per head) or "http://HOST/PATH" / "https://HOST/PATH" (the JSON
-    /// POSTed; https checks the certificate chain and the host name).
+    /// POSTed; https checks the certificate chain and the host name). A URL target written as
+    /// `{ target = "https://HOST/PATH", format = "checkpoint" }` receives the head as a C2SP
+    /// checkpoint (text/plain) instead of JSON.
     #[serde(default)]
-    pub publish_heads: Vec<String>,
+    pub publish_heads: Vec<toml::Value>,
     /// Longest wait for a URL target to accept a head (default "5s"). At shutdown, a head a URL
     /// refused is retried for up to twice this plus a second before it is given up (and logged).
     pub publish_timeout: Option<String>,
@@ -48,6 +53,8 @@ pub enum PublishTarget {
     File(PathBuf),
     /// POST the head's JSON (over TLS for an https URL).
     Url(http::Uri),
+    /// POST the head as a C2SP checkpoint, a signed note (`format = "checkpoint"`).
+    UrlCheckpoint(http::Uri),
 }
 
 impl fmt::Display for PublishTarget {
@@ -55,6 +62,7 @@ impl fmt::Display for PublishTarget {
         match self {
             PublishTarget::File(path) => write!(formatter, "file:{}", path.display()),
             PublishTarget::Url(uri) => write!(formatter, "{uri}"),
+            PublishTarget::UrlCheckpoint(uri) => write!(formatter, "{uri} (checkpoint)"),
         }
     }
 }
@@ -63,6 +71,8 @@ impl fmt::Display for PublishTarget {
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub signing_key_path: Option<PathBuf>,
+    /// `[log] origin` as written (validated); [`LogConfig::checkpoint_origin`] applies the default.
+    pub origin: Option<String>,
     /// Loaded at config time, so a missing or unreadable key is a config error like any other.
     pub signer: Option<Arc<LogSigner>>,
     pub sign_every: u64,
@@ -76,13 +86,19 @@ pub struct LogConfig {
 }
 
 impl LogConfig {
+    /// The origin of the log's checkpoints: `[log] origin`, or else the log id (whose alphabet
+    /// is always a valid origin).
+    pub fn checkpoint_origin(&self, log_id: &str) -> String {
+        self.origin.clone().unwrap_or_else(|| log_id.to_string())
+    }
+
     /// The `file:` targets heads are published to.
     pub fn heads_files(&self) -> Vec<PathBuf> {
         self.publish_heads
             .iter()
             .filter_map(|target| match target {
                 PublishTarget::File(path) => Some(path.clone()),
-                PublishTarget::Url(_) => None,
+                PublishTarget::Url(_) | PublishTarget::UrlCheckpoint(_) => None,
             })
             .collect()
     }
@@ -130,10 +146,17 @@ pub(crate) fn validate_log(
         Duration::from_secs(5),
         errors,
     );
+    let origin = file.origin.clone().filter(|origin| {
+        let checked = crate::log::checkpoint::validate_origin(origin);
+        if let Err(error) = &checked {
+            errors.push(ConfigError::new("log.origin", error.to_string()));
+        }
+        checked.is_ok()
+    });
     let mut publish_heads = Vec::new();
     for (index, target) in file.publish_heads.iter().enumerate() {
         let location = format!("log.publish_heads #{}", index + 1);
-        match parse_publish_target(target, data_base) {
+        match parse_publish_entry(target, data_base) {
             Ok(target) => publish_heads.push(target),
             Err(message) => errors.push(ConfigError::new(&location, message)),
         }
@@ -144,10 +167,12 @@ pub(crate) fn validate_log(
             "needs log.signing_key: only signed heads are published",
         ));
     }
-    let https = file
-        .publish_heads
-        .iter()
-        .any(|target| target.starts_with("https://"));
+    let https = publish_heads.iter().any(|target| match target {
+        PublishTarget::Url(uri) | PublishTarget::UrlCheckpoint(uri) => {
+            uri.scheme_str() == Some("https")
+        }
+        PublishTarget::File(_) => false,
+    });
     let ca_file = file
         .publish_ca_file
         .as_deref()
@@ -170,6 +195,7 @@ pub(crate) fn validate_log(
     };
     LogConfig {
         signing_key_path,
+        origin,
         signer,
         sign_every,
         sign_interval,
@@ -209,7 +235,7 @@ pub(crate) fn valid_log_id(id: &str) -> bool {
 }
 
 /// The host name, cleaned to a valid log id; "auditgate" if there is none.
-pub(crate) fn default_log_id() -> String {
+pub fn default_log_id() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -230,5 +256,43 @@ pub(crate) fn default_log_id() -> String {
         "auditgate".to_string()
     } else {
         cleaned
+    }
+}
+/// One `publish_heads` item: a target string, or `{ target = "...", format = "json" |
+/// "checkpoint" }`.
+fn parse_publish_entry(value: &toml::Value, base: &Path) -> Result<PublishTarget, String> {
+    let table = match value {
+        toml::Value::String(text) => return parse_publish_target(text, base),
+        toml::Value::Table(table) => table,
+        _ => {
+            return Err(
+                "must be a target string or a table { target = \"...\", format = \"...\" }"
+                    .to_string(),
+            )
+        }
+    };
+    if let Some(key) = table
+        .keys()
+        .find(|key| !matches!(key.as_str(), "target" | "format"))
+    {
+        return Err(format!("unknown key `{key}` (expected target, format)"));
+    }
+    let target = match table.get("target") {
+        Some(toml::Value::String(text)) => parse_publish_target(text, base)?,
+        Some(_) => return Err("target must be a string".to_string()),
+        None => return Err("missing `target`".to_string()),
+    };
+    match (table.get("format").map(toml::Value::as_str), target) {
+        (None | Some(Some("json")), target) => Ok(target),
+        (Some(Some("checkpoint")), PublishTarget::Url(uri)) => {
+            Ok(PublishTarget::UrlCheckpoint(uri))
+        }
+        (Some(Some("checkpoint")), _) => Err(
+            "format = \"checkpoint\" applies to http:// and https:// targets; a heads file holds \
+             JSON lines"
+                .to_string(),
+        ),
+        (Some(Some(other)), _) => Err(format!("format `{other}` is not one of json, checkpoint")),
+        (Some(None), _) => Err("format must be a string".to_string()),
     }
 }

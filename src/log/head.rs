@@ -365,6 +365,13 @@ impl LogSigner {
         })
     }
 
+    /// Signs the text of a checkpoint note ([`super::checkpoint`]). That text is exactly three
+    /// lines (origin, size, base64 root), while a head's and an export manifest's texts have five
+    /// and more, so a signature over one can never be taken for one over another.
+    pub(super) fn sign_checkpoint_text(&self, text: &str) -> [u8; 64] {
+        self.key.sign(text.as_bytes()).to_bytes()
+    }
+
     /// Signs an export manifest's text ([`crate::export::proofs::ExportManifest::signing_bytes`]).
     /// That text begins with its own format line, `auditgate-export-v1`, so a signature over it
     /// can never be taken for one over a head (whose text begins `auditgate-tree-head-v1`).
@@ -433,6 +440,33 @@ impl LogVerifier {
         let signature = Signature::from_bytes(&signed.signature);
         self.key
             .verify_strict(&signed.head.signing_bytes(), &signature)
+            .map_err(|_| HeadError::BadSignature)
+    }
+
+    /// The key from its 32-byte RFC 8032 encoding (as in a C2SP verifier key); weak keys are
+    /// refused, as in [`Self::from_public_pem`].
+    pub fn from_public_key_bytes(bytes: &[u8; 32]) -> Result<Self, HeadError> {
+        let key = VerifyingKey::from_bytes(bytes)
+            .map_err(|error| HeadError::InvalidPublicKey(error.to_string()))?;
+        if key.is_weak() {
+            return Err(HeadError::InvalidPublicKey("weak key".into()));
+        }
+        Ok(LogVerifier { key })
+    }
+
+    /// The 32-byte RFC 8032 encoding of the key.
+    pub fn to_public_key_bytes(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
+    /// Checks a signature made by [`LogSigner::sign_checkpoint_text`], strictly.
+    pub(super) fn verify_checkpoint_text(
+        &self,
+        text: &str,
+        signature: &[u8; 64],
+    ) -> Result<(), HeadError> {
+        self.key
+            .verify_strict(text.as_bytes(), &Signature::from_bytes(signature))
             .map_err(|_| HeadError::BadSignature)
     }
 

@@ -12,7 +12,7 @@
 //! any change to or removal of a covered entry changes the root and breaks both.
 //!
 //! The files: [`merkle`] (hashing, frontier, proofs, proof verification), [`head`] (signed heads
-//! and key files), [`pruned`] (what an `audit.pruned` entry claims), [`verify`] (the resumable
+//! and key files), [`checkpoint`] (heads as C2SP checkpoints, verifier keys), [`pruned`] (what an `audit.pruned` entry claims), [`verify`] (the resumable
 //! check of a stored log). They do no I/O of their own except key files: [`verify`] reads through
 //! the [`crate::store::LogReader`] it is given. The signer task is [`crate::signer`], retention
 //! [`crate::store::retention`], the file-level commands [`crate::verify`].
@@ -43,7 +43,8 @@
 //! ```
 //!
 //! A URL target receives the same JSON as the body of a `POST` (`Content-Type:
-//! application/json`). Each head is written to file targets before it is stored, so every stored
+//! application/json`), or, written `{ target = "...", format = "checkpoint" }`, the head as a C2SP
+//! checkpoint ([`checkpoint`]; `text/plain`). Each head is written to file targets before it is stored, so every stored
 //! head is in the file; `auditgate verify --heads PATH` reports a stored head missing from the
 //! file as a truncated or edited file.
 //!
@@ -64,6 +65,7 @@
 //! `leafIndex == seq - 1`, folds the audit path to the head's root (RFC 9162 2.1.3.2), checks the
 //! head's signature, and compares the line count with `entries`.
 
+pub mod checkpoint;
 pub mod config;
 pub mod head;
 pub mod merkle;

@@ -50,6 +50,7 @@ pub fn needs_restart(key: &str) -> bool {
         "admin.listen",
         "admin.trusted_proxies",
         "log.log_id",
+        "log.origin",
         "log.signing_key",
     ];
     RESTART
@@ -283,6 +284,7 @@ mod tests {
             "admin.listen",
             "log.signing_key",
             "log.log_id",
+            "log.origin",
         ] {
             assert!(needs_restart(key), "{key}");
         }

@@ -251,7 +251,8 @@ impl Sidecar {
                 signer.as_ref().map(HeadSigner::stats),
             )
             .with_heads_files(&heads_files, &config.log_id, keys)
-            .with_signer(config.log.signer.clone()),
+            .with_signer(config.log.signer.clone())
+            .with_checkpoint_origin(config.log.checkpoint_origin(&config.log_id)),
         );
         let metrics = Arc::new(Metrics::default());
         metrics.set_config_sha256(&config.sha256);
@@ -414,6 +415,7 @@ impl Sidecar {
             let mut log = config.log.clone();
             log.signer = running.log.signer.clone();
             log.signing_key_path = running.log.signing_key_path.clone();
+            log.origin = running.log.origin.clone();
             if let (Some(signer), Some(key), Some(stats)) = (
                 running.signer.take(),
                 log.signer.clone(),
