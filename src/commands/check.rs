@@ -13,8 +13,14 @@
 //! what the compiled configuration no longer shows.
 
 use std::fmt;
+use std::fmt::Write as _;
+use std::path::Path;
 
+use crate::base::units::format_duration as human_duration;
 use crate::config::Config;
+use crate::policy::rules::{RuleKind, UnmatchedRecord};
+use crate::request::route::literal_only_path;
+use crate::store::config::Durability;
 
 /// One warning, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,39 +197,6 @@ fn shadowed_rules(config: &Config, found: &mut Vec<Warning>) {
     }
 }
 
-/// A route template segment in another router's syntax, which auditgate matches literally.
-pub fn literal_only_path(path: &str) -> Option<String> {
-    let mut depth = 0usize;
-    let mut segment_start = true;
-    for (position, character) in path.char_indices() {
-        match character {
-            '{' => depth += 1,
-            '}' => depth = depth.saturating_sub(1),
-            '*' if depth == 0 => {
-                return Some(format!(
-                    "`*` in `{path}` is matched literally, not as a wildcard: write `{{*rest}}` \
-                     for the rest of the path, or use path_regex"
-                ))
-            }
-            ':' if depth == 0 && segment_start => {
-                let name: String = path[position + 1..]
-                    .chars()
-                    .take_while(|next| next.is_ascii_alphanumeric() || *next == '_')
-                    .collect();
-                if !name.is_empty() {
-                    return Some(format!(
-                        "`:{name}` in `{path}` is matched literally, not as a parameter: write \
-                         `{{{name}}}`"
-                    ));
-                }
-            }
-            _ => {}
-        }
-        segment_start = character == '/';
-    }
-    None
-}
-
 /// Rule values that look like a source written wrong, which the template reads as literal text.
 fn mistyped_sources(rule: &toml::Value, location: &str, found: &mut Vec<Warning>) {
     let mut values: Vec<(String, &str)> = Vec::new();
@@ -302,6 +275,144 @@ fn mistyped_source(text: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// A human summary of a valid config, for `auditgate check`.
+pub fn describe(path: &Path, config: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: valid", path.display());
+    let _ = writeln!(
+        out,
+        "  proxy {} -> {}   admin {}   store {} ({})",
+        config.proxy.listen,
+        config.proxy.upstream,
+        config.admin.listen,
+        crate::store::describe(&config.store),
+        match config.store.durability {
+            Durability::AfterResponse => "after-response",
+            Durability::WriteAhead => "write-ahead",
+        }
+    );
+    if let Some(database) = &config.store.postgres {
+        let _ = writeln!(out, "  store TLS: {}", database.tls.describe());
+    }
+    let rules = config.policy.rules.rules();
+    let _ = writeln!(
+        out,
+        "  {} rule{}:",
+        rules.len(),
+        if rules.len() == 1 { "" } else { "s" }
+    );
+    for (index, rule) in rules.iter().enumerate() {
+        let what = match &rule.kind {
+            RuleKind::Skip => "skip".to_string(),
+            RuleKind::Record(_) => "record".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "    {:>3}. {:<28} {:<7} {:<12} {:<32} status {}",
+            index + 1,
+            rule.name,
+            what,
+            rule.methods_label(),
+            rule.route().unwrap_or("(any path)"),
+            rule.status
+        );
+    }
+    for (index, source) in config.policy.actors.describe().iter().enumerate() {
+        let _ = writeln!(out, "  actor #{}: {source}", index + 1);
+    }
+    let _ = writeln!(out, "  redaction: {}", config.policy.redact.describe());
+    let unmatched = match config.policy.rules.unmatched {
+        UnmatchedRecord::None => "not recorded",
+        UnmatchedRecord::Mutations => "mutations recorded as http.<method>",
+        UnmatchedRecord::All => "all recorded as http.<method>",
+    };
+    let _ = writeln!(out, "  unmatched traffic: {unmatched}");
+    let _ = writeln!(out, "  {}", describe_log(config));
+    out
+}
+
+/// One line on tree heads and retention, for `auditgate check`.
+fn describe_log(config: &Config) -> String {
+    let heads = match &config.log.signer {
+        Some(signer) => {
+            let targets: Vec<String> = config
+                .log
+                .publish_heads
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            format!(
+                "tree heads signed (key {}) every {} entries or {}, published to {}",
+                signer.key_id(),
+                config.log.sign_every,
+                human_duration(config.log.sign_interval),
+                if targets.is_empty() {
+                    "the store only".to_string()
+                } else {
+                    targets.join(", ")
+                }
+            )
+        }
+        None => "tree heads NOT signed (no [log] signing_key)".to_string(),
+    };
+    let retention = match (config.retention.max_age, config.retention.rules.len()) {
+        (None, 0) => "entries kept forever".to_string(),
+        (Some(age), rules) => format!(
+            "entries pruned after {} ({rules} prefix rules)",
+            human_duration(age)
+        ),
+        (None, rules) => format!("entries pruned by {rules} prefix rules only"),
+    };
+    format!("{heads}; {retention}")
+}
+
+/// `auditgate check`: validates each file (default: `AUDITGATE_CONFIG`, or auditgate.toml here),
+/// prints its rules and warnings, and with `coverage` the OpenAPI operations no rule records.
+pub fn check_files(
+    mut paths: Vec<std::path::PathBuf>,
+    coverage: Option<std::path::PathBuf>,
+) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    if paths.is_empty() {
+        // Like `run`: the file `AUDITGATE_CONFIG` names, or auditgate.toml here.
+        paths.push(
+            std::env::var_os("AUDITGATE_CONFIG")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| "auditgate.toml".into()),
+        );
+    }
+    let mut valid = true;
+    for path in &paths {
+        let config = match Config::load(path) {
+            Ok(config) => config,
+            Err(errors) => {
+                valid = false;
+                eprint!("{errors}");
+                continue;
+            }
+        };
+        crate::commands::cli::print_stdout(&describe(path, &config))?;
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for warning in warnings(&text, &config) {
+            eprintln!("{}: warning: {warning}", path.display());
+        }
+        if let Some(spec) = &coverage {
+            match crate::commands::openapi_rules::run_coverage(spec, &config) {
+                Ok(report) => crate::commands::cli::print_stdout(&report)?,
+                Err(error) => {
+                    eprintln!("auditgate check --coverage: {error}");
+                    return Ok(ExitCode::from(super::EXIT_USAGE));
+                }
+            }
+        }
+    }
+    Ok(if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_USAGE)
+    })
 }
 
 #[cfg(test)]

@@ -255,3 +255,33 @@ pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
         "entry": entry.map(|entry| entry.to_api_json()),
     }))
 }
+
+/// `auditgate explain`: loads the configuration and prints the explanation as JSON.
+pub fn print(args: &ExplainArgs) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context as _;
+    use std::process::ExitCode;
+    let config = match super::load_config(&args.config) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    // Key sets named by URL are fetched once, so tokens are checked as the sidecar would check
+    // them.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(config.policy.actors.load_keys_once());
+    match explain(&config, args) {
+        Ok(explanation) => {
+            crate::commands::cli::print_stdout(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&explanation)?
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(message) => {
+            eprintln!("auditgate explain: {message}");
+            Ok(ExitCode::from(super::EXIT_USAGE))
+        }
+    }
+}

@@ -70,3 +70,19 @@ pub fn run_prune(
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
+
+/// `auditgate prune`: loads the configuration and prunes as the flags say.
+pub fn prune(args: &crate::commands::cli::PruneArgs) -> anyhow::Result<std::process::ExitCode> {
+    let config = match super::load_config(&args.config) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let mode = if args.dry_run {
+        PruneMode::DryRun
+    } else if args.yes {
+        PruneMode::Confirmed
+    } else {
+        PruneMode::Ask
+    };
+    run_prune(&config, args.older_than.as_deref(), mode)
+}

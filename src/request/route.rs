@@ -155,3 +155,36 @@ fn compile_route_exact(template: &str) -> Result<(String, Vec<String>), String> 
     pattern.push('$');
     Ok((pattern, params))
 }
+
+/// A route template segment in another router's syntax, which auditgate matches literally.
+pub fn literal_only_path(path: &str) -> Option<String> {
+    let mut depth = 0usize;
+    let mut segment_start = true;
+    for (position, character) in path.char_indices() {
+        match character {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            '*' if depth == 0 => {
+                return Some(format!(
+                    "`*` in `{path}` is matched literally, not as a wildcard: write `{{*rest}}` \
+                     for the rest of the path, or use path_regex"
+                ))
+            }
+            ':' if depth == 0 && segment_start => {
+                let name: String = path[position + 1..]
+                    .chars()
+                    .take_while(|next| next.is_ascii_alphanumeric() || *next == '_')
+                    .collect();
+                if !name.is_empty() {
+                    return Some(format!(
+                        "`:{name}` in `{path}` is matched literally, not as a parameter: write \
+                         `{{{name}}}`"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        segment_start = character == '/';
+    }
+    None
+}

@@ -303,13 +303,13 @@ async fn the_docker_healthcheck_command_reports_health() {
             .and_then(|listener| listener.local_addr())
             .expect("a free port");
         (
-            auditgate::commands::run::health_check(&format!("http://{admin}/healthz"), timeout),
-            auditgate::commands::run::health_check(&format!("http://{admin}/readyz"), timeout),
-            auditgate::commands::run::health_check(
+            auditgate::commands::health::health_check(&format!("http://{admin}/healthz"), timeout),
+            auditgate::commands::health::health_check(&format!("http://{admin}/readyz"), timeout),
+            auditgate::commands::health::health_check(
                 &format!("http://{admin}/no-such-page"),
                 timeout,
             ),
-            auditgate::commands::run::health_check(&format!("http://{closed}/healthz"), timeout),
+            auditgate::commands::health::health_check(&format!("http://{closed}/healthz"), timeout),
         )
     })
     .await

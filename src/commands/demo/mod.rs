@@ -41,7 +41,7 @@ const DEMO_PASSWORD: &str = "demo-password";
 /// Sets the sample app's JWT secret in the environment, before any thread starts.
 pub fn prepare_environment() {
     if std::env::var(DEMO_SECRET_ENV).is_err() {
-        let secret = crate::commands::run::new_token().token;
+        let secret = crate::commands::token::new_token().token;
         std::env::set_var(DEMO_SECRET_ENV, secret);
     }
 }
@@ -584,7 +584,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let heads = data_dir.join("heads.ndjson");
     let upstream = start_sample_app().await?;
-    let token = crate::commands::run::new_token();
+    let token = crate::commands::token::new_token();
     let proxy_listen = free_or_any(&args.proxy_listen);
     let admin_listen = free_or_any(&args.admin_listen);
     let config = demo_config(

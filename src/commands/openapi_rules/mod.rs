@@ -1176,7 +1176,7 @@ fn rule_lines(operation: &Operation, name: &str) -> Vec<String> {
     ];
     // `*` or `:name` at a segment's start would be read as a mistyped wildcard or parameter;
     // the same route as a regex says exactly what it matches.
-    if crate::commands::check::literal_only_path(&operation.template).is_some() {
+    if crate::request::route::literal_only_path(&operation.template).is_some() {
         match crate::request::route::compile_route(&operation.template) {
             Ok((pattern, _)) => lines.push(format!("path_regex = {}", toml_string(&pattern))),
             Err(_) => lines.push(format!("path = {}", toml_string(&operation.template))),
