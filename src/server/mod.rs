@@ -3,33 +3,28 @@
 //! the writer, sign the shutdown head).
 
 pub mod lifecycle;
+mod listen;
+mod startup;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::auth::Authenticator;
-use crate::admin::{self, AdminState};
+use crate::admin::AdminState;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::proxy::{self, ProxyState};
+use crate::proxy::ProxyState;
 use crate::signer::HeadSigner;
 use crate::store::retention::RetentionTask;
 use crate::store::Store;
-use crate::writer::{Writer, WriterHandle, WriterOptions};
+use crate::writer::{Writer, WriterHandle};
 
-/// Most header lines a request may carry; more is answered 431.
-pub const MAX_REQUEST_HEADERS: usize = 256;
+pub use listen::MAX_REQUEST_HEADERS;
 
 /// A running sidecar.
 pub struct Sidecar {
@@ -63,41 +58,21 @@ struct Running {
 /// How long the final checkpoint at a clean stop waits for readers to finish.
 const SHUTDOWN_CHECKPOINT_PATIENCE: Duration = Duration::from_secs(5);
 
-/// How long a scheduled checkpoint waits for readers: it holds the writer connection meanwhile,
-/// so it gives way quickly and tries again at the next interval.
-const SCHEDULED_CHECKPOINT_PATIENCE: Duration = Duration::from_millis(50);
-
-/// Copies the SQLite WAL into the database file every `interval` (see [`Store::checkpoint`]),
-/// so the WAL stays small and the database file is never far behind the log.
-async fn checkpoint_periodically(
-    store: Arc<dyn Store>,
-    interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-        let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.checkpoint(SCHEDULED_CHECKPOINT_PATIENCE))
-            .await
-        {
-            Ok(Ok(true)) => tracing::debug!("WAL checkpointed"),
-            Ok(Ok(false)) => {
-                tracing::debug!("WAL checkpoint gave way to readers; retrying at the next interval")
-            }
-            Ok(Err(error)) => tracing::warn!(%error, "WAL checkpoint failed"),
-            Err(error) => tracing::warn!(%error, "WAL checkpoint task failed"),
-        }
-    }
-}
+/// The `[log]` keys a reload applies by restarting the head signer.
+const PUBLISHING_KEYS: [&str; 6] = [
+    "log.publish_heads",
+    "log.publish_timeout",
+    "log.publish_ca_file",
+    "log.sign_every",
+    "log.sign_interval",
+    "log.heartbeat_interval",
+];
 
 /// What a reload did.
 #[derive(Debug)]
 pub enum ReloadOutcome {
     /// The file's changes are in force, except `restart_needed`.
-    Applied(crate::server::lifecycle::ConfigChanges),
+    Applied(lifecycle::ConfigChanges),
     /// Nothing changed; every message says why.
     Refused(Vec<String>),
 }
@@ -105,161 +80,22 @@ pub enum ReloadOutcome {
 impl Sidecar {
     /// Opens the store and binds both listeners. Returns once the sidecar is serving.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Sidecar> {
-        let store_config = config.store.clone();
-        let store_log_id = config.log_id.clone();
-        let store_name = crate::store::describe(&config.store);
-        let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
-            crate::store::open(&store_config, &store_log_id, true)
-        })
-        .await
-        .context("store open task failed")?
-        .with_context(|| format!("cannot open the store {store_name}"))?;
-        // A log whose tree cannot be extended must not take entries it could never prove.
-        let tree_store = store.clone();
-        let tree = tokio::task::spawn_blocking(move || tree_store.tree())
-            .await
-            .context("store check task failed")?
-            .with_context(|| {
-                format!(
-                    "the log in {} cannot be appended to",
-                    crate::store::describe(&config.store)
-                )
-            })?;
-        // A store behind a head it already published (a database restored from an older copy)
-        // would sign a second head, with another root, for a size already published: a fork of
-        // the log. Checked before recovery appends anything.
-        let heads_files = config.log.heads_files();
-        let keys: Vec<crate::log::head::LogVerifier> = config
-            .log
-            .signer
-            .iter()
-            .map(|signer| signer.public_key())
-            .collect();
-        let check_store = store.clone();
-        let check_files = heads_files.clone();
-        let check_keys = keys.clone();
-        let check_log_id = config.log_id.clone();
-        let behind = tokio::task::spawn_blocking(move || {
-            let mut problems = Vec::new();
-            for path in check_files {
-                let place = path.display().to_string();
-                let mut published =
-                    crate::verify::PublishedHeads::new(path, &check_log_id, check_keys.clone());
-                let (latest, _) = published.refresh()?;
-                problems.extend(crate::verify::check::behind_published(
-                    check_store.as_ref(),
-                    latest,
-                    &place,
-                )?);
-            }
-            Ok::<_, crate::verify::VerifyError>(problems)
-        })
-        .await
-        .context("published heads check task failed")?
-        .context("cannot read the published heads")?;
-        if !behind.is_empty() {
-            let problems: Vec<String> = behind.into_iter().map(|problem| problem.message).collect();
-            anyhow::bail!(
-                "refusing to start on {}: {}. Signing on would publish a second head for a size \
-                 already published (a fork). Put the newest copy of the database back, or move \
-                 the database and the heads file aside to start a new log",
-                crate::store::describe(&config.store),
-                problems.join("; ")
-            );
-        }
-        // Before any traffic: spilled entries go back into the store, and write-ahead requests a
-        // crash interrupted are recorded with outcome unknown.
-        let spill_path = config.store.spill_path();
-        let recovery_store = store.clone();
-        let recovery_spill = spill_path.clone();
-        let stream = match config.stream.clone() {
-            Some(stream_config) => Some(
-                crate::writer::stream::NdjsonStream::open(stream_config)
-                    .context("cannot open the NDJSON stream ([stream] ndjson)")?,
-            ),
-            None => None,
-        };
-        let (reimported, recovered, stream) = tokio::task::spawn_blocking(move || {
-            let mut stream = stream;
-            let counts = crate::writer::recover_into(
-                recovery_store.as_ref(),
-                Some(&recovery_spill),
-                None,
-                &mut |entries| {
-                    if let Some(stream) = stream.as_mut() {
-                        if let Err(error) = stream.write_entries(entries) {
-                            tracing::error!(%error, "cannot write recovered entries to the NDJSON stream");
-                        }
-                    }
-                },
-            )?;
-            Ok::<_, crate::store::StoreError>((counts.0, counts.1, stream))
-        })
-        .await
-        .context("recovery task failed")?
-        .context("cannot recover spilled entries and write-ahead intents")?;
-        let writer = Writer::start(
-            store.clone(),
-            WriterOptions {
-                capacity: config.store.queue_capacity,
-                batch_size: config.store.batch_size,
-                linger: config.store.flush_interval,
-                spill_path: Some(spill_path),
-            },
-        )
-        .context("cannot start the writer thread")?;
-        if let Some(stream) = stream {
-            writer.handle().attach_stream(stream);
-        }
-        writer
-            .handle()
-            .stats()
-            .entries_reimported
-            .add(reimported as u64);
-        writer
-            .handle()
-            .stats()
-            .intents_recovered
-            .add(recovered as u64);
-        let signer = match &config.log.signer {
-            Some(key) => Some(HeadSigner::start(
-                store.clone(),
-                key.clone(),
-                config.log_id.clone(),
-                config.log.clone(),
-                writer.handle(),
-            )),
-            None => {
-                tracing::warn!(
-                    size = tree.size,
-                    "no [log] signing_key: the Merkle tree is kept, but no tree head is signed or \
-                     published, so tampering is only detectable by comparing with an earlier \
-                     copy; make a key with `auditgate keygen --out PATH`"
-                );
-                None
-            }
-        };
+        let (store, tree) = startup::open_store(&config).await?;
+        startup::refuse_if_behind_published(&config, &store).await?;
+        let writer = startup::start_writer(&config, &store).await?;
+        let signer = startup::start_signer(&config, &store, &writer, tree.size);
         let retention = RetentionTask::start(
             store.clone(),
             config.retention.clone(),
             config.log_id.clone(),
         );
         let signer_stats = signer.as_ref().map(HeadSigner::stats);
-        let log_api = Arc::new(
-            admin::log_api::LogApiState::new(
-                config.log.signer.as_ref().map(|key| key.public_key()),
-                signer.as_ref().map(HeadSigner::stats),
-            )
-            .with_heads_files(&heads_files, &config.log_id, keys)
-            .with_signer(config.log.signer.clone())
-            .with_checkpoint_origin(config.log.checkpoint_origin(&config.log_id)),
-        );
         let metrics = Arc::new(Metrics::default());
         metrics.set_config_sha256(&config.sha256);
         // Queued before the listeners open, so it precedes every request entry of this run.
-        writer.handle().push(crate::server::lifecycle::run_entry(
+        writer.handle().push(lifecycle::run_entry(
             &config.log_id,
-            crate::server::lifecycle::STARTED,
+            lifecycle::STARTED,
             &config.sha256,
         ));
         let state = Arc::new(
@@ -273,7 +109,6 @@ impl Sidecar {
             .map(|state| state.with_durability(&config.store))
             .map_err(anyhow::Error::msg)?,
         );
-
         // A JWKS URL that answers has its keys in before the first request; one that does not
         // delays the start by at most this, then tokens are recorded unverified until it loads.
         config
@@ -281,54 +116,28 @@ impl Sidecar {
             .actors
             .wait_for_keys(crate::identity::actor::JWKS_START_WAIT)
             .await;
-        let proxy_listener = TcpListener::bind(config.proxy.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;
-        let admin_listener = TcpListener::bind(config.admin.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
-        let proxy_addr = proxy_listener.local_addr()?;
-        let admin_addr = admin_listener.local_addr()?;
-
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let proxy_task = tokio::spawn(serve_proxy(
-            proxy_listener,
-            state.clone(),
-            shutdown_rx.clone(),
-        ));
         let auth = Arc::new(
             Authenticator::new(&config.admin.tokens)
                 .with_https_proxies(&config.admin.trusted_proxies),
         );
-        let router = admin::router(AdminState {
+        let admin_state = AdminState {
             store: store.clone(),
             writer: writer.handle(),
             metrics,
             auth: auth.clone(),
             log_id: Arc::from(config.log_id.as_str()),
-            log: log_api,
+            log: startup::log_api(&config, signer_stats.clone()),
             ingest_keys: Arc::default(),
-        });
-        let checkpoint_task = tokio::spawn(checkpoint_periodically(
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let listeners = listen::Listeners::bind(&config).await?;
+        let (proxy_addr, admin_addr) = (listeners.proxy_addr, listeners.admin_addr);
+        let (proxy_task, admin_task) = listeners.serve(state.clone(), admin_state, &shutdown_rx);
+        let checkpoint_task = tokio::spawn(startup::checkpoint_periodically(
             store.clone(),
             config.store.checkpoint_interval,
-            shutdown_rx.clone(),
+            shutdown_rx,
         ));
-        let mut admin_shutdown = shutdown_rx;
-        let admin_task = tokio::spawn(async move {
-            // Connect info gives the admin API's own entries the caller's address.
-            let served = axum::serve(
-                admin_listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = admin_shutdown.wait_for(|stop| *stop).await;
-            })
-            .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "admin listener failed");
-            }
-        });
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config_sha256 = %config.sha256, proxy = %proxy_addr, admin = %admin_addr, upstream = %config.proxy.upstream, store = %crate::store::describe(&config.store), log = %config.log_id, "auditgate is serving");
         Ok(Sidecar {
             proxy_addr,
@@ -362,7 +171,7 @@ impl Sidecar {
     /// entry, which records every change.
     pub async fn reload(&self, config: Config) -> ReloadOutcome {
         let mut running = self.running.lock().await;
-        let changes = crate::server::lifecycle::diff(&running.table, &config.table.0);
+        let changes = lifecycle::diff(&running.table, &config.table.0);
         // What can fail comes first, so a failure leaves everything as it was.
         let stream = if changes.touches("stream") {
             match config
@@ -402,53 +211,48 @@ impl Sidecar {
                 self.log_id.clone(),
             );
         }
-        let publishing = [
-            "log.publish_heads",
-            "log.publish_timeout",
-            "log.publish_ca_file",
-            "log.sign_every",
-            "log.sign_interval",
-            "log.heartbeat_interval",
-        ];
-        if publishing.iter().any(|key| changes.touches(key)) {
-            // The key that signs stays the running one (changing it needs a restart).
-            let mut log = config.log.clone();
-            log.signer = running.log.signer.clone();
-            log.signing_key_path = running.log.signing_key_path.clone();
-            log.origin = running.log.origin.clone();
-            if let (Some(signer), Some(key), Some(stats)) = (
-                running.signer.take(),
-                log.signer.clone(),
-                self.signer_stats.clone(),
-            ) {
-                signer.shutdown().await;
-                running.signer = Some(HeadSigner::start_with_stats(
-                    self.store.clone(),
-                    key,
-                    self.log_id.clone(),
-                    log.clone(),
-                    self.writer.handle(),
-                    stats,
-                ));
-            }
-            running.log = log;
+        if PUBLISHING_KEYS.iter().any(|key| changes.touches(key)) {
+            self.restart_signer(&mut running, &config).await;
         }
         for key in changes.restart_needed() {
             tracing::warn!(%key, "changed in the configuration file, but takes effect only after a restart; the running value stays");
         }
         self.state.metrics.set_config_sha256(&config.sha256);
-        self.writer
-            .handle()
-            .push(crate::server::lifecycle::reloaded_entry(
-                &self.log_id,
-                &running.sha256,
-                &config.sha256,
-                &changes,
-            ));
-        running.table =
-            crate::server::lifecycle::in_force(&running.table, &config.table.0, &changes);
+        self.writer.handle().push(lifecycle::reloaded_entry(
+            &self.log_id,
+            &running.sha256,
+            &config.sha256,
+            &changes,
+        ));
+        running.table = lifecycle::in_force(&running.table, &config.table.0, &changes);
         running.sha256 = config.sha256;
         ReloadOutcome::Applied(changes)
+    }
+
+    /// Restarts the head signer with the new publishing settings; the key that signs stays the
+    /// running one (changing it needs a restart).
+    async fn restart_signer(&self, running: &mut Running, config: &Config) {
+        // The key that signs stays the running one (changing it needs a restart).
+        let mut log = config.log.clone();
+        log.signer = running.log.signer.clone();
+        log.signing_key_path = running.log.signing_key_path.clone();
+        log.origin = running.log.origin.clone();
+        if let (Some(signer), Some(key), Some(stats)) = (
+            running.signer.take(),
+            log.signer.clone(),
+            self.signer_stats.clone(),
+        ) {
+            signer.shutdown().await;
+            running.signer = Some(HeadSigner::start_with_stats(
+                self.store.clone(),
+                key,
+                self.log_id.clone(),
+                log.clone(),
+                self.writer.handle(),
+                stats,
+            ));
+        }
+        running.log = log;
     }
 
     pub fn writer(&self) -> WriterHandle {
@@ -473,13 +277,11 @@ impl Sidecar {
         }
         // The listeners are closed and every request is answered, so this follows every entry
         // of the run; the writer's final flush below stores it and the shutdown head covers it.
-        self.writer
-            .handle()
-            .push(crate::server::lifecycle::run_entry(
-                &self.log_id,
-                crate::server::lifecycle::STOPPED,
-                &running.sha256,
-            ));
+        self.writer.handle().push(lifecycle::run_entry(
+            &self.log_id,
+            lifecycle::STOPPED,
+            &running.sha256,
+        ));
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
         // After the writer: the shutdown head covers every entry.
@@ -502,96 +304,5 @@ impl Sidecar {
             Err(error) => tracing::warn!(%error, "final WAL checkpoint task failed"),
         }
         tracing::info!("auditgate stopped; every queued entry was written");
-    }
-}
-
-async fn serve_proxy(
-    listener: TcpListener,
-    state: Arc<ProxyState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout)
-        .keep_alive(true)
-        // Hostile heads are refused early with 431 and the connection closed: at most 256 header
-        // lines, and the head (with any pipelined bytes) buffered to 256 KiB at most, so a
-        // client cannot make a connection hold more.
-        .max_headers(MAX_REQUEST_HEADERS)
-        .max_buf_size(256 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(256 * 1024);
-    if !state.config.http2 {
-        builder = builder.http1_only();
-    }
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(state.config.max_connections));
-    loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let connection_state = state.clone();
-        // hyper's own header timeout starts only once it reads an HTTP/1 head, and the protocol
-        // detection before it (HTTP/1 or HTTP/2) waits for bytes without limit: a connection
-        // that never sends its first request would hold a slot forever. So the first head must
-        // arrive within `header_read_timeout` of accept; later heads are hyper's to time.
-        let first_request = Arc::new(tokio::sync::Notify::new());
-        let first_request_seen = first_request.clone();
-        let service = service_fn(move |request| {
-            first_request_seen.notify_one();
-            proxy::handle_counted(connection_state.clone(), peer, request)
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
-        let first_head_deadline = state.config.header_read_timeout;
-        tokio::spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => Some(ended),
-                _ = first_request.notified() => None,
-                _ = tokio::time::sleep(first_head_deadline) => {
-                    tracing::debug!(%peer, "no request head within header_read_timeout of accept; connection closed");
-                    drop(permit);
-                    return;
-                }
-            };
-            let ended = match ended {
-                Some(ended) => ended,
-                None => connection.await,
-            };
-            if let Err(error) = ended {
-                tracing::debug!(%peer, error = %error, "client connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(state.config.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some requests were still running after the shutdown grace period");
     }
 }

@@ -21,8 +21,8 @@ use crate::entry::AuditEntry;
 use crate::log::head::SignedTreeHead;
 use crate::log::merkle::{Hash, MemoryNodes, MerkleError};
 use crate::store::retention::PrunePlan;
+pub use query::{Bucket, Page, StatsBy};
 use query::{Cursor, Filter, PageRequest};
-pub use sqlite::rows::{Bucket, Page, StatsBy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

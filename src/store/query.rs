@@ -16,7 +16,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
-use crate::entry::{parse_timestamp, Outcome};
+use crate::entry::{parse_timestamp, AuditEntry, Outcome};
 
 /// Entries per page when the caller does not say.
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -604,6 +604,101 @@ fn shorten(text: &str) -> String {
     let mut short: String = text.chars().take(MAX_CHARS).collect();
     short.push('…');
     short
+}
+
+/// The key under which `entry_from_row` keeps metadata text that is not a JSON object.
+pub const UNPARSED_METADATA_KEY: &str = "_unparsed";
+
+/// The smallest string greater than every string that starts with `prefix`, under SQLite's
+/// binary collation (UTF-8 byte order, which is code point order): the prefix with its last
+/// character replaced by the next one. `None` when no such string exists (an empty prefix, or one
+/// made only of `char::MAX`), in which case the lower bound alone is exact.
+pub fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut characters: Vec<char> = prefix.chars().collect();
+    while let Some(last) = characters.pop() {
+        let mut next = u32::from(last) + 1;
+        if next == 0xD800 {
+            next = 0xE000; // skip the surrogate gap, which holds no chars
+        }
+        if let Some(next) = char::from_u32(next) {
+            characters.push(next);
+            return Some(characters.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub entries: Vec<AuditEntry>,
+    /// Present when more entries follow in the requested order; pass it back to continue.
+    pub next_cursor: Option<Cursor>,
+    /// The position of the first entry of this page, for walking the other way (reverse the
+    /// order and pass this cursor). Present whenever the page is not empty: on a newest-first
+    /// first page it is how a viewer polls for entries written since.
+    pub prev_cursor: Option<Cursor>,
+    /// How many entries match the filter across all pages, when asked for.
+    pub total: Option<u64>,
+}
+
+/// What `Store::stats` groups entries by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsBy {
+    Action,
+    /// The actor's email, else their id, else `(anonymous)`: the name an admin recognises.
+    Actor,
+    /// UTC day, `2026-11-26`.
+    Day,
+    /// UTC hour, `2026-11-26T13`.
+    Hour,
+    Outcome,
+}
+
+/// The key a [`Bucket`] has for entries without an actor.
+pub const ANONYMOUS_ACTOR: &str = "(anonymous)";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown stats grouping {0:?}; expected action, actor, day, hour or outcome")]
+pub struct UnknownStatsBy(pub String);
+
+impl std::str::FromStr for StatsBy {
+    type Err = UnknownStatsBy;
+
+    fn from_str(text: &str) -> Result<StatsBy, UnknownStatsBy> {
+        match text {
+            "action" => Ok(StatsBy::Action),
+            "actor" => Ok(StatsBy::Actor),
+            "day" => Ok(StatsBy::Day),
+            "hour" => Ok(StatsBy::Hour),
+            "outcome" => Ok(StatsBy::Outcome),
+            _ => Err(UnknownStatsBy(text.chars().take(64).collect())),
+        }
+    }
+}
+
+impl StatsBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatsBy::Action => "action",
+            StatsBy::Actor => "actor",
+            StatsBy::Day => "day",
+            StatsBy::Hour => "hour",
+            StatsBy::Outcome => "outcome",
+        }
+    }
+
+    /// Whether the buckets are time windows (day, hour).
+    pub fn is_time(self) -> bool {
+        matches!(self, StatsBy::Day | StatsBy::Hour)
+    }
+}
+
+/// How many matching entries share one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bucket {
+    pub key: String,
+    pub count: u64,
 }
 
 #[cfg(test)]

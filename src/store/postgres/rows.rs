@@ -18,10 +18,10 @@ use serde_json::Map;
 
 use super::StatementCache;
 use crate::entry::{AuditEntry, Outcome};
-use crate::store::query::{Cursor, Filter, IpFilter, Order, PageRequest, MAX_LIMIT};
-use crate::store::sqlite::rows::{
+use crate::store::query::{
     prefix_upper_bound, Bucket, Page, StatsBy, ANONYMOUS_ACTOR, UNPARSED_METADATA_KEY,
 };
+use crate::store::query::{Cursor, Filter, IpFilter, Order, PageRequest, MAX_LIMIT};
 use crate::store::StoreError;
 
 /// The columns [`entry_from_row`] reads, by position.

@@ -17,8 +17,8 @@ use crate::entry::AuditEntry;
 use crate::log::head::SignedTreeHead;
 use crate::log::merkle::{leaf_hash, Frontier, Hash, MemoryNodes, MerkleError, NodeReader};
 use crate::log::pruned::{PruneClaim, PRUNED_ACTION};
+use crate::store::query::prefix_upper_bound;
 use crate::store::retention::PrunePlan;
-use crate::store::sqlite::rows::prefix_upper_bound;
 use crate::store::{LogPage, LogSlot, PruneOutcome, StoreError, StoredHead};
 
 /// One log's view of a connection (or transaction).

@@ -409,7 +409,7 @@ fn push_prefix(
 ) {
     use rusqlite::types::Value;
     let not = if negated { "NOT " } else { "" };
-    match rows::prefix_upper_bound(prefix) {
+    match crate::store::query::prefix_upper_bound(prefix) {
         Some(upper) => {
             sql.push_str(&format!(" AND {not}(action >= ? AND action < ?)"));
             values.push(Value::Text(prefix.to_string()));

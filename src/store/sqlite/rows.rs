@@ -27,11 +27,13 @@ use ipnet::IpNet;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{Type, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row};
-use serde::Serialize;
 use serde_json::Map;
 
 use crate::entry::{format_timestamp, parse_timestamp, AuditEntry, Outcome};
-use crate::store::query::{Cursor, Filter, IpFilter, Order, PageRequest, MAX_LIMIT};
+use crate::store::query::{
+    prefix_upper_bound, Bucket, Cursor, Filter, IpFilter, Order, Page, PageRequest, StatsBy,
+    MAX_LIMIT, UNPARSED_METADATA_KEY,
+};
 
 /// The columns of `entries` in schema order; [`entry_from_row`] reads them by position.
 pub const ENTRY_COLUMNS: &str = "seq, id, log_id, created_at, actor_id, actor_email, actor_name, \
@@ -49,9 +51,6 @@ pub const IP_IN_FUNCTION: &str = "auditgate_ip_in";
 /// scan of the whole log when little matches; over a million entries this took it from about
 /// 230 ms to 185 ms, of which about 90 ms is reading the rows at all.
 pub const CONTAINS_FUNCTION: &str = "auditgate_contains";
-
-/// The key under which [`entry_from_row`] keeps metadata text that is not a JSON object.
-pub const UNPARSED_METADATA_KEY: &str = "_unparsed";
 
 /// Why a stored value could not become part of an [`AuditEntry`].
 #[derive(Debug, thiserror::Error)]
@@ -494,43 +493,10 @@ fn contains_pattern(fragment: &str) -> Value {
     Value::Text(pattern)
 }
 
-/// The smallest string greater than every string that starts with `prefix`, under SQLite's
-/// binary collation (UTF-8 byte order, which is code point order): the prefix with its last
-/// character replaced by the next one. `None` when no such string exists (an empty prefix, or one
-/// made only of `char::MAX`), in which case the lower bound alone is exact.
-pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
-    let mut characters: Vec<char> = prefix.chars().collect();
-    while let Some(last) = characters.pop() {
-        let mut next = u32::from(last) + 1;
-        if next == 0xD800 {
-            next = 0xE000; // skip the surrogate gap, which holds no chars
-        }
-        if let Some(next) = char::from_u32(next) {
-            characters.push(next);
-            return Some(characters.into_iter().collect());
-        }
-    }
-    None
-}
-
 /// `WHERE ...` (or nothing, for an empty filter) and its bound values, in placeholder order.
 pub fn where_clause(filter: &Filter) -> (String, Vec<Value>) {
     let conditions = Conditions::from_filter(filter);
     (conditions.where_sql(), conditions.values)
-}
-
-/// One page of a listing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Page {
-    pub entries: Vec<AuditEntry>,
-    /// Present when more entries follow in the requested order; pass it back to continue.
-    pub next_cursor: Option<Cursor>,
-    /// The position of the first entry of this page, for walking the other way (reverse the
-    /// order and pass this cursor). Present whenever the page is not empty: on a newest-first
-    /// first page it is how a viewer polls for entries written since.
-    pub prev_cursor: Option<Cursor>,
-    /// How many entries match the filter across all pages, when asked for.
-    pub total: Option<u64>,
 }
 
 /// The most rows a range condition may match for [`list`] to read it through its index and
@@ -953,76 +919,16 @@ pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<AuditEntry>> 
     by_seq.query_row([seq], entry_from_row).optional()
 }
 
-/// What [`stats`] groups entries by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatsBy {
-    Action,
-    /// The actor's email, else their id, else `(anonymous)`: the name an admin recognises.
-    Actor,
-    /// UTC day, `2026-11-26`.
-    Day,
-    /// UTC hour, `2026-11-26T13`.
-    Hour,
-    Outcome,
-}
-
-/// The key a [`Bucket`] has for entries without an actor.
-pub const ANONYMOUS_ACTOR: &str = "(anonymous)";
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown stats grouping {0:?}; expected action, actor, day, hour or outcome")]
-pub struct UnknownStatsBy(pub String);
-
-impl std::str::FromStr for StatsBy {
-    type Err = UnknownStatsBy;
-
-    fn from_str(text: &str) -> Result<StatsBy, UnknownStatsBy> {
-        match text {
-            "action" => Ok(StatsBy::Action),
-            "actor" => Ok(StatsBy::Actor),
-            "day" => Ok(StatsBy::Day),
-            "hour" => Ok(StatsBy::Hour),
-            "outcome" => Ok(StatsBy::Outcome),
-            _ => Err(UnknownStatsBy(text.chars().take(64).collect())),
-        }
+/// The bucket key as SQL over one row. Day and hour cut the fixed-width UTC text of
+/// `created_at`, which is why the schema stores it in exactly one form.
+fn key_sql(by: StatsBy) -> &'static str {
+    match by {
+        StatsBy::Action => "action",
+        StatsBy::Actor => "coalesce(nullif(actor_email, ''), nullif(actor_id, ''), '(anonymous)')",
+        StatsBy::Day => "substr(created_at, 1, 10)",
+        StatsBy::Hour => "substr(created_at, 1, 13)",
+        StatsBy::Outcome => "outcome",
     }
-}
-
-impl StatsBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StatsBy::Action => "action",
-            StatsBy::Actor => "actor",
-            StatsBy::Day => "day",
-            StatsBy::Hour => "hour",
-            StatsBy::Outcome => "outcome",
-        }
-    }
-
-    /// The bucket key as SQL over one row. Day and hour cut the fixed-width UTC text of
-    /// `created_at`, which is why the schema stores it in exactly one form.
-    fn key_sql(self) -> &'static str {
-        match self {
-            StatsBy::Action => "action",
-            StatsBy::Actor => {
-                "coalesce(nullif(actor_email, ''), nullif(actor_id, ''), '(anonymous)')"
-            }
-            StatsBy::Day => "substr(created_at, 1, 10)",
-            StatsBy::Hour => "substr(created_at, 1, 13)",
-            StatsBy::Outcome => "outcome",
-        }
-    }
-
-    fn is_time(self) -> bool {
-        matches!(self, StatsBy::Day | StatsBy::Hour)
-    }
-}
-
-/// How many matching entries share one key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Bucket {
-    pub key: String,
-    pub count: u64,
 }
 
 /// Counts of the entries matching `filter`, grouped by `by`, at most `limit` buckets.
@@ -1049,7 +955,7 @@ pub fn stats(
     }
     let (where_sql, mut values) = where_clause(filter);
     values.push(Value::Integer(i64::from(limit)));
-    let key = by.key_sql();
+    let key = key_sql(by);
     let sql = if by.is_time() {
         format!(
             "SELECT bucket, n FROM (SELECT {key} AS bucket, count(*) AS n FROM entries {where_sql} \

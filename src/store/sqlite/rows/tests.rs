@@ -1,6 +1,7 @@
 //! Tests of the SQLite read path against real databases created from `schema_v1.sql`.
 
 use super::*;
+use crate::store::query::ANONYMOUS_ACTOR;
 use crate::store::query::{StatusFilter, DEFAULT_LIMIT};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use rusqlite::params;
@@ -1671,7 +1672,7 @@ fn time_stats_by_seeking_equal_grouping() {
         let sql = format!(
             "SELECT bucket, n FROM (SELECT {} AS bucket, count(*) AS n FROM entries {where_sql} \
              GROUP BY bucket ORDER BY bucket DESC LIMIT ?) ORDER BY bucket ASC",
-            by.key_sql()
+            key_sql(by)
         );
         let mut statement = conn.prepare(&sql).expect("prepare");
         statement
