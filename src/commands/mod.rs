@@ -33,7 +33,6 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => run::serve(&config),
         Command::Demo(args) => {
-            demo::prepare_environment();
             runtime(None)?.block_on(demo::run(args))?;
             Ok(ExitCode::SUCCESS)
         }

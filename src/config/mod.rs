@@ -236,7 +236,7 @@ impl Config {
             .as_ref()
             .map(|proxy| proxy.trusted_proxies.clone())
             .unwrap_or_default();
-        let actors = ActorChain::compile(&actors, &trusted, base)
+        let actors = ActorChain::compile(&actors, &trusted, base, lookup)
             .map_err(|actor_errors| errors.extend(actor_errors));
         let redact = match &actors {
             Ok(actors) => Redactor::compile(redact.as_ref(), actors, &mut errors),

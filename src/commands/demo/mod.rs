@@ -38,16 +38,22 @@ const DEMO_CONFIG: &str = include_str!("../../../config/demo.toml");
 pub const DEMO_SECRET_ENV: &str = "AUDITGATE_DEMO_JWT_SECRET";
 const DEMO_PASSWORD: &str = "demo-password";
 
-/// Sets the sample app's JWT secret in the environment, before any thread starts.
-pub fn prepare_environment() {
-    if std::env::var(DEMO_SECRET_ENV).is_err() {
-        let secret = crate::commands::token::new_token().token;
-        std::env::set_var(DEMO_SECRET_ENV, secret);
-    }
+/// The sample app's JWT secret: `AUDITGATE_DEMO_JWT_SECRET` when set, else made once per run.
+/// The demo config reads it as `${AUDITGATE_DEMO_JWT_SECRET}` through the config loader's lookup,
+/// so the process environment is never changed.
+fn secret() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        std::env::var(DEMO_SECRET_ENV).unwrap_or_else(|_| crate::commands::token::new_token().token)
+    })
 }
 
-fn secret() -> String {
-    std::env::var(DEMO_SECRET_ENV).unwrap_or_default()
+/// `${VAR}` lookup for the demo config: the sample app's secret, else the process environment.
+fn demo_environment(name: &str) -> Option<String> {
+    if name == DEMO_SECRET_ENV {
+        return Some(secret().to_string());
+    }
+    crate::config::env::process_environment(name)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -521,10 +527,11 @@ pub fn demo_config(
     signing_key: &Path,
     heads: &Path,
 ) -> anyhow::Result<Config> {
-    let mut config = Config::parse(DEMO_CONFIG, Path::new(".")).map_err(|errors| {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("the built-in demo config is invalid: {}", list.join("; "))
-    })?;
+    let mut config = Config::parse_with_env(DEMO_CONFIG, Path::new("."), &demo_environment)
+        .map_err(|errors| {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("the built-in demo config is invalid: {}", list.join("; "))
+        })?;
     config.proxy.upstream = upstream.to_string();
     config.proxy.listen = proxy_listen
         .parse()

@@ -338,6 +338,7 @@ fn remote_key_set(
 pub(super) fn compile(
     file: &ActorFile,
     base: &Path,
+    environment: &dyn Fn(&str) -> Option<String>,
     location: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<JwtSource> {
@@ -442,7 +443,13 @@ pub(super) fn compile(
             (None, Some(url)) => {
                 Verifier::Remote(Arc::new(remote_key_set(file, base, url, location, errors)?))
             }
-            (None, None) => Verifier::Single(Box::new(single_key(file, base, location, errors)?)),
+            (None, None) => Verifier::Single(Box::new(single_key(
+                file,
+                base,
+                environment,
+                location,
+                errors,
+            )?)),
         }
     };
     Some(JwtSource {
@@ -848,12 +855,13 @@ fn remembered_until(claims: &Value, now: i64) -> i64 {
 fn single_key(
     file: &ActorFile,
     base: &Path,
+    environment: &dyn Fn(&str) -> Option<String>,
     location: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<VerifyingKey> {
     let key = if let Some(variable) = &file.hs256_secret_env {
-        match std::env::var(variable) {
-            Ok(secret) if !secret.is_empty() => DecodingKey::from_secret(secret.as_bytes()),
+        match environment(variable) {
+            Some(secret) if !secret.is_empty() => DecodingKey::from_secret(secret.as_bytes()),
             _ => {
                 errors.push(ConfigError::new(
                     &format!("{location}.hs256_secret_env"),

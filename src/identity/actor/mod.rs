@@ -376,18 +376,21 @@ impl ActorChain {
         &self.trusted_proxies
     }
 
-    /// Compiles the `[[actor]]` entries; `base` is the directory key files are relative to.
-    /// Every error is collected with the entry it is in.
+    /// Compiles the `[[actor]]` entries; `base` is the directory key files are relative to, and
+    /// `environment` reads the variables `hs256_secret_env` names (the process environment, or
+    /// the lookup `Config::parse_with` was given). Every error is collected with the entry it is
+    /// in.
     pub fn compile(
         files: &[(usize, ActorFile)],
         trusted_proxies: &[IpNet],
         base: &Path,
+        environment: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ActorChain, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut sources = Vec::new();
         for (index, file) in files {
             let location = actor_location(*index, Some(&file.from));
-            if let Some(source) = compile_source(file, base, &location, &mut errors) {
+            if let Some(source) = compile_source(file, base, environment, &location, &mut errors) {
                 if let Source::Jwt(jwt) = &source {
                     if let Some(remote) = jwt.remote_keys() {
                         remote.set_actor_position(index + 1);
@@ -687,6 +690,7 @@ impl ActorChain {
 fn compile_source(
     file: &ActorFile,
     base: &Path,
+    environment: &dyn Fn(&str) -> Option<String>,
     location: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Source> {
@@ -735,7 +739,8 @@ fn compile_source(
             }
             Some(Source::Header(source))
         }
-        "jwt" => jwt::compile(file, base, location, errors).map(|jwt| Source::Jwt(Box::new(jwt))),
+        "jwt" => jwt::compile(file, base, environment, location, errors)
+            .map(|jwt| Source::Jwt(Box::new(jwt))),
         "api_key" => api_key::compile(file, location, errors).map(Source::ApiKey),
         "body" => compile_body(file, location, errors).map(Source::Body),
         _ => None,
@@ -1010,11 +1015,17 @@ mod tests {
     }
 
     fn chain(text: &str) -> ActorChain {
-        ActorChain::compile(&parse(text), &[], Path::new("/")).expect("compiles")
+        ActorChain::compile(&parse(text), &[], Path::new("/"), &|name| {
+            std::env::var(name).ok()
+        })
+        .expect("compiles")
     }
 
     fn errors(text: &str) -> String {
-        let errors = ActorChain::compile(&parse(text), &[], Path::new("/")).expect_err("invalid");
+        let errors = ActorChain::compile(&parse(text), &[], Path::new("/"), &|name| {
+            std::env::var(name).ok()
+        })
+        .expect_err("invalid");
         let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
         all.join("\n")
     }
