@@ -229,6 +229,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::VerifyExport(args) => Ok(ExitCode::from(
             auditgate::commands::verify::run_verify_export(&args),
         )),
+        Command::VerifyArchive(args) => Ok(ExitCode::from(
+            auditgate::commands::verify_archive::run_verify_archive(&args),
+        )),
         Command::Backup(args) => Ok(auditgate::commands::backup::run_backup(&args)),
         Command::Prune(args) => {
             let config = match load_config(&args.config) {

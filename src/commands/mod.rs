@@ -10,3 +10,4 @@ pub mod prune;
 pub mod run;
 pub mod store_location;
 pub mod verify;
+pub mod verify_archive;
