@@ -502,6 +502,20 @@ async fn a_bucket_that_is_down_loses_nothing_and_a_restart_resumes_without_repea
         .await,
         "the entries of the outage are shipped after it"
     );
+    // The new process uploaded only what was not in the bucket: resuming from the start would
+    // rewrite the same keys, invisible in a listing but not in its upload count.
+    let metrics_url = format!("http://{}/metrics", process.admin);
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            let series = "auditgate_archive_objects_total{archive=\"main\"}";
+            let before = metric_count(&http.get(&metrics_url).await.text(), series);
+            let keys = object_keys(&s3).await.len();
+            let after = metric_count(&http.get(&metrics_url).await.text(), series);
+            before == after && after == Some((keys - shipped_while_down) as u64)
+        })
+        .await,
+        "each object after the restart was uploaded once"
+    );
     process.stop();
     let entries = read_all_entries(&dir.0.join("audit.db"));
     let (lines, ranges) = archived_lines(&s3).await;
