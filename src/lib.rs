@@ -8,6 +8,9 @@
 //! - [`server`]: wires a [`config::Config`] into the running parts and reloads them.
 //! - [`config`]: reads the TOML file and assembles each component's own settings, collecting
 //!   every error at once.
+//! - [`archive`]: ships committed entries to S3-compatible buckets as objects that verify on
+//!   their own, and `verify-archive`. It reads the [`store`] and builds on [`export`] and
+//!   [`verify`].
 //! - [`admin`]: the admin listener: health, metrics, the query, export and verification API,
 //!   the viewer. It reads the [`store`] and the [`log`].
 //! - [`proxy`]: forwards each request to the app and finishes its entry when the exchange ends.
@@ -26,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod archive;
 pub mod base;
 pub mod commands;
 pub mod config;

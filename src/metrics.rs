@@ -40,6 +40,8 @@ pub struct Metrics {
     pub forwarded_unrecorded: Counter,
     /// Fetches and freshness of JWT key sets fetched from a `jwks_url`.
     pub jwks: JwksMetrics,
+    /// Shipping to each `[[archive]]` bucket.
+    pub archives: ArchiveMetrics,
     /// Proxied exchanges by method, status class and whether a rule matched, with the time each
     /// took to its response head and the time the app took to answer.
     pub exchanges: ExchangeMetrics,
@@ -448,6 +450,7 @@ pub fn render(
     );
     metrics.jwks.write(&mut out);
     metrics.exchanges.write(&mut out);
+    metrics.archives.write(&mut out);
     write_metric(
         &mut out,
         "auditgate_config_reloads_total{result=\"ok\"}",
@@ -481,6 +484,111 @@ pub fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, value:
     let _ = writeln!(out, "# HELP {family} {help}");
     let _ = writeln!(out, "# TYPE {family} {kind}");
     let _ = writeln!(out, "{name} {value}");
+}
+
+/// Counters of the object-storage archives, one slot per archive name; a slot outlives reloads,
+/// so counters carry on when a reload restarts an archive's shipper.
+#[derive(Debug, Default)]
+pub struct ArchiveMetrics {
+    slots: Mutex<Vec<Arc<ArchiveSlot>>>,
+}
+
+/// One archive's counters and gauges.
+#[derive(Debug, Default)]
+pub struct ArchiveSlot {
+    pub name: String,
+    /// Objects uploaded (not counting OCSF copies).
+    pub objects: Counter,
+    /// Entries in the objects uploaded.
+    pub entries: Counter,
+    /// Requests to the bucket that failed (each retried; nothing is skipped).
+    pub failures: Counter,
+    /// Committed entries not yet in the bucket.
+    pub lag_entries: AtomicU64,
+    /// Age of the oldest entry not yet in the bucket, in milliseconds (0 when none waits).
+    pub lag_ms: AtomicU64,
+    /// 1 while the last request to the bucket failed.
+    pub failing: AtomicBool,
+}
+
+impl ArchiveMetrics {
+    /// The slot of the archive `name`, made on first use.
+    pub fn slot(&self, name: &str) -> Arc<ArchiveSlot> {
+        let mut slots = match self.slots.lock() {
+            Ok(slots) => slots,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(slot) = slots.iter().find(|slot| slot.name == name) {
+            return slot.clone();
+        }
+        let slot = Arc::new(ArchiveSlot {
+            name: name.to_string(),
+            ..ArchiveSlot::default()
+        });
+        slots.push(slot.clone());
+        slot
+    }
+
+    fn write(&self, out: &mut String) {
+        let slots: Vec<Arc<ArchiveSlot>> = match self.slots.lock() {
+            Ok(slots) => slots.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if slots.is_empty() {
+            return;
+        }
+        type Read = fn(&ArchiveSlot) -> String;
+        let families: [(&str, &str, &str, Read); 6] = [
+            (
+                "auditgate_archive_objects_total",
+                "counter",
+                "Objects uploaded to the archive bucket.",
+                |slot| slot.objects.get().to_string(),
+            ),
+            (
+                "auditgate_archive_entries_total",
+                "counter",
+                "Entries in the objects uploaded to the archive bucket.",
+                |slot| slot.entries.get().to_string(),
+            ),
+            (
+                "auditgate_archive_failures_total",
+                "counter",
+                "Requests to the archive bucket that failed (each retried; nothing is skipped).",
+                |slot| slot.failures.get().to_string(),
+            ),
+            (
+                "auditgate_archive_lag_entries",
+                "gauge",
+                "Committed entries not yet in the archive bucket.",
+                |slot| slot.lag_entries.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "auditgate_archive_lag_seconds",
+                "gauge",
+                "Age of the oldest entry not yet in the archive bucket (0 when none waits).",
+                |slot| format!("{:.3}", slot.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0),
+            ),
+            (
+                "auditgate_archive_failing",
+                "gauge",
+                "1 while the last request to the archive bucket failed.",
+                |slot| u64::from(slot.failing.load(Ordering::Relaxed)).to_string(),
+            ),
+        ];
+        for (family, kind, help, read) in families {
+            let _ = writeln!(out, "# HELP {family} {help}");
+            let _ = writeln!(out, "# TYPE {family} {kind}");
+            for slot in &slots {
+                let _ = writeln!(
+                    out,
+                    "{family}{{archive=\"{}\"}} {}",
+                    escape_label(&slot.name),
+                    read(slot)
+                );
+            }
+        }
+    }
 }
 
 /// A Prometheus histogram with fixed upper bounds.

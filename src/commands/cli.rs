@@ -88,6 +88,11 @@ pub enum Command {
     /// Check an NDJSON export made with proofs, without the database (exit 0 intact, 1 tampered,
     /// 2 could not read).
     VerifyExport(VerifyExportArgs),
+    /// Check an object-storage archive (`[[archive]]`) on its own, in its bucket
+    /// (s3://BUCKET/PREFIX) or in a local copy (a directory): every object's proofs, signed
+    /// head and checkpoint, and no gap, repeat or reordering between objects (exit 0 intact, 1
+    /// tampered, 2 could not read).
+    VerifyArchive(VerifyArchiveArgs),
     /// Copy a SQLite store consistently, also while a sidecar writes to it (for PostgreSQL,
     /// print the pg_dump to run). The copy verifies with `auditgate verify --db FILE`.
     Backup(BackupArgs),
@@ -324,6 +329,29 @@ pub struct VerifyExportArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArchiveArgs {
+    /// s3://BUCKET/PREFIX (the archive's `url`, or deeper, down to one log's folder), or a
+    /// directory holding a copy of the bucket's keys under PREFIX.
+    pub source: String,
+    /// Public key file (`PATH.pub` from keygen); repeat for rotated keys.
+    #[arg(long = "key", value_name = "PUBKEY", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Take the endpoint, region and access keys from this configuration's `[[archive]]` table
+    /// for the same bucket.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The S3 API's base URL (MinIO, R2, ...); default AWS's for the region.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint: Option<String>,
+    /// The region requests are signed for.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub region: String,
+    /// Address the bucket in the path (default with --endpoint) or, with false, in the host.
+    #[arg(long)]
+    pub path_style: Option<bool>,
 }
 
 #[derive(Debug, Args)]

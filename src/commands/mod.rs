@@ -16,6 +16,7 @@ pub mod run;
 pub mod store_location;
 pub mod token;
 pub mod verify;
+pub mod verify_archive;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Keygen { out, origin } => keygen::keygen(&out, origin),
         Command::Verify(args) => Ok(ExitCode::from(verify::run_verify(&args))),
         Command::VerifyExport(args) => Ok(ExitCode::from(verify::run_verify_export(&args))),
+        Command::VerifyArchive(args) => {
+            Ok(ExitCode::from(verify_archive::run_verify_archive(&args)))
+        }
         Command::Backup(args) => Ok(backup::run_backup(&args)),
         Command::Prune(args) => prune::prune(&args),
         Command::Health { url, timeout } => health::health(&url, &timeout),

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::admin::config::{validate_admin, AdminConfig, AdminFile};
+use crate::archive::config::{archive_location, validate_archives, ArchiveConfig, ArchiveFile};
 use crate::base::{ConfigError, ConfigErrors};
 use crate::identity::actor::{actor_location, ActorChain, ActorFile};
 use crate::log::config::{default_log_id, valid_log_id, validate_log, LogConfig, LogFile};
@@ -43,6 +44,8 @@ pub struct Config {
     pub policy: Arc<Policy>,
     /// The NDJSON stream of committed entries, if configured.
     pub stream: Option<crate::writer::stream::StreamConfig>,
+    /// The object-storage archives (`[[archive]]`), in file order.
+    pub archives: Vec<ArchiveConfig>,
     /// The file as parsed, for comparing with the next one at a reload.
     pub table: RawTable,
     /// Lowercase hex SHA-256 of the configuration text, logged at start and on reload and shown
@@ -77,6 +80,7 @@ const SECTIONS: &[&str] = &[
     "redact",
     "rule",
     "stream",
+    "archive",
 ];
 
 impl Config {
@@ -181,6 +185,14 @@ impl Config {
             &mut errors,
         );
         let redact: Option<RedactFile> = section(&table, "redact", &mut errors);
+        let archive_files: Vec<(usize, toml::Value, ArchiveFile)> =
+            array_section(&table, "archive", archive_location, &mut errors)
+                .into_iter()
+                .filter_map(|(index, file)| {
+                    let item = table.get("archive")?.as_array()?.get(index)?.clone();
+                    Some((index, item, file))
+                })
+                .collect();
         let rules: Vec<(usize, RuleFile)> = array_section(
             &table,
             "rule",
@@ -220,6 +232,12 @@ impl Config {
         let stream = stream
             .as_ref()
             .and_then(|stream| validate_stream(stream, data_base, &mut errors));
+        let archives = validate_archives(
+            &archive_files,
+            base,
+            log_config.signing_key_path.is_some(),
+            &mut errors,
+        );
         let unmatched = match unmatched.record.as_deref() {
             None | Some("mutations") => UnmatchedRecord::Mutations,
             Some("none") => UnmatchedRecord::None,
@@ -293,6 +311,7 @@ impl Config {
                     log: log_config,
                     retention,
                     stream,
+                    archives,
                     table: RawTable(table.clone()),
                     sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
                     policy: Arc::new(Policy {

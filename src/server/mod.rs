@@ -40,6 +40,8 @@ pub struct Sidecar {
     auth: Arc<Authenticator>,
     log_id: String,
     signer_stats: Option<Arc<crate::signer::SignerStats>>,
+    /// What every archive shipper shares; `None` without a signing key (no archive can run).
+    archive_context: Option<crate::archive::ArchiveContext>,
     /// What a reload replaces, one reload at a time.
     running: tokio::sync::Mutex<Running>,
     checkpoint_task: JoinHandle<()>,
@@ -53,7 +55,11 @@ struct Running {
     log: crate::log::config::LogConfig,
     signer: Option<HeadSigner>,
     retention: Option<RetentionTask>,
+    archives: Option<crate::archive::Archives>,
 }
+
+/// How long the archives may take to ship the last entries at a clean stop.
+const ARCHIVE_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How long the final checkpoint at a clean stop waits for readers to finish.
 const SHUTDOWN_CHECKPOINT_PATIENCE: Duration = Duration::from_secs(5);
@@ -92,6 +98,23 @@ impl Sidecar {
         let signer_stats = signer.as_ref().map(HeadSigner::stats);
         let metrics = Arc::new(Metrics::default());
         metrics.set_config_sha256(&config.sha256);
+        // The shippers only read the store, so they start before traffic like the signer.
+        let archive_context =
+            config
+                .log
+                .signer
+                .as_ref()
+                .map(|signer| crate::archive::ArchiveContext {
+                    store: store.clone(),
+                    signer: signer.clone(),
+                    log_id: config.log_id.clone(),
+                    origin: config.log.checkpoint_origin(&config.log_id),
+                    metrics: metrics.clone(),
+                });
+        let archives = archive_context
+            .as_ref()
+            .filter(|_| !config.archives.is_empty())
+            .map(|context| crate::archive::Archives::start(&config.archives, context));
         // Queued before the listeners open, so it precedes every request entry of this run.
         writer.handle().push(lifecycle::run_entry(
             &config.log_id,
@@ -152,12 +175,14 @@ impl Sidecar {
             auth,
             log_id: config.log_id.clone(),
             signer_stats,
+            archive_context,
             running: tokio::sync::Mutex::new(Running {
                 table: config.table.0,
                 sha256: config.sha256,
                 log: config.log,
                 signer,
                 retention,
+                archives,
             }),
             checkpoint_task,
         })
@@ -165,7 +190,7 @@ impl Sidecar {
 
     /// Applies a new configuration to the running sidecar, all of it or nothing: rules, actor
     /// sources, redaction and hints, admin tokens (a removed token and its viewer sessions stop
-    /// working at once), retention, the NDJSON stream and head publishing. A changed key that
+    /// working at once), retention, the NDJSON stream, the archives and head publishing. A changed key that
     /// needs a restart (listeners, the app's address, the store, the log's id and signing key)
     /// keeps its running value and is named in a warning and in the `audit.config_reloaded`
     /// entry, which records every change.
@@ -213,6 +238,18 @@ impl Sidecar {
         }
         if PUBLISHING_KEYS.iter().any(|key| changes.touches(key)) {
             self.restart_signer(&mut running, &config).await;
+        }
+        if changes.touches("archive") {
+            // The new shippers resume from their buckets, so nothing shipped is shipped twice
+            // and nothing unshipped is skipped.
+            if let Some(archives) = running.archives.take() {
+                archives.stop().await;
+            }
+            running.archives = self
+                .archive_context
+                .as_ref()
+                .filter(|_| !config.archives.is_empty())
+                .map(|context| crate::archive::Archives::start(&config.archives, context));
         }
         for key in changes.restart_needed() {
             tracing::warn!(%key, "changed in the configuration file, but takes effect only after a restart; the running value stays");
@@ -287,6 +324,11 @@ impl Sidecar {
         // After the writer: the shutdown head covers every entry.
         if let Some(signer) = running.signer {
             signer.shutdown().await;
+        }
+        // After the final head: the archives ship what it covers, within a deadline, so a
+        // bucket that is down cannot hold up the stop (the rest ships after the next start).
+        if let Some(archives) = running.archives {
+            archives.shutdown(ARCHIVE_SHUTDOWN_DEADLINE).await;
         }
         // Last: the database file alone then holds every entry and head, so copying it after a
         // clean stop copies the whole log.

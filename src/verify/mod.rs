@@ -344,6 +344,9 @@ struct ExportTrailer {
     /// Base64 of the manifest's signature, when the exporter had the signing key.
     #[serde(default)]
     signature: Option<String>,
+    /// The head as a C2SP checkpoint (a signed note); archive objects carry it.
+    #[serde(default)]
+    checkpoint: Option<String>,
 }
 
 /// The proof fields of an exported entry line.
@@ -460,6 +463,67 @@ fn last_line(path: &Path) -> Result<Option<String>, VerifyError> {
 /// `auditgate verify-export`: checks an NDJSON export with proofs (format in [`crate::log`])
 /// without the database: the head's signature, and each entry's leaf and inclusion proof.
 pub fn verify_export(path: &Path, keys: &[LogVerifier]) -> Result<VerifyReport, VerifyError> {
+    let trailer = last_line(path)?;
+    let io_error = |error| VerifyError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = File::open(path).map_err(io_error)?;
+    check_export(
+        trailer,
+        BufReader::new(file),
+        keys,
+        || first_line_has_proof_fields(path),
+        path,
+    )
+    .map(|checked| checked.report)
+}
+
+/// An export checked by [`verify_export_bytes`]: the report, and what its last line states.
+#[derive(Debug)]
+pub struct CheckedExport {
+    pub report: VerifyReport,
+    /// The head the proofs lead to, when the last line is one.
+    pub head: Option<SignedTreeHead>,
+    /// The manifest's first and last `seq`, as stated.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// The head as a C2SP checkpoint (archive objects carry one), unchecked.
+    pub checkpoint: Option<String>,
+}
+
+/// [`verify_export`] over an export in memory (an archive object, gunzipped); `name` is what
+/// read errors call it.
+pub fn verify_export_bytes(
+    bytes: &[u8],
+    keys: &[LogVerifier],
+    name: &Path,
+) -> Result<CheckedExport, VerifyError> {
+    let trailer = bytes
+        .split(|byte| *byte == b'\n')
+        .rev()
+        .find(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|line| String::from_utf8_lossy(line).trim().to_string());
+    let first_has_proofs = || {
+        Ok(bytes
+            .split(|byte| *byte == b'\n')
+            .find(|line| !line.iter().all(u8::is_ascii_whitespace))
+            .is_some_and(|line| {
+                serde_json::from_slice::<Value>(line).is_ok_and(|value| {
+                    value.get("leafHash").is_some() || value.get("treeHead").is_some()
+                })
+            }))
+    };
+    check_export(trailer, bytes, keys, first_has_proofs, name)
+}
+
+fn check_export(
+    trailer: Option<String>,
+    reader: impl BufRead,
+    keys: &[LogVerifier],
+    first_line_has_proofs: impl FnOnce() -> Result<bool, VerifyError>,
+    path: &Path,
+) -> Result<CheckedExport, VerifyError> {
     let mut problems: Vec<Problem> = Vec::new();
     let mut report = VerifyReport {
         size: 0,
@@ -471,11 +535,18 @@ pub fn verify_export(path: &Path, keys: &[LogVerifier]) -> Result<VerifyReport, 
         problem_count: 0,
         checked_at: chrono::Utc::now(),
     };
-    let trailer = last_line(path)?.map(|line| serde_json::from_str::<ExportTrailer>(&line));
+    let unchecked = |report| CheckedExport {
+        report,
+        head: None,
+        first_seq: None,
+        last_seq: None,
+        checkpoint: None,
+    };
+    let trailer = trailer.map(|line| serde_json::from_str::<ExportTrailer>(&line));
     let trailer = match trailer {
         Some(Ok(trailer)) => trailer,
         Some(Err(error)) => {
-            if !first_line_has_proof_fields(path)? {
+            if !first_line_has_proofs()? {
                 return Err(VerifyError::NoProofs);
             }
             problems.push(Problem {
@@ -485,14 +556,14 @@ pub fn verify_export(path: &Path, keys: &[LogVerifier]) -> Result<VerifyReport, 
                      short or has no proofs (export with proofs=true)"
                 ),
             });
-            return Ok(finish_report(report, problems));
+            return Ok(unchecked(finish_report(report, problems)));
         }
         None => {
             problems.push(Problem {
                 seq: None,
                 message: "the export is empty".to_string(),
             });
-            return Ok(finish_report(report, problems));
+            return Ok(unchecked(finish_report(report, problems)));
         }
     };
     let head = trailer.tree_head.clone();
@@ -513,12 +584,11 @@ pub fn verify_export(path: &Path, keys: &[LogVerifier]) -> Result<VerifyReport, 
         path: path.to_path_buf(),
         error,
     };
-    let file = File::open(path).map_err(io_error)?;
     let mut lines = 0u64;
     let mut previous: Option<String> = None;
     let mut manifest = crate::export::proofs::ManifestBuilder::default();
     let mut highest: Option<u64> = None;
-    for (index, line) in BufReader::new(file).lines().enumerate() {
+    for (index, line) in reader.lines().enumerate() {
         let line = line.map_err(io_error)?;
         if line.trim().is_empty() {
             continue;
@@ -564,7 +634,13 @@ pub fn verify_export(path: &Path, keys: &[LogVerifier]) -> Result<VerifyReport, 
         });
     }
     problems.extend(check_manifest(&trailer, &manifest.manifest(), keys));
-    Ok(finish_report(report, problems))
+    Ok(CheckedExport {
+        report: finish_report(report, problems),
+        head: Some(head),
+        first_seq: trailer.first_seq,
+        last_seq: trailer.last_seq,
+        checkpoint: trailer.checkpoint.clone(),
+    })
 }
 
 /// Compares the trailer's manifest with the entry lines as read, and checks its signature.

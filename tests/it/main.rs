@@ -4,6 +4,7 @@ mod pg;
 mod support;
 
 mod admin;
+mod archive;
 mod checkpoint;
 mod configs;
 mod deploy;
