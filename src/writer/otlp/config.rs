@@ -81,6 +81,23 @@ impl OtlpConfig {
     pub fn endpoint_label(&self) -> String {
         endpoint_label(&self.endpoint)
     }
+
+    /// One line for `auditgate check`.
+    pub fn describe(&self) -> String {
+        format!(
+            "otlp {:?} -> {} (service {:?}, {} entries a request, {} header{}, on_rejected {})",
+            self.name,
+            self.endpoint_label(),
+            self.service_name,
+            self.batch_size,
+            self.headers.len(),
+            if self.headers.len() == 1 { "" } else { "s" },
+            match self.on_rejected {
+                OnRejected::Hold => "hold",
+                OnRejected::Skip => "skip",
+            }
+        )
+    }
 }
 
 fn endpoint_label(uri: &http::Uri) -> String {

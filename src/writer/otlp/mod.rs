@@ -155,9 +155,18 @@ impl Output {
                 Stop::Drain { .. } => true,
                 Stop::Running => false,
             };
-            let round = self
-                .round(&mut acknowledged, &mut limit, &mut backoff)
-                .await;
+            let round = self.round(&mut acknowledged, &mut limit, &mut backoff);
+            let round = match stop {
+                // A drain never outlasts its deadline, whatever the collector does; a request cut
+                // short leaves the cursor where it was.
+                Stop::Drain { deadline } => {
+                    match tokio::time::timeout_at(deadline.into(), round).await {
+                        Ok(round) => round,
+                        Err(_) => break,
+                    }
+                }
+                _ => round.await,
+            };
             let wait = match round {
                 Round::Progress => continue,
                 Round::CaughtUp if draining => break,
