@@ -45,6 +45,8 @@ pub struct Metrics {
     /// Proxied exchanges by method, status class and whether a rule matched, with the time each
     /// took to its response head and the time the app took to answer.
     pub exchanges: ExchangeMetrics,
+    /// What each `[[otlp]]` output sent, failed to send and still has to send.
+    pub otlp: OtlpMetrics,
     /// Configuration reloads (SIGHUP) that took effect.
     pub reloads_ok: Counter,
     /// Configuration reloads refused (the running configuration stayed).
@@ -449,6 +451,7 @@ pub fn render(
         "Time per group commit.",
     );
     metrics.jwks.write(&mut out);
+    metrics.otlp.write(&mut out);
     metrics.exchanges.write(&mut out);
     metrics.archives.write(&mut out);
     write_metric(
@@ -762,6 +765,237 @@ mod process {
             .split_whitespace()
             .next()
             .and_then(|soft| soft.parse().ok())
+    }
+}
+
+/// The progress of every `[[otlp]]` output, one slot per (name, endpoint). Labels come from the
+/// configuration, never from requests. A slot outlives reloads, so its counters only grow; its
+/// lag gauges are shown only while a configured output uses it, so a removed output does not keep
+/// an alert firing.
+#[derive(Debug, Default)]
+pub struct OtlpMetrics {
+    slots: Mutex<Vec<Arc<OtlpOutputStats>>>,
+}
+
+/// The counters of one OTLP output.
+#[derive(Debug)]
+pub struct OtlpOutputStats {
+    name: String,
+    endpoint: String,
+    /// Entries the collector acknowledged.
+    pub sent: Counter,
+    /// Requests that failed and are retried: no answer, a timeout, 408, 429 or 5xx.
+    pub failed_unavailable: Counter,
+    /// Requests the collector refused for good (any other 4xx, or a redirect).
+    pub failed_rejected: Counter,
+    /// Entries passed over on purpose: refused for good with `on_rejected = "skip"`.
+    pub skipped_rejected: Counter,
+    /// Entries that could not be sent because they were gone or unreadable in the store (pruned
+    /// before they were sent, or a row that no longer parses).
+    pub skipped_unreadable: Counter,
+    /// Records the collector acknowledged but reported dropping (OTLP partial success).
+    pub dropped_by_collector: Counter,
+    /// Committed entries not yet acknowledged.
+    lag_entries: AtomicU64,
+    /// When the oldest entry not yet acknowledged was made, in milliseconds since the Unix epoch;
+    /// 0 while nothing waits.
+    oldest_unsent_ms: AtomicU64,
+    users: AtomicUsize,
+}
+
+impl OtlpOutputStats {
+    /// Records how far behind the log the output is: `entries` waiting, the oldest made at
+    /// `oldest` (`None` when nothing waits).
+    pub fn set_lag(&self, entries: u64, oldest: Option<chrono::DateTime<chrono::Utc>>) {
+        self.lag_entries.store(entries, Ordering::Relaxed);
+        let millis = oldest.map_or(0, |time| time.timestamp_millis().max(1) as u64);
+        self.oldest_unsent_ms.store(millis, Ordering::Relaxed);
+    }
+
+    /// Entries waiting, as last seen.
+    pub fn lag_entries(&self) -> u64 {
+        self.lag_entries.load(Ordering::Relaxed)
+    }
+}
+
+/// An output's hold on its slot; dropping it (the output stopped) hides the slot's lag gauges
+/// unless another output uses it.
+#[derive(Debug)]
+pub struct OtlpOutputHandle(Arc<OtlpOutputStats>);
+
+impl std::ops::Deref for OtlpOutputHandle {
+    type Target = OtlpOutputStats;
+
+    fn deref(&self) -> &OtlpOutputStats {
+        &self.0
+    }
+}
+
+impl Drop for OtlpOutputHandle {
+    fn drop(&mut self) {
+        self.0.users.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl OtlpMetrics {
+    /// The slot of the output `name` sending to `endpoint`, made on first use.
+    pub fn output(&self, name: &str, endpoint: &str) -> OtlpOutputHandle {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = match slots
+            .iter()
+            .find(|slot| slot.name == name && slot.endpoint == endpoint)
+        {
+            Some(slot) => slot.clone(),
+            None => {
+                let slot = Arc::new(OtlpOutputStats {
+                    name: name.to_string(),
+                    endpoint: endpoint.to_string(),
+                    sent: Counter::default(),
+                    failed_unavailable: Counter::default(),
+                    failed_rejected: Counter::default(),
+                    skipped_rejected: Counter::default(),
+                    skipped_unreadable: Counter::default(),
+                    dropped_by_collector: Counter::default(),
+                    lag_entries: AtomicU64::new(0),
+                    oldest_unsent_ms: AtomicU64::new(0),
+                    users: AtomicUsize::new(0),
+                });
+                slots.push(slot.clone());
+                slot
+            }
+        };
+        slot.users.fetch_add(1, Ordering::Relaxed);
+        OtlpOutputHandle(slot)
+    }
+
+    /// Appends the OTLP metrics; nothing when no `[[otlp]]` output was ever configured.
+    pub fn write(&self, out: &mut String) {
+        let slots: Vec<Arc<OtlpOutputStats>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if slots.is_empty() {
+            return;
+        }
+        let labels = |slot: &OtlpOutputStats| {
+            format!(
+                "name=\"{}\",endpoint=\"{}\"",
+                escape_label(&slot.name),
+                escape_label(&slot.endpoint)
+            )
+        };
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        };
+        family(
+            out,
+            "auditgate_otlp_sent_total",
+            "counter",
+            "Entries an [[otlp]] collector acknowledged.",
+        );
+        for slot in &slots {
+            let _ = writeln!(
+                out,
+                "auditgate_otlp_sent_total{{{}}} {}",
+                labels(slot),
+                slot.sent.get()
+            );
+        }
+        family(
+            out,
+            "auditgate_otlp_failed_total",
+            "counter",
+            "OTLP requests that failed, by reason: unavailable (retried with back-off) or rejected (refused for good; held or skipped per on_rejected).",
+        );
+        for slot in &slots {
+            for (reason, counter) in [
+                ("unavailable", &slot.failed_unavailable),
+                ("rejected", &slot.failed_rejected),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "auditgate_otlp_failed_total{{{},reason=\"{reason}\"}} {}",
+                    labels(slot),
+                    counter.get()
+                );
+            }
+        }
+        family(
+            out,
+            "auditgate_otlp_skipped_total",
+            "counter",
+            "Entries an [[otlp]] output did not deliver, by reason: rejected (on_rejected = skip) or unreadable (pruned or unparsable in the store before it was sent). Alarm on anything but 0.",
+        );
+        for slot in &slots {
+            for (reason, counter) in [
+                ("rejected", &slot.skipped_rejected),
+                ("unreadable", &slot.skipped_unreadable),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "auditgate_otlp_skipped_total{{{},reason=\"{reason}\"}} {}",
+                    labels(slot),
+                    counter.get()
+                );
+            }
+        }
+        family(
+            out,
+            "auditgate_otlp_dropped_by_collector_total",
+            "counter",
+            "Records a collector acknowledged but reported dropping (OTLP partial success).",
+        );
+        for slot in &slots {
+            let _ = writeln!(
+                out,
+                "auditgate_otlp_dropped_by_collector_total{{{}}} {}",
+                labels(slot),
+                slot.dropped_by_collector.get()
+            );
+        }
+        let in_use: Vec<&Arc<OtlpOutputStats>> = slots
+            .iter()
+            .filter(|slot| slot.users.load(Ordering::Relaxed) > 0)
+            .collect();
+        family(
+            out,
+            "auditgate_otlp_lag_entries",
+            "gauge",
+            "Committed entries an [[otlp]] collector has not acknowledged yet.",
+        );
+        for slot in &in_use {
+            let _ = writeln!(
+                out,
+                "auditgate_otlp_lag_entries{{{}}} {}",
+                labels(slot),
+                slot.lag_entries()
+            );
+        }
+        family(
+            out,
+            "auditgate_otlp_lag_seconds",
+            "gauge",
+            "Age of the oldest committed entry an [[otlp]] collector has not acknowledged; 0 when it has them all.",
+        );
+        let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        for slot in &in_use {
+            let oldest = slot.oldest_unsent_ms.load(Ordering::Relaxed);
+            let lag = if oldest == 0 {
+                0.0
+            } else {
+                now_ms.saturating_sub(oldest) as f64 / 1000.0
+            };
+            let _ = writeln!(
+                out,
+                "auditgate_otlp_lag_seconds{{{}}} {lag:.3}",
+                labels(slot)
+            );
+        }
     }
 }
 

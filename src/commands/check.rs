@@ -330,6 +330,9 @@ pub fn describe(path: &Path, config: &Config) -> String {
     };
     let _ = writeln!(out, "  unmatched traffic: {unmatched}");
     let _ = writeln!(out, "  {}", describe_log(config));
+    for output in &config.otlp {
+        let _ = writeln!(out, "  {}", output.describe());
+    }
     out
 }
 

@@ -22,6 +22,7 @@ use crate::proxy::config::{validate_proxy, ProxyConfig, ProxyFile};
 use crate::request::route::RouteSemantics;
 use crate::store::config::{validate_store, StoreConfig, StoreFile};
 use crate::store::retention::{validate_retention, RetentionConfig, RetentionFile};
+use crate::writer::otlp::config::{otlp_location, validate_otlp, OtlpConfig, OtlpFile};
 use crate::writer::stream::{validate_stream, StreamFile};
 
 // ---------------------------------------------------------------------------------------------
@@ -46,6 +47,8 @@ pub struct Config {
     pub stream: Option<crate::writer::stream::StreamConfig>,
     /// The object-storage archives (`[[archive]]`), in file order.
     pub archives: Vec<ArchiveConfig>,
+    /// The OpenTelemetry logs outputs (`[[otlp]]`), in file order.
+    pub otlp: Vec<OtlpConfig>,
     /// The file as parsed, for comparing with the next one at a reload.
     pub table: RawTable,
     /// Lowercase hex SHA-256 of the configuration text, logged at start and on reload and shown
@@ -81,6 +84,7 @@ const SECTIONS: &[&str] = &[
     "rule",
     "stream",
     "archive",
+    "otlp",
 ];
 
 impl Config {
@@ -173,6 +177,12 @@ impl Config {
         let retention: RetentionFile =
             section(&table, "retention", &mut errors).unwrap_or_default();
         let stream: Option<StreamFile> = section(&table, "stream", &mut errors);
+        let otlp: Vec<(usize, OtlpFile)> = array_section(
+            &table,
+            "otlp",
+            |index, value| otlp_location(index, value.get("name").and_then(toml::Value::as_str)),
+            &mut errors,
+        );
         let unmatched: UnmatchedFile =
             section(&table, "unmatched", &mut errors).unwrap_or_default();
         let hints_file: crate::policy::hints::HintsFile =
@@ -238,6 +248,7 @@ impl Config {
             log_config.signing_key_path.is_some(),
             &mut errors,
         );
+        let otlp = validate_otlp(&otlp, base, &mut errors);
         let unmatched = match unmatched.record.as_deref() {
             None | Some("mutations") => UnmatchedRecord::Mutations,
             Some("none") => UnmatchedRecord::None,
@@ -312,6 +323,7 @@ impl Config {
                     retention,
                     stream,
                     archives,
+                    otlp,
                     table: RawTable(table.clone()),
                     sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
                     policy: Arc::new(Policy {

@@ -22,6 +22,7 @@ use crate::proxy::ProxyState;
 use crate::signer::HeadSigner;
 use crate::store::retention::RetentionTask;
 use crate::store::Store;
+use crate::writer::otlp::OtlpExporter;
 use crate::writer::{Writer, WriterHandle};
 
 pub use listen::MAX_REQUEST_HEADERS;
@@ -56,6 +57,35 @@ struct Running {
     signer: Option<HeadSigner>,
     retention: Option<RetentionTask>,
     archives: Option<crate::archive::Archives>,
+    /// The `[[otlp]]` outputs, each a task reading the store.
+    otlp: Vec<OtlpExporter>,
+    /// The store's settings at start (where the outputs keep their cursors).
+    store: crate::store::config::StoreConfig,
+}
+
+/// How long the `[[otlp]]` outputs may go on sending at a clean stop.
+const OTLP_SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Starts one task per `[[otlp]]` output.
+fn start_otlp(
+    store: &Arc<dyn Store>,
+    outputs: &[crate::writer::otlp::config::OtlpConfig],
+    log_id: &str,
+    store_config: &crate::store::config::StoreConfig,
+    metrics: &Metrics,
+) -> Vec<OtlpExporter> {
+    outputs
+        .iter()
+        .map(|output| {
+            OtlpExporter::start(
+                store.clone(),
+                output.clone(),
+                log_id.to_string(),
+                crate::writer::otlp::cursor::cursor_path(store_config, &output.name),
+                metrics.otlp.output(&output.name, &output.endpoint_label()),
+            )
+        })
+        .collect()
 }
 
 /// How long the archives may take to ship the last entries at a clean stop.
@@ -115,6 +145,13 @@ impl Sidecar {
             .as_ref()
             .filter(|_| !config.archives.is_empty())
             .map(|context| crate::archive::Archives::start(&config.archives, context));
+        let otlp = start_otlp(
+            &store,
+            &config.otlp,
+            &config.log_id,
+            &config.store,
+            &metrics,
+        );
         // Queued before the listeners open, so it precedes every request entry of this run.
         writer.handle().push(lifecycle::run_entry(
             &config.log_id,
@@ -183,6 +220,8 @@ impl Sidecar {
                 signer,
                 retention,
                 archives,
+                otlp,
+                store: config.store.clone(),
             }),
             checkpoint_task,
         })
@@ -225,6 +264,20 @@ impl Sidecar {
         }
         if let Some(stream) = stream {
             self.writer.handle().replace_stream(stream);
+        }
+        if changes.touches("otlp") {
+            // Each output's cursor is kept by its name, so a replaced output goes on where the
+            // old one stopped.
+            for exporter in running.otlp.drain(..) {
+                exporter.stop().await;
+            }
+            running.otlp = start_otlp(
+                &self.store,
+                &config.otlp,
+                &self.log_id,
+                &running.store,
+                &self.state.metrics,
+            );
         }
         if changes.touches("retention") {
             if let Some(retention) = running.retention.take() {
@@ -330,6 +383,13 @@ impl Sidecar {
         if let Some(archives) = running.archives {
             archives.shutdown(ARCHIVE_SHUTDOWN_DEADLINE).await;
         }
+        // After the writer too, so the outputs send the last entries (audit.stopped) now if
+        // their collectors answer; anything left waits in the store for the next start.
+        let drains = running.otlp.into_iter().map(|exporter| {
+            let deadline = std::time::Instant::now() + OTLP_SHUTDOWN_PATIENCE;
+            exporter.drain(deadline)
+        });
+        futures_util::future::join_all(drains).await;
         // Last: the database file alone then holds every entry and head, so copying it after a
         // clean stop copies the whole log.
         let _ = self.checkpoint_task.await;

@@ -17,6 +17,7 @@
 //! start. Nothing is dropped silently: the only loss path (store and spill file both failing at
 //! shutdown) is counted in `entries_lost` and logged entry by entry.
 
+pub mod otlp;
 pub mod stream;
 
 use std::io::Write as _;

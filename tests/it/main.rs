@@ -19,6 +19,7 @@ mod identity;
 mod jwks;
 mod openapi;
 mod ops;
+mod otlp;
 mod pg_tls;
 mod proxy;
 mod running;
