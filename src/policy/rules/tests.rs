@@ -43,13 +43,24 @@ fn a_stray_closing_brace_is_refused_wherever_it_is() {
     assert!(compile_route("/a/{id}/b").is_ok());
 }
 
-fn rules(text: &str, unmatched: UnmatchedRecord) -> RuleSet {
+/// The `[[rule]]` tables of a test configuration, as the config file holds them.
+fn rule_files(text: &str) -> Vec<RuleFile> {
     #[derive(serde::Deserialize)]
     struct File {
         rule: Vec<RuleFile>,
     }
     let file: File = toml::from_str(text).expect("test rules parse");
-    RuleSet::compile(&file.rule, unmatched).expect("test rules compile")
+    file.rule
+}
+
+fn rules(text: &str, unmatched: UnmatchedRecord) -> RuleSet {
+    RuleSet::compile(&rule_files(text), unmatched).expect("test rules compile")
+}
+
+/// The errors of rules that must not compile, as `auditgate check` prints them.
+fn compile_errors(text: &str) -> Vec<String> {
+    let errors = RuleSet::compile(&rule_files(text), UnmatchedRecord::None).expect_err("invalid");
+    errors.iter().map(ToString::to_string).collect()
 }
 
 fn view<'a>(method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
@@ -183,11 +194,7 @@ fn unreachable_upstream_is_still_audited() {
 
 #[test]
 fn every_error_is_reported_with_its_rule() {
-    #[derive(serde::Deserialize)]
-    struct File {
-        rule: Vec<RuleFile>,
-    }
-    let file: File = toml::from_str(
+    let text = compile_errors(
         r#"
         [[rule]]
         name = "a"
@@ -203,10 +210,7 @@ fn every_error_is_reported_with_its_rule() {
         name = "a"
         path_regex = "("
         "#,
-    )
-    .expect("parses");
-    let errors = RuleSet::compile(&file.rule, UnmatchedRecord::None).expect_err("invalid");
-    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    );
     let all = text.join("\n");
     assert!(all.contains(r#"rule #1 ("a").method"#), "{all}");
     assert!(all.contains(r#"rule #1 ("a").path"#), "{all}");
@@ -220,13 +224,68 @@ fn every_error_is_reported_with_its_rule() {
     assert!(all.contains(r#"rule #3 ("a").action"#), "{all}");
 }
 
+/// Every key of a rule is checked even when an earlier one failed, and the errors come in the
+/// order of the keys, so one run of `auditgate check` lists every mistake in reading order.
+#[test]
+fn every_key_of_a_rule_is_checked_in_order() {
+    let text = compile_errors(
+        r#"
+        [[rule]]
+        name = "wrong"
+        method = ["GET", "NOT A METHOD"]
+        path = "/a/{id}"
+        route_case = "folded"
+        headers = { "bad header" = "*", "x-ok" = "~(" }
+        query = { q = "~(" }
+        status = "6xx"
+        ocsf_activity = "erase"
+        resource = { type = "{nope}", id = "{id}" }
+        tenant = "{missing}"
+        metadata = { k = "{gone}" }
+        actor = { id = "{who}", email = "{id}" }
+        action = "audit.{id}"
+        on_store_failure = "retry"
+        [[rule]]
+        path_regex = "^/h$"
+        trailing_slash = "strict"
+        skip = true
+        action = "x"
+        ocsf_activity = "read"
+        write_ahead = true
+        "#,
+    );
+    let keys: Vec<&str> = text
+        .iter()
+        .map(|error| error.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            r#"rule #1 ("wrong").route_case"#,
+            r#"rule #1 ("wrong").method"#,
+            r#"rule #1 ("wrong").headers"#,
+            r#"rule #1 ("wrong").headers"#,
+            r#"rule #1 ("wrong").query"#,
+            r#"rule #1 ("wrong").status"#,
+            r#"rule #1 ("wrong").ocsf_activity"#,
+            r#"rule #1 ("wrong").resource.type"#,
+            r#"rule #1 ("wrong").tenant"#,
+            r#"rule #1 ("wrong").metadata"#,
+            r#"rule #1 ("wrong").actor.id"#,
+            r#"rule #1 ("wrong").action"#,
+            r#"rule #1 ("wrong").on_store_failure"#,
+            "rule #2.route_case",
+            "rule #2.skip",
+            "rule #2.ocsf_activity",
+            "rule #2.write_ahead",
+        ],
+        "{text:#?}"
+    );
+}
+
 #[test]
 fn ocsf_activity_is_checked_and_kept_with_the_rule() {
-    #[derive(serde::Deserialize)]
-    struct File {
-        rule: Vec<RuleFile>,
-    }
-    let file: File = toml::from_str(
+    let rules = rules(
         r#"
         [[rule]]
         name = "purge"
@@ -239,9 +298,8 @@ fn ocsf_activity_is_checked_and_kept_with_the_rule() {
         path = "/x"
         action = "x.happened"
         "#,
-    )
-    .expect("parses");
-    let rules = RuleSet::compile(&file.rule, UnmatchedRecord::None).expect("valid");
+        UnmatchedRecord::None,
+    );
     let activities: Vec<Option<crate::entry::ocsf::OcsfActivity>> = rules
         .rules()
         .iter()
@@ -255,7 +313,7 @@ fn ocsf_activity_is_checked_and_kept_with_the_rule() {
         [Some(crate::entry::ocsf::OcsfActivity::Delete), None]
     );
 
-    let file: File = toml::from_str(
+    let text = compile_errors(
         r#"
         [[rule]]
         path = "/a"
@@ -267,10 +325,7 @@ fn ocsf_activity_is_checked_and_kept_with_the_rule() {
         skip = true
         ocsf_activity = "read"
         "#,
-    )
-    .expect("parses");
-    let errors = RuleSet::compile(&file.rule, UnmatchedRecord::None).expect_err("invalid");
-    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    );
     assert_eq!(
         text,
         [
@@ -282,11 +337,7 @@ fn ocsf_activity_is_checked_and_kept_with_the_rule() {
 
 #[test]
 fn a_rule_cannot_name_an_action_in_auditgates_namespace() {
-    #[derive(serde::Deserialize)]
-    struct File {
-        rule: Vec<RuleFile>,
-    }
-    let file: File = toml::from_str(
+    let text = compile_errors(
         r#"
         [[rule]]
         name = "own"
@@ -304,10 +355,7 @@ fn a_rule_cannot_name_an_action_in_auditgates_namespace() {
         path = "/y"
         action = "auditor.added"
         "#,
-    )
-    .expect("parses");
-    let errors = RuleSet::compile(&file.rule, UnmatchedRecord::None).expect_err("invalid");
-    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    );
     assert_eq!(text.len(), 2, "{text:#?}");
     assert!(
         text[0].starts_with(
@@ -395,11 +443,7 @@ fn templates_match_as_the_app_routes_by_default() {
 
 #[test]
 fn route_semantics_are_checked() {
-    #[derive(serde::Deserialize)]
-    struct File {
-        rule: Vec<RuleFile>,
-    }
-    let file: File = toml::from_str(
+    let text = compile_errors(
         r#"
         [[rule]]
         path = "/a"
@@ -411,10 +455,7 @@ fn route_semantics_are_checked() {
         route_case = "sensitive"
         action = "b"
         "#,
-    )
-    .expect("parses");
-    let errors = RuleSet::compile(&file.rule, UnmatchedRecord::None).expect_err("invalid");
-    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    );
     assert_eq!(text.len(), 3, "{text:#?}");
     assert!(text[0].starts_with("rule #1.route_case"), "{text:#?}");
     assert!(text[1].starts_with("rule #1.trailing_slash"), "{text:#?}");
