@@ -18,7 +18,8 @@ use std::path::Path;
 
 use crate::base::units::format_duration as human_duration;
 use crate::config::Config;
-use crate::policy::rules::{RuleKind, UnmatchedRecord};
+use crate::policy::rules::file::UnmatchedRecord;
+use crate::policy::rules::RuleKind;
 use crate::request::route::literal_only_path;
 use crate::store::config::Durability;
 

@@ -135,26 +135,7 @@ pub fn read_document(
     let Some(object) = root.as_object() else {
         return Err(error("the top level", "is not a mapping"));
     };
-    let kind = match (object.get("openapi"), object.get("swagger")) {
-        (Some(Value::String(version)), _) if version.starts_with('3') => {
-            format!("OpenAPI {version}")
-        }
-        (_, Some(Value::String(version))) if version.starts_with('2') => {
-            format!("Swagger {version}")
-        }
-        (Some(other), _) | (None, Some(other)) => {
-            return Err(error(
-                "openapi",
-                &format!("version {other} is not OpenAPI 3.x or Swagger 2.0"),
-            ))
-        }
-        (None, None) => {
-            return Err(error(
-                "the top level",
-                "has neither `openapi` nor `swagger`: this is not an OpenAPI document",
-            ))
-        }
-    };
+    let kind = document_kind(object).map_err(|(location, message)| error(location, &message))?;
     let swagger = kind.starts_with("Swagger");
     let paths = match object.get("paths") {
         Some(Value::Object(paths)) => paths.clone(),
@@ -167,7 +148,59 @@ pub fn read_document(
         .and_then(Value::as_str)
         .unwrap_or("untitled")
         .to_string();
-    let (prefix, prefix_origin) = match &options.base_path {
+    let (prefix, prefix_origin) = document_prefix(object, options, swagger);
+    let mut document = Document {
+        title,
+        kind,
+        prefix: prefix.clone(),
+        prefix_origin,
+        ..Document::default()
+    };
+    let walk = Walk {
+        resolver: Resolver { root },
+        options,
+        swagger,
+        prefix,
+        methods: STATE_CHANGING
+            .iter()
+            .chain(if options.reads { &READS[..] } else { &[] })
+            .copied()
+            .collect(),
+    };
+    for (document_path, item) in &paths {
+        walk.path_item(document_path, item, &mut document);
+    }
+    order_and_disambiguate(&mut document.operations);
+    Ok(document)
+}
+
+/// `OpenAPI 3.0.3` or `Swagger 2.0`, or where and why the document is neither.
+fn document_kind(object: &serde_json::Map<String, Value>) -> Result<String, (&str, String)> {
+    match (object.get("openapi"), object.get("swagger")) {
+        (Some(Value::String(version)), _) if version.starts_with('3') => {
+            Ok(format!("OpenAPI {version}"))
+        }
+        (_, Some(Value::String(version))) if version.starts_with('2') => {
+            Ok(format!("Swagger {version}"))
+        }
+        (Some(other), _) | (None, Some(other)) => Err((
+            "openapi",
+            format!("version {other} is not OpenAPI 3.x or Swagger 2.0"),
+        )),
+        (None, None) => Err((
+            "the top level",
+            "has neither `openapi` nor `swagger`: this is not an OpenAPI document".to_string(),
+        )),
+    }
+}
+
+/// The path prefix put in front of every path, and where it came from.
+fn document_prefix(
+    object: &serde_json::Map<String, Value>,
+    options: &ReadOptions,
+    swagger: bool,
+) -> (String, String) {
+    match &options.base_path {
         Some(prefix) => (clean_prefix(prefix), "--base-path".to_string()),
         None if swagger => (
             clean_prefix(object.get("basePath").and_then(Value::as_str).unwrap_or("")),
@@ -177,81 +210,80 @@ pub fn read_document(
             server_prefix(object.get("servers")),
             "servers[0].url".to_string(),
         ),
-    };
-    let resolver = Resolver { root };
-    let mut document = Document {
-        title,
-        kind,
-        prefix: prefix.clone(),
-        prefix_origin,
-        ..Document::default()
-    };
-    let methods: Vec<&str> = STATE_CHANGING
-        .iter()
-        .chain(if options.reads { &READS[..] } else { &[] })
-        .copied()
-        .collect();
-    for (document_path, item) in &paths {
+    }
+}
+
+/// The walk over a document's paths: what every path item and operation is read with.
+struct Walk<'a> {
+    resolver: Resolver<'a>,
+    options: &'a ReadOptions,
+    swagger: bool,
+    /// The document's path prefix.
+    prefix: String,
+    /// The methods whose operations become rules.
+    methods: Vec<&'static str>,
+}
+
+impl Walk<'_> {
+    /// Reads the operations of one path item into `document`, or notes why they are left out.
+    fn path_item(&self, document_path: &str, item: &Value, document: &mut Document) {
         let location = format!("paths.{document_path}");
         if document_path.starts_with("x-") {
-            continue;
+            return;
         }
-        let Some(item) = resolver.resolve(item).and_then(Value::as_object) else {
+        let Some(item) = self.resolver.resolve(item).and_then(Value::as_object) else {
             document
                 .skipped
                 .push(format!("{location}: not a mapping (or a $ref to nothing)"));
-            continue;
+            return;
         };
         // A path item's own servers take over from the document's (OpenAPI 3).
-        let item_prefix = if options.base_path.is_none() && !swagger && item.contains_key("servers")
-        {
+        let own_servers = self.options.base_path.is_none() && !self.swagger;
+        let item_prefix = if own_servers && item.contains_key("servers") {
             server_prefix(item.get("servers"))
         } else {
-            prefix.clone()
+            self.prefix.clone()
         };
-        let shared_parameters = item.get("parameters");
-        for method in &methods {
+        for method in &self.methods {
             let Some(operation) = item.get(*method) else {
                 continue;
             };
             let where_ = format!("{location}.{method}");
-            let Some(operation) = resolver.resolve(operation).and_then(Value::as_object) else {
+            let Some(operation) = self.resolver.resolve(operation).and_then(Value::as_object)
+            else {
                 document.skipped.push(format!("{where_}: not a mapping"));
                 continue;
             };
-            let op_prefix = if options.base_path.is_none() && !swagger {
-                match operation.get("servers") {
-                    Some(servers) => server_prefix(Some(servers)),
-                    None => item_prefix.clone(),
-                }
-            } else {
-                item_prefix.clone()
+            let op_prefix = match operation.get("servers") {
+                Some(servers) if own_servers => server_prefix(Some(servers)),
+                _ => item_prefix.clone(),
             };
-            let parameters =
-                merged_parameters(&resolver, shared_parameters, operation.get("parameters"));
+            let parameters = merged_parameters(
+                &self.resolver,
+                item.get("parameters"),
+                operation.get("parameters"),
+            );
             collect_sensitive(
-                &resolver,
+                &self.resolver,
                 &parameters,
                 operation,
-                swagger,
+                self.swagger,
                 &mut document.sensitive_fields,
             );
             match build_operation(
-                &resolver,
+                &self.resolver,
                 method,
                 document_path,
                 &op_prefix,
                 operation,
                 &parameters,
-                swagger,
+                self.swagger,
             ) {
                 Ok(built) => document.operations.push(built),
                 Err(message) => document.skipped.push(format!("{where_}: {message}")),
             }
         }
     }
-    order_and_disambiguate(&mut document.operations);
-    Ok(document)
 }
 
 /// `/v1/` -> `/v1`; `` and `/` -> ``.
@@ -569,85 +601,156 @@ fn build_operation(
         None => (document_path, None),
     };
     let path_part = path_part.split('#').next().unwrap_or(path_part);
-    let segments = split_path(path_part)?;
-    let mut taken = HashSet::new();
-    let mut renamed: HashMap<String, String> = HashMap::new();
-    let mut template = String::from(&encode_literal(prefix)[..]);
-    let mut sample = template.clone();
-    let mut last_parameter: Option<String> = None;
-    // Words for the action: each literal segment, and whether a parameter follows it.
-    let mut words: Vec<(String, bool)> = Vec::new();
-    for segment in &segments {
-        template.push('/');
-        sample.push('/');
-        let whole_parameter = matches!(segment.as_slice(), [Piece::Parameter(_)]);
-        for piece in segment {
-            match piece {
-                Piece::Literal(text) => {
-                    template.push_str(&encode_literal(text));
-                    sample.push_str(&encode_literal(text));
-                }
-                Piece::Parameter(name) => {
-                    let ours = match renamed.get(name) {
-                        Some(ours) => ours.clone(),
-                        None => {
-                            let ours = template_name(name, &taken);
-                            taken.insert(ours.clone());
-                            renamed.insert(name.clone(), ours.clone());
-                            ours
-                        }
-                    };
-                    if template.ends_with('}') {
-                        return Err(format!(
-                            "two parameters follow each other in `{document_path}`; no template \
-                             can tell where one ends"
-                        ));
+    let route = Route::read(resolver, document_path, path_part, prefix, parameters)?;
+    let query = query_conditions(document_path, query_part)?;
+    // The template must compile as the sidecar will compile it.
+    crate::request::route::compile_route(&route.template)?;
+
+    let (action, resource_type, has_id) =
+        action_and_resource(method, route.words, route.last_parameter.is_some());
+    let resource_id = match route.last_parameter.filter(|_| has_id) {
+        Some(name) => Some(format!("{{{name}}}")),
+        // A create names its new resource only in its answer.
+        None if method == "post" => created_id_pointer(resolver, operation, swagger)
+            .map(|pointer| format!("response.body:{pointer}")),
+        None => None,
+    };
+    let text = |key: &str| {
+        operation
+            .get(key)
+            .and_then(Value::as_str)
+            .map(one_line)
+            .filter(|text| !text.is_empty())
+    };
+    Ok(Operation {
+        method: method.to_ascii_uppercase(),
+        document_path: document_path.to_string(),
+        template: route.template,
+        query,
+        sample_path: route.sample,
+        operation_id: text("operationId"),
+        summary: text("summary"),
+        action,
+        resource_type,
+        resource_id,
+        deprecated: operation.get("deprecated") == Some(&Value::Bool(true)),
+    })
+}
+
+/// A document path as the sidecar will see it, and the words its action is named from.
+struct Route {
+    /// Our route template, prefix included.
+    template: String,
+    /// A concrete path the template matches.
+    sample: String,
+    /// Each literal segment, and whether a parameter follows it.
+    words: Vec<(String, bool)>,
+    /// Our name of the path's last parameter.
+    last_parameter: Option<String>,
+}
+
+impl Route {
+    /// Reads `path` (the document's path without its query), with `prefix` in front.
+    fn read(
+        resolver: &Resolver,
+        document_path: &str,
+        path: &str,
+        prefix: &str,
+        parameters: &[&serde_json::Map<String, Value>],
+    ) -> Result<Route, String> {
+        let segments = split_path(path)?;
+        let mut taken = HashSet::new();
+        let mut renamed: HashMap<String, String> = HashMap::new();
+        let template = String::from(&encode_literal(prefix)[..]);
+        let mut route = Route {
+            sample: template.clone(),
+            template,
+            words: Vec::new(),
+            last_parameter: None,
+        };
+        for segment in &segments {
+            route.template.push('/');
+            route.sample.push('/');
+            for piece in segment {
+                match piece {
+                    Piece::Literal(text) => {
+                        route.template.push_str(&encode_literal(text));
+                        route.sample.push_str(&encode_literal(text));
                     }
-                    template.push_str(&format!("{{{ours}}}"));
-                    let declared = parameters.iter().copied().find(|p| {
-                        p.get("in").and_then(Value::as_str) == Some("path")
-                            && p.get("name").and_then(Value::as_str) == Some(name)
-                    });
-                    sample.push_str(&sample_value(declared, resolver));
-                    last_parameter = Some(ours);
-                }
-            }
-        }
-        match segment.as_slice() {
-            [] => {}
-            [Piece::Literal(text)] => words.push((text.clone(), false)),
-            _ if whole_parameter => {
-                if let Some(last) = words.last_mut() {
-                    last.1 = true;
-                }
-            }
-            pieces => {
-                // `{name}:cancel` (Google) or `{id}.json`: the literal part after a parameter
-                // is a custom method or a format, not a resource.
-                let literal: String = pieces
-                    .iter()
-                    .filter_map(|piece| match piece {
-                        Piece::Literal(text) => {
-                            Some(text.trim_matches(|c: char| !c.is_alphanumeric()))
+                    Piece::Parameter(name) => {
+                        let ours = renamed
+                            .entry(name.clone())
+                            .or_insert_with(|| {
+                                let ours = template_name(name, &taken);
+                                taken.insert(ours.clone());
+                                ours
+                            })
+                            .clone();
+                        if route.template.ends_with('}') {
+                            return Err(format!(
+                                "two parameters follow each other in `{document_path}`; no \
+                                 template can tell where one ends"
+                            ));
                         }
-                        Piece::Parameter(_) => None,
-                    })
-                    .collect();
-                if let Some(last) = words.last_mut() {
-                    last.1 = true;
+                        route.template.push_str(&format!("{{{ours}}}"));
+                        let declared = parameters.iter().copied().find(|p| {
+                            p.get("in").and_then(Value::as_str) == Some("path")
+                                && p.get("name").and_then(Value::as_str) == Some(name)
+                        });
+                        route.sample.push_str(&sample_value(declared, resolver));
+                        route.last_parameter = Some(ours);
+                    }
                 }
-                let is_format = matches!(literal.as_str(), "json" | "xml" | "yaml" | "csv" | "txt");
-                if !literal.is_empty() && !is_format {
-                    words.push((literal, false));
-                }
+            }
+            add_words(segment, &mut route.words);
+        }
+        if route.template.is_empty() {
+            route.template.push('/');
+            route.sample.push('/');
+        }
+        Ok(route)
+    }
+}
+
+/// Adds a segment's words for the action: a literal segment is a word; a parameter marks the
+/// word before it as followed by one.
+fn add_words(segment: &[Piece], words: &mut Vec<(String, bool)>) {
+    match segment {
+        [] => {}
+        [Piece::Literal(text)] => words.push((text.clone(), false)),
+        [Piece::Parameter(_)] => {
+            if let Some(last) = words.last_mut() {
+                last.1 = true;
+            }
+        }
+        pieces => {
+            // `{name}:cancel` (Google) or `{id}.json`: the literal part after a parameter
+            // is a custom method or a format, not a resource.
+            let literal: String = pieces
+                .iter()
+                .filter_map(|piece| match piece {
+                    Piece::Literal(text) => Some(text.trim_matches(|c: char| !c.is_alphanumeric())),
+                    Piece::Parameter(_) => None,
+                })
+                .collect();
+            if let Some(last) = words.last_mut() {
+                last.1 = true;
+            }
+            let is_format = matches!(literal.as_str(), "json" | "xml" | "yaml" | "csv" | "txt");
+            if !literal.is_empty() && !is_format {
+                words.push((literal, false));
             }
         }
     }
-    if template.is_empty() {
-        template.push('/');
-        sample.push('/');
-    }
-    let query: Vec<(String, String)> = query_part
+}
+
+/// The conditions of a query the document writes after the path (`/things?action=merge`): a
+/// fixed value must be sent as written; a `{placeholder}` or empty value only present.
+fn query_conditions(
+    document_path: &str,
+    query: Option<&str>,
+) -> Result<Vec<(String, String)>, String> {
+    let query: Vec<(String, String)> = query
         .map(|query| {
             form_urlencoded::parse(query.as_bytes())
                 .map(|(key, value)| {
@@ -664,18 +767,25 @@ fn build_operation(
     if query.iter().any(|(key, _)| key.is_empty()) {
         return Err(format!("the query in `{document_path}` has an empty name"));
     }
-    // The template must compile as the sidecar will compile it.
-    crate::request::route::compile_route(&template)?;
+    Ok(query)
+}
 
+/// The action, the resource type, and whether the path's last parameter is the resource's id,
+/// from the path's words, the method, and whether the path has a parameter at all.
+fn action_and_resource(
+    method: &str,
+    words: Vec<(String, bool)>,
+    has_parameter: bool,
+) -> (String, String, bool) {
     let words: Vec<(String, bool)> = words
         .into_iter()
         .filter(|(word, _)| !is_version_or_api(word) && !snake(word).is_empty())
         .collect();
-    let (action, resource_type, has_id) = match words.as_slice() {
+    match words.as_slice() {
         [] => (
             format!("resource.{}", verb(method)),
             "resource".to_string(),
-            last_parameter.is_some(),
+            has_parameter,
         ),
         [.., (parent, parent_followed), (last, false)]
             if is_camel_case(last) && !snake(last).is_empty() =>
@@ -709,38 +819,7 @@ fn build_operation(
             };
             (format!("{resource}.{read}"), resource, *followed)
         }
-    };
-    let resource_id = if has_id {
-        last_parameter.map(|name| format!("{{{name}}}"))
-    } else {
-        None
-    };
-    let resource_id = match resource_id {
-        Some(id) => Some(id),
-        None if method == "post" => created_id_pointer(resolver, operation, swagger)
-            .map(|pointer| format!("response.body:{pointer}")),
-        None => None,
-    };
-    let text = |key: &str| {
-        operation
-            .get(key)
-            .and_then(Value::as_str)
-            .map(one_line)
-            .filter(|text| !text.is_empty())
-    };
-    Ok(Operation {
-        method: method.to_ascii_uppercase(),
-        document_path: document_path.to_string(),
-        template,
-        query,
-        sample_path: sample,
-        operation_id: text("operationId"),
-        summary: text("summary"),
-        action,
-        resource_type,
-        resource_id,
-        deprecated: operation.get("deprecated") == Some(&Value::Bool(true)),
-    })
+    }
 }
 
 /// Text for a one-line comment: control characters become spaces, long text is cut.
@@ -1065,6 +1144,51 @@ fn toml_string(text: &str) -> String {
 
 /// A `[[rule]]` per operation and a `[redact]` section, as TOML.
 pub fn render(document: &Document, source: &str) -> String {
+    let mut out = render_header(document, source);
+    let mut rules = RuleNames::default();
+    for operation in &document.operations {
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "# {} {}{}",
+            operation.method,
+            one_line(&operation.document_path),
+            operation_comment(operation)
+        );
+        let (name, earlier) = rules.name(operation);
+        let commented = if let Some(earlier) = earlier {
+            let _ = writeln!(
+                out,
+                "# Same requests as the rule {earlier:?} above, which takes them first:"
+            );
+            "# "
+        } else {
+            ""
+        };
+        for line in rule_lines(operation, &name) {
+            let _ = writeln!(out, "{commented}{line}");
+        }
+    }
+    if !document.sensitive_fields.is_empty() {
+        let fields: Vec<String> = document
+            .sensitive_fields
+            .iter()
+            .map(|field| toml_string(field))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\n# Request fields the document marks or names as secrets: stored as [redacted]. \
+             (If your config already has a [redact] section, merge these fields into it.)\n\
+             [redact]\nfields = [{}]",
+            fields.join(", ")
+        );
+    }
+    out
+}
+
+/// The comment lines above the rules: where they come from, the prefix, how to use them, and
+/// the operations left out.
+fn render_header(document: &Document, source: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -1089,45 +1213,47 @@ pub fn render(document: &Document, source: &str) -> String {
     for note in &document.skipped {
         let _ = writeln!(out, "# Left out: {}", one_line(note));
     }
-    let mut shapes: HashMap<RouteShape, String> = HashMap::new();
-    let mut names: HashSet<String> = HashSet::new();
-    for operation in &document.operations {
-        out.push('\n');
-        let mut comment = Vec::new();
-        if let Some(id) = &operation.operation_id {
-            comment.push(format!("operationId {id}"));
-        }
-        if let Some(summary) = &operation.summary {
-            comment.push(summary.clone());
-        }
-        if operation.deprecated {
-            comment.push("deprecated".to_string());
-        }
-        let _ = writeln!(
-            out,
-            "# {} {}{}",
-            operation.method,
-            one_line(&operation.document_path),
-            if comment.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", comment.join(" - "))
-            }
-        );
+    out
+}
+
+/// `: operationId createPet - Creates a pet - deprecated` after a rule's method and path, or
+/// nothing when the document says nothing of the operation.
+fn operation_comment(operation: &Operation) -> String {
+    let mut comment = Vec::new();
+    if let Some(id) = &operation.operation_id {
+        comment.push(format!("operationId {id}"));
+    }
+    if let Some(summary) = &operation.summary {
+        comment.push(summary.clone());
+    }
+    if operation.deprecated {
+        comment.push("deprecated".to_string());
+    }
+    if comment.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", comment.join(" - "))
+    }
+}
+
+/// The names given to rules so far, and which rule takes each route shape first.
+#[derive(Default)]
+struct RuleNames {
+    shapes: HashMap<RouteShape, String>,
+    names: HashSet<String>,
+}
+
+impl RuleNames {
+    /// A unique name for the operation's rule (`POST /pets?kind=cat`, `... (2)` when taken), and
+    /// the name of an earlier rule that takes the same requests, if any: then this rule is
+    /// written commented out.
+    fn name(&mut self, operation: &Operation) -> (String, Option<String>) {
         let key = (
             operation.method.clone(),
             shape(&operation.template),
             operation.query.clone(),
         );
-        let commented = if let Some(earlier) = shapes.get(&key) {
-            let _ = writeln!(
-                out,
-                "# Same requests as the rule {earlier:?} above, which takes them first:"
-            );
-            "# "
-        } else {
-            ""
-        };
+        let earlier = self.shapes.get(&key).cloned();
         let mut name = format!("{} {}", operation.method, operation.template);
         if !operation.query.is_empty() {
             let query: Vec<String> = operation
@@ -1139,33 +1265,15 @@ pub fn render(document: &Document, source: &str) -> String {
         }
         let base = name.clone();
         let mut counter = 2;
-        while !names.insert(name.clone()) {
+        while !self.names.insert(name.clone()) {
             name = format!("{base} ({counter})");
             counter += 1;
         }
-        if commented.is_empty() {
-            shapes.insert(key, name.clone());
+        if earlier.is_none() {
+            self.shapes.insert(key, name.clone());
         }
-        let lines = rule_lines(operation, &name);
-        for line in lines {
-            let _ = writeln!(out, "{commented}{line}");
-        }
+        (name, earlier)
     }
-    if !document.sensitive_fields.is_empty() {
-        let fields: Vec<String> = document
-            .sensitive_fields
-            .iter()
-            .map(|field| toml_string(field))
-            .collect();
-        let _ = writeln!(
-            out,
-            "\n# Request fields the document marks or names as secrets: stored as [redacted]. \
-             (If your config already has a [redact] section, merge these fields into it.)\n\
-             [redact]\nfields = [{}]",
-            fields.join(", ")
-        );
-    }
-    out
 }
 
 fn rule_lines(operation: &Operation, name: &str) -> Vec<String> {
