@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::base::units::duration_or;
 use crate::base::{resolve, ConfigError};
-use crate::store::postgres::config::{validate_postgres, PostgresConfig};
+use crate::store::postgres::config::{validate_postgres, PostgresConfig, PostgresKeys};
 
 /// Entries that may wait for the writer by default before audited requests wait for room.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
@@ -208,7 +208,17 @@ pub(crate) fn validate_store(
         DEFAULT_CHECKPOINT_INTERVAL,
         errors,
     );
-    let postgres = validate_postgres(file, base, errors);
+    let postgres = file.url.as_deref().and_then(|url| {
+        let keys = PostgresKeys {
+            url,
+            sqlite_path_given: file.path.is_some(),
+            password_env: file.password_env.as_deref(),
+            pool_size: file.pool_size,
+            lock_log: file.lock_log,
+            connect_timeout: file.connect_timeout.as_deref(),
+        };
+        validate_postgres(keys, base, errors)
+    });
     let spill_file = match (&file.spill_file, &postgres) {
         (Some(spill), _) => Some(resolve(base, spill)),
         (None, Some(_)) => Some(base.join("data/spill.ndjson")),

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::base::units::duration_or;
 use crate::base::ConfigError;
-use crate::store::config::StoreFile;
 
 /// A PostgreSQL store, validated.
 #[derive(Debug, Clone)]
@@ -18,16 +17,27 @@ pub struct PostgresConfig {
     pub pool_size: usize,
 }
 
-/// The `url` and its companions of `[store]`, when set. Every problem is reported; the URL's
-/// text never appears in a message, since it may hold a password.
+/// The `[store]` keys of a PostgreSQL store, as written.
+pub(crate) struct PostgresKeys<'a> {
+    pub url: &'a str,
+    /// `path` is given too (it names a SQLite file: one or the other).
+    pub sqlite_path_given: bool,
+    pub password_env: Option<&'a str>,
+    pub pool_size: Option<usize>,
+    pub lock_log: Option<bool>,
+    pub connect_timeout: Option<&'a str>,
+}
+
+/// The `url` of `[store]` and its companions. Every problem is reported; the URL's text never
+/// appears in a message, since it may hold a password.
 pub(crate) fn validate_postgres(
-    file: &StoreFile,
+    file: PostgresKeys<'_>,
     base: &Path,
     errors: &mut Vec<ConfigError>,
 ) -> Option<PostgresConfig> {
-    let url = file.url.as_deref()?;
+    let url = file.url;
     let mut valid = true;
-    if file.path.is_some() {
+    if file.sqlite_path_given {
         errors.push(ConfigError::new(
             "store.url",
             "give either path (SQLite) or url (PostgreSQL), not both",
@@ -68,7 +78,7 @@ pub(crate) fn validate_postgres(
         ));
         valid = false;
     }
-    if let Some(variable) = &file.password_env {
+    if let Some(variable) = file.password_env {
         match std::env::var(variable) {
             Ok(password) if !password.is_empty() => {
                 connection.password(password);
@@ -90,7 +100,7 @@ pub(crate) fn validate_postgres(
     if connection.get_connect_timeout().is_none() || file.connect_timeout.is_some() {
         let timeout = duration_or(
             "store.connect_timeout",
-            file.connect_timeout.as_deref(),
+            file.connect_timeout,
             Duration::from_secs(5),
             errors,
         );
