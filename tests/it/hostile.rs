@@ -1123,3 +1123,72 @@ async fn log_endpoints_answer_as_their_openapi_document_says() {
     let responses = &document["paths"]["/api/v1/entries/{id}/proof"]["get"]["responses"];
     assert!(responses.get("409").is_some(), "{responses}");
 }
+
+/// A request body that breaks (bad chunked framing) is answered 400 with the connection closed,
+/// counted as a client error, and recorded with why: both where the proxy buffers the body for a
+/// rule and where it streams the body to the app.
+#[tokio::test]
+async fn a_broken_request_body_is_answered_400_counted_and_recorded() {
+    let (upstream, sidecar) = setup().await;
+    // `zz` is no chunk size: the body breaks after its first chunk.
+    let broken = |path: &str, id: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: app\r\nX-Request-Id: {id}\r\nContent-Type: \
+             application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{{\"a\":\r\nzz\r\n"
+        )
+    };
+    // Buffered: the "buffered" rule reads request.body:/name, so the body is read before the
+    // app sees anything.
+    let reply = raw_exchange(
+        sidecar.proxy,
+        broken("/buffered", "broken-buffered").as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&reply), [400], "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("connection: close"),
+        "{reply}"
+    );
+    // Streamed: no rule reads the body of an unmatched POST, so it goes to the app as it comes.
+    let reply = raw_exchange(
+        sidecar.proxy,
+        broken("/elsewhere", "broken-streamed").as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&reply), [400], "{reply}");
+    assert!(
+        !seen_paths(&upstream).contains(&"/buffered".to_string()),
+        "a body the proxy could not read reached the app"
+    );
+
+    for (id, action) in [
+        ("broken-buffered", "buffered.posted"),
+        ("broken-streamed", "http.post"),
+    ] {
+        let entry = sidecar
+            .wait_entry(|entry| {
+                entry
+                    .metadata
+                    .get("_clientRequestId")
+                    .and_then(|v| v.as_str())
+                    == Some(id)
+            })
+            .await;
+        assert_eq!(entry.action, action, "{entry:?}");
+        assert_eq!(entry.status, Some(400), "{entry:?}");
+        let error = entry.error.clone().unwrap_or_default();
+        assert!(
+            error.contains("body") || error.contains("chunk"),
+            "the entry says why: {error:?}"
+        );
+    }
+    let metrics = HttpClient::new()
+        .get(&format!("http://{}/metrics", sidecar.admin))
+        .await
+        .text();
+    assert_eq!(
+        crate::support::metric_count(&metrics, "auditgate_client_errors_total"),
+        Some(2),
+        "{metrics}"
+    );
+}
