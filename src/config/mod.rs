@@ -1,5 +1,7 @@
-//! The configuration file: serde structs that mirror the TOML, and `validate()`, which turns them
-//! into [`Config`], the types the program runs on.
+//! The configuration file: reads the TOML, substitutes `${VAR}` ([`env`]), hands each section to
+//! the component that owns it (its `…File` struct and the function that validates it, e.g.
+//! `proxy::config`, `store::config`, `log::config`) and assembles [`Config`], the settings the
+//! program runs on. Components never import this module.
 //!
 //! Every error is collected and reported at once, each with where it is (`proxy.upstream`,
 //! `rule #3 ("delete user").path`). TOML syntax errors stop parsing, so they come alone; structural
