@@ -22,10 +22,10 @@ use std::sync::OnceLock;
 use arbitrary::{Arbitrary, Unstructured};
 use auditgate::identity::actor::{ActorChain, ActorFile, ActorRequest};
 use auditgate::identity::client_ip;
-use auditgate::policy::rules::{RuleFile, UnmatchedRecord};
-use auditgate::request::route::compile_route;
+use auditgate::policy::rules::file::{RuleFile, UnmatchedRecord};
 use auditgate::policy::rules::{Decision, RequestView, RuleSet};
 use auditgate::policy::template::{Context, Template};
+use auditgate::request::route::compile_route;
 use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::Value;
@@ -572,8 +572,10 @@ keys = [{{ name = "partner", sha256 = "{PARTNER_KEY_SHA256}" }}]
         );
         let file: File = toml::from_str(&text).expect("the fuzz actor config parses");
         let files: Vec<(usize, ActorFile)> = file.actor.into_iter().enumerate().collect();
-        ActorChain::compile(&files, &[], std::path::Path::new("."), &|name| std::env::var(name).ok())
-            .expect("the fuzz actor config compiles")
+        ActorChain::compile(&files, &[], std::path::Path::new("."), &|name| {
+            std::env::var(name).ok()
+        })
+        .expect("the fuzz actor config compiles")
     })
 }
 
