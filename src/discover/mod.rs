@@ -263,8 +263,10 @@ impl RouteLearner {
 
     /// A learner that goes on from what a saved file holds (bounded as any traffic is).
     pub fn from_learned(learned: Learned) -> RouteLearner {
-        let mut tree = Tree::default();
-        tree.unlearned = learned.unlearned;
+        let mut tree = Tree {
+            unlearned: learned.unlearned,
+            ..Tree::default()
+        };
         for route in learned.routes {
             tree.restore(route);
         }

@@ -401,8 +401,7 @@ pub fn learned_operation(method: &str, template: &str, sample_path: &str) -> Ope
     let last_parameter = template
         .split('/')
         .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
-        .filter(|name| !name.starts_with('*'))
-        .last();
+        .rfind(|name| !name.starts_with('*'));
     Operation {
         method: method.to_ascii_uppercase(),
         document_path: template.to_string(),
