@@ -14,7 +14,7 @@ use crate::commands::cli::SuggestArgs;
 use crate::commands::openapi_rules::{coverage, Coverage};
 use crate::config::Config;
 use crate::discover::config::learned_path_beside;
-use crate::discover::{Learned, MethodStats, Route};
+use crate::discover::{Learned, MethodStats, Route, RouteLearner};
 use crate::policy::draft::{learned_operation, order_and_disambiguate, render_rules, Operation};
 
 const MUTATIONS: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
@@ -39,7 +39,8 @@ pub fn run(args: &SuggestArgs) -> anyhow::Result<()> {
             file.display()
         );
     }
-    let learned = Learned::read(&file)?;
+    // Through the learner, so a hand-edited file is held to the same templates and caps.
+    let learned = RouteLearner::from_learned(Learned::read(&file)?).learned();
     let (text, drafted) = suggest(
         &learned,
         config.as_ref(),
@@ -159,9 +160,9 @@ fn seen_comment(route: &Route, stats: &MethodStats) -> String {
         .as_deref()
         .map(|sample| format!(", e.g. {sample}"))
         .unwrap_or_default();
-    format!(
+    crate::policy::draft::one_line(&format!(
         ": seen {} time(s) ({}), {how}{sample}",
         stats.count,
         classes.join(", ")
-    )
+    ))
 }
