@@ -287,6 +287,7 @@ mod tests {
             "log.signing_key",
             "log.log_id",
             "log.origin",
+            "discover.enabled",
         ] {
             assert!(needs_restart(key), "{key}");
         }
