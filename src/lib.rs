@@ -14,6 +14,9 @@
 //! - [`admin`]: the admin listener: health, metrics, the query, export and verification API,
 //!   the viewer. It reads the [`store`] and the [`log`].
 //! - [`proxy`]: forwards each request to the app and finishes its entry when the exchange ends.
+//! - [`discover`]: learns route templates from the traffic the proxy sees (`[discover]`), for
+//!   the coverage page and `auditgate rules suggest`. It imports nothing of the crate but
+//!   [`base`].
 //! - [`policy`]: what is recorded: the rules, their templates, redaction, response hints.
 //! - [`identity`]: who sent a request: the actor sources and the client address.
 //! - [`request`]: the request as the rules see it: canonical path and method, route templates.
@@ -33,6 +36,7 @@ pub mod archive;
 pub mod base;
 pub mod commands;
 pub mod config;
+pub mod discover;
 pub mod entry;
 pub mod export;
 pub mod identity;

@@ -53,6 +53,12 @@ pub struct Metrics {
     pub reloads_failed: Counter,
     /// SHA-256 of the configuration file in force, for `auditgate_config_info`.
     pub config_sha256: Mutex<String>,
+    /// Mutations (not GET, HEAD, OPTIONS, TRACE) that no rule took and only the generic
+    /// `[unmatched]` fallback recorded: the traffic a rule should be written for.
+    pub unmatched_mutations: Counter,
+    /// The route learner when `[discover]` is on (set once at start). It lives here because the
+    /// proxy feeds it and the admin listener reads it, as with the counters.
+    pub routes: std::sync::OnceLock<Arc<crate::discover::RouteLearner>>,
 }
 
 impl Metrics {
@@ -330,7 +336,7 @@ pub fn render(
     queue_depth: usize,
 ) -> String {
     let mut out = String::new();
-    let counters: [(&str, &str, u64); 20] = [
+    let counters: [(&str, &str, u64); 21] = [
         (
             "auditgate_requests_total",
             "Requests received on the proxy listener.",
@@ -431,6 +437,11 @@ pub fn render(
             "1 while the last write to the store failed.",
             u64::from(writer.failing.load(Ordering::Relaxed)),
         ),
+        (
+            "auditgate_unmatched_mutations_total",
+            "Mutations no rule took, recorded only by the generic [unmatched] fallback.",
+            metrics.unmatched_mutations.get(),
+        ),
     ];
     for (name, help, value) in counters {
         let kind = if name.ends_with("_total") {
@@ -454,6 +465,23 @@ pub fn render(
     metrics.otlp.write(&mut out);
     metrics.exchanges.write(&mut out);
     metrics.archives.write(&mut out);
+    if let Some(routes) = metrics.routes.get() {
+        let (templates, unlearned) = routes.counts();
+        write_metric(
+            &mut out,
+            "auditgate_discover_templates",
+            "gauge",
+            "Route templates learned from traffic ([discover]).",
+            templates as u64,
+        );
+        write_metric(
+            &mut out,
+            "auditgate_discover_unlearned_total",
+            "counter",
+            "Exchanges not learned because the cap on route templates was reached.",
+            unlearned,
+        );
+    }
     write_metric(
         &mut out,
         "auditgate_config_reloads_total{result=\"ok\"}",

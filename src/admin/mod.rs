@@ -8,6 +8,8 @@
 //! - `GET /api/v1/entries`, `GET /api/v1/entries/{id}`, `GET /api/v1/stats` — queries (`read`).
 //! - `GET /api/v1/export` — streamed CSV/JSON/NDJSON download, NDJSON with proofs on `proofs=true`
 //!   (`export`).
+//! - `GET /api/v1/coverage` — the routes learned from traffic with what covers each (`read`; see
+//!   [`coverage`]).
 //! - `GET /api/audit-log` — the reference product's `{logs, total}` endpoint (`read`).
 //! - `POST /api/v1/events` — entries from the app itself (`write`; see [`events`]).
 //! - `GET /api/v1/log/head`, `/api/v1/log/checkpoint`, `/api/v1/log/key`, `/api/v1/log/consistency`,
@@ -24,6 +26,7 @@ pub mod audit;
 pub mod auth;
 pub mod caller;
 pub mod config;
+pub mod coverage;
 pub mod error;
 pub mod events;
 pub mod export;
@@ -150,6 +153,7 @@ fn routes() -> Vec<AdminRoute> {
         route(Get, "/api/v1/entries", read, api::list_entries),
         route(Get, "/api/v1/entries/{id}", read, api::get_entry),
         route(Get, "/api/v1/stats", read, api::stats),
+        route(Get, "/api/v1/coverage", read, coverage::coverage),
         route(
             Get,
             "/api/v1/export",

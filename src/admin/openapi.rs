@@ -301,6 +301,18 @@ fn build() -> Value {
         ),
     );
 
+    add(
+        "/api/v1/coverage",
+        "get",
+        operation(
+            "coverage",
+            "The route templates learned from traffic ([discover] enabled = true), busiest first, each method with the rule that covers it, or the generic fallback, or nothing; with a draft rule where no rule covers it.",
+            read,
+            vec![],
+            json!({"200": json_response("The learned routes.", "Coverage")}),
+        ),
+    );
+
     let mut export_params = vec![param("format"), param("proofs")];
     export_params.extend(filters());
     export_params.extend([param("cursor"), param("order")]);
@@ -542,6 +554,40 @@ fn schemas() -> Value {
                     "type": "object", "required": ["key", "count"],
                     "properties": {"key": {"type": "string"}, "count": {"type": "integer"}}}},
                 "total": {"type": "integer", "description": "All matching entries, not only those in the returned buckets."}
+            }
+        },
+        "Coverage": {
+            "type": "object",
+            "required": ["enabled", "routes", "unlearned", "unmatchedMutations", "limits"],
+            "properties": {
+                "enabled": {"type": "boolean", "description": "Whether [discover] is on; off, routes is empty."},
+                "unlearned": {"type": "integer", "description": "Exchanges not learned because the template cap was reached."},
+                "unmatchedMutations": {"type": "integer", "description": "Mutations only the generic fallback recorded since start."},
+                "limits": {"type": "object", "properties": {
+                    "maxTemplates": {"type": "integer"},
+                    "maxValuesPerSegment": {"type": "integer"},
+                    "maxDepth": {"type": "integer"}}},
+                "routes": {"type": "array", "items": {
+                    "type": "object", "required": ["template", "count", "methods"],
+                    "properties": {
+                        "template": {"type": "string", "description": "Route template: {id}, {id2} where ids were seen."},
+                        "sample": nullable("string"),
+                        "count": {"type": "integer"},
+                        "methods": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["method", "count", "statusClasses", "firstSeen", "lastSeen", "fallbackCount", "coverage"],
+                            "properties": {
+                                "method": {"type": "string"},
+                                "count": {"type": "integer"},
+                                "statusClasses": {"type": "object", "additionalProperties": {"type": "integer"}},
+                                "firstSeen": {"type": "string", "format": "date-time"},
+                                "lastSeen": {"type": "string", "format": "date-time"},
+                                "fallbackCount": {"type": "integer"},
+                                "coverage": {"type": "string", "enum": ["rule", "skipped", "fallback", "not_recorded"]},
+                                "rule": nullable("string"),
+                                "draftRule": {"type": ["string", "null"], "description": "A [[rule]] to append to the configuration, where no rule covers the route."}
+                            }}}
+                    }}}
             }
         },
         "Session": {

@@ -51,6 +51,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("ui/proof.js"),
     ),
     (
+        "coverage.js",
+        "text/javascript; charset=utf-8",
+        include_str!("ui/coverage.js"),
+    ),
+    (
         "integrity.js",
         "text/javascript; charset=utf-8",
         include_str!("ui/integrity.js"),

@@ -61,7 +61,7 @@ pub enum Command {
         coverage: Option<PathBuf>,
     },
     /// Write rules for you: `rules from-openapi SPEC` drafts a rule per operation of an OpenAPI
-    /// document.
+    /// document, `rules suggest --config FILE` one per route learned from traffic.
     #[command(subcommand)]
     Rules(RulesCommand),
     /// Show which rule a request would match and the entry it would produce, without a proxy.
@@ -127,6 +127,31 @@ pub enum RulesCommand {
     /// OpenAPI 3.x or Swagger 2.0 document (JSON or YAML), and a [redact] section for its secret
     /// fields, as TOML to append to a config.
     FromOpenapi(FromOpenapiArgs),
+    /// Draft a rule per route and method learned from traffic (`[discover] enabled = true`)
+    /// that no rule covers yet, as TOML to append to the config: mutations (POST, PUT, PATCH,
+    /// DELETE), busiest route first.
+    Suggest(SuggestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SuggestArgs {
+    /// The sidecar's configuration: its `[discover]` file is read, and routes its rules already
+    /// cover are left out.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The SQLite store whose learned routes to read (`<db>.routes.json` beside it), when there
+    /// is no configuration at hand.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub db: Option<PathBuf>,
+    /// The learned routes file itself.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "db"])]
+    pub routes: Option<PathBuf>,
+    /// Also draft rules for reads (GET).
+    #[arg(long)]
+    pub reads: bool,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ pub mod prune;
 pub mod query;
 pub mod run;
 pub mod store_location;
+pub mod suggest;
 pub mod token;
 pub mod verify;
 pub mod verify_archive;
@@ -51,6 +52,13 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Rules(RulesCommand::Suggest(args)) => match suggest::run(&args) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(error) => {
+                eprintln!("auditgate rules suggest: {error:#}");
+                Ok(ExitCode::from(EXIT_USAGE))
+            }
+        },
         Command::Explain(args) => explain::print(&args),
         Command::Query(args) => query::query(&args),
         Command::Export(args) => export::export(&args),

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::admin::config::{validate_admin, AdminConfig, AdminFile};
 use crate::archive::config::{archive_location, validate_archives, ArchiveConfig, ArchiveFile};
 use crate::base::{ConfigError, ConfigErrors};
+use crate::discover::config::{validate_discover, DiscoverConfig, DiscoverFile};
 use crate::identity::actor::{actor_location, ActorChain, ActorFile};
 use crate::log::config::{default_log_id, valid_log_id, validate_log, LogConfig, LogFile};
 use crate::policy::redact::{RedactFile, Redactor};
@@ -52,6 +53,8 @@ pub struct Config {
     pub archives: Vec<ArchiveConfig>,
     /// The OpenTelemetry logs outputs (`[[otlp]]`), in file order.
     pub otlp: Vec<OtlpConfig>,
+    /// Learning routes from traffic (`[discover]`).
+    pub discover: DiscoverConfig,
     /// The file as parsed, for comparing with the next one at a reload.
     pub table: RawTable,
     /// Lowercase hex SHA-256 of the configuration text, logged at start and on reload and shown
@@ -88,6 +91,7 @@ const SECTIONS: &[&str] = &[
     "stream",
     "archive",
     "otlp",
+    "discover",
 ];
 
 impl Config {
@@ -186,6 +190,7 @@ impl Config {
             |index, value| otlp_location(index, value.get("name").and_then(toml::Value::as_str)),
             &mut errors,
         );
+        let discover: DiscoverFile = section(&table, "discover", &mut errors).unwrap_or_default();
         let unmatched: UnmatchedFile =
             section(&table, "unmatched", &mut errors).unwrap_or_default();
         let hints_file: crate::policy::hints::HintsFile =
@@ -252,6 +257,9 @@ impl Config {
             &mut errors,
         );
         let otlp = validate_otlp(&otlp, base, &mut errors);
+        let discover = store
+            .as_ref()
+            .map(|store| validate_discover(&discover, data_base, &store.path, &mut errors));
         let unmatched = match unmatched.record.as_deref() {
             None | Some("mutations") => UnmatchedRecord::Mutations,
             Some("none") => UnmatchedRecord::None,
@@ -315,8 +323,10 @@ impl Config {
                 ));
             }
         }
-        match (proxy, admin, store, actors, rules) {
-            (Some(proxy), Some(admin), Some(store), Ok(actors), Ok(rules)) if errors.is_empty() => {
+        match (proxy, admin, store, actors, rules, discover) {
+            (Some(proxy), Some(admin), Some(store), Ok(actors), Ok(rules), Some(discover))
+                if errors.is_empty() =>
+            {
                 Ok(Config {
                     proxy,
                     admin,
@@ -327,6 +337,7 @@ impl Config {
                     stream,
                     archives,
                     otlp,
+                    discover,
                     table: RawTable(table.clone()),
                     sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
                     policy: Arc::new(Policy {

@@ -2,6 +2,7 @@
 //! an entry from, what is never stored as it is ([`redact`]), and the response [`hints`] an app
 //! may send.
 
+pub mod draft;
 pub mod hints;
 pub mod redact;
 pub mod rules;

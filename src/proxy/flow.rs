@@ -18,8 +18,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+use crate::discover::Seen;
 use crate::identity::client_ip::{self, ClientAddr};
-use crate::policy::rules::RequestView;
+use crate::policy::rules::{Decision, RequestView, RuleKind};
 use crate::policy::template::Needs;
 use crate::policy::Policy;
 use crate::request::{FormBody, MethodView};
@@ -54,6 +55,16 @@ pub(super) struct Flow {
     /// What the candidate rules read from the exchange.
     needs: Needs,
     exchange: Option<Box<Exchange>>,
+    /// What route learning (`[discover]`) needs at the response; `None` when it is off.
+    observed: Option<Observed>,
+}
+
+/// A request as route learning sees it: the canonical path and method, and the candidate rules
+/// when no exchange keeps them.
+struct Observed {
+    uri: Uri,
+    method: Method,
+    candidates: Vec<usize>,
 }
 
 /// The request body as the request filter leaves it.
@@ -106,6 +117,7 @@ impl Flow {
             client_upgrade: None,
             needs: Needs::default(),
             exchange: None,
+            observed: None,
             state,
         }
     }
@@ -234,7 +246,20 @@ impl Flow {
             || rules.may_record(&candidates, method)
             || overridden_from.is_some_and(|sent| rules.unmatched_records(sent))
             || self.policy.hints.enabled;
+        // Route learning costs one branch when `[discover]` is off. A refused request is not
+        // learned: its path may not even be canonical.
+        if !refused && self.state.metrics.routes.get().is_some() {
+            self.observed = Some(Observed {
+                uri: parts.uri.clone(),
+                method: method.clone(),
+                candidates: Vec::new(),
+            });
+        }
         if !audited {
+            // No exchange keeps the candidates: route learning judges the status by them.
+            if let Some(observed) = self.observed.as_mut() {
+                observed.candidates = candidates;
+            }
             return;
         }
         self.needs = rules.needs(&candidates);
@@ -445,6 +470,7 @@ impl Flow {
             let declared = response.body().size_hint().exact();
             exchange.set_response(status.as_u16(), response.headers(), declared);
         }
+        self.learn(status.as_u16());
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = self.client_upgrade.take() {
                 return self.tunnel(client_upgrade, response);
@@ -490,7 +516,8 @@ impl Flow {
 
     /// The response for a request the proxy answered itself, carrying the exchange so that its
     /// entry is finished when the client has it.
-    pub(super) fn answer(self, answer: Answer) -> Response<ResponseBody> {
+    pub(super) fn answer(mut self, answer: Answer) -> Response<ResponseBody> {
+        self.learn(answer.status.as_u16());
         let mut response = Response::new(ResponseBody::full(
             format!("{}\n", answer.text),
             self.exchange,
@@ -507,6 +534,44 @@ impl Flow {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
+    }
+
+    /// Tells the route learner (`[discover]`) how the exchange went: its status and how the
+    /// rules handled it, the rule's name when one took it.
+    fn learn(&mut self, status: u16) {
+        let Some(observed) = self.observed.take() else {
+            return;
+        };
+        let Some(routes) = self.state.metrics.routes.get() else {
+            return;
+        };
+        let rules = &self.policy.rules;
+        let (candidates, decision) = match &self.exchange {
+            Some(exchange) => (&exchange.candidates[..], exchange.decision()),
+            None => (
+                &observed.candidates[..],
+                rules.decide(&observed.candidates, &observed.method, status),
+            ),
+        };
+        let seen = match decision {
+            Decision::Rule(index) => Seen::Rule(&rules.rule(index).name),
+            Decision::Unmatched => Seen::Fallback,
+            Decision::Nothing => candidates
+                .iter()
+                .map(|&index| rules.rule(index))
+                .find(|rule| rule.status.holds(status) && matches!(rule.kind, RuleKind::Skip))
+                .map_or(Seen::NotRecorded, |rule| Seen::Skipped(&rule.name)),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs() as i64);
+        routes.observe(
+            observed.uri.path(),
+            observed.method.as_str(),
+            status,
+            seen,
+            now,
+        );
     }
 
     /// Records that the proxy answers the request itself (the app unreachable, the store down, a

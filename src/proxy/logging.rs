@@ -97,10 +97,24 @@ impl Exchange {
         let sink = self.sink.clone();
         let id = self.entry.id.clone();
         let completes_intent = self.intent_recorded;
+        // A mutation only the generic fallback caught is counted: a rule is missing for it.
+        // Refusals and upgrades, recorded whatever the rules say, are not such traffic.
+        let fallback_mutation = self.decision == Decision::Unmatched
+            && !self.record_always
+            && !matches!(
+                self.method,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::OPTIONS
+                    | http::Method::TRACE
+            );
         let entry = self.into_entry(completion);
         let Some((writer, metrics)) = sink else {
             return;
         };
+        if fallback_mutation {
+            metrics.unmatched_mutations.inc();
+        }
         match (entry, completes_intent) {
             (Some(entry), true) => {
                 metrics.entries_produced.inc();

@@ -42,11 +42,13 @@ fn object(value: Value) -> Map<String, Value> {
 }
 
 /// Whether a changed key only takes effect after a restart: listeners, the app's address and
-/// the proxy's connection settings, the store, and the log's identity and signing key.
+/// the proxy's connection settings, the store, the log's identity and signing key, and route
+/// learning (`[discover]`, whose learner and save task start with the sidecar).
 pub fn needs_restart(key: &str) -> bool {
     const RESTART: &[&str] = &[
         "proxy",
         "store",
+        "discover",
         "admin.listen",
         "admin.trusted_proxies",
         "log.log_id",
@@ -285,6 +287,7 @@ mod tests {
             "log.signing_key",
             "log.log_id",
             "log.origin",
+            "discover.enabled",
         ] {
             assert!(needs_restart(key), "{key}");
         }

@@ -46,6 +46,8 @@ pub struct Sidecar {
     /// What a reload replaces, one reload at a time.
     running: tokio::sync::Mutex<Running>,
     checkpoint_task: JoinHandle<()>,
+    /// Route learning (`[discover]`): the learner, its file and the task saving it.
+    routes: Option<(Arc<crate::discover::RouteLearner>, PathBuf, JoinHandle<()>)>,
 }
 
 /// The parts of a running sidecar that a reload compares or replaces.
@@ -128,6 +130,7 @@ impl Sidecar {
         let signer_stats = signer.as_ref().map(HeadSigner::stats);
         let metrics = Arc::new(Metrics::default());
         metrics.set_config_sha256(&config.sha256);
+        let learner = startup::start_route_learning(&config, &metrics);
         // The shippers only read the store, so they start before traffic like the signer.
         let archive_context =
             config
@@ -193,6 +196,15 @@ impl Sidecar {
         let listeners = listen::Listeners::bind(&config).await?;
         let (proxy_addr, admin_addr) = (listeners.proxy_addr, listeners.admin_addr);
         let (proxy_task, admin_task) = listeners.serve(state.clone(), admin_state, &shutdown_rx);
+        let routes = learner.map(|learner| {
+            let task = tokio::spawn(startup::save_routes_periodically(
+                learner.clone(),
+                config.discover.file.clone(),
+                config.discover.save_interval,
+                shutdown_rx.clone(),
+            ));
+            (learner, config.discover.file.clone(), task)
+        });
         let checkpoint_task = tokio::spawn(startup::checkpoint_periodically(
             store.clone(),
             config.store.checkpoint_interval,
@@ -224,6 +236,7 @@ impl Sidecar {
                 store: config.store.clone(),
             }),
             checkpoint_task,
+            routes,
         })
     }
 
@@ -361,6 +374,11 @@ impl Sidecar {
         let _ = self.shutdown.send(true);
         let _ = self.proxy_task.await;
         let _ = self.admin_task.await;
+        // Every request is answered: the last save covers all the traffic of the run.
+        if let Some((learner, file, task)) = self.routes {
+            let _ = task.await;
+            startup::save_routes(learner, file).await;
+        }
         let running = self.running.into_inner();
         if let Some(retention) = running.retention {
             retention.shutdown().await;

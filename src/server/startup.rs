@@ -219,3 +219,65 @@ pub(super) async fn checkpoint_periodically(
         }
     }
 }
+
+/// Route learning (`[discover]`), when on: the learner starts from what the file kept (a file
+/// that cannot be read is moved aside, never lost, and learning starts afresh) and is handed to
+/// the proxy and the admin listener through `metrics`.
+pub(super) fn start_route_learning(
+    config: &Config,
+    metrics: &crate::metrics::Metrics,
+) -> Option<Arc<crate::discover::RouteLearner>> {
+    use crate::discover::{Learned, RouteLearner};
+    let discover = &config.discover;
+    if !discover.enabled {
+        return None;
+    }
+    let learner = if discover.file.exists() {
+        match Learned::read(&discover.file) {
+            Ok(learned) => RouteLearner::from_learned(learned),
+            Err(error) => {
+                let mut aside = discover.file.as_os_str().to_owned();
+                aside.push(".unreadable");
+                let moved = std::fs::rename(&discover.file, &aside);
+                tracing::warn!(%error, moved_to = %std::path::Path::new(&aside).display(), moved_ok = moved.is_ok(), "the learned routes file cannot be read; learning starts afresh");
+                RouteLearner::new()
+            }
+        }
+    } else {
+        RouteLearner::new()
+    };
+    let learner = Arc::new(learner);
+    let _ = metrics.routes.set(learner.clone());
+    tracing::info!(file = %discover.file.display(), "learning routes from traffic ([discover])");
+    Some(learner)
+}
+
+/// Saves what was learned every `interval` until shutdown (the final save is the shutdown's,
+/// after the last request).
+pub(super) async fn save_routes_periodically(
+    learner: Arc<crate::discover::RouteLearner>,
+    file: std::path::PathBuf,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        save_routes(learner.clone(), file.clone()).await;
+    }
+}
+
+/// Writes the learned routes to their file; a failure is logged and retried at the next save.
+pub(super) async fn save_routes(
+    learner: Arc<crate::discover::RouteLearner>,
+    file: std::path::PathBuf,
+) {
+    let saved = tokio::task::spawn_blocking(move || learner.learned().write(&file)).await;
+    match saved {
+        Ok(Ok(())) => tracing::debug!("learned routes saved"),
+        Ok(Err(error)) => tracing::warn!(%error, "cannot save the learned routes"),
+        Err(error) => tracing::warn!(%error, "learned routes save task failed"),
+    }
+}

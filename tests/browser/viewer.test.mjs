@@ -556,6 +556,38 @@ test('dark theme and tablet width', async () => {
   }
 });
 
+test('routes page: learned routes busiest first with what covers them, and a draft rule to copy', async () => {
+  await page.goto(demo.viewer);
+  await settledRows(page);
+  const data = await api.get('coverage');
+  assert.equal(data.enabled, true);
+  await page.getByTestId('coverage-open').click();
+  await page.getByTestId('coverage-table').waitFor();
+  const rows = page.locator('[data-testid="coverage-row"]');
+  // The page was read a moment after the API, so the demo's own traffic may have added routes
+  // since; those the API named come in the same order.
+  const shown = await rows.evaluateAll((els) => els.map((el) => `${el.dataset.method} ${el.dataset.template}`));
+  const expected = data.routes.flatMap((route) => route.methods.map((m) => `${m.method} ${route.template}`));
+  const common = shown.filter((key) => expected.includes(key));
+  assert.deepEqual(common, expected.filter((key) => common.includes(key)));
+  assert.ok(common.length > 0, 'the demo traffic was learned');
+  // A rule-covered route names its rule; a route only the fallback caught offers a draft.
+  const covered = data.routes.flatMap((route) => route.methods.map((m) => ({ route, m }))).find(({ m }) => m.coverage === 'rule');
+  assert.ok(covered, 'some demo route is covered by a rule');
+  const coveredRow = page.locator(`[data-testid="coverage-row"][data-method="${covered.m.method}"][data-template="${covered.route.template}"]`);
+  assert.ok((await coveredRow.getByTestId('coverage-covered').textContent()).includes(covered.m.rule));
+  const drafted = data.routes.flatMap((route) => route.methods.map((m) => ({ route, m }))).find(({ m }) => m.draftRule);
+  if (drafted) {
+    const row = page.locator(`[data-testid="coverage-row"][data-method="${drafted.m.method}"][data-template="${drafted.route.template}"]`);
+    await row.getByTestId('coverage-copy-draft').click();
+    await row.getByTestId('coverage-draft').waitFor();
+    assert.equal(await row.getByTestId('coverage-draft').textContent(), drafted.m.draftRule);
+    assert.match(drafted.m.draftRule, /^\[\[rule\]\]$/m);
+  }
+  await page.getByTestId('coverage-close').click();
+  assert.equal(await page.getByTestId('coverage-panel').isHidden(), true);
+});
+
 test('sign-out clears the session and the page', async () => {
   await page.goto(demo.viewer);
   await settledRows(page);

@@ -8,6 +8,7 @@ mod archive;
 mod checkpoint;
 mod configs;
 mod deploy;
+mod discover;
 mod durability;
 mod evasion;
 mod events;

@@ -3,7 +3,8 @@
 // Wires the sign-in form, the filters (kept in the URL), the entries table with keyset paging and
 // live tail, the charts, the integrity badge and the detail panel. The modules next to this one
 // hold the pieces: api.js (HTTP), filters.js (URL state), charts.js (SVG), detail.js (one entry),
-// proof.js (Merkle checks), integrity.js (badge), dom.js (safe DOM helpers).
+// proof.js (Merkle checks), integrity.js (badge), coverage.js (learned routes), dom.js (safe DOM
+// helpers).
 
 import { api, apiUrl, ApiError, onUnauthorized } from './api.js';
 import {
@@ -18,6 +19,7 @@ import {
 import { renderActivityChart, renderTopList, bucketStart } from './charts.js';
 import { createDetail, outcomePill } from './detail.js';
 import { setupIntegrity, refreshIntegrity, resetIntegrity } from './integrity.js';
+import { setupCoverage } from './coverage.js';
 
 const LIVE_INTERVAL_MS = 2000;
 const LIVE_BATCH = 200;
@@ -60,6 +62,8 @@ let slowTimer = null;
 let lastChart = null;
 let suggestionsLoadedAt = 0;
 let detail = null;
+/** The route coverage panel (coverage.js). */
+let coverage = null;
 /** Folds the user opened, by the id of their oldest entry (stable while live tail adds newer). */
 const openFolds = new Set();
 
@@ -92,6 +96,7 @@ function showSignIn(notice) {
   replace($('#action-suggestions'));
   suggestionsLoadedAt = 0;
   resetIntegrity();
+  if (coverage) coverage.reset();
   if (detail) detail.close();
   $('#boot').hidden = true;
   $('#app-view').hidden = true;
@@ -1122,6 +1127,7 @@ function setup() {
     toast,
   });
   setupIntegrity();
+  coverage = setupCoverage({ toast });
 
   document.addEventListener('keydown', (event) => {
     if (event.key === 'Escape' && detail.isOpen && !event.defaultPrevented) {

@@ -540,6 +540,7 @@ pub fn demo_config(
         .parse()
         .context("--admin-listen is not an address")?;
     config.store.path = db.to_path_buf();
+    config.discover.file = crate::discover::config::learned_path_beside(db);
     let signer = crate::log::head::LogSigner::load(signing_key)
         .with_context(|| format!("cannot load {}", signing_key.display()))?;
     config.log.signing_key_path = Some(signing_key.to_path_buf());
