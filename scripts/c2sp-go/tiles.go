@@ -5,13 +5,18 @@ package main
 //	c2sp-verify tiles VKEY_FILE SOURCE [OLD_CHECKPOINT_FILE]
 //
 // It verifies SOURCE/checkpoint with the verifier key, then:
-//   - recomputes the checkpoint's root from the hash tiles (tlog.TileHashReader authenticates
-//     every tile it reads against the root; tlog.TreeHash folds the root from them);
+//   - recomputes the checkpoint's root from the hash tiles through tlog.TileHashReader and
+//     tlog.TreeHash;
+//   - rebuilds the whole tree from the leaves of every level-0 tile (tlog.StoredHashesForRecordHash)
+//     and checks its root against the checkpoint, and every hash of every higher tile against it.
+//     This is needed on top of the TileHashReader: the version Debian packages (and the tlog_tiles
+//     crate ported from it) authenticates only as many of the tiles it reads as the tree-hash
+//     plan has subtrees, so a forged full tile read after the tiles of that plan can pass it;
 //   - reads every entry bundle the tree needs and checks that each entry hashes
 //     (tlog.RecordHash: SHA-256(0x00 || entry)) to its leaf in the authenticated level-0 tiles,
 //     and that each bundle holds exactly the entries the checkpoint's size calls for; a
 //     zero-length entry is counted as withheld (pruned by retention, or too long for a bundle),
-//     its leaf still checked through the tiles;
+//     its leaf still checked as part of the tree;
 //   - proves and checks inclusion (tlog.ProveRecord / tlog.CheckRecord) of a spread of entries,
 //     the first and the last among them;
 //   - with OLD_CHECKPOINT_FILE (an earlier checkpoint of the same log, verified with the same
@@ -75,9 +80,10 @@ func verifyTiles(args []string) {
 			fail("tiles: the tiles fold to root %v, not the checkpoint's %v", recomputed, root)
 		}
 	}
-	fmt.Printf("root recomputed from the hash tiles\n")
+	leaves := rebuildTree(source, tree)
+	fmt.Printf("root recomputed from the hash tiles, and from every leaf; every tile agrees\n")
 
-	entries, withheld := checkBundles(source, hashes, tree.N)
+	entries, withheld := checkBundles(source, leaves, tree.N)
 	fmt.Printf("entries: %d hash to their leaves (%d withheld: pruned or too long for a bundle)\n", entries, withheld)
 
 	proved := checkInclusion(hashes, tree)
@@ -124,6 +130,74 @@ func openCheckpoint(verifier note.Verifier, message []byte, what string) (string
 	decoded, _ := base64.StdEncoding.DecodeString(rootText)
 	copy(root[:], decoded)
 	return origin, size, root
+}
+
+// rebuildTree recomputes the tree from the leaf hashes of every level-0 tile, checks its root
+// against the checkpoint and every hash of every higher tile against it, and returns a reader
+// of its (now authenticated) hashes.
+func rebuildTree(source *source, tree tlog.Tree) tlog.HashReader {
+	var stored []tlog.Hash
+	memory := tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) {
+		hashes := make([]tlog.Hash, len(indexes))
+		for i, index := range indexes {
+			if index < 0 || index >= int64(len(stored)) {
+				return nil, fmt.Errorf("hash %d is not in the tree", index)
+			}
+			hashes[i] = stored[index]
+		}
+		return hashes, nil
+	})
+	for start := int64(0); start < tree.N; start += 1 << tileHeight {
+		tile := tileOfLevel(0, start>>tileHeight, tree.N)
+		data, err := source.ReadTiles([]tlog.Tile{tile})
+		if err != nil {
+			fail("tiles: %v", err)
+		}
+		for i := 0; i < tile.W; i++ {
+			var leaf tlog.Hash
+			copy(leaf[:], data[0][i*tlog.HashSize:])
+			more, err := tlog.StoredHashesForRecordHash(start+int64(i), leaf, memory)
+			if err != nil {
+				fail("tiles: %v", err)
+			}
+			stored = append(stored, more...)
+		}
+	}
+	if tree.N > 0 {
+		root, err := tlog.TreeHash(tree.N, memory)
+		if err != nil {
+			fail("tiles: %v", err)
+		}
+		if root != tree.Hash {
+			fail("tiles: the leaves of the level-0 tiles fold to root %v, not the checkpoint's %v", root, tree.Hash)
+		}
+	}
+	for level := 1; tree.N>>(uint(level)*tileHeight) > 0; level++ {
+		width := tree.N >> (uint(level) * tileHeight)
+		for n := int64(0); n<<tileHeight < width; n++ {
+			tile := tileOfLevel(level, n, width)
+			data, err := source.ReadTiles([]tlog.Tile{tile})
+			if err != nil {
+				fail("tiles: %v", err)
+			}
+			for i := 0; i < tile.W; i++ {
+				want := stored[tlog.StoredHashIndex(level*tileHeight, n<<tileHeight+int64(i))]
+				if string(data[0][i*tlog.HashSize:(i+1)*tlog.HashSize]) != string(want[:]) {
+					fail("tiles: %s disagrees with the checkpoint at hash %d", tilePath(fmt.Sprint(level), n, tile.W), i)
+				}
+			}
+		}
+	}
+	return memory
+}
+
+// tileOfLevel is tile n of a level holding `hashes` hashes: full, or partial at the right edge.
+func tileOfLevel(level int, n int64, hashes int64) tlog.Tile {
+	width := hashes - n<<tileHeight
+	if width > 1<<tileHeight {
+		width = 1 << tileHeight
+	}
+	return tlog.Tile{H: tileHeight, L: level, N: n, W: int(width)}
 }
 
 // checkBundles reads every entry bundle of a tree of n entries and checks each entry against

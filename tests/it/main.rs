@@ -27,4 +27,5 @@ mod siem;
 mod siem_ocsf;
 mod store;
 mod tamper;
+mod tiles;
 mod viewer;
