@@ -1,12 +1,19 @@
 // Command c2sp-verify checks a C2SP checkpoint (c2sp.org/tlog-checkpoint), a signed note
 // (c2sp.org/signed-note), against a verifier key, with Go's reference implementation of signed
-// notes (golang.org/x/mod/sumdb/note) rather than auditgate's own code.
+// notes (golang.org/x/mod/sumdb/note) rather than auditgate's own code; and, in its tiles mode,
+// a whole log served as tlog tiles (c2sp.org/tlog-tiles) with Go's reference transparency-log
+// code (golang.org/x/mod/sumdb/tlog).
 //
 //	c2sp-verify VKEY_FILE CHECKPOINT_FILE
+//	c2sp-verify tiles VKEY_FILE SOURCE [OLD_CHECKPOINT_FILE]
 //
-// On success it prints "ok ORIGIN SIZE ROOT" (ROOT as the checkpoint's base64) and exits 0; on a
+// The first form prints "ok ORIGIN SIZE ROOT" (ROOT as the checkpoint's base64) and exits 0; on a
 // note the key did not sign, a bad signature or a text that is not a checkpoint it prints the
 // reason and exits 1; on bad usage or unreadable files it exits 2.
+//
+// The tiles form reads SOURCE/checkpoint and SOURCE/tile/..., where SOURCE is the URL prefix of
+// a log (http://127.0.0.1:9090/tlog, with the bearer token from $AUDITGATE_TOKEN when set) or a
+// directory written by `auditgate tiles --out`. See tiles.go for what it checks.
 package main
 
 import (
@@ -20,8 +27,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) >= 2 && os.Args[1] == "tiles" {
+		verifyTiles(os.Args[2:])
+		return
+	}
 	if len(os.Args) != 3 {
 		fmt.Fprintln(os.Stderr, "usage: c2sp-verify VKEY_FILE CHECKPOINT_FILE")
+		fmt.Fprintln(os.Stderr, "       c2sp-verify tiles VKEY_FILE SOURCE [OLD_CHECKPOINT_FILE]")
 		os.Exit(2)
 	}
 	vkey, err := os.ReadFile(os.Args[1])

@@ -50,6 +50,8 @@ pub struct LogApiState {
     signer_stats: Option<Arc<SignerStats>>,
     /// The checkpoints' origin (`[log] origin`, or the log id when not given).
     checkpoint_origin: Option<String>,
+    /// `[log] public_tiles`: `/tlog/` is served without a token.
+    public_tiles: bool,
     verify: Mutex<IncrementalVerify>,
 }
 
@@ -73,6 +75,7 @@ impl LogApiState {
             signer: None,
             signer_stats,
             checkpoint_origin: None,
+            public_tiles: false,
             verify: Mutex::new(IncrementalVerify {
                 check: LogCheck::new(keys),
                 last_head_id: 0,
@@ -109,6 +112,17 @@ impl LogApiState {
     pub fn with_checkpoint_origin(mut self, origin: String) -> LogApiState {
         self.checkpoint_origin = Some(origin);
         self
+    }
+
+    /// Serves the tlog tiles under `/tlog/` without a token.
+    pub fn with_public_tiles(mut self, public: bool) -> LogApiState {
+        self.public_tiles = public;
+        self
+    }
+
+    /// Whether `/tlog/` is served without a token.
+    pub fn public_tiles(&self) -> bool {
+        self.public_tiles
     }
 
     /// The log's signing key, if the sidecar has one.

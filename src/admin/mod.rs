@@ -14,6 +14,8 @@
 //! - `POST /api/v1/events` — entries from the app itself (`write`; see [`events`]).
 //! - `GET /api/v1/log/head`, `/api/v1/log/checkpoint`, `/api/v1/log/key`, `/api/v1/log/consistency`,
 //!   `/api/v1/entries/{id}/proof`, `/api/v1/verify` — tamper evidence (`read`; see [`log_api`]).
+//! - `GET /tlog/checkpoint`, `GET /tlog/tile/...` — the log as C2SP tlog tiles, outside the JSON
+//!   API and its OpenAPI document (`read`, or public with `[log] public_tiles`; see [`tiles`]).
 //! - `GET /`, `GET /ui/{file}` — the web viewer (static files embedded in the binary); public,
 //!   it signs in through `/api/v1/session`.
 //!
@@ -33,6 +35,7 @@ pub mod export;
 pub mod log_api;
 pub mod openapi;
 pub mod session;
+pub mod tiles;
 
 use std::sync::Arc;
 
@@ -201,6 +204,7 @@ pub fn router(state: AdminState) -> Router {
         router = router.route(spec.path, handler);
     }
     router
+        .merge(tiles::routes(&state))
         .merge(ui::routes())
         .layer(middleware::map_response(security_headers))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

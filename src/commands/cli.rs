@@ -99,6 +99,10 @@ pub enum Command {
     /// Prune entries past their retention now: delete their rows, keep their leaf hashes, and
     /// record an `audit.pruned` entry. Safe to run beside a running sidecar.
     Prune(PruneArgs),
+    /// Write the log as C2SP tlog tiles into a directory (`checkpoint`, `tile/...`), the same
+    /// files the admin listener serves under /tlog/, so the log can be mirrored to any static
+    /// host or bucket and checked there with any tlog client. Reads the store only.
+    Tiles(TilesArgs),
     /// Ask a running sidecar whether it is healthy: GET an admin URL, exit 0 on a 2xx answer,
     /// 1 otherwise (for a container HEALTHCHECK, where the image has no curl).
     Health {
@@ -377,6 +381,27 @@ pub struct VerifyArchiveArgs {
     /// Address the bucket in the path (default with --endpoint) or, with false, in the host.
     #[arg(long)]
     pub path_style: Option<bool>,
+}
+
+#[derive(Debug, Args)]
+pub struct TilesArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The directory the tiles go into (made if missing); files already there with the same
+    /// content are left untouched, so a re-run rewrites only what changed.
+    #[arg(long, short, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The log's private key (`auditgate keygen`), which signs the checkpoint; default: the
+    /// `[log] signing_key` of --config.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<PathBuf>,
+    /// The checkpoint's origin; default: `[log] origin` of --config, else the log id.
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// The log to write from a PostgreSQL database several sidecars share (with --config, that
+    /// file's).
+    #[arg(long)]
+    pub log_id: Option<String>,
 }
 
 #[derive(Debug, Args)]

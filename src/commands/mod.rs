@@ -15,6 +15,7 @@ pub mod query;
 pub mod run;
 pub mod store_location;
 pub mod suggest;
+pub mod tiles;
 pub mod token;
 pub mod verify;
 pub mod verify_archive;
@@ -70,6 +71,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Backup(args) => Ok(backup::run_backup(&args)),
         Command::Prune(args) => prune::prune(&args),
+        Command::Tiles(args) => tiles::run_tiles(&args),
         Command::Health { url, timeout } => health::health(&url, &timeout),
         Command::Token { name, scopes } => token::token(&name, &scopes),
     }

@@ -36,6 +36,8 @@ pub struct Located {
     /// The log's signing key, when `--config` names one: exports with proofs sign their
     /// manifest with it.
     pub config_signer: Option<Arc<crate::log::head::LogSigner>>,
+    /// The origin of the log's checkpoints, when `--config` was given.
+    pub config_origin: Option<String>,
 }
 
 /// Why a store could not be located.
@@ -55,6 +57,7 @@ pub fn locate(db: Option<&Path>, config: Option<&Path>) -> Result<Located, Locat
         };
         return Ok(Located {
             location,
+            config_origin: Some(config.log.checkpoint_origin(&config.log_id)),
             config_log_id: Some(config.log_id),
             config_signer: config.log.signer,
         });
@@ -71,6 +74,7 @@ pub fn locate(db: Option<&Path>, config: Option<&Path>) -> Result<Located, Locat
         location,
         config_log_id: None,
         config_signer: None,
+        config_origin: None,
     })
 }
 

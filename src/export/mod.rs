@@ -10,6 +10,7 @@
 //! returns; OCSF is NDJSON of [`crate::entry::ocsf::to_ocsf`] events, one per line.
 
 pub mod proofs;
+pub mod tiles;
 
 use std::fmt;
 use std::str::FromStr;

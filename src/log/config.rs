@@ -44,6 +44,11 @@ pub struct LogFile {
     /// PEM file of the CAs trusted for https:// targets in publish_heads (a private CA);
     /// default: the system's CA store. Relative to this file.
     pub publish_ca_file: Option<String>,
+    /// Serve the tlog tiles (`/tlog/checkpoint`, `/tlog/tile/...` on the admin listener) to
+    /// anyone, without a token (default false: a token with the `read` scope). The entry bundles
+    /// hold every entry's content, so this makes the log readable by whoever reaches the admin
+    /// listener. Needs a restart.
+    pub public_tiles: Option<bool>,
 }
 
 /// Where signed tree heads are published besides the store.
@@ -83,6 +88,8 @@ pub struct LogConfig {
     /// The TLS client of the https:// targets (their CAs from `publish_ca_file` or the system),
     /// built at load so an unreadable CA file is a config error; `None` without https targets.
     pub publish_tls: Option<Arc<rustls::ClientConfig>>,
+    /// `[log] public_tiles`: the tlog tiles need no token.
+    pub public_tiles: bool,
 }
 
 impl LogConfig {
@@ -203,6 +210,7 @@ pub(crate) fn validate_log(
         publish_heads,
         publish_timeout,
         publish_tls,
+        public_tiles: file.public_tiles.unwrap_or(false),
     }
 }
 

@@ -70,3 +70,4 @@ pub mod config;
 pub mod head;
 pub mod merkle;
 pub mod pruned;
+pub mod tiles;

@@ -54,6 +54,7 @@ pub fn needs_restart(key: &str) -> bool {
         "log.log_id",
         "log.origin",
         "log.signing_key",
+        "log.public_tiles",
     ];
     RESTART
         .iter()

@@ -186,7 +186,8 @@ pub(super) fn log_api(config: &Config, signer: Option<Arc<SignerStats>>) -> Arc<
             verifier_keys(config),
         )
         .with_signer(config.log.signer.clone())
-        .with_checkpoint_origin(config.log.checkpoint_origin(&config.log_id)),
+        .with_checkpoint_origin(config.log.checkpoint_origin(&config.log_id))
+        .with_public_tiles(config.log.public_tiles),
     )
 }
 

@@ -118,6 +118,16 @@ pub trait LogReader {
     /// RFC 9162 root of the first `size` leaves, folded from stored nodes.
     fn root_at(&self, size: u64) -> Result<Hash, StoreError>;
 
+    /// Up to `count` consecutive stored tree nodes of `level` from `first_index` on, in index
+    /// order, ending before the first index that is not stored (the tlog tiles are read this
+    /// way: one query per tile).
+    fn node_range(
+        &self,
+        level: u32,
+        first_index: u64,
+        count: usize,
+    ) -> Result<Vec<Hash>, StoreError>;
+
     /// Stored heads with an id above `after_id`, oldest first, at most `limit`. A stored head
     /// that no longer parses is an error naming its id.
     fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError>;

@@ -28,4 +28,5 @@ mod siem;
 mod siem_ocsf;
 mod store;
 mod tamper;
+mod tiles;
 mod viewer;

@@ -639,6 +639,15 @@ impl LogReader for PostgresStore {
         self.with_log(|db| Ok(merkle::root_at(&tree::PgNodes::new(db), size)?))
     }
 
+    fn node_range(
+        &self,
+        level: u32,
+        first_index: u64,
+        count: usize,
+    ) -> Result<Vec<Hash>, StoreError> {
+        self.with_log(|db| tree::node_range(db, level, first_index, count))
+    }
+
     fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError> {
         self.with_log(|db| tree::heads_after(db, after_id, limit))
     }

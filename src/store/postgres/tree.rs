@@ -108,6 +108,44 @@ pub fn tree_size<C: GenericClient>(db: &mut LogDb<'_, C>) -> Result<u64, StoreEr
         .map_or(0, |last| last.saturating_add(1)))
 }
 
+/// Up to `count` consecutive nodes of `level` from `first` on, stopping at the first gap.
+pub fn node_range<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    level: u32,
+    first: u64,
+    count: usize,
+) -> Result<Vec<Hash>, StoreError> {
+    let (Ok(level_sql), Ok(first_sql), Some(last)) = (
+        i32::try_from(level),
+        i64::try_from(first),
+        (count as u64)
+            .checked_sub(1)
+            .and_then(|span| first.checked_add(span)),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let log_id = db.log_id.to_string();
+    let rows = db.query(
+        "SELECT idx, hash FROM tree_nodes WHERE log_id = $1 AND level = $2 \
+         AND idx BETWEEN $3 AND $4 ORDER BY idx",
+        &[&log_id, &level_sql, &first_sql, &sql_int(last)],
+    )?;
+    let mut hashes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let index: i64 = row.try_get(0)?;
+        if index != first_sql.saturating_add(hashes.len() as i64) {
+            break;
+        }
+        let blob: Vec<u8> = row.try_get(1)?;
+        hashes.push(<Hash>::try_from(blob.as_slice()).map_err(|_| {
+            StoreError::Other(format!(
+                "tree node at level {level} index {index} is not 32 bytes"
+            ))
+        })?);
+    }
+    Ok(hashes)
+}
+
 pub fn max_entry_seq<C: GenericClient>(db: &mut LogDb<'_, C>) -> Result<u64, StoreError> {
     let log_id = db.log_id.to_string();
     let rows = db.query("SELECT max(seq) FROM entries WHERE log_id = $1", &[&log_id])?;

@@ -48,6 +48,42 @@ pub fn tree_size(connection: &Connection) -> Result<u64, StoreError> {
         .map_or(0, |last| last.saturating_add(1)))
 }
 
+/// Up to `count` consecutive nodes of `level` from `first` on, stopping at the first gap.
+pub fn node_range(
+    connection: &Connection,
+    level: u32,
+    first: u64,
+    count: usize,
+) -> Result<Vec<Hash>, StoreError> {
+    let (Ok(first_sql), Some(last)) = (
+        i64::try_from(first),
+        (count as u64)
+            .checked_sub(1)
+            .and_then(|span| first.checked_add(span)),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let last_sql = i64::try_from(last).unwrap_or(i64::MAX);
+    let mut select = connection.prepare_cached(
+        "SELECT idx, hash FROM tree_nodes WHERE level = ?1 AND idx BETWEEN ?2 AND ?3 ORDER BY idx",
+    )?;
+    let mut rows = select.query(params![level, first_sql, last_sql])?;
+    let mut hashes = Vec::with_capacity(count.min(256));
+    while let Some(row) = rows.next()? {
+        let index: i64 = row.get(0)?;
+        if index != first_sql.saturating_add(hashes.len() as i64) {
+            break;
+        }
+        let blob: Vec<u8> = row.get(1)?;
+        hashes.push(<Hash>::try_from(blob.as_slice()).map_err(|_| {
+            StoreError::Other(format!(
+                "tree node at level {level} index {index} is not 32 bytes"
+            ))
+        })?);
+    }
+    Ok(hashes)
+}
+
 pub fn max_entry_seq(connection: &Connection) -> Result<u64, StoreError> {
     let last: Option<i64> = connection
         .prepare_cached("SELECT max(seq) FROM entries")?

@@ -473,6 +473,15 @@ impl LogReader for SqliteStore {
         self.with_reader(|connection| Ok(merkle::root_at(&SqliteNodes(connection), size)?))
     }
 
+    fn node_range(
+        &self,
+        level: u32,
+        first_index: u64,
+        count: usize,
+    ) -> Result<Vec<Hash>, StoreError> {
+        self.with_reader(|connection| self::log::node_range(connection, level, first_index, count))
+    }
+
     fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError> {
         self.with_reader(|connection| self::log::heads_after(connection, after_id, limit))
     }
@@ -788,6 +797,15 @@ impl LogReader for SqliteLogReader {
 
     fn root_at(&self, size: u64) -> Result<Hash, StoreError> {
         Ok(merkle::root_at(&SqliteNodes(&self.connection), size)?)
+    }
+
+    fn node_range(
+        &self,
+        level: u32,
+        first_index: u64,
+        count: usize,
+    ) -> Result<Vec<Hash>, StoreError> {
+        self::log::node_range(&self.connection, level, first_index, count)
     }
 
     fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError> {
