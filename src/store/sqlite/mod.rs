@@ -583,25 +583,17 @@ impl Store for SqliteStore {
     }
 
     fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
-        let index = seq
-            .checked_sub(1)
-            .ok_or(merkle::MerkleError::IndexOutOfRange { index: 0, size })?;
+        let index = crate::store::leaf_index(seq, size)?;
         self.with_reader(|connection| {
-            Ok(merkle::inclusion_proof(
-                &SqliteNodes(connection),
-                index,
-                size,
-            )?)
+            let nodes = SqliteNodes(connection);
+            Ok(merkle::inclusion_proof(&nodes, index, size)?)
         })
     }
 
     fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
         self.with_reader(|connection| {
-            Ok(merkle::consistency_proof(
-                &SqliteNodes(connection),
-                from,
-                to,
-            )?)
+            let nodes = SqliteNodes(connection);
+            Ok(merkle::consistency_proof(&nodes, from, to)?)
         })
     }
 
@@ -693,26 +685,12 @@ impl Store for SqliteStore {
         )?;
         let mut statement =
             connection.prepare("SELECT id, entry FROM pending ORDER BY created_at, id")?;
-        let rows = statement.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut intents = Vec::new();
-        for row in rows {
-            let (id, json) = row?;
-            match serde_json::from_str::<AuditEntry>(&json) {
-                Ok(entry) => intents.push(entry),
-                Err(error) => {
-                    // Keep the id at least: an unreadable intent still becomes an entry.
-                    tracing::error!(%id, %error, "unreadable write-ahead intent");
-                    let mut entry = AuditEntry::new("", "unknown");
-                    entry.id = id;
-                    entry.error =
-                        Some(format!("the write-ahead intent could not be read: {error}"));
-                    intents.push(entry);
-                }
-            }
-        }
-        Ok(intents)
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::store::intents_from_rows("", rows))
     }
 
     fn existing_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
