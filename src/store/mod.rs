@@ -13,6 +13,7 @@
 
 pub mod config;
 mod log_page;
+mod pool;
 pub mod postgres;
 pub mod query;
 pub mod retention;

@@ -37,6 +37,7 @@ use super::{LogPage, LogReader, PruneOutcome, Store, StoreError, StoredHead, Tre
 use crate::entry::AuditEntry;
 use crate::log::head::SignedTreeHead;
 use crate::log::merkle::{self, Frontier, Hash};
+use crate::store::pool::ReaderPool;
 use crate::store::retention::PrunePlan;
 
 /// Migrations, applied in order; `auditgate_schema.version` records how many ran.
@@ -270,7 +271,7 @@ pub struct PostgresStore {
     options: PostgresOptions,
     target: String,
     writer: Mutex<WriterSide>,
-    readers: Mutex<Vec<Connection>>,
+    readers: ReaderPool<Connection>,
     next_seq: AtomicU64,
 }
 
@@ -326,7 +327,7 @@ impl PostgresStore {
                 frontier,
                 damaged,
             }),
-            readers: Mutex::new(Vec::new()),
+            readers: ReaderPool::new(options.pool_size),
             next_seq: AtomicU64::new(next_seq),
             options,
         })
@@ -350,12 +351,7 @@ impl PostgresStore {
         &self,
         work: impl Fn(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let pooled = self
-            .readers
-            .lock()
-            .map_err(|_| StoreError::Other("reader pool poisoned".into()))?
-            .pop();
-        let (mut connection, from_pool) = match pooled {
+        let (mut connection, from_pool) = match self.readers.take()? {
             Some(connection) if !connection.is_closed() => (connection, true),
             _ => (Connection::open(&self.options)?, false),
         };
@@ -365,11 +361,7 @@ impl PostgresStore {
             result = work(&mut connection);
         }
         if !connection.is_closed() {
-            if let Ok(mut readers) = self.readers.lock() {
-                if readers.len() < self.options.pool_size {
-                    readers.push(connection);
-                }
-            }
+            self.readers.give_back(connection);
         }
         result
     }
@@ -575,9 +567,7 @@ impl Drop for PostgresStore {
         if let Ok(side) = self.writer.get_mut() {
             connections.extend(side.connection.take());
         }
-        if let Ok(readers) = self.readers.get_mut() {
-            connections.append(readers);
-        }
+        connections.append(&mut self.readers.drain());
         if connections.is_empty() {
             return;
         }
@@ -796,21 +786,15 @@ impl Store for PostgresStore {
     fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
         let index = crate::store::leaf_index(seq, size)?;
         self.with_log(|db| {
-            Ok(merkle::inclusion_proof(
-                &tree::PgNodes::new(db),
-                index,
-                size,
-            )?)
+            let nodes = tree::PgNodes::new(db);
+            Ok(merkle::inclusion_proof(&nodes, index, size)?)
         })
     }
 
     fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
         self.with_log(|db| {
-            Ok(merkle::consistency_proof(
-                &tree::PgNodes::new(db),
-                from,
-                to,
-            )?)
+            let nodes = tree::PgNodes::new(db);
+            Ok(merkle::consistency_proof(&nodes, from, to)?)
         })
     }
 
@@ -847,15 +831,7 @@ pub fn open_config_for_reading(
     database: &crate::store::postgres::config::PostgresConfig,
     log_id: &str,
 ) -> Result<PostgresStore, StoreError> {
-    let mut config = database.connection.clone();
-    config.application_name("auditgate-cli");
-    PostgresStore::open(PostgresOptions {
-        config,
-        log_id: log_id.to_string(),
-        access: Access::Read,
-        pool_size: 1,
-        tls: database.tls.clone(),
-    })
+    open_cli_reader(database.connection.clone(), log_id, database.tls.clone())
 }
 
 /// Opens a PostgreSQL database named on the command line for reading (`auditgate query`,
@@ -877,6 +853,16 @@ pub fn open_for_reading(url: &str, log_id: &str) -> Result<PostgresStore, StoreE
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(10));
     }
+    open_cli_reader(config, log_id, tls)
+}
+
+/// The read-only store of a command-line tool: one connection, named `auditgate-cli` in the
+/// server's activity view.
+fn open_cli_reader(
+    mut config: postgres::Config,
+    log_id: &str,
+    tls: tls::PostgresTls,
+) -> Result<PostgresStore, StoreError> {
     config.application_name("auditgate-cli");
     PostgresStore::open(PostgresOptions {
         config,
