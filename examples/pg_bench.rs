@@ -12,6 +12,8 @@
 //! The server comes from `AUDITGATE_TEST_POSTGRES_URL`; the bench makes a database of its own
 //! there and drops it at the end. The SQLite file goes to a temporary directory.
 
+mod bench_support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,7 @@ use auditgate::store::postgres::{Access, PostgresOptions, PostgresStore};
 use auditgate::store::query::{Filter, IpFilter, PageRequest};
 use auditgate::store::sqlite::SqliteStore;
 use auditgate::store::Store;
-use auditgate::writer::{Writer, WriterOptions};
+use auditgate::writer::Writer;
 use chrono::{Duration as TimeDelta, Utc};
 use postgres::NoTls;
 
@@ -71,17 +73,7 @@ fn fill(
     count: u64,
     start: chrono::DateTime<Utc>,
 ) -> anyhow::Result<f64> {
-    let writer = Writer::start(
-        store.clone(),
-        // The product's defaults, or AUDITGATE_BENCH_BATCH to see how commit size matters.
-        match std::env::var("AUDITGATE_BENCH_BATCH").map(|text| text.parse()) {
-            Ok(Ok(batch_size)) => WriterOptions {
-                batch_size,
-                ..WriterOptions::default()
-            },
-            _ => WriterOptions::default(),
-        },
-    )?;
+    let writer = Writer::start(store.clone(), bench_support::writer_options())?;
     let handle = writer.handle();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -10,6 +10,8 @@
 //! The database goes to a new temporary directory, removed at the end (pass a directory as the
 //! second argument to keep it there instead).
 
+mod bench_support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +21,7 @@ use auditgate::log::merkle::leaf_hash;
 use auditgate::store::config::SyncMode;
 use auditgate::store::sqlite::SqliteStore;
 use auditgate::store::Store;
-use auditgate::writer::{Writer, WriterOptions};
+use auditgate::writer::Writer;
 
 fn entry(index: u64) -> AuditEntry {
     let mut entry = AuditEntry::new(
@@ -80,17 +82,7 @@ fn main() -> anyhow::Result<()> {
     println!("  hashing alone:  {per_entry:?} per entry (canonical form + SHA-256)");
 
     let store = Arc::new(SqliteStore::open(&db, SyncMode::Normal)?);
-    let writer = Writer::start(
-        store.clone(),
-        // The product's defaults, or AUDITGATE_BENCH_BATCH to see how commit size matters.
-        match std::env::var("AUDITGATE_BENCH_BATCH").map(|text| text.parse()) {
-            Ok(Ok(batch_size)) => WriterOptions {
-                batch_size,
-                ..WriterOptions::default()
-            },
-            _ => WriterOptions::default(),
-        },
-    )?;
+    let writer = Writer::start(store.clone(), bench_support::writer_options())?;
     let handle = writer.handle();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -126,11 +126,12 @@ impl ExchangeMetrics {
 
     fn write(&self, out: &mut String) {
         let name = "auditgate_proxied_requests_total";
-        let _ = writeln!(
+        write_family(
             out,
-            "# HELP {name} Proxied exchanges answered, by method, status class and whether a rule matched."
+            name,
+            "counter",
+            "Proxied exchanges answered, by method, status class and whether a rule matched.",
         );
-        let _ = writeln!(out, "# TYPE {name} counter");
         for (method_index, method) in METHOD_LABELS.iter().enumerate() {
             for (class_index, class) in CLASS_LABELS.iter().enumerate() {
                 for matched in [false, true] {
@@ -169,7 +170,7 @@ impl ExchangeMetrics {
 /// stale keys firing.
 #[derive(Debug, Default)]
 pub struct JwksMetrics {
-    slots: Mutex<Vec<Arc<JwksSourceStats>>>,
+    slots: SlotRegistry<JwksSourceStats>,
 }
 
 /// The counters of one `jwks_url` source.
@@ -185,8 +186,6 @@ pub struct JwksSourceStats {
     pub fetches_failed: Counter,
     /// When the key set in use was fetched, in milliseconds since the Unix epoch; 0 for none.
     loaded_at_ms: AtomicU64,
-    /// Key sets of the running configuration(s) using this slot.
-    users: AtomicUsize,
 }
 
 impl JwksSourceStats {
@@ -201,60 +200,27 @@ impl JwksSourceStats {
 
 /// A key set's hold on its slot; dropping it (the key set was replaced by a reload) hides the
 /// slot's freshness gauges unless another key set uses it.
-#[derive(Debug)]
-pub struct JwksSourceHandle(Arc<JwksSourceStats>);
-
-impl std::ops::Deref for JwksSourceHandle {
-    type Target = JwksSourceStats;
-
-    fn deref(&self) -> &JwksSourceStats {
-        &self.0
-    }
-}
-
-impl Drop for JwksSourceHandle {
-    fn drop(&mut self) {
-        self.0.users.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+pub type JwksSourceHandle = SlotHandle<JwksSourceStats>;
 
 impl JwksMetrics {
     /// The slot of the source at `[[actor]]` position `actor` (from 1) fetching from `host`,
     /// made on first use.
     pub fn source(&self, actor: usize, host: &str) -> JwksSourceHandle {
-        let mut slots = self
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let slot = match slots
-            .iter()
-            .find(|slot| slot.actor == actor && slot.host == host)
-        {
-            Some(slot) => slot.clone(),
-            None => {
-                let slot = Arc::new(JwksSourceStats {
-                    actor,
-                    host: host.to_string(),
-                    fetches_ok: Counter::default(),
-                    fetches_failed: Counter::default(),
-                    loaded_at_ms: AtomicU64::new(0),
-                    users: AtomicUsize::new(0),
-                });
-                slots.push(slot.clone());
-                slot
-            }
-        };
-        slot.users.fetch_add(1, Ordering::Relaxed);
-        JwksSourceHandle(slot)
+        self.slots.hold(
+            |slot| slot.actor == actor && slot.host == host,
+            || JwksSourceStats {
+                actor,
+                host: host.to_string(),
+                fetches_ok: Counter::default(),
+                fetches_failed: Counter::default(),
+                loaded_at_ms: AtomicU64::new(0),
+            },
+        )
     }
 
     /// Appends the JWKS metrics; nothing when no `jwks_url` was ever configured.
     pub fn write(&self, out: &mut String) {
-        let slots: Vec<Arc<JwksSourceStats>> = self
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let slots = self.slots.all();
         if slots.is_empty() {
             return;
         }
@@ -265,44 +231,39 @@ impl JwksMetrics {
                 escape_label(&slot.host)
             )
         };
-        let _ = writeln!(
+        let fetches = "auditgate_jwks_fetches_total";
+        write_family(
             out,
-            "# HELP auditgate_jwks_fetches_total Fetches of a jwks_url key set, by result (a failed one keeps the last good set)."
+            fetches,
+            "counter",
+            "Fetches of a jwks_url key set, by result (a failed one keeps the last good set).",
         );
-        let _ = writeln!(out, "# TYPE auditgate_jwks_fetches_total counter");
         for slot in &slots {
             for (result, counter) in [("ok", &slot.fetches_ok), ("failed", &slot.fetches_failed)] {
-                let _ = writeln!(
-                    out,
-                    "auditgate_jwks_fetches_total{{{},result=\"{result}\"}} {}",
-                    labels(slot),
-                    counter.get()
-                );
+                let labels = format!("{},result=\"{result}\"", labels(slot));
+                write_series(out, fetches, &labels, counter.get());
             }
         }
-        let in_use: Vec<&Arc<JwksSourceStats>> = slots
-            .iter()
-            .filter(|slot| slot.users.load(Ordering::Relaxed) > 0)
-            .collect();
-        let _ = writeln!(
+        let in_use: Vec<&Arc<Slot<JwksSourceStats>>> =
+            slots.iter().filter(|slot| slot.in_use()).collect();
+        let loaded = "auditgate_jwks_keys_loaded";
+        write_family(
             out,
-            "# HELP auditgate_jwks_keys_loaded 1 while a jwks_url source has a key set; 0 while its tokens are recorded unverified for want of one."
+            loaded,
+            "gauge",
+            "1 while a jwks_url source has a key set; 0 while its tokens are recorded unverified for want of one.",
         );
-        let _ = writeln!(out, "# TYPE auditgate_jwks_keys_loaded gauge");
         for slot in &in_use {
-            let loaded = slot.loaded_at_ms.load(Ordering::Relaxed) > 0;
-            let _ = writeln!(
-                out,
-                "auditgate_jwks_keys_loaded{{{}}} {}",
-                labels(slot),
-                u8::from(loaded)
-            );
+            let is_loaded = slot.loaded_at_ms.load(Ordering::Relaxed) > 0;
+            write_series(out, loaded, &labels(slot), u8::from(is_loaded));
         }
-        let _ = writeln!(
+        let age = "auditgate_jwks_keys_age_seconds";
+        write_family(
             out,
-            "# HELP auditgate_jwks_keys_age_seconds Seconds since the key set in use was fetched (absent while none is loaded). Alert when it exceeds a few jwks_refresh intervals."
+            age,
+            "gauge",
+            "Seconds since the key set in use was fetched (absent while none is loaded). Alert when it exceeds a few jwks_refresh intervals.",
         );
-        let _ = writeln!(out, "# TYPE auditgate_jwks_keys_age_seconds gauge");
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() as u64);
@@ -311,14 +272,110 @@ impl JwksMetrics {
             if loaded_at == 0 {
                 continue;
             }
-            let age = now_ms.saturating_sub(loaded_at) as f64 / 1000.0;
-            let _ = writeln!(
-                out,
-                "auditgate_jwks_keys_age_seconds{{{}}} {age:.3}",
-                labels(slot)
-            );
+            let seconds = now_ms.saturating_sub(loaded_at) as f64 / 1000.0;
+            write_series(out, age, &labels(slot), format_args!("{seconds:.3}"));
         }
     }
+}
+
+/// Slots that outlive reloads, one per source or output the configuration ever named, each
+/// counting the running parts that hold it. Counters in a slot only ever grow; gauges about
+/// freshness or lag are shown only while a part holds the slot, so a source removed by a reload
+/// does not keep an alert firing.
+#[derive(Debug)]
+struct SlotRegistry<T> {
+    slots: Mutex<Vec<Arc<Slot<T>>>>,
+}
+
+impl<T> Default for SlotRegistry<T> {
+    fn default() -> Self {
+        SlotRegistry {
+            slots: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// The stats of one slot and how many running parts hold it.
+#[derive(Debug)]
+struct Slot<T> {
+    stats: T,
+    holders: AtomicUsize,
+}
+
+impl<T> Slot<T> {
+    /// Whether a running part holds the slot.
+    fn in_use(&self) -> bool {
+        self.holders.load(Ordering::Relaxed) > 0
+    }
+}
+
+impl<T> std::ops::Deref for Slot<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.stats
+    }
+}
+
+/// A running part's hold on its slot; dropping it hides the slot's gauges unless another part
+/// holds it.
+#[derive(Debug)]
+pub struct SlotHandle<T>(Arc<Slot<T>>);
+
+impl<T> std::ops::Deref for SlotHandle<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0.stats
+    }
+}
+
+impl<T> Drop for SlotHandle<T> {
+    fn drop(&mut self) {
+        self.0.holders.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<T> SlotRegistry<T> {
+    /// A hold on the slot `is_it` picks, made with `make` on first use.
+    fn hold(&self, is_it: impl Fn(&T) -> bool, make: impl FnOnce() -> T) -> SlotHandle<T> {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = match slots.iter().find(|slot| is_it(&slot.stats)) {
+            Some(slot) => slot.clone(),
+            None => {
+                let slot = Arc::new(Slot {
+                    stats: make(),
+                    holders: AtomicUsize::new(0),
+                });
+                slots.push(slot.clone());
+                slot
+            }
+        };
+        slot.holders.fetch_add(1, Ordering::Relaxed);
+        SlotHandle(slot)
+    }
+
+    /// Every slot ever made, in the order they were made.
+    fn all(&self) -> Vec<Arc<Slot<T>>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Appends the HELP and TYPE lines of the metric family `name`.
+fn write_family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Appends one series of the family `name`: `name{labels} value`.
+fn write_series(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "{name}{{{labels}}} {value}");
 }
 
 /// A label value in the Prometheus text format: backslash, quote and newline escaped.
@@ -512,8 +569,7 @@ pub fn render(
 /// HELP and TYPE lines name the metric without them.
 pub fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     let family = name.split('{').next().unwrap_or(name);
-    let _ = writeln!(out, "# HELP {family} {help}");
-    let _ = writeln!(out, "# TYPE {family} {kind}");
+    write_family(out, family, kind, help);
     let _ = writeln!(out, "{name} {value}");
 }
 
@@ -608,15 +664,10 @@ impl ArchiveMetrics {
             ),
         ];
         for (family, kind, help, read) in families {
-            let _ = writeln!(out, "# HELP {family} {help}");
-            let _ = writeln!(out, "# TYPE {family} {kind}");
+            write_family(out, family, kind, help);
             for slot in &slots {
-                let _ = writeln!(
-                    out,
-                    "{family}{{archive=\"{}\"}} {}",
-                    escape_label(&slot.name),
-                    read(slot)
-                );
+                let labels = format!("archive=\"{}\"", escape_label(&slot.name));
+                write_series(out, family, &labels, read(slot));
             }
         }
     }
@@ -671,8 +722,7 @@ impl Histogram {
 
     /// Appends the histogram in the Prometheus text format.
     pub fn write(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
+        write_family(out, name, "histogram", help);
         let mut cumulative = 0;
         for (bound, count) in self.bounds.iter().zip(&self.counts) {
             cumulative += count.load(Ordering::Relaxed);
@@ -765,8 +815,7 @@ mod process {
     }
 
     fn gauge(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+        super::write_family(out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
     }
 
@@ -802,7 +851,7 @@ mod process {
 /// an alert firing.
 #[derive(Debug, Default)]
 pub struct OtlpMetrics {
-    slots: Mutex<Vec<Arc<OtlpOutputStats>>>,
+    slots: SlotRegistry<OtlpOutputStats>,
 }
 
 /// The counters of one OTLP output.
@@ -828,7 +877,6 @@ pub struct OtlpOutputStats {
     /// When the oldest entry not yet acknowledged was made, in milliseconds since the Unix epoch;
     /// 0 while nothing waits.
     oldest_unsent_ms: AtomicU64,
-    users: AtomicUsize,
 }
 
 impl OtlpOutputStats {
@@ -848,64 +896,31 @@ impl OtlpOutputStats {
 
 /// An output's hold on its slot; dropping it (the output stopped) hides the slot's lag gauges
 /// unless another output uses it.
-#[derive(Debug)]
-pub struct OtlpOutputHandle(Arc<OtlpOutputStats>);
-
-impl std::ops::Deref for OtlpOutputHandle {
-    type Target = OtlpOutputStats;
-
-    fn deref(&self) -> &OtlpOutputStats {
-        &self.0
-    }
-}
-
-impl Drop for OtlpOutputHandle {
-    fn drop(&mut self) {
-        self.0.users.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+pub type OtlpOutputHandle = SlotHandle<OtlpOutputStats>;
 
 impl OtlpMetrics {
     /// The slot of the output `name` sending to `endpoint`, made on first use.
     pub fn output(&self, name: &str, endpoint: &str) -> OtlpOutputHandle {
-        let mut slots = self
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let slot = match slots
-            .iter()
-            .find(|slot| slot.name == name && slot.endpoint == endpoint)
-        {
-            Some(slot) => slot.clone(),
-            None => {
-                let slot = Arc::new(OtlpOutputStats {
-                    name: name.to_string(),
-                    endpoint: endpoint.to_string(),
-                    sent: Counter::default(),
-                    failed_unavailable: Counter::default(),
-                    failed_rejected: Counter::default(),
-                    skipped_rejected: Counter::default(),
-                    skipped_unreadable: Counter::default(),
-                    dropped_by_collector: Counter::default(),
-                    lag_entries: AtomicU64::new(0),
-                    oldest_unsent_ms: AtomicU64::new(0),
-                    users: AtomicUsize::new(0),
-                });
-                slots.push(slot.clone());
-                slot
-            }
-        };
-        slot.users.fetch_add(1, Ordering::Relaxed);
-        OtlpOutputHandle(slot)
+        self.slots.hold(
+            |slot| slot.name == name && slot.endpoint == endpoint,
+            || OtlpOutputStats {
+                name: name.to_string(),
+                endpoint: endpoint.to_string(),
+                sent: Counter::default(),
+                failed_unavailable: Counter::default(),
+                failed_rejected: Counter::default(),
+                skipped_rejected: Counter::default(),
+                skipped_unreadable: Counter::default(),
+                dropped_by_collector: Counter::default(),
+                lag_entries: AtomicU64::new(0),
+                oldest_unsent_ms: AtomicU64::new(0),
+            },
+        )
     }
 
     /// Appends the OTLP metrics; nothing when no `[[otlp]]` output was ever configured.
     pub fn write(&self, out: &mut String) {
-        let slots: Vec<Arc<OtlpOutputStats>> = self
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let slots = self.slots.all();
         if slots.is_empty() {
             return;
         }
@@ -916,97 +931,70 @@ impl OtlpMetrics {
                 escape_label(&slot.endpoint)
             )
         };
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-        };
-        family(
-            out,
-            "auditgate_otlp_sent_total",
-            "counter",
-            "Entries an [[otlp]] collector acknowledged.",
-        );
-        for slot in &slots {
-            let _ = writeln!(
-                out,
-                "auditgate_otlp_sent_total{{{}}} {}",
-                labels(slot),
-                slot.sent.get()
-            );
-        }
-        family(
-            out,
-            "auditgate_otlp_failed_total",
-            "counter",
-            "OTLP requests that failed, by reason: unavailable (retried with back-off) or rejected (refused for good; held or skipped per on_rejected).",
-        );
-        for slot in &slots {
-            for (reason, counter) in [
-                ("unavailable", &slot.failed_unavailable),
-                ("rejected", &slot.failed_rejected),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "auditgate_otlp_failed_total{{{},reason=\"{reason}\"}} {}",
-                    labels(slot),
-                    counter.get()
-                );
+        // Each counter family: its name, help, and the counters of a slot by the label that
+        // tells them apart (none where a slot has one counter).
+        type Counters =
+            for<'slot> fn(&'slot OtlpOutputStats) -> Vec<(&'static str, &'slot Counter)>;
+        let counters: [(&str, &str, Counters); 4] = [
+            (
+                "auditgate_otlp_sent_total",
+                "Entries an [[otlp]] collector acknowledged.",
+                |slot| vec![("", &slot.sent)],
+            ),
+            (
+                "auditgate_otlp_failed_total",
+                "OTLP requests that failed, by reason: unavailable (retried with back-off) or rejected (refused for good; held or skipped per on_rejected).",
+                |slot| {
+                    vec![
+                        ("reason=\"unavailable\"", &slot.failed_unavailable),
+                        ("reason=\"rejected\"", &slot.failed_rejected),
+                    ]
+                },
+            ),
+            (
+                "auditgate_otlp_skipped_total",
+                "Entries an [[otlp]] output did not deliver, by reason: rejected (on_rejected = skip) or unreadable (pruned or unparsable in the store before it was sent). Alarm on anything but 0.",
+                |slot| {
+                    vec![
+                        ("reason=\"rejected\"", &slot.skipped_rejected),
+                        ("reason=\"unreadable\"", &slot.skipped_unreadable),
+                    ]
+                },
+            ),
+            (
+                "auditgate_otlp_dropped_by_collector_total",
+                "Records a collector acknowledged but reported dropping (OTLP partial success).",
+                |slot| vec![("", &slot.dropped_by_collector)],
+            ),
+        ];
+        for (family, help, read) in counters {
+            write_family(out, family, "counter", help);
+            for slot in &slots {
+                for (label, counter) in read(slot) {
+                    let labels = match label {
+                        "" => labels(slot),
+                        label => format!("{},{label}", labels(slot)),
+                    };
+                    write_series(out, family, &labels, counter.get());
+                }
             }
         }
-        family(
+        let in_use: Vec<&Arc<Slot<OtlpOutputStats>>> =
+            slots.iter().filter(|slot| slot.in_use()).collect();
+        let lag_entries = "auditgate_otlp_lag_entries";
+        write_family(
             out,
-            "auditgate_otlp_skipped_total",
-            "counter",
-            "Entries an [[otlp]] output did not deliver, by reason: rejected (on_rejected = skip) or unreadable (pruned or unparsable in the store before it was sent). Alarm on anything but 0.",
-        );
-        for slot in &slots {
-            for (reason, counter) in [
-                ("rejected", &slot.skipped_rejected),
-                ("unreadable", &slot.skipped_unreadable),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "auditgate_otlp_skipped_total{{{},reason=\"{reason}\"}} {}",
-                    labels(slot),
-                    counter.get()
-                );
-            }
-        }
-        family(
-            out,
-            "auditgate_otlp_dropped_by_collector_total",
-            "counter",
-            "Records a collector acknowledged but reported dropping (OTLP partial success).",
-        );
-        for slot in &slots {
-            let _ = writeln!(
-                out,
-                "auditgate_otlp_dropped_by_collector_total{{{}}} {}",
-                labels(slot),
-                slot.dropped_by_collector.get()
-            );
-        }
-        let in_use: Vec<&Arc<OtlpOutputStats>> = slots
-            .iter()
-            .filter(|slot| slot.users.load(Ordering::Relaxed) > 0)
-            .collect();
-        family(
-            out,
-            "auditgate_otlp_lag_entries",
+            lag_entries,
             "gauge",
             "Committed entries an [[otlp]] collector has not acknowledged yet.",
         );
         for slot in &in_use {
-            let _ = writeln!(
-                out,
-                "auditgate_otlp_lag_entries{{{}}} {}",
-                labels(slot),
-                slot.lag_entries()
-            );
+            write_series(out, lag_entries, &labels(slot), slot.lag_entries());
         }
-        family(
+        let lag_seconds = "auditgate_otlp_lag_seconds";
+        write_family(
             out,
-            "auditgate_otlp_lag_seconds",
+            lag_seconds,
             "gauge",
             "Age of the oldest committed entry an [[otlp]] collector has not acknowledged; 0 when it has them all.",
         );
@@ -1018,11 +1006,7 @@ impl OtlpMetrics {
             } else {
                 now_ms.saturating_sub(oldest) as f64 / 1000.0
             };
-            let _ = writeln!(
-                out,
-                "auditgate_otlp_lag_seconds{{{}}} {lag:.3}",
-                labels(slot)
-            );
+            write_series(out, lag_seconds, &labels(slot), format_args!("{lag:.3}"));
         }
     }
 }

@@ -37,9 +37,7 @@ use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
+use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -612,7 +610,9 @@ async fn deliver(
                 let sender = if reusable {
                     https.as_mut().ok_or("no connection")?
                 } else {
-                    https.insert(connect_https(&target.uri, transport.tls.as_ref()).await?)
+                    https.insert(
+                        crate::net::http1::connect(&target.uri, transport.tls.as_ref()).await?,
+                    )
                 };
                 let request = publish_request(&target.uri, true, target.checkpoint, body)?;
                 let response = sender
@@ -687,35 +687,6 @@ fn publish_request(
     request
         .body(body)
         .map_err(|error| format!("cannot build the request: {error}"))
-}
-
-/// Opens an HTTP/1.1 connection over TLS to an https target, the certificate checked by `tls`.
-async fn connect_https(
-    uri: &http::Uri,
-    tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
-    let tls = tls.ok_or("no TLS configuration for an https target")?;
-    let host = uri.host().ok_or("the URL names no host")?;
-    let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(443);
-    let tcp = TcpStream::connect((bare_host, port))
-        .await
-        .map_err(|error| format!("cannot connect to {host}:{port}: {error}"))?;
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(bare_host.to_string())
-        .map_err(|_| format!("`{host}` is not a TLS server name"))?;
-    let stream = tokio_rustls::TlsConnector::from(tls.clone())
-        .connect(name, tcp)
-        .await
-        .map_err(|error| format!("TLS handshake with {host}:{port} failed: {error}"))?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|error| format!("HTTP handshake failed: {error}"))?;
-    tokio::spawn(async move {
-        // Ends when the sender is dropped after the round, or the server closes.
-        let _ = connection.await;
-    });
-    Ok(sender)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use auditgate::identity::actor::{ActorChain, ActorFile, ActorRequest};
 use auditgate::identity::client_ip;
 use auditgate::policy::rules::file::{RuleFile, UnmatchedRecord};
 use auditgate::policy::rules::{Decision, RequestView, RuleSet};
-use auditgate::policy::template::{Context, Template};
+use auditgate::policy::template::{Context, RequestValues, Template};
 use auditgate::request::route::compile_route;
 use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -316,27 +316,18 @@ struct TemplateInput {
 }
 
 struct FuzzContext {
-    params: Vec<(String, String)>,
-    query: Vec<(String, String)>,
+    values: RequestValues,
     request_header: Vec<u8>,
     response_header: Vec<u8>,
-    request_body: Result<Value, String>,
-    response_body: Result<Value, String>,
 }
 
 impl Context for FuzzContext {
     fn path_param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        self.values.path_param(name)
     }
 
     fn query(&self, name: &str) -> Option<String> {
-        self.query
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.clone())
+        self.values.query(name)
     }
 
     fn request_header(&self, _name: &HeaderName) -> Option<Cow<'_, str>> {
@@ -348,11 +339,11 @@ impl Context for FuzzContext {
     }
 
     fn request_body(&self) -> Result<&Value, &str> {
-        self.request_body.as_ref().map_err(String::as_str)
+        self.values.request_body()
     }
 
     fn response_body(&self) -> Result<&Value, &str> {
-        self.response_body.as_ref().map_err(String::as_str)
+        self.values.response_body()
     }
 }
 
@@ -376,15 +367,18 @@ pub fn template(data: &[u8]) {
     };
     let _ = template.needs();
     let context = FuzzContext {
-        params: input.params,
-        query: input.query,
+        values: RequestValues {
+            params: input.params,
+            query: Some(input.query),
+            request_body: serde_json::from_str(&input.request_body)
+                .map_err(|error| error.to_string()),
+            response_body: match input.response_body {
+                Some(text) => serde_json::from_str(&text).map_err(|error| error.to_string()),
+                None => Err("was larger than max_body_capture".to_string()),
+            },
+        },
         request_header: input.request_header,
         response_header: input.response_header,
-        request_body: serde_json::from_str(&input.request_body).map_err(|error| error.to_string()),
-        response_body: match input.response_body {
-            Some(text) => serde_json::from_str(&text).map_err(|error| error.to_string()),
-            None => Err("was larger than max_body_capture".to_string()),
-        },
     };
     let value = template.evaluate(&context);
     let text_value = template.evaluate_text(&context);

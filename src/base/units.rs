@@ -4,17 +4,22 @@ use std::time::Duration;
 
 use crate::base::ConfigError;
 
-/// Parses a byte size: a whole number with an optional unit B, KB/KiB, MB/MiB, GB/GiB
-/// (decimal units are powers of 1000, binary ones of 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
+/// The leading whole number of `text` and the rest after it; `None` when it does not start with
+/// one that fits in a `u64`.
+fn number_and_unit(text: &str) -> Option<(u64, &str)> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size like 64KiB or 1MB"))?;
+    Some((number.parse().ok()?, unit))
+}
+
+/// Parses a byte size: a whole number with an optional unit B, KB/KiB, MB/MiB, GB/GiB
+/// (decimal units are powers of 1000, binary ones of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) =
+        number_and_unit(text).ok_or_else(|| format!("`{text}` is not a size like 64KiB or 1MB"))?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" | "k" => 1000,
@@ -37,13 +42,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// Parses a duration: a whole number followed by ms, s, m, h, d or w.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 500ms, 10s, 5m, 24h or 400d"))?;
+    let (number, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a duration like 500ms, 10s, 5m, 24h or 400d"))?;
     let seconds_per_unit: u64 = match unit {
         "ms" => return Ok(Duration::from_millis(number)),
         "s" => 1,

@@ -1,5 +1,5 @@
 //! The one TLS client configuration, shared by every outbound connection (JWKS URLs, head
-//! targets, PostgreSQL).
+//! targets, PostgreSQL), and the HTTP/1.1 connections built on it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,6 +8,7 @@ use ipnet::IpNet;
 
 use crate::base::ConfigError;
 
+pub mod http1;
 pub mod tls;
 
 pub(crate) fn parse_addr(

@@ -64,17 +64,13 @@ pub fn load_roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
                 message: error.to_string(),
             })?;
             let mut found = 0;
+            let invalid = |error: &dyn std::fmt::Display| TlsError::CaFileInvalid {
+                path: shown.clone(),
+                message: error.to_string(),
+            };
             for certificate in CertificateDer::pem_slice_iter(&text) {
-                let certificate = certificate.map_err(|error| TlsError::CaFileInvalid {
-                    path: shown.clone(),
-                    message: error.to_string(),
-                })?;
-                roots
-                    .add(certificate)
-                    .map_err(|error| TlsError::CaFileInvalid {
-                        path: shown.clone(),
-                        message: error.to_string(),
-                    })?;
+                let certificate = certificate.map_err(|error| invalid(&error))?;
+                roots.add(certificate).map_err(|error| invalid(&error))?;
                 found += 1;
             }
             if found == 0 {
@@ -107,7 +103,8 @@ pub fn client_config(
     let mut config = match verification {
         Verification::None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate {
+            .with_custom_certificate_verifier(Arc::new(LenientVerifier {
+                webpki: None,
                 provider: provider(),
             }))
             .with_no_client_auth(),
@@ -121,7 +118,10 @@ pub fn client_config(
             } else {
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(ChainOnly { webpki }))
+                    .with_custom_certificate_verifier(Arc::new(LenientVerifier {
+                        webpki: Some(webpki),
+                        provider: provider(),
+                    }))
                     .with_no_client_auth()
             }
         }
@@ -130,68 +130,18 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-/// libpq's `require`: the certificate is not checked. The handshake signatures are, so the
-/// session key is shared with the holder of the presented certificate's private key.
+/// The two lenient checks of a server certificate: none at all (libpq's `require`, `webpki`
+/// absent), or the chain only (libpq's `verify-ca`: the chain must lead to a trusted root; a name
+/// mismatch is forgiven, as a private CA that issues only database certificates vouches for them
+/// whatever name is used). Either way the handshake signatures are checked, so the session key is
+/// shared with the holder of the presented certificate's private key.
 #[derive(Debug)]
-struct AcceptAnyCertificate {
+struct LenientVerifier {
+    webpki: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// libpq's `verify-ca`: the chain must lead to a trusted root; a name mismatch is forgiven (a
-/// private CA that issues only database certificates vouches for them whatever name is used).
-#[derive(Debug)]
-struct ChainOnly {
-    webpki: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for LenientVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -200,13 +150,11 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.webpki.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let Some(webpki) = &self.webpki else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -220,7 +168,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -229,11 +178,14 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -69,6 +69,44 @@ pub trait Context {
     fn response_body(&self) -> Result<&Value, &str>;
 }
 
+/// The parts of a request a [`Context`] answers from without its headers, kept the same way by
+/// every context: the path parameters, the query pairs (`None` when the request had no query),
+/// and each body parsed as JSON or why it is not available.
+#[derive(Debug, Clone)]
+pub struct RequestValues {
+    pub params: Vec<(String, String)>,
+    pub query: Option<Vec<(String, String)>>,
+    pub request_body: Result<Value, String>,
+    pub response_body: Result<Value, String>,
+}
+
+impl RequestValues {
+    /// The first path parameter named `name`.
+    pub fn path_param(&self, name: &str) -> Option<&str> {
+        first_named(&self.params, name)
+    }
+
+    /// The first query parameter named `name`.
+    pub fn query(&self, name: &str) -> Option<String> {
+        first_named(self.query.as_ref()?, name).map(str::to_string)
+    }
+
+    pub fn request_body(&self) -> Result<&Value, &str> {
+        self.request_body.as_ref().map_err(String::as_str)
+    }
+
+    pub fn response_body(&self) -> Result<&Value, &str> {
+        self.response_body.as_ref().map_err(String::as_str)
+    }
+}
+
+fn first_named<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
 /// Why a source yielded nothing; recorded in the entry so an auditor knows.
 pub type Missing = String;
 
@@ -360,6 +398,31 @@ mod tests {
 
     fn params() -> Vec<String> {
         vec!["id".to_string()]
+    }
+
+    #[test]
+    fn request_values_answer_the_first_of_a_name_and_say_why_a_body_is_missing() {
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect()
+        };
+        let values = RequestValues {
+            params: pairs(&[("id", "1"), ("id", "2")]),
+            query: Some(pairs(&[("page", "3"), ("page", "4")])),
+            request_body: Ok(json!({"a": 1})),
+            response_body: Err("was not captured".to_string()),
+        };
+        assert_eq!(values.path_param("id"), Some("1"));
+        assert_eq!(values.path_param("other"), None);
+        assert_eq!(values.query("page").as_deref(), Some("3"));
+        assert_eq!(values.request_body(), Ok(&json!({"a": 1})));
+        assert_eq!(values.response_body(), Err("was not captured"));
+        let without_query = RequestValues {
+            query: None,
+            ..values
+        };
+        assert_eq!(without_query.query("page"), None);
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! `auditgate verify` can read a database file without opening it for writing.
 
 pub mod config;
+mod log_page;
+mod pool;
 pub mod postgres;
 pub mod query;
 pub mod retention;
@@ -245,6 +247,31 @@ pub trait Store: LogReader + Send + Sync + 'static {
     fn checkpoint(&self, _patience: std::time::Duration) -> Result<bool, StoreError> {
         Ok(true)
     }
+}
+
+/// The leaf index of the entry at `seq` (sequence numbers start at 1, leaf indexes at 0), for a
+/// proof in the tree of `size` leaves.
+pub(crate) fn leaf_index(seq: u64, size: u64) -> Result<u64, StoreError> {
+    Ok(seq
+        .checked_sub(1)
+        .ok_or(MerkleError::IndexOutOfRange { index: 0, size })?)
+}
+
+/// The write-ahead intents a store holds, as `(id, JSON)` rows oldest first, read back as
+/// entries. An intent that no longer parses keeps its id at least: it becomes an entry of the
+/// log `log_id` with the action `unknown` and the reason, so its request is still recorded.
+pub(crate) fn intents_from_rows(log_id: &str, rows: Vec<(String, String)>) -> Vec<AuditEntry> {
+    rows.into_iter()
+        .map(|(id, json)| {
+            serde_json::from_str::<AuditEntry>(&json).unwrap_or_else(|error| {
+                tracing::error!(%id, %error, "unreadable write-ahead intent");
+                let mut entry = AuditEntry::new(log_id, "unknown");
+                entry.id = id;
+                entry.error = Some(format!("the write-ahead intent could not be read: {error}"));
+                entry
+            })
+        })
+        .collect()
 }
 
 /// Opens the store the configuration names: the SQLite file, or the log `log_id` in the shared

@@ -24,12 +24,48 @@ use serde::Deserialize;
 use crate::base::units::{duration_or, parse_duration};
 use crate::base::ConfigError;
 use crate::entry::{format_timestamp, AuditEntry, Outcome};
-use crate::log::pruned::PRUNED_ACTION;
+use crate::log::pruned::{PruneClaim, PRUNED_ACTION};
 use crate::store::{PruneOutcome, Store, StoreError};
 
 /// Most entries deleted in one transaction, so that a first prune of a large log never holds the
 /// write lock for long: the writer's group commits slip in between chunks.
 pub const PRUNE_CHUNK: usize = 20_000;
+
+/// A prune about to happen, as both backends carry it out: the positions to delete (ascending,
+/// each once) and the position its `audit.pruned` record takes, the next one in the log.
+#[derive(Debug)]
+pub(crate) struct PruneStep {
+    pub seqs: Vec<u64>,
+    pub record_seq: u64,
+    claim: PruneClaim,
+}
+
+impl PruneStep {
+    /// The prune of the `selected` positions of a log of `log_size` entries; `None` when
+    /// nothing was selected, so nothing is deleted and no record appended.
+    pub(crate) fn new(mut selected: Vec<u64>, log_size: u64) -> Option<PruneStep> {
+        selected.sort_unstable();
+        selected.dedup();
+        let claim = PruneClaim::for_seqs(&selected)?;
+        Some(PruneStep {
+            seqs: selected,
+            record_seq: log_size + 1,
+            claim,
+        })
+    }
+
+    /// Writes the claim into the record's metadata, and gives what the prune reports once the
+    /// record is appended.
+    pub(crate) fn claim(&self, record: &mut AuditEntry) -> PruneOutcome {
+        self.claim.write_metadata(&mut record.metadata);
+        PruneOutcome {
+            record_seq: self.record_seq,
+            first_seq: self.claim.first_seq,
+            last_seq: self.claim.last_seq,
+            count: self.claim.count,
+        }
+    }
+}
 
 /// One class of entries a prune selects: created before `cutoff`, with an action that starts
 /// with `prefix` (any action when `None`) and with none of the `excluded` prefixes, which belong

@@ -1002,6 +1002,7 @@ impl BodySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::test_headers as headers;
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
     use serde_json::json;
 
@@ -1046,17 +1047,6 @@ mod tests {
             chain.secret_query_parameters(),
             vec!["access_token".to_string()]
         );
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                value.parse().expect("value"),
-            );
-        }
-        map
     }
 
     fn resolve(chain: &ActorChain, headers: &HeaderMap) -> Actor {

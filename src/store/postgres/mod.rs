@@ -36,7 +36,8 @@ use super::{Bucket, Page, StatsBy};
 use super::{LogPage, LogReader, PruneOutcome, Store, StoreError, StoredHead, TreeState};
 use crate::entry::AuditEntry;
 use crate::log::head::SignedTreeHead;
-use crate::log::merkle::{self, Frontier, Hash, MerkleError};
+use crate::log::merkle::{self, Frontier, Hash};
+use crate::store::pool::ReaderPool;
 use crate::store::retention::PrunePlan;
 
 /// Migrations, applied in order; `auditgate_schema.version` records how many ran.
@@ -270,7 +271,7 @@ pub struct PostgresStore {
     options: PostgresOptions,
     target: String,
     writer: Mutex<WriterSide>,
-    readers: Mutex<Vec<Connection>>,
+    readers: ReaderPool<Connection>,
     next_seq: AtomicU64,
 }
 
@@ -326,7 +327,7 @@ impl PostgresStore {
                 frontier,
                 damaged,
             }),
-            readers: Mutex::new(Vec::new()),
+            readers: ReaderPool::new(options.pool_size),
             next_seq: AtomicU64::new(next_seq),
             options,
         })
@@ -350,12 +351,7 @@ impl PostgresStore {
         &self,
         work: impl Fn(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let pooled = self
-            .readers
-            .lock()
-            .map_err(|_| StoreError::Other("reader pool poisoned".into()))?
-            .pop();
-        let (mut connection, from_pool) = match pooled {
+        let (mut connection, from_pool) = match self.readers.take()? {
             Some(connection) if !connection.is_closed() => (connection, true),
             _ => (Connection::open(&self.options)?, false),
         };
@@ -365,11 +361,7 @@ impl PostgresStore {
             result = work(&mut connection);
         }
         if !connection.is_closed() {
-            if let Ok(mut readers) = self.readers.lock() {
-                if readers.len() < self.options.pool_size {
-                    readers.push(connection);
-                }
-            }
+            self.readers.give_back(connection);
         }
         result
     }
@@ -507,18 +499,16 @@ impl PostgresStore {
 /// Locks the log's row for the rest of the transaction: one append per log at a time.
 fn db_lock_log<C: GenericClient>(db: &mut tree::LogDb<'_, C>) -> Result<(), StoreError> {
     let log_id = db.log_id.to_string();
-    let statement = db.statements.get(
-        db.client,
+    let rows = db.query(
         "SELECT log_id FROM logs WHERE log_id = $1 FOR UPDATE",
+        &[&log_id],
     )?;
-    let rows = db.client.query(&statement, &[&log_id])?;
     if rows.is_empty() {
         // The row is made at open; one missing was deleted behind auditgate's back.
-        let statement = db.statements.get(
-            db.client,
+        db.execute(
             "INSERT INTO logs (log_id) VALUES ($1) ON CONFLICT (log_id) DO NOTHING",
+            &[&log_id],
         )?;
-        db.client.execute(&statement, &[&log_id])?;
     }
     Ok(())
 }
@@ -577,9 +567,7 @@ impl Drop for PostgresStore {
         if let Ok(side) = self.writer.get_mut() {
             connections.extend(side.connection.take());
         }
-        if let Ok(readers) = self.readers.get_mut() {
-            connections.append(readers);
-        }
+        connections.append(&mut self.readers.drain());
         if connections.is_empty() {
             return;
         }
@@ -704,10 +692,7 @@ impl Store for PostgresStore {
 
     fn list(&self, filter: &Filter, page: &PageRequest) -> Result<Page, StoreError> {
         check_cursors(page)?;
-        self.with_reader(|connection| {
-            let (client, statements) = connection.parts();
-            rows::list(client, statements, filter, page)
-        })
+        self.with_log(|db| rows::list(db.client, db.statements, filter, page))
     }
 
     fn list_offset(
@@ -716,31 +701,19 @@ impl Store for PostgresStore {
         offset: u64,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        self.with_reader(|connection| {
-            let (client, statements) = connection.parts();
-            rows::list_offset(client, statements, filter, offset, limit)
-        })
+        self.with_log(|db| rows::list_offset(db.client, db.statements, filter, offset, limit))
     }
 
     fn count(&self, filter: &Filter) -> Result<u64, StoreError> {
-        self.with_reader(|connection| {
-            let (client, statements) = connection.parts();
-            rows::count(client, statements, filter)
-        })
+        self.with_log(|db| rows::count(db.client, db.statements, filter))
     }
 
     fn get(&self, id: &str) -> Result<Option<AuditEntry>, StoreError> {
-        self.with_reader(|connection| {
-            let (client, statements) = connection.parts();
-            rows::get(client, statements, &self.options.log_id, id)
-        })
+        self.with_log(|db| rows::get(db.client, db.statements, &self.options.log_id, id))
     }
 
     fn stats(&self, filter: &Filter, by: StatsBy, limit: u32) -> Result<Vec<Bucket>, StoreError> {
-        self.with_reader(|connection| {
-            let (client, statements) = connection.parts();
-            rows::stats(client, statements, filter, by, limit)
-        })
+        self.with_log(|db| rows::stats(db.client, db.statements, filter, by, limit))
     }
 
     fn record_intents(&self, intents: &[AuditEntry]) -> Result<(), StoreError> {
@@ -751,11 +724,10 @@ impl Store for PostgresStore {
         let ids = ids.to_vec();
         self.with_writer(|db| {
             let log_id = db.log_id.to_string();
-            let statement = db.statements.get(
-                db.client,
+            db.execute(
                 "DELETE FROM pending WHERE log_id = $1 AND id = ANY($2)",
+                &[&log_id, &ids],
             )?;
-            db.client.execute(&statement, &[&log_id, &ids])?;
             Ok(())
         })
     }
@@ -763,47 +735,30 @@ impl Store for PostgresStore {
     fn unfinished_intents(&self) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = self.with_writer(|db| {
             let log_id = db.log_id.to_string();
-            let statement = db.statements.get(
-                db.client,
+            db.execute(
                 "DELETE FROM pending WHERE log_id = $1 AND id IN \
                  (SELECT id FROM entries WHERE log_id = $1)",
+                &[&log_id],
             )?;
-            db.client.execute(&statement, &[&log_id])?;
-            let statement = db.statements.get(
-                db.client,
+            let rows = db.query(
                 "SELECT id, entry FROM pending WHERE log_id = $1 ORDER BY created_at, id",
+                &[&log_id],
             )?;
-            let rows = db.client.query(&statement, &[&log_id])?;
             rows.iter()
                 .map(|row| Ok((row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?)))
                 .collect::<Result<Vec<_>, StoreError>>()
         })?;
-        let mut intents = Vec::new();
-        for (id, json) in rows {
-            match serde_json::from_str::<AuditEntry>(&json) {
-                Ok(entry) => intents.push(entry),
-                Err(error) => {
-                    tracing::error!(%id, %error, "unreadable write-ahead intent");
-                    let mut entry = AuditEntry::new(&self.options.log_id, "unknown");
-                    entry.id = id;
-                    entry.error =
-                        Some(format!("the write-ahead intent could not be read: {error}"));
-                    intents.push(entry);
-                }
-            }
-        }
-        Ok(intents)
+        Ok(crate::store::intents_from_rows(&self.options.log_id, rows))
     }
 
     fn existing_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
         let ids = ids.to_vec();
         self.with_log(|db| {
             let log_id = db.log_id.to_string();
-            let statement = db.statements.get(
-                db.client,
+            let rows = db.query(
                 "SELECT id FROM entries WHERE log_id = $1 AND id = ANY($2)",
+                &[&log_id, &ids],
             )?;
-            let rows = db.client.query(&statement, &[&log_id, &ids])?;
             rows.iter()
                 .map(|row| Ok(row.try_get::<_, String>(0)?))
                 .collect()
@@ -838,25 +793,17 @@ impl Store for PostgresStore {
     }
 
     fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
-        let index = seq
-            .checked_sub(1)
-            .ok_or(MerkleError::IndexOutOfRange { index: 0, size })?;
+        let index = crate::store::leaf_index(seq, size)?;
         self.with_log(|db| {
-            Ok(merkle::inclusion_proof(
-                &tree::PgNodes::new(db),
-                index,
-                size,
-            )?)
+            let nodes = tree::PgNodes::new(db);
+            Ok(merkle::inclusion_proof(&nodes, index, size)?)
         })
     }
 
     fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
         self.with_log(|db| {
-            Ok(merkle::consistency_proof(
-                &tree::PgNodes::new(db),
-                from,
-                to,
-            )?)
+            let nodes = tree::PgNodes::new(db);
+            Ok(merkle::consistency_proof(&nodes, from, to)?)
         })
     }
 
@@ -893,15 +840,7 @@ pub fn open_config_for_reading(
     database: &crate::store::postgres::config::PostgresConfig,
     log_id: &str,
 ) -> Result<PostgresStore, StoreError> {
-    let mut config = database.connection.clone();
-    config.application_name("auditgate-cli");
-    PostgresStore::open(PostgresOptions {
-        config,
-        log_id: log_id.to_string(),
-        access: Access::Read,
-        pool_size: 1,
-        tls: database.tls.clone(),
-    })
+    open_cli_reader(database.connection.clone(), log_id, database.tls.clone())
 }
 
 /// Opens a PostgreSQL database named on the command line for reading (`auditgate query`,
@@ -923,6 +862,16 @@ pub fn open_for_reading(url: &str, log_id: &str) -> Result<PostgresStore, StoreE
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(10));
     }
+    open_cli_reader(config, log_id, tls)
+}
+
+/// The read-only store of a command-line tool: one connection, named `auditgate-cli` in the
+/// server's activity view.
+fn open_cli_reader(
+    mut config: postgres::Config,
+    log_id: &str,
+    tls: tls::PostgresTls,
+) -> Result<PostgresStore, StoreError> {
     config.application_name("auditgate-cli");
     PostgresStore::open(PostgresOptions {
         config,

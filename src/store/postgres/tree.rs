@@ -15,11 +15,12 @@ use super::rows::{self, param_refs, Param};
 use super::StatementCache;
 use crate::entry::AuditEntry;
 use crate::log::head::SignedTreeHead;
-use crate::log::merkle::{leaf_hash, Frontier, Hash, MemoryNodes, MerkleError, NodeReader};
-use crate::log::pruned::{PruneClaim, PRUNED_ACTION};
+use crate::log::merkle::{leaf_hash, Frontier, Hash, MerkleError, NodeReader};
+use crate::log::pruned::PRUNED_ACTION;
+use crate::store::log_page::PageBuilder;
 use crate::store::query::prefix_upper_bound;
-use crate::store::retention::PrunePlan;
-use crate::store::{LogPage, LogSlot, PruneOutcome, StoreError, StoredHead};
+use crate::store::retention::{PrunePlan, PruneStep};
+use crate::store::{LogPage, PruneOutcome, StoreError, StoredHead};
 
 /// One log's view of a connection (or transaction).
 pub struct LogDb<'a, C: GenericClient> {
@@ -29,12 +30,22 @@ pub struct LogDb<'a, C: GenericClient> {
 }
 
 impl<C: GenericClient> LogDb<'_, C> {
-    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    /// Runs a query through the statement cache.
+    pub(super) fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
         let statement = self.statements.get(self.client, sql)?;
         Ok(self.client.query(&statement, params)?)
     }
 
-    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+    /// Runs a statement through the statement cache; the number of rows it changed.
+    pub(super) fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
         let statement = self.statements.get(self.client, sql)?;
         Ok(self.client.execute(&statement, params)?)
     }
@@ -42,12 +53,6 @@ impl<C: GenericClient> LogDb<'_, C> {
 
 fn sql_int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn hash_from(blob: &[u8]) -> Hash {
-    // A hash of the wrong length can never match a recomputed one; all-ones reports "changed"
-    // rather than "missing" (as in SQLite).
-    <Hash>::try_from(blob).unwrap_or([0xff; 32])
 }
 
 /// [`NodeReader`] over one log's `tree_nodes`. The merkle functions ask for one node at a time
@@ -441,36 +446,17 @@ pub fn scan_log<C: GenericClient>(
     max: usize,
 ) -> Result<LogPage, StoreError> {
     let end = tree_size(db)?.max(max_entry_seq(db)?);
-    let first = first.max(1);
-    if first > end || max == 0 {
+    let Some(mut page) = PageBuilder::new(first, max, end) else {
         return Ok(LogPage::default());
-    }
-    let last = end.min(first.saturating_add(max as u64 - 1));
-    let mut slots: Vec<LogSlot> = (first..=last)
-        .map(|seq| LogSlot {
-            seq,
-            leaf: None,
-            entry: None,
-            pruned_by: None,
-        })
-        .collect();
-    let slot_of = |seq: i64| -> Option<usize> {
-        let seq = u64::try_from(seq).ok()?;
-        (seq >= first && seq <= last).then(|| (seq - first) as usize)
     };
     let log_id = db.log_id.to_string();
-    let (low, high) = (sql_int(first), sql_int(last));
-
+    let (low, high) = (sql_int(page.first()), sql_int(page.last()));
     let leaves = db.query(
         "SELECT idx, hash FROM tree_nodes WHERE log_id = $1 AND level = 0 AND idx BETWEEN $2 AND $3",
         &[&log_id, &(low - 1), &(high - 1)],
     )?;
     for row in &leaves {
-        let index: i64 = row.try_get(0)?;
-        let blob: Vec<u8> = row.try_get(1)?;
-        if let Some(slot) = index.checked_add(1).and_then(slot_of) {
-            slots[slot].leaf = Some(hash_from(&blob));
-        }
+        page.leaf(row.try_get(0)?, row.try_get(1)?);
     }
     let entries = db.query(
         &format!(
@@ -480,46 +466,29 @@ pub fn scan_log<C: GenericClient>(
         &[&log_id, &low, &high],
     )?;
     for row in &entries {
-        let seq: i64 = row.try_get(0)?;
-        if let Some(slot) = slot_of(seq) {
-            slots[slot].entry = Some(rows::entry_from_row(row).map(|(entry, _)| entry));
-        }
+        page.entry(
+            row.try_get(0)?,
+            rows::entry_from_row(row).map(|(entry, _)| entry),
+        );
     }
     let marks = db.query(
         "SELECT seq, prune_seq FROM pruned_entries WHERE log_id = $1 AND seq BETWEEN $2 AND $3",
         &[&log_id, &low, &high],
     )?;
     for row in &marks {
-        let seq: i64 = row.try_get(0)?;
-        let record: i64 = row.try_get(1)?;
-        if let Some(slot) = slot_of(seq) {
-            slots[slot].pruned_by = Some(record.max(0) as u64);
-        }
+        page.pruned_by(row.try_get(0)?, row.try_get(1)?);
     }
-
-    // Node (level, i) is completed by leaf ((i + 1) << level) - 1; see sqlite_log::scan_log.
-    let mut nodes = MemoryNodes::new();
-    for level in 1..64u32 {
-        let high = last >> level;
-        if high == 0 {
-            break;
-        }
-        let low = first.div_ceil(1 << level);
-        if low > high {
-            continue;
-        }
+    for (level, low, high) in page.node_ranges() {
         let level_sql = i32::try_from(level).unwrap_or(i32::MAX);
         let rows = db.query(
             "SELECT idx, hash FROM tree_nodes WHERE log_id = $1 AND level = $2 AND idx BETWEEN $3 AND $4",
-            &[&log_id, &level_sql, &sql_int(low - 1), &sql_int(high - 1)],
+            &[&log_id, &level_sql, &sql_int(low), &sql_int(high)],
         )?;
         for row in &rows {
-            let index: i64 = row.try_get(0)?;
-            let blob: Vec<u8> = row.try_get(1)?;
-            nodes.insert(level, index.max(0) as u64, hash_from(&blob));
+            page.node(level, row.try_get(0)?, row.try_get(1)?);
         }
     }
-    Ok(LogPage { slots, nodes })
+    Ok(page.finish())
 }
 
 /// Deletes up to `max` of the log's entries the plan selects and marks their positions, then
@@ -531,15 +500,12 @@ pub fn prune<C: GenericClient>(
     mut record: AuditEntry,
     max: usize,
 ) -> Result<Option<PruneOutcome>, StoreError> {
-    let mut seqs = select_prunable(db, plan, max)?;
-    seqs.sort_unstable();
-    seqs.dedup();
-    let Some(claim) = PruneClaim::for_seqs(&seqs) else {
+    let seqs = select_prunable(db, plan, max)?;
+    let Some(step) = PruneStep::new(seqs, frontier.size()) else {
         return Ok(None);
     };
-    let record_seq = frontier.size() + 1;
     let log_id = db.log_id.to_string();
-    let seq_values: Vec<i64> = seqs.iter().map(|seq| sql_int(*seq)).collect();
+    let seq_values: Vec<i64> = step.seqs.iter().map(|seq| sql_int(*seq)).collect();
     db.execute(
         "DELETE FROM entries WHERE log_id = $1 AND seq = ANY($2)",
         &[&log_id, &seq_values],
@@ -547,17 +513,11 @@ pub fn prune<C: GenericClient>(
     db.execute(
         "INSERT INTO pruned_entries (log_id, seq, prune_seq) \
          SELECT $1, marked, $3 FROM unnest($2::bigint[]) AS marked",
-        &[&log_id, &seq_values, &sql_int(record_seq)],
+        &[&log_id, &seq_values, &sql_int(step.record_seq)],
     )?;
-    claim.write_metadata(&mut record.metadata);
-    let mut records = [record];
-    insert_entries(db, frontier, &mut records)?;
-    Ok(Some(PruneOutcome {
-        record_seq,
-        first_seq: claim.first_seq,
-        last_seq: claim.last_seq,
-        count: claim.count,
-    }))
+    let outcome = step.claim(&mut record);
+    insert_entries(db, frontier, &mut [record])?;
+    Ok(Some(outcome))
 }
 
 /// Up to `max` sequence numbers of the log's entries due for pruning, class by class.

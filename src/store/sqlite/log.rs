@@ -8,10 +8,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::rows::{self, ENTRY_COLUMNS};
 use crate::entry::{format_timestamp, AuditEntry};
 use crate::log::head::SignedTreeHead;
-use crate::log::merkle::{Frontier, Hash, MemoryNodes, MerkleError, NodeReader};
-use crate::log::pruned::{PruneClaim, PRUNED_ACTION};
-use crate::store::retention::PrunePlan;
-use crate::store::{LogPage, LogSlot, PruneOutcome, StoreError, StoredHead};
+use crate::log::merkle::{Frontier, Hash, MerkleError, NodeReader};
+use crate::log::pruned::PRUNED_ACTION;
+use crate::store::log_page::PageBuilder;
+use crate::store::retention::{PrunePlan, PruneStep};
+use crate::store::{LogPage, PruneOutcome, StoreError, StoredHead};
 
 /// [`NodeReader`] over the `tree_nodes` table of one connection.
 pub struct SqliteNodes<'c>(pub &'c Connection);
@@ -270,97 +271,50 @@ pub fn pruned_by(connection: &Connection, record_seq: u64) -> Result<Vec<u64>, S
 pub fn scan_log(connection: &Connection, first: u64, max: usize) -> Result<LogPage, StoreError> {
     let transaction = connection.unchecked_transaction()?;
     let end = tree_size(&transaction)?.max(max_entry_seq(&transaction)?);
-    let first = first.max(1);
-    if first > end || max == 0 {
+    let Some(mut page) = PageBuilder::new(first, max, end) else {
         return Ok(LogPage::default());
-    }
-    let last = end.min(first.saturating_add(max as u64 - 1));
-    let span = (last - first + 1) as usize;
-    let mut slots: Vec<LogSlot> = (first..=last)
-        .map(|seq| LogSlot {
-            seq,
-            leaf: None,
-            entry: None,
-            pruned_by: None,
-        })
-        .collect();
-    let slot_of = |seq: i64| -> Option<usize> {
-        let seq = u64::try_from(seq).ok()?;
-        (seq >= first && seq <= last).then(|| (seq - first) as usize)
     };
-
+    let (first, last) = (page.first() as i64, page.last() as i64);
     {
         let mut leaves = transaction.prepare_cached(
             "SELECT idx, hash FROM tree_nodes WHERE level = 0 AND idx BETWEEN ?1 AND ?2",
         )?;
-        let mut rows = leaves.query(params![(first - 1) as i64, (last - 1) as i64])?;
+        let mut rows = leaves.query(params![first - 1, last - 1])?;
         while let Some(row) = rows.next()? {
-            let index: i64 = row.get(0)?;
-            let blob: Vec<u8> = row.get(1)?;
-            if let Some(slot) = index.checked_add(1).and_then(slot_of) {
-                // A hash of the wrong length can never match a recomputed leaf; keeping it as
-                // all-ones rather than dropping it reports "changed" instead of "missing".
-                slots[slot].leaf = Some(<Hash>::try_from(blob.as_slice()).unwrap_or([0xff; 32]));
-            }
+            page.leaf(row.get(0)?, &row.get::<_, Vec<u8>>(1)?);
         }
     }
     {
         let mut entries = transaction.prepare_cached(&format!(
             "SELECT {ENTRY_COLUMNS} FROM entries WHERE seq BETWEEN ?1 AND ?2"
         ))?;
-        let mut rows = entries.query(params![first as i64, last as i64])?;
+        let mut rows = entries.query(params![first, last])?;
         while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
-            if let Some(slot) = slot_of(seq) {
-                slots[slot].entry =
-                    Some(rows::entry_from_row(row).map_err(|error| error.to_string()));
-            }
+            let entry = rows::entry_from_row(row).map_err(|error| error.to_string());
+            page.entry(row.get(0)?, entry);
         }
     }
     {
         let mut marks = transaction.prepare_cached(
             "SELECT seq, prune_seq FROM pruned_entries WHERE seq BETWEEN ?1 AND ?2",
         )?;
-        let mut rows = marks.query(params![first as i64, last as i64])?;
+        let mut rows = marks.query(params![first, last])?;
         while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
-            let record: i64 = row.get(1)?;
-            if let Some(slot) = slot_of(seq) {
-                slots[slot].pruned_by = Some(record.max(0) as u64);
-            }
+            page.pruned_by(row.get(0)?, row.get(1)?);
         }
     }
-
-    // Node (level, i) is completed by leaf ((i + 1) << level) - 1; this page's leaves are
-    // first - 1 ..= last - 1, so it completes i + 1 in [ceil(first / 2^level), last / 2^level].
-    let mut nodes = MemoryNodes::new();
     {
         let mut select = transaction.prepare_cached(
             "SELECT idx, hash FROM tree_nodes WHERE level = ?1 AND idx BETWEEN ?2 AND ?3",
         )?;
-        for level in 1..64u32 {
-            let high = last >> level;
-            if high == 0 {
-                break;
-            }
-            let low = first.div_ceil(1 << level);
-            if low > high {
-                continue;
-            }
-            let mut rows = select.query(params![level, (low - 1) as i64, (high - 1) as i64])?;
+        for (level, low, high) in page.node_ranges() {
+            let mut rows = select.query(params![level, low as i64, high as i64])?;
             while let Some(row) = rows.next()? {
-                let index: i64 = row.get(0)?;
-                let blob: Vec<u8> = row.get(1)?;
-                nodes.insert(
-                    level,
-                    index.max(0) as u64,
-                    <Hash>::try_from(blob.as_slice()).unwrap_or([0xff; 32]),
-                );
+                page.node(level, row.get(0)?, &row.get::<_, Vec<u8>>(1)?);
             }
         }
     }
-    debug_assert_eq!(slots.len(), span);
-    Ok(LogPage { slots, nodes })
+    Ok(page.finish())
 }
 
 /// Deletes up to `max` entries the plan selects and marks their positions, then appends
@@ -372,31 +326,22 @@ pub fn prune(
     mut record: AuditEntry,
     max: usize,
 ) -> Result<Option<PruneOutcome>, StoreError> {
-    let mut seqs = select_prunable(connection, plan, max)?;
-    seqs.sort_unstable();
-    seqs.dedup();
-    let Some(claim) = PruneClaim::for_seqs(&seqs) else {
+    let seqs = select_prunable(connection, plan, max)?;
+    let Some(step) = PruneStep::new(seqs, frontier.size()) else {
         return Ok(None);
     };
-    let record_seq = frontier.size() + 1;
     {
         let mut delete = connection.prepare_cached("DELETE FROM entries WHERE seq = ?1")?;
         let mut mark = connection
             .prepare_cached("INSERT INTO pruned_entries (seq, prune_seq) VALUES (?1, ?2)")?;
-        for seq in &seqs {
+        for seq in &step.seqs {
             delete.execute([*seq as i64])?;
-            mark.execute([*seq as i64, record_seq as i64])?;
+            mark.execute([*seq as i64, step.record_seq as i64])?;
         }
     }
-    claim.write_metadata(&mut record.metadata);
-    let mut records = [record];
-    insert_entries(connection, frontier, &mut records)?;
-    Ok(Some(PruneOutcome {
-        record_seq,
-        first_seq: claim.first_seq,
-        last_seq: claim.last_seq,
-        count: claim.count,
-    }))
+    let outcome = step.claim(&mut record);
+    insert_entries(connection, frontier, &mut [record])?;
+    Ok(Some(outcome))
 }
 
 /// Up to `max` sequence numbers of entries due for pruning, class by class; each class's query

@@ -24,6 +24,7 @@ use crate::entry::AuditEntry;
 use crate::log::head::SignedTreeHead;
 use crate::log::merkle::{self, Frontier, Hash};
 use crate::store::config::SyncMode;
+use crate::store::pool::ReaderPool;
 use crate::store::query::{Cursor, CursorKind, Filter, PageRequest};
 use crate::store::retention::PrunePlan;
 use crate::store::{Bucket, Page, StatsBy};
@@ -42,7 +43,7 @@ const READER_POOL: usize = 4;
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<WriterSide>,
-    readers: Mutex<Vec<Connection>>,
+    readers: ReaderPool<Connection>,
     next_seq: AtomicU64,
     /// The database file as opened, to notice it removed or replaced while in use.
     database_file: Option<FileIdentity>,
@@ -237,7 +238,7 @@ impl SqliteStore {
                 frontier,
                 damaged,
             }),
-            readers: Mutex::new(Vec::new()),
+            readers: ReaderPool::new(READER_POOL),
             next_seq: AtomicU64::new(next_seq),
             database_file: FileIdentity::of(path).ok(),
             wal_file: FileIdentity::of(&wal_path(path)).ok(),
@@ -274,7 +275,7 @@ impl SqliteStore {
                 frontier: Frontier::new(),
                 damaged: Some(format!("{} is open read-only", path.display())),
             }),
-            readers: Mutex::new(Vec::new()),
+            readers: ReaderPool::new(READER_POOL),
             next_seq: AtomicU64::new(size + 1),
             database_file: None,
             wal_file: None,
@@ -374,12 +375,7 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let pooled = self
-            .readers
-            .lock()
-            .map_err(|_| StoreError::Other("reader pool poisoned".into()))?
-            .pop();
-        let connection = match (pooled, &self.read_only) {
+        let connection = match (self.readers.take()?, &self.read_only) {
             (Some(connection), _) => connection,
             (None, Some(source)) => {
                 let connection = source.connect()?;
@@ -397,11 +393,7 @@ impl SqliteStore {
             }
         };
         let result = work(&connection);
-        if let Ok(mut readers) = self.readers.lock() {
-            if readers.len() < READER_POOL {
-                readers.push(connection);
-            }
-        }
+        self.readers.give_back(connection);
         result
     }
 
@@ -592,25 +584,17 @@ impl Store for SqliteStore {
     }
 
     fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
-        let index = seq
-            .checked_sub(1)
-            .ok_or(merkle::MerkleError::IndexOutOfRange { index: 0, size })?;
+        let index = crate::store::leaf_index(seq, size)?;
         self.with_reader(|connection| {
-            Ok(merkle::inclusion_proof(
-                &SqliteNodes(connection),
-                index,
-                size,
-            )?)
+            let nodes = SqliteNodes(connection);
+            Ok(merkle::inclusion_proof(&nodes, index, size)?)
         })
     }
 
     fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
         self.with_reader(|connection| {
-            Ok(merkle::consistency_proof(
-                &SqliteNodes(connection),
-                from,
-                to,
-            )?)
+            let nodes = SqliteNodes(connection);
+            Ok(merkle::consistency_proof(&nodes, from, to)?)
         })
     }
 
@@ -702,26 +686,12 @@ impl Store for SqliteStore {
         )?;
         let mut statement =
             connection.prepare("SELECT id, entry FROM pending ORDER BY created_at, id")?;
-        let rows = statement.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut intents = Vec::new();
-        for row in rows {
-            let (id, json) = row?;
-            match serde_json::from_str::<AuditEntry>(&json) {
-                Ok(entry) => intents.push(entry),
-                Err(error) => {
-                    // Keep the id at least: an unreadable intent still becomes an entry.
-                    tracing::error!(%id, %error, "unreadable write-ahead intent");
-                    let mut entry = AuditEntry::new("", "unknown");
-                    entry.id = id;
-                    entry.error =
-                        Some(format!("the write-ahead intent could not be read: {error}"));
-                    intents.push(entry);
-                }
-            }
-        }
-        Ok(intents)
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::store::intents_from_rows("", rows))
     }
 
     fn existing_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
@@ -819,8 +789,7 @@ mod tests {
 
     #[test]
     fn appends_get_consecutive_sequence_numbers_across_reopen() {
-        let dir = std::env::temp_dir().join(format!("auditgate-sqlite-{}", ulid::Ulid::new()));
-        let path = dir.join("audit.db");
+        let (dir, path) = temp_db("sqlite");
         {
             let store = SqliteStore::open(&path, SyncMode::Normal).expect("opens");
             let mut batch = vec![AuditEntry::new("t", "a.one"), AuditEntry::new("t", "a.two")];
@@ -844,8 +813,7 @@ mod tests {
 
     #[test]
     fn a_removed_database_file_refuses_writes() {
-        let dir = std::env::temp_dir().join(format!("auditgate-sqlite-{}", ulid::Ulid::new()));
-        let path = dir.join("audit.db");
+        let (dir, path) = temp_db("sqlite");
         let store = SqliteStore::open(&path, SyncMode::Normal).expect("opens");
         store
             .append(&mut [AuditEntry::new("t", "before")])
@@ -866,13 +834,9 @@ mod tests {
 
     #[test]
     fn a_removed_wal_is_copied_into_the_database_file() {
-        let dir = std::env::temp_dir().join(format!("auditgate-sqlite-{}", ulid::Ulid::new()));
-        let path = dir.join("audit.db");
+        let (dir, path) = temp_db("sqlite");
         let store = SqliteStore::open(&path, SyncMode::Normal).expect("opens");
-        let mut batch: Vec<AuditEntry> = (0..3)
-            .map(|index| AuditEntry::new("t", format!("in.wal.{index}")))
-            .collect();
-        store.append(&mut batch).expect("appends");
+        append_numbered(&store, "in.wal", 3);
         // The database file alone, as a crash would leave it once the WAL is gone.
         let count_without_wal = |label: &str| -> Option<i64> {
             let copy = dir.join(format!("{label}.db"));
@@ -903,8 +867,8 @@ mod tests {
 
     #[test]
     fn a_failed_batch_appends_nothing() {
-        let dir = std::env::temp_dir().join(format!("auditgate-sqlite-{}", ulid::Ulid::new()));
-        let store = SqliteStore::open(&dir.join("audit.db"), SyncMode::Normal).expect("opens");
+        let (dir, path) = temp_db("sqlite");
+        let store = SqliteStore::open(&path, SyncMode::Normal).expect("opens");
         let mut first = vec![AuditEntry::new("t", "first")];
         store.append(&mut first).expect("appends");
         let before = store.tree().expect("tree");
@@ -933,6 +897,15 @@ mod tests {
         leaf_hash(&entry.canonical_bytes())
     }
 
+    /// Appends `count` entries with the actions `{prefix}.0`, `{prefix}.1`, ... in one batch.
+    fn append_numbered(store: &SqliteStore, prefix: &str, count: usize) -> Vec<AuditEntry> {
+        let mut batch: Vec<AuditEntry> = (0..count)
+            .map(|index| AuditEntry::new("t", format!("{prefix}.{index}")))
+            .collect();
+        store.append(&mut batch).expect("appends");
+        batch
+    }
+
     fn temp_db(label: &str) -> (PathBuf, PathBuf) {
         let dir = std::env::temp_dir().join(format!("auditgate-{label}-{}", ulid::Ulid::new()));
         let db = dir.join("audit.db");
@@ -948,10 +921,7 @@ mod tests {
             let store = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
             for _ in 0..6 {
                 let count = rng.gen_range(1..40);
-                let mut batch: Vec<AuditEntry> = (0..count)
-                    .map(|index| AuditEntry::new("t", format!("round{round}.{index}")))
-                    .collect();
-                store.append(&mut batch).expect("appends");
+                let batch = append_numbered(&store, &format!("round{round}"), count);
                 leaves.extend(batch.iter().map(leaf));
                 let expected = MemoryNodes::from_leaves(&leaves);
                 let tree = store.tree().expect("tree");
@@ -970,10 +940,7 @@ mod tests {
     fn proofs_from_sqlite_match_the_in_memory_tree() {
         let (dir, db) = temp_db("proofs");
         let store = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
-        let mut batch: Vec<AuditEntry> = (0..70)
-            .map(|index| AuditEntry::new("t", format!("e.{index}")))
-            .collect();
-        store.append(&mut batch).expect("appends");
+        let batch = append_numbered(&store, "e", 70);
         let leaves: Vec<Hash> = batch.iter().map(leaf).collect();
         let memory = MemoryNodes::from_leaves(&leaves);
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);

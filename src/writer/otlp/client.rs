@@ -11,11 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use prost::Message as _;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 
 use crate::writer::otlp::config::OtlpConfig;
 
@@ -134,44 +131,7 @@ impl Client {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
-        let uri = &self.config.endpoint;
-        let host = uri.host().ok_or("the endpoint names no host")?;
-        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let https = uri.scheme_str() == Some("https");
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tcp = TcpStream::connect((bare_host, port))
-            .await
-            .map_err(|error| format!("cannot connect to {host}:{port}: {error}"))?;
-        let _ = tcp.set_nodelay(true);
-        // Each connection task ends when its sender is dropped or the collector closes.
-        if https {
-            let tls = self
-                .config
-                .tls
-                .clone()
-                .ok_or("no TLS configuration for an https endpoint")?;
-            let name = ServerName::try_from(bare_host.to_string())
-                .map_err(|_| format!("`{host}` is not a TLS server name"))?;
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(name, tcp)
-                .await
-                .map_err(|error| format!("TLS handshake with {host}:{port} failed: {error}"))?;
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|error| format!("HTTP handshake failed: {error}"))?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            Ok(sender)
-        } else {
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|error| format!("HTTP handshake failed: {error}"))?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            Ok(sender)
-        }
+        crate::net::http1::connect(&self.config.endpoint, self.config.tls.as_ref()).await
     }
 }
 
