@@ -96,25 +96,11 @@ fn operation(
     })
 }
 
-/// The listing filters, shared by entries, stats and export.
-const FILTERS: [&str; 13] = [
-    "actor",
-    "action",
-    "action_prefix",
-    "exclude_action_prefix",
-    "resource_type",
-    "resource_id",
-    "outcome",
-    "status",
-    "ip",
-    "since",
-    "until",
-    "q",
-    "log_id",
-];
-
 fn filters() -> Vec<Value> {
-    FILTERS.iter().map(|name| param(name)).collect()
+    crate::store::query::FILTER_PARAMS
+        .iter()
+        .map(|name| param(name))
+        .collect()
 }
 
 fn string_param(name: &str, description: &str) -> Value {
@@ -852,8 +838,9 @@ mod tests {
                 resolved["name"].as_str().unwrap_or("").to_string()
             })
             .collect();
-        let known: BTreeSet<String> = crate::store::query::KNOWN_PARAMS
+        let known: BTreeSet<String> = crate::store::query::FILTER_PARAMS
             .iter()
+            .chain(crate::store::query::PAGE_PARAMS)
             .map(|name| name.to_string())
             .collect();
         assert_eq!(documented, known);

@@ -15,29 +15,20 @@ use crate::policy::template;
 
 use super::exchange::{Completion, Exchange};
 
-/// The read side of an exchange for templates, with parsed bodies.
+/// The read side of an exchange for templates: its headers, and the values parsed from the
+/// request and response.
 struct TemplateContext<'a> {
     exchange: &'a Exchange,
-    params: Vec<(String, String)>,
-    query: Option<Vec<(String, String)>>,
-    request_body: Result<Value, String>,
-    response_body: Result<Value, String>,
+    values: template::RequestValues,
 }
 
 impl template::Context for TemplateContext<'_> {
     fn path_param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        self.values.path_param(name)
     }
 
     fn query(&self, name: &str) -> Option<String> {
-        self.query
-            .as_ref()?
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.clone())
+        self.values.query(name)
     }
 
     fn request_header(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
@@ -51,11 +42,11 @@ impl template::Context for TemplateContext<'_> {
     }
 
     fn request_body(&self) -> Result<&Value, &str> {
-        self.request_body.as_ref().map_err(String::as_str)
+        self.values.request_body()
     }
 
     fn response_body(&self) -> Result<&Value, &str> {
-        self.response_body.as_ref().map_err(String::as_str)
+        self.values.response_body()
     }
 }
 
@@ -262,14 +253,16 @@ impl Exchange {
         };
         let context = TemplateContext {
             exchange: self,
-            params: rule.path_params(&self.path),
-            query: self.raw_query.as_ref().map(|query| {
-                form_urlencoded::parse(query.as_bytes())
-                    .into_owned()
-                    .collect()
-            }),
-            request_body,
-            response_body,
+            values: template::RequestValues {
+                params: rule.path_params(&self.path),
+                query: self.raw_query.as_ref().map(|query| {
+                    form_urlencoded::parse(query.as_bytes())
+                        .into_owned()
+                        .collect()
+                }),
+                request_body,
+                response_body,
+            },
         };
         fill_from_rule(entry, spec, &context, &self.policy.redact)
     }

@@ -30,8 +30,9 @@ pub const MAX_PARAM_BYTES: usize = 1024;
 /// use (auditgate's own `audit.` entries, a noisy health check); the bound keeps the SQL small.
 pub const MAX_EXCLUDED_PREFIXES: usize = 16;
 
-/// The parameters [`parse_filter_and_page`] understands.
-pub const KNOWN_PARAMS: &[&str] = &[
+/// The filter parameters: the conditions of a listing, a count, stats and an export (the admin
+/// API's OpenAPI document lists exactly these for each).
+pub const FILTER_PARAMS: &[&str] = &[
     "actor",
     "action",
     "action_prefix",
@@ -45,11 +46,15 @@ pub const KNOWN_PARAMS: &[&str] = &[
     "until",
     "q",
     "log_id",
-    "limit",
-    "cursor",
-    "order",
-    "count",
 ];
+
+/// The paging parameters of a listing.
+pub const PAGE_PARAMS: &[&str] = &["limit", "cursor", "order", "count"];
+
+/// Whether [`parse_filter_and_page`] understands the parameter `name`.
+pub fn is_known_param(name: &str) -> bool {
+    FILTER_PARAMS.contains(&name) || PAGE_PARAMS.contains(&name)
+}
 
 /// The parameters that may be given more than once, each occurrence adding a value. Every other
 /// parameter given twice is refused, because which of the two was meant cannot be guessed.
@@ -409,10 +414,14 @@ pub fn parse_filter_and_page(
         if extra_allowed.contains(&name) {
             continue;
         }
-        if !KNOWN_PARAMS.contains(&name) {
+        if !is_known_param(name) {
             if reported.insert(name) {
-                let expected: Vec<&str> =
-                    KNOWN_PARAMS.iter().chain(extra_allowed).copied().collect();
+                let expected: Vec<&str> = FILTER_PARAMS
+                    .iter()
+                    .chain(PAGE_PARAMS)
+                    .chain(extra_allowed)
+                    .copied()
+                    .collect();
                 errors.push(ParamError::new(
                     shorten(name),
                     format!("unknown parameter; expected one of {}", expected.join(", ")),

@@ -763,16 +763,15 @@ async fn a_refused_credential_holds_the_entries_until_a_reload_fixes_it() {
     .await;
     assert!(refused, "the collector was asked");
     assert!(collector.accepted_ids().is_empty());
-    let page = metrics(&process).await;
     let labels = format!("name=\"siem\",endpoint=\"{}\"", collector.endpoint());
-    assert!(
-        metric_value(
-            &page,
-            &format!("auditgate_otlp_failed_total{{{labels},reason=\"rejected\"}}")
-        )
-        .is_some_and(|failed| failed >= 1.0),
-        "{page}"
-    );
+    let failed = format!("auditgate_otlp_failed_total{{{labels},reason=\"rejected\"}}");
+    // The collector answers before the exporter has read the answer and counted it.
+    let counted = eventually(Duration::from_secs(10), async || {
+        metric_value(&metrics(&process).await, &failed).is_some_and(|failed| failed >= 1.0)
+    })
+    .await;
+    let page = metrics(&process).await;
+    assert!(counted, "{page}");
     let text = std::fs::read_to_string(&config).expect("read");
     std::fs::write(&config, text.replace("\"wrong\"", "\"right\"")).expect("write");
     process.signal("HUP");
