@@ -561,3 +561,90 @@ fn check_lists_every_bad_archive_table_with_its_place() {
         assert!(text.contains(wanted), "missing {wanted:?} in:\n{text}");
     }
 }
+
+/// A SIGHUP that points the archive at another bucket stops the old shipper and starts a new
+/// one, which resumes from its own bucket: the new bucket gets the whole log from entry 1 and
+/// verifies on its own, while the proxy goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_archive_to_another_bucket() {
+    let Some(endpoint) = s3_endpoint("archive_reload") else {
+        return;
+    };
+    let first = bucket_name("reload-a");
+    let second = bucket_name("reload-b");
+    create_bucket(&endpoint, &first, false).await;
+    create_bucket(&endpoint, &second, false).await;
+    let upstream = Upstream::start().await;
+    let (dir, key) = key_dir("archive-reload");
+    let config = write_config(
+        &dir.0,
+        upstream.addr,
+        "",
+        &archive_config(&key, &endpoint, &first, "max_entries = 3"),
+    );
+    let http = HttpClient::new();
+    let process = Process::start(&config);
+    let send = async |count: usize, from: usize| {
+        for index in from..from + count {
+            let reply = http
+                .send(
+                    "POST",
+                    &format!("http://{}/api/things/{index}", process.proxy),
+                    &[],
+                    "{}",
+                )
+                .await;
+            assert_eq!(reply.status, 200);
+        }
+    };
+    send(4, 0).await;
+    let first_client = client(&endpoint, &first);
+    assert!(
+        eventually(Duration::from_secs(30), async || !object_keys(
+            &first_client
+        )
+        .await
+        .is_empty())
+        .await,
+        "objects are shipped to the first bucket"
+    );
+
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(
+            &format!("s3://{first}/audit"),
+            &format!("s3://{second}/audit"),
+        ),
+    )
+    .expect("write");
+    process.signal("HUP");
+    send(4, 4).await;
+    let second_client = client(&endpoint, &second);
+    let db = dir.0.join("audit.db");
+    assert!(
+        eventually(Duration::from_secs(60), async || {
+            let (_, ranges) = archived_lines(&second_client).await;
+            let stored = read_all_entries(&db).len() as u64;
+            // Entries 1..=9 at least (started, four requests, the reload record, three more
+            // requests): three full objects of `max_entries = 3`.
+            ranges.first().map(|range| range.0) == Some(1)
+                && ranges.last().is_some_and(|range| range.1 >= 9)
+                && stored >= 10
+        })
+        .await,
+        "the new bucket gets the log from its first entry"
+    );
+    process.stop();
+    let (_, ranges) = archived_lines(&second_client).await;
+    let last = ranges.last().map(|range| range.1).unwrap_or(0);
+    assert_contiguous(&ranges, last);
+    let (code, report) = verify_archive(&format!("s3://{second}/audit"), &key, &endpoint);
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        read_all_entries(&db)
+            .iter()
+            .any(|entry| entry.action == "audit.config_reloaded"),
+        "the reload is in the log"
+    );
+}
