@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use auditgate::archive::config::BucketConfig;
-use auditgate::archive::object::{parse_object_key, NDJSON_SUFFIX};
+use auditgate::archive::object::{parse_object_key, NDJSON_SUFFIX, OCSF_SUFFIX};
 use auditgate::archive::s3::S3Client;
 use auditgate::log::head::LogSigner;
 use rusty_s3::S3Action as _;
@@ -647,4 +647,103 @@ async fn a_reload_moves_the_archive_to_another_bucket() {
             .any(|entry| entry.action == "audit.config_reloaded"),
         "the reload is in the log"
     );
+}
+
+/// With `format = "ocsf"`, beside each object lies its OCSF copy: one API Activity event per
+/// entry of the same range, in the same order, valid against the OCSF schema (checked by the
+/// independent validator `scripts/test` installs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ocsf_archive_holds_an_ocsf_copy_of_each_object() {
+    let Some(endpoint) = s3_endpoint("archive_ocsf") else {
+        return;
+    };
+    let bucket = bucket_name("ocsf");
+    create_bucket(&endpoint, &bucket, false).await;
+    let upstream = Upstream::start().await;
+    let (dir, key) = key_dir("archive-ocsf");
+    let config = write_config(
+        &dir.0,
+        upstream.addr,
+        "",
+        &archive_config(
+            &key,
+            &endpoint,
+            &bucket,
+            "max_entries = 3\nformat = \"ocsf\"",
+        ),
+    );
+    let process = Process::start(&config);
+    let http = HttpClient::new();
+    for index in 0..6 {
+        let reply = http
+            .send(
+                "POST",
+                &format!("http://{}/api/items/{index}", process.proxy),
+                &[],
+                "{}",
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    let s3 = client(&endpoint, &bucket);
+    let listed = async || -> Vec<String> {
+        s3.list("audit/", None)
+            .await
+            .expect("list")
+            .keys
+            .into_iter()
+            .filter(|key| key.starts_with("audit/"))
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            listed()
+                .await
+                .iter()
+                .filter(|key| key.ends_with(OCSF_SUFFIX))
+                .count()
+                >= 2
+        })
+        .await,
+        "OCSF copies are shipped"
+    );
+    process.stop();
+    let keys = listed().await;
+    let copies: Vec<&String> = keys
+        .iter()
+        .filter(|key| key.ends_with(OCSF_SUFFIX))
+        .collect();
+    let files = TempDir::new("archive-ocsf-files");
+    let mut paths = Vec::new();
+    for copy in &copies {
+        let twin = copy.replace(OCSF_SUFFIX, NDJSON_SUFFIX);
+        assert!(keys.contains(&twin), "{copy} has its object {twin}");
+        let name = parse_object_key(&twin).expect("layout");
+        let events: Vec<Value> = gunzip(&s3.get_object(copy).await.expect("get"))
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("an OCSF event per line"))
+            .collect();
+        let sequences: Vec<u64> = events
+            .iter()
+            .map(|event| event["metadata"]["sequence"].as_u64().expect("sequence"))
+            .collect();
+        assert_eq!(
+            sequences,
+            (name.first_seq..=name.last_seq).collect::<Vec<u64>>(),
+            "{copy}"
+        );
+        assert!(events.iter().all(|event| event["class_uid"] == 6003));
+        let path = files.0.join(format!("{}.ndjson", name.first_seq));
+        std::fs::write(
+            &path,
+            events
+                .iter()
+                .map(|event| format!("{event}\n"))
+                .collect::<String>(),
+        )
+        .expect("write");
+        paths.push(path);
+    }
+    let borrowed: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    crate::siem_ocsf::validate_independently(&borrowed);
 }

@@ -242,7 +242,7 @@ fn by_uid(text: &str) -> BTreeMap<String, Value> {
 /// Runs `scripts/ocsf-validate` on the files when `AUDITGATE_REQUIRE_OCSF_VALIDATOR=1` (the
 /// script installs its pinned validator if needed, and any failure fails the test) or when the
 /// validator is already installed; otherwise says why it was skipped.
-fn validate_independently(files: &[&Path]) {
+pub(crate) fn validate_independently(files: &[&Path]) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let required = std::env::var("AUDITGATE_REQUIRE_OCSF_VALIDATOR").as_deref() == Ok("1");
     let installed = root.join("target/ocsf-venv/bin/python").exists();
