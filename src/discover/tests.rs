@@ -11,7 +11,7 @@ impl TempDir {
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&path).unwrap();
+        std::fs::create_dir_all(&path).expect("a test directory");
         TempDir(path)
     }
 }
@@ -214,7 +214,11 @@ fn deep_paths_end_in_rest_and_methods_are_capped() {
         learner.observe("/x", &format!("M{index}"), 200, Seen::NotRecorded, 1);
     }
     let learned = learner.learned();
-    let x = learned.routes.iter().find(|r| r.template == "/x").unwrap();
+    let x = learned
+        .routes
+        .iter()
+        .find(|r| r.template == "/x")
+        .expect("/x is learned");
     assert_eq!(x.methods.len(), MAX_METHODS);
     assert_eq!(x.count(), 50);
     assert!(x.methods.iter().any(|m| m.method == "OTHER"));
@@ -251,8 +255,9 @@ fn what_was_learned_survives_a_save_and_a_restart() {
     learner.observe("/users/8/role", "PATCH", 403, Seen::Fallback, 6);
     learner.observe("/deep/1/2/3", "GET", 200, Seen::NotRecorded, 6);
     let before = learner.learned();
-    before.write(&path).unwrap();
-    let restarted = RouteLearner::from_learned(Learned::read(&path).unwrap());
+    before.write(&path).expect("the learned routes are saved");
+    let restarted =
+        RouteLearner::from_learned(Learned::read(&path).expect("the saved routes read back"));
     assert_eq!(restarted.learned(), before);
     restarted.observe("/users/9/role", "PATCH", 200, Seen::Rule("role"), 7);
     let after = restarted.learned();
@@ -264,12 +269,12 @@ fn what_was_learned_survives_a_save_and_a_restart() {
 fn a_bad_or_hostile_file_is_an_error_or_bounded_never_a_panic() {
     let dir = TempDir::new();
     let path = dir.0.join("routes.json");
-    std::fs::write(&path, "{not json").unwrap();
+    std::fs::write(&path, "{not json").expect("write");
     assert!(matches!(
         Learned::read(&path),
         Err(LearnedFileError::Format { .. })
     ));
-    std::fs::write(&path, r#"{"version":99,"routes":[],"unlearned":0}"#).unwrap();
+    std::fs::write(&path, r#"{"version":99,"routes":[],"unlearned":0}"#).expect("write");
     assert!(Learned::read(&path).is_err());
     // A hand-made file with more templates than the cap, and ones that are not templates.
     let mut routes: Vec<Route> = (0..MAX_TEMPLATES + 10)

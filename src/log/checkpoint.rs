@@ -479,15 +479,16 @@ mod tests {
     fn peter_neumann() -> LogSigner {
         let decoded = BASE64
             .decode("AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz")
-            .unwrap();
+            .expect("the test's own input is valid");
         assert_eq!(decoded[0], SIGNATURE_TYPE_ED25519);
-        let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+        let mut der =
+            hex::decode("302e020100300506032b657004220420").expect("the test's own input is valid");
         der.extend_from_slice(&decoded[1..]);
         let pem = format!(
             "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
             BASE64.encode(&der)
         );
-        LogSigner::from_pkcs8_pem(&pem).unwrap()
+        LogSigner::from_pkcs8_pem(&pem).expect("the test's own input is valid")
     }
 
     const PETER_VKEY: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
@@ -501,8 +502,9 @@ mod tests {
         let time = Utc
             .timestamp_millis_opt(1_735_787_045_678)
             .single()
-            .unwrap();
-        TreeHead::new("orders", size, leaf_hash(b"root"), time).unwrap()
+            .expect("the test's own input is valid");
+        TreeHead::new("orders", size, leaf_hash(b"root"), time)
+            .expect("the test's own input is valid")
     }
 
     /// The Go note package's vector: the same seed gives the same verifier key, key ID and
@@ -510,14 +512,21 @@ mod tests {
     #[test]
     fn go_note_vector_is_reproduced() {
         let signer = peter_neumann();
-        let vkey = signer.verifier_key("PeterNeumann").unwrap();
+        let vkey = signer
+            .verifier_key("PeterNeumann")
+            .expect("the test's own input is valid");
         assert_eq!(vkey.to_string(), PETER_VKEY);
         assert_eq!(vkey.key_id(), 0xc74f20a3);
         assert_eq!(sign_note(&signer, "PeterNeumann", PETER_TEXT), PETER_NOTE);
 
-        let parsed = VerifierKey::parse(PETER_VKEY).unwrap();
+        let parsed = VerifierKey::parse(PETER_VKEY).expect("the test's own input is valid");
         assert_eq!(parsed, vkey);
-        assert_eq!(parsed.open(PETER_NOTE).unwrap(), PETER_TEXT);
+        assert_eq!(
+            parsed
+                .open(PETER_NOTE)
+                .expect("the test's own input is valid"),
+            PETER_TEXT
+        );
         let changed = PETER_NOTE.replace("cryptography", "cryptographY");
         assert!(matches!(
             parsed.open(&changed),
@@ -531,10 +540,13 @@ mod tests {
         let vkey = VerifierKey::parse(
             "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k",
         )
-        .unwrap();
+        .expect("the test's own input is valid");
         let note = "This is an example message.\n\n\u{2014} example.com/foo \
             Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n";
-        assert_eq!(vkey.open(note).unwrap(), "This is an example message.\n");
+        assert_eq!(
+            vkey.open(note).expect("the test's own input is valid"),
+            "This is an example message.\n"
+        );
         assert!(vkey
             .open(&note.replace("example message", "example massage"))
             .is_err());
@@ -542,7 +554,8 @@ mod tests {
 
     #[test]
     fn checkpoint_text_is_origin_size_and_base64_root() {
-        let checkpoint = Checkpoint::of_head("audit.example.com/orders", &head(42)).unwrap();
+        let checkpoint = Checkpoint::of_head("audit.example.com/orders", &head(42))
+            .expect("the test's own input is valid");
         assert_eq!(
             checkpoint.text(),
             format!(
@@ -551,7 +564,7 @@ mod tests {
             )
         );
         assert_eq!(
-            Checkpoint::parse_text(&checkpoint.text()).unwrap(),
+            Checkpoint::parse_text(&checkpoint.text()).expect("the test's own input is valid"),
             checkpoint
         );
         assert!(checkpoint.matches_head(&head(42)));
@@ -561,28 +574,47 @@ mod tests {
     #[test]
     fn signed_checkpoint_verifies_and_names_its_key() {
         let signer = LogSigner::generate();
-        let note = signer.sign_checkpoint("orders", &head(7)).unwrap();
-        let vkey = signer.verifier_key("orders").unwrap();
+        let note = signer
+            .sign_checkpoint("orders", &head(7))
+            .expect("the test's own input is valid");
+        let vkey = signer
+            .verifier_key("orders")
+            .expect("the test's own input is valid");
         let id = note_key_id("orders", &signer.public_key().to_public_key_bytes());
         assert_eq!(vkey.key_id(), id);
-        let signature_line = note.lines().last().unwrap();
+        let signature_line = note.lines().last().expect("the test's own input is valid");
         let blob = BASE64
-            .decode(signature_line.strip_prefix("\u{2014} orders ").unwrap())
-            .unwrap();
+            .decode(
+                signature_line
+                    .strip_prefix("\u{2014} orders ")
+                    .expect("the test's own input is valid"),
+            )
+            .expect("the test's own input is valid");
         assert_eq!(blob.len(), 4 + 64);
         assert_eq!(&blob[..4], &id.to_be_bytes());
-        let checkpoint = vkey.verify_checkpoint(&note).unwrap();
+        let checkpoint = vkey
+            .verify_checkpoint(&note)
+            .expect("the test's own input is valid");
         assert!(checkpoint.matches_head(&head(7)));
         assert_eq!(checkpoint.origin, "orders");
         // Deterministic: the same head gives the same note.
-        assert_eq!(signer.sign_checkpoint("orders", &head(7)).unwrap(), note);
+        assert_eq!(
+            signer
+                .sign_checkpoint("orders", &head(7))
+                .expect("the test's own input is valid"),
+            note
+        );
     }
 
     #[test]
     fn tampered_checkpoints_are_rejected() {
         let signer = LogSigner::generate();
-        let vkey = signer.verifier_key("orders").unwrap();
-        let note = signer.sign_checkpoint("orders", &head(7)).unwrap();
+        let vkey = signer
+            .verifier_key("orders")
+            .expect("the test's own input is valid");
+        let note = signer
+            .sign_checkpoint("orders", &head(7))
+            .expect("the test's own input is valid");
         let root = BASE64.encode(leaf_hash(b"root"));
         let other_root = BASE64.encode(leaf_hash(b"other"));
         let other_key = LogSigner::generate();
@@ -597,20 +629,31 @@ mod tests {
             vkey.verify_checkpoint(&bad_root),
             Err(CheckpointError::BadSignature { .. })
         ));
-        let by_other = other_key.sign_checkpoint("orders", &head(7)).unwrap();
+        let by_other = other_key
+            .sign_checkpoint("orders", &head(7))
+            .expect("the test's own input is valid");
         assert!(matches!(
             vkey.verify_checkpoint(&by_other),
             Err(CheckpointError::NoSignatureByKey { .. })
         ));
         // Another key claiming this key's name and ID is checked, and fails.
-        let other_signature = by_other.lines().last().unwrap();
+        let other_signature = by_other
+            .lines()
+            .last()
+            .expect("the test's own input is valid");
         let mut blob = BASE64
-            .decode(other_signature.strip_prefix("\u{2014} orders ").unwrap())
-            .unwrap();
+            .decode(
+                other_signature
+                    .strip_prefix("\u{2014} orders ")
+                    .expect("the test's own input is valid"),
+            )
+            .expect("the test's own input is valid");
         blob[..4].copy_from_slice(&vkey.key_id().to_be_bytes());
         let forged = format!(
             "{}\n\u{2014} orders {}\n",
-            Checkpoint::of_head("orders", &head(7)).unwrap().text(),
+            Checkpoint::of_head("orders", &head(7))
+                .expect("the test's own input is valid")
+                .text(),
             BASE64.encode(&blob)
         );
         assert!(matches!(
@@ -618,7 +661,13 @@ mod tests {
             Err(CheckpointError::BadSignature { .. })
         ));
         // A good signature beside a bad one by the same key rejects the note.
-        let doubled = format!("{note}{}\n", forged.lines().last().unwrap());
+        let doubled = format!(
+            "{note}{}\n",
+            forged
+                .lines()
+                .last()
+                .expect("the test's own input is valid")
+        );
         assert!(vkey.verify_checkpoint(&doubled).is_err());
         // A cosignature by an unknown key is ignored.
         let cosigned = format!(
@@ -626,7 +675,7 @@ mod tests {
             by_other
                 .lines()
                 .last()
-                .unwrap()
+                .expect("the test's own input is valid")
                 .replace("orders", "witness.example")
         );
         assert!(vkey.verify_checkpoint(&cosigned).is_ok());
@@ -635,8 +684,12 @@ mod tests {
     #[test]
     fn malformed_notes_are_refused() {
         let signer = LogSigner::generate();
-        let vkey = signer.verifier_key("orders").unwrap();
-        let note = signer.sign_checkpoint("orders", &head(7)).unwrap();
+        let vkey = signer
+            .verifier_key("orders")
+            .expect("the test's own input is valid");
+        let note = signer
+            .sign_checkpoint("orders", &head(7))
+            .expect("the test's own input is valid");
         let cases = [
             note.trim_end().to_string(),
             note.replacen("\n\n", "\n", 1),
@@ -659,7 +712,8 @@ mod tests {
     fn checkpoint_texts_are_read_strictly() {
         let root = BASE64.encode([1u8; 32]);
         assert!(Checkpoint::parse_text(&format!("o\n0\n{root}\n")).is_ok());
-        let with_extension = Checkpoint::parse_text(&format!("o\n1\n{root}\nextra\n")).unwrap();
+        let with_extension = Checkpoint::parse_text(&format!("o\n1\n{root}\nextra\n"))
+            .expect("the test's own input is valid");
         assert_eq!(with_extension.extensions, vec!["extra".to_string()]);
         assert_eq!(with_extension.text(), format!("o\n1\n{root}\nextra\n"));
         for bad in [
@@ -685,14 +739,14 @@ mod tests {
                 .sign_checkpoint(bad, &head(1))
                 .is_err());
         }
-        validate_origin("audit.example.com/orders").unwrap();
-        validate_origin("orders-api_eu.1").unwrap();
+        validate_origin("audit.example.com/orders").expect("the test's own input is valid");
+        validate_origin("orders-api_eu.1").expect("the test's own input is valid");
     }
 
     #[test]
     fn verifier_keys_are_read_strictly() {
-        VerifierKey::parse(PETER_VKEY).unwrap();
-        VerifierKey::parse(&format!("{PETER_VKEY}\n")).unwrap();
+        VerifierKey::parse(PETER_VKEY).expect("the test's own input is valid");
+        VerifierKey::parse(&format!("{PETER_VKEY}\n")).expect("the test's own input is valid");
         for bad in [
             "PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
             "Peter+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
@@ -715,8 +769,11 @@ mod tests {
         use signed_note::{Note, Verifier as _, VerifierList};
         let signer = LogSigner::generate();
         let origin = "audit.example.com/orders";
-        let vkey = signer.verifier_key(origin).unwrap();
-        let theirs = signed_note::StandardVerifier::new(&vkey.to_string()).unwrap();
+        let vkey = signer
+            .verifier_key(origin)
+            .expect("the test's own input is valid");
+        let theirs = signed_note::StandardVerifier::new(&vkey.to_string())
+            .expect("the test's own input is valid");
         assert_eq!(theirs.key_id(), vkey.key_id());
         assert_eq!(
             signed_note::key_id(origin, &{
@@ -726,21 +783,25 @@ mod tests {
             }),
             vkey.key_id()
         );
-        let note = signer.sign_checkpoint(origin, &head(42)).unwrap();
-        let parsed = Note::from_bytes(note.as_bytes()).unwrap();
+        let note = signer
+            .sign_checkpoint(origin, &head(42))
+            .expect("the test's own input is valid");
+        let parsed = Note::from_bytes(note.as_bytes()).expect("the test's own input is valid");
         let verifiers = VerifierList::new(vec![Box::new(theirs)]);
-        let (verified, _) = parsed.verify(&verifiers).unwrap();
+        let (verified, _) = parsed
+            .verify(&verifiers)
+            .expect("the test's own input is valid");
         assert_eq!(verified.len(), 1);
         assert_eq!(
             parsed.text(),
             Checkpoint::of_head(origin, &head(42))
-                .unwrap()
+                .expect("the test's own input is valid")
                 .text()
                 .as_bytes()
         );
 
         let changed = note.replacen("\n42\n", "\n43\n", 1);
-        let parsed = Note::from_bytes(changed.as_bytes()).unwrap();
+        let parsed = Note::from_bytes(changed.as_bytes()).expect("the test's own input is valid");
         assert!(parsed.verify(&verifiers).is_err());
     }
 }

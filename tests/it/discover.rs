@@ -83,9 +83,9 @@ async fn learned_routes_show_their_coverage_and_become_a_check_clean_config() {
     assert_eq!(coverage["enabled"], true);
     let templates: Vec<&str> = coverage["routes"]
         .as_array()
-        .unwrap()
+        .expect("routes")
         .iter()
-        .map(|route| route["template"].as_str().unwrap())
+        .map(|route| route["template"].as_str().expect("a template"))
         .collect();
     // Busiest first; ids of every kind grouped into one template.
     assert_eq!(
@@ -142,14 +142,14 @@ async fn learned_routes_show_their_coverage_and_become_a_check_clean_config() {
     assert!(saved.exists());
 
     // From what was learned to rules, without writing one by hand.
-    let config_arg = config.to_str().unwrap();
+    let config_arg = config.to_str().expect("a UTF-8 path");
     let suggested = auditgate(&["rules", "suggest", "--config", config_arg]);
     assert!(
         suggested.status.success(),
         "{}",
         String::from_utf8_lossy(&suggested.stderr)
     );
-    let drafts = String::from_utf8(suggested.stdout).unwrap();
+    let drafts = String::from_utf8(suggested.stdout).expect("UTF-8 drafts");
     assert_eq!(drafts.matches("[[rule]]").count(), 2, "{drafts}");
     assert!(drafts.contains("action = \"order.created\""), "{drafts}");
     assert!(drafts.contains("action = \"order.updated\""), "{drafts}");
@@ -162,14 +162,14 @@ async fn learned_routes_show_their_coverage_and_become_a_check_clean_config() {
         "rules",
         "suggest",
         "--db",
-        dir.0.join("audit.db").to_str().unwrap(),
+        dir.0.join("audit.db").to_str().expect("a UTF-8 path"),
     ]);
     assert!(by_db.status.success());
 
-    let mut text = std::fs::read_to_string(&config).unwrap();
+    let mut text = std::fs::read_to_string(&config).expect("the config");
     text.push('\n');
     text.push_str(&drafts);
-    std::fs::write(&config, &text).unwrap();
+    std::fs::write(&config, &text).expect("write the config");
     let check = auditgate(&["check", "--config", config_arg]);
     assert!(
         check.status.success(),
@@ -178,7 +178,7 @@ async fn learned_routes_show_their_coverage_and_become_a_check_clean_config() {
         String::from_utf8_lossy(&check.stderr)
     );
     let again = auditgate(&["rules", "suggest", "--config", config_arg]);
-    let again = String::from_utf8(again.stdout).unwrap();
+    let again = String::from_utf8(again.stdout).expect("UTF-8 drafts");
     assert_eq!(
         again.matches("[[rule]]").count(),
         0,
