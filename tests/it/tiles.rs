@@ -285,7 +285,10 @@ fn prune_claim(entry: &[u8], seq: u64) -> Result<Option<Claim>, String> {
         return Ok(None);
     }
     if entry["seq"] != seq {
-        return Err(format!("the prune record at {seq} says it is {}", entry["seq"]));
+        return Err(format!(
+            "the prune record at {seq} says it is {}",
+            entry["seq"]
+        ));
     }
     let metadata = &entry["metadata"];
     let number = |key: &str| {
@@ -633,7 +636,9 @@ async fn a_sidecar_serves_tiles_that_independent_verifiers_accept() {
             "{report}"
         );
         assert!(
-            report.contains(&format!("pruned by entry {FIRST_PRUNE}: 100 entries in 1..100")),
+            report.contains(&format!(
+                "pruned by entry {FIRST_PRUNE}: 100 entries in 1..100"
+            )),
             "{report}"
         );
         assert!(
