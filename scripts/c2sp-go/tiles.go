@@ -14,9 +14,19 @@ package main
 //     plan has subtrees, so a forged full tile read after the tiles of that plan can pass it;
 //   - reads every entry bundle the tree needs and checks that each entry hashes
 //     (tlog.RecordHash: SHA-256(0x00 || entry)) to its leaf in the authenticated level-0 tiles,
-//     and that each bundle holds exactly the entries the checkpoint's size calls for; a
-//     zero-length entry is counted as withheld (pruned by retention, or too long for a bundle),
-//     its leaf still checked as part of the tree;
+//     and that each bundle holds exactly the entries the checkpoint's size calls for. In place
+//     of an entry a bundle may hold one of auditgate's two marks (its leaf is still checked as
+//     part of the tree): {"prunedBy":S}, an entry removed by retention in the prune recorded by
+//     the audit.pruned entry S, and {"oversizedBytes":N}, an entry too long for a bundle. A
+//     prune mark is accepted only when S is an audit.pruned entry served in the bundles (so
+//     checked against its leaf) and the positions marked with S are exactly the ones its
+//     metadata claims: within firstSeq..lastSeq, as many as its count, and hashing to its
+//     seqsSha256 (SHA-256 over the sequence numbers as 8-byte big-endian). Marks are judged
+//     after every bundle is read, since a record comes after what it pruned. So an entry
+//     deleted and passed off as pruned is refused, as auditgate verify refuses it. An oversized
+//     mark cannot be checked from the tiles; those positions are listed to be fetched, with
+//     their proofs, from the admin API. Anything else, an empty entry included, must hash to
+//     its leaf;
 //   - proves and checks inclusion (tlog.ProveRecord / tlog.CheckRecord) of a spread of entries,
 //     the first and the last among them;
 //   - with OLD_CHECKPOINT_FILE (an earlier checkpoint of the same log, verified with the same
@@ -26,13 +36,19 @@ package main
 // exits 1; 2 on bad usage or an unreadable key.
 
 import (
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -83,8 +99,16 @@ func verifyTiles(args []string) {
 	leaves := rebuildTree(source, tree)
 	fmt.Printf("root recomputed from the hash tiles, and from every leaf; every tile agrees\n")
 
-	entries, withheld := checkBundles(source, leaves, tree.N)
-	fmt.Printf("entries: %d hash to their leaves (%d withheld: pruned or too long for a bundle)\n", entries, withheld)
+	bundles := checkBundles(source, leaves, tree.N)
+	pruned := judgePrunes(bundles, tree.N)
+	fmt.Printf("entries: %d hash to their leaves; %d pruned, %d too long for a bundle\n", bundles.checked, pruned, len(bundles.oversized))
+	for _, record := range bundles.recordOrder {
+		claim := bundles.records[record]
+		fmt.Printf("pruned by entry %d: %d entries in %d..%d, as its record claims\n", record, claim.Count, claim.FirstSeq, claim.LastSeq)
+	}
+	for _, oversized := range bundles.oversized {
+		fmt.Printf("entry %d is %d bytes, too long for a bundle: its leaf is checked; fetch it and its proof from the admin API\n", oversized.seq, oversized.length)
+	}
 
 	proved := checkInclusion(hashes, tree)
 	fmt.Printf("inclusion proofs: %d checked\n", proved)
@@ -200,10 +224,43 @@ func tileOfLevel(level int, n int64, hashes int64) tlog.Tile {
 	return tlog.Tile{H: tileHeight, L: level, N: n, W: int(width)}
 }
 
+// pruneClaim is what an audit.pruned entry's metadata says it pruned.
+type pruneClaim struct {
+	FirstSeq   uint64 `json:"firstSeq"`
+	LastSeq    uint64 `json:"lastSeq"`
+	Count      uint64 `json:"count"`
+	SeqsSha256 string `json:"seqsSha256"`
+}
+
+// oversizedEntry is a position whose bundle marks its entry as too long to hold.
+type oversizedEntry struct {
+	seq    int64
+	length uint64
+}
+
+// bundleFindings is what the bundles of a tree hold besides entries that hash to their leaves.
+type bundleFindings struct {
+	checked int64
+	// records are the audit.pruned entries served (and checked) in the bundles, by sequence
+	// number; recordOrder lists them ascending.
+	records     map[int64]pruneClaim
+	recordOrder []int64
+	// marks are the positions (sequence numbers, ascending) marked as pruned, by the record
+	// each names.
+	marks     map[int64][]int64
+	oversized []oversizedEntry
+}
+
+// The two marks, in the one spelling auditgate writes (a decimal without leading zeros).
+var (
+	prunedMark    = regexp.MustCompile(`^\{"prunedBy":(0|[1-9][0-9]*)\}$`)
+	oversizedMark = regexp.MustCompile(`^\{"oversizedBytes":(0|[1-9][0-9]*)\}$`)
+)
+
 // checkBundles reads every entry bundle of a tree of n entries and checks each entry against
-// its authenticated leaf hash; it returns how many were checked and how many were withheld.
-func checkBundles(source *source, hashes tlog.HashReader, n int64) (int64, int64) {
-	var checked, withheld int64
+// its authenticated leaf hash, collecting the prune records and the marks for judgePrunes.
+func checkBundles(source *source, hashes tlog.HashReader, n int64) *bundleFindings {
+	found := &bundleFindings{records: map[int64]pruneClaim{}, marks: map[int64][]int64{}}
 	for start := int64(0); start < n; start += 1 << tileHeight {
 		width := n - start
 		if width > 1<<tileHeight {
@@ -230,17 +287,100 @@ func checkBundles(source *source, hashes tlog.HashReader, n int64) (int64, int64
 			fail("entries: the level-0 tiles of %s: %v", path, err)
 		}
 		for i, entry := range entries {
-			if len(entry) == 0 {
-				withheld++
+			seq := start + int64(i) + 1
+			if tlog.RecordHash(entry) == leaves[i] {
+				found.checked++
+				notePruneRecord(found, seq, entry, path)
 				continue
 			}
-			if tlog.RecordHash(entry) != leaves[i] {
-				fail("entries: entry %d (sequence number %d) in %s does not hash to its leaf", start+int64(i), start+int64(i)+1, path)
+			if match := prunedMark.FindSubmatch(entry); match != nil {
+				record, err := strconv.ParseInt(string(match[1]), 10, 64)
+				if err != nil {
+					fail("entries: entry %d in %s is marked as pruned by %s, which is no sequence number", seq, path, match[1])
+				}
+				found.marks[record] = append(found.marks[record], seq)
+				continue
 			}
-			checked++
+			if match := oversizedMark.FindSubmatch(entry); match != nil {
+				length, err := strconv.ParseUint(string(match[1]), 10, 64)
+				if err != nil || length <= 65535 {
+					fail("entries: entry %d in %s is marked as %s bytes long, which a bundle could hold", seq, path, match[1])
+				}
+				found.oversized = append(found.oversized, oversizedEntry{seq: seq, length: length})
+				continue
+			}
+			fail("entries: entry %d (sequence number %d) in %s does not hash to its leaf, and is no mark", seq-1, seq, path)
 		}
 	}
-	return checked, withheld
+	return found
+}
+
+// notePruneRecord keeps the claim of an authenticated entry at sequence number seq if it is an
+// audit.pruned entry; one that says it is another position, or whose claim cannot be read,
+// fails the check, since marks naming it could not be judged.
+func notePruneRecord(found *bundleFindings, seq int64, entry []byte, path string) {
+	var record struct {
+		Action   string          `json:"action"`
+		Seq      int64           `json:"seq"`
+		Metadata json.RawMessage `json:"metadata"`
+	}
+	if err := json.Unmarshal(entry, &record); err != nil {
+		fail("entries: entry %d in %s is not a JSON object: %v", seq, path, err)
+	}
+	if record.Action != "audit.pruned" {
+		return
+	}
+	if record.Seq != seq {
+		fail("entries: the audit.pruned entry at %d in %s says it is entry %d", seq, path, record.Seq)
+	}
+	var claim pruneClaim
+	if err := json.Unmarshal(record.Metadata, &claim); err != nil {
+		fail("entries: prune record %d in %s: its metadata is not a claim: %v", seq, path, err)
+	}
+	found.records[seq] = claim
+	found.recordOrder = append(found.recordOrder, seq)
+}
+
+// judgePrunes accepts the prune marks of a tree of n entries only if each names an audit.pruned
+// entry of the tree whose claim the marked positions match exactly, and every such record's
+// positions are marked; it returns how many positions are pruned.
+func judgePrunes(found *bundleFindings, n int64) int64 {
+	var named []int64
+	for record := range found.marks {
+		named = append(named, record)
+	}
+	sort.Slice(named, func(i, j int) bool { return named[i] < named[j] })
+	var pruned int64
+	for _, record := range named {
+		marked := found.marks[record]
+		pruned += int64(len(marked))
+		if _, ok := found.records[record]; ok {
+			continue
+		}
+		if record > n {
+			fail("pruned: entry %d is marked as pruned by entry %d, which this checkpoint (size %d) does not cover yet: fetch a newer checkpoint", marked[0], record, n)
+		}
+		fail("pruned: entry %d is marked as pruned by entry %d, which is not an audit.pruned entry", marked[0], record)
+	}
+	for _, record := range found.recordOrder {
+		claim := found.records[record]
+		marked := found.marks[record]
+		for _, seq := range marked {
+			if uint64(seq) < claim.FirstSeq || uint64(seq) > claim.LastSeq || seq >= record {
+				fail("pruned: entry %d is marked as pruned by entry %d, whose record claims %d..%d", seq, record, claim.FirstSeq, claim.LastSeq)
+			}
+		}
+		digest := sha256.New()
+		for _, seq := range marked {
+			var number [8]byte
+			binary.BigEndian.PutUint64(number[:], uint64(seq))
+			digest.Write(number[:])
+		}
+		if len(marked) == 0 || uint64(len(marked)) != claim.Count || !strings.EqualFold(hex.EncodeToString(digest.Sum(nil)), claim.SeqsSha256) {
+			fail("pruned: prune record %d claims %d entries in %d..%d, but %d positions are marked as pruned by it (count or seqsSha256 differ): entries were deleted and passed off as pruned, or marks were changed", record, claim.Count, claim.FirstSeq, claim.LastSeq, len(marked))
+		}
+	}
+	return pruned
 }
 
 // checkInclusion proves and checks the inclusion of the first, the last and a spread of

@@ -4,15 +4,18 @@
 //! - `GET /tlog/checkpoint` — the latest signed tree head as a C2SP checkpoint (the same note as
 //!   `/api/v1/log/checkpoint`), `text/plain; charset=utf-8`, never cached.
 //! - `GET /tlog/tile/<L>/<N>[.p/<W>]` — hash tiles; `GET /tlog/tile/entries/<N>[.p/<W>]` — entry
-//!   bundles (the format, and what a zero-length entry means, in [`crate::log::tiles`]);
+//!   bundles (the format, and the marks of pruned and oversized entries, in
+//!   [`crate::log::tiles`]);
 //!   `application/octet-stream`. 404 for a path the spec does not allow or a tile the tree does
 //!   not hold yet; 409 for a bundle over a position whose entry is missing without a prune mark
 //!   (tampering: `auditgate verify` names it).
 //!
 //! Hash tiles never change once the tree holds them (a partial tile of width W is always the
 //! first W hashes of its full tile), so they are served `immutable`. Entry bundles are cached
-//! for an hour only: retention later replaces a pruned entry by its zero-length mark, and a
-//! cache must not go on serving an entry long after it was removed.
+//! for an hour only: retention later replaces a pruned entry by the mark naming its prune
+//! record, and a cache must not go on serving an entry long after it was removed. Between a prune
+//! and the next signed head (`sign_interval`) that record lies past the served checkpoint, so a
+//! reader cannot check the marks yet and should fetch the checkpoint again.
 //!
 //! These paths are the C2SP static API, not part of the JSON API: they are not in the OpenAPI
 //! document. They need a token with the `read` scope, or nothing when `[log] public_tiles =

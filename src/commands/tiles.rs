@@ -8,7 +8,10 @@
 //! command sign a root the log never signed. Each file is written beside its place and renamed
 //! over it, so a mirror being served never shows half a tile; files whose content is already
 //! right are left alone, so a re-run over an older copy rewrites only the right edge (and any
-//! bundle whose entries were pruned since).
+//! bundle whose entries were pruned since). A pruned entry is marked in its bundle with the
+//! `audit.pruned` entry that recorded the prune, which a reader checks against that record; so
+//! when a prune recorded after the latest signed head removed entries inside its tree, nothing
+//! is written until a head covers the record.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,7 +21,7 @@ use anyhow::{bail, Context as _};
 use crate::commands::cli::TilesArgs;
 use crate::commands::store_location::{locate, LocateError};
 use crate::commands::EXIT_USAGE;
-use crate::export::tiles::read_tile;
+use crate::export::tiles::{read_tile, unsigned_prune};
 use crate::log::head::LogSigner;
 use crate::log::tiles::{tiles_of_tree, TileKind};
 use crate::store::Store;
@@ -99,6 +102,10 @@ pub fn write_tiles(
             head.head.size
         )
     })?;
+    // Refused before any file is written, so a mirror being served stays as it was.
+    if let Some(prune) = unsigned_prune(store, head.head.size)? {
+        bail!("{prune}; run again once it is signed");
+    }
     let origin = origin.unwrap_or(&head.head.log_id);
     let checkpoint = signer.sign_checkpoint(origin, &head.head)?;
     let mut summary = TilesSummary {

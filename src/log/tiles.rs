@@ -12,14 +12,35 @@
 //! ([`crate::entry::AuditEntry::canonical_bytes`]): the very bytes whose `SHA-256(0x00 || bytes)`
 //! is the leaf in the level-0 tile, so a bundle is checked against its tile without auditgate.
 //!
-//! Two kinds of position carry a zero-length entry instead, which no real entry can be (the
-//! canonical form is a JSON object): an entry removed by retention (pruned; its leaf hash stays
-//! in the tile, so every root and proof still holds, as the tlog-tiles pruning section asks), and
-//! an entry whose canonical bytes are longer than a bundle can hold (65,535 bytes). Such an entry
-//! is still in the log, with its inclusion proof, through the admin API
-//! (`/api/v1/entries/{seq}/proof`); auditgate never refuses or shortens an entry to fit a bundle.
-//! A position whose row is missing without a prune mark, or unreadable, is tampering: no bundle
-//! is made for it (the reader reports the error), rather than passing it off as pruned.
+//! Two kinds of position carry a mark instead of the entry: a small JSON object that says why
+//! the entry is not there, in one fixed spelling (no spaces, the number in decimal without
+//! leading zeros), which no entry can equal: the canonical form writes every field, in key
+//! order, so it always begins `{"action":`.
+//!
+//! - `{"prunedBy":S}`: the entry was removed by retention, in the prune recorded by the
+//!   `audit.pruned` entry at sequence number `S` ([`crate::log::pruned`]). Its leaf hash stays in
+//!   the tile, so every root and proof still holds, and the mark can be judged from the tiles
+//!   alone: `S` must be an `audit.pruned` entry served in the bundles (hashing to its leaf), its
+//!   `firstSeq..=lastSeq` must hold the position, and the positions marked with `S` must be
+//!   exactly its `count` and `seqsSha256`. A row deleted and marked as pruned by hand fails that,
+//!   as it fails `auditgate verify`. `S` always comes after the positions it pruned, possibly in
+//!   a later bundle, and after a prune it may lie past the latest signed head until the next one
+//!   is signed (within `sign_interval`); a reader judges marks once it has read every bundle of
+//!   a checkpoint that covers `S`, and refuses a mark it cannot judge.
+//! - `{"oversizedBytes":N}`: the entry's canonical bytes are `N` (more than 65,535) long, more
+//!   than a bundle can hold. The entry is still in the log, with its inclusion proof, through
+//!   the admin API (`/api/v1/entries/{seq}/proof`); auditgate never refuses or shortens an entry
+//!   to fit a bundle. This mark cannot be checked from the tiles (nothing short of the bytes
+//!   proves them), so a reader reports such positions for a look through the admin API; it is a
+//!   mark rather than a zero-length entry so that every position of a bundle says what it is,
+//!   and a zero-length entry (which hashes to no entry's leaf) is simply wrong.
+//!
+//! Both are auditgate's choice where the tlog-tiles spec leaves room: its pruning section only
+//! withholds a whole prefix of the log, and says nothing of single entries removed inside it.
+//! A generic tlog client sees a mark as an entry that does not hash to its leaf; it can still
+//! check every tile, root and proof. A position whose row is missing without a prune mark, or
+//! unreadable, is tampering: no bundle is made for it (the reader reports the error), rather
+//! than passing it off as pruned.
 //!
 //! This file is the format: paths, the tiles of a tree, splitting tiles and bundles.
 //! [`crate::export::tiles`] reads them from a store.
@@ -211,7 +232,41 @@ pub fn tiles_of_tree(size: u64) -> Vec<Tile> {
     tiles
 }
 
-/// Splits a bundle into its entries (an empty one marks a pruned or oversized position);
+/// What a bundle holds at a position whose entry it does not serve (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleMark {
+    /// Removed by retention in the prune recorded by the `audit.pruned` entry `record`.
+    Pruned { record: u64 },
+    /// The canonical bytes are `length` long, more than [`MAX_BUNDLE_ENTRY`].
+    Oversized { length: u64 },
+}
+
+const PRUNED_MARK: &str = "{\"prunedBy\":";
+const OVERSIZED_MARK: &str = "{\"oversizedBytes\":";
+
+impl BundleMark {
+    /// The mark's one spelling in a bundle.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            BundleMark::Pruned { record } => format!("{PRUNED_MARK}{record}}}"),
+            BundleMark::Oversized { length } => format!("{OVERSIZED_MARK}{length}}}"),
+        }
+        .into_bytes()
+    }
+
+    /// The mark these bytes spell exactly, or `None` (an entry, or anything else). An
+    /// oversized mark whose length would fit a bundle is not one.
+    pub fn parse(bytes: &[u8]) -> Option<BundleMark> {
+        let text = std::str::from_utf8(bytes).ok()?.strip_suffix('}')?;
+        if let Some(number) = text.strip_prefix(PRUNED_MARK) {
+            return parse_decimal(number).map(|record| BundleMark::Pruned { record });
+        }
+        let length = parse_decimal(text.strip_prefix(OVERSIZED_MARK)?)?;
+        (length > MAX_BUNDLE_ENTRY as u64).then_some(BundleMark::Oversized { length })
+    }
+}
+
+/// Splits a bundle into its entries (marks included, see [`BundleMark`]);
 /// `None` when the bytes are not a sequence of length-prefixed entries.
 pub fn split_bundle(mut bytes: &[u8]) -> Option<Vec<&[u8]>> {
     let mut entries = Vec::new();
@@ -327,6 +382,42 @@ mod tests {
             ]
         );
         assert!(tiles_of_tree(0).is_empty());
+    }
+
+    #[test]
+    fn marks_have_one_spelling_and_no_entry_is_one() {
+        for mark in [
+            BundleMark::Pruned { record: 301 },
+            BundleMark::Pruned { record: u64::MAX },
+            BundleMark::Oversized { length: 70_000 },
+        ] {
+            assert_eq!(BundleMark::parse(&mark.to_bytes()), Some(mark));
+        }
+        assert_eq!(
+            BundleMark::Pruned { record: 42 }.to_bytes(),
+            b"{\"prunedBy\":42}"
+        );
+        for other in [
+            &b""[..],
+            b"{\"prunedBy\":042}",
+            b"{\"prunedBy\": 42}",
+            b"{\"prunedBy\":42} ",
+            b"{\"prunedBy\":-1}",
+            b"{\"prunedBy\":\"42\"}",
+            b"{\"prunedBy\":18446744073709551616}",
+            b"{\"prunedBy\":42,\"x\":1}",
+            b"{\"oversizedBytes\":65535}",
+            b"{\"oversizedBytes\":}",
+        ] {
+            assert_eq!(BundleMark::parse(other), None, "{other:?}");
+        }
+        // Every field of the canonical form is written, in key order, so an entry always starts
+        // with its action, whatever its metadata holds.
+        let mut entry = crate::entry::AuditEntry::new("log", "audit.pruned");
+        entry.metadata.insert("prunedBy".into(), 7.into());
+        let bytes = entry.canonical_bytes();
+        assert!(bytes.starts_with(b"{\"action\":"), "{bytes:?}");
+        assert_eq!(BundleMark::parse(&bytes), None);
     }
 
     #[test]

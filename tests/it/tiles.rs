@@ -3,7 +3,12 @@
 //! sumdb/tlog) and the `signed_note` crate, and Go's golang.org/x/mod/sumdb/tlog itself through
 //! `scripts/c2sp-verify tiles` when it is installed or required. Each must accept the log as
 //! written and refuse an edited entry, a cut tail and a tile that disagrees with the checkpoint.
+//! A pruned entry is a mark naming its `audit.pruned` record in its bundle; both verifiers accept
+//! it only when the record is in the log and its claim (range, count, digest of the pruned
+//! sequence numbers) matches the marks exactly, so an entry deleted and passed off as pruned, in
+//! the database or in a copy of the tiles, is refused.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -14,6 +19,8 @@ use auditgate::store::config::SyncMode;
 use auditgate::store::retention::{prune_all, PrunePlan, PrunedBy};
 use auditgate::store::sqlite::SqliteStore;
 use auditgate::store::Store;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 use signed_note::{Note, StandardVerifier, VerifierList};
 use tlog_tiles::{HashReader as _, TileHashReader};
 
@@ -27,9 +34,18 @@ const PRUNED: u64 = 100;
 const SIZE: u64 = 700;
 /// The size of the earlier checkpoint the consistency proofs start from.
 const OLD_SIZE: u64 = 300;
+/// The `audit.pruned` entry of the fixture's prune (of entries `1..=PRUNED`).
+const FIRST_PRUNE: u64 = OLD_SIZE + 1;
 
-/// A log on disk written by the real store: `PRUNED` entries removed by retention, one entry too
-/// long for a bundle, heads signed at `OLD_SIZE` and at `SIZE`.
+/// Login entries 40 days old, spread over the second and third bundles (sequence numbers 257..512
+/// and 513..768), which a sidecar keeping `auth.` entries for 30 days prunes.
+fn old_logins() -> Vec<u64> {
+    (500..=560).step_by(4).collect()
+}
+
+/// A log on disk written by the real store: `PRUNED` entries removed by retention (recorded at
+/// `FIRST_PRUNE`), one entry too long for a bundle, old logins (not pruned yet), heads signed
+/// at `OLD_SIZE` and at `SIZE`.
 struct Log {
     dir: TempDir,
     db: PathBuf,
@@ -100,7 +116,19 @@ impl Log {
             prune_all(&store, &plan, LOG_ID, &PrunedBy::Retention, &|| true).expect("prunes");
         assert_eq!(pruned.entries(), PRUNED);
         let size = store.tree().expect("tree").size;
-        append(&store, SIZE - size, chrono::Duration::zero());
+        assert_eq!(size, FIRST_PRUNE);
+        let logins = old_logins();
+        let mut rest: Vec<AuditEntry> = (size + 1..=SIZE)
+            .map(|seq| {
+                if !logins.contains(&seq) {
+                    return entry(seq, chrono::Duration::zero());
+                }
+                let mut login = entry(seq, chrono::Duration::days(40));
+                login.action = "auth.login".into();
+                login
+            })
+            .collect();
+        store.append(&mut rest).expect("append");
         assert_eq!(sign(&store, &signer).head.size, SIZE);
         Log {
             db,
@@ -121,8 +149,10 @@ struct Checked {
     size: u64,
     /// Entries that hash to their leaves.
     entries: u64,
-    /// Zero-length (pruned or oversized) positions.
-    withheld: Vec<u64>,
+    /// Positions marked as pruned, by the prune record each names (every one checked).
+    pruned: BTreeMap<u64, Vec<u64>>,
+    /// Positions marked as too long for a bundle.
+    oversized: Vec<u64>,
     /// Inclusion proofs proved and checked (one per entry).
     inclusion: u64,
 }
@@ -181,9 +211,13 @@ fn check_with_tlog_tiles(
     let mut checked = Checked {
         size,
         entries: 0,
-        withheld: Vec::new(),
+        pruned: BTreeMap::new(),
+        oversized: Vec::new(),
         inclusion: 0,
     };
+    // Prune records met so far and what each claims: judged once every bundle is read, since a
+    // record comes after the positions it pruned, often in a later bundle.
+    let mut records: BTreeMap<u64, Claim> = BTreeMap::new();
     for start in (0..size).step_by(256) {
         let width = (size - start).min(256);
         let path = tlog_tiles::Tile::new(8, 0, start / 256, width as u32, true)
@@ -205,12 +239,18 @@ fn check_with_tlog_tiles(
             .map_err(|error| error.to_string())?;
         for (offset, (entry, leaf)) in entries.iter().zip(&leaves).enumerate() {
             let index = start + offset as u64;
-            if entry.is_empty() {
-                checked.withheld.push(index + 1);
-            } else if tlog_tiles::record_hash(entry) != *leaf {
-                return Err(format!("entry {} does not hash to its leaf", index + 1));
-            } else {
+            let seq = index + 1;
+            if tlog_tiles::record_hash(entry) == *leaf {
                 checked.entries += 1;
+                if let Some(claim) = prune_claim(entry, seq)? {
+                    records.insert(seq, claim);
+                }
+            } else if let Some(record) = mark(entry, "prunedBy") {
+                checked.pruned.entry(record).or_default().push(seq);
+            } else if mark(entry, "oversizedBytes").is_some_and(|length| length > 65_535) {
+                checked.oversized.push(seq);
+            } else {
+                return Err(format!("entry {seq} does not hash to its leaf"));
             }
             let proof = tlog_tiles::prove_record(size, index, &hashes)
                 .map_err(|error| error.to_string())?;
@@ -219,11 +259,113 @@ fn check_with_tlog_tiles(
             checked.inclusion += 1;
         }
     }
+    judge_prunes(&checked.pruned, &records, size)?;
     let old = open_checkpoint(vkey, old.as_bytes())?;
     let proof = tlog_tiles::prove_tree(size, old.size(), &hashes).map_err(|e| e.to_string())?;
     tlog_tiles::check_tree(&proof, size, root, old.size(), *old.hash())
         .map_err(|error| format!("consistency: {error}"))?;
     Ok(checked)
+}
+
+/// What an `audit.pruned` entry's metadata claims it pruned.
+#[derive(Debug)]
+struct Claim {
+    first_seq: u64,
+    last_seq: u64,
+    count: u64,
+    seqs_sha256: String,
+}
+
+/// The claim of an entry (already checked against its leaf) at `seq`, if it is an
+/// `audit.pruned` entry.
+fn prune_claim(entry: &[u8], seq: u64) -> Result<Option<Claim>, String> {
+    let entry: Value =
+        serde_json::from_slice(entry).map_err(|error| format!("entry {seq}: {error}"))?;
+    if entry["action"] != "audit.pruned" {
+        return Ok(None);
+    }
+    if entry["seq"] != seq {
+        return Err(format!(
+            "the prune record at {seq} says it is {}",
+            entry["seq"]
+        ));
+    }
+    let metadata = &entry["metadata"];
+    let number = |key: &str| {
+        metadata[key]
+            .as_u64()
+            .ok_or(format!("prune record {seq} has no {key}"))
+    };
+    Ok(Some(Claim {
+        first_seq: number("firstSeq")?,
+        last_seq: number("lastSeq")?,
+        count: number("count")?,
+        seqs_sha256: metadata["seqsSha256"]
+            .as_str()
+            .ok_or(format!("prune record {seq} has no seqsSha256"))?
+            .to_string(),
+    }))
+}
+
+/// The number of a mark `{"<key>":<decimal>}`, spelt exactly so (written here, not taken from
+/// auditgate).
+fn mark(entry: &[u8], key: &str) -> Option<u64> {
+    let number = std::str::from_utf8(entry)
+        .ok()?
+        .strip_prefix(&format!("{{\"{key}\":"))?
+        .strip_suffix('}')?;
+    let canonical = number == "0" || !number.starts_with('0');
+    (canonical && !number.is_empty() && number.bytes().all(|byte| byte.is_ascii_digit()))
+        .then(|| number.parse().ok())
+        .flatten()
+}
+
+/// Accepts the prune marks only if each names a prune record in the tree, and each record's
+/// claim is exactly the positions marked with it: in its range, as many, the same digest.
+fn judge_prunes(
+    marks: &BTreeMap<u64, Vec<u64>>,
+    records: &BTreeMap<u64, Claim>,
+    size: u64,
+) -> Result<(), String> {
+    for (record, marked) in marks {
+        if !records.contains_key(record) {
+            let first = marked[0];
+            return Err(if *record > size {
+                format!("entry {first} is pruned by entry {record}, past the checkpoint")
+            } else {
+                format!("entry {first} is pruned by entry {record}, not an audit.pruned entry")
+            });
+        }
+    }
+    for (record, claim) in records {
+        let marked = marks.get(record).map(Vec::as_slice).unwrap_or_default();
+        if let Some(outside) = marked
+            .iter()
+            .find(|seq| **seq < claim.first_seq || **seq > claim.last_seq || *seq >= record)
+        {
+            return Err(format!(
+                "entry {outside} is pruned by entry {record}, outside its {}..={}",
+                claim.first_seq, claim.last_seq
+            ));
+        }
+        let mut digest = Sha256::new();
+        for seq in marked {
+            digest.update(seq.to_be_bytes());
+        }
+        let digest: String = digest
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        if marked.is_empty() || marked.len() as u64 != claim.count || digest != claim.seqs_sha256 {
+            return Err(format!(
+                "prune record {record} claims {} entries, {} are marked",
+                claim.count,
+                marked.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Stored hashes in the crate's order, held in memory.
@@ -375,9 +517,9 @@ fn read_dir_file(dir: &Path) -> impl Fn(&str) -> Option<Vec<u8>> + '_ {
     move |path| std::fs::read(dir.join(path)).ok()
 }
 
-/// The expected zero-length positions: the pruned entries and the oversized one.
-fn withheld(log: &Log) -> Vec<u64> {
-    (1..=PRUNED).chain([log.oversized_seq]).collect()
+/// The positions the fixture's own prune marks.
+fn first_prune() -> BTreeMap<u64, Vec<u64>> {
+    BTreeMap::from([(FIRST_PRUNE, (1..=PRUNED).collect())])
 }
 
 /// A sidecar serves the tiles of its log under /tlog/ to a read token: the checkpoint verifies,
@@ -479,11 +621,9 @@ async fn a_sidecar_serves_tiles_that_independent_verifiers_accept() {
     .expect("joins")
     .expect("the tlog_tiles crate accepts the served log");
     assert!(checked.size > SIZE);
-    assert_eq!(checked.withheld, withheld(&log));
-    assert_eq!(
-        checked.entries + checked.withheld.len() as u64,
-        checked.size
-    );
+    assert_eq!(checked.pruned, first_prune());
+    assert_eq!(checked.oversized, vec![log.oversized_seq]);
+    assert_eq!(checked.entries + PRUNED + 1, checked.size);
     assert_eq!(checked.inclusion, checked.size);
 
     let source = format!("http://{}/tlog", process.admin);
@@ -491,7 +631,16 @@ async fn a_sidecar_serves_tiles_that_independent_verifiers_accept() {
     {
         assert!(ok, "Go's sumdb/tlog refused the served log:\n{report}");
         assert!(report.contains(&format!("ok {ORIGIN} ")), "{report}");
-        assert!(report.contains("101 withheld"), "{report}");
+        assert!(
+            report.contains("100 pruned, 1 too long for a bundle"),
+            "{report}"
+        );
+        assert!(
+            report.contains(&format!(
+                "pruned by entry {FIRST_PRUNE}: 100 entries in 1..100"
+            )),
+            "{report}"
+        );
         assert!(
             report.contains(&format!("extends size {OLD_SIZE}")),
             "{report}"
@@ -538,9 +687,49 @@ async fn public_tiles_need_no_token_and_open_nothing_else() {
     process.stop();
 }
 
+/// Puts `bytes` in place of entry `seq` in its bundle of a mirror of a tree of `size` entries.
+fn replace_entry(dir: &Path, size: u64, seq: u64, bytes: &[u8]) {
+    let (bundle, offset) = ((seq - 1) / 256, ((seq - 1) % 256) as usize);
+    let width = (size - bundle * 256).min(256);
+    let path = dir.join(if width == 256 {
+        format!("tile/entries/{bundle:03}")
+    } else {
+        format!("tile/entries/{bundle:03}.p/{width}")
+    });
+    let old = std::fs::read(&path).expect("bundle");
+    let mut entries: Vec<&[u8]> = split_bundle(&old).expect("bundle");
+    entries[offset] = bytes;
+    let mut new = Vec::new();
+    for entry in entries {
+        new.extend_from_slice(&u16::try_from(entry.len()).expect("short").to_be_bytes());
+        new.extend_from_slice(entry);
+    }
+    std::fs::write(path, new).expect("write");
+}
+
+fn pruned_mark(record: u64) -> Vec<u8> {
+    format!("{{\"prunedBy\":{record}}}").into_bytes()
+}
+
+/// Both independent verifiers refuse the mirror in `dir`, each saying what it should.
+fn both_refuse(log: &Log, dir: &Path, crate_says: &str, go_says: &str) {
+    let error = check_with_tlog_tiles(&log.vkey, read_dir_file(dir), &log.old_checkpoint)
+        .expect_err("the tlog_tiles crate accepted a tampered mirror");
+    assert!(error.contains(crate_says), "{}: {error}", dir.display());
+    if let Some((ok, report)) = go_verifies(
+        &log.vkey_file,
+        path_arg(dir),
+        &log.old_checkpoint_file,
+        false,
+    ) {
+        assert!(!ok, "Go accepted {}:\n{report}", dir.display());
+        assert!(report.contains(go_says), "{}: {report}", dir.display());
+    }
+}
+
 /// `auditgate tiles --out DIR` writes the same tree as files; both independent verifiers accept
-/// the directory, a re-run changes nothing, and each refuses an edited entry, a cut tail and a
-/// tile that disagrees with the checkpoint.
+/// the directory, a re-run changes nothing, and each refuses an edited entry, a cut tail, a
+/// tile that disagrees with the checkpoint, and an entry or a prune mark changed in a bundle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiles_out_writes_a_mirror_that_verifies_and_tampering_is_refused() {
     let log = Log::new("tiles-out");
@@ -562,7 +751,8 @@ async fn tiles_out_writes_a_mirror_that_verifies_and_tampering_is_refused() {
     let checked = check_with_tlog_tiles(&log.vkey, read_dir_file(&out), &log.old_checkpoint)
         .expect("the tlog_tiles crate accepts the directory");
     assert_eq!(checked.size, SIZE);
-    assert_eq!(checked.withheld, withheld(&log));
+    assert_eq!(checked.pruned, first_prune());
+    assert_eq!(checked.oversized, vec![log.oversized_seq]);
     let (code, report) = auditgate(&args);
     assert_eq!(code, 0, "{report}");
     assert!(report.contains(" 0 files new or changed"), "{report}");
@@ -623,6 +813,24 @@ async fn tiles_out_writes_a_mirror_that_verifies_and_tampering_is_refused() {
         bytes[40] ^= 1;
         std::fs::write(&path, bytes).expect("write");
     });
+    // Entry 600 deleted from its bundle and passed off as pruned by the log's prune: that
+    // record's claim does not hold position 600.
+    let dressed = tampered("dressed", &|dir| {
+        replace_entry(dir, SIZE, 600, &pruned_mark(FIRST_PRUNE))
+    });
+    // ... or as pruned by an entry that is no prune record, or one past the checkpoint.
+    let misnamed = tampered("misnamed", &|dir| {
+        replace_entry(dir, SIZE, 600, &pruned_mark(650))
+    });
+    let unsigned = tampered("unsigned", &|dir| {
+        replace_entry(dir, SIZE, 600, &pruned_mark(5000))
+    });
+    // A prune mark edited into an oversized one: the record's count no longer adds up.
+    let unmarked = tampered("unmarked", &|dir| {
+        replace_entry(dir, SIZE, 50, b"{\"oversizedBytes\":70000}")
+    });
+    // An entry emptied, as bundles marked pruned and oversized entries before: no entry is empty.
+    let emptied = tampered("emptied", &|dir| replace_entry(dir, SIZE, 600, b""));
     for (dir, crate_says, go_says) in [
         (
             &edited,
@@ -635,18 +843,242 @@ async fn tiles_out_writes_a_mirror_that_verifies_and_tampering_is_refused() {
             "the leaves of the level-0 tiles fold to another root",
             "the leaves of the level-0 tiles fold to root",
         ),
+        (
+            &dressed,
+            "entry 600 is pruned by entry 301, outside its 1..=100",
+            "entry 600 is marked as pruned by entry 301, whose record claims 1..100",
+        ),
+        (
+            &misnamed,
+            "entry 600 is pruned by entry 650, not an audit.pruned entry",
+            "entry 600 is marked as pruned by entry 650, which is not an audit.pruned entry",
+        ),
+        (
+            &unsigned,
+            "entry 600 is pruned by entry 5000, past the checkpoint",
+            "by entry 5000, which this checkpoint (size 700) does not cover yet",
+        ),
+        (
+            &unmarked,
+            "prune record 301 claims 100 entries, 99 are marked",
+            "prune record 301 claims 100 entries in 1..100, but 99 positions are marked",
+        ),
+        (
+            &emptied,
+            "entry 600 does not hash to its leaf",
+            "entry 599 (sequence number 600) in tile/entries/002.p/188 does not hash to its leaf",
+        ),
     ] {
-        let error = check_with_tlog_tiles(&log.vkey, read_dir_file(dir), &log.old_checkpoint)
-            .expect_err("the tlog_tiles crate accepted a tampered mirror");
-        assert!(error.contains(crate_says), "{}: {error}", dir.display());
-        if let Some((ok, report)) = go_verifies(
-            &log.vkey_file,
-            path_arg(dir),
-            &log.old_checkpoint_file,
-            false,
-        ) {
-            assert!(!ok, "Go accepted {}:\n{report}", dir.display());
-            assert!(report.contains(go_says), "{}: {report}", dir.display());
+        both_refuse(&log, dir, crate_says, go_says);
+    }
+}
+
+/// A row deleted from the database and marked as pruned by hand: `auditgate tiles` serves the
+/// mark, and both independent verifiers refuse it from the tiles alone, as `auditgate verify`
+/// refuses the database, whether the mark names the log's prune record (whose claim does not
+/// hold it) or an entry that is no prune record.
+#[test]
+fn a_row_deleted_and_marked_as_pruned_by_hand_is_refused() {
+    for (name, record, crate_says, go_says) in [
+        (
+            "hand-pruned",
+            FIRST_PRUNE,
+            "entry 600 is pruned by entry 301, outside its 1..=100",
+            "entry 600 is marked as pruned by entry 301, whose record claims 1..100",
+        ),
+        (
+            "hand-misnamed",
+            650,
+            "entry 600 is pruned by entry 650, not an audit.pruned entry",
+            "entry 600 is marked as pruned by entry 650, which is not an audit.pruned entry",
+        ),
+    ] {
+        let log = Log::new(name);
+        let connection = rusqlite::Connection::open(&log.db).expect("open");
+        connection
+            .execute_batch(&format!(
+                "DELETE FROM entries WHERE seq = 600;
+                 INSERT INTO pruned_entries (seq, prune_seq) VALUES (600, {record});"
+            ))
+            .expect("tamper");
+        drop(connection);
+        let out = log.dir.0.join("mirror");
+        let (code, report) = auditgate(&[
+            "tiles",
+            "--db",
+            path_arg(&log.db),
+            "--key",
+            path_arg(&log.key),
+            "--origin",
+            ORIGIN,
+            "--out",
+            path_arg(&out),
+        ]);
+        assert_eq!(code, 0, "{report}");
+        let bundle = std::fs::read(out.join("tile/entries/002.p/188")).expect("bundle");
+        let entries = split_bundle(&bundle).expect("bundle");
+        assert_eq!(entries[600 - 513], pruned_mark(record), "{name}");
+        both_refuse(&log, &out, crate_says, go_says);
+        let (code, report) = auditgate(&["verify", "--db", path_arg(&log.db)]);
+        assert_eq!(code, 1, "auditgate verify accepted {name}: {report}");
+    }
+}
+
+/// A sidecar keeping `auth.` entries for 30 days prunes the old logins spread over two bundles;
+/// its `/tlog/` and `auditgate tiles --out` mark each pruned position with the prune that
+/// removed it, both independent verifiers accept both and say which prune removed what, and
+/// refuse a mark moved to another position of the same prune's range (same range and count,
+/// another digest). `tiles --out` refuses to write while a prune past the signed head has
+/// removed entries inside its tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_marks_each_pruned_entry_with_its_prune_and_verifiers_check_it() {
+    let upstream = crate::support::Upstream::start().await;
+    let log = Log::new("tiles-retention");
+    let config = log.dir.0.join("auditgate.toml");
+    let retention = "[retention]\n[[retention.rules]]\naction_prefix = \"auth.\"\n\
+                     max_age = \"30d\"\n";
+    let text = config_text(upstream.addr, &log.db, "", retention).replace(
+        "[log]\nlog_id = \"test\"\n",
+        &format!(
+            "[log]\nlog_id = \"{LOG_ID}\"\norigin = \"{ORIGIN}\"\nsigning_key = \"{}\"\n\
+             sign_interval = \"50ms\"\n",
+            log.key.display()
+        ),
+    );
+    std::fs::write(&config, text).expect("config");
+    let process = Process::start(&config);
+    let client = HttpClient::new();
+    let admin = process.admin;
+
+    // The sidecar prunes at start; wait for its record and a checkpoint that covers it.
+    let record = std::sync::Mutex::new(None);
+    let covered = eventually(Duration::from_secs(15), async || {
+        let listed = client
+            .get_admin(&format!(
+                "http://{admin}/api/v1/entries?action=audit.pruned&order=desc&limit=1"
+            ))
+            .await
+            .json();
+        let Some(seq) = listed["entries"][0]["seq"].as_u64() else {
+            return false;
+        };
+        if seq == FIRST_PRUNE {
+            return false;
+        }
+        *record.lock().expect("lock") = Some(seq);
+        let reply = client
+            .get_admin(&format!("http://{admin}/tlog/checkpoint"))
+            .await;
+        open_checkpoint(&log.vkey, &reply.body).is_ok_and(|c| c.size() >= seq)
+    })
+    .await;
+    assert!(covered, "no signed prune of the old logins");
+    let record = record.lock().expect("lock").expect("a record");
+    assert!(record > SIZE);
+    let expected = {
+        let mut expected = first_prune();
+        expected.insert(record, old_logins());
+        expected
+    };
+
+    let handle = tokio::runtime::Handle::current();
+    let (vkey, old) = (log.vkey.clone(), log.old_checkpoint.clone());
+    let checked = tokio::task::spawn_blocking(move || {
+        let client = HttpClient::new();
+        let fetch = |path: &str| {
+            let reply = handle.block_on(client.get_admin(&format!("http://{admin}/tlog/{path}")));
+            (reply.status == 200).then(|| reply.body.to_vec())
+        };
+        check_with_tlog_tiles(&vkey, fetch, &old)
+    })
+    .await
+    .expect("joins")
+    .expect("the tlog_tiles crate accepts the served log");
+    assert_eq!(checked.pruned, expected);
+    assert_eq!(checked.oversized, vec![log.oversized_seq]);
+    let pruned_lines = [
+        format!("pruned by entry {FIRST_PRUNE}: 100 entries in 1..100, as its record claims"),
+        format!("pruned by entry {record}: 16 entries in 500..560, as its record claims"),
+        "116 pruned, 1 too long for a bundle".to_string(),
+    ];
+    let source = format!("http://{admin}/tlog");
+    if let Some((ok, report)) = go_verifies(&log.vkey_file, &source, &log.old_checkpoint_file, true)
+    {
+        assert!(ok, "Go's sumdb/tlog refused the served log:\n{report}");
+        for line in &pruned_lines {
+            assert!(report.contains(line.as_str()), "{line}: {report}");
         }
     }
+    process.stop();
+
+    let out = log.dir.0.join("mirror");
+    let args = [
+        "tiles",
+        "--db",
+        path_arg(&log.db),
+        "--key",
+        path_arg(&log.key),
+        "--origin",
+        ORIGIN,
+        "--out",
+        path_arg(&out),
+    ];
+    let (code, report) = auditgate(&args);
+    assert_eq!(code, 0, "{report}");
+    let checked = check_with_tlog_tiles(&log.vkey, read_dir_file(&out), &log.old_checkpoint)
+        .expect("the tlog_tiles crate accepts the directory");
+    assert_eq!(checked.pruned, expected);
+    if let Some((ok, report)) = go_verifies(
+        &log.vkey_file,
+        path_arg(&out),
+        &log.old_checkpoint_file,
+        false,
+    ) {
+        assert!(ok, "Go's sumdb/tlog refused the directory:\n{report}");
+        for line in &pruned_lines {
+            assert!(report.contains(line.as_str()), "{line}: {report}");
+        }
+    }
+
+    // The mark of login 504 moved to entry 505 (and 504 passed off as oversized): the range and
+    // the count of the prune still hold; its digest of the pruned positions does not.
+    let moved = log.dir.0.join("moved");
+    copy_dir(&out, &moved);
+    let size = checked.size;
+    replace_entry(&moved, size, 504, b"{\"oversizedBytes\":70000}");
+    replace_entry(&moved, size, 505, &pruned_mark(record));
+    both_refuse(
+        &log,
+        &moved,
+        &format!("prune record {record} claims 16 entries, 16 are marked"),
+        "(count or seqsSha256 differ)",
+    );
+
+    // A prune after the last signed head that removes entries inside its tree: the marks would
+    // name a record no checkpoint covers yet, so nothing is written.
+    let checkpoint = std::fs::read(out.join("checkpoint")).expect("checkpoint");
+    let store = SqliteStore::open(&log.db, SyncMode::Normal).expect("store");
+    let plan = PrunePlan {
+        default_cutoff: Some(chrono::Utc::now() + chrono::Duration::days(1)),
+        rules: Vec::new(),
+    };
+    let late = prune_all(&store, &plan, LOG_ID, &PrunedBy::Retention, &|| true).expect("prunes");
+    let late_record = late.prunes[0].record_seq;
+    drop(store);
+    let (code, report) = auditgate(&args);
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report.contains(&format!(
+            "pruned by entry {late_record}, which the latest signed head (size {size}) does not \
+             cover yet"
+        )),
+        "{report}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("checkpoint")).expect("checkpoint"),
+        checkpoint
+    );
+    let checked = check_with_tlog_tiles(&log.vkey, read_dir_file(&out), &log.old_checkpoint)
+        .expect("the mirror is left as it was, and still verifies");
+    assert_eq!(checked.pruned, expected);
 }
