@@ -6,6 +6,7 @@
 //
 //	c2sp-verify VKEY_FILE CHECKPOINT_FILE
 //	c2sp-verify tiles VKEY_FILE SOURCE [OLD_CHECKPOINT_FILE]
+//	c2sp-verify proof VKEY_FILE PROOF_FILE
 //
 // The first form prints "ok ORIGIN SIZE ROOT" (ROOT as the checkpoint's base64) and exits 0; on a
 // note the key did not sign, a bad signature or a text that is not a checkpoint it prints the
@@ -13,7 +14,8 @@
 //
 // The tiles form reads SOURCE/checkpoint and SOURCE/tile/..., where SOURCE is the URL prefix of
 // a log (http://127.0.0.1:9090/tlog, with the bearer token from $AUDITGATE_TOKEN when set) or a
-// directory written by `auditgate tiles --out`. See tiles.go for what it checks.
+// directory written by `auditgate tiles --out`. See tiles.go for what it checks. The proof form
+// checks one entry's C2SP tlog proof (c2sp.org/tlog-proof); see proof.go.
 package main
 
 import (
@@ -31,9 +33,14 @@ func main() {
 		verifyTiles(os.Args[2:])
 		return
 	}
+	if len(os.Args) >= 2 && os.Args[1] == "proof" {
+		verifyProof(os.Args[2:])
+		return
+	}
 	if len(os.Args) != 3 {
 		fmt.Fprintln(os.Stderr, "usage: c2sp-verify VKEY_FILE CHECKPOINT_FILE")
 		fmt.Fprintln(os.Stderr, "       c2sp-verify tiles VKEY_FILE SOURCE [OLD_CHECKPOINT_FILE]")
+		fmt.Fprintln(os.Stderr, "       c2sp-verify proof VKEY_FILE PROOF_FILE")
 		os.Exit(2)
 	}
 	vkey, err := os.ReadFile(os.Args[1])

@@ -16,6 +16,11 @@
 //!   which also works for pruned entries) against the latest head:
 //!   `{"seq","leafIndex","leafHash","treeSize","auditPath":[hex],"head":{...},"pruned","prunedBy"}`;
 //!   409 when no signed head covers the entry yet, 404 when there is no such entry.
+//! - `GET /api/v1/entries/{id}/tlog-proof` — the entry's offline proof in the C2SP tlog-proof
+//!   form (`text/plain; charset=utf-8`, an attachment `entry-<seq>.tlog-proof`; see
+//!   [`crate::log::tlog_proof`]) against the latest checkpoint; audited as a read of the entry.
+//!   404 when there is no such entry, 410 when retention pruned it, 409 when no signing key is
+//!   configured, no signed head covers the entry yet, or the latest head does not verify.
 //! - `GET /api/v1/verify[?full=true]` — the check of `auditgate verify`, resumed from where the
 //!   last call stopped (cheap to call often; `full=true` starts over and re-reads everything):
 //!   `{"ok","size","checkedAt","firstBadSeq","problem","problems":[{seq,message}],"mode",...}`.
@@ -33,11 +38,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::audit::{self, AdminAction, RequestInfo, AUDIT_QUERY};
+use super::caller::Caller;
 use super::error::ApiError;
 use super::AdminState;
 use crate::log::checkpoint::VerifierKey;
-use crate::log::head::{HeadError, LogVerifier};
+use crate::log::head::{HeadError, LogVerifier, SignedTreeHead};
 use crate::log::merkle::to_hex;
+use crate::log::tlog_proof::FILE_EXTENSION;
 use crate::signer::SignerStats;
 use crate::store::Store;
 use crate::verify::check::{HeadOrigin, HeadToCheck, LogCheck};
@@ -170,18 +178,27 @@ fn checkpoint_origin(state: &AdminState) -> String {
 /// database but has not the key cannot make the sidecar sign a root it never signed. Ed25519 is
 /// deterministic, so the same head always gives the same checkpoint.
 pub(crate) async fn checkpoint(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let (_, note) = latest_checkpoint(&state, StatusCode::NOT_FOUND).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
+/// The latest stored head and its signed checkpoint note: the one place the log's checkpoint is
+/// rendered, for `/log/checkpoint` and for the tlog proofs of entries. `missing` is the status
+/// of a refusal for a missing key or head (`/log/checkpoint` answers 404; a proof of an entry that
+/// exists answers 409, the entry being there but its proof not yet).
+async fn latest_checkpoint(
+    state: &AdminState,
+    missing: StatusCode,
+) -> Result<(SignedTreeHead, String), ApiError> {
     let (Some(signer), Some(public_key)) = (state.log.signer.clone(), &state.log.public_key) else {
         return Err(ApiError::Refused(
-            StatusCode::NOT_FOUND,
+            missing,
             "no signing key is configured ([log] signing_key)".into(),
         ));
     };
     let store = state.store.clone();
     let Some(head) = blocking(move || Ok(store.latest_head()?)).await? else {
-        return Err(ApiError::Refused(
-            StatusCode::NOT_FOUND,
-            "no signed tree head yet".into(),
-        ));
+        return Err(ApiError::Refused(missing, "no signed tree head yet".into()));
     };
     match public_key.verify(&head) {
         Ok(()) => {}
@@ -205,10 +222,102 @@ pub(crate) async fn checkpoint(State(state): State<AdminState>) -> Result<Respon
         }
     }
     let note = signer
-        .sign_checkpoint(&checkpoint_origin(&state), &head.head)
+        .sign_checkpoint(&checkpoint_origin(state), &head.head)
         .map_err(|error| ApiError::Internal(error.to_string()))?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+    Ok((head, note))
 }
+
+/// `GET /api/v1/entries/{id}/tlog-proof`: the entry's offline proof in the C2SP tlog-proof form
+/// ([`crate::log::tlog_proof`]) against the latest checkpoint, as a download. It carries the
+/// entry's content, so it is audited as a read of the entry (`audit.query`).
+pub(crate) async fn tlog_proof(
+    State(state): State<AdminState>,
+    caller: Caller,
+    info: RequestInfo,
+    Path(id): Path<String>,
+) -> Response {
+    let mut action = AdminAction::new(AUDIT_QUERY, StatusCode::OK);
+    action.resource = Some(("entry", id.chars().take(64).collect()));
+    action
+        .metadata
+        .insert("proof".into(), Value::from("tlog-proof"));
+    let result = tlog_proof_of(&state, id).await;
+    action
+        .metadata
+        .insert("rows".into(), Value::from(u8::from(result.is_ok())));
+    match result {
+        Ok((seq, text)) => {
+            audit::record(&state, Some(&caller), &info, action);
+            let disposition = format!("attachment; filename=\"entry-{seq}.{FILE_EXTENSION}\"");
+            (
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        "text/plain; charset=utf-8".to_string(),
+                    ),
+                    (header::CONTENT_DISPOSITION, disposition),
+                ],
+                text,
+            )
+                .into_response()
+        }
+        Err(error) => {
+            action.status = error.status();
+            audit::record(&state, Some(&caller), &info, action);
+            error.into_response()
+        }
+    }
+}
+
+/// The entry `id` names (an id or a sequence number) and its tlog proof as text.
+async fn tlog_proof_of(state: &AdminState, id: String) -> Result<(u64, String), ApiError> {
+    if id.len() > MAX_ID_BYTES {
+        return Err(ApiError::NotFound("no such entry"));
+    }
+    let store = state.store.clone();
+    let entry = blocking(move || {
+        let Some((seq, pruned_by)) = resolve_seq(store.as_ref(), &id)? else {
+            return Err(ApiError::NotFound("no such entry"));
+        };
+        if let Some(pruned_by) = pruned_by {
+            return Err(ApiError::Refused(
+                StatusCode::GONE,
+                format!(
+                    "entry {seq} was pruned by retention (entry {pruned_by}); its content is \
+                     gone, so there is nothing for a tlog proof to carry (its leaf is still \
+                     proved by /api/v1/entries/{seq}/proof)"
+                ),
+            ));
+        }
+        store
+            .get(&seq.to_string())?
+            .ok_or(ApiError::NotFound("no such entry"))
+    })
+    .await?;
+    let (head, note) = latest_checkpoint(state, StatusCode::CONFLICT).await?;
+    if head.head.size < entry.seq {
+        return Err(ApiError::Refused(
+            StatusCode::CONFLICT,
+            format!(
+                "no signed tree head covers entry {} yet (the latest covers {}); the next one will",
+                entry.seq, head.head.size
+            ),
+        ));
+    }
+    let store = state.store.clone();
+    blocking(move || {
+        let proof = crate::export::proofs::entry_tlog_proof(store.as_ref(), &entry, &head, note)
+            .map_err(|error| match error {
+                crate::export::proofs::ProofError::Store(error) => ApiError::from(error),
+                other => ApiError::Internal(other.to_string()),
+            })?;
+        Ok((entry.seq, proof.format()))
+    })
+    .await
+}
+
+/// The longest id looked up; ULIDs are 26 characters and sequence numbers at most 20 digits.
+const MAX_ID_BYTES: usize = 128;
 
 pub(crate) async fn key(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let Some(key) = &state.log.public_key else {

@@ -13,7 +13,8 @@
 //! - `GET /api/audit-log` — the reference product's `{logs, total}` endpoint (`read`).
 //! - `POST /api/v1/events` — entries from the app itself (`write`; see [`events`]).
 //! - `GET /api/v1/log/head`, `/api/v1/log/checkpoint`, `/api/v1/log/key`, `/api/v1/log/consistency`,
-//!   `/api/v1/entries/{id}/proof`, `/api/v1/verify` — tamper evidence (`read`; see [`log_api`]).
+//!   `/api/v1/entries/{id}/proof`, `/api/v1/entries/{id}/tlog-proof`, `/api/v1/verify` — tamper
+//!   evidence (`read`; see [`log_api`]).
 //! - `GET /tlog/checkpoint`, `GET /tlog/tile/...` — the log as C2SP tlog tiles, outside the JSON
 //!   API and its OpenAPI document (`read`, or public with `[log] public_tiles`; see [`tiles`]).
 //! - `GET /`, `GET /ui/{file}` — the web viewer (static files embedded in the binary); public,
@@ -169,6 +170,12 @@ fn routes() -> Vec<AdminRoute> {
         route(Get, "/api/v1/log/key", read, log_api::key),
         route(Get, "/api/v1/log/consistency", read, log_api::consistency),
         route(Get, "/api/v1/entries/{id}/proof", read, log_api::proof),
+        route(
+            Get,
+            "/api/v1/entries/{id}/tlog-proof",
+            read,
+            log_api::tlog_proof,
+        ),
         route(Get, "/api/v1/verify", read, log_api::verify),
         {
             let mut ingest = route(

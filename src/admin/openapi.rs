@@ -273,6 +273,27 @@ fn build() -> Value {
         ),
     );
 
+    add(
+        "/api/v1/entries/{id}/tlog-proof",
+        "get",
+        operation(
+            "getEntryTlogProof",
+            "The entry's offline proof in the C2SP tlog-proof form (c2sp.org/tlog-proof): `extra` is the base64 of the entry's canonical bytes (the leaf is SHA-256 of 0x00 and those bytes), `index` its leaf index (seq - 1), the inclusion proof, and the log's latest signed checkpoint. `auditgate verify-proof FILE --vkey VKEY` checks it offline, as does any C2SP client with the `vkey` of `/api/v1/log/key`.",
+            read,
+            vec![param("id")],
+            json!({
+                "200": {
+                    "description": "The proof, as an attachment named entry-<seq>.tlog-proof.",
+                    "headers": {"Content-Disposition": {"schema": {"type": "string"}}},
+                    "content": {"text/plain": {"schema": {"type": "string"}}}
+                },
+                "404": error_response("No such entry."),
+                "409": error_response("No signing key is configured, no signed tree head covers the entry yet (the next one will), the latest head does not verify under the running key, or the entry belongs to another sidecar's log."),
+                "410": error_response("The entry was pruned by retention: its content is gone (its leaf is still proved by /proof).")
+            }),
+        ),
+    );
+
     let mut stats_params = filters();
     stats_params.extend([param("by"), param("statsLimit")]);
     add(

@@ -7,12 +7,12 @@ use clap::{Args, Parser, Subcommand};
 /// The exit codes of every command, shown by `auditgate --help`.
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0   success; for verify and verify-export: intact
-  1   verify, verify-export: tampered (the first bad entry is named);
+  0   success; for verify, verify-export and verify-proof: intact
+  1   verify, verify-export, verify-proof: tampered (the first bad entry is named);
       other commands: failed (a store that cannot be read or holds no log, a backup not
       written, an unhealthy sidecar for `health`)
-  2   verify, verify-export: the log or export could not be read, or the export carries no
-      proofs
+  2   verify, verify-export, verify-proof: the log, export or proof could not be read, or
+      the export carries no proofs
   64  the command line or the configuration file is invalid (every error listed)
 Writing to a closed standard output (`auditgate query | head -1`) ends quietly.";
 
@@ -88,6 +88,11 @@ pub enum Command {
     /// Check an NDJSON export made with proofs, without the database (exit 0 intact, 1 tampered,
     /// 2 could not read).
     VerifyExport(VerifyExportArgs),
+    /// Check offline proofs of single entries: C2SP tlog-proof files, from GET
+    /// /api/v1/entries/{id}/tlog-proof or `export --bundle`, against the log's verifier key;
+    /// prints a line per file (exit 0 all valid, 1 any invalid, 2 a file or the key could not be
+    /// read or a file is not a tlog proof).
+    VerifyProof(VerifyProofArgs),
     /// Check an object-storage archive (`[[archive]]`) on its own, in its bucket
     /// (s3://BUCKET/PREFIX) or in a local copy (a directory): every object's proofs, signed
     /// head and checkpoint, and no gap, repeat or reordering between objects (exit 0 intact, 1
@@ -296,8 +301,8 @@ pub struct ExportArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// csv, json, ndjson or ocsf (one OCSF API Activity event per line).
-    #[arg(long)]
-    pub format: String,
+    #[arg(long, required_unless_present = "bundle")]
+    pub format: Option<String>,
     #[command(flatten)]
     pub filters: FilterArgs,
     /// Oldest first instead of newest first.
@@ -311,6 +316,20 @@ pub struct ExportArgs {
     /// oldest first; those newer than the head are left for the next export).
     #[arg(long)]
     pub proofs: bool,
+    /// Write what an auditor takes away into the new directory DIR: `entries.ndjson` (the
+    /// export with proofs, its manifest signed), `proofs/<seq>.tlog-proof` per entry (C2SP
+    /// tlog proofs, for `auditgate verify-proof`), `checkpoint` (the signed checkpoint every
+    /// proof leads to) and `log.vkey` (the key that verifies it). Needs the log's signing key.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["format", "output", "proofs", "asc"])]
+    pub bundle: Option<PathBuf>,
+    /// With --bundle: the log's private key, which signs the checkpoint; default: the
+    /// `[log] signing_key` of --config.
+    #[arg(long, value_name = "KEY", requires = "bundle")]
+    pub key: Option<PathBuf>,
+    /// With --bundle: the checkpoint's origin; default: `[log] origin` of --config, else the log
+    /// id.
+    #[arg(long, requires = "bundle")]
+    pub origin: Option<String>,
 }
 
 /// Where a read command finds the store. Either names it; neither means `--db data/audit.db`.
@@ -358,6 +377,17 @@ pub struct VerifyExportArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyProofArgs {
+    /// The proofs (`.tlog-proof` files).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The log's checkpoint verifier key (`PATH.vkey` from keygen, `log.vkey` of a bundle, or
+    /// `vkey` of GET /api/v1/log/key); the checkpoint's origin must be its name.
+    #[arg(long, value_name = "VKEY")]
+    pub vkey: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,7 @@ pub mod tiles;
 pub mod token;
 pub mod verify;
 pub mod verify_archive;
+pub mod verify_proof;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -66,6 +67,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Keygen { out, origin } => keygen::keygen(&out, origin),
         Command::Verify(args) => Ok(ExitCode::from(verify::run_verify(&args))),
         Command::VerifyExport(args) => Ok(ExitCode::from(verify::run_verify_export(&args))),
+        Command::VerifyProof(args) => Ok(ExitCode::from(verify_proof::run_verify_proof(&args))),
         Command::VerifyArchive(args) => {
             Ok(ExitCode::from(verify_archive::run_verify_archive(&args)))
         }

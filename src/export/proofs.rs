@@ -28,6 +28,7 @@ use crate::entry::AuditEntry;
 use crate::export::ExportError;
 use crate::log::head::{LogSigner, SignedTreeHead};
 use crate::log::merkle::{leaf_hash, to_hex, Hash};
+use crate::log::tlog_proof::TlogProof;
 use crate::store::query::{Cursor, Filter, Order, PageRequest, MAX_LIMIT};
 use crate::store::{Store, StoreError};
 
@@ -73,6 +74,19 @@ pub fn entry_proof(
         leaf_hash: leaf_hash(&entry.canonical_bytes()),
         audit_path: store.inclusion_proof(entry.seq, size)?,
     })
+}
+
+/// The C2SP tlog proof of `entry` against `head`, whose signed checkpoint note is `checkpoint`
+/// (see [`crate::log::tlog_proof`]): the entry's canonical bytes, its leaf index and audit path,
+/// and the checkpoint.
+pub fn entry_tlog_proof(
+    store: &dyn Store,
+    entry: &AuditEntry,
+    head: &SignedTreeHead,
+    checkpoint: String,
+) -> Result<TlogProof, ProofError> {
+    let proof = entry_proof(store, entry, head)?;
+    Ok(TlogProof::for_entry(entry, proof.audit_path, checkpoint))
 }
 
 /// Adds `leafHash`, `leafIndex` and `auditPath` to an entry's JSON object.
@@ -251,11 +265,40 @@ pub fn write_signed_export_with_proofs(
     )
 }
 
+/// [`write_signed_export_with_proofs`] that also hands each entry written, with its proof, to
+/// `each` (an export bundle writes each entry's tlog proof beside the NDJSON from it).
+pub fn write_signed_export_with_each_proof(
+    store: &dyn Store,
+    filter: &Filter,
+    head: &SignedTreeHead,
+    signer: std::sync::Arc<LogSigner>,
+    out: &mut dyn std::io::Write,
+    each: &mut dyn FnMut(&AuditEntry, &EntryProof) -> Result<(), ProofError>,
+) -> Result<u64, ProofError> {
+    write_encoded_each(
+        store,
+        filter,
+        ProofEncoder::new(head.clone()).with_signer(signer),
+        out,
+        each,
+    )
+}
+
 fn write_encoded(
+    store: &dyn Store,
+    filter: &Filter,
+    encoder: ProofEncoder,
+    out: &mut dyn std::io::Write,
+) -> Result<u64, ProofError> {
+    write_encoded_each(store, filter, encoder, out, &mut |_, _| Ok(()))
+}
+
+fn write_encoded_each(
     store: &dyn Store,
     filter: &Filter,
     mut encoder: ProofEncoder,
     out: &mut dyn std::io::Write,
+    each: &mut dyn FnMut(&AuditEntry, &EntryProof) -> Result<(), ProofError>,
 ) -> Result<u64, ProofError> {
     let head = encoder.head().clone();
     let head = &head;
@@ -285,6 +328,7 @@ fn write_encoded(
             }
             let proof = entry_proof(store, entry, head)?;
             out.write_all(&encoder.encode(entry, &proof)?)?;
+            each(entry, &proof)?;
         }
         match page.next_cursor {
             Some(next) => cursor = Some(next),

@@ -15,7 +15,8 @@
 //! and key files), [`checkpoint`] (heads as C2SP checkpoints, verifier keys), [`pruned`] (what an `audit.pruned` entry claims), [`verify`] (the resumable
 //! check of a stored log). They do no I/O of their own except key files: [`verify`] reads through
 //! the [`crate::store::LogReader`] it is given. The signer task is [`crate::signer`], retention
-//! [`crate::store::retention`], the file-level commands [`crate::verify`].
+//! [`crate::store::retention`], the file-level commands [`crate::verify`]. [`tlog_proof`] writes
+//! and checks one entry's offline proof in the C2SP tlog-proof form.
 //!
 //! # What `auditgate verify` proves
 //!
@@ -71,3 +72,4 @@ pub mod head;
 pub mod merkle;
 pub mod pruned;
 pub mod tiles;
+pub mod tlog_proof;

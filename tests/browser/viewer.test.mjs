@@ -448,6 +448,19 @@ test('entry detail: every field, metadata, rule, actor, and an inclusion proof t
   assert.match(await proof.textContent(), /Verified against signed head of size/);
   assert.equal(await page.getByTestId('proof-content').getAttribute('data-state'), 'match');
 
+  // The offline proof downloads as entry-<seq>.tlog-proof and verifies with auditgate
+  // verify-proof under the log's verifier key, without the sidecar.
+  const [proofDownload] = await Promise.all([page.waitForEvent('download'), page.getByTestId('proof-download').click()]);
+  assert.equal(proofDownload.suggestedFilename(), `entry-${entry.seq}.tlog-proof`);
+  const proofFile = path.join(OUT_DIR, `entry-${entry.seq}.tlog-proof`);
+  await proofDownload.saveAs(proofFile);
+  assert.match(fs.readFileSync(proofFile, 'utf8'), /^c2sp\.org\/tlog-proof@v1\nextra /);
+  const vkeyFile = path.join(OUT_DIR, 'log.vkey');
+  fs.writeFileSync(vkeyFile, `${(await api.get('log/key')).vkey}\n`);
+  // Throws (and fails the test) unless verify-proof exits 0.
+  const checked = execFileSync(BINARY, ['verify-proof', proofFile, '--vkey', vkeyFile], { encoding: 'utf8' });
+  assert.match(checked, new RegExp(`: ok seq ${entry.seq} action user\\.created in `));
+
   await page.screenshot({ path: path.join(OUT_DIR, 'detail-light-1280.png') });
   // The open entry is part of the URL, so a pasted link opens it.
   await page.reload();

@@ -22,6 +22,7 @@ mod openapi;
 mod ops;
 mod otlp;
 mod pg_tls;
+mod proofs;
 mod proxy;
 mod running;
 mod siem;

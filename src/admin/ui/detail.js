@@ -1,6 +1,6 @@
 // The entry detail panel: every field of one entry, its metadata, and its proof check.
 
-import { api, ApiError } from './api.js';
+import { api, apiUrl, ApiError } from './api.js';
 import {
   h, $, replace, icon, formatTimeLong, formatNumber, formatDuration, shortHash, formatTimeShort, formatAge, TIME_ZONE,
 } from './dom.js';
@@ -188,6 +188,20 @@ export function createDetail({ onFilter, onNavigate, onClose, entryUrl, toast })
       parts.push(h('p', { class: 'proof-note' },
         `Recomputed in this browser with ${usesWebCrypto ? 'WebCrypto' : 'a JavaScript'} SHA-256 (RFC 9162 inclusion proof). The head's signature is checked offline by `,
         h('code', null, 'auditgate verify --heads'), '.'));
+      // The same proof as a self-contained file (C2SP tlog-proof: the entry, its audit path and
+      // the signed checkpoint) an auditor keeps and checks offline, with auditgate or any C2SP
+      // client. Same-origin, so the session cookie authenticates the download as it does every
+      // other call.
+      const seq = current && current.entry && Number.isInteger(current.entry.seq) ? current.entry.seq : p.seq;
+      if (Number.isInteger(seq)) {
+        parts.push(h('p', { class: 'proof-note' },
+          h('a', {
+            class: 'btn btn-secondary btn-sm', testid: 'proof-download', download: `entry-${seq}.tlog-proof`,
+            href: apiUrl(`entries/${encodeURIComponent(String(seq))}/tlog-proof`),
+            title: 'Download this entry with its inclusion proof and the signed checkpoint, to check offline',
+          }, 'Download offline proof'),
+          ' Check it with ', h('code', null, `auditgate verify-proof entry-${seq}.tlog-proof --vkey log.vkey`), '.'));
+      }
     }
     if (result.retry) {
       parts.push(h('button', { type: 'button', class: 'btn btn-secondary btn-sm', testid: 'proof-retry', onclick: () => loadProof(current.id, generation) },
