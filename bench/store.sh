@@ -39,7 +39,8 @@ cargo build --release --locked --examples >&2
 # measured 600-700 with its WAL), plus a GiB of room for everything else on the disk.
 fits() {
     local n=$1 free
-    free=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR == 2 { print $4 * 1024 }')
+    free=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR == 2 { print $4 }')
+    free=$((free * 1024))
     if [ $((n * 800 + 1073741824)) -gt "$free" ]; then
         echo "== skipped $n entries: needs ~$((n * 800 / 1048576)) MiB, ${TMPDIR:-/tmp} has $((free / 1048576)) MiB free"
         return 1
