@@ -140,10 +140,13 @@ fn main() -> anyhow::Result<()> {
         report.size,
         report.size as f64 / elapsed.as_secs_f64()
     );
-    let bytes = std::fs::metadata(&db).map(|meta| meta.len()).unwrap_or(0);
+    // The file with its indexes and tree nodes, and a WAL if one is left.
+    let size_of = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |meta| meta.len());
+    let bytes = size_of(&db) + size_of(&dir.join("audit.db-wal"));
     println!(
-        "  database:       {:.1} MiB",
-        bytes as f64 / (1024.0 * 1024.0)
+        "  database:       {:.1} MiB ({:.0} bytes per entry, indexes included)",
+        bytes as f64 / (1024.0 * 1024.0),
+        bytes as f64 / count.max(1) as f64
     );
     if keep.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
