@@ -302,7 +302,10 @@ fn validate_witnesses(
             Some(text) => match WitnessKey::parse(text) {
                 Ok(key) => Some(key),
                 Err(error) => {
-                    errors.push(ConfigError::new(&format!("{place}.vkey"), error.to_string()));
+                    errors.push(ConfigError::new(
+                        &format!("{place}.vkey"),
+                        error.to_string(),
+                    ));
                     None
                 }
             },
@@ -337,9 +340,7 @@ fn validate_witnesses(
 /// A witness's submission prefix and its `add-checkpoint` URL.
 fn witness_urls(text: &str) -> Result<(http::Uri, http::Uri), String> {
     if !text.starts_with("http://") && !text.starts_with("https://") {
-        return Err(format!(
-            "`{text}` is not an http:// or https:// URL"
-        ));
+        return Err(format!("`{text}` is not an http:// or https:// URL"));
     }
     let url: http::Uri = text.parse().map_err(|_| format!("`{text}` is not a URL"))?;
     if url.host().is_none() {

@@ -277,6 +277,13 @@ impl std::fmt::Display for WitnessKey {
     }
 }
 
+/// The note text of a signed note (its lines before the signatures, with the final newline).
+pub fn note_text(note: &str) -> Result<&str, WitnessError> {
+    split_note(note)
+        .map(|(text, _)| text)
+        .map_err(|error| WitnessError::MalformedResponse(error.to_string()))
+}
+
 /// The body of an `add-checkpoint` request: the `old` size line, one base64 line per hash of the
 /// consistency proof from `old_size` to the checkpoint's size, an empty line, the signed note.
 pub fn add_checkpoint_body(old_size: u64, proof: &[Hash], note: &str) -> String {
@@ -391,7 +398,12 @@ mod tests {
         // Another key under this key's name and ID: checked, and refused.
         let forged = cosign(&other, "witness.example/w1", VECTOR_TEXT, 5);
         let mut blob = BASE64
-            .decode(forged.rsplit(' ').next().expect("the test's own input is valid"))
+            .decode(
+                forged
+                    .rsplit(' ')
+                    .next()
+                    .expect("the test's own input is valid"),
+            )
             .expect("the test's own input is valid");
         blob[..4].copy_from_slice(&key.key_id().to_be_bytes());
         let forged = format!("\u{2014} witness.example/w1 {}", BASE64.encode(&blob));
@@ -403,7 +415,12 @@ mod tests {
         let signing = rfc8032_witness();
         let zero = cosign(&signing, "witness.example/w1", VECTOR_TEXT, 0);
         assert!(key.verify_line(&zero, VECTOR_TEXT).is_err());
-        for bad in ["", VECTOR_LINE, "old 5\n", "\u{2014} witness.example/w1 !!\n"] {
+        for bad in [
+            "",
+            VECTOR_LINE,
+            "old 5\n",
+            "\u{2014} witness.example/w1 !!\n",
+        ] {
             assert!(
                 key.cosignatures_in_response(bad, VECTOR_TEXT).is_err(),
                 "{bad:?}"
