@@ -30,3 +30,4 @@ mod store;
 mod tamper;
 mod tiles;
 mod viewer;
+mod witness;
