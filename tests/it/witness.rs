@@ -722,3 +722,64 @@ async fn verify_checks_a_witness_policy_on_the_latest_head() {
         String::from_utf8_lossy(&usage.stderr).contains("--witnesses-required needs witness keys")
     );
 }
+
+/// A PostgreSQL database made before cosignatures were kept (schema version 1, no table) is
+/// read with none, and a sidecar's open migrates it: the table is there and keeps them.
+#[test]
+fn a_postgres_database_from_before_gets_the_cosignatures_table() {
+    use auditgate::store::postgres::{Access, PostgresOptions, PostgresStore};
+    use auditgate::store::{LogReader as _, Store as _, StoredCosignature};
+    let Some(url) = crate::pg::server_url("witness_migration") else {
+        return;
+    };
+    let database = crate::pg::TestDatabase::create(&url, "witnessmigration");
+    let options = |access| PostgresOptions {
+        config: database.config.clone(),
+        log_id: "web-1".into(),
+        access,
+        pool_size: 1,
+        tls: crate::pg::default_tls(),
+    };
+    {
+        let store = PostgresStore::open(options(Access::Write { exclusive: true })).expect("opens");
+        store
+            .append(&mut [auditgate::entry::AuditEntry::new("web-1", "one")])
+            .expect("appends");
+    }
+    database
+        .client()
+        .batch_execute("DROP TABLE witness_cosignatures; UPDATE auditgate_schema SET version = 1")
+        .expect("back to version 1");
+    let reader = PostgresStore::open(options(Access::Read)).expect("reads version 1");
+    assert!(reader
+        .cosignatures(ORIGIN, 1, &[7; 32])
+        .expect("none")
+        .is_empty());
+    drop(reader);
+    let store = PostgresStore::open(options(Access::Write { exclusive: true })).expect("migrates");
+    let cosignature = StoredCosignature {
+        origin: ORIGIN.into(),
+        size: 1,
+        root_hash: [7; 32],
+        witness_vkey: "w+00000000+BA==".into(),
+        timestamp: 10,
+        line: "\u{2014} w AAAA".into(),
+    };
+    store.save_cosignature(&cosignature).expect("saves");
+    assert_eq!(
+        store.cosignatures(ORIGIN, 1, &[7; 32]).expect("reads"),
+        vec![cosignature]
+    );
+    assert_eq!(
+        store
+            .witness_size(ORIGIN, "w+00000000+BA==")
+            .expect("reads"),
+        Some(1)
+    );
+    let version: i32 = database
+        .client()
+        .query_one("SELECT version FROM auditgate_schema WHERE id = 1", &[])
+        .expect("version")
+        .get(0);
+    assert_eq!(version, 2);
+}
