@@ -720,10 +720,14 @@ pub struct WitnessSlot {
 impl WitnessSlot {
     /// Counts a failure; a reason outside [`WITNESS_FAILURE_REASONS`] counts as `http_error`.
     pub fn failed(&self, reason: &str) {
-        let index = WITNESS_FAILURE_REASONS
-            .iter()
-            .position(|known| *known == reason)
-            .unwrap_or(7);
+        let position = |wanted: &str| {
+            WITNESS_FAILURE_REASONS
+                .iter()
+                .position(|known| *known == wanted)
+        };
+        let index = position(reason)
+            .or_else(|| position("http_error"))
+            .unwrap_or(0);
         self.failures[index].inc();
         self.failing.store(true, Ordering::Relaxed);
     }

@@ -239,8 +239,7 @@ pub(crate) fn validate_log(
         if ca_file.is_some() {
             errors.push(ConfigError::new(
                 "log.publish_ca_file",
-                "applies to https:// targets in log.publish_heads and log.witnesses, and there is \
-                 none",
+                "applies to https:// targets in log.publish_heads, and there is none",
             ));
         }
         None
