@@ -381,7 +381,18 @@ async fn cosignatures_are_stored_and_served_with_the_checkpoint() {
     let witness = TestWitness::start(&log_vkey, 1).await;
     let mut sidecar = sidecar(dir, upstream.addr, &witness.config()).await;
     let client = HttpClient::new();
-    traffic(&sidecar, &client, 5).await;
+    // Two rounds, so a later checkpoint is submitted with a proof from an earlier one.
+    traffic(&sidecar, &client, 2).await;
+    let first = eventually(Duration::from_secs(10), async || {
+        witness.with_state(|state| state.size >= 3)
+    })
+    .await;
+    assert!(
+        first,
+        "{:?}",
+        witness.with_state(|state| state.requests.clone())
+    );
+    traffic(&sidecar, &client, 3).await;
     sidecar.wait_entries(5).await;
 
     let mut served = String::new();
@@ -471,7 +482,21 @@ async fn a_witness_that_never_answers_does_not_hold_up_auditing() {
     );
     let mut sidecar = sidecar(dir, upstream.addr, &config).await;
     let client = HttpClient::new();
-    traffic(&sidecar, &client, 20).await;
+    let unreachable = async |at_least: u64| {
+        let text = metrics(&sidecar, &client).await;
+        metric_count(
+            &text,
+            &series("auditgate_witness_failures_total", Some("unreachable")),
+        ) >= Some(at_least)
+    };
+    // Two rounds: the head after the first failure is submitted (and fails) again.
+    traffic(&sidecar, &client, 10).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || unreachable(1).await).await,
+        "{}",
+        metrics(&sidecar, &client).await
+    );
+    traffic(&sidecar, &client, 10).await;
     let entries = sidecar.wait_entries(20).await;
     assert_eq!(
         entries
@@ -497,12 +522,60 @@ async fn a_witness_that_never_answers_does_not_hold_up_auditing() {
     sidecar.stop().await;
 }
 
+/// Whether an ERROR line names the witness, its URL, the reason and `needle` (a status or size).
+fn logged_refusal(url: &str, reason: &str, needle: &str) -> bool {
+    crate::support::error_lines().iter().any(|line| {
+        let fields = &line["fields"];
+        fields["witness"] == WITNESS_NAME
+            && fields["url"] == url
+            && fields["reason"] == reason
+            && fields["error"]
+                .as_str()
+                .is_some_and(|error| error.contains(needle))
+    })
+}
+
+/// A witness that does not trust the log's key answers 403: nothing is cosigned, the failure is
+/// counted as `forbidden`, and an error names the witness, its URL and the status.
+#[tokio::test]
+async fn a_witness_that_refuses_is_logged_and_counted() {
+    crate::support::error_log();
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("witness-forbidden");
+    log_key(&dir.0);
+    let other_log = TempDir::new("witness-other-log");
+    let witness = TestWitness::start(&log_key(&other_log.0), 7).await;
+    let mut sidecar = sidecar(dir, upstream.addr, &witness.config()).await;
+    let client = HttpClient::new();
+    traffic(&sidecar, &client, 2).await;
+    let counted = eventually(Duration::from_secs(10), async || {
+        let text = metrics(&sidecar, &client).await;
+        metric_count(
+            &text,
+            &series("auditgate_witness_failures_total", Some("forbidden")),
+        ) >= Some(1)
+    })
+    .await;
+    assert!(counted, "{}", metrics(&sidecar, &client).await);
+    let url = format!("http://{}/w1/add-checkpoint", witness.addr);
+    assert!(
+        logged_refusal(&url, "forbidden", "403"),
+        "no error names the witness and the status: {:?}",
+        crate::support::error_lines()
+    );
+    assert!(witness.with_state(|state| state.cosigned.is_empty()));
+    let (note, cosignatures) = served_checkpoint(&sidecar, &client).await;
+    assert_eq!(cosignatures, 0, "{note}");
+    sidecar.stop().await;
+}
+
 /// A witness that already cosigned a larger tree of this origin (what a log rolled back, or a
 /// fork, looks like to it) answers 409 with its size, which the log cannot prove from: the
 /// sidecar refuses to pretend, counts a `conflict` and serves no cosignature; the witness's
 /// state is untouched.
 #[tokio::test]
 async fn a_witness_holding_a_larger_tree_raises_the_alarm() {
+    crate::support::error_log();
     let upstream = Upstream::start().await;
     let dir = TempDir::new("witness-ahead");
     let log_vkey = log_key(&dir.0);
@@ -519,7 +592,7 @@ async fn a_witness_holding_a_larger_tree_raises_the_alarm() {
         metric_count(
             &text,
             &series("auditgate_witness_failures_total", Some("conflict")),
-        ) >= Some(2)
+        ) >= Some(1)
             && metric_count(&text, &series("auditgate_witness_failing", None)) == Some(1)
     })
     .await;
@@ -531,6 +604,12 @@ async fn a_witness_holding_a_larger_tree_raises_the_alarm() {
     );
     let (note, cosignatures) = served_checkpoint(&sidecar, &client).await;
     assert_eq!(cosignatures, 0, "{note}");
+    let url = format!("http://{}/w1/add-checkpoint", witness.addr);
+    assert!(
+        logged_refusal(&url, "conflict", "1000000"),
+        "no error names the witness and its size: {:?}",
+        crate::support::error_lines()
+    );
     let (size, requests) = witness.with_state(|state| (state.size, state.requests.clone()));
     assert_eq!(size, 1_000_000);
     assert!(
@@ -550,10 +629,21 @@ async fn a_409_from_a_witness_reset_to_an_older_size_is_resolved() {
     let witness = TestWitness::start(&log_vkey, 4).await;
     let mut sidecar = sidecar(dir, upstream.addr, &witness.config()).await;
     let client = HttpClient::new();
-    traffic(&sidecar, &client, 4).await;
-    sidecar.wait_entries(4).await;
+    // Two rounds, so the witness cosigns an earlier checkpoint with entries and a later one.
+    traffic(&sidecar, &client, 2).await;
+    let first = eventually(Duration::from_secs(10), async || {
+        witness.with_state(|state| state.size >= 3)
+    })
+    .await;
+    assert!(
+        first,
+        "{:?}",
+        witness.with_state(|state| state.requests.clone())
+    );
+    let earlier = witness.with_state(|state| (state.size, state.root));
+    traffic(&sidecar, &client, 3).await;
     let grew = eventually(Duration::from_secs(10), async || {
-        witness.with_state(|state| state.cosigned.len() >= 3 && state.size >= 5)
+        witness.with_state(|state| state.size >= 6)
     })
     .await;
     assert!(
@@ -561,14 +651,12 @@ async fn a_409_from_a_witness_reset_to_an_older_size_is_resolved() {
         "{:?}",
         witness.with_state(|state| state.requests.clone())
     );
-    // Back to the first checkpoint it cosigned (smaller than what the sidecar believes).
+    // Back to the earlier checkpoint (smaller than what the sidecar believes it holds).
     let (reset_size, believed) = witness.with_state(|state| {
-        let (size, root) = state.cosigned[0];
         let believed = state.size;
-        state.size = size;
-        state.root = root;
+        (state.size, state.root) = earlier;
         state.requests.clear();
-        (size, believed)
+        (earlier.0, believed)
     });
     assert!(reset_size < believed);
     traffic(&sidecar, &client, 3).await;
