@@ -673,6 +673,172 @@ impl ArchiveMetrics {
     }
 }
 
+/// Why a submission to a witness failed: the `reason` label of
+/// `auditgate_witness_failures_total`, a fixed set so the series are bounded.
+pub const WITNESS_FAILURE_REASONS: [&str; 9] = [
+    // No answer: refused connection, TLS failure, timeout.
+    "unreachable",
+    // 400: the request was malformed.
+    "bad_request",
+    // 403: the witness does not trust the log's key, or its signature failed.
+    "forbidden",
+    // 404: the witness does not know the log's origin.
+    "unknown_log",
+    // 409 that could not be resolved: the witness holds a size the log cannot prove from.
+    "conflict",
+    // 422: the consistency proof or the root did not check out.
+    "inconsistent",
+    // 200 without a cosignature that verifies under the configured key.
+    "bad_cosignature",
+    // Any other answer.
+    "http_error",
+    // The sidecar could not make the proof or store the cosignature.
+    "local_error",
+];
+
+/// Counters of the witnesses (`[[log.witnesses]]`), one slot per witness name; the slots live in
+/// the signer's counters, which outlive reloads.
+#[derive(Debug, Default)]
+pub struct WitnessMetrics {
+    slots: Mutex<Vec<Arc<WitnessSlot>>>,
+}
+
+/// One witness's counters and gauges.
+#[derive(Debug, Default)]
+pub struct WitnessSlot {
+    pub name: String,
+    /// Checkpoints the witness cosigned whose cosignature verified and was stored.
+    pub cosigned: Counter,
+    /// Failed submissions, by the index of their reason in [`WITNESS_FAILURE_REASONS`].
+    failures: [Counter; WITNESS_FAILURE_REASONS.len()],
+    /// The size of the last checkpoint the witness cosigned.
+    pub cosigned_size: AtomicU64,
+    /// 1 while the last submission failed.
+    pub failing: AtomicBool,
+}
+
+impl WitnessSlot {
+    /// Counts a failure; a reason outside [`WITNESS_FAILURE_REASONS`] counts as `http_error`.
+    pub fn failed(&self, reason: &str) {
+        let position = |wanted: &str| {
+            WITNESS_FAILURE_REASONS
+                .iter()
+                .position(|known| *known == wanted)
+        };
+        let index = position(reason)
+            .or_else(|| position("http_error"))
+            .unwrap_or(0);
+        self.failures[index].inc();
+        self.failing.store(true, Ordering::Relaxed);
+    }
+
+    /// Failures counted for `reason`.
+    pub fn failures(&self, reason: &str) -> u64 {
+        WITNESS_FAILURE_REASONS
+            .iter()
+            .position(|known| *known == reason)
+            .map_or(0, |index| self.failures[index].get())
+    }
+
+    /// Counts a cosigned checkpoint of `size`.
+    pub fn cosigned(&self, size: u64) {
+        self.cosigned.inc();
+        self.cosigned_size.store(size, Ordering::Relaxed);
+        self.failing.store(false, Ordering::Relaxed);
+    }
+}
+
+impl WitnessMetrics {
+    /// The slot of the witness `name`, made on first use.
+    pub fn slot(&self, name: &str) -> Arc<WitnessSlot> {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slot) = slots.iter().find(|slot| slot.name == name) {
+            return slot.clone();
+        }
+        let slot = Arc::new(WitnessSlot {
+            name: name.to_string(),
+            ..WitnessSlot::default()
+        });
+        slots.push(slot.clone());
+        slot
+    }
+
+    /// Appends the witness families to `/metrics`; nothing when no witness is configured.
+    pub fn write(&self, out: &mut String) {
+        let slots: Vec<Arc<WitnessSlot>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if slots.is_empty() {
+            return;
+        }
+        let label = |slot: &WitnessSlot| format!("witness=\"{}\"", escape_label(&slot.name));
+        write_family(
+            out,
+            "auditgate_witness_cosignatures_total",
+            "counter",
+            "Checkpoints the witness cosigned, with a cosignature that verified and was stored.",
+        );
+        for slot in &slots {
+            write_series(
+                out,
+                "auditgate_witness_cosignatures_total",
+                &label(slot),
+                slot.cosigned.get(),
+            );
+        }
+        write_family(
+            out,
+            "auditgate_witness_failures_total",
+            "counter",
+            "Submissions of a checkpoint to the witness that failed, by reason (each retried \
+             with the next head).",
+        );
+        for slot in &slots {
+            for (index, reason) in WITNESS_FAILURE_REASONS.iter().enumerate() {
+                write_series(
+                    out,
+                    "auditgate_witness_failures_total",
+                    &format!("{},reason=\"{reason}\"", label(slot)),
+                    slot.failures[index].get(),
+                );
+            }
+        }
+        write_family(
+            out,
+            "auditgate_witness_cosigned_size",
+            "gauge",
+            "Tree size of the last checkpoint the witness cosigned.",
+        );
+        for slot in &slots {
+            write_series(
+                out,
+                "auditgate_witness_cosigned_size",
+                &label(slot),
+                slot.cosigned_size.load(Ordering::Relaxed),
+            );
+        }
+        write_family(
+            out,
+            "auditgate_witness_failing",
+            "gauge",
+            "1 while the last submission to the witness failed.",
+        );
+        for slot in &slots {
+            write_series(
+                out,
+                "auditgate_witness_failing",
+                &label(slot),
+                u8::from(slot.failing.load(Ordering::Relaxed)),
+            );
+        }
+    }
+}
+
 /// A Prometheus histogram with fixed upper bounds.
 #[derive(Debug)]
 pub struct Histogram {

@@ -20,6 +20,10 @@
 //! charset=utf-8` instead of the JSON; the checkpoint is signed beside the JSON head, by the same
 //! key, only when such a target exists.
 //!
+//! Witnesses (`[[log.witnesses]]`, C2SP tlog-witness) are handed each signed checkpoint by
+//! [`witness`]: one task per witness submits the newest one with a consistency proof and stores
+//! the cosignatures that verify, off the signer's way like the URL targets.
+//!
 //! An https target is reached on a connection of its own per delivery round, checked against
 //! `publish_ca_file` or the system's CAs (see [`crate::net::tls`]); an untrusted certificate is a
 //! failed delivery like any other. Nothing here runs on the writer's thread or the proxy's path:
@@ -48,6 +52,9 @@ use crate::metrics::Counter;
 use crate::store::Store;
 use crate::writer::WriterHandle;
 
+mod witness;
+use witness::{WitnessedHead, Witnesses};
+
 /// Heads kept for a target that keeps failing; older ones are dropped first (and counted). A
 /// later head supersedes an earlier one for rollback detection, so losing old ones costs little.
 const MAX_PENDING: usize = 10_000;
@@ -73,6 +80,8 @@ pub struct SignerStats {
     pub publish_dropped: Counter,
     /// Heads that could not be made or stored.
     pub sign_failures: Counter,
+    /// Each witness's cosignatures and failures.
+    pub witnesses: crate::metrics::WitnessMetrics,
 }
 
 /// The running signer.
@@ -132,10 +141,17 @@ impl HeadSigner {
                 }),
             }
         }
-        let checkpoint_origin = urls
-            .iter()
-            .any(|target| target.checkpoint)
-            .then(|| config.checkpoint_origin(&log_id));
+        let checkpoint_origin = (urls.iter().any(|target| target.checkpoint)
+            || !config.witnesses.is_empty())
+        .then(|| config.checkpoint_origin(&log_id));
+        let witness_stats = stats.clone();
+        let witnesses = Witnesses::start(
+            &config.witnesses,
+            store.clone(),
+            config.checkpoint_origin(&log_id),
+            config.publish_tls.clone(),
+            move |name| witness_stats.witnesses.slot(name),
+        );
         let (to_publisher, from_signer) = mpsc::channel::<PublishedHead>(1024);
         let (finish, finish_by) = watch::channel(None);
         let publisher = tokio::spawn(publish_urls(
@@ -166,6 +182,7 @@ impl HeadSigner {
                 task: publisher,
                 finish,
             },
+            witnesses,
         ));
         HeadSigner { stop, task, stats }
     }
@@ -195,19 +212,21 @@ struct UrlTarget {
     pending: VecDeque<String>,
 }
 
-/// One signed head in the forms the URL targets take.
+/// One signed head in the forms the URL targets and witnesses take.
 #[derive(Debug, Clone)]
 struct PublishedHead {
     json: String,
-    /// The signed checkpoint, made only when a target takes it.
+    /// The signed checkpoint, made only when a target or a witness takes it.
     checkpoint: Option<String>,
+    size: u64,
+    root_hash: crate::log::merkle::Hash,
 }
 
 struct SignerWork {
     store: Arc<dyn Store>,
     signer: Arc<LogSigner>,
     log_id: String,
-    /// The checkpoints' origin, when a URL target takes checkpoints.
+    /// The checkpoints' origin, when a URL target or a witness takes checkpoints.
     checkpoint_origin: Option<String>,
     files: Vec<FileTarget>,
     to_publisher: mpsc::Sender<PublishedHead>,
@@ -248,6 +267,7 @@ async fn run(
     writer: WriterHandle,
     mut stopped: watch::Receiver<bool>,
     publisher: Publisher,
+    witnesses: Option<Witnesses>,
 ) {
     tracing::info!(
         key_id = %work.signer.key_id(),
@@ -279,12 +299,18 @@ async fn run(
             // CLI prune) gets one at start.
             _ = ticker.tick() => Wake::Tick { heartbeat: config.heartbeat_interval },
         };
-        maybe_sign(&work, wake).await;
+        maybe_sign(&work, wake, witnesses.as_ref()).await;
     }
     // The shutdown head: always signed, so the last line of a heads file says when the log
     // stopped and how long it was.
-    maybe_sign(&work, Wake::Final).await;
+    maybe_sign(&work, Wake::Final, witnesses.as_ref()).await;
     drop(work);
+    // The witnesses submit the final head meanwhile, each within its own bounded wait.
+    let witnesses_done = async {
+        if let Some(witnesses) = witnesses {
+            witnesses.finish().await;
+        }
+    };
     // The URL publisher delivers what is queued and retries what fails until the deadline, then
     // gives up by itself and says what it did not deliver. The wait here is only a backstop.
     let deadline = Instant::now() + shutdown_budget(config.publish_timeout);
@@ -292,13 +318,16 @@ async fn run(
     drop(to_publisher);
     let abort = publisher.task.abort_handle();
     let backstop = deadline + Duration::from_millis(500);
-    if tokio::time::timeout_at(backstop, publisher.task)
-        .await
-        .is_err()
-    {
-        abort.abort();
-        tracing::warn!("the URL publisher did not finish by its shutdown deadline; stopped it");
-    }
+    let publisher_done = async {
+        if tokio::time::timeout_at(backstop, publisher.task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+            tracing::warn!("the URL publisher did not finish by its shutdown deadline; stopped it");
+        }
+    };
+    tokio::join!(publisher_done, witnesses_done);
 }
 
 /// The work survives a panic in a signing step: the next step takes it over.
@@ -307,8 +336,8 @@ fn lock(work: &Mutex<SignerWork>) -> MutexGuard<'_, SignerWork> {
 }
 
 /// Signs a head if `wake` makes one due, off the async workers (the store and the files are
-/// blocking), and hands it to the URL publisher.
-async fn maybe_sign(work: &Arc<Mutex<SignerWork>>, wake: Wake) {
+/// blocking), and hands it to the URL publisher and the witnesses.
+async fn maybe_sign(work: &Arc<Mutex<SignerWork>>, wake: Wake, witnesses: Option<&Witnesses>) {
     let blocking = work.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let mut work = lock(&blocking);
@@ -329,6 +358,13 @@ async fn maybe_sign(work: &Arc<Mutex<SignerWork>>, wake: Wake) {
     };
     match outcome {
         Ok(head) => {
+            if let (Some(witnesses), Some(note)) = (witnesses, &head.checkpoint) {
+                witnesses.submit(WitnessedHead {
+                    size: head.size,
+                    root_hash: head.root_hash,
+                    note: note.clone(),
+                });
+            }
             if let Err(mpsc::error::TrySendError::Full(_)) = to_publisher.try_send(head) {
                 stats.publish_dropped.inc();
                 tracing::warn!("URL publisher is behind; a head was not queued for it");
@@ -419,6 +455,8 @@ fn sign_now(work: &mut SignerWork) -> Result<PublishedHead, String> {
     Ok(PublishedHead {
         json: line,
         checkpoint,
+        size: signed.head.size,
+        root_hash: signed.head.root_hash,
     })
 }
 

@@ -4,7 +4,8 @@
 //!   `{"logId","size","rootHash"(hex),"timestamp","keyId","signature"(base64)}`;
 //!   404 `{"error":"no signed tree head yet"}`.
 //! - `GET /api/v1/log/checkpoint` — the latest signed tree head as a C2SP checkpoint (a signed
-//!   note, `text/plain; charset=utf-8`; see [`crate::log::checkpoint`]); 404 when no signing key
+//!   note, `text/plain; charset=utf-8`; see [`crate::log::checkpoint`]) followed by the stored
+//!   witness cosignatures of that checkpoint ([`crate::store::cosigned_checkpoint`]); 404 when no signing key
 //!   is configured or no head is signed yet, 409 when the latest stored head does not verify under
 //!   the running key (signed by a key since rotated, or altered in the database).
 //! - `GET /api/v1/log/key` — the public key heads are signed with:
@@ -224,6 +225,10 @@ async fn latest_checkpoint(
     let note = signer
         .sign_checkpoint(&checkpoint_origin(state), &head.head)
         .map_err(|error| ApiError::Internal(error.to_string()))?;
+    // The witnesses' cosignatures of this checkpoint go after the log's own signature.
+    let store = state.store.clone();
+    let note =
+        blocking(move || Ok(crate::store::cosigned_checkpoint(store.as_ref(), &note)?)).await?;
     Ok((head, note))
 }
 

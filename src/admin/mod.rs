@@ -302,6 +302,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         for (name, help, value) in counters {
             crate::metrics::write_metric(&mut text, name, "counter", help, value);
         }
+        signer.witnesses.write(&mut text);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -356,7 +356,7 @@ fn build() -> Value {
         "get",
         operation(
             "logCheckpoint",
-            "The latest signed tree head as a C2SP checkpoint: a signed note (c2sp.org/signed-note) whose text is the origin, the tree size and the base64 root hash (c2sp.org/tlog-checkpoint), signed with the log's Ed25519 key; the `vkey` of `/api/v1/log/key` verifies it.",
+            "The latest signed tree head as a C2SP checkpoint: a signed note (c2sp.org/signed-note) whose text is the origin, the tree size and the base64 root hash (c2sp.org/tlog-checkpoint), signed with the log's Ed25519 key; the `vkey` of `/api/v1/log/key` verifies it. The witnesses' cosignatures of the same checkpoint (c2sp.org/tlog-cosignature, `[[log.witnesses]]`) follow as further signature lines.",
             read,
             vec![],
             json!({

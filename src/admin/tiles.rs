@@ -2,7 +2,8 @@
 //! so that tlog clients auditgate did not write can fetch and check the whole log:
 //!
 //! - `GET /tlog/checkpoint` — the latest signed tree head as a C2SP checkpoint (the same note as
-//!   `/api/v1/log/checkpoint`), `text/plain; charset=utf-8`, never cached.
+//!   `/api/v1/log/checkpoint`, with the witnesses' cosignatures), `text/plain; charset=utf-8`,
+//!   never cached.
 //! - `GET /tlog/tile/<L>/<N>[.p/<W>]` — hash tiles; `GET /tlog/tile/entries/<N>[.p/<W>]` — entry
 //!   bundles (the format, and the marks of pruned and oversized entries, in
 //!   [`crate::log::tiles`]);

@@ -362,6 +362,19 @@ pub struct VerifyArgs {
     /// keys. Without it, roots are checked but signatures are not.
     #[arg(long = "key", value_name = "PUBKEY")]
     pub keys: Vec<PathBuf>,
+    /// A witness's verifier key file (NAME+KEYID+KEY, an Ed25519 cosignature/v1 key, C2SP
+    /// tlog-cosignature); repeat for several. The latest signed head must carry a stored
+    /// cosignature by --witnesses-required of them (default: all).
+    #[arg(long = "witness", value_name = "VKEY_FILE")]
+    pub witnesses: Vec<PathBuf>,
+    /// How many of the --witness keys must have cosigned the latest signed head; with
+    /// --config and no --witness, of the config's [[log.witnesses]].
+    #[arg(long, value_name = "K")]
+    pub witnesses_required: Option<usize>,
+    /// The origin of the log's checkpoints, which the cosignatures sign; default: [log]
+    /// origin of --config, else the log id.
+    #[arg(long)]
+    pub origin: Option<String>,
     /// Print the report as JSON (the shape of GET /api/v1/verify).
     #[arg(long)]
     pub json: bool,

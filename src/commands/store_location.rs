@@ -38,6 +38,8 @@ pub struct Located {
     pub config_signer: Option<Arc<crate::log::head::LogSigner>>,
     /// The origin of the log's checkpoints, when `--config` was given.
     pub config_origin: Option<String>,
+    /// The verifier keys of the configuration's `[[log.witnesses]]`.
+    pub config_witnesses: Vec<crate::log::witness::WitnessKey>,
 }
 
 /// Why a store could not be located.
@@ -58,6 +60,12 @@ pub fn locate(db: Option<&Path>, config: Option<&Path>) -> Result<Located, Locat
         return Ok(Located {
             location,
             config_origin: Some(config.log.checkpoint_origin(&config.log_id)),
+            config_witnesses: config
+                .log
+                .witnesses
+                .iter()
+                .map(|witness| witness.key.clone())
+                .collect(),
             config_log_id: Some(config.log_id),
             config_signer: config.log.signer,
         });
@@ -75,6 +83,7 @@ pub fn locate(db: Option<&Path>, config: Option<&Path>) -> Result<Located, Locat
         config_log_id: None,
         config_signer: None,
         config_origin: None,
+        config_witnesses: Vec::new(),
     })
 }
 

@@ -107,7 +107,9 @@ pub fn write_tiles(
         bail!("{prune}; run again once it is signed");
     }
     let origin = origin.unwrap_or(&head.head.log_id);
-    let checkpoint = signer.sign_checkpoint(origin, &head.head)?;
+    // With the witnesses' cosignatures the store holds for it, as /tlog/checkpoint serves it.
+    let checkpoint =
+        crate::store::cosigned_checkpoint(store, &signer.sign_checkpoint(origin, &head.head)?)?;
     let mut summary = TilesSummary {
         size: head.head.size,
         ..TilesSummary::default()

@@ -36,7 +36,7 @@ use super::merkle::Hash;
 pub const SIGNATURE_TYPE_ED25519: u8 = 0x01;
 
 /// The em dash and space that begin a signature line.
-const SIGNATURE_PREFIX: &str = "\u{2014} ";
+pub(super) const SIGNATURE_PREFIX: &str = "\u{2014} ";
 
 /// The most signature lines a note may carry before it is refused unread. The spec asks for at
 /// least 16 to be accepted; witnesses cosigning a checkpoint stay well under this.
@@ -329,7 +329,7 @@ impl std::fmt::Display for VerifierKey {
 /// theirs), checking the form the spec sets: UTF-8 (given), no control character but newline,
 /// the text separated from the signatures by the last empty line, every signature line ending
 /// in a newline.
-fn split_note(note: &str) -> Result<(&str, Vec<&str>), CheckpointError> {
+pub(super) fn split_note(note: &str) -> Result<(&str, Vec<&str>), CheckpointError> {
     let malformed = |reason: &str| CheckpointError::MalformedNote(reason.to_string());
     if note.len() > MAX_NOTE_BYTES {
         return Err(malformed("longer than 64 KiB"));
@@ -355,7 +355,7 @@ fn split_note(note: &str) -> Result<(&str, Vec<&str>), CheckpointError> {
 }
 
 /// Reads `— <name> <base64(key ID || signature)>`.
-fn parse_signature_line(line: &str) -> Result<(&str, u32, Vec<u8>), CheckpointError> {
+pub(super) fn parse_signature_line(line: &str) -> Result<(&str, u32, Vec<u8>), CheckpointError> {
     let malformed = |reason: &str| CheckpointError::MalformedNote(reason.to_string());
     let rest = line
         .strip_prefix(SIGNATURE_PREFIX)

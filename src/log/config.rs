@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::base::units::positive_duration_or;
 use crate::base::{resolve, ConfigError};
 use crate::log::head::LogSigner;
+use crate::log::witness::WitnessKey;
 use crate::net::https_client;
 
 /// `[log]`: the log's identity, and its signed tree heads.
@@ -49,6 +50,44 @@ pub struct LogFile {
     /// hold every entry's content, so this makes the log readable by whoever reaches the admin
     /// listener. Needs a restart.
     pub public_tiles: Option<bool>,
+    /// Witnesses (C2SP tlog-witness) that are asked to cosign every signed head:
+    /// `[[log.witnesses]]` tables with `url`, `vkey` and an optional `timeout`. Needs
+    /// `signing_key`.
+    #[serde(default)]
+    pub witnesses: Vec<WitnessFile>,
+}
+
+/// `[[log.witnesses]]`: a witness that cosigns the log's checkpoints.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessFile {
+    /// The witness's submission prefix, "http://HOST/PATH" or "https://HOST/PATH": each
+    /// checkpoint is POSTed to `<url>/add-checkpoint`.
+    pub url: Option<String>,
+    /// The witness's verifier key, written out (not a file):
+    /// `<name>+<key ID>+<base64(0x04 || Ed25519 key)>`, an Ed25519 cosignature/v1 key as
+    /// c2sp.org/tlog-cosignature defines. Only cosignatures that verify under it are kept.
+    pub vkey: Option<String>,
+    /// Longest wait for the witness's answer (default: `publish_timeout`).
+    pub timeout: Option<String>,
+}
+
+/// A witness the signer submits each checkpoint to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessTarget {
+    /// The submission prefix as configured.
+    pub url: http::Uri,
+    /// `<url>/add-checkpoint`.
+    pub add_checkpoint: http::Uri,
+    pub key: WitnessKey,
+    pub timeout: Duration,
+}
+
+impl WitnessTarget {
+    /// The witness's name (its key name), as metrics and logs name it.
+    pub fn name(&self) -> &str {
+        self.key.name()
+    }
 }
 
 /// Where signed tree heads are published besides the store.
@@ -90,6 +129,8 @@ pub struct LogConfig {
     pub publish_tls: Option<Arc<rustls::ClientConfig>>,
     /// `[log] public_tiles`: the tlog tiles need no token.
     pub public_tiles: bool,
+    /// `[[log.witnesses]]`: asked to cosign every signed head.
+    pub witnesses: Vec<WitnessTarget>,
 }
 
 impl LogConfig {
@@ -174,12 +215,15 @@ pub(crate) fn validate_log(
             "needs log.signing_key: only signed heads are published",
         ));
     }
+    let witnesses = validate_witnesses(file, publish_timeout, errors);
     let https = publish_heads.iter().any(|target| match target {
         PublishTarget::Url(uri) | PublishTarget::UrlCheckpoint(uri) => {
             uri.scheme_str() == Some("https")
         }
         PublishTarget::File(_) => false,
-    });
+    }) || witnesses
+        .iter()
+        .any(|witness| witness.url.scheme_str() == Some("https"));
     let ca_file = file
         .publish_ca_file
         .as_deref()
@@ -211,7 +255,106 @@ pub(crate) fn validate_log(
         publish_timeout,
         publish_tls,
         public_tiles: file.public_tiles.unwrap_or(false),
+        witnesses,
     }
+}
+
+/// `[[log.witnesses]]`: each table's URL, verifier key and timeout, every error with its place.
+fn validate_witnesses(
+    file: &LogFile,
+    default_timeout: Duration,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<WitnessTarget> {
+    if !file.witnesses.is_empty() && file.signing_key.is_none() {
+        errors.push(ConfigError::new(
+            "log.witnesses",
+            "needs log.signing_key: witnesses cosign the log's signed checkpoints",
+        ));
+    }
+    let mut witnesses: Vec<WitnessTarget> = Vec::new();
+    for (index, witness) in file.witnesses.iter().enumerate() {
+        let place = format!("log.witnesses #{}", index + 1);
+        let url = match witness.url.as_deref() {
+            None => {
+                errors.push(ConfigError::new(
+                    &format!("{place}.url"),
+                    "missing: the witness's submission prefix, e.g. https://witness.example/",
+                ));
+                None
+            }
+            Some(text) => match witness_urls(text) {
+                Ok(urls) => Some(urls),
+                Err(message) => {
+                    errors.push(ConfigError::new(&format!("{place}.url"), message));
+                    None
+                }
+            },
+        };
+        let key = match witness.vkey.as_deref() {
+            None => {
+                errors.push(ConfigError::new(
+                    &format!("{place}.vkey"),
+                    "missing: the witness's verifier key, NAME+KEYID+BASE64KEY",
+                ));
+                None
+            }
+            Some(text) => match WitnessKey::parse(text) {
+                Ok(key) => Some(key),
+                Err(error) => {
+                    errors.push(ConfigError::new(
+                        &format!("{place}.vkey"),
+                        error.to_string(),
+                    ));
+                    None
+                }
+            },
+        };
+        let timeout = positive_duration_or(
+            &format!("{place}.timeout"),
+            witness.timeout.as_deref(),
+            default_timeout,
+            errors,
+        );
+        if let Some(key) = &key {
+            if witnesses.iter().any(|other| other.key.name() == key.name()) {
+                errors.push(ConfigError::new(
+                    &format!("{place}.vkey"),
+                    format!("names the witness `{}` a second time", key.name()),
+                ));
+                continue;
+            }
+        }
+        if let (Some((url, add_checkpoint)), Some(key)) = (url, key) {
+            witnesses.push(WitnessTarget {
+                url,
+                add_checkpoint,
+                key,
+                timeout,
+            });
+        }
+    }
+    witnesses
+}
+
+/// A witness's submission prefix and its `add-checkpoint` URL.
+fn witness_urls(text: &str) -> Result<(http::Uri, http::Uri), String> {
+    if !text.starts_with("http://") && !text.starts_with("https://") {
+        return Err(format!("`{text}` is not an http:// or https:// URL"));
+    }
+    let url: http::Uri = text.parse().map_err(|_| format!("`{text}` is not a URL"))?;
+    if url.host().is_none() {
+        return Err(format!("`{text}` has no host"));
+    }
+    if url.query().is_some() {
+        return Err(format!(
+            "`{text}` has a query; a submission prefix is a URL path that add-checkpoint is \
+             appended to"
+        ));
+    }
+    let add_checkpoint = format!("{}/add-checkpoint", text.trim_end_matches('/'))
+        .parse()
+        .map_err(|_| format!("`{text}` is not a URL"))?;
+    Ok((url, add_checkpoint))
 }
 
 /// `file:PATH` (relative to the config's directory), `http://...` or `https://...`.
@@ -302,5 +445,82 @@ fn parse_publish_entry(value: &toml::Value, base: &Path) -> Result<PublishTarget
         ),
         (Some(Some(other)), _) => Err(format!("format `{other}` is not one of json, checkpoint")),
         (Some(None), _) => Err("format must be a string".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WITNESS_VKEY: &str =
+        "witness.example/w1+eb762cc2+BNdamAGCsQq31Uv+08lkBzoO4XLz2qYjJa8CGmj3B1Ea";
+
+    fn validate(text: &str) -> (LogConfig, Vec<String>) {
+        let dir = std::env::temp_dir().join(format!("auditgate-logcfg-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        LogSigner::write_new(&dir.join("log.key")).expect("key");
+        let file: LogFile = toml::from_str(text).expect("the test's own input is valid");
+        let mut errors = Vec::new();
+        let config = validate_log(&file, &dir, &dir, &mut errors);
+        let _ = std::fs::remove_dir_all(dir);
+        (config, errors.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn witnesses_are_read_with_their_add_checkpoint_url_and_timeout() {
+        let second = {
+            use base64::Engine;
+            let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+            format!(
+                "w2.example+{:08x}+{}",
+                crate::log::witness::cosigner_key_id("w2.example", key.as_bytes()),
+                base64::engine::general_purpose::STANDARD
+                    .encode([&[0x04][..], key.as_bytes()].concat())
+            )
+        };
+        let (config, errors) = validate(&format!(
+            "signing_key = \"log.key\"\npublish_timeout = \"3s\"\n\
+             [[witnesses]]\nurl = \"http://witness.example/w1/\"\nvkey = \"{WITNESS_VKEY}\"\n\
+             [[witnesses]]\nurl = \"https://w2.example\"\ntimeout = \"1s\"\nvkey = \"{second}\"\n"
+        ));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(config.witnesses.len(), 2);
+        let first = &config.witnesses[0];
+        assert_eq!(first.name(), "witness.example/w1");
+        assert_eq!(
+            first.add_checkpoint.to_string(),
+            "http://witness.example/w1/add-checkpoint"
+        );
+        assert_eq!(first.timeout, Duration::from_secs(3));
+        assert_eq!(
+            config.witnesses[1].add_checkpoint.to_string(),
+            "https://w2.example/add-checkpoint"
+        );
+        assert_eq!(config.witnesses[1].timeout, Duration::from_secs(1));
+        assert!(config.publish_tls.is_some(), "an https witness needs TLS");
+    }
+
+    #[test]
+    fn every_witness_error_is_reported_with_its_place() {
+        let (config, errors) = validate(&format!(
+            "[[witnesses]]\nurl = \"ftp://w\"\nvkey = \"nope\"\ntimeout = \"0s\"\n\
+             [[witnesses]]\nvkey = \"{WITNESS_VKEY}\"\n\
+             [[witnesses]]\nurl = \"http://w/?a=b\"\nvkey = \"{WITNESS_VKEY}\"\n\
+             [[witnesses]]\nurl = \"http://w3\"\nvkey = \"{WITNESS_VKEY}\"\n\
+             [[witnesses]]\nurl = \"http://w4\"\nvkey = \"{WITNESS_VKEY}\"\n"
+        ));
+        let all = errors.join("\n");
+        for expected in [
+            "log.witnesses: needs log.signing_key",
+            "log.witnesses #1.url: `ftp://w` is not an http:// or https:// URL",
+            "log.witnesses #1.vkey: invalid witness verifier key",
+            "log.witnesses #1.timeout: must be longer than 0",
+            "log.witnesses #2.url: missing",
+            "log.witnesses #3.url: `http://w/?a=b` has a query",
+            "log.witnesses #5.vkey: names the witness `witness.example/w1` a second time",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert_eq!(config.witnesses.len(), 1);
     }
 }

@@ -12,7 +12,8 @@
 //! any change to or removal of a covered entry changes the root and breaks both.
 //!
 //! The files: [`merkle`] (hashing, frontier, proofs, proof verification), [`head`] (signed heads
-//! and key files), [`checkpoint`] (heads as C2SP checkpoints, verifier keys), [`pruned`] (what an `audit.pruned` entry claims), [`verify`] (the resumable
+//! and key files), [`checkpoint`] (heads as C2SP checkpoints, verifier keys), [`witness`] (witness
+//! cosignatures and the tlog-witness request), [`pruned`] (what an `audit.pruned` entry claims), [`verify`] (the resumable
 //! check of a stored log). They do no I/O of their own except key files: [`verify`] reads through
 //! the [`crate::store::LogReader`] it is given. The signer task is [`crate::signer`], retention
 //! [`crate::store::retention`], the file-level commands [`crate::verify`]. [`tlog_proof`] writes
@@ -73,3 +74,4 @@ pub mod merkle;
 pub mod pruned;
 pub mod tiles;
 pub mod tlog_proof;
+pub mod witness;

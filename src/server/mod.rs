@@ -97,8 +97,9 @@ const ARCHIVE_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 const SHUTDOWN_CHECKPOINT_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The `[log]` keys a reload applies by restarting the head signer.
-const PUBLISHING_KEYS: [&str; 6] = [
+const PUBLISHING_KEYS: [&str; 7] = [
     "log.publish_heads",
+    "log.witnesses",
     "log.publish_timeout",
     "log.publish_ca_file",
     "log.sign_every",

@@ -65,6 +65,21 @@ pub struct StoredHead {
     pub head: SignedTreeHead,
 }
 
+/// A witness's cosignature of one of the log's checkpoints, as stored beside its head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCosignature {
+    /// The checkpoint's origin, size and root: what was cosigned.
+    pub origin: String,
+    pub size: u64,
+    pub root_hash: Hash,
+    /// The witness's verifier key (`name+keyid+key`), which verified the cosignature.
+    pub witness_vkey: String,
+    /// The cosignature's timestamp (POSIX seconds).
+    pub timestamp: u64,
+    /// The note signature line, without its newline.
+    pub line: String,
+}
+
 /// One position of the log as stored, read back for verification. A sound position has a leaf
 /// and exactly one of an entry or a prune mark.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +148,15 @@ pub trait LogReader {
     /// Stored heads with an id above `after_id`, oldest first, at most `limit`. A stored head
     /// that no longer parses is an error naming its id.
     fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError>;
+
+    /// The stored witness cosignatures of the checkpoint (`origin`, `size`, `root_hash`), one
+    /// per witness key; none in a store made before cosignatures were kept.
+    fn cosignatures(
+        &self,
+        origin: &str,
+        size: u64,
+        root_hash: &Hash,
+    ) -> Result<Vec<StoredCosignature>, StoreError>;
 }
 
 /// An append-only log of entries.
@@ -226,6 +250,14 @@ pub trait Store: LogReader + Send + Sync + 'static {
     /// The most recently stored signed head.
     fn latest_head(&self) -> Result<Option<SignedTreeHead>, StoreError>;
 
+    /// Keeps a witness's verified cosignature; one already stored for the same checkpoint and
+    /// witness key is replaced only by a later one.
+    fn save_cosignature(&self, cosignature: &StoredCosignature) -> Result<(), StoreError>;
+
+    /// The largest checkpoint size of `origin` the witness (by its verifier key) has cosigned,
+    /// as far as this store knows: where the next submission to it starts.
+    fn witness_size(&self, origin: &str, witness_vkey: &str) -> Result<Option<u64>, StoreError>;
+
     /// The `audit.pruned` entry that pruned the entry at `seq`, if it was pruned.
     fn pruned_record(&self, seq: u64) -> Result<Option<u64>, StoreError>;
 
@@ -247,6 +279,41 @@ pub trait Store: LogReader + Send + Sync + 'static {
     fn checkpoint(&self, _patience: std::time::Duration) -> Result<bool, StoreError> {
         Ok(true)
     }
+}
+
+/// The log's signed checkpoint `note` with the stored witness cosignatures of the same
+/// checkpoint appended as further signature lines: what `/tlog/checkpoint` serves, and what any
+/// file that embeds the checkpoint should carry. Each stored line is checked again against the
+/// witness key stored with it over this note's text, so a row edited in the database is left
+/// out rather than served as a signature that would make verifiers reject the note. The note
+/// still verifies under the log's key: verifiers ignore signatures by keys they do not know.
+pub fn cosigned_checkpoint<R: LogReader + ?Sized>(
+    reader: &R,
+    note: &str,
+) -> Result<String, StoreError> {
+    use crate::log::witness::{append_cosignature_lines, note_text, WitnessKey};
+    let text = note_text(note).map_err(|error| StoreError::Other(error.to_string()))?;
+    let checkpoint = crate::log::checkpoint::Checkpoint::parse_text(text)
+        .map_err(|error| StoreError::Other(error.to_string()))?;
+    let stored = reader.cosignatures(&checkpoint.origin, checkpoint.size, &checkpoint.root_hash)?;
+    let lines: Vec<String> = stored
+        .into_iter()
+        .filter(|cosignature| {
+            let verified = WitnessKey::parse(&cosignature.witness_vkey)
+                .ok()
+                .and_then(|key| key.verify_line(&cosignature.line, text).ok().flatten());
+            if verified.is_none() {
+                tracing::warn!(
+                    witness = %cosignature.witness_vkey,
+                    size = cosignature.size,
+                    "a stored witness cosignature does not verify; not serving it"
+                );
+            }
+            verified.is_some()
+        })
+        .map(|cosignature| cosignature.line)
+        .collect();
+    Ok(append_cosignature_lines(note, &lines))
 }
 
 /// The leaf index of the entry at `seq` (sequence numbers start at 1, leaf indexes at 0), for a

@@ -18,8 +18,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::entry::AuditEntry;
+use crate::log::checkpoint::Checkpoint;
 use crate::log::head::{LogVerifier, SignedTreeHead};
 use crate::log::merkle::{from_hex, leaf_hash, verify_inclusion, Hash};
+use crate::log::witness::WitnessKey;
 use crate::store::sqlite::SqliteLogReader;
 use crate::store::{LogReader, StoreError};
 use crate::verify::check::{
@@ -261,6 +263,121 @@ pub fn verify_log<R: LogReader + ?Sized>(
     }
     check.add_heads(reader, heads)?;
     Ok(check.finish(reader)?)
+}
+
+/// What `auditgate verify --witness` asks of the latest signed head: cosignatures by at least
+/// `required` of `keys` over its checkpoint under `origin`.
+#[derive(Debug, Clone)]
+pub struct WitnessPolicy {
+    pub keys: Vec<WitnessKey>,
+    pub required: usize,
+    /// The checkpoints' origin; `None` means the head's log id (the default origin).
+    pub origin: Option<String>,
+}
+
+/// How the latest signed head fares against a [`WitnessPolicy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessOutcome {
+    /// The latest signed head's size; `None` when the log has no signed head.
+    pub size: Option<u64>,
+    pub required: usize,
+    /// The names of the policy's witnesses whose stored cosignature verifies.
+    pub cosigned_by: Vec<String>,
+    /// The names of the others.
+    pub missing: Vec<String>,
+}
+
+impl WitnessOutcome {
+    pub fn met(&self) -> bool {
+        self.size.is_some() && self.cosigned_by.len() >= self.required
+    }
+
+    /// One line for the terminal report.
+    pub fn describe(&self) -> String {
+        let Some(size) = self.size else {
+            return format!(
+                "  witnesses: NOT MET: the log has no signed head to be cosigned ({} required)\n",
+                self.required
+            );
+        };
+        let given = self.cosigned_by.len() + self.missing.len();
+        let mut line = format!(
+            "  witnesses: {}the latest signed head (size {size}) is cosigned by {} of the {given} \
+             witnesses given, {} required",
+            if self.met() { "" } else { "NOT MET: " },
+            self.cosigned_by.len(),
+            self.required
+        );
+        if !self.cosigned_by.is_empty() {
+            let _ = write!(line, "; cosigned by {}", self.cosigned_by.join(", "));
+        }
+        if !self.missing.is_empty() {
+            let _ = write!(
+                line,
+                "; no valid cosignature by {}",
+                self.missing.join(", ")
+            );
+        }
+        line.push('\n');
+        line
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "met": self.met(),
+            "size": self.size,
+            "required": self.required,
+            "cosignedBy": self.cosigned_by,
+            "missing": self.missing,
+        })
+    }
+}
+
+/// Checks the latest stored head against `policy`: which of its witnesses have a stored
+/// cosignature that verifies, under their key, over the head's checkpoint.
+pub fn check_witnesses<R: LogReader + ?Sized>(
+    reader: &R,
+    policy: &WitnessPolicy,
+) -> Result<WitnessOutcome, VerifyError> {
+    let latest = stored_heads(reader)?.pop();
+    let names = |keys: &[&WitnessKey]| keys.iter().map(|key| key.name().to_string()).collect();
+    let Some(latest) = latest else {
+        return Ok(WitnessOutcome {
+            size: None,
+            required: policy.required,
+            cosigned_by: Vec::new(),
+            missing: names(&policy.keys.iter().collect::<Vec<_>>()),
+        });
+    };
+    let head = latest.head.head;
+    let origin = policy.origin.clone().unwrap_or_else(|| head.log_id.clone());
+    let text = Checkpoint::of_head(&origin, &head)
+        .map_err(|error| StoreError::Other(error.to_string()))?
+        .text();
+    let stored = reader.cosignatures(&origin, head.size, &head.root_hash)?;
+    let (cosigned, missing): (Vec<&WitnessKey>, Vec<&WitnessKey>) =
+        policy.keys.iter().partition(|key| {
+            stored
+                .iter()
+                .any(|row| matches!(key.verify_line(&row.line, &text), Ok(Some(_))))
+        });
+    Ok(WitnessOutcome {
+        size: Some(head.size),
+        required: policy.required,
+        cosigned_by: names(&cosigned),
+        missing: names(&missing),
+    })
+}
+
+/// [`check_witnesses`] on a database file, read-only.
+pub fn check_database_witnesses(
+    db: &Path,
+    policy: &WitnessPolicy,
+) -> Result<WitnessOutcome, VerifyError> {
+    let reader = SqliteLogReader::open(db)?;
+    let outcome = check_witnesses(&reader, policy)?;
+    reader.check_unchanged()?;
+    Ok(outcome)
 }
 
 /// A human report for the terminal.

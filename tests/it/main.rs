@@ -31,3 +31,4 @@ mod store;
 mod tamper;
 mod tiles;
 mod viewer;
+mod witness;

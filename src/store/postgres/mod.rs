@@ -33,7 +33,9 @@ use sha2::{Digest, Sha256};
 
 use super::query::{Cursor, CursorKind, Filter, PageRequest};
 use super::{Bucket, Page, StatsBy};
-use super::{LogPage, LogReader, PruneOutcome, Store, StoreError, StoredHead, TreeState};
+use super::{
+    LogPage, LogReader, PruneOutcome, Store, StoreError, StoredCosignature, StoredHead, TreeState,
+};
 use crate::entry::AuditEntry;
 use crate::log::head::SignedTreeHead;
 use crate::log::merkle::{self, Frontier, Hash};
@@ -41,7 +43,7 @@ use crate::store::pool::ReaderPool;
 use crate::store::retention::PrunePlan;
 
 /// Migrations, applied in order; `auditgate_schema.version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
 
 /// How long a sidecar waits at open for its log's lock before concluding another sidecar holds it.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -639,6 +641,15 @@ impl LogReader for PostgresStore {
     fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError> {
         self.with_log(|db| tree::heads_after(db, after_id, limit))
     }
+
+    fn cosignatures(
+        &self,
+        origin: &str,
+        size: u64,
+        root_hash: &Hash,
+    ) -> Result<Vec<StoredCosignature>, StoreError> {
+        self.with_log(|db| tree::cosignatures(db, origin, size, root_hash))
+    }
 }
 
 /// The `gid` kind is the only cursor this store hands out; refuse the others early.
@@ -813,6 +824,14 @@ impl Store for PostgresStore {
 
     fn latest_head(&self) -> Result<Option<SignedTreeHead>, StoreError> {
         self.with_log(tree::latest_head)
+    }
+
+    fn save_cosignature(&self, cosignature: &StoredCosignature) -> Result<(), StoreError> {
+        self.with_writer(|db| tree::save_cosignature(db, cosignature))
+    }
+
+    fn witness_size(&self, origin: &str, witness_vkey: &str) -> Result<Option<u64>, StoreError> {
+        self.with_log(|db| tree::witness_size(db, origin, witness_vkey))
     }
 
     fn pruned_record(&self, seq: u64) -> Result<Option<u64>, StoreError> {

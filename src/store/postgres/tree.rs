@@ -20,7 +20,7 @@ use crate::log::pruned::PRUNED_ACTION;
 use crate::store::log_page::PageBuilder;
 use crate::store::query::prefix_upper_bound;
 use crate::store::retention::{PrunePlan, PruneStep};
-use crate::store::{LogPage, PruneOutcome, StoreError, StoredHead};
+use crate::store::{LogPage, PruneOutcome, StoreError, StoredCosignature, StoredHead};
 
 /// One log's view of a connection (or transaction).
 pub struct LogDb<'a, C: GenericClient> {
@@ -590,4 +590,94 @@ pub fn record_intents<C: GenericClient>(
         )?;
     }
     Ok(())
+}
+
+/// Whether the database has the cosignatures table (schema version 2): a database opened for
+/// reading is not migrated, and an older one simply holds no cosignatures.
+fn has_cosignatures<C: GenericClient>(db: &mut LogDb<'_, C>) -> Result<bool, StoreError> {
+    let rows = db.query(
+        "SELECT to_regclass('witness_cosignatures') IS NOT NULL",
+        &[],
+    )?;
+    Ok(match rows.first() {
+        Some(row) => row.try_get(0)?,
+        None => false,
+    })
+}
+
+pub fn save_cosignature<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    cosignature: &StoredCosignature,
+) -> Result<(), StoreError> {
+    let log_id = db.log_id.to_string();
+    db.execute(
+        "INSERT INTO witness_cosignatures \
+         (log_id, origin, size, root_hash, witness_vkey, timestamp, line) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (log_id, size, root_hash, origin, witness_vkey) DO UPDATE \
+         SET timestamp = excluded.timestamp, line = excluded.line \
+         WHERE excluded.timestamp > witness_cosignatures.timestamp",
+        &[
+            &log_id,
+            &cosignature.origin,
+            &sql_int(cosignature.size),
+            &cosignature.root_hash.to_vec(),
+            &cosignature.witness_vkey,
+            &sql_int(cosignature.timestamp),
+            &cosignature.line,
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn cosignatures<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    origin: &str,
+    size: u64,
+    root_hash: &Hash,
+) -> Result<Vec<StoredCosignature>, StoreError> {
+    if !has_cosignatures(db)? {
+        return Ok(Vec::new());
+    }
+    let log_id = db.log_id.to_string();
+    let rows = db.query(
+        "SELECT witness_vkey, timestamp, line FROM witness_cosignatures \
+         WHERE log_id = $1 AND size = $2 AND root_hash = $3 AND origin = $4 \
+         ORDER BY witness_vkey",
+        &[&log_id, &sql_int(size), &root_hash.to_vec(), &origin],
+    )?;
+    rows.iter()
+        .map(|row| {
+            let timestamp: i64 = row.try_get(1)?;
+            Ok(StoredCosignature {
+                origin: origin.to_string(),
+                size,
+                root_hash: *root_hash,
+                witness_vkey: row.try_get(0)?,
+                timestamp: timestamp.max(0) as u64,
+                line: row.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+pub fn witness_size<C: GenericClient>(
+    db: &mut LogDb<'_, C>,
+    origin: &str,
+    witness_vkey: &str,
+) -> Result<Option<u64>, StoreError> {
+    if !has_cosignatures(db)? {
+        return Ok(None);
+    }
+    let log_id = db.log_id.to_string();
+    let rows = db.query(
+        "SELECT MAX(size) FROM witness_cosignatures \
+         WHERE log_id = $1 AND witness_vkey = $2 AND origin = $3",
+        &[&log_id, &witness_vkey, &origin],
+    )?;
+    let size: Option<i64> = match rows.first() {
+        Some(row) => row.try_get(0)?,
+        None => None,
+    };
+    Ok(size.map(|size| size.max(0) as u64))
 }

@@ -12,7 +12,7 @@ use crate::log::merkle::{Frontier, Hash, MerkleError, NodeReader};
 use crate::log::pruned::PRUNED_ACTION;
 use crate::store::log_page::PageBuilder;
 use crate::store::retention::{PrunePlan, PruneStep};
-use crate::store::{LogPage, PruneOutcome, StoreError, StoredHead};
+use crate::store::{LogPage, PruneOutcome, StoreError, StoredCosignature, StoredHead};
 
 /// [`NodeReader`] over the `tree_nodes` table of one connection.
 pub struct SqliteNodes<'c>(pub &'c Connection);
@@ -401,4 +401,96 @@ fn push_prefix(
             values.push(Value::Text(prefix.to_string()));
         }
     }
+}
+
+/// Whether the file has the cosignatures table (schema version 3): a store opened read-only
+/// is not migrated, and an older one simply holds no cosignatures.
+fn has_cosignatures(connection: &Connection) -> Result<bool, StoreError> {
+    Ok(connection
+        .prepare_cached(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'witness_cosignatures'",
+        )?
+        .exists([])?)
+}
+
+pub fn save_cosignature(
+    connection: &Connection,
+    cosignature: &StoredCosignature,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO witness_cosignatures \
+             (origin, size, root_hash, witness_vkey, timestamp, line) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (size, root_hash, origin, witness_vkey) DO UPDATE \
+             SET timestamp = excluded.timestamp, line = excluded.line \
+             WHERE excluded.timestamp > witness_cosignatures.timestamp",
+        )?
+        .execute(params![
+            cosignature.origin,
+            i64::try_from(cosignature.size).unwrap_or(i64::MAX),
+            &cosignature.root_hash[..],
+            cosignature.witness_vkey,
+            i64::try_from(cosignature.timestamp).unwrap_or(i64::MAX),
+            cosignature.line,
+        ])?;
+    Ok(())
+}
+
+pub fn cosignatures(
+    connection: &Connection,
+    origin: &str,
+    size: u64,
+    root_hash: &Hash,
+) -> Result<Vec<StoredCosignature>, StoreError> {
+    if !has_cosignatures(connection)? {
+        return Ok(Vec::new());
+    }
+    let mut select = connection.prepare_cached(
+        "SELECT witness_vkey, timestamp, line FROM witness_cosignatures \
+         WHERE size = ?1 AND root_hash = ?2 AND origin = ?3 ORDER BY witness_vkey",
+    )?;
+    let rows = select.query_map(
+        params![
+            i64::try_from(size).unwrap_or(i64::MAX),
+            &root_hash[..],
+            origin
+        ],
+        |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        },
+    )?;
+    let mut found = Vec::new();
+    for row in rows {
+        let (witness_vkey, timestamp, line) = row?;
+        found.push(StoredCosignature {
+            origin: origin.to_string(),
+            size,
+            root_hash: *root_hash,
+            witness_vkey,
+            timestamp: timestamp.max(0) as u64,
+            line,
+        });
+    }
+    Ok(found)
+}
+
+pub fn witness_size(
+    connection: &Connection,
+    origin: &str,
+    witness_vkey: &str,
+) -> Result<Option<u64>, StoreError> {
+    if !has_cosignatures(connection)? {
+        return Ok(None);
+    }
+    let size: Option<i64> = connection
+        .prepare_cached(
+            "SELECT MAX(size) FROM witness_cosignatures WHERE witness_vkey = ?1 AND origin = ?2",
+        )?
+        .query_row(params![witness_vkey, origin], |row| row.get(0))?;
+    Ok(size.map(|size| size.max(0) as u64))
 }

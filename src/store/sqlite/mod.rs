@@ -28,11 +28,17 @@ use crate::store::pool::ReaderPool;
 use crate::store::query::{Cursor, CursorKind, Filter, PageRequest};
 use crate::store::retention::PrunePlan;
 use crate::store::{Bucket, Page, StatsBy};
-use crate::store::{LogPage, LogReader, PruneOutcome, Store, StoreError, StoredHead, TreeState};
+use crate::store::{
+    LogPage, LogReader, PruneOutcome, Store, StoreError, StoredCosignature, StoredHead, TreeState,
+};
 use readonly::{wal_path, ReadOnlySource};
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema_v1.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 /// The first schema version with the Merkle tree.
 const TREE_SCHEMA_VERSION: i64 = 2;
@@ -477,6 +483,15 @@ impl LogReader for SqliteStore {
     fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError> {
         self.with_reader(|connection| self::log::heads_after(connection, after_id, limit))
     }
+
+    fn cosignatures(
+        &self,
+        origin: &str,
+        size: u64,
+        root_hash: &Hash,
+    ) -> Result<Vec<StoredCosignature>, StoreError> {
+        self.with_reader(|connection| self::log::cosignatures(connection, origin, size, root_hash))
+    }
 }
 
 impl Store for SqliteStore {
@@ -605,6 +620,15 @@ impl Store for SqliteStore {
 
     fn latest_head(&self) -> Result<Option<SignedTreeHead>, StoreError> {
         self.with_reader(self::log::latest_head)
+    }
+
+    fn save_cosignature(&self, cosignature: &StoredCosignature) -> Result<(), StoreError> {
+        let side = self.lock_writer()?;
+        self::log::save_cosignature(&side.connection, cosignature)
+    }
+
+    fn witness_size(&self, origin: &str, witness_vkey: &str) -> Result<Option<u64>, StoreError> {
+        self.with_reader(|connection| self::log::witness_size(connection, origin, witness_vkey))
     }
 
     fn pruned_record(&self, seq: u64) -> Result<Option<u64>, StoreError> {
@@ -780,6 +804,15 @@ impl LogReader for SqliteLogReader {
 
     fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError> {
         self::log::heads_after(&self.connection, after_id, limit)
+    }
+
+    fn cosignatures(
+        &self,
+        origin: &str,
+        size: u64,
+        root_hash: &Hash,
+    ) -> Result<Vec<StoredCosignature>, StoreError> {
+        self::log::cosignatures(&self.connection, origin, size, root_hash)
     }
 }
 
@@ -1170,6 +1203,91 @@ mod tests {
         assert!(store.append(&mut [AuditEntry::new("t", "b")]).is_err());
         assert!(store.check_writable().is_err());
         assert!(store.get("2").expect("reads").is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A store made before cosignatures were kept (schema version 2) still opens read-only
+    /// with none, and opened by a sidecar it gets the table and keeps them.
+    #[test]
+    fn a_version_2_file_gets_the_cosignatures_table_when_opened() {
+        let (dir, db) = temp_db("cosignatures");
+        let cosignature = StoredCosignature {
+            origin: "orders".into(),
+            size: 3,
+            root_hash: [7; 32],
+            witness_vkey: "w+00000000+BA==".into(),
+            timestamp: 10,
+            line: "\u{2014} w AAAA".into(),
+        };
+        {
+            let store = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
+            append_numbered(&store, "old", 3);
+        }
+        {
+            // The file as version 2 left it: no cosignatures table.
+            let connection = Connection::open(&db).expect("open");
+            connection
+                .execute_batch("DROP TABLE witness_cosignatures;")
+                .expect("back to v2");
+            connection
+                .pragma_update(None, "user_version", 2)
+                .expect("version");
+        }
+        let reader = SqliteLogReader::open(&db).expect("reads a version 2 file");
+        assert!(reader
+            .cosignatures("orders", 3, &[7; 32])
+            .expect("none")
+            .is_empty());
+        drop(reader);
+        let read_only = SqliteStore::open_read_only(&db).expect("read-only");
+        assert_eq!(
+            read_only
+                .witness_size("orders", "w+00000000+BA==")
+                .expect("none"),
+            None
+        );
+        drop(read_only);
+
+        let store = SqliteStore::open(&db, SyncMode::Normal).expect("migrates");
+        let version: i64 = store
+            .with_reader(|connection| {
+                Ok(connection.pragma_query_value(None, "user_version", |row| row.get(0))?)
+            })
+            .expect("version");
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        store.save_cosignature(&cosignature).expect("saves");
+        // An older cosignature of the same checkpoint does not replace a newer one.
+        store
+            .save_cosignature(&StoredCosignature {
+                timestamp: 5,
+                line: "older".into(),
+                ..cosignature.clone()
+            })
+            .expect("saves");
+        assert_eq!(
+            store.cosignatures("orders", 3, &[7; 32]).expect("reads"),
+            vec![cosignature.clone()]
+        );
+        assert!(store
+            .cosignatures("other-origin", 3, &[7; 32])
+            .expect("reads")
+            .is_empty());
+        assert!(store
+            .cosignatures("orders", 3, &[8; 32])
+            .expect("reads")
+            .is_empty());
+        assert_eq!(
+            store
+                .witness_size("orders", "w+00000000+BA==")
+                .expect("reads"),
+            Some(3)
+        );
+        drop(store);
+        let reader = SqliteLogReader::open(&db).expect("reads");
+        assert_eq!(
+            reader.cosignatures("orders", 3, &[7; 32]).expect("reads"),
+            vec![cosignature]
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }
