@@ -401,6 +401,14 @@ pub struct VerifyProofArgs {
     /// `vkey` of GET /api/v1/log/key); the checkpoint's origin must be its name.
     #[arg(long, value_name = "VKEY")]
     pub vkey: PathBuf,
+    /// A witness's verifier key file (NAME+KEYID+KEY, an Ed25519 cosignature/v1 key, C2SP
+    /// tlog-cosignature); repeat for several. Each proof's checkpoint must carry a valid
+    /// cosignature by --witnesses-required of them (default: all).
+    #[arg(long = "witness", value_name = "VKEY_FILE")]
+    pub witnesses: Vec<PathBuf>,
+    /// How many of the --witness keys must have cosigned each proof's checkpoint.
+    #[arg(long, value_name = "K", requires = "witnesses")]
+    pub witnesses_required: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -229,6 +229,9 @@ fn export_bundle(
         .or(located.config_origin.clone())
         .unwrap_or_else(|| head.head.log_id.clone());
     let checkpoint = signer.sign_checkpoint(&origin, &head.head)?;
+    // The witnesses' stored cosignatures of that checkpoint go with it, so the auditor's
+    // `verify-proof --witness` checks them offline.
+    let checkpoint = crate::store::cosigned_checkpoint(store, &checkpoint)?;
     let vkey = signer.verifier_key(&origin)?;
 
     let written = write_bundle(store, filter, &head, signer, &checkpoint, &vkey, &partial)

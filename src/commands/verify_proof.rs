@@ -1,6 +1,7 @@
 //! `auditgate verify-proof FILE... --vkey VKEY`: checks offline proofs of single entries, the C2SP
 //! tlog-proof files of `GET /api/v1/entries/{id}/tlog-proof` and `auditgate export --bundle`,
-//! against the log's verifier key, without the database.
+//! against the log's verifier key, without the database, and, with `--witness`, that enough of
+//! the given witnesses cosigned each proof's checkpoint (C2SP tlog-cosignature).
 
 use std::io::Read as _;
 use std::path::Path;
@@ -8,7 +9,78 @@ use std::path::Path;
 use crate::commands::cli::VerifyProofArgs;
 use crate::log::checkpoint::VerifierKey;
 use crate::log::tlog_proof::{verify_entry_proof, TlogProof, TlogProofError, MAX_PROOF_BYTES};
-use crate::verify::{EXIT_TAMPERED, EXIT_UNREADABLE};
+use crate::log::witness::WitnessKey;
+use crate::verify::{EXIT_TAMPERED, EXIT_UNREADABLE, EXIT_USAGE};
+
+/// The witnesses whose cosignatures each proof's checkpoint must carry, and how many of them.
+struct WitnessPolicy {
+    keys: Vec<WitnessKey>,
+    required: usize,
+}
+
+impl WitnessPolicy {
+    /// `Ok(())` when at least `required` of the keys made a valid cosignature of `checkpoint`;
+    /// else the reason. A cosignature line by one of the keys that does not verify is a reason
+    /// too: the signed-note spec makes such a note malformed.
+    fn check(&self, checkpoint: &str) -> Result<String, String> {
+        let mut cosigned = Vec::new();
+        let mut missing = Vec::new();
+        for key in &self.keys {
+            match key.cosignatures_in_note(checkpoint) {
+                Ok(found) if !found.is_empty() => cosigned.push(key.name().to_string()),
+                Ok(_) => missing.push(key.name().to_string()),
+                Err(error) => return Err(format!("witness {}: {error}", key.name())),
+            }
+        }
+        if cosigned.len() >= self.required {
+            Ok(format!(
+                ", cosigned by {} of {} witnesses ({})",
+                cosigned.len(),
+                self.keys.len(),
+                cosigned.join(", ")
+            ))
+        } else {
+            Err(format!(
+                "the checkpoint is cosigned by {} of the {} witnesses given, {} required (no \
+                 valid cosignature by {})",
+                cosigned.len(),
+                self.keys.len(),
+                self.required,
+                missing.join(", ")
+            ))
+        }
+    }
+}
+
+/// Reads the `--witness` keys; an error is the message and the exit code.
+fn witness_policy(args: &VerifyProofArgs) -> Result<Option<WitnessPolicy>, (String, u8)> {
+    if args.witnesses.is_empty() {
+        return Ok(None);
+    }
+    let keys = args
+        .witnesses
+        .iter()
+        .map(|path| {
+            WitnessKey::load(path).map_err(|error| {
+                (
+                    format!("--witness {}: {error}", path.display()),
+                    EXIT_UNREADABLE,
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let required = args.witnesses_required.unwrap_or(keys.len());
+    if required == 0 || required > keys.len() {
+        return Err((
+            format!(
+                "--witnesses-required {required} must be between 1 and the {} witnesses given",
+                keys.len()
+            ),
+            EXIT_USAGE,
+        ));
+    }
+    Ok(Some(WitnessPolicy { keys, required }))
+}
 
 /// What became of one file.
 #[derive(Debug)]
@@ -29,12 +101,19 @@ pub fn run_verify_proof(args: &VerifyProofArgs) -> u8 {
             return EXIT_UNREADABLE;
         }
     };
+    let policy = match witness_policy(args) {
+        Ok(policy) => policy,
+        Err((message, code)) => {
+            eprintln!("auditgate verify-proof: {message}");
+            return code;
+        }
+    };
     let mut invalid = false;
     let mut unreadable = false;
     let mut report = String::new();
     for path in &args.files {
         let shown = path.display();
-        match check_file(path, &vkey) {
+        match check_file(path, &vkey, policy.as_ref()) {
             FileResult::Ok(line) => report.push_str(&format!("{shown}: {line}\n")),
             FileResult::Invalid(reason) => {
                 invalid = true;
@@ -58,7 +137,7 @@ pub fn run_verify_proof(args: &VerifyProofArgs) -> u8 {
     }
 }
 
-fn check_file(path: &Path, vkey: &VerifierKey) -> FileResult {
+fn check_file(path: &Path, vkey: &VerifierKey, policy: Option<&WitnessPolicy>) -> FileResult {
     let text = match read_bounded(path) {
         Ok(text) => text,
         Err(reason) => return FileResult::Unreadable(reason),
@@ -70,16 +149,24 @@ fn check_file(path: &Path, vkey: &VerifierKey) -> FileResult {
         }
         Err(error) => return FileResult::Invalid(error.to_string()),
     };
-    match verify_entry_proof(&proof, vkey) {
-        Ok(verified) => FileResult::Ok(format!(
-            "ok seq {} action {} in {} at size {}",
-            verified.entry.seq,
-            verified.entry.action.escape_debug(),
-            verified.checkpoint.origin,
-            verified.checkpoint.size
-        )),
-        Err(error) => FileResult::Invalid(error.to_string()),
-    }
+    let verified = match verify_entry_proof(&proof, vkey) {
+        Ok(verified) => verified,
+        Err(error) => return FileResult::Invalid(error.to_string()),
+    };
+    // The witnesses are asked only of a checkpoint the log's key signed: a cosignature of a
+    // checkpoint the log never made proves nothing about the log.
+    let witnessed = match policy.map(|policy| policy.check(&proof.checkpoint)) {
+        None => String::new(),
+        Some(Ok(witnessed)) => witnessed,
+        Some(Err(reason)) => return FileResult::Invalid(reason),
+    };
+    FileResult::Ok(format!(
+        "ok seq {} action {} in {} at size {}{witnessed}",
+        verified.entry.seq,
+        verified.entry.action.escape_debug(),
+        verified.checkpoint.origin,
+        verified.checkpoint.size
+    ))
 }
 
 /// The file as text, refusing one longer than any proof can be before reading it all.

@@ -871,3 +871,126 @@ fn a_postgres_database_from_before_gets_the_cosignatures_table() {
         .get(0);
     assert_eq!(version, 2);
 }
+
+/// An entry's tlog proof carries the witnesses' cosignatures of its checkpoint, from the API
+/// and in an export bundle, and `verify-proof --witness` checks them offline: a proof cosigned
+/// by the given witness passes, one checked against a witness that never cosigned it fails, and
+/// so does one whose cosignature line was edited.
+#[tokio::test]
+async fn entry_proofs_carry_the_cosignatures_and_verify_proof_checks_them() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new("witness-proofs");
+    let log_vkey = log_key(&dir.0);
+    let witness = TestWitness::start(&log_vkey, 7).await;
+    let stranger = TestWitness::start(&log_vkey, 8).await;
+    let mut sidecar = sidecar(dir, upstream.addr, &witness.config()).await;
+    let client = HttpClient::new();
+    traffic(&sidecar, &client, 3).await;
+    sidecar.wait_entries(3).await;
+
+    let cosignature = format!("\u{2014} {WITNESS_NAME} ");
+    let url = format!("http://{}/api/v1/entries/2/tlog-proof", sidecar.admin);
+    let mut proof = String::new();
+    let cosigned = eventually(Duration::from_secs(10), async || {
+        let reply = client.get_admin(&url).await;
+        proof = reply.text();
+        reply.status == 200 && proof.contains(&cosignature)
+    })
+    .await;
+    assert!(cosigned, "the proof carries no cosignature: {proof}");
+    let dir = sidecar.dir.0.clone();
+    let proof_file = dir.join("entry-2.tlog-proof");
+    std::fs::write(&proof_file, &proof).expect("proof written");
+    let log_vkey_file = dir.join("log.key.vkey");
+    let witness_file = write_vkey(&dir, "w1.vkey", &witness.vkey());
+    let stranger_file = write_vkey(&dir, "stranger.vkey", &stranger.vkey());
+
+    let check = |file: &Path, witnesses: &[&Path], required: Option<&str>| {
+        let mut args = vec![
+            "verify-proof",
+            path_arg(file),
+            "--vkey",
+            path_arg(&log_vkey_file),
+        ];
+        for witness in witnesses {
+            args.extend(["--witness", path_arg(witness)]);
+        }
+        if let Some(required) = required {
+            args.extend(["--witnesses-required", required]);
+        }
+        let output = auditgate(&args);
+        (
+            output.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    };
+    let (code, out) = check(&proof_file, &[&witness_file], None);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ok seq 2") && out.contains("cosigned by 1 of 1 witnesses (witness.test/w1)"),
+        "{out}"
+    );
+    let (code, out) = check(&proof_file, &[&stranger_file], None);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("INVALID") && out.contains("no valid cosignature by witness.test/w1"),
+        "{out}"
+    );
+    // One of two suffices when one is required; both are required by default.
+    let (code, out) = check(&proof_file, &[&witness_file, &stranger_file], Some("1"));
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = check(&proof_file, &[&witness_file, &stranger_file], None);
+    assert_eq!(code, Some(1), "{out}");
+
+    // A cosignature line edited in the file (its signature's last bytes changed) is refused.
+    let edited: String = proof
+        .lines()
+        .map(|line| {
+            if line.starts_with(&cosignature) {
+                let (head, tail) = line.split_at(line.len() - 6);
+                let flipped = if tail.starts_with('A') { "B" } else { "A" };
+                format!("{head}{flipped}{}\n", &tail[1..])
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    assert_ne!(edited, proof);
+    let edited_file = dir.join("edited.tlog-proof");
+    std::fs::write(&edited_file, &edited).expect("edited proof written");
+    let (code, out) = check(&edited_file, &[&witness_file], None);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("witness witness.test/w1"), "{out}");
+    // Without a witness policy the log's own signature still verifies it.
+    let (code, out) = check(&edited_file, &[], None);
+    assert_eq!(code, Some(0), "{out}");
+
+    // An export bundle's checkpoint and proofs carry the cosignature of the shutdown head.
+    sidecar.stop().await;
+    let bundle = dir.join("bundle");
+    let output = auditgate(&[
+        "export",
+        "--db",
+        path_arg(&dir.join("audit.db")),
+        "--bundle",
+        path_arg(&bundle),
+        "--key",
+        path_arg(&dir.join("log.key")),
+        "--origin",
+        ORIGIN,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let checkpoint = std::fs::read_to_string(bundle.join("checkpoint")).expect("checkpoint");
+    assert!(checkpoint.contains(&cosignature), "{checkpoint}");
+    let (code, out) = check(&bundle.join("proofs/2.tlog-proof"), &[&witness_file], None);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("cosigned by 1 of 1 witnesses"), "{out}");
+}
