@@ -76,6 +76,11 @@ pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
             uri
         }
     };
+    if let (None, Some(what)) = (&refused, policy.actors.repeated_credential(&headers)) {
+        refused = Some(format!(
+            "refused: the {what} (read by an actor source) is given more than once"
+        ));
+    }
     if refused.is_none() && crate::proxy::upgrade_names(&headers, "h2c") {
         refused = Some(
             "refused: an Upgrade to h2c (cleartext HTTP/2) would tunnel requests past the log"

@@ -293,6 +293,9 @@ impl Config {
                 .and_then(|file| file.escaped_slashes.as_deref()),
             proxy_file
                 .as_ref()
+                .and_then(|file| file.path_parameters.as_deref()),
+            proxy_file
+                .as_ref()
                 .and_then(|file| file.method_override.as_deref()),
             &mut errors,
         );

@@ -49,6 +49,10 @@ pub struct ProxyFile {
     /// What `%2F`, `%5C` and a raw `\` in a path become: "reject" (default, 400 and recorded),
     /// "decode" (a path separator) or "keep" (encoded data inside the segment).
     pub escaped_slashes: Option<String>,
+    /// What a `;` in a path segment (`/api/users;jsessionid=1/42`) starts: "strip" (default: it
+    /// and the rest of its segment are removed from the path matched and forwarded, as servlet
+    /// containers route), "reject" (400 and recorded) or "keep" (data inside the segment).
+    pub path_parameters: Option<String>,
     /// How route templates match by default: "insensitive" (default) or "sensitive" to case.
     pub route_case: Option<String>,
     /// Whether a trailing slash matters by default: "optional" (default) or "strict".

@@ -87,6 +87,14 @@ pub(super) fn refusal_of_head<B>(
             format!("refused: the query parameter {name} (a credential) is given more than once"),
         ));
     }
+    // A credential or identity header sent twice (two Authorization headers, two
+    // X-Forwarded-User): the actor source reads one, and the app may read the other or both.
+    if let Some(what) = policy.actors.repeated_credential(request.headers()) {
+        return Some(Refusal::bad_request(
+            "a credential or identity header is given more than once",
+            format!("refused: the {what} (read by an actor source) is given more than once"),
+        ));
+    }
     match canonical_target(&policy.canonical, request.uri()) {
         Ok(None) => {}
         Ok(Some(uri)) => {

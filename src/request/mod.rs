@@ -13,7 +13,11 @@
 //! - dot-segments are removed as in RFC 3986 section 5.2.4 (`..` never climbs above the root);
 //! - an encoded `/` (`%2F`), an encoded `\` (`%5C`) and a raw `\` are refused, decoded into a
 //!   separator, or kept encoded inside their segment, as `[proxy] escaped_slashes` says;
-//! - an invalid percent-encoding and an encoded NUL are refused.
+//! - an invalid percent-encoding and an encoded NUL are refused;
+//! - a `;` path parameter (`/api/users;jsessionid=1/42`, `/api/users/42;v=2`) is removed with the
+//!   rest of its segment before dot-segments are resolved, refused, or kept as segment data, as
+//!   `[proxy] path_parameters` says. Only a raw `;` starts one: `%3B` is data, as it is to the
+//!   servlet containers that strip them.
 //!
 //! The method side (HEAD served by GET rules, `X-HTTP-Method-Override` and `_method` on a POST)
 //! is in [`method`].
@@ -50,11 +54,30 @@ pub enum EscapedSlashes {
     Keep,
 }
 
+/// `[proxy] path_parameters`: what a raw `;` in a path segment starts.
+///
+/// Java servlet containers (Tomcat, Jetty) and Spring remove `;name=value` from every segment
+/// before routing, so `/api/users;jsessionid=1/42` and `/admin/..;/api` reach `/api/users/42` and
+/// `/api`; most other stacks keep `;` as part of the segment. Rules that matched the path with
+/// the parameter in it would miss the first kind of app's request, so the parameter is removed
+/// from the path the rules match *and* the path the app receives: then both kinds of app route
+/// exactly the path the rules saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathParameters {
+    /// Remove `;` and the rest of its segment (the default).
+    Strip,
+    /// Refuse the request with 400 (recorded).
+    Reject,
+    /// Keep `;` as data inside its segment: only for an app that routes on it as data.
+    Keep,
+}
+
 /// How requests are made canonical; part of the reloadable policy.
 #[derive(Debug, Clone)]
 pub struct CanonicalConfig {
     pub path_normalization: PathNormalization,
     pub escaped_slashes: EscapedSlashes,
+    pub path_parameters: PathParameters,
     pub method_override: MethodOverride,
 }
 
@@ -63,6 +86,7 @@ impl Default for CanonicalConfig {
         CanonicalConfig {
             path_normalization: PathNormalization::Strict,
             escaped_slashes: EscapedSlashes::Reject,
+            path_parameters: PathParameters::Strip,
             method_override: MethodOverride::default(),
         }
     }
@@ -73,6 +97,7 @@ impl CanonicalConfig {
     pub fn compile(
         path_normalization: Option<&str>,
         escaped_slashes: Option<&str>,
+        path_parameters: Option<&str>,
         method_override: Option<&[String]>,
         errors: &mut Vec<ConfigError>,
     ) -> CanonicalConfig {
@@ -99,6 +124,18 @@ impl CanonicalConfig {
                 EscapedSlashes::Reject
             }
         };
+        let path_parameters = match path_parameters {
+            None | Some("strip") => PathParameters::Strip,
+            Some("reject") => PathParameters::Reject,
+            Some("keep") => PathParameters::Keep,
+            Some(other) => {
+                errors.push(ConfigError::new(
+                    "proxy.path_parameters",
+                    format!("`{other}` is not one of strip, reject, keep"),
+                ));
+                PathParameters::Strip
+            }
+        };
         let method_override = match method_override {
             None => MethodOverride::default(),
             Some(items) => MethodOverride::parse(items).unwrap_or_else(|messages| {
@@ -113,6 +150,7 @@ impl CanonicalConfig {
         CanonicalConfig {
             path_normalization,
             escaped_slashes,
+            path_parameters,
             method_override,
         }
     }
@@ -122,7 +160,9 @@ impl CanonicalConfig {
     pub fn path<'a>(&self, raw: &'a str) -> Result<Cow<'a, str>, PathError> {
         match self.path_normalization {
             PathNormalization::None => Ok(Cow::Borrowed(raw)),
-            PathNormalization::Strict => canonical_path(raw, self.escaped_slashes),
+            PathNormalization::Strict => {
+                canonical_path(raw, self.escaped_slashes, self.path_parameters)
+            }
         }
     }
 }
@@ -212,6 +252,8 @@ pub enum PathError {
     EncodedNul,
     #[error("the path has {0}, which escaped_slashes = \"reject\" refuses")]
     EscapedSlash(&'static str),
+    #[error("the path has a `;` path parameter, which path_parameters = \"reject\" refuses")]
+    PathParameter,
 }
 
 /// RFC 3986 section 2.3.
@@ -219,17 +261,20 @@ fn unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Whether `raw` is its own canonical form: no percent sign, no backslash, no byte outside
-/// visible ASCII, no empty segment but a trailing one, and no dot-segment.
-fn is_canonical(raw: &str) -> bool {
+/// Whether `raw` is its own canonical form: no percent sign, no backslash, no `;` unless kept,
+/// no byte outside visible ASCII, no empty segment but a trailing one, and no dot-segment.
+fn is_canonical(raw: &str, parameters: PathParameters) -> bool {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return false;
     }
-    if bytes
-        .iter()
-        .any(|&byte| byte == b'%' || byte == b'\\' || !byte.is_ascii_graphic())
-    {
+    let parameter_kept = parameters == PathParameters::Keep;
+    if bytes.iter().any(|&byte| {
+        byte == b'%'
+            || byte == b'\\'
+            || (byte == b';' && !parameter_kept)
+            || !byte.is_ascii_graphic()
+    }) {
         return false;
     }
     let mut segments = raw[1..].split('/').peekable();
@@ -244,8 +289,12 @@ fn is_canonical(raw: &str) -> bool {
 
 /// The canonical path of `raw` (see the module documentation). A target that is not a path
 /// (`*` of `OPTIONS *`, the empty path of an authority-form CONNECT) is returned as it is.
-pub fn canonical_path(raw: &str, escaped: EscapedSlashes) -> Result<Cow<'_, str>, PathError> {
-    if !raw.starts_with('/') || is_canonical(raw) {
+pub fn canonical_path(
+    raw: &str,
+    escaped: EscapedSlashes,
+    parameters: PathParameters,
+) -> Result<Cow<'_, str>, PathError> {
+    if !raw.starts_with('/') || is_canonical(raw, parameters) {
         return Ok(Cow::Borrowed(raw));
     }
     // First pass: decode into `decoded`, where every `/` is a separator and every other byte is
@@ -276,6 +325,17 @@ pub fn canonical_path(raw: &str, escaped: EscapedSlashes) -> Result<Cow<'_, str>
                 continue;
             }
             b'\\' => slash(&mut decoded, escaped, "a backslash", b"%5C")?,
+            // A parameter runs to the next raw `/`, as servlet containers read it before they
+            // decode anything: an escaped slash or backslash inside it is part of it. It goes
+            // before dot-segments are resolved, so `..;x` is `..` here as it is to them.
+            b';' if parameters == PathParameters::Strip => {
+                index = bytes[index..]
+                    .iter()
+                    .position(|&byte| byte == b'/')
+                    .map_or(bytes.len(), |offset| index + offset);
+                continue;
+            }
+            b';' if parameters == PathParameters::Reject => return Err(PathError::PathParameter),
             byte if byte.is_ascii_graphic() => decoded.push(byte),
             byte => push_encoded(&mut decoded, byte),
         }
@@ -365,7 +425,13 @@ mod tests {
     use super::*;
 
     fn strict(raw: &str) -> String {
-        canonical_path(raw, EscapedSlashes::Reject)
+        canonical_path(raw, EscapedSlashes::Reject, PathParameters::Strip)
+            .unwrap_or_else(|error| panic!("{raw}: {error}"))
+            .into_owned()
+    }
+
+    fn kept_parameters(raw: &str) -> String {
+        canonical_path(raw, EscapedSlashes::Reject, PathParameters::Keep)
             .unwrap_or_else(|error| panic!("{raw}: {error}"))
             .into_owned()
     }
@@ -402,11 +468,53 @@ mod tests {
             ("/b/c/./g/.", "/b/c/g/"),
             ("/b/c/g/./h", "/b/c/g/h"),
             ("/b/c/g/../h", "/b/c/h"),
-            ("/b/c/g;x=1/./y", "/b/c/g;x=1/y"),
-            ("/b/c/g;x=1/../y", "/b/c/y"),
         ] {
             assert_eq!(strict(merged), expected, "{merged}");
         }
+        // The examples with a `;` parameter, read with `;` as segment data as RFC 3986 does.
+        assert_eq!(kept_parameters("/b/c/g;x=1/./y"), "/b/c/g;x=1/y");
+        assert_eq!(kept_parameters("/b/c/g;x=1/../y"), "/b/c/y");
+    }
+
+    /// What Tomcat, Jetty and Spring route for paths with `;` parameters, and so what the rules
+    /// must match and the app receive.
+    #[test]
+    fn path_parameters_are_stripped_before_dot_segments() {
+        for (sent, expected) in [
+            ("/api/users;jsessionid=abc/42", "/api/users/42"),
+            ("/api/users/42;x=1", "/api/users/42"),
+            ("/api/users/42;", "/api/users/42"),
+            ("/admin;/users", "/admin/users"),
+            ("/a;x;y=2/b", "/a/b"),
+            // `..;` is a dot-segment once its parameter is gone: the classic way past a proxy
+            // that matched the raw path in front of Tomcat.
+            ("/static/..;/api/users/5", "/api/users/5"),
+            ("/static/%2e%2e;x=1/api/users/5", "/api/users/5"),
+            ("/static/.;x/api", "/static/api"),
+            // A segment that is only a parameter is an empty segment, merged away.
+            ("/api/;x/users/5", "/api/users/5"),
+            ("/api/users/;x", "/api/users/"),
+            ("/;x", "/"),
+            // The parameter runs to the next raw `/`: an encoded slash or broken escape inside it
+            // goes with it, as the servlet containers parse it before decoding.
+            ("/a;x%2Fb/c", "/a/c"),
+            ("/a;%zz/c", "/a/c"),
+            // An encoded `;` is data, kept encoded, as it is to the containers that strip.
+            ("/api/users/42%3Bx=1", "/api/users/42%3Bx=1"),
+            ("/api/users/42%3bx=1", "/api/users/42%3Bx=1"),
+        ] {
+            assert_eq!(strict(sent), expected, "{sent}");
+        }
+        assert_eq!(
+            canonical_path("/a;x/b", EscapedSlashes::Reject, PathParameters::Reject),
+            Err(PathError::PathParameter)
+        );
+        assert_eq!(
+            canonical_path("/a%3Bx/b", EscapedSlashes::Reject, PathParameters::Reject),
+            Ok(Cow::Borrowed("/a%3Bx/b"))
+        );
+        assert_eq!(kept_parameters("/api/users/42;x=1"), "/api/users/42;x=1");
+        assert_eq!(kept_parameters("/static/..;/api"), "/static/..;/api");
     }
 
     #[test]
@@ -428,24 +536,21 @@ mod tests {
 
     #[test]
     fn a_canonical_path_is_borrowed() {
-        for path in [
-            "/",
-            "/api/users/5",
-            "/api/users/5/",
-            "/a.b/..c/.d",
-            "/a;b=c",
-        ] {
+        for path in ["/", "/api/users/5", "/api/users/5/", "/a.b/..c/.d"] {
             assert!(
                 matches!(
-                    canonical_path(path, EscapedSlashes::Reject),
+                    canonical_path(path, EscapedSlashes::Reject, PathParameters::Strip),
                     Ok(Cow::Borrowed(_))
                 ),
                 "{path}"
             );
         }
-        for path in ["//a", "/a/./b", "/a/..", "/%41", "/a\\b", "/a/../"] {
+        assert!(is_canonical("/a;b=c", PathParameters::Keep));
+        for path in [
+            "//a", "/a/./b", "/a/..", "/%41", "/a\\b", "/a/../", "/a;b=c",
+        ] {
             assert!(
-                !is_canonical(path),
+                !is_canonical(path, PathParameters::Strip),
                 "{path} should have been seen as not canonical"
             );
         }
@@ -456,14 +561,14 @@ mod tests {
         for raw in ["/api/users%2F5", "/api/users%2f5", "/a%5Cb", "/a\\b"] {
             assert!(
                 matches!(
-                    canonical_path(raw, EscapedSlashes::Reject),
+                    canonical_path(raw, EscapedSlashes::Reject, PathParameters::Strip),
                     Err(PathError::EscapedSlash(_))
                 ),
                 "{raw}"
             );
         }
         let decode = |raw| {
-            canonical_path(raw, EscapedSlashes::Decode)
+            canonical_path(raw, EscapedSlashes::Decode, PathParameters::Strip)
                 .expect("decodes")
                 .into_owned()
         };
@@ -472,7 +577,7 @@ mod tests {
         assert_eq!(decode("/static\\..\\api\\users\\5"), "/api/users/5");
         assert_eq!(decode("/a%5c..%5cb"), "/b");
         let keep = |raw| {
-            canonical_path(raw, EscapedSlashes::Keep)
+            canonical_path(raw, EscapedSlashes::Keep, PathParameters::Strip)
                 .expect("keeps")
                 .into_owned()
         };
@@ -491,7 +596,7 @@ mod tests {
             ("/a%00b", PathError::EncodedNul),
         ] {
             assert_eq!(
-                canonical_path(raw, EscapedSlashes::Decode),
+                canonical_path(raw, EscapedSlashes::Decode, PathParameters::Strip),
                 Err(expected),
                 "{raw}"
             );
@@ -544,21 +649,32 @@ mod tests {
     #[test]
     fn config_values_are_checked() {
         let mut errors = Vec::new();
-        let config = CanonicalConfig::compile(Some("none"), Some("keep"), Some(&[]), &mut errors);
+        let config = CanonicalConfig::compile(
+            Some("none"),
+            Some("keep"),
+            Some("reject"),
+            Some(&[]),
+            &mut errors,
+        );
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(config.path_normalization, PathNormalization::None);
         assert_eq!(config.escaped_slashes, EscapedSlashes::Keep);
+        assert_eq!(config.path_parameters, PathParameters::Reject);
         assert!(!config.method_override.enabled());
+        let default = CanonicalConfig::compile(None, None, None, None, &mut errors);
+        assert_eq!(default.path_parameters, PathParameters::Strip);
         CanonicalConfig::compile(
             Some("loose"),
             Some("drop"),
+            Some("ignore"),
             Some(&["header:".to_string()]),
             &mut errors,
         );
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert_eq!(text.len(), 3, "{text:?}");
+        assert_eq!(text.len(), 4, "{text:?}");
         assert!(text[0].starts_with("proxy.path_normalization"), "{text:?}");
         assert!(text[1].starts_with("proxy.escaped_slashes"), "{text:?}");
-        assert!(text[2].starts_with("proxy.method_override"), "{text:?}");
+        assert!(text[2].starts_with("proxy.path_parameters"), "{text:?}");
+        assert!(text[3].starts_with("proxy.method_override"), "{text:?}");
     }
 }

@@ -243,6 +243,77 @@ async fn escaped_slashes_can_be_decoded_or_kept() {
     assert_eq!(entry.status, Some(404));
 }
 
+/// Tomcat, Jetty and Spring remove `;` path parameters before routing; other stacks keep `;` as
+/// data. With the parameter removed from the path the rules match and the app receives, both
+/// kinds of app run the delete the entry records, with the id the entry names.
+#[tokio::test]
+async fn path_parameters_are_removed_for_the_rules_and_the_app_alike() {
+    let spellings = [
+        "/api/users;jsessionid=abc/42",
+        "/api/users/42;x=1",
+        "/api;/users/42",
+        "/API/Users/42;v=2/",
+        // Past the skip rule for /static as the raw path reads: Tomcat resolves `..;` as `..`.
+        "/static/..;/api/users/42",
+        "/static/%2e%2e;x/api/users/42",
+    ];
+    for servlet in [true, false] {
+        let app = if servlet {
+            ExpressApp::start_servlet().await
+        } else {
+            ExpressApp::start().await
+        };
+        let sidecar = TestSidecar::start_with(app.addr, "", RULES).await;
+        for (index, target) in spellings.iter().enumerate() {
+            let (status, answer) = raw(sidecar.proxy, "DELETE", target, &[], "").await;
+            assert_eq!(status, 200, "servlet {servlet}, {target}: {answer}");
+            let handled = app.last().expect("the app handled it");
+            assert_eq!(handled.handler, "DELETE /api/users/:id", "{target}");
+            assert_eq!(handled.id.as_deref(), Some("42"), "{target}");
+            let entry = next_entry(&sidecar, index).await;
+            assert_eq!(entry.action, "user.deleted", "{target}: {entry:?}");
+            assert_eq!(entry.resource_id.as_deref(), Some("42"), "{target}");
+            assert_eq!(entry.path.as_deref(), Some(handled.path.as_str()));
+            assert!(!handled.path.contains(';'), "{target}: {}", handled.path);
+            assert_eq!(entry.metadata["_pathSent"], json!(target), "{target}");
+        }
+        assert_eq!(app.ran("DELETE /api/users/:id"), spellings.len());
+        // An encoded `;` is data to both kinds of app: the id is `42;x=1`, which names no user
+        // the app has, and the entry names the same id.
+        let (_, answer) = raw(sidecar.proxy, "GET", "/api/users/42%3Bx=1", &[], "").await;
+        let handled = app.last().expect("the app handled it");
+        assert_eq!(handled.id.as_deref(), Some("42;x=1"), "{answer}");
+        let entry = next_entry(&sidecar, spellings.len()).await;
+        assert_eq!(entry.action, "user.viewed");
+        assert_eq!(entry.path.as_deref(), Some("/api/users/42%3Bx=1"));
+    }
+}
+
+#[tokio::test]
+async fn path_parameters_can_be_refused_or_kept() {
+    let (app, sidecar) = setup("path_parameters = \"reject\"").await;
+    let (status, answer) = raw(sidecar.proxy, "DELETE", "/api/users/42;x=1", &[], "").await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("bad request path"), "{answer}");
+    assert!(app.handled().is_empty(), "the app saw {:?}", app.handled());
+    let entry = next_entry(&sidecar, 0).await;
+    assert_eq!(entry.status, Some(400));
+    assert_eq!(entry.action, "http.delete");
+    let error = entry.error.unwrap_or_default();
+    assert!(error.contains("path parameter"), "{error}");
+
+    // Kept for an app that reads `;` as data: the app and the entry both see the id `42;x=1`.
+    let (app, sidecar) = setup("path_parameters = \"keep\"").await;
+    let (status, _) = raw(sidecar.proxy, "DELETE", "/api/users/42;x=1", &[], "").await;
+    assert_eq!(status, 200);
+    let handled = app.last().expect("handled");
+    assert_eq!(handled.path, "/api/users/42;x=1");
+    assert_eq!(handled.id.as_deref(), Some("42;x=1"));
+    let entry = next_entry(&sidecar, 0).await;
+    assert_eq!(entry.action, "user.deleted");
+    assert_eq!(entry.resource_id.as_deref(), Some("42;x=1"));
+}
+
 #[tokio::test]
 async fn method_overrides_on_a_post_are_recorded_as_the_method_the_app_ran() {
     let (app, sidecar) = setup("").await;

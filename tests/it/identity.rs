@@ -566,6 +566,110 @@ id = \"username\"
 // Auth-proxy headers, basic auth, API keys, body fields
 // ---------------------------------------------------------------------------------------------
 
+/// Two Authorization headers, or two X-Forwarded-User headers from a trusted proxy: the actor
+/// source would read one and the app may read the other (apps take the first, the last, or both
+/// joined), so no entry could name who the app acted for. The request is refused, recorded, and
+/// never reaches the app. Sent once each, the same headers pass and name the actor; a groups
+/// header is a list and may repeat.
+#[tokio::test]
+async fn a_credential_or_identity_header_sent_twice_is_refused_and_recorded() {
+    let upstream = Upstream::start().await;
+    let sidecar = TestSidecar::start_with(
+        upstream.addr,
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        &format!(
+            "{RECORD_ALL}[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"IT_IDENTITY_HS_1\"\n\
+             [[actor]]\nfrom = \"header\"\nid = \"x-forwarded-user\"\ngroups = \"x-forwarded-groups\"\n\
+             [[rule]]\nmethod = \"DELETE\"\npath = \"/api/users/{{id}}\"\naction = \"user.deleted\"\n\
+             resource = {{ type = \"user\", id = \"{{id}}\" }}\n"
+        ),
+    )
+    .await;
+    let token = |subject: &str| {
+        bearer(&hs256(
+            "it-identity-hs-secret-1",
+            &json!({"sub": subject, "exp": now() + 600}),
+        ))
+    };
+    let (alice, mallory) = (token("alice"), token("mallory"));
+    let client = HttpClient::new();
+    let delete = |headers: Vec<(&'static str, String)>| {
+        let client = &client;
+        let url = sidecar.url("/api/users/7");
+        async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_str()))
+                .collect();
+            client.send("DELETE", &url, &headers, "").await
+        }
+    };
+
+    let once = delete(vec![("authorization", alice.clone())]).await;
+    assert_eq!(once.status, 200, "{}", once.text());
+    assert_eq!(upstream.count(), 1);
+    let entries = sidecar.wait_entries(1).await;
+    assert_eq!(entries[0].action, "user.deleted");
+    assert_eq!(entries[0].resource_id.as_deref(), Some("7"));
+    assert_eq!(actor(&entries[0]), (Some("alice"), Some("jwt"), true));
+
+    let refusals = [
+        (
+            vec![("authorization", alice.clone()), ("authorization", mallory)],
+            "header authorization",
+        ),
+        (
+            vec![
+                ("x-forwarded-user", "ann".to_string()),
+                ("x-forwarded-user", "admin".to_string()),
+            ],
+            "header x-forwarded-user",
+        ),
+    ];
+    for (index, (headers, named)) in refusals.into_iter().enumerate() {
+        let reply = delete(headers).await;
+        assert_eq!(reply.status, 400, "{named}: {}", reply.text());
+        assert!(
+            reply.text().contains("given more than once"),
+            "{}",
+            reply.text()
+        );
+        assert_eq!(
+            upstream.count(),
+            1,
+            "the app saw a request with {named} twice"
+        );
+        let entries = sidecar.wait_entries(index + 2).await;
+        let refused = &entries[index + 1];
+        assert_eq!(refused.status, Some(400), "{named}");
+        assert_eq!(refused.method.as_deref(), Some("DELETE"));
+        assert_eq!(refused.action, "http.delete", "{named}");
+        let error = refused.error.clone().unwrap_or_default();
+        assert!(
+            error.contains(&format!(
+                "{named} (read by an actor source) is given more than once"
+            )),
+            "{error}"
+        );
+    }
+
+    let groups = delete(vec![
+        ("x-forwarded-user", "ann".to_string()),
+        ("x-forwarded-groups", "ops".to_string()),
+        ("x-forwarded-groups", "auditors".to_string()),
+    ])
+    .await;
+    assert_eq!(groups.status, 200, "{}", groups.text());
+    assert_eq!(upstream.count(), 2);
+    let entries = sidecar.wait_entries(4).await;
+    assert_eq!(actor(&entries[3]), (Some("ann"), Some("header"), true));
+    assert_eq!(entries[3].action, "user.deleted");
+    assert_eq!(
+        entries[3].metadata["_actor"]["roles"],
+        json!(["ops", "auditors"])
+    );
+}
+
 const OAUTH2_PROXY_ACTORS: &str = "
 [[actor]]
 from = \"header\"

@@ -1090,6 +1090,18 @@ pub struct ExpressApp {
 
 impl ExpressApp {
     pub async fn start() -> ExpressApp {
+        ExpressApp::start_routing(false).await
+    }
+
+    /// The same app on a Java servlet container (Tomcat, Jetty) or Spring: before anything else,
+    /// a `;` path parameter is removed from each segment of the path as sent, up to the next
+    /// `/` (`/api/users;jsessionid=1/42` and `/static/..;/api/users/42` route to
+    /// `/api/users/42`); an encoded `%3B` stays data.
+    pub async fn start_servlet() -> ExpressApp {
+        ExpressApp::start_routing(true).await
+    }
+
+    async fn start_routing(strips_path_parameters: bool) -> ExpressApp {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind express app");
@@ -1107,7 +1119,7 @@ impl ExpressApp {
                         let handled = handled.clone();
                         async move {
                             Ok::<_, std::convert::Infallible>(
-                                express_answer(request, handled).await,
+                                express_answer(request, handled, strips_path_parameters).await,
                             )
                         }
                     });
@@ -1187,6 +1199,7 @@ fn express_override(headers: &HeaderMap, query: Option<&str>, form: &[u8]) -> Op
 async fn express_answer(
     request: Request<Incoming>,
     handled: Arc<std::sync::Mutex<Vec<Handled>>>,
+    strips_path_parameters: bool,
 ) -> Response<BoxBody> {
     let wire_method = request.method().to_string();
     let path = request.uri().path().to_string();
@@ -1234,7 +1247,15 @@ async fn express_answer(
     } else {
         method.as_str()
     };
-    let segments = express_segments(&path);
+    let segments = if strips_path_parameters {
+        let stripped: Vec<&str> = path
+            .split('/')
+            .map(|segment| segment.split(';').next().unwrap_or_default())
+            .collect();
+        express_segments(&stripped.join("/"))
+    } else {
+        express_segments(&path)
+    };
     let folded: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
     let folded: Vec<&str> = folded.iter().map(String::as_str).collect();
     let (handler, id) = match (route_method, folded.as_slice()) {

@@ -578,6 +578,14 @@ impl JwtSource {
         }
     }
 
+    /// The cookie the token is read from.
+    pub(super) fn token_cookie(&self) -> Option<&str> {
+        match &self.place {
+            TokenPlace::Cookie(name) => Some(name),
+            TokenPlace::Header(_) | TokenPlace::Query(_) => None,
+        }
+    }
+
     /// The query parameter the token is read from, for its redaction.
     pub(super) fn token_query(&self) -> Option<&str> {
         match &self.place {

@@ -224,6 +224,18 @@ pub struct ActorChain {
     /// once. Only these spellings are read; any other spelling an app server would read as one
     /// of them (`x_forwarded_user`) is removed before forwarding, from every peer.
     identity_headers: Vec<HeaderName>,
+    /// The headers a source reads one value of (a token, a key, `Authorization`, an identity
+    /// header other than a groups list) and the cookies a token is read from, each once: a
+    /// request that carries one of them twice is refused, since the source would read one and
+    /// the app may read the other.
+    single_value: SingleValue,
+}
+
+/// What [`ActorChain::repeated_credential`] looks for.
+#[derive(Debug, Default)]
+struct SingleValue {
+    headers: Vec<HeaderName>,
+    cookies: Vec<String>,
 }
 
 impl std::fmt::Debug for ActorChain {
@@ -365,6 +377,7 @@ impl ActorChain {
             trusted_proxies: Vec::new(),
             strip_untrusted: Vec::new(),
             identity_headers: Vec::new(),
+            single_value: SingleValue::default(),
         }
     }
 
@@ -428,12 +441,14 @@ impl ActorChain {
                 }
             }
         }
+        let single_value = SingleValue::of(&sources);
         if errors.is_empty() {
             Ok(ActorChain {
                 sources,
                 trusted_proxies: trusted_proxies.to_vec(),
                 strip_untrusted,
                 identity_headers,
+                single_value,
             })
         } else {
             Err(errors)
@@ -590,6 +605,33 @@ impl ActorChain {
             }
         }
         others
+    }
+
+    /// The first credential or identity header (`header authorization`) or token cookie
+    /// (`cookie session`) that a source reads one value of and the request carries more than
+    /// once. Apps differ on which of two they use (the first, the last, both joined), so no
+    /// entry could name the actor the app acted for; the request is refused instead. A groups
+    /// header is a list and may repeat: its values are read together. Costs one map lookup per
+    /// header read, and a scan of the Cookie fields only when a token is read from a cookie.
+    pub fn repeated_credential(&self, headers: &HeaderMap) -> Option<String> {
+        if let Some(name) = self
+            .single_value
+            .headers
+            .iter()
+            .find(|name| headers.get_all(*name).iter().nth(1).is_some())
+        {
+            return Some(format!("header {name}"));
+        }
+        self.single_value
+            .cookies
+            .iter()
+            .find(|cookie| {
+                cookies(headers)
+                    .filter(|(name, _)| name == cookie)
+                    .nth(1)
+                    .is_some()
+            })
+            .map(|cookie| format!("cookie {cookie}"))
     }
 
     /// Query parameters that carry API keys: never stored.
@@ -812,15 +854,54 @@ fn compile_body(
 
 /// The value of a named cookie from any `Cookie` header.
 pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookies(headers).find_map(|(key, value)| (key == name).then_some(value))
+}
+
+/// Every cookie over all Cookie fields, in order, as (name, value without quotes).
+fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
-        .find_map(|pair| {
+        .filter_map(|pair| {
             let (key, value) = pair.trim().split_once('=')?;
-            (key == name).then(|| value.trim_matches('"'))
+            Some((key, value.trim_matches('"')))
         })
+}
+
+impl SingleValue {
+    fn of(sources: &[Source]) -> SingleValue {
+        let mut single = SingleValue::default();
+        for source in sources {
+            let headers: Vec<&HeaderName> = match source {
+                Source::Header(header) => [&header.id, &header.email, &header.name, &header.tenant]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                Source::Jwt(jwt) => {
+                    if let Some(cookie) = jwt.token_cookie() {
+                        if !single.cookies.iter().any(|known| known == cookie) {
+                            single.cookies.push(cookie.to_string());
+                        }
+                    }
+                    jwt.token_header().into_iter().collect()
+                }
+                Source::ApiKey(key) => match &key.place {
+                    api_key::KeyPlace::Header(name) => vec![name],
+                    api_key::KeyPlace::Query(_) => Vec::new(),
+                },
+                Source::Basic => vec![&http::header::AUTHORIZATION],
+                Source::Body(_) => Vec::new(),
+            };
+            for name in headers {
+                if !single.headers.contains(name) {
+                    single.headers.push(name.clone());
+                }
+            }
+        }
+        single
+    }
 }
 
 fn basic(headers: &HeaderMap, notes: &mut Vec<String>, trace: &mut Trace) -> Option<Actor> {
@@ -949,15 +1030,17 @@ impl HeaderSource {
             id,
             email,
             name: read(&self.name),
-            roles: read(&self.groups)
-                .map(|groups| {
-                    groups
-                        .split(',')
-                        .map(|group| group.trim().to_string())
-                        .filter(|group| !group.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            // A list header: every field counts (RFC 9110 section 5.3), as when an identity
+            // proxy sends one field per group.
+            roles: self
+                .groups
+                .iter()
+                .flat_map(|name| request.headers.get_all(name))
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|groups| groups.split(','))
+                .map(|group| group.trim().to_string())
+                .filter(|group| !group.is_empty())
+                .collect(),
             tenant: read(&self.tenant),
             source: Some("header"),
             verified: true,
@@ -1390,6 +1473,90 @@ mod tests {
             &headers(&[("authorization", &format!("Basic {encoded}"))]),
         );
         assert_eq!(empty.id.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn a_credential_or_identity_header_given_twice_is_found() {
+        let sources = chain(concat!(
+            "[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_1\"\n",
+            "[[actor]]\nfrom = \"jwt\"\nhs256_secret_env = \"ACTOR_TEST_SECRET_1\"\ncookie = \"session\"\n",
+            "[[actor]]\nfrom = \"header\"\nid = \"x-forwarded-user\"\nemail = \"x-forwarded-email\"\ngroups = \"x-forwarded-groups\"\n",
+            "[[actor]]\nfrom = \"api_key\"\nheader = \"x-api-key\"\nkeys = [{ name = \"ci\", sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\" }]\n",
+        ));
+        let repeated = |pairs: &[(&str, &str)]| sources.repeated_credential(&headers(pairs));
+        for (pairs, expected) in [
+            (
+                vec![("authorization", "Bearer a"), ("authorization", "Bearer b")],
+                "header authorization",
+            ),
+            (
+                vec![("x-forwarded-user", "alice"), ("x-forwarded-user", "bob")],
+                "header x-forwarded-user",
+            ),
+            (
+                vec![("x-forwarded-email", "a@x.io"), ("x-forwarded-email", "")],
+                "header x-forwarded-email",
+            ),
+            (
+                vec![("x-api-key", "k1"), ("x-api-key", "k2")],
+                "header x-api-key",
+            ),
+            (
+                vec![("cookie", "session=a; theme=dark; session=b")],
+                "cookie session",
+            ),
+            (
+                vec![("cookie", "session=a"), ("cookie", "session=b")],
+                "cookie session",
+            ),
+        ] {
+            assert_eq!(repeated(&pairs).as_deref(), Some(expected), "{pairs:?}");
+        }
+        // Once each, other cookies repeated, or a list header repeated: nothing to refuse.
+        for pairs in [
+            vec![
+                ("authorization", "Bearer a"),
+                ("x-forwarded-user", "alice"),
+                ("x-api-key", "k1"),
+                ("cookie", "session=a; theme=dark; theme=light"),
+            ],
+            vec![
+                ("x-forwarded-groups", "ops"),
+                ("x-forwarded-groups", "admins"),
+            ],
+            vec![("cookie", "session=a"), ("cookie", "theme=dark")],
+        ] {
+            assert_eq!(repeated(&pairs), None, "{pairs:?}");
+        }
+        // Basic reads Authorization too; a chain that reads nothing refuses nothing.
+        let basic = chain("[[actor]]\nfrom = \"basic\"\n");
+        let twice = headers(&[
+            ("authorization", "Basic YTpi"),
+            ("authorization", "Basic YjpjCg=="),
+        ]);
+        assert_eq!(
+            basic.repeated_credential(&twice).as_deref(),
+            Some("header authorization")
+        );
+        assert_eq!(ActorChain::empty().repeated_credential(&twice), None);
+    }
+
+    #[test]
+    fn a_repeated_groups_header_is_one_list() {
+        let chain = chain("[[actor]]\nfrom = \"header\"\nid = \"x-forwarded-user\"\ngroups = \"x-forwarded-groups\"\n");
+        let request_headers = headers(&[
+            ("x-forwarded-user", "bob"),
+            ("x-forwarded-groups", "ops, admins"),
+            ("x-forwarded-groups", "auditors"),
+        ]);
+        let actor = chain.resolve(&ActorRequest {
+            headers: &request_headers,
+            query: None,
+            path: "/",
+            peer_trusted: true,
+            explain: false,
+        });
+        assert_eq!(actor.roles, ["ops", "admins", "auditors"]);
     }
 
     #[test]
