@@ -86,6 +86,29 @@ func verifyTiles(args []string) {
 	tree := tlog.Tree{N: int64(size), Hash: root}
 	fmt.Printf("ok %s %d %s\n", origin, size, base64.StdEncoding.EncodeToString(root[:]))
 
+	// An earlier checkpoint is compared first: a log rolled back to an older copy, or showing
+	// another history of the same size (a split view), is refused as such before any tile is
+	// read; the consistency proof comes after the tiles are checked.
+	var old *earlierCheckpoint
+	if len(args) == 3 {
+		text, err := os.ReadFile(args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		oldOrigin, oldSize, oldRoot := openCheckpoint(verifier, text, "old checkpoint")
+		if oldOrigin != origin {
+			fail("old checkpoint: origin %q is not %q", oldOrigin, origin)
+		}
+		if oldSize > size {
+			fail("consistency: rolled back: the checkpoint's size %d is smaller than the earlier checkpoint's %d", size, oldSize)
+		}
+		if oldSize == size && oldRoot != root {
+			fail("consistency: split view: two checkpoints of size %d with different roots (%v, earlier %v)", size, root, oldRoot)
+		}
+		old = &earlierCheckpoint{size: oldSize, root: oldRoot}
+	}
+
 	hashes := tlog.TileHashReader(tree, source)
 	if size > 0 {
 		recomputed, err := tlog.TreeHash(tree.N, hashes)
@@ -113,28 +136,22 @@ func verifyTiles(args []string) {
 	proved := checkInclusion(hashes, tree)
 	fmt.Printf("inclusion proofs: %d checked\n", proved)
 
-	if len(args) == 3 {
-		old, err := os.ReadFile(args[2])
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(2)
-		}
-		oldOrigin, oldSize, oldRoot := openCheckpoint(verifier, old, "old checkpoint")
-		if oldOrigin != origin {
-			fail("old checkpoint: origin %q is not %q", oldOrigin, origin)
-		}
-		if oldSize > size {
-			fail("consistency: the old checkpoint (size %d) is larger than the new one (%d)", oldSize, size)
-		}
-		proof, err := tlog.ProveTree(tree.N, int64(oldSize), hashes)
+	if old != nil {
+		proof, err := tlog.ProveTree(tree.N, int64(old.size), hashes)
 		if err != nil {
 			fail("consistency: %v", err)
 		}
-		if err := tlog.CheckTree(proof, tree.N, root, int64(oldSize), oldRoot); err != nil {
-			fail("consistency: size %d does not extend size %d: %v", size, oldSize, err)
+		if err := tlog.CheckTree(proof, tree.N, root, int64(old.size), old.root); err != nil {
+			fail("consistency: size %d does not extend size %d: %v", size, old.size, err)
 		}
-		fmt.Printf("consistent: size %d extends size %d\n", size, oldSize)
+		fmt.Printf("consistent: size %d extends size %d\n", size, old.size)
 	}
+}
+
+// earlierCheckpoint is the size and root of a checkpoint the log must extend.
+type earlierCheckpoint struct {
+	size uint64
+	root tlog.Hash
 }
 
 // openCheckpoint verifies a signed checkpoint and returns its origin, size and root.

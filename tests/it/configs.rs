@@ -331,4 +331,38 @@ fn demo_runs_and_prints_where_to_look() {
     assert!(entries
         .iter()
         .any(|entry| entry.actor_verified && entry.actor_source.as_deref() == Some("jwt")));
+
+    // The checkpoints' verifier key is written beside the key, and the printed command to check
+    // the log without auditgate names it; a checkpoint of the demo's log verifies under it.
+    let vkey_path = dir.0.join("log.key.vkey");
+    assert!(
+        stdout.contains(&format!(
+            "scripts/c2sp-verify tiles {}",
+            vkey_path.display()
+        )),
+        "{stdout}"
+    );
+    let vkey = std::fs::read_to_string(&vkey_path).expect("the demo writes log.key.vkey");
+    let vkey = auditgate::log::checkpoint::VerifierKey::parse(vkey.trim()).expect("a vkey");
+    let mirror = dir.0.join("mirror");
+    let tiles = binary()
+        .args(["tiles", "--db"])
+        .arg(dir.0.join("audit.db"))
+        .arg("--key")
+        .arg(dir.0.join("log.key"))
+        .arg("--out")
+        .arg(&mirror)
+        .output()
+        .expect("runs");
+    assert!(
+        tiles.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tiles.stderr)
+    );
+    let note = std::fs::read_to_string(mirror.join("checkpoint")).expect("a checkpoint");
+    let checkpoint = vkey
+        .verify_checkpoint(&note)
+        .expect("the demo's checkpoint verifies under the vkey it wrote");
+    // The sidecar's own `audit.started` / `audit.stopped` entries are in the tree too.
+    assert!(checkpoint.size as usize >= entries.len(), "{note}");
 }

@@ -1082,3 +1082,51 @@ async fn retention_marks_each_pruned_entry_with_its_prune_and_verifiers_check_it
         .expect("the mirror is left as it was, and still verifies");
     assert_eq!(checked.pruned, expected);
 }
+
+/// Given an earlier checkpoint, both independent verifiers refuse a mirror that does not extend
+/// it: one rolled back to a smaller tree than a checkpoint already seen, and a split view, where
+/// a checkpoint of the same size signed by the log's key names another root. Go names each.
+#[test]
+fn a_rolled_back_or_split_log_is_refused_against_an_earlier_checkpoint() {
+    let log = Log::new("tiles-fork");
+    let out = log.dir.0.join("mirror");
+    let (code, report) = auditgate(&[
+        "tiles",
+        "--db",
+        path_arg(&log.db),
+        "--key",
+        path_arg(&log.key),
+        "--origin",
+        ORIGIN,
+        "--out",
+        path_arg(&out),
+    ]);
+    assert_eq!(code, 0, "{report}");
+    let signer = LogSigner::load(&log.key).expect("key");
+    let other_root = [7u8; 32];
+    for (label, size, go_says) in [
+        (
+            "later",
+            SIZE + 50,
+            format!("rolled back: the checkpoint's size {SIZE} is smaller than the earlier checkpoint's {}", SIZE + 50),
+        ),
+        (
+            "split",
+            SIZE,
+            format!("split view: two checkpoints of size {SIZE} with different roots"),
+        ),
+    ] {
+        let head = TreeHead::new(LOG_ID, size, other_root, chrono::Utc::now()).expect("head");
+        let earlier = signer.sign_checkpoint(ORIGIN, &head).expect("checkpoint");
+        let earlier_file = log.dir.0.join(format!("{label}.checkpoint"));
+        std::fs::write(&earlier_file, &earlier).expect("earlier checkpoint");
+        let error = check_with_tlog_tiles(&log.vkey, read_dir_file(&out), &earlier)
+            .expect_err("the tlog_tiles crate accepted a log that does not extend the earlier checkpoint");
+        assert!(!error.is_empty());
+        if let Some((ok, report)) = go_verifies(&log.vkey_file, path_arg(&out), &earlier_file, false)
+        {
+            assert!(!ok, "Go accepted the {label} case:\n{report}");
+            assert!(report.contains(&go_says), "{label}: {report}");
+        }
+    }
+}

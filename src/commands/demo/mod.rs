@@ -605,6 +605,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         &heads,
     )?;
     let log_id = config.log_id.clone();
+    // The checkpoints' verifier key beside the key, as `auditgate keygen` writes it, so the log
+    // can be checked with tools auditgate did not write (the command is printed below).
+    let vkey = crate::log::checkpoint::verifier_key_path(&signing_key);
+    if let Some(signer) = &config.log.signer {
+        let key = signer.verifier_key(&config.log.checkpoint_origin(&log_id))?;
+        std::fs::write(&vkey, format!("{key}\n"))
+            .with_context(|| format!("cannot write {}", vkey.display()))?;
+    }
     let sidecar = Sidecar::start(config, None).await?;
     let writer = sidecar.writer();
     let earlier = history::entries(&log_id, chrono::Utc::now());
@@ -644,6 +652,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         db.display(),
         heads.display(),
         crate::log::head::public_key_path(&signing_key).display()
+    );
+    println!(
+        "  AUDITGATE_TOKEN={} scripts/c2sp-verify tiles {} http://{}/tlog   # checked by Go's sumdb/tlog, not by auditgate",
+        token.token,
+        vkey.display(),
+        sidecar.admin_addr
     );
     println!();
     if args.no_wait {
