@@ -28,6 +28,11 @@ use crate::store::config::SyncMode;
 /// Bytes after which a segment is sealed and a new one started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Free bytes a journal write leaves on its file system at least: below that, the disk is full
+/// for the purposes of write-ahead (the entry completing the intent must still be committed), and
+/// the intent is refused rather than written into the last allocated page of the file.
+pub const FREE_SPACE_RESERVE: u64 = 64 * 1024;
+
 /// The longest record read back; anything longer is a damaged length, not a record.
 const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 
@@ -195,7 +200,10 @@ pub fn read_intents(base: &Path) -> Result<JournalContents, JournalError> {
     let mut intents = Vec::new();
     for (number, path) in segments(base)? {
         contents.last_number = contents.last_number.max(number);
-        let bytes = read_file(&path)?;
+        // A segment removed between the listing and now had nothing unresolved left.
+        let Some(bytes) = read_file(&path)? else {
+            continue;
+        };
         let mut offset = 0;
         while offset < bytes.len() {
             let Some((payload, next)) = decode(&bytes, offset) else {
@@ -231,17 +239,18 @@ pub fn read_intents(base: &Path) -> Result<JournalContents, JournalError> {
     Ok(contents)
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, JournalError> {
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, JournalError> {
     let mut bytes = Vec::new();
-    // A directory or a file that went away between listing and reading is a read error: the
-    // journal cannot be trusted whole, so recovery stops rather than guess.
-    File::open(path)
-        .and_then(|mut file| file.read_to_end(&mut bytes))
-        .map_err(|source| JournalError::Read {
+    // A directory or an unreadable file is an error: the journal cannot be trusted whole, so
+    // recovery stops rather than guess.
+    match File::open(path).and_then(|mut file| file.read_to_end(&mut bytes)) {
+        Ok(_) => Ok(Some(bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(JournalError::Read {
             path: path.display().to_string(),
             source,
-        })?;
-    Ok(bytes)
+        }),
+    }
 }
 
 /// Removes segment files whose intents are all resolved.
@@ -450,6 +459,17 @@ impl IntentJournal {
         let Some(current) = state.current.as_mut() else {
             return Err(JournalError::Sync("no journal segment".into()));
         };
+        if let Some(free) = free_bytes(&current.file) {
+            if free < FREE_SPACE_RESERVE + record.len() as u64 {
+                return Err(JournalError::Write {
+                    path: current.path.display().to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::StorageFull,
+                        format!("{free} bytes free on its file system"),
+                    ),
+                });
+            }
+        }
         let written = (&*current.file).write_all(record);
         let outcome = written.and_then(|()| current.file.metadata());
         match outcome {
@@ -596,6 +616,18 @@ impl IntentJournal {
             drop(leading);
         }
     }
+}
+
+/// Bytes free to unprivileged writers on the file's file system; `None` when unknown.
+#[cfg(unix)]
+fn free_bytes(file: &File) -> Option<u64> {
+    let stats = rustix::fs::fstatvfs(file).ok()?;
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_file: &File) -> Option<u64> {
+    None
 }
 
 #[cfg(unix)]
