@@ -139,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
             batch_size: 256,
             linger: Duration::from_millis(2),
             spill_path: None,
+            journal: None,
         },
     )?;
     let token = AdminToken {

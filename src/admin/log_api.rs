@@ -577,6 +577,7 @@ mod tests {
                 batch_size: 10,
                 linger: Duration::from_millis(1),
                 spill_path: None,
+                journal: None,
             },
         )
         .expect("writer");

@@ -248,6 +248,13 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
             "not ready: the last write to the store failed\n".to_string(),
         );
     }
+    if let Err(error) = state.writer.check_journal() {
+        tracing::error!(%error, "not ready: the write-ahead intent journal cannot be written");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the write-ahead intent journal cannot be written\n".to_string(),
+        );
+    }
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.check_writable()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n".to_string()),
@@ -332,6 +339,7 @@ mod tests {
                 batch_size: 10,
                 linger: Duration::from_millis(1),
                 spill_path: None,
+                journal: None,
             },
         )
         .expect("writer");

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::log::head::LogVerifier;
 use crate::signer::{HeadSigner, SignerStats};
 use crate::store::{Store, TreeState};
+use crate::writer::journal::JournalOptions;
 use crate::writer::stream::NdjsonStream;
 use crate::writer::{Writer, WriterOptions};
 
@@ -101,6 +102,8 @@ pub(super) async fn start_writer(
     let spill_path = config.store.spill_path();
     let recovery_store = store.clone();
     let recovery_spill = spill_path.clone();
+    let journal = config.store.intent_journal_path();
+    let recovery_journal = journal.clone();
     let stream = match config.stream.clone() {
         Some(stream_config) => Some(
             NdjsonStream::open(stream_config)
@@ -113,6 +116,7 @@ pub(super) async fn start_writer(
         let counts = crate::writer::recover_into(
             recovery_store.as_ref(),
             Some(&recovery_spill),
+            recovery_journal.as_deref(),
             None,
             &mut |entries| {
                 if let Some(stream) = stream.as_mut() {
@@ -134,6 +138,7 @@ pub(super) async fn start_writer(
             batch_size: config.store.batch_size,
             linger: config.store.flush_interval,
             spill_path: Some(spill_path),
+            journal: journal.map(|base| JournalOptions::new(base, config.store.sync)),
         },
     )
     .context("cannot start the writer thread")?;

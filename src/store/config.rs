@@ -126,6 +126,22 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
+    /// The base path of the write-ahead intent journal's segments (`<db>.intents`, segments
+    /// `<db>.intents.<n>` beside the database), or `None` for a PostgreSQL store, which keeps
+    /// intents in its own table: a fleet's sidecar disk may not outlive the sidecar.
+    pub fn intent_journal_path(&self) -> Option<PathBuf> {
+        if self.postgres.is_some() {
+            return None;
+        }
+        let mut name = self
+            .path
+            .file_name()
+            .map(|name| name.to_os_string())
+            .unwrap_or_default();
+        name.push(".intents");
+        Some(self.path.with_file_name(name))
+    }
+
     /// Where entries the store refuses are spilled (`spill_file`, or beside the database).
     pub fn spill_path(&self) -> PathBuf {
         if let Some(path) = &self.spill_file {

@@ -169,6 +169,13 @@ pub trait Store: LogReader + Send + Sync + 'static {
     /// Whether the store can take writes now (for /readyz).
     fn check_writable(&self) -> Result<(), StoreError>;
 
+    /// A cheap check, made before each write-ahead request is forwarded, that the store's files
+    /// are still the ones it writes (a SQLite file or WAL removed or replaced under it fails).
+    /// Takes no lock and touches no database.
+    fn check_in_place(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Number of entries in the log.
     fn size(&self) -> Result<u64, StoreError>;
 

@@ -7,16 +7,22 @@
 //! ([`WriterHandle::reserve`]), never by dropping: pushes themselves always succeed, and the queue
 //! can exceed its capacity by at most the number of requests already in flight.
 //!
-//! Write-ahead intents ([`WriterHandle::write_ahead`]) go through the same queue but are never
-//! lingered on: the writer commits every intent waiting at once (group commit) and answers each
-//! request as soon as its intent is durable. An intent that cannot be stored is answered with the
-//! error at once (the proxy then fails closed); it is not retried while the client waits.
+//! Write-ahead intents ([`WriterHandle::write_ahead`]) of a SQLite store go to the intent
+//! journal ([`journal`]) straight from the request's task: no hop to this thread, no SQLite
+//! commit. An intent is resolved when its entry (which carries the intent's id) is committed; the
+//! journal's segments are removed once everything in them is resolved. A store without a journal
+//! (PostgreSQL, whose sidecar disk may not outlive it) records intents in its own table through
+//! the same queue as entries, never lingered on: the writer commits every intent waiting at once
+//! (group commit) and answers each request as soon as its intent is durable. Either way an intent
+//! that cannot be made durable is answered with the error at once (the proxy then fails closed);
+//! it is not retried while the client waits.
 //!
 //! A batch of entries the store refuses is retried with backoff; after a few failures it is
 //! spilled to an append-only NDJSON file beside the database, fsynced, and re-imported at the next
 //! start. Nothing is dropped silently: the only loss path (store and spill file both failing at
 //! shutdown) is counted in `entries_lost` and logged entry by entry.
 
+pub mod journal;
 pub mod otlp;
 pub mod stream;
 
@@ -32,6 +38,7 @@ use tokio::sync::oneshot;
 use crate::entry::{AuditEntry, Outcome};
 use crate::metrics::WriterStats;
 use crate::store::{Store, StoreError};
+use crate::writer::journal::{IntentJournal, JournalOptions};
 use crate::writer::stream::NdjsonStream;
 
 enum Job {
@@ -75,6 +82,10 @@ struct Shared {
     committed: tokio::sync::Notify,
     /// Where committed entries are copied as NDJSON, if anywhere (only the writer thread writes).
     stream: Mutex<Option<NdjsonStream>>,
+    /// Where write-ahead intents go, when the store has a journal (SQLite).
+    journal: Option<IntentJournal>,
+    /// The store, for the checks a write-ahead request makes before its intent is journaled.
+    store: Arc<dyn Store>,
 }
 
 /// What the proxy holds: push entries, wait for room, wait for write-ahead intents.
@@ -95,6 +106,8 @@ pub struct WriterOptions {
     pub linger: Duration,
     /// Where refused batches go; `None` keeps retrying in memory.
     pub spill_path: Option<PathBuf>,
+    /// The intent journal; `None` records write-ahead intents in the store's own table.
+    pub journal: Option<JournalOptions>,
 }
 
 impl Default for WriterOptions {
@@ -105,12 +118,22 @@ impl Default for WriterOptions {
             batch_size: crate::store::config::DEFAULT_BATCH_SIZE,
             linger: crate::store::config::DEFAULT_FLUSH_INTERVAL,
             spill_path: None,
+            journal: None,
         }
     }
 }
 
 impl Writer {
     pub fn start(store: Arc<dyn Store>, options: WriterOptions) -> std::io::Result<Writer> {
+        let journal = options.journal.map(|journal| {
+            // Numbering goes on above any segment recovery could not remove, so a new segment
+            // never lands on an old one.
+            let last = journal::segments(&journal.base)
+                .ok()
+                .and_then(|found| found.last().map(|(number, _)| *number))
+                .unwrap_or(0);
+            IntentJournal::new(journal, last + 1)
+        });
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 jobs: Vec::with_capacity(options.batch_size),
@@ -127,6 +150,8 @@ impl Writer {
             in_flight: AtomicU64::new(0),
             committed: tokio::sync::Notify::new(),
             stream: Mutex::new(None),
+            journal,
+            store: store.clone(),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -208,12 +233,27 @@ impl WriterHandle {
 
     /// Removes the intent of an exchange that ended up recording nothing.
     pub fn withdraw_intent(&self, id: String) {
-        self.push_job(Job::Withdraw { id });
+        match &self.shared.journal {
+            Some(journal) => journal.withdraw(&[id]),
+            None => self.push_job(Job::Withdraw { id }),
+        }
     }
 
-    /// Makes an intent durable before its request is forwarded. Resolves when the intent's group
-    /// commit is done, or with the reason it could not be stored.
+    /// Makes an intent durable before its request is forwarded. Resolves when the intent is in
+    /// the journal (or the store's intents table) as durably as the store's sync mode asks, or
+    /// with the reason it could not be.
     pub async fn write_ahead(&self, intent: AuditEntry) -> Result<(), String> {
+        if let Some(journal) = &self.shared.journal {
+            let result = self.journal_intent(journal, &intent).await;
+            match &result {
+                Ok(()) => self.shared.stats.intents_written.inc(),
+                Err(error) => {
+                    self.shared.stats.intent_errors.inc();
+                    tracing::error!(%error, "cannot record a write-ahead intent; the request is answered 503 unless configured to forward");
+                }
+            }
+            return result;
+        }
         let (done, wait) = oneshot::channel();
         self.push_job(Job::Intent {
             entry: intent,
@@ -223,6 +263,46 @@ impl WriterHandle {
             Ok(result) => result,
             Err(_) => Err("the writer stopped".to_string()),
         }
+    }
+
+    /// The journal's side of [`Self::write_ahead`]. A store known to be failing (its last write
+    /// failed, or its file is no longer at its path) refuses write-ahead requests as it did when
+    /// intents went into it: the journal alone would let them through while their entries pile
+    /// up outside the log.
+    async fn journal_intent(
+        &self,
+        journal: &IntentJournal,
+        intent: &AuditEntry,
+    ) -> Result<(), String> {
+        if self.shared.stats.failing.load(Ordering::Relaxed) {
+            return Err("the last write to the store failed".to_string());
+        }
+        self.shared
+            .store
+            .check_in_place()
+            .map_err(|error| error.to_string())?;
+        journal
+            .record(intent)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    /// Whether write-ahead intents can be journaled now (for /readyz): writes a record with no
+    /// content. `Ok` when the store has no journal.
+    pub fn check_journal(&self) -> Result<(), String> {
+        match &self.shared.journal {
+            Some(journal) => journal.probe().map_err(|error| error.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Write-ahead intents in the journal whose entry is not committed yet.
+    pub fn pending_intents(&self) -> usize {
+        self.shared
+            .journal
+            .as_ref()
+            .map(IntentJournal::pending)
+            .unwrap_or(0)
     }
 
     fn push_job(&self, job: Job) {
@@ -419,7 +499,9 @@ fn drain_spill(shared: &Shared, store: &dyn Store, spill: &mut SpillState) {
                 publish(shared, &entries);
                 // Completed write-ahead exchanges among them no longer need their intents.
                 let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
-                if let Err(error) = store.clear_intents(&ids) {
+                if let Some(journal) = &shared.journal {
+                    journal.resolve(&ids);
+                } else if let Err(error) = store.clear_intents(&ids) {
                     tracing::warn!(%error, "cannot clear the intents of re-sent entries; they are cleared at the next start");
                 }
                 shared.committed.notify_one();
@@ -480,16 +562,31 @@ fn write_jobs(
             .into_iter()
             .partition(|id| in_batch.contains(id.as_str()));
         completing = withdrawn;
-        let stored = write_with_retry(shared, store, &mut entries, &with_entries, closing, spill);
+        // With a journal nothing is deleted: the committed entry is the intent's resolution.
+        let in_table: &[String] = if shared.journal.is_some() {
+            &[]
+        } else {
+            &with_entries
+        };
+        let written = write_with_retry(shared, store, &mut entries, in_table, closing, spill);
+        if let (Some(journal), Written::Committed) = (&shared.journal, written) {
+            journal.resolve(&with_entries);
+        }
         for done in durable_waiting {
-            let _ = done.send(if stored {
-                Ok(())
-            } else {
+            let _ = done.send(if written == Written::Lost {
                 Err("the store could not take the entries".to_string())
+            } else {
+                Ok(())
             });
         }
     }
-    if !completing.is_empty() {
+    if let Some(journal) = &shared.journal {
+        // Withdrawals that came through the queue (none do while the journal takes them
+        // directly) are resolved the same way.
+        if !completing.is_empty() {
+            journal.withdraw(&completing);
+        }
+    } else if !completing.is_empty() {
         if let Err(error) = store.clear_intents(&completing) {
             // Harmless for completed ones: at the next start, intents whose entry is in the log
             // are cleared. A withdrawn one would come back as an `unknown` entry: say so.
@@ -588,7 +685,18 @@ const ATTEMPTS_BEFORE_SPILL: u32 = 3;
 /// How many failed attempts at shutdown before a batch counts as lost (when it cannot be spilled).
 const ATTEMPTS_AT_SHUTDOWN: u32 = 10;
 
-/// Appends a batch, retrying with backoff; true once it is stored or spilled. While running it retries until the store or the spill
+/// What became of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// In the log.
+    Committed,
+    /// In the spill file, for the store to take back later.
+    Spilled,
+    /// Neither (at shutdown only), counted in `entries_lost`.
+    Lost,
+}
+
+/// Appends a batch, retrying with backoff, until it is committed or spilled. While running it retries until the store or the spill
 /// file takes the batch (back-pressure holds new audited requests meanwhile); at shutdown it
 /// gives up after a bounded number of tries and counts the loss loudly.
 ///
@@ -602,13 +710,13 @@ fn write_with_retry(
     completed_intents: &[String],
     closing: bool,
     spill_state: &mut SpillState,
-) -> bool {
+) -> Written {
     if spill_state.pending && Instant::now() < spill_state.next_probe {
         if let Some(path) = &shared.spill_path {
             match spill(path, batch) {
                 Ok(()) => {
                     shared.stats.entries_spilled.add(batch.len() as u64);
-                    return true;
+                    return Written::Spilled;
                 }
                 Err(error) => {
                     tracing::error!(%error, file = %path.display(), "cannot spill entries; trying the store")
@@ -635,7 +743,7 @@ fn write_with_retry(
                 if spill_state.pending {
                     drain_spill(shared, store, spill_state);
                 }
-                return true;
+                return Written::Committed;
             }
             Err(error) => {
                 attempts += 1;
@@ -650,7 +758,7 @@ fn write_with_retry(
                                 spill_state.pending = true;
                                 spill_state.next_probe = Instant::now() + SPILL_PROBE_INTERVAL;
                                 tracing::warn!(entries = batch.len(), file = %path.display(), "entries spilled to disk; they are re-sent when the store takes writes again");
-                                return true;
+                                return Written::Spilled;
                             }
                             Err(spill_error) => {
                                 tracing::error!(error = %spill_error, file = %path.display(), "cannot spill entries either; still retrying")
@@ -669,7 +777,7 @@ fn write_with_retry(
                     for entry in batch.iter() {
                         tracing::error!(entry = %entry.id, request_id = entry.request_id.as_deref().unwrap_or(""), client_request_id = entry.metadata.get("_clientRequestId").and_then(serde_json::Value::as_str).unwrap_or(""), action = %entry.action, "entry lost at shutdown: neither the store nor the spill file accepted it");
                     }
-                    return false;
+                    return Written::Lost;
                 }
                 wait_serving_intents(shared, store, delay);
                 delay = (delay * 2).min(Duration::from_secs(2));
@@ -789,14 +897,22 @@ pub fn recover(
     spill_path: Option<&Path>,
     stats: Option<&WriterStats>,
 ) -> Result<(usize, usize), StoreError> {
-    recover_into(store, spill_path, stats, &mut |_| {})
+    recover_into(store, spill_path, None, stats, &mut |_| {})
 }
 
-/// [`recover`], handing every entry it appends to `committed` (the SIEM stream, which must see
-/// these entries too).
+/// [`recover`], also reading the intent journal at `journal` (the segments' base path), and
+/// handing every entry it appends to `committed` (the SIEM stream, which must see these entries
+/// too).
+///
+/// Intents come from the store's table (a PostgreSQL store, or a SQLite file written by a release
+/// before the journal) and from the journal; each whose id is not in the log becomes an entry.
+/// The journal's segments are removed only after those entries are committed, so a crash part
+/// way leaves them to be read again, and the ids now in the log keep them from being recorded
+/// twice.
 pub fn recover_into(
     store: &dyn Store,
     spill_path: Option<&Path>,
+    journal: Option<&Path>,
     stats: Option<&WriterStats>,
     committed: &mut dyn FnMut(&[AuditEntry]),
 ) -> Result<(usize, usize), StoreError> {
@@ -811,6 +927,26 @@ pub fn recover_into(
         }
     }
     let mut intents = store.unfinished_intents()?;
+    let from_table: Vec<String> = intents.iter().map(|intent| intent.id.clone()).collect();
+    let journaled = match journal {
+        Some(base) => {
+            journal::read_intents(base).map_err(|error| StoreError::Other(error.to_string()))?
+        }
+        None => journal::JournalContents::default(),
+    };
+    if !journaled.intents.is_empty() {
+        let mut known: std::collections::HashSet<String> = from_table.iter().cloned().collect();
+        for chunk in journaled.intents.chunks(1000) {
+            let ids: Vec<String> = chunk.iter().map(|intent| intent.id.clone()).collect();
+            known.extend(store.existing_ids(&ids)?);
+            intents.extend(
+                chunk
+                    .iter()
+                    .filter(|intent| known.insert(intent.id.clone()))
+                    .cloned(),
+            );
+        }
+    }
     for intent in &mut intents {
         intent.seq = 0;
         intent.outcome = Outcome::Unknown;
@@ -818,13 +954,16 @@ pub fn recover_into(
         intent.error = Some("auditgate stopped before the response was seen".to_string());
     }
     let recovered = intents.len();
+    for chunk in intents.chunks_mut(1000) {
+        store.append(chunk)?;
+        committed(chunk);
+    }
+    if !from_table.is_empty() {
+        store.clear_intents(&from_table)?;
+    }
+    journal::remove_segments(&journaled.segments)
+        .map_err(|error| StoreError::Other(error.to_string()))?;
     if recovered > 0 {
-        let ids: Vec<String> = intents.iter().map(|intent| intent.id.clone()).collect();
-        for chunk in intents.chunks_mut(1000) {
-            store.append(chunk)?;
-            committed(chunk);
-        }
-        store.clear_intents(&ids)?;
         tracing::warn!(
             entries = recovered,
             "write-ahead requests whose response was never seen were recorded with outcome unknown"
@@ -857,6 +996,7 @@ mod tests {
             batch_size: 64,
             linger: Duration::from_millis(2),
             spill_path,
+            journal: None,
         }
     }
 
@@ -997,6 +1137,243 @@ mod tests {
         assert_eq!(store.size().expect("size"), 2);
         assert!(store.get(&fresh.id).expect("reads").is_some());
         assert!(!spill_path.exists());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn journal_options(dir: &Path, sync: SyncMode, segment_bytes: u64) -> JournalOptions {
+        JournalOptions {
+            base: dir.join("audit.db.intents"),
+            sync,
+            segment_bytes,
+        }
+    }
+
+    fn journal_bytes(dir: &Path) -> (usize, u64) {
+        let found = journal::segments(&dir.join("audit.db.intents")).expect("lists");
+        let bytes = found
+            .iter()
+            .map(|(_, path)| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        (found.len(), bytes)
+    }
+
+    #[tokio::test]
+    async fn journaled_intents_are_recovered_once_and_a_torn_last_record_is_ignored() {
+        let (dir, store) = temp_store("journal-torn");
+        let base = dir.join("audit.db.intents");
+        let mut options = options(None);
+        options.journal = Some(journal_options(&dir, SyncMode::Normal, 1 << 20));
+        let writer = Writer::start(store.clone(), options).expect("starts");
+        let handle = writer.handle();
+        let finished = AuditEntry::new("t", "finished");
+        let abandoned = AuditEntry::new("t", "abandoned");
+        let withdrawn = AuditEntry::new("t", "withdrawn");
+        for intent in [&finished, &abandoned, &withdrawn] {
+            handle.write_ahead(intent.clone()).await.expect("journaled");
+        }
+        assert_eq!(
+            store.unfinished_intents().expect("reads").len(),
+            0,
+            "nothing in the table"
+        );
+        let mut done = finished.clone();
+        done.outcome = Outcome::Success;
+        handle.push_completing(done);
+        handle.withdraw_intent(withdrawn.id.clone());
+        writer.shutdown();
+        assert_eq!(store.size().expect("size"), 1);
+        // A crash mid-write leaves part of a record at the end: a whole intent's header and JSON
+        // cut short, then one whose bytes are all there but zeroed (a file extended by the crash).
+        let torn = journal::segments(&base)
+            .expect("lists")
+            .pop()
+            .expect("a segment")
+            .1;
+        let cut = AuditEntry::new("t", "torn");
+        let mut record = Vec::new();
+        let json = serde_json::to_vec(&cut).expect("json");
+        record.extend_from_slice(&((json.len() + 1) as u32).to_le_bytes());
+        record.extend_from_slice(&0u32.to_le_bytes());
+        record.push(1);
+        record.extend_from_slice(&json[..json.len() / 2]);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&torn)
+            .expect("opens");
+        file.write_all(&record).expect("writes");
+        drop(file);
+
+        let (_, recovered) =
+            recover_into(store.as_ref(), None, Some(&base), None, &mut |_| {}).expect("recovers");
+        assert_eq!(recovered, 1, "the abandoned intent only");
+        let entry = store.get(&abandoned.id).expect("reads").expect("recorded");
+        assert_eq!(entry.outcome, Outcome::Unknown);
+        assert_eq!(entry.action, "abandoned");
+        assert_eq!(
+            entry.error.as_deref(),
+            Some("auditgate stopped before the response was seen")
+        );
+        assert!(
+            store.get(&cut.id).expect("reads").is_none(),
+            "the torn record is not misread"
+        );
+        assert!(
+            store.get(&withdrawn.id).expect("reads").is_none(),
+            "withdrawn stays withdrawn"
+        );
+        assert_eq!(store.size().expect("size"), 2);
+        assert_eq!(journal_bytes(&dir).0, 0, "resolved segments are removed");
+        // Idempotent.
+        assert_eq!(
+            recover_into(store.as_ref(), None, Some(&base), None, &mut |_| {}).expect("recovers"),
+            (0, 0)
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_record_that_fails_its_checksum_ends_the_segment() {
+        let (dir, store) = temp_store("journal-checksum");
+        let base = dir.join("audit.db.intents");
+        let journal = IntentJournal::new(journal_options(&dir, SyncMode::Normal, 1 << 20), 1);
+        let kept = AuditEntry::new("t", "kept");
+        let damaged = AuditEntry::new("t", "damaged");
+        journal.record(&kept).await.expect("journaled");
+        journal.record(&damaged).await.expect("journaled");
+        drop(journal);
+        // Flip one byte inside the second record's JSON: its length is intact, its checksum not.
+        let path = journal::segments(&base)
+            .expect("lists")
+            .pop()
+            .expect("a segment")
+            .1;
+        let mut bytes = std::fs::read(&path).expect("reads");
+        let at = bytes.len() - 10;
+        bytes[at] ^= 0x20;
+        std::fs::write(&path, &bytes).expect("writes");
+        let contents = journal::read_intents(&base).expect("reads");
+        let actions: Vec<&str> = contents.intents.iter().map(|i| i.action.as_str()).collect();
+        assert_eq!(actions, ["kept"]);
+        let _ = (store, std::fs::remove_dir_all(dir));
+    }
+
+    #[tokio::test]
+    async fn an_intent_committed_before_a_crash_is_not_recovered_twice() {
+        let (dir, store) = temp_store("journal-committed");
+        let base = dir.join("audit.db.intents");
+        let journal = IntentJournal::new(journal_options(&dir, SyncMode::Normal, 1 << 20), 1);
+        let intent = AuditEntry::new("t", "committed");
+        journal.record(&intent).await.expect("journaled");
+        // The entry commits; the crash comes before the journal learns of it.
+        let mut entry = intent.clone();
+        entry.outcome = Outcome::Success;
+        store.append(&mut [entry]).expect("appends");
+        drop(journal);
+        assert_eq!(journal_bytes(&dir).0, 1, "the segment outlived the crash");
+        let (_, recovered) =
+            recover_into(store.as_ref(), None, Some(&base), None, &mut |_| {}).expect("recovers");
+        assert_eq!(recovered, 0);
+        assert_eq!(store.size().expect("size"), 1, "one entry, not two");
+        assert_eq!(
+            store
+                .get(&intent.id)
+                .expect("reads")
+                .expect("stored")
+                .outcome,
+            Outcome::Success
+        );
+        assert_eq!(journal_bytes(&dir).0, 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_intent_row_of_an_earlier_release_is_recovered_and_the_table_stays_empty() {
+        let (dir, store) = temp_store("journal-legacy");
+        let base = dir.join("audit.db.intents");
+        // What the release before the journal left: an intent row whose request never finished.
+        let legacy = AuditEntry::new("t", "legacy");
+        store
+            .record_intents(std::slice::from_ref(&legacy))
+            .expect("records");
+        drop(store);
+        let store =
+            Arc::new(SqliteStore::open(&dir.join("audit.db"), SyncMode::Normal).expect("reopens"));
+        let (_, recovered) =
+            recover_into(store.as_ref(), None, Some(&base), None, &mut |_| {}).expect("recovers");
+        assert_eq!(recovered, 1);
+        let entry = store.get(&legacy.id).expect("reads").expect("recorded");
+        assert_eq!(
+            (entry.action.as_str(), entry.outcome),
+            ("legacy", Outcome::Unknown)
+        );
+        assert!(store.unfinished_intents().expect("reads").is_empty());
+        // New intents go to the journal, never to the table.
+        let mut options = options(None);
+        options.journal = Some(journal_options(&dir, SyncMode::Normal, 1 << 20));
+        let writer = Writer::start(store.clone(), options).expect("starts");
+        writer
+            .handle()
+            .write_ahead(AuditEntry::new("t", "new"))
+            .await
+            .expect("journaled");
+        let rows: i64 = rusqlite::Connection::open(dir.join("audit.db"))
+            .and_then(|c| c.query_row("SELECT count(*) FROM pending", [], |row| row.get(0)))
+            .expect("counts");
+        assert_eq!(rows, 0);
+        assert_eq!(writer.handle().pending_intents(), 1);
+        writer.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_journal_stays_bounded_under_sustained_write_ahead_load() {
+        let (dir, store) = temp_store("journal-bounded");
+        let segment_bytes = 16 * 1024;
+        let mut options = options(None);
+        options.capacity = 10_000;
+        options.journal = Some(journal_options(&dir, SyncMode::Full, segment_bytes));
+        let writer = Writer::start(store.clone(), options).expect("starts");
+        let handle = writer.handle();
+        let mut largest = 0u64;
+        let mut tasks = tokio::task::JoinSet::new();
+        // Sixteen clients, never all idle at once: there is always an unresolved intent, so only
+        // rotation (not "truncate when nothing is pending") keeps the journal small.
+        for client in 0..16 {
+            let handle = handle.clone();
+            tasks.spawn(async move {
+                for index in 0..150 {
+                    let intent = AuditEntry::new("t", format!("load.{client}.{index}"));
+                    handle.write_ahead(intent.clone()).await.expect("journaled");
+                    let mut entry = intent;
+                    entry.outcome = Outcome::Success;
+                    handle.push_completing(entry);
+                }
+            });
+        }
+        while !tasks.is_empty() {
+            largest = largest.max(journal_bytes(&dir).1);
+            if tokio::time::timeout(Duration::from_millis(5), tasks.join_next())
+                .await
+                .is_ok_and(|joined| joined.is_some_and(|result| result.is_err()))
+            {
+                panic!("a client failed");
+            }
+        }
+        assert!(handle.flushed(Duration::from_secs(30)).await);
+        assert_eq!(store.size().expect("size"), 2400);
+        let (segments, bytes) = journal_bytes(&dir);
+        let written = handle.stats().intents_written.get();
+        assert_eq!(written, 2400);
+        // 2400 intents of a few hundred bytes each: far beyond a few segments unless resolved
+        // segments are removed as the load goes on.
+        assert!(segments <= 1, "{segments} segments left");
+        assert!(bytes <= segment_bytes + 4096, "{bytes} bytes left");
+        assert!(
+            largest <= 8 * segment_bytes,
+            "the journal reached {largest} bytes under load"
+        );
+        assert_eq!(handle.pending_intents(), 0);
+        writer.shutdown();
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -170,6 +170,7 @@ impl Harness {
                 batch_size: 256,
                 linger: Duration::from_millis(1),
                 spill_path: None,
+                journal: None,
             },
         )
         .expect("writer");

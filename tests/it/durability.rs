@@ -53,6 +53,26 @@ impl WriteLock {
     }
 }
 
+/// Keeps the write-ahead intent journal beside `db` from being written, until dropped: a
+/// directory stands where its next segment (the first, in a fresh sidecar) would be created.
+struct JournalBlocker(std::path::PathBuf);
+
+impl JournalBlocker {
+    fn place(db: &Path) -> JournalBlocker {
+        let mut path = db.as_os_str().to_os_string();
+        path.push(".intents.1");
+        let path = std::path::PathBuf::from(path);
+        std::fs::create_dir(&path).expect("block the journal");
+        JournalBlocker(path)
+    }
+}
+
+impl Drop for JournalBlocker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 #[tokio::test]
 async fn write_ahead_records_the_intent_before_the_app_sees_the_request() {
     let dir = TempDir::new("write-ahead");
@@ -67,36 +87,38 @@ async fn write_ahead_records_the_intent_before_the_app_sees_the_request() {
     })
     .await;
     let client = HttpClient::new();
-    let admin = format!("http://{}/metrics", sidecar.admin);
 
-    // While another connection holds the store's write lock, the intent cannot commit: the
-    // request waits at the sidecar and the app must not see it.
-    let lock = WriteLock::take(&db);
-    let url = format!("http://{}/api/users/held", sidecar.proxy);
-    let held = tokio::spawn(async move {
-        HttpClient::new()
-            .send("DELETE", &url, &[("x-request-id", "intent-held")], "")
-            .await
-    });
+    // While the intent journal cannot be written (a directory stands where its first segment
+    // goes), the request is refused and the app must not see it.
+    let blocker = JournalBlocker::place(&db);
+    let reply = client
+        .send(
+            "DELETE",
+            &format!("http://{}/api/users/held", sidecar.proxy),
+            &[("x-request-id", "intent-held")],
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
     assert!(
-        eventually(Duration::from_secs(10), async || metric_count(
-            &client.get(&admin).await.text(),
-            "auditgate_requests_total"
-        ) == Some(1))
-        .await,
-        "the request never reached the sidecar"
-    );
-    // A premature forward would reach the app at once; give it time to show.
-    let forwarded_early = eventually(Duration::from_millis(300), async || {
-        !app.seen_ids().is_empty()
-    })
-    .await;
-    drop(lock);
-    assert!(
-        !forwarded_early,
+        app.seen_ids().is_empty(),
         "the app saw the request while its intent could not be written"
     );
-    assert_eq!(held.await.expect("task").status, 200);
+    drop(blocker);
+    // Intents no longer go through the database: a write lock held on it by another connection
+    // does not hold write-ahead requests, whose intents are in the journal when the app sees
+    // them; their entries are committed once the lock is gone.
+    let lock = WriteLock::take(&db);
+    let reply = client
+        .send(
+            "DELETE",
+            &format!("http://{}/api/users/locked", sidecar.proxy),
+            &[("x-request-id", "intent-locked")],
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    drop(lock);
 
     for id in ["a", "b", "c"] {
         let reply = client
@@ -111,7 +133,7 @@ async fn write_ahead_records_the_intent_before_the_app_sees_the_request() {
     }
     assert_eq!(
         app.seen_ids(),
-        vec!["intent-held", "intent-a", "intent-b", "intent-c"]
+        vec!["intent-locked", "intent-a", "intent-b", "intent-c"]
     );
     assert_eq!(
         app.forwarded_before_durable(),
@@ -120,18 +142,27 @@ async fn write_ahead_records_the_intent_before_the_app_sees_the_request() {
     );
     assert!(sidecar.writer().flushed(Duration::from_secs(10)).await);
     let entries = read_entries(&db);
-    assert_eq!(entries.len(), 4);
-    assert!(entries
+    assert_eq!(entries.len(), 5);
+    let summary: Vec<(String, Option<u16>)> = entries
         .iter()
-        .all(|entry| entry.action == "user.deleted" && entry.outcome == Outcome::Success));
-    // The completed entries replaced their intents.
-    assert!(
-        eventually(Duration::from_secs(5), async || pending_rows(&db)
-            .is_empty())
-        .await,
-        "intents left behind: {:?}",
-        pending_rows(&db)
+        .map(|entry| (entry.resource_id.clone().unwrap_or_default(), entry.status))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("held", 503),
+            ("locked", 200),
+            ("a", 200),
+            ("b", 200),
+            ("c", 200)
+        ]
+        .map(|(id, status)| (id.to_string(), Some(status)))
     );
+    assert!(entries.iter().all(|entry| entry.action == "user.deleted"
+        && (entry.outcome == Outcome::Success || entry.status == Some(503))));
+    // The completed entries resolved their intents: none in the journal, none in the table.
+    assert_eq!(sidecar.writer().pending_intents(), 0);
+    assert!(pending_rows(&db).is_empty(), "{:?}", pending_rows(&db));
     sidecar.stop().await;
 }
 
@@ -150,7 +181,8 @@ async fn write_ahead_fails_closed_when_the_store_cannot_write() {
     let base = format!("http://{}", sidecar.proxy);
     let admin = format!("http://{}", sidecar.admin);
 
-    let lock = WriteLock::take(&db);
+    // The intent journal cannot be written: write-ahead requests are refused.
+    let lock = JournalBlocker::place(&db);
     let reply = client
         .send("DELETE", &format!("{base}/api/users/1"), &[], "")
         .await;
@@ -203,7 +235,7 @@ async fn write_ahead_can_be_told_to_forward_when_the_store_fails() {
     )
     .await;
     let db = sidecar.db.clone();
-    let lock = WriteLock::take(&db);
+    let lock = JournalBlocker::place(&db);
     let reply = HttpClient::new()
         .send(
             "DELETE",

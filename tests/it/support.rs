@@ -1039,9 +1039,25 @@ impl IntentCheckingUpstream {
     }
 }
 
+/// Whether the intent journal beside the SQLite store at `db` (`<db>.intents.<n>`), or the
+/// `pending` table of the store itself (where releases before the journal kept intents, and a
+/// store without a journal still does), holds an intent with this request id.
+fn intent_is_stored(db: &std::path::Path, request_id: &str) -> bool {
+    let mut base = db.as_os_str().to_os_string();
+    base.push(".intents");
+    let journaled = auditgate::writer::journal::read_intents(std::path::Path::new(&base))
+        .is_ok_and(|contents| {
+            contents
+                .intents
+                .iter()
+                .any(|intent| intent.request_id.as_deref() == Some(request_id))
+        });
+    journaled || intent_row_is_stored(db, request_id)
+}
+
 /// Whether the `pending` table of the SQLite store at `db` holds an intent with this request id
 /// (the intent is the entry's JSON, in the API's camelCase form).
-fn intent_is_stored(db: &std::path::Path, request_id: &str) -> bool {
+fn intent_row_is_stored(db: &std::path::Path, request_id: &str) -> bool {
     let Ok(connection) =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
     else {

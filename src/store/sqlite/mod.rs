@@ -539,6 +539,27 @@ impl Store for SqliteStore {
         self.check_files(&side.connection)
     }
 
+    fn check_in_place(&self) -> Result<(), StoreError> {
+        if let Some(expected) = self.database_file {
+            if FileIdentity::of(&self.path).ok() != Some(expected) {
+                return Err(StoreError::Other(format!(
+                    "the database file {} was removed or replaced while in use; restart auditgate",
+                    self.path.display()
+                )));
+            }
+        }
+        if let Some(expected) = self.wal_file {
+            let wal = wal_path(&self.path);
+            if FileIdentity::of(&wal).ok() != Some(expected) {
+                return Err(StoreError::Other(format!(
+                    "the WAL file {} was removed or replaced while in use; restart auditgate",
+                    wal.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn size(&self) -> Result<u64, StoreError> {
         Ok(self.next_seq.load(Ordering::Acquire) - 1)
     }
