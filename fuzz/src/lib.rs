@@ -14,6 +14,10 @@
 //!   identity headers) on arbitrary Authorization, Cookie and identity headers; an identity is
 //!   verified only when signed with the configured secret, and neither a raw token nor a basic
 //!   auth password ever appears in what is recorded.
+//! - [`signed_notes`]: tlog proof files, checkpoints, verifier keys, witness keys and witness
+//!   answers, as an auditor or a witness hands them over; what is read writes back the same, no
+//!   text the fuzzer makes verifies (it cannot sign), and a genuine proof with bytes changed
+//!   verifies only if it still proves the same entry at the same index in the same tree.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -838,5 +842,197 @@ pub fn jwt_actor(data: &[u8]) {
                 "a basic auth password was recorded: {recorded:?} (password {password:?})"
             );
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// signed_notes: tlog proofs, checkpoints, verifier keys and witness answers
+// ---------------------------------------------------------------------------------------------
+
+/// What the `signed_notes` target reads: raw text for one of the parsers of files and answers
+/// that come from outside (an auditor's proof file, a witness's `add-checkpoint` answer, a vkey),
+/// or a genuine signed proof with bytes changed in it.
+#[derive(Debug, Arbitrary)]
+enum NoteInput {
+    ProofText(String),
+    CheckpointText(String),
+    VerifierKeyText(String),
+    WitnessKeyText(String),
+    WitnessAnswer(String),
+    /// A real proof of entry `seq % size + 1` in a tree of `size % 40 + 1` entries, with the
+    /// byte at each `(position, value)` replaced.
+    MutatedProof {
+        size: u8,
+        seq: u8,
+        edits: Vec<(u16, u8)>,
+    },
+}
+
+struct NoteKeys {
+    signer: auditgate::log::head::LogSigner,
+    vkey: auditgate::log::checkpoint::VerifierKey,
+    witness: auditgate::log::witness::WitnessKey,
+}
+
+const NOTE_ORIGIN: &str = "audit.example.com/fuzz";
+
+fn note_keys() -> &'static NoteKeys {
+    static KEYS: OnceLock<NoteKeys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let signer = auditgate::log::head::LogSigner::generate();
+        let vkey = signer
+            .verifier_key(NOTE_ORIGIN)
+            .expect("the fuzz target's own origin is valid");
+        // A witness key of the cosignature/v1 type, from the same public key bytes: what matters
+        // here is parsing, not who holds the private half.
+        let witness_text = {
+            let text = vkey.to_string();
+            let mut parts = text.splitn(3, '+');
+            let (_, _, key) = (parts.next(), parts.next(), parts.next().unwrap_or_default());
+            let mut bytes = base64::engine::general_purpose::STANDARD
+                .decode(key)
+                .expect("our own vkey is base64");
+            bytes[0] = 0x04;
+            let id = auditgate::log::witness::cosigner_key_id(
+                "witness.fuzz/w1",
+                bytes[1..].try_into().expect("an Ed25519 key is 32 bytes"),
+            );
+            format!(
+                "witness.fuzz/w1+{id:08x}+{}",
+                base64::engine::general_purpose::STANDARD.encode(&bytes)
+            )
+        };
+        let witness = auditgate::log::witness::WitnessKey::parse(&witness_text)
+            .expect("the fuzz target's own witness key is valid");
+        NoteKeys {
+            signer,
+            vkey,
+            witness,
+        }
+    })
+}
+
+/// A proof file parsed, written back, verified: writing what was read gives a file that reads the
+/// same, and a proof that verifies names the entry at its index.
+fn check_proof_text(text: &str) -> Option<auditgate::log::tlog_proof::VerifiedEntry> {
+    use auditgate::log::tlog_proof::{verify_entry_proof, TlogProof};
+    let proof = TlogProof::parse(text).ok()?;
+    let again = TlogProof::parse(&proof.format()).expect("a proof we wrote reads back");
+    assert_eq!(again, proof, "a proof changed when written and read back");
+    let verified = verify_entry_proof(&proof, &note_keys().vkey).ok()?;
+    assert_eq!(verified.entry.seq, proof.index + 1);
+    assert_eq!(verified.checkpoint.origin, NOTE_ORIGIN);
+    Some(verified)
+}
+
+pub fn signed_notes(data: &[u8]) {
+    use auditgate::log::checkpoint::{Checkpoint, VerifierKey};
+    use auditgate::log::witness::WitnessKey;
+    let Ok(input) = NoteInput::arbitrary(&mut Unstructured::new(data)) else {
+        return;
+    };
+    let keys = note_keys();
+    match input {
+        NoteInput::ProofText(text) => {
+            // Only a proof signed by the fuzz target's key can verify, and the fuzzer cannot
+            // sign: any text that verifies is a forgery.
+            assert!(
+                check_proof_text(&text).is_none(),
+                "an unsigned proof verified"
+            );
+        }
+        NoteInput::CheckpointText(text) => {
+            if let Ok(checkpoint) = Checkpoint::parse_text(&text) {
+                let again = Checkpoint::parse_text(&checkpoint.text())
+                    .expect("a checkpoint we wrote reads back");
+                assert_eq!(again.text(), checkpoint.text());
+            }
+            assert!(
+                keys.vkey.verify_checkpoint(&text).is_err(),
+                "an unsigned checkpoint verified"
+            );
+        }
+        NoteInput::VerifierKeyText(text) => {
+            if let Ok(key) = VerifierKey::parse(&text) {
+                let again =
+                    VerifierKey::parse(&key.to_string()).expect("a vkey we wrote reads back");
+                assert_eq!(again.to_string(), key.to_string());
+            }
+        }
+        NoteInput::WitnessKeyText(text) => {
+            if let Ok(key) = WitnessKey::parse(&text) {
+                let again =
+                    WitnessKey::parse(&key.to_string()).expect("a witness key we wrote reads back");
+                assert_eq!(again.to_string(), key.to_string());
+            }
+        }
+        NoteInput::WitnessAnswer(body) => {
+            // The witness key's private half is nobody's: no answer can carry a cosignature
+            // that verifies, and none may panic.
+            let checkpoint =
+                "audit.example.com/fuzz\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
+            assert!(keys
+                .witness
+                .cosignatures_in_response(&body, checkpoint)
+                .is_err());
+            let _ = auditgate::log::witness::parse_size_response(&body);
+        }
+        NoteInput::MutatedProof { size, seq, edits } => {
+            mutated_proof(keys, u64::from(size) % 40 + 1, u64::from(seq), &edits)
+        }
+    }
+}
+
+fn mutated_proof(keys: &NoteKeys, size: u64, seq: u64, edits: &[(u16, u8)]) {
+    use auditgate::entry::AuditEntry;
+    use auditgate::log::head::TreeHead;
+    use auditgate::log::merkle::{inclusion_proof, leaf_hash, root_at, MemoryNodes};
+    use auditgate::log::tlog_proof::TlogProof;
+    let seq = seq % size + 1;
+    let entries: Vec<AuditEntry> = (1..=size)
+        .map(|n| {
+            let mut entry = AuditEntry::new("fuzz", format!("order.{n}"));
+            entry.seq = n;
+            entry
+        })
+        .collect();
+    let leaves: Vec<_> = entries
+        .iter()
+        .map(|entry| leaf_hash(&entry.canonical_bytes()))
+        .collect();
+    let nodes = MemoryNodes::from_leaves(&leaves);
+    let (Ok(root), Ok(inclusion)) = (
+        root_at(&nodes, size),
+        inclusion_proof(&nodes, seq - 1, size),
+    ) else {
+        panic!("a tree of {size} entries gives its root and proofs");
+    };
+    let Ok(head) = TreeHead::new("fuzz", size, root, chrono::Utc::now()) else {
+        return;
+    };
+    let Ok(checkpoint) = keys.signer.sign_checkpoint(NOTE_ORIGIN, &head) else {
+        return;
+    };
+    let original = TlogProof::for_entry(&entries[(seq - 1) as usize], inclusion, checkpoint);
+    let text = original.format();
+    let verified = check_proof_text(&text).expect("a genuine proof verifies");
+    assert_eq!(verified.entry.seq, seq);
+    let mut bytes = text.into_bytes();
+    for (position, value) in edits.iter().take(8) {
+        let position = usize::from(*position) % bytes.len();
+        bytes[position] = *value;
+    }
+    let Ok(mutated) = String::from_utf8(bytes) else {
+        return;
+    };
+    // Whatever was changed, a proof that still verifies proves the same entry at the same place
+    // in the same tree: the bytes changed only what the format ignores.
+    if let Some(verified) = check_proof_text(&mutated) {
+        let parsed = TlogProof::parse(&mutated).expect("it verified, so it parsed");
+        assert_eq!(parsed.index, original.index);
+        assert_eq!(parsed.extra, original.extra);
+        assert_eq!(parsed.inclusion, original.inclusion);
+        assert_eq!(verified.checkpoint.size, size);
+        assert_eq!(verified.checkpoint.root_hash, root);
     }
 }
