@@ -365,4 +365,38 @@ fn demo_runs_and_prints_where_to_look() {
         .expect("the demo's checkpoint verifies under the vkey it wrote");
     // The sidecar's own `audit.started` / `audit.stopped` entries are in the tree too.
     assert!(checkpoint.size as usize >= entries.len(), "{note}");
+
+    // Started again on its directory, the demo goes on from its log: the sample traffic is
+    // added again, the generated history (entries of the last nine days) is not.
+    let older = |entries: &[auditgate::entry::AuditEntry]| {
+        let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+        entries
+            .iter()
+            .filter(|entry| entry.created_at < hour_ago)
+            .count()
+    };
+    let history = older(&entries);
+    assert!(history > 0, "the first run generated no history");
+    let again = binary()
+        .args([
+            "demo",
+            "--no-wait",
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&dir.0)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("the log of the earlier run goes on"),
+        "{stdout}"
+    );
+    let after = crate::support::read_entries(&dir.0.join("audit.db"));
+    assert!(after.len() > entries.len());
+    assert_eq!(older(&after), history, "the history was added twice");
 }

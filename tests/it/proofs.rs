@@ -561,3 +561,67 @@ async fn an_export_bundle_holds_a_proof_per_entry_that_verifies_offline() {
     assert_eq!(code, 64, "{out}");
     assert!(!sidecar.dir.0.join("unsigned").exists());
 }
+
+/// An entry removed by retention has no content left for a tlog proof to carry: the API answers
+/// 410 Gone and says so (its leaf is still proved by `/proof`), while an entry kept beside it
+/// still gets its proof.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pruned_entry_has_no_tlog_proof_and_says_why() {
+    use auditgate::store::retention::{prune_all, PrunePlan, PrunedBy};
+    let upstream = Upstream::start().await;
+    let (sidecar, _key) = signing_sidecar(&upstream, "50ms").await;
+    let client = HttpClient::new();
+    client
+        .send("POST", &sidecar.url("/things/old"), &[], "{}")
+        .await;
+    let old = sidecar
+        .wait_entry(|entry| entry.path.as_deref() == Some("/things/old"))
+        .await;
+    // Retention as `auditgate prune` runs it beside a sidecar: everything so far is due.
+    let store = auditgate::store::sqlite::SqliteStore::open(
+        &sidecar.db,
+        auditgate::store::config::SyncMode::Normal,
+    )
+    .expect("store");
+    let plan = PrunePlan {
+        default_cutoff: Some(chrono::Utc::now() + chrono::Duration::seconds(1)),
+        rules: Vec::new(),
+    };
+    let pruned =
+        prune_all(&store, &plan, "orders", &PrunedBy::Retention, &|| true).expect("prunes");
+    assert!(pruned.entries() >= 1);
+    drop(store);
+    client
+        .send("POST", &sidecar.url("/things/kept"), &[], "{}")
+        .await;
+    let kept = sidecar
+        .wait_entry(|entry| entry.path.as_deref() == Some("/things/kept"))
+        .await;
+
+    let proof_of = |seq: u64| format!("http://{}/api/v1/entries/{seq}/tlog-proof", sidecar.admin);
+    let mut reply = client.get_admin(&proof_of(old.seq)).await;
+    assert_eq!(reply.status, 410, "{}", reply.text());
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("pruned"),
+        "{}",
+        reply.text()
+    );
+    let leaf_url = format!("http://{}/api/v1/entries/{}/proof", sidecar.admin, old.seq);
+    let mut leaf = client.get_admin(&leaf_url).await;
+    let proved = eventually(Duration::from_secs(10), async || {
+        leaf = client.get_admin(&leaf_url).await;
+        leaf.status == 200
+    })
+    .await;
+    assert!(proved, "{} {}", leaf.status, leaf.text());
+    let proved = eventually(Duration::from_secs(10), async || {
+        reply = client.get_admin(&proof_of(kept.seq)).await;
+        reply.status == 200
+    })
+    .await;
+    assert!(proved, "{} {}", reply.status, reply.text());
+    assert!(reply.text().starts_with("c2sp.org/tlog-proof@v1\n"));
+}

@@ -585,6 +585,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let db = data_dir.join("audit.db");
+    // The generated history goes into a new log only: a demo started again on its data directory
+    // goes on from the log it left, rather than adding the same nine days a second time.
+    let fresh = !db.exists();
     let signing_key = data_dir.join("log.key");
     if !signing_key.exists() {
         crate::log::head::LogSigner::write_new(&signing_key)
@@ -615,7 +618,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let sidecar = Sidecar::start(config, None).await?;
     let writer = sidecar.writer();
-    let earlier = history::entries(&log_id, chrono::Utc::now());
+    let earlier = if fresh {
+        history::entries(&log_id, chrono::Utc::now())
+    } else {
+        Vec::new()
+    };
     let earlier_count = earlier.len();
     for entry in earlier {
         writer.push(entry);
@@ -632,7 +639,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     wait_for_signed_head(&sidecar, entries).await;
 
     println!();
-    println!("auditgate demo: a sample app behind the sidecar, {sent} sample requests sent, {entries} audit entries in the log ({earlier_count} of them generated history of the last nine days).");
+    let history_note = if fresh {
+        format!("{earlier_count} of them generated history of the last nine days")
+    } else {
+        "the log of the earlier run goes on".to_string()
+    };
+    println!("auditgate demo: a sample app behind the sidecar, {sent} sample requests sent, {entries} audit entries in the log ({history_note}).");
     println!();
     println!("  app (through the proxy)  http://{}", sidecar.proxy_addr);
     println!("  viewer and admin API     http://{}/", sidecar.admin_addr);
