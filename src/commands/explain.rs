@@ -55,38 +55,19 @@ pub fn explain(config: &Config, args: &ExplainArgs) -> Result<Value, String> {
         .get(http::header::HOST)
         .and_then(|value| value.to_str().ok());
 
-    // The canonical view, as the proxy builds it.
+    // The request filter's checks and the canonical view, as the proxy runs them: a refused head
+    // (two Host headers, a credential given twice, a path that cannot be made canonical, an h2c
+    // upgrade, ...) is explained as the refusal the proxy records.
     let sent_path = uri.path().to_string();
+    let (screened, mut notes) = crate::proxy::screen_head(&policy, &method, &uri, &headers);
     let mut refused: Option<String> = None;
-    let mut notes = serde_json::Map::new();
-    let uri = match policy.canonical.path(uri.path()) {
-        Ok(std::borrow::Cow::Borrowed(_)) => uri,
-        Ok(std::borrow::Cow::Owned(path)) => {
-            notes.insert("_pathSent".to_string(), json!(sent_path));
-            let target = match uri.query() {
-                Some(query) => format!("{path}?{query}"),
-                None => path,
-            };
-            target
-                .parse()
-                .map_err(|_| format!("the canonical target `{target}` is not a request target"))?
-        }
-        Err(error) => {
-            refused = Some(format!("refused: {error}"));
+    let uri = match screened {
+        Ok(canonical) => canonical,
+        Err(detail) => {
+            refused = Some(detail);
             uri
         }
     };
-    if let (None, Some(what)) = (&refused, policy.actors.repeated_credential(&headers)) {
-        refused = Some(format!(
-            "refused: the {what} (read by an actor source) is given more than once"
-        ));
-    }
-    if refused.is_none() && crate::proxy::upgrade_names(&headers, "h2c") {
-        refused = Some(
-            "refused: an Upgrade to h2c (cleartext HTTP/2) would tunnel requests past the log"
-                .to_string(),
-        );
-    }
     let form_field = policy
         .canonical
         .method_override

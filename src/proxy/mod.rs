@@ -29,7 +29,7 @@ mod upstream;
 
 pub use body::{BoxError, ClientBodyError, RequestBody, ResponseBody};
 pub use exchange::{Exchange, ExchangeStart};
-pub(crate) use request_filter::upgrade_names;
+pub(crate) use request_filter::screen_head;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -116,6 +116,26 @@ pub(super) fn refusal_of_head<B>(
     None
 }
 
+/// The request filter's verdict on a request head, for `auditgate explain`: the canonical
+/// target the rules and the app would see, or the entry's `error` when the head is refused; and
+/// the notes the entry would carry. The same checks the proxy runs, in the same order.
+pub(crate) fn screen_head(
+    policy: &Policy,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> (Result<Uri, String>, serde_json::Map<String, Value>) {
+    let mut request = Request::new(());
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri.clone();
+    *request.headers_mut() = headers.clone();
+    let mut notes = serde_json::Map::new();
+    match refusal_of_head(policy, &mut request, &mut notes) {
+        Some(refusal) => (Err(refusal.detail), notes),
+        None => (Ok(request.uri().clone()), notes),
+    }
+}
+
 /// The first credential query parameter of the actor sources that the query holds more than once.
 fn repeated_secret_parameter(policy: &Policy, query: &str) -> Option<String> {
     policy

@@ -600,6 +600,33 @@ fn explain_shows_the_canonical_path_and_the_semantics_that_matched() {
             .expect("explained");
     assert_eq!(out["decision"], "refused", "{out:#}");
     assert_eq!(out["entry"]["status"], 400);
+
+    // Every refusal of the request head the proxy makes, explain shows as the proxy records it.
+    for (headers, error) in [
+        (
+            vec!["Host: a.example", "Host: b.example"],
+            "refused: more than one Host header",
+        ),
+        (
+            vec!["Connection: Upgrade", "Upgrade: h2c"],
+            "refused: an Upgrade to h2c",
+        ),
+    ] {
+        let out = auditgate::commands::explain::explain(
+            &config,
+            &args("DELETE", "/api/users/5", &headers),
+        )
+        .expect("explained");
+        assert_eq!(out["decision"], "refused", "{headers:?}: {out:#}");
+        assert_eq!(out["entry"]["status"], 400, "{out:#}");
+        assert!(
+            out["entry"]["error"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(error),
+            "{headers:?}: {out:#}"
+        );
+    }
 }
 
 #[tokio::test]
