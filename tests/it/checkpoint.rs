@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,24 +14,13 @@ use base64::Engine;
 use serde_json::Value;
 use signed_note::{Note, StandardVerifier, VerifierList};
 
+use crate::support::{auditgate, path_arg};
 use crate::support::{config_text, eventually, HttpClient, Process, TempDir, Upstream};
 
 const ORIGIN: &str = "audit.example.com/orders";
 
-fn auditgate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_auditgate"))
-        .args(args)
-        .env("AUDITGATE_LOG", "warn")
-        .output()
-        .expect("runs")
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn path_arg(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
 }
 
 /// A config for the real binary: every request recorded into `dir/audit.db`, and `log` as the

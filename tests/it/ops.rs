@@ -11,22 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
+use crate::support::{auditgate, path_arg};
 use crate::support::{eventually, write_config, HttpClient, Process, TempDir, Upstream};
-
-fn auditgate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_auditgate"))
-        .args(args)
-        .env("AUDITGATE_LOG", "warn")
-        .output()
-        .expect("runs")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn path_arg(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
 }
 
 /// The rules of every sidecar here: every request recorded (`[unmatched] record = "all"`), and

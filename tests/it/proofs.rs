@@ -16,6 +16,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use signed_note::{Note, StandardVerifier, VerifierList};
 
+use crate::support::auditgate_report as auditgate;
+use crate::support::path_arg;
 use crate::support::{
     config_text, eventually, read_all_entries, HttpClient, TempDir, TestSidecar, Upstream,
 };
@@ -85,23 +87,6 @@ fn independent_check(vkey: &str, text: &str) -> Result<Independent, String> {
         index,
         size: checkpoint.size(),
     })
-}
-
-fn auditgate(args: &[&str]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_auditgate"))
-        .args(args)
-        .env("AUDITGATE_LOG", "error")
-        .output()
-        .expect("runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
-}
-
-fn path_arg(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
 }
 
 /// Runs `scripts/c2sp-verify proof` (Go's sumdb/note and sumdb/tlog) on a proof file when

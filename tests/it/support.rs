@@ -1488,3 +1488,32 @@ pub fn filter_time(
         _ => panic!("unit {unit}"),
     }
 }
+
+/// Runs the auditgate binary with `args` (its own log at `warn`) and returns what it did.
+pub fn auditgate(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(args)
+        .env("AUDITGATE_LOG", "warn")
+        .output()
+        .expect("the auditgate binary runs")
+}
+
+/// Runs the auditgate binary with `args` (its own log at `error`) and returns its exit code and
+/// what it printed, stdout then stderr.
+pub fn auditgate_report(args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(args)
+        .env("AUDITGATE_LOG", "error")
+        .output()
+        .expect("the auditgate binary runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+/// A path as a command-line argument (the tests' temporary paths are UTF-8).
+pub fn path_arg(path: &std::path::Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}

@@ -24,6 +24,8 @@ use sha2::{Digest as _, Sha256};
 use signed_note::{Note, StandardVerifier, VerifierList};
 use tlog_tiles::{HashReader as _, TileHashReader};
 
+use crate::support::auditgate_report as auditgate;
+use crate::support::path_arg;
 use crate::support::{config_text, eventually, HttpClient, Process, TempDir, TEST_TOKEN};
 
 const LOG_ID: &str = "tiles-test";
@@ -481,23 +483,6 @@ fn go_verifies(vkey_file: &Path, source: &str, old: &Path, token: bool) -> Optio
         "the Go verifier could not run: {report}"
     );
     Some((output.status.success(), report))
-}
-
-fn auditgate(args: &[&str]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_auditgate"))
-        .args(args)
-        .env("AUDITGATE_LOG", "error")
-        .output()
-        .expect("runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
-}
-
-fn path_arg(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
 use signed_note::{Note, StandardVerifier, VerifierList};
 
+use crate::support::{auditgate, path_arg};
 use crate::support::{
     config_text, eventually, metric_count, HttpClient, TempDir, TestSidecar, Upstream,
 };
@@ -688,18 +688,6 @@ async fn a_409_from_a_witness_reset_to_an_older_size_is_resolved() {
         Some(0)
     );
     sidecar.stop().await;
-}
-
-fn auditgate(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_auditgate"))
-        .args(args)
-        .env("AUDITGATE_LOG", "warn")
-        .output()
-        .expect("runs")
-}
-
-fn path_arg(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
 }
 
 fn write_vkey(dir: &Path, name: &str, vkey: &str) -> PathBuf {
