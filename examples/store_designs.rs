@@ -833,7 +833,7 @@ fn parse_options() -> anyhow::Result<Options> {
                 options.designs = value()?.split(',').map(str::to_string).collect();
                 for design in &options.designs {
                     ensure!(
-                        ["a", "b", "bz", "c"].contains(&design.as_str()),
+                        ["a", "a-lo", "a-none", "b", "bz", "c"].contains(&design.as_str()),
                         "unknown design {design} (a, b, bz, c)"
                     );
                 }
@@ -852,6 +852,8 @@ fn parse_options() -> anyhow::Result<Options> {
 fn label(design: &str) -> &'static str {
     match design {
         "a" => "A today",
+        "a-lo" => "A without high-cardinality indexes",
+        "a-none" => "A without secondary indexes",
         "b" => "B sqlite log",
         "bz" => "B-z sqlite log, deflate",
         _ => "C fjall",
@@ -866,6 +868,32 @@ fn open_design(design: &str, dir: &Path, sync: SyncMode) -> anyhow::Result<Box<d
                 store: SqliteStore::open(&path, sync)?,
                 path,
             })
+        }
+        "a-lo" | "a-none" => {
+            // Today's store with some of its secondary indexes dropped: where its commit cost goes.
+            let path = dir.join("audit.db");
+            let store = SqliteStore::open(&path, sync)?;
+            let dropped: &[&str] = if design == "a-lo" {
+                &["actor_id", "actor_email", "resource", "resource_id", "ip"]
+            } else {
+                &[
+                    "created_at",
+                    "action",
+                    "actor_id",
+                    "actor_email",
+                    "resource",
+                    "resource_id",
+                    "outcome",
+                    "status",
+                    "ip",
+                ]
+            };
+            let connection = rusqlite::Connection::open(&path)?;
+            for index in dropped {
+                connection.execute_batch(&format!("DROP INDEX entries_{index};"))?;
+            }
+            drop(connection);
+            Box::new(Today { store, path })
         }
         "b" => Box::new(AppendLog::open(dir, sync, false)?),
         "bz" => Box::new(AppendLog::open(dir, sync, true)?),

@@ -144,8 +144,16 @@ fn copy_into(from: &Connection, partial: &Path) -> Result<BackupSummary, BackupE
 }
 
 fn summarize(connection: &Connection) -> Result<BackupSummary, BackupError> {
-    let entries: i64 =
-        connection.query_row("SELECT count(*) FROM entries", [], |row| row.get(0))?;
+    // Entries not sealed yet are in `recent` (schema version 4 and later).
+    let has_recent = connection
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recent'")?
+        .exists([])?;
+    let sql = if has_recent {
+        "SELECT (SELECT count(*) FROM entries) + (SELECT count(*) FROM recent)"
+    } else {
+        "SELECT count(*) FROM entries"
+    };
+    let entries: i64 = connection.query_row(sql, [], |row| row.get(0))?;
     let tree_size = crate::store::sqlite::log::tree_size(connection).unwrap_or(0);
     let latest_head = crate::store::sqlite::log::latest_head(connection)
         .ok()

@@ -75,7 +75,12 @@ impl PageBuilder {
     /// The entry row at `seq`, or why it is not a readable entry.
     pub(crate) fn entry(&mut self, seq: i64, entry: Result<AuditEntry, String>) {
         if let Some(slot) = self.slot(seq) {
-            slot.entry = Some(entry);
+            // A backend keeps a position in one row; two rows for one position (a row copied by
+            // hand into a second table) make neither of them the entry.
+            slot.entry = Some(match slot.entry {
+                None => entry,
+                Some(_) => Err(format!("position {seq} is stored in two rows")),
+            });
         }
     }
 

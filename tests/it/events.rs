@@ -280,9 +280,10 @@ async fn ingested_entries_are_in_the_tamper_evident_log() {
     // Changing an ingested entry is caught like any other.
     let connection = rusqlite::Connection::open(&sidecar.db).expect("open");
     connection
-        .execute(
-            "UPDATE entries SET actor_email = 'mallory@example.com' WHERE seq = 2",
-            [],
+        // Whichever table holds it: sealed, or still in `recent`.
+        .execute_batch(
+            "UPDATE entries SET actor_email = 'mallory@example.com' WHERE seq = 2;
+             UPDATE recent SET actor_email = 'mallory@example.com' WHERE seq = 2;",
         )
         .expect("tamper");
     drop(connection);

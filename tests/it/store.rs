@@ -860,3 +860,95 @@ fn reads_only_need_the_schema_and_never_create_it() {
         "{error}"
     );
 }
+
+/// A store file written by the release before schema version 4 (`tests/fixtures/store-v3`: the
+/// demo's log, 482 entries and 3 signed heads, as `auditgate demo --no-wait` left it) is read in
+/// place by the read commands, then upgraded by the first sidecar that opens it, appended to and
+/// verified intact, old entries and new alike.
+#[test]
+fn a_store_written_by_the_previous_release_is_read_upgraded_and_verified() {
+    use crate::support::{auditgate_report, path_arg};
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v3");
+    let dir = TempDir::new("upgrade");
+    for name in ["audit.db", "heads.ndjson", "log.key.pub"] {
+        std::fs::copy(fixture.join(name), dir.0.join(name)).expect("copies the fixture");
+    }
+    let db = dir.0.join("audit.db");
+    let key = dir.0.join("log.key.pub");
+    let heads = dir.0.join("heads.ndjson");
+    let version = |db: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .expect("opens")
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("version")
+    };
+    assert_eq!(version(&db), 3, "the fixture is a version 3 file");
+
+    // Read commands read it as it is, and change nothing.
+    let (code, report) = auditgate_report(&[
+        "verify",
+        "--db",
+        path_arg(&db),
+        "--heads",
+        path_arg(&heads),
+        "--key",
+        path_arg(&key),
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report.contains("intact") && report.contains("checked 482 positions"),
+        "{report}"
+    );
+    let read_only = SqliteStore::open_read_only(&db).expect("reads a version 3 file");
+    assert_eq!(read_only.count(&Filter::default()).expect("count"), 482);
+    let oldest = read_only
+        .list(
+            &Filter::default(),
+            &PageRequest {
+                order: Order::Asc,
+                limit: 1,
+                ..PageRequest::default()
+            },
+        )
+        .expect("lists")
+        .entries
+        .remove(0);
+    assert_eq!(oldest.seq, 1);
+    drop(read_only);
+    assert_eq!(version(&db), 3, "a read command migrates nothing");
+
+    // A sidecar's open upgrades it; old and new entries read, count and verify as one log.
+    let store = SqliteStore::open(&db, SyncMode::Normal).expect("upgrades");
+    assert_eq!(store.size().expect("size"), 482);
+    let mut batch: Vec<AuditEntry> = (0..3)
+        .map(|n| AuditEntry::new("demo", format!("after.upgrade.{n}")))
+        .collect();
+    store.append(&mut batch).expect("appends");
+    assert_eq!(batch[2].seq, 485);
+    assert_eq!(store.count(&Filter::default()).expect("count"), 485);
+    let by_prefix = Filter {
+        action_prefix: Some("after.upgrade.".into()),
+        ..Filter::default()
+    };
+    assert_eq!(store.count(&by_prefix).expect("count"), 3);
+    assert_eq!(
+        store.get(&oldest.id).expect("get").expect("old entry").seq,
+        1
+    );
+    drop(store);
+    assert_eq!(version(&db), 4);
+    let (code, report) = auditgate_report(&[
+        "verify",
+        "--db",
+        path_arg(&db),
+        "--heads",
+        path_arg(&heads),
+        "--key",
+        path_arg(&key),
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report.contains("checked 485 positions: 485 entries matched"),
+        "{report}"
+    );
+}

@@ -521,12 +521,15 @@ pub fn is_lifecycle(action: &str) -> bool {
     [STARTED, STOPPED, CONFIG_RELOADED].contains(&action)
 }
 
-/// Every entry in a database file, in log order.
+/// Every entry in a database file, in log order: the sealed ones and those still in `recent`.
 pub fn read_all_entries(db: &std::path::Path) -> Vec<AuditEntry> {
     use auditgate::store::sqlite::rows::{entry_from_row, ENTRY_COLUMNS};
     let connection = rusqlite::Connection::open(db).expect("open db");
     let mut statement = connection
-        .prepare(&format!("SELECT {ENTRY_COLUMNS} FROM entries ORDER BY seq"))
+        .prepare(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries UNION ALL \
+             SELECT {ENTRY_COLUMNS} FROM recent ORDER BY seq"
+        ))
         .expect("prepare");
     let rows = statement.query_map([], entry_from_row).expect("query");
     rows.map(|row| row.expect("row")).collect()

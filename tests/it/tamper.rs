@@ -68,6 +68,11 @@ impl Fixture {
             left -= take;
             self.sign(&store);
         }
+        // At rest, as a stopped sidecar leaves its log: every entry sealed into `entries`, which
+        // is where the edits below reach them (a test further down edits an unsealed one).
+        assert!(store
+            .checkpoint(std::time::Duration::from_secs(5))
+            .expect("checkpoint"));
     }
 
     fn sign(&self, store: &SqliteStore) -> SignedTreeHead {
@@ -202,6 +207,29 @@ fn an_edit_with_every_hash_recomputed_is_found_by_the_signed_heads() {
     // Only the signed heads remember the old root: the edit is within the ten entries after the
     // last head that still matches.
     assert_tampered(&fixture.verify(), Some(31), "entries 31..=40 were changed");
+}
+
+#[test]
+fn editing_an_unsealed_row_is_found() {
+    let fixture = Fixture::new(100, 10);
+    // The newest entries as they are between seals: in `recent`, not yet in `entries`.
+    let columns = auditgate::store::sqlite::rows::ENTRY_COLUMNS;
+    fixture.sql(&format!(
+        "INSERT INTO recent ({columns}) SELECT {columns} FROM entries WHERE seq > 90;
+         DELETE FROM entries WHERE seq > 90;"
+    ));
+    let report = fixture.verify();
+    assert!(report.ok(), "{}", problem_text(&report));
+    assert_eq!(report.entries, 100);
+    fixture.sql("UPDATE recent SET actor_id = 'someone-else' WHERE seq = 95");
+    assert_tampered(&fixture.verify(), Some(95), "changed");
+    // The same row kept in both tables is no way to hide the edit either.
+    fixture.sql(&format!(
+        "UPDATE recent SET actor_id = 'user-4' WHERE seq = 95;
+         INSERT INTO entries ({columns}) SELECT {} FROM recent WHERE seq = 95;",
+        columns.replacen("id,", "id || '-copy',", 1)
+    ));
+    assert_tampered(&fixture.verify(), Some(95), "two rows");
 }
 
 #[test]
@@ -641,7 +669,10 @@ async fn a_sidecar_publishes_heads_heartbeats_and_a_shutdown_head() {
     // Tampering behind the running sidecar's back shows in a full check.
     Connection::open(&sidecar.db)
         .expect("open")
-        .execute("UPDATE entries SET status = 201 WHERE seq = 4", [])
+        // Whichever table holds it: sealed, or still in `recent`.
+        .execute_batch(
+            "UPDATE entries SET status = 201 WHERE seq = 4; UPDATE recent SET status = 201 WHERE seq = 4;",
+        )
         .expect("tamper");
     let verify: Value = client
         .get_admin(&admin("/api/v1/verify?full=true"))
@@ -655,7 +686,10 @@ async fn a_sidecar_publishes_heads_heartbeats_and_a_shutdown_head() {
         .contains("entry 4 was changed"));
     Connection::open(&sidecar.db)
         .expect("open")
-        .execute("UPDATE entries SET status = 200 WHERE seq = 4", [])
+        // Whichever table holds it: sealed, or still in `recent`.
+        .execute_batch(
+            "UPDATE entries SET status = 200 WHERE seq = 4; UPDATE recent SET status = 200 WHERE seq = 4;",
+        )
         .expect("undo");
 
     // Three more entries, then shutdown: the last head covers them all and the run's

@@ -883,6 +883,7 @@ fn a_row_deleted_and_marked_as_pruned_by_hand_is_refused() {
         connection
             .execute_batch(&format!(
                 "DELETE FROM entries WHERE seq = 600;
+                 DELETE FROM recent WHERE seq = 600;
                  INSERT INTO pruned_entries (seq, prune_seq) VALUES (600, {record});"
             ))
             .expect("tamper");

@@ -5,7 +5,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::rows::{self, ENTRY_COLUMNS};
+use super::rows::{self, ENTRY_COLUMNS, RECENT};
 use crate::entry::{format_timestamp, AuditEntry};
 use crate::log::head::SignedTreeHead;
 use crate::log::merkle::{Frontier, Hash, MerkleError, NodeReader};
@@ -87,9 +87,45 @@ pub fn node_range(
 
 pub fn max_entry_seq(connection: &Connection) -> Result<u64, StoreError> {
     let last: Option<i64> = connection
-        .prepare_cached("SELECT max(seq) FROM entries")?
+        .prepare_cached(&format!(
+            "SELECT max(last) FROM (SELECT max(seq) AS last FROM entries \
+             UNION ALL SELECT max(seq) FROM {RECENT})"
+        ))?
         .query_row([], |row| row.get(0))?;
     Ok(last.map_or(0, |last| last.max(0) as u64))
+}
+
+/// How many rows wait in [`RECENT`] to be sealed.
+pub fn recent_rows(connection: &Connection) -> Result<u64, StoreError> {
+    let rows: i64 = connection
+        .prepare_cached(&format!("SELECT count(*) FROM {RECENT}"))?
+        .query_row([], |row| row.get(0))?;
+    Ok(rows.max(0) as u64)
+}
+
+/// Moves up to `max` of the oldest rows of [`RECENT`] into `entries`, inside the caller's
+/// transaction, in `seq` order; returns how many moved. This is where the secondary indexes are
+/// written: once per batch of thousands of entries rather than in every commit, so index pages
+/// are written back once per batch.
+pub fn seal(connection: &Connection, max: u64) -> Result<u64, StoreError> {
+    let through: Option<i64> = connection
+        .prepare_cached(&format!(
+            "SELECT max(seq) FROM (SELECT seq FROM {RECENT} ORDER BY seq LIMIT ?1)"
+        ))?
+        .query_row([i64::try_from(max).unwrap_or(i64::MAX)], |row| row.get(0))?;
+    let Some(through) = through else {
+        return Ok(0);
+    };
+    let moved = connection
+        .prepare_cached(&format!(
+            "INSERT INTO entries ({ENTRY_COLUMNS}) SELECT {ENTRY_COLUMNS} FROM {RECENT} \
+             WHERE seq <= ?1 ORDER BY seq"
+        ))?
+        .execute([through])?;
+    connection
+        .prepare_cached(&format!("DELETE FROM {RECENT} WHERE seq <= ?1"))?
+        .execute([through])?;
+    Ok(moved as u64)
 }
 
 /// Inserts the nodes an append completed.
@@ -110,14 +146,21 @@ pub fn insert_entries(
     frontier: &mut Frontier,
     entries: &mut [AuditEntry],
 ) -> Result<(), StoreError> {
-    let mut insert = connection.prepare_cached(
-        "INSERT INTO entries (seq, id, log_id, created_at, actor_id, actor_email, actor_name, \
-         actor_source, actor_verified, tenant, action, resource_type, resource_id, outcome, status, \
-         method, path, route, rule, ip, user_agent, request_id, duration_us, error, metadata) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-         ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
-    )?;
+    let mut insert = connection.prepare_cached(&format!(
+        "INSERT INTO {RECENT} ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
+         ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+    ))?;
+    // `recent` keeps its own ids unique; an id already sealed into `entries` is refused here, as
+    // the single table's UNIQUE constraint refused it before (ULIDs grow with time, so this is a
+    // look at the end of the id index).
+    let mut sealed = connection.prepare_cached("SELECT 1 FROM entries WHERE id = ?1")?;
     for entry in entries.iter_mut() {
+        if sealed.exists([&entry.id])? {
+            return Err(StoreError::Other(format!(
+                "an entry with id {} is already in the log",
+                entry.id
+            )));
+        }
         entry.seq = frontier.size() + 1;
         let metadata = serde_json::to_string(&entry.metadata).unwrap_or_else(|_| "{}".to_string());
         insert.execute(params![
@@ -285,13 +328,15 @@ pub fn scan_log(connection: &Connection, first: u64, max: usize) -> Result<LogPa
         }
     }
     {
-        let mut entries = transaction.prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries WHERE seq BETWEEN ?1 AND ?2"
-        ))?;
-        let mut rows = entries.query(params![first, last])?;
-        while let Some(row) = rows.next()? {
-            let entry = rows::entry_from_row(row).map_err(|error| error.to_string());
-            page.entry(row.get(0)?, entry);
+        for table in ["entries", RECENT] {
+            let mut entries = transaction.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM {table} WHERE seq BETWEEN ?1 AND ?2"
+            ))?;
+            let mut rows = entries.query(params![first, last])?;
+            while let Some(row) = rows.next()? {
+                let entry = rows::entry_from_row(row).map_err(|error| error.to_string());
+                page.entry(row.get(0)?, entry);
+            }
         }
     }
     {
@@ -326,6 +371,9 @@ pub fn prune(
     mut record: AuditEntry,
     max: usize,
 ) -> Result<Option<PruneOutcome>, StoreError> {
+    // Every entry is sealed first, so the prunable ones are found through the indexes of one
+    // table (a prune is rare; this costs one batch move).
+    seal(connection, u64::MAX)?;
     let seqs = select_prunable(connection, plan, max)?;
     let Some(step) = PruneStep::new(seqs, frontier.size()) else {
         return Ok(None);

@@ -38,10 +38,23 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v1.sql"),
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
+    include_str!("schema_v4.sql"),
 ];
 
 /// The first schema version with the Merkle tree.
 const TREE_SCHEMA_VERSION: i64 = 2;
+
+/// Seal (move `recent` into the indexed `entries`, see [`rows::RECENT`]) once this many rows
+/// wait: large enough that each index page is written back once for many entries, small enough
+/// that a filter walking `recent` stays a matter of milliseconds.
+const SEAL_ROWS: u64 = 8192;
+
+/// ... or once the oldest waiting row is this old, whatever the traffic.
+const SEAL_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The most rows one seal moves: a store that fell behind catches up over several appends, each
+/// holding the write lock for a bounded time.
+const SEAL_MAX: u64 = 65_536;
 
 /// How many idle reader connections are kept.
 const READER_POOL: usize = 4;
@@ -101,6 +114,10 @@ struct WriterSide {
     /// Why the stored tree cannot be extended, when it cannot (found at open). Reads still work,
     /// so a damaged log can be queried and verified; appends fail with this message.
     damaged: Option<String>,
+    /// Rows this store appended (or found) in `recent` since its last seal, and when the first of
+    /// them was committed.
+    unsealed: u64,
+    unsealed_since: Option<std::time::Instant>,
 }
 
 fn open_connection(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
@@ -237,12 +254,15 @@ impl SqliteStore {
             }
         };
         let next_seq = frontier.size() + 1;
+        let unsealed = self::log::recent_rows(&writer)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(WriterSide {
                 connection: writer,
                 frontier,
                 damaged,
+                unsealed,
+                unsealed_since: (unsealed > 0).then(std::time::Instant::now),
             }),
             readers: ReaderPool::new(READER_POOL),
             next_seq: AtomicU64::new(next_seq),
@@ -280,6 +300,8 @@ impl SqliteStore {
                 connection,
                 frontier: Frontier::new(),
                 damaged: Some(format!("{} is open read-only", path.display())),
+                unsealed: 0,
+                unsealed_since: None,
             }),
             readers: ReaderPool::new(READER_POOL),
             next_seq: AtomicU64::new(size + 1),
@@ -420,6 +442,8 @@ impl SqliteStore {
             connection,
             frontier,
             damaged,
+            unsealed,
+            unsealed_since,
         } = &mut *side;
         if let Some(reason) = damaged {
             return Err(StoreError::Other(reason.clone()));
@@ -429,6 +453,10 @@ impl SqliteStore {
         let mut working = current_frontier(&transaction, frontier)?;
         let result = work(&transaction, &mut working)?;
         transaction.commit()?;
+        *unsealed += working.size().saturating_sub(frontier.size());
+        if *unsealed > 0 && unsealed_since.is_none() {
+            *unsealed_since = Some(std::time::Instant::now());
+        }
         *frontier = working;
         self.next_seq.store(frontier.size() + 1, Ordering::Release);
         // A file removed during the commit: the batch may be in a file nobody will read. Reporting
@@ -436,6 +464,43 @@ impl SqliteStore {
         // database.
         self.check_files(connection)?;
         Ok(result)
+    }
+}
+
+impl SqliteStore {
+    /// Seals when enough rows wait in `recent` (or the oldest has waited long enough), or always
+    /// when `all`: moves them into `entries` in one transaction of its own, after the commit that
+    /// made them durable. A failed seal loses nothing (the rows stay in `recent`, where every
+    /// read finds them) and is retried after the next append, so it is logged, not returned.
+    fn seal(&self, all: bool) {
+        let Ok(mut side) = self.lock_writer() else {
+            return;
+        };
+        let due = side.unsealed >= SEAL_ROWS
+            || side
+                .unsealed_since
+                .is_some_and(|since| since.elapsed() >= SEAL_AGE);
+        if !(due || all && side.unsealed > 0) || side.damaged.is_some() {
+            return;
+        }
+        let result = (|| -> Result<u64, StoreError> {
+            let transaction = side
+                .connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            self::log::seal(&transaction, SEAL_MAX)?;
+            let left = self::log::recent_rows(&transaction)?;
+            transaction.commit()?;
+            Ok(left)
+        })();
+        match result {
+            Ok(left) => {
+                side.unsealed = left;
+                side.unsealed_since = (left > 0).then(std::time::Instant::now);
+            }
+            Err(error) => {
+                tracing::warn!(store = %self.path.display(), %error, "sealing recent entries failed; they stay readable and will be sealed later");
+            }
+        }
     }
 }
 
@@ -503,6 +568,8 @@ impl Store for SqliteStore {
             for entry in entries.iter_mut() {
                 entry.seq = 0;
             }
+        } else {
+            self.seal(false);
         }
         result
     }
@@ -524,6 +591,8 @@ impl Store for SqliteStore {
             for entry in entries.iter_mut() {
                 entry.seq = 0;
             }
+        } else {
+            self.seal(false);
         }
         result
     }
@@ -576,7 +645,11 @@ impl Store for SqliteStore {
                 return Err(StoreError::Cursor);
             }
         }
-        self.with_reader(|connection| Ok(rows::list(connection, filter, page)?))
+        self.with_reader(|connection| {
+            // One snapshot for both tables of the log.
+            let snapshot = connection.unchecked_transaction()?;
+            Ok(rows::list(&snapshot, filter, page)?)
+        })
     }
 
     fn list_offset(
@@ -585,19 +658,35 @@ impl Store for SqliteStore {
         offset: u64,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        self.with_reader(|connection| Ok(rows::list_offset(connection, filter, offset, limit)?))
+        self.with_reader(|connection| {
+            // One snapshot for both tables of the log.
+            let snapshot = connection.unchecked_transaction()?;
+            Ok(rows::list_offset(&snapshot, filter, offset, limit)?)
+        })
     }
 
     fn count(&self, filter: &Filter) -> Result<u64, StoreError> {
-        self.with_reader(|connection| Ok(rows::count(connection, filter)?))
+        self.with_reader(|connection| {
+            // One snapshot for both tables of the log.
+            let snapshot = connection.unchecked_transaction()?;
+            Ok(rows::count(&snapshot, filter)?)
+        })
     }
 
     fn get(&self, id: &str) -> Result<Option<AuditEntry>, StoreError> {
-        self.with_reader(|connection| Ok(rows::get(connection, id)?))
+        self.with_reader(|connection| {
+            // One snapshot for both tables of the log.
+            let snapshot = connection.unchecked_transaction()?;
+            Ok(rows::get(&snapshot, id)?)
+        })
     }
 
     fn stats(&self, filter: &Filter, by: StatsBy, limit: u32) -> Result<Vec<Bucket>, StoreError> {
-        self.with_reader(|connection| Ok(rows::stats(connection, filter, by, limit)?))
+        self.with_reader(|connection| {
+            // One snapshot for both tables of the log.
+            let snapshot = connection.unchecked_transaction()?;
+            Ok(rows::stats(&snapshot, filter, by, limit)?)
+        })
     }
 
     fn tree(&self) -> Result<TreeState, StoreError> {
@@ -671,6 +760,8 @@ impl Store for SqliteStore {
         if self.read_only.is_some() {
             return Ok(true);
         }
+        // A quiet log's last entries are sealed here rather than wait for the next append.
+        self.seal(true);
         let side = self.lock_writer()?;
         let connection = &side.connection;
         // The configured busy timeout is restored afterwards: appends keep theirs.
@@ -726,7 +817,7 @@ impl Store for SqliteStore {
         let side = self.lock_writer()?;
         let connection = &side.connection;
         connection.execute(
-            "DELETE FROM pending WHERE id IN (SELECT id FROM entries)",
+            "DELETE FROM pending WHERE id IN (SELECT id FROM entries UNION ALL SELECT id FROM recent)",
             [],
         )?;
         let mut statement =
@@ -742,10 +833,11 @@ impl Store for SqliteStore {
     fn existing_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
         let side = self.lock_writer()?;
         let connection = &side.connection;
-        let mut statement = connection.prepare_cached("SELECT 1 FROM entries WHERE id = ?1")?;
+        let mut sealed = connection.prepare_cached("SELECT 1 FROM entries WHERE id = ?1")?;
+        let mut recent = connection.prepare_cached("SELECT 1 FROM recent WHERE id = ?1")?;
         let mut found = Vec::new();
         for id in ids {
-            if statement.exists(params![id])? {
+            if sealed.exists(params![id])? || recent.exists(params![id])? {
                 found.push(id.clone());
             }
         }
@@ -858,7 +950,11 @@ mod tests {
         assert_eq!(store.size().expect("size"), 3);
         let count: i64 = store
             .with_reader(|connection| {
-                Ok(connection.query_row("SELECT count(*) FROM entries", [], |row| row.get(0))?)
+                Ok(connection.query_row(
+                    "SELECT (SELECT count(*) FROM entries) + (SELECT count(*) FROM recent)",
+                    [],
+                    |row| row.get(0),
+                )?)
             })
             .expect("reads");
         assert_eq!(count, 3);
@@ -897,7 +993,11 @@ mod tests {
             std::fs::copy(&path, &copy).expect("copies");
             let connection = Connection::open(&copy).expect("opens copy");
             connection
-                .query_row("SELECT count(*) FROM entries", [], |row| row.get(0))
+                .query_row(
+                    "SELECT (SELECT count(*) FROM entries) + (SELECT count(*) FROM recent)",
+                    [],
+                    |row| row.get(0),
+                )
                 .ok()
         };
         assert_ne!(
@@ -916,6 +1016,100 @@ mod tests {
         assert!(store
             .append(&mut [AuditEntry::new("t", "refused")])
             .is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn table_rows(store: &SqliteStore, table: &str) -> i64 {
+        store
+            .with_reader(|connection| {
+                Ok(
+                    connection.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+                        row.get(0)
+                    })?,
+                )
+            })
+            .expect("counts")
+    }
+
+    #[test]
+    fn appends_are_sealed_in_batches_and_every_read_sees_both_tables() {
+        let (dir, path) = temp_db("seal");
+        let store = SqliteStore::open(&path, SyncMode::Normal).expect("opens");
+        let batches = SEAL_ROWS as usize / 100 + 3;
+        let total = batches * 100;
+        let mut appended = Vec::new();
+        for batch in 0..batches {
+            appended.extend(append_numbered(&store, &format!("b{batch}"), 100));
+        }
+        let sealed = table_rows(&store, "entries");
+        let recent = table_rows(&store, "recent");
+        assert_eq!(sealed + recent, total as i64);
+        // Whichever came first, the row count or the age, a seal ran and left less than a
+        // seal's worth waiting.
+        assert!(sealed > 0, "a seal ran");
+        assert!(recent > 0 && recent < SEAL_ROWS as i64, "{recent} unsealed");
+        // Every read sees every entry exactly once, whichever table holds it.
+        assert_eq!(
+            store.count(&Filter::default()).expect("count"),
+            total as u64
+        );
+        let newest = store
+            .list(&Filter::default(), &PageRequest::default())
+            .expect("lists");
+        assert_eq!(newest.entries[0].seq, total as u64);
+        let oldest = &appended[0];
+        assert_eq!(store.get(&oldest.id).expect("get").expect("found").seq, 1);
+        let last = appended.last().expect("appended");
+        assert_eq!(
+            store.get(&last.id).expect("get").expect("found").seq,
+            total as u64
+        );
+        let page = store.scan_log(1, total + 10).expect("scans");
+        assert_eq!(page.slots.len(), total);
+        assert!(page
+            .slots
+            .iter()
+            .all(|slot| matches!(slot.entry, Some(Ok(_)))));
+        // A quiet log is sealed by the periodic checkpoint.
+        assert!(store
+            .checkpoint(std::time::Duration::from_secs(5))
+            .expect("checkpoint"));
+        assert_eq!(table_rows(&store, "recent"), 0);
+        assert_eq!(table_rows(&store, "entries"), total as i64);
+        // An id already sealed is refused, as the single table's constraint refused it.
+        let size = store.size().expect("size");
+        let mut again = vec![oldest.clone()];
+        let error = store.append(&mut again).expect_err("duplicate id");
+        assert!(error.to_string().contains("already in the log"), "{error}");
+        assert_eq!(store.size().expect("size"), size);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_position_kept_in_both_tables_is_reported() {
+        let (dir, path) = temp_db("twice");
+        let store = SqliteStore::open(&path, SyncMode::Normal).expect("opens");
+        append_numbered(&store, "x", 5);
+        assert!(store
+            .checkpoint(std::time::Duration::from_secs(5))
+            .expect("checkpoint"));
+        {
+            // A row copied by hand back into `recent`, under another id.
+            let connection = Connection::open(&path).expect("opens");
+            connection
+                .execute_batch(&format!(
+                    "INSERT INTO recent ({}) SELECT {} FROM entries WHERE seq = 3",
+                    rows::ENTRY_COLUMNS,
+                    rows::ENTRY_COLUMNS.replacen("id,", "id || 'x',", 1)
+                ))
+                .expect("copies");
+        }
+        let page = store.scan_log(1, 10).expect("scans");
+        let slot = &page.slots[2];
+        match &slot.entry {
+            Some(Err(reason)) => assert!(reason.contains("two rows"), "{reason}"),
+            other => panic!("position 3 read as {other:?}"),
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -1174,11 +1368,14 @@ mod tests {
             let connection = Connection::open(&db).expect("open");
             connection.execute_batch(MIGRATIONS[0]).expect("v1");
             connection.execute_batch(MIGRATIONS[1]).expect("v2");
+            connection.execute_batch(MIGRATIONS[3]).expect("v4");
             let mut frontier = Frontier::new();
             self::log::insert_entries(&connection, &mut frontier, &mut entries).expect("rows");
+            self::log::seal(&connection, u64::MAX).expect("sealed");
             connection
                 .execute_batch(
-                    "DROP TABLE tree_nodes; DROP TABLE tree_heads; DROP TABLE pruned_entries;",
+                    "DROP TABLE tree_nodes; DROP TABLE tree_heads; DROP TABLE pruned_entries; \
+                     DROP TABLE recent;",
                 )
                 .expect("back to v1");
             connection
@@ -1247,8 +1444,9 @@ mod tests {
         {
             // The file as version 2 left it: no cosignatures table.
             let connection = Connection::open(&db).expect("open");
+            self::log::seal(&connection, u64::MAX).expect("sealed");
             connection
-                .execute_batch("DROP TABLE witness_cosignatures;")
+                .execute_batch("DROP TABLE witness_cosignatures; DROP TABLE recent;")
                 .expect("back to v2");
             connection
                 .pragma_update(None, "user_version", 2)

@@ -63,6 +63,24 @@ fn no_log(path: &Path, what: &str) -> StoreError {
     }
 }
 
+/// A file written before schema version 4 has no `recent` table, and a read command must not add
+/// one to it: an empty temporary table of that name stands in, so every read runs the same SQL on
+/// every version. Temporary tables live in the connection's own temporary database, never in the
+/// file.
+fn provide_recent(connection: &Connection) -> rusqlite::Result<()> {
+    let present: bool = connection
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recent'")?
+        .exists([])?;
+    if !present {
+        let schema = include_str!("schema_v4.sql");
+        let create = schema
+            .find("CREATE TABLE")
+            .map_or(schema, |start| &schema[start..]);
+        connection.execute_batch(&create.replacen("CREATE TABLE", "CREATE TEMP TABLE", 1))?;
+    }
+    Ok(())
+}
+
 impl ReadOnlySource {
     /// Checks that `path` is an existing SQLite file holding an auditgate log (schema version 1
     /// or later) and opens a first connection to it, read-only, creating nothing.
@@ -140,6 +158,7 @@ impl ReadOnlySource {
         }
         .map_err(open_error)?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        provide_recent(&connection).map_err(open_error)?;
         Ok(connection)
     }
 

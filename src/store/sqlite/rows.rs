@@ -40,6 +40,17 @@ pub const ENTRY_COLUMNS: &str = "seq, id, log_id, created_at, actor_id, actor_em
      actor_source, actor_verified, tenant, action, resource_type, resource_id, outcome, status, \
      method, path, route, rule, ip, user_agent, request_id, duration_us, error, metadata";
 
+/// The table of entries appended but not sealed yet. Appends go there alone, in `seq` order and
+/// without secondary indexes, which is what keeps a commit cheap at any log size; the store
+/// moves them into `entries`, whose indexes answer every filter, in large batches off the commit
+/// (see `SqliteStore::seal`). Its entries always follow every entry of `entries`, so a listing
+/// reads one table after the other, and a filter reads `recent` by walking it: it holds seconds
+/// of traffic.
+pub const RECENT: &str = "recent";
+
+/// The columns [`stats`] groups by, from either table.
+const STATS_COLUMNS: &str = "action, actor_email, actor_id, created_at, outcome";
+
 /// The SQL function behind the CIDR filter: `auditgate_ip_in(ip_text, cidr_text)` is 1 when the
 /// address is inside the network, 0 otherwise (also for NULL or unparsable addresses).
 pub const IP_IN_FUNCTION: &str = "auditgate_ip_in";
@@ -823,21 +834,28 @@ fn query_entries(
 }
 
 /// [`list`] with the narrow-range threshold as a parameter, so tests cover both plans.
+///
+/// The log is two tables (see [`RECENT`]): every entry in `recent` comes after every entry in
+/// `entries`, so a page is the matches of one table followed by those of the other, never a
+/// merge. The caller runs this in one read transaction, so a seal between the two reads can
+/// neither show an entry twice nor hide it.
 fn list_planned(
     conn: &Connection,
     filter: &Filter,
     page: &PageRequest,
     narrow_range_max_rows: u64,
 ) -> rusqlite::Result<Page> {
-    let query = page_query(conn, filter, page, narrow_range_max_rows)?;
-    let mut entries = query_entries(conn, &query.sql, query.values)?;
     let rows = page_rows(page);
+    let mut entries = match page.order {
+        Order::Desc => recent_entries(conn, filter, page, rows)?,
+        Order::Asc => sealed_entries(conn, filter, page, narrow_range_max_rows, rows)?,
+    };
     let found = i64::try_from(entries.len()).unwrap_or(i64::MAX);
-    if let Some(past) = query.past_window.filter(|_| found < rows) {
-        // The window and the rest are two statements, and appends may come between them; the
-        // boundary was fixed before both, so every entry is read by exactly one of them.
-        let (sql, values) = past_window_query(filter, page, past, rows - found);
-        entries.extend(query_entries(conn, &sql, values)?);
+    if found < rows {
+        entries.extend(match page.order {
+            Order::Desc => sealed_entries(conn, filter, page, narrow_range_max_rows, rows - found)?,
+            Order::Asc => recent_entries(conn, filter, page, rows - found)?,
+        });
     }
     let limit = usize::try_from(page.limit.clamp(1, MAX_LIMIT)).unwrap_or(usize::MAX);
     let next_cursor = if entries.len() > limit {
@@ -860,6 +878,45 @@ fn list_planned(
     })
 }
 
+/// Up to `rows` matches of the page from the sealed, indexed table, through the planned index.
+fn sealed_entries(
+    conn: &Connection,
+    filter: &Filter,
+    page: &PageRequest,
+    narrow_range_max_rows: u64,
+    rows: i64,
+) -> rusqlite::Result<Vec<AuditEntry>> {
+    let query = page_query(conn, filter, page, narrow_range_max_rows)?;
+    let mut entries = query_entries(conn, &query.sql, query.values)?;
+    let found = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+    if let Some(past) = query.past_window.filter(|_| found < page_rows(page)) {
+        // The window and the rest are two statements, and appends may come between them; the
+        // boundary was fixed before both, so every entry is read by exactly one of them.
+        let (sql, values) = past_window_query(filter, page, past, page_rows(page) - found);
+        entries.extend(query_entries(conn, &sql, values)?);
+    }
+    entries.truncate(usize::try_from(rows).unwrap_or(0));
+    Ok(entries)
+}
+
+/// Up to `rows` matches of the page from [`RECENT`], the entries not sealed yet. The table has
+/// no secondary index: it holds at most a few seconds of traffic, walked in `seq` order.
+fn recent_entries(
+    conn: &Connection,
+    filter: &Filter,
+    page: &PageRequest,
+    rows: i64,
+) -> rusqlite::Result<Vec<AuditEntry>> {
+    let mut conditions = page_condition_set(filter, page, ActorColumns::Either);
+    conditions.values.push(Value::Integer(rows));
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM {RECENT} {} ORDER BY seq {} LIMIT ?",
+        conditions.where_sql(),
+        order_sql(page.order),
+    );
+    query_entries(conn, &sql, conditions.values)
+}
+
 /// Newest first, skipping `offset` entries: the page-number paging of the reference product's
 /// `GET /api/audit-log?page=`. Its cost grows with the offset, so the admin API proper uses
 /// [`list`].
@@ -869,54 +926,80 @@ pub fn list_offset(
     offset: u64,
     limit: u32,
 ) -> rusqlite::Result<Vec<AuditEntry>> {
+    let limit = i64::from(limit.clamp(1, MAX_LIMIT));
+    let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+    // The newest entries are in `recent`: skip into it first, then into the sealed table.
+    let (recent_where, recent_values) = where_clause(filter);
+    let in_recent: i64 = conn
+        .prepare_cached(&format!("SELECT count(*) FROM {RECENT} {recent_where}"))?
+        .query_row(rusqlite::params_from_iter(recent_values.clone()), |row| {
+            row.get(0)
+        })?;
+    let mut entries = Vec::new();
+    if offset < in_recent {
+        let mut values = recent_values;
+        values.push(Value::Integer(limit));
+        values.push(Value::Integer(offset));
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM {RECENT} {recent_where} ORDER BY seq DESC LIMIT ? OFFSET ?"
+        );
+        entries = query_entries(conn, &sql, values)?;
+    }
+    let wanted = limit - i64::try_from(entries.len()).unwrap_or(i64::MAX);
+    if wanted <= 0 {
+        return Ok(entries);
+    }
     let mut conditions = Conditions::from_filter(filter);
     let index = range_plan(conn, &conditions, NARROW_RANGE_MAX_ROWS)?.narrow_index();
+    conditions.values.push(Value::Integer(wanted));
     conditions
         .values
-        .push(Value::Integer(i64::from(limit.clamp(1, MAX_LIMIT))));
-    conditions
-        .values
-        .push(Value::Integer(i64::try_from(offset).unwrap_or(i64::MAX)));
+        .push(Value::Integer(offset.saturating_sub(in_recent).max(0)));
     let sql = format!(
         "SELECT {ENTRY_COLUMNS} FROM entries{} {} ORDER BY seq DESC LIMIT ? OFFSET ?",
         indexed_by(index),
         conditions.where_sql(),
     );
-    let mut statement = conn.prepare_cached(&sql)?;
-    let entries = statement
-        .query_map(
-            rusqlite::params_from_iter(conditions.values),
-            entry_from_row,
-        )?
-        .collect();
-    entries
+    entries.extend(query_entries(conn, &sql, conditions.values)?);
+    Ok(entries)
 }
 
 /// How many entries match `filter`.
 pub fn count(conn: &Connection, filter: &Filter) -> rusqlite::Result<u64> {
     let (where_sql, values) = where_clause(filter);
-    let sql = format!("SELECT count(*) FROM entries {where_sql}");
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM entries {where_sql}) + \
+         (SELECT count(*) FROM {RECENT} {where_sql})"
+    );
     let mut statement = conn.prepare_cached(&sql)?;
-    statement.query_row(rusqlite::params_from_iter(values), |row| row.get(0))
+    let both = values.iter().cloned().chain(values.iter().cloned());
+    statement.query_row(rusqlite::params_from_iter(both), |row| row.get(0))
 }
 
 /// One entry by its ULID or, failing that, by its sequence number written in decimal, so both
 /// forms a user might copy from the viewer work. The id is tried first because a ULID may
 /// consist of digits only.
 pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<AuditEntry>> {
-    let mut by_id =
-        conn.prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE id = ?"))?;
-    if let Some(entry) = by_id.query_row([id], entry_from_row).optional()? {
-        return Ok(Some(entry));
+    for table in ["entries", RECENT] {
+        let mut by_id =
+            conn.prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM {table} WHERE id = ?"))?;
+        if let Some(entry) = by_id.query_row([id], entry_from_row).optional()? {
+            return Ok(Some(entry));
+        }
     }
     let is_decimal = !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit());
     let Some(seq) = id.parse::<i64>().ok().filter(|_| is_decimal) else {
         return Ok(None);
     };
-    let mut by_seq = conn.prepare_cached(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM entries WHERE seq = ?"
-    ))?;
-    by_seq.query_row([seq], entry_from_row).optional()
+    for table in ["entries", RECENT] {
+        let mut by_seq = conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM {table} WHERE seq = ?"
+        ))?;
+        if let Some(entry) = by_seq.query_row([seq], entry_from_row).optional()? {
+            return Ok(Some(entry));
+        }
+    }
+    Ok(None)
 }
 
 /// The bucket key as SQL over one row. Day and hour cut the fixed-width UTC text of
@@ -953,17 +1036,27 @@ pub fn stats(
             return Ok(buckets);
         }
     }
-    let (where_sql, mut values) = where_clause(filter);
+    let (where_sql, values) = where_clause(filter);
+    let mut values: Vec<Value> = values
+        .iter()
+        .cloned()
+        .chain(values.iter().cloned())
+        .collect();
     values.push(Value::Integer(i64::from(limit)));
     let key = key_sql(by);
+    // Both tables' matches, each found through its own plan, grouped together.
+    let rows = format!(
+        "(SELECT {STATS_COLUMNS} FROM entries {where_sql} \
+         UNION ALL SELECT {STATS_COLUMNS} FROM {RECENT} {where_sql})"
+    );
     let sql = if by.is_time() {
         format!(
-            "SELECT bucket, n FROM (SELECT {key} AS bucket, count(*) AS n FROM entries {where_sql} \
+            "SELECT bucket, n FROM (SELECT {key} AS bucket, count(*) AS n FROM {rows} \
              GROUP BY bucket ORDER BY bucket DESC LIMIT ?) ORDER BY bucket ASC"
         )
     } else {
         format!(
-            "SELECT {key} AS bucket, count(*) AS n FROM entries {where_sql} \
+            "SELECT {key} AS bucket, count(*) AS n FROM {rows} \
              GROUP BY bucket ORDER BY n DESC, bucket ASC LIMIT ?"
         )
     };
@@ -1045,11 +1138,24 @@ fn count_or_max<T: rusqlite::types::FromSql>(
     if let Some(upper) = upper {
         conditions.push("created_at < ?", [Value::Text(upper)]);
     }
-    let sql = format!("SELECT {aggregate} FROM entries {}", conditions.where_sql());
+    let where_sql = conditions.where_sql();
+    // count(*) of both tables adds up; max() of both is the larger (max ignores NULL).
+    let combine = if aggregate.starts_with("count") {
+        "sum"
+    } else {
+        "max"
+    };
+    let sql = format!(
+        "SELECT {combine}(part) FROM (SELECT {aggregate} AS part FROM entries {where_sql} \
+         UNION ALL SELECT {aggregate} AS part FROM {RECENT} {where_sql})"
+    );
+    let both = conditions
+        .values
+        .iter()
+        .cloned()
+        .chain(conditions.values.iter().cloned());
     conn.prepare_cached(&sql)?
-        .query_row(rusqlite::params_from_iter(conditions.values), |row| {
-            row.get(0)
-        })
+        .query_row(rusqlite::params_from_iter(both), |row| row.get(0))
 }
 
 #[cfg(test)]
