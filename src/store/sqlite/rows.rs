@@ -48,9 +48,6 @@ pub const ENTRY_COLUMNS: &str = "seq, id, log_id, created_at, actor_id, actor_em
 /// of traffic.
 pub const RECENT: &str = "recent";
 
-/// The columns [`stats`] groups by, from either table.
-const STATS_COLUMNS: &str = "action, actor_email, actor_id, created_at, outcome";
-
 /// The SQL function behind the CIDR filter: `auditgate_ip_in(ip_text, cidr_text)` is 1 when the
 /// address is inside the network, 0 otherwise (also for NULL or unparsable addresses).
 pub const IP_IN_FUNCTION: &str = "auditgate_ip_in";
@@ -1037,39 +1034,37 @@ pub fn stats(
         }
     }
     let (where_sql, values) = where_clause(filter);
-    let mut values: Vec<Value> = values
-        .iter()
-        .cloned()
-        .chain(values.iter().cloned())
-        .collect();
-    values.push(Value::Integer(i64::from(limit)));
     let key = key_sql(by);
-    // Both tables' matches, each found through its own plan, grouped together.
-    let rows = format!(
-        "(SELECT {STATS_COLUMNS} FROM entries {where_sql} \
-         UNION ALL SELECT {STATS_COLUMNS} FROM {RECENT} {where_sql})"
-    );
-    let sql = if by.is_time() {
-        format!(
-            "SELECT bucket, n FROM (SELECT {key} AS bucket, count(*) AS n FROM {rows} \
-             GROUP BY bucket ORDER BY bucket DESC LIMIT ?) ORDER BY bucket ASC"
-        )
-    } else {
-        format!(
-            "SELECT {key} AS bucket, count(*) AS n FROM {rows} \
-             GROUP BY bucket ORDER BY n DESC, bucket ASC LIMIT ?"
-        )
-    };
-    let mut statement = conn.prepare_cached(&sql)?;
-    let buckets = statement
-        .query_map(rusqlite::params_from_iter(values), |row| {
-            Ok(Bucket {
-                key: row.get(0)?,
-                count: row.get(1)?,
-            })
-        })?
+    // Each table grouped through its own plan (a UNION ALL under one GROUP BY would hide the
+    // indexes from SQLite and sort every row), the two sets of buckets added up here.
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for table in ["entries", RECENT] {
+        let sql =
+            format!("SELECT {key} AS bucket, count(*) FROM {table} {where_sql} GROUP BY bucket");
+        let mut statement = conn.prepare_cached(&sql)?;
+        let rows = statement.query_map(rusqlite::params_from_iter(values.iter()), |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?))
+        })?;
+        for row in rows {
+            let (bucket, n) = row?;
+            *counts.entry(bucket).or_default() += n;
+        }
+    }
+    let mut buckets: Vec<Bucket> = counts
+        .into_iter()
+        .map(|(key, count)| Bucket { key, count })
         .collect();
-    buckets
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if by.is_time() {
+        // The most recent `limit` periods, in time order.
+        buckets.sort_by(|a, b| a.key.cmp(&b.key));
+        let skip = buckets.len().saturating_sub(limit);
+        buckets.drain(..skip);
+    } else {
+        buckets.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+        buckets.truncate(limit);
+    }
+    Ok(buckets)
 }
 
 /// Day or hour buckets of a filter that is only a time window (or nothing), newest first, each

@@ -1096,6 +1096,36 @@ fn stats_group_and_order_as_documented() {
 }
 
 #[test]
+fn stats_are_the_same_whichever_entries_are_unsealed() {
+    let sealed = open();
+    varied(&sealed, 2000);
+    let split = open();
+    varied(&split, 2000);
+    unseal_after(&split, 1234);
+    for by in [
+        StatsBy::Action,
+        StatsBy::Actor,
+        StatsBy::Outcome,
+        StatsBy::Day,
+        StatsBy::Hour,
+    ] {
+        for (name, filter) in sample_filters() {
+            for limit in [1, 5, 1000] {
+                let expected = stats(&sealed, &filter, by, limit).expect("stats");
+                assert_eq!(
+                    stats(&split, &filter, by, limit).expect("stats"),
+                    expected,
+                    "{by:?} {name} {limit}"
+                );
+                if limit == 1000 && name == "everything" {
+                    assert!(!expected.is_empty(), "{by:?} counts something");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn stats_by_parses_its_names() {
     for by in [
         StatsBy::Action,
