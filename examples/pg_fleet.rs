@@ -96,6 +96,12 @@ fn writer_process(database: &str, log_id: &str, count: usize, seed: u64) -> anyh
         elapsed.as_secs_f64(),
         cpu_seconds("self").unwrap_or(0.0) - cpu_before
     );
+    std::io::stdout().flush()?;
+    // The store's connections (and so their server processes, whose CPU the coordinator reads)
+    // stay until the coordinator says the run is measured.
+    let mut measured = String::new();
+    std::io::stdin().read_line(&mut measured)?;
+    drop(store);
     Ok(())
 }
 
@@ -322,9 +328,22 @@ fn run(
     }
     let mut rates = Vec::new();
     let mut writers_cpu = 0.0;
-    for (mut child, mut stdout) in children {
+    let mut lines = Vec::new();
+    for (_, stdout) in &mut children {
         let mut line = String::new();
         stdout.read_line(&mut line)?;
+        lines.push(line);
+    }
+    let elapsed = started.elapsed();
+    // Read while every writer's server process is still there: one that has exited takes its
+    // CPU time with it.
+    let server_cpu = server_cpu_seconds()
+        .zip(server_before)
+        .map(|(after, before)| after - before);
+    for ((mut child, _), line) in children.into_iter().zip(lines) {
+        if let Some(stdin) = child.stdin.as_mut() {
+            writeln!(stdin, "measured")?;
+        }
         let status = child.wait()?;
         anyhow::ensure!(status.success(), "a writer failed: {status}");
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -335,10 +354,6 @@ fn run(
         rates.push(count.parse::<f64>()? / seconds.parse::<f64>()?);
         writers_cpu += cpu.parse::<f64>()?;
     }
-    let elapsed = started.elapsed();
-    let server_cpu = server_cpu_seconds()
-        .zip(server_before)
-        .map(|(after, before)| after - before);
     let total = (sidecars * each) as f64;
     println!(
         "  appends together: {:>9.0} entries/s ({} entries in {elapsed:.2?})",
