@@ -8,6 +8,16 @@
 #   bench/store.sh designs [N...]    the candidate store designs side by side on the same entries
 #                                    (examples/store_designs.rs; default 1,000,000); options for it
 #                                    go in STORE_DESIGNS_ARGS, e.g. "--sync full --designs b,c"
+#   bench/store.sh pg-fleet [SIDECARS [ENTRIES_EACH]]
+#                                    a fleet into one PostgreSQL server (examples/pg_fleet.rs;
+#                                    default 8 sidecars x 100,000 entries): SIDECARS writer
+#                                    processes append at once, each under its own log through the
+#                                    real writer; entries/s together and per writer, CPU per entry
+#                                    of writers and server, bytes per entry in the database, then
+#                                    the admin filters' first-page, count and stats latencies across
+#                                    the fleet. The server is AUDITGATE_TEST_POSTGRES_URL's, or a
+#                                    throwaway one (scripts/postgres-test-server --durable, fsync
+#                                    on) started for the run and destroyed after it
 #
 # e.g. bench/store.sh 1000000 10000000 50000000
 #
@@ -18,6 +28,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=store
+if [ "${1:-}" = pg-fleet ]; then
+    shift
+    sidecars=${1:-8}
+    each=${2:-100000}
+    for n in "$sidecars" "$each"; do
+        if ! [[ $n =~ ^[1-9][0-9]*$ ]]; then
+            echo "bench/store.sh: '$n' is not a number" >&2
+            exit 2
+        fi
+    done
+    cargo build --release --locked --example pg_fleet >&2
+    if [ -z "${AUDITGATE_TEST_POSTGRES_URL:-}" ]; then
+        eval "$(scripts/postgres-test-server --durable start)"
+        trap 'scripts/postgres-test-server destroy "$AUDITGATE_TEST_POSTGRES_DIR"' EXIT
+    fi
+    echo "== PostgreSQL fleet, $sidecars sidecars x $each entries"
+    target/release/examples/pg_fleet "$sidecars" "$each"
+    exit 0
+fi
 if [ "${1:-}" = designs ]; then
     mode=designs
     shift

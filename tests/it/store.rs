@@ -951,4 +951,116 @@ fn a_store_written_by_the_previous_release_is_read_upgraded_and_verified() {
         report.contains("checked 485 positions: 485 entries matched"),
         "{report}"
     );
+
+#[test]
+fn a_batch_with_one_refused_row_at_its_end_appends_nothing() {
+    let Some(url) = pg::server_url("refused_row_at_the_end") else {
+        return;
+    };
+    let database = TestDatabase::create(&url, "refused_row");
+    let store = open_postgres(&database, "web-1", true);
+    let mut first = [AuditEntry::new("web-1", "first")];
+    store.append(&mut first).expect("appends");
+    let before = store.tree().expect("tree");
+    // A batch large enough to reach the database in many pieces, whose last entry repeats an id
+    // already stored: the database refuses that row only after taking the others.
+    let mut batch: Vec<AuditEntry> = (0..2000)
+        .map(|index| {
+            let mut entry = AuditEntry::new("web-1", format!("bulk.{index}"));
+            entry.path = Some(format!("/api/items/{index}/{}", "x".repeat(200)));
+            entry.ip = Some(format!("10.0.{}.{}", index / 250, index % 250));
+            entry
+        })
+        .collect();
+    let ids: Vec<String> = batch.iter().map(|entry| entry.id.clone()).collect();
+    let mut repeat = first[0].clone();
+    repeat.seq = 0;
+    batch.push(repeat);
+    assert!(store.append(&mut batch).is_err());
+    assert!(batch.iter().all(|entry| entry.seq == 0), "seqs are reset");
+    assert_eq!(store.tree().expect("tree"), before);
+    assert_eq!(store.count(&Filter::default()).expect("count"), 1);
+    assert!(store.existing_ids(&ids).expect("ids").is_empty());
+    let nodes: i64 = database
+        .client()
+        .query_one("SELECT count(*) FROM tree_nodes WHERE level = 0", &[])
+        .expect("count nodes")
+        .get(0);
+    assert_eq!(nodes, 1, "no leaf of the refused batch is stored");
+    // The same entries without the repeated one go in whole, numbered after the first.
+    batch.pop();
+    store.append(&mut batch).expect("appends");
+    assert_eq!(batch[0].seq, 2);
+    assert_eq!(batch[1999].seq, 2001);
+    let report = verify(&store);
+    assert_eq!(report.entries, 2001);
+}
+
+#[test]
+fn sidecars_appending_at_once_keep_their_logs_apart_and_whole() {
+    let Some(url) = pg::server_url("sidecars_at_once") else {
+        return;
+    };
+    let database = TestDatabase::create(&url, "at_once");
+    const SIDECARS: usize = 8;
+    const BATCHES: usize = 10;
+    const BATCH: usize = 50;
+    let appended: Vec<Vec<AuditEntry>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..SIDECARS)
+            .map(|sidecar| {
+                let database = &database;
+                scope.spawn(move || {
+                    let log = format!("web-{sidecar}");
+                    let store = open_postgres(database, &log, true);
+                    let mut all = Vec::new();
+                    for round in 0..BATCHES {
+                        let mut batch: Vec<AuditEntry> = (0..BATCH)
+                            .map(|index| {
+                                let mut entry = AuditEntry::new(&log, "post.created");
+                                entry.actor_id = Some(format!("u{}", (round + index) % 7));
+                                entry.ip = Some(format!("10.{sidecar}.{round}.{index}"));
+                                entry
+                            })
+                            .collect();
+                        store.append(&mut batch).expect("appends");
+                        all.extend(batch);
+                    }
+                    all
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("a sidecar thread"))
+            .collect()
+    });
+    let reader = open_postgres(&database, "web-0", false);
+    assert_eq!(
+        reader.count(&Filter::default()).expect("count"),
+        (SIDECARS * BATCHES * BATCH) as u64
+    );
+    for (sidecar, entries) in appended.iter().enumerate() {
+        let log = format!("web-{sidecar}");
+        // Each log is numbered 1..=n without a gap, in the order its sidecar appended.
+        let seqs: Vec<u64> = entries.iter().map(|entry| entry.seq).collect();
+        let expected: Vec<u64> = (1..=(BATCHES * BATCH) as u64).collect();
+        assert_eq!(seqs, expected, "{log}");
+        let store = open_postgres(&database, &log, false);
+        let only = Filter {
+            log_id: Some(log.clone()),
+            ..Filter::default()
+        };
+        let listed = list_all(&store, &only, 97, Order::Asc);
+        let ids: Vec<&str> = listed.iter().map(|entry| entry.id.as_str()).collect();
+        let expected: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
+        assert_eq!(ids, expected, "{log} lists in its own order");
+        let report = verify(&store);
+        assert_eq!(report.entries, (BATCHES * BATCH) as u64);
+        let leaves: Vec<Hash> = entries.iter().map(leaf).collect();
+        assert_eq!(
+            store.tree().expect("tree").root,
+            merkle::root_at(&MemoryNodes::from_leaves(&leaves), leaves.len() as u64).expect("root"),
+            "{log}"
+        );
+    }
 }

@@ -65,7 +65,7 @@ pub fn entry_from_row(row: &Row) -> Result<(AuditEntry, u64), String> {
         ),
     };
     let seq: i64 = row.try_get(0).map_err(column)?;
-    // Durations are stored as the bits of the u64 (see `tree::entry_params`).
+    // Durations are stored as the bits of the u64 (see `tree::entry_values`).
     let duration_us = row
         .try_get::<_, Option<i64>>(22)
         .map_err(column)?
@@ -584,10 +584,9 @@ pub fn stats(
         .collect()
 }
 
-/// The canonical text of an address for the `ip_net` column, or `None` when `ip` is not one.
-pub fn ip_net(ip: Option<&str>) -> Option<String> {
+/// The address of `ip` for the `ip_net` column, or `None` when `ip` is not one.
+pub fn ip_addr(ip: Option<&str>) -> Option<IpAddr> {
     ip.and_then(|ip| ip.parse::<IpAddr>().ok())
-        .map(|ip| ip.to_string())
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 use std::cell::RefCell;
 
 use chrono::{DateTime, Utc};
-use postgres::types::ToSql;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
 use postgres::{GenericClient, Row};
 
 use super::rows::{self, param_refs, Param};
@@ -161,44 +162,47 @@ pub fn max_entry_seq<C: GenericClient>(db: &mut LogDb<'_, C>) -> Result<u64, Sto
     Ok(last.map_or(0, |last| last.max(0) as u64))
 }
 
-/// Rows per multi-row INSERT of entries (27 parameters each, well under the protocol's 65535).
-const ENTRY_ROWS_PER_INSERT: usize = 64;
-/// Rows per multi-row INSERT of tree nodes (4 parameters each).
-const NODE_ROWS_PER_INSERT: usize = 256;
-
-const INSERT_COLUMNS: &str = "seq, id, log_id, created_at, actor_id, actor_email, actor_name, \
+/// The columns an append copies into `entries`, in the order of [`ENTRY_TYPES`] and
+/// [`entry_values`]; `gid` is left to its identity default.
+const COPY_ENTRY_COLUMNS: &str = "seq, id, log_id, created_at, actor_id, actor_email, actor_name, \
      actor_source, actor_verified, tenant, action, resource_type, resource_id, outcome, status, \
      method, path, route, rule, ip, user_agent, request_id, duration_us, error, metadata, ip_net, \
      verbatim";
-const INSERT_ARITY: usize = 27;
-/// The position of `ip_net` among [`INSERT_COLUMNS`]: its parameter is text cast to INET.
-const IP_NET_COLUMN: usize = 25;
 
-/// `INSERT ... VALUES (...), (...)` for `rows` rows of `arity` parameters.
-fn multi_insert_sql(head: &str, rows: usize, arity: usize, cast: Option<(usize, &str)>) -> String {
-    let mut sql = String::with_capacity(head.len() + rows * arity * 6);
-    sql.push_str(head);
-    sql.push_str(" VALUES ");
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for column in 0..arity {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("${}", row * arity + column + 1));
-            if let Some((cast_column, cast)) = cast {
-                if column == cast_column {
-                    sql.push_str(cast);
-                }
-            }
-        }
-        sql.push(')');
-    }
-    sql
-}
+/// The column types of [`COPY_ENTRY_COLUMNS`], as the schema declares them: binary COPY sends
+/// each value in its column's own wire format, so these must match the table exactly.
+const ENTRY_TYPES: [Type; 27] = [
+    Type::INT8,        // seq
+    Type::TEXT,        // id
+    Type::TEXT,        // log_id
+    Type::TIMESTAMPTZ, // created_at
+    Type::TEXT,        // actor_id
+    Type::TEXT,        // actor_email
+    Type::TEXT,        // actor_name
+    Type::TEXT,        // actor_source
+    Type::BOOL,        // actor_verified
+    Type::TEXT,        // tenant
+    Type::TEXT,        // action
+    Type::TEXT,        // resource_type
+    Type::TEXT,        // resource_id
+    Type::TEXT,        // outcome
+    Type::INT4,        // status
+    Type::TEXT,        // method
+    Type::TEXT,        // path
+    Type::TEXT,        // route
+    Type::TEXT,        // rule
+    Type::TEXT,        // ip
+    Type::TEXT,        // user_agent
+    Type::TEXT,        // request_id
+    Type::INT8,        // duration_us
+    Type::TEXT,        // error
+    Type::TEXT,        // metadata
+    Type::INET,        // ip_net
+    Type::TEXT,        // verbatim
+];
+
+/// The column types of a `tree_nodes` row: log_id, level, idx, hash.
+const NODE_TYPES: [Type; 4] = [Type::TEXT, Type::INT4, Type::INT8, Type::BYTEA];
 
 /// Whether any text of the entry holds a NUL character, which PostgreSQL text cannot store.
 fn has_nul(entry: &AuditEntry) -> bool {
@@ -227,8 +231,8 @@ fn has_nul(entry: &AuditEntry) -> bool {
             .any(|value| value.as_deref().is_some_and(|text| text.contains('\0')))
 }
 
-/// The parameters of one entry row, in [`INSERT_COLUMNS`] order.
-fn entry_params(entry: &AuditEntry) -> Result<Vec<Param>, StoreError> {
+/// The values of one entry row, in [`COPY_ENTRY_COLUMNS`] order.
+fn entry_values(entry: &AuditEntry) -> Result<Vec<Param>, StoreError> {
     let verbatim = if has_nul(entry) {
         Some(serde_json::to_string(entry).map_err(|error| StoreError::Other(error.to_string()))?)
     } else {
@@ -265,16 +269,19 @@ fn entry_params(entry: &AuditEntry) -> Result<Vec<Param>, StoreError> {
         Box::new(entry.duration_us.map(|us| us as i64)),
         Box::new(optional(&entry.error)),
         Box::new(metadata),
-        Box::new(rows::ip_net(entry.ip.as_deref())),
+        Box::new(rows::ip_addr(entry.ip.as_deref())),
         Box::new(verbatim),
     ];
-    debug_assert_eq!(params.len(), INSERT_ARITY);
+    debug_assert_eq!(params.len(), ENTRY_TYPES.len());
     Ok(params)
 }
 
 /// Appends entries inside the caller's transaction: gives each the next sequence number of the
-/// log, hashes its canonical form into `frontier`, and inserts the rows and the tree nodes they
-/// completed. The caller commits, and keeps `frontier` only if the commit succeeds.
+/// log, hashes its canonical form into `frontier`, and copies the rows and the tree nodes they
+/// completed in with two binary `COPY`s (a round trip per few kilobytes, not per row or per
+/// statement). The caller commits, and keeps `frontier` only if the commit succeeds; a row the
+/// database refuses (a duplicate id) fails its `COPY`, which aborts the transaction, so a batch
+/// is stored whole or not at all.
 pub fn insert_entries<C: GenericClient>(
     db: &mut LogDb<'_, C>,
     frontier: &mut Frontier,
@@ -284,55 +291,43 @@ pub fn insert_entries<C: GenericClient>(
     let mut nodes: Vec<(u32, u64, Hash)> = Vec::with_capacity(entries.len() * 2);
     for entry in entries.iter_mut() {
         entry.seq = frontier.size() + 1;
-        entry_rows.push(entry_params(entry)?);
+        entry_rows.push(entry_values(entry)?);
         nodes.extend(frontier.append(leaf_hash(&entry.canonical_bytes())));
     }
-    let head = format!("INSERT INTO entries ({INSERT_COLUMNS})");
-    for chunk in entry_rows.chunks(ENTRY_ROWS_PER_INSERT) {
-        let sql = multi_insert_sql(
-            &head,
-            chunk.len(),
-            INSERT_ARITY,
-            Some((IP_NET_COLUMN, "::text::inet")),
-        );
-        let params: Vec<&(dyn ToSql + Sync)> =
-            chunk.iter().flat_map(|row| param_refs(row)).collect();
-        db.execute(&sql, &params)?;
+    if entry_rows.is_empty() {
+        return Ok(());
     }
+    let sink = db.client.copy_in(&format!(
+        "COPY entries ({COPY_ENTRY_COLUMNS}) FROM STDIN (FORMAT binary)"
+    ))?;
+    let mut copy = BinaryCopyInWriter::new(sink, &ENTRY_TYPES);
+    for row in &entry_rows {
+        copy.write(&param_refs(row))?;
+    }
+    copy.finish()?;
     insert_nodes(db, &nodes)
 }
 
+/// Copies tree nodes of the log into `tree_nodes`.
 fn insert_nodes<C: GenericClient>(
     db: &mut LogDb<'_, C>,
     nodes: &[(u32, u64, Hash)],
 ) -> Result<(), StoreError> {
-    let log_id = db.log_id.to_string();
-    for chunk in nodes.chunks(NODE_ROWS_PER_INSERT) {
-        let values: Vec<(i32, i64, Vec<u8>)> = chunk
-            .iter()
-            .map(|(level, index, hash)| {
-                (
-                    i32::try_from(*level).unwrap_or(i32::MAX),
-                    sql_int(*index),
-                    hash.to_vec(),
-                )
-            })
-            .collect();
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(values.len() * 4);
-        for (level, index, hash) in &values {
-            params.push(&log_id);
-            params.push(level);
-            params.push(index);
-            params.push(hash);
-        }
-        let sql = multi_insert_sql(
-            "INSERT INTO tree_nodes (log_id, level, idx, hash)",
-            values.len(),
-            4,
-            None,
-        );
-        db.execute(&sql, &params)?;
+    if nodes.is_empty() {
+        return Ok(());
     }
+    let log_id = db.log_id.to_string();
+    let sink = db
+        .client
+        .copy_in("COPY tree_nodes (log_id, level, idx, hash) FROM STDIN (FORMAT binary)")?;
+    let mut copy = BinaryCopyInWriter::new(sink, &NODE_TYPES);
+    for (level, index, hash) in nodes {
+        let level = i32::try_from(*level).unwrap_or(i32::MAX);
+        let index = sql_int(*index);
+        let hash: &[u8] = hash;
+        copy.write(&[&log_id, &level, &index, &hash])?;
+    }
+    copy.finish()?;
     Ok(())
 }
 
