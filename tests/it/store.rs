@@ -951,6 +951,7 @@ fn a_store_written_by_the_previous_release_is_read_upgraded_and_verified() {
         report.contains("checked 485 positions: 485 entries matched"),
         "{report}"
     );
+}
 
 #[test]
 fn a_batch_with_one_refused_row_at_its_end_appends_nothing() {
