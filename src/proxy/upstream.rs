@@ -1,21 +1,16 @@
-//! The app's side of the proxy: the client that carries requests to the app, and the upstream
-//! request's target and headers (hop-by-hop headers removed in both directions, forwarding
-//! headers rebuilt from what the proxy believed).
+//! The app's side of the proxy: the upstream request's headers (hop-by-hop headers removed in
+//! both directions, forwarding headers rebuilt from what the proxy believed), and how an upstream
+//! failure is described. The connections themselves are `pool.rs`'s.
 
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::Authority;
-use http::{request, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::request;
 
 use crate::identity::client_ip::{self, ClientAddr};
 use crate::policy::Policy;
-use crate::proxy::config::ProxyConfig;
 
-use super::body::RequestBody;
+use super::pool::UpstreamError;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1), removed in both directions.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -33,34 +28,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
-
-/// The pooled HTTP/1.1 client to the app.
-pub(super) fn client(config: &ProxyConfig) -> Client<HttpConnector, RequestBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.idle_timeout)
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
-}
-
-/// The upstream request's target: the app's address with the request's (canonical) path and
-/// query.
-pub(super) fn upstream_uri(upstream: &Authority, target: &Uri) -> Result<Uri, http::Error> {
-    let path_and_query = target
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme("http")
-        .authority(upstream.clone())
-        .path_and_query(path_and_query)
-        .build()
-}
 
 /// Removes from the upstream request what must not reach the app: hop-by-hop headers (except a
 /// WebSocket's Upgrade), identity and forwarding headers the client had no standing to send, and
@@ -166,13 +133,10 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-pub(super) fn describe_client_error(error: &hyper_util::client::legacy::Error) -> String {
+/// An upstream failure with its causes, for the entry's `error` and the log.
+pub(super) fn describe_upstream_error(error: &UpstreamError) -> String {
     use std::error::Error as _;
-    let mut text = if error.is_connect() {
-        "cannot connect to the app".to_string()
-    } else {
-        "the app's connection failed".to_string()
-    };
+    let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
         text.push_str(": ");
