@@ -97,7 +97,8 @@ impl Flow {
         let policy = state.policy();
         // The entry's request id is always auditgate's own; a client's X-Request-Id is noted
         // apart, so a client can never choose the id an auditor looks an exchange up by.
-        let request_id = HeaderValue::from_str(&ulid::Ulid::new().to_string())
+        let mut id_text = [0u8; ulid::ULID_LEN];
+        let request_id = HeaderValue::from_str(ulid::Ulid::new().array_to_str(&mut id_text))
             .unwrap_or_else(|_| HeaderValue::from_static("-"));
         let client_request_id = request
             .headers()

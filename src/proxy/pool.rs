@@ -297,3 +297,29 @@ pub(super) fn request_target(upstream: &Authority, method: &Method, target: Uri)
         _ => Uri::default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_is_sent_origin_form_targets() {
+        let app: Authority = "app.internal:8080".parse().expect("authority");
+        let target = |method: Method, uri: &str| {
+            request_target(&app, &method, uri.parse().expect("uri")).to_string()
+        };
+        assert_eq!(
+            target(Method::GET, "/api/items/7?full=1"),
+            "/api/items/7?full=1"
+        );
+        assert_eq!(target(Method::GET, "/"), "/");
+        // An HTTP/2 request (or an absolute-form HTTP/1 one) names the client's authority.
+        assert_eq!(target(Method::GET, "http://client.example/a/b?c"), "/a/b?c");
+        assert_eq!(target(Method::GET, "http://client.example"), "/");
+        assert_eq!(target(Method::OPTIONS, "*"), "*");
+        assert_eq!(
+            target(Method::CONNECT, "client.example:443"),
+            "app.internal:8080"
+        );
+    }
+}

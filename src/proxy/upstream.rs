@@ -2,8 +2,10 @@
 //! both directions, forwarding headers rebuilt from what the proxy believed), and how an upstream
 //! failure is described. The connections themselves are `pool.rs`'s.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request;
 
@@ -73,13 +75,15 @@ pub(super) fn add_forwarding_headers(
     request_id: &HeaderValue,
     client_request_id: Option<HeaderValue>,
 ) {
-    let forwarded_for = client_addr
-        .believed_chain
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    // Written once into the buffer the header value keeps (no string per address, no copy).
+    let mut forwarded_for = String::with_capacity(client_addr.believed_chain.len() * 17);
+    for (index, address) in client_addr.believed_chain.iter().enumerate() {
+        if index > 0 {
+            forwarded_for.push_str(", ");
+        }
+        let _ = write!(forwarded_for, "{address}");
+    }
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     // A Forwarded header is rebuilt the same way: only believed elements reach the app.
@@ -112,6 +116,14 @@ pub(super) fn add_forwarding_headers(
 }
 
 pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests carry none of these: one pass over the names (compared, not hashed) finds
+    // that out for less than a lookup per hop-by-hop name.
+    let any = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !any {
+        return;
+    }
     // Headers the Connection header names are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -173,5 +185,18 @@ mod tests {
         remove_hop_by_hop(&mut headers, false);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-app"));
+    }
+
+    #[test]
+    fn a_lone_upgrade_header_goes_unless_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert("x-app", HeaderValue::from_static("kept"));
+        let mut upgrading = headers.clone();
+        remove_hop_by_hop(&mut headers, false);
+        assert!(!headers.contains_key(header::UPGRADE));
+        assert!(headers.contains_key("x-app"));
+        remove_hop_by_hop(&mut upgrading, true);
+        assert!(upgrading.contains_key(header::UPGRADE));
     }
 }
