@@ -229,9 +229,13 @@ where
     /// Closes connections idle past `idle_timeout` even when no request comes to find them, as
     /// long as the pool exists.
     fn start_sweeper(self: &Arc<Shared<B>>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Outside the runtime (at shutdown) there is nothing left to sweep for.
+            return;
+        };
         let pool = Arc::downgrade(self);
         let period = self.idle_timeout.max(Duration::from_millis(100));
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let mut ticks = tokio::time::interval(period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -271,11 +275,14 @@ where
         if self.sender.is_ready() {
             pool.put(self.sender);
         } else if !self.sender.is_closed() {
-            tokio::spawn(async move {
-                if self.sender.ready().await.is_ok() {
-                    pool.put(self.sender);
-                }
-            });
+            // A body dropped outside the runtime (at shutdown) just closes its connection.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if self.sender.ready().await.is_ok() {
+                        pool.put(self.sender);
+                    }
+                });
+            }
         }
     }
 }
