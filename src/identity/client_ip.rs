@@ -213,12 +213,13 @@ pub struct ClientAddr {
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> ClientAddr {
     let peer = canonical(peer);
     let elements = forwarded_elements(headers);
-    let own = forwarded_node(peer);
+    // This hop's own Forwarded element is written only when the request had the header: most
+    // requests do not, and the proxy pays for no formatting then.
     if !is_trusted(peer, trusted) {
         return ClientAddr {
             client: peer,
             believed_chain: vec![peer],
-            forwarded: (!elements.is_empty()).then_some(own),
+            forwarded: (!elements.is_empty()).then(|| forwarded_node(peer)),
         };
     }
     // Prefer the standard header when present; otherwise the de-facto one.
@@ -245,6 +246,7 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> ClientAd
     }
     believed.reverse();
     let forwarded = walking_forwarded.then(|| {
+        let own = forwarded_node(peer);
         let kept = believed.len() - 1;
         let mut rebuilt: Vec<&str> = elements[elements.len() - kept..]
             .iter()

@@ -15,6 +15,7 @@ use crate::policy::rules::Decision;
 
 use super::capture::Capture;
 use super::exchange::{Completion, Exchange};
+use super::pool::Lease;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -114,14 +115,22 @@ enum ResponseInner {
 pub struct ResponseBody {
     inner: ResponseInner,
     exchange: Option<Box<Exchange>>,
+    /// The connection the app's response came on: back to the pool when the body has ended,
+    /// closed when it did not.
+    connection: Option<Lease<RequestBody>>,
 }
 
 impl ResponseBody {
     /// The app's response body, teed into the exchange's capture on its way to the client.
-    pub(super) fn upstream(incoming: Incoming, exchange: Option<Box<Exchange>>) -> ResponseBody {
+    pub(super) fn upstream(
+        incoming: Incoming,
+        exchange: Option<Box<Exchange>>,
+        connection: Option<Lease<RequestBody>>,
+    ) -> ResponseBody {
         ResponseBody {
             inner: ResponseInner::Upstream(incoming),
             exchange,
+            connection,
         }
     }
 
@@ -129,10 +138,17 @@ impl ResponseBody {
         ResponseBody {
             inner: ResponseInner::Full(Full::new(bytes.into())),
             exchange,
+            connection: None,
         }
     }
 
     fn finish(&mut self, completion: Completion) {
+        if let Some(connection) = self.connection.take() {
+            // Only a response read to its end leaves the connection in step for another request.
+            if matches!(completion, Completion::Complete) {
+                connection.release();
+            }
+        }
         if let Some(exchange) = self.exchange.take() {
             exchange.finish(completion);
         }

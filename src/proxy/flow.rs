@@ -29,11 +29,12 @@ use crate::store::config::StoreFailure;
 use super::body::{buffer_request_body, client_body_error, RequestBody, ResponseBody};
 use super::capture::Capture;
 use super::exchange::{header_text, Completion, Exchange, ExchangeStart};
+use super::pool::{self, Lease};
 use super::request_filter::{
     refusal_of_head, transfer_encoding_acceptable, valid_request_id, wants_upgrade, Refusal,
     BROKEN_BODY,
 };
-use super::upstream::{self, describe_client_error, humanize, remove_hop_by_hop, X_REQUEST_ID};
+use super::upstream::{self, describe_upstream_error, humanize, remove_hop_by_hop, X_REQUEST_ID};
 use super::ProxyState;
 
 /// One request through the phases: what the request filter decided, and the exchange's audit
@@ -96,7 +97,8 @@ impl Flow {
         let policy = state.policy();
         // The entry's request id is always auditgate's own; a client's X-Request-Id is noted
         // apart, so a client can never choose the id an auditor looks an exchange up by.
-        let request_id = HeaderValue::from_str(&ulid::Ulid::new().to_string())
+        let mut id_text = [0u8; ulid::ULID_LEN];
+        let request_id = HeaderValue::from_str(ulid::Ulid::new().array_to_str(&mut id_text))
             .unwrap_or_else(|_| HeaderValue::from_static("-"));
         let client_request_id = request
             .headers()
@@ -394,14 +396,7 @@ impl Flow {
         &mut self,
         mut parts: request::Parts,
         body: RequestBody,
-    ) -> Result<Request<RequestBody>, Answer> {
-        let Ok(uri) = upstream::upstream_uri(&self.state.upstream_authority, &parts.uri) else {
-            return Err(self.proxy_answer(
-                StatusCode::BAD_REQUEST,
-                "bad request target",
-                "the request target could not be forwarded".to_string(),
-            ));
-        };
+    ) -> Request<RequestBody> {
         let upgrade = self.client_upgrade.is_some();
         upstream::strip_request_headers(&mut parts, &self.policy, upgrade, self.peer_trusted);
         upstream::add_forwarding_headers(
@@ -411,9 +406,10 @@ impl Flow {
             &self.request_id,
             self.client_request_id.take(),
         );
-        parts.uri = uri;
+        let target = std::mem::take(&mut parts.uri);
+        parts.uri = pool::request_target(&self.state.upstream_authority, &parts.method, target);
         parts.version = Version::HTTP_11;
-        Ok(Request::from_parts(parts, body))
+        Request::from_parts(parts, body)
     }
 
     /// Sends the request to the app and waits for its response head, within the upstream
@@ -421,19 +417,19 @@ impl Flow {
     pub(super) async fn upstream_response(
         &mut self,
         request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, Answer> {
+    ) -> Result<(Response<Incoming>, Lease<RequestBody>), Answer> {
         // For the log line of an upstream failure (cheap clones: shared bytes).
         let (method, uri) = (request.method().clone(), request.uri().clone());
         let forwarded = Instant::now();
         let timeout = self.state.config.upstream_timeout;
-        let sent = tokio::time::timeout(timeout, self.state.client.request(request)).await;
+        let sent = tokio::time::timeout(timeout, self.state.pool.send(request)).await;
         let (status, detail) = match sent {
-            Ok(Ok(response)) => {
+            Ok(Ok(answered)) => {
                 let exchanges = &self.state.metrics.exchanges;
                 exchanges
                     .upstream_duration
                     .observe(forwarded.elapsed().as_secs_f64());
-                return Ok(response);
+                return Ok(answered);
             }
             Ok(Err(error)) => {
                 if let Some(body_error) = client_body_error(&error) {
@@ -441,7 +437,7 @@ impl Flow {
                     // client error, and the connection cannot be trusted to be in step any more.
                     return Err(self.bad_request_body(body_error.to_string()));
                 }
-                (StatusCode::BAD_GATEWAY, describe_client_error(&error))
+                (StatusCode::BAD_GATEWAY, describe_upstream_error(&error))
             }
             Err(_) => {
                 let detail = format!("the app did not answer within {}", humanize(timeout));
@@ -457,7 +453,7 @@ impl Flow {
     /// the entry when the body ends (logging).
     pub(super) fn response_filter(
         mut self,
-        mut response: Response<Incoming>,
+        (mut response, connection): (Response<Incoming>, Lease<RequestBody>),
     ) -> Response<ResponseBody> {
         let status = response.status();
         if let Some(exchange) = self.exchange.as_mut() {
@@ -471,6 +467,9 @@ impl Flow {
             exchange.set_response(status.as_u16(), response.headers(), declared);
         }
         self.learn(status.as_u16());
+        // After a 101 the app's connection is the tunnel's (or, without a client upgrade, no
+        // longer HTTP): it never goes back to the pool.
+        let connection = (status != StatusCode::SWITCHING_PROTOCOLS).then_some(connection);
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = self.client_upgrade.take() {
                 return self.tunnel(client_upgrade, response);
@@ -482,7 +481,10 @@ impl Flow {
             parts.headers.insert(X_REQUEST_ID.clone(), self.request_id);
         }
         parts.version = Version::default();
-        Response::from_parts(parts, ResponseBody::upstream(incoming, self.exchange))
+        Response::from_parts(
+            parts,
+            ResponseBody::upstream(incoming, self.exchange, connection),
+        )
     }
 
     /// An upgrade the app accepted: the two connections are joined. The exchange is final at the

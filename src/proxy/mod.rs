@@ -24,6 +24,7 @@ pub mod config;
 mod exchange;
 mod flow;
 mod logging;
+mod pool;
 mod request_filter;
 mod upstream;
 
@@ -38,8 +39,6 @@ use std::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -56,7 +55,8 @@ pub struct ProxyState {
     pub log_id: String,
     pub writer: WriterHandle,
     pub metrics: Arc<Metrics>,
-    client: Client<HttpConnector, RequestBody>,
+    /// Connections to the app.
+    pool: pool::Pool<RequestBody>,
     upstream_authority: http::uri::Authority,
     /// Whether exchanges are made durable before forwarding unless a rule says otherwise.
     write_ahead_default: bool,
@@ -71,11 +71,15 @@ impl ProxyState {
         writer: WriterHandle,
         metrics: Arc<Metrics>,
     ) -> Result<ProxyState, String> {
-        let client = upstream::client(&config);
-        let upstream_authority = config
+        let upstream_authority: http::uri::Authority = config
             .upstream
             .parse()
             .map_err(|_| format!("upstream `{}` is not host:port", config.upstream))?;
+        let pool = pool::Pool::new(
+            &upstream_authority,
+            config.connect_timeout,
+            config.idle_timeout,
+        );
         // Key sets fetched from URLs are kept fresh while this state serves with them.
         policy.actors.start_key_refresh(&metrics.jwks);
         Ok(ProxyState {
@@ -84,7 +88,7 @@ impl ProxyState {
             log_id,
             writer,
             metrics,
-            client,
+            pool,
             upstream_authority,
             write_ahead_default: false,
             on_store_failure: StoreFailure::Reject,
@@ -152,7 +156,7 @@ pub async fn handle(
         let (parts, body) = flow.request_filter(request).await?;
         let body = flow.request_body_filter(&parts, body).await?;
         flow.write_ahead().await?;
-        let upstream_request = flow.upstream_request(parts, body)?;
+        let upstream_request = flow.upstream_request(parts, body);
         flow.upstream_response(upstream_request).await
     }
     .await;

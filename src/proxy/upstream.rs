@@ -1,21 +1,18 @@
-//! The app's side of the proxy: the client that carries requests to the app, and the upstream
-//! request's target and headers (hop-by-hop headers removed in both directions, forwarding
-//! headers rebuilt from what the proxy believed).
+//! The app's side of the proxy: the upstream request's headers (hop-by-hop headers removed in
+//! both directions, forwarding headers rebuilt from what the proxy believed), and how an upstream
+//! failure is described. The connections themselves are `pool.rs`'s.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::Authority;
-use http::{request, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::request;
 
 use crate::identity::client_ip::{self, ClientAddr};
 use crate::policy::Policy;
-use crate::proxy::config::ProxyConfig;
 
-use super::body::RequestBody;
+use super::pool::UpstreamError;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1), removed in both directions.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -33,34 +30,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
-
-/// The pooled HTTP/1.1 client to the app.
-pub(super) fn client(config: &ProxyConfig) -> Client<HttpConnector, RequestBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.idle_timeout)
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
-}
-
-/// The upstream request's target: the app's address with the request's (canonical) path and
-/// query.
-pub(super) fn upstream_uri(upstream: &Authority, target: &Uri) -> Result<Uri, http::Error> {
-    let path_and_query = target
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme("http")
-        .authority(upstream.clone())
-        .path_and_query(path_and_query)
-        .build()
-}
 
 /// Removes from the upstream request what must not reach the app: hop-by-hop headers (except a
 /// WebSocket's Upgrade), identity and forwarding headers the client had no standing to send, and
@@ -106,13 +75,15 @@ pub(super) fn add_forwarding_headers(
     request_id: &HeaderValue,
     client_request_id: Option<HeaderValue>,
 ) {
-    let forwarded_for = client_addr
-        .believed_chain
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    // Written once into the buffer the header value keeps (no string per address, no copy).
+    let mut forwarded_for = String::with_capacity(client_addr.believed_chain.len() * 17);
+    for (index, address) in client_addr.believed_chain.iter().enumerate() {
+        if index > 0 {
+            forwarded_for.push_str(", ");
+        }
+        let _ = write!(forwarded_for, "{address}");
+    }
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     // A Forwarded header is rebuilt the same way: only believed elements reach the app.
@@ -145,6 +116,14 @@ pub(super) fn add_forwarding_headers(
 }
 
 pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests carry none of these: one pass over the names (compared, not hashed) finds
+    // that out for less than a lookup per hop-by-hop name.
+    let any = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !any {
+        return;
+    }
     // Headers the Connection header names are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -166,13 +145,10 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-pub(super) fn describe_client_error(error: &hyper_util::client::legacy::Error) -> String {
+/// An upstream failure with its causes, for the entry's `error` and the log.
+pub(super) fn describe_upstream_error(error: &UpstreamError) -> String {
     use std::error::Error as _;
-    let mut text = if error.is_connect() {
-        "cannot connect to the app".to_string()
-    } else {
-        "the app's connection failed".to_string()
-    };
+    let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
         text.push_str(": ");
@@ -209,5 +185,18 @@ mod tests {
         remove_hop_by_hop(&mut headers, false);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-app"));
+    }
+
+    #[test]
+    fn a_lone_upgrade_header_goes_unless_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert("x-app", HeaderValue::from_static("kept"));
+        let mut upgrading = headers.clone();
+        remove_hop_by_hop(&mut headers, false);
+        assert!(!headers.contains_key(header::UPGRADE));
+        assert!(headers.contains_key("x-app"));
+        remove_hop_by_hop(&mut upgrading, true);
+        assert!(upgrading.contains_key(header::UPGRADE));
     }
 }

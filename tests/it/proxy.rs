@@ -1,11 +1,15 @@
 //! The proxy end to end: a real upstream behind the real sidecar.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{raw_exchange, HttpClient, TestSidecar, Upstream};
+use crate::support::{eventually, raw_exchange, HttpClient, TestSidecar, Upstream};
 
 const RULES: &str = r#"
 [unmatched]
@@ -361,6 +365,152 @@ async fn a_slow_upstream_is_a_504_with_an_entry() {
         .as_deref()
         .unwrap_or_default()
         .contains("200ms"));
+}
+
+/// A bare HTTP/1.1 app: each connection answers `200 ok` to GETs (keep-alive) until the test
+/// tells the app to close its connections, which it does without announcing it, as app servers
+/// do when their keep-alive timeout runs out. Counts the connections it accepted and the ones
+/// that ended.
+struct CountingApp {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+    close_all: tokio::sync::watch::Sender<u64>,
+}
+
+impl CountingApp {
+    async fn start() -> CountingApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind app");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (close_all, closing) = tokio::sync::watch::channel(0u64);
+        let (accepted_count, ended_count) = (accepted.clone(), ended.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted_count.fetch_add(1, Ordering::SeqCst);
+                let ended_count = ended_count.clone();
+                let mut closing = closing.clone();
+                closing.mark_unchanged();
+                tokio::spawn(async move {
+                    Self::serve(stream, &mut closing).await;
+                    ended_count.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        CountingApp {
+            addr,
+            accepted,
+            ended,
+            close_all,
+        }
+    }
+
+    async fn serve(
+        mut stream: tokio::net::TcpStream,
+        closing: &mut tokio::sync::watch::Receiver<u64>,
+    ) {
+        let mut pending = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                pending.drain(..end + 4);
+                let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if stream.write_all(reply).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                read = stream.read(&mut buffer) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => pending.extend_from_slice(&buffer[..read]),
+                },
+                _ = closing.changed() => return,
+            }
+        }
+    }
+
+    /// Closes every open connection, and waits until the app has.
+    async fn close_connections(&self) {
+        let open = self.accepted.load(Ordering::SeqCst);
+        self.close_all.send_modify(|generation| *generation += 1);
+        let closed = eventually(Duration::from_secs(5), async || {
+            self.ended.load(Ordering::SeqCst) == open
+        })
+        .await;
+        assert!(closed, "the app did not close its connections");
+    }
+}
+
+#[tokio::test]
+async fn a_connection_the_app_closed_is_not_reused() {
+    // The app closes its idle connections without saying so: a proxy that sent the next
+    // request on the pooled connection would answer it 502.
+    let app = CountingApp::start().await;
+    let rules = "[[rule]]\nname = \"all\"\npath = \"/{*rest}\"\naction = \"item.read\"\n";
+    let sidecar = TestSidecar::start(app.addr, rules).await;
+    let client = HttpClient::new();
+    for index in 0..5 {
+        let reply = client.get(&sidecar.url(&format!("/items/{index}"))).await;
+        assert_eq!(reply.status, 200, "request {index}: {}", reply.text());
+        assert_eq!(reply.text(), "ok");
+        app.close_connections().await;
+    }
+    assert_eq!(app.accepted.load(Ordering::SeqCst), 5);
+    let entries = sidecar.wait_entries(5).await;
+    assert!(entries.iter().all(|entry| entry.status == Some(200)));
+}
+
+#[tokio::test]
+async fn connections_to_the_app_are_reused_and_closed_when_idle() {
+    let app = CountingApp::start().await;
+    let sidecar = TestSidecar::start_with(
+        app.addr,
+        "idle_timeout = \"300ms\"",
+        "[unmatched]\nrecord = \"none\"\n",
+    )
+    .await;
+    let client = HttpClient::new();
+    for index in 0..5 {
+        let reply = client.get(&sidecar.url(&format!("/items/{index}"))).await;
+        assert_eq!(reply.status, 200);
+    }
+    // One request at a time: the one connection carried all five.
+    assert_eq!(app.accepted.load(Ordering::SeqCst), 1);
+    // Idle past idle_timeout, the proxy closes it even though no request comes to notice.
+    let closed = eventually(Duration::from_secs(10), async || {
+        app.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(closed, "the idle connection to the app was never closed");
+    let reply = client.get(&sidecar.url("/items/again")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(app.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn after_an_upstream_timeout_the_next_request_is_answered_by_the_app() {
+    let upstream = Upstream::start().await;
+    let rules = "[[rule]]\nname = \"all\"\npath = \"/{*rest}\"\naction = \"item.read\"\n";
+    let sidecar =
+        TestSidecar::start_with(upstream.addr, "upstream_timeout = \"200ms\"", rules).await;
+    let client = HttpClient::new();
+    let reply = client.get(&sidecar.url("/slow/3000")).await;
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.text(), "upstream timed out\n");
+    // The timed-out connection still owes the slow answer; the next request must not get it.
+    let reply = client.get(&sidecar.url("/json?next=1")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["query"], "next=1", "{}", reply.text());
+    let entries = sidecar.wait_entries(2).await;
+    let statuses: Vec<_> = entries.iter().map(|entry| entry.status).collect();
+    assert!(
+        statuses.contains(&Some(504)) && statuses.contains(&Some(200)),
+        "{statuses:?}"
+    );
 }
 
 #[tokio::test]
