@@ -62,7 +62,9 @@ enum Job {
 }
 
 struct Queue {
-    jobs: Vec<Job>,
+    /// Oldest first; a deque, so that taking a batch off the front costs the batch, not the
+    /// backlog behind it (a backlog is when the writer can least afford it).
+    jobs: std::collections::VecDeque<Job>,
     intents_waiting: usize,
     closed: bool,
 }
@@ -136,7 +138,7 @@ impl Writer {
         });
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
-                jobs: Vec::with_capacity(options.batch_size),
+                jobs: std::collections::VecDeque::with_capacity(options.batch_size),
                 intents_waiting: 0,
                 closed: false,
             }),
@@ -318,7 +320,7 @@ impl WriterHandle {
             queue.intents_waiting += 1;
         }
         let was_empty = queue.jobs.is_empty();
-        queue.jobs.push(job);
+        queue.jobs.push_back(job);
         let full_batch = queue.jobs.len() == self.shared.batch_size;
         drop(queue);
         // An intent cuts the writer's linger short: a request is waiting on it.
@@ -426,13 +428,12 @@ fn run(shared: Arc<Shared>, store: Arc<dyn Store>) {
                 };
             }
             let take = queue.jobs.len().min(shared.batch_size);
-            let rest = queue.jobs.split_off(take);
-            let jobs = std::mem::replace(&mut queue.jobs, rest);
-            queue.intents_waiting = queue
-                .jobs
+            let jobs: Vec<Job> = queue.jobs.drain(..take).collect();
+            let waiting_taken = jobs
                 .iter()
                 .filter(|job| matches!(job, Job::Intent { .. } | Job::Durable { .. }))
                 .count();
+            queue.intents_waiting = queue.intents_waiting.saturating_sub(waiting_taken);
             shared
                 .in_flight
                 .fetch_add(jobs.len() as u64, Ordering::AcqRel);
@@ -653,8 +654,12 @@ fn wait_serving_intents(shared: &Shared, store: &dyn Store, delay: Duration) {
             let (intents, rest): (Vec<Job>, Vec<Job>) = jobs
                 .into_iter()
                 .partition(|job| matches!(job, Job::Intent { .. }));
-            queue.jobs = rest;
-            queue.intents_waiting = 0;
+            // What is left waiting on the writer: the durable pushes among the rest.
+            queue.intents_waiting = rest
+                .iter()
+                .filter(|job| matches!(job, Job::Durable { .. }))
+                .count();
+            queue.jobs = rest.into();
             shared
                 .in_flight
                 .fetch_add(intents.len() as u64, Ordering::AcqRel);

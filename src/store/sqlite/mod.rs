@@ -51,8 +51,10 @@ const TREE_SCHEMA_VERSION: i64 = 2;
 /// matches nothing in 32k rows).
 const SEAL_ROWS: u64 = 32_768;
 
-/// ... or once the oldest waiting row is this old, whatever the traffic.
-const SEAL_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+/// ... or once the oldest waiting row is this old, whatever the traffic. Visibility does not
+/// depend on it (every read includes `recent`); a longer wait makes seals larger, and a larger
+/// seal writes fewer index pages per entry, while `SEAL_ROWS` bounds what a read walks.
+const SEAL_AGE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The most rows one seal moves: a store that fell behind catches up over several appends, each
 /// holding the write lock for a bounded time.
