@@ -176,11 +176,11 @@ BENCH_ONLY=${BENCH_ONLY:-}
 # at most 60 s.
 settled_count() { # db
   local count previous=-1 polls=0
-  count=$(sqlite3 "$1" 'select count(*) from entries' 2>/dev/null || echo 0)
+  count=$(sqlite3 "$1" 'select (select count(*) from entries) + (select count(*) from recent)' 2>/dev/null || echo 0)
   while [ "$count" != "$previous" ] && [ $polls -lt 120 ]; do
     sleep 0.5
     previous=$count
-    count=$(sqlite3 "$1" 'select count(*) from entries' 2>/dev/null || echo 0)
+    count=$(sqlite3 "$1" 'select (select count(*) from entries) + (select count(*) from recent)' 2>/dev/null || echo 0)
     polls=$((polls + 1))
   done
   echo "$count"
