@@ -65,7 +65,11 @@ struct Queue {
     /// Oldest first; a deque, so that taking a batch off the front costs the batch, not the
     /// backlog behind it (a backlog is when the writer can least afford it).
     jobs: std::collections::VecDeque<Job>,
+    /// Queued jobs someone waits on (intents and durable pushes): the writer does not linger
+    /// while there are any.
     intents_waiting: usize,
+    /// Queued intents alone, which a retry delay serves at once (`wait_serving_intents`).
+    intents_queued: usize,
     closed: bool,
 }
 
@@ -140,6 +144,7 @@ impl Writer {
             queue: Mutex::new(Queue {
                 jobs: std::collections::VecDeque::with_capacity(options.batch_size),
                 intents_waiting: 0,
+                intents_queued: 0,
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -319,6 +324,9 @@ impl WriterHandle {
         if is_intent {
             queue.intents_waiting += 1;
         }
+        if matches!(job, Job::Intent { .. }) {
+            queue.intents_queued += 1;
+        }
         let was_empty = queue.jobs.is_empty();
         queue.jobs.push_back(job);
         let full_batch = queue.jobs.len() == self.shared.batch_size;
@@ -429,11 +437,17 @@ fn run(shared: Arc<Shared>, store: Arc<dyn Store>) {
             }
             let take = queue.jobs.len().min(shared.batch_size);
             let jobs: Vec<Job> = queue.jobs.drain(..take).collect();
-            let waiting_taken = jobs
+            let intents_taken = jobs
                 .iter()
-                .filter(|job| matches!(job, Job::Intent { .. } | Job::Durable { .. }))
+                .filter(|job| matches!(job, Job::Intent { .. }))
                 .count();
+            let waiting_taken = intents_taken
+                + jobs
+                    .iter()
+                    .filter(|job| matches!(job, Job::Durable { .. }))
+                    .count();
             queue.intents_waiting = queue.intents_waiting.saturating_sub(waiting_taken);
+            queue.intents_queued = queue.intents_queued.saturating_sub(intents_taken);
             shared
                 .in_flight
                 .fetch_add(jobs.len() as u64, Ordering::AcqRel);
@@ -639,7 +653,9 @@ fn wait_serving_intents(shared: &Shared, store: &dyn Store, delay: Duration) {
                 std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
                 return;
             };
-            if queue.intents_waiting == 0 {
+            // Only intents are served here; durable pushes wait for the retried batch, so they
+            // must not keep this loop from sleeping.
+            if queue.intents_queued == 0 {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return;
@@ -659,6 +675,7 @@ fn wait_serving_intents(shared: &Shared, store: &dyn Store, delay: Duration) {
                 .iter()
                 .filter(|job| matches!(job, Job::Durable { .. }))
                 .count();
+            queue.intents_queued = 0;
             queue.jobs = rest.into();
             shared
                 .in_flight

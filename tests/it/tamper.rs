@@ -13,7 +13,7 @@ use auditgate::log::head::{public_key_path, LogSigner, LogVerifier, SignedTreeHe
 use auditgate::log::merkle::{self, from_hex};
 use auditgate::server::Sidecar;
 use auditgate::store::config::SyncMode;
-use auditgate::store::query::Filter;
+use auditgate::store::query::{Filter, Order, PageRequest};
 use auditgate::store::retention::{prune_all, PrunePlan, PrunedBy};
 use auditgate::store::sqlite::SqliteStore;
 use auditgate::store::Store;
@@ -229,7 +229,60 @@ fn editing_an_unsealed_row_is_found() {
          INSERT INTO entries ({columns}) SELECT {} FROM recent WHERE seq = 95;",
         columns.replacen("id,", "id || '-copy',", 1)
     ));
-    assert_tampered(&fixture.verify(), Some(95), "two rows");
+    // Positions 91..=95 of `recent` now lie below a sealed one, and 95 is in both tables.
+    let report = fixture.verify();
+    assert_tampered(&report, Some(91), "moved between the tables by hand");
+    assert!(
+        problem_text(&report).contains("two rows"),
+        "{}",
+        problem_text(&report)
+    );
+}
+
+#[test]
+fn a_row_moved_between_the_tables_is_found_and_listed_once_in_place() {
+    let fixture = Fixture::new(2500, 500);
+    // An old entry moved into `recent`, where only the newest unsealed ones belong: its content
+    // and leaf are untouched, so only its place gives it away.
+    let columns = auditgate::store::sqlite::rows::ENTRY_COLUMNS;
+    fixture.sql(&format!(
+        "INSERT INTO recent ({columns}) SELECT {columns} FROM entries WHERE seq = 5;
+         DELETE FROM entries WHERE seq = 5;"
+    ));
+    assert_tampered(
+        &fixture.verify(),
+        Some(5),
+        "moved between the tables by hand",
+    );
+    // Listings (and so exports) still show every entry once, in order, both ways.
+    let store = SqliteStore::open_read_only(&fixture.db).expect("opens");
+    for order in [Order::Asc, Order::Desc] {
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .list(
+                    &Filter::default(),
+                    &PageRequest {
+                        limit: 1000,
+                        cursor,
+                        order,
+                        ..PageRequest::default()
+                    },
+                )
+                .expect("lists");
+            seen.extend(page.entries.iter().map(|entry| entry.seq));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let mut expected: Vec<u64> = (1..=2500).collect();
+        if order == Order::Desc {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "{order:?}");
+    }
 }
 
 #[test]

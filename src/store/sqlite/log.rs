@@ -328,14 +328,28 @@ pub fn scan_log(connection: &Connection, first: u64, max: usize) -> Result<LogPa
         }
     }
     {
+        // Every unsealed position lies above every sealed one (the store seals a prefix of
+        // `recent`); a row of `recent` at or below the last sealed position was moved there by
+        // hand, and listings would otherwise read it out of place.
+        let last_sealed: i64 = transaction
+            .prepare_cached("SELECT coalesce(max(seq), 0) FROM entries")?
+            .query_row([], |row| row.get(0))?;
         for table in ["entries", RECENT] {
             let mut entries = transaction.prepare_cached(&format!(
                 "SELECT {ENTRY_COLUMNS} FROM {table} WHERE seq BETWEEN ?1 AND ?2"
             ))?;
             let mut rows = entries.query(params![first, last])?;
             while let Some(row) = rows.next()? {
-                let entry = rows::entry_from_row(row).map_err(|error| error.to_string());
-                page.entry(row.get(0)?, entry);
+                let seq: i64 = row.get(0)?;
+                let entry = if table == RECENT && seq <= last_sealed {
+                    Err(format!(
+                        "position {seq} is among the unsealed entries, below sealed position \
+                         {last_sealed}: moved between the tables by hand"
+                    ))
+                } else {
+                    rows::entry_from_row(row).map_err(|error| error.to_string())
+                };
+                page.entry(seq, entry);
             }
         }
     }

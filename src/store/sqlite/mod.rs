@@ -60,6 +60,9 @@ const SEAL_AGE: std::time::Duration = std::time::Duration::from_secs(10);
 /// holding the write lock for a bounded time.
 const SEAL_MAX: u64 = 65_536;
 
+/// How long after a failed seal the next is tried.
+const SEAL_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How many idle reader connections are kept.
 const READER_POOL: usize = 4;
 
@@ -122,6 +125,8 @@ struct WriterSide {
     /// them was committed.
     unsealed: u64,
     unsealed_since: Option<std::time::Instant>,
+    /// When the last seal failed, if the one after it has not succeeded yet.
+    seal_failed_at: Option<std::time::Instant>,
 }
 
 fn open_connection(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
@@ -267,6 +272,7 @@ impl SqliteStore {
                 damaged,
                 unsealed,
                 unsealed_since: (unsealed > 0).then(std::time::Instant::now),
+                seal_failed_at: None,
             }),
             readers: ReaderPool::new(READER_POOL),
             next_seq: AtomicU64::new(next_seq),
@@ -306,6 +312,7 @@ impl SqliteStore {
                 damaged: Some(format!("{} is open read-only", path.display())),
                 unsealed: 0,
                 unsealed_since: None,
+                seal_failed_at: None,
             }),
             readers: ReaderPool::new(READER_POOL),
             next_seq: AtomicU64::new(size + 1),
@@ -448,6 +455,7 @@ impl SqliteStore {
             damaged,
             unsealed,
             unsealed_since,
+            ..
         } = &mut *side;
         if let Some(reason) = damaged {
             return Err(StoreError::Other(reason.clone()));
@@ -484,10 +492,20 @@ impl SqliteStore {
             || side
                 .unsealed_since
                 .is_some_and(|since| since.elapsed() >= SEAL_AGE);
-        if !(due || all && side.unsealed > 0) || side.damaged.is_some() {
+        // `all` (a checkpoint) looks at the table itself: another process (`auditgate prune`)
+        // may have appended rows this one never counted.
+        if !(due || all) || side.damaged.is_some() {
+            return;
+        }
+        if side
+            .seal_failed_at
+            .is_some_and(|failed| failed.elapsed() < SEAL_RETRY)
+        {
             return;
         }
         let result = (|| -> Result<u64, StoreError> {
+            // Never into a file that is no longer the configured one (see `write`).
+            self.check_files(&side.connection)?;
             let transaction = side
                 .connection
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -500,9 +518,13 @@ impl SqliteStore {
             Ok(left) => {
                 side.unsealed = left;
                 side.unsealed_since = (left > 0).then(std::time::Instant::now);
+                side.seal_failed_at = None;
             }
             Err(error) => {
-                tracing::warn!(store = %self.path.display(), %error, "sealing recent entries failed; they stay readable and will be sealed later");
+                // Not retried at every append: a seal that fails (a full disk, a row put in its
+                // way by hand) would otherwise repeat a large move on every commit.
+                side.seal_failed_at = Some(std::time::Instant::now());
+                tracing::warn!(store = %self.path.display(), %error, retry_in_seconds = SEAL_RETRY.as_secs(), "sealing recent entries failed; they stay readable and will be sealed later");
             }
         }
     }
@@ -841,7 +863,9 @@ impl Store for SqliteStore {
         let mut recent = connection.prepare_cached("SELECT 1 FROM recent WHERE id = ?1")?;
         let mut found = Vec::new();
         for id in ids {
-            if sealed.exists(params![id])? || recent.exists(params![id])? {
+            // `recent` first: a seal by another process between the two looks moves an id from
+            // `recent` to `entries`, never back, so this order cannot miss it.
+            if recent.exists(params![id])? || sealed.exists(params![id])? {
                 found.push(id.clone());
             }
         }

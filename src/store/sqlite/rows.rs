@@ -832,10 +832,9 @@ fn query_entries(
 
 /// [`list`] with the narrow-range threshold as a parameter, so tests cover both plans.
 ///
-/// The log is two tables (see [`RECENT`]): every entry in `recent` comes after every entry in
-/// `entries`, so a page is the matches of one table followed by those of the other, never a
-/// merge. The caller runs this in one read transaction, so a seal between the two reads can
-/// neither show an entry twice nor hide it.
+/// The log is two tables (see [`RECENT`]); a page is the first `limit + 1` of both tables'
+/// matches merged by seq. The caller runs this in one read transaction, so a seal between the
+/// two reads can neither show an entry twice nor hide it.
 fn list_planned(
     conn: &Connection,
     filter: &Filter,
@@ -843,17 +842,24 @@ fn list_planned(
     narrow_range_max_rows: u64,
 ) -> rusqlite::Result<Page> {
     let rows = page_rows(page);
-    let mut entries = match page.order {
-        Order::Desc => recent_entries(conn, filter, page, rows)?,
-        Order::Asc => sealed_entries(conn, filter, page, narrow_range_max_rows, rows)?,
-    };
-    let found = i64::try_from(entries.len()).unwrap_or(i64::MAX);
-    if found < rows {
-        entries.extend(match page.order {
-            Order::Desc => sealed_entries(conn, filter, page, narrow_range_max_rows, rows - found)?,
-            Order::Asc => recent_entries(conn, filter, page, rows - found)?,
-        });
+    // The store keeps every unsealed seq above every sealed one, and `verify` reports a file
+    // where that does not hold; the page is still a merge by seq rather than one table after the
+    // other, so that rows moved between the tables by hand can neither hide entries from a
+    // listing or an export nor show them twice.
+    let mut entries = recent_entries(conn, filter, page, rows)?;
+    let sealed = sealed_entries(conn, filter, page, narrow_range_max_rows, rows)?;
+    if entries.is_empty() {
+        entries = sealed;
+    } else if !sealed.is_empty() {
+        entries.extend(sealed);
+        match page.order {
+            Order::Desc => entries.sort_by_key(|entry| std::cmp::Reverse(entry.seq)),
+            Order::Asc => entries.sort_by_key(|entry| entry.seq),
+        }
     }
+    // A position in both tables (only a hand-made copy) is listed once.
+    entries.dedup_by_key(|entry| entry.seq);
+    entries.truncate(usize::try_from(rows).unwrap_or(usize::MAX));
     let limit = usize::try_from(page.limit.clamp(1, MAX_LIMIT)).unwrap_or(usize::MAX);
     let next_cursor = if entries.len() > limit {
         entries.truncate(limit);
@@ -886,10 +892,10 @@ fn sealed_entries(
     let query = page_query(conn, filter, page, narrow_range_max_rows)?;
     let mut entries = query_entries(conn, &query.sql, query.values)?;
     let found = i64::try_from(entries.len()).unwrap_or(i64::MAX);
-    if let Some(past) = query.past_window.filter(|_| found < page_rows(page)) {
+    if let Some(past) = query.past_window.filter(|_| found < rows) {
         // The window and the rest are two statements, and appends may come between them; the
         // boundary was fixed before both, so every entry is read by exactly one of them.
-        let (sql, values) = past_window_query(filter, page, past, page_rows(page) - found);
+        let (sql, values) = past_window_query(filter, page, past, rows - found);
         entries.extend(query_entries(conn, &sql, values)?);
     }
     entries.truncate(usize::try_from(rows).unwrap_or(0));
@@ -1115,7 +1121,48 @@ fn time_buckets_by_seeking(
         upper = Some(key);
     }
     buckets.reverse();
-    Ok(Some(buckets))
+    // `recent` has no time index: its buckets are counted in one pass, then added; its entries
+    // are the newest, so the newest `limit` buckets of both are kept.
+    let mut conditions = Conditions::default();
+    if let Some(since) = since {
+        conditions.push("created_at >= ?", [Value::Text(since)]);
+    }
+    if let Some(until) = filter.until.as_ref().map(format_timestamp) {
+        conditions.push("created_at < ?", [Value::Text(until)]);
+    }
+    let sql = format!(
+        "SELECT substr(created_at, 1, {key_chars}), count(*) FROM {RECENT} {} GROUP BY 1",
+        conditions.where_sql()
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let recent = statement
+        .query_map(rusqlite::params_from_iter(conditions.values), |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if recent.is_empty() {
+        return Ok(Some(buckets));
+    }
+    let mut counts: std::collections::BTreeMap<String, u64> = buckets
+        .into_iter()
+        .map(|bucket| (bucket.key, bucket.count))
+        .collect();
+    for (key, count) in recent {
+        if key.chars().count() < key_chars {
+            return Ok(None);
+        }
+        *counts.entry(key).or_default() += count;
+    }
+    let skip = counts
+        .len()
+        .saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(Some(
+        counts
+            .into_iter()
+            .skip(skip)
+            .map(|(key, count)| Bucket { key, count })
+            .collect(),
+    ))
 }
 
 /// `SELECT {aggregate} FROM entries` over `created_at` in `[lower, upper)`, either bound absent
@@ -1133,24 +1180,11 @@ fn count_or_max<T: rusqlite::types::FromSql>(
     if let Some(upper) = upper {
         conditions.push("created_at < ?", [Value::Text(upper)]);
     }
-    let where_sql = conditions.where_sql();
-    // count(*) of both tables adds up; max() of both is the larger (max ignores NULL).
-    let combine = if aggregate.starts_with("count") {
-        "sum"
-    } else {
-        "max"
-    };
-    let sql = format!(
-        "SELECT {combine}(part) FROM (SELECT {aggregate} AS part FROM entries {where_sql} \
-         UNION ALL SELECT {aggregate} AS part FROM {RECENT} {where_sql})"
-    );
-    let both = conditions
-        .values
-        .iter()
-        .cloned()
-        .chain(conditions.values.iter().cloned());
+    let sql = format!("SELECT {aggregate} FROM entries {}", conditions.where_sql());
     conn.prepare_cached(&sql)?
-        .query_row(rusqlite::params_from_iter(both), |row| row.get(0))
+        .query_row(rusqlite::params_from_iter(conditions.values), |row| {
+            row.get(0)
+        })
 }
 
 #[cfg(test)]
