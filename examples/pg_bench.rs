@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use auditgate::entry::{AuditEntry, Outcome};
 use auditgate::store::config::SyncMode;
 use auditgate::store::postgres::{Access, PostgresOptions, PostgresStore};
-use auditgate::store::query::{Filter, IpFilter, PageRequest};
+use auditgate::store::query::{Filter, PageRequest};
 use auditgate::store::sqlite::SqliteStore;
 use auditgate::store::Store;
 use auditgate::writer::Writer;
@@ -92,11 +92,6 @@ fn fill(
     Ok(count as f64 / elapsed.as_secs_f64())
 }
 
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
 /// p50 and p95 of the first page (50 entries, newest first) for `filter`.
 fn page_latency(
     store: &dyn Store,
@@ -112,7 +107,11 @@ fn page_latency(
         found = page.entries.len();
     }
     times.sort();
-    Ok((percentile(&times, 0.5), percentile(&times, 0.95), found))
+    Ok((
+        bench_support::percentile(&times, 0.5),
+        bench_support::percentile(&times, 0.95),
+        found,
+    ))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -160,74 +159,7 @@ fn main() -> anyhow::Result<()> {
         }
 
         let middle = start + TimeDelta::milliseconds(count as i64 * 25);
-        let filters: Vec<(&str, Filter)> = vec![
-            ("newest page", Filter::default()),
-            (
-                "action",
-                Filter {
-                    action: Some("user.deleted".into()),
-                    ..Filter::default()
-                },
-            ),
-            (
-                "action prefix",
-                Filter {
-                    action_prefix: Some("user.".into()),
-                    ..Filter::default()
-                },
-            ),
-            (
-                "actor (id or email)",
-                Filter {
-                    actor: Some("user42@example.com".into()),
-                    ..Filter::default()
-                },
-            ),
-            (
-                "resource",
-                Filter {
-                    resource_type: Some("post".into()),
-                    resource_id: Some("4242".into()),
-                    ..Filter::default()
-                },
-            ),
-            (
-                "status class",
-                Filter {
-                    status: Some(auditgate::store::query::StatusFilter::Class(4)),
-                    ..Filter::default()
-                },
-            ),
-            (
-                "ip network /16",
-                Filter {
-                    ip: Some(IpFilter::Network("10.2.0.0/16".parse()?)),
-                    ..Filter::default()
-                },
-            ),
-            (
-                "one hour window",
-                Filter {
-                    since: Some(middle),
-                    until: Some(middle + TimeDelta::hours(1)),
-                    ..Filter::default()
-                },
-            ),
-            (
-                "free text q",
-                Filter {
-                    q: Some("posts/4242".into()),
-                    ..Filter::default()
-                },
-            ),
-            (
-                "log_id",
-                Filter {
-                    log_id: Some("bench-1".into()),
-                    ..Filter::default()
-                },
-            ),
-        ];
+        let filters = bench_support::sample_filters(middle, "bench-1")?;
         println!("  first page of 50, p50 / p95 over 20 runs:");
         println!("    {:<22} {:>20} {:>20}", "filter", "PostgreSQL", "SQLite");
         for (label, filter) in &filters {

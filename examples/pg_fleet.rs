@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditgate::store::postgres::{tls::PostgresTls, Access, PostgresOptions, PostgresStore};
-use auditgate::store::query::{Filter, IpFilter, PageRequest, StatusFilter};
+use auditgate::store::query::{Filter, PageRequest};
 use auditgate::store::{StatsBy, Store};
 use auditgate::writer::Writer;
 use chrono::{Duration as TimeDelta, Utc};
@@ -141,12 +141,6 @@ fn server_cpu_seconds() -> Option<f64> {
     Some(total)
 }
 
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-/// p50 and p95 of `work` over [`RUNS`] runs.
 fn latency(mut work: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(Duration, Duration)> {
     let mut times = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
@@ -155,79 +149,10 @@ fn latency(mut work: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(Dura
         times.push(started.elapsed());
     }
     times.sort();
-    Ok((percentile(&times, 0.5), percentile(&times, 0.95)))
-}
-
-fn filters() -> anyhow::Result<Vec<(&'static str, Filter)>> {
-    let middle = Utc::now() - TimeDelta::days(45);
-    Ok(vec![
-        ("newest page", Filter::default()),
-        (
-            "action",
-            Filter {
-                action: Some("user.deleted".into()),
-                ..Filter::default()
-            },
-        ),
-        (
-            "action prefix",
-            Filter {
-                action_prefix: Some("user.".into()),
-                ..Filter::default()
-            },
-        ),
-        (
-            "actor (id or email)",
-            Filter {
-                actor: Some("user42@example.com".into()),
-                ..Filter::default()
-            },
-        ),
-        (
-            "resource",
-            Filter {
-                resource_type: Some("post".into()),
-                resource_id: Some("4242".into()),
-                ..Filter::default()
-            },
-        ),
-        (
-            "status class 4xx",
-            Filter {
-                status: Some(StatusFilter::Class(4)),
-                ..Filter::default()
-            },
-        ),
-        (
-            "ip network /16",
-            Filter {
-                ip: Some(IpFilter::Network("10.2.0.0/16".parse()?)),
-                ..Filter::default()
-            },
-        ),
-        (
-            "one hour window",
-            Filter {
-                since: Some(middle),
-                until: Some(middle + TimeDelta::hours(1)),
-                ..Filter::default()
-            },
-        ),
-        (
-            "free text q",
-            Filter {
-                q: Some("posts/4242".into()),
-                ..Filter::default()
-            },
-        ),
-        (
-            "one log",
-            Filter {
-                log_id: Some("fleet-3".into()),
-                ..Filter::default()
-            },
-        ),
-    ])
+    Ok((
+        bench_support::percentile(&times, 0.5),
+        bench_support::percentile(&times, 0.95),
+    ))
 }
 
 fn coordinator(sidecars: usize, each: usize) -> anyhow::Result<()> {
@@ -407,7 +332,9 @@ fn run(
 
     let reader = open(config, "fleet-0", Access::Read)?;
     println!("  admin filters across the fleet, p50 / p95 over {RUNS} runs:");
-    for (label, filter) in filters()? {
+    for (label, filter) in
+        bench_support::sample_filters(Utc::now() - TimeDelta::days(45), "fleet-3")?
+    {
         let mut found = 0;
         let (p50, p95) = latency(|| {
             found = reader.list(&filter, &PageRequest::default())?.entries.len();

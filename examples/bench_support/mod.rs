@@ -1,6 +1,10 @@
 //! What the store benchmarks share.
 
+use std::time::Duration;
+
+use auditgate::store::query::{Filter, IpFilter, StatusFilter};
 use auditgate::writer::WriterOptions;
+use chrono::{DateTime, TimeDelta, Utc};
 
 /// The writer's settings for a benchmark: the product's defaults, or the batch size
 /// `AUDITGATE_BENCH_BATCH` names, to see how commit size matters.
@@ -12,4 +16,64 @@ pub fn writer_options() -> WriterOptions {
         },
         _ => WriterOptions::default(),
     }
+}
+
+/// The value at `fraction` (0.5 for the median) of durations sorted ascending.
+#[allow(dead_code)] // not every benchmark that shares this module reports percentiles
+pub fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// The admin filters the PostgreSQL benchmarks time, one per kind of plan: `middle` places the
+/// one-hour window, `log_id` names the log of the last one.
+#[allow(dead_code)] // used by the PostgreSQL benchmarks only
+pub fn sample_filters(
+    middle: DateTime<Utc>,
+    log_id: &str,
+) -> anyhow::Result<Vec<(&'static str, Filter)>> {
+    let with = |set: &dyn Fn(&mut Filter)| {
+        let mut filter = Filter::default();
+        set(&mut filter);
+        filter
+    };
+    Ok(vec![
+        ("newest page", Filter::default()),
+        ("action", with(&|f| f.action = Some("user.deleted".into()))),
+        (
+            "action prefix",
+            with(&|f| f.action_prefix = Some("user.".into())),
+        ),
+        (
+            "actor (id or email)",
+            with(&|f| f.actor = Some("user42@example.com".into())),
+        ),
+        (
+            "resource",
+            with(&|f| {
+                f.resource_type = Some("post".into());
+                f.resource_id = Some("4242".into());
+            }),
+        ),
+        (
+            "status class 4xx",
+            with(&|f| f.status = Some(StatusFilter::Class(4))),
+        ),
+        (
+            "ip network /16",
+            Filter {
+                ip: Some(IpFilter::Network("10.2.0.0/16".parse()?)),
+                ..Filter::default()
+            },
+        ),
+        (
+            "one hour window",
+            with(&|f| {
+                f.since = Some(middle);
+                f.until = Some(middle + TimeDelta::hours(1));
+            }),
+        ),
+        ("free text q", with(&|f| f.q = Some("posts/4242".into()))),
+        ("one log", with(&|f| f.log_id = Some(log_id.to_string()))),
+    ])
 }

@@ -883,17 +883,20 @@ fn a_store_written_by_the_previous_release_is_read_upgraded_and_verified() {
             .expect("version")
     };
     assert_eq!(version(&db), 3, "the fixture is a version 3 file");
+    let verify = || {
+        auditgate_report(&[
+            "verify",
+            "--db",
+            path_arg(&db),
+            "--heads",
+            path_arg(&heads),
+            "--key",
+            path_arg(&key),
+        ])
+    };
 
     // Read commands read it as it is, and change nothing.
-    let (code, report) = auditgate_report(&[
-        "verify",
-        "--db",
-        path_arg(&db),
-        "--heads",
-        path_arg(&heads),
-        "--key",
-        path_arg(&key),
-    ]);
+    let (code, report) = verify();
     assert_eq!(code, 0, "{report}");
     assert!(
         report.contains("intact") && report.contains("checked 482 positions"),
@@ -937,15 +940,7 @@ fn a_store_written_by_the_previous_release_is_read_upgraded_and_verified() {
     );
     drop(store);
     assert_eq!(version(&db), 4);
-    let (code, report) = auditgate_report(&[
-        "verify",
-        "--db",
-        path_arg(&db),
-        "--heads",
-        path_arg(&heads),
-        "--key",
-        path_arg(&key),
-    ]);
+    let (code, report) = verify();
     assert_eq!(code, 0, "{report}");
     assert!(
         report.contains("checked 485 positions: 485 entries matched"),
