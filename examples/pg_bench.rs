@@ -98,20 +98,12 @@ fn page_latency(
     filter: &Filter,
     rounds: usize,
 ) -> anyhow::Result<(Duration, Duration, usize)> {
-    let mut times = Vec::with_capacity(rounds);
     let mut found = 0;
-    for _ in 0..rounds {
-        let started = Instant::now();
-        let page = store.list(filter, &PageRequest::default())?;
-        times.push(started.elapsed());
-        found = page.entries.len();
-    }
-    times.sort();
-    Ok((
-        bench_support::percentile(&times, 0.5),
-        bench_support::percentile(&times, 0.95),
-        found,
-    ))
+    let (p50, p95) = bench_support::p50_p95(rounds, || {
+        found = store.list(filter, &PageRequest::default())?.entries.len();
+        Ok(())
+    })?;
+    Ok((p50, p95, found))
 }
 
 fn main() -> anyhow::Result<()> {

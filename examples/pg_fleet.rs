@@ -141,18 +141,8 @@ fn server_cpu_seconds() -> Option<f64> {
     Some(total)
 }
 
-fn latency(mut work: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(Duration, Duration)> {
-    let mut times = Vec::with_capacity(RUNS);
-    for _ in 0..RUNS {
-        let started = Instant::now();
-        work()?;
-        times.push(started.elapsed());
-    }
-    times.sort();
-    Ok((
-        bench_support::percentile(&times, 0.5),
-        bench_support::percentile(&times, 0.95),
-    ))
+fn latency(work: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(Duration, Duration)> {
+    bench_support::p50_p95(RUNS, work)
 }
 
 fn coordinator(sidecars: usize, each: usize) -> anyhow::Result<()> {

@@ -25,6 +25,22 @@ pub fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// p50 and p95 of `runs` timed calls of `work`.
+#[allow(dead_code)] // used by the PostgreSQL benchmarks only
+pub fn p50_p95(
+    runs: usize,
+    mut work: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(Duration, Duration)> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = std::time::Instant::now();
+        work()?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok((percentile(&times, 0.5), percentile(&times, 0.95)))
+}
+
 /// The admin filters the PostgreSQL benchmarks time, one per kind of plan: `middle` places the
 /// one-hour window, `log_id` names the log of the last one.
 #[allow(dead_code)] // used by the PostgreSQL benchmarks only

@@ -287,10 +287,9 @@ async fn every_example_rule_produces_an_entry_seen_by_query() {
     );
 }
 
-#[test]
-fn demo_runs_and_prints_where_to_look() {
-    let dir = TempDir::new("demo");
-    let output = binary()
+/// `auditgate demo --no-wait` on loopback ports, its data in `data_dir`.
+fn run_demo(data_dir: &std::path::Path) -> std::process::Output {
+    binary()
         .args([
             "demo",
             "--no-wait",
@@ -300,9 +299,15 @@ fn demo_runs_and_prints_where_to_look() {
             "127.0.0.1:0",
             "--data-dir",
         ])
-        .arg(&dir.0)
+        .arg(data_dir)
         .output()
-        .expect("runs");
+        .expect("runs")
+}
+
+#[test]
+fn demo_runs_and_prints_where_to_look() {
+    let dir = TempDir::new("demo");
+    let output = run_demo(&dir.0);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -377,19 +382,7 @@ fn demo_runs_and_prints_where_to_look() {
     };
     let history = older(&entries);
     assert!(history > 0, "the first run generated no history");
-    let again = binary()
-        .args([
-            "demo",
-            "--no-wait",
-            "--proxy-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&dir.0)
-        .output()
-        .expect("runs");
+    let again = run_demo(&dir.0);
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success(), "{stdout}");
     assert!(
