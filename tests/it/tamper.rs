@@ -293,6 +293,31 @@ fn deleting_a_middle_row_is_found() {
 }
 
 #[test]
+fn edits_on_every_page_of_a_long_log_are_found_in_order() {
+    // Verify reads the log 4,096 positions at a time and hashes one page while reading the next:
+    // an edit on each of three pages must be reported at its own position, in log order.
+    let fixture = Fixture::new(10_000, 2_500);
+    let untouched = fixture.verify();
+    assert!(untouched.ok(), "{}", problem_text(&untouched));
+    assert_eq!(untouched.entries, 10_000);
+    fixture.sql(
+        "UPDATE entries SET resource_id = 'elsewhere' WHERE seq = 4097;
+         DELETE FROM entries WHERE seq = 9000;
+         UPDATE entries SET action = 'user.read' WHERE seq = 12;",
+    );
+    let report = fixture.verify();
+    assert_tampered(&report, Some(12), "entry 12 was changed");
+    let text = problem_text(&report);
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("expected {needle:?} in:\n{text}"))
+    };
+    assert!(at("entry 12 was changed") < at("entry 4097 was changed"));
+    assert!(at("entry 4097 was changed") < at("entry 9000 is missing"));
+    assert_eq!(report.entries, 9_997, "{text}");
+}
+
+#[test]
 fn swapping_two_rows_is_found() {
     let fixture = Fixture::new(100, 10);
     fixture.sql(
