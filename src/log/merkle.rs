@@ -406,6 +406,19 @@ fn range_hash(reader: &impl NodeReader, start: u64, end: u64) -> Result<Hash, Me
     Ok(fold_peaks(&read_peaks(reader, start, end)?))
 }
 
+/// The root of a complete subtree from its `2^k` nodes `k` levels down, left to right (a store
+/// that keeps only some levels recomputes the others this way). A count that is not a power of
+/// two folds what pairs up; callers pass whole subtrees.
+pub fn subtree_root(mut hashes: Vec<Hash>) -> Hash {
+    while hashes.len() > 1 {
+        hashes = hashes
+            .chunks_exact(2)
+            .map(|pair| node_hash(&pair[0], &pair[1]))
+            .collect();
+    }
+    hashes.first().copied().unwrap_or_else(empty_root)
+}
+
 /// Combines peaks right to left. RFC 9162 splits a ragged tree at its largest power of two, so
 /// its root is H(first peak, root of the rest), recursively.
 fn fold_peaks(peaks: &[Hash]) -> Hash {
@@ -526,6 +539,27 @@ mod tests {
                 entry
             })
             .collect()
+    }
+
+    #[test]
+    fn a_subtree_root_folds_the_nodes_below_it() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let data = random_entries(&mut rng, 512);
+        let nodes = nodes_for(&data);
+        for (level, index, below) in [
+            (3u32, 5u64, 0u32),
+            (7, 1, 0),
+            (9, 0, 8),
+            (8, 1, 4),
+            (1, 7, 0),
+        ] {
+            let span = 1u64 << (level - below);
+            let hashes: Vec<Hash> = (index * span..(index + 1) * span)
+                .map(|i| nodes.node(below, i).unwrap())
+                .collect();
+            assert_eq!(subtree_root(hashes), nodes.node(level, index).unwrap());
+        }
+        assert_eq!(subtree_root(Vec::new()), empty_root());
     }
 
     fn nodes_for(data: &[Vec<u8>]) -> MemoryNodes {

@@ -145,6 +145,14 @@ pub trait LogReader {
         count: usize,
     ) -> Result<Vec<Hash>, StoreError>;
 
+    /// Whether the store keeps the tree nodes of `level` (every level unless it says otherwise).
+    /// A level it does not keep is recomputed when read, so `verify` has no stored hash of it
+    /// to compare.
+    fn keeps_node_level(&self, level: u32) -> bool {
+        let _ = level;
+        true
+    }
+
     /// Stored heads with an id above `after_id`, oldest first, at most `limit`. A stored head
     /// that no longer parses is an error naming its id.
     fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError>;

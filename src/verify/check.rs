@@ -530,7 +530,13 @@ impl LogCheck {
         }
 
         let completed = self.frontier.append(leaf);
-        for (level, index, hash) in completed.into_iter().skip(1) {
+        // Levels the store recomputes rather than keeps have no stored hash to compare; the
+        // kept level above them covers the same leaves.
+        let kept = completed
+            .into_iter()
+            .skip(1)
+            .filter(|(level, ..)| reader.keeps_node_level(*level));
+        for (level, index, hash) in kept {
             let first = (index << level) + 1;
             let last = (index + 1) << level;
             let problem = match nodes.node(level, index) {

@@ -861,14 +861,26 @@ fn reads_only_need_the_schema_and_never_create_it() {
     );
 }
 
-/// A store file written by the release before schema version 4 (`tests/fixtures/store-v3`: the
-/// demo's log, 482 entries and 3 signed heads, as `auditgate demo --no-wait` left it) is read in
-/// place by the read commands, then upgraded by the first sidecar that opens it, appended to and
-/// verified intact, old entries and new alike.
+/// Store files written by earlier releases, each the demo's log as `auditgate demo --no-wait` left
+/// it: `tests/fixtures/store-v3` (482 entries, 3 signed heads; before the sealed commit path) and
+/// `tests/fixtures/store-v4` (490 entries; before the tree kept its tile levels only, so it holds
+/// every level's nodes). Each is read in place by the read commands, then upgraded by the first
+/// sidecar that opens it, appended to and verified intact, old entries and new alike.
 #[test]
 fn a_store_written_by_the_previous_release_is_read_upgraded_and_verified() {
+    upgrade_and_verify("store-v3", 3, 482);
+}
+
+#[test]
+fn a_store_written_with_every_tree_level_is_read_upgraded_and_verified() {
+    upgrade_and_verify("store-v4", 4, 490);
+}
+
+fn upgrade_and_verify(fixture: &str, written_as: i64, entries: u64) {
     use crate::support::{auditgate_report, path_arg};
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v3");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
     let dir = TempDir::new("upgrade");
     for name in ["audit.db", "heads.ndjson", "log.key.pub"] {
         std::fs::copy(fixture.join(name), dir.0.join(name)).expect("copies the fixture");
@@ -882,7 +894,7 @@ fn a_store_written_by_the_previous_release_is_read_upgraded_and_verified() {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .expect("version")
     };
-    assert_eq!(version(&db), 3, "the fixture is a version 3 file");
+    assert_eq!(version(&db), written_as, "the fixture's schema version");
     let verify = || {
         auditgate_report(&[
             "verify",
@@ -899,11 +911,11 @@ fn a_store_written_by_the_previous_release_is_read_upgraded_and_verified() {
     let (code, report) = verify();
     assert_eq!(code, 0, "{report}");
     assert!(
-        report.contains("intact") && report.contains("checked 482 positions"),
+        report.contains("intact") && report.contains(&format!("checked {entries} positions")),
         "{report}"
     );
-    let read_only = SqliteStore::open_read_only(&db).expect("reads a version 3 file");
-    assert_eq!(read_only.count(&Filter::default()).expect("count"), 482);
+    let read_only = SqliteStore::open_read_only(&db).expect("reads an earlier version's file");
+    assert_eq!(read_only.count(&Filter::default()).expect("count"), entries);
     let oldest = read_only
         .list(
             &Filter::default(),
@@ -918,17 +930,17 @@ fn a_store_written_by_the_previous_release_is_read_upgraded_and_verified() {
         .remove(0);
     assert_eq!(oldest.seq, 1);
     drop(read_only);
-    assert_eq!(version(&db), 3, "a read command migrates nothing");
+    assert_eq!(version(&db), written_as, "a read command migrates nothing");
 
     // A sidecar's open upgrades it; old and new entries read, count and verify as one log.
     let store = SqliteStore::open(&db, SyncMode::Normal).expect("upgrades");
-    assert_eq!(store.size().expect("size"), 482);
+    assert_eq!(store.size().expect("size"), entries);
     let mut batch: Vec<AuditEntry> = (0..3)
         .map(|n| AuditEntry::new("demo", format!("after.upgrade.{n}")))
         .collect();
     store.append(&mut batch).expect("appends");
-    assert_eq!(batch[2].seq, 485);
-    assert_eq!(store.count(&Filter::default()).expect("count"), 485);
+    assert_eq!(batch[2].seq, entries + 3);
+    assert_eq!(store.count(&Filter::default()).expect("count"), entries + 3);
     let by_prefix = Filter {
         action_prefix: Some("after.upgrade.".into()),
         ..Filter::default()
@@ -939,11 +951,14 @@ fn a_store_written_by_the_previous_release_is_read_upgraded_and_verified() {
         1
     );
     drop(store);
-    assert_eq!(version(&db), 4);
+    assert_eq!(version(&db), 5);
     let (code, report) = verify();
     assert_eq!(code, 0, "{report}");
     assert!(
-        report.contains("checked 485 positions: 485 entries matched"),
+        report.contains(&format!(
+            "checked {0} positions: {0} entries matched",
+            entries + 3
+        )),
         "{report}"
     );
 }

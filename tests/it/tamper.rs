@@ -435,7 +435,7 @@ fn a_truncated_heads_file_is_found() {
 #[test]
 fn a_pruned_log_still_verifies_and_its_kept_hashes_are_still_checked() {
     let mut fixture = Fixture::new(0, 10);
-    fixture.extend(40, 10, chrono::Duration::days(120));
+    fixture.extend(300, 10, chrono::Duration::days(120));
     fixture.extend(20, 10, chrono::Duration::zero());
     let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
     let plan = PrunePlan {
@@ -444,25 +444,46 @@ fn a_pruned_log_still_verifies_and_its_kept_hashes_are_still_checked() {
     };
     let summary =
         prune_all(&store, &plan, "tamper-test", &PrunedBy::Retention, &|| true).expect("prunes");
-    assert_eq!(summary.entries(), 40);
+    assert_eq!(summary.entries(), 300);
     fixture.sign(&store);
     drop(store);
     let report = fixture.verify();
     assert!(report.ok(), "{}", problem_text(&report));
-    assert_eq!((report.pruned, report.entries, report.size), (40, 21, 61));
+    assert_eq!((report.pruned, report.entries, report.size), (300, 21, 321));
     let remaining: i64 = Connection::open(&fixture.db)
         .expect("open")
         .query_row("SELECT count(*) FROM entries", [], |row| row.get(0))
         .expect("count");
     assert_eq!(remaining, 21, "the rows are really gone");
 
-    // A kept leaf hash of a pruned entry, changed: its payload is gone, but the nodes above it
-    // and every head still commit to the original.
-    fixture.sql("UPDATE tree_nodes SET hash = zeroblob(32) WHERE level = 0 AND idx = 12");
+    // A kept leaf hash of a pruned entry, changed: its payload is gone, but the stored node of
+    // the tile above it (level 8, entries 1..=256) and every head still commit to the original.
+    fixture.sql(
+        "CREATE TABLE kept_aside AS SELECT hash FROM tree_nodes WHERE level = 0 AND idx = 12;
+         UPDATE tree_nodes SET hash = zeroblob(32) WHERE level = 0 AND idx = 12",
+    );
+    let report = fixture.verify();
     assert_tampered(
-        &fixture.verify(),
-        Some(13),
-        "tree node over entries 13..=14",
+        &report,
+        Some(11),
+        "tree node over entries 1..=256 (level 8)",
+    );
+    assert!(
+        problem_text(&report).contains("entries 11..=20 were changed, or the head was"),
+        "{}",
+        problem_text(&report)
+    );
+    // Beyond the last complete tile no node is stored: the heads alone commit to the leaf.
+    fixture.sql(
+        "UPDATE tree_nodes SET hash = (SELECT hash FROM kept_aside) WHERE level = 0 AND idx = 12;
+         DROP TABLE kept_aside;
+         UPDATE tree_nodes SET hash = zeroblob(32) WHERE level = 0 AND idx = 280",
+    );
+    let report = fixture.verify();
+    assert_tampered(
+        &report,
+        Some(281),
+        "entries 281..=290 were changed, or the head was",
     );
 }
 

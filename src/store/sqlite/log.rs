@@ -8,11 +8,22 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::rows::{self, ENTRY_COLUMNS, RECENT};
 use crate::entry::{format_timestamp, AuditEntry};
 use crate::log::head::SignedTreeHead;
-use crate::log::merkle::{Frontier, Hash, MerkleError, NodeReader};
+use crate::log::merkle::{subtree_root, Frontier, Hash, MerkleError, NodeReader};
 use crate::log::pruned::PRUNED_ACTION;
+use crate::log::tiles::TILE_HEIGHT;
 use crate::store::log_page::PageBuilder;
 use crate::store::retention::{PrunePlan, PruneStep};
 use crate::store::{LogPage, PruneOutcome, StoreError, StoredCosignature, StoredHead};
+
+/// Whether `tree_nodes` keeps the nodes of `level`: the leaves and every eighth level, the levels
+/// whose hashes the log's tiles publish (schema version 5). The seven levels between two kept
+/// ones are recomputed from at most 128 nodes of the kept level below when a proof or a root
+/// needs them. This halves the tree's rows (one node per entry instead of two) and the B-tree
+/// inserts of a commit. A file written before version 5 also holds nodes of the other levels;
+/// they are left in place and never read.
+pub fn keeps_level(level: u32) -> bool {
+    level % TILE_HEIGHT == 0
+}
 
 /// [`NodeReader`] over the `tree_nodes` table of one connection.
 pub struct SqliteNodes<'c>(pub &'c Connection);
@@ -20,8 +31,24 @@ pub struct SqliteNodes<'c>(pub &'c Connection);
 impl NodeReader for SqliteNodes<'_> {
     fn node(&self, level: u32, index: u64) -> Result<Hash, MerkleError> {
         let storage = |error: rusqlite::Error| MerkleError::Storage(error.to_string());
-        let index_sql =
-            i64::try_from(index).map_err(|_| MerkleError::MissingNode { level, index })?;
+        let missing = MerkleError::MissingNode { level, index };
+        if !keeps_level(level) {
+            let kept = level - level % TILE_HEIGHT;
+            let span = 1u64 << (level - kept);
+            let first = index.checked_mul(span).ok_or_else(|| missing.clone())?;
+            let below = node_range(self.0, kept, first, span as usize)
+                .map_err(|error| MerkleError::Storage(error.to_string()))?;
+            if below.len() as u64 != span {
+                return Err(MerkleError::MissingNode {
+                    level: kept,
+                    index: first + below.len() as u64,
+                });
+            }
+            return Ok(subtree_root(below));
+        }
+        let Ok(index_sql) = i64::try_from(index) else {
+            return Err(missing);
+        };
         let blob: Option<Vec<u8>> = self
             .0
             .prepare_cached("SELECT hash FROM tree_nodes WHERE level = ?1 AND idx = ?2")
@@ -29,7 +56,7 @@ impl NodeReader for SqliteNodes<'_> {
             .query_row(params![level, index_sql], |row| row.get(0))
             .optional()
             .map_err(storage)?;
-        let blob = blob.ok_or(MerkleError::MissingNode { level, index })?;
+        let blob = blob.ok_or(missing)?;
         <Hash>::try_from(blob.as_slice()).map_err(|_| {
             MerkleError::Storage(format!(
                 "tree node at level {level} index {index} is not 32 bytes"
@@ -128,11 +155,11 @@ pub fn seal(connection: &Connection, max: u64) -> Result<u64, StoreError> {
     Ok(moved as u64)
 }
 
-/// Inserts the nodes an append completed.
+/// Inserts the nodes an append completed, of the levels the table keeps ([`keeps_level`]).
 fn insert_nodes(connection: &Connection, nodes: &[(u32, u64, Hash)]) -> Result<(), StoreError> {
     let mut insert = connection
         .prepare_cached("INSERT INTO tree_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
-    for (level, index, hash) in nodes {
+    for (level, index, hash) in nodes.iter().filter(|(level, ..)| keeps_level(*level)) {
         insert.execute(params![level, *index as i64, &hash[..]])?;
     }
     Ok(())
@@ -366,7 +393,8 @@ pub fn scan_log(connection: &Connection, first: u64, max: usize) -> Result<LogPa
         let mut select = transaction.prepare_cached(
             "SELECT idx, hash FROM tree_nodes WHERE level = ?1 AND idx BETWEEN ?2 AND ?3",
         )?;
-        for (level, low, high) in page.node_ranges() {
+        let kept = page.node_ranges().into_iter();
+        for (level, low, high) in kept.filter(|(level, ..)| keeps_level(*level)) {
             let mut rows = select.query(params![level, low as i64, high as i64])?;
             while let Some(row) = rows.next()? {
                 page.node(level, row.get(0)?, &row.get::<_, Vec<u8>>(1)?);

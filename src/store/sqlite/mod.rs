@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
     include_str!("schema_v4.sql"),
+    include_str!("schema_v5.sql"),
 ];
 
 /// The first schema version with the Merkle tree.
@@ -542,6 +543,10 @@ fn current_frontier(connection: &Connection, known: &Frontier) -> Result<Frontie
 }
 
 impl LogReader for SqliteStore {
+    fn keeps_node_level(&self, level: u32) -> bool {
+        self::log::keeps_level(level)
+    }
+
     fn tree_size(&self) -> Result<u64, StoreError> {
         self.with_reader(self::log::tree_size)
     }
@@ -914,6 +919,10 @@ impl SqliteLogReader {
 }
 
 impl LogReader for SqliteLogReader {
+    fn keeps_node_level(&self, level: u32) -> bool {
+        self::log::keeps_level(level)
+    }
+
     fn tree_size(&self) -> Result<u64, StoreError> {
         self::log::tree_size(&self.connection)
     }
@@ -1216,12 +1225,14 @@ mod tests {
     fn proofs_from_sqlite_match_the_in_memory_tree() {
         let (dir, db) = temp_db("proofs");
         let store = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
-        let batch = append_numbered(&store, "e", 70);
+        // Past 1,024 entries: levels 1–7 and 9–10 are recomputed from the kept levels 0 and 8.
+        let mut batch = append_numbered(&store, "e", 700);
+        batch.extend(append_numbered(&store, "f", 400));
         let leaves: Vec<Hash> = batch.iter().map(leaf).collect();
         let memory = MemoryNodes::from_leaves(&leaves);
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         for _ in 0..200 {
-            let size = rng.gen_range(1..=70u64);
+            let size = rng.gen_range(1..=1100u64);
             let seq = rng.gen_range(1..=size);
             let root = merkle::root_at(&memory, size).expect("root");
             let path = store.inclusion_proof(seq, size).expect("proof");
@@ -1238,8 +1249,21 @@ mod tests {
                 from, size, &from_root, &root, &proof
             ));
         }
-        assert!(store.inclusion_proof(71, 70).is_err());
-        assert!(store.inclusion_proof(0, 70).is_err());
+        let levels: Vec<(u32, i64)> = store
+            .with_reader(|connection| {
+                let mut select = connection
+                    .prepare("SELECT level, count(*) FROM tree_nodes GROUP BY level ORDER BY 1")?;
+                let rows = select.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .expect("levels");
+        assert_eq!(
+            levels,
+            vec![(0, 1100), (8, 4)],
+            "only the tile levels are kept"
+        );
+        assert!(store.inclusion_proof(1101, 1100).is_err());
+        assert!(store.inclusion_proof(0, 1100).is_err());
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -1,0 +1,10 @@
+-- auditgate SQLite schema, version 5: the tree keeps its tile levels only.
+--
+-- From this version `tree_nodes` receives the leaves (level 0) and the nodes of every eighth
+-- level (8, 16, ...), the hashes the log's tiles publish. A node of a level in between is the
+-- root of at most 128 nodes of the kept level below it and is recomputed from them when a proof
+-- or a root needs it. The table's shape does not change: nodes of the other levels written by
+-- earlier versions stay where they are and are no longer read, and `verify` compares the kept
+-- levels only. The version number changes so that the sidecar of an earlier release, which reads
+-- every level, refuses the file instead of failing on the nodes it cannot find.
+-- (This migration changes no table; its number is the change.)
