@@ -23,10 +23,12 @@
 -- (gid kept, in gid order) and the old table dropped.
 
 ALTER TABLE entries RENAME TO entries_v2;
--- The new table's indexes take these names; the version 2 keys stay for the copy.
-DROP INDEX entries_gid, entries_log_gid, entries_id, entries_created_at, entries_action,
-    entries_actor_id, entries_actor_email, entries_resource, entries_resource_id, entries_outcome,
-    entries_status, entries_ip, entries_ip_net, entries_request_id;
+-- The new table's indexes take these names. The copy reads the old table by its keys, for the
+-- months each log's ids fall in, and in gid order, so those stay (the gid index renamed).
+ALTER INDEX entries_gid RENAME TO entries_v2_gid;
+DROP INDEX entries_log_gid, entries_id, entries_created_at, entries_action, entries_actor_id,
+    entries_actor_email, entries_resource, entries_resource_id, entries_outcome, entries_status,
+    entries_ip, entries_ip_net, entries_request_id;
 
 CREATE SEQUENCE entries_gid_sequence AS BIGINT;
 
