@@ -4,6 +4,8 @@
 //! the shared tables (`schema_v1.sql`), so each log verifies on its own; reads (listings, counts,
 //! stats, exports) cover every log unless the filter names one. What is scoped to this store's
 //! log: appends, the tree and its proofs, heads, prunes and write-ahead intents.
+//! Since schema version 3 `entries` is partitioned per log and per month of entry id
+//! ([`partitions`]), so that retention drops a wholly due month instead of deleting its rows.
 //!
 //! Like [`super::sqlite::SqliteStore`], one connection writes (under a mutex, with the tree's
 //! right edge) and readers take connections from a small pool; calls block, so the writer thread
