@@ -21,6 +21,7 @@ mod jwks;
 mod openapi;
 mod ops;
 mod otlp;
+mod pg_partitions;
 mod pg_tls;
 mod proofs;
 mod proxy;

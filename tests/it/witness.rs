@@ -816,16 +816,19 @@ fn a_postgres_database_from_before_gets_the_cosignatures_table() {
         pool_size: 1,
         tls: crate::pg::default_tls(),
     };
-    {
-        let store = PostgresStore::open(options(Access::Write { exclusive: true })).expect("opens");
-        store
-            .append(&mut [auditgate::entry::AuditEntry::new("web-1", "one")])
-            .expect("appends");
-    }
-    database
-        .client()
-        .batch_execute("DROP TABLE witness_cosignatures; UPDATE auditgate_schema SET version = 1")
-        .expect("back to version 1");
+    // A version 1 database, made with that version's SQL (the current schema has moved on past
+    // version 2, so rolling a new database back is no longer a version 1 database).
+    let mut client = database.client();
+    client
+        .batch_execute(include_str!("../../src/store/postgres/schema_v1.sql"))
+        .expect("version 1");
+    client
+        .batch_execute(
+            "CREATE TABLE auditgate_schema (id INTEGER PRIMARY KEY, version INTEGER NOT NULL); \
+             INSERT INTO auditgate_schema (id, version) VALUES (1, 1); \
+             INSERT INTO logs (log_id) VALUES ('web-1');",
+        )
+        .expect("version 1");
     let reader = PostgresStore::open(options(Access::Read)).expect("reads version 1");
     assert!(reader
         .cosignatures(ORIGIN, 1, &[7; 32])
@@ -857,7 +860,7 @@ fn a_postgres_database_from_before_gets_the_cosignatures_table() {
         .query_one("SELECT version FROM auditgate_schema WHERE id = 1", &[])
         .expect("version")
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3, "migrated to the current schema");
 }
 
 /// An entry's tlog proof carries the witnesses' cosignatures of its checkpoint, from the API

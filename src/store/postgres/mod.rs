@@ -4,6 +4,8 @@
 //! the shared tables (`schema_v1.sql`), so each log verifies on its own; reads (listings, counts,
 //! stats, exports) cover every log unless the filter names one. What is scoped to this store's
 //! log: appends, the tree and its proofs, heads, prunes and write-ahead intents.
+//! Since schema version 3 `entries` is partitioned per log and per month of entry id
+//! ([`partitions`]), so that retention drops a wholly due month instead of deleting its rows.
 //!
 //! Like [`super::sqlite::SqliteStore`], one connection writes (under a mutex, with the tree's
 //! right edge) and readers take connections from a small pool; calls block, so the writer thread
@@ -20,13 +22,15 @@
 //! them ([`ssl`]).
 
 pub mod config;
+pub mod partitions;
 pub mod rows;
 pub mod tls;
 pub mod tree;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use postgres::{Client, GenericClient, Statement};
 use sha2::{Digest, Sha256};
@@ -42,8 +46,13 @@ use crate::log::merkle::{self, Frontier, Hash};
 use crate::store::pool::ReaderPool;
 use crate::store::retention::PrunePlan;
 
-/// Migrations, applied in order; `auditgate_schema.version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
+/// Migrations, applied in order; `auditgate_schema.version` records how many ran. Version 3
+/// ([`partitions::PARTITIONED_VERSION`]) also moves the rows over in code.
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema_v1.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 /// How long a sidecar waits at open for its log's lock before concluding another sidecar holds it.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -200,11 +209,15 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
             known,
         });
     }
-    for sql in MIGRATIONS
+    for (index, sql) in MIGRATIONS
         .iter()
+        .enumerate()
         .skip(usize::try_from(version).unwrap_or(0))
     {
         transaction.batch_execute(sql)?;
+        if index + 1 == partitions::PARTITIONED_VERSION {
+            partitions::move_v2_entries(&mut transaction)?;
+        }
     }
     if version < known {
         transaction.execute(
@@ -275,6 +288,11 @@ pub struct PostgresStore {
     writer: Mutex<WriterSide>,
     readers: ReaderPool<Connection>,
     next_seq: AtomicU64,
+    /// The month partitions of the log this writer made or found.
+    months: Mutex<partitions::Known>,
+    /// The months a prune found not wholly due, with the plan it judged them by: the next chunk
+    /// of the same prune does not scan them again.
+    not_due: Mutex<Option<(PrunePlan, BTreeSet<partitions::Month>)>>,
 }
 
 impl PostgresStore {
@@ -290,6 +308,7 @@ impl PostgresStore {
                     "INSERT INTO logs (log_id) VALUES ($1) ON CONFLICT (log_id) DO NOTHING",
                     &[&options.log_id],
                 )?;
+                partitions::ensure_log(&mut connection.client, &options.log_id)?;
                 if exclusive {
                     // A sidecar restarted at once may find its previous process's session still
                     // ending on the server (it holds the lock until then): wait a little before
@@ -322,7 +341,7 @@ impl PostgresStore {
             tracing::error!(store = %target, log = %options.log_id, %reason, "the log cannot be appended to");
         }
         let next_seq = frontier.size() + 1;
-        Ok(PostgresStore {
+        let store = PostgresStore {
             target,
             writer: Mutex::new(WriterSide {
                 connection: Some(connection),
@@ -332,7 +351,121 @@ impl PostgresStore {
             readers: ReaderPool::new(options.pool_size),
             next_seq: AtomicU64::new(next_seq),
             options,
-        })
+            months: Mutex::new(partitions::Known::default()),
+            not_due: Mutex::new(None),
+        };
+        // This month's partition and the next, made ahead of the entries that need them.
+        store.make_months(&[]);
+        Ok(store)
+    }
+
+    /// Makes the month partitions an append of `entries` needs and the next month's, outside
+    /// the append's transaction. Never fails: a month whose partition cannot be made now (a
+    /// busy table) takes its entries into the log's default partition, and is tried again later.
+    fn make_months(&self, entries: &[AuditEntry]) {
+        if self.options.access == Access::Read {
+            return;
+        }
+        let wanted = partitions::wanted(entries, chrono::Utc::now());
+        let missing = match self.months.lock() {
+            Ok(known) => known.missing(&wanted, Instant::now()),
+            Err(_) => return,
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let result = self.on_writer(|_, connection, options| {
+            for month in &missing {
+                let made = partitions::ensure_month(&mut connection.client, &options.log_id, *month);
+                let Ok(mut known) = self.months.lock() else {
+                    break;
+                };
+                match made {
+                    Ok(()) => known.made(*month),
+                    Err(error) => {
+                        tracing::warn!(store = %self.target, log = %options.log_id, month = %month.label(), %error,
+                            "cannot make the month's partition now; its entries go to the log's default partition");
+                        known.failed(*month, Instant::now());
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            tracing::warn!(store = %self.target, %error, "cannot make month partitions now");
+        }
+    }
+
+    /// Drops the months of the log that `plan` finds wholly due, one at a time, each with its
+    /// marks and `audit.pruned` record: the first one that held entries is returned; `None` when
+    /// no month is wholly due (the row-by-row prune takes what is left).
+    fn prune_months(
+        &self,
+        plan: &PrunePlan,
+        record: &AuditEntry,
+    ) -> Result<Option<PruneOutcome>, StoreError> {
+        // A month can only be wholly due once it has ended before the latest cutoff; the count
+        // inside `prune_month` decides (ids and `created_at` are set apart, and a class may hold
+        // no row of the month).
+        let Some(latest) = plan.classes().iter().map(|class| class.cutoff).max() else {
+            return Ok(None);
+        };
+        let months = self.with_log(|db| partitions::months(db.client, db.log_id))?;
+        for month in months {
+            if month.end().is_none_or(|end| end > latest) {
+                break;
+            }
+            let judged = self
+                .not_due
+                .lock()
+                .map_err(|_| StoreError::Other("prune state poisoned".into()))?
+                .as_ref()
+                .is_some_and(|(judged, months)| judged == plan && months.contains(&month));
+            if judged {
+                continue;
+            }
+            let result = self.write(|db, frontier| {
+                partitions::prune_month(db, frontier, plan, record.clone(), month)
+            });
+            let outcome = match result {
+                Ok(partitions::MonthPrune::Pruned(outcome)) => Some(outcome),
+                Ok(partitions::MonthPrune::Emptied) => None,
+                Ok(partitions::MonthPrune::NotDue) => {
+                    self.judged_not_due(plan, month)?;
+                    continue;
+                }
+                Err(StoreError::Postgres(error))
+                    if error.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                {
+                    tracing::warn!(store = %self.target, month = %month.label(), error = %error_message(&error),
+                        "the month's partition is busy; pruning its entries one by one instead");
+                    self.judged_not_due(plan, month)?;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            if let Ok(mut known) = self.months.lock() {
+                known.forget(month);
+            }
+            if outcome.is_some() {
+                return Ok(outcome);
+            }
+        }
+        Ok(None)
+    }
+
+    fn judged_not_due(&self, plan: &PrunePlan, month: partitions::Month) -> Result<(), StoreError> {
+        let mut not_due = self
+            .not_due
+            .lock()
+            .map_err(|_| StoreError::Other("prune state poisoned".into()))?;
+        match not_due.as_mut() {
+            Some((judged, months)) if judged == plan => {
+                months.insert(month);
+            }
+            _ => *not_due = Some((plan.clone(), BTreeSet::from([month]))),
+        }
+        Ok(())
     }
 
     pub fn log_id(&self) -> &str {
@@ -664,7 +797,16 @@ fn check_cursors(page: &PageRequest) -> Result<(), StoreError> {
 
 impl Store for PostgresStore {
     fn append(&self, entries: &mut [AuditEntry]) -> Result<(), StoreError> {
-        let result = self.write(|db, frontier| tree::insert_entries(db, frontier, entries));
+        self.make_months(entries);
+        let mut result = self.write(|db, frontier| tree::insert_entries(db, frontier, entries));
+        if result.as_ref().is_err_and(partitions::is_missing_partition) {
+            // The log's partition was dropped behind auditgate's back: make it again and retry,
+            // rather than refuse entries.
+            self.on_writer(|_, connection, options| {
+                partitions::ensure_log(&mut connection.client, &options.log_id)
+            })?;
+            result = self.write(|db, frontier| tree::insert_entries(db, frontier, entries));
+        }
         if result.is_err() {
             for entry in entries.iter_mut() {
                 entry.seq = 0;
@@ -844,6 +986,9 @@ impl Store for PostgresStore {
         record: AuditEntry,
         max_entries: usize,
     ) -> Result<Option<PruneOutcome>, StoreError> {
+        if let Some(outcome) = self.prune_months(plan, &record)? {
+            return Ok(Some(outcome));
+        }
         self.write(|db, frontier| tree::prune(db, frontier, plan, record.clone(), max_entries))
     }
 }

@@ -52,7 +52,7 @@ impl<C: GenericClient> LogDb<'_, C> {
     }
 }
 
-fn sql_int(value: u64) -> i64 {
+pub(super) fn sql_int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
@@ -163,15 +163,17 @@ pub fn max_entry_seq<C: GenericClient>(db: &mut LogDb<'_, C>) -> Result<u64, Sto
 }
 
 /// The columns an append copies into `entries`, in the order of [`ENTRY_TYPES`] and
-/// [`entry_values`]; `gid` is left to its identity default.
-const COPY_ENTRY_COLUMNS: &str = "seq, id, log_id, created_at, actor_id, actor_email, actor_name, \
+/// [`entry_values`], but for `kept` (schema version 3), which follows them; `gid` is left to its
+/// default. These are also every column of the version 2 table but `gid`.
+pub(super) const COPY_ENTRY_COLUMNS: &str =
+    "seq, id, log_id, created_at, actor_id, actor_email, actor_name, \
      actor_source, actor_verified, tenant, action, resource_type, resource_id, outcome, status, \
      method, path, route, rule, ip, user_agent, request_id, duration_us, error, metadata, ip_net, \
      verbatim";
 
 /// The column types of [`COPY_ENTRY_COLUMNS`], as the schema declares them: binary COPY sends
 /// each value in its column's own wire format, so these must match the table exactly.
-const ENTRY_TYPES: [Type; 27] = [
+const ENTRY_TYPES: [Type; 28] = [
     Type::INT8,        // seq
     Type::TEXT,        // id
     Type::TEXT,        // log_id
@@ -199,6 +201,7 @@ const ENTRY_TYPES: [Type; 27] = [
     Type::TEXT,        // metadata
     Type::INET,        // ip_net
     Type::TEXT,        // verbatim
+    Type::INT2,        // kept
 ];
 
 /// The column types of a `tree_nodes` row: log_id, level, idx, hash.
@@ -271,6 +274,9 @@ fn entry_values(entry: &AuditEntry) -> Result<Vec<Param>, StoreError> {
         Box::new(metadata),
         Box::new(rows::ip_addr(entry.ip.as_deref())),
         Box::new(verbatim),
+        // `audit.pruned` records go to the log's partition of kept rows, never to a month that
+        // retention may drop whole.
+        Box::new(i16::from(entry.action == PRUNED_ACTION)),
     ];
     debug_assert_eq!(params.len(), ENTRY_TYPES.len());
     Ok(params)
@@ -298,7 +304,7 @@ pub fn insert_entries<C: GenericClient>(
         return Ok(());
     }
     let sink = db.client.copy_in(&format!(
-        "COPY entries ({COPY_ENTRY_COLUMNS}) FROM STDIN (FORMAT binary)"
+        "COPY entries ({COPY_ENTRY_COLUMNS}, kept) FROM STDIN (FORMAT binary)"
     ))?;
     let mut copy = BinaryCopyInWriter::new(sink, &ENTRY_TYPES);
     for row in &entry_rows {
@@ -551,7 +557,7 @@ fn select_prunable<C: GenericClient>(
 }
 
 /// `AND action` in (or, negated, not in) the range of strings starting with `prefix`.
-fn push_prefix(sql: &mut String, values: &mut Vec<Param>, prefix: &str, negated: bool) {
+pub(super) fn push_prefix(sql: &mut String, values: &mut Vec<Param>, prefix: &str, negated: bool) {
     let not = if negated { "NOT " } else { "" };
     values.push(Box::new(prefix.to_string()));
     let low = values.len();
