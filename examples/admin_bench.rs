@@ -27,14 +27,14 @@ use auditgate::metrics::Metrics;
 use auditgate::store::config::SyncMode;
 use auditgate::store::query::Cursor;
 use auditgate::store::sqlite::SqliteStore;
-use auditgate::store::Store;
+use auditgate::store::{LogReader, Store};
 use auditgate::writer::{Writer, WriterOptions};
 use axum::body::Body;
 use chrono::{Duration as TimeDelta, Utc};
 use futures_util::StreamExt;
 use http::Request;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
@@ -166,6 +166,20 @@ async fn main() -> anyhow::Result<()> {
     let middle = Cursor::after_seq((count / 2) as u64 + 1).encode();
     let mut rng = StdRng::seed_from_u64(7);
 
+    // Entries anywhere in the log, for the proof endpoints (an inclusion proof of an entry at the
+    // size of the tree now, and consistency proofs from random earlier sizes to the seeded size).
+    let proof_ids: Vec<String> = (0..RUNS)
+        .map(|_| {
+            let seq = rng.gen_range(1..=count as u64);
+            let page = store.scan_log(seq, 1)?;
+            match page.slots.into_iter().next().and_then(|slot| slot.entry) {
+                Some(Ok(entry)) => Ok(entry.id),
+                _ => anyhow::bail!("position {seq} has no readable entry"),
+            }
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let proof_froms: Vec<u64> = (0..RUNS).map(|_| rng.gen_range(1..count as u64)).collect();
+
     // (label, kind, one URI per run)
     type Case = (&'static str, &'static str, Vec<String>);
     let mut cases: Vec<Case> = Vec::new();
@@ -261,6 +275,15 @@ async fn main() -> anyhow::Result<()> {
     });
     case("stats by action, all", "stats", &mut |_| {
         "/api/v1/stats?by=action".into()
+    });
+    case("inclusion proof, any entry", "proof", &mut |run| {
+        format!("/api/v1/entries/{}/proof", proof_ids[run])
+    });
+    case("consistency proof, any size", "proof", &mut |run| {
+        format!(
+            "/api/v1/log/consistency?from={}&to={count}",
+            proof_froms[run]
+        )
     });
     case("audit-log page 1", "reference", &mut |_| {
         "/api/audit-log?page=1".into()

@@ -178,11 +178,19 @@ pub fn insert_entries(
          ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
     ))?;
     // `recent` keeps its own ids unique; an id already sealed into `entries` is refused here, as
-    // the single table's UNIQUE constraint refused it before (ULIDs grow with time, so this is a
-    // look at the end of the id index).
+    // the single table's UNIQUE constraint refused it before. Ids are ULIDs, which grow with
+    // time: an id above the largest sealed one (one look at the end of the id index per batch;
+    // SQLite compares text byte by byte, as `str` does) cannot be sealed, and only an id at or
+    // below it is looked up.
+    let largest_sealed: Option<String> = connection
+        .prepare_cached("SELECT max(id) FROM entries")?
+        .query_row([], |row| row.get(0))?;
     let mut sealed = connection.prepare_cached("SELECT 1 FROM entries WHERE id = ?1")?;
     for entry in entries.iter_mut() {
-        if sealed.exists([&entry.id])? {
+        let may_be_sealed = largest_sealed
+            .as_deref()
+            .is_some_and(|largest| entry.id.as_str() <= largest);
+        if may_be_sealed && sealed.exists([&entry.id])? {
             return Err(StoreError::Other(format!(
                 "an entry with id {} is already in the log",
                 entry.id

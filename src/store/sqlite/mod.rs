@@ -1118,6 +1118,11 @@ mod tests {
         let mut again = vec![oldest.clone()];
         let error = store.append(&mut again).expect_err("duplicate id");
         assert!(error.to_string().contains("already in the log"), "{error}");
+        // The newest sealed id too: ids above the largest sealed one are not looked up, and this
+        // one is that largest.
+        let mut again = vec![last.clone()];
+        let error = store.append(&mut again).expect_err("duplicate newest id");
+        assert!(error.to_string().contains("already in the log"), "{error}");
         assert_eq!(store.size().expect("size"), size);
         let _ = std::fs::remove_dir_all(dir);
     }
