@@ -741,6 +741,22 @@ impl LogReader for PostgresStore {
                 .isolation_level(postgres::IsolationLevel::RepeatableRead)
                 .read_only(true)
                 .start()?;
+            // A whole-month prune drops a partition, which is not MVCC-safe: a snapshot taken
+            // before the drop commits would then find neither the month's rows nor their marks,
+            // and `verify` would report entries missing. A share lock on the log's partition,
+            // taken before the snapshot (a lock takes none), waits out a drop in progress and
+            // keeps the next one from starting until the page is read. A log without a partition
+            // yet has nothing to drop; the savepoint lets the page be read without the lock.
+            let log_table = partitions::Names::new(&self.options.log_id);
+            transaction.batch_execute("SAVEPOINT scan_lock")?;
+            let lock = format!("LOCK TABLE \"{}\" IN ACCESS SHARE MODE", log_table.log());
+            match transaction.batch_execute(&lock) {
+                Ok(()) => transaction.batch_execute("RELEASE SAVEPOINT scan_lock")?,
+                Err(error) if error.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) => {
+                    transaction.batch_execute("ROLLBACK TO SAVEPOINT scan_lock")?
+                }
+                Err(error) => return Err(error.into()),
+            }
             let page = {
                 let mut db = tree::LogDb {
                     client: &mut transaction,

@@ -248,6 +248,8 @@ pub fn ensure_log(client: &mut Client, log_id: &str) -> Result<(), StoreError> {
         })();
         match attempt {
             Ok(()) => return Ok(()),
+            // Another writer of the same log made and attached it meanwhile.
+            Err(_) if exists(client, names.log())? => return Ok(()),
             Err(error) if retryable(&error) && Instant::now() < deadline => {
                 tracing::warn!(log = %log_id, %error, "making the log's partition; trying again");
                 std::thread::sleep(Duration::from_millis(200));
@@ -271,12 +273,16 @@ fn make_log(
         .query_one("SELECT quote_literal($1::text)", &[&log_id])?
         .try_get(0)?;
     let log = names.log();
+    // Made apart, then attached: `CREATE TABLE … PARTITION OF entries` would lock `entries`
+    // against every other log's appends while it waits, where `ATTACH PARTITION` takes a lock
+    // that appends do not conflict with (PostgreSQL 12 and later).
     client.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS \"{log}\" PARTITION OF entries FOR VALUES IN ({literal}) \
-             PARTITION BY RANGE (kept, id); \
+        "CREATE TABLE IF NOT EXISTS \"{log}\" \
+             (LIKE entries INCLUDING DEFAULTS INCLUDING CONSTRAINTS) PARTITION BY RANGE (kept, id); \
          CREATE TABLE IF NOT EXISTS \"{kept}\" PARTITION OF \"{log}\" \
              FOR VALUES FROM (1, MINVALUE) TO (1, MAXVALUE); \
-         CREATE TABLE IF NOT EXISTS \"{other}\" PARTITION OF \"{log}\" DEFAULT;",
+         CREATE TABLE IF NOT EXISTS \"{other}\" PARTITION OF \"{log}\" DEFAULT; \
+         ALTER TABLE entries ATTACH PARTITION \"{log}\" FOR VALUES IN ({literal});",
         kept = names.kept(),
         other = names.other(),
     ))?;
@@ -324,10 +330,13 @@ fn make_month(
     let table = names.month(month);
     let (log, other, columns) = (names.log(), names.other(), all_columns());
     let range = format!("kept = 0 AND id >= '{low}' AND id < '{high}'");
+    // The default partition is locked against writes first, and the move is one statement: an
+    // append committing into it between a copy and a delete would otherwise be deleted uncopied.
     client.batch_execute(&format!(
-        "CREATE TABLE \"{table}\" (LIKE entries INCLUDING DEFAULTS INCLUDING CONSTRAINTS); \
-         INSERT INTO \"{table}\" ({columns}) SELECT {columns} FROM \"{other}\" WHERE {range}; \
-         DELETE FROM \"{other}\" WHERE {range}; \
+        "LOCK TABLE \"{other}\" IN EXCLUSIVE MODE; \
+         CREATE TABLE \"{table}\" (LIKE entries INCLUDING DEFAULTS INCLUDING CONSTRAINTS); \
+         WITH moved AS (DELETE FROM \"{other}\" WHERE {range} RETURNING {columns}) \
+             INSERT INTO \"{table}\" ({columns}) SELECT {columns} FROM moved; \
          ALTER TABLE \"{log}\" ATTACH PARTITION \"{table}\" \
              FOR VALUES FROM (0, '{low}') TO (0, '{high}');"
     ))?;

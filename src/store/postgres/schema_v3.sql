@@ -62,7 +62,8 @@ CREATE TABLE entries (
     ip_net         INET,
     verbatim       TEXT,
     -- 1 for `audit.pruned` records, which are never pruned; 0 for every other entry.
-    kept           SMALLINT    NOT NULL,
+    -- The default keeps a sidecar of the previous release appending while the fleet upgrades.
+    kept           SMALLINT    NOT NULL DEFAULT 0,
     CONSTRAINT entries_kept CHECK (kept = CASE WHEN action = 'audit.pruned' THEN 1 ELSE 0 END),
     CONSTRAINT entries_log_id_kept UNIQUE (log_id, id, kept)
 ) PARTITION BY LIST (log_id);
