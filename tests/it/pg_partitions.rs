@@ -411,6 +411,68 @@ fn retention_drops_a_wholly_due_month_and_prunes_a_partly_due_one_row_by_row() {
 /// A database written by the release before partitions (schema version 2), made here with that
 /// release's SQL and rows as it wrote them, is copied into the partitions by the first writer
 /// that opens it, verifies intact, and takes appends.
+/// `DROP TABLE` is not MVCC-safe: a page of the log whose snapshot predates a month's drop would
+/// find neither the month's rows nor the marks written with the drop, and `verify` would call the
+/// entries deleted. A page read while a drop holds the log's partition waits for it, then sees
+/// the marks.
+#[test]
+fn a_page_read_while_a_month_is_dropped_sees_the_marks_of_the_drop() {
+    let Some(url) = pg::server_url("pg_partitions_drop_race") else {
+        return;
+    };
+    let database = TestDatabase::create(&url, "partition_drop_race");
+    let store = std::sync::Arc::new(open(&database, "web-1"));
+    let names = Names::new("web-1");
+    let january = Month::of_time(time(2024, 1, 1, 0));
+    let mut batch = vec![
+        entry_at("web-1", "http.get", time(2024, 1, 5, 1), 1),
+        entry_at("web-1", "http.get", time(2024, 1, 9, 2), 2),
+        entry_at("web-1", "http.get", Utc::now(), 3),
+    ];
+    store.append(&mut batch).expect("appends");
+
+    // A prune's drop in progress: the log's partition locked, the marks written, the month's
+    // partition about to go.
+    let mut pruning = database.client();
+    let mut drop = pruning.transaction().expect("begins");
+    drop.batch_execute(&format!(
+        "LOCK TABLE \"{}\" IN ACCESS EXCLUSIVE MODE; \
+         INSERT INTO pruned_entries (log_id, seq, prune_seq) VALUES ('web-1', 1, 4), ('web-1', 2, 4);",
+        names.log()
+    ))
+    .expect("locks and marks");
+    let reader = {
+        let store = store.clone();
+        std::thread::spawn(move || store.scan_log(1, 10).expect("reads a page"))
+    };
+    let mut watching = database.client();
+    let waiting = crate::support::eventually_blocking(std::time::Duration::from_secs(10), || {
+        watching
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE relation = to_regclass($1::text) AND NOT granted",
+                &[&names.log()],
+            )
+            .map(|row| row.get::<_, i64>(0) > 0)
+            .unwrap_or(false)
+    });
+    assert!(waiting, "the page's read waits for the drop");
+    drop.batch_execute(&format!("DROP TABLE \"{}\"", names.month(january)))
+        .expect("drops the month");
+    drop.commit().expect("commits");
+
+    let page = reader.join().expect("the reader ends");
+    let marks: Vec<(u64, bool, Option<u64>)> = page
+        .slots
+        .iter()
+        .map(|slot| (slot.seq, slot.entry.is_some(), slot.pruned_by))
+        .collect();
+    assert_eq!(
+        marks,
+        vec![(1, false, Some(4)), (2, false, Some(4)), (3, true, None)],
+        "the month's positions read as pruned, not as deleted"
+    );
+}
+
 #[test]
 fn a_version_2_database_is_moved_into_partitions_and_verifies() {
     let Some(url) = pg::server_url("pg_partitions_v2") else {
