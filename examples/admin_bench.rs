@@ -23,6 +23,7 @@ use auditgate::admin::auth::Authenticator;
 use auditgate::admin::config::{AdminToken, Scope};
 use auditgate::admin::{router, AdminState};
 use auditgate::entry::AuditEntry;
+use auditgate::log::head::{LogSigner, TreeHead};
 use auditgate::metrics::Metrics;
 use auditgate::store::config::SyncMode;
 use auditgate::store::query::Cursor;
@@ -116,15 +117,34 @@ fn ms(duration: Duration) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let count: usize = match std::env::args().nth(1) {
+    let mut count: usize = match std::env::args().nth(1) {
         Some(text) => text.replace('_', "").parse()?,
         None => 1_000_000,
     };
-    let dir = std::env::temp_dir().join(format!("auditgate-admin-bench-{}", ulid::Ulid::new()));
-    let db = dir.join("audit.db");
+    // ADMIN_BENCH_DB=PATH measures a store seeded before (kept, not deleted) instead of seeding
+    // a new one: at ten million entries and more the seeding is most of the run.
+    let reused = std::env::var_os("ADMIN_BENCH_DB").map(std::path::PathBuf::from);
+    let dir = match &reused {
+        Some(path) => path
+            .parent()
+            .map(|dir| dir.to_path_buf())
+            .unwrap_or_default(),
+        None => std::env::temp_dir().join(format!("auditgate-admin-bench-{}", ulid::Ulid::new())),
+    };
+    let db = reused.clone().unwrap_or_else(|| dir.join("audit.db"));
     let store = Arc::new(SqliteStore::open(&db, SyncMode::Normal)?);
-    eprintln!("seeding {count} entries into {} ...", db.display());
-    let seeded_in = seed(&store, count)?;
+    let seeded_in = if reused.is_some() {
+        count = store.size()? as usize;
+        eprintln!("measuring {count} entries already in {} ...", db.display());
+        Duration::ZERO
+    } else {
+        eprintln!("seeding {count} entries into {} ...", db.display());
+        seed(&store, count)?
+    };
+    // The proof endpoints prove against the latest signed head, as a sidecar signs them.
+    let tree = store.tree()?;
+    let head = TreeHead::new("bench", tree.size, tree.root, Utc::now())?;
+    store.save_head(&LogSigner::generate().sign(head)?)?;
     let file_size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
     let file_mib = (file_size(&db) + file_size(&dir.join("audit.db-wal"))) as f64 / 1048576.0;
     eprintln!(
@@ -346,17 +366,21 @@ async fn main() -> anyhow::Result<()> {
     if !peak_resettable {
         println!("\n(/proc/self/clear_refs was not writable: peaks include the seeding.)");
     }
-    println!(
-        "\nSeeding: {:.1} s ({:.0} entries/s), database {file_mib:.0} MiB.",
-        seeded_in.as_secs_f64(),
-        count as f64 / seeded_in.as_secs_f64()
-    );
+    if reused.is_none() {
+        println!(
+            "\nSeeding: {:.1} s ({:.0} entries/s), database {file_mib:.0} MiB.",
+            seeded_in.as_secs_f64(),
+            count as f64 / seeded_in.as_secs_f64()
+        );
+    }
 
     let handle = writer.handle();
     handle.flushed(Duration::from_secs(30)).await;
     drop(bench);
     tokio::task::spawn_blocking(move || writer.shutdown()).await?;
     drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
+    if reused.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
