@@ -299,10 +299,11 @@ fn run(
     let mut size = |relation: &str| -> anyhow::Result<i64> {
         Ok(admin
             .query_one(
-                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c \
-                 LEFT JOIN pg_inherits i ON i.inhrelid = c.oid \
-                 LEFT JOIN pg_class p ON p.oid = i.inhparent \
-                 WHERE c.relkind = 'r' AND (c.relname = $1 OR p.relname = $1)",
+                // Every table of the partition tree (entries: per log, per month; the partitioned
+                // ones hold no rows), or the table itself when it is not partitioned.
+                "SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint FROM \
+                 (SELECT relid FROM pg_partition_tree($1::text::regclass) \
+                  UNION SELECT $1::text::regclass) AS tables",
                 &[&relation],
             )?
             .try_get(0)?)
