@@ -180,9 +180,12 @@ fn appends_land_in_their_month_odd_ids_in_the_default_and_all_list_in_order() {
     // A retried entry is refused wherever it lives, and its batch with it.
     for repeated in [&batch[5], &batch[1], &batch[0]] {
         let mut again = vec![AuditEntry::new("web-1", "fresh"), repeated.clone()];
+        let refused = store
+            .append(&mut again)
+            .expect_err("a repeated id is refused");
         assert!(
-            store.append(&mut again).is_err(),
-            "{} was stored twice",
+            refused.to_string().contains("duplicate key"),
+            "{} refused for another reason: {refused}",
             repeated.action
         );
     }
@@ -246,7 +249,10 @@ fn a_month_whose_partition_could_not_be_made_goes_to_the_default_and_moves_out_l
     assert_eq!(store.count(&Filter::default()).expect("count"), 2);
     // The moved entry is still unique: appending it again is refused.
     let mut again = [first[0].clone()];
-    assert!(store.append(&mut again).is_err());
+    let refused = store
+        .append(&mut again)
+        .expect_err("a repeated id is refused");
+    assert!(refused.to_string().contains("duplicate key"), "{refused}");
     let report = verify(&store);
     assert_eq!(report.entries, 2);
 }
