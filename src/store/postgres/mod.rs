@@ -434,8 +434,16 @@ impl PostgresStore {
                     self.judged_not_due(plan, month)?;
                     continue;
                 }
+                // A drop that could not have its locks in time, or lost a deadlock against a
+                // reader, rolled back whole (marks and record with it): the month is pruned row
+                // by row instead.
                 Err(StoreError::Postgres(error))
-                    if error.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                    if [
+                        postgres::error::SqlState::LOCK_NOT_AVAILABLE,
+                        postgres::error::SqlState::T_R_DEADLOCK_DETECTED,
+                    ]
+                    .iter()
+                    .any(|code| error.code() == Some(code)) =>
                 {
                     tracing::warn!(store = %self.target, month = %month.label(), error = %error_message(&error),
                         "the month's partition is busy; pruning its entries one by one instead");

@@ -305,10 +305,9 @@ pub fn ensure_month(client: &mut Client, log_id: &str, month: Month) -> Result<(
         Ok(())
     })();
     match attempt {
-        // Another process made it first.
-        Err(StoreError::Postgres(error)) if error.code() == Some(&SqlState::DUPLICATE_TABLE) => {
-            Ok(())
-        }
+        // Another process made it first (its create won: the error is then a duplicate table, a
+        // duplicate key in the catalog, or a lock timeout while it held the table).
+        Err(_) if exists(client, &names.month(month))? => Ok(()),
         other => other,
     }
 }
