@@ -142,7 +142,8 @@ fn ulid_millis(id: &str) -> Option<u64> {
 
 /// The table names of one log's partitions: `entries_<log>_<hash>` (the log id's letters and
 /// digits, then 12 hex digits of its SHA-256, so two log ids never share a name), and under it
-/// `_m202601` per month, `_kept` for `audit.pruned` records and `_other` for the default.
+/// `_m202601` per month, `_kept` for `audit.pruned` records, `_odd` for ids that sort after
+/// every ULID, and `_other` for the default.
 #[derive(Debug, Clone)]
 pub struct Names {
     log: String,
@@ -178,6 +179,14 @@ impl Names {
 
     pub fn other(&self) -> String {
         format!("{}_other", self.log)
+    }
+
+    /// Ids that sort after every ULID (a ULID's first character is at most `7`): events posted
+    /// with an idempotency key (`evt_…`) and other ids an app chose. Kept out of the default
+    /// partition, whose rows attaching a month must scan and move: it then holds only entries
+    /// of months not made yet.
+    pub fn odd(&self) -> String {
+        format!("{}_odd", self.log)
     }
 
     pub fn month(&self, month: Month) -> String {
@@ -281,9 +290,12 @@ fn make_log(
              (LIKE entries INCLUDING DEFAULTS INCLUDING CONSTRAINTS) PARTITION BY RANGE (kept, id); \
          CREATE TABLE IF NOT EXISTS \"{kept}\" PARTITION OF \"{log}\" \
              FOR VALUES FROM (1, MINVALUE) TO (1, MAXVALUE); \
+         CREATE TABLE IF NOT EXISTS \"{odd}\" PARTITION OF \"{log}\" \
+             FOR VALUES FROM (0, '8') TO (0, MAXVALUE); \
          CREATE TABLE IF NOT EXISTS \"{other}\" PARTITION OF \"{log}\" DEFAULT; \
          ALTER TABLE entries ATTACH PARTITION \"{log}\" FOR VALUES IN ({literal});",
         kept = names.kept(),
+        odd = names.odd(),
         other = names.other(),
     ))?;
     Ok(())

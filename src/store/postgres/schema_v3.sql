@@ -8,7 +8,8 @@
 --     entries_<log>_<hash>                    one per log, PARTITION BY RANGE (kept, id)
 --       entries_<log>_<hash>_m202601          (0, first ULID of 2026-01) .. (0, of 2026-02)
 --       entries_<log>_<hash>_kept             (1, MINVALUE) .. (1, MAXVALUE): audit.pruned
---       entries_<log>_<hash>_other            DEFAULT: ids in no month made yet, and non-ULIDs
+--       entries_<log>_<hash>_odd              (0, '8') .. (0, MAXVALUE): ids after every ULID
+--       entries_<log>_<hash>_other            DEFAULT: ids in no month made yet, other non-ULIDs
 --
 -- The time key is the id, not `created_at`: a unique key of a partitioned table must contain
 -- the partition key, and `UNIQUE (log_id, id, kept)` is what makes a retried batch fail instead
