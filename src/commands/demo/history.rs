@@ -114,6 +114,16 @@ pub fn entries(log_id: &str, now: DateTime<Utc>) -> Vec<AuditEntry> {
         let at = burst + Duration::seconds(attempt * 7);
         entries.push(failed_login(log_id, at, "alice@example.com", &mut rng));
     }
+    // A mistyped password a few hours ago and another eight days ago, whatever the time of day:
+    // the viewer's "last hour", "24 hours" and "7 days" presets then each show failed sign-ins the
+    // shorter one does not (the random traffic alone leaves some of those windows empty at some
+    // hours of the day).
+    for (ago, email) in [
+        (Duration::hours(4), "bob@example.com"),
+        (Duration::days(8), "carol@example.com"),
+    ] {
+        entries.push(failed_login(log_id, end - ago, email, &mut rng));
+    }
     // An upstream outage yesterday afternoon: the proxy answered 502 for a few minutes.
     let outage = (end - Duration::days(1))
         .with_hour(15)
@@ -376,5 +386,31 @@ mod tests {
         let ids: std::collections::HashSet<&str> =
             entries.iter().map(|entry| entry.id.as_str()).collect();
         assert_eq!(ids.len(), entries.len());
+    }
+
+    #[test]
+    fn failed_sign_ins_fall_in_every_time_preset_at_any_hour() {
+        // The viewer's presets (the browser test checks each shows more than the shorter one):
+        // the history must put a failed sign-in between one and 24 hours back, between one and
+        // seven days back, and further back, whenever the demo starts.
+        for hour in 0..24 {
+            let now = Utc
+                .with_ymd_and_hms(2026, 11, 26, hour, 37, 0)
+                .single()
+                .expect("time");
+            let ages: Vec<Duration> = entries("demo", now)
+                .iter()
+                .filter(|entry| entry.action == "auth.login_failed")
+                .map(|entry| now - entry.created_at)
+                .collect();
+            let within =
+                |low: Duration, high: Duration| ages.iter().any(|age| *age > low && *age <= high);
+            assert!(within(Duration::hours(1), Duration::hours(24)), "{hour}:37");
+            assert!(within(Duration::hours(24), Duration::days(7)), "{hour}:37");
+            assert!(
+                within(Duration::days(7), Duration::days(DAYS + 1)),
+                "{hour}:37"
+            );
+        }
     }
 }
