@@ -555,9 +555,10 @@ mod tests {
         ] {
             let span = 1u64 << (level - below);
             let hashes: Vec<Hash> = (index * span..(index + 1) * span)
-                .map(|i| nodes.node(below, i).unwrap())
+                .map(|i| nodes.node(below, i).expect("a node below"))
                 .collect();
-            assert_eq!(subtree_root(hashes), nodes.node(level, index).unwrap());
+            let stored = nodes.node(level, index).expect("the node above");
+            assert_eq!(subtree_root(hashes), stored);
         }
         assert_eq!(subtree_root(Vec::new()), empty_root());
     }

@@ -104,6 +104,40 @@ impl TestDatabase {
             .connect(NoTls)
             .expect("connect to the test database")
     }
+
+    /// Makes the database one of an earlier release: the schema SQL of versions 1 to `version`
+    /// as that release ran it, its version row, and `logs` registered. Returns the client.
+    pub fn at_schema_version(&self, version: usize, logs: &[&str]) -> postgres::Client {
+        const SCHEMAS: [&str; 2] = [
+            include_str!("../../src/store/postgres/schema_v1.sql"),
+            include_str!("../../src/store/postgres/schema_v2.sql"),
+        ];
+        assert!((1..=SCHEMAS.len()).contains(&version), "version {version}");
+        let mut client = self.client();
+        for (number, sql) in SCHEMAS[..version].iter().enumerate() {
+            client
+                .batch_execute(sql)
+                .unwrap_or_else(|error| panic!("schema version {}: {error}", number + 1));
+        }
+        client
+            .execute(
+                "CREATE TABLE auditgate_schema (id INTEGER PRIMARY KEY, version INTEGER NOT NULL)",
+                &[],
+            )
+            .expect("version table");
+        client
+            .execute(
+                "INSERT INTO auditgate_schema (id, version) VALUES (1, $1)",
+                &[&(version as i32)],
+            )
+            .expect("version row");
+        for log_id in logs {
+            client
+                .execute("INSERT INTO logs (log_id) VALUES ($1)", &[log_id])
+                .expect("registers the log");
+        }
+        client
+    }
 }
 
 impl Drop for TestDatabase {

@@ -489,20 +489,7 @@ fn a_version_2_database_is_moved_into_partitions_and_verifies() {
         return;
     };
     let database = TestDatabase::create(&url, "partition_v2");
-    let mut client = database.client();
-    client
-        .batch_execute(include_str!("../../src/store/postgres/schema_v1.sql"))
-        .expect("version 1");
-    client
-        .batch_execute(include_str!("../../src/store/postgres/schema_v2.sql"))
-        .expect("version 2");
-    client
-        .batch_execute(
-            "CREATE TABLE auditgate_schema (id INTEGER PRIMARY KEY, version INTEGER NOT NULL); \
-             INSERT INTO auditgate_schema (id, version) VALUES (1, 2); \
-             INSERT INTO logs (log_id) VALUES ('web-1'), ('web-2');",
-        )
-        .expect("registers");
+    let mut client = database.at_schema_version(2, &["web-1", "web-2"]);
 
     // Two logs, interleaved; web-1 spans January and March 2024 (nothing in February), holds an
     // id that is not a ULID, and had one entry pruned the version 2 way.

@@ -818,17 +818,7 @@ fn a_postgres_database_from_before_gets_the_cosignatures_table() {
     };
     // A version 1 database, made with that version's SQL (the current schema has moved on past
     // version 2, so rolling a new database back is no longer a version 1 database).
-    let mut client = database.client();
-    client
-        .batch_execute(include_str!("../../src/store/postgres/schema_v1.sql"))
-        .expect("version 1");
-    client
-        .batch_execute(
-            "CREATE TABLE auditgate_schema (id INTEGER PRIMARY KEY, version INTEGER NOT NULL); \
-             INSERT INTO auditgate_schema (id, version) VALUES (1, 1); \
-             INSERT INTO logs (log_id) VALUES ('web-1');",
-        )
-        .expect("version 1");
+    drop(database.at_schema_version(1, &["web-1"]));
     let reader = PostgresStore::open(options(Access::Read)).expect("reads version 1");
     assert!(reader
         .cosignatures(ORIGIN, 1, &[7; 32])
