@@ -122,7 +122,8 @@ async fn main() -> anyhow::Result<()> {
         None => 1_000_000,
     };
     // ADMIN_BENCH_DB=PATH measures a store seeded before (kept, not deleted) instead of seeding
-    // a new one: at ten million entries and more the seeding is most of the run.
+    // a new one: at ten million entries and more the seeding is most of the run. A PATH with no
+    // entries yet is seeded with N and kept.
     let reused = std::env::var_os("ADMIN_BENCH_DB").map(std::path::PathBuf::from);
     let dir = match &reused {
         Some(path) => path
@@ -132,8 +133,15 @@ async fn main() -> anyhow::Result<()> {
         None => std::env::temp_dir().join(format!("auditgate-admin-bench-{}", ulid::Ulid::new())),
     };
     let db = reused.clone().unwrap_or_else(|| dir.join("audit.db"));
+    let opening = Instant::now();
     let store = Arc::new(SqliteStore::open(&db, SyncMode::Normal)?);
-    let seeded_in = if reused.is_some() {
+    // A store of an earlier schema version is migrated by this open.
+    eprintln!(
+        "opened {} in {:.1} s",
+        db.display(),
+        opening.elapsed().as_secs_f64()
+    );
+    let seeded_in = if reused.is_some() && store.size()? > 0 {
         count = store.size()? as usize;
         eprintln!("measuring {count} entries already in {} ...", db.display());
         Duration::ZERO
@@ -182,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
     let now = Utc::now();
     let day_ago = (now - TimeDelta::days(1)).to_rfc3339();
     let month_ago = (now - TimeDelta::days(30)).to_rfc3339();
+    let week_ago = (now - TimeDelta::days(7)).to_rfc3339();
     let month_ago_next_day = (now - TimeDelta::days(29)).to_rfc3339();
     let middle = Cursor::after_seq((count / 2) as u64 + 1).encode();
     let mut rng = StdRng::seed_from_u64(7);
@@ -296,6 +305,16 @@ async fn main() -> anyhow::Result<()> {
     case("stats by action, all", "stats", &mut |_| {
         "/api/v1/stats?by=action".into()
     });
+    // What the viewer asks for on every load besides the activity chart: the top actors.
+    case("stats by actor, all", "stats", &mut |_| {
+        "/api/v1/stats?by=actor&limit=8".into()
+    });
+    case("stats by actor, 7d", "stats", &mut |_| {
+        format!("/api/v1/stats?by=actor&limit=8&since={}", encode(&week_ago))
+    });
+    case("stats by hour, 24h", "stats", &mut |_| {
+        format!("/api/v1/stats?by=hour&since={}", encode(&day_ago))
+    });
     case("inclusion proof, any entry", "proof", &mut |run| {
         format!("/api/v1/entries/{}/proof", proof_ids[run])
     });
@@ -344,7 +363,12 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let peak_resettable = reset_peak();
-    for format in ["csv", "ndjson", "json"] {
+    // ADMIN_BENCH_EXPORTS=0 measures the queries only.
+    let formats: &[&str] = match std::env::var("ADMIN_BENCH_EXPORTS").as_deref() {
+        Ok("0") => &[],
+        _ => &["csv", "ndjson", "json"],
+    };
+    for format in formats {
         let idle = proc_status_kib("VmRSS:").unwrap_or(0);
         reset_peak();
         let (time, bytes, status) = bench

@@ -15,7 +15,7 @@ use auditgate::store::postgres::{Access, PostgresOptions, PostgresStore};
 use auditgate::store::query::{Cursor, Filter, IpFilter, Order, PageRequest, StatusFilter};
 use auditgate::store::retention::{prune_record, PrunePlan, PrunedBy};
 use auditgate::store::sqlite::SqliteStore;
-use auditgate::store::{StatsBy, Store, StoreError};
+use auditgate::store::{Bucket, StatsBy, Store, StoreError};
 use auditgate::verify::check::LogCheck;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
@@ -876,6 +876,13 @@ fn a_store_written_with_every_tree_level_is_read_upgraded_and_verified() {
     upgrade_and_verify("store-v4", 4, 490);
 }
 
+/// `tests/fixtures/store-v5` (490 entries): before stats kept per-hour counts; the upgrade
+/// counts what is there, and stats then answer what grouping the rows answered.
+#[test]
+fn a_store_written_before_the_stats_counts_is_read_upgraded_and_verified() {
+    upgrade_and_verify("store-v5", 5, 490);
+}
+
 fn upgrade_and_verify(fixture: &str, written_as: i64, entries: u64) {
     use crate::support::{auditgate_report, path_arg};
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -929,12 +936,59 @@ fn upgrade_and_verify(fixture: &str, written_as: i64, entries: u64) {
         .entries
         .remove(0);
     assert_eq!(oldest.seq, 1);
+    // What stats say of the file as it was: counted by grouping its rows.
+    let stats_of = |store: &SqliteStore| -> Vec<Vec<Bucket>> {
+        let newest = store
+            .list(
+                &Filter::default(),
+                &PageRequest {
+                    order: Order::Desc,
+                    limit: 1,
+                    ..PageRequest::default()
+                },
+            )
+            .expect("lists")
+            .entries
+            .remove(0)
+            .created_at;
+        let windows = [
+            Filter::default(),
+            Filter {
+                since: Some(newest - Duration::minutes(36 * 60 + 17)),
+                ..Filter::default()
+            },
+            Filter {
+                since: Some(newest - Duration::minutes(5 * 24 * 60 + 13)),
+                until: Some(newest - Duration::minutes(90)),
+                outcome: Some(Outcome::Success),
+                ..Filter::default()
+            },
+        ];
+        let mut all = Vec::new();
+        for filter in &windows {
+            for by in [
+                StatsBy::Action,
+                StatsBy::Actor,
+                StatsBy::Day,
+                StatsBy::Hour,
+                StatsBy::Outcome,
+            ] {
+                all.push(store.stats(filter, by, 1000).expect("stats"));
+            }
+        }
+        all
+    };
+    let stats_before = stats_of(&read_only);
+    for (n, buckets) in stats_before.iter().enumerate() {
+        assert!(!buckets.is_empty(), "case {n}");
+    }
     drop(read_only);
     assert_eq!(version(&db), written_as, "a read command migrates nothing");
 
     // A sidecar's open upgrades it; old and new entries read, count and verify as one log.
     let store = SqliteStore::open(&db, SyncMode::Normal).expect("upgrades");
     assert_eq!(store.size().expect("size"), entries);
+    assert_eq!(stats_of(&store), stats_before, "stats after the upgrade");
     let mut batch: Vec<AuditEntry> = (0..3)
         .map(|n| AuditEntry::new("demo", format!("after.upgrade.{n}")))
         .collect();
@@ -951,7 +1005,7 @@ fn upgrade_and_verify(fixture: &str, written_as: i64, entries: u64) {
         1
     );
     drop(store);
-    assert_eq!(version(&db), 5);
+    assert_eq!(version(&db), 6);
     let (code, report) = verify();
     assert_eq!(code, 0, "{report}");
     assert!(

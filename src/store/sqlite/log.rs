@@ -5,7 +5,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::rows::{self, ENTRY_COLUMNS, RECENT};
+use super::rows::{self, ACTOR_KEY, DAY, ENTRY_COLUMNS, HOUR, RECENT};
 use crate::entry::{format_timestamp, AuditEntry};
 use crate::log::head::SignedTreeHead;
 use crate::log::merkle::{subtree_root, Frontier, Hash, MerkleError, NodeReader};
@@ -143,6 +143,7 @@ pub fn seal(connection: &Connection, max: u64) -> Result<u64, StoreError> {
     let Some(through) = through else {
         return Ok(0);
     };
+    count_sealed(connection, through)?;
     let moved = connection
         .prepare_cached(&format!(
             "INSERT INTO entries ({ENTRY_COLUMNS}) SELECT {ENTRY_COLUMNS} FROM {RECENT} \
@@ -153,6 +154,53 @@ pub fn seal(connection: &Connection, max: u64) -> Result<u64, StoreError> {
         .prepare_cached(&format!("DELETE FROM {RECENT} WHERE seq <= ?1"))?
         .execute([through])?;
     Ok(moved as u64)
+}
+
+/// Adds the rows of [`RECENT`] up to `through` to the counts stats read (`schema_v6.sql`). The
+/// rows are read once and grouped here, then each group is added with one upsert: three
+/// `INSERT … SELECT … GROUP BY` would read and sort the rows three times.
+fn count_sealed(connection: &Connection, through: i64) -> Result<(), StoreError> {
+    use std::collections::HashMap;
+    let mut by_action: HashMap<(String, String, String), i64> = HashMap::new();
+    let mut by_actor_hour: HashMap<(String, String), i64> = HashMap::new();
+    let mut by_actor_day: HashMap<(String, String), i64> = HashMap::new();
+    {
+        // The keys are computed by SQLite, as the migration and the prune trigger compute them.
+        let mut select = connection.prepare_cached(&format!(
+            "SELECT {HOUR}, {DAY}, action, outcome, {ACTOR_KEY} FROM {RECENT} WHERE seq <= ?1"
+        ))?;
+        let mut rows = select.query([through])?;
+        while let Some(row) = rows.next()? {
+            let hour: String = row.get(0)?;
+            let day: String = row.get(1)?;
+            let actor: String = row.get(4)?;
+            *by_action
+                .entry((hour.clone(), row.get(2)?, row.get(3)?))
+                .or_default() += 1;
+            *by_actor_day.entry((day, actor.clone())).or_default() += 1;
+            *by_actor_hour.entry((hour, actor)).or_default() += 1;
+        }
+    }
+    let mut add = connection.prepare_cached(
+        "INSERT INTO entry_counts (hour, action, outcome, n) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (hour, action, outcome) DO UPDATE SET n = n + excluded.n",
+    )?;
+    for ((hour, action, outcome), n) in &by_action {
+        add.execute(params![hour, action, outcome, n])?;
+    }
+    for (table, period, counts) in [
+        ("actor_counts", "hour", &by_actor_hour),
+        ("actor_day_counts", "day", &by_actor_day),
+    ] {
+        let mut add = connection.prepare_cached(&format!(
+            "INSERT INTO {table} ({period}, actor, n) VALUES (?1, ?2, ?3) \
+             ON CONFLICT ({period}, actor) DO UPDATE SET n = n + excluded.n"
+        ))?;
+        for ((key, actor), n) in counts {
+            add.execute(params![key, actor, n])?;
+        }
+    }
+    Ok(())
 }
 
 /// Inserts the nodes an append completed, of the levels the table keeps ([`keeps_level`]).

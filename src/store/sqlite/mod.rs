@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v3.sql"),
     include_str!("schema_v4.sql"),
     include_str!("schema_v5.sql"),
+    include_str!("schema_v6.sql"),
 ];
 
 /// The first schema version with the Merkle tree.
@@ -1410,6 +1411,16 @@ mod tests {
         let report = LogCheck::new(Vec::new()).finish(&store).expect("verifies");
         assert!(report.ok(), "{report:?}");
         assert_eq!((report.entries, report.pruned, report.size), (8, 4, 12));
+        // The stats counts lost the pruned entries with their rows.
+        assert_eq!(store.count(&Filter::default()).expect("count"), 8);
+        let actions = store
+            .stats(&Filter::default(), StatsBy::Action, 10)
+            .expect("stats");
+        let actions: Vec<(&str, u64)> = actions
+            .iter()
+            .map(|bucket| (bucket.key.as_str(), bucket.count))
+            .collect();
+        assert_eq!(actions, [("user.x", 5), (PRUNED_ACTION, 2), ("auth.x", 1)]);
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -1426,14 +1437,15 @@ mod tests {
             connection.execute_batch(MIGRATIONS[0]).expect("v1");
             connection.execute_batch(MIGRATIONS[1]).expect("v2");
             connection.execute_batch(MIGRATIONS[3]).expect("v4");
+            connection.execute_batch(MIGRATIONS[5]).expect("v6");
             let mut frontier = Frontier::new();
             self::log::insert_entries(&connection, &mut frontier, &mut entries).expect("rows");
             self::log::seal(&connection, u64::MAX).expect("sealed");
             connection
-                .execute_batch(
+                .execute_batch(&format!(
                     "DROP TABLE tree_nodes; DROP TABLE tree_heads; DROP TABLE pruned_entries; \
-                     DROP TABLE recent;",
-                )
+                     DROP TABLE recent; {DROP_COUNTS}"
+                ))
                 .expect("back to v1");
             connection
                 .pragma_update(None, "user_version", 1)
@@ -1481,6 +1493,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// What schema version 6 added (`schema_v6.sql`), for taking a file back to an earlier one.
+    const DROP_COUNTS: &str =
+        "DROP TRIGGER entries_uncounted; DROP TABLE entry_counts; DROP TABLE actor_counts; \
+         DROP TABLE actor_day_counts;";
+
     /// A store made before cosignatures were kept (schema version 2) still opens read-only
     /// with none, and opened by a sidecar it gets the table and keeps them.
     #[test]
@@ -1503,7 +1520,9 @@ mod tests {
             let connection = Connection::open(&db).expect("open");
             self::log::seal(&connection, u64::MAX).expect("sealed");
             connection
-                .execute_batch("DROP TABLE witness_cosignatures; DROP TABLE recent;")
+                .execute_batch(&format!(
+                    "DROP TABLE witness_cosignatures; DROP TABLE recent; {DROP_COUNTS}"
+                ))
                 .expect("back to v2");
             connection
                 .pragma_update(None, "user_version", 2)

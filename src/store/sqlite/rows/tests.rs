@@ -1608,3 +1608,168 @@ fn the_window_boundary_entry_is_read_once() {
     assert_eq!(first_page(Order::Desc), [2501, 2000, 1999, 1998]);
     assert_eq!(first_page(Order::Asc), [500, 1000, 1001, 1002]);
 }
+
+/// Stats answered from the per-hour counts of schema version 6 equal the stats of grouping the
+/// rows, for every grouping, window and limit: over rows counted by the upgrade, rows counted by
+/// a seal, rows not sealed yet, pruned rows taken out again, and rows whose stored time is not
+/// in the usual form.
+#[test]
+fn stats_from_the_hourly_counts_equal_grouping_the_rows() {
+    let rows = 3000;
+    let plain = open();
+    let counted = open();
+    for conn in [&plain, &counted] {
+        varied(conn, rows);
+        for (seq, time) in [(rows + 1, "2026-11-2"), (rows + 2, "garbage")] {
+            let mut odd = entry(seq);
+            odd.action = "odd.time".into();
+            insert(conn, &odd);
+            conn.execute(
+                "UPDATE entries SET created_at = ? WHERE seq = ?",
+                params![time, seq],
+            )
+            .expect("an odd time");
+        }
+    }
+    // The upgrade counts the sealed rows; a seal then counts the rows it moves, and the newest
+    // stay in `recent`.
+    unseal_after(&counted, 1500);
+    counted
+        .execute_batch(include_str!("../schema_v6.sql"))
+        .expect("schema v6");
+    let sealed = crate::store::sqlite::log::seal(&counted, 1100).expect("seals");
+    assert_eq!(sealed, 1100);
+    assert!(has_counts(&counted).expect("counts?") && !has_counts(&plain).expect("counts?"));
+    // A prune deletes rows of both kinds.
+    for conn in [&plain, &counted] {
+        conn.execute("DELETE FROM entries WHERE seq % 7 = 0 AND seq <= 2200", [])
+            .expect("prunes");
+    }
+    let end = newest(rows);
+    let hour = |h: i64| start() + Duration::hours(h);
+    let windows = [
+        Filter::default(),
+        filter_with(|f| f.since = Some(end - Duration::days(3))),
+        filter_with(|f| f.since = Some(hour(50))),
+        filter_with(|f| f.until = Some(hour(100))),
+        filter_with(|f| f.until = Some(end - Duration::minutes(1441))),
+        filter_with(|f| {
+            f.since = Some(hour(30) + Duration::minutes(7));
+            f.until = Some(hour(200) - Duration::seconds(1));
+        }),
+        filter_with(|f| {
+            f.since = Some(hour(30) + Duration::minutes(7));
+            f.until = Some(hour(31));
+        }),
+        filter_with(|f| {
+            f.since = Some(hour(30) + Duration::minutes(7));
+            f.until = Some(hour(31) + Duration::minutes(7));
+        }),
+        filter_with(|f| {
+            f.since = Some(hour(40));
+            f.until = Some(hour(20));
+        }),
+        filter_with(|f| f.since = Some(end + Duration::days(1))),
+    ];
+    type Narrowing = (&'static str, fn(&mut Filter));
+    let narrowing: [Narrowing; 7] = [
+        ("nothing", |_| {}),
+        ("action", |f| f.action = Some("user.created".into())),
+        ("prefix", |f| f.action_prefix = Some("user.".into())),
+        ("contains", |f| f.action_contains = Some("ED".into())),
+        ("exclusion", |f| {
+            f.exclude_action_prefixes = vec!["user.".into(), "odd.".into()]
+        }),
+        ("outcome", |f| f.outcome = Some(Outcome::Failure)),
+        ("actor, not counted", |f| f.actor = Some("u5".into())),
+    ];
+    let mut from_counts = 0;
+    for window in &windows {
+        for (name, narrow) in narrowing {
+            let mut filter = window.clone();
+            narrow(&mut filter);
+            assert_eq!(
+                count(&counted, &filter).expect("count"),
+                count(&plain, &filter).expect("count"),
+                "count {name} {window:?}"
+            );
+            for by in [
+                StatsBy::Action,
+                StatsBy::Actor,
+                StatsBy::Outcome,
+                StatsBy::Day,
+                StatsBy::Hour,
+            ] {
+                if stats_from_counts(&counted, &filter, Some(by))
+                    .expect("stats")
+                    .is_some()
+                {
+                    from_counts += 1;
+                }
+                for limit in [1, 5, 1000] {
+                    assert_eq!(
+                        stats(&counted, &filter, by, limit).expect("stats"),
+                        stats(&plain, &filter, by, limit).expect("stats"),
+                        "{by:?} {name} {limit} {window:?}"
+                    );
+                }
+            }
+        }
+    }
+    // Every window but the one that ends before it starts: every grouping with no narrowing,
+    // and the four groupings other than actor with the five narrowings the counts hold.
+    assert_eq!(from_counts, 9 * (5 + 5 * 4));
+    let everything = stats(&counted, &Filter::default(), StatsBy::Day, 1000).expect("stats");
+    assert!(everything.iter().any(|bucket| bucket.key == "garbage"));
+    assert!(everything.iter().any(|bucket| bucket.key == "2026-11-2"));
+}
+
+/// A window is cut into the partial hours at its ends (rows), whole hours, and for actors whole
+/// days, each cut a key compared as text.
+#[test]
+fn a_stats_window_is_cut_at_hours_and_days() {
+    let at = |text: &str| parse_timestamp(text).expect("a time");
+    let text = |text: &str| text.to_string();
+    let some = |key: &str| Some(key.to_string());
+    let since = at("2026-11-01T10:30:00Z");
+    let until = at("2026-11-05T04:10:00Z");
+    assert_eq!(
+        window_parts(Some(since), Some(until), true).expect("parts"),
+        [
+            WindowPart::Rows(text("2026-11-01T10:30:00.000000Z"), text("2026-11-01T11")),
+            WindowPart::Rows(text("2026-11-05T04"), text("2026-11-05T04:10:00.000000Z")),
+            WindowPart::Hours(some("2026-11-01T11"), some("2026-11-02")),
+            WindowPart::Hours(some("2026-11-05"), some("2026-11-05T04")),
+            WindowPart::Days(some("2026-11-02"), some("2026-11-05")),
+        ]
+    );
+    assert_eq!(
+        window_parts(Some(since), Some(until), false).expect("parts")[2],
+        WindowPart::Hours(some("2026-11-01T11"), some("2026-11-05T04"))
+    );
+    // An exact hour still starts with a partial hour: a key sorts before every time under it.
+    assert_eq!(
+        window_parts(Some(at("2026-11-01T10:00:00Z")), None, true).expect("parts"),
+        [
+            WindowPart::Rows(text("2026-11-01T10:00:00.000000Z"), text("2026-11-01T11")),
+            WindowPart::Hours(some("2026-11-01T11"), some("2026-11-02")),
+            WindowPart::Days(some("2026-11-02"), None),
+        ]
+    );
+    // Under a day: hours only; no bounds: every day.
+    assert_eq!(
+        window_parts(Some(since), Some(at("2026-11-02T03:00:00Z")), true).expect("parts")[2..],
+        [WindowPart::Hours(
+            some("2026-11-01T11"),
+            some("2026-11-02T03")
+        )]
+    );
+    assert_eq!(
+        window_parts(None, None, true).expect("parts"),
+        [WindowPart::Days(None, None)]
+    );
+    // Under an hour, backwards, or a year that is not four digits: rows are grouped instead.
+    assert!(window_parts(Some(since), Some(at("2026-11-01T10:50:00Z")), true).is_none());
+    assert!(window_parts(Some(until), Some(since), false).is_none());
+    assert!(window_parts(Some(at("9999-12-31T23:30:00Z")), None, false).is_none());
+}
