@@ -666,3 +666,36 @@ fn a_version_2_database_is_moved_into_partitions_and_verifies() {
     assert_eq!(store.size().expect("size"), 7);
     verify(&store);
 }
+
+/// A log's partition dropped behind auditgate's back is made again by the next append, which
+/// then succeeds: PostgreSQL reports the missing partition as a check violation, whatever the
+/// language of its messages, and the store retries once after making it.
+#[test]
+fn an_append_after_the_logs_partition_was_dropped_makes_it_again() {
+    let Some(url) = pg::server_url("pg_partitions_dropped_log") else {
+        return;
+    };
+    let database = TestDatabase::create(&url, "partition_dropped_log");
+    let store = open(&database, "web-1");
+    let names = Names::new("web-1");
+    let mut client = database.client();
+    store
+        .append(&mut [AuditEntry::new("web-1", "before.drop")])
+        .expect("appends");
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE entries DETACH PARTITION \"{0}\"; DROP TABLE \"{0}\"",
+            names.log()
+        ))
+        .expect("drops the log's partition");
+    assert!(!table_exists(&mut client, names.log()));
+    let mut batch = [AuditEntry::new("web-1", "after.drop")];
+    store.append(&mut batch).expect("appends after the drop");
+    assert_eq!(batch[0].seq, 2);
+    assert!(table_exists(&mut client, names.log()), "made again");
+    let after = Filter {
+        action: Some("after.drop".into()),
+        ..Filter::default()
+    };
+    assert_eq!(list_all(&store, &after).len(), 1);
+}
