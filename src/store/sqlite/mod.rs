@@ -1424,6 +1424,92 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A seal that fails changes nothing (the rows stay in `recent`, the stats counts do not
+    /// count them, stats and counts still see every entry), is not tried again at the next
+    /// append or checkpoint but after `SEAL_RETRY`, and then seals and counts them.
+    #[test]
+    fn a_failed_seal_changes_nothing_and_is_retried_later() {
+        use std::sync::atomic::AtomicUsize;
+        let (dir, db) = temp_db("seal-fails");
+        let store = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
+        append_numbered(&store, "sealed", 3);
+        store.seal(true);
+        let attempts = std::sync::Arc::new(AtomicUsize::new(0));
+        {
+            let side = store.lock_writer().expect("writer");
+            let seen = attempts.clone();
+            side.connection
+                .create_scalar_function(
+                    "seal_attempt",
+                    0,
+                    rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+                    move |_| Ok(seen.fetch_add(1, Ordering::SeqCst) as i64),
+                )
+                .expect("function");
+            // A row in the seal's way, as a full disk or a hand-made row would be.
+            side.connection
+                .execute_batch(
+                    "CREATE TEMP TRIGGER refuse_seal BEFORE INSERT ON main.entries BEGIN \
+                     SELECT seal_attempt(); SELECT RAISE(ABORT, 'no room'); END;",
+                )
+                .expect("trigger");
+        }
+        append_numbered(&store, "waiting", 4);
+        let counted = |table: &str| -> i64 {
+            store
+                .with_reader(|connection| {
+                    Ok(connection.query_row(
+                        &format!("SELECT coalesce(sum(n), 0) FROM {table}"),
+                        [],
+                        |row| row.get(0),
+                    )?)
+                })
+                .expect("counts")
+        };
+        let by_action = || -> Vec<(String, u64)> {
+            store
+                .stats(&Filter::default(), StatsBy::Action, 100)
+                .expect("stats")
+                .into_iter()
+                .map(|bucket| (bucket.key, bucket.count))
+                .collect()
+        };
+        store.seal(true);
+        assert_eq!(attempts.load(Ordering::SeqCst), 1, "tried once");
+        assert_eq!(
+            self::log::recent_rows(&store.lock_writer().expect("writer").connection).expect("rows"),
+            4
+        );
+        for table in ["entry_counts", "actor_counts", "actor_day_counts"] {
+            assert_eq!(counted(table), 3, "{table} counts the sealed entries only");
+        }
+        assert_eq!(store.count(&Filter::default()).expect("count"), 7);
+        assert_eq!(by_action().len(), 7);
+        // Not again at the next append or checkpoint.
+        append_numbered(&store, "more", 1);
+        store.seal(true);
+        assert_eq!(attempts.load(Ordering::SeqCst), 1, "backed off");
+        // Once the retry is due and the way is clear, the rows are sealed and counted.
+        {
+            let mut side = store.lock_writer().expect("writer");
+            side.connection
+                .execute_batch("DROP TRIGGER temp.refuse_seal")
+                .expect("drop");
+            side.seal_failed_at = Some(std::time::Instant::now() - SEAL_RETRY);
+        }
+        store.seal(true);
+        assert_eq!(
+            self::log::recent_rows(&store.lock_writer().expect("writer").connection).expect("rows"),
+            0
+        );
+        for table in ["entry_counts", "actor_counts", "actor_day_counts"] {
+            assert_eq!(counted(table), 8, "{table}");
+        }
+        assert_eq!(store.count(&Filter::default()).expect("count"), 8);
+        assert_eq!(by_action().len(), 8);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn a_version_1_file_gets_its_tree_when_migrated() {
         let (dir, db) = temp_db("migrate");
