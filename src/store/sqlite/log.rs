@@ -143,7 +143,12 @@ pub fn seal(connection: &Connection, max: u64) -> Result<u64, StoreError> {
     let Some(through) = through else {
         return Ok(0);
     };
-    count_sealed(connection, through)?;
+    // Counted here only when every entry sealed before is counted; otherwise `count_chunk`
+    // counts these with the others.
+    if counts_complete(connection)? {
+        add_counts(connection, RECENT, 0, through)?;
+        set_counts_through(connection, through)?;
+    }
     let moved = connection
         .prepare_cached(&format!(
             "INSERT INTO entries ({ENTRY_COLUMNS}) SELECT {ENTRY_COLUMNS} FROM {RECENT} \
@@ -156,20 +161,77 @@ pub fn seal(connection: &Connection, max: u64) -> Result<u64, StoreError> {
     Ok(moved as u64)
 }
 
-/// Adds the rows of [`RECENT`] up to `through` to the counts stats read (`schema_v6.sql`). The
-/// rows are read once and grouped here, then each group is added with one upsert: three
-/// `INSERT … SELECT … GROUP BY` would read and sort the rows three times.
-fn count_sealed(connection: &Connection, through: i64) -> Result<(), StoreError> {
+/// The most rows [`count_chunk`] counts at a time. A chunk of 100,000 took 1–1.5 s on a 10M-entry
+/// file here with queries running beside it; the writer it runs on waits that long, so chunks are
+/// kept to a fifth of that.
+pub const COUNT_CHUNK_ROWS: i64 = 20_000;
+
+/// Every sealed entry up to this seq is in the stats counts (`schema_v6.sql`).
+pub fn counts_through(connection: &Connection) -> Result<i64, StoreError> {
+    Ok(connection
+        .prepare_cached("SELECT seq FROM counted_through")?
+        .query_row([], |row| row.get(0))?)
+}
+
+fn set_counts_through(connection: &Connection, seq: i64) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("UPDATE counted_through SET seq = ?1")?
+        .execute([seq])?;
+    Ok(())
+}
+
+/// The last sealed position (0 for none).
+fn max_sealed_seq(connection: &Connection) -> Result<i64, StoreError> {
+    Ok(connection
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM entries")?
+        .query_row([], |row| row.get(0))?)
+}
+
+/// Whether every sealed entry is counted for stats.
+pub fn counts_complete(connection: &Connection) -> Result<bool, StoreError> {
+    Ok(counts_through(connection)? >= max_sealed_seq(connection)?)
+}
+
+/// Counts up to [`COUNT_CHUNK_ROWS`] sealed entries not counted yet (a file upgraded to schema
+/// version 6, or entries sealed by a process that does not keep the counts), inside the
+/// caller's transaction. `true` once every sealed entry is counted.
+pub fn count_chunk(connection: &Connection) -> Result<bool, StoreError> {
+    let counted = counts_through(connection)?;
+    let sealed = max_sealed_seq(connection)?;
+    if counted >= sealed {
+        return Ok(true);
+    }
+    let through: i64 = connection
+        .prepare_cached(
+            "SELECT max(seq) FROM (SELECT seq FROM entries WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+        )?
+        .query_row([counted, COUNT_CHUNK_ROWS], |row| row.get(0))?;
+    add_counts(connection, "entries", counted, through)?;
+    set_counts_through(connection, through)?;
+    Ok(through >= sealed)
+}
+
+/// Adds the rows of `table` with seq in `(after, through]` to the counts stats read
+/// (`schema_v6.sql`). The rows are read once and grouped here, then each group is added with
+/// one upsert: three `INSERT … SELECT … GROUP BY` would read and sort the rows three times (it
+/// cost the writer 12–14%; this, nothing measurable).
+fn add_counts(
+    connection: &Connection,
+    table: &str,
+    after: i64,
+    through: i64,
+) -> Result<(), StoreError> {
     use std::collections::HashMap;
     let mut by_action: HashMap<(String, String, String), i64> = HashMap::new();
     let mut by_actor_hour: HashMap<(String, String), i64> = HashMap::new();
     let mut by_actor_day: HashMap<(String, String), i64> = HashMap::new();
     {
-        // The keys are computed by SQLite, as the migration and the prune trigger compute them.
+        // The keys are computed by SQLite, as the prune trigger computes them.
         let mut select = connection.prepare_cached(&format!(
-            "SELECT {HOUR}, {DAY}, action, outcome, {ACTOR_KEY} FROM {RECENT} WHERE seq <= ?1"
+            "SELECT {HOUR}, {DAY}, action, outcome, {ACTOR_KEY} FROM {table} \
+             WHERE seq > ?1 AND seq <= ?2"
         ))?;
-        let mut rows = select.query([through])?;
+        let mut rows = select.query([after, through])?;
         while let Some(row) = rows.next()? {
             let hour: String = row.get(0)?;
             let day: String = row.get(1)?;

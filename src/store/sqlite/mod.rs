@@ -129,6 +129,10 @@ struct WriterSide {
     unsealed_since: Option<std::time::Instant>,
     /// When the last seal failed, if the one after it has not succeeded yet.
     seal_failed_at: Option<std::time::Instant>,
+    /// Whether sealed entries may wait to be counted for stats (`log::count_chunk`), and when
+    /// a chunk was last counted.
+    counts_behind: bool,
+    counted_at: Option<std::time::Instant>,
 }
 
 fn open_connection(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
@@ -275,6 +279,8 @@ impl SqliteStore {
                 unsealed,
                 unsealed_since: (unsealed > 0).then(std::time::Instant::now),
                 seal_failed_at: None,
+                counts_behind: true,
+                counted_at: None,
             }),
             readers: ReaderPool::new(READER_POOL),
             next_seq: AtomicU64::new(next_seq),
@@ -315,6 +321,8 @@ impl SqliteStore {
                 unsealed: 0,
                 unsealed_since: None,
                 seal_failed_at: None,
+                counts_behind: false,
+                counted_at: None,
             }),
             readers: ReaderPool::new(READER_POOL),
             next_seq: AtomicU64::new(size + 1),
@@ -490,6 +498,7 @@ impl SqliteStore {
         let Ok(mut side) = self.lock_writer() else {
             return;
         };
+        self.count_sealed_entries(&mut side);
         let due = side.unsealed >= SEAL_ROWS
             || side
                 .unsealed_since
@@ -505,7 +514,7 @@ impl SqliteStore {
         {
             return;
         }
-        let result = (|| -> Result<u64, StoreError> {
+        let result = (|| -> Result<(u64, bool), StoreError> {
             // Never into a file that is no longer the configured one (see `write`).
             self.check_files(&side.connection)?;
             let transaction = side
@@ -513,11 +522,13 @@ impl SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             self::log::seal(&transaction, SEAL_MAX)?;
             let left = self::log::recent_rows(&transaction)?;
+            let counted = self::log::counts_complete(&transaction)?;
             transaction.commit()?;
-            Ok(left)
+            Ok((left, counted))
         })();
         match result {
-            Ok(left) => {
+            Ok((left, counted)) => {
+                side.counts_behind = !counted;
                 side.unsealed = left;
                 side.unsealed_since = (left > 0).then(std::time::Instant::now);
                 side.seal_failed_at = None;
@@ -527,6 +538,45 @@ impl SqliteStore {
                 // way by hand) would otherwise repeat a large move on every commit.
                 side.seal_failed_at = Some(std::time::Instant::now());
                 tracing::warn!(store = %self.path.display(), %error, retry_in_seconds = SEAL_RETRY.as_secs(), "sealing recent entries failed; they stay readable and will be sealed later");
+            }
+        }
+    }
+}
+
+/// How often at most the writer counts a chunk of entries sealed but not counted yet for stats
+/// (a file just upgraded to schema version 6): a chunk holds it up for a few tenths of a second,
+/// so most of its time stays with appends until the file is counted (ten million entries: about
+/// ten minutes, during which stats group rows as before).
+const COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl SqliteStore {
+    /// Counts a chunk of the sealed entries the stats counts do not hold yet, at most once per
+    /// [`COUNT_INTERVAL`], in a transaction of its own. Until every sealed entry is counted,
+    /// stats group rows as before; a failure is logged and tried again later.
+    fn count_sealed_entries(&self, side: &mut WriterSide) {
+        if !side.counts_behind || side.damaged.is_some() {
+            return;
+        }
+        if side
+            .counted_at
+            .is_some_and(|at| at.elapsed() < COUNT_INTERVAL)
+        {
+            return;
+        }
+        side.counted_at = Some(std::time::Instant::now());
+        let result = (|| -> Result<bool, StoreError> {
+            self.check_files(&side.connection)?;
+            let transaction = side
+                .connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let done = self::log::count_chunk(&transaction)?;
+            transaction.commit()?;
+            Ok(done)
+        })();
+        match result {
+            Ok(done) => side.counts_behind = !done,
+            Err(error) => {
+                tracing::warn!(store = %self.path.display(), %error, "counting sealed entries for stats failed; stats group rows until it succeeds");
             }
         }
     }
@@ -1582,7 +1632,7 @@ mod tests {
     /// What schema version 6 added (`schema_v6.sql`), for taking a file back to an earlier one.
     const DROP_COUNTS: &str =
         "DROP TRIGGER entries_uncounted; DROP TABLE entry_counts; DROP TABLE actor_counts; \
-         DROP TABLE actor_day_counts;";
+         DROP TABLE actor_day_counts; DROP TABLE counted_through;";
 
     /// A store made before cosignatures were kept (schema version 2) still opens read-only
     /// with none, and opened by a sidecar it gets the table and keeps them.

@@ -1281,14 +1281,17 @@ fn stats_from_counts(
     for part in parts {
         let (table, column, lower, upper) = match part {
             WindowPart::Rows(lower, upper) => {
+                let Some(index) = edge_index(conn, &kept, &lower, &upper)? else {
+                    continue;
+                };
                 let mut edge = Conditions::from_filter(&kept);
                 edge.push(
                     "created_at >= ? AND created_at < ?",
                     [Value::Text(lower), Value::Text(upper)],
                 );
                 let sql = format!(
-                    "SELECT {row_key} AS bucket, count(*) FROM entries \
-                     INDEXED BY entries_created_at {} GROUP BY bucket",
+                    "SELECT {row_key} AS bucket, count(*) FROM entries INDEXED BY {index} {} \
+                     GROUP BY bucket",
                     edge.where_sql()
                 );
                 add_rows(conn, &sql, edge.values, &mut counts)?;
@@ -1315,12 +1318,68 @@ fn stats_from_counts(
     Ok(Some(counts))
 }
 
-/// Whether the file has the per-hour counts of schema version 6 (a file of an earlier version
-/// opened by a read command does not).
+/// How to read the rows of a partial hour `[lower, upper)` of a stats window narrowed by `kept`:
+/// `None` when the counts show no sealed entry there that `kept` matches (nothing to read), else
+/// the index to read them through: `created_at`'s (every row of the hour), or the action's when
+/// the filter names one action with fewer entries in the whole log than the hour holds.
+///
+/// The counts are looked up over the hour keys from `lower`'s to `upper`'s, both included: every
+/// row of the part has an hour key in that range (a cut compares as text, see [`window_parts`]),
+/// so a sum of zero there means the part has no matching row.
+fn edge_index(
+    conn: &Connection,
+    kept: &Filter,
+    lower: &str,
+    upper: &str,
+) -> rusqlite::Result<Option<&'static str>> {
+    let hour_of = |text: &str| text.get(..13).unwrap_or(text).to_string();
+    let sum = |conditions: Conditions| -> rusqlite::Result<i64> {
+        conn.prepare_cached(&format!(
+            "SELECT coalesce(sum(n), 0) FROM entry_counts {}",
+            conditions.where_sql()
+        ))?
+        .query_row(rusqlite::params_from_iter(conditions.values), |row| {
+            row.get(0)
+        })
+    };
+    let in_hours = |filter: &Filter| {
+        let mut conditions = Conditions::from_filter(filter);
+        conditions.push(
+            "hour >= ? AND hour <= ?",
+            [Value::Text(hour_of(lower)), Value::Text(hour_of(upper))],
+        );
+        conditions
+    };
+    if sum(in_hours(kept))? == 0 {
+        return Ok(None);
+    }
+    if let Some(action) = &kept.action {
+        let in_log = sum(Conditions::from_filter(&Filter {
+            action: Some(action.clone()),
+            ..Filter::default()
+        }))?;
+        if in_log < sum(in_hours(&Filter::default()))? {
+            return Ok(Some("entries_action"));
+        }
+    }
+    Ok(Some("entries_created_at"))
+}
+
+/// Whether the file has the stats counts of schema version 6 and they hold every sealed entry. A
+/// file of an earlier version opened by a read command has none; a file just upgraded, or one an
+/// earlier release sealed entries into since, is counted a chunk at a time by its sidecar (see
+/// `log::count_chunk`), and until then its stats group rows.
 fn has_counts(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT count(*) FROM sqlite_schema WHERE name = 'actor_counts'")?
-        .query_row([], |row| row.get::<_, i64>(0))
-        .map(|n| n > 0)
+    let exists: bool = conn
+        .prepare_cached("SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'counted_through'")?
+        .query_row([], |row| row.get(0))?;
+    if !exists {
+        return Ok(false);
+    }
+    conn.prepare_cached(
+        "SELECT (SELECT seq FROM counted_through) >= coalesce((SELECT max(seq) FROM entries), 0)",
+    )?
+    .query_row([], |row| row.get(0))
 }
 
 /// Day or hour buckets of a filter that is only a time window (or nothing), newest first, each

@@ -37,28 +37,45 @@ CREATE TABLE actor_day_counts (
 -- A count narrowed to one action reads that action's hours only.
 CREATE INDEX entry_counts_action ON entry_counts (action, hour);
 
-INSERT INTO entry_counts (hour, action, outcome, n)
-    SELECT substr(created_at, 1, 13), action, outcome, count(*) FROM entries GROUP BY 1, 2, 3;
+-- Every sealed entry up to this seq is counted, and none after it. The migration counts nothing:
+-- a sidecar counts a file's existing entries a chunk at a time after it opens it (stats group rows
+-- until the counts are complete), so a large file does not hold up the start. A seal counts its
+-- rows only when every sealed entry before them is counted; entries sealed by a process that
+-- does not know the counts (an earlier release still running beside this one) lie beyond this
+-- seq and are counted by the same chunks.
+CREATE TABLE counted_through (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    seq INTEGER NOT NULL
+);
+INSERT INTO counted_through (one, seq) VALUES (1, 0);
 
-INSERT INTO actor_counts (hour, actor, n)
-    SELECT substr(created_at, 1, 13),
-           coalesce(nullif(actor_email, ''), nullif(actor_id, ''), '(anonymous)'),
-           count(*)
-    FROM entries GROUP BY 1, 2;
-
-INSERT INTO actor_day_counts (day, actor, n)
-    SELECT substr(hour, 1, 10), actor, sum(n) FROM actor_counts GROUP BY 1, 2;
-
-CREATE TRIGGER entries_uncounted AFTER DELETE ON entries BEGIN
+-- A deleted entry (a prune) leaves the counts if it was counted; a key whose count reaches zero
+-- goes, so a pruned actor's email or id does not stay behind in the counts.
+CREATE TRIGGER entries_uncounted AFTER DELETE ON entries
+WHEN OLD.seq <= (SELECT seq FROM counted_through)
+BEGIN
     UPDATE entry_counts SET n = n - 1
         WHERE hour = substr(OLD.created_at, 1, 13) AND action = OLD.action
           AND outcome = OLD.outcome;
+    DELETE FROM entry_counts
+        WHERE hour = substr(OLD.created_at, 1, 13) AND action = OLD.action
+          AND outcome = OLD.outcome AND n <= 0;
     UPDATE actor_counts SET n = n - 1
         WHERE hour = substr(OLD.created_at, 1, 13)
           AND actor = coalesce(nullif(OLD.actor_email, ''), nullif(OLD.actor_id, ''),
                                '(anonymous)');
+    DELETE FROM actor_counts
+        WHERE hour = substr(OLD.created_at, 1, 13)
+          AND actor = coalesce(nullif(OLD.actor_email, ''), nullif(OLD.actor_id, ''),
+                               '(anonymous)')
+          AND n <= 0;
     UPDATE actor_day_counts SET n = n - 1
         WHERE day = substr(OLD.created_at, 1, 10)
           AND actor = coalesce(nullif(OLD.actor_email, ''), nullif(OLD.actor_id, ''),
                                '(anonymous)');
+    DELETE FROM actor_day_counts
+        WHERE day = substr(OLD.created_at, 1, 10)
+          AND actor = coalesce(nullif(OLD.actor_email, ''), nullif(OLD.actor_id, ''),
+                               '(anonymous)')
+          AND n <= 0;
 END;

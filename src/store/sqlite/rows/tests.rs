@@ -1630,6 +1630,17 @@ fn stats_from_the_hourly_counts_equal_grouping_the_rows() {
             )
             .expect("an odd time");
         }
+        // A rare action, in the partial hours of some windows: read through the action's index.
+        for (seq, minutes) in [(900, 30 * 60 + 20), (901, 30 * 60 + 40), (902, 60 * 60 + 3)] {
+            conn.execute(
+                "UPDATE entries SET action = 'rare.thing', created_at = ? WHERE seq = ?",
+                params![
+                    format_timestamp(&(start() + Duration::minutes(minutes))),
+                    seq
+                ],
+            )
+            .expect("a rare action");
+        }
     }
     // The upgrade counts the sealed rows; a seal then counts the rows it moves, and the newest
     // stay in `recent`.
@@ -1637,14 +1648,50 @@ fn stats_from_the_hourly_counts_equal_grouping_the_rows() {
     counted
         .execute_batch(include_str!("../schema_v6.sql"))
         .expect("schema v6");
-    let sealed = crate::store::sqlite::log::seal(&counted, 1100).expect("seals");
-    assert_eq!(sealed, 1100);
+    use crate::store::sqlite::log;
+    // Until the sealed rows are counted, stats group rows; a seal then counts nothing, and the
+    // chunks count what it moved with the rest.
+    assert!(!has_counts(&counted).expect("counts?"));
+    assert_eq!(log::seal(&counted, 300).expect("seals"), 300);
+    for _ in 0..100 {
+        if log::count_chunk(&counted).expect("counts") {
+            break;
+        }
+    }
     assert!(has_counts(&counted).expect("counts?") && !has_counts(&plain).expect("counts?"));
+    assert_eq!(log::counts_through(&counted).expect("counted"), 1800);
+    // Caught up: a seal counts the rows it moves.
+    assert_eq!(log::seal(&counted, 800).expect("seals"), 800);
+    assert_eq!(log::counts_through(&counted).expect("counted"), 2600);
     // A prune deletes rows of both kinds.
     for conn in [&plain, &counted] {
         conn.execute("DELETE FROM entries WHERE seq % 7 = 0 AND seq <= 2200", [])
             .expect("prunes");
+        // Every sealed entry of one actor: the counts keep no trace of them (no key left at 0).
+        for table in ["entries", RECENT] {
+            conn.execute(&format!("DELETE FROM {table} WHERE actor_id = 'u5'"), [])
+                .expect("prunes an actor");
+        }
     }
+    for table in ["entry_counts", "actor_counts", "actor_day_counts"] {
+        let left: i64 = counted
+            .query_row(
+                &format!("SELECT count(*) FROM {table} WHERE n <= 0"),
+                [],
+                |row| row.get(0),
+            )
+            .expect("counts");
+        assert_eq!(left, 0, "{table} keeps no empty key");
+    }
+    let u5: i64 = counted
+        .query_row(
+            "SELECT (SELECT count(*) FROM actor_counts WHERE actor = 'u5') + \
+             (SELECT count(*) FROM actor_day_counts WHERE actor = 'u5')",
+            [],
+            |row| row.get(0),
+        )
+        .expect("counts");
+    assert_eq!(u5, 0, "a pruned actor leaves the counts");
     let end = newest(rows);
     let hour = |h: i64| start() + Duration::hours(h);
     let windows = [
@@ -1672,9 +1719,10 @@ fn stats_from_the_hourly_counts_equal_grouping_the_rows() {
         filter_with(|f| f.since = Some(end + Duration::days(1))),
     ];
     type Narrowing = (&'static str, fn(&mut Filter));
-    let narrowing: [Narrowing; 7] = [
+    let narrowing: [Narrowing; 8] = [
         ("nothing", |_| {}),
         ("action", |f| f.action = Some("user.created".into())),
+        ("rare action", |f| f.action = Some("rare.thing".into())),
         ("prefix", |f| f.action_prefix = Some("user.".into())),
         ("contains", |f| f.action_contains = Some("ED".into())),
         ("exclusion", |f| {
@@ -1717,8 +1765,31 @@ fn stats_from_the_hourly_counts_equal_grouping_the_rows() {
         }
     }
     // Every window but the one that ends before it starts: every grouping with no narrowing,
-    // and the four groupings other than actor with the five narrowings the counts hold.
-    assert_eq!(from_counts, 9 * (5 + 5 * 4));
+    // and the four groupings other than actor with the six narrowings the counts hold.
+    assert_eq!(from_counts, 9 * (5 + 6 * 4));
+    let rare = filter_with(|f| {
+        f.since = Some(hour(30) + Duration::minutes(7));
+        f.action = Some("rare.thing".into());
+    });
+    assert_eq!(count(&counted, &rare).expect("count"), 3);
+    // An earlier release sealing beside this one moves rows without counting them: stats group
+    // rows until the chunks have counted them, then answer from the counts again.
+    counted
+        .execute_batch(&format!(
+            "INSERT INTO entries ({ENTRY_COLUMNS}) SELECT {ENTRY_COLUMNS} FROM {RECENT} \
+             WHERE seq <= 2900 ORDER BY seq; DELETE FROM {RECENT} WHERE seq <= 2900;"
+        ))
+        .expect("an earlier release's seal");
+    assert!(!has_counts(&counted).expect("counts?"));
+    assert!(log::count_chunk(&counted).expect("counts"));
+    assert!(has_counts(&counted).expect("counts?"));
+    for by in [StatsBy::Actor, StatsBy::Day, StatsBy::Action] {
+        assert_eq!(
+            stats(&counted, &Filter::default(), by, 1000).expect("stats"),
+            stats(&plain, &Filter::default(), by, 1000).expect("stats"),
+            "{by:?} after an earlier release's seal"
+        );
+    }
     let everything = stats(&counted, &Filter::default(), StatsBy::Day, 1000).expect("stats");
     assert!(everything.iter().any(|bucket| bucket.key == "garbage"));
     assert!(everything.iter().any(|bucket| bucket.key == "2026-11-2"));
