@@ -136,8 +136,12 @@ fn the_kubernetes_sidecar_matches_its_config() {
         .expect("upstream port");
     assert_eq!(port_of(app, "app"), upstream_port);
     assert!(config.proxy.upstream.starts_with("127.0.0.1:"), "same pod");
-    // Probes: liveness on /healthz, readiness on /readyz, both on the admin port.
-    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+    // Probes: startup and liveness on /healthz, readiness on /readyz, all on the admin port.
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
         let get = &sidecar[probe]["httpGet"];
         assert_eq!(get["path"].as_str(), Some(path), "{probe}");
         let port = match &get["port"] {
@@ -151,6 +155,19 @@ fn the_kubernetes_sidecar_matches_its_config() {
             "{probe} asks the admin listener"
         );
     }
+    // A store migration at start may take minutes: the startup probe gives it ten before the
+    // liveness probe, which would restart the pod in the middle of it, takes over.
+    let patience = |probe: &str| {
+        sidecar[probe]["periodSeconds"].as_i64().expect("period")
+            * sidecar[probe]["failureThreshold"]
+                .as_i64()
+                .expect("threshold")
+    };
+    assert!(
+        patience("startupProbe") >= 600,
+        "{}",
+        patience("startupProbe")
+    );
     // The Service reaches the app only through auditgate.
     let service = get(&all, "Service", "app");
     let target = service["spec"]["ports"][0]["targetPort"]
