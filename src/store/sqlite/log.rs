@@ -130,22 +130,31 @@ pub fn recent_rows(connection: &Connection) -> Result<u64, StoreError> {
     Ok(rows.max(0) as u64)
 }
 
+/// What [`seal`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    /// How many rows moved.
+    pub moved: u64,
+    /// Whether every sealed entry is counted for stats, before the seal and after it (a seal
+    /// counts its rows only then; otherwise [`count_chunk`] counts them with the others).
+    pub counted: bool,
+}
+
 /// Moves up to `max` of the oldest rows of [`RECENT`] into `entries`, inside the caller's
-/// transaction, in `seq` order; returns how many moved. This is where the secondary indexes are
-/// written: once per batch of thousands of entries rather than in every commit, so index pages
-/// are written back once per batch.
-pub fn seal(connection: &Connection, max: u64) -> Result<u64, StoreError> {
+/// transaction, in `seq` order, and counts them for stats. This is where the secondary indexes
+/// are written: once per batch of thousands of entries rather than in every commit, so index
+/// pages are written back once per batch.
+pub fn seal(connection: &Connection, max: u64) -> Result<Sealed, StoreError> {
+    let counted = counts_complete(connection)?;
     let through: Option<i64> = connection
         .prepare_cached(&format!(
             "SELECT max(seq) FROM (SELECT seq FROM {RECENT} ORDER BY seq LIMIT ?1)"
         ))?
         .query_row([i64::try_from(max).unwrap_or(i64::MAX)], |row| row.get(0))?;
     let Some(through) = through else {
-        return Ok(0);
+        return Ok(Sealed { moved: 0, counted });
     };
-    // Counted here only when every entry sealed before is counted; otherwise `count_chunk`
-    // counts these with the others.
-    if counts_complete(connection)? {
+    if counted {
         add_counts(connection, RECENT, 0, through)?;
         set_counts_through(connection, through)?;
     }
@@ -158,7 +167,10 @@ pub fn seal(connection: &Connection, max: u64) -> Result<u64, StoreError> {
     connection
         .prepare_cached(&format!("DELETE FROM {RECENT} WHERE seq <= ?1"))?
         .execute([through])?;
-    Ok(moved as u64)
+    Ok(Sealed {
+        moved: moved as u64,
+        counted,
+    })
 }
 
 /// The most rows [`count_chunk`] counts at a time. A chunk of 100,000 took 1–1.5 s on a 10M-entry
@@ -188,7 +200,7 @@ fn max_sealed_seq(connection: &Connection) -> Result<i64, StoreError> {
 }
 
 /// Whether every sealed entry is counted for stats.
-pub fn counts_complete(connection: &Connection) -> Result<bool, StoreError> {
+fn counts_complete(connection: &Connection) -> Result<bool, StoreError> {
     Ok(counts_through(connection)? >= max_sealed_seq(connection)?)
 }
 

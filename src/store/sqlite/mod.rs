@@ -514,18 +514,10 @@ impl SqliteStore {
         {
             return;
         }
-        let result = (|| -> Result<(u64, bool), StoreError> {
-            // Never into a file that is no longer the configured one (see `write`).
-            self.check_files(&side.connection)?;
-            let transaction = side
-                .connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            self::log::seal(&transaction, SEAL_MAX)?;
-            let left = self::log::recent_rows(&transaction)?;
-            let counted = self::log::counts_complete(&transaction)?;
-            transaction.commit()?;
-            Ok((left, counted))
-        })();
+        let result = self.maintain(&mut side.connection, |transaction| {
+            let sealed = self::log::seal(transaction, SEAL_MAX)?;
+            Ok((self::log::recent_rows(transaction)?, sealed.counted))
+        });
         match result {
             Ok((left, counted)) => {
                 side.counts_behind = !counted;
@@ -550,6 +542,20 @@ impl SqliteStore {
 const COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl SqliteStore {
+    /// Runs the writer's upkeep (a seal, a chunk of counting) in an IMMEDIATE transaction of its
+    /// own and commits it; never into a file that is no longer the configured one (see `write`).
+    fn maintain<T>(
+        &self,
+        connection: &mut Connection,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.check_files(connection)?;
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = work(&transaction)?;
+        transaction.commit()?;
+        Ok(value)
+    }
+
     /// Counts a chunk of the sealed entries the stats counts do not hold yet, at most once per
     /// [`COUNT_INTERVAL`], in a transaction of its own. Until every sealed entry is counted,
     /// stats group rows as before; a failure is logged and tried again later.
@@ -564,16 +570,9 @@ impl SqliteStore {
             return;
         }
         side.counted_at = Some(std::time::Instant::now());
-        let result = (|| -> Result<bool, StoreError> {
-            self.check_files(&side.connection)?;
-            let transaction = side
-                .connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let done = self::log::count_chunk(&transaction)?;
-            transaction.commit()?;
-            Ok(done)
-        })();
-        match result {
+        match self.maintain(&mut side.connection, |transaction| {
+            self::log::count_chunk(transaction)
+        }) {
             Ok(done) => side.counts_behind = !done,
             Err(error) => {
                 tracing::warn!(store = %self.path.display(), %error, "counting sealed entries for stats failed; stats group rows until it succeeds");

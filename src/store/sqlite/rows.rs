@@ -1142,6 +1142,28 @@ fn time_key(time: &DateTime<Utc>, len: usize) -> Option<String> {
     (text.len() > 13 && text.as_bytes()[13] == b':').then(|| text[..len].to_string())
 }
 
+/// One side of a window: a time, or unbounded.
+type Bound = Option<DateTime<Utc>>;
+
+/// Where the whole `unit`s between `lower` and `upper` start and end: the start of the unit after
+/// `lower`'s, and the start of `upper`'s (an absent bound stays absent). `None` when a time is
+/// out of chrono's range.
+fn whole_units(
+    lower: Option<DateTime<Utc>>,
+    upper: Option<DateTime<Utc>>,
+    unit: chrono::TimeDelta,
+) -> Option<(Bound, Bound)> {
+    let first = match lower {
+        None => None,
+        Some(lower) => Some(lower.duration_trunc(unit).ok()?.checked_add_signed(unit)?),
+    };
+    let last = match upper {
+        None => None,
+        Some(upper) => Some(upper.duration_trunc(unit).ok()?),
+    };
+    Some((first, last))
+}
+
 /// A part of a stats window and where its counts come from.
 #[derive(Debug, PartialEq, Eq)]
 enum WindowPart {
@@ -1164,18 +1186,9 @@ fn window_parts(
     until: Option<DateTime<Utc>>,
     days: bool,
 ) -> Option<Vec<WindowPart>> {
-    let hour = chrono::TimeDelta::hours(1);
-    let day = chrono::TimeDelta::days(1);
     // The first whole hour starts after since's hour (its key is shorter than any stored time
     // that starts with it, so it sorts before since); the last one ends where until's starts.
-    let first_hour = match since {
-        None => None,
-        Some(since) => Some(since.duration_trunc(hour).ok()?.checked_add_signed(hour)?),
-    };
-    let last_hour = match until {
-        None => None,
-        Some(until) => Some(until.duration_trunc(hour).ok()?),
-    };
+    let (first_hour, last_hour) = whole_units(since, until, chrono::TimeDelta::hours(1))?;
     if let (Some(first), Some(last)) = (first_hour, last_hour) {
         if first > last {
             return None;
@@ -1200,14 +1213,7 @@ fn window_parts(
         return Some(parts);
     }
     // Whole days inside the whole hours, cut the same way.
-    let first_day = match first_hour {
-        None => None,
-        Some(first) => Some(first.duration_trunc(day).ok()?.checked_add_signed(day)?),
-    };
-    let last_day = match last_hour {
-        None => None,
-        Some(last) => Some(last.duration_trunc(day).ok()?),
-    };
+    let (first_day, last_day) = whole_units(first_hour, last_hour, chrono::TimeDelta::days(1))?;
     if let (Some(first), Some(last)) = (first_day, last_day) {
         if first >= last {
             parts.push(WindowPart::Hours(first_hour_key, last_hour_key));
