@@ -9,6 +9,12 @@
 # thread). For each case it prints requests/s, p50 and p99 latency, the proxy process's CPU time
 # per request (utime+stime of all its threads from /proc/PID/stat over the measured window), and
 # ratios to nginx; for audited cases it checks that entries written == requests answered.
+#
+#   BENCH_BINS="A=path/to/auditgate B=path/to/other" BENCH_ROUNDS=2 bench/proxy.sh 5 64
+#
+# compares builds side by side: the main cases run for each binary in turn, interleaved, rounds
+# times. BENCH_ONLY=REGEX keeps only the auditgate cases whose label matches; BENCH_PERF=DIR
+# writes a perf profile of each auditgate case.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -172,18 +178,23 @@ RESULTS=()
 BENCH_ONLY=${BENCH_ONLY:-}
 
 # The number of entries once the writer has caught up: a writer slower than the proxy has a
-# backlog in its queue (not lost: written before shutdown). Polls until the count stops growing,
-# at most 60 s.
-settled_count() { # db
-  local count previous=-1 polls=0
-  count=$(sqlite3 "$1" 'select (select count(*) from entries) + (select count(*) from recent)' 2>/dev/null || echo 0)
-  while [ "$count" != "$previous" ] && [ $polls -lt 120 ]; do
+# backlog in its queue (not lost: written before shutdown). Polls every 0.5 s until the count is
+# at least AT_LEAST and has not moved for three polls (a seal of 32k rows can hold the next commit
+# for more than one poll on a loaded core), at most 60 s.
+settled_count() { # db, [at least]
+  local at_least=${2:-0} count previous=-1 still=0 polls=0
+  count=$(entry_count "$1")
+  while { [ "$count" -lt "$at_least" ] || [ $still -lt 3 ]; } && [ $polls -lt 120 ]; do
     sleep 0.5
     previous=$count
-    count=$(sqlite3 "$1" 'select (select count(*) from entries) + (select count(*) from recent)' 2>/dev/null || echo 0)
+    count=$(entry_count "$1")
+    if [ "$count" = "$previous" ]; then still=$((still + 1)); else still=0; fi
     polls=$((polls + 1))
   done
   echo "$count"
+}
+entry_count() { # db
+  sqlite3 "$1" 'select (select count(*) from entries) + (select count(*) from recent)' 2>/dev/null || echo 0
 }
 
 run_case() { # label, port, "pids to measure", db-or-empty, [wrk script]
@@ -220,7 +231,7 @@ run_case() { # label, port, "pids to measure", db-or-empty, [wrk script]
   if [ -n "$db" ]; then
     # CPU is read once the writer has caught up, so its work for these requests is counted even
     # when it finishes after the load stops.
-    local written=$(($(settled_count "$db") - before_entries))
+    local written=$(($(settled_count "$db" $((before_entries + requests))) - before_entries))
     # wrk counts responses it finished; requests cut off at the end of the window were still
     # answered by the proxy, so written may exceed requests by at most the connection count.
     if [ "$written" -ge "$requests" ] && [ "$written" -le $((requests + CONNECTIONS)) ]; then check="ok ($written)"; else check="MISMATCH ($written written, $requests answered)"; fi
@@ -243,34 +254,51 @@ start_auditgate() { # name -> pid
 run_case "direct to upstream" "$UPSTREAM_PORT" "-" ""
 run_case "nginx proxy" "$NGINX_PORT" "$(nginx_pids $NGINX_PID)" ""
 
-PORT=$(write_config none "" $'[unmatched]\nrecord = "none"')
-PID=$(start_auditgate none); PIDS+=($PID); wait_port "$PORT"
-run_case "auditgate, nothing audited" "$PORT" "$PID" ""
-kill "$PID"; wait "$PID" 2>/dev/null || true
+# The main cases, for one binary. BENCH_BINS="NAME=PATH ..." runs them for each binary in turn,
+# BENCH_ROUNDS times (default 2), interleaved, each case labelled with its binary's NAME: builds
+# compared side by side in one run (the rule-count and memory sections then use the last binary).
+main_cases() { # tag, slug
+  local TAG=$1 SLUG=$2
+  PORT=$(write_config none$SLUG "" $'[unmatched]\nrecord = "none"')
+  PID=$(start_auditgate none$SLUG); PIDS+=($PID); wait_port "$PORT"
+  run_case "auditgate$TAG, nothing audited" "$PORT" "$PID" ""
+  kill "$PID"; wait "$PID" 2>/dev/null || true
 
-RULE_ALL=$'[unmatched]\nrecord = "none"\n[[rule]]\nname = "everything"\npath = "/{*rest}"\naction = "item.read"\nresource = { type = "item", id = "{rest}" }'
-PORT=$(write_config all "" "$RULE_ALL")
-PID=$(start_auditgate all); PIDS+=($PID); wait_port "$PORT"
-run_case "auditgate, every request audited" "$PORT" "$PID" "$WORK/all/audit.db"
-kill "$PID"; wait "$PID" 2>/dev/null || true
+  RULE_ALL=$'[unmatched]\nrecord = "none"\n[[rule]]\nname = "everything"\npath = "/{*rest}"\naction = "item.read"\nresource = { type = "item", id = "{rest}" }'
+  PORT=$(write_config all$SLUG "" "$RULE_ALL")
+  PID=$(start_auditgate all$SLUG); PIDS+=($PID); wait_port "$PORT"
+  run_case "auditgate$TAG, every request audited" "$PORT" "$PID" "$WORK/all$SLUG/audit.db"
+  kill "$PID"; wait "$PID" 2>/dev/null || true
 
-RULE_VARIED=$'[unmatched]\nrecord = "none"\n[[actor]]\nfrom = "header"\nid = "x-forwarded-user"\nemail = "x-forwarded-email"\n[[rule]]\nname = "everything"\npath = "/{*rest}"\naction = "item.read"\nresource = { type = "item", id = "{rest}" }'
-PORT=$(write_config varied "" "$RULE_VARIED")
-sed -i 's/^worker_threads = 1$/worker_threads = 1\ntrusted_proxies = ["127.0.0.1\/32"]/' "$WORK/varied/auditgate.toml"
-PID=$(start_auditgate varied); PIDS+=($PID); wait_port "$PORT"
-run_case "auditgate, every request audited, varied keys" "$PORT" "$PID" "$WORK/varied/audit.db" "$WORK/varied.lua"
-kill "$PID"; wait "$PID" 2>/dev/null || true
+  RULE_VARIED=$'[unmatched]\nrecord = "none"\n[[actor]]\nfrom = "header"\nid = "x-forwarded-user"\nemail = "x-forwarded-email"\n[[rule]]\nname = "everything"\npath = "/{*rest}"\naction = "item.read"\nresource = { type = "item", id = "{rest}" }'
+  PORT=$(write_config varied$SLUG "" "$RULE_VARIED")
+  sed -i 's/^worker_threads = 1$/worker_threads = 1\ntrusted_proxies = ["127.0.0.1\/32"]/' "$WORK/varied$SLUG/auditgate.toml"
+  PID=$(start_auditgate varied$SLUG); PIDS+=($PID); wait_port "$PORT"
+  run_case "auditgate$TAG, every request audited, varied keys" "$PORT" "$PID" "$WORK/varied$SLUG/audit.db" "$WORK/varied.lua"
+  kill "$PID"; wait "$PID" 2>/dev/null || true
 
-RULE_BODY=$'[unmatched]\nrecord = "none"\n[[actor]]\nfrom = "jwt"\nhs256_secret_env = "BENCH_JWT_SECRET"\n[[rule]]\nname = "everything"\npath = "/{*rest}"\naction = "item.updated"\nresource = { type = "item", id = "response.body:/id" }\nmetadata = { role = "request.body:/role" }'
-PORT=$(write_config body "" "$RULE_BODY")
-PID=$(start_auditgate body); PIDS+=($PID); wait_port "$PORT"
-run_case "auditgate, body capture + JWT actor" "$PORT" "$PID" "$WORK/body/audit.db" "$WORK/post.lua"
-kill "$PID"; wait "$PID" 2>/dev/null || true
+  RULE_BODY=$'[unmatched]\nrecord = "none"\n[[actor]]\nfrom = "jwt"\nhs256_secret_env = "BENCH_JWT_SECRET"\n[[rule]]\nname = "everything"\npath = "/{*rest}"\naction = "item.updated"\nresource = { type = "item", id = "response.body:/id" }\nmetadata = { role = "request.body:/role" }'
+  PORT=$(write_config body$SLUG "" "$RULE_BODY")
+  PID=$(start_auditgate body$SLUG); PIDS+=($PID); wait_port "$PORT"
+  run_case "auditgate$TAG, body capture + JWT actor" "$PORT" "$PID" "$WORK/body$SLUG/audit.db" "$WORK/post.lua"
+  kill "$PID"; wait "$PID" 2>/dev/null || true
 
-PORT=$(write_config wal 'durability = "write-ahead"' "$RULE_ALL")
-PID=$(start_auditgate wal); PIDS+=($PID); wait_port "$PORT"
-run_case "auditgate, write-ahead" "$PORT" "$PID" "$WORK/wal/audit.db"
-kill "$PID"; wait "$PID" 2>/dev/null || true
+  PORT=$(write_config wal$SLUG 'durability = "write-ahead"' "$RULE_ALL")
+  PID=$(start_auditgate wal$SLUG); PIDS+=($PID); wait_port "$PORT"
+  run_case "auditgate$TAG, write-ahead" "$PORT" "$PID" "$WORK/wal$SLUG/audit.db"
+  kill "$PID"; wait "$PID" 2>/dev/null || true
+}
+
+if [ -n "${BENCH_BINS:-}" ]; then
+  for round in $(seq 1 "${BENCH_ROUNDS:-2}"); do
+    for spec in $BENCH_BINS; do
+      BIN=${spec#*=}
+      main_cases " [${spec%%=*}]" "-${spec%%=*}-$round"
+    done
+  done
+else
+  main_cases "" ""
+fi
 
 # How cost grows with the number of rules: N rules that do not match, then the one that does.
 rules_with() { # count
@@ -319,17 +347,17 @@ NGINX_RPS=$(echo "${RESULTS[1]}" | cut -d'|' -f2)
 NGINX_CPU=$(echo "${RESULTS[1]}" | cut -d'|' -f5)
 echo
 echo "auditgate proxy benchmark: $(nproc) cores, $(uname -r), ${SECONDS_PER_CASE}s per case, $CONNECTIONS connections, wrk on CPU $WRK_CPU, upstream+proxy on CPU $SERVER_CPU"
-printf '%-38s %11s %9s %9s %12s %9s %9s  %s\n' "case" "req/s" "p50" "p99" "CPU µs/req" "rps/nginx" "cpu/nginx" "entries"
+printf '%-52s %11s %9s %9s %12s %9s %9s  %s\n' "case" "req/s" "p50" "p99" "CPU µs/req" "rps/nginx" "cpu/nginx" "entries"
 for row in "${RESULTS[@]}"; do
   IFS='|' read -r label rps p50 p99 cpu check errors <<<"$row"
   ratio=$(python3 -c "print(f'{$rps/$NGINX_RPS:.2f}x')")
   cpu_ratio="-"
   [ "$cpu" != "-" ] && cpu_ratio=$(python3 -c "print(f'{$cpu/$NGINX_CPU:.2f}x')")
-  printf '%-38s %11s %9s %9s %12s %9s %9s  %s %s\n' "$label" "$rps" "$p50" "$p99" "$cpu" "$ratio" "$cpu_ratio" "$check" "$errors"
+  printf '%-52s %11s %9s %9s %12s %9s %9s  %s %s\n' "$label" "$rps" "$p50" "$p99" "$cpu" "$ratio" "$cpu_ratio" "$check" "$errors"
 done
 echo
 printf '%-38s %12s\n' "auditgate memory" "RSS MB"
 for row in "${MEMORY[@]}"; do
   IFS='|' read -r label mb <<<"$row"
-  printf '%-38s %12s\n' "$label" "$mb"
+  printf '%-52s %12s\n' "$label" "$mb"
 done

@@ -208,24 +208,243 @@ impl AuditEntry {
     }
 }
 
+/// An entry's fields as a store holds them: text as stored, the timestamp in its stored form and
+/// the metadata as its stored JSON text, borrowed from a [`StoredRow`].
+///
+/// [`StoredColumns::canonical_bytes`] writes the canonical form from them without building an
+/// [`AuditEntry`] (no allocation per field, no parse of the metadata), for `verify`'s walk. It
+/// equals [`AuditEntry::canonical_bytes`] of the decoded row whenever the row is in the form the
+/// store writes (the timestamp as [`format_timestamp`] writes it, the metadata as serde_json
+/// writes a map). For any other row it differs, and it then cannot equal the bytes hashed at
+/// commit either: every string is escaped and the metadata text is one whole JSON value, so the
+/// bytes parse back into exactly these fields. A caller that finds a mismatch decodes the row
+/// and decides from that, as before.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredColumns<'a> {
+    pub seq: u64,
+    pub id: &'a str,
+    pub log_id: &'a str,
+    pub created_at: &'a str,
+    pub actor_id: Option<&'a str>,
+    pub actor_email: Option<&'a str>,
+    pub actor_name: Option<&'a str>,
+    pub actor_source: Option<&'a str>,
+    pub actor_verified: bool,
+    pub tenant: Option<&'a str>,
+    pub action: &'a str,
+    pub resource_type: Option<&'a str>,
+    pub resource_id: Option<&'a str>,
+    pub outcome: &'a str,
+    pub status: Option<u16>,
+    pub method: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub rule: Option<&'a str>,
+    pub ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub duration_us: Option<u64>,
+    pub error: Option<&'a str>,
+    pub metadata: &'a str,
+}
+
+impl StoredColumns<'_> {
+    /// The canonical bytes these columns stand for, into `out` (cleared first); `false`, with
+    /// `out` unspecified, when the metadata text is not one JSON value.
+    pub fn canonical_bytes(&self, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let Ok(metadata) = serde_json::from_str::<&serde_json::value::RawValue>(self.metadata)
+        else {
+            return false;
+        };
+        let canonical = CanonicalEntry {
+            action: self.action,
+            actor_email: self.actor_email,
+            actor_id: self.actor_id,
+            actor_name: self.actor_name,
+            actor_source: self.actor_source,
+            actor_verified: self.actor_verified,
+            created_at: self.created_at,
+            duration_us: self.duration_us,
+            error: self.error,
+            id: self.id,
+            ip: self.ip,
+            log_id: self.log_id,
+            metadata,
+            method: self.method,
+            outcome: self.outcome,
+            path: self.path,
+            request_id: self.request_id,
+            resource_id: self.resource_id,
+            resource_type: self.resource_type,
+            route: self.route,
+            rule: self.rule,
+            seq: self.seq,
+            status: self.status,
+            tenant: self.tenant,
+            user_agent: self.user_agent,
+            v: 1,
+        };
+        serde_json::to_writer(&mut *out, &canonical).is_ok()
+    }
+}
+
+/// An entry row's values copied as they are into one buffer, in the order of
+/// [`StoredColumns`]' fields (`seq` first, `metadata` last): what a reader of the log hands to
+/// another thread to check types, write the canonical form and hash it, so the thread walking
+/// the database only copies bytes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StoredRow {
+    bytes: Vec<u8>,
+}
+
+const STORED_NULL: u8 = 0;
+const STORED_INTEGER: u8 = 1;
+const STORED_TEXT: u8 = 2;
+/// A value of a type an entry's column never holds (a real, a blob, text too long to copy).
+const STORED_OTHER: u8 = 3;
+
+impl StoredRow {
+    pub fn with_capacity(bytes: usize) -> StoredRow {
+        StoredRow {
+            bytes: Vec::with_capacity(bytes),
+        }
+    }
+
+    pub fn push_null(&mut self) {
+        self.bytes.push(STORED_NULL);
+    }
+
+    pub fn push_integer(&mut self, value: i64) {
+        self.bytes.push(STORED_INTEGER);
+        self.bytes.extend_from_slice(&value.to_le_bytes());
+    }
+
+    /// Text as stored, not yet checked to be UTF-8.
+    pub fn push_text(&mut self, text: &[u8]) {
+        match u32::try_from(text.len()) {
+            Ok(length) => {
+                self.bytes.push(STORED_TEXT);
+                self.bytes.extend_from_slice(&length.to_le_bytes());
+                self.bytes.extend_from_slice(text);
+            }
+            Err(_) => self.push_other(),
+        }
+    }
+
+    pub fn push_other(&mut self) {
+        self.bytes.push(STORED_OTHER);
+    }
+
+    /// The canonical bytes of the entry the row holds, into `out`; `false` when a value is not
+    /// of its column's type as the store writes it (text that is not UTF-8, a number out of
+    /// range, a missing or extra value) or the metadata is not JSON: such a row is decoded as an
+    /// entry instead.
+    pub fn canonical_bytes(&self, out: &mut Vec<u8>) -> bool {
+        self.columns()
+            .is_some_and(|columns| columns.canonical_bytes(out))
+    }
+
+    fn columns(&self) -> Option<StoredColumns<'_>> {
+        let mut values = StoredValues(&self.bytes);
+        let columns = StoredColumns {
+            seq: u64::try_from(values.integer()?).ok()?,
+            id: values.text()?,
+            log_id: values.text()?,
+            created_at: values.text()?,
+            actor_id: values.optional_text()?,
+            actor_email: values.optional_text()?,
+            actor_name: values.optional_text()?,
+            actor_source: values.optional_text()?,
+            actor_verified: values.integer()? != 0,
+            tenant: values.optional_text()?,
+            action: values.text()?,
+            resource_type: values.optional_text()?,
+            resource_id: values.optional_text()?,
+            outcome: values.text()?,
+            status: match values.optional_integer()? {
+                None => None,
+                Some(status) => Some(u16::try_from(status).ok()?),
+            },
+            method: values.optional_text()?,
+            path: values.optional_text()?,
+            route: values.optional_text()?,
+            rule: values.optional_text()?,
+            ip: values.optional_text()?,
+            user_agent: values.optional_text()?,
+            request_id: values.optional_text()?,
+            duration_us: match values.optional_integer()? {
+                None => None,
+                Some(duration) => Some(u64::try_from(duration).ok()?),
+            },
+            error: values.optional_text()?,
+            metadata: values.text()?,
+        };
+        values.0.is_empty().then_some(columns)
+    }
+}
+
+/// Reads a [`StoredRow`]'s values in order; `None` for a value of another type than asked.
+struct StoredValues<'a>(&'a [u8]);
+
+impl<'a> StoredValues<'a> {
+    fn take(&mut self, count: usize) -> Option<&'a [u8]> {
+        if self.0.len() < count {
+            return None;
+        }
+        let (taken, rest) = self.0.split_at(count);
+        self.0 = rest;
+        Some(taken)
+    }
+
+    fn optional_integer(&mut self) -> Option<Option<i64>> {
+        match *self.take(1)?.first()? {
+            STORED_NULL => Some(None),
+            STORED_INTEGER => Some(Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))),
+            _ => None,
+        }
+    }
+
+    fn integer(&mut self) -> Option<i64> {
+        self.optional_integer()?
+    }
+
+    fn optional_text(&mut self) -> Option<Option<&'a str>> {
+        match *self.take(1)?.first()? {
+            STORED_NULL => Some(None),
+            STORED_TEXT => {
+                let length = u32::from_le_bytes(self.take(4)?.try_into().ok()?);
+                let text = self.take(usize::try_from(length).ok()?)?;
+                std::str::from_utf8(text).ok().map(Some)
+            }
+            _ => None,
+        }
+    }
+
+    fn text(&mut self) -> Option<&'a str> {
+        self.optional_text()?
+    }
+}
+
 /// Version 1 of the canonical form. Field order is the byte-wise order of the JSON keys and must
-/// stay so: serde writes fields in declaration order.
+/// stay so: serde writes fields in declaration order. The timestamp and the metadata are generic
+/// so the form is written by this one struct whether from an entry or from stored columns.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct CanonicalEntry<'a> {
+struct CanonicalEntry<'a, T: Serialize, M: Serialize + ?Sized> {
     action: &'a str,
     actor_email: Option<&'a str>,
     actor_id: Option<&'a str>,
     actor_name: Option<&'a str>,
     actor_source: Option<&'a str>,
     actor_verified: bool,
-    created_at: CanonicalTime<'a>,
+    created_at: T,
     duration_us: Option<u64>,
     error: Option<&'a str>,
     id: &'a str,
     ip: Option<&'a str>,
     log_id: &'a str,
-    metadata: &'a Map<String, Value>,
+    metadata: &'a M,
     method: Option<&'a str>,
     outcome: &'a str,
     path: Option<&'a str>,

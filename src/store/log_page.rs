@@ -2,7 +2,7 @@
 //! covers, which stored nodes its leaves complete, and where each row read goes. The backends
 //! only run their queries and hand the rows to a [`PageBuilder`].
 
-use crate::entry::AuditEntry;
+use crate::entry::{AuditEntry, StoredRow};
 use crate::log::merkle::{Hash, MemoryNodes};
 use crate::store::{LogPage, LogSlot};
 
@@ -36,6 +36,7 @@ impl PageBuilder {
                 leaf: None,
                 entry: None,
                 pruned_by: None,
+                stored: None,
             })
             .collect();
         Some(PageBuilder {
@@ -77,10 +78,23 @@ impl PageBuilder {
         if let Some(slot) = self.slot(seq) {
             // A backend keeps a position in one row; two rows for one position (a row copied by
             // hand into a second table) make neither of them the entry.
-            slot.entry = Some(match slot.entry {
-                None => entry,
-                Some(_) => Err(format!("position {seq} is stored in two rows")),
+            slot.entry = Some(match (&slot.entry, &slot.stored) {
+                (None, None) => entry,
+                _ => Err(format!("position {seq} is stored in two rows")),
             });
+            slot.stored = None;
+        }
+    }
+
+    /// The entry row at `seq` as its values copied.
+    pub(crate) fn stored(&mut self, seq: i64, row: StoredRow) {
+        if let Some(slot) = self.slot(seq) {
+            if slot.entry.is_none() && slot.stored.is_none() {
+                slot.stored = Some(row);
+            } else {
+                slot.stored = None;
+                slot.entry = Some(Err(format!("position {seq} is stored in two rows")));
+            }
         }
     }
 

@@ -19,7 +19,7 @@ pub mod query;
 pub mod retention;
 pub mod sqlite;
 
-use crate::entry::AuditEntry;
+use crate::entry::{AuditEntry, StoredRow};
 use crate::log::head::SignedTreeHead;
 use crate::log::merkle::{Hash, MemoryNodes, MerkleError};
 use crate::store::retention::PrunePlan;
@@ -91,6 +91,11 @@ pub struct LogSlot {
     pub entry: Option<Result<AuditEntry, String>>,
     /// The sequence number of the `audit.pruned` entry that pruned this position, if it was.
     pub pruned_by: Option<u64>,
+    /// Instead of `entry`, from [`LogReader::scan_log_stored`]: the row's values as stored, to
+    /// be hashed from [`StoredRow::canonical_bytes`] without decoding the entry. A reader that
+    /// finds they do not hash to the leaf reads the position again with [`LogReader::scan_log`]
+    /// and decides from the decoded entry.
+    pub stored: Option<StoredRow>,
 }
 
 /// Consecutive positions of the log and the stored tree nodes their leaves complete.
@@ -127,6 +132,14 @@ pub trait LogReader {
     /// Up to `max` consecutive positions starting at `first_seq`, never past
     /// `max(tree_size, max_entry_seq)`.
     fn scan_log(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError>;
+
+    /// As [`LogReader::scan_log`], but a row may come as its values copied, in
+    /// `LogSlot::stored`, rather than decoded (`verify`'s walk, which only hashes most of them,
+    /// on another thread than the one reading). Rows of `audit.pruned` entries, whose claims the
+    /// walk checks, still come as entries. By default, `scan_log`.
+    fn scan_log_stored(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
+        self.scan_log(first_seq, max)
+    }
 
     /// The sequence numbers of the positions marked as pruned by the `audit.pruned` entry at
     /// `record_seq`, ascending.

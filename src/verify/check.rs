@@ -48,11 +48,13 @@ struct HashedPage {
 
 impl HashedPage {
     fn new(page: LogPage) -> HashedPage {
+        let mut bytes = Vec::with_capacity(1024);
         let recomputed = page
             .slots
             .iter()
-            .map(|slot| match &slot.entry {
-                Some(Ok(entry)) => Some(leaf_hash(&entry.canonical_bytes())),
+            .map(|slot| match (&slot.stored, &slot.entry) {
+                (Some(row), _) => row.canonical_bytes(&mut bytes).then(|| leaf_hash(&bytes)),
+                (None, Some(Ok(entry))) => Some(leaf_hash(&entry.canonical_bytes())),
                 _ => None,
             })
             .collect();
@@ -345,7 +347,7 @@ impl LogCheck {
             loop {
                 let read = if next <= until && !self.halted {
                     let want = (until - next + 1).min(PAGE as u64) as usize;
-                    Some(reader.scan_log(next, want)?)
+                    Some(reader.scan_log_stored(next, want)?)
                 } else {
                     None
                 };
@@ -364,7 +366,10 @@ impl LogCheck {
                     break;
                 }
                 let empty = |slot: &LogSlot| {
-                    slot.leaf.is_none() && slot.entry.is_none() && slot.pruned_by.is_none()
+                    slot.leaf.is_none()
+                        && slot.entry.is_none()
+                        && slot.stored.is_none()
+                        && slot.pruned_by.is_none()
                 };
                 if page.slots.len() == PAGE && page.slots.iter().all(empty) {
                     self.problem(
@@ -438,6 +443,34 @@ impl LogCheck {
         nodes: &impl NodeReader,
     ) -> Result<(), StoreError> {
         let seq = slot.seq;
+        // Canonical bytes written from the row's stored values that hash to the leaf are the
+        // bytes hashed at commit, so the row is that entry (and not a prune record, which comes
+        // decoded). Any other outcome is decided from the decoded row, read again: a row in a
+        // form the store does not write (a timestamp with an offset, say) may still be intact.
+        if slot.stored.is_some() && (recomputed.is_none() || recomputed != slot.leaf) {
+            let mut again = reader.scan_log(seq, 1)?.slots.into_iter().next();
+            let decoded = match again.as_mut() {
+                Some(decoded) if decoded.seq == seq => LogSlot {
+                    seq,
+                    leaf: slot.leaf,
+                    entry: decoded.entry.take(),
+                    pruned_by: decoded.pruned_by,
+                    stored: None,
+                },
+                _ => LogSlot {
+                    seq,
+                    leaf: slot.leaf,
+                    entry: None,
+                    pruned_by: slot.pruned_by,
+                    stored: None,
+                },
+            };
+            let recomputed = match &decoded.entry {
+                Some(Ok(entry)) => Some(leaf_hash(&entry.canonical_bytes())),
+                _ => None,
+            };
+            return self.check_slot(reader, &decoded, recomputed, nodes);
+        }
         let leaf = match (slot.leaf, recomputed) {
             (Some(stored), _) => stored,
             (None, Some(recomputed)) => {
@@ -458,7 +491,15 @@ impl LogCheck {
                 [0; 32]
             }
         };
-        let confirmed = match (&slot.entry, slot.pruned_by) {
+        // A row of stored values that reaches this point hashes to its leaf; its entry is not
+        // decoded (and is not a prune record).
+        let row = match (&slot.stored, &slot.entry) {
+            (Some(_), _) => Some(Ok(None)),
+            (None, Some(Ok(entry))) => Some(Ok(Some(entry))),
+            (None, Some(Err(reason))) => Some(Err(reason)),
+            (None, None) => None,
+        };
+        let confirmed = match (row, slot.pruned_by) {
             (Some(Ok(entry)), pruned_by) => {
                 let matches = recomputed == Some(leaf);
                 if !matches && slot.leaf.is_some() {
@@ -476,7 +517,8 @@ impl LogCheck {
                         format!("entry {seq} is marked as pruned but its row is present"),
                     );
                 }
-                if matches && entry.action == PRUNED_ACTION {
+                let record = entry.filter(|entry| matches && entry.action == PRUNED_ACTION);
+                if let Some(entry) = record {
                     self.check_prune_record(reader, seq, entry)?;
                 } else if let Some(first_marked) = self.pending_records.remove(&seq) {
                     self.problem(

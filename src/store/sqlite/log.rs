@@ -467,8 +467,14 @@ pub fn pruned_by(connection: &Connection, record_seq: u64) -> Result<Vec<u64>, S
 }
 
 /// Reads positions `first..` (at most `max`) in one read transaction, so the page is one
-/// consistent snapshot even while the writer appends.
-pub fn scan_log(connection: &Connection, first: u64, max: usize) -> Result<LogPage, StoreError> {
+/// consistent snapshot even while the writer appends. With `stored`, a row comes as its values
+/// copied ([`rows::stored_row`], `LogReader::scan_log_stored`) rather than decoded.
+pub fn scan_log(
+    connection: &Connection,
+    first: u64,
+    max: usize,
+    stored: bool,
+) -> Result<LogPage, StoreError> {
     let transaction = connection.unchecked_transaction()?;
     let end = tree_size(&transaction)?.max(max_entry_seq(&transaction)?);
     let Some(mut page) = PageBuilder::new(first, max, end) else {
@@ -504,6 +510,12 @@ pub fn scan_log(connection: &Connection, first: u64, max: usize) -> Result<LogPa
                          {last_sealed}: moved between the tables by hand"
                     ))
                 } else {
+                    if stored {
+                        if let Some(values) = rows::stored_row(row) {
+                            page.stored(seq, values);
+                            continue;
+                        }
+                    }
                     rows::entry_from_row(row).map_err(|error| error.to_string())
                 };
                 page.entry(seq, entry);

@@ -606,7 +606,11 @@ impl LogReader for SqliteStore {
     }
 
     fn scan_log(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
-        self.with_reader(|connection| self::log::scan_log(connection, first_seq, max))
+        self.with_reader(|connection| self::log::scan_log(connection, first_seq, max, false))
+    }
+
+    fn scan_log_stored(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
+        self.with_reader(|connection| self::log::scan_log(connection, first_seq, max, true))
     }
 
     fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError> {
@@ -982,7 +986,11 @@ impl LogReader for SqliteLogReader {
     }
 
     fn scan_log(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
-        self::log::scan_log(&self.connection, first_seq, max)
+        self::log::scan_log(&self.connection, first_seq, max, false)
+    }
+
+    fn scan_log_stored(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
+        self::log::scan_log(&self.connection, first_seq, max, true)
     }
 
     fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError> {

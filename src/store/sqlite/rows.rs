@@ -30,7 +30,8 @@ use rusqlite::types::{Type, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row};
 use serde_json::Map;
 
-use crate::entry::{format_timestamp, parse_timestamp, AuditEntry, Outcome};
+use crate::entry::{format_timestamp, parse_timestamp, AuditEntry, Outcome, StoredRow};
+use crate::log::pruned::PRUNED_ACTION;
 use crate::store::query::{
     prefix_upper_bound, Bucket, Cursor, Filter, IpFilter, Order, Page, PageRequest, StatsBy,
     MAX_LIMIT, UNPARSED_METADATA_KEY,
@@ -40,6 +41,9 @@ use crate::store::query::{
 pub const ENTRY_COLUMNS: &str = "seq, id, log_id, created_at, actor_id, actor_email, actor_name, \
      actor_source, actor_verified, tenant, action, resource_type, resource_id, outcome, status, \
      method, path, route, rule, ip, user_agent, request_id, duration_us, error, metadata";
+
+/// How many columns [`ENTRY_COLUMNS`] names.
+const ENTRY_COLUMN_COUNT: usize = 25;
 
 /// The table of entries appended but not sealed yet. Appends go there alone, in `seq` order and
 /// without secondary indexes, which is what keeps a commit cheap at any log size; the store
@@ -194,6 +198,26 @@ pub fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<AuditEntry> {
         error: row.get(23)?,
         metadata: metadata_from_value(row.get_ref(24)?),
     })
+}
+
+/// A row selected with [`ENTRY_COLUMNS`], copied into a [`StoredRow`] (whose value order is
+/// that of the columns) for `verify`'s hashing thread; `None` for a row of an `audit.pruned`
+/// entry, whose claim `verify` checks, so it comes decoded.
+pub fn stored_row(row: &Row<'_>) -> Option<StoredRow> {
+    if matches!(row.get_ref(10).ok()?, ValueRef::Text(action) if action == PRUNED_ACTION.as_bytes())
+    {
+        return None;
+    }
+    let mut stored = StoredRow::with_capacity(1024);
+    for index in 0..ENTRY_COLUMN_COUNT {
+        match row.get_ref(index).ok()? {
+            ValueRef::Null => stored.push_null(),
+            ValueRef::Integer(number) => stored.push_integer(number),
+            ValueRef::Text(text) => stored.push_text(text),
+            ValueRef::Real(_) | ValueRef::Blob(_) => stored.push_other(),
+        }
+    }
+    Some(stored)
 }
 
 fn conversion_error(index: usize, kind: Type, error: ColumnError) -> rusqlite::Error {

@@ -1844,3 +1844,114 @@ fn a_stats_window_is_cut_at_hours_and_days() {
     assert!(window_parts(Some(until), Some(since), false).is_none());
     assert!(window_parts(Some(at("9999-12-31T23:30:00Z")), None, false).is_none());
 }
+
+#[test]
+fn canonical_bytes_from_the_columns_equal_those_of_the_decoded_entry() {
+    let conn = open();
+    let awkward = [
+        "plain",
+        "",
+        "quote \" backslash \\ slash /",
+        "control \u{1} \n \t \u{7f}",
+        "unicode é 漢字 😀 \u{2028}",
+    ];
+    let mut written = 0;
+    for seq in 1..=40u64 {
+        let mut entry = entry(seq);
+        let text = |offset: u64| Some(awkward[((seq + offset) % 5) as usize].to_string());
+        let sometimes = |offset: u64| (seq + offset) % 3 != 0;
+        entry.created_at += Duration::microseconds(seq as i64 * 7_919);
+        entry.actor_id = text(0).filter(|_| sometimes(0));
+        entry.actor_email = text(1).filter(|_| sometimes(1));
+        entry.actor_name = text(2).filter(|_| sometimes(2));
+        entry.actor_source = text(3).filter(|_| sometimes(0));
+        entry.actor_verified = seq % 2 == 0;
+        entry.tenant = text(4).filter(|_| sometimes(1));
+        entry.action = format!("user.{}", awkward[(seq % 5) as usize]);
+        entry.resource_type = text(1).filter(|_| sometimes(2));
+        entry.resource_id = text(2).filter(|_| sometimes(0));
+        entry.outcome = [
+            Outcome::Success,
+            Outcome::Failure,
+            Outcome::Error,
+            Outcome::Unknown,
+        ][(seq % 4) as usize];
+        entry.status = [None, Some(0), Some(204), Some(u16::MAX)][(seq % 4) as usize];
+        entry.method = text(3).filter(|_| sometimes(1));
+        entry.path = text(4).filter(|_| sometimes(2));
+        entry.route = text(0).filter(|_| sometimes(1));
+        entry.rule = text(1).filter(|_| sometimes(0));
+        entry.ip = text(2).filter(|_| sometimes(2));
+        entry.user_agent = text(3).filter(|_| sometimes(0));
+        entry.request_id = text(4).filter(|_| sometimes(1));
+        entry.duration_us = [None, Some(0), Some(1234), Some(i64::MAX as u64)][(seq % 4) as usize];
+        entry.error = text(0).filter(|_| sometimes(2));
+        if seq % 5 != 0 {
+            entry.metadata = json!({
+                "zeta": seq as f64 / 7.0,
+                "alpha": {"nested": [1, -2, 3.5e300, null, true, awkward[(seq % 5) as usize]]},
+                awkward[((seq + 1) % 5) as usize]: u64::MAX,
+                "small": -0.0,
+            })
+            .as_object()
+            .cloned()
+            .expect("object");
+        }
+        insert(&conn, &entry);
+        written += 1;
+    }
+    let mut statement = conn
+        .prepare(&format!("SELECT {ENTRY_COLUMNS} FROM entries ORDER BY seq"))
+        .expect("prepare");
+    let mut rows = statement.query([]).expect("query");
+    let mut compared = 0;
+    while let Some(row) = rows.next().expect("row") {
+        let decoded = entry_from_row(row).expect("decodes");
+        let mut bytes = Vec::new();
+        let stored = stored_row(row).expect("copied");
+        assert!(stored.canonical_bytes(&mut bytes), "entry {}", decoded.seq);
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            String::from_utf8_lossy(&decoded.canonical_bytes()),
+            "entry {}",
+            decoded.seq
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, written);
+
+    // A prune record comes decoded (its claim is checked). Values of another type than the
+    // store writes are copied, but give no canonical bytes: such a row is decoded instead.
+    let mut pruned = entry(41);
+    pruned.action = PRUNED_ACTION.to_string();
+    insert(&conn, &pruned);
+    conn.execute_batch(
+        "UPDATE entries SET status = '20x' WHERE seq = 1;
+         UPDATE entries SET actor_id = x'41' WHERE seq = 2;
+         UPDATE entries SET duration_us = -1 WHERE seq = 4;
+         UPDATE entries SET metadata = '{\"a\":' WHERE seq = 6;
+         UPDATE entries SET path = CAST(x'ff' AS TEXT) WHERE seq = 7;
+         UPDATE entries SET status = 70000 WHERE seq = 8;
+         UPDATE entries SET duration_us = 2.5 WHERE seq = 9;",
+    )
+    .expect("edit");
+    let mut statement = conn
+        .prepare(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE seq IN (1, 2, 4, 6, 7, 8, 9, 41) ORDER BY seq"
+        ))
+        .expect("prepare");
+    let mut rows = statement.query([]).expect("query");
+    let mut refused = 0;
+    while let Some(row) = rows.next().expect("row") {
+        let seq: i64 = row.get(0).expect("seq");
+        match stored_row(row) {
+            None => assert_eq!(seq, 41),
+            Some(stored) => {
+                assert!(!stored.canonical_bytes(&mut Vec::new()), "entry {seq}");
+                assert!(entry_from_row(row).is_err() || seq == 6, "entry {seq}");
+            }
+        }
+        refused += 1;
+    }
+    assert_eq!(refused, 8);
+}
