@@ -86,11 +86,12 @@ impl NdjsonStream {
         let mut lines = Vec::with_capacity(entries.len() * 512);
         for entry in entries {
             // serde_json escapes control characters, so an entry is always exactly one line.
-            let line = match self.config.format {
-                StreamFormat::Ndjson => entry.to_api_json(),
-                StreamFormat::Ocsf => crate::entry::ocsf::to_ocsf(entry),
-            };
-            serde_json::to_writer(&mut lines, &line)?;
+            match self.config.format {
+                StreamFormat::Ndjson => entry.write_api_json(&mut lines)?,
+                StreamFormat::Ocsf => {
+                    serde_json::to_writer(&mut lines, &crate::entry::ocsf::to_ocsf(entry))?
+                }
+            }
             lines.push(b'\n');
         }
         match &self.config.target {

@@ -233,6 +233,220 @@ fn an_edit_of_any_column_is_found_and_an_equivalent_stored_form_verifies() {
     }
 }
 
+/// A log reader that counts the positions `verify` reads again decoded, or (`decoding`) reads
+/// every row decoded, as `verify` did before it hashed rows from their stored values.
+struct CountingReader {
+    inner: auditgate::store::sqlite::SqliteLogReader,
+    decoding: bool,
+    reread: std::cell::Cell<u64>,
+    /// Rows handed over as stored values rather than decoded.
+    stored: std::cell::Cell<u64>,
+}
+
+impl CountingReader {
+    fn open(db: &Path, decoding: bool) -> CountingReader {
+        CountingReader {
+            inner: auditgate::store::sqlite::SqliteLogReader::open(db).expect("reader"),
+            decoding,
+            reread: std::cell::Cell::new(0),
+            stored: std::cell::Cell::new(0),
+        }
+    }
+
+    fn verify(&self) -> VerifyReport {
+        auditgate::verify::verify_log(self, None, &[]).expect("readable")
+    }
+}
+
+impl auditgate::store::LogReader for CountingReader {
+    fn tree_size(&self) -> Result<u64, auditgate::store::StoreError> {
+        self.inner.tree_size()
+    }
+    fn max_entry_seq(&self) -> Result<u64, auditgate::store::StoreError> {
+        self.inner.max_entry_seq()
+    }
+    fn scan_log(
+        &self,
+        first_seq: u64,
+        max: usize,
+    ) -> Result<auditgate::store::LogPage, auditgate::store::StoreError> {
+        self.reread.set(self.reread.get() + max as u64);
+        self.inner.scan_log(first_seq, max)
+    }
+    fn scan_log_stored(
+        &self,
+        first_seq: u64,
+        max: usize,
+    ) -> Result<auditgate::store::LogPage, auditgate::store::StoreError> {
+        if self.decoding {
+            return self.inner.scan_log(first_seq, max);
+        }
+        let page = self.inner.scan_log_stored(first_seq, max)?;
+        let stored = page.slots.iter().filter(|slot| slot.stored.is_some());
+        self.stored.set(self.stored.get() + stored.count() as u64);
+        Ok(page)
+    }
+    fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, auditgate::store::StoreError> {
+        self.inner.pruned_by(record_seq)
+    }
+    fn root_at(&self, size: u64) -> Result<merkle::Hash, auditgate::store::StoreError> {
+        self.inner.root_at(size)
+    }
+    fn node_range(
+        &self,
+        level: u32,
+        first_index: u64,
+        count: usize,
+    ) -> Result<Vec<merkle::Hash>, auditgate::store::StoreError> {
+        self.inner.node_range(level, first_index, count)
+    }
+    fn keeps_node_level(&self, level: u32) -> bool {
+        self.inner.keeps_node_level(level)
+    }
+    fn heads_after(
+        &self,
+        after_id: u64,
+        limit: u32,
+    ) -> Result<Vec<auditgate::store::StoredHead>, auditgate::store::StoreError> {
+        self.inner.heads_after(after_id, limit)
+    }
+    fn cosignatures(
+        &self,
+        origin: &str,
+        size: u64,
+        root_hash: &merkle::Hash,
+    ) -> Result<Vec<auditgate::store::StoredCosignature>, auditgate::store::StoreError> {
+        self.inner.cosignatures(origin, size, root_hash)
+    }
+}
+
+/// What two verifications found, apart from when they ran.
+fn findings(report: &VerifyReport) -> (u64, u64, u64, u64, String) {
+    (
+        report.size,
+        report.entries,
+        report.pruned,
+        report.problem_count,
+        problem_text(report),
+    )
+}
+
+/// Every row the store writes is hashed from its stored values, none decoded again; a row that
+/// was edited, or stored in any other form, gets exactly the verdict decoding it gives.
+#[test]
+fn verify_decodes_only_rows_not_as_stored_and_its_verdicts_are_those_of_decoding() {
+    // A prune record among them, which always comes decoded, and a last stretch unsealed.
+    let mut fixture = Fixture::new(0, 10);
+    fixture.extend(5, 5, chrono::Duration::days(120));
+    fixture.extend(60, 10, chrono::Duration::zero());
+    let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
+    let plan = PrunePlan {
+        default_cutoff: Some(chrono::Utc::now() - chrono::Duration::days(90)),
+        rules: Vec::new(),
+    };
+    let summary =
+        prune_all(&store, &plan, "tamper-test", &PrunedBy::Retention, &|| true).expect("prunes");
+    assert_eq!(summary.entries(), 5);
+    fixture.sign(&store);
+    drop(store);
+    let columns = auditgate::store::sqlite::rows::ENTRY_COLUMNS;
+    fixture.sql(&format!(
+        "INSERT INTO recent ({columns}) SELECT {columns} FROM entries WHERE seq > 55;
+         DELETE FROM entries WHERE seq > 55;"
+    ));
+
+    let untouched = CountingReader::open(&fixture.db, false);
+    let report = untouched.verify();
+    assert!(report.ok(), "{}", problem_text(&report));
+    assert_eq!((report.entries, report.pruned), (61, 5));
+    assert_eq!(
+        untouched.reread.get(),
+        0,
+        "a row as the store writes it was decoded"
+    );
+    assert_eq!(
+        untouched.stored.get(),
+        60,
+        "every entry but the prune record as stored"
+    );
+
+    let edits = [
+        "actor_id = 'someone-else'",
+        "actor_id = x'757365722d31'",
+        "actor_id = CAST(x'ff' AS TEXT)",
+        "actor_id = 'user-1' || char(0)",
+        "status = 200.5",
+        "status = '200'",
+        "status = 'two hundred'",
+        "duration_us = -5",
+        "actor_verified = 2",
+        "created_at = replace(created_at, 'Z', '+00:00')",
+        "created_at = replace(created_at, 'T', ' ')",
+        "created_at = '+10000-01-01T00:00:00.000000Z'",
+        "metadata = ' ' || metadata",
+        "metadata = metadata || ',\"method\":\"GET\"'",
+        "metadata = '[' || metadata || ']'",
+        "metadata = replace(metadata, '\"ratio\"', '\"\\u0072atio\"')",
+        "metadata = replace(metadata, '{', '{\"ratio\":0,')",
+        "metadata = '{\"deep\":' || replace(printf('%.130c', '['), ' ', '[') || '1' || replace(printf('%.130c', ']'), ' ', ']') || '}'",
+        "action = 'audit.pruned'",
+    ];
+    for (index, edit) in edits.iter().enumerate() {
+        let fixture = Fixture::new(30, 10);
+        let seq = 2 + index as u64;
+        fixture.sql(&format!("UPDATE entries SET {edit} WHERE seq = {seq}"));
+        let stored = CountingReader::open(&fixture.db, false);
+        let decoding = CountingReader::open(&fixture.db, true);
+        let (fast, slow) = (stored.verify(), decoding.verify());
+        assert_eq!(findings(&fast), findings(&slow), "{edit}");
+        assert!(
+            stored.reread.get() <= 1,
+            "{edit}: {} positions read again",
+            stored.reread.get()
+        );
+    }
+    // Entries no store writes but an append takes (a timestamp past year 9999, metadata nested
+    // deeper than decoding reads) do not decode: as stored values they would hash to their
+    // leaves, yet they get decoding's verdict.
+    let mut fixture = Fixture::new(10, 10);
+    let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
+    let mut far = sample_entry(11, chrono::Duration::zero());
+    far.created_at = chrono::DateTime::parse_from_rfc3339("9999-12-31T23:59:59Z")
+        .expect("time")
+        .with_timezone(&chrono::Utc)
+        + chrono::Duration::days(2);
+    let mut deep = sample_entry(12, chrono::Duration::zero());
+    let mut nested = serde_json::json!(1);
+    for _ in 0..130 {
+        nested = serde_json::json!([nested]);
+    }
+    deep.metadata.insert("deep".into(), nested);
+    store.append(&mut [far, deep]).expect("append");
+    fixture.size += 2;
+    fixture.sign(&store);
+    drop(store);
+    let stored = CountingReader::open(&fixture.db, false);
+    let decoding = CountingReader::open(&fixture.db, true);
+    let (fast, slow) = (stored.verify(), decoding.verify());
+    assert!(!slow.ok(), "decoding reads them");
+    assert_eq!(findings(&fast), findings(&slow));
+
+    // The equivalent forms among them still verify, through the decoded row.
+    let fixture = Fixture::new(30, 10);
+    fixture.sql(
+        "UPDATE entries SET created_at = replace(created_at, 'Z', '+00:00') WHERE seq = 4;
+         UPDATE entries SET status = '200' WHERE seq = 5;",
+    );
+    let reader = CountingReader::open(&fixture.db, false);
+    let report = reader.verify();
+    assert!(report.ok(), "{}", problem_text(&report));
+    assert_eq!(
+        reader.reread.get(),
+        1,
+        "only the timestamp's row is decoded"
+    );
+}
+
 #[test]
 fn an_edit_with_every_hash_recomputed_is_found_by_the_signed_heads() {
     let fixture = Fixture::new(100, 10);
