@@ -511,7 +511,8 @@ impl<'a> StoredValues<'a> {
 
 /// The admin API's form of an entry ([`AuditEntry::to_api_json`]): its fields in camelCase plus
 /// `durationMs`, declared in the byte-wise order of their keys, which is the order a
-/// `serde_json::Value` object (a sorted map) writes them in.
+/// `serde_json::Value` object (a sorted map while serde_json's `preserve_order` feature is off,
+/// as the canonical form needs too) writes them in.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ApiEntry<'a> {
