@@ -40,6 +40,50 @@ const MAX_PROBLEMS: usize = 100;
 /// what matter, so a log changed everywhere does not grow this without bound.
 const MAX_BAD_POSITIONS: usize = 10_000;
 
+/// Rows of a page read again decoded, because their stored values did not hash to their leaves;
+/// read once, from the first such row of the page to the last.
+#[derive(Default)]
+struct Decoded {
+    slots: std::collections::VecDeque<LogSlot>,
+}
+
+impl Decoded {
+    /// Position `slot.seq` decoded, reading the rows up to `last` when it was not read yet. The
+    /// leaf stays the page's (leaves never change); the row and its prune mark are the new
+    /// read's, which sees at least what the page saw.
+    fn take<R: LogReader + ?Sized>(
+        &mut self,
+        reader: &R,
+        slot: &LogSlot,
+        last: u64,
+    ) -> Result<LogSlot, StoreError> {
+        let seq = slot.seq;
+        while self.slots.front().is_some_and(|read| read.seq < seq) {
+            self.slots.pop_front();
+        }
+        if self.slots.front().is_none_or(|read| read.seq != seq) {
+            let count = usize::try_from(last.saturating_sub(seq) + 1).unwrap_or(usize::MAX);
+            self.slots = reader.scan_log(seq, count)?.slots.into();
+        }
+        Ok(match self.slots.pop_front() {
+            Some(read) if read.seq == seq => LogSlot {
+                seq,
+                leaf: slot.leaf,
+                entry: read.entry,
+                pruned_by: read.pruned_by,
+                stored: None,
+            },
+            _ => LogSlot {
+                seq,
+                leaf: slot.leaf,
+                entry: None,
+                pruned_by: slot.pruned_by,
+                stored: None,
+            },
+        })
+    }
+}
+
 /// A page of the log with the leaf hash recomputed from each readable entry, slot by slot.
 struct HashedPage {
     page: LogPage,
@@ -419,6 +463,7 @@ impl LogCheck {
         hashed: &HashedPage,
     ) -> Result<(), StoreError> {
         let HashedPage { page, recomputed } = hashed;
+        let mut decoded = Decoded::default();
         for (slot, recomputed) in page.slots.iter().zip(recomputed.iter().copied()) {
             if self.halted {
                 break;
@@ -430,9 +475,38 @@ impl LogCheck {
                     self.position() + 1
                 )));
             }
-            self.check_slot(reader, slot, recomputed, &page.nodes)?;
+            // Stored values that hash to the leaf are the bytes hashed at commit, so the row is
+            // that entry (and not a prune record, which comes decoded). Any other outcome is
+            // decided from the decoded row, read again: a row in a form the store does not write
+            // (a timestamp with an offset, say) may still be intact.
+            if slot.stored.is_some() && (recomputed.is_none() || recomputed != slot.leaf) {
+                let last = Self::last_to_decode(hashed, slot.seq);
+                let row = decoded.take(reader, slot, last)?;
+                let recomputed = match &row.entry {
+                    Some(Ok(entry)) => Some(leaf_hash(&entry.canonical_bytes())),
+                    _ => None,
+                };
+                self.check_slot(reader, &row, recomputed, &page.nodes)?;
+            } else {
+                self.check_slot(reader, slot, recomputed, &page.nodes)?;
+            }
         }
         Ok(())
+    }
+
+    /// The last position of the page, from `seq` on, whose stored values do not hash to its
+    /// leaf: one read decodes the rows from `seq` to it, not one read per row.
+    fn last_to_decode(hashed: &HashedPage, seq: u64) -> u64 {
+        hashed
+            .page
+            .slots
+            .iter()
+            .zip(hashed.recomputed.iter())
+            .rev()
+            .find(|(slot, recomputed)| {
+                slot.stored.is_some() && (recomputed.is_none() || **recomputed != slot.leaf)
+            })
+            .map_or(seq, |(slot, _)| slot.seq.max(seq))
     }
 
     fn check_slot<R: LogReader + ?Sized>(
@@ -443,34 +517,6 @@ impl LogCheck {
         nodes: &impl NodeReader,
     ) -> Result<(), StoreError> {
         let seq = slot.seq;
-        // Canonical bytes written from the row's stored values that hash to the leaf are the
-        // bytes hashed at commit, so the row is that entry (and not a prune record, which comes
-        // decoded). Any other outcome is decided from the decoded row, read again: a row in a
-        // form the store does not write (a timestamp with an offset, say) may still be intact.
-        if slot.stored.is_some() && (recomputed.is_none() || recomputed != slot.leaf) {
-            let mut again = reader.scan_log(seq, 1)?.slots.into_iter().next();
-            let decoded = match again.as_mut() {
-                Some(decoded) if decoded.seq == seq => LogSlot {
-                    seq,
-                    leaf: slot.leaf,
-                    entry: decoded.entry.take(),
-                    pruned_by: decoded.pruned_by,
-                    stored: None,
-                },
-                _ => LogSlot {
-                    seq,
-                    leaf: slot.leaf,
-                    entry: None,
-                    pruned_by: slot.pruned_by,
-                    stored: None,
-                },
-            };
-            let recomputed = match &decoded.entry {
-                Some(Ok(entry)) => Some(leaf_hash(&entry.canonical_bytes())),
-                _ => None,
-            };
-            return self.check_slot(reader, &decoded, recomputed, nodes);
-        }
         let leaf = match (slot.leaf, recomputed) {
             (Some(stored), _) => stored,
             (None, Some(recomputed)) => {

@@ -239,6 +239,8 @@ struct CountingReader {
     inner: auditgate::store::sqlite::SqliteLogReader,
     decoding: bool,
     reread: std::cell::Cell<u64>,
+    /// Reads of decoded rows.
+    reads: std::cell::Cell<u64>,
     /// Rows handed over as stored values rather than decoded.
     stored: std::cell::Cell<u64>,
 }
@@ -249,6 +251,7 @@ impl CountingReader {
             inner: auditgate::store::sqlite::SqliteLogReader::open(db).expect("reader"),
             decoding,
             reread: std::cell::Cell::new(0),
+            reads: std::cell::Cell::new(0),
             stored: std::cell::Cell::new(0),
         }
     }
@@ -271,6 +274,7 @@ impl auditgate::store::LogReader for CountingReader {
         max: usize,
     ) -> Result<auditgate::store::LogPage, auditgate::store::StoreError> {
         self.reread.set(self.reread.get() + max as u64);
+        self.reads.set(self.reads.get() + 1);
         self.inner.scan_log(first_seq, max)
     }
     fn scan_log_stored(
@@ -445,6 +449,17 @@ fn verify_decodes_only_rows_not_as_stored_and_its_verdicts_are_those_of_decoding
         1,
         "only the timestamp's row is decoded"
     );
+
+    // Many such rows in a page are decoded in one read, from the first to the last.
+    fixture.sql(
+        "UPDATE entries SET created_at = replace(created_at, 'Z', '+00:00') WHERE seq BETWEEN 10 AND 20;
+         UPDATE entries SET actor_id = 'someone-else' WHERE seq = 15;",
+    );
+    let reader = CountingReader::open(&fixture.db, false);
+    let report = reader.verify();
+    assert_tampered(&report, Some(15), "entry 15 was changed");
+    assert_eq!(report.problem_count, 1, "{}", problem_text(&report));
+    assert_eq!((reader.reads.get(), reader.reread.get()), (1, 17));
 }
 
 #[test]
