@@ -286,13 +286,19 @@ pub struct StoredColumns<'a> {
 
 impl StoredColumns<'_> {
     /// The canonical bytes these columns stand for, into `out` (cleared first); `false`, with
-    /// `out` unspecified, when the metadata text is not one JSON value.
+    /// `out` unspecified, when the metadata text is not one JSON value, or has white space
+    /// around it.
     pub fn canonical_bytes(&self, out: &mut Vec<u8>) -> bool {
         out.clear();
         let Ok(metadata) = serde_json::from_str::<&serde_json::value::RawValue>(self.metadata)
         else {
             return false;
         };
+        // The value without white space around it, which the parse leaves out: such text is not
+        // what a store writes, and is decoded instead.
+        if metadata.get().len() != self.metadata.len() {
+            return false;
+        }
         let canonical = CanonicalEntry {
             action: self.action,
             actor_email: self.actor_email,

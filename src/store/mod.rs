@@ -141,6 +141,15 @@ pub trait LogReader {
         self.scan_log(first_seq, max)
     }
 
+    /// The values an untouched row of `entry` holds in this store, in `StoredRow`'s order; `None`
+    /// for a store that never hands rows over as stored values. `verify` compares them with a
+    /// row that decodes to its entry but whose stored values do not hash to its leaf: such a
+    /// row was rewritten into another form of the same entry.
+    fn stored_form(&self, entry: &AuditEntry) -> Option<StoredRow> {
+        let _ = entry;
+        None
+    }
+
     /// The sequence numbers of the positions marked as pruned by the `audit.pruned` entry at
     /// `record_seq`, ascending.
     fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError>;

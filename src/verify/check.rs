@@ -487,6 +487,26 @@ impl LogCheck {
                     _ => None,
                 };
                 self.check_slot(reader, &row, recomputed, &page.nodes)?;
+                // The decoded entry is the one committed, but the row does not hold the values
+                // the store writes for it: it was rewritten into another form of the same entry
+                // (a timestamp with an offset, metadata spelt otherwise), which filters comparing
+                // the stored text, such as a time window, may no longer find.
+                if let Some(Ok(entry)) = &row.entry {
+                    let intact = recomputed.is_some() && recomputed == slot.leaf;
+                    let written = reader.stored_form(entry);
+                    if intact && written.is_some() && written != slot.stored {
+                        self.problem(
+                            Some(slot.seq),
+                            format!(
+                                "entry {} was rewritten: its row decodes to the entry its leaf \
+                                 hashes, but does not hold the values auditgate writes for it (a \
+                                 time with an offset, metadata spelt otherwise), so filters that \
+                                 compare the stored text, such as a time window, may miss it",
+                                slot.seq
+                            ),
+                        );
+                    }
+                }
             } else {
                 self.check_slot(reader, slot, recomputed, &page.nodes)?;
             }

@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
 use self::log::SqliteNodes;
-use crate::entry::AuditEntry;
+use crate::entry::{AuditEntry, StoredRow};
 use crate::log::head::SignedTreeHead;
 use crate::log::merkle::{self, Frontier, Hash};
 use crate::store::config::SyncMode;
@@ -613,6 +613,10 @@ impl LogReader for SqliteStore {
         self.with_reader(|connection| self::log::scan_log(connection, first_seq, max, true))
     }
 
+    fn stored_form(&self, entry: &AuditEntry) -> Option<StoredRow> {
+        Some(rows::stored_row_of(entry))
+    }
+
     fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError> {
         self.with_reader(|connection| self::log::pruned_by(connection, record_seq))
     }
@@ -991,6 +995,10 @@ impl LogReader for SqliteLogReader {
 
     fn scan_log_stored(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
         self::log::scan_log(&self.connection, first_seq, max, true)
+    }
+
+    fn stored_form(&self, entry: &AuditEntry) -> Option<StoredRow> {
+        Some(rows::stored_row_of(entry))
     }
 
     fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError> {

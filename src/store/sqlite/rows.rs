@@ -220,6 +220,49 @@ pub fn stored_row(row: &Row<'_>) -> Option<StoredRow> {
     Some(stored)
 }
 
+/// The values [`stored_row`] reads from the row the store writes for `entry` (`log::append`):
+/// what an untouched row of that entry holds.
+pub fn stored_row_of(entry: &AuditEntry) -> StoredRow {
+    let mut stored = StoredRow::with_capacity(1024);
+    let text = |stored: &mut StoredRow, value: &Option<String>| match value {
+        Some(value) => stored.push_text(value.as_bytes()),
+        None => stored.push_null(),
+    };
+    stored.push_integer(entry.seq as i64);
+    stored.push_text(entry.id.as_bytes());
+    stored.push_text(entry.log_id.as_bytes());
+    stored.push_text(format_timestamp(&entry.created_at).as_bytes());
+    text(&mut stored, &entry.actor_id);
+    text(&mut stored, &entry.actor_email);
+    text(&mut stored, &entry.actor_name);
+    text(&mut stored, &entry.actor_source);
+    stored.push_integer(i64::from(entry.actor_verified));
+    text(&mut stored, &entry.tenant);
+    stored.push_text(entry.action.as_bytes());
+    text(&mut stored, &entry.resource_type);
+    text(&mut stored, &entry.resource_id);
+    stored.push_text(entry.outcome.as_str().as_bytes());
+    match entry.status {
+        Some(status) => stored.push_integer(i64::from(status)),
+        None => stored.push_null(),
+    }
+    text(&mut stored, &entry.method);
+    text(&mut stored, &entry.path);
+    text(&mut stored, &entry.route);
+    text(&mut stored, &entry.rule);
+    text(&mut stored, &entry.ip);
+    text(&mut stored, &entry.user_agent);
+    text(&mut stored, &entry.request_id);
+    match entry.duration_us {
+        Some(duration) => stored.push_integer(duration as i64),
+        None => stored.push_null(),
+    }
+    text(&mut stored, &entry.error);
+    let metadata = serde_json::to_string(&entry.metadata).unwrap_or_else(|_| "{}".to_string());
+    stored.push_text(metadata.as_bytes());
+    stored
+}
+
 fn conversion_error(index: usize, kind: Type, error: ColumnError) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(index, kind, Box::new(error))
 }
