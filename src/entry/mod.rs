@@ -166,7 +166,16 @@ impl AuditEntry {
     /// from the entry's fields (exports and the SIEM stream write hundreds of thousands a second;
     /// building the `Value` first was most of their time).
     pub fn write_api_json<W: std::io::Write>(&self, out: W) -> serde_json::Result<()> {
-        let api = ApiEntry {
+        let mut api = self.serialized();
+        // The same number `to_api_json` carries; the API form has no `v`.
+        api.duration_ms = Some(self.duration_us.map(|us| (us as f64) / 1000.0));
+        api.v = None;
+        serde_json::to_writer(out, &api)
+    }
+
+    /// The entry's fields borrowed in the canonical form's shape (see [`SerializedEntry`]).
+    fn serialized(&self) -> SerializedEntry<'_, CanonicalTime<'_>, Map<String, Value>> {
+        SerializedEntry {
             action: &self.action,
             actor_email: self.actor_email.as_deref(),
             actor_id: self.actor_id.as_deref(),
@@ -174,8 +183,7 @@ impl AuditEntry {
             actor_source: self.actor_source.as_deref(),
             actor_verified: self.actor_verified,
             created_at: CanonicalTime(&self.created_at),
-            // The same number `to_api_json` carries.
-            duration_ms: self.duration_us.map(|us| (us as f64) / 1000.0),
+            duration_ms: None,
             duration_us: self.duration_us,
             error: self.error.as_deref(),
             id: &self.id,
@@ -194,8 +202,8 @@ impl AuditEntry {
             status: self.status,
             tenant: self.tenant.as_deref(),
             user_agent: self.user_agent.as_deref(),
-        };
-        serde_json::to_writer(out, &api)
+            v: Some(1),
+        }
     }
 
     /// The canonical bytes of the entry, the input of its Merkle leaf hash.
@@ -210,34 +218,7 @@ impl AuditEntry {
     /// writer hashes every entry, so building a `serde_json::Value` per entry would cost more than
     /// the hash); the fixed-vector test below pins the bytes.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let canonical = CanonicalEntry {
-            action: &self.action,
-            actor_email: self.actor_email.as_deref(),
-            actor_id: self.actor_id.as_deref(),
-            actor_name: self.actor_name.as_deref(),
-            actor_source: self.actor_source.as_deref(),
-            actor_verified: self.actor_verified,
-            created_at: CanonicalTime(&self.created_at),
-            duration_us: self.duration_us,
-            error: self.error.as_deref(),
-            id: &self.id,
-            ip: self.ip.as_deref(),
-            log_id: &self.log_id,
-            metadata: &self.metadata,
-            method: self.method.as_deref(),
-            outcome: self.outcome.as_str(),
-            path: self.path.as_deref(),
-            request_id: self.request_id.as_deref(),
-            resource_id: self.resource_id.as_deref(),
-            resource_type: self.resource_type.as_deref(),
-            route: self.route.as_deref(),
-            rule: self.rule.as_deref(),
-            seq: self.seq,
-            status: self.status,
-            tenant: self.tenant.as_deref(),
-            user_agent: self.user_agent.as_deref(),
-            v: 1,
-        };
+        let canonical = self.serialized();
         // serde_json's Map is a BTreeMap (the `preserve_order` feature is off), so metadata keys
         // come out sorted at every depth; the struct's own keys are sorted by declaration.
         serde_json::to_vec(&canonical).unwrap_or_default()
@@ -299,7 +280,7 @@ impl StoredColumns<'_> {
         if metadata.get().len() != self.metadata.len() {
             return false;
         }
-        let canonical = CanonicalEntry {
+        let canonical = SerializedEntry {
             action: self.action,
             actor_email: self.actor_email,
             actor_id: self.actor_id,
@@ -307,6 +288,7 @@ impl StoredColumns<'_> {
             actor_source: self.actor_source,
             actor_verified: self.actor_verified,
             created_at: self.created_at,
+            duration_ms: None,
             duration_us: self.duration_us,
             error: self.error,
             id: self.id,
@@ -325,7 +307,7 @@ impl StoredColumns<'_> {
             status: self.status,
             tenant: self.tenant,
             user_agent: self.user_agent,
-            v: 1,
+            v: Some(1),
         };
         serde_json::to_writer(&mut *out, &canonical).is_ok()
     }
@@ -515,47 +497,16 @@ impl<'a> StoredValues<'a> {
     }
 }
 
-/// The admin API's form of an entry ([`AuditEntry::to_api_json`]): its fields in camelCase plus
-/// `durationMs`, declared in the byte-wise order of their keys, which is the order a
-/// `serde_json::Value` object (a sorted map while serde_json's `preserve_order` feature is off,
-/// as the canonical form needs too) writes them in.
+/// An entry as JSON: version 1 of the canonical form (`v` set, `duration_ms` absent) or the admin
+/// API's object (`duration_ms` set, `v` absent), which differ in those two keys only. Field order
+/// is the byte-wise order of the JSON keys and must stay so: serde writes fields in declaration
+/// order, and the API object must come out as a `serde_json::Value` object (a sorted map while
+/// serde_json's `preserve_order` feature is off) writes it. The timestamp and the metadata are
+/// generic so the canonical form is written by this one struct whether from an entry or from
+/// stored columns.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct ApiEntry<'a> {
-    action: &'a str,
-    actor_email: Option<&'a str>,
-    actor_id: Option<&'a str>,
-    actor_name: Option<&'a str>,
-    actor_source: Option<&'a str>,
-    actor_verified: bool,
-    created_at: CanonicalTime<'a>,
-    duration_ms: Option<f64>,
-    duration_us: Option<u64>,
-    error: Option<&'a str>,
-    id: &'a str,
-    ip: Option<&'a str>,
-    log_id: &'a str,
-    metadata: &'a Map<String, Value>,
-    method: Option<&'a str>,
-    outcome: &'a str,
-    path: Option<&'a str>,
-    request_id: Option<&'a str>,
-    resource_id: Option<&'a str>,
-    resource_type: Option<&'a str>,
-    route: Option<&'a str>,
-    rule: Option<&'a str>,
-    seq: u64,
-    status: Option<u16>,
-    tenant: Option<&'a str>,
-    user_agent: Option<&'a str>,
-}
-
-/// Version 1 of the canonical form. Field order is the byte-wise order of the JSON keys and must
-/// stay so: serde writes fields in declaration order. The timestamp and the metadata are generic
-/// so the form is written by this one struct whether from an entry or from stored columns.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CanonicalEntry<'a, T: Serialize, M: Serialize + ?Sized> {
+struct SerializedEntry<'a, T: Serialize, M: Serialize + ?Sized> {
     action: &'a str,
     actor_email: Option<&'a str>,
     actor_id: Option<&'a str>,
@@ -563,6 +514,8 @@ struct CanonicalEntry<'a, T: Serialize, M: Serialize + ?Sized> {
     actor_source: Option<&'a str>,
     actor_verified: bool,
     created_at: T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<Option<f64>>,
     duration_us: Option<u64>,
     error: Option<&'a str>,
     id: &'a str,
@@ -581,7 +534,8 @@ struct CanonicalEntry<'a, T: Serialize, M: Serialize + ?Sized> {
     status: Option<u16>,
     tenant: Option<&'a str>,
     user_agent: Option<&'a str>,
-    v: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    v: Option<u8>,
 }
 
 struct CanonicalTime<'a>(&'a DateTime<Utc>);

@@ -75,6 +75,25 @@ impl Fixture {
             .expect("checkpoint"));
     }
 
+    /// `old` entries 120 days old, then `new` of now, then a retention prune of everything older
+    /// than 90 days (the old ones, and an `audit.pruned` record) and a head signed over it.
+    fn pruned(old: u64, new: u64) -> Fixture {
+        let mut fixture = Fixture::new(0, 10);
+        fixture.extend(old, 10, chrono::Duration::days(120));
+        fixture.extend(new, 10, chrono::Duration::zero());
+        let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
+        let plan = PrunePlan {
+            default_cutoff: Some(chrono::Utc::now() - chrono::Duration::days(90)),
+            rules: Vec::new(),
+        };
+        let summary = prune_all(&store, &plan, "tamper-test", &PrunedBy::Retention, &|| true)
+            .expect("prunes");
+        assert_eq!(summary.entries(), old);
+        fixture.size += 1;
+        fixture.sign(&store);
+        fixture
+    }
+
     fn sign(&self, store: &SqliteStore) -> SignedTreeHead {
         let tree = store.tree().expect("tree");
         let head =
@@ -388,19 +407,7 @@ fn findings(report: &VerifyReport) -> (u64, u64, u64, u64, String) {
 #[test]
 fn verify_decodes_only_rows_not_as_stored_and_its_verdicts_are_those_of_decoding() {
     // A prune record among them, which always comes decoded, and a last stretch unsealed.
-    let mut fixture = Fixture::new(0, 10);
-    fixture.extend(5, 5, chrono::Duration::days(120));
-    fixture.extend(60, 10, chrono::Duration::zero());
-    let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
-    let plan = PrunePlan {
-        default_cutoff: Some(chrono::Utc::now() - chrono::Duration::days(90)),
-        rules: Vec::new(),
-    };
-    let summary =
-        prune_all(&store, &plan, "tamper-test", &PrunedBy::Retention, &|| true).expect("prunes");
-    assert_eq!(summary.entries(), 5);
-    fixture.sign(&store);
-    drop(store);
+    let fixture = Fixture::pruned(5, 60);
     let columns = auditgate::store::sqlite::rows::ENTRY_COLUMNS;
     fixture.sql(&format!(
         "INSERT INTO recent ({columns}) SELECT {columns} FROM entries WHERE seq > 55;
@@ -829,19 +836,7 @@ fn a_truncated_heads_file_is_found() {
 
 #[test]
 fn a_pruned_log_still_verifies_and_its_kept_hashes_are_still_checked() {
-    let mut fixture = Fixture::new(0, 10);
-    fixture.extend(300, 10, chrono::Duration::days(120));
-    fixture.extend(20, 10, chrono::Duration::zero());
-    let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
-    let plan = PrunePlan {
-        default_cutoff: Some(chrono::Utc::now() - chrono::Duration::days(90)),
-        rules: Vec::new(),
-    };
-    let summary =
-        prune_all(&store, &plan, "tamper-test", &PrunedBy::Retention, &|| true).expect("prunes");
-    assert_eq!(summary.entries(), 300);
-    fixture.sign(&store);
-    drop(store);
+    let fixture = Fixture::pruned(300, 20);
     let report = fixture.verify();
     assert!(report.ok(), "{}", problem_text(&report));
     assert_eq!((report.pruned, report.entries, report.size), (300, 21, 321));
