@@ -199,8 +199,8 @@ pub trait Store: LogReader + Send + Sync + 'static {
     /// Whether the store can take writes now (for /readyz).
     fn check_writable(&self) -> Result<(), StoreError>;
 
-    /// A cheap check, made before each write-ahead request is forwarded, that the store's files
-    /// are still the ones it writes (a SQLite file or WAL removed or replaced under it fails).
+    /// A cheap check, made by write-ahead requests before forwarding (at most once a millisecond,
+    /// see the writer), that the store's files are still the ones it writes (a SQLite file or WAL removed or replaced under it fails).
     /// Takes no lock and touches no database.
     fn check_in_place(&self) -> Result<(), StoreError> {
         Ok(())

@@ -33,6 +33,14 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 /// the intent is refused rather than written into the last allocated page of the file.
 pub const FREE_SPACE_RESERVE: u64 = 64 * 1024;
 
+/// How often at most a segment's free space and link count are read: once per this interval
+/// rather than around every record (an `fstatvfs` and an `fstat` per write-ahead request were
+/// two of its five system calls). A disk filled or a segment removed is seen within this time;
+/// the records written meanwhile are a few kilobytes at most, well inside
+/// [`FREE_SPACE_RESERVE`], and a removal in that window is the same race as a removal just after
+/// a checked record. Probes (`/readyz`) always check.
+pub const CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The longest record read back; anything longer is a damaged length, not a record.
 const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 
@@ -112,6 +120,9 @@ struct Segment {
     pending: usize,
     /// A write failed and could not be cut back: nothing more goes into this file.
     broken: bool,
+    /// When the file system's free space and the file's link count were last read and found
+    /// fine ([`CHECK_INTERVAL`]).
+    checked_at: Option<std::time::Instant>,
 }
 
 struct Sealed {
@@ -427,7 +438,7 @@ impl IntentJournal {
     fn append(&self, kind: u8, body: &[u8], intent: Option<&String>) -> Result<u64, JournalError> {
         let record = encode(kind, body);
         let mut state = self.lock_state()?;
-        let result = self.append_locked(&mut state, &record);
+        let result = self.append_locked(&mut state, &record, kind == KIND_PROBE);
         match &result {
             Ok(_) => {
                 if let Some(id) = intent {
@@ -444,7 +455,14 @@ impl IntentJournal {
         result
     }
 
-    fn append_locked(&self, state: &mut State, record: &[u8]) -> Result<u64, JournalError> {
+    /// Writes one record into the current segment (opening one first if needed). `always_check`
+    /// reads the free space and link count whatever [`CHECK_INTERVAL`] says.
+    fn append_locked(
+        &self,
+        state: &mut State,
+        record: &[u8],
+        always_check: bool,
+    ) -> Result<u64, JournalError> {
         let rotate = state
             .current
             .as_ref()
@@ -459,28 +477,44 @@ impl IntentJournal {
         let Some(current) = state.current.as_mut() else {
             return Err(JournalError::Sync("no journal segment".into()));
         };
-        if let Some(free) = free_bytes(&current.file) {
-            if free < FREE_SPACE_RESERVE + record.len() as u64 {
-                return Err(JournalError::Write {
-                    path: current.path.display().to_string(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::StorageFull,
-                        format!("{free} bytes free on its file system"),
-                    ),
-                });
+        let now = std::time::Instant::now();
+        let check = always_check
+            || current
+                .checked_at
+                .is_none_or(|at| now.duration_since(at) >= CHECK_INTERVAL);
+        if check {
+            if let Some(free) = free_bytes(&current.file) {
+                if free < FREE_SPACE_RESERVE + record.len() as u64 {
+                    return Err(JournalError::Write {
+                        path: current.path.display().to_string(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::StorageFull,
+                            format!("{free} bytes free on its file system"),
+                        ),
+                    });
+                }
             }
         }
         let written = (&*current.file).write_all(record);
-        let outcome = written.and_then(|()| current.file.metadata());
+        let outcome = written.and_then(|()| {
+            if check {
+                current.file.metadata().map(|metadata| removed(&metadata))
+            } else {
+                Ok(false)
+            }
+        });
         match outcome {
-            Ok(metadata) => {
+            Ok(gone) => {
                 current.length += record.len() as u64;
-                if removed(&metadata) {
+                if gone {
                     // Records in a file nobody will read are not durable.
                     current.broken = true;
                     return Err(JournalError::Removed {
                         path: current.path.display().to_string(),
                     });
+                }
+                if check {
+                    current.checked_at = Some(now);
                 }
                 state.written += 1;
                 Ok(state.written)
@@ -552,6 +586,7 @@ impl IntentJournal {
             path,
             file: Arc::new(file),
             length: 0,
+            checked_at: None,
             pending: 0,
             broken: false,
         })

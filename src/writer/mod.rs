@@ -92,7 +92,17 @@ struct Shared {
     journal: Option<IntentJournal>,
     /// The store, for the checks a write-ahead request makes before its intent is journaled.
     store: Arc<dyn Store>,
+    /// When the store's files were last found in place, in microseconds since `epoch` (0:
+    /// never): write-ahead requests check at most once per [`PLACE_CHECK_INTERVAL`].
+    place_checked: AtomicU64,
+    epoch: std::time::Instant,
 }
+
+/// How often at most write-ahead requests check that the store's files are still in place (two
+/// `stat` calls each time). A file removed within this interval lets the requests of that
+/// interval through, as a removal just after a check always could; their entries then fail to
+/// commit and go to the spill file like every entry the store refuses.
+const PLACE_CHECK_INTERVAL: Duration = Duration::from_millis(1);
 
 /// What the proxy holds: push entries, wait for room, wait for write-ahead intents.
 #[derive(Clone)]
@@ -159,6 +169,8 @@ impl Writer {
             stream: Mutex::new(None),
             journal,
             store: store.clone(),
+            place_checked: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -284,10 +296,18 @@ impl WriterHandle {
         if self.shared.stats.failing.load(Ordering::Relaxed) {
             return Err("the last write to the store failed".to_string());
         }
-        self.shared
-            .store
-            .check_in_place()
-            .map_err(|error| error.to_string())?;
+        let shared = &self.shared;
+        let now = u64::try_from(shared.epoch.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let last = shared.place_checked.load(Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) >= PLACE_CHECK_INTERVAL.as_micros() as u64 {
+            shared
+                .store
+                .check_in_place()
+                .map_err(|error| error.to_string())?;
+            shared.place_checked.store(now, Ordering::Relaxed);
+        }
         journal
             .record(intent)
             .await
@@ -1177,6 +1197,54 @@ mod tests {
             .map(|(_, path)| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
             .sum();
         (found.len(), bytes)
+    }
+
+    /// The checks write-ahead makes before forwarding run at most once per interval, not around
+    /// every intent; a journal segment or a database file removed is still refused once the
+    /// interval has passed (the wait below is that interval, not a guess at some other work).
+    #[tokio::test]
+    async fn a_removed_journal_segment_or_database_refuses_write_ahead_within_the_interval() {
+        let (dir, store) = temp_store("journal-removed");
+        let mut options = options(None);
+        options.journal = Some(journal_options(&dir, SyncMode::Normal, 1 << 20));
+        let writer = Writer::start(store.clone(), options).expect("starts");
+        let handle = writer.handle();
+        handle
+            .write_ahead(AuditEntry::new("t", "first"))
+            .await
+            .expect("journaled");
+        let segment = journal::segments(&dir.join("audit.db.intents"))
+            .expect("lists")
+            .pop()
+            .expect("a segment")
+            .1;
+        std::fs::remove_file(&segment).expect("removes the segment");
+        std::thread::sleep(journal::CHECK_INTERVAL + Duration::from_millis(1));
+        let error = handle
+            .write_ahead(AuditEntry::new("t", "into a removed segment"))
+            .await
+            .expect_err("a removed segment is not durable");
+        assert!(error.contains("removed"), "{error}");
+        // The next intent goes into a new segment.
+        handle
+            .write_ahead(AuditEntry::new("t", "after"))
+            .await
+            .expect("journaled into a new segment");
+        assert_eq!(
+            journal_bytes(&dir).0,
+            1,
+            "a new segment, the removed one gone"
+        );
+
+        std::fs::remove_file(dir.join("audit.db")).expect("removes the database");
+        std::thread::sleep(PLACE_CHECK_INTERVAL + Duration::from_millis(1));
+        let error = handle
+            .write_ahead(AuditEntry::new("t", "into a removed database"))
+            .await
+            .expect_err("refused");
+        assert!(error.contains("removed or replaced"), "{error}");
+        writer.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
