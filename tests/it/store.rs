@@ -883,6 +883,13 @@ fn a_store_written_before_the_stats_counts_is_read_upgraded_and_verified() {
     upgrade_and_verify("store-v5", 5, 490);
 }
 
+/// `tests/fixtures/store-v6` (477 entries): counted for stats, before each hour's seq range was
+/// kept; the upgrade counts again from the first entry, the ranges with the counts.
+#[test]
+fn a_store_written_before_the_hours_seq_ranges_is_read_upgraded_and_verified() {
+    upgrade_and_verify("store-v6", 6, 477);
+}
+
 fn upgrade_and_verify(fixture: &str, written_as: i64, entries: u64) {
     use crate::support::{auditgate_report, path_arg};
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -978,6 +985,37 @@ fn upgrade_and_verify(fixture: &str, written_as: i64, entries: u64) {
         }
         all
     };
+    // Pages of past time windows, read through each hour's seq range once the file has them.
+    let pages_of = |store: &SqliteStore| -> Vec<Vec<u64>> {
+        let mut all = Vec::new();
+        for hours_back in [2, 20, 50, 100] {
+            let newest = store
+                .list(&Filter::default(), &PageRequest::default())
+                .expect("lists")
+                .entries[0]
+                .created_at;
+            let filter = Filter {
+                since: Some(newest - Duration::hours(hours_back + 1)),
+                until: Some(newest - Duration::hours(hours_back)),
+                ..Filter::default()
+            };
+            for order in [Order::Desc, Order::Asc] {
+                let page = store
+                    .list(
+                        &filter,
+                        &PageRequest {
+                            order,
+                            limit: 5,
+                            ..PageRequest::default()
+                        },
+                    )
+                    .expect("lists");
+                all.push(page.entries.iter().map(|entry| entry.seq).collect());
+            }
+        }
+        all
+    };
+    let pages_before = pages_of(&read_only);
     let stats_before = stats_of(&read_only);
     for (n, buckets) in stats_before.iter().enumerate() {
         assert!(!buckets.is_empty(), "case {n}");
@@ -1003,6 +1041,12 @@ fn upgrade_and_verify(fixture: &str, written_as: i64, entries: u64) {
         .expect("checkpoint");
     assert_eq!(counted(&db), entries as i64, "every entry counted");
     assert_eq!(stats_of(&store), stats_before, "stats from the counts");
+    let ranges: i64 = rusqlite::Connection::open(&db)
+        .expect("opens")
+        .query_row("SELECT count(*) FROM hour_seqs", [], |row| row.get(0))
+        .expect("ranges");
+    assert!(ranges > 0, "each hour's seq range is kept");
+    assert_eq!(pages_of(&store), pages_before, "pages of past windows");
     let mut batch: Vec<AuditEntry> = (0..3)
         .map(|n| AuditEntry::new("demo", format!("after.upgrade.{n}")))
         .collect();
@@ -1019,7 +1063,7 @@ fn upgrade_and_verify(fixture: &str, written_as: i64, entries: u64) {
         1
     );
     drop(store);
-    assert_eq!(version(&db), 6);
+    assert_eq!(version(&db), 7);
     let (code, report) = verify();
     assert_eq!(code, 0, "{report}");
     assert!(

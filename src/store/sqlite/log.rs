@@ -224,9 +224,10 @@ pub fn count_chunk(connection: &Connection) -> Result<bool, StoreError> {
 }
 
 /// Adds the rows of `table` with seq in `(after, through]` to the counts stats read
-/// (`schema_v6.sql`). The rows are read once and grouped here, then each group is added with
-/// one upsert: three `INSERT … SELECT … GROUP BY` would read and sort the rows three times (it
-/// cost the writer 12–14%; this, nothing measurable).
+/// (`schema_v6.sql`) and widens their hours' seq ranges (`schema_v7.sql`). The rows are read
+/// once and grouped here, then each group is added with one upsert: three `INSERT … SELECT …
+/// GROUP BY` would read and sort the rows three times (it cost the writer 12–14%; this, nothing
+/// measurable).
 fn add_counts(
     connection: &Connection,
     table: &str,
@@ -237,10 +238,12 @@ fn add_counts(
     let mut by_action: HashMap<(String, String, String), i64> = HashMap::new();
     let mut by_actor_hour: HashMap<(String, String), i64> = HashMap::new();
     let mut by_actor_day: HashMap<(String, String), i64> = HashMap::new();
+    // Each hour's first and last seq among these rows (`schema_v7.sql`).
+    let mut hour_seqs: HashMap<String, (i64, i64)> = HashMap::new();
     {
         // The keys are computed by SQLite, as the prune trigger computes them.
         let mut select = connection.prepare_cached(&format!(
-            "SELECT {HOUR}, {DAY}, action, outcome, {ACTOR_KEY} FROM {table} \
+            "SELECT {HOUR}, {DAY}, action, outcome, {ACTOR_KEY}, seq FROM {table} \
              WHERE seq > ?1 AND seq <= ?2"
         ))?;
         let mut rows = select.query([after, through])?;
@@ -248,6 +251,14 @@ fn add_counts(
             let hour: String = row.get(0)?;
             let day: String = row.get(1)?;
             let actor: String = row.get(4)?;
+            let seq: i64 = row.get(5)?;
+            hour_seqs
+                .entry(hour.clone())
+                .and_modify(|(first, last)| {
+                    *first = (*first).min(seq);
+                    *last = (*last).max(seq);
+                })
+                .or_insert((seq, seq));
             *by_action
                 .entry((hour.clone(), row.get(2)?, row.get(3)?))
                 .or_default() += 1;
@@ -261,6 +272,14 @@ fn add_counts(
     )?;
     for ((hour, action, outcome), n) in &by_action {
         add.execute(params![hour, action, outcome, n])?;
+    }
+    let mut widen = connection.prepare_cached(
+        "INSERT INTO hour_seqs (hour, first_seq, last_seq) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (hour) DO UPDATE SET first_seq = min(first_seq, excluded.first_seq), \
+         last_seq = max(last_seq, excluded.last_seq)",
+    )?;
+    for (hour, (first, last)) in &hour_seqs {
+        widen.execute(params![hour, first, last])?;
     }
     for (table, period, counts) in [
         ("actor_counts", "hour", &by_actor_hour),

@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v4.sql"),
     include_str!("schema_v5.sql"),
     include_str!("schema_v6.sql"),
+    include_str!("schema_v7.sql"),
 ];
 
 /// The first schema version with the Merkle tree.
@@ -1589,6 +1590,7 @@ mod tests {
             connection.execute_batch(MIGRATIONS[1]).expect("v2");
             connection.execute_batch(MIGRATIONS[3]).expect("v4");
             connection.execute_batch(MIGRATIONS[5]).expect("v6");
+            connection.execute_batch(MIGRATIONS[6]).expect("v7");
             let mut frontier = Frontier::new();
             self::log::insert_entries(&connection, &mut frontier, &mut entries).expect("rows");
             self::log::seal(&connection, u64::MAX).expect("sealed");
@@ -1647,7 +1649,7 @@ mod tests {
     /// What schema version 6 added (`schema_v6.sql`), for taking a file back to an earlier one.
     const DROP_COUNTS: &str =
         "DROP TRIGGER entries_uncounted; DROP TABLE entry_counts; DROP TABLE actor_counts; \
-         DROP TABLE actor_day_counts; DROP TABLE counted_through;";
+         DROP TABLE actor_day_counts; DROP TABLE counted_through; DROP TABLE hour_seqs;";
 
     /// A store made before cosignatures were kept (schema version 2) still opens read-only
     /// with none, and opened by a sidecar it gets the table and keeps them.

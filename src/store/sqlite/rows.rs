@@ -701,11 +701,27 @@ fn page_query(
                 past_window: None,
             });
         }
+        // A wide time window: its entries lie in the seq range its hours hold, which bounds
+        // both the walk below and SQLite's own plan (an equality index is read in seq order).
+        let seqs = match plan {
+            RangePlan::Wide(_) => window_seqs(conn, filter)?,
+            RangePlan::NoRange | RangePlan::Narrow(_) => None,
+        };
+        match seqs {
+            Some(Some((first, last))) => {
+                conditions.push("seq >= ?", [Value::Integer(first)]);
+                conditions.push("seq <= ?", [Value::Integer(last)]);
+            }
+            // No sealed entry has an hour of the window.
+            Some(None) => conditions.push("seq < ?", [Value::Integer(0)]),
+            None => {}
+        }
         // A wide range with no equality to walk instead: the window first. NOT INDEXED leaves
         // SQLite only the table itself, walked in seq order from the keyset position.
         let window = match plan {
             RangePlan::Wide(index) if !conditions.has_ordered_equality => {
-                window_boundary(conn, page)?.map(|boundary| PastWindow { index, boundary })
+                window_boundary(conn, page, seqs.flatten())?
+                    .map(|boundary| PastWindow { index, boundary })
             }
             _ => None,
         };
@@ -767,7 +783,14 @@ fn page_rows(page: &PageRequest) -> i64 {
 /// Where the walk of a wide range stops: the last sequence number it covers, newest first or
 /// oldest first from the keyset position. `None` when the window already holds the whole rest of
 /// the log, so nothing is left to read past it.
-fn window_boundary(conn: &Connection, page: &PageRequest) -> rusqlite::Result<Option<i64>> {
+///
+/// `seqs`, when known, is the seq range every match lies in (see [`window_seqs`]): the walk
+/// starts at its end rather than at the end of the log.
+fn window_boundary(
+    conn: &Connection,
+    page: &PageRequest,
+    seqs: Option<(i64, i64)>,
+) -> rusqlite::Result<Option<i64>> {
     let positions = i64::try_from(WALK_POSITIONS_PER_ROW)
         .unwrap_or(i64::MAX)
         .saturating_mul(page_rows(page));
@@ -788,6 +811,10 @@ fn window_boundary(conn: &Connection, page: &PageRequest) -> rusqlite::Result<Op
             let top = page.through.map_or(top, |through| {
                 top.min(to_i64(through.seq()).saturating_add(1))
             });
+            let (top, oldest) = match seqs {
+                Some((first, last)) => (top.min(last.saturating_add(1)), oldest.max(first)),
+                None => (top, oldest),
+            };
             let boundary = top.saturating_sub(positions);
             Ok((boundary > oldest).then_some(boundary))
         }
@@ -799,10 +826,58 @@ fn window_boundary(conn: &Connection, page: &PageRequest) -> rusqlite::Result<Op
                 Some(cursor) => to_i64(cursor.seq()),
                 None => end("SELECT min(seq) FROM entries")?.map_or(0, |seq| seq.saturating_sub(1)),
             };
+            let (bottom, newest) = match seqs {
+                Some((first, last)) => (bottom.max(first.saturating_sub(1)), newest.min(last)),
+                None => (bottom, newest),
+            };
             let boundary = bottom.saturating_add(positions);
             Ok((boundary < newest).then_some(boundary))
         }
     }
+}
+
+/// The seq range the sealed entries of the filter's time window lie in, from the seq range of
+/// each hour (`schema_v7.sql`): `Some(None)` when no sealed entry has an hour of the window,
+/// `None` when the ranges cannot tell (no time window; a file without them, or whose entries are
+/// not all counted yet).
+///
+/// Sound for any stored text: the filter compares `created_at` as text, and cutting two texts to
+/// their first 13 characters keeps their order (or makes them equal), so a row inside the window
+/// has an hour key between the window's two ends' keys.
+fn window_seqs(conn: &Connection, filter: &Filter) -> rusqlite::Result<Option<Option<(i64, i64)>>> {
+    if filter.since.is_none() && filter.until.is_none() {
+        return Ok(None);
+    }
+    let has_ranges: bool = conn
+        .prepare_cached("SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'hour_seqs'")?
+        .query_row([], |row| row.get(0))?;
+    if !has_ranges || !has_counts(conn)? {
+        return Ok(None);
+    }
+    let hour_key = |time: &DateTime<Utc>| format_timestamp(time).get(..13).map(str::to_string);
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    for (bound, clause) in [(&filter.since, "hour >= ?"), (&filter.until, "hour <= ?")] {
+        if let Some(time) = bound {
+            let Some(key) = hour_key(time) else {
+                return Ok(None);
+            };
+            clauses.push(clause);
+            values.push(Value::Text(key));
+        }
+    }
+    let range: (Option<i64>, Option<i64>) = conn
+        .prepare_cached(&format!(
+            "SELECT min(first_seq), max(last_seq) FROM hour_seqs WHERE {}",
+            clauses.join(" AND ")
+        ))?
+        .query_row(rusqlite::params_from_iter(values), |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    Ok(Some(match range {
+        (Some(first), Some(last)) => Some((first, last)),
+        _ => None,
+    }))
 }
 
 /// The rest of a page after its window: up to `rows` entries past the window, through the

@@ -1648,6 +1648,9 @@ fn stats_from_the_hourly_counts_equal_grouping_the_rows() {
     counted
         .execute_batch(include_str!("../schema_v6.sql"))
         .expect("schema v6");
+    counted
+        .execute_batch(include_str!("../schema_v7.sql"))
+        .expect("schema v7");
     use crate::store::sqlite::log;
     // Until the sealed rows are counted, stats group rows; a seal then counts nothing, and the
     // chunks count what it moved with the rest.
@@ -1954,4 +1957,144 @@ fn canonical_bytes_from_the_columns_equal_those_of_the_decoded_entry() {
         refused += 1;
     }
     assert_eq!(refused, 8);
+}
+
+/// A listing of a wide time window walks the seq range its hours hold (`schema_v7.sql`) and lists
+/// what the rows hold, page after page in both orders: compared with the same rows and no ranges,
+/// with entries far out of time order (re-imported late, sealed and unsealed), a time not in the
+/// stored form, and pruned rows.
+#[test]
+fn a_time_window_listed_through_the_hours_seq_ranges_lists_what_the_rows_hold() {
+    use crate::store::sqlite::log;
+    let rows = 3000;
+    let plain = open();
+    let ranged = open();
+    let late = |seq: u64, hours: i64| {
+        let mut late = entry(seq);
+        late.action = "late.import".into();
+        late.created_at = start() + Duration::hours(hours) + Duration::minutes(5);
+        late
+    };
+    for conn in [&plain, &ranged] {
+        varied(conn, rows);
+        insert(conn, &late(rows + 1, 10));
+        insert(conn, &late(rows + 2, 120));
+        insert(conn, &entry(rows + 3));
+        conn.execute(
+            "UPDATE entries SET created_at = '2026-11-03T07:00:00Z' WHERE seq = ?",
+            [rows + 3],
+        )
+        .expect("a time not in the stored form");
+        unseal_after(conn, 2500);
+    }
+    ranged
+        .execute_batch(include_str!("../schema_v6.sql"))
+        .expect("schema v6");
+    ranged
+        .execute_batch(include_str!("../schema_v7.sql"))
+        .expect("schema v7");
+    while !log::count_chunk(&ranged).expect("counts") {}
+    // Sealed with their counts and hours' ranges, the late ones among them.
+    assert_eq!(log::seal(&ranged, u64::MAX).expect("seals").moved, 503);
+    plain
+        .execute_batch(&format!(
+            "INSERT INTO entries ({ENTRY_COLUMNS}) SELECT {ENTRY_COLUMNS} FROM {RECENT} \
+             ORDER BY seq; DELETE FROM {RECENT};"
+        ))
+        .expect("sealed");
+    for conn in [&plain, &ranged] {
+        // Late again, not sealed yet.
+        insert(conn, &late(rows + 4, 20));
+        insert(conn, &late(rows + 5, 121));
+        unseal_after(conn, rows + 3);
+        conn.execute("DELETE FROM entries WHERE seq % 7 = 0 AND seq <= 2200", [])
+            .expect("prunes");
+    }
+    assert!(has_counts(&ranged).expect("counts?"));
+
+    let hour = |h: i64| start() + Duration::hours(h);
+    let end = newest(rows);
+    // The ranges are read: an hour of the log lies within a few dozen positions, and the hour of
+    // a late entry reaches up to it.
+    let range = |since: DateTime<Utc>, until: DateTime<Utc>| {
+        let filter = filter_with(|f| {
+            f.since = Some(since);
+            f.until = Some(until);
+        });
+        window_seqs(&ranged, &filter).expect("ranges")
+    };
+    let (first, last) = range(hour(100), hour(101))
+        .expect("known")
+        .expect("entries");
+    assert!(last - first < 30, "{first}..{last}");
+    let (_, last) = range(hour(10), hour(11)).expect("known").expect("entries");
+    assert_eq!(last, (rows + 1) as i64);
+    assert_eq!(
+        range(end + Duration::days(2), end + Duration::days(3)),
+        Some(None)
+    );
+    assert_eq!(
+        window_seqs(&plain, &filter_with(|f| f.since = Some(hour(100)))).expect("ranges"),
+        None,
+        "a file without ranges"
+    );
+
+    let windows = [
+        filter_with(|f| f.since = Some(hour(50))),
+        filter_with(|f| f.until = Some(hour(100))),
+        filter_with(|f| {
+            f.since = Some(hour(100));
+            f.until = Some(hour(101));
+        }),
+        filter_with(|f| {
+            f.since = Some(hour(10));
+            f.until = Some(hour(11));
+        }),
+        filter_with(|f| {
+            f.since = Some(hour(20) + Duration::minutes(3));
+            f.until = Some(hour(60));
+        }),
+        filter_with(|f| {
+            f.since = Some(hour(119));
+            f.until = Some(hour(122));
+        }),
+        filter_with(|f| {
+            f.since = Some(hour(50));
+            f.until = Some(hour(50));
+        }),
+        filter_with(|f| f.until = Some(hour(51) - Duration::seconds(1))),
+        filter_with(|f| f.since = Some(end + Duration::days(1))),
+    ];
+    type Narrowing = (&'static str, fn(&mut Filter));
+    let narrowing: [Narrowing; 4] = [
+        ("nothing", |_| {}),
+        ("action", |f| f.action = Some("late.import".into())),
+        ("outcome", |f| f.outcome = Some(Outcome::Failure)),
+        ("contains", |f| f.action_contains = Some("ED".into())),
+    ];
+    let mut listed = 0;
+    for window in &windows {
+        for (name, narrow) in narrowing {
+            let mut filter = window.clone();
+            narrow(&mut filter);
+            for order in [Order::Desc, Order::Asc] {
+                for limit in [3, 50] {
+                    for narrow_max in [0, NARROW_RANGE_MAX_ROWS] {
+                        let expected = seqs(&all_pages_planned(
+                            &plain, &filter, order, limit, narrow_max,
+                        ));
+                        assert_eq!(
+                            seqs(&all_pages_planned(
+                                &ranged, &filter, order, limit, narrow_max
+                            )),
+                            expected,
+                            "{name} {order:?} {limit} {narrow_max} {window:?}"
+                        );
+                        listed += expected.len();
+                    }
+                }
+            }
+        }
+    }
+    assert!(listed > 10_000, "the windows hold entries: {listed}");
 }
