@@ -35,11 +35,16 @@ pub const FREE_SPACE_RESERVE: u64 = 64 * 1024;
 
 /// How often at most a segment's free space and link count are read: once per this interval
 /// rather than around every record (an `fstatvfs` and an `fstat` per write-ahead request were
-/// two of its five system calls). A disk filled or a segment removed is seen within this time;
-/// the records written meanwhile are a few kilobytes at most, well inside
-/// [`FREE_SPACE_RESERVE`], and a removal in that window is the same race as a removal just after
-/// a checked record. Probes (`/readyz`) always check.
+/// two of its five system calls), and again as soon as the records written since the last check
+/// would pass [`CHECK_BYTES`]. A disk filled or a segment removed is seen within this time; the
+/// records written meanwhile stay inside [`FREE_SPACE_RESERVE`], and a removal in that window is
+/// the same race as a removal just after a checked record. Probes (`/readyz`) always check, and
+/// after a failed check or write every record is checked until one passes.
 pub const CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The most bytes of records written between two checks of the free space: a quarter of
+/// [`FREE_SPACE_RESERVE`], so a few large intents (long paths) cannot use up the reserve unchecked.
+const CHECK_BYTES: u64 = FREE_SPACE_RESERVE / 4;
 
 /// The longest record read back; anything longer is a damaged length, not a record.
 const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
@@ -123,6 +128,8 @@ struct Segment {
     /// When the file system's free space and the file's link count were last read and found
     /// fine ([`CHECK_INTERVAL`]).
     checked_at: Option<std::time::Instant>,
+    /// Bytes of the records written since that check ([`CHECK_BYTES`]).
+    unchecked_bytes: u64,
 }
 
 struct Sealed {
@@ -479,10 +486,14 @@ impl IntentJournal {
         };
         let now = std::time::Instant::now();
         let check = always_check
+            || current.unchecked_bytes + record.len() as u64 > CHECK_BYTES
             || current
                 .checked_at
                 .is_none_or(|at| now.duration_since(at) >= CHECK_INTERVAL);
         if check {
+            // Until a check passes, every record is checked (a full disk found by a probe or a
+            // failed write is not forgotten by the next request).
+            current.checked_at = None;
             if let Some(free) = free_bytes(&current.file) {
                 if free < FREE_SPACE_RESERVE + record.len() as u64 {
                     return Err(JournalError::Write {
@@ -515,11 +526,15 @@ impl IntentJournal {
                 }
                 if check {
                     current.checked_at = Some(now);
+                    current.unchecked_bytes = 0;
+                } else {
+                    current.unchecked_bytes += record.len() as u64;
                 }
                 state.written += 1;
                 Ok(state.written)
             }
             Err(source) => {
+                current.checked_at = None;
                 // Cut a partial record back off, so the file never holds a torn record followed
                 // by good ones; when even that fails, the file is closed to further writes.
                 if current.file.set_len(current.length).is_err() {
@@ -587,6 +602,7 @@ impl IntentJournal {
             file: Arc::new(file),
             length: 0,
             checked_at: None,
+            unchecked_bytes: 0,
             pending: 0,
             broken: false,
         })

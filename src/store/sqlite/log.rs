@@ -138,6 +138,9 @@ pub struct Sealed {
     /// Whether every sealed entry is counted for stats, before the seal and after it (a seal
     /// counts its rows only then; otherwise [`count_chunk`] counts them with the others).
     pub counted: bool,
+    /// Whether every sealed entry lies within its hour's seq range, before the seal and after it
+    /// (likewise; [`range_chunk`] ranges them otherwise).
+    pub ranged: bool,
 }
 
 /// Moves up to `max` of the oldest rows of [`RECENT`] into `entries`, inside the caller's
@@ -146,17 +149,26 @@ pub struct Sealed {
 /// pages are written back once per batch.
 pub fn seal(connection: &Connection, max: u64) -> Result<Sealed, StoreError> {
     let counted = counts_complete(connection)?;
+    let ranged = ranges_complete(connection)?;
     let through: Option<i64> = connection
         .prepare_cached(&format!(
             "SELECT max(seq) FROM (SELECT seq FROM {RECENT} ORDER BY seq LIMIT ?1)"
         ))?
         .query_row([i64::try_from(max).unwrap_or(i64::MAX)], |row| row.get(0))?;
     let Some(through) = through else {
-        return Ok(Sealed { moved: 0, counted });
+        return Ok(Sealed {
+            moved: 0,
+            counted,
+            ranged,
+        });
     };
     if counted {
         add_counts(connection, RECENT, 0, through)?;
         set_counts_through(connection, through)?;
+    }
+    if ranged {
+        widen_ranges(connection, RECENT, 0, through)?;
+        set_ranged_through(connection, through)?;
     }
     let moved = connection
         .prepare_cached(&format!(
@@ -170,6 +182,7 @@ pub fn seal(connection: &Connection, max: u64) -> Result<Sealed, StoreError> {
     Ok(Sealed {
         moved: moved as u64,
         counted,
+        ranged,
     })
 }
 
@@ -223,11 +236,73 @@ pub fn count_chunk(connection: &Connection) -> Result<bool, StoreError> {
     Ok(through >= sealed)
 }
 
+/// The most sealed entries [`range_chunk`] reads at a time: two columns of each row, grouped by
+/// hour.
+pub const RANGE_CHUNK_ROWS: i64 = 50_000;
+
+/// Every sealed entry up to this seq lies within its hour's range in `hour_seqs`
+/// (`schema_v7.sql`).
+pub fn ranged_through(connection: &Connection) -> Result<i64, StoreError> {
+    Ok(connection
+        .prepare_cached("SELECT seq FROM ranged_through")?
+        .query_row([], |row| row.get(0))?)
+}
+
+fn set_ranged_through(connection: &Connection, seq: i64) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("UPDATE ranged_through SET seq = ?1")?
+        .execute([seq])?;
+    Ok(())
+}
+
+/// Whether every sealed entry lies within its hour's range.
+fn ranges_complete(connection: &Connection) -> Result<bool, StoreError> {
+    Ok(ranged_through(connection)? >= max_sealed_seq(connection)?)
+}
+
+/// Widens the hour ranges over up to [`RANGE_CHUNK_ROWS`] sealed entries past `ranged_through`
+/// (a file just upgraded to schema version 7, or entries sealed by a process that does not keep
+/// the ranges), inside the caller's transaction. `true` once every sealed entry is ranged.
+pub fn range_chunk(connection: &Connection) -> Result<bool, StoreError> {
+    let ranged = ranged_through(connection)?;
+    let sealed = max_sealed_seq(connection)?;
+    if ranged >= sealed {
+        return Ok(true);
+    }
+    let through: i64 = connection
+        .prepare_cached(
+            "SELECT max(seq) FROM (SELECT seq FROM entries WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+        )?
+        .query_row([ranged, RANGE_CHUNK_ROWS], |row| row.get(0))?;
+    widen_ranges(connection, "entries", ranged, through)?;
+    set_ranged_through(connection, through)?;
+    Ok(through >= sealed)
+}
+
+/// Widens each hour's seq range (`schema_v7.sql`) to take in the rows of `table` with seq in
+/// `(after, through]`. Widening twice by the same rows changes nothing.
+fn widen_ranges(
+    connection: &Connection,
+    table: &str,
+    after: i64,
+    through: i64,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(&format!(
+            "INSERT INTO hour_seqs (hour, first_seq, last_seq) \
+             SELECT {HOUR}, min(seq), max(seq) FROM {table} WHERE seq > ?1 AND seq <= ?2 \
+             GROUP BY 1 ORDER BY 1 \
+             ON CONFLICT (hour) DO UPDATE SET first_seq = min(first_seq, excluded.first_seq), \
+             last_seq = max(last_seq, excluded.last_seq)"
+        ))?
+        .execute([after, through])?;
+    Ok(())
+}
+
 /// Adds the rows of `table` with seq in `(after, through]` to the counts stats read
-/// (`schema_v6.sql`) and widens their hours' seq ranges (`schema_v7.sql`). The rows are read
-/// once and grouped here, then each group is added with one upsert: three `INSERT … SELECT …
-/// GROUP BY` would read and sort the rows three times (it cost the writer 12–14%; this, nothing
-/// measurable).
+/// (`schema_v6.sql`). The rows are read once and grouped here, then each group is added with
+/// one upsert: three `INSERT … SELECT … GROUP BY` would read and sort the rows three times (it
+/// cost the writer 12–14%; this, nothing measurable).
 fn add_counts(
     connection: &Connection,
     table: &str,
@@ -238,12 +313,10 @@ fn add_counts(
     let mut by_action: HashMap<(String, String, String), i64> = HashMap::new();
     let mut by_actor_hour: HashMap<(String, String), i64> = HashMap::new();
     let mut by_actor_day: HashMap<(String, String), i64> = HashMap::new();
-    // Each hour's first and last seq among these rows (`schema_v7.sql`).
-    let mut hour_seqs: HashMap<String, (i64, i64)> = HashMap::new();
     {
         // The keys are computed by SQLite, as the prune trigger computes them.
         let mut select = connection.prepare_cached(&format!(
-            "SELECT {HOUR}, {DAY}, action, outcome, {ACTOR_KEY}, seq FROM {table} \
+            "SELECT {HOUR}, {DAY}, action, outcome, {ACTOR_KEY} FROM {table} \
              WHERE seq > ?1 AND seq <= ?2"
         ))?;
         let mut rows = select.query([after, through])?;
@@ -251,14 +324,6 @@ fn add_counts(
             let hour: String = row.get(0)?;
             let day: String = row.get(1)?;
             let actor: String = row.get(4)?;
-            let seq: i64 = row.get(5)?;
-            hour_seqs
-                .entry(hour.clone())
-                .and_modify(|(first, last)| {
-                    *first = (*first).min(seq);
-                    *last = (*last).max(seq);
-                })
-                .or_insert((seq, seq));
             *by_action
                 .entry((hour.clone(), row.get(2)?, row.get(3)?))
                 .or_default() += 1;
@@ -272,14 +337,6 @@ fn add_counts(
     )?;
     for ((hour, action, outcome), n) in &by_action {
         add.execute(params![hour, action, outcome, n])?;
-    }
-    let mut widen = connection.prepare_cached(
-        "INSERT INTO hour_seqs (hour, first_seq, last_seq) VALUES (?1, ?2, ?3) \
-         ON CONFLICT (hour) DO UPDATE SET first_seq = min(first_seq, excluded.first_seq), \
-         last_seq = max(last_seq, excluded.last_seq)",
-    )?;
-    for (hour, (first, last)) in &hour_seqs {
-        widen.execute(params![hour, first, last])?;
     }
     for (table, period, counts) in [
         ("actor_counts", "hour", &by_actor_hour),

@@ -130,9 +130,10 @@ struct WriterSide {
     unsealed_since: Option<std::time::Instant>,
     /// When the last seal failed, if the one after it has not succeeded yet.
     seal_failed_at: Option<std::time::Instant>,
-    /// Whether sealed entries may wait to be counted for stats (`log::count_chunk`), and when
-    /// a chunk was last counted.
+    /// Whether sealed entries may wait to be counted for stats (`log::count_chunk`) or ranged
+    /// by hour for time windows (`log::range_chunk`), and when a chunk was last counted.
     counts_behind: bool,
+    ranges_behind: bool,
     counted_at: Option<std::time::Instant>,
 }
 
@@ -281,6 +282,7 @@ impl SqliteStore {
                 unsealed_since: (unsealed > 0).then(std::time::Instant::now),
                 seal_failed_at: None,
                 counts_behind: true,
+                ranges_behind: true,
                 counted_at: None,
             }),
             readers: ReaderPool::new(READER_POOL),
@@ -323,6 +325,7 @@ impl SqliteStore {
                 unsealed_since: None,
                 seal_failed_at: None,
                 counts_behind: false,
+                ranges_behind: false,
                 counted_at: None,
             }),
             readers: ReaderPool::new(READER_POOL),
@@ -517,11 +520,12 @@ impl SqliteStore {
         }
         let result = self.maintain(&mut side.connection, |transaction| {
             let sealed = self::log::seal(transaction, SEAL_MAX)?;
-            Ok((self::log::recent_rows(transaction)?, sealed.counted))
+            Ok((self::log::recent_rows(transaction)?, sealed))
         });
         match result {
-            Ok((left, counted)) => {
-                side.counts_behind = !counted;
+            Ok((left, sealed)) => {
+                side.counts_behind = !sealed.counted;
+                side.ranges_behind = !sealed.ranged;
                 side.unsealed = left;
                 side.unsealed_since = (left > 0).then(std::time::Instant::now);
                 side.seal_failed_at = None;
@@ -557,11 +561,13 @@ impl SqliteStore {
         Ok(value)
     }
 
-    /// Counts a chunk of the sealed entries the stats counts do not hold yet, at most once per
-    /// [`COUNT_INTERVAL`], in a transaction of its own. Until every sealed entry is counted,
-    /// stats group rows as before; a failure is logged and tried again later.
+    /// Counts a chunk of the sealed entries the stats counts do not hold yet, and ranges a chunk
+    /// of those the hour ranges do not, at most once per [`COUNT_INTERVAL`], in a transaction of
+    /// its own. Until every sealed entry is counted, stats group rows as before, and until every
+    /// one is ranged, time windows are read through their index; a failure is logged and tried
+    /// again later.
     fn count_sealed_entries(&self, side: &mut WriterSide) {
-        if !side.counts_behind || side.damaged.is_some() {
+        if !(side.counts_behind || side.ranges_behind) || side.damaged.is_some() {
             return;
         }
         if side
@@ -571,12 +577,18 @@ impl SqliteStore {
             return;
         }
         side.counted_at = Some(std::time::Instant::now());
+        let (counts, ranges) = (side.counts_behind, side.ranges_behind);
         match self.maintain(&mut side.connection, |transaction| {
-            self::log::count_chunk(transaction)
+            let counted = !counts || self::log::count_chunk(transaction)?;
+            let ranged = !ranges || self::log::range_chunk(transaction)?;
+            Ok((counted, ranged))
         }) {
-            Ok(done) => side.counts_behind = !done,
+            Ok((counted, ranged)) => {
+                side.counts_behind = !counted;
+                side.ranges_behind = !ranged;
+            }
             Err(error) => {
-                tracing::warn!(store = %self.path.display(), %error, "counting sealed entries for stats failed; stats group rows until it succeeds");
+                tracing::warn!(store = %self.path.display(), %error, "counting sealed entries for stats and time windows failed; stats group rows and time windows read their index until it succeeds");
             }
         }
     }
@@ -1646,10 +1658,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// What schema version 6 added (`schema_v6.sql`), for taking a file back to an earlier one.
+    /// What schema versions 6 and 7 added (`schema_v6.sql`, `schema_v7.sql`), for taking a file
+    /// back to an earlier one.
     const DROP_COUNTS: &str =
         "DROP TRIGGER entries_uncounted; DROP TABLE entry_counts; DROP TABLE actor_counts; \
-         DROP TABLE actor_day_counts; DROP TABLE counted_through; DROP TABLE hour_seqs;";
+         DROP TABLE actor_day_counts; DROP TABLE counted_through; DROP TABLE hour_seqs; \
+         DROP TABLE ranged_through;";
 
     /// A store made before cosignatures were kept (schema version 2) still opens read-only
     /// with none, and opened by a sidecar it gets the table and keeps them.

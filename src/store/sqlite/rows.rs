@@ -838,8 +838,8 @@ fn window_boundary(
 
 /// The seq range the sealed entries of the filter's time window lie in, from the seq range of
 /// each hour (`schema_v7.sql`): `Some(None)` when no sealed entry has an hour of the window,
-/// `None` when the ranges cannot tell (no time window; a file without them, or whose entries are
-/// not all counted yet).
+/// `None` when the ranges cannot tell (no time window; a file without them, or whose sealed
+/// entries are not all ranged yet).
 ///
 /// Sound for any stored text: the filter compares `created_at` as text, and cutting two texts to
 /// their first 13 characters keeps their order (or makes them equal), so a row inside the window
@@ -849,9 +849,18 @@ fn window_seqs(conn: &Connection, filter: &Filter) -> rusqlite::Result<Option<Op
         return Ok(None);
     }
     let has_ranges: bool = conn
-        .prepare_cached("SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'hour_seqs'")?
+        .prepare_cached("SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'ranged_through'")?
         .query_row([], |row| row.get(0))?;
-    if !has_ranges || !has_counts(conn)? {
+    if !has_ranges {
+        return Ok(None);
+    }
+    let complete: bool = conn
+        .prepare_cached(
+            "SELECT (SELECT seq FROM ranged_through) >= \
+             coalesce((SELECT max(seq) FROM entries), 0)",
+        )?
+        .query_row([], |row| row.get(0))?;
+    if !complete {
         return Ok(None);
     }
     let hour_key = |time: &DateTime<Utc>| format_timestamp(time).get(..13).map(str::to_string);

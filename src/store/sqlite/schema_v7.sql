@@ -6,20 +6,21 @@
 -- and last seq of the sealed entries of that hour, so a listing of a window knows the seq range
 -- its entries lie in and walks the log there, in seq order, stopping after a page.
 --
--- What a listing relies on: every sealed entry's seq lies within its hour's range (the ranges are
--- supersets; a prune leaves them as they were). A seal widens them with the rows it moves, with
--- the counts and under the same condition; `counted_through` says how far both go, and a listing
--- uses the ranges only when every sealed entry is counted.
+-- What a listing relies on: every sealed entry up to `ranged_through` lies within its hour's
+-- range (the ranges are supersets; a prune leaves them as they were), and a listing uses the
+-- ranges only when `ranged_through` covers every sealed entry. A seal widens the ranges with the
+-- rows it moves, and moves `ranged_through` with them, only when it already covered every sealed
+-- entry; entries sealed otherwise (an earlier release still running beside this one) and the
+-- entries of an upgraded file are ranged by the sidecar a chunk at a time past `ranged_through`.
+-- The migration ranges nothing, so a large file does not hold up the start.
 CREATE TABLE hour_seqs (
     hour      TEXT    NOT NULL PRIMARY KEY,
     first_seq INTEGER NOT NULL,
     last_seq  INTEGER NOT NULL
 ) WITHOUT ROWID;
 
--- The counts of an earlier file hold no ranges: counted again from the first entry, a chunk at a
--- time by the sidecar after it opens the file (stats group rows meanwhile, as after the upgrade
--- to version 6), and the ranges with them.
-DELETE FROM entry_counts;
-DELETE FROM actor_counts;
-DELETE FROM actor_day_counts;
-UPDATE counted_through SET seq = 0;
+CREATE TABLE ranged_through (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    seq INTEGER NOT NULL
+);
+INSERT INTO ranged_through (one, seq) VALUES (1, 0);

@@ -1993,9 +1993,21 @@ fn a_time_window_listed_through_the_hours_seq_ranges_lists_what_the_rows_hold() 
     ranged
         .execute_batch(include_str!("../schema_v7.sql"))
         .expect("schema v7");
+    // The upgrade ranges nothing; the chunks range the sealed entries, then a seal ranges the
+    // rows it moves, the late ones among them.
+    assert_eq!(
+        window_seqs(&ranged, &filter_with(|f| f.since = Some(start()))).expect("ranges"),
+        None,
+        "not ranged yet"
+    );
     while !log::count_chunk(&ranged).expect("counts") {}
-    // Sealed with their counts and hours' ranges, the late ones among them.
-    assert_eq!(log::seal(&ranged, u64::MAX).expect("seals").moved, 503);
+    while !log::range_chunk(&ranged).expect("ranges") {}
+    let sealed = log::seal(&ranged, u64::MAX).expect("seals");
+    assert_eq!((sealed.moved, sealed.ranged), (503, true));
+    assert_eq!(
+        log::ranged_through(&ranged).expect("ranged"),
+        (rows + 3) as i64
+    );
     plain
         .execute_batch(&format!(
             "INSERT INTO entries ({ENTRY_COLUMNS}) SELECT {ENTRY_COLUMNS} FROM {RECENT} \
@@ -2037,6 +2049,21 @@ fn a_time_window_listed_through_the_hours_seq_ranges_lists_what_the_rows_hold() 
         window_seqs(&plain, &filter_with(|f| f.since = Some(hour(100)))).expect("ranges"),
         None,
         "a file without ranges"
+    );
+
+    // An earlier release sealing beside this one moves rows and ranges nothing (and may count
+    // them): the ranges are not used until the chunks have ranged those rows too.
+    for conn in [&plain, &ranged] {
+        insert(conn, &late(rows + 6, 30));
+        insert(conn, &late(rows + 7, 140));
+    }
+    ranged
+        .execute("UPDATE counted_through SET seq = ?", [rows + 7])
+        .expect("counted by an earlier release");
+    assert_eq!(
+        window_seqs(&ranged, &filter_with(|f| f.since = Some(hour(100)))).expect("ranges"),
+        None,
+        "rows sealed by an earlier release"
     );
 
     let windows = [
@@ -2097,4 +2124,18 @@ fn a_time_window_listed_through_the_hours_seq_ranges_lists_what_the_rows_hold() 
         }
     }
     assert!(listed > 10_000, "the windows hold entries: {listed}");
+    assert!(log::range_chunk(&ranged).expect("ranges"));
+    let (_, last) = range(hour(140), hour(141))
+        .expect("known")
+        .expect("entries");
+    assert_eq!(last, (rows + 7) as i64, "ranged by the chunk");
+    for window in &windows {
+        for order in [Order::Desc, Order::Asc] {
+            assert_eq!(
+                seqs(&all_pages_planned(&ranged, window, order, 3, 0)),
+                seqs(&all_pages_planned(&plain, window, order, 3, 0)),
+                "{order:?} {window:?}"
+            );
+        }
+    }
 }
