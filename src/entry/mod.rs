@@ -418,7 +418,7 @@ impl StoredRow {
 const MAX_STORED_NESTING: usize = 100;
 
 /// Whether `text` has the form [`format_timestamp`] writes, `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
-fn is_stored_timestamp(text: &[u8]) -> bool {
+pub(crate) fn is_stored_timestamp(text: &[u8]) -> bool {
     const FORM: &[u8; 27] = b"dddd-dd-ddTdd:dd:dd.ddddddZ";
     text.len() == FORM.len()
         && text.iter().zip(FORM).all(|(&byte, &form)| match form {

@@ -13,6 +13,7 @@ pub(crate) struct PageBuilder {
     last: u64,
     slots: Vec<LogSlot>,
     nodes: MemoryNodes,
+    findings: Vec<(u64, String)>,
 }
 
 /// A stored hash as read: one of the wrong length can never match a recomputed hash, and keeping
@@ -44,6 +45,7 @@ impl PageBuilder {
             last,
             slots,
             nodes: MemoryNodes::new(),
+            findings: Vec::new(),
         })
     }
 
@@ -130,10 +132,17 @@ impl PageBuilder {
             .insert(level, index.max(0) as u64, stored_hash(blob));
     }
 
-    pub(crate) fn finish(self) -> LogPage {
+    /// A problem at `seq` besides its row ([`LogPage::findings`]).
+    pub(crate) fn finding(&mut self, seq: i64, message: String) {
+        self.findings.push((seq.max(0) as u64, message));
+    }
+
+    pub(crate) fn finish(mut self) -> LogPage {
+        self.findings.sort_by_key(|(seq, _)| *seq);
         LogPage {
             slots: self.slots,
             nodes: self.nodes,
+            findings: self.findings,
         }
     }
 }

@@ -107,6 +107,9 @@ pub struct LogPage {
     /// is completed by leaf `((i + 1) << level) - 1`), so a verifier can compare each node it
     /// recomputes with the stored one without a query per node.
     pub nodes: MemoryNodes,
+    /// What the store found wrong at a position besides its row, in position order (SQLite: a
+    /// sealed entry outside its hour's range, which listings of time windows would not show).
+    pub findings: Vec<(u64, String)>,
 }
 
 /// What one prune removed; the `audit.pruned` entry recording it was appended in the same

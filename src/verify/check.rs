@@ -464,6 +464,8 @@ impl LogCheck {
     ) -> Result<(), StoreError> {
         let HashedPage { page, recomputed } = hashed;
         let mut decoded = Decoded::default();
+        // In position order, as the slots.
+        let mut findings = page.findings.iter().peekable();
         for (slot, recomputed) in page.slots.iter().zip(recomputed.iter().copied()) {
             if self.halted {
                 break;
@@ -509,6 +511,11 @@ impl LogCheck {
                 }
             } else {
                 self.check_slot(reader, slot, recomputed, &page.nodes)?;
+            }
+            while let Some((seq, message)) = findings.next_if(|(seq, _)| *seq <= slot.seq) {
+                if *seq == slot.seq {
+                    self.problem(Some(*seq), message.clone());
+                }
             }
         }
         Ok(())

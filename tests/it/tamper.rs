@@ -197,6 +197,30 @@ fn editing_one_field_of_one_row_is_found() {
     );
 }
 
+/// Each hour's range of positions (`hour_seqs`) bounds the walk of a listing of a time window; a
+/// range narrowed by hand would hide entries from such listings while every row stays as it was
+/// committed, so `verify` checks every sealed entry against its hour's range.
+#[test]
+fn an_hour_range_narrowed_to_hide_entries_from_time_windows_is_found() {
+    let fixture = Fixture::new(100, 10);
+    assert!(fixture.verify().ok());
+    fixture.sql(
+        "UPDATE hour_seqs SET last_seq = 36 \
+         WHERE hour = (SELECT substr(created_at, 1, 13) FROM entries WHERE seq = 37)",
+    );
+    assert_tampered(
+        &fixture.verify(),
+        Some(37),
+        "position 37 lies outside the positions",
+    );
+    fixture.sql("DELETE FROM hour_seqs");
+    assert_tampered(
+        &fixture.verify(),
+        Some(1),
+        "hour_seqs has no positions for hour",
+    );
+}
+
 /// `verify` hashes most rows from their columns as stored, without decoding them; an edit of any
 /// column must still be found, and so must a row rewritten into an equivalent form of the same
 /// entry (it decodes to the entry its leaf hashes), which a time filter comparing the stored text

@@ -573,6 +573,7 @@ pub fn scan_log(
         let last_sealed: i64 = transaction
             .prepare_cached("SELECT coalesce(max(seq), 0) FROM entries")?
             .query_row([], |row| row.get(0))?;
+        let mut ranges = HourRanges::load(&transaction)?;
         for table in ["entries", RECENT] {
             let mut entries = transaction.prepare_cached(&format!(
                 "SELECT {ENTRY_COLUMNS} FROM {table} WHERE seq BETWEEN ?1 AND ?2"
@@ -580,6 +581,11 @@ pub fn scan_log(
             let mut rows = entries.query(params![first, last])?;
             while let Some(row) = rows.next()? {
                 let seq: i64 = row.get(0)?;
+                if let Some(ranges) = ranges.as_mut().filter(|_| table == "entries") {
+                    if let Some(outside) = ranges.outside(&transaction, seq, row)? {
+                        page.finding(seq, outside);
+                    }
+                }
                 let entry = if table == RECENT && seq <= last_sealed {
                     Err(format!(
                         "position {seq} is among the unsealed entries, below sealed position \
@@ -620,6 +626,80 @@ pub fn scan_log(
         }
     }
     Ok(page.finish())
+}
+
+/// The hour ranges (`schema_v7.sql`) as `verify`'s walk checks them: a sealed entry up to
+/// `ranged_through` outside its hour's range is hidden from listings of time windows that take
+/// in its hour, although its row is untouched, so its position is reported. Each hour's range is
+/// read once per page.
+struct HourRanges {
+    through: i64,
+    hours: std::collections::HashMap<Vec<u8>, Option<(i64, i64)>>,
+}
+
+impl HourRanges {
+    /// `None` for a file without ranges, or none kept yet.
+    fn load(connection: &Connection) -> Result<Option<HourRanges>, StoreError> {
+        let exists: bool = connection
+            .prepare_cached("SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'ranged_through'")?
+            .query_row([], |row| row.get(0))?;
+        if !exists {
+            return Ok(None);
+        }
+        let through = ranged_through(connection)?;
+        Ok((through > 0).then(|| HourRanges {
+            through,
+            hours: std::collections::HashMap::new(),
+        }))
+    }
+
+    /// What is wrong with the row at `seq` of `entries`, if it lies outside its hour's range.
+    /// Only a time in the stored form is checked: a row holding another form was rewritten or
+    /// changed by hand, which the walk reports as such (no release writes one).
+    fn outside(
+        &mut self,
+        connection: &Connection,
+        seq: i64,
+        row: &rusqlite::Row<'_>,
+    ) -> Result<Option<String>, StoreError> {
+        if seq > self.through {
+            return Ok(None);
+        }
+        let rusqlite::types::ValueRef::Text(time) = row.get_ref(3)? else {
+            return Ok(None);
+        };
+        if !crate::entry::is_stored_timestamp(time) {
+            return Ok(None);
+        }
+        let hour = &time[..13];
+        let range = match self.hours.get(hour) {
+            Some(range) => *range,
+            None => {
+                let range = connection
+                    .prepare_cached("SELECT first_seq, last_seq FROM hour_seqs WHERE hour = ?1")?
+                    .query_row([String::from_utf8_lossy(hour)], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .optional()?;
+                self.hours.insert(hour.to_vec(), range);
+                range
+            }
+        };
+        if range.is_some_and(|(first, last)| first <= seq && seq <= last) {
+            return Ok(None);
+        }
+        let hour = String::from_utf8_lossy(hour);
+        Ok(Some(match range {
+            Some((first, last)) => format!(
+                "position {seq} lies outside the positions {first}..{last} that hour_seqs \
+                 records for its hour {hour}: listings of time windows would not show it"
+            ),
+            None => format!(
+                "hour_seqs has no positions for hour {hour} of position {seq}: listings of time \
+                 windows would not show it"
+            ),
+        }))
+    }
 }
 
 /// Deletes up to `max` entries the plan selects and marks their positions, then appends
