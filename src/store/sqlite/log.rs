@@ -635,6 +635,9 @@ pub fn scan_log(
 struct HourRanges {
     through: i64,
     hours: std::collections::HashMap<Vec<u8>, Option<(i64, i64)>>,
+    /// Hours with a position already reported on this page: one finding per hour and page, so
+    /// a table emptied by hand costs a finding per hour, not one per entry.
+    reported: std::collections::HashSet<Vec<u8>>,
 }
 
 impl HourRanges {
@@ -650,6 +653,7 @@ impl HourRanges {
         Ok((through > 0).then(|| HourRanges {
             through,
             hours: std::collections::HashMap::new(),
+            reported: std::collections::HashSet::new(),
         }))
     }
 
@@ -685,14 +689,17 @@ impl HourRanges {
                 range
             }
         };
-        if range.is_some_and(|(first, last)| first <= seq && seq <= last) {
+        if range.is_some_and(|(first, last)| first <= seq && seq <= last)
+            || !self.reported.insert(hour.to_vec())
+        {
             return Ok(None);
         }
         let hour = String::from_utf8_lossy(hour);
         Ok(Some(match range {
             Some((first, last)) => format!(
                 "position {seq} lies outside the positions {first}..{last} that hour_seqs \
-                 records for its hour {hour}: listings of time windows would not show it"
+                 records for its hour {hour}: listings of time windows would not show it (the \
+                 first such position of that hour in this part of the log)"
             ),
             None => format!(
                 "hour_seqs has no positions for hour {hour} of position {seq}: listings of time \

@@ -856,8 +856,8 @@ fn window_seqs(conn: &Connection, filter: &Filter) -> rusqlite::Result<Option<Op
     }
     let complete: bool = conn
         .prepare_cached(
-            "SELECT (SELECT seq FROM ranged_through) >= \
-             coalesce((SELECT max(seq) FROM entries), 0)",
+            "SELECT (SELECT typeof(seq) = 'integer' AND seq >= \
+             coalesce((SELECT max(seq) FROM entries), 0) FROM ranged_through)",
         )?
         .query_row([], |row| row.get(0))?;
     if !complete {
