@@ -226,14 +226,19 @@ pub fn count_chunk(connection: &Connection) -> Result<bool, StoreError> {
     if counted >= sealed {
         return Ok(true);
     }
-    let through: i64 = connection
-        .prepare_cached(
-            "SELECT max(seq) FROM (SELECT seq FROM entries WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
-        )?
-        .query_row([counted, COUNT_CHUNK_ROWS], |row| row.get(0))?;
+    let through = chunk_end(connection, counted, COUNT_CHUNK_ROWS)?;
     add_counts(connection, "entries", counted, through)?;
     set_counts_through(connection, through)?;
     Ok(through >= sealed)
+}
+
+/// The last seq of the next `rows` sealed entries after `after` (the caller knows there is one).
+fn chunk_end(connection: &Connection, after: i64, rows: i64) -> Result<i64, StoreError> {
+    Ok(connection
+        .prepare_cached(
+            "SELECT max(seq) FROM (SELECT seq FROM entries WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+        )?
+        .query_row([after, rows], |row| row.get(0))?)
 }
 
 /// The most sealed entries [`range_chunk`] reads at a time: two columns of each row, grouped by
@@ -269,11 +274,7 @@ pub fn range_chunk(connection: &Connection) -> Result<bool, StoreError> {
     if ranged >= sealed {
         return Ok(true);
     }
-    let through: i64 = connection
-        .prepare_cached(
-            "SELECT max(seq) FROM (SELECT seq FROM entries WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
-        )?
-        .query_row([ranged, RANGE_CHUNK_ROWS], |row| row.get(0))?;
+    let through = chunk_end(connection, ranged, RANGE_CHUNK_ROWS)?;
     widen_ranges(connection, "entries", ranged, through)?;
     set_ranged_through(connection, through)?;
     Ok(through >= sealed)
