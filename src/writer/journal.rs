@@ -82,6 +82,8 @@ pub struct JournalOptions {
     /// process); `full`: it is also `fdatasync`ed, one sync shared by every request waiting.
     pub sync: SyncMode,
     pub segment_bytes: u64,
+    /// How often at most the free space and link count are read ([`CHECK_INTERVAL`]).
+    pub check_interval: std::time::Duration,
 }
 
 impl JournalOptions {
@@ -90,6 +92,7 @@ impl JournalOptions {
             base,
             sync,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            check_interval: CHECK_INTERVAL,
         }
     }
 }
@@ -489,7 +492,7 @@ impl IntentJournal {
             || current.unchecked_bytes + record.len() as u64 > CHECK_BYTES
             || current
                 .checked_at
-                .is_none_or(|at| now.duration_since(at) >= CHECK_INTERVAL);
+                .is_none_or(|at| now.duration_since(at) >= self.options.check_interval);
         if check {
             // Until a check passes, every record is checked (a full disk found by a probe or a
             // failed write is not forgotten by the next request).

@@ -1187,6 +1187,7 @@ mod tests {
             base: dir.join("audit.db.intents"),
             sync,
             segment_bytes,
+            check_interval: journal::CHECK_INTERVAL,
         }
     }
 
@@ -1243,6 +1244,40 @@ mod tests {
             .await
             .expect_err("refused");
         assert!(error.contains("removed or replaced"), "{error}");
+        writer.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Within the interval, records are not checked until their bytes would pass the budget: an
+    /// interval longer than the test makes the budget alone decide.
+    #[tokio::test]
+    async fn intents_past_the_unchecked_byte_budget_are_checked_within_the_interval() {
+        let (dir, store) = temp_store("journal-budget");
+        let mut options = options(None);
+        let mut journal = journal_options(&dir, SyncMode::Normal, 1 << 20);
+        journal.check_interval = Duration::from_secs(3600);
+        options.journal = Some(journal);
+        let writer = Writer::start(store.clone(), options).expect("starts");
+        let handle = writer.handle();
+        handle
+            .write_ahead(AuditEntry::new("t", "checked"))
+            .await
+            .expect("journaled");
+        let segment = journal::segments(&dir.join("audit.db.intents"))
+            .expect("lists")
+            .pop()
+            .expect("a segment")
+            .1;
+        std::fs::remove_file(&segment).expect("removes the segment");
+        // Small, within the interval and the budget: not checked (the window the checks allow).
+        handle
+            .write_ahead(AuditEntry::new("t", "unchecked"))
+            .await
+            .expect("not checked yet");
+        let mut long = AuditEntry::new("t", "past the budget");
+        long.path = Some(format!("/{}", "p".repeat(20_000)));
+        let error = handle.write_ahead(long).await.expect_err("checked at once");
+        assert!(error.contains("removed"), "{error}");
         writer.shutdown();
         let _ = std::fs::remove_dir_all(dir);
     }
