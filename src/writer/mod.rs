@@ -1191,6 +1191,15 @@ mod tests {
         }
     }
 
+    /// The path of the journal's newest segment.
+    fn newest_segment(base: &Path) -> PathBuf {
+        journal::segments(base)
+            .expect("lists")
+            .pop()
+            .expect("a segment")
+            .1
+    }
+
     fn journal_bytes(dir: &Path) -> (usize, u64) {
         let found = journal::segments(&dir.join("audit.db.intents")).expect("lists");
         let bytes = found
@@ -1214,11 +1223,7 @@ mod tests {
             .write_ahead(AuditEntry::new("t", "first"))
             .await
             .expect("journaled");
-        let segment = journal::segments(&dir.join("audit.db.intents"))
-            .expect("lists")
-            .pop()
-            .expect("a segment")
-            .1;
+        let segment = newest_segment(&dir.join("audit.db.intents"));
         std::fs::remove_file(&segment).expect("removes the segment");
         std::thread::sleep(journal::CHECK_INTERVAL + Duration::from_millis(1));
         let error = handle
@@ -1263,11 +1268,7 @@ mod tests {
             .write_ahead(AuditEntry::new("t", "checked"))
             .await
             .expect("journaled");
-        let segment = journal::segments(&dir.join("audit.db.intents"))
-            .expect("lists")
-            .pop()
-            .expect("a segment")
-            .1;
+        let segment = newest_segment(&dir.join("audit.db.intents"));
         std::fs::remove_file(&segment).expect("removes the segment");
         // Small, within the interval and the budget: not checked (the window the checks allow).
         handle
@@ -1309,11 +1310,7 @@ mod tests {
         assert_eq!(store.size().expect("size"), 1);
         // A crash mid-write leaves part of a record at the end: a whole intent's header and JSON
         // cut short, then one whose bytes are all there but zeroed (a file extended by the crash).
-        let torn = journal::segments(&base)
-            .expect("lists")
-            .pop()
-            .expect("a segment")
-            .1;
+        let torn = newest_segment(&base);
         let cut = AuditEntry::new("t", "torn");
         let mut record = Vec::new();
         let json = serde_json::to_vec(&cut).expect("json");
@@ -1367,11 +1364,7 @@ mod tests {
         journal.record(&damaged).await.expect("journaled");
         drop(journal);
         // Flip one byte inside the second record's JSON: its length is intact, its checksum not.
-        let path = journal::segments(&base)
-            .expect("lists")
-            .pop()
-            .expect("a segment")
-            .1;
+        let path = newest_segment(&base);
         let mut bytes = std::fs::read(&path).expect("reads");
         let at = bytes.len() - 10;
         bytes[at] ^= 0x20;

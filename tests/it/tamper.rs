@@ -117,6 +117,15 @@ impl Fixture {
         verify_database(&self.db, None, &[self.public_key()]).expect("readable")
     }
 
+    /// Moves the rows of `entries` that `condition` selects into `recent`, the unsealed table.
+    fn move_to_recent(&self, condition: &str) {
+        let columns = auditgate::store::sqlite::rows::ENTRY_COLUMNS;
+        self.sql(&format!(
+            "INSERT INTO recent ({columns}) SELECT {columns} FROM entries WHERE {condition};
+             DELETE FROM entries WHERE {condition};"
+        ));
+    }
+
     fn sql(&self, statements: &str) {
         let connection = Connection::open(&self.db).expect("open");
         connection.execute_batch(statements).expect("tamper");
@@ -432,11 +441,7 @@ fn findings(report: &VerifyReport) -> (u64, u64, u64, u64, String) {
 fn verify_decodes_only_rows_not_as_stored_and_its_verdicts_are_those_of_decoding() {
     // A prune record among them, which always comes decoded, and a last stretch unsealed.
     let fixture = Fixture::pruned(5, 60);
-    let columns = auditgate::store::sqlite::rows::ENTRY_COLUMNS;
-    fixture.sql(&format!(
-        "INSERT INTO recent ({columns}) SELECT {columns} FROM entries WHERE seq > 55;
-         DELETE FROM entries WHERE seq > 55;"
-    ));
+    fixture.move_to_recent("seq > 55");
 
     // Every row holds exactly the values the store says it writes for its entry (what a row
     // that falls back to decoding is compared with).
@@ -639,17 +644,14 @@ fn an_edit_with_every_hash_recomputed_is_found_by_the_signed_heads() {
 fn editing_an_unsealed_row_is_found() {
     let fixture = Fixture::new(100, 10);
     // The newest entries as they are between seals: in `recent`, not yet in `entries`.
-    let columns = auditgate::store::sqlite::rows::ENTRY_COLUMNS;
-    fixture.sql(&format!(
-        "INSERT INTO recent ({columns}) SELECT {columns} FROM entries WHERE seq > 90;
-         DELETE FROM entries WHERE seq > 90;"
-    ));
+    fixture.move_to_recent("seq > 90");
     let report = fixture.verify();
     assert!(report.ok(), "{}", problem_text(&report));
     assert_eq!(report.entries, 100);
     fixture.sql("UPDATE recent SET actor_id = 'someone-else' WHERE seq = 95");
     assert_tampered(&fixture.verify(), Some(95), "changed");
     // The same row kept in both tables is no way to hide the edit either.
+    let columns = auditgate::store::sqlite::rows::ENTRY_COLUMNS;
     fixture.sql(&format!(
         "UPDATE recent SET actor_id = 'user-4' WHERE seq = 95;
          INSERT INTO entries ({columns}) SELECT {} FROM recent WHERE seq = 95;",
@@ -670,11 +672,7 @@ fn a_row_moved_between_the_tables_is_found_and_listed_once_in_place() {
     let fixture = Fixture::new(2500, 500);
     // An old entry moved into `recent`, where only the newest unsealed ones belong: its content
     // and leaf are untouched, so only its place gives it away.
-    let columns = auditgate::store::sqlite::rows::ENTRY_COLUMNS;
-    fixture.sql(&format!(
-        "INSERT INTO recent ({columns}) SELECT {columns} FROM entries WHERE seq = 5;
-         DELETE FROM entries WHERE seq = 5;"
-    ));
+    fixture.move_to_recent("seq = 5");
     assert_tampered(
         &fixture.verify(),
         Some(5),

@@ -164,11 +164,11 @@ pub fn seal(connection: &Connection, max: u64) -> Result<Sealed, StoreError> {
     };
     if counted {
         add_counts(connection, RECENT, 0, through)?;
-        set_counts_through(connection, through)?;
+        set_mark(connection, "counted_through", through)?;
     }
     if ranged {
         widen_ranges(connection, RECENT, 0, through)?;
-        set_ranged_through(connection, through)?;
+        set_mark(connection, "ranged_through", through)?;
     }
     let moved = connection
         .prepare_cached(&format!(
@@ -193,14 +193,19 @@ pub const COUNT_CHUNK_ROWS: i64 = 20_000;
 
 /// Every sealed entry up to this seq is in the stats counts (`schema_v6.sql`).
 pub fn counts_through(connection: &Connection) -> Result<i64, StoreError> {
+    mark(connection, "counted_through")
+}
+
+/// The seq a one-row mark table holds (`counted_through`, `ranged_through`).
+fn mark(connection: &Connection, table: &str) -> Result<i64, StoreError> {
     Ok(connection
-        .prepare_cached("SELECT seq FROM counted_through")?
+        .prepare_cached(&format!("SELECT seq FROM {table}"))?
         .query_row([], |row| row.get(0))?)
 }
 
-fn set_counts_through(connection: &Connection, seq: i64) -> Result<(), StoreError> {
+fn set_mark(connection: &Connection, table: &str, seq: i64) -> Result<(), StoreError> {
     connection
-        .prepare_cached("UPDATE counted_through SET seq = ?1")?
+        .prepare_cached(&format!("UPDATE {table} SET seq = ?1"))?
         .execute([seq])?;
     Ok(())
 }
@@ -228,7 +233,7 @@ pub fn count_chunk(connection: &Connection) -> Result<bool, StoreError> {
     }
     let through = chunk_end(connection, counted, COUNT_CHUNK_ROWS)?;
     add_counts(connection, "entries", counted, through)?;
-    set_counts_through(connection, through)?;
+    set_mark(connection, "counted_through", through)?;
     Ok(through >= sealed)
 }
 
@@ -248,16 +253,7 @@ pub const RANGE_CHUNK_ROWS: i64 = 50_000;
 /// Every sealed entry up to this seq lies within its hour's range in `hour_seqs`
 /// (`schema_v7.sql`).
 pub fn ranged_through(connection: &Connection) -> Result<i64, StoreError> {
-    Ok(connection
-        .prepare_cached("SELECT seq FROM ranged_through")?
-        .query_row([], |row| row.get(0))?)
-}
-
-fn set_ranged_through(connection: &Connection, seq: i64) -> Result<(), StoreError> {
-    connection
-        .prepare_cached("UPDATE ranged_through SET seq = ?1")?
-        .execute([seq])?;
-    Ok(())
+    mark(connection, "ranged_through")
 }
 
 /// Whether every sealed entry lies within its hour's range.
@@ -276,7 +272,7 @@ pub fn range_chunk(connection: &Connection) -> Result<bool, StoreError> {
     }
     let through = chunk_end(connection, ranged, RANGE_CHUNK_ROWS)?;
     widen_ranges(connection, "entries", ranged, through)?;
-    set_ranged_through(connection, through)?;
+    set_mark(connection, "ranged_through", through)?;
     Ok(through >= sealed)
 }
 
@@ -644,10 +640,7 @@ struct HourRanges {
 impl HourRanges {
     /// `None` for a file without ranges, or none kept yet.
     fn load(connection: &Connection) -> Result<Option<HourRanges>, StoreError> {
-        let exists: bool = connection
-            .prepare_cached("SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'ranged_through'")?
-            .query_row([], |row| row.get(0))?;
-        if !exists {
+        if !rows::has_table(connection, "ranged_through")? {
             return Ok(None);
         }
         let through = ranged_through(connection)?;
@@ -802,11 +795,7 @@ fn push_prefix(
 /// Whether the file has the cosignatures table (schema version 3): a store opened read-only
 /// is not migrated, and an older one simply holds no cosignatures.
 fn has_cosignatures(connection: &Connection) -> Result<bool, StoreError> {
-    Ok(connection
-        .prepare_cached(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'witness_cosignatures'",
-        )?
-        .exists([])?)
+    Ok(rows::has_table(connection, "witness_cosignatures")?)
 }
 
 pub fn save_cosignature(

@@ -68,10 +68,7 @@ fn no_log(path: &Path, what: &str) -> StoreError {
 /// every version. Temporary tables live in the connection's own temporary database, never in the
 /// file.
 fn provide_recent(connection: &Connection) -> rusqlite::Result<()> {
-    let present: bool = connection
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recent'")?
-        .exists([])?;
-    if !present {
+    if !super::rows::has_table(connection, "recent")? {
         let schema = include_str!("schema_v4.sql");
         let create = schema
             .find("CREATE TABLE")

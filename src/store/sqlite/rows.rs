@@ -848,19 +848,7 @@ fn window_seqs(conn: &Connection, filter: &Filter) -> rusqlite::Result<Option<Op
     if filter.since.is_none() && filter.until.is_none() {
         return Ok(None);
     }
-    let has_ranges: bool = conn
-        .prepare_cached("SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'ranged_through'")?
-        .query_row([], |row| row.get(0))?;
-    if !has_ranges {
-        return Ok(None);
-    }
-    let complete: bool = conn
-        .prepare_cached(
-            "SELECT (SELECT typeof(seq) = 'integer' AND seq >= \
-             coalesce((SELECT max(seq) FROM entries), 0) FROM ranged_through)",
-        )?
-        .query_row([], |row| row.get(0))?;
-    if !complete {
+    if !mark_covers_sealed(conn, "ranged_through")? {
         return Ok(None);
     }
     let hour_key = |time: &DateTime<Utc>| format_timestamp(time).get(..13).map(str::to_string);
@@ -1527,15 +1515,26 @@ fn edge_index(
 /// earlier release sealed entries into since, is counted a chunk at a time by its sidecar (see
 /// `log::count_chunk`), and until then its stats group rows.
 fn has_counts(conn: &Connection) -> rusqlite::Result<bool> {
-    let exists: bool = conn
-        .prepare_cached("SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'counted_through'")?
-        .query_row([], |row| row.get(0))?;
-    if !exists {
+    mark_covers_sealed(conn, "counted_through")
+}
+
+/// Whether the file has the table `name` (a file of an earlier version opened by a read command
+/// is not migrated).
+pub fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")?
+        .exists([name])
+}
+
+/// Whether the one-row table `mark` (`counted_through`, `ranged_through`: how far a structure
+/// kept beside `entries` goes) exists and holds an integer at or past every sealed entry.
+fn mark_covers_sealed(conn: &Connection, mark: &str) -> rusqlite::Result<bool> {
+    if !has_table(conn, mark)? {
         return Ok(false);
     }
-    conn.prepare_cached(
-        "SELECT (SELECT seq FROM counted_through) >= coalesce((SELECT max(seq) FROM entries), 0)",
-    )?
+    conn.prepare_cached(&format!(
+        "SELECT (SELECT typeof(seq) = 'integer' AND seq >= \
+         coalesce((SELECT max(seq) FROM entries), 0) FROM {mark})"
+    ))?
     .query_row([], |row| row.get(0))
 }
 
