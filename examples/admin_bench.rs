@@ -53,6 +53,7 @@ fn seed(store: &SqliteStore, count: usize) -> anyhow::Result<Duration> {
     let mut rng = StdRng::seed_from_u64(42);
     let start = Utc::now() - TimeDelta::days(90);
     let mut index = 0;
+    let (mut last_mark, mut last_index) = (started, 0);
     while index < count {
         let take = SEED_BATCH.min(count - index);
         let mut batch: Vec<AuditEntry> = (index..index + take)
@@ -60,6 +61,17 @@ fn seed(store: &SqliteStore, count: usize) -> anyhow::Result<Duration> {
             .collect();
         store.append(&mut batch)?;
         index += take;
+        // One line per million: the writer's rate as the log grows (goal: flat).
+        if index % 1_000_000 == 0 || index == count {
+            let now = Instant::now();
+            let since = now.duration_since(last_mark).as_secs_f64();
+            eprintln!(
+                "seeded {index}: {:.0} entries/s over the last {}",
+                (index - last_index) as f64 / since.max(1e-9),
+                index - last_index
+            );
+            (last_mark, last_index) = (now, index);
+        }
     }
     Ok(started.elapsed())
 }
