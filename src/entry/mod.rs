@@ -367,11 +367,30 @@ impl StoredRow {
     /// as an entry instead, so that it gets the decoded entry's verdict (a timestamp past year
     /// 9999 or metadata nested 128 deep is written by no store, and would not decode).
     pub fn canonical_bytes(&self, out: &mut Vec<u8>) -> bool {
-        self.columns().is_some_and(|columns| {
-            is_stored_timestamp(columns.created_at.as_bytes())
-                && nesting_depth(columns.metadata.as_bytes()) <= MAX_STORED_NESTING
-                && columns.canonical_bytes(out)
-        })
+        self.canonical_bytes_and_count_fields(out).0
+    }
+
+    /// [`StoredRow::canonical_bytes`], and the values the stats counts key the row by (read
+    /// once for both): `(created_at, action, outcome, actor_email, actor_id)`, `None` when a
+    /// value is not of its column's type.
+    pub fn canonical_bytes_and_count_fields(
+        &self,
+        out: &mut Vec<u8>,
+    ) -> (bool, Option<CountFields<'_>>) {
+        let Some(columns) = self.columns() else {
+            return (false, None);
+        };
+        let fields = (
+            columns.created_at,
+            columns.action,
+            columns.outcome,
+            columns.actor_email,
+            columns.actor_id,
+        );
+        let canonical = is_stored_timestamp(columns.created_at.as_bytes())
+            && nesting_depth(columns.metadata.as_bytes()) <= MAX_STORED_NESTING
+            && columns.canonical_bytes(out);
+        (canonical, Some(fields))
     }
 
     fn columns(&self) -> Option<StoredColumns<'_>> {
@@ -412,6 +431,10 @@ impl StoredRow {
         values.0.is_empty().then_some(columns)
     }
 }
+
+/// A row's `(created_at, action, outcome, actor_email, actor_id)`, as
+/// [`StoredRow::canonical_bytes_and_count_fields`] reads them.
+pub type CountFields<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
 
 /// The deepest metadata [`StoredRow::canonical_bytes`] writes: well inside the 128 levels
 /// serde_json decodes, so that any metadata it writes also decodes.

@@ -12,6 +12,7 @@
 //! `auditgate verify` can read a database file without opening it for writing.
 
 pub mod config;
+pub mod count_tally;
 mod log_page;
 mod pool;
 pub mod postgres;
@@ -176,6 +177,23 @@ pub trait LogReader {
     fn keeps_node_level(&self, level: u32) -> bool {
         let _ = level;
         true
+    }
+
+    /// Whether the store keeps counts of its entries for stats, which `verify`'s walk then
+    /// tallies the rows for ([`LogReader::count_problems`]).
+    fn keeps_counts(&self) -> bool {
+        false
+    }
+
+    /// The disagreements between the store's stats counts and the rows `walked` tallies (the
+    /// whole log, walked just before), each confirmed by recounting the rows; `None` when the
+    /// store keeps no counts or they do not cover every sealed entry yet (not checked).
+    fn count_problems(
+        &self,
+        walked: &count_tally::CountTally,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let _ = walked;
+        Ok(None)
     }
 
     /// Stored heads with an id above `after_id`, oldest first, at most `limit`. A stored head

@@ -25,9 +25,11 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use crate::entry::{format_timestamp, CountFields};
 use crate::log::head::{LogVerifier, SignedTreeHead};
 use crate::log::merkle::{leaf_hash, to_hex, Frontier, Hash, NodeReader};
 use crate::log::pruned::{PruneClaim, PRUNED_ACTION};
+use crate::store::count_tally::{CountTally, KeyHasher, RowKey};
 use crate::store::{LogPage, LogReader, LogSlot, StoreError};
 
 /// Positions read per page.
@@ -88,22 +90,61 @@ impl Decoded {
 struct HashedPage {
     page: LogPage,
     recomputed: Vec<Option<Hash>>,
+    /// Each row's keys for the stats counts' tally, when the walk keeps one.
+    counted: Vec<RowKey>,
 }
 
 impl HashedPage {
-    fn new(page: LogPage) -> HashedPage {
+    fn new(page: LogPage, counts: Option<&KeyHasher>) -> HashedPage {
         let mut bytes = Vec::with_capacity(1024);
+        let mut counted = Vec::new();
         let recomputed = page
             .slots
             .iter()
             .map(|slot| match (&slot.stored, &slot.entry) {
-                (Some(row), _) => row.canonical_bytes(&mut bytes).then(|| leaf_hash(&bytes)),
-                (None, Some(Ok(entry))) => Some(leaf_hash(&entry.canonical_bytes())),
+                (Some(row), _) => {
+                    let (canonical, fields) = row.canonical_bytes_and_count_fields(&mut bytes);
+                    if let Some((hasher, fields)) = counts.zip(fields) {
+                        counted.extend(count_key(hasher, fields));
+                    }
+                    canonical.then(|| leaf_hash(&bytes))
+                }
+                (None, Some(Ok(entry))) => {
+                    if let Some(hasher) = counts {
+                        let time = format_timestamp(&entry.created_at);
+                        let fields = (
+                            time.as_str(),
+                            entry.action.as_str(),
+                            entry.outcome.as_str(),
+                            entry.actor_email.as_deref(),
+                            entry.actor_id.as_deref(),
+                        );
+                        counted.extend(count_key(hasher, fields));
+                    }
+                    Some(leaf_hash(&entry.canonical_bytes()))
+                }
                 _ => None,
             })
             .collect();
-        HashedPage { page, recomputed }
+        HashedPage {
+            page,
+            recomputed,
+            counted,
+        }
     }
+}
+
+/// What a row adds to the stats counts' tally. Every row the store holds counts, whether or not
+/// it verifies: the counts were made from the rows, not from the leaves.
+fn count_key(hasher: &KeyHasher, fields: CountFields<'_>) -> Option<RowKey> {
+    let (created_at, action, outcome, email, id) = fields;
+    hasher.row(
+        created_at.as_bytes(),
+        action.as_bytes(),
+        outcome.as_bytes(),
+        email.map(str::as_bytes),
+        id.map(str::as_bytes),
+    )
 }
 
 /// Where a head came from, for messages.
@@ -235,6 +276,9 @@ pub struct LogCheck {
     /// Set when the walk met a whole page of empty positions: the log's end was pushed far out
     /// by a stray row, and walking on would take forever for nothing.
     halted: bool,
+    /// The rows' keys for the store's stats counts, tallied by a walk of the whole log
+    /// ([`LogCheck::finish`] from the start) over a store that keeps such counts.
+    tally: Option<CountTally>,
 }
 
 impl LogCheck {
@@ -257,6 +301,7 @@ impl LogCheck {
             problem_count: 0,
             reported: HashSet::new(),
             halted: false,
+            tally: None,
         }
     }
 
@@ -386,6 +431,7 @@ impl LogCheck {
             // One hashing thread for the whole walk, started at the first full page; a page
             // travels to it and back through channels one page deep.
             let mut hasher: Option<(SyncSender<LogPage>, Receiver<HashedPage>)> = None;
+            let counts = self.tally.as_ref().map(|tally| tally.hasher().clone());
             let mut in_flight = false;
             let mut next = self.position() + 1;
             loop {
@@ -430,15 +476,19 @@ impl LogCheck {
                 // A few positions (the admin API's incremental check) are hashed here rather than
                 // on a thread of their own.
                 if page.slots.len() < SMALL_PAGE && hasher.is_none() {
-                    self.check_page(reader, &HashedPage::new(page))?;
+                    self.check_page(reader, &HashedPage::new(page, counts.as_ref()))?;
                     continue;
                 }
                 let (pages, _) = hasher.get_or_insert_with(|| {
                     let (pages, to_hash) = sync_channel::<LogPage>(1);
                     let (to_check, hashed) = sync_channel::<HashedPage>(1);
+                    let counts = counts.clone();
                     scope.spawn(move || {
                         for page in to_hash {
-                            if to_check.send(HashedPage::new(page)).is_err() {
+                            if to_check
+                                .send(HashedPage::new(page, counts.as_ref()))
+                                .is_err()
+                            {
                                 break;
                             }
                         }
@@ -462,7 +512,14 @@ impl LogCheck {
         reader: &R,
         hashed: &HashedPage,
     ) -> Result<(), StoreError> {
-        let HashedPage { page, recomputed } = hashed;
+        let HashedPage {
+            page,
+            recomputed,
+            counted,
+        } = hashed;
+        if let Some(tally) = self.tally.as_mut() {
+            counted.iter().for_each(|row| tally.add(row));
+        }
         let mut decoded = Decoded::default();
         // In position order, as the slots.
         let mut findings = page.findings.iter().peekable();
@@ -736,8 +793,17 @@ impl LogCheck {
         reader: &R,
     ) -> Result<VerifyReport, StoreError> {
         let end = reader.tree_size()?.max(reader.max_entry_seq()?);
+        if self.position() == 0 && reader.keeps_counts() {
+            self.tally = Some(CountTally::new());
+        }
         self.advance(reader, end)?;
         self.report_beyond_end();
+        // Only a walk of every row can be compared with counts of every row.
+        if let Some(tally) = self.tally.take().filter(|_| !self.halted) {
+            for message in reader.count_problems(&tally)?.unwrap_or_default() {
+                self.problem(None, message);
+            }
+        }
         Ok(self.report())
     }
 

@@ -230,6 +230,79 @@ fn an_hour_range_narrowed_to_hide_entries_from_time_windows_is_found() {
     );
 }
 
+/// Stats and the viewer's charts add up counts kept per hour beside the entries, not the rows.
+/// A count changed by hand would show an auditor activity the log does not hold while every
+/// entry still verifies, so `verify` compares the counts with the rows it walks: a count raised,
+/// one moved between two actors (every total unchanged), a day's count, a count for an hour
+/// with no entry, and a count that is not a number.
+#[test]
+fn stats_counts_changed_by_hand_are_found() {
+    let mut fixture = Fixture::new(60, 10);
+    fixture.extend(40, 10, chrono::Duration::days(3));
+    let report = fixture.verify();
+    assert!(report.ok(), "{}", problem_text(&report));
+    let oldest = "(SELECT min(hour) FROM entry_counts)";
+
+    fixture.sql(&format!(
+        "UPDATE entry_counts SET n = n + 5 WHERE hour = {oldest} AND action = 'user.updated'"
+    ));
+    assert_tampered(
+        &fixture.verify(),
+        None,
+        "entries of action user.updated with outcome success, and the entries hold",
+    );
+    fixture.sql(&format!(
+        "UPDATE entry_counts SET n = n - 5 WHERE hour = {oldest} AND action = 'user.updated'"
+    ));
+    let report = fixture.verify();
+    assert!(report.ok(), "put back: {}", problem_text(&report));
+
+    // One entry moved from one actor to another: the hour's total is the same.
+    fixture.sql(&format!(
+        "UPDATE actor_counts SET n = n - 1 WHERE hour = {oldest} AND actor = 'user1@example.com';
+         UPDATE actor_counts SET n = n + 1 WHERE hour = {oldest} AND actor = 'user2@example.com';"
+    ));
+    assert_tampered(
+        &fixture.verify(),
+        None,
+        "entries by actor user1@example.com, and the entries hold",
+    );
+    fixture.sql(&format!(
+        "UPDATE actor_counts SET n = n + 1 WHERE hour = {oldest} AND actor = 'user1@example.com';
+         UPDATE actor_counts SET n = n - 1 WHERE hour = {oldest} AND actor = 'user2@example.com';"
+    ));
+    assert!(fixture.verify().ok());
+
+    fixture.sql(
+        "INSERT INTO actor_day_counts (day, actor, n) \
+         SELECT min(day), 'someone@example.com', 3 FROM actor_day_counts",
+    );
+    assert_tampered(
+        &fixture.verify(),
+        None,
+        "say 3 entries by actor someone@example.com, and the entries hold 0",
+    );
+    fixture.sql("DELETE FROM actor_day_counts WHERE actor = 'someone@example.com'");
+    assert!(fixture.verify().ok());
+
+    fixture.sql("INSERT INTO entry_counts (hour, action, outcome, n) VALUES ('2020-01-01T00', 'user.deleted', 'success', 7)");
+    assert_tampered(
+        &fixture.verify(),
+        None,
+        "the stats counts of hour 2020-01-01T00 say 7 entries of action user.deleted",
+    );
+    fixture.sql("DELETE FROM entry_counts WHERE hour = '2020-01-01T00'");
+
+    fixture.sql(&format!(
+        "UPDATE actor_counts SET n = 'many' WHERE hour = {oldest} AND actor = 'user3@example.com'"
+    ));
+    assert_tampered(
+        &fixture.verify(),
+        None,
+        "say a value that is not a count entries by actor user3@example.com",
+    );
+}
+
 /// `verify` hashes most rows from their columns as stored, without decoding them; an edit of any
 /// column must still be found, and so must a row rewritten into an equivalent form of the same
 /// entry (it decodes to the entry its leaf hashes), which a time filter comparing the stored text
@@ -261,7 +334,10 @@ fn an_edit_of_any_column_is_found_and_so_is_a_row_rewritten_in_an_equivalent_for
     );
     let report = fixture.verify();
     let text = problem_text(&report);
-    assert_eq!(report.problem_count, 2, "{text}");
+    // The two rows, and the stats counts of entry 5's hour (once by action, once by actor for
+    // its day): a count keyed by the stored time no longer finds the row under its hour.
+    assert_eq!(report.problem_count, 4, "{text}");
+    assert!(text.contains("the stats counts of hour"), "{text}");
     assert!(text.contains("entry 5 was rewritten"), "{text}");
     assert!(text.contains("entry 6 was rewritten"), "{text}");
     // Each decodes to its committed entry: it counts as matching its leaf.

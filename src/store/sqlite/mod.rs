@@ -9,6 +9,7 @@
 //! Appends begin `IMMEDIATE` and re-read the stored tree size first, so another process writing
 //! the same file (`auditgate prune` beside a running sidecar) is picked up instead of colliding.
 
+mod counts;
 pub mod log;
 pub mod readonly;
 pub mod rows;
@@ -24,6 +25,7 @@ use crate::entry::{AuditEntry, StoredRow};
 use crate::log::head::SignedTreeHead;
 use crate::log::merkle::{self, Frontier, Hash};
 use crate::store::config::SyncMode;
+use crate::store::count_tally::CountTally;
 use crate::store::pool::ReaderPool;
 use crate::store::query::{Cursor, CursorKind, Filter, PageRequest};
 use crate::store::retention::PrunePlan;
@@ -610,6 +612,14 @@ impl LogReader for SqliteStore {
         self::log::keeps_level(level)
     }
 
+    fn keeps_counts(&self) -> bool {
+        true
+    }
+
+    fn count_problems(&self, walked: &CountTally) -> Result<Option<Vec<String>>, StoreError> {
+        self.with_reader(|connection| counts::count_problems(connection, walked))
+    }
+
     fn tree_size(&self) -> Result<u64, StoreError> {
         self.with_reader(self::log::tree_size)
     }
@@ -992,6 +1002,14 @@ impl SqliteLogReader {
 impl LogReader for SqliteLogReader {
     fn keeps_node_level(&self, level: u32) -> bool {
         self::log::keeps_level(level)
+    }
+
+    fn keeps_counts(&self) -> bool {
+        true
+    }
+
+    fn count_problems(&self, walked: &CountTally) -> Result<Option<Vec<String>>, StoreError> {
+        counts::count_problems(&self.connection, walked)
     }
 
     fn tree_size(&self) -> Result<u64, StoreError> {
@@ -1407,6 +1425,138 @@ mod tests {
         let mut check = LogCheck::new(Vec::new());
         let report = check.finish(&sidecar).expect("verifies");
         assert!(report.ok(), "{report:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A store that changes between `verify`'s walk and its comparison of the stats counts, as a
+    /// live sidecar's does: it seals the rows the walk read unsealed (counting them), appends
+    /// more, and prunes rows the walk counted.
+    struct ChangingStore<'a> {
+        store: &'a SqliteStore,
+        now: chrono::DateTime<chrono::Utc>,
+    }
+
+    impl LogReader for ChangingStore<'_> {
+        fn tree_size(&self) -> Result<u64, StoreError> {
+            self.store.tree_size()
+        }
+        fn max_entry_seq(&self) -> Result<u64, StoreError> {
+            self.store.max_entry_seq()
+        }
+        fn scan_log(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
+            self.store.scan_log(first_seq, max)
+        }
+        fn scan_log_stored(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
+            self.store.scan_log_stored(first_seq, max)
+        }
+        fn stored_form(&self, entry: &AuditEntry) -> Option<StoredRow> {
+            self.store.stored_form(entry)
+        }
+        fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError> {
+            self.store.pruned_by(record_seq)
+        }
+        fn root_at(&self, size: u64) -> Result<Hash, StoreError> {
+            self.store.root_at(size)
+        }
+        fn node_range(
+            &self,
+            level: u32,
+            first: u64,
+            count: usize,
+        ) -> Result<Vec<Hash>, StoreError> {
+            self.store.node_range(level, first, count)
+        }
+        fn keeps_node_level(&self, level: u32) -> bool {
+            self.store.keeps_node_level(level)
+        }
+        fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError> {
+            self.store.heads_after(after_id, limit)
+        }
+        fn cosignatures(
+            &self,
+            origin: &str,
+            size: u64,
+            root_hash: &Hash,
+        ) -> Result<Vec<StoredCosignature>, StoreError> {
+            self.store.cosignatures(origin, size, root_hash)
+        }
+        fn keeps_counts(&self) -> bool {
+            self.store.keeps_counts()
+        }
+        fn count_problems(&self, walked: &CountTally) -> Result<Option<Vec<String>>, StoreError> {
+            assert!(self
+                .store
+                .checkpoint(std::time::Duration::from_secs(5))
+                .expect("seals"));
+            let mut more = vec![
+                AuditEntry::new("t", "user.x"),
+                AuditEntry::new("t", "auth.x"),
+            ];
+            self.store.append(&mut more).expect("appends");
+            let plan = PrunePlan {
+                default_cutoff: None,
+                rules: vec![("auth.".into(), self.now - chrono::Duration::days(10))],
+            };
+            let record = crate::store::retention::prune_record(
+                "t",
+                &plan,
+                &crate::store::retention::PrunedBy::Retention,
+            );
+            assert!(self
+                .store
+                .prune(&plan, record, 100)
+                .expect("prunes")
+                .is_some());
+            self.store.count_problems(walked)
+        }
+    }
+
+    #[test]
+    fn counts_that_move_while_verify_walks_are_not_reported_but_a_changed_count_is() {
+        let (dir, db) = temp_db("counts-walk");
+        let store = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
+        let now = chrono::Utc::now();
+        let mut old: Vec<AuditEntry> = (0..40)
+            .map(|index| {
+                let mut entry =
+                    AuditEntry::new("t", if index % 2 == 0 { "auth.x" } else { "user.x" });
+                entry.created_at =
+                    now - chrono::Duration::days(20) + chrono::Duration::hours(index);
+                entry.actor_id = Some(format!("u{}", index % 3));
+                entry
+            })
+            .collect();
+        store.append(&mut old).expect("appends");
+        assert!(store
+            .checkpoint(std::time::Duration::from_secs(5))
+            .expect("seals"));
+        // Unsealed when the walk reads them.
+        let mut recent = vec![
+            AuditEntry::new("t", "user.x"),
+            AuditEntry::new("t", "user.y"),
+        ];
+        store.append(&mut recent).expect("appends");
+        assert_eq!(store.with_reader(log::recent_rows).expect("recent"), 2);
+        let changing = ChangingStore { store: &store, now };
+        let report = LogCheck::new(Vec::new())
+            .finish(&changing)
+            .expect("verifies");
+        assert!(report.ok(), "{report:?}");
+        assert_eq!(report.entries, 42);
+
+        // The same walk finds a count changed by hand.
+        Connection::open(&db)
+            .expect("opens")
+            .execute_batch("UPDATE entry_counts SET n = n + 1 WHERE action = 'user.x'")
+            .expect("edits");
+        let report = LogCheck::new(Vec::new()).finish(&store).expect("verifies");
+        assert!(!report.ok());
+        assert!(
+            report.problems[0]
+                .message
+                .contains("entries of action user.x"),
+            "{report:?}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

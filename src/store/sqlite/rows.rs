@@ -1527,7 +1527,7 @@ pub fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
 
 /// Whether the one-row table `mark` (`counted_through`, `ranged_through`: how far a structure
 /// kept beside `entries` goes) exists and holds an integer at or past every sealed entry.
-fn mark_covers_sealed(conn: &Connection, mark: &str) -> rusqlite::Result<bool> {
+pub(crate) fn mark_covers_sealed(conn: &Connection, mark: &str) -> rusqlite::Result<bool> {
     if !has_table(conn, mark)? {
         return Ok(false);
     }
