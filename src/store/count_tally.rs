@@ -7,9 +7,10 @@
 //! (an hour has about as many actors as entries on a busy log), so the walk keeps, per hour, the
 //! number of rows and two fingerprints: the wrapping sum of a keyed hash of each row's
 //! `(action, outcome)` and of its actor key. A store computes the same sums from its count
-//! tables (a count of `n` adds `n` times the key's hash); the sums differ when the multisets of
-//! keys differ, but for a chance of about 2⁻⁶⁴. The hash is keyed at random per walk, so nobody
-//! editing the tables can choose changes that cancel out. A store then recounts a disagreeing
+//! tables (a count of `n` adds `n` times the key's hash). With the row totals equal and every
+//! count a whole number of at least one (a store reports any other), the sums differ when the
+//! multisets of keys differ, but for a chance of about 2⁻⁶⁴: the hash is keyed at random per
+//! walk, so nobody editing the tables can choose changes that cancel out. A store then recounts a disagreeing
 //! hour or day from its rows, in one snapshot with its counts, and reports only what that
 //! recount confirms: rows appended, sealed or pruned while the walk ran move the sums too.
 
@@ -34,9 +35,10 @@ pub struct Tally {
 
 impl Tally {
     /// Adds `n` rows of keys hashing to `actions` and `actors` (`n` may be a count read from a
-    /// table; the sums wrap).
+    /// table). The hash sums wrap; the row total saturates, so counts too large to be true never
+    /// add up to a walk's total, and with the totals equal every count is at most the walk's.
     pub fn add(&mut self, n: u64, actions: u64, actors: u64) {
-        self.rows = self.rows.wrapping_add(n);
+        self.rows = self.rows.saturating_add(n);
         self.actions = self.actions.wrapping_add(actions.wrapping_mul(n));
         self.actors = self.actors.wrapping_add(actors.wrapping_mul(n));
     }
@@ -142,7 +144,7 @@ impl CountTally {
             let mut day = [0u8; DAY_KEY];
             day.copy_from_slice(&hour[..DAY_KEY]);
             let sum = days.entry(day).or_default();
-            sum.rows = sum.rows.wrapping_add(tally.rows);
+            sum.rows = sum.rows.saturating_add(tally.rows);
             sum.actions = sum.actions.wrapping_add(tally.actions);
             sum.actors = sum.actors.wrapping_add(tally.actors);
         }

@@ -800,8 +800,18 @@ impl LogCheck {
         self.report_beyond_end();
         // Only a walk of every row can be compared with counts of every row.
         if let Some(tally) = self.tally.take().filter(|_| !self.halted) {
-            for message in reader.count_problems(&tally)?.unwrap_or_default() {
-                self.problem(None, message);
+            // A count table that cannot be read is itself a finding; it must not hide the
+            // walk's.
+            match reader.count_problems(&tally) {
+                Ok(problems) => {
+                    for message in problems.unwrap_or_default() {
+                        self.problem(None, message);
+                    }
+                }
+                Err(error) => self.problem(
+                    None,
+                    format!("the stats counts could not be read to check them: {error}"),
+                ),
             }
         }
         Ok(self.report())

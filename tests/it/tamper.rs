@@ -232,74 +232,133 @@ fn an_hour_range_narrowed_to_hide_entries_from_time_windows_is_found() {
 
 /// Stats and the viewer's charts add up counts kept per hour beside the entries, not the rows.
 /// A count changed by hand would show an auditor activity the log does not hold while every
-/// entry still verifies, so `verify` compares the counts with the rows it walks: a count raised,
-/// one moved between two actors (every total unchanged), a day's count, a count for an hour
-/// with no entry, and a count that is not a number.
+/// entry still verifies, so `verify` compares the counts with the rows it walks. Each edit below
+/// is made to a fresh log that verifies intact.
 #[test]
 fn stats_counts_changed_by_hand_are_found() {
-    let mut fixture = Fixture::new(60, 10);
-    fixture.extend(40, 10, chrono::Duration::days(3));
+    let fresh = || {
+        let mut fixture = Fixture::new(60, 10);
+        fixture.extend(40, 10, chrono::Duration::days(3));
+        let report = fixture.verify();
+        assert!(report.ok(), "{}", problem_text(&report));
+        let oldest: String = Connection::open(&fixture.db)
+            .expect("open")
+            .query_row("SELECT min(hour) FROM entry_counts", [], |row| row.get(0))
+            .expect("an hour");
+        (fixture, oldest)
+    };
+    let cases: Vec<(&str, String)> = vec![
+        // A count raised.
+        (
+            "UPDATE entry_counts SET n = n + 5 WHERE hour = '{oldest}' AND action = 'user.updated'",
+            "entries of action \"user.updated\" with outcome \"success\", and the entries hold"
+                .into(),
+        ),
+        // One entry moved from one actor to another: every total is the same.
+        (
+            "UPDATE actor_counts SET n = n - 1 WHERE hour = '{oldest}' AND actor = 'user1@example.com';
+             UPDATE actor_counts SET n = n + 1 WHERE hour = '{oldest}' AND actor = 'user2@example.com';",
+            "entries of actor \"user1@example.com\", and the entries hold".into(),
+        ),
+        // A day's count made up.
+        (
+            "INSERT INTO actor_day_counts (day, actor, n) \
+             SELECT min(day), 'someone@example.com', 3 FROM actor_day_counts",
+            "hold 3 entries of actor \"someone@example.com\", and the entries hold 0".into(),
+        ),
+        // An hour with no entry at all.
+        (
+            "INSERT INTO entry_counts (hour, action, outcome, n) \
+             VALUES ('2020-01-01T00', 'user.deleted', 'success', 7)",
+            "the stats counts of hour 2020-01-01T00 hold 7 entries of action \"user.deleted\""
+                .into(),
+        ),
+        // A count that is not a number, and one of zero (a pruned actor's key put back).
+        (
+            "UPDATE actor_counts SET n = 'many' WHERE hour = '{oldest}' AND actor = 'user3@example.com'",
+            "actor_counts holds \"many\" as the count of".into(),
+        ),
+        (
+            "INSERT INTO actor_day_counts (day, actor, n) \
+             SELECT min(day), 'gone@example.com', 0 FROM actor_day_counts",
+            "actor_day_counts holds the number 0 as the count of".into(),
+        ),
+        // A key stored as a blob: stats compare keys as text and never read it.
+        (
+            "UPDATE entry_counts SET hour = CAST(hour AS BLOB) WHERE hour = '{oldest}'",
+            "entry_counts holds a count whose key is not text (a blob of 13 bytes".into(),
+        ),
+        // Counts so large that a wrapping total would come back round to the true one.
+        (
+            "INSERT INTO entry_counts (hour, action, outcome, n) VALUES
+               ('{oldest}', 'a.1', 'success', 4611686018427387904),
+               ('{oldest}', 'a.2', 'success', 4611686018427387904),
+               ('{oldest}', 'a.3', 'success', 4611686018427387904),
+               ('{oldest}', 'a.4', 'success', 4611686018427387904)",
+            "hold 4611686018427387904 entries of action \"a.1\"".into(),
+        ),
+    ];
+    for (edit, needle) in cases {
+        let (fixture, oldest) = fresh();
+        fixture.sql(&edit.replace("{oldest}", &oldest));
+        assert_tampered(&fixture.verify(), None, &needle);
+    }
+
+    // Counts that already hold the entries not yet sealed (which a seal would count again).
+    let (fixture, _) = fresh();
+    let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
+    let mut unsealed: Vec<AuditEntry> = (0..3)
+        .map(|offset| sample_entry(200 + offset, chrono::Duration::zero()))
+        .collect();
+    store.append(&mut unsealed).expect("append");
+    drop(store);
     let report = fixture.verify();
-    assert!(report.ok(), "{}", problem_text(&report));
-    let oldest = "(SELECT min(hour) FROM entry_counts)";
-
-    fixture.sql(&format!(
-        "UPDATE entry_counts SET n = n + 5 WHERE hour = {oldest} AND action = 'user.updated'"
-    ));
-    assert_tampered(
-        &fixture.verify(),
-        None,
-        "entries of action user.updated with outcome success, and the entries hold",
+    assert!(
+        report.ok(),
+        "unsealed entries alone: {}",
+        problem_text(&report)
     );
-    fixture.sql(&format!(
-        "UPDATE entry_counts SET n = n - 5 WHERE hour = {oldest} AND action = 'user.updated'"
-    ));
-    let report = fixture.verify();
-    assert!(report.ok(), "put back: {}", problem_text(&report));
-
-    // One entry moved from one actor to another: the hour's total is the same.
-    fixture.sql(&format!(
-        "UPDATE actor_counts SET n = n - 1 WHERE hour = {oldest} AND actor = 'user1@example.com';
-         UPDATE actor_counts SET n = n + 1 WHERE hour = {oldest} AND actor = 'user2@example.com';"
-    ));
-    assert_tampered(
-        &fixture.verify(),
-        None,
-        "entries by actor user1@example.com, and the entries hold",
-    );
-    fixture.sql(&format!(
-        "UPDATE actor_counts SET n = n + 1 WHERE hour = {oldest} AND actor = 'user1@example.com';
-         UPDATE actor_counts SET n = n - 1 WHERE hour = {oldest} AND actor = 'user2@example.com';"
-    ));
-    assert!(fixture.verify().ok());
-
     fixture.sql(
-        "INSERT INTO actor_day_counts (day, actor, n) \
-         SELECT min(day), 'someone@example.com', 3 FROM actor_day_counts",
+        "INSERT INTO entry_counts (hour, action, outcome, n) \
+           SELECT substr(created_at, 1, 13), action, outcome, count(*) FROM recent WHERE true GROUP BY 1, 2, 3 \
+           ON CONFLICT (hour, action, outcome) DO UPDATE SET n = n + excluded.n;
+         INSERT INTO actor_counts (hour, actor, n) \
+           SELECT substr(created_at, 1, 13), actor_email, count(*) FROM recent WHERE true GROUP BY 1, 2 \
+           ON CONFLICT (hour, actor) DO UPDATE SET n = n + excluded.n;
+         INSERT INTO actor_day_counts (day, actor, n) \
+           SELECT substr(created_at, 1, 10), actor_email, count(*) FROM recent WHERE true GROUP BY 1, 2 \
+           ON CONFLICT (day, actor) DO UPDATE SET n = n + excluded.n;",
     );
-    assert_tampered(
-        &fixture.verify(),
-        None,
-        "say 3 entries by actor someone@example.com, and the entries hold 0",
-    );
-    fixture.sql("DELETE FROM actor_day_counts WHERE actor = 'someone@example.com'");
-    assert!(fixture.verify().ok());
+    assert_tampered(&fixture.verify(), None, "and the entries hold");
 
-    fixture.sql("INSERT INTO entry_counts (hour, action, outcome, n) VALUES ('2020-01-01T00', 'user.deleted', 'success', 7)");
-    assert_tampered(
-        &fixture.verify(),
-        None,
-        "the stats counts of hour 2020-01-01T00 say 7 entries of action user.deleted",
+    // A count table that cannot be read is reported, and does not hide what the walk found.
+    let (fixture, _) = fresh();
+    fixture.sql(
+        "UPDATE entries SET actor_id = 'someone-else' WHERE seq = 37; DROP TABLE actor_day_counts;",
     );
-    fixture.sql("DELETE FROM entry_counts WHERE hour = '2020-01-01T00'");
+    let report = fixture.verify();
+    assert_tampered(&report, Some(37), "entry 37 was changed");
+    assert_tampered(
+        &report,
+        Some(37),
+        "the stats counts could not be read to check them",
+    );
+}
 
-    fixture.sql(&format!(
-        "UPDATE actor_counts SET n = 'many' WHERE hour = {oldest} AND actor = 'user3@example.com'"
-    ));
+/// The log starts at position 1: a row inserted below it would be listed by queries that reach
+/// it, while no leaf covers it.
+#[test]
+fn a_row_below_the_first_position_is_found() {
+    let fixture = Fixture::new(20, 10);
+    fixture.sql(
+        "CREATE TEMP TABLE forged AS SELECT * FROM entries WHERE seq = 5;
+         UPDATE forged SET seq = 0, id = 'forged-entry';
+         INSERT INTO entries SELECT * FROM forged;",
+    );
     assert_tampered(
         &fixture.verify(),
-        None,
-        "say a value that is not a count entries by actor user3@example.com",
+        Some(1),
+        "a row of entries at position 0, below the log's first position",
     );
 }
 
@@ -334,9 +393,9 @@ fn an_edit_of_any_column_is_found_and_so_is_a_row_rewritten_in_an_equivalent_for
     );
     let report = fixture.verify();
     let text = problem_text(&report);
-    // The two rows, and the stats counts of entry 5's hour (once by action, once by actor for
-    // its day): a count keyed by the stored time no longer finds the row under its hour.
-    assert_eq!(report.problem_count, 4, "{text}");
+    // The two rows, and the stats counts of entry 5's hour (by action, by actor) and day (by
+    // actor): a count keyed by the stored time no longer finds the row under its hour.
+    assert_eq!(report.problem_count, 5, "{text}");
     assert!(text.contains("the stats counts of hour"), "{text}");
     assert!(text.contains("entry 5 was rewritten"), "{text}");
     assert!(text.contains("entry 6 was rewritten"), "{text}");

@@ -1,25 +1,31 @@
 //! `verify`'s check of the stats counts (`schema_v6.sql`) against the rows of `entries`.
 //!
-//! The walk hands over its per-hour [`CountTally`]; this reads the three count tables in one
-//! snapshot, sums them the same way, and recounts from the rows each hour or day whose sums
-//! differ, in that same snapshot, so that only a disagreement between the counts and the rows
-//! as they are now is reported (rows sealed, counted or pruned while the walk ran also move the
-//! sums). Counts cover the sealed entries up to `counted_through`; a file whose counts do not yet
-//! reach every sealed entry (being counted after an upgrade) is not checked, and stats do not
-//! read its counts either.
+//! The walk hands over its per-hour [`CountTally`] of every row it read, sealed or not. This
+//! reads the three count tables in one snapshot and sums them the same way, adds the snapshot's
+//! unsealed rows (which the walk read and the counts never hold), and recounts from the sealed
+//! rows, in that same snapshot, each hour or day whose sums differ, so that only a disagreement
+//! between the counts and the rows as they are now is reported (rows sealed, counted or pruned
+//! while the walk ran move the sums too). A count row that stats cannot read as the seal writes
+//! it (a key that is not text, a count that is not a whole number of at least one) is reported
+//! as it is met. Counts cover the sealed entries up to `counted_through`; a file whose counts do
+//! not yet reach every sealed entry (being counted after an upgrade) is not checked, and stats do
+//! not read its counts either.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
 use super::log::counts_through;
-use super::rows::{self, ACTOR_KEY, DAY, HOUR};
-use crate::store::count_tally::{CountTally, Tally, DAY_KEY, HOUR_KEY};
+use super::rows::{self, ACTOR_KEY, DAY, HOUR, RECENT};
+use crate::store::count_tally::{CountTally, KeyHasher, Tally, DAY_KEY, HOUR_KEY};
 use crate::store::StoreError;
 
-/// Most disagreements described; past it, the hours and days are counted in one line.
-const MAX_DESCRIBED: usize = 20;
+/// Most hours and days recounted; past it, the rest are named in one line, not recounted (a
+/// table changed wholesale would otherwise be recounted hour by hour over the whole log).
+const MAX_RECOUNTS: usize = 50;
+/// Most malformed count rows described; the rest are counted in one line.
+const MAX_MALFORMED: usize = 5;
 
 /// The count tables' sums for one hour: `entry_counts` and `actor_counts` each give a row total.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +35,7 @@ struct Counted {
 }
 
 impl Counted {
-    /// What the rows' tally would be if both tables agreed with it.
+    /// Whether both tables hold exactly the keys of the rows `walked` tallies.
     fn agrees_with(&self, walked: &Tally) -> bool {
         self.actions.rows == walked.rows
             && self.actions.actions == walked.actions
@@ -38,21 +44,41 @@ impl Counted {
     }
 }
 
-/// A count as stored: an integer, or (edited by hand) anything else, which no sum can equal.
-fn stored_count(value: ValueRef<'_>) -> Option<u64> {
-    match value {
-        ValueRef::Integer(n) => u64::try_from(n).ok(),
-        _ => None,
+/// Count rows that stats cannot read as the seal writes them.
+#[derive(Debug, Default)]
+struct Malformed {
+    described: Vec<String>,
+    total: u64,
+}
+
+impl Malformed {
+    fn add(&mut self, describe: impl FnOnce() -> String) {
+        self.total += 1;
+        if self.described.len() < MAX_MALFORMED {
+            self.described.push(describe());
+        }
+    }
+
+    fn into_problems(self) -> Vec<String> {
+        let mut problems = self.described;
+        let more = self.total - problems.len() as u64;
+        if more > 0 {
+            problems.push(format!(
+                "and {more} more rows of the stats counts that stats cannot read"
+            ));
+        }
+        problems
     }
 }
 
-/// Text as stored (a count key edited into another type reads as its SQL text).
-fn text(value: ValueRef<'_>) -> String {
+/// A value as the count tables' text, escaped for a terminal (a key is whatever was audited).
+fn shown(value: ValueRef<'_>) -> String {
     match value {
-        ValueRef::Text(text) | ValueRef::Blob(text) => String::from_utf8_lossy(text).into_owned(),
-        ValueRef::Integer(n) => n.to_string(),
-        ValueRef::Real(n) => n.to_string(),
-        ValueRef::Null => String::new(),
+        ValueRef::Text(text) => format!("{:?}", String::from_utf8_lossy(text)),
+        ValueRef::Blob(bytes) => format!("a blob of {} bytes", bytes.len()),
+        ValueRef::Integer(n) => format!("the number {n}"),
+        ValueRef::Real(n) => format!("the number {n}"),
+        ValueRef::Null => "NULL".to_string(),
     }
 }
 
@@ -71,23 +97,27 @@ pub fn count_problems(
     }
     let through = counts_through(&transaction)?;
     let hasher = walked.hasher();
-    // A count that is not a positive integer cannot be summed; it marks its hour (or day) as
-    // disagreeing, and the recount says how.
-    let (entry_hours, mut unreadable_hours) = sum_table(
+    let mut malformed = Malformed::default();
+    let entry_hours = sum_table(
         &transaction,
+        "entry_counts",
         "SELECT hour, action, outcome, n FROM entry_counts ORDER BY hour",
         &|action, outcome| (hasher.action(action, outcome), 0),
+        &mut malformed,
     )?;
-    let (actor_hours, unreadable) = sum_table(
+    let actor_hours = sum_table(
         &transaction,
+        "actor_counts",
         "SELECT hour, actor, '', n FROM actor_counts ORDER BY hour",
         &|actor, _| (0, hasher.actor(actor)),
+        &mut malformed,
     )?;
-    unreadable_hours.extend(unreadable);
-    let (days, unreadable_days) = sum_table(
+    let mut days = sum_table(
         &transaction,
+        "actor_day_counts",
         "SELECT day, actor, '', n FROM actor_day_counts ORDER BY day",
         &|actor, _| (0, hasher.actor(actor)),
+        &mut malformed,
     )?;
     let mut hours: HashMap<String, Counted> = HashMap::new();
     for (hour, actions) in entry_hours {
@@ -96,6 +126,7 @@ pub fn count_problems(
     for (hour, actors) in actor_hours {
         hours.entry(hour).or_default().actors = actors;
     }
+    add_unsealed(&transaction, hasher, &mut hours, &mut days)?;
 
     // Hours and days whose sums differ from the walk's, in time order.
     let mut disagreeing_hours: Vec<String> = hours
@@ -115,10 +146,8 @@ pub fn count_problems(
                 .map(|hour| String::from_utf8_lossy(hour).into_owned())
                 .filter(|hour| !hours.contains_key(hour)),
         )
-        .chain(unreadable_hours)
         .collect();
     disagreeing_hours.sort();
-    disagreeing_hours.dedup();
     let walked_days = walked.days();
     let mut disagreeing_days: Vec<String> = days
         .iter()
@@ -136,27 +165,27 @@ pub fn count_problems(
                 .map(|day| String::from_utf8_lossy(day).into_owned())
                 .filter(|day| !days.contains_key(day)),
         )
-        .chain(unreadable_days)
         .collect();
     disagreeing_days.sort();
-    disagreeing_days.dedup();
 
-    let mut problems = Vec::new();
-    for hour in &disagreeing_hours {
-        if let Some(problem) = recount_hour(&transaction, through, hour)? {
-            problems.push(problem);
+    let mut problems = malformed.into_problems();
+    let periods = disagreeing_hours
+        .iter()
+        .map(|hour| (Period::Hour, hour))
+        .chain(disagreeing_days.iter().map(|day| (Period::Day, day)));
+    let mut not_recounted = Vec::new();
+    for (index, (period, key)) in periods.enumerate() {
+        if index >= MAX_RECOUNTS {
+            not_recounted.push(key.as_str());
+            continue;
         }
+        problems.extend(recount_period(&transaction, through, period, key)?);
     }
-    for day in &disagreeing_days {
-        if let Some(problem) = recount_day(&transaction, through, day)? {
-            problems.push(problem);
-        }
-    }
-    if problems.len() > MAX_DESCRIBED {
-        let more = problems.len() - MAX_DESCRIBED;
-        problems.truncate(MAX_DESCRIBED);
+    if let (Some(first), Some(last)) = (not_recounted.first(), not_recounted.last()) {
         problems.push(format!(
-            "and {more} more hours or days whose stats counts disagree with the entries"
+            "and {} more hours or days ({first:?} to {last:?}) whose stats counts do not add up \
+             to the entries the walk read; not recounted, since the first {MAX_RECOUNTS} were",
+            not_recounted.len()
         ));
     }
     Ok(Some(problems))
@@ -164,197 +193,266 @@ pub fn count_problems(
 
 /// A count table's sums per period, from rows `(period, key, key, n)` in period order (the
 /// table's key order, so no sort): consecutive rows of one period are summed before the period
-/// is stored, and keys are hashed from the values as stored, without a copy. Also the periods
-/// holding a count that is not a positive integer.
-#[allow(clippy::type_complexity)]
+/// is stored, and keys are hashed from the values as stored, without a copy. A row stats cannot
+/// read as the seal writes it is not summed but described in `malformed`; row totals saturate
+/// rather than wrap, so huge counts cannot add up to the walk's.
 fn sum_table(
     connection: &Connection,
+    table: &str,
     sql: &str,
-    hash: &dyn Fn(&[u8], &[u8]) -> (u64, u64),
-) -> Result<(HashMap<String, Tally>, Vec<String>), StoreError> {
+    hash: &KeyHashes<'_>,
+    malformed: &mut Malformed,
+) -> Result<HashMap<String, Tally>, StoreError> {
     let mut sums: HashMap<String, Tally> = HashMap::new();
-    let mut unreadable = Vec::new();
     let mut current: Option<(String, Tally)> = None;
     let mut select = connection.prepare(sql)?;
     let mut rows = select.query([])?;
     while let Some(row) = rows.next()? {
-        let period = row.get_ref(0)?;
+        let values = [row.get_ref(0)?, row.get_ref(1)?, row.get_ref(2)?];
+        let count = row.get_ref(3)?;
+        let (ValueRef::Text(period), ValueRef::Text(first), ValueRef::Text(second)) =
+            (values[0], values[1], values[2])
+        else {
+            malformed.add(|| {
+                let keys: Vec<String> = values.iter().map(|value| shown(*value)).collect();
+                format!(
+                    "{table} holds a count whose key is not text ({}): stats never read it, \
+                     so they do not match the log (the counts were changed)",
+                    keys.join(", ")
+                )
+            });
+            continue;
+        };
+        let n = match count {
+            ValueRef::Integer(n) if n >= 1 => n as u64,
+            other => {
+                malformed.add(|| {
+                    format!(
+                        "{table} holds {} as the count of {:?} {:?} {:?}, not a whole number of at \
+                         least one: stats do not match the log (the counts were changed)",
+                        shown(other),
+                        String::from_utf8_lossy(period),
+                        String::from_utf8_lossy(first),
+                        String::from_utf8_lossy(second)
+                    )
+                });
+                continue;
+            }
+        };
         if current
             .as_ref()
-            .is_none_or(|(key, _)| !same_text(period, key))
+            .is_none_or(|(key, _)| key.as_bytes() != period)
         {
             if let Some((key, tally)) = current.take() {
                 sums.insert(key, tally);
             }
-            let key = text(period);
+            let key = String::from_utf8_lossy(period).into_owned();
             let tally = sums.remove(&key).unwrap_or_default();
             current = Some((key, tally));
         }
-        let Some((key, tally)) = current.as_mut() else {
-            continue;
-        };
-        let (actions, actors) = with_bytes(row.get_ref(1)?, |first| {
-            with_bytes(row.get_ref(2)?, |second| Ok(hash(first, second)))
-        })?;
-        match stored_count(row.get_ref(3)?) {
-            Some(n) => tally.add(n, actions, actors),
-            None => unreadable.push(key.clone()),
+        if let Some((_, tally)) = current.as_mut() {
+            let (actions, actors) = hash(first, second);
+            tally.add(n, actions, actors);
         }
     }
     if let Some((key, tally)) = current {
         sums.insert(key, tally);
     }
-    Ok((sums, unreadable))
+    Ok(sums)
 }
 
-/// Whether a stored value reads as `text` (as [`text`] would turn it into).
-fn same_text(value: ValueRef<'_>, text: &str) -> bool {
-    match value {
-        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => bytes == text.as_bytes(),
-        other => self::text(other) == text,
+/// Adds the rows of `recent` (not sealed, so never counted) to the counts' side, hashed as the
+/// walk hashes them: the walk read them, so counts that already held them would otherwise match.
+fn add_unsealed(
+    connection: &Connection,
+    hasher: &KeyHasher,
+    hours: &mut HashMap<String, Counted>,
+    days: &mut HashMap<String, Tally>,
+) -> Result<(), StoreError> {
+    let mut select = connection.prepare(&format!(
+        "SELECT created_at, action, outcome, actor_email, actor_id FROM {RECENT}"
+    ))?;
+    let mut rows = select.query([])?;
+    let text = |value: ValueRef<'_>| match value {
+        ValueRef::Text(text) => Some(text.to_vec()),
+        _ => None,
+    };
+    while let Some(row) = rows.next()? {
+        let (Some(created_at), Some(action), Some(outcome)) = (
+            text(row.get_ref(0)?),
+            text(row.get_ref(1)?),
+            text(row.get_ref(2)?),
+        ) else {
+            continue;
+        };
+        let (email, id) = (text(row.get_ref(3)?), text(row.get_ref(4)?));
+        let Some(key) = hasher.row(
+            &created_at,
+            &action,
+            &outcome,
+            email.as_deref(),
+            id.as_deref(),
+        ) else {
+            continue;
+        };
+        let hour = String::from_utf8_lossy(&key.hour).into_owned();
+        let day = hour[..DAY_KEY].to_string();
+        let counted = hours.entry(hour).or_default();
+        counted.actions.add(1, key.actions, 0);
+        counted.actors.add(1, 0, key.actors);
+        days.entry(day).or_default().add(1, 0, key.actors);
     }
+    Ok(())
 }
 
-/// `f` over a stored value's bytes as [`text`] reads them, copied only when not text.
-fn with_bytes<T>(
-    value: ValueRef<'_>,
-    f: impl FnOnce(&[u8]) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    match value {
-        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => f(bytes),
-        other => f(text(other).as_bytes()),
+/// How a count table's two key columns hash: `(actions, actors)` as [`Tally::add`] takes them.
+type KeyHashes<'a> = dyn Fn(&[u8], &[u8]) -> (u64, u64) + 'a;
+
+#[derive(Debug, Clone, Copy)]
+enum Period {
+    Hour,
+    Day,
+}
+
+/// What differs between one hour's (or day's) counts and its sealed rows up to `through`, read
+/// in the caller's snapshot: for an hour, by action and outcome and by actor; for a day, by
+/// actor.
+fn recount_period(
+    connection: &Connection,
+    through: i64,
+    period: Period,
+    key: &str,
+) -> Result<Vec<String>, StoreError> {
+    // (the rows' grouping, its width, the table, its key columns, what a difference breaks)
+    let tables: &[(&str, usize, &str, &str, &str)] = match period {
+        Period::Hour => &[
+            (
+                "action, outcome",
+                2,
+                "entry_counts",
+                "action, outcome",
+                "stats and the viewer's charts do not match the log",
+            ),
+            (
+                ACTOR_KEY,
+                1,
+                "actor_counts",
+                "actor",
+                "stats by actor do not match the log",
+            ),
+        ],
+        Period::Day => &[(
+            ACTOR_KEY,
+            1,
+            "actor_day_counts",
+            "actor",
+            "stats by actor do not match the log",
+        )],
+    };
+    let (expression, column) = match period {
+        Period::Hour => (HOUR, "hour"),
+        Period::Day => (DAY, "day"),
+    };
+    let mut problems = Vec::new();
+    for &(group, width, table, columns, consequence) in tables {
+        let held = recount(connection, through, expression, key, group, width)?;
+        let counted = stored(connection, table, column, columns, width, key)?;
+        if let Some((keys, says, held)) = first_difference(&counted, &held) {
+            let what = match keys.as_slice() {
+                [action, outcome] => format!("action {action:?} with outcome {outcome:?}"),
+                keys => format!("actor {:?}", keys.concat()),
+            };
+            problems.push(format!(
+                "the stats counts of {column} {key} hold {says} entries of {what}, and the \
+                 entries hold {held}: {consequence} (the counts, or the entries, were changed)"
+            ));
+        }
     }
+    Ok(problems)
 }
 
-/// The rows' keys of one hour or day (a `key` of that many characters of `created_at`), counted
-/// from `entries` up to `through`, grouped by `group` (SQL over one row).
+/// The sealed rows of one period (`key`, the first characters of `created_at` that
+/// `expression` cuts) up to `through`, counted per `group` (one or two SQL expressions).
 fn recount(
     connection: &Connection,
     through: i64,
-    period: &str,
+    expression: &str,
     key: &str,
     group: &str,
-) -> Result<BTreeMap<String, u64>, StoreError> {
+    width: usize,
+) -> Result<BTreeMap<Vec<String>, u64>, StoreError> {
     // `created_at` between the key and the key followed by the highest character reads only
     // the period's rows through the time index; the period expression then keeps exactly
-    // those the counts would count.
+    // those the counts would count. A row below position 1 is no entry of the log.
     let upper = format!("{key}\u{10FFFF}");
     let mut select = connection.prepare_cached(&format!(
         "SELECT {group}, count(*) FROM entries \
-         WHERE created_at >= ?1 AND created_at < ?2 AND {period} = ?1 AND seq <= ?3 \
-         GROUP BY 1"
+         WHERE created_at >= ?1 AND created_at < ?2 AND {expression} = ?1 \
+         AND seq BETWEEN 1 AND ?3 GROUP BY {group}"
     ))?;
     let mut rows = select.query(rusqlite::params![key, upper, through])?;
     let mut counts = BTreeMap::new();
     while let Some(row) = rows.next()? {
-        let n: i64 = row.get(1)?;
-        counts.insert(text(row.get_ref(0)?), n.max(0) as u64);
+        let keys = (0..width)
+            .map(|index| Ok(lossy_text(row.get_ref(index)?)))
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        let n: i64 = row.get(width)?;
+        counts.insert(keys, n.max(0) as u64);
     }
     Ok(counts)
 }
 
-/// A count table's rows for one period, as key → count (an unreadable count as `None`).
+/// A table's well-formed rows for one period (text keys, as stats read them; the others were
+/// reported as malformed), as keys → count.
 fn stored(
     connection: &Connection,
-    sql: &str,
+    table: &str,
+    column: &str,
+    columns: &str,
+    width: usize,
     key: &str,
-) -> Result<BTreeMap<String, Option<u64>>, StoreError> {
-    let mut select = connection.prepare_cached(sql)?;
+) -> Result<BTreeMap<Vec<String>, u64>, StoreError> {
+    let typed: Vec<String> = columns
+        .split(',')
+        .map(|name| format!("typeof({}) = 'text'", name.trim()))
+        .collect();
+    let mut select = connection.prepare_cached(&format!(
+        "SELECT {columns}, n FROM {table} WHERE {column} = ?1 AND {} \
+         AND typeof(n) = 'integer' AND n >= 1",
+        typed.join(" AND ")
+    ))?;
     let mut rows = select.query([key])?;
     let mut counts = BTreeMap::new();
     while let Some(row) = rows.next()? {
-        counts.insert(text(row.get_ref(0)?), stored_count(row.get_ref(1)?));
+        let keys = (0..width)
+            .map(|index| Ok(lossy_text(row.get_ref(index)?)))
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        let n: i64 = row.get(width)?;
+        counts.insert(keys, n as u64);
     }
     Ok(counts)
 }
 
-/// The first key whose stored count differs from the recount, described.
-fn first_difference(
-    stored: &BTreeMap<String, Option<u64>>,
-    recounted: &BTreeMap<String, u64>,
-) -> Option<(String, String, u64)> {
-    let keys = stored.keys().chain(recounted.keys());
-    let mut keys: Vec<&String> = keys.collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter().find_map(|key| {
-        let held = recounted.get(key).copied().unwrap_or(0);
-        let says = match stored.get(key) {
-            None => Some(0),
-            Some(count) => *count,
-        };
-        (says != Some(held)).then(|| {
-            let says = says.map_or_else(
-                || "a value that is not a count".to_string(),
-                |n| n.to_string(),
-            );
-            (key.clone(), says, held)
-        })
-    })
-}
-
-fn recount_hour(
-    connection: &Connection,
-    through: i64,
-    hour: &str,
-) -> Result<Option<String>, StoreError> {
-    let name = hour;
-    // The pair as one key, the action and the outcome apart by a byte no action holds.
-    let actions = recount(
-        connection,
-        through,
-        HOUR,
-        hour,
-        "action || char(0) || outcome",
-    )?;
-    let counted = stored(
-        connection,
-        "SELECT action || char(0) || outcome, n FROM entry_counts WHERE hour = ?1",
-        hour,
-    )?;
-    if let Some((key, says, held)) = first_difference(&counted, &actions) {
-        let (action, outcome) = key.split_once('\0').unwrap_or((&key, ""));
-        return Ok(Some(format!(
-            "the stats counts of hour {name} say {says} entries of action {action} with outcome \
-             {outcome}, and the entries hold {held}: stats and the viewer's charts do not match \
-             the log (the counts, or the entries, were changed)"
-        )));
+fn lossy_text(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Text(text) | ValueRef::Blob(text) => String::from_utf8_lossy(text).into_owned(),
+        ValueRef::Integer(n) => n.to_string(),
+        ValueRef::Real(n) => n.to_string(),
+        ValueRef::Null => String::new(),
     }
-    let actors = recount(connection, through, HOUR, hour, ACTOR_KEY)?;
-    let counted = stored(
-        connection,
-        "SELECT actor, n FROM actor_counts WHERE hour = ?1",
-        hour,
-    )?;
-    Ok(
-        first_difference(&counted, &actors).map(|(actor, says, held)| {
-            format!(
-                "the stats counts of hour {name} say {says} entries by actor {actor}, and the \
-             entries hold {held}: stats by actor do not match the log (the counts, or the \
-             entries, were changed)"
-            )
-        }),
-    )
 }
 
-fn recount_day(
-    connection: &Connection,
-    through: i64,
-    day: &str,
-) -> Result<Option<String>, StoreError> {
-    let actors = recount(connection, through, DAY, day, ACTOR_KEY)?;
-    let counted = stored(
-        connection,
-        "SELECT actor, n FROM actor_day_counts WHERE day = ?1",
-        day,
-    )?;
-    Ok(
-        first_difference(&counted, &actors).map(|(actor, says, held)| {
-            format!(
-            "the stats counts of day {day} say {says} entries by actor {actor}, and the entries \
-             hold {held}: stats by actor do not match the log (the counts, or the entries, were \
-             changed)"
-        )
-        }),
-    )
+/// The first keys whose count differs from the recount: `(keys, counted, held)`.
+fn first_difference(
+    counted: &BTreeMap<Vec<String>, u64>,
+    recounted: &BTreeMap<Vec<String>, u64>,
+) -> Option<(Vec<String>, u64, u64)> {
+    let keys: HashSet<&Vec<String>> = counted.keys().chain(recounted.keys()).collect();
+    let mut keys: Vec<&Vec<String>> = keys.into_iter().collect();
+    keys.sort();
+    keys.into_iter().find_map(|keys| {
+        let says = counted.get(keys).copied().unwrap_or(0);
+        let held = recounted.get(keys).copied().unwrap_or(0);
+        (says != held).then(|| (keys.clone(), says, held))
+    })
 }

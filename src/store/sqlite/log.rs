@@ -571,6 +571,25 @@ pub fn scan_log(
             .prepare_cached("SELECT coalesce(max(seq), 0) FROM entries")?
             .query_row([], |row| row.get(0))?;
         let mut ranges = HourRanges::load(&transaction)?;
+        if first == 1 {
+            // The log starts at position 1; a row below it is listed by every query that
+            // reaches it, yet no leaf covers it.
+            for table in ["entries", RECENT] {
+                let below: Option<i64> = transaction
+                    .prepare_cached(&format!("SELECT max(seq) FROM {table} WHERE seq < 1"))?
+                    .query_row([], |row| row.get(0))?;
+                if let Some(seq) = below {
+                    page.finding(
+                        1,
+                        format!(
+                            "a row of {table} at position {seq}, below the log's first \
+                             position: listings show it, but it is no entry of the log (inserted \
+                             by hand)"
+                        ),
+                    );
+                }
+            }
+        }
         for table in ["entries", RECENT] {
             let mut entries = transaction.prepare_cached(&format!(
                 "SELECT {ENTRY_COLUMNS} FROM {table} WHERE seq BETWEEN ?1 AND ?2"

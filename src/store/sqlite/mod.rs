@@ -1554,7 +1554,7 @@ mod tests {
         assert!(
             report.problems[0]
                 .message
-                .contains("entries of action user.x"),
+                .contains("entries of action \"user.x\""),
             "{report:?}"
         );
         let _ = std::fs::remove_dir_all(dir);
