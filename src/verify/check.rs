@@ -793,28 +793,40 @@ impl LogCheck {
         reader: &R,
     ) -> Result<VerifyReport, StoreError> {
         let end = reader.tree_size()?.max(reader.max_entry_seq()?);
+        self.tally_counts(reader);
+        self.advance(reader, end)?;
+        self.report_beyond_end();
+        self.check_counts(reader);
+        Ok(self.report())
+    }
+
+    /// From here on, tallies the rows the walk reads for the store's stats counts, when the
+    /// store keeps them and the walk is at the start of the log (only a walk of every row can be
+    /// compared with counts of every row); [`LogCheck::check_counts`] compares them.
+    pub fn tally_counts<R: LogReader + ?Sized>(&mut self, reader: &R) {
         if self.position() == 0 && reader.keeps_counts() {
             self.tally = Some(CountTally::new());
         }
-        self.advance(reader, end)?;
-        self.report_beyond_end();
-        // Only a walk of every row can be compared with counts of every row.
-        if let Some(tally) = self.tally.take().filter(|_| !self.halted) {
-            // A count table that cannot be read is itself a finding; it must not hide the
-            // walk's.
-            match reader.count_problems(&tally) {
-                Ok(problems) => {
-                    for message in problems.unwrap_or_default() {
-                        self.problem(None, message);
-                    }
+    }
+
+    /// Compares the rows tallied since [`LogCheck::tally_counts`] with the store's stats counts,
+    /// once, after a walk to the end of the log; then stops tallying. A count table that cannot
+    /// be read is itself a finding, reported beside the walk's rather than instead of them.
+    pub fn check_counts<R: LogReader + ?Sized>(&mut self, reader: &R) {
+        let Some(tally) = self.tally.take().filter(|_| !self.halted) else {
+            return;
+        };
+        match reader.count_problems(&tally) {
+            Ok(problems) => {
+                for message in problems.unwrap_or_default() {
+                    self.problem(None, message);
                 }
-                Err(error) => self.problem(
-                    None,
-                    format!("the stats counts could not be read to check them: {error}"),
-                ),
             }
+            Err(error) => self.problem(
+                None,
+                format!("the stats counts could not be read to check them: {error}"),
+            ),
         }
-        Ok(self.report())
     }
 
     fn report_beyond_end(&mut self) {

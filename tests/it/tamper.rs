@@ -1338,6 +1338,34 @@ async fn a_sidecar_publishes_heads_heartbeats_and_a_shutdown_head() {
         )
         .expect("undo");
 
+    // So does a stats count made up behind its back, and the full check after the count is
+    // removed again is intact (the counts of the live sidecar's own seals match their rows).
+    let count_edit = |sql: &str| {
+        Connection::open(&sidecar.db)
+            .expect("open")
+            .execute_batch(sql)
+            .expect("edits the counts");
+    };
+    count_edit(
+        "INSERT INTO entry_counts (hour, action, outcome, n) \
+         VALUES ('2020-01-01T00', 'user.deleted', 'success', 7)",
+    );
+    let verify: Value = client
+        .get_admin(&admin("/api/v1/verify?full=true"))
+        .await
+        .json();
+    assert_eq!(verify["ok"], false, "{verify}");
+    assert!(
+        verify.to_string().contains("hold 7 entries of action"),
+        "{verify}"
+    );
+    count_edit("DELETE FROM entry_counts WHERE hour = '2020-01-01T00'");
+    let verify: Value = client
+        .get_admin(&admin("/api/v1/verify?full=true"))
+        .await
+        .json();
+    assert_eq!(verify["ok"], true, "{verify}");
+
     // Three more entries, then shutdown: the last head covers them all and the run's
     // audit.stopped.
     for index in 0..3 {
