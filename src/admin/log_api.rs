@@ -543,7 +543,7 @@ pub(crate) async fn verify(
         }
         let end = store.tree_size()?.max(store.max_entry_seq()?);
         state.check.advance(store.as_ref(), end)?;
-        state.check.check_counts(store.as_ref());
+        state.check.check_counts(store.as_ref())?;
         let mut body = crate::verify::report_json(&state.check.report());
         body["mode"] = Value::from(if full { "full" } else { "incremental" });
         Ok(Json(body))

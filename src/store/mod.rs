@@ -109,7 +109,8 @@ pub struct LogPage {
     /// recomputes with the stored one without a query per node.
     pub nodes: MemoryNodes,
     /// What the store found wrong at a position besides its row, in position order (SQLite: a
-    /// sealed entry outside its hour's range, which listings of time windows would not show).
+    /// sealed entry outside its hour's range, which listings of time windows would not show);
+    /// position 0 for a finding about no position of the log (SQLite: a row below position 1).
     pub findings: Vec<(u64, String)>,
 }
 

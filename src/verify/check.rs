@@ -572,6 +572,9 @@ impl LogCheck {
             while let Some((seq, message)) = findings.next_if(|(seq, _)| *seq <= slot.seq) {
                 if *seq == slot.seq {
                     self.problem(Some(*seq), message.clone());
+                } else if *seq == 0 {
+                    // About no position of the log (a row below its first).
+                    self.problem(None, message.clone());
                 }
             }
         }
@@ -796,7 +799,7 @@ impl LogCheck {
         self.tally_counts(reader);
         self.advance(reader, end)?;
         self.report_beyond_end();
-        self.check_counts(reader);
+        self.check_counts(reader)?;
         Ok(self.report())
     }
 
@@ -810,11 +813,12 @@ impl LogCheck {
     }
 
     /// Compares the rows tallied since [`LogCheck::tally_counts`] with the store's stats counts,
-    /// once, after a walk to the end of the log; then stops tallying. A count table that cannot
-    /// be read is itself a finding, reported beside the walk's rather than instead of them.
-    pub fn check_counts<R: LogReader + ?Sized>(&mut self, reader: &R) {
+    /// once, after a walk to the end of the log; then stops tallying. Counts that cannot be read
+    /// are an error (the file could not be read), unless the walk already found the log changed:
+    /// then they are one more finding, so that they do not hide the walk's.
+    pub fn check_counts<R: LogReader + ?Sized>(&mut self, reader: &R) -> Result<(), StoreError> {
         let Some(tally) = self.tally.take().filter(|_| !self.halted) else {
-            return;
+            return Ok(());
         };
         match reader.count_problems(&tally) {
             Ok(problems) => {
@@ -822,11 +826,13 @@ impl LogCheck {
                     self.problem(None, message);
                 }
             }
-            Err(error) => self.problem(
+            Err(error) if self.problem_count > 0 => self.problem(
                 None,
                 format!("the stats counts could not be read to check them: {error}"),
             ),
+            Err(error) => return Err(error),
         }
+        Ok(())
     }
 
     fn report_beyond_end(&mut self) {

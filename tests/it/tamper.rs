@@ -270,7 +270,7 @@ fn stats_counts_changed_by_hand_are_found() {
         (
             "INSERT INTO entry_counts (hour, action, outcome, n) \
              VALUES ('2020-01-01T00', 'user.deleted', 'success', 7)",
-            "the stats counts of hour 2020-01-01T00 hold 7 entries of action \"user.deleted\""
+            "the stats counts of hour \"2020-01-01T00\" hold 7 entries of action \"user.deleted\""
                 .into(),
         ),
         // A count that is not a number, and one of zero (a pruned actor's key put back).
@@ -287,6 +287,12 @@ fn stats_counts_changed_by_hand_are_found() {
         (
             "UPDATE entry_counts SET hour = CAST(hour AS BLOB) WHERE hour = '{oldest}'",
             "entry_counts holds a count whose key is not text (a blob of 13 bytes".into(),
+        ),
+        // A key that is text but not UTF-8, which a lookup by its text would not find.
+        (
+            "INSERT INTO entry_counts (hour, action, outcome, n) \
+             VALUES ('{oldest}', CAST(x'75736572FF' AS TEXT), 'success', 1000)",
+            "entry_counts holds a count whose key is not UTF-8 text".into(),
         ),
         // Counts so large that a wrapping total would come back round to the true one.
         (
@@ -343,6 +349,11 @@ fn stats_counts_changed_by_hand_are_found() {
         Some(37),
         "the stats counts could not be read to check them",
     );
+    // With nothing else wrong, counts that cannot be read make the file unreadable (exit 2),
+    // not tampered.
+    let (fixture, _) = fresh();
+    fixture.sql("DROP TABLE actor_day_counts;");
+    assert!(verify_database(&fixture.db, Some(&fixture.heads), &[fixture.public_key()]).is_err());
 }
 
 /// The log starts at position 1: a row inserted below it would be listed by queries that reach
@@ -355,9 +366,10 @@ fn a_row_below_the_first_position_is_found() {
          UPDATE forged SET seq = 0, id = 'forged-entry';
          INSERT INTO entries SELECT * FROM forged;",
     );
+    // Reported at no position: entry 1 is intact.
     assert_tampered(
         &fixture.verify(),
-        Some(1),
+        None,
         "a row of entries at position 0, below the log's first position",
     );
 }

@@ -5,9 +5,8 @@
 //! unsealed rows (which the walk read and the counts never hold), and recounts from the sealed
 //! rows, in that same snapshot, each hour or day whose sums differ, so that only a disagreement
 //! between the counts and the rows as they are now is reported (rows sealed, counted or pruned
-//! while the walk ran move the sums too). A count row that stats cannot read as the seal writes
-//! it (a key that is not text, a count that is not a whole number of at least one) is reported
-//! as it is met. Counts cover the sealed entries up to `counted_through`; a file whose counts do
+//! while the walk ran move the sums too). A count row no seal writes (a key that is not UTF-8
+//! text, a count that is not a whole number of at least one) is reported as it is met. Counts cover the sealed entries up to `counted_through`; a file whose counts do
 //! not yet reach every sealed entry (being counted after an upgrade) is not checked, and stats do
 //! not read its counts either.
 
@@ -21,9 +20,9 @@ use super::rows::{self, ACTOR_KEY, DAY, HOUR, RECENT};
 use crate::store::count_tally::{CountTally, KeyHasher, Tally, DAY_KEY, HOUR_KEY};
 use crate::store::StoreError;
 
-/// Most hours and days recounted; past it, the rest are named in one line, not recounted (a
-/// table changed wholesale would otherwise be recounted hour by hour over the whole log).
-const MAX_RECOUNTS: usize = 50;
+/// Most disagreements described; the rest are counted in one line. Every disagreeing period is
+/// recounted, whatever their number: only a confirmed disagreement is reported.
+const MAX_DESCRIBED: usize = 50;
 /// Most malformed count rows described; the rest are counted in one line.
 const MAX_MALFORMED: usize = 5;
 
@@ -44,7 +43,8 @@ impl Counted {
     }
 }
 
-/// Count rows that stats cannot read as the seal writes them.
+/// Count rows no seal writes (a key that is not UTF-8 text, a count that is not a whole number
+/// of at least one).
 #[derive(Debug, Default)]
 struct Malformed {
     described: Vec<String>,
@@ -64,7 +64,7 @@ impl Malformed {
         let more = self.total - problems.len() as u64;
         if more > 0 {
             problems.push(format!(
-                "and {more} more rows of the stats counts that stats cannot read"
+                "and {more} more rows of the stats counts that no seal writes"
             ));
         }
         problems
@@ -173,19 +173,19 @@ pub fn count_problems(
         .iter()
         .map(|hour| (Period::Hour, hour))
         .chain(disagreeing_days.iter().map(|day| (Period::Day, day)));
-    let mut not_recounted = Vec::new();
-    for (index, (period, key)) in periods.enumerate() {
-        if index >= MAX_RECOUNTS {
-            not_recounted.push(key.as_str());
-            continue;
+    let mut confirmed = 0usize;
+    for (period, key) in periods {
+        for problem in recount_period(&transaction, through, period, key)? {
+            confirmed += 1;
+            if confirmed <= MAX_DESCRIBED {
+                problems.push(problem);
+            }
         }
-        problems.extend(recount_period(&transaction, through, period, key)?);
     }
-    if let (Some(first), Some(last)) = (not_recounted.first(), not_recounted.last()) {
+    if confirmed > MAX_DESCRIBED {
         problems.push(format!(
-            "and {} more hours or days ({first:?} to {last:?}) whose stats counts do not add up \
-             to the entries the walk read; not recounted, since the first {MAX_RECOUNTS} were",
-            not_recounted.len()
+            "and {} more hours or days whose stats counts disagree with the entries",
+            confirmed - MAX_DESCRIBED
         ));
     }
     Ok(Some(problems))
@@ -216,20 +216,36 @@ fn sum_table(
             malformed.add(|| {
                 let keys: Vec<String> = values.iter().map(|value| shown(*value)).collect();
                 format!(
-                    "{table} holds a count whose key is not text ({}): stats never read it, \
-                     so they do not match the log (the counts were changed)",
+                    "{table} holds a count whose key is not text ({}), which no seal writes: \
+                     stats do not match the log (the counts were changed)",
                     keys.join(", ")
                 )
             });
             continue;
         };
+        // A key is looked up again as text; one that is not UTF-8 would not be found.
+        if [period, first, second]
+            .iter()
+            .any(|text| std::str::from_utf8(text).is_err())
+        {
+            malformed.add(|| {
+                let keys: Vec<String> = values.iter().map(|value| shown(*value)).collect();
+                format!(
+                    "{table} holds a count whose key is not UTF-8 text ({}), which no seal \
+                     writes: stats do not match the log (the counts were changed)",
+                    keys.join(", ")
+                )
+            });
+            continue;
+        }
         let n = match count {
             ValueRef::Integer(n) if n >= 1 => n as u64,
             other => {
                 malformed.add(|| {
                     format!(
                         "{table} holds {} as the count of {:?} {:?} {:?}, not a whole number of at \
-                         least one: stats do not match the log (the counts were changed)",
+                         least one as a seal writes: stats do not match the log (the counts were \
+                         changed)",
                         shown(other),
                         String::from_utf8_lossy(period),
                         String::from_utf8_lossy(first),
@@ -363,7 +379,7 @@ fn recount_period(
                 keys => format!("actor {:?}", keys.concat()),
             };
             problems.push(format!(
-                "the stats counts of {column} {key} hold {says} entries of {what}, and the \
+                "the stats counts of {column} {key:?} hold {says} entries of {what}, and the \
                  entries hold {held}: {consequence} (the counts, or the entries, were changed)"
             ));
         }
@@ -397,7 +413,7 @@ fn recount(
             .map(|index| Ok(lossy_text(row.get_ref(index)?)))
             .collect::<rusqlite::Result<Vec<String>>>()?;
         let n: i64 = row.get(width)?;
-        counts.insert(keys, n.max(0) as u64);
+        *counts.entry(keys).or_insert(0) += n.max(0) as u64;
     }
     Ok(counts)
 }
@@ -428,7 +444,7 @@ fn stored(
             .map(|index| Ok(lossy_text(row.get_ref(index)?)))
             .collect::<rusqlite::Result<Vec<String>>>()?;
         let n: i64 = row.get(width)?;
-        counts.insert(keys, n as u64);
+        *counts.entry(keys).or_insert(0) += n as u64;
     }
     Ok(counts)
 }

@@ -580,7 +580,7 @@ pub fn scan_log(
                     .query_row([], |row| row.get(0))?;
                 if let Some(seq) = below {
                     page.finding(
-                        1,
+                        0,
                         format!(
                             "a row of {table} at position {seq}, below the log's first \
                              position: listings show it, but it is no entry of the log (inserted \
