@@ -406,7 +406,15 @@ fn recount(
          WHERE created_at >= ?1 AND created_at < ?2 AND {expression} = ?1 \
          AND seq BETWEEN 1 AND ?3 GROUP BY {group}"
     ))?;
-    let mut rows = select.query(rusqlite::params![key, upper, through])?;
+    let counts = keyed_counts(select.query(rusqlite::params![key, upper, through])?, width)?;
+    Ok(counts)
+}
+
+/// Rows of `width` key columns and a count, as keys → count (keys equal as text add up).
+fn keyed_counts(
+    mut rows: rusqlite::Rows<'_>,
+    width: usize,
+) -> Result<BTreeMap<Vec<String>, u64>, StoreError> {
     let mut counts = BTreeMap::new();
     while let Some(row) = rows.next()? {
         let keys = (0..width)
@@ -437,15 +445,7 @@ fn stored(
          AND typeof(n) = 'integer' AND n >= 1",
         typed.join(" AND ")
     ))?;
-    let mut rows = select.query([key])?;
-    let mut counts = BTreeMap::new();
-    while let Some(row) = rows.next()? {
-        let keys = (0..width)
-            .map(|index| Ok(lossy_text(row.get_ref(index)?)))
-            .collect::<rusqlite::Result<Vec<String>>>()?;
-        let n: i64 = row.get(width)?;
-        *counts.entry(keys).or_insert(0) += n as u64;
-    }
+    let counts = keyed_counts(select.query([key])?, width)?;
     Ok(counts)
 }
 
