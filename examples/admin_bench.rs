@@ -46,6 +46,8 @@ use generate::{entry, pick_user};
 
 const TOKEN: &str = "agt_bench";
 const SEED_BATCH: usize = 20_000;
+/// Runs per query; `ADMIN_BENCH_RUNS` sets another number (fewer for the largest stores, where
+/// a free-text query that matches nothing reads every row).
 const RUNS: usize = 40;
 
 fn seed(store: &SqliteStore, count: usize) -> anyhow::Result<Duration> {
@@ -209,7 +211,11 @@ async fn main() -> anyhow::Result<()> {
 
     // Entries anywhere in the log, for the proof endpoints (an inclusion proof of an entry at the
     // size of the tree now, and consistency proofs from random earlier sizes to the seeded size).
-    let proof_ids: Vec<String> = (0..RUNS)
+    let runs: usize = match std::env::var("ADMIN_BENCH_RUNS") {
+        Ok(text) => text.parse()?,
+        Err(_) => RUNS,
+    };
+    let proof_ids: Vec<String> = (0..runs)
         .map(|_| {
             let seq = rng.gen_range(1..=count as u64);
             let page = store.scan_log(seq, 1)?;
@@ -219,14 +225,14 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .collect::<anyhow::Result<_>>()?;
-    let proof_froms: Vec<u64> = (0..RUNS).map(|_| rng.gen_range(1..count as u64)).collect();
+    let proof_froms: Vec<u64> = (0..runs).map(|_| rng.gen_range(1..count as u64)).collect();
 
     // (label, kind, one URI per run)
     type Case = (&'static str, &'static str, Vec<String>);
     let mut cases: Vec<Case> = Vec::new();
     let mut case =
         |label: &'static str, kind: &'static str, make: &mut dyn FnMut(usize) -> String| {
-            cases.push((label, kind, (0..RUNS).map(&mut *make).collect()));
+            cases.push((label, kind, (0..runs).map(&mut *make).collect()));
         };
     let encode =
         |text: &str| -> String { form_urlencoded::byte_serialize(text.as_bytes()).collect() };
@@ -236,7 +242,7 @@ async fn main() -> anyhow::Result<()> {
     case("deep page (cursor at N/2)", "indexed", &mut |_| {
         format!("/api/v1/entries?cursor={middle}")
     });
-    let actors: Vec<usize> = (0..RUNS).map(|_| pick_user(&mut rng)).collect();
+    let actors: Vec<usize> = (0..runs).map(|_| pick_user(&mut rng)).collect();
     case("actor = id", "indexed", &mut |run| {
         format!("/api/v1/entries?actor=u{}", actors[run])
     });
