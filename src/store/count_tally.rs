@@ -124,12 +124,33 @@ impl CountTally {
         &self.hasher
     }
 
-    /// Adds one row.
-    pub fn add(&mut self, row: &RowKey) {
-        self.hours
-            .entry(row.hour)
-            .or_default()
-            .add(1, row.actions, row.actors);
+    /// Adds rows in log order: a run of rows of one hour (nearly every row follows one of its
+    /// hour) is summed before it is added, one map lookup per run rather than per row.
+    pub fn add_all(&mut self, rows: &[RowKey]) {
+        let mut run: Option<([u8; HOUR_KEY], Tally)> = None;
+        for row in rows {
+            match &mut run {
+                Some((hour, tally)) if *hour == row.hour => tally.add(1, row.actions, row.actors),
+                _ => {
+                    if let Some((hour, tally)) = run.take() {
+                        self.merge(hour, &tally);
+                    }
+                    let mut tally = Tally::default();
+                    tally.add(1, row.actions, row.actors);
+                    run = Some((row.hour, tally));
+                }
+            }
+        }
+        if let Some((hour, tally)) = run {
+            self.merge(hour, &tally);
+        }
+    }
+
+    fn merge(&mut self, hour: [u8; HOUR_KEY], run: &Tally) {
+        let sum = self.hours.entry(hour).or_default();
+        sum.rows = sum.rows.saturating_add(run.rows);
+        sum.actions = sum.actions.wrapping_add(run.actions);
+        sum.actors = sum.actors.wrapping_add(run.actors);
     }
 
     /// Every hour the walk met a row of.

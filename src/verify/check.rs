@@ -518,7 +518,7 @@ impl LogCheck {
             counted,
         } = hashed;
         if let Some(tally) = self.tally.as_mut() {
-            counted.iter().for_each(|row| tally.add(row));
+            tally.add_all(counted);
         }
         let mut decoded = Decoded::default();
         // In position order, as the slots.
