@@ -148,8 +148,8 @@ pub struct Sealed {
 /// are written: once per batch of thousands of entries rather than in every commit, so index
 /// pages are written back once per batch.
 pub fn seal(connection: &Connection, max: u64) -> Result<Sealed, StoreError> {
-    let counted = counts_complete(connection)?;
-    let ranged = ranges_complete(connection)?;
+    let counted = covers_sealed(connection, "counted_through")?;
+    let ranged = covers_sealed(connection, "ranged_through")?;
     let through: Option<i64> = connection
         .prepare_cached(&format!(
             "SELECT max(seq) FROM (SELECT seq FROM {RECENT} ORDER BY seq LIMIT ?1)"
@@ -217,23 +217,36 @@ fn max_sealed_seq(connection: &Connection) -> Result<i64, StoreError> {
         .query_row([], |row| row.get(0))?)
 }
 
-/// Whether every sealed entry is counted for stats.
-fn counts_complete(connection: &Connection) -> Result<bool, StoreError> {
-    Ok(counts_through(connection)? >= max_sealed_seq(connection)?)
+/// Whether the mark table `mark` (`counted_through`, `ranged_through`) reaches every sealed
+/// entry.
+fn covers_sealed(connection: &Connection, mark_table: &str) -> Result<bool, StoreError> {
+    Ok(mark(connection, mark_table)? >= max_sealed_seq(connection)?)
 }
 
 /// Counts up to [`COUNT_CHUNK_ROWS`] sealed entries not counted yet (a file upgraded to schema
 /// version 6, or entries sealed by a process that does not keep the counts), inside the
 /// caller's transaction. `true` once every sealed entry is counted.
 pub fn count_chunk(connection: &Connection) -> Result<bool, StoreError> {
-    let counted = counts_through(connection)?;
+    chunk(connection, "counted_through", COUNT_CHUNK_ROWS, add_counts)
+}
+
+/// Adds up to `rows` sealed entries past the mark `mark_table` to the structure `add` keeps
+/// beside `entries` (the counts, the hour ranges), then moves the mark past them. `true` once
+/// the mark reaches every sealed entry.
+fn chunk(
+    connection: &Connection,
+    mark_table: &str,
+    rows: i64,
+    add: fn(&Connection, &str, i64, i64) -> Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    let done = mark(connection, mark_table)?;
     let sealed = max_sealed_seq(connection)?;
-    if counted >= sealed {
+    if done >= sealed {
         return Ok(true);
     }
-    let through = chunk_end(connection, counted, COUNT_CHUNK_ROWS)?;
-    add_counts(connection, "entries", counted, through)?;
-    set_mark(connection, "counted_through", through)?;
+    let through = chunk_end(connection, done, rows)?;
+    add(connection, "entries", done, through)?;
+    set_mark(connection, mark_table, through)?;
     Ok(through >= sealed)
 }
 
@@ -256,24 +269,11 @@ pub fn ranged_through(connection: &Connection) -> Result<i64, StoreError> {
     mark(connection, "ranged_through")
 }
 
-/// Whether every sealed entry lies within its hour's range.
-fn ranges_complete(connection: &Connection) -> Result<bool, StoreError> {
-    Ok(ranged_through(connection)? >= max_sealed_seq(connection)?)
-}
-
 /// Widens the hour ranges over up to [`RANGE_CHUNK_ROWS`] sealed entries past `ranged_through`
 /// (a file just upgraded to schema version 7, or entries sealed by a process that does not keep
 /// the ranges), inside the caller's transaction. `true` once every sealed entry is ranged.
 pub fn range_chunk(connection: &Connection) -> Result<bool, StoreError> {
-    let ranged = ranged_through(connection)?;
-    let sealed = max_sealed_seq(connection)?;
-    if ranged >= sealed {
-        return Ok(true);
-    }
-    let through = chunk_end(connection, ranged, RANGE_CHUNK_ROWS)?;
-    widen_ranges(connection, "entries", ranged, through)?;
-    set_mark(connection, "ranged_through", through)?;
-    Ok(through >= sealed)
+    chunk(connection, "ranged_through", RANGE_CHUNK_ROWS, widen_ranges)
 }
 
 /// Widens each hour's seq range (`schema_v7.sql`) to take in the rows of `table` with seq in
