@@ -890,6 +890,14 @@ fn a_store_written_before_the_hours_seq_ranges_is_read_upgraded_and_verified() {
     upgrade_and_verify("store-v6", 6, 477);
 }
 
+/// `tests/fixtures/store-v7` (schema 7, written by the release before the generation-led
+/// indexes): the upgrade rebuilds the five high-cardinality indexes to lead with the generation,
+/// and every filter answers as before.
+#[test]
+fn a_store_written_before_the_generation_led_indexes_is_read_upgraded_and_verified() {
+    upgrade_and_verify("store-v7", 7, 480);
+}
+
 fn upgrade_and_verify(fixture: &str, written_as: i64, entries: u64) {
     use crate::support::{auditgate_report, path_arg};
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1015,7 +1023,78 @@ fn upgrade_and_verify(fixture: &str, written_as: i64, entries: u64) {
         }
         all
     };
+    // Every page and the count of each actor, resource and address among the newest entries:
+    // the filters the generation-led indexes answer.
+    let filtered_of = |store: &SqliteStore| -> Vec<(Vec<u64>, u64)> {
+        let newest = store
+            .list(
+                &Filter::default(),
+                &PageRequest {
+                    limit: 40,
+                    ..PageRequest::default()
+                },
+            )
+            .expect("lists")
+            .entries;
+        let mut filters = Vec::new();
+        for entry in &newest {
+            for actor in [&entry.actor_id, &entry.actor_email].into_iter().flatten() {
+                filters.push(Filter {
+                    actor: Some(actor.clone()),
+                    ..Filter::default()
+                });
+            }
+            if let Some(id) = &entry.resource_id {
+                filters.push(Filter {
+                    resource_type: entry.resource_type.clone(),
+                    resource_id: Some(id.clone()),
+                    ..Filter::default()
+                });
+                filters.push(Filter {
+                    resource_id: Some(id.clone()),
+                    ..Filter::default()
+                });
+            }
+            if let Some(ip) = entry.ip.as_deref().and_then(|ip| ip.parse().ok()) {
+                filters.push(Filter {
+                    ip: Some(IpFilter::Exact(ip)),
+                    action: Some(entry.action.clone()),
+                    ..Filter::default()
+                });
+            }
+        }
+        assert!(filters.len() >= 40, "{} filters", filters.len());
+        let mut all = Vec::new();
+        for filter in &filters {
+            for order in [Order::Desc, Order::Asc] {
+                let mut seqs = Vec::new();
+                let mut cursor = None;
+                loop {
+                    let page = store
+                        .list(
+                            filter,
+                            &PageRequest {
+                                order,
+                                limit: 7,
+                                cursor,
+                                ..PageRequest::default()
+                            },
+                        )
+                        .expect("lists");
+                    seqs.extend(page.entries.iter().map(|entry| entry.seq));
+                    cursor = page.next_cursor;
+                    if cursor.is_none() {
+                        break;
+                    }
+                }
+                assert!(!seqs.is_empty(), "{filter:?} finds its own entry");
+                all.push((seqs, store.count(filter).expect("count")));
+            }
+        }
+        all
+    };
     let pages_before = pages_of(&read_only);
+    let filtered_before = filtered_of(&read_only);
     let stats_before = stats_of(&read_only);
     for (n, buckets) in stats_before.iter().enumerate() {
         assert!(!buckets.is_empty(), "case {n}");
@@ -1049,7 +1128,23 @@ fn upgrade_and_verify(fixture: &str, written_as: i64, entries: u64) {
         counted_before,
         "the migration counts nothing itself"
     );
-    assert_eq!(ranged(&db), 0, "the migration ranges nothing itself");
+    let ranged_before = if written_as >= 7 { entries as i64 } else { 0 };
+    assert_eq!(
+        ranged(&db),
+        ranged_before,
+        "the migration ranges nothing itself"
+    );
+    // The five high-cardinality indexes lead with the generation (schema version 8).
+    let generation_led: i64 = rusqlite::Connection::open(&db)
+        .expect("opens")
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'entries' \
+             AND sql LIKE '%(seq >> 20)%'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("indexes");
+    assert_eq!(generation_led, 5, "generation-led indexes");
     store
         .checkpoint(std::time::Duration::from_secs(5))
         .expect("checkpoint");
@@ -1069,6 +1164,11 @@ fn upgrade_and_verify(fixture: &str, written_as: i64, entries: u64) {
         .expect("ranges");
     assert_eq!(outside, 0, "entries outside their hour's range");
     assert_eq!(pages_of(&store), pages_before, "pages of past windows");
+    assert_eq!(
+        filtered_of(&store),
+        filtered_before,
+        "pages of actors, resources and addresses"
+    );
     let mut batch: Vec<AuditEntry> = (0..3)
         .map(|n| AuditEntry::new("demo", format!("after.upgrade.{n}")))
         .collect();
@@ -1085,7 +1185,7 @@ fn upgrade_and_verify(fixture: &str, written_as: i64, entries: u64) {
         1
     );
     drop(store);
-    assert_eq!(version(&db), 7);
+    assert_eq!(version(&db), 8);
     let (code, report) = verify();
     assert_eq!(code, 0, "{report}");
     assert!(

@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v5.sql"),
     include_str!("schema_v6.sql"),
     include_str!("schema_v7.sql"),
+    include_str!("schema_v8.sql"),
 ];
 
 /// The first schema version with the Merkle tree.
@@ -178,10 +179,23 @@ fn migrate(connection: &mut Connection) -> Result<i64, StoreError> {
         });
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let started = std::time::Instant::now();
+        if version > 0 {
+            // Some upgrades rebuild indexes (version 8: seconds per million entries), before the
+            // sidecar serves: say so rather than seem to hang.
+            tracing::info!(from = index, to = index + 1, "upgrading the store's schema");
+        }
         let transaction = connection.transaction()?;
         transaction.execute_batch(sql)?;
         transaction.pragma_update(None, "user_version", (index + 1) as i64)?;
         transaction.commit()?;
+        if version > 0 {
+            tracing::info!(
+                version = index + 1,
+                seconds = started.elapsed().as_secs_f64(),
+                "upgraded the store's schema"
+            );
+        }
     }
     Ok(version)
 }

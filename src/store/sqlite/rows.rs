@@ -8,6 +8,10 @@
 //! page costs about its own size however deep into the log it is:
 //! - every secondary index implicitly ends in `seq` (the rowid), so an equality filter plus
 //!   `ORDER BY seq` and the keyset condition `seq < ?` is one index range walked in order;
+//! - the five indexes on columns with many values (actor id, actor email, resource, resource id,
+//!   address) lead with the generation, `seq >> 20` (`schema_v8.sql`), so that a seal inserts
+//!   only into their newest part: an equality there reads one such range per generation, newest
+//!   first ([`GENERATIONS`] and [`generation_order`]), still in `seq` order without a sort;
 //! - the actor filter (id OR email) takes one page from each of the two indexes and merges them;
 //! - a range filter (time window, prefix, status class, network) is counted on its index first:
 //!   a narrow one is read through its index as sequence numbers alone, sorted, and only the page's
@@ -287,9 +291,45 @@ fn metadata_from_value(value: ValueRef<'_>) -> Map<String, serde_json::Value> {
     }
 }
 
+/// The generation of the row's position: the leading column of the five high-cardinality
+/// indexes of `entries` (`schema_v8.sql`), each of which holds the positions `g << 20` to
+/// `(g + 1) << 20` in one stretch.
+pub const GENERATION: &str = "(seq >> 20)";
+
+/// The condition that lets SQLite read a generation-led index of `entries` (`schema_v8.sql`):
+/// every generation that holds a sealed row, found from the newest down by one seek each (so a
+/// log pruned down to its newest generations, or a row put at a far position by hand, costs no
+/// more than its generations with rows). SQLite reads the list in the order the statement asks
+/// for, so with [`generation_order`] a page comes out of the index in `seq` order, one short range
+/// per generation, and stops when it is full. The list is read in the statement's own snapshot,
+/// so no sealed row is left out whatever its position. On a file whose indexes predate the
+/// generations it is a plain filter that every row passes.
+const GENERATIONS: &str = "(seq >> 20) IN (WITH RECURSIVE generation(g) AS (\
+     SELECT (SELECT max(seq) FROM entries) >> 20 \
+     UNION ALL SELECT (SELECT max(seq) FROM entries WHERE seq < (g << 20)) >> 20 \
+     FROM generation WHERE g > ((SELECT min(seq) FROM entries) >> 20)) \
+     SELECT g FROM generation)";
+
+/// `ORDER BY` of a page read through a generation-led index: generation, then position. It
+/// means the same order as `seq` alone, but only this form tells SQLite that the index already
+/// returns rows in it (given `seq` alone, it sorts every match).
+fn generation_order(order: Order) -> String {
+    let order = order_sql(order);
+    format!("{GENERATION} {order}, seq {order}")
+}
+
+/// Which table a set of conditions is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// `entries`: conditions on a column with a generation-led index carry [`GENERATIONS`].
+    Sealed,
+    /// `recent` or the counts: no such index.
+    Other,
+}
+
 /// SQL conditions and their bound values, in placeholder order.
-#[derive(Default)]
 struct Conditions {
+    table: Table,
     clauses: Vec<String>,
     values: Vec<Value>,
     /// The range conditions among `clauses`, each with the index that serves it.
@@ -298,6 +338,10 @@ struct Conditions {
     /// resource, an outcome, an exact status or address), so that walking that index finds a page
     /// without any help.
     has_ordered_equality: bool,
+    /// The generation-led index of the first such equality on `entries` (an actor column, a
+    /// resource, a resource id, an address): a page read through it asks for
+    /// [`generation_order`].
+    generation_index: Option<&'static str>,
 }
 
 /// Which actor columns the actor filter compares, so a listing can split the OR in two.
@@ -318,6 +362,17 @@ struct RangeScan {
 }
 
 impl Conditions {
+    fn new(table: Table) -> Conditions {
+        Conditions {
+            table,
+            clauses: Vec::new(),
+            values: Vec::new(),
+            ranges: Vec::new(),
+            has_ordered_equality: false,
+            generation_index: None,
+        }
+    }
+
     fn push(&mut self, clause: impl Into<String>, values: impl IntoIterator<Item = Value>) {
         self.clauses.push(clause.into());
         self.values.extend(values);
@@ -333,6 +388,33 @@ impl Conditions {
         self.has_ordered_equality = true;
     }
 
+    /// An equality on a column whose index leads with the generation (`schema_v8.sql`): on
+    /// `entries` it carries [`GENERATIONS`], so that SQLite can read that index.
+    fn push_generation_equality(
+        &mut self,
+        index: &'static str,
+        clause: &str,
+        values: impl IntoIterator<Item = Value>,
+    ) {
+        match self.table {
+            Table::Sealed => {
+                self.push_ordered_equality(format!("{GENERATIONS} AND {clause}"), values);
+                self.generation_index.get_or_insert(index);
+            }
+            Table::Other => self.push_ordered_equality(clause, values),
+        }
+    }
+
+    /// A range on a generation-led index: as [`Conditions::push_range`], with [`GENERATIONS`] on
+    /// `entries`.
+    fn push_generation_range(&mut self, index: &'static str, clause: &str, values: Vec<Value>) {
+        let clause = match self.table {
+            Table::Sealed => format!("{GENERATIONS} AND {clause}"),
+            Table::Other => clause.to_string(),
+        };
+        self.push_range(index, clause, values);
+    }
+
     fn push_range(&mut self, index: &'static str, clause: String, values: Vec<Value>) {
         self.push(clause.clone(), values.clone());
         self.ranges.push(RangeScan {
@@ -342,22 +424,45 @@ impl Conditions {
         });
     }
 
-    fn from_filter(filter: &Filter) -> Conditions {
-        Conditions::from_filter_matching_actor(filter, ActorColumns::Either)
+    fn from_filter(filter: &Filter, table: Table) -> Conditions {
+        Conditions::from_filter_matching_actor(filter, ActorColumns::Either, table)
     }
 
-    fn from_filter_matching_actor(filter: &Filter, actor_columns: ActorColumns) -> Conditions {
-        let mut conditions = Conditions::default();
+    fn from_filter_matching_actor(
+        filter: &Filter,
+        actor_columns: ActorColumns,
+        table: Table,
+    ) -> Conditions {
+        let mut conditions = Conditions::new(table);
         if let Some(actor) = &filter.actor {
-            match actor_columns {
+            match (actor_columns, table) {
                 // Two indexed equalities joined by OR: SQLite answers it with both indexes
                 // (MULTI-INDEX OR), where one LIKE or coalesce() would scan.
-                ActorColumns::Either => conditions.push(
+                (ActorColumns::Either, Table::Other) => conditions.push(
                     "(actor_id = ? OR actor_email = ?)",
                     [text(actor), text(actor)],
                 ),
-                ActorColumns::Id => conditions.push("actor_id = ?", [text(actor)]),
-                ActorColumns::Email => conditions.push("actor_email = ?", [text(actor)]),
+                // SQLite does not read an OR through indexes whose terms carry the generations:
+                // the positions of both come from their own index instead.
+                (ActorColumns::Either, Table::Sealed) => conditions.push(
+                    format!(
+                        "seq IN (SELECT seq FROM entries INDEXED BY entries_actor_id \
+                         WHERE {GENERATIONS} AND actor_id = ? UNION ALL \
+                         SELECT seq FROM entries INDEXED BY entries_actor_email \
+                         WHERE {GENERATIONS} AND actor_email = ?)"
+                    ),
+                    [text(actor), text(actor)],
+                ),
+                (ActorColumns::Id, _) => conditions.push_generation_equality(
+                    "entries_actor_id",
+                    "actor_id = ?",
+                    [text(actor)],
+                ),
+                (ActorColumns::Email, _) => conditions.push_generation_equality(
+                    "entries_actor_email",
+                    "actor_email = ?",
+                    [text(actor)],
+                ),
             }
         }
         if let Some(action) = &filter.action {
@@ -397,20 +502,23 @@ impl Conditions {
             }
         }
         match (&filter.resource_type, &filter.resource_id) {
-            (Some(resource_type), Some(resource_id)) => conditions.push_ordered_equality(
+            (Some(resource_type), Some(resource_id)) => conditions.push_generation_equality(
+                "entries_resource",
                 "resource_type = ? AND resource_id = ?",
                 [text(resource_type), text(resource_id)],
             ),
             // The type alone is a prefix of the (type, id) index, so its rows come out of the
             // index in id order, not seq order: it is planned like a range.
-            (Some(resource_type), None) => conditions.push_range(
+            (Some(resource_type), None) => conditions.push_generation_range(
                 "entries_resource",
-                "resource_type = ?".into(),
+                "resource_type = ?",
                 vec![text(resource_type)],
             ),
-            (None, Some(resource_id)) => {
-                conditions.push_ordered_equality("resource_id = ?", [text(resource_id)])
-            }
+            (None, Some(resource_id)) => conditions.push_generation_equality(
+                "entries_resource_id",
+                "resource_id = ?",
+                [text(resource_id)],
+            ),
             (None, None) => {}
         }
         if let Some(outcome) = filter.outcome {
@@ -477,13 +585,21 @@ impl Conditions {
     fn push_ip(&mut self, ip: &IpFilter) {
         let network = match *ip {
             IpFilter::Exact(address) => {
-                self.push_ordered_equality("ip = ?", [Value::Text(address.to_string())]);
+                self.push_generation_equality(
+                    "entries_ip",
+                    "ip = ?",
+                    [Value::Text(address.to_string())],
+                );
                 return;
             }
             IpFilter::Network(network) => network,
         };
         if network.prefix_len() == network.max_prefix_len() {
-            self.push_ordered_equality("ip = ?", [Value::Text(network.addr().to_string())]);
+            self.push_generation_equality(
+                "entries_ip",
+                "ip = ?",
+                [Value::Text(network.addr().to_string())],
+            );
             return;
         }
         if let Some(prefix) = canonical_text_prefix(&network) {
@@ -492,9 +608,9 @@ impl Conditions {
             let mut upper = prefix.clone();
             upper.pop();
             upper.push(if prefix.ends_with('.') { '/' } else { ';' });
-            self.push_range(
+            self.push_generation_range(
                 "entries_ip",
-                "ip >= ? AND ip < ?".into(),
+                "ip >= ? AND ip < ?",
                 vec![Value::Text(prefix), Value::Text(upper)],
             );
         }
@@ -569,9 +685,15 @@ fn contains_pattern(fragment: &str) -> Value {
     Value::Text(pattern)
 }
 
-/// `WHERE ...` (or nothing, for an empty filter) and its bound values, in placeholder order.
+/// `WHERE ...` (or nothing, for an empty filter) and its bound values, in placeholder order, for
+/// `recent` (or any table of the same columns without the generation-led indexes).
 pub fn where_clause(filter: &Filter) -> (String, Vec<Value>) {
-    let conditions = Conditions::from_filter(filter);
+    table_where_clause(filter, Table::Other)
+}
+
+/// [`where_clause`] for `table`.
+fn table_where_clause(filter: &Filter, table: Table) -> (String, Vec<Value>) {
+    let conditions = Conditions::from_filter(filter, table);
     (conditions.where_sql(), conditions.values)
 }
 
@@ -688,11 +810,11 @@ fn page_query(
     let order = order_sql(page.order);
     let plan = range_plan(
         conn,
-        &Conditions::from_filter(filter),
+        &Conditions::from_filter(filter, Table::Sealed),
         narrow_range_max_rows,
     )?;
     if filter.actor.is_none() {
-        let mut conditions = page_condition_set(filter, page, ActorColumns::Either);
+        let mut conditions = page_condition_set(filter, page, ActorColumns::Either, Table::Sealed);
         if let RangePlan::Narrow(index) = plan {
             conditions.values.push(Value::Integer(limit));
             return Ok(PageQuery {
@@ -725,21 +847,23 @@ fn page_query(
             }
             _ => None,
         };
-        let from = match window {
-            Some(window) => {
+        let (from, order_by) = match (window, conditions.generation_index) {
+            (Some(window), _) => {
                 let clause = match page.order {
                     Order::Desc => "seq >= ?",
                     Order::Asc => "seq <= ?",
                 };
                 conditions.push(clause, [Value::Integer(window.boundary)]);
-                " NOT INDEXED"
+                (" NOT INDEXED".to_string(), format!("seq {order}"))
             }
-            None => "",
+            // An equality on a generation-led index: read through it, a generation at a time.
+            (None, Some(index)) => (indexed_by(Some(index)), generation_order(page.order)),
+            (None, None) => (String::new(), format!("seq {order}")),
         };
         // One row more than asked tells whether another page follows without a second query.
         conditions.values.push(Value::Integer(limit));
         let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries{from} {} ORDER BY seq {order} LIMIT ?",
+            "SELECT {ENTRY_COLUMNS} FROM entries{from} {} ORDER BY {order_by} LIMIT ?",
             conditions.where_sql(),
         );
         return Ok(PageQuery {
@@ -752,15 +876,22 @@ fn page_query(
     // collecting and sorting every match, which for a busy account is its whole history on every
     // page. Instead take the first page of each column from its own index, in seq order, and merge
     // the two small lists.
+    // Each column's page comes through its generation-led index, a generation at a time, unless
+    // a narrow range is read instead.
     let mut values = Vec::new();
     let mut arms = Vec::new();
     for columns in [ActorColumns::Id, ActorColumns::Email] {
-        let (where_sql, arm_values) = page_conditions(filter, page, columns);
+        let conditions = page_condition_set(filter, page, columns, Table::Sealed);
+        let (index, arm_order) = match plan.narrow_index() {
+            Some(index) => (Some(index), format!("seq {order}")),
+            None => (conditions.generation_index, generation_order(page.order)),
+        };
         arms.push(format!(
-            "SELECT seq FROM (SELECT seq FROM entries{} {where_sql} ORDER BY seq {order} LIMIT ?)",
-            indexed_by(plan.narrow_index()),
+            "SELECT seq FROM (SELECT seq FROM entries{} {} ORDER BY {arm_order} LIMIT ?)",
+            indexed_by(index),
+            conditions.where_sql(),
         ));
-        values.extend(arm_values);
+        values.extend(conditions.values);
         values.push(Value::Integer(limit));
     }
     values.push(Value::Integer(limit));
@@ -885,7 +1016,7 @@ fn past_window_query(
     past: PastWindow,
     rows: i64,
 ) -> (String, Vec<Value>) {
-    let mut conditions = page_condition_set(filter, page, ActorColumns::Either);
+    let mut conditions = page_condition_set(filter, page, ActorColumns::Either, Table::Sealed);
     let clause = match page.order {
         Order::Desc => "seq < ?",
         Order::Asc => "seq > ?",
@@ -899,12 +1030,14 @@ fn past_window_query(
 }
 
 /// The filter's conditions and the cursor's, as `WHERE ...` and values.
+#[cfg(test)]
 fn page_conditions(
     filter: &Filter,
     page: &PageRequest,
     actor_columns: ActorColumns,
+    table: Table,
 ) -> (String, Vec<Value>) {
-    let conditions = page_condition_set(filter, page, actor_columns);
+    let conditions = page_condition_set(filter, page, actor_columns, table);
     (conditions.where_sql(), conditions.values)
 }
 
@@ -913,8 +1046,9 @@ fn page_condition_set(
     filter: &Filter,
     page: &PageRequest,
     actor_columns: ActorColumns,
+    table: Table,
 ) -> Conditions {
-    let mut conditions = Conditions::from_filter_matching_actor(filter, actor_columns);
+    let mut conditions = Conditions::from_filter_matching_actor(filter, actor_columns, table);
     // Newest first with both a cursor and a snapshot bound, both are upper bounds: give SQLite
     // only the tighter one. With two, it seeks by one and filters by the other, so every chunk of
     // an export would start again at the snapshot's top and walk down to the cursor.
@@ -1050,7 +1184,7 @@ fn recent_entries(
     page: &PageRequest,
     rows: i64,
 ) -> rusqlite::Result<Vec<AuditEntry>> {
-    let mut conditions = page_condition_set(filter, page, ActorColumns::Either);
+    let mut conditions = page_condition_set(filter, page, ActorColumns::Either, Table::Other);
     conditions.values.push(Value::Integer(rows));
     let sql = format!(
         "SELECT {ENTRY_COLUMNS} FROM {RECENT} {} ORDER BY seq {} LIMIT ?",
@@ -1092,14 +1226,20 @@ pub fn list_offset(
     if wanted <= 0 {
         return Ok(entries);
     }
-    let mut conditions = Conditions::from_filter(filter);
-    let index = range_plan(conn, &conditions, NARROW_RANGE_MAX_ROWS)?.narrow_index();
+    let mut conditions = Conditions::from_filter(filter, Table::Sealed);
+    let (index, order_by) = match range_plan(conn, &conditions, NARROW_RANGE_MAX_ROWS)? {
+        RangePlan::Narrow(index) => (Some(index), "seq DESC".to_string()),
+        RangePlan::NoRange | RangePlan::Wide(_) => match conditions.generation_index {
+            Some(index) => (Some(index), generation_order(Order::Desc)),
+            None => (None, "seq DESC".to_string()),
+        },
+    };
     conditions.values.push(Value::Integer(wanted));
     conditions
         .values
         .push(Value::Integer(offset.saturating_sub(in_recent).max(0)));
     let sql = format!(
-        "SELECT {ENTRY_COLUMNS} FROM entries{} {} ORDER BY seq DESC LIMIT ? OFFSET ?",
+        "SELECT {ENTRY_COLUMNS} FROM entries{} {} ORDER BY {order_by} LIMIT ? OFFSET ?",
         indexed_by(index),
         conditions.where_sql(),
     );
@@ -1114,13 +1254,14 @@ pub fn count(conn: &Connection, filter: &Filter) -> rusqlite::Result<u64> {
     if let Some(counts) = stats_from_counts(conn, filter, None)? {
         return Ok(counts.values().sum());
     }
-    let (where_sql, values) = where_clause(filter);
+    let (sealed_where, sealed_values) = table_where_clause(filter, Table::Sealed);
+    let (recent_where, recent_values) = where_clause(filter);
     let sql = format!(
-        "SELECT (SELECT count(*) FROM entries {where_sql}) + \
-         (SELECT count(*) FROM {RECENT} {where_sql})"
+        "SELECT (SELECT count(*) FROM entries {sealed_where}) + \
+         (SELECT count(*) FROM {RECENT} {recent_where})"
     );
     let mut statement = conn.prepare_cached(&sql)?;
-    let both = values.iter().cloned().chain(values.iter().cloned());
+    let both = sealed_values.into_iter().chain(recent_values);
     statement.query_row(rusqlite::params_from_iter(both), |row| row.get(0))
 }
 
@@ -1246,7 +1387,12 @@ fn group_rows(
     key: &str,
     counts: &mut BucketCounts,
 ) -> rusqlite::Result<()> {
-    let (where_sql, values) = where_clause(filter);
+    let table_kind = if table == RECENT {
+        Table::Other
+    } else {
+        Table::Sealed
+    };
+    let (where_sql, values) = table_where_clause(filter, table_kind);
     let sql = format!("SELECT {key} AS bucket, count(*) FROM {table} {where_sql} GROUP BY bucket");
     add_rows(conn, &sql, values, counts)
 }
@@ -1429,7 +1575,7 @@ fn stats_from_counts(
                 let Some(index) = edge_index(conn, &kept, &lower, &upper)? else {
                     continue;
                 };
-                let mut edge = Conditions::from_filter(&kept);
+                let mut edge = Conditions::from_filter(&kept, Table::Sealed);
                 edge.push(
                     "created_at >= ? AND created_at < ?",
                     [Value::Text(lower), Value::Text(upper)],
@@ -1446,7 +1592,7 @@ fn stats_from_counts(
             WindowPart::Hours(lower, upper) => ("entry_counts", "hour", lower, upper),
             WindowPart::Days(lower, upper) => ("actor_day_counts", "day", lower, upper),
         };
-        let mut conditions = Conditions::from_filter(&kept);
+        let mut conditions = Conditions::from_filter(&kept, Table::Other);
         if let Some(lower) = lower {
             conditions.push(format!("{column} >= ?"), [Value::Text(lower)]);
         }
@@ -1488,7 +1634,7 @@ fn edge_index(
         })
     };
     let in_hours = |filter: &Filter| {
-        let mut conditions = Conditions::from_filter(filter);
+        let mut conditions = Conditions::from_filter(filter, Table::Other);
         conditions.push(
             "hour >= ? AND hour <= ?",
             [Value::Text(hour_of(lower)), Value::Text(hour_of(upper))],
@@ -1499,10 +1645,13 @@ fn edge_index(
         return Ok(None);
     }
     if let Some(action) = &kept.action {
-        let in_log = sum(Conditions::from_filter(&Filter {
-            action: Some(action.clone()),
-            ..Filter::default()
-        }))?;
+        let in_log = sum(Conditions::from_filter(
+            &Filter {
+                action: Some(action.clone()),
+                ..Filter::default()
+            },
+            Table::Other,
+        ))?;
         if in_log < sum(in_hours(&Filter::default()))? {
             return Ok(Some("entries_action"));
         }
@@ -1588,7 +1737,7 @@ fn time_buckets_by_seeking(
     buckets.reverse();
     // `recent` has no time index: its buckets are counted in one pass, then added; its entries
     // are the newest, so the newest `limit` buckets of both are kept.
-    let mut conditions = Conditions::default();
+    let mut conditions = Conditions::new(Table::Other);
     if let Some(since) = since {
         conditions.push("created_at >= ?", [Value::Text(since)]);
     }
@@ -1638,7 +1787,7 @@ fn count_or_max<T: rusqlite::types::FromSql>(
     lower: Option<String>,
     upper: Option<String>,
 ) -> rusqlite::Result<Option<T>> {
-    let mut conditions = Conditions::default();
+    let mut conditions = Conditions::new(Table::Other);
     if let Some(lower) = lower {
         conditions.push("created_at >= ?", [Value::Text(lower)]);
     }
