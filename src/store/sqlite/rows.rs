@@ -829,15 +829,6 @@ fn page_query(
             RangePlan::Wide(_) => window_seqs(conn, filter)?,
             RangePlan::NoRange | RangePlan::Narrow(_) => None,
         };
-        match seqs {
-            Some(Some((first, last))) => {
-                conditions.push("seq >= ?", [Value::Integer(first)]);
-                conditions.push("seq <= ?", [Value::Integer(last)]);
-            }
-            // No sealed entry has an hour of the window.
-            Some(None) => conditions.push("seq < ?", [Value::Integer(0)]),
-            None => {}
-        }
         // A wide range with no equality to walk instead: the window first. NOT INDEXED leaves
         // SQLite only the table itself, walked in seq order from the keyset position.
         let window = match plan {
@@ -847,6 +838,20 @@ fn page_query(
             }
             _ => None,
         };
+        if window.is_some() {
+            // The walk reads no index, and every row's generation is in the list: the plain
+            // conditions mean the same and spare a lookup per row walked.
+            conditions = page_condition_set(filter, page, ActorColumns::Either, Table::Other);
+        }
+        match seqs {
+            Some(Some((first, last))) => {
+                conditions.push("seq >= ?", [Value::Integer(first)]);
+                conditions.push("seq <= ?", [Value::Integer(last)]);
+            }
+            // No sealed entry has an hour of the window.
+            Some(None) => conditions.push("seq < ?", [Value::Integer(0)]),
+            None => {}
+        }
         let (from, order_by) = match (window, conditions.generation_index) {
             (Some(window), _) => {
                 let clause = match page.order {
