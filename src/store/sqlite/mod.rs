@@ -180,6 +180,9 @@ fn migrate(connection: &mut Connection) -> Result<i64, StoreError> {
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let started = std::time::Instant::now();
+        if index + 1 == GENERATION_SCHEMA_VERSION as usize {
+            rebuild_generation_indexes(connection, sql, version > 0)?;
+        }
         if version > 0 {
             // Some upgrades rebuild indexes (version 8: seconds per million entries), before the
             // sidecar serves: say so rather than seem to hang.
@@ -198,6 +201,67 @@ fn migrate(connection: &mut Connection) -> Result<i64, StoreError> {
         }
     }
     Ok(version)
+}
+
+/// The schema version whose high-cardinality indexes lead with the generation
+/// (`schema_v8.sql`); [`rows::Table::of_entries`] reads files before it with their own indexes.
+pub(crate) const GENERATION_SCHEMA_VERSION: i64 = 8;
+
+/// Rebuilds the indexes of `schema_v8.sql` one per transaction, skipping any already rebuilt, so
+/// that an upgrade stopped halfway (a restart, a full disk) keeps what it did and the next start
+/// goes on from there; the migration's own transaction then has nothing left to do but record
+/// the version. The sort behind each index goes to temporary files, not memory (a sort of tens of
+/// millions of keys held in memory would need gigabytes), with a 16 MiB page cache.
+///
+/// The file's statements are `CREATE INDEX IF NOT EXISTS`, one a line, so the migration's
+/// transaction that follows changes nothing more.
+fn rebuild_generation_indexes(
+    connection: &mut Connection,
+    sql: &str,
+    announce: bool,
+) -> Result<(), StoreError> {
+    let creates: Vec<(&str, &str)> = sql
+        .lines()
+        .filter_map(|line| {
+            let name = line
+                .strip_prefix("CREATE INDEX IF NOT EXISTS ")?
+                .split_whitespace()
+                .next()?;
+            Some((name, line))
+        })
+        .collect();
+    connection.pragma_update(None, "temp_store", "FILE")?;
+    connection.pragma_update(None, "cache_size", -16384)?;
+    let result = (|| -> Result<(), StoreError> {
+        for (name, create) in creates {
+            let rebuilt: bool = connection.query_row(
+                "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'index' AND name = ?1 \
+                 AND sql LIKE '%(seq >> 20)%'",
+                [name],
+                |row| row.get(0),
+            )?;
+            if rebuilt {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let transaction = connection.transaction()?;
+            transaction.execute_batch(&format!("DROP INDEX IF EXISTS {name}; {create}"))?;
+            transaction.commit()?;
+            // Each index's pages pass through the WAL once; copy them back before the next.
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            if announce {
+                tracing::info!(
+                    index = name,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "rebuilt an index to lead with the generation (schema version 8)"
+                );
+            }
+        }
+        Ok(())
+    })();
+    connection.pragma_update(None, "temp_store", "MEMORY")?;
+    connection.pragma_update(None, "cache_size", -65536)?;
+    result
 }
 
 /// Loads the frontier of the stored tree, building the tree first for entries that predate it
@@ -1819,6 +1883,103 @@ mod tests {
         assert!(store.append(&mut [AuditEntry::new("t", "b")]).is_err());
         assert!(store.check_writable().is_err());
         assert!(store.get("2").expect("reads").is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The upgrade to schema version 8 rebuilds each high-cardinality index in a transaction of
+    /// its own and skips one already rebuilt, so a start stopped halfway goes on from where it
+    /// stopped; an index missing from the file (a hand edit) is created.
+    #[test]
+    fn an_upgrade_to_the_generation_led_indexes_stopped_halfway_goes_on() {
+        let (dir, db) = temp_db("generations");
+        {
+            let store = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
+            let mut batch: Vec<AuditEntry> = (0..40)
+                .map(|index| {
+                    let mut entry = AuditEntry::new("t", format!("step.{index}"));
+                    entry.actor_id = Some(format!("u{}", index % 4));
+                    entry.ip = Some(format!("10.0.0.{}", index % 5));
+                    entry
+                })
+                .collect();
+            store.append(&mut batch).expect("appends");
+            store
+                .checkpoint(std::time::Duration::from_secs(5))
+                .expect("sealed");
+        }
+        let generation_led = |db: &Path| -> Vec<String> {
+            let connection = Connection::open(db).expect("open");
+            let mut statement = connection
+                .prepare(
+                    "SELECT name FROM sqlite_schema WHERE type = 'index' \
+                     AND sql LIKE '%(seq >> 20)%' ORDER BY name",
+                )
+                .expect("prepare");
+            let names = statement
+                .query_map([], |row| row.get(0))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("names");
+            names
+        };
+        {
+            // Stopped after two of five: the resource index and the address's back to schema 1,
+            // the resource id's gone.
+            let connection = Connection::open(&db).expect("open");
+            connection
+                .execute_batch(
+                    "DROP INDEX entries_resource; \
+                     CREATE INDEX entries_resource ON entries (resource_type, resource_id); \
+                     DROP INDEX entries_ip; CREATE INDEX entries_ip ON entries (ip); \
+                     DROP INDEX entries_resource_id;",
+                )
+                .expect("halfway");
+            connection
+                .pragma_update(None, "user_version", 7)
+                .expect("version");
+        }
+        assert_eq!(
+            generation_led(&db),
+            ["entries_actor_email", "entries_actor_id"]
+        );
+        let store = SqliteStore::open(&db, SyncMode::Normal).expect("upgrades");
+        assert_eq!(
+            generation_led(&db),
+            [
+                "entries_actor_email",
+                "entries_actor_id",
+                "entries_ip",
+                "entries_resource",
+                "entries_resource_id"
+            ]
+        );
+        let version: i64 = store
+            .with_reader(|connection| {
+                Ok(connection.pragma_query_value(None, "user_version", |row| row.get(0))?)
+            })
+            .expect("version");
+        assert_eq!(version, GENERATION_SCHEMA_VERSION);
+        let by_actor = Filter {
+            actor: Some("u1".into()),
+            ..Filter::default()
+        };
+        assert_eq!(store.count(&by_actor).expect("count"), 10);
+        let by_address = Filter {
+            ip: Some(crate::store::query::IpFilter::Exact([10, 0, 0, 3].into())),
+            actor: Some("u3".into()),
+            ..Filter::default()
+        };
+        let page = store
+            .list(&by_address, &PageRequest::default())
+            .expect("lists");
+        assert_eq!(
+            page.entries
+                .iter()
+                .map(|entry| entry.seq)
+                .collect::<Vec<_>>(),
+            [24, 4]
+        );
+        drop(store);
         let _ = std::fs::remove_dir_all(dir);
     }
 

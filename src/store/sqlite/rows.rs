@@ -323,8 +323,25 @@ fn generation_order(order: Order) -> String {
 enum Table {
     /// `entries`: conditions on a column with a generation-led index carry [`GENERATIONS`].
     Sealed,
-    /// `recent` or the counts: no such index.
+    /// `recent`, the counts, or the `entries` of a file whose indexes do not lead with the
+    /// generation: plain conditions.
     Other,
+}
+
+impl Table {
+    /// How conditions on `entries` are written for this file: [`Table::Sealed`] once its
+    /// indexes lead with the generation (schema version 8). A file of an earlier version, which
+    /// the read commands read in place, keeps its one-column indexes, read in `seq` order by the
+    /// plain conditions (through them, the generations' order would make SQLite sort every
+    /// match).
+    fn of_entries(conn: &Connection) -> rusqlite::Result<Table> {
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        Ok(if version >= super::GENERATION_SCHEMA_VERSION {
+            Table::Sealed
+        } else {
+            Table::Other
+        })
+    }
 }
 
 /// SQL conditions and their bound values, in placeholder order.
@@ -399,7 +416,15 @@ impl Conditions {
         match self.table {
             Table::Sealed => {
                 self.push_ordered_equality(format!("{GENERATIONS} AND {clause}"), values);
-                self.generation_index.get_or_insert(index);
+                // A resource or an address names fewer entries than an actor, who may have
+                // millions: its index reads the page, and the actor is checked on each row.
+                let is_actor = |index: &str| index.starts_with("entries_actor");
+                if self
+                    .generation_index
+                    .is_none_or(|current| is_actor(current) && !is_actor(index))
+                {
+                    self.generation_index = Some(index);
+                }
             }
             Table::Other => self.push_ordered_equality(clause, values),
         }
@@ -442,6 +467,14 @@ impl Conditions {
                     "(actor_id = ? OR actor_email = ?)",
                     [text(actor), text(actor)],
                 ),
+                // With a resource or an address too, that one's index finds the rows, and the
+                // actor is a check on each.
+                (ActorColumns::Either, Table::Sealed) if has_generation_equality(filter) => {
+                    conditions.push(
+                        "(actor_id = ? OR actor_email = ?)",
+                        [text(actor), text(actor)],
+                    )
+                }
                 // SQLite does not read an OR through indexes whose terms carry the generations:
                 // the positions of both come from their own index instead.
                 (ActorColumns::Either, Table::Sealed) => conditions.push(
@@ -629,6 +662,17 @@ impl Conditions {
     }
 }
 
+/// Whether `filter` names a resource id or one address: an equality on a generation-led index
+/// other than the actor's.
+fn has_generation_equality(filter: &Filter) -> bool {
+    filter.resource_id.is_some()
+        || match &filter.ip {
+            Some(IpFilter::Exact(_)) => true,
+            Some(IpFilter::Network(network)) => network.prefix_len() == network.max_prefix_len(),
+            None => false,
+        }
+}
+
 fn text(value: &str) -> Value {
     Value::Text(value.to_string())
 }
@@ -785,6 +829,8 @@ struct PageQuery {
 struct PastWindow {
     index: &'static str,
     boundary: i64,
+    /// How conditions on `entries` are written for the file ([`Table::of_entries`]).
+    table: Table,
 }
 
 /// `SELECT` of a page whose sequence numbers are found through `index` (`where_sql` may read
@@ -808,13 +854,14 @@ fn page_query(
 ) -> rusqlite::Result<PageQuery> {
     let limit = page_rows(page);
     let order = order_sql(page.order);
+    let sealed = Table::of_entries(conn)?;
     let plan = range_plan(
         conn,
-        &Conditions::from_filter(filter, Table::Sealed),
+        &Conditions::from_filter(filter, sealed),
         narrow_range_max_rows,
     )?;
     if filter.actor.is_none() {
-        let mut conditions = page_condition_set(filter, page, ActorColumns::Either, Table::Sealed);
+        let mut conditions = page_condition_set(filter, page, ActorColumns::Either, sealed);
         if let RangePlan::Narrow(index) = plan {
             conditions.values.push(Value::Integer(limit));
             return Ok(PageQuery {
@@ -833,8 +880,11 @@ fn page_query(
         // SQLite only the table itself, walked in seq order from the keyset position.
         let window = match plan {
             RangePlan::Wide(index) if !conditions.has_ordered_equality => {
-                window_boundary(conn, page, seqs.flatten())?
-                    .map(|boundary| PastWindow { index, boundary })
+                window_boundary(conn, page, seqs.flatten())?.map(|boundary| PastWindow {
+                    index,
+                    boundary,
+                    table: sealed,
+                })
             }
             _ => None,
         };
@@ -886,10 +936,12 @@ fn page_query(
     let mut values = Vec::new();
     let mut arms = Vec::new();
     for columns in [ActorColumns::Id, ActorColumns::Email] {
-        let conditions = page_condition_set(filter, page, columns, Table::Sealed);
-        let (index, arm_order) = match plan.narrow_index() {
-            Some(index) => (Some(index), format!("seq {order}")),
-            None => (conditions.generation_index, generation_order(page.order)),
+        let conditions = page_condition_set(filter, page, columns, sealed);
+        let (index, arm_order) = match (plan.narrow_index(), conditions.generation_index) {
+            (Some(index), _) => (Some(index), format!("seq {order}")),
+            (None, Some(index)) => (Some(index), generation_order(page.order)),
+            // A file before the generations: its own one-column index, in seq order.
+            (None, None) => (None, format!("seq {order}")),
         };
         arms.push(format!(
             "SELECT seq FROM (SELECT seq FROM entries{} {} ORDER BY {arm_order} LIMIT ?)",
@@ -1021,7 +1073,7 @@ fn past_window_query(
     past: PastWindow,
     rows: i64,
 ) -> (String, Vec<Value>) {
-    let mut conditions = page_condition_set(filter, page, ActorColumns::Either, Table::Sealed);
+    let mut conditions = page_condition_set(filter, page, ActorColumns::Either, past.table);
     let clause = match page.order {
         Order::Desc => "seq < ?",
         Order::Asc => "seq > ?",
@@ -1231,7 +1283,7 @@ pub fn list_offset(
     if wanted <= 0 {
         return Ok(entries);
     }
-    let mut conditions = Conditions::from_filter(filter, Table::Sealed);
+    let mut conditions = Conditions::from_filter(filter, Table::of_entries(conn)?);
     let (index, order_by) = match range_plan(conn, &conditions, NARROW_RANGE_MAX_ROWS)? {
         RangePlan::Narrow(index) => (Some(index), "seq DESC".to_string()),
         RangePlan::NoRange | RangePlan::Wide(_) => match conditions.generation_index {
@@ -1259,7 +1311,7 @@ pub fn count(conn: &Connection, filter: &Filter) -> rusqlite::Result<u64> {
     if let Some(counts) = stats_from_counts(conn, filter, None)? {
         return Ok(counts.values().sum());
     }
-    let (sealed_where, sealed_values) = table_where_clause(filter, Table::Sealed);
+    let (sealed_where, sealed_values) = table_where_clause(filter, Table::of_entries(conn)?);
     let (recent_where, recent_values) = where_clause(filter);
     let sql = format!(
         "SELECT (SELECT count(*) FROM entries {sealed_where}) + \
@@ -1395,7 +1447,7 @@ fn group_rows(
     let table_kind = if table == RECENT {
         Table::Other
     } else {
-        Table::Sealed
+        Table::of_entries(conn)?
     };
     let (where_sql, values) = table_where_clause(filter, table_kind);
     let sql = format!("SELECT {key} AS bucket, count(*) FROM {table} {where_sql} GROUP BY bucket");
@@ -1580,7 +1632,7 @@ fn stats_from_counts(
                 let Some(index) = edge_index(conn, &kept, &lower, &upper)? else {
                     continue;
                 };
-                let mut edge = Conditions::from_filter(&kept, Table::Sealed);
+                let mut edge = Conditions::from_filter(&kept, Table::of_entries(conn)?);
                 edge.push(
                     "created_at >= ? AND created_at < ?",
                     [Value::Text(lower), Value::Text(upper)],

@@ -17,15 +17,17 @@
 -- index names are unchanged, so the same SQL runs on a file of any version (on an earlier index
 -- the generation term is a plain filter).
 --
--- The generation width is part of these definitions and of the queries (`rows::GENERATION_SHIFT`):
--- changing it is a new migration.
-DROP INDEX entries_actor_id;
-DROP INDEX entries_actor_email;
-DROP INDEX entries_resource;
-DROP INDEX entries_resource_id;
-DROP INDEX entries_ip;
-CREATE INDEX entries_actor_id    ON entries ((seq >> 20), actor_id);
-CREATE INDEX entries_actor_email ON entries ((seq >> 20), actor_email);
-CREATE INDEX entries_resource    ON entries ((seq >> 20), resource_type, resource_id);
-CREATE INDEX entries_resource_id ON entries ((seq >> 20), resource_id);
-CREATE INDEX entries_ip          ON entries ((seq >> 20), ip);
+-- The generation width is part of these definitions and of the queries (`rows::GENERATION`,
+-- `rows::GENERATIONS`): changing it is a new migration. A file of an earlier version read in place
+-- (read commands) keeps its one-column indexes and is queried as before (`rows::Table::of_entries`).
+--
+-- Each index is rebuilt in a transaction of its own by `rebuild_generation_indexes`
+-- (`sqlite/mod.rs`), which reads the statements below (one a line): it drops the index of that
+-- name and creates it as written here, skipping one already rebuilt, so an upgrade stopped halfway
+-- goes on where it stopped. The sort goes to temporary files (SQLITE_TMPDIR, TMPDIR, /var/tmp or
+-- /tmp must be writable) with a 16 MiB page cache; the WAL grows by one index at a time.
+CREATE INDEX IF NOT EXISTS entries_actor_id    ON entries ((seq >> 20), actor_id);
+CREATE INDEX IF NOT EXISTS entries_actor_email ON entries ((seq >> 20), actor_email);
+CREATE INDEX IF NOT EXISTS entries_resource    ON entries ((seq >> 20), resource_type, resource_id);
+CREATE INDEX IF NOT EXISTS entries_resource_id ON entries ((seq >> 20), resource_id);
+CREATE INDEX IF NOT EXISTS entries_ip          ON entries ((seq >> 20), ip);

@@ -9,13 +9,35 @@ use serde_json::json;
 
 const SCHEMA: &str = include_str!("../schema_v1.sql");
 
+/// A database with the tables and indexes the queries read: `entries` with the generation-led
+/// indexes of schema version 8, and `recent`.
 fn open() -> Connection {
+    let conn = open_before_generations();
+    conn.execute_batch(
+        "DROP INDEX entries_actor_id; DROP INDEX entries_actor_email; \
+         DROP INDEX entries_resource; DROP INDEX entries_resource_id; DROP INDEX entries_ip;",
+    )
+    .expect("drop the one-column indexes");
+    conn.execute_batch(include_str!("../schema_v8.sql"))
+        .expect("schema v8");
+    conn.pragma_update(
+        None,
+        "user_version",
+        super::super::GENERATION_SCHEMA_VERSION,
+    )
+    .expect("version");
+    conn
+}
+
+/// [`open`] as a file of schema version 7 has it, read in place by a read command: the
+/// one-column indexes of schema version 1.
+fn open_before_generations() -> Connection {
     let conn = Connection::open_in_memory().expect("open");
     conn.execute_batch(SCHEMA).expect("schema");
     conn.execute_batch(include_str!("../schema_v4.sql"))
         .expect("schema v4");
-    conn.execute_batch(include_str!("../schema_v8.sql"))
-        .expect("schema v8");
+    conn.pragma_update(None, "user_version", 7)
+        .expect("version");
     register_functions(&conn).expect("functions");
     conn
 }
@@ -131,6 +153,13 @@ fn varied(conn: &Connection, rows: u64) -> Vec<AuditEntry> {
 /// [`varied`] with the `n`th entry at log position `position(n)` (increasing), so that a test can
 /// spread the same entries over several generations of the indexes (`schema_v8.sql`).
 fn varied_at(conn: &Connection, rows: u64, position: Position) -> Vec<AuditEntry> {
+    let all = varied_unanalysed(conn, rows, position);
+    conn.execute_batch("ANALYZE").expect("analyze");
+    all
+}
+
+/// [`varied_at`] without planner statistics, as a live log has none.
+fn varied_unanalysed(conn: &Connection, rows: u64, position: Position) -> Vec<AuditEntry> {
     let mut dice = Dice(0x9E37_79B9_7F4A_7C15);
     let transaction = conn.unchecked_transaction().expect("begin");
     let mut all = Vec::new();
@@ -174,7 +203,6 @@ fn varied_at(conn: &Connection, rows: u64, position: Position) -> Vec<AuditEntry
         insert(&transaction, &entry);
     }
     transaction.commit().expect("commit");
-    conn.execute_batch("ANALYZE").expect("analyze");
     all
 }
 
@@ -2239,4 +2267,104 @@ fn a_row_at_a_far_position_costs_one_generation() {
         .collect::<Result<_, _>>()
         .expect("rows");
     assert_eq!(generations, vec![0, 3, 1 << 42]);
+}
+
+/// Without planner statistics (a live log has none), a filter on an actor and a resource or an
+/// address reads the resource's or the address's index, a generation at a time: an actor may
+/// have millions of entries, and reading them all to find the few with that resource is what
+/// these plans avoid, for a page, a count and stats alike. An actor alone reads its own indexes,
+/// in order.
+#[test]
+fn an_actor_with_a_resource_or_an_address_reads_the_narrower_index() {
+    let conn = open();
+    let rows = 4000;
+    varied_unanalysed(&conn, rows, |n| n * 1_499);
+    let actor = |set: fn(&mut Filter)| {
+        let mut filter = filter_with(|f| f.actor = Some("u5".into()));
+        set(&mut filter);
+        filter
+    };
+    let cases: Vec<(&str, Filter, &[&str])> = vec![
+        (
+            "actor alone",
+            actor(|_| {}),
+            &["entries_actor_id", "entries_actor_email"],
+        ),
+        (
+            "actor and resource",
+            actor(|f| {
+                f.resource_type = Some("user".into());
+                f.resource_id = Some("17".into());
+            }),
+            &["entries_resource"],
+        ),
+        (
+            "actor and resource id",
+            actor(|f| f.resource_id = Some("17".into())),
+            &["entries_resource_id"],
+        ),
+        (
+            "actor and address",
+            actor(|f| f.ip = ip_filter("10.1.2.3")),
+            &["entries_ip"],
+        ),
+    ];
+    for (name, filter, indexes) in &cases {
+        for cursor in [None, Some(Cursor::after_seq(2000 * 1_499))] {
+            let text = plan(&conn, filter, cursor, NARROW_RANGE_MAX_ROWS).join(" | ");
+            for index in *indexes {
+                assert!(
+                    text.contains(&format!("INDEX {index} (<expr>=?")),
+                    "{name}: {text}"
+                );
+            }
+            if *name != "actor alone" {
+                assert!(
+                    !text.contains("entries_actor"),
+                    "{name} reads the actor: {text}"
+                );
+            }
+            assert!(!text.contains("TEMP B-TREE"), "{name} sorts: {text}");
+            assert!(!text.contains("SCAN entries"), "{name} scans: {text}");
+        }
+        // Counts and stats group through the same conditions.
+        let (where_sql, values) = table_where_clause(filter, Table::Sealed);
+        let text = explain(
+            &conn,
+            &format!("SELECT count(*) FROM entries {where_sql}"),
+            values,
+        )
+        .join(" | ");
+        for index in *indexes {
+            assert!(text.contains(index), "{name} count: {text}");
+        }
+        if *name != "actor alone" {
+            assert!(
+                !text.contains("entries_actor"),
+                "{name} count reads the actor: {text}"
+            );
+        }
+        assert!(!text.contains("SCAN entries"), "{name} count scans: {text}");
+    }
+}
+
+/// A file of schema version 7 read in place (a read command never upgrades) keeps its
+/// one-column indexes: every filter means the same, and the pages of an actor, a resource and an
+/// address read those indexes in `seq` order, without the generations' order that would make
+/// SQLite sort every match.
+#[test]
+fn a_file_before_the_generations_is_read_through_its_own_indexes() {
+    let conn = open_before_generations();
+    let all = varied_unanalysed(&conn, 3000, |n| n);
+    every_filter_matches_its_meaning_in(&conn, &all, 0);
+    for filter in [
+        filter_with(|f| f.actor = Some("u5".into())),
+        filter_with(|f| f.resource_id = Some("17".into())),
+        filter_with(|f| f.ip = ip_filter("10.1.2.3")),
+    ] {
+        let text = plan(&conn, &filter, None, NARROW_RANGE_MAX_ROWS).join(" | ");
+        assert!(!text.contains("TEMP B-TREE"), "{filter:?} sorts: {text}");
+        assert!(!text.contains("generation"), "{filter:?}: {text}");
+        assert!(!text.contains("SCAN entries"), "{filter:?} scans: {text}");
+    }
 }
