@@ -755,6 +755,13 @@ pub const NARROW_RANGE_MAX_ROWS: u64 = 10_000;
 /// of the page comes from the index below the window.
 pub const WALK_POSITIONS_PER_ROW: u64 = 100;
 
+/// How many more windows, each twice as wide as the one before, a page walks when its first
+/// window holds less than a page, before it reads the rest through the range's index: three
+/// windows of 5,100, 10,200 and 20,400 positions for a page of 50 (a few milliseconds), against
+/// an index read that sorts every match below the window (a day's 555,000 at 50M entries:
+/// 320 ms).
+pub const WALK_EXTENSIONS: u32 = 2;
+
 /// How [`list`] reads the filter's range conditions (a time window, a prefix, a status class, a
 /// network, a resource type).
 ///
@@ -824,11 +831,13 @@ struct PageQuery {
 }
 
 /// The rest of a page after a walk of a window of the log: the entries past `boundary` in the
-/// listing order, through `index`.
+/// listing order, up to `end`, walked on in wider windows and then read through `index`.
 #[derive(Debug, Clone, Copy)]
 struct PastWindow {
     index: &'static str,
     boundary: i64,
+    /// The oldest (newest first) or newest (oldest first) position the listing may read.
+    end: i64,
     /// How conditions on `entries` are written for the file ([`Table::of_entries`]).
     table: Table,
 }
@@ -880,9 +889,10 @@ fn page_query(
         // SQLite only the table itself, walked in seq order from the keyset position.
         let window = match plan {
             RangePlan::Wide(index) if !conditions.has_ordered_equality => {
-                window_boundary(conn, page, seqs.flatten())?.map(|boundary| PastWindow {
+                window_boundary(conn, page, seqs.flatten())?.map(|(boundary, end)| PastWindow {
                     index,
                     boundary,
+                    end,
                     table: sealed,
                 })
             }
@@ -969,8 +979,9 @@ fn page_rows(page: &PageRequest) -> i64 {
 }
 
 /// Where the walk of a wide range stops: the last sequence number it covers, newest first or
-/// oldest first from the keyset position. `None` when the window already holds the whole rest of
-/// the log, so nothing is left to read past it.
+/// oldest first from the keyset position, and the far end of what the listing may read (the
+/// oldest or newest sealed position, or the end of `seqs`). `None` when the window already holds
+/// the whole rest of the log, so nothing is left to read past it.
 ///
 /// `seqs`, when known, is the seq range every match lies in (see [`window_seqs`]): the walk
 /// starts at its end rather than at the end of the log.
@@ -978,7 +989,7 @@ fn window_boundary(
     conn: &Connection,
     page: &PageRequest,
     seqs: Option<(i64, i64)>,
-) -> rusqlite::Result<Option<i64>> {
+) -> rusqlite::Result<Option<(i64, i64)>> {
     let positions = i64::try_from(WALK_POSITIONS_PER_ROW)
         .unwrap_or(i64::MAX)
         .saturating_mul(page_rows(page));
@@ -1004,7 +1015,7 @@ fn window_boundary(
                 None => (top, oldest),
             };
             let boundary = top.saturating_sub(positions);
-            Ok((boundary > oldest).then_some(boundary))
+            Ok((boundary > oldest).then_some((boundary, oldest)))
         }
         Order::Asc => {
             let Some(newest) = end("SELECT max(seq) FROM entries")? else {
@@ -1019,7 +1030,7 @@ fn window_boundary(
                 None => (bottom, newest),
             };
             let boundary = bottom.saturating_add(positions);
-            Ok((boundary < newest).then_some(boundary))
+            Ok((boundary < newest).then_some((boundary, newest)))
         }
     }
 }
@@ -1063,6 +1074,34 @@ fn window_seqs(conn: &Connection, filter: &Filter) -> rusqlite::Result<Option<Op
         (Some(first), Some(last)) => Some((first, last)),
         _ => None,
     }))
+}
+
+/// A further walk of a wide range: up to `rows` entries from `boundary` (excluded) on in the
+/// listing's order, to `stop` (included); the table itself, in `seq` order, as the first window
+/// is walked.
+fn walk_query(
+    filter: &Filter,
+    page: &PageRequest,
+    boundary: i64,
+    stop: i64,
+    rows: i64,
+) -> (String, Vec<Value>) {
+    let mut conditions = page_condition_set(filter, page, ActorColumns::Either, Table::Other);
+    let (past, up_to) = match page.order {
+        Order::Desc => ("seq < ?", "seq >= ?"),
+        Order::Asc => ("seq > ?", "seq <= ?"),
+    };
+    conditions.push(past, [Value::Integer(boundary)]);
+    conditions.push(up_to, [Value::Integer(stop)]);
+    conditions.values.push(Value::Integer(rows));
+    (
+        format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries NOT INDEXED {} ORDER BY seq {} LIMIT ?",
+            conditions.where_sql(),
+            order_sql(page.order),
+        ),
+        conditions.values,
+    )
 }
 
 /// The rest of a page after its window: up to `rows` entries past the window, through the
@@ -1172,13 +1211,40 @@ fn list_planned(
     page: &PageRequest,
     narrow_range_max_rows: u64,
 ) -> rusqlite::Result<Page> {
+    list_with(
+        conn,
+        filter,
+        page,
+        Knobs {
+            narrow_range_max_rows,
+            walk_extensions: WALK_EXTENSIONS,
+        },
+    )
+}
+
+/// The thresholds of [`list`]'s plans, as parameters so that tests cover every plan.
+#[derive(Debug, Clone, Copy)]
+struct Knobs {
+    /// See [`NARROW_RANGE_MAX_ROWS`].
+    narrow_range_max_rows: u64,
+    /// See [`WALK_EXTENSIONS`].
+    walk_extensions: u32,
+}
+
+/// [`list_planned`] with every threshold given.
+fn list_with(
+    conn: &Connection,
+    filter: &Filter,
+    page: &PageRequest,
+    plan: Knobs,
+) -> rusqlite::Result<Page> {
     let rows = page_rows(page);
     // The store keeps every unsealed seq above every sealed one, and `verify` reports a file
     // where that does not hold; the page is still a merge by seq rather than one table after the
     // other, so that rows moved between the tables by hand can neither hide entries from a
     // listing or an export nor show them twice.
     let mut entries = recent_entries(conn, filter, page, rows)?;
-    let sealed = sealed_entries(conn, filter, page, narrow_range_max_rows, rows)?;
+    let sealed = sealed_entries(conn, filter, page, plan, rows)?;
     if entries.is_empty() {
         entries = sealed;
     } else if !sealed.is_empty() {
@@ -1217,16 +1283,51 @@ fn sealed_entries(
     conn: &Connection,
     filter: &Filter,
     page: &PageRequest,
-    narrow_range_max_rows: u64,
+    plan: Knobs,
     rows: i64,
 ) -> rusqlite::Result<Vec<AuditEntry>> {
+    let Knobs {
+        narrow_range_max_rows,
+        walk_extensions,
+    } = plan;
     let query = page_query(conn, filter, page, narrow_range_max_rows)?;
     let mut entries = query_entries(conn, &query.sql, query.values)?;
-    let found = i64::try_from(entries.len()).unwrap_or(i64::MAX);
-    if let Some(past) = query.past_window.filter(|_| found < rows) {
-        // The window and the rest are two statements, and appends may come between them; the
-        // boundary was fixed before both, so every entry is read by exactly one of them.
-        let (sql, values) = past_window_query(filter, page, past, rows - found);
+    let found = |entries: &Vec<AuditEntry>| i64::try_from(entries.len()).unwrap_or(i64::MAX);
+    let mut past = query.past_window;
+    // The walk goes on in windows twice as wide as the last, a few times, before the rest is
+    // read through the range's index (every match below the boundary, sorted). A window whose
+    // positions are all outside the range but sit where the range's positions end (the part of
+    // a time window's last hour past its end, 23,000 entries an hour at 50M entries over 90
+    // days) would otherwise send every such page to the index.
+    let mut width = i64::try_from(WALK_POSITIONS_PER_ROW)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(rows);
+    for _ in 0..walk_extensions {
+        let Some(window) = past.filter(|_| found(&entries) < rows) else {
+            break;
+        };
+        width = width.saturating_mul(2);
+        let next = match page.order {
+            Order::Desc => window.boundary.saturating_sub(width),
+            Order::Asc => window.boundary.saturating_add(width),
+        };
+        let reaches_end = match page.order {
+            Order::Desc => next <= window.end,
+            Order::Asc => next >= window.end,
+        };
+        // Never past the range's far end: the walk reads every position up to its stop.
+        let stop = if reaches_end { window.end } else { next };
+        let (sql, values) = walk_query(filter, page, window.boundary, stop, rows - found(&entries));
+        entries.extend(query_entries(conn, &sql, values)?);
+        past = (!reaches_end).then_some(PastWindow {
+            boundary: next,
+            ..window
+        });
+    }
+    if let Some(past) = past.filter(|_| found(&entries) < rows) {
+        // The windows and the rest are separate statements, and appends may come between them;
+        // the boundaries were fixed before each, so every entry is read by exactly one of them.
+        let (sql, values) = past_window_query(filter, page, past, rows - found(&entries));
         entries.extend(query_entries(conn, &sql, values)?);
     }
     entries.truncate(usize::try_from(rows).unwrap_or(0));

@@ -292,10 +292,24 @@ fn all_pages_planned(
     limit: u32,
     narrow_range_max_rows: u64,
 ) -> Vec<AuditEntry> {
+    let knobs = Knobs {
+        narrow_range_max_rows,
+        walk_extensions: WALK_EXTENSIONS,
+    };
+    all_pages_with(conn, filter, order, limit, knobs)
+}
+
+fn all_pages_with(
+    conn: &Connection,
+    filter: &Filter,
+    order: Order,
+    limit: u32,
+    knobs: Knobs,
+) -> Vec<AuditEntry> {
     let mut found = Vec::new();
     let mut cursor = None;
     loop {
-        let page = list_planned(
+        let page = list_with(
             conn,
             filter,
             &PageRequest {
@@ -305,7 +319,7 @@ fn all_pages_planned(
                 count: false,
                 through: None,
             },
-            narrow_range_max_rows,
+            knobs,
         )
         .expect("list");
         assert!(page.entries.len() <= limit as usize);
@@ -1485,15 +1499,33 @@ fn newest_first_exports_seek_by_one_upper_bound() {
 /// together they must still give every match once, in order.
 #[test]
 fn pages_split_between_window_and_index_lose_and_repeat_nothing() {
-    let conn = open();
-    let all = varied(&conn, 3000);
-    for (name, filter) in sample_filters() {
-        let mut expected = matching(&all, &filter);
-        let ascending = all_pages_planned(&conn, &filter, Order::Asc, 4, 0);
-        assert_eq!(seqs(&ascending), expected, "{name}, asc");
-        expected.reverse();
-        let descending = all_pages_planned(&conn, &filter, Order::Desc, 4, 0);
-        assert_eq!(seqs(&descending), expected, "{name}, desc");
+    for (layout, position) in LAYOUTS {
+        let conn = open();
+        let all = varied_at(&conn, 3000, position);
+        // With no further walks (window, then index), one (window, a walk twice as wide, then
+        // index), and the default.
+        for walk_extensions in [0, 1, WALK_EXTENSIONS] {
+            let knobs = Knobs {
+                narrow_range_max_rows: 0,
+                walk_extensions,
+            };
+            for (name, filter) in sample_filters() {
+                let mut expected = matching(&all, &filter);
+                let ascending = all_pages_with(&conn, &filter, Order::Asc, 4, knobs);
+                assert_eq!(
+                    seqs(&ascending),
+                    expected,
+                    "{layout}, {name}, asc, {walk_extensions}"
+                );
+                expected.reverse();
+                let descending = all_pages_with(&conn, &filter, Order::Desc, 4, knobs);
+                assert_eq!(
+                    seqs(&descending),
+                    expected,
+                    "{layout}, {name}, desc, {walk_extensions}"
+                );
+            }
+        }
     }
 }
 
