@@ -887,21 +887,44 @@ fn page_query(
         };
         // A wide range with no equality to walk instead: the window first. NOT INDEXED leaves
         // SQLite only the table itself, walked in seq order from the keyset position.
-        let window = match plan {
-            RangePlan::Wide(index) if !conditions.has_ordered_equality => {
-                window_boundary(conn, page, seqs.flatten())?.map(|(boundary, end)| PastWindow {
-                    index,
-                    boundary,
-                    end,
-                    table: sealed,
+        let walk = match plan {
+            // (No walk when no sealed entry has an hour of the window: `seq < 0` below.)
+            RangePlan::Wide(index) if !conditions.has_ordered_equality && seqs != Some(None) => {
+                window_boundary(conn, page, seqs.flatten())?.map(|walk| {
+                    let past = PastWindow {
+                        index,
+                        boundary: walk.boundary,
+                        end: walk.end,
+                        table: sealed,
+                    };
+                    (walk.start, past)
                 })
             }
             _ => None,
         };
-        if window.is_some() {
+        if let Some((start, window)) = walk {
             // The walk reads no index, and every row's generation is in the list: the plain
-            // conditions mean the same and spare a lookup per row walked.
-            conditions = page_condition_set(filter, page, ActorColumns::Either, Table::Other);
+            // conditions mean the same and spare a lookup per row walked. Its two ends are the
+            // window's alone (the cursor, the snapshot and the hours' positions are folded into
+            // them): given a second lower or upper bound, SQLite may start from the looser one
+            // and filter by the tighter, walking past the window to the end of the range.
+            let mut conditions = Conditions::from_filter(filter, Table::Other);
+            let (from_start, to_boundary) = match page.order {
+                Order::Desc => ("seq < ?", "seq >= ?"),
+                Order::Asc => ("seq > ?", "seq <= ?"),
+            };
+            conditions.push(from_start, [Value::Integer(start)]);
+            conditions.push(to_boundary, [Value::Integer(window.boundary)]);
+            conditions.values.push(Value::Integer(limit));
+            let sql = format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries NOT INDEXED {} ORDER BY seq {order} LIMIT ?",
+                conditions.where_sql(),
+            );
+            return Ok(PageQuery {
+                sql,
+                values: conditions.values,
+                past_window: Some(window),
+            });
         }
         match seqs {
             Some(Some((first, last))) => {
@@ -912,18 +935,10 @@ fn page_query(
             Some(None) => conditions.push("seq < ?", [Value::Integer(0)]),
             None => {}
         }
-        let (from, order_by) = match (window, conditions.generation_index) {
-            (Some(window), _) => {
-                let clause = match page.order {
-                    Order::Desc => "seq >= ?",
-                    Order::Asc => "seq <= ?",
-                };
-                conditions.push(clause, [Value::Integer(window.boundary)]);
-                (" NOT INDEXED".to_string(), format!("seq {order}"))
-            }
+        let (from, order_by) = match conditions.generation_index {
             // An equality on a generation-led index: read through it, a generation at a time.
-            (None, Some(index)) => (indexed_by(Some(index)), generation_order(page.order)),
-            (None, None) => (String::new(), format!("seq {order}")),
+            Some(index) => (indexed_by(Some(index)), generation_order(page.order)),
+            None => (String::new(), format!("seq {order}")),
         };
         // One row more than asked tells whether another page follows without a second query.
         conditions.values.push(Value::Integer(limit));
@@ -934,7 +949,7 @@ fn page_query(
         return Ok(PageQuery {
             sql,
             values: conditions.values,
-            past_window: window,
+            past_window: None,
         });
     }
     // The actor is matched on two columns, and SQLite answers an OR over two indexes by
@@ -978,10 +993,19 @@ fn page_rows(page: &PageRequest) -> i64 {
     i64::from(page.limit.clamp(1, MAX_LIMIT)) + 1
 }
 
-/// Where the walk of a wide range stops: the last sequence number it covers, newest first or
-/// oldest first from the keyset position, and the far end of what the listing may read (the
-/// oldest or newest sealed position, or the end of `seqs`). `None` when the window already holds
-/// the whole rest of the log, so nothing is left to read past it.
+/// The window a page of a wide range walks first, newest first or oldest first: from `start`
+/// (excluded: the keyset position, the snapshot's bound or the end of `seqs`, whichever is
+/// tightest) to `boundary` (included), and the far end of what the listing may read past it, `end`
+/// (the oldest or newest sealed position, the snapshot's bound or the end of `seqs`).
+#[derive(Debug, Clone, Copy)]
+struct Walk {
+    start: i64,
+    boundary: i64,
+    end: i64,
+}
+
+/// Where the walk of a wide range goes ([`Walk`]). `None` when the window already holds the
+/// whole rest of the log, so nothing is left to read past it.
 ///
 /// `seqs`, when known, is the seq range every match lies in (see [`window_seqs`]): the walk
 /// starts at its end rather than at the end of the log.
@@ -989,7 +1013,7 @@ fn window_boundary(
     conn: &Connection,
     page: &PageRequest,
     seqs: Option<(i64, i64)>,
-) -> rusqlite::Result<Option<(i64, i64)>> {
+) -> rusqlite::Result<Option<Walk>> {
     let positions = i64::try_from(WALK_POSITIONS_PER_ROW)
         .unwrap_or(i64::MAX)
         .saturating_mul(page_rows(page));
@@ -1015,7 +1039,11 @@ fn window_boundary(
                 None => (top, oldest),
             };
             let boundary = top.saturating_sub(positions);
-            Ok((boundary > oldest).then_some((boundary, oldest)))
+            Ok((boundary > oldest).then_some(Walk {
+                start: top,
+                boundary,
+                end: oldest,
+            }))
         }
         Order::Asc => {
             let Some(newest) = end("SELECT max(seq) FROM entries")? else {
@@ -1025,12 +1053,19 @@ fn window_boundary(
                 Some(cursor) => to_i64(cursor.seq()),
                 None => end("SELECT min(seq) FROM entries")?.map_or(0, |seq| seq.saturating_sub(1)),
             };
+            let newest = page
+                .through
+                .map_or(newest, |through| newest.min(to_i64(through.seq())));
             let (bottom, newest) = match seqs {
                 Some((first, last)) => (bottom.max(first.saturating_sub(1)), newest.min(last)),
                 None => (bottom, newest),
             };
             let boundary = bottom.saturating_add(positions);
-            Ok((boundary < newest).then_some((boundary, newest)))
+            Ok((boundary < newest).then_some(Walk {
+                start: bottom,
+                boundary,
+                end: newest,
+            }))
         }
     }
 }
@@ -1086,7 +1121,9 @@ fn walk_query(
     stop: i64,
     rows: i64,
 ) -> (String, Vec<Value>) {
-    let mut conditions = page_condition_set(filter, page, ActorColumns::Either, Table::Other);
+    // The filter's conditions and these two bounds alone (see `page_query`'s walk); the cursor
+    // and the snapshot lie beyond `boundary`, or within `stop`.
+    let mut conditions = Conditions::from_filter(filter, Table::Other);
     let (past, up_to) = match page.order {
         Order::Desc => ("seq < ?", "seq >= ?"),
         Order::Asc => ("seq > ?", "seq <= ?"),

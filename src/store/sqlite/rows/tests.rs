@@ -2400,3 +2400,34 @@ fn a_file_before_the_generations_is_read_through_its_own_indexes() {
         assert!(!text.contains("SCAN entries"), "{filter:?} scans: {text}");
     }
 }
+
+/// The walk of a wide range bounds the position once from each side, whatever cursor and
+/// snapshot the page has: given a second lower or upper bound, SQLite may start the walk from the
+/// looser one and filter by the tighter, reading past the window to the end of the range (at 50M
+/// entries, a past day's page read 578,000 rows that way).
+#[test]
+fn a_wide_range_walk_bounds_the_position_once_each_side() {
+    let conn = open();
+    let rows = 4000;
+    varied(&conn, rows);
+    let filter = filter_with(|f| f.since = Some(newest(rows) - Duration::days(7)));
+    for (order, cursor) in [(Order::Desc, 3000), (Order::Asc, 500)] {
+        let request = PageRequest {
+            limit: 10,
+            cursor: Some(Cursor::after_seq(cursor)),
+            order,
+            count: false,
+            through: Some(Cursor::after_seq(3500)),
+        };
+        let query = page_query(&conn, &filter, &request, 100).expect("query");
+        assert!(query.past_window.is_some(), "{order:?} walks a window");
+        let conditions = &query.sql[query.sql.find("WHERE").expect("a WHERE")..];
+        let bounds: usize = ["seq < ?", "seq > ?", "seq <= ?", "seq >= ?"]
+            .iter()
+            .map(|bound| conditions.matches(bound).count())
+            .sum();
+        assert_eq!(bounds, 2, "{order:?}: {}", query.sql);
+        let found = list(&conn, &filter, &request).expect("list");
+        assert_eq!(found.entries.len(), 10, "{order:?}");
+    }
+}
