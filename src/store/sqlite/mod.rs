@@ -160,7 +160,7 @@ fn open_connection(path: &Path, sync: SyncMode) -> Result<Connection, StoreError
     connection.pragma_update(None, "synchronous", synchronous)?;
     // A larger page cache keeps the hot index pages of appends in memory (64 MiB, not the 2 MiB
     // default); temporary b-trees stay in memory too.
-    connection.pragma_update(None, "cache_size", -65536)?;
+    connection.pragma_update(None, "cache_size", CACHE_SIZE)?;
     connection.pragma_update(None, "temp_store", "MEMORY")?;
     // Checkpoint every ~32 MiB of WAL rather than 4 MiB: an index page rewritten by many commits
     // is copied back to the database once per checkpoint, not once per 1000 pages of WAL.
@@ -180,13 +180,13 @@ fn migrate(connection: &mut Connection) -> Result<i64, StoreError> {
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let started = std::time::Instant::now();
-        if index + 1 == GENERATION_SCHEMA_VERSION as usize {
-            rebuild_generation_indexes(connection, sql, version > 0)?;
-        }
         if version > 0 {
             // Some upgrades rebuild indexes (version 8: seconds per million entries), before the
             // sidecar serves: say so rather than seem to hang.
             tracing::info!(from = index, to = index + 1, "upgrading the store's schema");
+        }
+        if index + 1 == GENERATION_SCHEMA_VERSION as usize {
+            rebuild_generation_indexes(connection, sql, version > 0)?;
         }
         let transaction = connection.transaction()?;
         transaction.execute_batch(sql)?;
@@ -202,6 +202,9 @@ fn migrate(connection: &mut Connection) -> Result<i64, StoreError> {
     }
     Ok(version)
 }
+
+/// SQLite's page cache of every connection the store opens, in KiB when negative: 64 MiB.
+const CACHE_SIZE: i64 = -65536;
 
 /// The schema version whose high-cardinality indexes lead with the generation
 /// (`schema_v8.sql`); [`rows::Table::of_entries`] reads files before it with their own indexes.
@@ -230,23 +233,41 @@ fn rebuild_generation_indexes(
             Some((name, line))
         })
         .collect();
-    connection.pragma_update(None, "temp_store", "FILE")?;
     connection.pragma_update(None, "cache_size", -16384)?;
     let result = (|| -> Result<(), StoreError> {
         for (name, create) in creates {
-            let rebuilt: bool = connection.query_row(
-                "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'index' AND name = ?1 \
-                 AND sql LIKE '%(seq >> 20)%'",
-                [name],
-                |row| row.get(0),
-            )?;
-            if rebuilt {
+            let started = std::time::Instant::now();
+            // The check and the rebuild in one write transaction: a second sidecar opening the
+            // file meanwhile waits, then finds the index rebuilt and leaves it.
+            let rebuild = |connection: &mut Connection| -> rusqlite::Result<bool> {
+                let transaction =
+                    connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let rebuilt: bool = transaction.query_row(
+                    "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'index' \
+                     AND name = ?1 AND sql LIKE '%(seq >> 20)%'",
+                    [name],
+                    |row| row.get(0),
+                )?;
+                if !rebuilt {
+                    transaction.execute_batch(&format!("DROP INDEX IF EXISTS {name}; {create}"))?;
+                }
+                transaction.commit()?;
+                Ok(!rebuilt)
+            };
+            connection.pragma_update(None, "temp_store", "FILE")?;
+            let rebuilt = match rebuild(connection) {
+                Ok(rebuilt) => rebuilt,
+                Err(error) => {
+                    // No writable temporary directory (a read-only root file system without
+                    // SQLITE_TMPDIR): sort in memory instead, which a small file can afford.
+                    tracing::warn!(index = name, %error, "rebuilding an index with its sort in temporary files failed; trying again in memory (set SQLITE_TMPDIR to a writable directory for large files)");
+                    connection.pragma_update(None, "temp_store", "MEMORY")?;
+                    rebuild(connection)?
+                }
+            };
+            if !rebuilt {
                 continue;
             }
-            let started = std::time::Instant::now();
-            let transaction = connection.transaction()?;
-            transaction.execute_batch(&format!("DROP INDEX IF EXISTS {name}; {create}"))?;
-            transaction.commit()?;
             // Each index's pages pass through the WAL once; copy them back before the next.
             connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
             if announce {
@@ -259,9 +280,11 @@ fn rebuild_generation_indexes(
         }
         Ok(())
     })();
-    connection.pragma_update(None, "temp_store", "MEMORY")?;
-    connection.pragma_update(None, "cache_size", -65536)?;
-    result
+    // The connection's own settings back, the rebuild's error (if any) kept over theirs.
+    let restored = connection
+        .pragma_update(None, "temp_store", "MEMORY")
+        .and_then(|()| connection.pragma_update(None, "cache_size", CACHE_SIZE));
+    result.and(restored.map_err(StoreError::from))
 }
 
 /// Loads the frontier of the stored tree, building the tree first for entries that predate it

@@ -910,8 +910,8 @@ fn page_query(
             // and filter by the tighter, walking past the window to the end of the range.
             let mut conditions = Conditions::from_filter(filter, Table::Other);
             let (from_start, to_boundary) = match page.order {
-                Order::Desc => ("seq < ?", "seq >= ?"),
-                Order::Asc => ("seq > ?", "seq <= ?"),
+                Order::Desc => ("seq <= ?", "seq >= ?"),
+                Order::Asc => ("seq >= ?", "seq <= ?"),
             };
             conditions.push(from_start, [Value::Integer(start)]);
             conditions.push(to_boundary, [Value::Integer(window.boundary)]);
@@ -926,14 +926,12 @@ fn page_query(
                 past_window: Some(window),
             });
         }
-        match seqs {
-            Some(Some((first, last))) => {
-                conditions.push("seq >= ?", [Value::Integer(first)]);
-                conditions.push("seq <= ?", [Value::Integer(last)]);
-            }
+        // The hours' positions bound the page with the cursor and the snapshot, one bound a side.
+        conditions =
+            page_condition_set_within(filter, page, ActorColumns::Either, sealed, seqs.flatten());
+        if seqs == Some(None) {
             // No sealed entry has an hour of the window.
-            Some(None) => conditions.push("seq < ?", [Value::Integer(0)]),
-            None => {}
+            conditions.push("seq < ?", [Value::Integer(0)]);
         }
         let (from, order_by) = match conditions.generation_index {
             // An equality on a generation-led index: read through it, a generation at a time.
@@ -993,10 +991,10 @@ fn page_rows(page: &PageRequest) -> i64 {
     i64::from(page.limit.clamp(1, MAX_LIMIT)) + 1
 }
 
-/// The window a page of a wide range walks first, newest first or oldest first: from `start`
-/// (excluded: the keyset position, the snapshot's bound or the end of `seqs`, whichever is
-/// tightest) to `boundary` (included), and the far end of what the listing may read past it, `end`
-/// (the oldest or newest sealed position, the snapshot's bound or the end of `seqs`).
+/// The window a page of a wide range walks first, newest first or oldest first: from `start` to
+/// `boundary`, both included (`start` is the first position the page may list: after the
+/// cursor, within the snapshot and `seqs`, and within the sealed positions), and the far end of
+/// what the listing may read past it, `end`, included (likewise the last).
 #[derive(Debug, Clone, Copy)]
 struct Walk {
     start: i64,
@@ -1014,58 +1012,128 @@ fn window_boundary(
     page: &PageRequest,
     seqs: Option<(i64, i64)>,
 ) -> rusqlite::Result<Option<Walk>> {
-    let positions = i64::try_from(WALK_POSITIONS_PER_ROW)
-        .unwrap_or(i64::MAX)
-        .saturating_mul(page_rows(page));
-    let to_i64 = |seq: u64| i64::try_from(seq).unwrap_or(i64::MAX);
+    let positions = i128::from(WALK_POSITIONS_PER_ROW) * i128::from(page_rows(page));
     // Reading min or max of the primary key alone is one seek each.
     let end = |sql: &str| -> rusqlite::Result<Option<i64>> {
         conn.prepare_cached(sql)?.query_row([], |row| row.get(0))
     };
-    match page.order {
+    let (Some(oldest), Some(newest)) = (
+        end("SELECT min(seq) FROM entries")?,
+        end("SELECT max(seq) FROM entries")?,
+    ) else {
+        return Ok(None);
+    };
+    let (lower, upper) = position_bounds(page, seqs);
+    let lower = lower.map_or(i128::from(oldest), |bound| {
+        bound.inclusive(false).max(oldest.into())
+    });
+    let upper = upper.map_or(i128::from(newest), |bound| {
+        bound.inclusive(true).min(newest.into())
+    });
+    // Every value below lies between `oldest` and `newest`, so it is an i64.
+    let walk = |start: i128, boundary: i128, end: i128| {
+        Some(Walk {
+            start: i64::try_from(start).ok()?,
+            boundary: i64::try_from(boundary).ok()?,
+            end: i64::try_from(end).ok()?,
+        })
+    };
+    Ok(match page.order {
         Order::Desc => {
-            let Some(oldest) = end("SELECT min(seq) FROM entries")? else {
-                return Ok(None);
-            };
-            let top = match page.cursor {
-                Some(cursor) => to_i64(cursor.seq()),
-                None => end("SELECT max(seq) FROM entries")?.map_or(0, |seq| seq.saturating_add(1)),
-            };
-            let top = page.through.map_or(top, |through| {
-                top.min(to_i64(through.seq()).saturating_add(1))
-            });
-            let (top, oldest) = match seqs {
-                Some((first, last)) => (top.min(last.saturating_add(1)), oldest.max(first)),
-                None => (top, oldest),
-            };
-            let boundary = top.saturating_sub(positions);
-            Ok((boundary > oldest).then_some(Walk {
-                start: top,
-                boundary,
-                end: oldest,
-            }))
+            let boundary = upper - positions + 1;
+            if boundary > lower {
+                walk(upper, boundary, lower)
+            } else {
+                None
+            }
         }
         Order::Asc => {
-            let Some(newest) = end("SELECT max(seq) FROM entries")? else {
-                return Ok(None);
-            };
-            let bottom = match page.cursor {
-                Some(cursor) => to_i64(cursor.seq()),
-                None => end("SELECT min(seq) FROM entries")?.map_or(0, |seq| seq.saturating_sub(1)),
-            };
-            let newest = page
-                .through
-                .map_or(newest, |through| newest.min(to_i64(through.seq())));
-            let (bottom, newest) = match seqs {
-                Some((first, last)) => (bottom.max(first.saturating_sub(1)), newest.min(last)),
-                None => (bottom, newest),
-            };
-            let boundary = bottom.saturating_add(positions);
-            Ok((boundary < newest).then_some(Walk {
-                start: bottom,
-                boundary,
-                end: newest,
-            }))
+            let boundary = lower + positions - 1;
+            if boundary < upper {
+                walk(lower, boundary, upper)
+            } else {
+                None
+            }
+        }
+    })
+}
+
+/// One bound on a page's positions, as the page states it: a cursor excludes its own position,
+/// a snapshot or an hour's last position includes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PositionBound {
+    Exclusive(i64),
+    Inclusive(i64),
+}
+
+impl PositionBound {
+    /// The bound as an inclusive position (`upper`: the highest position it lets through, else
+    /// the lowest), exact at the ends of i64.
+    fn inclusive(self, upper: bool) -> i128 {
+        match (self, upper) {
+            (PositionBound::Exclusive(seq), true) => i128::from(seq) - 1,
+            (PositionBound::Exclusive(seq), false) => i128::from(seq) + 1,
+            (PositionBound::Inclusive(seq), _) => i128::from(seq),
+        }
+    }
+}
+
+/// The page's positions as at most one lower and one upper bound: the tightest of the cursor,
+/// the snapshot (`through`) and `seqs` (the positions the window's hours hold) on each side.
+/// Given two bounds on one side, SQLite seeks by one and only filters by the other, so a walk
+/// from the looser one reads every position up to the tighter (every chunk of an export would
+/// start again at the snapshot's top; a past day's page walked from the day's end down to its
+/// start).
+fn position_bounds(
+    page: &PageRequest,
+    seqs: Option<(i64, i64)>,
+) -> (Option<PositionBound>, Option<PositionBound>) {
+    let mut lowers = Vec::new();
+    let mut uppers = Vec::new();
+    if let Some(through) = page.through {
+        // A snapshot past i64::MAX lets every position through.
+        if let Ok(seq) = i64::try_from(through.seq()) {
+            uppers.push(PositionBound::Inclusive(seq));
+        }
+    }
+    if let Some(cursor) = page.cursor {
+        match (page.order, i64::try_from(cursor.seq())) {
+            (Order::Desc, Ok(seq)) => uppers.push(PositionBound::Exclusive(seq)),
+            // A cursor past i64::MAX: every position is before it (newest first), none after.
+            (Order::Desc, Err(_)) => {}
+            (Order::Asc, Ok(seq)) => lowers.push(PositionBound::Exclusive(seq)),
+            (Order::Asc, Err(_)) => lowers.push(PositionBound::Exclusive(i64::MAX)),
+        }
+    }
+    if let Some((first, last)) = seqs {
+        lowers.push(PositionBound::Inclusive(first));
+        uppers.push(PositionBound::Inclusive(last));
+    }
+    (
+        lowers
+            .into_iter()
+            .max_by_key(|bound| bound.inclusive(false)),
+        uppers.into_iter().min_by_key(|bound| bound.inclusive(true)),
+    )
+}
+
+/// Adds `bounds` (from [`position_bounds`]) to `conditions`.
+fn push_position_bounds(
+    conditions: &mut Conditions,
+    (lower, upper): (Option<PositionBound>, Option<PositionBound>),
+) {
+    for (bound, exclusive, inclusive) in [
+        (lower, "seq > ?", "seq >= ?"),
+        (upper, "seq < ?", "seq <= ?"),
+    ] {
+        match bound {
+            Some(PositionBound::Exclusive(seq)) => {
+                conditions.push(exclusive, [Value::Integer(seq)])
+            }
+            Some(PositionBound::Inclusive(seq)) => {
+                conditions.push(inclusive, [Value::Integer(seq)])
+            }
+            None => {}
         }
     }
 }
@@ -1181,28 +1249,20 @@ fn page_condition_set(
     actor_columns: ActorColumns,
     table: Table,
 ) -> Conditions {
+    page_condition_set_within(filter, page, actor_columns, table, None)
+}
+
+/// [`page_condition_set`] within `seqs` too, with one position bound on each side
+/// ([`position_bounds`]).
+fn page_condition_set_within(
+    filter: &Filter,
+    page: &PageRequest,
+    actor_columns: ActorColumns,
+    table: Table,
+    seqs: Option<(i64, i64)>,
+) -> Conditions {
     let mut conditions = Conditions::from_filter_matching_actor(filter, actor_columns, table);
-    // Newest first with both a cursor and a snapshot bound, both are upper bounds: give SQLite
-    // only the tighter one. With two, it seeks by one and filters by the other, so every chunk of
-    // an export would start again at the snapshot's top and walk down to the cursor.
-    let through = match (page.order, page.through, page.cursor) {
-        (Order::Desc, Some(through), Some(cursor)) if cursor.seq() <= through.seq() => None,
-        (_, through, _) => through,
-    };
-    if let Some(through) = through {
-        let seq = i64::try_from(through.seq()).unwrap_or(i64::MAX);
-        conditions.push("seq <= ?", [Value::Integer(seq)]);
-    }
-    if let Some(cursor) = page.cursor {
-        // A cursor past i64::MAX cannot name a row; clamping keeps the comparison meaning "all
-        // rows" (desc) or "none" (asc) instead of overflowing.
-        let seq = i64::try_from(cursor.seq()).unwrap_or(i64::MAX);
-        let clause = match page.order {
-            Order::Desc => "seq < ?",
-            Order::Asc => "seq > ?",
-        };
-        conditions.push(clause, [Value::Integer(seq)]);
-    }
+    push_position_bounds(&mut conditions, position_bounds(page, seqs));
     conditions
 }
 

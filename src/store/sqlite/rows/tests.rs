@@ -2431,3 +2431,78 @@ fn a_wide_range_walk_bounds_the_position_once_each_side() {
         assert_eq!(found.entries.len(), 10, "{order:?}");
     }
 }
+
+/// Wide time windows listed through the hours' positions (`schema_v7.sql`), page after page in
+/// both orders under a snapshot bound as exports read them, with several walks and the index
+/// after them: every match up to the snapshot once, in order, against the rows themselves; and
+/// each statement bounds the position once a side, though the cursor, the snapshot and the hours
+/// each give one.
+#[test]
+fn time_window_pages_under_a_snapshot_hold_every_match_once() {
+    use crate::store::sqlite::log;
+    let conn = open();
+    let rows = 3000;
+    let all = varied(&conn, rows);
+    conn.execute_batch(include_str!("../schema_v6.sql"))
+        .expect("schema v6");
+    conn.execute_batch(include_str!("../schema_v7.sql"))
+        .expect("schema v7");
+    while !log::count_chunk(&conn).expect("counts") {}
+    while !log::range_chunk(&conn).expect("ranges") {}
+    assert!(mark_covers_sealed(&conn, "ranged_through").expect("ranged"));
+    let through = 2600;
+    let at = |hours: i64| Some(start() + Duration::hours(hours));
+    for (name, filter) in [
+        (
+            "day",
+            filter_with(|f| {
+                f.since = at(40);
+                f.until = at(64);
+            }),
+        ),
+        ("since", filter_with(|f| f.since = at(30))),
+        ("until", filter_with(|f| f.until = at(200))),
+    ] {
+        let mut expected: Vec<u64> = matching(&all, &filter)
+            .into_iter()
+            .filter(|seq| *seq <= through)
+            .collect();
+        assert!(expected.len() > 100, "{name} is wide");
+        for order in [Order::Asc, Order::Desc] {
+            if order == Order::Desc {
+                expected.reverse();
+            }
+            for walk_extensions in [0, WALK_EXTENSIONS] {
+                let knobs = Knobs {
+                    narrow_range_max_rows: 10,
+                    walk_extensions,
+                };
+                let mut found = Vec::new();
+                let mut cursor = None;
+                loop {
+                    let request = PageRequest {
+                        limit: 3,
+                        cursor,
+                        order,
+                        count: false,
+                        through: Some(Cursor::after_seq(through)),
+                    };
+                    let query = page_query(&conn, &filter, &request, 10).expect("query");
+                    let conditions = &query.sql[query.sql.find("WHERE").expect("a WHERE")..];
+                    for side in [["seq < ?", "seq <= ?"], ["seq > ?", "seq >= ?"]] {
+                        let bounds: usize =
+                            side.iter().map(|b| conditions.matches(b).count()).sum();
+                        assert!(bounds <= 1, "{name} {order:?}: {}", query.sql);
+                    }
+                    let page = list_with(&conn, &filter, &request, knobs).expect("list");
+                    found.extend(seqs(&page.entries));
+                    match page.next_cursor {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+                assert_eq!(found, expected, "{name} {order:?} {walk_extensions}");
+            }
+        }
+    }
+}
