@@ -280,6 +280,80 @@ impl StoredColumns<'_> {
         if metadata.get().len() != self.metadata.len() {
             return false;
         }
+        // What `serde_json` writes for `SerializedEntry` with these values, byte for byte (the
+        // test `stored_columns_are_written_as_serde_writes_them` holds the two together), without
+        // its serializer's calls per fragment: `verify` writes every entry of the log this way.
+        let mut json = JsonWriter(out);
+        json.key_first(b"action");
+        json.string(self.action);
+        json.key(b"actorEmail");
+        json.optional_string(self.actor_email);
+        json.key(b"actorId");
+        json.optional_string(self.actor_id);
+        json.key(b"actorName");
+        json.optional_string(self.actor_name);
+        json.key(b"actorSource");
+        json.optional_string(self.actor_source);
+        json.key(b"actorVerified");
+        json.raw(if self.actor_verified {
+            b"true"
+        } else {
+            b"false"
+        });
+        json.key(b"createdAt");
+        json.string(self.created_at);
+        json.key(b"durationUs");
+        json.optional_integer(self.duration_us);
+        json.key(b"error");
+        json.optional_string(self.error);
+        json.key(b"id");
+        json.string(self.id);
+        json.key(b"ip");
+        json.optional_string(self.ip);
+        json.key(b"logId");
+        json.string(self.log_id);
+        json.key(b"metadata");
+        json.raw(metadata.get().as_bytes());
+        json.key(b"method");
+        json.optional_string(self.method);
+        json.key(b"outcome");
+        json.string(self.outcome);
+        json.key(b"path");
+        json.optional_string(self.path);
+        json.key(b"requestId");
+        json.optional_string(self.request_id);
+        json.key(b"resourceId");
+        json.optional_string(self.resource_id);
+        json.key(b"resourceType");
+        json.optional_string(self.resource_type);
+        json.key(b"route");
+        json.optional_string(self.route);
+        json.key(b"rule");
+        json.optional_string(self.rule);
+        json.key(b"seq");
+        json.optional_integer(Some(self.seq));
+        json.key(b"status");
+        json.optional_integer(self.status.map(u64::from));
+        json.key(b"tenant");
+        json.optional_string(self.tenant);
+        json.key(b"userAgent");
+        json.optional_string(self.user_agent);
+        json.key(b"v");
+        json.raw(b"1}");
+        true
+    }
+
+    /// [`StoredColumns::canonical_bytes`] through `serde_json`, to hold the two together.
+    #[cfg(test)]
+    fn canonical_bytes_by_serde(&self, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let Ok(metadata) = serde_json::from_str::<&serde_json::value::RawValue>(self.metadata)
+        else {
+            return false;
+        };
+        if metadata.get().len() != self.metadata.len() {
+            return false;
+        }
         let canonical = SerializedEntry {
             action: self.action,
             actor_email: self.actor_email,
@@ -310,6 +384,78 @@ impl StoredColumns<'_> {
             v: Some(1),
         };
         serde_json::to_writer(&mut *out, &canonical).is_ok()
+    }
+}
+
+/// Writes JSON as `serde_json`'s compact formatter does: strings escaped with its rules (`"`,
+/// `\`, and the control characters below U+0020: `\b \t \n \f \r` by name, the others as
+/// `\u00xx` in lower-case hex; everything else as it is), numbers in decimal.
+struct JsonWriter<'a>(&'a mut Vec<u8>);
+
+impl JsonWriter<'_> {
+    fn key_first(&mut self, name: &[u8]) {
+        self.0.extend_from_slice(b"{\"");
+        self.0.extend_from_slice(name);
+        self.0.extend_from_slice(b"\":");
+    }
+
+    fn key(&mut self, name: &[u8]) {
+        self.0.extend_from_slice(b",\"");
+        self.0.extend_from_slice(name);
+        self.0.extend_from_slice(b"\":");
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn optional_integer(&mut self, value: Option<u64>) {
+        match value {
+            Some(value) => self
+                .0
+                .extend_from_slice(itoa::Buffer::new().format(value).as_bytes()),
+            None => self.0.extend_from_slice(b"null"),
+        }
+    }
+
+    fn optional_string(&mut self, text: Option<&str>) {
+        match text {
+            Some(text) => self.string(text),
+            None => self.0.extend_from_slice(b"null"),
+        }
+    }
+
+    fn string(&mut self, text: &str) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let bytes = text.as_bytes();
+        self.0.reserve(bytes.len() + 2);
+        self.0.push(b'"');
+        let mut start = 0;
+        for (index, &byte) in bytes.iter().enumerate() {
+            let escape: &[u8] = match byte {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                0x08 => b"\\b",
+                b'\t' => b"\\t",
+                b'\n' => b"\\n",
+                0x0c => b"\\f",
+                b'\r' => b"\\r",
+                0x00..=0x1f => &[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(byte >> 4)],
+                    HEX[usize::from(byte & 0xf)],
+                ],
+                _ => continue,
+            };
+            self.0.extend_from_slice(&bytes[start..index]);
+            self.0.extend_from_slice(escape);
+            start = index + 1;
+        }
+        self.0.extend_from_slice(&bytes[start..]);
+        self.0.push(b'"');
     }
 }
 
@@ -674,6 +820,95 @@ mod tests {
                 String::from_utf8_lossy(&written),
                 String::from_utf8_lossy(&expected)
             );
+        }
+    }
+
+    #[test]
+    fn stored_columns_are_written_as_serde_writes_them() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        // Every character serde_json escapes, the ones it does not (DEL, non-ASCII, U+2028), and
+        // plain text.
+        let alphabet: Vec<char> = (0u32..0x80)
+            .filter_map(char::from_u32)
+            .chain(['é', '😀', '\u{2028}', '\u{ffff}', 'a', 'a', 'a', 'a'])
+            .collect();
+        let mut texts: Vec<String> = vec![String::new(), "\"".into(), "\\".into(), "\u{1f}".into()];
+        for _ in 0..400 {
+            let length = rng.gen_range(0..24);
+            texts.push(
+                (0..length)
+                    .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                    .collect(),
+            );
+        }
+        let metadata = [
+            r#"{}"#,
+            r#"{"a":[1,"x\"y"],"b":null}"#,
+            r#"[]"#,
+            r#""s""#,
+            "1",
+        ];
+        let integers = [None, Some(0), Some(1), Some(1500), Some(u64::MAX)];
+        let (mut ours, mut serde) = (Vec::new(), Vec::new());
+        for case in 0..2000 {
+            let picked: Vec<&str> = (0..3)
+                .map(|_| texts[rng.gen_range(0..texts.len())].as_str())
+                .collect();
+            let (a, q, r) = (picked[0], picked[1], picked[2]);
+            let optional: Vec<Option<&str>> = (0..15)
+                .map(|_| {
+                    let text = texts[rng.gen_range(0..texts.len())].as_str();
+                    rng.gen_bool(0.7).then_some(text)
+                })
+                .collect();
+            let columns = StoredColumns {
+                seq: integers[case % 4 + 1].unwrap_or(1),
+                id: a,
+                log_id: q,
+                created_at: r,
+                actor_id: optional[0],
+                actor_email: optional[1],
+                actor_name: optional[2],
+                actor_source: optional[3],
+                actor_verified: case % 2 == 0,
+                tenant: optional[4],
+                action: a,
+                resource_type: optional[5],
+                resource_id: optional[6],
+                outcome: r,
+                status: integers[case % 5].map(|status| (status % 65_536) as u16),
+                method: optional[7],
+                path: optional[8],
+                route: optional[9],
+                rule: optional[10],
+                ip: optional[11],
+                user_agent: optional[12],
+                request_id: optional[13],
+                duration_us: integers[(case / 5) % 5],
+                error: optional[14],
+                metadata: metadata[case % metadata.len()],
+            };
+            assert!(columns.canonical_bytes_by_serde(&mut serde));
+            assert!(columns.canonical_bytes(&mut ours));
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&serde),
+                "case {case}"
+            );
+            // Metadata that is not one JSON value, or has white space around it, is refused by
+            // both.
+            for bad in ["", " {}", "{} ", "{", "nope", "{}{}"]
+                .into_iter()
+                .take(case % 7)
+            {
+                let columns = StoredColumns {
+                    metadata: bad,
+                    ..columns
+                };
+                assert!(!columns.canonical_bytes(&mut ours), "{bad:?}");
+                assert!(!columns.canonical_bytes_by_serde(&mut serde), "{bad:?}");
+            }
         }
     }
 

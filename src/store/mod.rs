@@ -125,6 +125,12 @@ pub struct PruneOutcome {
     pub count: u64,
 }
 
+/// Another way into a log's pages ([`LogReader::page_readers`]), sent to a thread of its own.
+pub trait PageReader: Send {
+    /// As [`LogReader::scan_log_stored`]; each page is read in a snapshot of its own, as there.
+    fn scan_log_stored(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError>;
+}
+
 /// The read side of a log that verification needs. Everything here is a plain read: it never
 /// repairs or rebuilds, so it can be pointed at a damaged or tampered database.
 pub trait LogReader {
@@ -140,7 +146,7 @@ pub trait LogReader {
 
     /// As [`LogReader::scan_log`], but a row may come as its values copied, in
     /// `LogSlot::stored`, rather than decoded (`verify`'s walk, which only hashes most of them,
-    /// on another thread than the one reading). Rows of `audit.pruned` entries, whose claims the
+    /// on other threads than the one checking). Rows of `audit.pruned` entries, whose claims the
     /// walk checks, still come as entries. By default, `scan_log`.
     fn scan_log_stored(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
         self.scan_log(first_seq, max)
@@ -153,6 +159,14 @@ pub trait LogReader {
     fn stored_form(&self, entry: &AuditEntry) -> Option<StoredRow> {
         let _ = entry;
         None
+    }
+
+    /// Up to `count` more ways into this log's pages, each to be used on a thread of its own,
+    /// so that `verify`'s walk reads and hashes several pages at once (SQLite: another read-only
+    /// connection to the same file each). None by default: the walk then reads on one thread.
+    fn page_readers(&self, count: usize) -> Result<Vec<Box<dyn PageReader + '_>>, StoreError> {
+        let _ = count;
+        Ok(Vec::new())
     }
 
     /// The sequence numbers of the positions marked as pruned by the `audit.pruned` entry at

@@ -231,8 +231,21 @@ pub fn verify_database(
     heads_file: Option<&Path>,
     keys: &[LogVerifier],
 ) -> Result<VerifyReport, VerifyError> {
-    let reader = SqliteLogReader::open(db)?;
-    let report = verify_log(&reader, heads_file, keys)?;
+    verify_database_on(db, heads_file, keys, check::default_page_threads())
+}
+
+/// [`verify_database`] reading and hashing the log's pages on `page_threads` threads (0 or 1:
+/// one thread reads while another hashes).
+pub fn verify_database_on(
+    db: &Path,
+    heads_file: Option<&Path>,
+    keys: &[LogVerifier],
+    page_threads: usize,
+) -> Result<VerifyReport, VerifyError> {
+    let connections = if page_threads >= 2 { page_threads } else { 0 };
+    let reader = SqliteLogReader::open(db)?.with_page_readers(connections)?;
+    let check = LogCheck::new(keys.to_vec()).with_page_threads(page_threads);
+    let report = verify_log_with(&reader, heads_file, check)?;
     reader.check_unchanged()?;
     Ok(report)
 }
@@ -243,8 +256,16 @@ pub fn verify_log<R: LogReader + ?Sized>(
     heads_file: Option<&Path>,
     keys: &[LogVerifier],
 ) -> Result<VerifyReport, VerifyError> {
+    verify_log_with(reader, heads_file, LogCheck::new(keys.to_vec()))
+}
+
+/// [`verify_log`] with a new check (`LogCheck::new`, its threads set or not).
+fn verify_log_with<R: LogReader + ?Sized>(
+    reader: &R,
+    heads_file: Option<&Path>,
+    mut check: LogCheck,
+) -> Result<VerifyReport, VerifyError> {
     let stored = stored_heads(reader)?;
-    let mut check = LogCheck::new(keys.to_vec());
     let mut heads = stored.clone();
     if let Some(path) = heads_file {
         let (published, problems) = read_heads_file(path)?;

@@ -18,7 +18,7 @@ use auditgate::store::retention::{prune_all, PrunePlan, PrunedBy};
 use auditgate::store::sqlite::SqliteStore;
 use auditgate::store::Store;
 use auditgate::verify::check::VerifyReport;
-use auditgate::verify::{verify_database, verify_export};
+use auditgate::verify::{verify_database, verify_database_on, verify_export};
 use rusqlite::Connection;
 use serde_json::Value;
 
@@ -2029,19 +2029,86 @@ fn a_stray_row_far_beyond_the_log_does_not_stall_verify() {
         fixture.heads.clone(),
         fixture.public_key(),
     );
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(verify_database(&db, Some(&heads), &[key]).expect("readable"));
-    });
-    let report = receiver
-        .recv_timeout(Duration::from_secs(120))
-        .expect("verify stops at the gap instead of walking to the stray row");
-    assert_tampered(
-        &report,
-        Some(21),
-        "position 21 has neither an entry nor a leaf hash",
+    // On one thread and on several (the walk reads whole pages of empty positions either way).
+    for threads in [1, 3] {
+        let (db, heads, key) = (db.clone(), heads.clone(), key.clone());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender
+                .send(verify_database_on(&db, Some(&heads), &[key], threads).expect("readable"));
+        });
+        let report = receiver
+            .recv_timeout(Duration::from_secs(120))
+            .expect("verify stops at the gap instead of walking to the stray row");
+        assert_tampered(
+            &report,
+            Some(21),
+            "position 21 has neither an entry nor a leaf hash",
+        );
+        assert!(report.size < 10_000, "the walk stopped: {}", report.size);
+    }
+}
+
+#[test]
+fn a_walk_on_several_threads_reports_what_the_walk_on_one_does() {
+    // Six pages of 4,096 positions, heads signed along the way, a retention prune (the pruned
+    // positions, their record and its claim checked across pages), then edits on pages that
+    // different threads read: `auditgate verify` on one thread and on two, three and four must
+    // report the same, problem for problem.
+    let mut fixture = Fixture::new(0, 10);
+    fixture.extend(9_000, 3_000, chrono::Duration::days(120));
+    fixture.extend(12_000, 3_000, chrono::Duration::zero());
+    let store = SqliteStore::open(&fixture.db, SyncMode::Normal).expect("store");
+    let plan = PrunePlan {
+        default_cutoff: Some(chrono::Utc::now() - chrono::Duration::days(90)),
+        rules: Vec::new(),
+    };
+    let summary =
+        prune_all(&store, &plan, "tamper-test", &PrunedBy::Retention, &|| true).expect("prunes");
+    assert_eq!(summary.entries(), 9_000);
+    fixture.size += 1;
+    fixture.sign(&store);
+    fixture.extend(100, 100, chrono::Duration::zero());
+    drop(store);
+    let verify = |threads: usize| {
+        verify_database_on(
+            &fixture.db,
+            Some(&fixture.heads),
+            &[fixture.public_key()],
+            threads,
+        )
+        .expect("readable")
+    };
+    for threads in [1, 2, 4] {
+        let report = verify(threads);
+        assert!(report.ok(), "{threads}: {}", problem_text(&report));
+        assert_eq!((report.entries, report.pruned), (12_101, 9_000));
+    }
+    fixture.sql(
+        "UPDATE entries SET action = 'user.read' WHERE seq = 9050;
+         DELETE FROM entries WHERE seq = 13000;
+         UPDATE entries SET resource_id = 'elsewhere' WHERE seq = 17000;
+         DELETE FROM entries WHERE seq = 21050;",
     );
-    assert!(report.size < 10_000, "the walk stopped: {}", report.size);
+    let one = verify(1);
+    let text = problem_text(&one);
+    assert_tampered(&one, Some(9050), "entry 9050 was changed");
+    for needle in [
+        "entry 13000 is missing",
+        "entry 17000 was changed",
+        "entry 21050 is missing",
+    ] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    for threads in [2, 3, 4] {
+        let report = verify(threads);
+        assert_eq!(problem_text(&report), text, "{threads} threads");
+        assert_eq!(
+            (report.size, report.entries, report.pruned, report.heads),
+            (one.size, one.entries, one.pruned, one.heads),
+            "{threads} threads"
+        );
+    }
 }
 
 /// Copies a stopped sidecar's database (with any WAL) to `to`, or back from it.

@@ -31,7 +31,8 @@ use crate::store::query::{Cursor, CursorKind, Filter, PageRequest};
 use crate::store::retention::PrunePlan;
 use crate::store::{Bucket, Page, StatsBy};
 use crate::store::{
-    LogPage, LogReader, PruneOutcome, Store, StoreError, StoredCosignature, StoredHead, TreeState,
+    LogPage, LogReader, PageReader, PruneOutcome, Store, StoreError, StoredCosignature, StoredHead,
+    TreeState,
 };
 use readonly::{wal_path, ReadOnlySource};
 
@@ -1065,6 +1066,9 @@ impl Store for SqliteStore {
 pub struct SqliteLogReader {
     connection: Connection,
     source: ReadOnlySource,
+    /// More connections to the same file, opened with the first
+    /// ([`SqliteLogReader::with_page_readers`]): each lent to a thread of `verify`'s walk.
+    page_connections: Mutex<Vec<Connection>>,
 }
 
 impl SqliteLogReader {
@@ -1090,7 +1094,26 @@ impl SqliteLogReader {
                  was never opened by a version that keeps the tree)"
             )));
         }
-        Ok(SqliteLogReader { connection, source })
+        Ok(SqliteLogReader {
+            connection,
+            source,
+            page_connections: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The reader with `count` more connections to the file, opened now, right after the
+    /// first, so that every thread of a walk reads the file the reader opened (a path renamed
+    /// or replaced later is not reopened).
+    pub fn with_page_readers(self, count: usize) -> Result<SqliteLogReader, StoreError> {
+        let connections = (0..count)
+            .map(|_| self.source.connect())
+            .collect::<Result<Vec<_>, _>>()?;
+        *self
+            .page_connections
+            .lock()
+            .map_err(|_| StoreError::Other("the page connections' lock is poisoned".into()))? =
+            connections;
+        Ok(self)
     }
 
     /// Fails when the file changed while it was read without a lock (see
@@ -1100,9 +1123,51 @@ impl SqliteLogReader {
     }
 }
 
+/// One of [`SqliteLogReader`]'s page connections, lent to a thread of `verify`'s walk and given
+/// back when dropped.
+struct SqlitePageReader<'a> {
+    connection: Option<Connection>,
+    home: &'a Mutex<Vec<Connection>>,
+}
+
+impl PageReader for SqlitePageReader<'_> {
+    fn scan_log_stored(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
+        let connection = self
+            .connection
+            .as_ref()
+            .ok_or_else(|| StoreError::Other("a page connection was given back".into()))?;
+        self::log::scan_log(connection, first_seq, max, true)
+    }
+}
+
+impl Drop for SqlitePageReader<'_> {
+    fn drop(&mut self) {
+        if let (Some(connection), Ok(mut home)) = (self.connection.take(), self.home.lock()) {
+            home.push(connection);
+        }
+    }
+}
+
 impl LogReader for SqliteLogReader {
     fn keeps_node_level(&self, level: u32) -> bool {
         self::log::keeps_level(level)
+    }
+
+    fn page_readers(&self, count: usize) -> Result<Vec<Box<dyn PageReader + '_>>, StoreError> {
+        let mut idle = self
+            .page_connections
+            .lock()
+            .map_err(|_| StoreError::Other("the page connections' lock is poisoned".into()))?;
+        let lent = idle.len().min(count);
+        Ok(idle
+            .drain(..lent)
+            .map(|connection| {
+                Box::new(SqlitePageReader {
+                    connection: Some(connection),
+                    home: &self.page_connections,
+                }) as Box<dyn PageReader + '_>
+            })
+            .collect())
     }
 
     fn keeps_counts(&self) -> bool {
@@ -1610,6 +1675,232 @@ mod tests {
                 .is_some());
             self.store.count_problems(walked)
         }
+    }
+
+    /// A store whose walk reads its pages on threads: each page reader reads through the store's
+    /// own connections, records which pages it read, and may return one page cut short (as when
+    /// the log changes under the walk).
+    struct PagesOnThreads<'a> {
+        store: &'a SqliteStore,
+        reads: std::sync::Mutex<Vec<(usize, u64)>>,
+        short_at: Option<u64>,
+        fail_at: Option<u64>,
+    }
+
+    struct StorePages<'a> {
+        store: &'a SqliteStore,
+        index: usize,
+        reads: &'a std::sync::Mutex<Vec<(usize, u64)>>,
+        short_at: Option<u64>,
+        fail_at: Option<u64>,
+    }
+
+    impl PageReader for StorePages<'_> {
+        fn scan_log_stored(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
+            self.reads
+                .lock()
+                .expect("reads")
+                .push((self.index, first_seq));
+            if self.fail_at == Some(first_seq) {
+                return Err(StoreError::Other(format!("page {first_seq} unreadable")));
+            }
+            let max = if self.short_at == Some(first_seq) {
+                max / 2
+            } else {
+                max
+            };
+            self.store.scan_log_stored(first_seq, max)
+        }
+    }
+
+    impl LogReader for PagesOnThreads<'_> {
+        fn page_readers(&self, count: usize) -> Result<Vec<Box<dyn PageReader + '_>>, StoreError> {
+            Ok((0..count)
+                .map(|index| {
+                    Box::new(StorePages {
+                        store: self.store,
+                        index,
+                        reads: &self.reads,
+                        short_at: self.short_at,
+                        fail_at: self.fail_at,
+                    }) as Box<dyn PageReader>
+                })
+                .collect())
+        }
+        fn tree_size(&self) -> Result<u64, StoreError> {
+            self.store.tree_size()
+        }
+        fn max_entry_seq(&self) -> Result<u64, StoreError> {
+            self.store.max_entry_seq()
+        }
+        fn scan_log(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
+            self.store.scan_log(first_seq, max)
+        }
+        fn scan_log_stored(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
+            self.reads
+                .lock()
+                .expect("reads")
+                .push((usize::MAX, first_seq));
+            self.store.scan_log_stored(first_seq, max)
+        }
+        fn stored_form(&self, entry: &AuditEntry) -> Option<StoredRow> {
+            self.store.stored_form(entry)
+        }
+        fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError> {
+            self.store.pruned_by(record_seq)
+        }
+        fn root_at(&self, size: u64) -> Result<Hash, StoreError> {
+            self.store.root_at(size)
+        }
+        fn node_range(
+            &self,
+            level: u32,
+            first: u64,
+            count: usize,
+        ) -> Result<Vec<Hash>, StoreError> {
+            self.store.node_range(level, first, count)
+        }
+        fn keeps_node_level(&self, level: u32) -> bool {
+            self.store.keeps_node_level(level)
+        }
+        fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError> {
+            self.store.heads_after(after_id, limit)
+        }
+        fn cosignatures(
+            &self,
+            origin: &str,
+            size: u64,
+            root_hash: &Hash,
+        ) -> Result<Vec<StoredCosignature>, StoreError> {
+            self.store.cosignatures(origin, size, root_hash)
+        }
+        fn keeps_counts(&self) -> bool {
+            self.store.keeps_counts()
+        }
+        fn count_problems(&self, walked: &CountTally) -> Result<Option<Vec<String>>, StoreError> {
+            self.store.count_problems(walked)
+        }
+    }
+
+    #[test]
+    fn a_walk_on_threads_reports_what_the_walk_on_one_does() {
+        const PAGE: u64 = 4096;
+        let (dir, db) = temp_db("walk-threads");
+        let store = SqliteStore::open(&db, SyncMode::Normal).expect("opens");
+        let now = chrono::Utc::now();
+        let mut batch: Vec<AuditEntry> = (0..5 * PAGE + 100)
+            .map(|index| {
+                let mut entry =
+                    AuditEntry::new("t", if index % 3 == 0 { "auth.x" } else { "user.x" });
+                entry.created_at = now - chrono::Duration::seconds(100_000 - index as i64);
+                entry.actor_id = Some(format!("u{}", index % 11));
+                entry.resource_id = Some(format!("r{index}"));
+                entry
+            })
+            .collect();
+        store.append(&mut batch).expect("appends");
+        assert!(store
+            .checkpoint(std::time::Duration::from_secs(5))
+            .expect("seals"));
+        let walk = |threads: usize, short_at: Option<u64>| {
+            let reader = PagesOnThreads {
+                store: &store,
+                reads: Default::default(),
+                short_at,
+                fail_at: None,
+            };
+            let report = LogCheck::new(Vec::new())
+                .with_page_threads(threads)
+                .finish(&reader)
+                .expect("verifies");
+            let mut reads = reader.reads.into_inner().expect("reads");
+            reads.sort_by_key(|(_, first)| *first);
+            (report, reads)
+        };
+        let described = |report: &crate::verify::check::VerifyReport| {
+            report
+                .problems
+                .iter()
+                .map(|problem| format!("{:?} {}", problem.seq, problem.message))
+                .collect::<Vec<_>>()
+        };
+
+        let (intact, reads) = walk(2, None);
+        assert!(intact.ok(), "{intact:?}");
+        assert_eq!(intact.entries, 5 * PAGE + 100);
+        // Pages 0, 2, 4 on the first reader, 1, 3, 5 on the second; nothing read on one thread.
+        let expected: Vec<(usize, u64)> = (0..6)
+            .map(|page| ((page % 2) as usize, page * PAGE + 1))
+            .collect();
+        assert_eq!(reads, expected);
+
+        // Edits on pages the two readers read: each found, at its own position, in log order,
+        // exactly as the walk on one thread reports them, with two, three or four readers.
+        Connection::open(&db)
+            .expect("opens")
+            .execute_batch(&format!(
+                "UPDATE entries SET action = 'user.read' WHERE seq = 5;
+                 DELETE FROM entries WHERE seq = {};
+                 UPDATE entries SET resource_id = 'elsewhere' WHERE seq = {};
+                 UPDATE entries SET actor_id = 'u99' WHERE seq = {};",
+                PAGE + 104,
+                2 * PAGE + 7,
+                5 * PAGE + 50
+            ))
+            .expect("edits");
+        let (one, reads) = walk(1, None);
+        assert!(reads.iter().all(|(reader, _)| *reader == usize::MAX));
+        let one_text = described(&one);
+        assert!(!one.ok());
+        let positions: Vec<Option<u64>> = one.problems.iter().map(|problem| problem.seq).collect();
+        for seq in [5, PAGE + 104, 2 * PAGE + 7, 5 * PAGE + 50] {
+            assert!(positions.contains(&Some(seq)), "{seq}: {one_text:?}");
+        }
+        for threads in [2, 3, 4] {
+            let (report, reads) = walk(threads, None);
+            assert_eq!(described(&report), one_text, "{threads} threads");
+            assert_eq!(
+                (report.entries, report.size, report.problem_count),
+                (one.entries, one.size, one.problem_count)
+            );
+            let turns: Vec<(usize, u64)> = (0..6)
+                .map(|page| ((page % threads as u64) as usize, page * PAGE + 1))
+                .collect();
+            assert_eq!(reads, turns, "{threads} threads");
+        }
+
+        // A page cut short (the log changed under the walk): the threads stop there and the walk
+        // goes on on one thread from the last position checked, reporting the same.
+        let (report, reads) = walk(2, Some(2 * PAGE + 1));
+        assert_eq!(described(&report), one_text);
+        assert_eq!(report.entries, one.entries);
+        assert!(reads.contains(&(usize::MAX, 2 * PAGE + 1)), "{reads:?}");
+
+        // A page a thread cannot read fails the walk, as on one thread; nothing waits forever.
+        for threads in [1, 2, 3] {
+            let reader = PagesOnThreads {
+                store: &store,
+                reads: Default::default(),
+                short_at: None,
+                fail_at: Some(3 * PAGE + 1),
+            };
+            let failed = LogCheck::new(Vec::new())
+                .with_page_threads(threads)
+                .finish(&reader);
+            let error = failed.err().map(|error| error.to_string());
+            if threads == 1 {
+                // On one thread the store's own reader reads, which has no failing page.
+                assert_eq!(error, None);
+            } else {
+                assert!(
+                    error
+                        .as_deref()
+                        .is_some_and(|error| error.contains("page 12289 unreadable")),
+                    "{threads}: {error:?}"
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -205,7 +205,7 @@ pub fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<AuditEntry> {
 }
 
 /// A row selected with [`ENTRY_COLUMNS`], copied into a [`StoredRow`] (whose value order is
-/// that of the columns) for `verify`'s hashing thread; `None` for a row of an `audit.pruned`
+/// that of the columns) for `verify`'s hashing; `None` for a row of an `audit.pruned`
 /// entry, whose claim `verify` checks, so it comes decoded.
 pub fn stored_row(row: &Row<'_>) -> Option<StoredRow> {
     if matches!(row.get_ref(10).ok()?, ValueRef::Text(action) if action == PRUNED_ACTION.as_bytes())
