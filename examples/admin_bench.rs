@@ -15,6 +15,11 @@
 //! through `/proc/self/clear_refs`, shown as is and minus the resident set just before (what one
 //! export adds). Flat memory means neither grows with N. The idle figure already holds heap the
 //! allocator kept from seeding and SQLite's page caches, which an export may reuse.
+//!
+//! Environment: `ADMIN_BENCH_DB=PATH` keeps the store there (seeded when new, reused as it is
+//! otherwise); `ADMIN_BENCH_RUNS=N` runs per query; `ADMIN_BENCH_EXPORTS=0` measures the queries
+//! only; `ADMIN_BENCH_QUERIES=0` the exports only (on a store larger than the page cache, the
+//! queries' warm-up runs read from disk for minutes).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -352,7 +357,8 @@ async fn main() -> anyhow::Result<()> {
     println!("## Admin API over {count} entries\n");
     println!("| query | kind | p50 ms | p95 ms | max ms | body bytes (median) |");
     println!("|---|---|---:|---:|---:|---:|");
-    for (label, kind, uris) in &cases {
+    let queries = std::env::var("ADMIN_BENCH_QUERIES").as_deref() != Ok("0");
+    for (label, kind, uris) in cases.iter().filter(|_| queries) {
         // Warm the page cache and the statement cache first.
         for uri in uris.iter().take(3) {
             bench.get(uri).await?;
