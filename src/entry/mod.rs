@@ -165,12 +165,72 @@ impl AuditEntry {
     /// Writes [`AuditEntry::to_api_json`]'s object, byte for byte as `serde_json` writes it, straight
     /// from the entry's fields (exports and the SIEM stream write hundreds of thousands a second;
     /// building the `Value` first was most of their time).
-    pub fn write_api_json<W: std::io::Write>(&self, out: W) -> serde_json::Result<()> {
-        let mut api = self.serialized();
-        // The same number `to_api_json` carries; the API form has no `v`.
-        api.duration_ms = Some(self.duration_us.map(|us| (us as f64) / 1000.0));
-        api.v = None;
-        serde_json::to_writer(out, &api)
+    /// The fields are written one by one ([`JsonWriter`], as for the canonical form that `verify`
+    /// writes); the metadata and the milliseconds, a float, by `serde_json` itself.
+    pub fn write_api_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let mut json = JsonWriter(out);
+        json.key_first(b"action");
+        json.string(&self.action);
+        json.key(b"actorEmail");
+        json.optional_string(self.actor_email.as_deref());
+        json.key(b"actorId");
+        json.optional_string(self.actor_id.as_deref());
+        json.key(b"actorName");
+        json.optional_string(self.actor_name.as_deref());
+        json.key(b"actorSource");
+        json.optional_string(self.actor_source.as_deref());
+        json.key(b"actorVerified");
+        json.raw(if self.actor_verified {
+            b"true"
+        } else {
+            b"false"
+        });
+        json.key(b"createdAt");
+        json.string(&format_timestamp(&self.created_at));
+        // The same number `to_api_json` carries.
+        json.key(b"durationMs");
+        match self.duration_us {
+            Some(us) => serde_json::to_writer(&mut *json.0, &((us as f64) / 1000.0))?,
+            None => json.raw(b"null"),
+        }
+        json.key(b"durationUs");
+        json.optional_integer(self.duration_us);
+        json.key(b"error");
+        json.optional_string(self.error.as_deref());
+        json.key(b"id");
+        json.string(&self.id);
+        json.key(b"ip");
+        json.optional_string(self.ip.as_deref());
+        json.key(b"logId");
+        json.string(&self.log_id);
+        json.key(b"metadata");
+        serde_json::to_writer(&mut *json.0, &self.metadata)?;
+        json.key(b"method");
+        json.optional_string(self.method.as_deref());
+        json.key(b"outcome");
+        json.string(self.outcome.as_str());
+        json.key(b"path");
+        json.optional_string(self.path.as_deref());
+        json.key(b"requestId");
+        json.optional_string(self.request_id.as_deref());
+        json.key(b"resourceId");
+        json.optional_string(self.resource_id.as_deref());
+        json.key(b"resourceType");
+        json.optional_string(self.resource_type.as_deref());
+        json.key(b"route");
+        json.optional_string(self.route.as_deref());
+        json.key(b"rule");
+        json.optional_string(self.rule.as_deref());
+        json.key(b"seq");
+        json.optional_integer(Some(self.seq));
+        json.key(b"status");
+        json.optional_integer(self.status.map(u64::from));
+        json.key(b"tenant");
+        json.optional_string(self.tenant.as_deref());
+        json.key(b"userAgent");
+        json.optional_string(self.user_agent.as_deref());
+        json.raw(b"}");
+        Ok(())
     }
 
     /// The entry's fields borrowed in the canonical form's shape (see [`SerializedEntry`]).
@@ -819,6 +879,74 @@ mod tests {
             assert_eq!(
                 String::from_utf8_lossy(&written),
                 String::from_utf8_lossy(&expected)
+            );
+        }
+    }
+
+    #[test]
+    fn random_entries_are_written_in_the_api_form_byte_for_byte_as_their_json_value() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+        let alphabet: Vec<char> = (0u32..0x80)
+            .filter_map(char::from_u32)
+            .chain(['é', '😀', '\u{2028}', '\u{ffff}', 'a', 'a', 'a', 'a'])
+            .collect();
+        let text = |rng: &mut rand::rngs::StdRng| -> String {
+            let length = rng.gen_range(0..20);
+            (0..length)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect()
+        };
+        let durations = [
+            None,
+            Some(0),
+            Some(1),
+            Some(999),
+            Some(1500),
+            Some(u64::MAX),
+        ];
+        let statuses = [None, Some(0), Some(200), Some(u16::MAX)];
+        let mut written = Vec::new();
+        for case in 0..1000 {
+            let mut entry = AuditEntry::new(&text(&mut rng), text(&mut rng));
+            entry.seq = rng.gen();
+            entry.created_at += chrono::Duration::microseconds(rng.gen_range(0..1_000_000_000));
+            let optional = |rng: &mut rand::rngs::StdRng| rng.gen_bool(0.7).then(|| text(rng));
+            entry.actor_id = optional(&mut rng);
+            entry.actor_email = optional(&mut rng);
+            entry.actor_name = optional(&mut rng);
+            entry.actor_source = optional(&mut rng);
+            entry.actor_verified = rng.gen_bool(0.5);
+            entry.tenant = optional(&mut rng);
+            entry.resource_type = optional(&mut rng);
+            entry.resource_id = optional(&mut rng);
+            entry.method = optional(&mut rng);
+            entry.path = optional(&mut rng);
+            entry.route = optional(&mut rng);
+            entry.rule = optional(&mut rng);
+            entry.ip = optional(&mut rng);
+            entry.user_agent = optional(&mut rng);
+            entry.request_id = optional(&mut rng);
+            entry.error = optional(&mut rng);
+            entry.outcome = [Outcome::Success, Outcome::Unknown][case % 2];
+            entry.duration_us = durations[case % durations.len()];
+            entry.status = statuses[case % statuses.len()];
+            for _ in 0..rng.gen_range(0..4) {
+                let value = match rng.gen_range(0..4) {
+                    0 => Value::from(text(&mut rng)),
+                    1 => Value::from(rng.gen::<f64>()),
+                    2 => serde_json::json!({ text(&mut rng): [1, text(&mut rng), null] }),
+                    _ => Value::from(rng.gen::<i64>()),
+                };
+                entry.metadata.insert(text(&mut rng), value);
+            }
+            written.clear();
+            entry.write_api_json(&mut written).expect("writes");
+            let expected = serde_json::to_vec(&entry.to_api_json()).expect("serializes");
+            assert_eq!(
+                String::from_utf8_lossy(&written),
+                String::from_utf8_lossy(&expected),
+                "case {case}"
             );
         }
     }
