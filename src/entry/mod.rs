@@ -165,72 +165,14 @@ impl AuditEntry {
     /// Writes [`AuditEntry::to_api_json`]'s object, byte for byte as `serde_json` writes it, straight
     /// from the entry's fields (exports and the SIEM stream write hundreds of thousands a second;
     /// building the `Value` first was most of their time).
-    /// The fields are written one by one ([`JsonWriter`], as for the canonical form that `verify`
-    /// writes); the metadata and the milliseconds, a float, by `serde_json` itself.
+    /// The fields are written one by one ([`SerializedEntry::write_json`], as for the canonical
+    /// form that `verify` writes); the metadata and the milliseconds, a float, by `serde_json`.
     pub fn write_api_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        let mut json = JsonWriter(out);
-        json.key_first(b"action");
-        json.string(&self.action);
-        json.key(b"actorEmail");
-        json.optional_string(self.actor_email.as_deref());
-        json.key(b"actorId");
-        json.optional_string(self.actor_id.as_deref());
-        json.key(b"actorName");
-        json.optional_string(self.actor_name.as_deref());
-        json.key(b"actorSource");
-        json.optional_string(self.actor_source.as_deref());
-        json.key(b"actorVerified");
-        json.raw(if self.actor_verified {
-            b"true"
-        } else {
-            b"false"
-        });
-        json.key(b"createdAt");
-        json.string(&format_timestamp(&self.created_at));
-        // The same number `to_api_json` carries.
-        json.key(b"durationMs");
-        match self.duration_us {
-            Some(us) => serde_json::to_writer(&mut *json.0, &((us as f64) / 1000.0))?,
-            None => json.raw(b"null"),
-        }
-        json.key(b"durationUs");
-        json.optional_integer(self.duration_us);
-        json.key(b"error");
-        json.optional_string(self.error.as_deref());
-        json.key(b"id");
-        json.string(&self.id);
-        json.key(b"ip");
-        json.optional_string(self.ip.as_deref());
-        json.key(b"logId");
-        json.string(&self.log_id);
-        json.key(b"metadata");
-        serde_json::to_writer(&mut *json.0, &self.metadata)?;
-        json.key(b"method");
-        json.optional_string(self.method.as_deref());
-        json.key(b"outcome");
-        json.string(self.outcome.as_str());
-        json.key(b"path");
-        json.optional_string(self.path.as_deref());
-        json.key(b"requestId");
-        json.optional_string(self.request_id.as_deref());
-        json.key(b"resourceId");
-        json.optional_string(self.resource_id.as_deref());
-        json.key(b"resourceType");
-        json.optional_string(self.resource_type.as_deref());
-        json.key(b"route");
-        json.optional_string(self.route.as_deref());
-        json.key(b"rule");
-        json.optional_string(self.rule.as_deref());
-        json.key(b"seq");
-        json.optional_integer(Some(self.seq));
-        json.key(b"status");
-        json.optional_integer(self.status.map(u64::from));
-        json.key(b"tenant");
-        json.optional_string(self.tenant.as_deref());
-        json.key(b"userAgent");
-        json.optional_string(self.user_agent.as_deref());
-        json.raw(b"}");
-        Ok(())
+        let mut api = self.serialized();
+        // The same number `to_api_json` carries; the API form has no `v`.
+        api.duration_ms = Some(self.duration_us.map(|us| (us as f64) / 1000.0));
+        api.v = None;
+        api.write_json(out)
     }
 
     /// The entry's fields borrowed in the canonical form's shape (see [`SerializedEntry`]).
@@ -331,90 +273,29 @@ impl StoredColumns<'_> {
     /// around it.
     pub fn canonical_bytes(&self, out: &mut Vec<u8>) -> bool {
         out.clear();
-        let Ok(metadata) = serde_json::from_str::<&serde_json::value::RawValue>(self.metadata)
-        else {
+        let Some(metadata) = self.metadata_value() else {
             return false;
         };
-        // The value without white space around it, which the parse leaves out: such text is not
-        // what a store writes, and is decoded instead.
-        if metadata.get().len() != self.metadata.len() {
-            return false;
-        }
-        // What `serde_json` writes for `SerializedEntry` with these values, byte for byte (the
-        // test `stored_columns_are_written_as_serde_writes_them` holds the two together), without
-        // its serializer's calls per fragment: `verify` writes every entry of the log this way.
-        let mut json = JsonWriter(out);
-        json.key_first(b"action");
-        json.string(self.action);
-        json.key(b"actorEmail");
-        json.optional_string(self.actor_email);
-        json.key(b"actorId");
-        json.optional_string(self.actor_id);
-        json.key(b"actorName");
-        json.optional_string(self.actor_name);
-        json.key(b"actorSource");
-        json.optional_string(self.actor_source);
-        json.key(b"actorVerified");
-        json.raw(if self.actor_verified {
-            b"true"
-        } else {
-            b"false"
-        });
-        json.key(b"createdAt");
-        json.string(self.created_at);
-        json.key(b"durationUs");
-        json.optional_integer(self.duration_us);
-        json.key(b"error");
-        json.optional_string(self.error);
-        json.key(b"id");
-        json.string(self.id);
-        json.key(b"ip");
-        json.optional_string(self.ip);
-        json.key(b"logId");
-        json.string(self.log_id);
-        json.key(b"metadata");
-        json.raw(metadata.get().as_bytes());
-        json.key(b"method");
-        json.optional_string(self.method);
-        json.key(b"outcome");
-        json.string(self.outcome);
-        json.key(b"path");
-        json.optional_string(self.path);
-        json.key(b"requestId");
-        json.optional_string(self.request_id);
-        json.key(b"resourceId");
-        json.optional_string(self.resource_id);
-        json.key(b"resourceType");
-        json.optional_string(self.resource_type);
-        json.key(b"route");
-        json.optional_string(self.route);
-        json.key(b"rule");
-        json.optional_string(self.rule);
-        json.key(b"seq");
-        json.optional_integer(Some(self.seq));
-        json.key(b"status");
-        json.optional_integer(self.status.map(u64::from));
-        json.key(b"tenant");
-        json.optional_string(self.tenant);
-        json.key(b"userAgent");
-        json.optional_string(self.user_agent);
-        json.key(b"v");
-        json.raw(b"1}");
-        true
+        // Byte for byte what `serde_json` writes for it (the test
+        // `stored_columns_are_written_as_serde_writes_them` holds the two together), without its
+        // serializer's calls per fragment: `verify` writes every entry of the log this way.
+        self.serialized(metadata).write_json(out).is_ok()
     }
 
-    /// [`StoredColumns::canonical_bytes`] through `serde_json`, to hold the two together.
-    #[cfg(test)]
-    fn canonical_bytes_by_serde(&self, out: &mut Vec<u8>) -> bool {
-        out.clear();
-        let Ok(metadata) = serde_json::from_str::<&serde_json::value::RawValue>(self.metadata)
-        else {
-            return false;
-        };
-        if metadata.get().len() != self.metadata.len() {
-            return false;
-        }
-        let canonical = SerializedEntry {
+    /// The metadata text as one JSON value, `None` when it is not one or has white space around
+    /// it (which the parse leaves out): such text is not what a store writes, and is decoded
+    /// instead.
+    fn metadata_value(&self) -> Option<&serde_json::value::RawValue> {
+        serde_json::from_str::<&serde_json::value::RawValue>(self.metadata)
+            .ok()
+            .filter(|metadata| metadata.get().len() == self.metadata.len())
+    }
+
+    fn serialized<'a>(
+        &'a self,
+        metadata: &'a serde_json::value::RawValue,
+    ) -> SerializedEntry<'a, &'a str, serde_json::value::RawValue> {
+        SerializedEntry {
             action: self.action,
             actor_email: self.actor_email,
             actor_id: self.actor_id,
@@ -442,8 +323,16 @@ impl StoredColumns<'_> {
             tenant: self.tenant,
             user_agent: self.user_agent,
             v: Some(1),
-        };
-        serde_json::to_writer(&mut *out, &canonical).is_ok()
+        }
+    }
+
+    /// [`StoredColumns::canonical_bytes`] through `serde_json`, to hold the two together.
+    #[cfg(test)]
+    fn canonical_bytes_by_serde(&self, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        self.metadata_value().is_some_and(|metadata| {
+            serde_json::to_writer(&mut *out, &self.serialized(metadata)).is_ok()
+        })
     }
 }
 
@@ -765,6 +654,95 @@ struct SerializedEntry<'a, T: Serialize, M: Serialize + ?Sized> {
     user_agent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     v: Option<u8>,
+}
+
+/// A timestamp field as the text `serde_json` writes for it.
+trait TimeText {
+    fn text(&self) -> std::borrow::Cow<'_, str>;
+}
+
+impl TimeText for &str {
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+
+impl TimeText for CanonicalTime<'_> {
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Owned(format_timestamp(self.0))
+    }
+}
+
+impl<T: Serialize + TimeText, M: Serialize + ?Sized> SerializedEntry<'_, T, M> {
+    /// Writes what `serde_json::to_writer` writes for this struct, byte for byte, the strings
+    /// through [`JsonWriter`] and the metadata and the milliseconds through `serde_json` (exports, the event stream and `verify` write every entry this way).
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let mut json = JsonWriter(out);
+        json.key_first(b"action");
+        json.string(self.action);
+        json.key(b"actorEmail");
+        json.optional_string(self.actor_email);
+        json.key(b"actorId");
+        json.optional_string(self.actor_id);
+        json.key(b"actorName");
+        json.optional_string(self.actor_name);
+        json.key(b"actorSource");
+        json.optional_string(self.actor_source);
+        json.key(b"actorVerified");
+        json.raw(if self.actor_verified {
+            b"true"
+        } else {
+            b"false"
+        });
+        json.key(b"createdAt");
+        json.string(&self.created_at.text());
+        if let Some(duration_ms) = self.duration_ms {
+            json.key(b"durationMs");
+            serde_json::to_writer(&mut *json.0, &duration_ms)?;
+        }
+        json.key(b"durationUs");
+        json.optional_integer(self.duration_us);
+        json.key(b"error");
+        json.optional_string(self.error);
+        json.key(b"id");
+        json.string(self.id);
+        json.key(b"ip");
+        json.optional_string(self.ip);
+        json.key(b"logId");
+        json.string(self.log_id);
+        json.key(b"metadata");
+        serde_json::to_writer(&mut *json.0, self.metadata)?;
+        json.key(b"method");
+        json.optional_string(self.method);
+        json.key(b"outcome");
+        json.string(self.outcome);
+        json.key(b"path");
+        json.optional_string(self.path);
+        json.key(b"requestId");
+        json.optional_string(self.request_id);
+        json.key(b"resourceId");
+        json.optional_string(self.resource_id);
+        json.key(b"resourceType");
+        json.optional_string(self.resource_type);
+        json.key(b"route");
+        json.optional_string(self.route);
+        json.key(b"rule");
+        json.optional_string(self.rule);
+        json.key(b"seq");
+        json.optional_integer(Some(self.seq));
+        json.key(b"status");
+        json.optional_integer(self.status.map(u64::from));
+        json.key(b"tenant");
+        json.optional_string(self.tenant);
+        json.key(b"userAgent");
+        json.optional_string(self.user_agent);
+        if let Some(v) = self.v {
+            json.key(b"v");
+            json.optional_integer(Some(u64::from(v)));
+        }
+        json.raw(b"}");
+        Ok(())
+    }
 }
 
 struct CanonicalTime<'a>(&'a DateTime<Utc>);

@@ -1594,6 +1594,59 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// The `LogReader` methods a test wrapper hands straight to its `store`.
+    macro_rules! delegate_log_reader {
+        () => {
+            fn tree_size(&self) -> Result<u64, StoreError> {
+                self.store.tree_size()
+            }
+            fn max_entry_seq(&self) -> Result<u64, StoreError> {
+                self.store.max_entry_seq()
+            }
+            fn scan_log(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
+                self.store.scan_log(first_seq, max)
+            }
+            fn stored_form(&self, entry: &AuditEntry) -> Option<StoredRow> {
+                self.store.stored_form(entry)
+            }
+            fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError> {
+                self.store.pruned_by(record_seq)
+            }
+            fn root_at(&self, size: u64) -> Result<Hash, StoreError> {
+                self.store.root_at(size)
+            }
+            fn node_range(
+                &self,
+                level: u32,
+                first: u64,
+                count: usize,
+            ) -> Result<Vec<Hash>, StoreError> {
+                self.store.node_range(level, first, count)
+            }
+            fn keeps_node_level(&self, level: u32) -> bool {
+                self.store.keeps_node_level(level)
+            }
+            fn heads_after(
+                &self,
+                after_id: u64,
+                limit: u32,
+            ) -> Result<Vec<StoredHead>, StoreError> {
+                self.store.heads_after(after_id, limit)
+            }
+            fn cosignatures(
+                &self,
+                origin: &str,
+                size: u64,
+                root_hash: &Hash,
+            ) -> Result<Vec<StoredCosignature>, StoreError> {
+                self.store.cosignatures(origin, size, root_hash)
+            }
+            fn keeps_counts(&self) -> bool {
+                self.store.keeps_counts()
+            }
+        };
+    }
+
     /// A store that changes between `verify`'s walk and its comparison of the stats counts, as a
     /// live sidecar's does: it seals the rows the walk read unsealed (counting them), appends
     /// more, and prunes rows the walk counted.
@@ -1603,51 +1656,9 @@ mod tests {
     }
 
     impl LogReader for ChangingStore<'_> {
-        fn tree_size(&self) -> Result<u64, StoreError> {
-            self.store.tree_size()
-        }
-        fn max_entry_seq(&self) -> Result<u64, StoreError> {
-            self.store.max_entry_seq()
-        }
-        fn scan_log(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
-            self.store.scan_log(first_seq, max)
-        }
+        delegate_log_reader!();
         fn scan_log_stored(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
             self.store.scan_log_stored(first_seq, max)
-        }
-        fn stored_form(&self, entry: &AuditEntry) -> Option<StoredRow> {
-            self.store.stored_form(entry)
-        }
-        fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError> {
-            self.store.pruned_by(record_seq)
-        }
-        fn root_at(&self, size: u64) -> Result<Hash, StoreError> {
-            self.store.root_at(size)
-        }
-        fn node_range(
-            &self,
-            level: u32,
-            first: u64,
-            count: usize,
-        ) -> Result<Vec<Hash>, StoreError> {
-            self.store.node_range(level, first, count)
-        }
-        fn keeps_node_level(&self, level: u32) -> bool {
-            self.store.keeps_node_level(level)
-        }
-        fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError> {
-            self.store.heads_after(after_id, limit)
-        }
-        fn cosignatures(
-            &self,
-            origin: &str,
-            size: u64,
-            root_hash: &Hash,
-        ) -> Result<Vec<StoredCosignature>, StoreError> {
-            self.store.cosignatures(origin, size, root_hash)
-        }
-        fn keeps_counts(&self) -> bool {
-            self.store.keeps_counts()
         }
         fn count_problems(&self, walked: &CountTally) -> Result<Option<Vec<String>>, StoreError> {
             assert!(self
@@ -1714,6 +1725,7 @@ mod tests {
     }
 
     impl LogReader for PagesOnThreads<'_> {
+        delegate_log_reader!();
         fn page_readers(&self, count: usize) -> Result<Vec<Box<dyn PageReader + '_>>, StoreError> {
             Ok((0..count)
                 .map(|index| {
@@ -1727,55 +1739,12 @@ mod tests {
                 })
                 .collect())
         }
-        fn tree_size(&self) -> Result<u64, StoreError> {
-            self.store.tree_size()
-        }
-        fn max_entry_seq(&self) -> Result<u64, StoreError> {
-            self.store.max_entry_seq()
-        }
-        fn scan_log(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
-            self.store.scan_log(first_seq, max)
-        }
         fn scan_log_stored(&self, first_seq: u64, max: usize) -> Result<LogPage, StoreError> {
             self.reads
                 .lock()
                 .expect("reads")
                 .push((usize::MAX, first_seq));
             self.store.scan_log_stored(first_seq, max)
-        }
-        fn stored_form(&self, entry: &AuditEntry) -> Option<StoredRow> {
-            self.store.stored_form(entry)
-        }
-        fn pruned_by(&self, record_seq: u64) -> Result<Vec<u64>, StoreError> {
-            self.store.pruned_by(record_seq)
-        }
-        fn root_at(&self, size: u64) -> Result<Hash, StoreError> {
-            self.store.root_at(size)
-        }
-        fn node_range(
-            &self,
-            level: u32,
-            first: u64,
-            count: usize,
-        ) -> Result<Vec<Hash>, StoreError> {
-            self.store.node_range(level, first, count)
-        }
-        fn keeps_node_level(&self, level: u32) -> bool {
-            self.store.keeps_node_level(level)
-        }
-        fn heads_after(&self, after_id: u64, limit: u32) -> Result<Vec<StoredHead>, StoreError> {
-            self.store.heads_after(after_id, limit)
-        }
-        fn cosignatures(
-            &self,
-            origin: &str,
-            size: u64,
-            root_hash: &Hash,
-        ) -> Result<Vec<StoredCosignature>, StoreError> {
-            self.store.cosignatures(origin, size, root_hash)
-        }
-        fn keeps_counts(&self) -> bool {
-            self.store.keeps_counts()
         }
         fn count_problems(&self, walked: &CountTally) -> Result<Option<Vec<String>>, StoreError> {
             self.store.count_problems(walked)
